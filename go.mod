@@ -1,0 +1,3 @@
+module github.com/xapsd/xapsd
+
+go 1.26
