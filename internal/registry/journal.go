@@ -1,0 +1,467 @@
+package registry
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/xapsd/xapsd/internal/atomicfile"
+)
+
+// journal makes registry changes durable.
+//
+// Every change is a numbered record. Records are appended to the current
+// journal segment (<db>.journal.<first seq>-<unix nanos>) by one writer
+// goroutine, which writes and fsyncs everything that queued up while the
+// previous fsync ran: concurrent registrations share one disk sync. Each
+// start opens a new segment, so a torn line can only be the last line of
+// a segment, and is then ignored.
+//
+// Compaction writes the whole registry as a new snapshot (atomically,
+// with the last sequence number it contains) and then deletes the
+// segments it covers. A crash at any step leaves a snapshot plus segments
+// whose records beyond the snapshot's number replay to the same state.
+type journal struct {
+	r    *Registry
+	path string // snapshot path
+
+	// Owned by the writer goroutine (or by open/close before/after it).
+	seg     *os.File
+	segPath string
+
+	segMu    sync.Mutex
+	segments []string // finished segments not yet covered by a snapshot
+
+	durable      atomic.Uint64 // every record up to this number is on disk
+	sinceCompact atomic.Int64
+	compacting   atomic.Bool
+
+	kickc    chan struct{}
+	rotatec  chan chan []string
+	stopc    chan struct{}
+	donec    chan struct{}
+	compactW sync.WaitGroup
+}
+
+func (j *journal) durableSeq() uint64 { return j.durable.Load() }
+
+func (j *journal) kick() {
+	select {
+	case j.kickc <- struct{}{}:
+	default:
+	}
+}
+
+func openJournal(r *Registry, path string) (*journal, error) {
+	j := &journal{r: r, path: path, kickc: make(chan struct{}, 1), rotatec: make(chan chan []string),
+		stopc: make(chan struct{}), donec: make(chan struct{})}
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return nil, fmt.Errorf("create registry folder for %s: %w", path, err)
+	}
+	data, err := os.ReadFile(path)
+	exists := err == nil
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("read registry %s: %w", path, err)
+	}
+	snap, err := decodeSnapshot(data)
+	if err != nil {
+		return nil, fmt.Errorf("load registry %s: %w", path, err)
+	}
+	r.seq = snap.Seq
+	now := r.opts.Now()
+	for _, rec := range snap.Records {
+		if rec.User == "" || rec.AccountID == "" || rec.DeviceToken == "" {
+			r.log.WithField("file", path).Warn("skipping a registration without user, account id or device token")
+			continue
+		}
+		if rec.RegistrationTime.IsZero() {
+			// The old daemon wrote entries without a time that never
+			// expired; count them from now so they expire if unused.
+			rec.RegistrationTime = now
+		}
+		r.applyPut(rec)
+	}
+	segs, err := j.listSegments()
+	if err != nil {
+		return nil, err
+	}
+	for _, s := range segs {
+		if err := j.replay(s); err != nil {
+			return nil, err
+		}
+	}
+	j.durable.Store(r.seq)
+
+	switch {
+	case snap.Legacy:
+		backup := fmt.Sprintf("%s.legacy-%s.bak", path, now.UTC().Format("20060102T150405Z"))
+		if err := atomicfile.WriteFile(backup, data, 0o600); err != nil {
+			return nil, fmt.Errorf("back up old registry %s: %w", path, err)
+		}
+		if err := j.writeSnapshot(); err != nil {
+			return nil, err
+		}
+		r.log.WithFields(map[string]any{"file": path, "backup": backup, "registrations": r.count}).
+			Info("migrated the old xapsd database to the journaled format")
+	case !exists:
+		// Write the empty snapshot now: a folder we cannot write to
+		// should stop the start, not the first registration.
+		if err := j.writeSnapshot(); err != nil {
+			return nil, err
+		}
+	default:
+		if st, err := os.Stat(path); err == nil && st.Mode().Perm()&0o077 != 0 {
+			if err := os.Chmod(path, 0o600); err != nil {
+				return nil, fmt.Errorf("make registry %s private: %w", path, err)
+			}
+		}
+	}
+	j.segments = segs
+	if err := j.openSegment(); err != nil {
+		return nil, err
+	}
+	return j, nil
+}
+
+func (j *journal) listSegments() ([]string, error) {
+	matches, err := filepath.Glob(j.path + ".journal.*")
+	if err != nil {
+		return nil, fmt.Errorf("list journal of %s: %w", j.path, err)
+	}
+	type seg struct {
+		path       string
+		start, ver uint64
+	}
+	var segs []seg
+	for _, m := range matches {
+		start, ver, ok := parseSegmentName(strings.TrimPrefix(m, j.path+".journal."))
+		if !ok {
+			continue
+		}
+		segs = append(segs, seg{m, start, ver})
+	}
+	sort.Slice(segs, func(a, b int) bool {
+		if segs[a].start != segs[b].start {
+			return segs[a].start < segs[b].start
+		}
+		return segs[a].ver < segs[b].ver
+	})
+	out := make([]string, len(segs))
+	for i, s := range segs {
+		out[i] = s.path
+	}
+	return out, nil
+}
+
+func parseSegmentName(s string) (start, ver uint64, ok bool) {
+	a, b, found := strings.Cut(s, "-")
+	if !found {
+		return 0, 0, false
+	}
+	start, err1 := strconv.ParseUint(a, 10, 64)
+	ver, err2 := strconv.ParseUint(b, 10, 64)
+	return start, ver, err1 == nil && err2 == nil
+}
+
+// replay applies the records of one segment that are newer than the
+// registry's sequence number.
+func (j *journal) replay(path string) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return fmt.Errorf("open journal %s: %w", path, err)
+	}
+	defer f.Close()
+	br := bufio.NewReaderSize(f, 1<<20)
+	r := j.r
+	for lineNo := 1; ; lineNo++ {
+		line, err := br.ReadBytes('\n')
+		if err != nil && !errors.Is(err, io.EOF) {
+			return fmt.Errorf("read journal %s: %w", path, err)
+		}
+		complete := len(line) > 0 && line[len(line)-1] == '\n'
+		if len(bytes.TrimSpace(line)) > 0 {
+			rec, derr := decodeJournalLine(bytes.TrimSpace(line))
+			switch {
+			case derr != nil && !complete:
+				// A write cut short by a crash: it was never
+				// acknowledged, so dropping it loses nothing.
+				r.log.WithField("file", path).Warn("ignoring a torn last journal line")
+			case derr != nil:
+				r.log.WithFields(map[string]any{"file": path, "line": lineNo}).WithError(derr).Error("skipping a corrupt journal line")
+			case rec.Seq <= r.seq:
+				// Already in the snapshot.
+			default:
+				r.seq = rec.Seq
+				if rec.Op == opPut {
+					r.applyPut(rec)
+				} else {
+					r.applyDel(rec)
+				}
+			}
+		}
+		if err != nil {
+			return nil
+		}
+	}
+}
+
+// applyPut inserts or replaces a registration without journaling it
+// (loading and replay). Caller is the only user of r.
+func (r *Registry) applyPut(rec record) {
+	rec.User = strings.ToLower(rec.User)
+	e := entry{accountID: rec.AccountID, deviceToken: rec.DeviceToken, boxes: r.internBoxes(rec.Mailboxes),
+		registered: rec.RegistrationTime.UnixNano(), seq: rec.Seq}
+	regs := r.users[rec.User]
+	for i := range regs {
+		if regs[i].accountID == rec.AccountID && regs[i].deviceToken == rec.DeviceToken {
+			regs[i] = e
+			return
+		}
+	}
+	r.users[rec.User] = append(regs, e)
+	r.count++
+}
+
+func (r *Registry) applyDel(rec record) {
+	rec.User = strings.ToLower(rec.User)
+	regs := r.users[rec.User]
+	for i := range regs {
+		if regs[i].accountID == rec.AccountID && regs[i].deviceToken == rec.DeviceToken {
+			r.removeAt(rec.User, regs, i)
+			return
+		}
+	}
+}
+
+func (j *journal) openSegment() error {
+	j.r.mu.RLock()
+	next := j.r.seq + 1
+	j.r.mu.RUnlock()
+	p := fmt.Sprintf("%s.journal.%020d-%d", j.path, next, time.Now().UnixNano())
+	f, err := os.OpenFile(p, os.O_WRONLY|os.O_CREATE|os.O_EXCL|os.O_APPEND, 0o600)
+	if err != nil {
+		return fmt.Errorf("create journal %s: %w", p, err)
+	}
+	if err := atomicfile.SyncDir(filepath.Dir(p)); err != nil {
+		f.Close()
+		return fmt.Errorf("sync folder of journal %s: %w", p, err)
+	}
+	j.seg, j.segPath = f, p
+	return nil
+}
+
+// rotate finishes the current segment and starts a new one. It returns
+// the finished segments, which a snapshot taken after this call covers.
+func (j *journal) rotate() []string {
+	j.finishSegment()
+	j.segMu.Lock()
+	done := j.segments
+	j.segments = nil
+	j.segMu.Unlock()
+	if err := j.openSegment(); err != nil {
+		j.r.log.WithError(err).Error("cannot start a new journal segment; will retry with the next write")
+	}
+	return done
+}
+
+func (j *journal) start() {
+	go j.run()
+	if len(j.segments) > 0 {
+		j.compactAsync()
+	}
+}
+
+// run is the writer goroutine.
+func (j *journal) run() {
+	defer close(j.donec)
+	for {
+		select {
+		case <-j.kickc:
+			j.flush()
+		case reply := <-j.rotatec:
+			j.flush()
+			reply <- j.rotate()
+		case <-j.stopc:
+			j.flush()
+			return
+		}
+	}
+}
+
+// flush writes and syncs every pending record and releases their waiters.
+func (j *journal) flush() {
+	r := j.r
+	r.mu.Lock()
+	b := r.pending
+	if b.empty() {
+		r.mu.Unlock()
+		return
+	}
+	r.pending = newBatch()
+	r.mu.Unlock()
+
+	err := j.write(b.buf)
+	if err != nil {
+		err = fmt.Errorf("write registry journal: %w", err)
+		r.log.WithError(err).Error("registrations could not be made durable; they were refused")
+		// The segment may end in a partial line now: start a new one so
+		// the garbage stays a torn tail, and rewrite the snapshot soon.
+		j.finishSegment()
+		j.compactAsync()
+	} else {
+		for {
+			d := j.durable.Load()
+			if d+1 < b.first || d >= b.last || j.durable.CompareAndSwap(d, b.last) {
+				break
+			}
+		}
+		if j.sinceCompact.Add(int64(bytes.Count(b.buf, []byte{'\n'}))) >= int64(r.opts.CompactAfter) {
+			j.compactAsync()
+		}
+	}
+	b.finish(err)
+}
+
+func (j *journal) write(buf []byte) error {
+	if j.seg == nil {
+		if err := j.openSegment(); err != nil {
+			return err
+		}
+	}
+	if _, err := j.seg.Write(buf); err != nil {
+		return err
+	}
+	return j.seg.Sync()
+}
+
+// compactAsync starts a compaction unless one is running.
+func (j *journal) compactAsync() {
+	if !j.compacting.CompareAndSwap(false, true) {
+		return
+	}
+	j.compactW.Add(1)
+	go func() {
+		defer j.compactW.Done()
+		defer j.compacting.Store(false)
+		if err := j.compact(); err != nil {
+			j.r.log.WithError(err).Error("registry compaction failed; the journal keeps growing until it succeeds")
+		}
+	}()
+}
+
+// compact asks the writer for a fresh segment, writes a snapshot that
+// covers every finished segment, and deletes them.
+func (j *journal) compact() error {
+	reply := make(chan []string, 1)
+	select {
+	case j.rotatec <- reply:
+	case <-j.stopc:
+		return nil
+	}
+	done := <-reply
+	j.sinceCompact.Store(0)
+	if err := j.writeSnapshot(); err != nil {
+		// Keep the segments: they still hold the only copy. Hand them
+		// back so the next compaction covers them.
+		j.requeue(done)
+		return err
+	}
+	j.removeSegments(done)
+	return nil
+}
+
+// requeue hands segments back after a failed compaction: they still hold
+// the only copy of their records, and the next compaction covers them.
+func (j *journal) requeue(paths []string) {
+	j.segMu.Lock()
+	j.segments = append(paths, j.segments...)
+	j.segMu.Unlock()
+}
+
+func (j *journal) removeSegments(paths []string) {
+	for _, p := range paths {
+		if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			j.r.log.WithError(err).WithField("file", p).Warn("cannot remove a compacted journal segment")
+		}
+	}
+	if err := atomicfile.SyncDir(filepath.Dir(j.path)); err != nil {
+		j.r.log.WithError(err).Warn("cannot sync the registry folder")
+	}
+}
+
+// writeSnapshot writes the whole registry with the current sequence number.
+func (j *journal) writeSnapshot() error {
+	r := j.r
+	r.mu.RLock()
+	seq := r.seq
+	type item struct {
+		user string
+		e    entry
+	}
+	items := make([]item, 0, r.count)
+	for u, regs := range r.users {
+		for _, e := range regs {
+			items = append(items, item{u, e})
+		}
+	}
+	r.mu.RUnlock()
+	err := atomicfile.FS{}.Write(j.path, 0o600, func(w io.Writer) error {
+		sw := newSnapshotWriter(w, seq)
+		for _, it := range items {
+			sw.add(record{User: it.user, AccountID: it.e.accountID, DeviceToken: it.e.deviceToken,
+				Mailboxes: it.e.boxes.names, RegistrationTime: time.Unix(0, it.e.registered).UTC()})
+		}
+		return sw.finish()
+	})
+	if err != nil {
+		return fmt.Errorf("write registry snapshot %s: %w", j.path, err)
+	}
+	for {
+		d := j.durable.Load()
+		if d >= seq || j.durable.CompareAndSwap(d, seq) {
+			break
+		}
+	}
+	return nil
+}
+
+// close stops the writer after a last flush, then writes a final snapshot
+// so that the next start has nothing to replay.
+func (j *journal) close() error {
+	close(j.stopc)
+	<-j.donec
+	j.compactW.Wait()
+	j.finishSegment()
+	if err := j.writeSnapshot(); err != nil {
+		return err
+	}
+	j.segMu.Lock()
+	done := j.segments
+	j.segments = nil
+	j.segMu.Unlock()
+	j.removeSegments(done)
+	return nil
+}
+
+// finishSegment closes the current segment and queues it for compaction.
+func (j *journal) finishSegment() {
+	if j.seg == nil {
+		return
+	}
+	j.seg.Close()
+	j.segMu.Lock()
+	j.segments = append(j.segments, j.segPath)
+	j.segMu.Unlock()
+	j.seg = nil
+}

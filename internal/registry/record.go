@@ -1,0 +1,80 @@
+package registry
+
+import (
+	"context"
+	"encoding/json"
+	"time"
+)
+
+// record is one line of the journal and, without Seq and Op, one element
+// of the snapshot's Registrations array. The field names follow the old
+// daemon's database.json so that the files stay readable to its users.
+type record struct {
+	Seq              uint64    `json:"Seq,omitempty"`
+	Op               string    `json:"Op,omitempty"` // "put" or "del"; empty in snapshots
+	User             string    `json:"User"`
+	AccountID        string    `json:"AccountId"`
+	DeviceToken      string    `json:"DeviceToken"`
+	Mailboxes        []string  `json:"Mailboxes,omitempty"`
+	RegistrationTime time.Time `json:"RegistrationTime,omitzero"`
+}
+
+const (
+	opPut = "put"
+	opDel = "del"
+)
+
+func putRecord(seq uint64, user string, e entry) (uint64, []byte) {
+	return seq, mustMarshal(record{Seq: seq, Op: opPut, User: user, AccountID: e.accountID,
+		DeviceToken: e.deviceToken, Mailboxes: e.boxes.names, RegistrationTime: time.Unix(0, e.registered).UTC()})
+}
+
+func delRecord(seq uint64, user, accountID, token string) (uint64, []byte) {
+	return seq, mustMarshal(record{Seq: seq, Op: opDel, User: user, AccountID: accountID, DeviceToken: token})
+}
+
+func mustMarshal(v any) []byte {
+	b, err := json.Marshal(v)
+	if err != nil {
+		// Only strings, a time and numbers: marshalling cannot fail.
+		panic(err)
+	}
+	return b
+}
+
+// batch collects journal lines that reach the disk with one write and one
+// fsync (group commit); every caller that added to it waits on done.
+type batch struct {
+	buf   []byte
+	first uint64
+	last  uint64
+	done  chan struct{}
+	err   error
+}
+
+func newBatch() *batch { return &batch{done: make(chan struct{})} }
+
+func (b *batch) add(seq uint64, line []byte) {
+	if b.first == 0 {
+		b.first = seq
+	}
+	b.last = seq
+	b.buf = append(b.buf, line...)
+	b.buf = append(b.buf, '\n')
+}
+
+func (b *batch) empty() bool { return len(b.buf) == 0 }
+
+func (b *batch) finish(err error) {
+	b.err = err
+	close(b.done)
+}
+
+func (b *batch) wait(ctx context.Context) error {
+	select {
+	case <-b.done:
+		return b.err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}

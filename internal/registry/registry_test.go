@@ -1,0 +1,507 @@
+package registry
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+const (
+	acc1 = "0715A26B-CA09-4730-A419-793000CA982E"
+	acc2 = "1F2E3D4C-0000-4000-8000-ABCDEFABCDEF"
+	tok1 = "2918390218931890821908309283098109381029309829018310983092892829"
+	tok2 = "AAAA390218931890821908309283098109381029309829018310983092892829"
+)
+
+type clock struct {
+	mu  sync.Mutex
+	now time.Time
+}
+
+func (c *clock) Now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.now }
+func (c *clock) Add(d time.Duration) {
+	c.mu.Lock()
+	c.now = c.now.Add(d)
+	c.mu.Unlock()
+}
+
+func newClock() *clock { return &clock{now: time.Date(2026, 11, 1, 12, 0, 0, 0, time.UTC)} }
+
+func open(t *testing.T, path string, c *clock, mod ...func(*Options)) *Registry {
+	t.Helper()
+	o := Options{Path: path, Now: c.Now}
+	for _, m := range mod {
+		m(&o)
+	}
+	r, err := Open(o)
+	if err != nil {
+		t.Fatalf("Open: %v", err)
+	}
+	return r
+}
+
+func reg(user, acc, tok string, boxes ...string) Registration {
+	if len(boxes) == 0 {
+		boxes = []string{"INBOX"}
+	}
+	return Registration{Key: Key{User: user, AccountID: acc, DeviceToken: tok}, Mailboxes: boxes}
+}
+
+func mustRegister(t *testing.T, r *Registry, g Registration) {
+	t.Helper()
+	if err := r.Register(context.Background(), g); err != nil {
+		t.Fatalf("Register: %v", err)
+	}
+}
+
+func tokens(res LookupResult) []string {
+	var out []string
+	for _, k := range res.Targets {
+		out = append(out, k.DeviceToken)
+	}
+	slices.Sort(out)
+	return out
+}
+
+// crash abandons a registry without Close, as kill -9 would: only what
+// Register acknowledged may be relied on.
+func crash(r *Registry) {
+	r.mu.Lock()
+	r.closed = true
+	r.mu.Unlock()
+	close(r.j.stopc)
+	<-r.j.donec
+	r.j.compactW.Wait()
+	if r.j.seg != nil {
+		r.j.seg.Close()
+	}
+}
+
+func TestRegisterIsDurableWithoutClose(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "database.json")
+	c := newClock()
+	r := open(t, path, c)
+	mustRegister(t, r, reg("Alice@Example.com", acc1, tok1, "INBOX", "Notes"))
+	crash(r)
+
+	r = open(t, path, c)
+	defer r.Close()
+	res := r.Lookup("alice@example.COM", "Notes", false)
+	if !res.KnownUser || !slices.Equal(tokens(res), []string{tok1}) {
+		t.Fatalf("after crash: %+v", res)
+	}
+	if got := r.List("alice@example.com"); len(got) != 1 || !got[0].Registered.Equal(c.Now()) {
+		t.Errorf("List = %+v", got)
+	}
+	for _, p := range []string{path} {
+		if st, err := os.Stat(p); err != nil || st.Mode().Perm() != 0o600 {
+			t.Errorf("%s: mode %v, %v; want 0600", p, st.Mode().Perm(), err)
+		}
+	}
+	segs, _ := filepath.Glob(path + ".journal.*")
+	for _, s := range segs {
+		if st, _ := os.Stat(s); st.Mode().Perm() != 0o600 {
+			t.Errorf("%s mode %v", s, st.Mode().Perm())
+		}
+	}
+}
+
+func TestLookupRules(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "database.json")
+	r := open(t, path, newClock())
+	defer r.Close()
+	mustRegister(t, r, reg("alice", acc1, tok1, "INBOX", "Open Orders", "&AMQ-rger"))
+	// The same account id restored onto a second phone (spec §4.6).
+	mustRegister(t, r, reg("alice", acc1, tok2, "inbox"))
+
+	cases := []struct {
+		mailbox   string
+		inboxOnly bool
+		want      []string
+	}{
+		{"INBOX", false, []string{tok1, tok2}},
+		{"inbox", false, []string{tok1, tok2}},
+		{"INBOX", true, []string{tok1, tok2}},
+		{"Open Orders", false, []string{tok1}},
+		{"Open Orders", true, nil},
+		{"Ärger", false, []string{tok1}},
+		{"Trash", false, nil},
+	}
+	for _, c := range cases {
+		res := r.Lookup("ALICE", c.mailbox, c.inboxOnly)
+		if !res.KnownUser || !slices.Equal(tokens(res), c.want) {
+			t.Errorf("Lookup(%q, inboxOnly=%v) = %v known=%v, want %v", c.mailbox, c.inboxOnly, tokens(res), res.KnownUser, c.want)
+		}
+	}
+	if res := r.Lookup("bob", "INBOX", false); res.KnownUser || len(res.Targets) != 0 {
+		t.Errorf("unknown user: %+v", res)
+	}
+}
+
+func TestReRegisterReplacesMailboxesAndRefreshes(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "database.json")
+	c := newClock()
+	r := open(t, path, c)
+	mustRegister(t, r, reg("alice", acc1, tok1, "INBOX", "Notes"))
+	c.Add(2 * time.Hour)
+	mustRegister(t, r, reg("alice", acc1, tok1, "INBOX"))
+	crash(r)
+	r = open(t, path, c)
+	defer r.Close()
+	got := r.List("alice")
+	if len(got) != 1 || !slices.Equal(got[0].Mailboxes, []string{"INBOX"}) || !got[0].Registered.Equal(c.Now()) {
+		t.Fatalf("List = %+v", got)
+	}
+}
+
+func TestIdenticalReRegistrationSkipsTheDisk(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "database.json")
+	c := newClock()
+	r := open(t, path, c)
+	defer r.Close()
+	mustRegister(t, r, reg("alice", acc1, tok1))
+	seq := r.seq
+	c.Add(time.Minute)
+	mustRegister(t, r, reg("alice", acc1, tok1))
+	if r.seq != seq {
+		t.Errorf("identical re-registration wrote a record (seq %d -> %d)", seq, r.seq)
+	}
+	c.Add(2 * time.Hour)
+	mustRegister(t, r, reg("alice", acc1, tok1))
+	if r.seq == seq {
+		t.Errorf("re-registration after RefreshAfter did not refresh the time")
+	}
+}
+
+func TestDeviceCaps(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "database.json")
+	c := newClock()
+	r := open(t, path, c, func(o *Options) { o.MaxPerAccount = 3; o.MaxPerUser = 5 })
+	for i := range 4 {
+		c.Add(time.Second)
+		mustRegister(t, r, reg("alice", acc1, fmt.Sprintf("%064x", i)))
+	}
+	// The oldest token of the account went.
+	if got := tokens(r.Lookup("alice", "INBOX", false)); !slices.Equal(got, []string{fmt.Sprintf("%064x", 1), fmt.Sprintf("%064x", 2), fmt.Sprintf("%064x", 3)}) {
+		t.Fatalf("per-account cap: %v", got)
+	}
+	for i := range 3 {
+		c.Add(time.Second)
+		mustRegister(t, r, reg("alice", fmt.Sprintf("ACC-%d", i), tok2))
+	}
+	if _, n := r.Stats(); n != 5 {
+		t.Fatalf("per-user cap: %d registrations, want 5", n)
+	}
+	crash(r)
+	r = open(t, path, c, func(o *Options) { o.MaxPerAccount = 3; o.MaxPerUser = 5 })
+	defer r.Close()
+	if _, n := r.Stats(); n != 5 {
+		t.Fatalf("after reopen: %d registrations, want 5", n)
+	}
+	if got := r.Lookup("alice", "INBOX", false); slices.Contains(tokens(got), fmt.Sprintf("%064x", 1)) {
+		t.Errorf("the oldest registration of the user survived: %v", tokens(got))
+	}
+}
+
+func TestRemoveHonoursTimestamp(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "database.json")
+	c := newClock()
+	r := open(t, path, c)
+	mustRegister(t, r, reg("alice", acc1, tok1))
+	mustRegister(t, r, reg("alice", acc1, tok2))
+	registered := c.Now()
+	// APNs says the token died before the device registered again: keep.
+	if r.Remove(Key{"alice", acc1, tok1}, registered.Add(-time.Second)) {
+		t.Fatal("removed a registration made after the 410 timestamp")
+	}
+	if !r.Remove(Key{"ALICE", acc1, tok1}, registered.Add(time.Second)) {
+		t.Fatal("did not remove a registration made before the 410 timestamp")
+	}
+	// Only that token: the other phone with the same account id stays.
+	if got := tokens(r.Lookup("alice", "INBOX", false)); !slices.Equal(got, []string{tok2}) {
+		t.Fatalf("after remove: %v", got)
+	}
+	if !r.Remove(Key{"alice", acc1, tok2}, time.Time{}) {
+		t.Fatal("unconditional remove failed")
+	}
+	if r.Lookup("alice", "INBOX", false).KnownUser {
+		t.Error("user without registrations is still known")
+	}
+	mustRegister(t, r, reg("bob", acc2, tok1)) // waits for the journal, so the removals are written too
+	crash(r)
+	r = open(t, path, c)
+	defer r.Close()
+	if u, n := r.Stats(); u != 1 || n != 1 {
+		t.Errorf("after reopen: %d users, %d registrations; want 1, 1", u, n)
+	}
+}
+
+func TestRemoveMatching(t *testing.T) {
+	r := open(t, filepath.Join(t.TempDir(), "database.json"), newClock())
+	defer r.Close()
+	mustRegister(t, r, reg("alice", acc1, tok1))
+	mustRegister(t, r, reg("alice", acc2, tok2))
+	got, err := r.RemoveMatching(context.Background(), "alice", strings.ToLower(tok2))
+	if err != nil || len(got) != 1 || got[0].AccountID != acc2 {
+		t.Fatalf("RemoveMatching(token) = %+v, %v", got, err)
+	}
+	got, err = r.RemoveMatching(context.Background(), "alice", "")
+	if err != nil || len(got) != 1 || got[0].DeviceToken != tok1 {
+		t.Fatalf("RemoveMatching(all) = %+v, %v", got, err)
+	}
+}
+
+func TestExpiry(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "database.json")
+	c := newClock()
+	ttl := func(o *Options) { o.TTL = 48 * time.Hour }
+	r := open(t, path, c, ttl)
+	mustRegister(t, r, reg("old", acc1, tok1))
+	c.Add(24 * time.Hour)
+	mustRegister(t, r, reg("new", acc2, tok2))
+	c.Add(25 * time.Hour)
+	if n := r.Expire(c.Now()); n != 1 {
+		t.Fatalf("Expire removed %d, want 1", n)
+	}
+	if r.Lookup("old", "INBOX", false).KnownUser || !r.Lookup("new", "INBOX", false).KnownUser {
+		t.Fatal("wrong registration expired")
+	}
+	r.Close()
+	// Expiry also runs at start.
+	c.Add(24 * time.Hour)
+	r = open(t, path, c, ttl)
+	defer r.Close()
+	if u, _ := r.Stats(); u != 0 {
+		t.Errorf("expired registration survived the start: %d users", u)
+	}
+}
+
+func TestLegacyDatabaseIsMigratedWithBackup(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "database.json")
+	legacy := `{
+  "AppleCerts": {"Signature": [], "Keys": []},
+  "Users": {
+    "Alice@example.com": {
+      "Accounts": {
+        "` + acc1 + `": {
+          "DeviceToken": "` + tok1 + `",
+          "Mailboxes": ["INBOX", "Notes"],
+          "RegistrationTime": "2026-10-29T14:36:40.413465243-05:00"
+        },
+        "` + acc2 + `": {
+          "DeviceToken": "` + tok2 + `",
+          "Mailboxes": ["INBOX"]
+        }
+      }
+    }
+  }
+}`
+	if err := os.WriteFile(path, []byte(legacy), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	c := newClock()
+	r := open(t, path, c)
+	if got := tokens(r.Lookup("alice@example.com", "INBOX", false)); !slices.Equal(got, []string{tok1, tok2}) {
+		t.Fatalf("migrated lookup = %v", got)
+	}
+	backups, _ := filepath.Glob(path + ".legacy-*.bak")
+	if len(backups) != 1 {
+		t.Fatalf("backups = %v", backups)
+	}
+	if b, _ := os.ReadFile(backups[0]); string(b) != legacy {
+		t.Error("backup differs from the original file")
+	}
+	data, _ := os.ReadFile(path)
+	if !strings.HasPrefix(string(data), `{"Version":2,`) {
+		t.Errorf("database not rewritten in the new layout: %.60s", data)
+	}
+	if st, _ := os.Stat(path); st.Mode().Perm() != 0o600 {
+		t.Errorf("mode %v, want 0600", st.Mode().Perm())
+	}
+	// The entry without a time counts from the migration.
+	for _, g := range r.List("alice@example.com") {
+		if g.AccountID == acc2 && !g.Registered.Equal(c.Now()) {
+			t.Errorf("time-less entry got %v, want migration time", g.Registered)
+		}
+	}
+	r.Close()
+	r = open(t, path, c)
+	defer r.Close()
+	if _, n := r.Stats(); n != 2 {
+		t.Errorf("after reopen: %d registrations", n)
+	}
+	if backups, _ := filepath.Glob(path + ".legacy-*.bak"); len(backups) != 1 {
+		t.Errorf("second start made another backup: %v", backups)
+	}
+}
+
+func TestTornJournalTailIsIgnored(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "database.json")
+	c := newClock()
+	r := open(t, path, c)
+	mustRegister(t, r, reg("alice", acc1, tok1))
+	seg := r.j.segPath
+	crash(r)
+	f, err := os.OpenFile(seg, os.O_WRONLY|os.O_APPEND, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.WriteString(`{"Seq":99,"Op":"put","User":"bob","AccountId":"x","Devi`)
+	f.Close()
+	r = open(t, path, c)
+	defer r.Close()
+	if u, n := r.Stats(); u != 1 || n != 1 {
+		t.Fatalf("after torn tail: %d users %d registrations", u, n)
+	}
+	mustRegister(t, r, reg("carol", acc2, tok2))
+}
+
+func TestCorruptMiddleLineIsSkipped(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "database.json")
+	c := newClock()
+	r := open(t, path, c)
+	mustRegister(t, r, reg("alice", acc1, tok1))
+	seg := r.j.segPath
+	crash(r)
+	data, _ := os.ReadFile(seg)
+	data = append([]byte("garbage\n"), data...)
+	os.WriteFile(seg, data, 0o600)
+	r = open(t, path, c)
+	defer r.Close()
+	if _, n := r.Stats(); n != 1 {
+		t.Fatalf("good record after a corrupt line lost: %d registrations", n)
+	}
+}
+
+func TestCompactionKeepsStateAndBoundsSegments(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "database.json")
+	c := newClock()
+	small := func(o *Options) { o.CompactAfter = 10 }
+	r := open(t, path, c, small)
+	for i := range 200 {
+		mustRegister(t, r, reg(fmt.Sprintf("user%d", i%50), fmt.Sprintf("ACC-%d", i), tok1))
+		if i%3 == 0 {
+			r.Remove(Key{fmt.Sprintf("user%d", i%50), fmt.Sprintf("ACC-%d", i), tok1}, time.Time{})
+		}
+	}
+	r.j.compactW.Wait()
+	want := r.List("")
+	crash(r)
+	segs, _ := filepath.Glob(path + ".journal.*")
+	if len(segs) > 3 {
+		t.Errorf("%d journal segments left after compactions", len(segs))
+	}
+	r = open(t, path, c, small)
+	got := r.List("")
+	if len(got) != len(want) || len(got) != 133 {
+		t.Fatalf("after reopen %d registrations, before %d (want 133)", len(got), len(want))
+	}
+	for i := range got {
+		if got[i].Key != want[i].Key {
+			t.Fatalf("registration %d: %+v != %+v", i, got[i].Key, want[i].Key)
+		}
+	}
+	r.Close()
+	if segs, _ := filepath.Glob(path + ".journal.*"); len(segs) != 0 {
+		t.Errorf("Close left segments %v", segs)
+	}
+}
+
+func TestConcurrentRegistrationsAreAllDurable(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "database.json")
+	c := newClock()
+	r := open(t, path, c, func(o *Options) { o.CompactAfter = 100 })
+	var wg sync.WaitGroup
+	for w := range 32 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range 20 {
+				g := reg(fmt.Sprintf("u%d", w), fmt.Sprintf("A-%d-%d", w, i), tok1, "INBOX")
+				if err := r.Register(context.Background(), g); err != nil {
+					t.Errorf("Register: %v", err)
+				}
+				r.Lookup(fmt.Sprintf("u%d", (w+1)%32), "INBOX", false)
+			}
+		}()
+	}
+	wg.Wait()
+	crash(r)
+	r = open(t, path, c, func(o *Options) { o.MaxPerUser = 1000 })
+	defer r.Close()
+	if _, n := r.Stats(); n != 32*20 {
+		t.Fatalf("after crash %d registrations, want %d", n, 32*20)
+	}
+}
+
+func TestJournalWriteFailureRefusesAndRecovers(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "database.json")
+	c := newClock()
+	r := open(t, path, c)
+	mustRegister(t, r, reg("alice", acc1, tok1))
+	r.j.seg.Close() // the next write fails
+	if err := r.Register(context.Background(), reg("bob", acc2, tok2)); err == nil {
+		t.Fatal("Register succeeded although the journal write failed")
+	}
+	mustRegister(t, r, reg("carol", acc2, tok2))
+	crash(r)
+	r = open(t, path, c)
+	defer r.Close()
+	if !r.Lookup("carol", "INBOX", false).KnownUser || !r.Lookup("alice", "INBOX", false).KnownUser {
+		t.Fatal("acknowledged registrations lost after a failed journal write")
+	}
+}
+
+func TestNewerFormatAndBadJSONAreErrors(t *testing.T) {
+	for name, content := range map[string]string{
+		"newer": `{"Version":3,"Seq":1,"Registrations":[]}`,
+		"bad":   `{"Users": {`,
+	} {
+		path := filepath.Join(t.TempDir(), "database.json")
+		os.WriteFile(path, []byte(content), 0o600)
+		_, err := Open(Options{Path: path})
+		if err == nil || !strings.Contains(err.Error(), path) {
+			t.Errorf("%s: err = %v, want an error naming the file", name, err)
+		}
+	}
+	// An empty file is an empty registry, as for the old daemon.
+	path := filepath.Join(t.TempDir(), "database.json")
+	os.WriteFile(path, nil, 0o600)
+	r, err := Open(Options{Path: path})
+	if err != nil {
+		t.Fatalf("empty file: %v", err)
+	}
+	r.Close()
+}
+
+func TestClosedRegistryRefuses(t *testing.T) {
+	r := open(t, filepath.Join(t.TempDir(), "database.json"), newClock())
+	r.Close()
+	if err := r.Register(context.Background(), reg("a", acc1, tok1)); err != ErrClosed {
+		t.Errorf("Register after Close = %v", err)
+	}
+}
+
+func TestDecodeMUTF7(t *testing.T) {
+	for in, want := range map[string]string{
+		"&AMQ-rger":        "Ärger",
+		"Sent &- Received": "Sent & Received",
+		"&ZeVnLIqe-":       "日本語",
+		"Plain":            "Plain",
+		"&AOQ":             "&AOQ", // unterminated: kept
+		"&[[[-":            "&[[[-",
+		"iNbOx":            "INBOX",
+		"INBOX/&AOQ-":      "INBOX/ä",
+	} {
+		if got := normalizeMailbox(in); got != want {
+			t.Errorf("normalizeMailbox(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
