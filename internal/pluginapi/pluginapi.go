@@ -1,0 +1,330 @@
+// Package pluginapi is the HTTP interface the Dovecot plugin talks to:
+// POST /register and POST /notify with the JSON bodies and status codes of
+// the existing xapsd (spec §1), plus GET /healthz for supervisors.
+//
+// Everything the plugin sends is checked before anything changes: a bad
+// request gets a 4xx with a one-line reason and leaves the registry as it
+// was. /register answers only once the registration is on disk; /notify
+// answers before any push is sent, so Dovecot never waits on Apple.
+package pluginapi
+
+import (
+	"context"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"strings"
+	"time"
+	"unicode/utf8"
+
+	"github.com/sirupsen/logrus"
+
+	"github.com/xapsd/xapsd/internal/logging"
+	"github.com/xapsd/xapsd/internal/notify"
+	"github.com/xapsd/xapsd/internal/registry"
+)
+
+// Subtopic is the only value iOS Mail sends, and the only one accepted.
+const Subtopic = "com.apple.mobilemail"
+
+// Limits on what a request may hold. Real requests are far below them.
+const (
+	MaxBody          = 64 << 10
+	MaxMailboxes     = 1000
+	MaxMailboxLen    = 1024
+	MaxUsernameLen   = 512
+	MaxAccountIDLen  = 256
+	MinTokenLen      = 16
+	MaxTokenLen      = 400
+	MaxEvents        = 64
+	registerDeadline = 30 * time.Second
+)
+
+// Registrar stores registrations durably (registry.Registry).
+type Registrar interface {
+	Register(ctx context.Context, reg registry.Registration) error
+}
+
+// Notifier handles mailbox events (notify.Service).
+type Notifier interface {
+	Notify(user, mailbox string, events []string) notify.Status
+}
+
+// Options wires the handler.
+type Options struct {
+	Registrar Registrar
+	Notifier  Notifier
+	// Topic returns the APNs topic devices must listen to, or an error
+	// saying why no push credential is usable (then /register is 503).
+	Topic func() (string, error)
+	// Health reports problems for /healthz; nil error means healthy.
+	Health func() error
+	Log    logrus.FieldLogger
+	// Observe, when set, sees every request's path, status and duration.
+	Observe func(path string, status int, d time.Duration)
+}
+
+type handler struct{ Options }
+
+// NewHandler returns the plugin API.
+func NewHandler(o Options) http.Handler {
+	if o.Log == nil {
+		l := logrus.New()
+		l.SetLevel(logrus.PanicLevel)
+		o.Log = l
+	}
+	return &handler{o}
+}
+
+func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	start := time.Now()
+	sw := &statusWriter{ResponseWriter: w, status: http.StatusOK}
+	h.route(sw, r)
+	if h.Observe != nil {
+		h.Observe(r.URL.Path, sw.status, time.Since(start))
+	}
+}
+
+func (h *handler) route(w http.ResponseWriter, r *http.Request) {
+	var allow string
+	var serve func(http.ResponseWriter, *http.Request)
+	switch r.URL.Path {
+	case "/register":
+		allow, serve = http.MethodPost, h.register
+	case "/notify":
+		allow, serve = http.MethodPost, h.notify
+	case "/healthz":
+		allow, serve = http.MethodGet, h.healthz
+	default:
+		http.Error(w, "404 page not found", http.StatusNotFound)
+		return
+	}
+	if r.Method != allow && !(allow == http.MethodGet && r.Method == http.MethodHead) {
+		w.Header().Set("Allow", allow)
+		http.Error(w, "Method Not Allowed", http.StatusMethodNotAllowed)
+		return
+	}
+	serve(w, r)
+}
+
+// registerRequest is the plugin's /register body (spec §1.2). Pointers
+// tell a missing key from an empty value in error messages.
+type registerRequest struct {
+	ApsAccountID   *string  `json:"ApsAccountId"`
+	ApsDeviceToken *string  `json:"ApsDeviceToken"`
+	ApsSubtopic    *string  `json:"ApsSubtopic"`
+	Username       *string  `json:"Username"`
+	Mailboxes      []string `json:"Mailboxes"`
+}
+
+// notifyRequest is the plugin's /notify body (spec §1.3).
+type notifyRequest struct {
+	Username *string  `json:"Username"`
+	Mailbox  *string  `json:"Mailbox"`
+	Events   []string `json:"Events"`
+}
+
+// decode reads one JSON value from a size-capped body. Keys match
+// case-insensitively and unknown keys are ignored, as encoding/json did
+// for the old daemon.
+func decode(w http.ResponseWriter, r *http.Request, v any) (int, error) {
+	body := http.MaxBytesReader(w, r.Body, MaxBody)
+	err := json.NewDecoder(body).Decode(v)
+	if err == nil {
+		return 0, nil
+	}
+	var tooBig *http.MaxBytesError
+	var typeErr *json.UnmarshalTypeError
+	switch {
+	case errors.As(err, &tooBig):
+		return http.StatusRequestEntityTooLarge, fmt.Errorf("body larger than %d bytes", MaxBody)
+	case errors.As(err, &typeErr):
+		return http.StatusBadRequest, fmt.Errorf("%s: wrong type (%s)", typeErr.Field, typeErr.Value)
+	default:
+		return http.StatusBadRequest, fmt.Errorf("malformed JSON: %v", err)
+	}
+}
+
+func fail(w http.ResponseWriter, status int, msg string) {
+	// One line, no quoting tricks: the plugin shows it to the IMAP client.
+	msg = strings.Map(func(r rune) rune {
+		if r < 0x20 || r == 0x7f || r == '"' || r == '\\' {
+			return ' '
+		}
+		return r
+	}, msg)
+	http.Error(w, msg, status)
+}
+
+func (h *handler) register(w http.ResponseWriter, r *http.Request) {
+	var req registerRequest
+	if status, err := decode(w, r, &req); err != nil {
+		h.Log.WithError(err).Debug("bad /register request")
+		fail(w, status, "invalid registration: "+err.Error())
+		return
+	}
+	reg, problems := validateRegister(&req)
+	if len(problems) > 0 {
+		msg := "invalid registration: " + strings.Join(problems, "; ")
+		h.Log.WithField("user", reg.User).Warn(msg)
+		fail(w, http.StatusBadRequest, msg)
+		return
+	}
+	topic, err := h.Topic()
+	if err != nil {
+		h.Log.WithError(err).Warn("refusing a registration: no usable push credential")
+		fail(w, http.StatusServiceUnavailable, "no usable push credential: "+err.Error())
+		return
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), registerDeadline)
+	defer cancel()
+	if err := h.Registrar.Register(ctx, reg); err != nil {
+		h.Log.WithError(err).WithField("user", reg.User).Error("registration not stored")
+		fail(w, http.StatusInternalServerError, "registration not stored: "+err.Error())
+		return
+	}
+	h.Log.WithFields(logrus.Fields{
+		"user":      reg.User,
+		"account":   logging.Mask(h.Log, reg.AccountID),
+		"token":     logging.Mask(h.Log, reg.DeviceToken),
+		"mailboxes": len(reg.Mailboxes),
+	}).Debug("registered")
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	// The topic only, no newline: the plugin uses the body as it is.
+	w.Write([]byte(topic))
+}
+
+func validateRegister(req *registerRequest) (registry.Registration, []string) {
+	var problems []string
+	need := func(name string, v *string, max int) string {
+		switch {
+		case v == nil:
+			problems = append(problems, name+": missing")
+		case *v == "":
+			problems = append(problems, name+": empty")
+		case len(*v) > max:
+			problems = append(problems, fmt.Sprintf("%s: longer than %d bytes", name, max))
+		case !printable(*v):
+			problems = append(problems, name+": not printable UTF-8")
+		default:
+			return *v
+		}
+		return ""
+	}
+	reg := registry.Registration{}
+	reg.AccountID = need("ApsAccountId", req.ApsAccountID, MaxAccountIDLen)
+	reg.DeviceToken = need("ApsDeviceToken", req.ApsDeviceToken, MaxTokenLen)
+	if t := reg.DeviceToken; t != "" {
+		if _, err := hex.DecodeString(t); err != nil || len(t) < MinTokenLen {
+			problems = append(problems, "ApsDeviceToken: not a hex device token")
+		}
+	}
+	if sub := need("ApsSubtopic", req.ApsSubtopic, 64); sub != "" && sub != Subtopic {
+		problems = append(problems, "ApsSubtopic: must be "+Subtopic)
+	}
+	reg.User = strings.ToLower(need("Username", req.Username, MaxUsernameLen))
+	switch {
+	case len(req.Mailboxes) == 0:
+		problems = append(problems, "Mailboxes: missing or empty")
+	case len(req.Mailboxes) > MaxMailboxes:
+		problems = append(problems, fmt.Sprintf("Mailboxes: more than %d", MaxMailboxes))
+	default:
+		seen := make(map[string]bool, len(req.Mailboxes))
+		for _, m := range req.Mailboxes {
+			if m == "" || len(m) > MaxMailboxLen || !printable(m) {
+				problems = append(problems, "Mailboxes: an empty, overlong or unprintable name")
+				break
+			}
+			if !seen[m] {
+				seen[m] = true
+				reg.Mailboxes = append(reg.Mailboxes, m)
+			}
+		}
+	}
+	return reg, problems
+}
+
+func printable(s string) bool {
+	if !utf8.ValidString(s) {
+		return false
+	}
+	for _, r := range s {
+		if r < 0x20 || r == 0x7f {
+			return false
+		}
+	}
+	return true
+}
+
+func (h *handler) notify(w http.ResponseWriter, r *http.Request) {
+	var req notifyRequest
+	if status, err := decode(w, r, &req); err != nil {
+		h.Log.WithError(err).Debug("bad /notify request")
+		fail(w, status, "invalid notification: "+err.Error())
+		return
+	}
+	var problems []string
+	for _, f := range []struct {
+		name string
+		v    *string
+	}{{"Username", req.Username}, {"Mailbox", req.Mailbox}} {
+		switch {
+		case f.v == nil || *f.v == "":
+			problems = append(problems, f.name+": missing or empty")
+		case len(*f.v) > MaxUsernameLen+MaxMailboxLen || !printable(*f.v):
+			problems = append(problems, f.name+": overlong or unprintable")
+		}
+	}
+	switch {
+	case len(req.Events) == 0:
+		// Dovecot omits Events when it recorded none (spec §1.3).
+		problems = append(problems, "Events: missing or empty")
+	case len(req.Events) > MaxEvents:
+		problems = append(problems, fmt.Sprintf("Events: more than %d", MaxEvents))
+	}
+	if len(problems) > 0 {
+		msg := "invalid notification: " + strings.Join(problems, "; ")
+		h.Log.Debug(msg)
+		fail(w, http.StatusBadRequest, msg)
+		return
+	}
+	user := strings.ToLower(*req.Username)
+	st := h.Notifier.Notify(user, *req.Mailbox, req.Events)
+	l := h.Log.WithFields(logrus.Fields{"user": user, "mailbox": *req.Mailbox, "events": req.Events})
+	switch st {
+	case notify.UnknownUser:
+		// Normal for users without Apple devices: not a warning (old
+		// daemon issue #9).
+		l.Debug("notify: no registration for the user")
+		w.WriteHeader(http.StatusNotFound)
+	case notify.NoMailbox:
+		l.Debug("notify: no device registered for the mailbox")
+		w.WriteHeader(http.StatusNoContent)
+	default:
+		l.Debug("notify")
+		w.WriteHeader(http.StatusOK)
+	}
+}
+
+func (h *handler) healthz(w http.ResponseWriter, r *http.Request) {
+	if h.Health != nil {
+		if err := h.Health(); err != nil {
+			fail(w, http.StatusServiceUnavailable, err.Error())
+			return
+		}
+	}
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	w.Write([]byte("ok\n"))
+}
+
+type statusWriter struct {
+	http.ResponseWriter
+	status int
+}
+
+func (s *statusWriter) WriteHeader(code int) {
+	s.status = code
+	s.ResponseWriter.WriteHeader(code)
+}

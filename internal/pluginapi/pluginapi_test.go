@@ -1,0 +1,216 @@
+package pluginapi
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/xapsd/xapsd/internal/notify"
+	"github.com/xapsd/xapsd/internal/registry"
+)
+
+const (
+	topic = "com.apple.mail.XServer.01234567-89ab-cdef-0123-456789abcdef"
+	tok   = "2918390218931890821908309283098109381029309829018310983092892829"
+	acc   = "0715A26B-CA09-4730-A419-793000CA982E"
+	// Exactly what the stock plugin sends, space after the colon included.
+	pluginRegister = `{"ApsAccountId":"` + acc + `","ApsDeviceToken":"` + tok + `","ApsSubtopic":"com.apple.mobilemail","Username":"Alice@Example.com","Mailboxes": ["INBOX","Notes"]}`
+	pluginNotify   = `{"Username":"Alice@Example.com","Mailbox":"INBOX","Events": ["MessageNew"]}`
+)
+
+type fakeNotifier struct {
+	status notify.Status
+	calls  []string
+}
+
+func (f *fakeNotifier) Notify(user, mailbox string, events []string) notify.Status {
+	f.calls = append(f.calls, user+"|"+mailbox+"|"+strings.Join(events, ","))
+	return f.status
+}
+
+type env struct {
+	srv   *httptest.Server
+	reg   *registry.Registry
+	notif *fakeNotifier
+	topic func() (string, error)
+}
+
+func newEnv(t *testing.T) *env {
+	t.Helper()
+	r, err := registry.Open(registry.Options{Path: filepath.Join(t.TempDir(), "database.json")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := &env{reg: r, notif: &fakeNotifier{}}
+	e.topic = func() (string, error) { return topic, nil }
+	h := NewHandler(Options{Registrar: r, Notifier: e.notif, Topic: func() (string, error) { return e.topic() }})
+	e.srv = httptest.NewServer(h)
+	t.Cleanup(func() { e.srv.Close(); r.Close() })
+	return e
+}
+
+func (e *env) do(t *testing.T, method, path, body string) (int, string, http.Header) {
+	t.Helper()
+	req, _ := http.NewRequest(method, e.srv.URL+path, strings.NewReader(body))
+	req.Header.Set("Content-Type", "application/json; charset=utf-8")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b), resp.Header
+}
+
+func TestRegisterAnswersTopicOnlyAndStores(t *testing.T) {
+	e := newEnv(t)
+	status, body, _ := e.do(t, "POST", "/register", pluginRegister)
+	if status != 200 || body != topic {
+		t.Fatalf("register = %d %q, want 200 and the bare topic", status, body)
+	}
+	got := e.reg.List("alice@example.com")
+	if len(got) != 1 || got[0].AccountID != acc || got[0].DeviceToken != tok || !slices.Equal(got[0].Mailboxes, []string{"INBOX", "Notes"}) {
+		t.Fatalf("stored %+v", got)
+	}
+}
+
+func TestRegisterKeysAreCaseInsensitive(t *testing.T) {
+	e := newEnv(t)
+	body := strings.NewReplacer("ApsAccountId", "apsaccountid", "Username", "USERNAME", "Mailboxes", "mailboxes").Replace(pluginRegister)
+	if status, _, _ := e.do(t, "POST", "/register", body); status != 200 {
+		t.Fatalf("status %d", status)
+	}
+	if len(e.reg.List("")) != 1 {
+		t.Fatal("not stored")
+	}
+}
+
+func TestBadRegistrationsChangeNothing(t *testing.T) {
+	replace := func(old, new string) string { return strings.Replace(pluginRegister, old, new, 1) }
+	cases := []struct {
+		name, body string
+		status     int
+		reason     string
+	}{
+		{"malformed", `{"ApsAccountId":`, 400, "malformed JSON"},
+		{"not an object", `[1,2]`, 400, "wrong type"},
+		{"number for string", replace(`"Username":"Alice@Example.com"`, `"Username":42`), 400, "Username"},
+		{"string for list", replace(`["INBOX","Notes"]`, `"INBOX"`), 400, "Mailboxes"},
+		{"missing account", replace(`"ApsAccountId":"`+acc+`",`, ``), 400, "ApsAccountId: missing"},
+		{"empty token", replace(tok, ""), 400, "ApsDeviceToken: empty"},
+		{"token not hex", replace(tok, strings.Repeat("zz", 32)), 400, "not a hex device token"},
+		{"token too short", replace(tok, "abcd"), 400, "not a hex device token"},
+		{"bad subtopic", replace("com.apple.mobilemail", "com.example.app"), 400, "ApsSubtopic"},
+		{"empty subtopic", replace("com.apple.mobilemail", ""), 400, "ApsSubtopic"},
+		{"empty username", replace("Alice@Example.com", ""), 400, "Username: empty"},
+		{"control char", replace("Alice@Example.com", `Ali\u0001ce`), 400, "Username: not printable"},
+		{"no mailboxes", replace(`["INBOX","Notes"]`, `[]`), 400, "Mailboxes: missing or empty"},
+		{"empty mailbox name", replace(`["INBOX","Notes"]`, `["INBOX",""]`), 400, "Mailboxes"},
+		{"too many mailboxes", replace(`["INBOX","Notes"]`, `[`+strings.Repeat(`"a",`, MaxMailboxes)+`"b"]`), 400, "Mailboxes: more than"},
+		{"too big", replace(`"Notes"`, `"`+strings.Repeat("x", MaxBody)+`"`), 413, "larger than"},
+		{"all wrong at once", `{}`, 400, "ApsAccountId: missing; ApsDeviceToken: missing; ApsSubtopic: missing; Username: missing; Mailboxes"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			e := newEnv(t)
+			status, body, _ := e.do(t, "POST", "/register", c.body)
+			if status != c.status || !strings.Contains(body, c.reason) {
+				t.Errorf("= %d %q, want %d containing %q", status, body, c.status, c.reason)
+			}
+			if strings.Count(strings.TrimSuffix(body, "\n"), "\n") != 0 {
+				t.Errorf("reason is not one line: %q", body)
+			}
+			if n := len(e.reg.List("")); n != 0 {
+				t.Errorf("bad request stored %d registrations", n)
+			}
+		})
+	}
+}
+
+func TestRegisterWithoutCredentialIs503(t *testing.T) {
+	e := newEnv(t)
+	e.topic = func() (string, error) { return "", errors.New("certificate push.pem expired") }
+	status, body, _ := e.do(t, "POST", "/register", pluginRegister)
+	if status != 503 || !strings.Contains(body, "push.pem expired") {
+		t.Errorf("= %d %q", status, body)
+	}
+	if len(e.reg.List("")) != 0 {
+		t.Error("stored a registration it could not serve")
+	}
+}
+
+type failingRegistrar struct{}
+
+func (failingRegistrar) Register(context.Context, registry.Registration) error {
+	return errors.New("disk full")
+}
+
+func TestRegisterStorageFailureIs500(t *testing.T) {
+	srv := httptest.NewServer(NewHandler(Options{Registrar: failingRegistrar{}, Notifier: &fakeNotifier{},
+		Topic: func() (string, error) { return topic, nil }}))
+	defer srv.Close()
+	resp, err := http.Post(srv.URL+"/register", "application/json", strings.NewReader(pluginRegister))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != 500 || !strings.Contains(string(b), "disk full") {
+		t.Errorf("= %d %q", resp.StatusCode, b)
+	}
+}
+
+func TestNotifyStatuses(t *testing.T) {
+	for st, want := range map[notify.Status]int{notify.Pushed: 200, notify.Ignored: 200, notify.NoMailbox: 204, notify.UnknownUser: 404} {
+		e := newEnv(t)
+		e.notif.status = st
+		status, _, _ := e.do(t, "POST", "/notify", pluginNotify)
+		if status != want {
+			t.Errorf("status for %v = %d, want %d", st, status, want)
+		}
+		if !slices.Equal(e.notif.calls, []string{"alice@example.com|INBOX|MessageNew"}) {
+			t.Errorf("notifier saw %v", e.notif.calls)
+		}
+	}
+}
+
+func TestBadNotifications(t *testing.T) {
+	cases := map[string]string{
+		"malformed":       `{"Username":`,
+		"no events key":   `{"Username":"a","Mailbox":"INBOX"}`,
+		"empty events":    `{"Username":"a","Mailbox":"INBOX","Events": []}`,
+		"no user":         `{"Mailbox":"INBOX","Events": ["MessageNew"]}`,
+		"empty mailbox":   `{"Username":"a","Mailbox":"","Events": ["MessageNew"]}`,
+		"events wrong":    `{"Username":"a","Mailbox":"INBOX","Events": "MessageNew"}`,
+		"too many events": `{"Username":"a","Mailbox":"INBOX","Events": [` + strings.Repeat(`"FlagsSet",`, MaxEvents) + `"x"]}`,
+	}
+	for name, body := range cases {
+		e := newEnv(t)
+		status, reason, _ := e.do(t, "POST", "/notify", body)
+		if status != 400 || !strings.HasPrefix(reason, "invalid notification") {
+			t.Errorf("%s: = %d %q, want 400", name, status, reason)
+		}
+		if len(e.notif.calls) != 0 {
+			t.Errorf("%s: notifier called", name)
+		}
+	}
+}
+
+func TestRoutingLikeTheOldDaemon(t *testing.T) {
+	e := newEnv(t)
+	if status, body, _ := e.do(t, "GET", "/nothing", ""); status != 404 || body != "404 page not found\n" {
+		t.Errorf("unknown path = %d %q", status, body)
+	}
+	status, body, h := e.do(t, "GET", "/register", "")
+	if status != 405 || body != "Method Not Allowed\n" || h.Get("Allow") != "POST" {
+		t.Errorf("GET /register = %d %q Allow=%q", status, body, h.Get("Allow"))
+	}
+	if status, body, _ := e.do(t, "GET", "/healthz", ""); status != 200 || body != "ok\n" {
+		t.Errorf("healthz = %d %q", status, body)
+	}
+}

@@ -1,0 +1,90 @@
+package scheduler
+
+import (
+	"context"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/xapsd/xapsd/internal/registry"
+)
+
+type recorder struct {
+	mu   sync.Mutex
+	keys []registry.Key
+}
+
+func (r *recorder) Enqueue(k registry.Key) { r.mu.Lock(); r.keys = append(r.keys, k); r.mu.Unlock() }
+func (r *recorder) n() int                 { r.mu.Lock(); defer r.mu.Unlock(); return len(r.keys) }
+
+type fakeClock struct{ t time.Time }
+
+func (c *fakeClock) Now() time.Time { return c.t }
+
+var (
+	a = registry.Key{User: "u", AccountID: "A", DeviceToken: "aa"}
+	b = registry.Key{User: "u", AccountID: "B", DeviceToken: "bb"}
+)
+
+func TestDebounce(t *testing.T) {
+	c := &fakeClock{t: time.Unix(1000, 0)}
+	rec := &recorder{}
+	s := New(Options{Delay: 30 * time.Second, Interval: 20 * time.Second, Sender: rec, Now: c.Now})
+	s.Delay(a)
+	c.t = c.t.Add(20 * time.Second)
+	s.Delay(a) // activity postpones the push
+	s.Delay(b)
+	c.t = c.t.Add(30 * time.Second)
+	if n := s.Tick(); n != 0 {
+		t.Fatalf("pushed %d entries exactly at the delay; the rule is strictly older", n)
+	}
+	c.t = c.t.Add(time.Second)
+	if n := s.Tick(); n != 2 || rec.n() != 2 {
+		t.Fatalf("Tick sent %d (recorded %d), want 2", n, rec.n())
+	}
+	if s.Tick() != 0 || s.Len() != 0 {
+		t.Error("an entry was pushed twice")
+	}
+}
+
+func TestCancelAbsorbsPending(t *testing.T) {
+	c := &fakeClock{t: time.Unix(1000, 0)}
+	rec := &recorder{}
+	s := New(Options{Delay: time.Second, Interval: time.Second, Sender: rec, Now: c.Now})
+	s.Delay(a)
+	s.Delay(b)
+	s.Cancel(a)
+	c.t = c.t.Add(time.Hour)
+	s.Tick()
+	if rec.n() != 1 || rec.keys[0] != b {
+		t.Errorf("sent %v, want only b", rec.keys)
+	}
+}
+
+func TestFlushSendsEverythingAtOnce(t *testing.T) {
+	rec := &recorder{}
+	s := New(Options{Delay: time.Hour, Interval: time.Hour, Sender: rec})
+	s.Delay(a)
+	s.Delay(b)
+	if n := s.Flush(); n != 2 || rec.n() != 2 || s.Len() != 0 {
+		t.Errorf("Flush = %d, sent %d, left %d", n, rec.n(), s.Len())
+	}
+}
+
+func TestRunTicksUntilCancelled(t *testing.T) {
+	rec := &recorder{}
+	s := New(Options{Delay: time.Millisecond, Interval: 5 * time.Millisecond, Sender: rec})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { s.Run(ctx); close(done) }()
+	s.Delay(a)
+	deadline := time.Now().Add(5 * time.Second)
+	for rec.n() == 0 && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+	}
+	cancel()
+	<-done
+	if rec.n() != 1 {
+		t.Fatalf("Run sent %d pushes, want 1", rec.n())
+	}
+}
