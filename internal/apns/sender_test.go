@@ -168,9 +168,15 @@ func TestInFlightDeviceIsQueuedAgain(t *testing.T) {
 func TestTemporaryFailuresAreRetried(t *testing.T) {
 	cases := map[string]func() (*apns2.Response, error){
 		"transport": func() (*apns2.Response, error) { return nil, errors.New("connection reset") },
-		"429":       func() (*apns2.Response, error) { return &apns2.Response{StatusCode: 429, Reason: "TooManyRequests"}, nil },
-		"503":       func() (*apns2.Response, error) { return &apns2.Response{StatusCode: 503, Reason: "ServiceUnavailable"}, nil },
-		"500":       func() (*apns2.Response, error) { return &apns2.Response{StatusCode: 500, Reason: "InternalServerError"}, nil },
+		"429": func() (*apns2.Response, error) {
+			return &apns2.Response{StatusCode: 429, Reason: "TooManyRequests"}, nil
+		},
+		"503": func() (*apns2.Response, error) {
+			return &apns2.Response{StatusCode: 503, Reason: "ServiceUnavailable"}, nil
+		},
+		"500": func() (*apns2.Response, error) {
+			return &apns2.Response{StatusCode: 500, Reason: "InternalServerError"}, nil
+		},
 	}
 	for name, fail := range cases {
 		t.Run(name, func(t *testing.T) {
