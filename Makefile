@@ -1,0 +1,52 @@
+# xapsd: push e-mail for iOS Mail on Dovecot servers.
+#
+#   make run     run the daemon from configs/dev/xapsd.yaml (loopback, dry-run pushes)
+#   make test    vet, then every test with the race detector (needs Dovecot for the end-to-end tests)
+#   make bench   performance figures (see docs/benchmarks.md)
+
+GO       ?= go
+VERSION  ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
+LDFLAGS  := -X main.version=$(VERSION)
+BIN      := bin/xapsd
+
+.PHONY: all build run test test-short vet fmt plugin bench fuzz clean
+
+all: build
+
+build:
+	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/xapsd
+
+run: build
+	$(BIN) --config configs/dev/xapsd.yaml
+
+vet:
+	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { echo "gofmt needed:"; gofmt -l $$(git ls-files '*.go'); exit 1; }
+	$(GO) vet ./...
+
+# The fuzz targets' seed corpora run as ordinary tests here.
+test: vet plugin
+	$(GO) test -race -count=1 -timeout 20m ./...
+
+test-short:
+	$(GO) test -race -short ./...
+
+plugin:
+	$(MAKE) -C dovecot
+
+bench: build
+	$(GO) run ./cmd/xapsd-bench -xapsd $(BIN)
+
+FUZZTIME ?= 30s
+fuzz:
+	@for pkg in $$($(GO) list ./...); do \
+	  for f in $$($(GO) test -list '^Fuzz' $$pkg | grep '^Fuzz'); do \
+	    echo "== $$pkg $$f"; $(GO) test -run XXX -fuzz "^$$f$$" -fuzztime $(FUZZTIME) $$pkg || exit 1; \
+	  done; \
+	done
+
+fmt:
+	gofmt -w $$(git ls-files '*.go')
+
+clean:
+	rm -rf bin
+	$(MAKE) -C dovecot clean
