@@ -1,0 +1,217 @@
+// Package config reads, checks and prints the xapsd configuration file.
+//
+// The file is YAML with the key names of the old xapsd (spec §8.2), so an existing
+// /etc/xapsd/xapsd.yaml keeps working unchanged. Keys are matched case-insensitively because
+// the old daemon read them through viper. Unlike the old daemon, every key has a default,
+// values are checked once at load time, and every problem is reported at once so an
+// administrator can fix the file in one pass.
+//
+// Only the daemon's wiring and admin commands should import this package; the parts of the
+// daemon take plain values from it.
+package config
+
+import (
+	"net"
+	"reflect"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Where the old daemon looked for its file (spec §8.1).
+const (
+	DefaultName = "xapsd"
+	DefaultDir  = "/etc/xapsd"
+)
+
+// The APNs hosts behind the apnsEndpoint words (spec §6.1).
+const (
+	productionURL  = "https://api.push.apple.com"
+	developmentURL = "https://api.sandbox.push.apple.com"
+)
+
+// Values of apnsEndpoint that are not URLs.
+const (
+	EndpointProduction  = "production"
+	EndpointDevelopment = "development"
+	EndpointDryRun      = "dry-run"
+)
+
+// Config is the effective configuration. The struct tags give the key as written in the file
+// (the legacy spelling) plus options: "path" marks file names resolved against the config
+// file's folder, "secret" marks values that Redacted hides. Config holds only comparable
+// values, so two loads can be compared with == (e.g. on reload).
+type Config struct {
+	File string // absolute path of the file loaded ("" = built-in defaults)
+
+	LogLevel  string `config:"loglevel"`
+	LogFormat string `config:"logFormat"`
+
+	DatabaseFile string `config:"databaseFile,path"`
+
+	ListenAddr    string `config:"listenAddr"`
+	Port          int    `config:"port"`
+	TLSCertFile   string `config:"tlsCertfile,path"`
+	TLSKeyFile    string `config:"tlsKeyfile,path"`
+	TLSListenAddr string `config:"tlsListenAddr"`
+	TLSPort       int    `config:"tlsPort"`
+
+	CheckInterval time.Duration `config:"checkInterval"`
+	Delay         time.Duration `config:"delay"`
+
+	CertificateFileP12         string `config:"certificateFileP12,path"`
+	CertificateFileP12Password string `config:"certificateFileP12Password,secret"`
+	CertificateFilePem         string `config:"certificateFilePem,path"`
+	CertificateFilePemKey      string `config:"certificateFilePemKey,path"`
+	KeyFileP8                  string `config:"keyFileP8,path"`
+	KeyFileTopic               string `config:"keyFileTopic"`
+	KeyFileKeyID               string `config:"keyFileKeyId"`
+	KeyFileTeamID              string `config:"keyFileTeamId"`
+	AppleID                    string `config:"appleId"`
+	AppleIDHashedPassword      string `config:"appleIdHashedPassword,secret"`
+	// DryRunTopic is what /register answers in dry-run mode when no credential gives a
+	// topic; it must be longer than 50 bytes for the stock plugin (spec §1.2).
+	DryRunTopic string `config:"dryRunTopic"`
+
+	APNsEndpoint         string        `config:"apnsEndpoint"`
+	PushMailboxes        string        `config:"pushMailboxes"`
+	APNsPriority         int           `config:"apnsPriority"` // 0 = header not sent, as the old daemon did
+	APNsExpiration       time.Duration `config:"apnsExpiration"`
+	APNsConcurrency      int           `config:"apnsConcurrency"`
+	RegistrationTTL      time.Duration `config:"registrationTTL"`
+	MaxDevicesPerAccount int           `config:"maxDevicesPerAccount"`
+	ShutdownTimeout      time.Duration `config:"shutdownTimeout"`
+	MetricsListenAddr    string        `config:"metricsListenAddr"` // "" or "off" = no metrics listener
+}
+
+// Default returns the built-in defaults: the legacy sample's values where it had them
+// (spec §8.2), otherwise the values docs/configuration.md explains.
+func Default() *Config {
+	return &Config{
+		LogLevel:             "info",
+		LogFormat:            "text",
+		DatabaseFile:         "/var/lib/xapsd/database.json",
+		ListenAddr:           "::1",
+		Port:                 11619,
+		TLSPort:              11620,
+		CheckInterval:        20 * time.Second,
+		Delay:                30 * time.Second,
+		DryRunTopic:          "com.apple.mail.XServer.00000000-0000-4000-8000-000000000000",
+		APNsEndpoint:         EndpointProduction,
+		PushMailboxes:        "registered",
+		APNsExpiration:       24 * time.Hour,
+		APNsConcurrency:      1000,
+		RegistrationTTL:      30 * 24 * time.Hour,
+		MaxDevicesPerAccount: 8,
+		ShutdownTimeout:      15 * time.Second,
+		MetricsListenAddr:    "127.0.0.1:11621",
+	}
+}
+
+// ListenAddress is the host:port of the plain-HTTP listener for the Dovecot plugin.
+func (c *Config) ListenAddress() string {
+	return net.JoinHostPort(stripBrackets(c.ListenAddr), strconv.Itoa(c.Port))
+}
+
+// TLSListenAddress is the host:port of the optional TLS listener.
+func (c *Config) TLSListenAddress() string {
+	return net.JoinHostPort(stripBrackets(c.TLSListenAddr), strconv.Itoa(c.TLSPort))
+}
+
+// TLSEnabled reports whether the TLS listener runs: the old daemon started it when either
+// file was named (spec §8.3); Validate insists on both.
+func (c *Config) TLSEnabled() bool {
+	return c.TLSCertFile != "" || c.TLSKeyFile != ""
+}
+
+// DryRun reports whether pushes are logged instead of sent to Apple.
+func (c *Config) DryRun() bool {
+	return strings.EqualFold(c.APNsEndpoint, EndpointDryRun)
+}
+
+// MetricsEnabled reports whether the monitoring listener should run.
+func (c *Config) MetricsEnabled() bool {
+	return c.MetricsListenAddr != "" && !strings.EqualFold(c.MetricsListenAddr, "off")
+}
+
+// APNsURL is the base URL pushes go to, "" in dry-run mode.
+func (c *Config) APNsURL() (string, error) {
+	switch strings.ToLower(c.APNsEndpoint) {
+	case EndpointProduction:
+		return productionURL, nil
+	case EndpointDevelopment:
+		return developmentURL, nil
+	case EndpointDryRun:
+		return "", nil
+	}
+	u, err := parseEndpointURL(c.APNsEndpoint)
+	if err != nil {
+		return "", err
+	}
+	return u, nil
+}
+
+// stripBrackets accepts the legacy sample's '[::1]' form of an IPv6 host.
+func stripBrackets(host string) string {
+	if len(host) >= 2 && host[0] == '[' && host[len(host)-1] == ']' {
+		return host[1 : len(host)-1]
+	}
+	return host
+}
+
+// kind is how a key's value is parsed.
+type kind int
+
+const (
+	kindString kind = iota
+	kindInt
+	kindDuration
+)
+
+// key describes one configuration key, derived from the Config struct tags so the list of
+// keys cannot drift from the struct.
+type key struct {
+	name   string // legacy spelling, e.g. "checkInterval"
+	field  int    // index in Config
+	kind   kind
+	path   bool // resolved against the config file's folder
+	secret bool // hidden by Redacted
+}
+
+var durationType = reflect.TypeFor[time.Duration]()
+
+// keys lists the configuration keys in struct order.
+func keys() []key {
+	t := reflect.TypeFor[Config]()
+	var ks []key
+	for i := range t.NumField() {
+		f := t.Field(i)
+		tag, ok := f.Tag.Lookup("config")
+		if !ok {
+			continue
+		}
+		name, opts, _ := strings.Cut(tag, ",")
+		k := key{name: name, field: i}
+		switch {
+		case f.Type == durationType:
+			k.kind = kindDuration
+		case f.Type.Kind() == reflect.Int:
+			k.kind = kindInt
+		case f.Type.Kind() == reflect.String:
+			k.kind = kindString
+		default:
+			// A programming error caught by the tests, not by users.
+			panic("config: unsupported field type " + f.Type.String())
+		}
+		for _, o := range strings.Split(opts, ",") {
+			switch o {
+			case "path":
+				k.path = true
+			case "secret":
+				k.secret = true
+			}
+		}
+		ks = append(ks, k)
+	}
+	return ks
+}

@@ -1,0 +1,300 @@
+package config
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/url"
+	"reflect"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Limits checked by Validate.
+const (
+	maxExpiration  = 30 * 24 * time.Hour // APNs keeps a push at most 30 days (apns-and-users)
+	minTTL         = time.Hour
+	maxConcurrency = 100000
+	maxDevices     = 1000
+	topicMinBytes  = 51 // the stock plugin asserts a /register body of more than 50 bytes (spec §1.2)
+)
+
+// Validate checks the whole configuration and returns every problem joined with
+// errors.Join, or nil. Each problem starts with the key and the bad value.
+func (c *Config) Validate() error {
+	return errors.Join(c.validate(nil)...)
+}
+
+var (
+	hexSHA256 = regexp.MustCompile(`^[0-9a-fA-F]{64}$`)
+	hostName  = regexp.MustCompile(`^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?$`)
+	appleID10 = regexp.MustCompile(`^[A-Z0-9]{10}$`)
+)
+
+// validate does the work of Validate. given holds the values as written in the file (nil
+// when there is no file), so messages quote "-5" rather than the parsed "-5s".
+func (c *Config) validate(given map[string]string) []error {
+	var errs []error
+	bad := func(name string, value any, format string, args ...any) {
+		shown, ok := given[name]
+		if ok {
+			shown = show(shown)
+		} else {
+			shown = showValue(value)
+		}
+		errs = append(errs, fmt.Errorf("%s: %s: %s", name, shown, fmt.Sprintf(format, args...)))
+	}
+	missing := func(name, format string, args ...any) {
+		errs = append(errs, fmt.Errorf("%s: %s", name, fmt.Sprintf(format, args...)))
+	}
+
+	// A control character in a value is never meant and would end up in paths and logs.
+	v := reflect.ValueOf(c).Elem()
+	for _, k := range keys() {
+		if k.kind == kindString && strings.IndexFunc(v.Field(k.field).String(), isControl) >= 0 {
+			if k.secret {
+				missing(k.name, "contains control characters")
+			} else {
+				bad(k.name, v.Field(k.field).String(), "contains control characters")
+			}
+		}
+	}
+
+	switch strings.ToLower(c.LogLevel) {
+	case "trace", "debug", "info", "warn", "warning", "error":
+	default:
+		bad("loglevel", c.LogLevel, "must be trace, debug, info, warn or error")
+	}
+	switch strings.ToLower(c.LogFormat) {
+	case "text", "json":
+	default:
+		bad("logFormat", c.LogFormat, "must be text or json")
+	}
+
+	if c.DatabaseFile == "" {
+		missing("databaseFile", "must not be empty")
+	}
+
+	if !validHost(c.ListenAddr) {
+		bad("listenAddr", c.ListenAddr, "must be an IP address or host name without port (the port goes in port)")
+	}
+	if !validPort(c.Port) {
+		bad("port", c.Port, "must be between 1 and 65535")
+	}
+	if !validHost(c.TLSListenAddr) {
+		bad("tlsListenAddr", c.TLSListenAddr, "must be an IP address or host name without port (the port goes in tlsPort)")
+	}
+	if !validPort(c.TLSPort) {
+		bad("tlsPort", c.TLSPort, "must be between 1 and 65535")
+	}
+	// Spec §8.3: the old daemon started TLS with only one of the two files and then failed
+	// at the first handshake; refuse that at load time instead.
+	switch {
+	case c.TLSCertFile != "" && c.TLSKeyFile == "":
+		missing("tlsKeyfile", "must be set when tlsCertfile is set")
+	case c.TLSKeyFile != "" && c.TLSCertFile == "":
+		missing("tlsCertfile", "must be set when tlsKeyfile is set")
+	}
+	if c.TLSEnabled() && c.Port == c.TLSPort && validPort(c.Port) && sameListenHost(c.ListenAddr, c.TLSListenAddr) {
+		bad("tlsPort", c.TLSPort, "is also the plain HTTP port; the two listeners need different ports")
+	}
+
+	// The old daemon panicked on checkInterval 0 (spec §5).
+	if c.CheckInterval <= 0 {
+		bad("checkInterval", c.CheckInterval, "must be a positive number of seconds")
+	}
+	if c.Delay <= 0 {
+		bad("delay", c.Delay, "must be a positive number of seconds")
+	}
+
+	if c.CertificateFilePemKey != "" && c.CertificateFilePem == "" {
+		missing("certificateFilePem", "must be set when certificateFilePemKey is set")
+	}
+	// Token mode needs all four values (spec §6.1); the sample's placeholders for the other
+	// three are harmless as long as keyFileP8 is empty.
+	if c.KeyFileP8 != "" {
+		for _, m := range []struct{ name, value string }{
+			{"keyFileKeyId", c.KeyFileKeyID},
+			{"keyFileTeamId", c.KeyFileTeamID},
+			{"keyFileTopic", c.KeyFileTopic},
+		} {
+			if m.value == "" {
+				missing(m.name, "must be set when keyFileP8 is set")
+			}
+		}
+	}
+	switch {
+	case c.AppleID != "" && c.AppleIDHashedPassword == "":
+		missing("appleIdHashedPassword", "must be set when appleId is set (use the output of xapsd -pass)")
+	case c.AppleIDHashedPassword != "" && c.AppleID == "":
+		missing("appleId", "must be set when appleIdHashedPassword is set")
+	}
+	if c.AppleIDHashedPassword != "" && !hexSHA256.MatchString(c.AppleIDHashedPassword) {
+		// Never echo a secret, not even a wrong one.
+		missing("appleIdHashedPassword", "<redacted, %d characters>: must be 64 hexadecimal characters (the output of xapsd -pass)", len(c.AppleIDHashedPassword))
+	}
+	if c.DryRunTopic == "" {
+		missing("dryRunTopic", "must not be empty")
+	}
+
+	switch strings.ToLower(c.APNsEndpoint) {
+	case EndpointProduction, EndpointDevelopment, EndpointDryRun:
+	default:
+		if _, err := parseEndpointURL(c.APNsEndpoint); err != nil {
+			bad("apnsEndpoint", c.APNsEndpoint, "must be production, development, dry-run or an https://host[:port] URL: %v", err)
+		}
+	}
+	switch strings.ToLower(c.PushMailboxes) {
+	case "registered", "inbox":
+	default:
+		bad("pushMailboxes", c.PushMailboxes, "must be registered or inbox")
+	}
+	switch c.APNsPriority {
+	case 0, 5, 10:
+	default:
+		bad("apnsPriority", c.APNsPriority, "must be 5, 10, or 0 to send no apns-priority header")
+	}
+	if c.APNsExpiration <= 0 || c.APNsExpiration > maxExpiration {
+		bad("apnsExpiration", c.APNsExpiration, "must be more than 0 and at most 720h (30 days, the longest APNs stores a push)")
+	}
+	if c.APNsConcurrency < 1 || c.APNsConcurrency > maxConcurrency {
+		bad("apnsConcurrency", c.APNsConcurrency, "must be between 1 and %d", maxConcurrency)
+	}
+	if c.RegistrationTTL < minTTL {
+		bad("registrationTTL", c.RegistrationTTL, "must be at least 1h")
+	}
+	if c.MaxDevicesPerAccount < 1 || c.MaxDevicesPerAccount > maxDevices {
+		bad("maxDevicesPerAccount", c.MaxDevicesPerAccount, "must be between 1 and %d", maxDevices)
+	}
+	if c.ShutdownTimeout <= 0 {
+		bad("shutdownTimeout", c.ShutdownTimeout, "must be positive")
+	}
+	if c.MetricsEnabled() {
+		if err := checkHostPort(c.MetricsListenAddr); err != nil {
+			bad("metricsListenAddr", c.MetricsListenAddr, "must be host:port, \"\" or off: %v", err)
+		}
+	}
+	return errs
+}
+
+func showValue(v any) string {
+	switch x := v.(type) {
+	case string:
+		return show(x)
+	case time.Duration:
+		return x.String()
+	}
+	return fmt.Sprint(v)
+}
+
+func validPort(p int) bool { return p >= 1 && p <= 65535 }
+
+// validHost accepts "" (all interfaces), an IP address (brackets and a zone allowed) or a
+// host name. It rejects "127.0.0.1:11619", a common slip when the port has its own key.
+func validHost(h string) bool {
+	h = stripBrackets(h)
+	if h == "" {
+		return true
+	}
+	ip, _, _ := strings.Cut(h, "%")
+	if net.ParseIP(ip) != nil {
+		return true
+	}
+	return len(h) <= 253 && hostName.MatchString(h)
+}
+
+func sameListenHost(a, b string) bool {
+	a, b = stripBrackets(a), stripBrackets(b)
+	return a == b || a == "" || b == ""
+}
+
+func checkHostPort(s string) error {
+	host, port, err := net.SplitHostPort(s)
+	if err != nil {
+		return err
+	}
+	if !validHost(host) {
+		return fmt.Errorf("bad host %q", host)
+	}
+	p, err := strconv.Atoi(port)
+	if err != nil || !validPort(p) {
+		return fmt.Errorf("port %q is not between 1 and 65535", port)
+	}
+	return nil
+}
+
+// parseEndpointURL checks a custom APNs base URL (a test server or a proxy) and returns it
+// without trailing slash, because the push library appends /3/device/<token> itself.
+func parseEndpointURL(s string) (string, error) {
+	u, err := url.Parse(s)
+	if err != nil {
+		return "", errors.New("not a URL")
+	}
+	switch {
+	case u.Scheme != "https":
+		return "", errors.New("the scheme must be https (APNs is HTTP/2 over TLS)")
+	case u.Host == "" || u.Hostname() == "":
+		return "", errors.New("the URL has no host")
+	case u.User != nil:
+		return "", errors.New("the URL must not contain a user name or password")
+	case u.Path != "" && u.Path != "/", u.RawQuery != "", u.Fragment != "", u.Opaque != "":
+		return "", errors.New("the URL must not have a path, query or fragment")
+	}
+	if p := u.Port(); p != "" {
+		if n, err := strconv.Atoi(p); err != nil || !validPort(n) {
+			return "", fmt.Errorf("port %q is not between 1 and 65535", p)
+		}
+	}
+	return "https://" + u.Host, nil
+}
+
+// warnings lists settings that are legal but most likely not what the admin meant.
+func (c *Config) warnings() []string {
+	var w []string
+	var creds []string
+	for _, k := range []struct{ name, value string }{
+		{"certificateFileP12", c.CertificateFileP12},
+		{"certificateFilePem", c.CertificateFilePem},
+		{"keyFileP8", c.KeyFileP8},
+	} {
+		if k.value != "" {
+			creds = append(creds, k.name)
+		}
+	}
+	if len(creds) > 1 {
+		// Same order as the old daemon (spec §6.1).
+		all := "both"
+		if len(creds) > 2 {
+			all = "all"
+		}
+		w = append(w, fmt.Sprintf("%s are %s set; only %s is used (order: certificateFileP12, then certificateFilePem, then keyFileP8)",
+			strings.Join(creds, " and "), all, creds[0]))
+	}
+	if c.CertificateFileP12Password != "" && c.CertificateFileP12 == "" {
+		w = append(w, "certificateFileP12Password: ignored because certificateFileP12 is not set")
+	}
+	tokenMode := len(creds) > 0 && creds[0] == "keyFileP8"
+	if tokenMode {
+		if len(c.KeyFileTopic) < topicMinBytes {
+			w = append(w, fmt.Sprintf("keyFileTopic: %s: only %d bytes; the stock Dovecot plugin needs a topic of more than 50 bytes and crashes otherwise (a real one looks like com.apple.mail.XServer.<uuid>)",
+				show(c.KeyFileTopic), len(c.KeyFileTopic)))
+		}
+		if c.KeyFileKeyID != "" && !appleID10.MatchString(c.KeyFileKeyID) {
+			w = append(w, fmt.Sprintf("keyFileKeyId: %s: Apple key IDs are 10 upper-case letters and digits; is this the sample's placeholder?", show(c.KeyFileKeyID)))
+		}
+		if c.KeyFileTeamID != "" && !appleID10.MatchString(c.KeyFileTeamID) {
+			w = append(w, fmt.Sprintf("keyFileTeamId: %s: Apple team IDs are 10 upper-case letters and digits; is this the sample's placeholder?", show(c.KeyFileTeamID)))
+		}
+	}
+	if c.DryRun() {
+		if len(c.DryRunTopic) < topicMinBytes {
+			w = append(w, fmt.Sprintf("dryRunTopic: %s: only %d bytes; the stock Dovecot plugin needs a topic of more than 50 bytes and crashes otherwise",
+				show(c.DryRunTopic), len(c.DryRunTopic)))
+		}
+	} else if len(creds) == 0 && c.AppleID == "" {
+		w = append(w, "no push credential set (certificateFileP12, certificateFilePem, keyFileP8 or appleId): xapsd cannot push to Apple; set one, or use apnsEndpoint: dry-run to run without Apple")
+	}
+	return w
+}
