@@ -80,6 +80,7 @@ type Config struct {
 	APNsConcurrency      int           `config:"apnsConcurrency"`
 	RegistrationTTL      time.Duration `config:"registrationTTL"`
 	MaxDevicesPerAccount int           `config:"maxDevicesPerAccount"`
+	RegistryCompactAfter int           `config:"registryCompactAfter"`
 	ShutdownTimeout      time.Duration `config:"shutdownTimeout"`
 	MetricsListenAddr    string        `config:"metricsListenAddr"` // "" or "off" = no metrics listener
 }
@@ -103,6 +104,7 @@ func Default() *Config {
 		APNsConcurrency:      1000,
 		RegistrationTTL:      30 * 24 * time.Hour,
 		MaxDevicesPerAccount: 8,
+		RegistryCompactAfter: 100000,
 		ShutdownTimeout:      15 * time.Second,
 		MetricsListenAddr:    "127.0.0.1:11621",
 	}

@@ -107,6 +107,7 @@ func TestKeys(t *testing.T) {
 		{"apnsConcurrency", "apnsConcurrency: 100000", func(c *Config) any { return c.APNsConcurrency }, 100000},
 		{"registrationTTL", "registrationTTL: 1h", func(c *Config) any { return c.RegistrationTTL }, time.Hour},
 		{"maxDevicesPerAccount", "maxDevicesPerAccount: 1000", func(c *Config) any { return c.MaxDevicesPerAccount }, 1000},
+		{"registryCompactAfter", "registryCompactAfter: 50", func(c *Config) any { return c.RegistryCompactAfter }, 50},
 		{"shutdownTimeout", "shutdownTimeout: 1m", func(c *Config) any { return c.ShutdownTimeout }, time.Minute},
 		{"metricsListenAddr", "metricsListenAddr: '[::1]:9100'", func(c *Config) any { return c.MetricsListenAddr }, "[::1]:9100"},
 		{"metricsListenAddr off", "metricsListenAddr: OFF", func(c *Config) any { return c.MetricsListenAddr }, ""},

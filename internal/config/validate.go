@@ -168,6 +168,9 @@ func (c *Config) validate(given map[string]string) []error {
 	if c.MaxDevicesPerAccount < 1 || c.MaxDevicesPerAccount > maxDevices {
 		bad("maxDevicesPerAccount", c.MaxDevicesPerAccount, "must be between 1 and %d", maxDevices)
 	}
+	if c.RegistryCompactAfter < 10 || c.RegistryCompactAfter > 100_000_000 {
+		bad("registryCompactAfter", c.RegistryCompactAfter, "must be between 10 and 100000000")
+	}
 	if c.ShutdownTimeout <= 0 {
 		bad("shutdownTimeout", c.ShutdownTimeout, "must be positive")
 	}
