@@ -2,6 +2,7 @@ package registry
 
 import (
 	"bytes"
+	"encoding/json"
 	"slices"
 	"testing"
 	"time"
@@ -67,6 +68,31 @@ func FuzzDecodeJournalLine(f *testing.F) {
 		rec, err := decodeJournalLine(line)
 		if err == nil && (rec.Seq == 0 || rec.User == "" || rec.AccountID == "" || rec.DeviceToken == "") {
 			t.Fatalf("accepted an incomplete record %+v", rec)
+		}
+	})
+}
+
+// FuzzParseRecordLine: the reflection-free reader must give exactly what
+// encoding/json gives for every line it accepts.
+func FuzzParseRecordLine(f *testing.F) {
+	f.Add([]byte(`{"User":"a","AccountId":"x","DeviceToken":"ab","Mailboxes":["INBOX","Notes"],"RegistrationTime":"2026-01-02T03:04:05.123456789Z"}`))
+	f.Add([]byte(`{"User":"a","AccountId":"x","DeviceToken":"ab","Mailboxes":[]}`))
+	f.Add([]byte(`{"User":"a\u00e4","AccountId":"x","DeviceToken":"ab"}`))
+	f.Add([]byte(`{"User":"a","User":"b","AccountId":"x","DeviceToken":"ab"}`))
+	f.Add([]byte(`{"User":"a","AccountId":"x","DeviceToken":"ab","RegistrationTime":"2026-01-02T03:04:05+01:00"}`))
+	f.Fuzz(func(t *testing.T, line []byte) {
+		fast, ok := parseFlat(line)
+		if !ok {
+			return
+		}
+		var slow record
+		if err := json.Unmarshal(line, &slow); err != nil {
+			t.Fatalf("parseFlat accepted %q, encoding/json says %v", line, err)
+		}
+		if fast.User != slow.User || fast.AccountID != slow.AccountID || fast.DeviceToken != slow.DeviceToken ||
+			!slices.Equal(fast.Mailboxes, slow.Mailboxes) || (fast.Mailboxes == nil) != (slow.Mailboxes == nil) ||
+			!fast.RegistrationTime.Equal(slow.RegistrationTime) {
+			t.Fatalf("%q: fast %+v, encoding/json %+v", line, fast, slow)
 		}
 	})
 }

@@ -79,6 +79,7 @@ func openJournal(r *Registry, path string) (*journal, error) {
 		return nil, fmt.Errorf("load registry %s: %w", path, err)
 	}
 	r.seq = snap.Seq
+	r.users = make(map[string][]entry, len(snap.Records))
 	now := r.opts.Now()
 	for _, rec := range snap.Records {
 		if rec.User == "" || rec.AccountID == "" || rec.DeviceToken == "" {

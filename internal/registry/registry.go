@@ -122,6 +122,7 @@ type Registry struct {
 	mu      sync.RWMutex
 	users   map[string][]entry
 	boxes   map[string]*mailboxSet
+	boxKey  []byte // scratch for internBoxes
 	count   int
 	seq     uint64 // last sequence number handed out
 	pending *batch // records not yet handed to the journal writer
@@ -155,17 +156,27 @@ func Open(opts Options) (*Registry, error) {
 	return r, nil
 }
 
-// internBoxes returns the shared set for a list. Caller holds mu.
+// internBoxes returns the shared set for a list. Caller holds mu (or is
+// loading). The lookup key is built in a reused buffer, so a list seen
+// before costs no allocation: loading a million registrations mostly
+// sees the same few lists.
 func (r *Registry) internBoxes(names []string) *mailboxSet {
-	k := strings.Join(names, "\x00")
-	if s, ok := r.boxes[k]; ok {
+	buf := r.boxKey[:0]
+	for i, n := range names {
+		if i > 0 {
+			buf = append(buf, 0)
+		}
+		buf = append(buf, n...)
+	}
+	r.boxKey = buf
+	if s, ok := r.boxes[string(buf)]; ok {
 		return s
 	}
 	s := &mailboxSet{names: append([]string(nil), names...), match: make([]string, len(names))}
 	for i, n := range names {
 		s.match[i] = normalizeMailbox(n)
 	}
-	r.boxes[k] = s
+	r.boxes[string(buf)] = s
 	return s
 }
 

@@ -148,8 +148,8 @@ func decodeFast(data []byte) (*snapshot, bool) {
 					failed.Do(func() { bad = true })
 					return
 				}
-				var r record
-				if err := json.Unmarshal(l, &r); err != nil || r.Seq != 0 || r.Op != "" {
+				r, err := parseRecordLine(l)
+				if err != nil || r.Seq != 0 || r.Op != "" {
 					failed.Do(func() { bad = true })
 					return
 				}

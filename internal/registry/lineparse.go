@@ -1,0 +1,141 @@
+package registry
+
+import (
+	"bytes"
+	"encoding/json"
+	"time"
+)
+
+// parseRecordLine decodes one snapshot line. Lines written by
+// encodeSnapshot are flat objects of plain strings, which this reads
+// without reflection; anything else (escapes, other spacing, unknown
+// keys, other types) goes through encoding/json, so the result is always
+// what json.Unmarshal would give. Loading a million registrations is
+// dominated by this function.
+func parseRecordLine(line []byte) (record, error) {
+	if r, ok := parseFlat(line); ok {
+		return r, nil
+	}
+	var r record
+	err := json.Unmarshal(line, &r)
+	return r, err
+}
+
+func parseFlat(s []byte) (record, bool) {
+	var r record
+	if len(s) < 2 || s[0] != '{' || s[len(s)-1] != '}' {
+		return r, false
+	}
+	p := 1
+	seen := 0
+	for {
+		key, np, ok := plainString(s, p)
+		if !ok || np >= len(s) || s[np] != ':' {
+			return r, false
+		}
+		p = np + 1
+		var bit int
+		switch string(key) {
+		case "User":
+			bit = 1
+			var v []byte
+			if v, p, ok = plainString(s, p); ok {
+				r.User = string(v)
+			}
+		case "AccountId":
+			bit = 2
+			var v []byte
+			if v, p, ok = plainString(s, p); ok {
+				r.AccountID = string(v)
+			}
+		case "DeviceToken":
+			bit = 4
+			var v []byte
+			if v, p, ok = plainString(s, p); ok {
+				r.DeviceToken = string(v)
+			}
+		case "Mailboxes":
+			bit = 8
+			r.Mailboxes, p, ok = plainStringList(s, p)
+		case "RegistrationTime":
+			bit = 16
+			var v []byte
+			if v, p, ok = plainString(s, p); ok {
+				// encoding/json accepts exactly RFC 3339 here.
+				t, err := time.Parse(time.RFC3339Nano, string(v))
+				ok = err == nil && validRFC3339(v)
+				r.RegistrationTime = t
+			}
+		default:
+			return r, false
+		}
+		if !ok || seen&bit != 0 {
+			// Duplicate keys: let encoding/json decide what wins.
+			return r, false
+		}
+		seen |= bit
+		switch {
+		case p < len(s)-1 && s[p] == ',':
+			p++
+		case p == len(s)-1:
+			return r, true
+		default:
+			return r, false
+		}
+	}
+}
+
+// plainString reads a JSON string without escapes or control characters
+// starting at s[p] == '"' and returns its content and the index after it.
+func plainString(s []byte, p int) ([]byte, int, bool) {
+	if p >= len(s) || s[p] != '"' {
+		return nil, p, false
+	}
+	end := bytes.IndexByte(s[p+1:], '"')
+	if end < 0 {
+		return nil, p, false
+	}
+	v := s[p+1 : p+1+end]
+	for _, c := range v {
+		if c < 0x20 || c == '\\' || c >= 0x80 {
+			// Escapes and non-ASCII (invalid UTF-8 is replaced by
+			// encoding/json) take the slow path.
+			return nil, p, false
+		}
+	}
+	return v, p + end + 2, true
+}
+
+func plainStringList(s []byte, p int) ([]string, int, bool) {
+	if p >= len(s) || s[p] != '[' {
+		return nil, p, false
+	}
+	p++
+	var out []string
+	if p < len(s) && s[p] == ']' {
+		return []string{}, p + 1, true
+	}
+	for {
+		v, np, ok := plainString(s, p)
+		if !ok || np >= len(s) {
+			return nil, p, false
+		}
+		out = append(out, string(v))
+		p = np
+		switch s[p] {
+		case ',':
+			p++
+		case ']':
+			return out, p + 1, true
+		default:
+			return nil, p, false
+		}
+	}
+}
+
+// validRFC3339 rejects what time.Parse accepts but time.Time's JSON
+// decoding does not (it is stricter about the hour and offset forms).
+func validRFC3339(v []byte) bool {
+	var t time.Time
+	return t.UnmarshalText(v) == nil
+}
