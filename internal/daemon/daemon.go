@@ -1,0 +1,305 @@
+// Package daemon wires xapsd together and runs it: it builds each part
+// from the configuration, serves the plugin API, reloads credentials and
+// log settings on SIGHUP, and shuts down in order so that nothing
+// acknowledged is lost.
+package daemon
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/sirupsen/logrus"
+
+	"github.com/xapsd/xapsd/internal/apns"
+	"github.com/xapsd/xapsd/internal/config"
+	"github.com/xapsd/xapsd/internal/logging"
+	"github.com/xapsd/xapsd/internal/notify"
+	"github.com/xapsd/xapsd/internal/pluginapi"
+	"github.com/xapsd/xapsd/internal/registry"
+	"github.com/xapsd/xapsd/internal/scheduler"
+)
+
+// Daemon is one running xapsd.
+type Daemon struct {
+	log    *logrus.Logger
+	cfg    atomic.Pointer[config.Config]
+	cred   atomic.Pointer[credential]
+	reg    *registry.Registry
+	sender *apns.Sender
+	sched  *scheduler.Scheduler
+
+	servers   []*http.Server
+	listeners []net.Listener
+}
+
+// Options are what main hands over.
+type Options struct {
+	Config *config.Config
+	Log    *logrus.Logger
+	// Reload receives a value for each SIGHUP.
+	Reload <-chan struct{}
+	// Ready, if set, is called with the plugin API address once it listens.
+	Ready func(addr string)
+}
+
+// Run starts xapsd and blocks until ctx ends, then shuts down. An error
+// before listening (bad credential, unreadable registry, port in use)
+// is returned at once so the process exits non-zero.
+func Run(ctx context.Context, o Options) error {
+	d := &Daemon{log: o.Log}
+	cfg := o.Config
+	d.cfg.Store(cfg)
+	log := o.Log.WithField("component", "daemon")
+
+	cred, err := loadCredential(cfg, o.Log.WithField("component", "apns"), time.Now())
+	if err != nil {
+		return err
+	}
+	d.cred.Store(cred)
+	if cred.err != nil {
+		log.WithError(cred.err).Error("xapsd cannot register devices until a push credential is configured")
+	}
+
+	start := time.Now()
+	d.reg, err = registry.Open(registry.Options{
+		Path:          cfg.DatabaseFile,
+		TTL:           cfg.RegistrationTTL,
+		MaxPerAccount: cfg.MaxDevicesPerAccount,
+		CompactAfter:  cfg.RegistryCompactAfter,
+		Log:           o.Log.WithField("component", "registry"),
+	})
+	if err != nil {
+		return err
+	}
+	users, regs := d.reg.Stats()
+	log.WithFields(logrus.Fields{"file": cfg.DatabaseFile, "users": users, "registrations": regs,
+		"ms": time.Since(start).Milliseconds()}).Info("registry loaded")
+
+	d.sender = apns.New(cred.client, apns.Options{
+		Concurrency: cfg.APNsConcurrency,
+		Expiration:  cfg.APNsExpiration,
+		Priority:    cfg.APNsPriority,
+		Remover:     d.reg,
+		Log:         o.Log.WithField("component", "apns"),
+	})
+	d.sched = scheduler.New(scheduler.Options{Delay: cfg.Delay, Interval: cfg.CheckInterval, Sender: d.sender})
+	svc := &notify.Service{Registry: d.reg, Scheduler: d.sched, Sender: d.sender,
+		InboxOnly: strings.EqualFold(cfg.PushMailboxes, "inbox")}
+	handler := pluginapi.NewHandler(pluginapi.Options{
+		Registrar: d.reg,
+		Notifier:  svc,
+		Topic:     d.topic,
+		Health:    d.health,
+		Log:       o.Log.WithField("component", "pluginapi"),
+	})
+
+	if err := d.listen(cfg, handler); err != nil {
+		d.reg.Close()
+		return err
+	}
+
+	pendingPath := pendingFile(cfg.DatabaseFile)
+	if keys, err := loadPending(pendingPath); err != nil {
+		log.WithError(err).Warn("cannot read the pushes left over from the last shutdown")
+	} else if len(keys) > 0 {
+		for _, k := range keys {
+			d.sender.Enqueue(k)
+		}
+		log.WithField("pushes", len(keys)).Info("sending pushes left over from the last shutdown")
+	}
+
+	// Background work stops when work is cancelled, after the drain.
+	work, stopWork := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	goRun := func(f func(context.Context)) {
+		wg.Add(1)
+		go func() { defer wg.Done(); f(work) }()
+	}
+	goRun(d.sender.Run)
+	goRun(d.sched.Run)
+	goRun(d.expireLoop)
+	for i, srv := range d.servers {
+		srv, ln := srv, d.listeners[i]
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			var err error
+			if srv.TLSConfig != nil {
+				err = srv.ServeTLS(ln, "", "")
+			} else {
+				err = srv.Serve(ln)
+			}
+			if err != nil && !errors.Is(err, http.ErrServerClosed) {
+				log.WithError(err).Error("listener failed")
+			}
+		}()
+	}
+	for _, ln := range d.listeners {
+		log.WithField("addr", ln.Addr().String()).Info("listening for the Dovecot plugin")
+	}
+	if o.Ready != nil {
+		o.Ready(d.listeners[0].Addr().String())
+	}
+
+	for {
+		select {
+		case <-o.Reload:
+			d.reload()
+			continue
+		case <-ctx.Done():
+		}
+		break
+	}
+
+	err = d.shutdown(pendingPath)
+	stopWork()
+	wg.Wait()
+	return err
+}
+
+// listen binds every listener before anything is served, so a port in use
+// fails the start instead of leaving a half-running daemon.
+func (d *Daemon) listen(cfg *config.Config, h http.Handler) error {
+	newServer := func() *http.Server {
+		return &http.Server{
+			Handler:           h,
+			ReadHeaderTimeout: 10 * time.Second,
+			ReadTimeout:       30 * time.Second,
+			// Each Dovecot process keeps its connection for a long time.
+			IdleTimeout:    10 * time.Minute,
+			MaxHeaderBytes: 64 << 10,
+			ErrorLog:       nil,
+		}
+	}
+	ln, err := net.Listen("tcp", cfg.ListenAddress())
+	if err != nil {
+		return fmt.Errorf("listen on %s (listenAddr/port): %w", cfg.ListenAddress(), err)
+	}
+	d.servers = append(d.servers, newServer())
+	d.listeners = append(d.listeners, ln)
+	if cfg.TLSEnabled() {
+		cert, err := tls.LoadX509KeyPair(cfg.TLSCertFile, cfg.TLSKeyFile)
+		if err != nil {
+			ln.Close()
+			return fmt.Errorf("load tlsCertfile %s / tlsKeyfile %s: %w", cfg.TLSCertFile, cfg.TLSKeyFile, err)
+		}
+		tln, err := net.Listen("tcp", cfg.TLSListenAddress())
+		if err != nil {
+			ln.Close()
+			return fmt.Errorf("listen on %s (tlsListenAddr/tlsPort): %w", cfg.TLSListenAddress(), err)
+		}
+		srv := newServer()
+		srv.TLSConfig = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12,
+			NextProtos: []string{"h2", "http/1.1"}}
+		d.servers = append(d.servers, srv)
+		d.listeners = append(d.listeners, tln)
+	}
+	return nil
+}
+
+func (d *Daemon) topic() (string, error) {
+	c := d.cred.Load()
+	if c.err != nil {
+		return "", c.err
+	}
+	return c.client.Topic, nil
+}
+
+func (d *Daemon) health() error {
+	if c := d.cred.Load(); c.err != nil {
+		return c.err
+	}
+	return nil
+}
+
+func (d *Daemon) expireLoop(ctx context.Context) {
+	t := time.NewTicker(time.Hour)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case now := <-t.C:
+			if n := d.reg.Expire(now); n > 0 {
+				d.log.WithField("component", "registry").WithField("removed", n).Info("removed registrations not refreshed within registrationTTL")
+			}
+		}
+	}
+}
+
+// reload re-reads the configuration file for the log settings and the
+// credentials. Anything that fails keeps what works now.
+func (d *Daemon) reload() {
+	log := d.log.WithField("component", "daemon")
+	cur := d.cfg.Load()
+	if cur.File == "" {
+		log.Info("SIGHUP: no configuration file to reload")
+		return
+	}
+	next, warnings, err := config.Load(cur.File)
+	if err != nil {
+		log.WithError(err).Error("SIGHUP: configuration not reloaded; keeping the running one")
+		return
+	}
+	for _, w := range warnings {
+		log.Warn(w)
+	}
+	if err := logging.Configure(d.log, next.LogLevel, next.LogFormat); err != nil {
+		log.WithError(err).Error("SIGHUP: log settings not changed")
+	}
+	cred, err := loadCredential(next, d.log.WithField("component", "apns"), time.Now())
+	if err != nil {
+		log.WithError(err).Error("SIGHUP: credentials not reloaded; pushing with the previous ones")
+		return
+	}
+	d.cred.Store(cred)
+	d.sender.SetClient(cred.client)
+	d.cfg.Store(next)
+	log.WithField("topic", cred.client.Topic).Info("SIGHUP: configuration and credentials reloaded")
+}
+
+// shutdown stops accepting requests, lets the ones in flight finish,
+// sends the delayed pushes now, waits for the pushes in flight, keeps what
+// could not be sent for the next start, and writes the registry.
+func (d *Daemon) shutdown(pendingPath string) error {
+	cfg := d.cfg.Load()
+	log := d.log.WithField("component", "daemon")
+	log.Info("shutting down")
+	ctx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
+	defer cancel()
+	for _, srv := range d.servers {
+		if err := srv.Shutdown(ctx); err != nil {
+			log.WithError(err).Warn("requests still running when the grace period ended")
+		}
+	}
+	if n := d.sched.Flush(); n > 0 {
+		log.WithField("pushes", n).Info("sending delayed pushes before exiting")
+	}
+	left, err := d.sender.Drain(ctx)
+	if err != nil {
+		log.WithError(err).Warn("not every push went out")
+	}
+	var errs []error
+	if err := savePending(pendingPath, left); err != nil {
+		errs = append(errs, err)
+	} else if len(left) > 0 {
+		log.WithField("pushes", len(left)).Info("kept unsent pushes for the next start")
+	}
+	if err := d.reg.Close(); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+func pendingFile(db string) string {
+	return filepath.Join(filepath.Dir(db), "pending-pushes.json")
+}
