@@ -104,6 +104,7 @@ func openJournal(r *Registry, path string) (*journal, error) {
 	}
 	j.durable.Store(r.seq)
 
+	r.appleCerts = snap.AppleCerts
 	switch {
 	case snap.Legacy:
 		backup := fmt.Sprintf("%s.legacy-%s.bak", path, now.UTC().Format("20060102T150405Z"))

@@ -11,6 +11,7 @@ package registry
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"sort"
@@ -127,6 +128,10 @@ type Registry struct {
 	seq     uint64 // last sequence number handed out
 	pending *batch // records not yet handed to the journal writer
 	closed  bool
+
+	// appleCerts is the old daemon's certificate store, when the file
+	// loaded at start still had one (spec §4.1).
+	appleCerts json.RawMessage
 
 	j *journal
 }
@@ -437,6 +442,11 @@ func (r *Registry) List(user string) []Registration {
 	})
 	return out
 }
+
+// LegacyAppleCerts returns the "AppleCerts" object of an old xapsd
+// database.json loaded at start, or nil. The migration keeps it only in
+// the backup, so the caller imports it at this start.
+func (r *Registry) LegacyAppleCerts() json.RawMessage { return r.appleCerts }
 
 // Stats counts users and registrations.
 func (r *Registry) Stats() (users, registrations int) {

@@ -311,6 +311,9 @@ func TestLegacyDatabaseIsMigratedWithBackup(t *testing.T) {
 	if got := tokens(r.Lookup("alice@example.com", "INBOX", false)); !slices.Equal(got, []string{tok1, tok2}) {
 		t.Fatalf("migrated lookup = %v", got)
 	}
+	if got := string(r.LegacyAppleCerts()); got != `{"Signature": [], "Keys": []}` {
+		t.Errorf("LegacyAppleCerts = %s", got)
+	}
 	backups, _ := filepath.Glob(path + ".legacy-*.bak")
 	if len(backups) != 1 {
 		t.Fatalf("backups = %v", backups)
