@@ -69,6 +69,7 @@ func Main(args []string, env Env) int {
 		if errors.Is(err, pflag.ErrHelp) {
 			return 0
 		}
+		fmt.Fprintf(env.Stderr, "xapsd: %v (see xapsd --help)\n", err)
 		return 2
 	}
 	if fs.NArg() > 0 {

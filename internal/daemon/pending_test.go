@@ -1,0 +1,43 @@
+package daemon
+
+import (
+	"os"
+	"path/filepath"
+	"slices"
+	"testing"
+
+	"github.com/xapsd/xapsd/internal/registry"
+)
+
+func TestPendingRoundTrip(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "pending-pushes.json")
+	keys := []registry.Key{{User: "a", AccountID: "A", DeviceToken: "aa"}, {User: "b", AccountID: "B", DeviceToken: "bb"}}
+	if err := savePending(path, keys); err != nil {
+		t.Fatal(err)
+	}
+	if st, _ := os.Stat(path); st.Mode().Perm() != 0o600 {
+		t.Errorf("mode %v", st.Mode().Perm())
+	}
+	got, err := loadPending(path)
+	if err != nil || !slices.Equal(got, keys) {
+		t.Fatalf("loadPending = %v, %v", got, err)
+	}
+	if _, err := os.Stat(path); !os.IsNotExist(err) {
+		t.Error("file not removed after loading")
+	}
+	if got, err := loadPending(path); err != nil || got != nil {
+		t.Errorf("no file: %v, %v", got, err)
+	}
+	// Nothing left: no file.
+	os.WriteFile(path, []byte("[]"), 0o600)
+	if err := savePending(path, nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(path); !os.IsNotExist(err) {
+		t.Error("empty save left a file")
+	}
+	os.WriteFile(path, []byte("{"), 0o600)
+	if _, err := loadPending(path); err == nil {
+		t.Error("corrupt file accepted")
+	}
+}
