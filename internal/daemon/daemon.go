@@ -22,6 +22,7 @@ import (
 	"github.com/xapsd/xapsd/internal/apns"
 	"github.com/xapsd/xapsd/internal/config"
 	"github.com/xapsd/xapsd/internal/logging"
+	"github.com/xapsd/xapsd/internal/metrics"
 	"github.com/xapsd/xapsd/internal/notify"
 	"github.com/xapsd/xapsd/internal/pluginapi"
 	"github.com/xapsd/xapsd/internal/registry"
@@ -39,6 +40,8 @@ type Daemon struct {
 
 	servers   []*http.Server
 	listeners []net.Listener
+	metrics   *metrics.Metrics
+	monitor   *metrics.Server
 }
 
 // Options are what main hands over.
@@ -69,8 +72,19 @@ func Run(ctx context.Context, o Options) error {
 		log.WithError(cred.err).Error("xapsd cannot register devices until a push credential is configured")
 	}
 
+	// Gauges read these at scrape time; they are set before the listener
+	// starts serving.
+	var src metrics.Sources
+	d.metrics = metrics.New(metrics.Sources{
+		QueueDepth:       func() (int, int) { return src.QueueDepth() },
+		Registrations:    func() (int, int) { return src.Registrations() },
+		DelayedPending:   func() int { return src.DelayedPending() },
+		CredentialExpiry: func() time.Time { return d.cred.Load().notAfter },
+	})
+
 	start := time.Now()
 	d.reg, err = registry.Open(registry.Options{
+		OnSync:        d.metrics.ObserveSync,
 		Path:          cfg.DatabaseFile,
 		TTL:           cfg.RegistrationTTL,
 		MaxPerAccount: cfg.MaxDevicesPerAccount,
@@ -90,21 +104,36 @@ func Run(ctx context.Context, o Options) error {
 		Priority:    cfg.APNsPriority,
 		Remover:     d.reg,
 		Log:         o.Log.WithField("component", "apns"),
+		OnResult: func(r apns.Result) {
+			d.metrics.ObservePush(string(r.Outcome), r.Status, r.Reason, r.Duration)
+		},
 	})
 	d.sched = scheduler.New(scheduler.Options{Delay: cfg.Delay, Interval: cfg.CheckInterval, Sender: d.sender})
+	src = metrics.Sources{QueueDepth: d.sender.Depth, Registrations: d.reg.Stats, DelayedPending: d.sched.Len}
 	svc := &notify.Service{Registry: d.reg, Scheduler: d.sched, Sender: d.sender,
 		InboxOnly: strings.EqualFold(cfg.PushMailboxes, "inbox")}
 	handler := pluginapi.NewHandler(pluginapi.Options{
 		Registrar: d.reg,
 		Notifier:  svc,
 		Topic:     d.topic,
-		Health:    d.health,
+		Health:    d.ready,
 		Log:       o.Log.WithField("component", "pluginapi"),
+		Observe:   d.metrics.ObserveRequest,
 	})
 
 	if err := d.listen(cfg, handler); err != nil {
 		d.reg.Close()
 		return err
+	}
+	if cfg.MetricsEnabled() {
+		d.monitor, err = metrics.Listen(cfg.MetricsListenAddr, d.metrics, metrics.Checks{Ready: d.ready})
+		if err != nil {
+			for _, ln := range d.listeners {
+				ln.Close()
+			}
+			d.reg.Close()
+			return fmt.Errorf("listen on %s (metricsListenAddr): %w", cfg.MetricsListenAddr, err)
+		}
 	}
 
 	pendingPath := pendingFile(cfg.DatabaseFile)
@@ -145,6 +174,16 @@ func Run(ctx context.Context, o Options) error {
 	}
 	for _, ln := range d.listeners {
 		log.WithField("addr", ln.Addr().String()).Info("listening for the Dovecot plugin")
+	}
+	if d.monitor != nil {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := d.monitor.Serve(); err != nil {
+				log.WithError(err).Error("monitoring listener failed")
+			}
+		}()
+		log.WithField("addr", d.monitor.Addr()).Info("serving /metrics, /healthz and /readyz")
 	}
 	if o.Ready != nil {
 		o.Ready(d.listeners[0].Addr().String())
@@ -214,9 +253,14 @@ func (d *Daemon) topic() (string, error) {
 	return c.client.Topic, nil
 }
 
-func (d *Daemon) health() error {
+// ready says why xapsd cannot do its job right now, or nil: a usable
+// push credential and a registry it can write to.
+func (d *Daemon) ready() error {
 	if c := d.cred.Load(); c.err != nil {
 		return c.err
+	}
+	if err := d.reg.Writable(); err != nil {
+		return fmt.Errorf("registry not writable: %w", err)
 	}
 	return nil
 }
@@ -280,6 +324,9 @@ func (d *Daemon) shutdown(pendingPath string) error {
 		if err := srv.Shutdown(ctx); err != nil {
 			log.WithError(err).Warn("requests still running when the grace period ended")
 		}
+	}
+	if d.monitor != nil {
+		d.monitor.Shutdown(ctx)
 	}
 	if n := d.sched.Flush(); n > 0 {
 		log.WithField("pushes", n).Info("sending delayed pushes before exiting")

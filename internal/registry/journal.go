@@ -44,6 +44,7 @@ type journal struct {
 	segments []string // finished segments not yet covered by a snapshot
 
 	durable      atomic.Uint64 // every record up to this number is on disk
+	lastErr      atomic.Pointer[error]
 	sinceCompact atomic.Int64
 	compacting   atomic.Bool
 
@@ -313,7 +314,12 @@ func (j *journal) flush() {
 	r.pending = newBatch()
 	r.mu.Unlock()
 
+	start := time.Now()
 	err := j.write(b.buf)
+	records := bytes.Count(b.buf, []byte{'\n'})
+	if r.opts.OnSync != nil {
+		r.opts.OnSync(records, time.Since(start))
+	}
 	if err != nil {
 		err = fmt.Errorf("write registry journal: %w", err)
 		r.log.WithError(err).Error("registrations could not be made durable; they were refused")
@@ -321,14 +327,16 @@ func (j *journal) flush() {
 		// the garbage stays a torn tail, and rewrite the snapshot soon.
 		j.finishSegment()
 		j.compactAsync()
+		j.lastErr.Store(&err)
 	} else {
+		j.lastErr.Store(nil)
 		for {
 			d := j.durable.Load()
 			if d+1 < b.first || d >= b.last || j.durable.CompareAndSwap(d, b.last) {
 				break
 			}
 		}
-		if j.sinceCompact.Add(int64(bytes.Count(b.buf, []byte{'\n'}))) >= int64(r.opts.CompactAfter) {
+		if j.sinceCompact.Add(int64(records)) >= int64(r.opts.CompactAfter) {
 			j.compactAsync()
 		}
 	}

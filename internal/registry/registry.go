@@ -84,6 +84,9 @@ type Options struct {
 	RefreshAfter time.Duration
 	Log          logrus.FieldLogger
 	Now          func() time.Time
+	// OnSync, when set, sees each group commit: records made durable by
+	// one fsync and how long the write and fsync took.
+	OnSync func(records int, d time.Duration)
 }
 
 func (o *Options) setDefaults() {
@@ -441,6 +444,15 @@ func (r *Registry) List(user string) []Registration {
 		return out[i].DeviceToken < out[j].DeviceToken
 	})
 	return out
+}
+
+// Writable reports the error of the last journal write, or nil when it
+// succeeded: readiness checks use it.
+func (r *Registry) Writable() error {
+	if p := r.j.lastErr.Load(); p != nil {
+		return *p
+	}
+	return nil
 }
 
 // LegacyAppleCerts returns the "AppleCerts" object of an old xapsd

@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -420,7 +421,11 @@ func TestCompactionKeepsStateAndBoundsSegments(t *testing.T) {
 func TestConcurrentRegistrationsAreAllDurable(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "database.json")
 	c := newClock()
-	r := open(t, path, c, func(o *Options) { o.CompactAfter = 100 })
+	var syncs, synced atomic.Int64
+	r := open(t, path, c, func(o *Options) {
+		o.CompactAfter = 100
+		o.OnSync = func(n int, _ time.Duration) { syncs.Add(1); synced.Add(int64(n)) }
+	})
 	var wg sync.WaitGroup
 	for w := range 32 {
 		wg.Add(1)
@@ -436,6 +441,10 @@ func TestConcurrentRegistrationsAreAllDurable(t *testing.T) {
 		}()
 	}
 	wg.Wait()
+	// Group commit: concurrent registrations share fsyncs.
+	if synced.Load() != 32*20 || syncs.Load() >= synced.Load() {
+		t.Errorf("%d records in %d fsyncs; want 640 records in fewer fsyncs", synced.Load(), syncs.Load())
+	}
 	crash(r)
 	r = open(t, path, c, func(o *Options) { o.MaxPerUser = 1000 })
 	defer r.Close()
@@ -449,11 +458,20 @@ func TestJournalWriteFailureRefusesAndRecovers(t *testing.T) {
 	c := newClock()
 	r := open(t, path, c)
 	mustRegister(t, r, reg("alice", acc1, tok1))
+	if err := r.Writable(); err != nil {
+		t.Fatalf("Writable before the failure: %v", err)
+	}
 	r.j.seg.Close() // the next write fails
 	if err := r.Register(context.Background(), reg("bob", acc2, tok2)); err == nil {
 		t.Fatal("Register succeeded although the journal write failed")
 	}
+	if err := r.Writable(); err == nil {
+		t.Error("Writable reports no problem after a failed write")
+	}
 	mustRegister(t, r, reg("carol", acc2, tok2))
+	if err := r.Writable(); err != nil {
+		t.Errorf("Writable after recovery: %v", err)
+	}
 	crash(r)
 	r = open(t, path, c)
 	defer r.Close()
