@@ -1,0 +1,75 @@
+#ifndef XAPS_COMMON_H
+#define XAPS_COMMON_H
+
+/* Helpers shared by the xaps_imap and xaps_push_notification modules.
+
+   Each module links its own copy of this code and the symbols are hidden, so
+   the two modules never share state even when both are loaded into the same
+   imap process. */
+
+#include "http-url.h"
+#include "http-client.h"
+
+struct mail_user;
+
+#define XAPS_EXPORT __attribute__((visibility("default")))
+
+#define XAPS_DEFAULT_MAX_RETRIES 6
+#define XAPS_DEFAULT_TIMEOUT_MSECS 5000
+
+/* The xaps_config plugin setting, parsed. */
+struct xaps_config {
+	/* Daemon URL as configured; the path is replaced per request. */
+	struct http_url *url;
+	/* Name of a userdb/plugin variable overriding the user name. */
+	const char *user_lookup;
+	unsigned int max_retries;
+	unsigned int timeout_msecs;
+	/* Echo "* XAPPLEPUSHSERVICE mailbox" lines for existing mailboxes. */
+	bool mailbox_confirm;
+};
+
+/* Parse the user's xaps_config setting into conf_r, allocating from pool.
+   Unknown tokens and unparsable numbers are logged and ignored (numbers fall
+   back to their defaults, as the original plugin did). Returns 0 on success,
+   -1 if the setting is missing or has no usable url. */
+int xaps_config_parse(struct mail_user *user, pool_t pool,
+		      struct xaps_config *conf_r, const char **error_r);
+
+/* The name sent as "Username": the user_lookup variable if it is set and
+   non-empty for this user, else the Dovecot user name. */
+const char *xaps_username(struct mail_user *user,
+			  const struct xaps_config *conf);
+
+/* Append src as a JSON string literal (with the quotes). Invalid UTF-8 is
+   replaced with U+FFFD so the result is always valid JSON. */
+void xaps_json_append_string(string_t *dest, const char *src);
+
+/* Return the module's HTTP client, creating it on first use with the SSL
+   client settings of the given user. */
+struct http_client *xaps_http_client_get(struct mail_user *user);
+/* Destroy the module's HTTP client if it was created. */
+void xaps_http_client_deinit(void);
+/* The module's HTTP client, or NULL if it has not been created yet. */
+struct http_client *xaps_http_client_peek(void);
+
+/* Build a POST of the JSON body to <url scheme/host/port><path> with the
+   per-request retry and timeout settings of conf. The caller submits it. */
+struct http_client_request *
+xaps_http_post(struct http_client *client, const struct xaps_config *conf,
+	       const char *path, const string_t *json,
+	       http_client_request_callback_t *callback, void *context);
+#define xaps_http_post(client, conf, path, json, callback, context) \
+	xaps_http_post(client, conf, path, json - \
+		CALLBACK_TYPECHECK(callback, void (*)( \
+			const struct http_response *, typeof(context))), \
+		(http_client_request_callback_t *)callback, context)
+
+/* Make a response body safe to put on one log or IMAP text line: only its
+   first non-empty line is kept, surrounding blanks are trimmed, control
+   characters and non-ASCII bytes become '?', and the result is cut to
+   max_len characters. */
+const char *xaps_one_line(const unsigned char *data, size_t size,
+			  size_t max_len);
+
+#endif
