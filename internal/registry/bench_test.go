@@ -91,6 +91,7 @@ func (r *Registry) closeWithoutSnapshot() {
 		r.j.seg.Close()
 		os.Remove(r.j.segPath)
 	}
+	r.j.lock.Close()
 }
 
 func writeSnapshotFile(b *testing.B, path string, n int) {

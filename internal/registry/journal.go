@@ -14,6 +14,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/xapsd/xapsd/internal/atomicfile"
@@ -48,6 +49,7 @@ type journal struct {
 	sinceCompact atomic.Int64
 	compacting   atomic.Bool
 
+	lock     *os.File // flock held while open
 	kickc    chan struct{}
 	rotatec  chan chan []string
 	stopc    chan struct{}
@@ -70,6 +72,23 @@ func openJournal(r *Registry, path string) (*journal, error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return nil, fmt.Errorf("create registry folder for %s: %w", path, err)
 	}
+	// Two daemons appending to one journal would corrupt it; the kernel
+	// drops the lock when the process dies, even by SIGKILL.
+	lock, err := os.OpenFile(path+".lock", os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("open lock of registry %s: %w", path, err)
+	}
+	if err := syscall.Flock(int(lock.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		lock.Close()
+		return nil, fmt.Errorf("registry %s is in use by another xapsd: %w", path, err)
+	}
+	j.lock = lock
+	ok := false
+	defer func() {
+		if !ok {
+			lock.Close()
+		}
+	}()
 	data, err := os.ReadFile(path)
 	exists := err == nil
 	if err != nil && !errors.Is(err, fs.ErrNotExist) {
@@ -134,6 +153,7 @@ func openJournal(r *Registry, path string) (*journal, error) {
 	if err := j.openSegment(); err != nil {
 		return nil, err
 	}
+	ok = true
 	return j, nil
 }
 
@@ -449,6 +469,7 @@ func (j *journal) writeSnapshot() error {
 // close stops the writer after a last flush, then writes a final snapshot
 // so that the next start has nothing to replay.
 func (j *journal) close() error {
+	defer j.lock.Close()
 	close(j.stopc)
 	<-j.donec
 	j.compactW.Wait()

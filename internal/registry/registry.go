@@ -446,6 +446,56 @@ func (r *Registry) List(user string) []Registration {
 	return out
 }
 
+// ParseFile reads the registrations of a database file written by this
+// or the old xapsd, for importing them elsewhere.
+func ParseFile(data []byte) ([]Registration, error) {
+	snap, err := decodeSnapshot(data)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]Registration, 0, len(snap.Records))
+	for _, rec := range snap.Records {
+		if rec.User == "" || rec.AccountID == "" || rec.DeviceToken == "" || len(rec.Mailboxes) == 0 {
+			continue
+		}
+		out = append(out, Registration{Key: Key{User: strings.ToLower(rec.User), AccountID: rec.AccountID,
+			DeviceToken: rec.DeviceToken}, Mailboxes: rec.Mailboxes, Registered: rec.RegistrationTime})
+	}
+	return out, nil
+}
+
+// Import adds registrations from another registry, keeping whichever of
+// two copies of a registration is newer, and waits for the disk. Entries
+// without a time count as registered now.
+func (r *Registry) Import(ctx context.Context, regs []Registration) (added int, err error) {
+	now := r.opts.Now()
+	for _, g := range regs {
+		g.User = strings.ToLower(g.User)
+		if g.Registered.IsZero() || g.Registered.After(now) {
+			g.Registered = now
+		}
+		if now.Sub(g.Registered) > r.opts.TTL {
+			continue
+		}
+		r.mu.RLock()
+		newer := false
+		for _, e := range r.users[g.User] {
+			if e.accountID == g.AccountID && e.deviceToken == g.DeviceToken && e.registered >= g.Registered.UnixNano() {
+				newer = true
+			}
+		}
+		r.mu.RUnlock()
+		if newer {
+			continue
+		}
+		if err := r.Register(ctx, g); err != nil {
+			return added, err
+		}
+		added++
+	}
+	return added, nil
+}
+
 // Writable reports the error of the last journal write, or nil when it
 // succeeded: readiness checks use it.
 func (r *Registry) Writable() error {

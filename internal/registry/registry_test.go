@@ -82,6 +82,7 @@ func crash(r *Registry) {
 	if r.j.seg != nil {
 		r.j.seg.Close()
 	}
+	r.j.lock.Close()
 }
 
 func TestRegisterIsDurableWithoutClose(t *testing.T) {
@@ -525,4 +526,42 @@ func TestDecodeMUTF7(t *testing.T) {
 			t.Errorf("normalizeMailbox(%q) = %q, want %q", in, got, want)
 		}
 	}
+}
+
+func TestParseFileAndImport(t *testing.T) {
+	c := newClock()
+	legacy := []byte(`{"Users":{"Bob":{"Accounts":{"` + acc2 + `":{"DeviceToken":"` + tok2 + `","Mailboxes":["INBOX"],"RegistrationTime":"2026-10-31T12:00:00Z"}}},
+"old":{"Accounts":{"X":{"DeviceToken":"` + tok1 + `","Mailboxes":["INBOX"],"RegistrationTime":"2020-01-01T00:00:00Z"}}},
+"alice":{"Accounts":{"` + acc1 + `":{"DeviceToken":"` + tok1 + `","Mailboxes":["INBOX"],"RegistrationTime":"2026-10-01T12:00:00Z"}}}}}`)
+	regs, err := ParseFile(legacy)
+	if err != nil || len(regs) != 3 {
+		t.Fatalf("ParseFile = %d, %v", len(regs), err)
+	}
+	r := open(t, filepath.Join(t.TempDir(), "database.json"), c)
+	defer r.Close()
+	mustRegister(t, r, reg("alice", acc1, tok1, "INBOX", "Notes")) // newer than the imported copy
+	n, err := r.Import(context.Background(), regs)
+	if err != nil || n != 1 {
+		t.Fatalf("Import = %d, %v; want 1 (bob; alice is older here, old is past the TTL)", n, err)
+	}
+	if !r.Lookup("bob", "INBOX", false).KnownUser || r.Lookup("old", "INBOX", false).KnownUser {
+		t.Error("wrong users imported")
+	}
+	if got := r.List("alice"); len(got) != 1 || len(got[0].Mailboxes) != 2 {
+		t.Errorf("import overwrote a newer registration: %+v", got)
+	}
+	if _, err := ParseFile([]byte("{")); err == nil {
+		t.Error("ParseFile accepted broken JSON")
+	}
+}
+
+func TestSecondOpenOfOneFileIsRefused(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "database.json")
+	r := open(t, path, newClock())
+	if _, err := Open(Options{Path: path}); err == nil || !strings.Contains(err.Error(), "in use by another xapsd") {
+		t.Fatalf("second Open = %v", err)
+	}
+	r.Close()
+	r2 := open(t, path, newClock())
+	r2.Close()
 }
