@@ -63,7 +63,8 @@ func Main(args []string, env Env) int {
 	showVersion := fs.Bool("version", false, "print the version and exit")
 	checkConfig := fs.Bool("check-config", false, "load and check the configuration and credentials, print the effective configuration with secrets redacted, then exit")
 	fs.Usage = func() {
-		fmt.Fprintf(env.Stderr, "Usage: xapsd [flags]\n\nPush e-mail for iOS Mail on Dovecot servers.\n\nFlags:\n%s", fs.FlagUsages())
+		fmt.Fprintf(env.Stderr, "Usage: xapsd [flags]            run the daemon\n       xapsd [flags] COMMAND    talk to the running daemon\n\n"+
+			"Push e-mail for iOS Mail on Dovecot servers.\n\nCommands:\n%s\nFlags:\n%s", commandUsage, fs.FlagUsages())
 	}
 	if err := fs.Parse(normalizeArgs(args)); err != nil {
 		if errors.Is(err, pflag.ErrHelp) {
@@ -72,8 +73,8 @@ func Main(args []string, env Env) int {
 		fmt.Fprintf(env.Stderr, "xapsd: %v (see xapsd --help)\n", err)
 		return 2
 	}
-	if fs.NArg() > 0 {
-		fmt.Fprintf(env.Stderr, "xapsd: unexpected argument %q\n", fs.Arg(0))
+	if fs.NArg() > 0 && !isCommand(fs.Arg(0)) {
+		fmt.Fprintf(env.Stderr, "xapsd: unknown command %q (see xapsd --help)\n", fs.Arg(0))
 		return 2
 	}
 	switch {
@@ -101,6 +102,9 @@ func Main(args []string, env Env) int {
 	if err != nil {
 		fmt.Fprintf(env.Stderr, "xapsd: configuration %s is not valid:\n%v\n", path, err)
 		return 1
+	}
+	if fs.NArg() > 0 {
+		return adminCommand(env, cfg, fs.Args())
 	}
 	if *checkConfig {
 		return check(env, cfg, warnings)

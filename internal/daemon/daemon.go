@@ -21,6 +21,7 @@ import (
 
 	"github.com/xapsd/xapsd/internal/apns"
 	"github.com/xapsd/xapsd/internal/config"
+	"github.com/xapsd/xapsd/internal/ctl"
 	"github.com/xapsd/xapsd/internal/logging"
 	"github.com/xapsd/xapsd/internal/metrics"
 	"github.com/xapsd/xapsd/internal/notify"
@@ -42,6 +43,7 @@ type Daemon struct {
 	listeners []net.Listener
 	metrics   *metrics.Metrics
 	monitor   *metrics.Server
+	admin     *ctl.Server
 }
 
 // Options are what main hands over.
@@ -125,12 +127,21 @@ func Run(ctx context.Context, o Options) error {
 		d.reg.Close()
 		return err
 	}
+	d.admin, err = ctl.Listen(ctl.SocketPath(cfg.DatabaseFile), d.reg, d.sender)
+	if err != nil {
+		for _, ln := range d.listeners {
+			ln.Close()
+		}
+		d.reg.Close()
+		return err
+	}
 	if cfg.MetricsEnabled() {
 		d.monitor, err = metrics.Listen(cfg.MetricsListenAddr, d.metrics, metrics.Checks{Ready: d.ready})
 		if err != nil {
 			for _, ln := range d.listeners {
 				ln.Close()
 			}
+			d.admin.Shutdown(context.Background())
 			d.reg.Close()
 			return fmt.Errorf("listen on %s (metricsListenAddr): %w", cfg.MetricsListenAddr, err)
 		}
@@ -175,6 +186,13 @@ func Run(ctx context.Context, o Options) error {
 	for _, ln := range d.listeners {
 		log.WithField("addr", ln.Addr().String()).Info("listening for the Dovecot plugin")
 	}
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		if err := d.admin.Serve(); err != nil {
+			log.WithError(err).Error("admin socket failed")
+		}
+	}()
 	if d.monitor != nil {
 		wg.Add(1)
 		go func() {
@@ -328,6 +346,7 @@ func (d *Daemon) shutdown(pendingPath string) error {
 	if d.monitor != nil {
 		d.monitor.Shutdown(ctx)
 	}
+	d.admin.Shutdown(ctx)
 	if n := d.sched.Flush(); n > 0 {
 		log.WithField("pushes", n).Info("sending delayed pushes before exiting")
 	}
