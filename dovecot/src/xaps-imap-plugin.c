@@ -211,7 +211,8 @@ xaps_register_response(const struct http_response *response,
 {
 	reg->req = NULL;
 	reg->status = response->status;
-	reg->reason = p_strdup(reg->cmd->pool, response->reason);
+	reg->reason = p_strdup(reg->cmd->pool, response->reason == NULL ? "" :
+			       response->reason);
 
 	if (response->payload == NULL) {
 		xaps_register_done(reg);
@@ -353,6 +354,7 @@ static bool cmd_xapplepushservice(struct client_command_context *cmd)
 	struct xaps_register *reg;
 	struct http_client_request *req;
 	const char *error;
+	string_t *json;
 
 	if (!client_read_args(cmd, 0, 0, &args))
 		return FALSE;
@@ -379,11 +381,10 @@ static bool cmd_xapplepushservice(struct client_command_context *cmd)
 				 xaps_username(client->user, &reg->conf));
 	reg->body = str_new(cmd->pool, 128);
 
-	e_debug(client->event, "xaps: POST /register %s",
-		str_c(xaps_register_json(reg)));
+	json = xaps_register_json(reg);
+	e_debug(client->event, "xaps: POST /register %s", str_c(json));
 	req = xaps_http_post(xaps_http_client_get(client->user), &reg->conf,
-			     "/register", xaps_register_json(reg),
-			     xaps_register_response, reg);
+			     "/register", json, xaps_register_response, reg);
 	reg->req = req;
 
 	cmd->context = reg;

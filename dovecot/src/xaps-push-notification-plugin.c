@@ -87,7 +87,9 @@ xaps_driver_init(struct push_notification_driver_config *config ATTR_UNUSED,
 
 	puser = p_new(pool, struct xaps_push_user, 1);
 	if (xaps_config_parse(user, pool, &puser->conf, &error) < 0) {
-		*error_r = t_strdup_printf("xaps: %s", error);
+		/* Dovecot logs this prefixed with the driver name and runs
+		   the user's session without the driver. */
+		*error_r = error;
 		return -1;
 	}
 	puser->username = p_strdup(pool, xaps_username(user, &puser->conf));

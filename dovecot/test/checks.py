@@ -425,6 +425,23 @@ def main():
     im.cmd("d3", "LOGOUT")
     im.close()
 
+    # dave's xaps_config lacks url=: delivery works, registration says NO.
+    n = len(standin.lines("notify"))
+    refused = deliver(a.lmtp_port, "dave@example.org", "misconfigured")
+    check(refused == {}, "delivery works for a user with a broken xaps_config", repr(refused))
+    im = Imap(a.imap_port)
+    im.cmd("e1", "LOGIN dave secret")
+    untagged, tagged = im.cmd("e2", "XAPPLEPUSHSERVICE " + IOS_FORM)
+    check(untagged == [] and
+          tagged == "e2 NO XAPPLEPUSHSERVICE registration failed: not configured.",
+          "registration with a broken xaps_config gives NO", repr(untagged + [tagged]))
+    _, tagged = im.cmd("e3", "NOOP")
+    check(tagged.startswith("e3 OK"), "session usable after broken xaps_config", tagged)
+    im.cmd("e4", "LOGOUT")
+    im.close()
+    check(not any('"dave"' in l for l in standin.lines("notify")[n:]),
+          "no /notify for a user with a broken xaps_config")
+
     # --- nothing crashed ----------------------------------------------------
     time.sleep(0.5)
     with open(a.log, encoding="utf-8", errors="replace") as f:

@@ -68,7 +68,7 @@ EOF
 # Layout. The mail processes run as $mail_uid, so everything on the way to the
 # homes must be traversable and the homes owned by that uid.
 chmod 0755 "$tmp"
-mkdir -p "$tmp/run" "$tmp/state" "$tmp/modules" "$tmp/home/alice" "$tmp/home/bob" "$tmp/home/carol"
+mkdir -p "$tmp/run" "$tmp/state" "$tmp/modules" "$tmp/home/alice" "$tmp/home/bob" "$tmp/home/carol" "$tmp/home/dave"
 chown -R "$mail_uid:$mail_uid" "$tmp/home"
 
 # Dovecot looks for mail plugins in one directory; give it the system modules
@@ -86,6 +86,8 @@ EOF
 # spaces, so her xaps_config tokens are separated by tabs.
 printf 'carol:{PLAIN}secret:%s:%s::%s::userdb_xaps_config=url=http://127.0.0.1:%s\tmailbox_confirm=no\n' \
 	"$mail_uid" "$mail_uid" "$tmp/home/carol" "$http_port" >>"$tmp/users"
+# dave's xaps_config has no url: the plugins must disable themselves for him.
+echo "dave:{PLAIN}secret:$mail_uid:$mail_uid::$tmp/home/dave::userdb_xaps_config=max_retries=1" >>"$tmp/users"
 chmod 0644 "$tmp/users"
 
 sed -e "s|@TMP@|$tmp|g" -e "s|@IMAP_PORT@|$imap_port|g" \
