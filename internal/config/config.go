@@ -69,6 +69,10 @@ type Config struct {
 	KeyFileTeamID              string `config:"keyFileTeamId"`
 	AppleID                    string `config:"appleId"`
 	AppleIDHashedPassword      string `config:"appleIdHashedPassword,secret"`
+	// The macOS Server vendor identity that signs requests to Apple's certificate service
+	// (spec §7.2); xapsd does not ship Apple's keys, the admin extracts their own.
+	AppleIDVendorCertificate string `config:"appleIdVendorCertificate,path"`
+	AppleIDVendorKey         string `config:"appleIdVendorKey,path"`
 	// DryRunTopic is what /register answers in dry-run mode when no credential gives a
 	// topic; it must be longer than 50 bytes for the stock plugin (spec §1.2).
 	DryRunTopic string `config:"dryRunTopic"`

@@ -96,6 +96,8 @@ func TestKeys(t *testing.T) {
 		{"keyFileTeamId", "KEYFILETEAMID: ABCDE12345", func(c *Config) any { return c.KeyFileTeamID }, "ABCDE12345"},
 		{"appleId", "appleId: a@example.com\nappleIdHashedPassword: " + strings.Repeat("ab", 32), func(c *Config) any { return c.AppleID }, "a@example.com"},
 		{"appleIdHashedPassword", "appleId: a@example.com\nappleIdHashedPassword: " + strings.Repeat("AB", 32), func(c *Config) any { return c.AppleIDHashedPassword }, strings.Repeat("AB", 32)},
+		{"appleIdVendorCertificate", "appleIdVendorCertificate: vendor.pem\nappleIdVendorKey: /k/vendor.key", func(c *Config) any { return c.AppleIDVendorCertificate }, func(d string) any { return filepath.Join(d, "vendor.pem") }},
+		{"appleIdVendorKey", "appleIdVendorCertificate: vendor.pem\nappleIdVendorKey: keys/vendor.key", func(c *Config) any { return c.AppleIDVendorKey }, func(d string) any { return filepath.Join(d, "keys/vendor.key") }},
 		{"dryRunTopic", "dryRunTopic: com.apple.mail.XServer.11111111-2222-4333-8444-555555555555", func(c *Config) any { return c.DryRunTopic }, "com.apple.mail.XServer.11111111-2222-4333-8444-555555555555"},
 		{"apnsEndpoint development", "apnsEndpoint: Development", func(c *Config) any { return c.APNsEndpoint }, "development"},
 		{"apnsEndpoint url", "apnsEndpoint: https://127.0.0.1:8443", func(c *Config) any { return c.APNsEndpoint }, "https://127.0.0.1:8443"},
@@ -174,7 +176,7 @@ func TestKeysMatchStruct(t *testing.T) {
 	if got := strings.Join(secrets, " "); got != "certificateFileP12Password appleIdHashedPassword" {
 		t.Errorf("secrets: %s", got)
 	}
-	if got := strings.Join(paths, " "); got != "databaseFile tlsCertfile tlsKeyfile certificateFileP12 certificateFilePem certificateFilePemKey keyFileP8" {
+	if got := strings.Join(paths, " "); got != "databaseFile tlsCertfile tlsKeyfile certificateFileP12 certificateFilePem certificateFilePemKey keyFileP8 appleIdVendorCertificate appleIdVendorKey" {
 		t.Errorf("paths: %s", got)
 	}
 }
@@ -348,6 +350,9 @@ func TestWarnings(t *testing.T) {
 		{"P12 wins over PEM", "certificateFileP12: a.p12\ncertificateFilePem: b.pem", []string{"certificateFileP12 and certificateFilePem are both set; only certificateFileP12 is used"}},
 		{"PEM wins over P8", "certificateFilePem: b.pem\nkeyFileP8: k.p8\nkeyFileKeyId: K\nkeyFileTeamId: T\nkeyFileTopic: t", []string{"certificateFilePem and keyFileP8 are both set; only certificateFilePem is used"}},
 		{"short dry-run topic", "apnsEndpoint: dry-run\ndryRunTopic: com.apple.mail.short", []string{"dryRunTopic: com.apple.mail.short: only 20 bytes"}},
+		{"apple ID without vendor identity", "appleId: a@example.com\nappleIdHashedPassword: " + strings.Repeat("ab", 32), []string{"appleIdVendorCertificate and appleIdVendorKey are not", "docs/credentials.md"}},
+		{"apple ID with vendor identity quiet", "appleId: a@example.com\nappleIdHashedPassword: " + strings.Repeat("ab", 32) + "\nappleIdVendorCertificate: v.pem\nappleIdVendorKey: v.key", nil},
+		{"vendor identity without apple ID", "apnsEndpoint: dry-run\nappleIdVendorCertificate: v.pem\nappleIdVendorKey: v.key", []string{"ignored because appleId is not set"}},
 		{"short topic ignored when PEM wins", "certificateFilePem: b.pem\nkeyFileP8: k.p8\nkeyFileKeyId: ABCDE12345\nkeyFileTeamId: TEAM123456\nkeyFileTopic: t", []string{"are both set"}},
 	}
 	for _, tc := range tests {
@@ -405,6 +410,8 @@ func TestValidate(t *testing.T) {
 		{"hashed password 63", func(c *Config) { c.AppleID, c.AppleIDHashedPassword = "a@b", strings.Repeat("f", 63) }, "<redacted, 63 characters>"},
 		{"secret control char", func(c *Config) { c.CertificateFileP12Password = "a\x00b" }, "certificateFileP12Password: contains control characters"},
 		{"P8 alone", func(c *Config) { c.KeyFileP8 = "k.p8" }, "keyFileKeyId: must be set when keyFileP8 is set"},
+		{"vendor certificate alone", func(c *Config) { c.AppleIDVendorCertificate = "/v.pem" }, "appleIdVendorKey: must be set when appleIdVendorCertificate is set"},
+		{"vendor key alone", func(c *Config) { c.AppleIDVendorKey = "/v.key" }, "appleIdVendorCertificate: must be set when appleIdVendorKey is set"},
 		{"empty dry-run topic", func(c *Config) { c.DryRunTopic = "" }, "dryRunTopic: must not be empty"},
 	}
 	for _, tc := range tests {

@@ -135,6 +135,12 @@ func (c *Config) validate(given map[string]string) []error {
 		// Never echo a secret, not even a wrong one.
 		missing("appleIdHashedPassword", "<redacted, %d characters>: must be 64 hexadecimal characters (the output of xapsd -pass)", len(c.AppleIDHashedPassword))
 	}
+	switch {
+	case c.AppleIDVendorCertificate != "" && c.AppleIDVendorKey == "":
+		missing("appleIdVendorKey", "must be set when appleIdVendorCertificate is set")
+	case c.AppleIDVendorKey != "" && c.AppleIDVendorCertificate == "":
+		missing("appleIdVendorCertificate", "must be set when appleIdVendorKey is set")
+	}
 	if c.DryRunTopic == "" {
 		missing("dryRunTopic", "must not be empty")
 	}
@@ -290,6 +296,18 @@ func (c *Config) warnings() []string {
 		if c.KeyFileTeamID != "" && !appleID10.MatchString(c.KeyFileTeamID) {
 			w = append(w, fmt.Sprintf("keyFileTeamId: %s: Apple team IDs are 10 upper-case letters and digits; is this the sample's placeholder?", show(c.KeyFileTeamID)))
 		}
+	}
+	vendor := c.AppleIDVendorCertificate != "" || c.AppleIDVendorKey != ""
+	switch {
+	case vendor && c.AppleID == "":
+		w = append(w, "appleIdVendorCertificate and appleIdVendorKey: ignored because appleId is not set")
+	case !vendor && c.AppleID != "" && len(creds) == 0:
+		// Not an error: an install upgraded from the old xapsd has appleId set and keeps
+		// using the certificate imported from its database.json until that expires.
+		w = append(w, "appleId is set but appleIdVendorCertificate and appleIdVendorKey are not: xapsd cannot ask Apple's "+
+			"certificate service for a push certificate without the macOS Server vendor identity, which it does not ship "+
+			"(extract it from your own copy of macOS Server; see docs/credentials.md); a certificate already stored or "+
+			"imported from the old database.json is used until it expires")
 	}
 	if c.DryRun() {
 		if len(c.DryRunTopic) < topicMinBytes {
