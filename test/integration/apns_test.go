@@ -1,0 +1,315 @@
+package integration
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/xapsd/xapsd/internal/testutil/fakeapns"
+	"github.com/xapsd/xapsd/internal/testutil/testpki"
+)
+
+const (
+	topicA = "com.apple.mail.XServer.11111111-2222-4333-8444-555555555555"
+	topicB = "com.apple.mail.XServer.66666666-7777-4888-8999-000000000000"
+	acc    = "0715A26B-CA09-4730-A419-793000CA982E"
+)
+
+// apnsEnv is a daemon pushing with a real client certificate to an
+// HTTP/2 TLS stand-in for Apple.
+type apnsEnv struct {
+	dir   string
+	addr  string
+	apns  *fakeapns.Server
+	d     *daemon
+	ca    *testpki.CA
+	caEnv string
+}
+
+func writePushCert(t *testing.T, ca *testpki.CA, dir, name, topic string) {
+	t.Helper()
+	leaf, err := ca.Issue(testpki.IssueOptions{UID: topic, CommonName: "Apple Push Services: " + topic,
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(365 * 24 * time.Hour), IsClient: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, name+".pem"), leaf.CertPEM(), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, name+".key"), leaf.KeyPEM(), 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func newAPNsEnv(t *testing.T, extra string) *apnsEnv {
+	t.Helper()
+	srv, err := fakeapns.Start(fakeapns.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { srv.Close() })
+	dir := t.TempDir()
+	caFile := filepath.Join(dir, "apns-ca.pem")
+	if err := srv.WriteCAFile(caFile); err != nil {
+		t.Fatal(err)
+	}
+	ca, err := testpki.NewCA("test push CA")
+	if err != nil {
+		t.Fatal(err)
+	}
+	writePushCert(t, ca, dir, "push", topicA)
+	e := &apnsEnv{dir: dir, apns: srv, ca: ca, caEnv: "SSL_CERT_FILE=" + caFile}
+	e.addr = writeConfig(t, dir, fmt.Sprintf("apnsEndpoint: %s\ncertificateFilePem: push.pem\ncertificateFilePemKey: push.key\n%s", srv.URL, extra))
+	e.d = startDaemon(t, dir, e.addr, e.caEnv)
+	return e
+}
+
+func (e *apnsEnv) register(t *testing.T, user, account, tok string, boxes ...string) {
+	t.Helper()
+	status, body := post(t, e.addr, "/register", registerBody(user, account, tok, boxes...))
+	if status != 200 {
+		t.Fatalf("register %s: %d %q", user, status, body)
+	}
+}
+
+func TestPushReachesAPNsExactlyAsSpecified(t *testing.T) {
+	e := newAPNsEnv(t, "")
+	status, body := post(t, e.addr, "/register", registerBody("Alice@Example.com", acc, token(1), "INBOX", "Notes"))
+	if status != 200 || body != topicA {
+		t.Fatalf("register = %d %q, want 200 and the certificate's UID", status, body)
+	}
+	before := time.Now()
+	if status, _ := post(t, e.addr, "/notify", notifyBody("alice@example.com", "INBOX", "MessageNew")); status != 200 {
+		t.Fatalf("notify status %d", status)
+	}
+	reqs, err := e.apns.WaitRequests(1, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := reqs[0]
+	if r.Method != "POST" || r.Path != "/3/device/"+token(1) || r.Token != token(1) {
+		t.Errorf("request line %s %s", r.Method, r.Path)
+	}
+	if r.Topic != topicA || r.PushType != "background" || r.Priority != "" {
+		t.Errorf("headers topic=%q push-type=%q priority=%q", r.Topic, r.PushType, r.Priority)
+	}
+	exp, err := strconv.ParseInt(r.Expiration, 10, 64)
+	if err != nil || exp < before.Add(24*time.Hour).Unix()-1 || exp > time.Now().Add(24*time.Hour).Unix()+1 {
+		t.Errorf("apns-expiration %q is not now+24h", r.Expiration)
+	}
+	if string(r.Body) != `{"aps":{"account-id":"`+acc+`"}}` {
+		t.Errorf("payload %s", r.Body)
+	}
+	if r.ClientCertSubjectUID != topicA {
+		t.Errorf("client certificate UID %q", r.ClientCertSubjectUID)
+	}
+	// A folder the device registered pushes too (pushMailboxes: registered).
+	post(t, e.addr, "/notify", notifyBody("alice@example.com", "Notes", "MessageNew"))
+	if _, err := e.apns.WaitRequests(2, 5*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if status, _ := post(t, e.addr, "/notify", notifyBody("alice@example.com", "Trash", "MessageNew")); status != 204 {
+		t.Errorf("unregistered folder: status %d, want 204", status)
+	}
+	if status, _ := post(t, e.addr, "/notify", notifyBody("bob@example.com", "INBOX", "MessageNew")); status != 404 {
+		t.Errorf("unknown user: status %d, want 404", status)
+	}
+	if strings.Contains(e.d.log.String(), "level=warn") || strings.Contains(e.d.log.String(), "level=error") {
+		t.Errorf("warnings or errors in a clean run:\n%s", e.d.log.String())
+	}
+}
+
+func TestFlagChangeIsDelayedAndMerged(t *testing.T) {
+	e := newAPNsEnv(t, "")
+	e.register(t, "alice", acc, token(1))
+	start := time.Now()
+	for range 5 {
+		post(t, e.addr, "/notify", notifyBody("alice", "INBOX", "FlagsSet", "MessageRead"))
+	}
+	reqs, err := e.apns.WaitRequests(1, 10*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if waited := reqs[0].Received.Sub(start); waited < time.Second {
+		t.Errorf("delayed push sent after %v, before the 1 s delay", waited)
+	}
+	time.Sleep(2500 * time.Millisecond)
+	if n := e.apns.Count(); n != 1 {
+		t.Errorf("%d pushes for a burst of five flag changes, want 1", n)
+	}
+}
+
+func TestTwoDevicesSharingAnAccountIDBothGetPushes(t *testing.T) {
+	e := newAPNsEnv(t, "")
+	e.register(t, "alice", acc, token(1))
+	e.register(t, "alice", acc, token(2))
+	post(t, e.addr, "/notify", notifyBody("alice", "INBOX", "MessageNew"))
+	reqs, err := e.apns.WaitRequests(2, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]bool{reqs[0].Token: true, reqs[1].Token: true}
+	if !got[token(1)] || !got[token(2)] {
+		t.Errorf("pushed %v, want both tokens", got)
+	}
+}
+
+func TestAPNsFailuresAreRetriedAndDeadTokensRemoved(t *testing.T) {
+	e := newAPNsEnv(t, "")
+	regTime := time.Now()
+	e.register(t, "retry", "ACC-R", token(10))
+	e.register(t, "gone", "ACC-G", token(11))
+	e.register(t, "fresh", "ACC-F", token(12))
+	e.register(t, "bad", "ACC-B", token(13))
+	e.register(t, "forbidden", "ACC-X", token(14))
+	var mu sync.Mutex
+	calls := map[string]int{}
+	e.apns.SetResponder(func(r fakeapns.Request) fakeapns.Response {
+		mu.Lock()
+		calls[r.Token]++
+		n := calls[r.Token]
+		mu.Unlock()
+		switch r.Token {
+		case token(10):
+			// A dropped connection, then Apple overloaded, then fine.
+			switch n {
+			case 1:
+				return fakeapns.Response{Drop: true}
+			case 2:
+				return fakeapns.Response{Status: 429, Reason: "TooManyRequests"}
+			case 3:
+				return fakeapns.Response{Status: 503, Reason: "ServiceUnavailable"}
+			}
+		case token(11):
+			// Unregistered after the device registered: remove.
+			return fakeapns.Response{Status: 410, Reason: "Unregistered", Timestamp: regTime.Add(time.Hour).UnixMilli()}
+		case token(12):
+			// Unregistered before the device registered again: keep.
+			return fakeapns.Response{Status: 410, Reason: "Unregistered", Timestamp: regTime.Add(-time.Hour).UnixMilli()}
+		case token(13):
+			return fakeapns.Response{Status: 400, Reason: "BadDeviceToken"}
+		case token(14):
+			return fakeapns.Response{Status: 403, Reason: "BadCertificate"}
+		}
+		return fakeapns.Response{}
+	})
+	for _, u := range []string{"retry", "gone", "fresh", "bad", "forbidden"} {
+		post(t, e.addr, "/notify", notifyBody(u, "INBOX", "MessageNew"))
+	}
+	post(t, e.addr, "/notify", notifyBody("forbidden", "INBOX", "MessageNew"))
+	if !e.d.waitLog("outcome=delivered", 20*time.Second) {
+		t.Fatal("the retried push was never delivered")
+	}
+	waitFor := func(cond func() bool) bool {
+		deadline := time.Now().Add(10 * time.Second)
+		for time.Now().Before(deadline) {
+			if cond() {
+				return true
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		return false
+	}
+	if !waitFor(func() bool {
+		s, _ := post(t, e.addr, "/notify", notifyBody("gone", "INBOX", "FlagsSet"))
+		return s == 404
+	}) {
+		t.Error("410 after registration did not remove the registration")
+	}
+	if !waitFor(func() bool {
+		s, _ := post(t, e.addr, "/notify", notifyBody("bad", "INBOX", "FlagsSet"))
+		return s == 404
+	}) {
+		t.Error("400 BadDeviceToken did not remove the registration")
+	}
+	if s, _ := post(t, e.addr, "/notify", notifyBody("fresh", "INBOX", "FlagsSet")); s != 200 {
+		t.Errorf("410 older than the registration removed it (status %d)", s)
+	}
+	if n := strings.Count(e.d.log.String(), "APNs refused the push credentials"); n != 1 {
+		t.Errorf("403 logged %d times, want once a minute", n)
+	}
+	if e.d.cmd.ProcessState != nil {
+		t.Fatal("the daemon exited")
+	}
+}
+
+func TestSIGHUPReloadsCredentials(t *testing.T) {
+	e := newAPNsEnv(t, "")
+	writePushCert(t, e.ca, e.dir, "push", topicB)
+	e.d.signal(syscall.SIGHUP)
+	if !e.d.waitLog("credentials reloaded", 10*time.Second) {
+		t.Fatal("no reload")
+	}
+	if _, body := post(t, e.addr, "/register", registerBody("alice", acc, token(1))); body != topicB {
+		t.Errorf("topic after reload %q, want %q", body, topicB)
+	}
+	post(t, e.addr, "/notify", notifyBody("alice", "INBOX", "MessageNew"))
+	reqs, err := e.apns.WaitRequests(1, 5*time.Second)
+	if err != nil || reqs[0].Topic != topicB || reqs[0].ClientCertSubjectUID != topicB {
+		t.Fatalf("push after reload: %+v %v", reqs, err)
+	}
+	// A broken file keeps the working credential.
+	os.WriteFile(filepath.Join(e.dir, "push.pem"), []byte("garbage"), 0o600)
+	e.d.signal(syscall.SIGHUP)
+	if !e.d.waitLog("credentials not reloaded", 10*time.Second) {
+		t.Fatal("a bad credential was not reported")
+	}
+	if _, body := post(t, e.addr, "/register", registerBody("alice", acc, token(1))); body != topicB {
+		t.Errorf("topic after failed reload %q", body)
+	}
+}
+
+func TestGracefulStopSendsDelayedPushes(t *testing.T) {
+	e := newAPNsEnv(t, "delay: 3600\n")
+	e.register(t, "alice", acc, token(1))
+	post(t, e.addr, "/notify", notifyBody("alice", "INBOX", "FlagsSet"))
+	if code := e.d.stop(); code != 0 {
+		t.Fatalf("exit code %d after SIGTERM", code)
+	}
+	if e.apns.Count() != 1 {
+		t.Fatalf("%d pushes; the pending delayed push was lost at shutdown", e.apns.Count())
+	}
+}
+
+func TestUnsentPushesSurviveARestart(t *testing.T) {
+	e := newAPNsEnv(t, "shutdownTimeout: 1s\n")
+	e.register(t, "alice", acc, token(1))
+	e.apns.SetResponder(func(fakeapns.Request) fakeapns.Response { return fakeapns.Response{Status: 503} })
+	post(t, e.addr, "/notify", notifyBody("alice", "INBOX", "MessageNew"))
+	if !e.d.waitLog("push will be retried", 10*time.Second) {
+		t.Fatal("no failed attempt")
+	}
+	if code := e.d.stop(); code != 0 {
+		t.Fatalf("exit code %d", code)
+	}
+	pending := filepath.Join(e.dir, "state", "pending-pushes.json")
+	data, err := os.ReadFile(pending)
+	if err != nil {
+		t.Fatalf("unsent push not kept: %v", err)
+	}
+	var keys []map[string]string
+	if json.Unmarshal(data, &keys) != nil || len(keys) != 1 {
+		t.Fatalf("pending file %s", data)
+	}
+	e.apns.SetResponder(nil)
+	before := e.apns.Count()
+	d := startDaemon(t, e.dir, e.addr, e.caEnv)
+	defer d.stop()
+	deadline := time.Now().Add(10 * time.Second)
+	for e.apns.Count() == before && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	if e.apns.Count() == before {
+		t.Fatal("the kept push was not sent after the restart")
+	}
+	if _, err := os.Stat(pending); !os.IsNotExist(err) {
+		t.Errorf("pending file still there: %v", err)
+	}
+}

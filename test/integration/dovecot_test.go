@@ -1,0 +1,459 @@
+package integration
+
+import (
+	"bufio"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/xapsd/xapsd/internal/testutil/fakeapns"
+)
+
+// The end-to-end path with real components: Debian's Dovecot 2.3 with our
+// plugin, the built xapsd, and an HTTP/2 TLS stand-in for APNs. Dovecot
+// must run as root (it switches to the mail user), as in CI.
+
+const mailUID = 4242 // needs no /etc/passwd entry
+
+type dovecotEnv struct {
+	t        *testing.T
+	dir      string
+	imap     string
+	lmtp     string
+	xapsAddr string
+	cmd      *exec.Cmd
+	done     chan struct{}
+}
+
+func buildPlugin(t *testing.T) string {
+	t.Helper()
+	out, err := exec.Command("make", "-s", "-C", "../../dovecot").CombinedOutput()
+	if err != nil {
+		t.Fatalf("make -C dovecot: %v\n%s", err, out)
+	}
+	return "../../dovecot/build"
+}
+
+func startDovecot(t *testing.T, xapsAddr string) *dovecotEnv {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Fatal("the Dovecot end-to-end tests must run as root (Dovecot switches to the mail user); CI runs them as root")
+	}
+	if _, err := exec.LookPath("dovecot"); err != nil {
+		t.Fatal("dovecot not installed: apt-get install dovecot-core dovecot-imapd dovecot-lmtpd dovecot-dev (.ci/run does)")
+	}
+	build := buildPlugin(t)
+	// Short: Unix socket paths under base_dir are limited to 107 bytes.
+	dir, err := os.MkdirTemp("/tmp", "xe2e-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	os.Chmod(dir, 0o755)
+	for _, d := range []string{"run", "state", "modules", "home/alice", "home/bob"} {
+		os.MkdirAll(filepath.Join(dir, d), 0o755)
+	}
+	for _, h := range []string{"home", "home/alice", "home/bob"} {
+		os.Chown(filepath.Join(dir, h), mailUID, mailUID)
+	}
+	mods, _ := filepath.Glob("/usr/lib/dovecot/modules/*.so")
+	for _, m := range mods {
+		os.Symlink(m, filepath.Join(dir, "modules", filepath.Base(m)))
+	}
+	for _, so := range []string{"lib25_xaps_imap_plugin.so", "lib25_xaps_push_notification_plugin.so"} {
+		data, err := os.ReadFile(filepath.Join(build, so))
+		if err != nil {
+			t.Fatal(err)
+		}
+		os.WriteFile(filepath.Join(dir, "modules", so), data, 0o644)
+	}
+	users := fmt.Sprintf("alice:{PLAIN}secret:%d:%d::%s/home/alice::\n"+
+		"bob:{PLAIN}secret:%d:%d::%s/home/bob::userdb_xaps_alias=bob@alias.example\n",
+		mailUID, mailUID, dir, mailUID, mailUID, dir)
+	os.WriteFile(filepath.Join(dir, "users"), []byte(users), 0o644)
+	e := &dovecotEnv{t: t, dir: dir, xapsAddr: xapsAddr, done: make(chan struct{})}
+	imapPort, lmtpPort := freePort(t), freePort(t)
+	e.imap, e.lmtp = fmt.Sprintf("127.0.0.1:%d", imapPort), fmt.Sprintf("127.0.0.1:%d", lmtpPort)
+	conf := fmt.Sprintf(`base_dir = %[1]s/run
+state_dir = %[1]s/state
+instance_name = xapsd-e2e
+log_path = %[1]s/dovecot.log
+mail_debug = yes
+default_internal_user = dovecot
+default_login_user = dovenull
+protocols = imap lmtp
+listen = 127.0.0.1
+ssl = no
+disable_plaintext_auth = no
+auth_mechanisms = plain login
+auth_username_format = %%Ln
+passdb {
+  driver = passwd-file
+  args = scheme=PLAIN %[1]s/users
+}
+userdb {
+  driver = passwd-file
+  args = %[1]s/users
+}
+mail_location = maildir:~/Maildir
+mail_plugin_dir = %[1]s/modules
+recipient_delimiter = +
+lmtp_save_to_detail_mailbox = yes
+service imap-login {
+  inet_listener imap {
+    address = 127.0.0.1
+    port = %[2]d
+  }
+  inet_listener imaps {
+    port = 0
+  }
+}
+service lmtp {
+  inet_listener lmtp {
+    address = 127.0.0.1
+    port = %[3]d
+  }
+}
+mail_plugins = $mail_plugins notify push_notification xaps_push_notification
+protocol imap {
+  mail_plugins = $mail_plugins xaps_imap
+}
+plugin {
+  xaps_config = url=http://%[4]s user_lookup=xaps_alias max_retries=1 timeout_msecs=2000
+  push_notification_driver = xaps
+}
+`, dir, imapPort, lmtpPort, xapsAddr)
+	os.WriteFile(filepath.Join(dir, "dovecot.conf"), []byte(conf), 0o644)
+	e.cmd = exec.Command("dovecot", "-F", "-c", filepath.Join(dir, "dovecot.conf"))
+	e.cmd.Stdout, e.cmd.Stderr = os.Stderr, os.Stderr
+	if err := e.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { e.cmd.Wait(); close(e.done) }()
+	t.Cleanup(func() {
+		e.cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-e.done:
+		case <-time.After(10 * time.Second):
+			e.cmd.Process.Kill()
+			<-e.done
+		}
+		logData, _ := os.ReadFile(filepath.Join(dir, "dovecot.log"))
+		for _, bad := range []string{"Panic:", "Fatal:", "killed with signal"} {
+			if strings.Contains(string(logData), bad) {
+				t.Errorf("Dovecot log has %q", bad)
+			}
+		}
+		if t.Failed() {
+			t.Logf("dovecot.log:\n%s", logData)
+		}
+	})
+	for _, addr := range []string{e.imap, e.lmtp} {
+		deadline := time.Now().Add(15 * time.Second)
+		for {
+			c, err := net.Dial("tcp", addr)
+			if err == nil {
+				c.Close()
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("Dovecot does not listen on %s", addr)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	return e
+}
+
+// imapConn is just enough IMAP to act like iOS Mail and another client.
+type imapConn struct {
+	t   *testing.T
+	c   net.Conn
+	r   *bufio.Reader
+	tag int
+}
+
+func imapLogin(t *testing.T, addr, user string) *imapConn {
+	t.Helper()
+	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	ic := &imapConn{t: t, c: c, r: bufio.NewReader(c)}
+	ic.line() // greeting
+	if _, ok := ic.cmd("LOGIN " + user + " secret"); !ok {
+		t.Fatalf("LOGIN %s failed", user)
+	}
+	return ic
+}
+
+func (ic *imapConn) line() string {
+	ic.c.SetReadDeadline(time.Now().Add(20 * time.Second))
+	l, err := ic.r.ReadString('\n')
+	if err != nil {
+		ic.t.Fatalf("IMAP read: %v", err)
+	}
+	return strings.TrimRight(l, "\r\n")
+}
+
+// cmd sends one command and returns the untagged lines and whether the
+// tagged answer was OK; the tagged line is the last element.
+func (ic *imapConn) cmd(c string) ([]string, bool) {
+	ic.tag++
+	tag := fmt.Sprintf("x%d", ic.tag)
+	fmt.Fprintf(ic.c, "%s %s\r\n", tag, c)
+	var lines []string
+	for {
+		l := ic.line()
+		lines = append(lines, l)
+		if strings.HasPrefix(l, tag+" ") {
+			return lines, strings.HasPrefix(l, tag+" OK")
+		}
+	}
+}
+
+// registerLikeIOS sends the command exactly as iOS Mail builds it.
+func (ic *imapConn) registerLikeIOS(account, tok string, mailboxes ...string) ([]string, bool) {
+	q := make([]string, len(mailboxes))
+	for i, m := range mailboxes {
+		q[i] = `"` + m + `"`
+	}
+	return ic.cmd(fmt.Sprintf(`XAPPLEPUSHSERVICE "aps-version" "2" "aps-account-id" "%s" "aps-device-token" "%s" "aps-subtopic" "com.apple.mobilemail" "mailboxes" (%s)`,
+		account, tok, strings.Join(q, " ")))
+}
+
+// deliver sends one message over LMTP and fails the test unless it was
+// accepted.
+func deliver(t *testing.T, addr, rcpt string) {
+	t.Helper()
+	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(30 * time.Second))
+	r := bufio.NewReader(c)
+	expect := func(code string) {
+		for {
+			l, err := r.ReadString('\n')
+			if err != nil {
+				t.Fatalf("LMTP: %v", err)
+			}
+			if !strings.HasPrefix(l, code) {
+				t.Fatalf("LMTP: got %q, want %s", strings.TrimSpace(l), code)
+			}
+			if len(l) > 3 && l[3] == ' ' {
+				return
+			}
+		}
+	}
+	expect("220")
+	fmt.Fprintf(c, "LHLO test.example\r\n")
+	expect("250")
+	fmt.Fprintf(c, "MAIL FROM:<sender@example.net>\r\n")
+	expect("250")
+	fmt.Fprintf(c, "RCPT TO:<%s>\r\n", rcpt)
+	expect("250")
+	fmt.Fprintf(c, "DATA\r\n")
+	expect("354")
+	fmt.Fprintf(c, "From: sender@example.net\r\nTo: %s\r\nSubject: hello\r\nMessage-ID: <%d@example.net>\r\n\r\nHi.\r\n.\r\n", rcpt, time.Now().UnixNano())
+	expect("250")
+	fmt.Fprintf(c, "QUIT\r\n")
+}
+
+// e2e is the whole chain: Dovecot + plugin -> xapsd -> APNs stand-in.
+type e2e struct {
+	*apnsEnv
+	dc *dovecotEnv
+}
+
+func newE2E(t *testing.T, extra string) *e2e {
+	t.Helper()
+	a := newAPNsEnv(t, "delay: 2\ncheckInterval: 1\n"+extra)
+	return &e2e{apnsEnv: a, dc: startDovecot(t, a.addr)}
+}
+
+func tagless(l string) string {
+	// Dovecot appends " (0.001 + 0.000 secs)." to tagged replies.
+	if i := strings.Index(l, " ("); i > 0 && strings.HasSuffix(l, "secs).") {
+		return l[:i]
+	}
+	return l
+}
+
+func TestE2ERegisterAndNewMail(t *testing.T) {
+	e := newE2E(t, "")
+	ios := imapLogin(t, e.dc.imap, "alice")
+	caps, _ := ios.cmd("CAPABILITY")
+	if !strings.Contains(strings.Join(caps, " "), "XAPPLEPUSHSERVICE") {
+		t.Fatalf("no XAPPLEPUSHSERVICE capability after login: %v", caps)
+	}
+	ios.cmd("CREATE Notes")
+	lines, ok := ios.registerLikeIOS(acc, token(1), "INBOX", "Notes", "Missing")
+	if !ok {
+		t.Fatalf("registration failed: %v", lines)
+	}
+	want := []string{`* XAPPLEPUSHSERVICE mailbox "INBOX"`, `* XAPPLEPUSHSERVICE mailbox "Notes"`,
+		`* XAPPLEPUSHSERVICE aps-version "2" aps-topic "` + topicA + `"`, "x4 OK XAPPLEPUSHSERVICE completed"}
+	if len(lines) != len(want) {
+		t.Fatalf("reply %q, want %q", lines, want)
+	}
+	for i := range want {
+		if tagless(lines[i]) != want[i] {
+			t.Errorf("line %d = %q, want %q", i, lines[i], want[i])
+		}
+	}
+
+	sent := time.Now()
+	deliver(t, e.dc.lmtp, "alice@example.org")
+	reqs, err := e.apns.WaitRequests(1, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := reqs[0]
+	t.Logf("push reached APNs %v after the LMTP DATA", r.Received.Sub(sent))
+	if r.Token != token(1) || r.Topic != topicA || r.PushType != "background" || r.Expiration == "" ||
+		string(r.Body) != `{"aps":{"account-id":"`+acc+`"}}` || r.ClientCertSubjectUID != topicA {
+		t.Errorf("push %+v", r)
+	}
+	if r.Received.Sub(sent) > time.Second {
+		t.Errorf("new-mail push took %v; it must not wait for the debounce delay", r.Received.Sub(sent))
+	}
+}
+
+func TestE2EFlagChangeIsOneDelayedPush(t *testing.T) {
+	e := newE2E(t, "")
+	ios := imapLogin(t, e.dc.imap, "alice")
+	if _, ok := ios.registerLikeIOS(acc, token(1), "INBOX"); !ok {
+		t.Fatal("registration failed")
+	}
+	deliver(t, e.dc.lmtp, "alice@example.org")
+	deliver(t, e.dc.lmtp, "alice@example.org")
+	if _, err := e.apns.WaitRequests(2, 5*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	desktop := imapLogin(t, e.dc.imap, "alice")
+	desktop.cmd("SELECT INBOX")
+	changed := time.Now()
+	if _, ok := desktop.cmd(`STORE 1:* +FLAGS (\Seen \Flagged)`); !ok {
+		t.Fatal("STORE failed")
+	}
+	time.Sleep(500 * time.Millisecond)
+	if n := e.apns.Count(); n != 2 {
+		t.Fatalf("%d pushes right after the flag change; it must be delayed", n)
+	}
+	reqs, err := e.apns.WaitRequests(3, 10*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := reqs[2].Received.Sub(changed); d < 2*time.Second {
+		t.Errorf("delayed push after %v, before the 2 s delay", d)
+	}
+	time.Sleep(2 * time.Second)
+	if n := e.apns.Count(); n != 3 {
+		t.Errorf("%d pushes; flag changes on two messages must make one push", n)
+	}
+}
+
+func TestE2ETwoDevicesWithOneAccountID(t *testing.T) {
+	e := newE2E(t, "")
+	for _, tok := range []string{token(1), token(2)} {
+		if _, ok := imapLogin(t, e.dc.imap, "alice").registerLikeIOS(acc, tok, "INBOX"); !ok {
+			t.Fatal("registration failed")
+		}
+	}
+	deliver(t, e.dc.lmtp, "alice@example.org")
+	reqs, err := e.apns.WaitRequests(2, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := map[string]bool{reqs[0].Token: true, reqs[1].Token: true}; !got[token(1)] || !got[token(2)] {
+		t.Errorf("pushed %v, want both phones", got)
+	}
+}
+
+func TestE2EOtherFolders(t *testing.T) {
+	e := newE2E(t, "")
+	ios := imapLogin(t, e.dc.imap, "alice")
+	ios.cmd("CREATE Lists")
+	if _, ok := ios.registerLikeIOS(acc, token(1), "INBOX", "Lists"); !ok {
+		t.Fatal("registration failed")
+	}
+	deliver(t, e.dc.lmtp, "alice+Lists@example.org")
+	if _, err := e.apns.WaitRequests(1, 5*time.Second); err != nil {
+		t.Fatalf("pushMailboxes registered: no push for a registered folder: %v", err)
+	}
+
+	// The old daemon's rule: INBOX only.
+	e.d.stop()
+	os.WriteFile(filepath.Join(e.dir, "xapsd.yaml"), append(mustRead(t, filepath.Join(e.dir, "xapsd.yaml")), []byte("pushMailboxes: inbox\n")...), 0o600)
+	e.d = startDaemon(t, e.dir, e.addr, e.caEnv)
+	deliver(t, e.dc.lmtp, "alice+Lists@example.org")
+	time.Sleep(1500 * time.Millisecond)
+	if n := e.apns.Count(); n != 1 {
+		t.Errorf("pushMailboxes inbox: %d pushes, want no new one for Lists", n)
+	}
+	deliver(t, e.dc.lmtp, "alice@example.org")
+	if _, err := e.apns.WaitRequests(2, 5*time.Second); err != nil {
+		t.Errorf("pushMailboxes inbox: no push for INBOX: %v", err)
+	}
+}
+
+func mustRead(t *testing.T, path string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+func TestE2EDaemonDown(t *testing.T) {
+	e := newE2E(t, "")
+	e.d.stop()
+	ios := imapLogin(t, e.dc.imap, "alice")
+	lines, ok := ios.registerLikeIOS(acc, token(1), "INBOX")
+	last := lines[len(lines)-1]
+	if ok || !strings.Contains(last, " NO ") {
+		t.Errorf("registration with xapsd stopped answered %q, want NO", last)
+	}
+	if _, ok := ios.cmd("NOOP"); !ok {
+		t.Error("the IMAP session did not carry on after the failed registration")
+	}
+	deliver(t, e.dc.lmtp, "alice@example.org") // fails the test unless accepted
+	box, _ := ios.cmd("STATUS INBOX (MESSAGES)")
+	if !strings.Contains(strings.Join(box, " "), "MESSAGES 1") {
+		t.Errorf("message not delivered: %v", box)
+	}
+}
+
+func TestE2EUserLookupAlias(t *testing.T) {
+	e := newE2E(t, "")
+	if _, ok := imapLogin(t, e.dc.imap, "bob").registerLikeIOS("ACC-BOB", token(5), "INBOX"); !ok {
+		t.Fatal("registration failed")
+	}
+	code, out, errOut := run(t, "", "--config", filepath.Join(e.dir, "xapsd.yaml"), "devices", "list", "bob@alias.example")
+	if code != 0 || !strings.Contains(out, token(5)) {
+		t.Fatalf("bob registered under another name: %d %s %s", code, out, errOut)
+	}
+	deliver(t, e.dc.lmtp, "bob@example.org")
+	reqs, err := e.apns.WaitRequests(1, 5*time.Second)
+	if err != nil || reqs[0].Token != token(5) {
+		t.Fatalf("alias user got no push: %v %+v", err, reqs)
+	}
+	// Admin tools against the running daemon: test-push shows Apple's answer.
+	e.apns.SetResponder(func(fakeapns.Request) fakeapns.Response {
+		return fakeapns.Response{Status: 400, Reason: "TopicDisallowed"}
+	})
+	code, out, _ = run(t, "", "--config", filepath.Join(e.dir, "xapsd.yaml"), "test-push", "bob@alias.example")
+	if code != 1 || !strings.Contains(out, "TopicDisallowed") || !strings.Contains(out, token(5)) {
+		t.Errorf("test-push: %d %q", code, out)
+	}
+}
