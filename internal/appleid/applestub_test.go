@@ -39,8 +39,8 @@ const (
 
 // stubRequest is what the stand-in saw in one request, after checking it.
 type stubRequest struct {
-	Kind    string           // "new" or "renew"
-	Serials map[int]string   // CertificateSerialNumber by CertRequestNo (renew)
+	Kind    string         // "new" or "renew"
+	Serials map[int]string // CertificateSerialNumber by CertRequestNo (renew)
 	Keys    map[int]*rsa.PublicKey
 	Issued  map[int]*x509.Certificate // what it issued, if it did
 }

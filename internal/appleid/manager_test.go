@@ -694,7 +694,9 @@ func TestNewOptions(t *testing.T) {
 		{"key without cert", func(o *Options) { o.VendorCertFile = "" }, "appleIdVendorCertificate must be set"},
 		{"cert without key", func(o *Options) { o.VendorKeyFile = "" }, "appleIdVendorKey must be set"},
 		{"missing cert file", func(o *Options) { o.VendorCertFile = "/nonexistent/v.pem" }, "read vendor certificate /nonexistent/v.pem"},
-		{"wrong key", func(o *Options) { o.VendorKeyFile = writeFile(t, "k.pem", pem.EncodeToMemory(&pem.Block{Type: "RSA PRIVATE KEY", Bytes: x509.MarshalPKCS1PrivateKey(fx.keys[0])})) }, "does not belong to the first certificate"},
+		{"wrong key", func(o *Options) {
+			o.VendorKeyFile = writeFile(t, "k.pem", pem.EncodeToMemory(&pem.Block{Type: "RSA PRIVATE KEY", Bytes: x509.MarshalPKCS1PrivateKey(fx.keys[0])}))
+		}, "does not belong to the first certificate"},
 		{"EC key", func(o *Options) { o.VendorKeyFile = writeFile(t, "k.pem", other.KeyPKCS8PEM()) }, "not an RSA key"},
 		{"key file with a certificate only", func(o *Options) { o.VendorKeyFile = e.vendorCert }, "no -----BEGIN RSA PRIVATE KEY"},
 		{"cert file with a key only", func(o *Options) { o.VendorCertFile = e.vendorKey }, "no -----BEGIN CERTIFICATE"},
@@ -764,4 +766,3 @@ func TestUnreadableAttemptRecord(t *testing.T) {
 		t.Errorf("%d requests, plan %v at %v, want new at mtime+24h", len(e.stub.seen()), last.kind, last.at)
 	}
 }
-
