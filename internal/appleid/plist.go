@@ -113,12 +113,15 @@ func writeText(b *bytes.Buffer, open, s, close string) error {
 		}
 	}
 	b.WriteString(open)
-	if err := xml.EscapeText(b, []byte(s)); err != nil {
-		return err
-	}
+	// Newlines stay literal, as in Apple's plists (the CSRs are PEM
+	// text); a CR is escaped because XML readers turn a literal CR LF
+	// into LF.
+	b.WriteString(textEscaper.Replace(s))
 	b.WriteString(close)
 	return nil
 }
+
+var textEscaper = strings.NewReplacer("&", "&amp;", "<", "&lt;", ">", "&gt;", "\r", "&#13;")
 
 // maxPlistDepth bounds nesting; Apple's answers are four levels deep, and
 // the bound keeps hostile input from exhausting the stack.

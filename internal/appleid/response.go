@@ -117,7 +117,7 @@ func parseAnswer(body []byte) (certs map[int]issued, problems []string, err erro
 func parseIssued(e any) (issued, error) {
 	d, ok := e.(map[string]any)
 	if !ok {
-		return issued{}, fmt.Errorf("a %s, not a dict", plistType(e))
+		return issued{}, fmt.Errorf("%s, not a dict", plistType(e))
 	}
 	st, _ := d["ServiceType"].(string)
 	no, ok := plistInt(d["CertRequestNo"])

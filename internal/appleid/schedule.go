@@ -88,7 +88,7 @@ func decide(mail *x509.Certificate, rec attempts, now time.Time, canRequest bool
 		return plan{kind: planNothing}
 	}
 	if mail != nil && now.Before(mail.NotAfter) {
-		at := renewAt(mail.NotAfter)
+		at := later(renewAt(mail.NotAfter), now)
 		if r := rec.Renew; r != nil {
 			// A record in the future means the clock went back; count
 			// from now rather than wait for the clock to catch up.
