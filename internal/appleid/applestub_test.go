@@ -59,6 +59,10 @@ type appleStub struct {
 	ln      net.Listener
 	now     func() time.Time
 
+	// during, if set, runs after a request is read and before it is
+	// answered: the moment a crash would lose the answer.
+	during func(kind string)
+
 	mu       sync.Mutex
 	mode     stubMode
 	requests []stubRequest
@@ -157,6 +161,9 @@ func (s *appleStub) handle(c net.Conn) {
 	}
 	if !req.Close {
 		s.problem("request without Connection: close")
+	}
+	if s.during != nil {
+		s.during(kind)
 	}
 	sr, err := s.check(kind, body)
 	if err != nil {

@@ -10,6 +10,7 @@ import (
 	"encoding/json"
 	"encoding/pem"
 	"errors"
+	"fmt"
 	"io/fs"
 	"net/http"
 	"os"
@@ -285,6 +286,24 @@ func TestNewCertificate(t *testing.T) {
 	if err := m.Status(); !errors.Is(err, ErrNotStored) {
 		t.Fatalf("Status before the request: %v", err)
 	}
+	// While Apple works on the request, the attempt and the keys are on
+	// disk already.
+	var (
+		duringMu sync.Mutex
+		during   []string
+	)
+	e.stub.during = func(kind string) {
+		duringMu.Lock()
+		defer duringMu.Unlock()
+		data, err := os.ReadFile(filepath.Join(e.dir, attemptsFile))
+		if err != nil || !strings.Contains(string(data), `"outcome": "sent"`) {
+			during = append(during, fmt.Sprintf("attempt record while sending: %q, %v", data, err))
+		}
+		keys, err := store{dir: e.dir}.loadRequestKeys()
+		if err != nil || len(keys) != 5 {
+			during = append(during, fmt.Sprintf("request keys while sending: %d, %v", len(keys), err))
+		}
+	}
 	if _, err := m.Stored(); !errors.Is(err, ErrNotStored) {
 		t.Fatalf("Stored before the request: %v", err)
 	}
@@ -294,6 +313,11 @@ func TestNewCertificate(t *testing.T) {
 	if len(reqs) != 1 || reqs[0].Kind != "new" {
 		t.Fatalf("requests %+v, want one /new", reqs)
 	}
+	duringMu.Lock()
+	for _, p := range during {
+		t.Error(p)
+	}
+	duringMu.Unlock()
 	checkIssued(t, e, reqs[0])
 	checkMode(t, e.dir, 0o700)
 	checkMode(t, filepath.Join(e.dir, attemptsFile), 0o600)
