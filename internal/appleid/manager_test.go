@@ -790,3 +790,68 @@ func TestUnreadableAttemptRecord(t *testing.T) {
 		t.Errorf("%d requests, plan %v at %v, want new at mtime+24h", len(e.stub.seen()), last.kind, last.at)
 	}
 }
+
+// TestStoreIssued: certificates that do not belong to the keys sent, a
+// mail certificate without a topic, and one older than the stored one are
+// all left out; the rest is stored.
+func TestStoreIssued(t *testing.T) {
+	e := newEnv(t, stubNormal)
+	fx := getFixture(t)
+	m := e.manager(t)
+	keys := map[int]*rsa.PrivateKey{}
+	certs := map[int]issued{}
+	for i := range services {
+		keys[i] = fx.keys[i]
+		c, err := e.stub.issue(i, &keys[i].PublicKey, "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		certs[i] = issued{No: i, Cert: c}
+	}
+	// Calendar issued for another key; no alerts at all; mail without UID.
+	certs[0] = issued{No: 0, Cert: certs[1].Cert}
+	delete(certs, 4)
+	noUID, err := fx.ca.Issue(testpki.IssueOptions{CommonName: "no topic"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	certs[mailNo] = issued{No: mailNo, Cert: noUID.Cert}
+	keys[mailNo] = noUID.Key.(*rsa.PrivateKey)
+
+	mailStored, problems, err := m.storeIssued(certs, keys)
+	if err != nil || mailStored {
+		t.Fatalf("mail stored %v, %v", mailStored, err)
+	}
+	want := []string{"has no UID attribute (the push topic)", "calendar certificate of the answer is not for the key", "no alerts certificate"}
+	if len(problems) != len(want) {
+		t.Fatalf("problems %q", problems)
+	}
+	for i, w := range want {
+		if !strings.Contains(problems[i], w) {
+			t.Errorf("problem %d: %q, want %q", i, problems[i], w)
+		}
+	}
+	st := store{dir: e.dir}
+	for _, svc := range services {
+		if got := exists(st.servicePath(svc)); got != (svc.Name == "contact" || svc.Name == "mgmt") {
+			t.Errorf("%s stored: %v", svc.Name, got)
+		}
+	}
+
+	// The same contact certificate again is not newer: left out.
+	_, problems, _ = m.storeIssued(map[int]issued{1: certs[1]}, keys)
+	if len(problems) == 0 || !strings.Contains(strings.Join(problems, ";"), "contact certificate of the answer is not newer") {
+		t.Errorf("problems %q", problems)
+	}
+	// The answer says so as a whole when the mail one is missing.
+	_, err = m.storeAnswer(&httpResponse{Status: 200, Body: stubAnswer(map[int]*x509.Certificate{1: certs[1].Cert})}, keys, m.log)
+	if err == nil || !strings.Contains(err.Error(), "no usable mail certificate") {
+		t.Errorf("storeAnswer without mail: %v", err)
+	}
+}
+
+func TestStateDir(t *testing.T) {
+	if got := StateDir("/var/lib/xapsd/database.json"); got != "/var/lib/xapsd/apple-push" {
+		t.Errorf("StateDir = %q", got)
+	}
+}
