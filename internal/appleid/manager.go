@@ -96,9 +96,9 @@ type Manager struct {
 
 var hexHash = regexp.MustCompile(`^[0-9a-fA-F]{64}$`)
 
-// New checks the options, loads the vendor identity if configured and
-// creates the state folder. A configured vendor file that does not load
-// is an error; no vendor identity at all is not (see Options).
+// New checks the options and loads the vendor identity if configured. It
+// writes nothing. A configured vendor file that does not load is an
+// error; no vendor identity at all is not (see Options).
 func New(o Options) (*Manager, error) {
 	if o.AppleID == "" {
 		return nil, errors.New("apple ID certificate manager: appleId is empty")
@@ -153,9 +153,8 @@ func New(o Options) (*Manager, error) {
 		}
 		m.vendor = v
 	}
-	if err := m.st.ensure(); err != nil {
-		return nil, err
-	}
+	// The folder is created on the first write, not here, so that
+	// xapsd --check-config run as root leaves no root-owned folder behind.
 	m.refresh()
 	return m, nil
 }
@@ -531,6 +530,9 @@ func (m *Manager) storeIssued(certs map[int]issued, keys map[int]*rsa.PrivateKey
 		if cur, err := m.st.load(svc); err == nil && !c.Cert.NotAfter.After(cur.cert.NotAfter) {
 			problems = append(problems, fmt.Sprintf("the %s certificate of the answer is not newer than the stored one", svc.Name))
 			continue
+		}
+		if err := m.st.ensure(); err != nil {
+			return mailStored, problems, err
 		}
 		if err := m.st.save(svc, c.Cert, key); err != nil {
 			return mailStored, problems, err

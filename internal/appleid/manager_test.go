@@ -855,3 +855,16 @@ func TestStateDir(t *testing.T) {
 		t.Errorf("StateDir = %q", got)
 	}
 }
+
+// TestNewWritesNothing: xapsd --check-config builds a Manager too, maybe
+// as root; it must not leave a folder the daemon's user cannot write.
+func TestNewWritesNothing(t *testing.T) {
+	e := newEnv(t, stubNormal)
+	m := e.manager(t)
+	if exists(e.dir) {
+		t.Error("New created the state folder")
+	}
+	if _, err := m.Stored(); !errors.Is(err, ErrNotStored) {
+		t.Errorf("Stored = %v", err)
+	}
+}
