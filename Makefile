@@ -9,7 +9,7 @@ VERSION  ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS  := -X main.version=$(VERSION)
 BIN      := bin/xapsd
 
-.PHONY: all build run test test-short vet fmt plugin bench fuzz clean
+.PHONY: all build run test test-plugin test-short vet fmt plugin bench fuzz clean
 
 all: build
 
@@ -23,9 +23,13 @@ vet:
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { echo "gofmt needed:"; gofmt -l $$(git ls-files '*.go'); exit 1; }
 	$(GO) vet ./...
 
-# The fuzz targets' seed corpora run as ordinary tests here.
-test: vet plugin
+# The plugin's own checks against a real Dovecot, then every Go test (the
+# fuzz targets' seed corpora run as ordinary tests) with the race detector.
+test: vet plugin test-plugin
 	$(GO) test -race -count=1 -timeout 20m ./...
+
+test-plugin:
+	bash dovecot/test/smoke.sh
 
 test-short:
 	$(GO) test -race -short ./...
