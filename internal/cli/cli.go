@@ -198,9 +198,13 @@ func check(env Env, cfg *config.Config, warnings []string) int {
 	for _, w := range warnings {
 		fmt.Fprintf(env.Stderr, "warning: %s\n", w)
 	}
-	if err := daemon.CheckCredential(cfg); err != nil {
+	notes, err := daemon.CheckCredential(cfg)
+	if err != nil {
 		fmt.Fprintf(env.Stderr, "xapsd: %v\n", err)
 		return 1
+	}
+	for _, n := range notes {
+		fmt.Fprintf(env.Stderr, "warning: devices cannot register yet: %s\n", n)
 	}
 	fmt.Fprint(env.Stdout, cfg.Redacted())
 	return 0

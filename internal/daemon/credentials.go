@@ -1,14 +1,20 @@
 package daemon
 
 import (
+	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
 	"time"
 
 	"github.com/sideshow/apns2"
 	"github.com/sirupsen/logrus"
 
 	"github.com/xapsd/xapsd/internal/apns"
+	"github.com/xapsd/xapsd/internal/appleid"
 	"github.com/xapsd/xapsd/internal/config"
 	"github.com/xapsd/xapsd/internal/creds"
 )
@@ -16,7 +22,11 @@ import (
 // errNoCredential explains what to configure; /register shows it as 503.
 var errNoCredential = errors.New("no push credential configured: set certificateFilePem and " +
 	"certificateFilePemKey, or certificateFileP12, or keyFileP8 with keyFileKeyId, keyFileTeamId and keyFileTopic " +
-	"(or apnsEndpoint: dry-run to try xapsd without Apple)")
+	"(or apnsEndpoint: dry-run to try xapsd without Apple); see docs/credentials.md")
+
+// errWaitingForApple is the fallback reason while the Apple ID manager
+// has no certificate yet.
+var errWaitingForApple = errors.New("no Apple push certificate yet")
 
 func credentialFiles(c *config.Config) creds.Files {
 	return creds.Files{
@@ -34,21 +44,49 @@ func credentialFiles(c *config.Config) creds.Files {
 // credential is what the daemon pushes with, or why it cannot.
 type credential struct {
 	client   *apns.Client
-	err      error     // non-nil: no usable credential, /register answers 503
-	notAfter time.Time // certificate expiry, zero for tokens and dry-run
+	err      error        // a lasting reason why devices cannot register
+	live     func() error // a reason that can change by itself (Apple ID manager)
+	notAfter time.Time    // certificate expiry, zero for tokens and dry-run
 	sources  []string
+	stamps   []fileStamp // of sources at load, to notice files replaced on disk
 }
 
-// loadCredential builds the push client the configuration asks for. A
-// configured credential that does not load is an error; no credential at
-// all is not (the daemon runs and says why it cannot register devices),
-// unless the admin asked for dry-run, which needs none.
+// problem says why xapsd cannot register devices now, or nil.
+func (c *credential) problem(now time.Time) error {
+	if c.live != nil {
+		if err := c.live(); err != nil {
+			return err
+		}
+	}
+	if c.err != nil {
+		return c.err
+	}
+	if !c.notAfter.IsZero() && !now.Before(c.notAfter) && len(c.sources) > 0 {
+		return appleid.ExpiredError(c.sources[0], c.notAfter)
+	}
+	return nil
+}
+
+// appleIDMode reports whether the Apple ID manager provides the
+// credential: an Apple ID is configured and no credential file is, and
+// pushes really go to Apple.
+func appleIDMode(c *config.Config) bool {
+	return c.AppleID != "" && !credentialFiles(c).Configured() && !c.DryRun()
+}
+
+// loadCredential builds the push client from credential files, dry-run,
+// or nothing. A configured file that does not load is an error; no
+// credential at all is not (the daemon runs and says why it cannot
+// register devices). In Apple ID mode it returns nil: the manager, which
+// needs the registry's state folder, provides the credential later.
 func loadCredential(c *config.Config, log logrus.FieldLogger, now time.Time) (*credential, error) {
 	files := credentialFiles(c)
-	if !files.Configured() {
-		if c.DryRun() {
-			return &credential{client: apns.NewDryRunClient(c.DryRunTopic, log)}, nil
-		}
+	switch {
+	case appleIDMode(c):
+		return nil, nil
+	case !files.Configured() && c.DryRun():
+		return &credential{client: apns.NewDryRunClient(c.DryRunTopic, log)}, nil
+	case !files.Configured():
 		return &credential{client: unavailableClient(errNoCredential), err: errNoCredential}, nil
 	}
 	cred, err := creds.Load(files, now)
@@ -58,7 +96,12 @@ func loadCredential(c *config.Config, log logrus.FieldLogger, now time.Time) (*c
 	for _, w := range cred.Warnings {
 		log.Warn(w)
 	}
-	out := &credential{notAfter: cred.NotAfter, sources: cred.Sources}
+	return clientFor(c, cred, log)
+}
+
+// clientFor binds a loaded credential to the configured endpoint.
+func clientFor(c *config.Config, cred *creds.Credential, log logrus.FieldLogger) (*credential, error) {
+	out := &credential{notAfter: cred.NotAfter, sources: cred.Sources, stamps: stampFiles(cred.Sources)}
 	if c.DryRun() {
 		out.client = apns.NewDryRunClient(cred.Topic, log)
 		return out, nil
@@ -90,12 +133,211 @@ func (f failingTransport) PushWithContext(apns2.Context, *apns2.Notification) (*
 	return nil, fmt.Errorf("push not sent: %w", f.err)
 }
 
-// CheckCredential loads the configured credential as a start would, for
-// --check-config. No credential at all is only a problem outside dry-run.
-func CheckCredential(c *config.Config) error {
-	cred, err := loadCredential(c, logrus.New().WithField("component", "check"), time.Now())
+// appleManager is a running Apple ID certificate manager.
+type appleManager struct {
+	m      *appleid.Manager
+	key    string             // the settings it was built from
+	cancel context.CancelFunc // set by runApple
+	done   chan struct{}      // closed when its loop has returned
+}
+
+func appleKey(c *config.Config) string {
+	return fmt.Sprintf("%q %q %q %q %q", c.AppleID, c.AppleIDHashedPassword, c.AppleIDVendorCertificate, c.AppleIDVendorKey, c.DatabaseFile)
+}
+
+func newAppleManager(c *config.Config, log logrus.FieldLogger) (*appleid.Manager, error) {
+	return appleid.New(appleid.Options{
+		AppleID:        c.AppleID,
+		PasswordHash:   c.AppleIDHashedPassword,
+		VendorCertFile: c.AppleIDVendorCertificate,
+		VendorKeyFile:  c.AppleIDVendorKey,
+		Dir:            appleid.StateDir(c.DatabaseFile),
+		Log:            log,
+	})
+}
+
+// startApple runs the Apple ID manager and returns the credential to use
+// until it obtains a (new) certificate.
+func (d *Daemon) startApple(c *config.Config) (*credential, error) {
+	log := d.log.WithField("component", "appleid")
+	m, err := newAppleManager(c, log)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	return cred.err
+	cred := &credential{client: unavailableClient(errWaitingForApple), err: errWaitingForApple, live: m.Status}
+	if stored, err := m.Stored(); err == nil {
+		for _, w := range stored.Warnings {
+			log.Warn(w)
+		}
+		if cred, err = clientFor(c, stored, log); err != nil {
+			return nil, err
+		}
+	} else if !errors.Is(err, appleid.ErrNotStored) {
+		log.WithError(err).Error("the stored Apple push certificate is not usable")
+	}
+	d.apple = &appleManager{m: m, key: appleKey(c)}
+	return cred, nil
+}
+
+// runApple starts the Apple ID manager's loop; the sender must exist, as
+// a new certificate goes straight to it.
+func (d *Daemon) runApple() {
+	am := d.apple
+	if am == nil || am.done != nil {
+		return
+	}
+	log := d.log.WithField("component", "appleid")
+	ctx, cancel := context.WithCancel(context.Background())
+	am.cancel, am.done = cancel, make(chan struct{})
+	go func() {
+		defer close(am.done)
+		am.m.Run(ctx, func(nc *creds.Credential) {
+			cur := d.cfg.Load()
+			next, err := clientFor(cur, nc, log)
+			if err != nil {
+				log.WithError(err).Error("new Apple push certificate not used")
+				return
+			}
+			d.setCredential(next)
+			log.WithFields(logrus.Fields{"topic": nc.Topic, "expires": nc.NotAfter.UTC().Format(time.RFC3339)}).
+				Info("using the new Apple push certificate")
+		})
+	}()
+}
+
+func (d *Daemon) stopApple() {
+	if d.apple == nil {
+		return
+	}
+	if d.apple.done != nil {
+		d.apple.cancel()
+		<-d.apple.done
+	}
+	d.apple = nil
+}
+
+// importLegacyCerts keeps an old install's Apple certificates: the old
+// database.json held them (spec §4.1) and the migration keeps them only
+// in its backup.
+func (d *Daemon) importLegacyCerts(c *config.Config) {
+	log := d.log.WithField("component", "appleid")
+	raw := d.reg.LegacyAppleCerts()
+	dir := appleid.StateDir(c.DatabaseFile)
+	if raw == nil {
+		// A start that migrated but failed to import: the backup still
+		// has them.
+		if _, err := os.Stat(filepath.Join(dir, "mail.pem")); err == nil || c.AppleID == "" {
+			return
+		}
+		backups, _ := filepath.Glob(c.DatabaseFile + ".legacy-*.bak")
+		if len(backups) == 0 {
+			return
+		}
+		sort.Strings(backups)
+		raw = legacyCertsFromBackup(backups[len(backups)-1])
+		if raw == nil {
+			return
+		}
+	}
+	res, err := appleid.ImportLegacy(raw, dir, time.Now())
+	for _, n := range res.Notes {
+		log.Warn(n)
+	}
+	if err != nil {
+		log.WithError(err).Error("certificates of the old database.json not imported; they are still in its .legacy-*.bak backup")
+		return
+	}
+	if len(res.Stored) > 0 {
+		log.WithField("stored", res.Stored).Info("imported the old xapsd's Apple push certificates")
+	}
+}
+
+// CheckCredential loads the configured credential as a start would, for
+// --check-config. It returns an error for what would stop the start, and
+// notes for what would only keep devices from registering.
+func CheckCredential(c *config.Config) (notes []string, err error) {
+	log := logrus.New().WithField("component", "check")
+	if appleIDMode(c) {
+		m, err := newAppleManager(c, log)
+		if err != nil {
+			return nil, err
+		}
+		if _, err := m.Stored(); err != nil && !errors.Is(err, appleid.ErrNotStored) {
+			return nil, err
+		}
+		if err := m.Status(); err != nil {
+			notes = append(notes, err.Error())
+		}
+		return notes, nil
+	}
+	cred, err := loadCredential(c, log, time.Now())
+	if err != nil {
+		return nil, err
+	}
+	if err := cred.problem(time.Now()); err != nil {
+		notes = append(notes, err.Error())
+	}
+	return notes, nil
+}
+
+// fileStamp notices a credential file replaced or rewritten on disk.
+type fileStamp struct {
+	path    string
+	size    int64
+	modTime time.Time
+}
+
+func stampFiles(paths []string) []fileStamp {
+	out := make([]fileStamp, 0, len(paths))
+	for _, p := range paths {
+		st, err := os.Stat(p)
+		if err != nil {
+			out = append(out, fileStamp{path: p})
+			continue
+		}
+		out = append(out, fileStamp{path: p, size: st.Size(), modTime: st.ModTime()})
+	}
+	return out
+}
+
+func filesChanged(old []fileStamp) bool {
+	for _, s := range old {
+		st, err := os.Stat(s.path)
+		if err != nil {
+			// A file being replaced may be missing for a moment; the
+			// next check sees the new one.
+			continue
+		}
+		if st.Size() != s.size || !st.ModTime().Equal(s.modTime) {
+			return true
+		}
+	}
+	return false
+}
+
+// legacyCertsFromBackup reads the AppleCerts object of an old
+// database.json backup, or nil.
+func legacyCertsFromBackup(path string) json.RawMessage {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil
+	}
+	var f struct {
+		AppleCerts json.RawMessage `json:"AppleCerts"`
+	}
+	if json.Unmarshal(data, &f) != nil {
+		return nil
+	}
+	return f.AppleCerts
+}
+
+// configuredPaths lists the credential files named in f.
+func configuredPaths(f creds.Files) []string {
+	var out []string
+	for _, p := range []string{f.P12, f.PEMCert, f.PEMKey, f.P8} {
+		if p != "" {
+			out = append(out, p)
+		}
+	}
+	return out
 }

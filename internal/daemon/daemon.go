@@ -20,6 +20,7 @@ import (
 	"github.com/sirupsen/logrus"
 
 	"github.com/xapsd/xapsd/internal/apns"
+	"github.com/xapsd/xapsd/internal/appleid"
 	"github.com/xapsd/xapsd/internal/config"
 	"github.com/xapsd/xapsd/internal/ctl"
 	"github.com/xapsd/xapsd/internal/logging"
@@ -44,6 +45,8 @@ type Daemon struct {
 	metrics   *metrics.Metrics
 	monitor   *metrics.Server
 	admin     *ctl.Server
+	apple     *appleManager // nil unless the Apple ID manager provides the credential
+	expiry    appleid.ExpiryWatch
 }
 
 // Options are what main hands over.
@@ -65,13 +68,11 @@ func Run(ctx context.Context, o Options) error {
 	d.cfg.Store(cfg)
 	log := o.Log.WithField("component", "daemon")
 
+	// Credential files first: a broken one stops the start before
+	// anything is created on disk.
 	cred, err := loadCredential(cfg, o.Log.WithField("component", "apns"), time.Now())
 	if err != nil {
 		return err
-	}
-	d.cred.Store(cred)
-	if cred.err != nil {
-		log.WithError(cred.err).Error("xapsd cannot register devices until a push credential is configured")
 	}
 
 	// Gauges read these at scrape time; they are set before the listener
@@ -96,6 +97,18 @@ func Run(ctx context.Context, o Options) error {
 	if err != nil {
 		return err
 	}
+	d.importLegacyCerts(cfg)
+	if cred == nil {
+		if cred, err = d.startApple(cfg); err != nil {
+			d.reg.Close()
+			return err
+		}
+	}
+	d.cred.Store(cred)
+	if err := cred.problem(time.Now()); err != nil {
+		log.WithError(err).Error("xapsd cannot register devices until this is fixed")
+	}
+	d.checkExpiry()
 	users, regs := d.reg.Stats()
 	log.WithFields(logrus.Fields{"file": cfg.DatabaseFile, "users": users, "registrations": regs,
 		"ms": time.Since(start).Milliseconds()}).Info("registry loaded")
@@ -111,6 +124,7 @@ func Run(ctx context.Context, o Options) error {
 		},
 	})
 	d.sched = scheduler.New(scheduler.Options{Delay: cfg.Delay, Interval: cfg.CheckInterval, Sender: d.sender})
+	d.runApple()
 	src = metrics.Sources{QueueDepth: d.sender.Depth, Registrations: d.reg.Stats, DelayedPending: d.sched.Len}
 	svc := &notify.Service{Registry: d.reg, Scheduler: d.sched, Sender: d.sender,
 		InboxOnly: strings.EqualFold(cfg.PushMailboxes, "inbox")}
@@ -166,7 +180,8 @@ func Run(ctx context.Context, o Options) error {
 	}
 	goRun(d.sender.Run)
 	goRun(d.sched.Run)
-	goRun(d.expireLoop)
+	fileReload := make(chan struct{}, 1)
+	goRun(func(ctx context.Context) { d.housekeeping(ctx, fileReload) })
 	for i, srv := range d.servers {
 		srv, ln := srv, d.listeners[i]
 		wg.Add(1)
@@ -212,12 +227,16 @@ func Run(ctx context.Context, o Options) error {
 		case <-o.Reload:
 			d.reload()
 			continue
+		case <-fileReload:
+			d.reload()
+			continue
 		case <-ctx.Done():
 		}
 		break
 	}
 
 	err = d.shutdown(pendingPath)
+	d.stopApple()
 	stopWork()
 	wg.Wait()
 	return err
@@ -265,8 +284,8 @@ func (d *Daemon) listen(cfg *config.Config, h http.Handler) error {
 
 func (d *Daemon) topic() (string, error) {
 	c := d.cred.Load()
-	if c.err != nil {
-		return "", c.err
+	if err := c.problem(time.Now()); err != nil {
+		return "", err
 	}
 	return c.client.Topic, nil
 }
@@ -274,8 +293,8 @@ func (d *Daemon) topic() (string, error) {
 // ready says why xapsd cannot do its job right now, or nil: a usable
 // push credential and a registry it can write to.
 func (d *Daemon) ready() error {
-	if c := d.cred.Load(); c.err != nil {
-		return c.err
+	if err := d.cred.Load().problem(time.Now()); err != nil {
+		return err
 	}
 	if err := d.reg.Writable(); err != nil {
 		return fmt.Errorf("registry not writable: %w", err)
@@ -283,19 +302,60 @@ func (d *Daemon) ready() error {
 	return nil
 }
 
-func (d *Daemon) expireLoop(ctx context.Context) {
-	t := time.NewTicker(time.Hour)
+// housekeeping expires old registrations hourly, and every few seconds
+// warns about certificates close to expiry and notices credential files
+// replaced on disk (which reload like SIGHUP). A stat of two files is
+// cheap; an admin who just copied a renewed certificate in wants it used.
+func (d *Daemon) housekeeping(ctx context.Context, reload chan<- struct{}) {
+	t := time.NewTicker(5 * time.Second)
 	defer t.Stop()
+	lastExpire := time.Now()
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case now := <-t.C:
-			if n := d.reg.Expire(now); n > 0 {
-				d.log.WithField("component", "registry").WithField("removed", n).Info("removed registrations not refreshed within registrationTTL")
+			if now.Sub(lastExpire) >= time.Hour {
+				lastExpire = now
+				if n := d.reg.Expire(now); n > 0 {
+					d.log.WithField("component", "registry").WithField("removed", n).Info("removed registrations not refreshed within registrationTTL")
+				}
+			}
+			d.checkExpiry()
+			if c := d.cred.Load(); len(c.stamps) > 0 && filesChanged(c.stamps) {
+				d.log.WithField("component", "daemon").WithField("files", c.sources).Info("credential files changed on disk: reloading")
+				select {
+				case reload <- struct{}{}:
+				default:
+				}
 			}
 		}
 	}
+}
+
+// checkExpiry logs each expiry warning of the current certificate once.
+func (d *Daemon) checkExpiry() {
+	c := d.cred.Load()
+	if c.notAfter.IsZero() || len(c.sources) == 0 {
+		return
+	}
+	now := time.Now()
+	msg, due := d.expiry.Check(c.sources[0], c.notAfter, now)
+	if !due {
+		return
+	}
+	l := d.log.WithField("component", "daemon").WithField("expires", c.notAfter.UTC().Format(time.RFC3339))
+	if appleid.ExpiryStage(c.notAfter, now) < 0 {
+		l.Error(msg)
+	} else {
+		l.Warn(msg)
+	}
+}
+
+func (d *Daemon) setCredential(c *credential) {
+	d.cred.Store(c)
+	d.sender.SetClient(c.client)
+	d.checkExpiry()
 }
 
 // reload re-reads the configuration file for the log settings and the
@@ -320,13 +380,34 @@ func (d *Daemon) reload() {
 	}
 	cred, err := loadCredential(next, d.log.WithField("component", "apns"), time.Now())
 	if err != nil {
-		log.WithError(err).Error("SIGHUP: credentials not reloaded; pushing with the previous ones")
+		// Keep the stamps of what is in use, so a broken file is not
+		// retried every few seconds, only when it changes again.
+		cur := *d.cred.Load()
+		cur.stamps = stampFiles(cur.sources)
+		if st := stampFiles(configuredPaths(credentialFiles(next))); len(st) > 0 {
+			cur.stamps = st
+		}
+		d.cred.Store(&cur)
+		log.WithError(err).Error("reload: credentials not reloaded; pushing with the previous ones")
 		return
 	}
-	d.cred.Store(cred)
-	d.sender.SetClient(cred.client)
 	d.cfg.Store(next)
-	log.WithField("topic", cred.client.Topic).Info("SIGHUP: configuration and credentials reloaded")
+	switch {
+	case cred == nil && d.apple != nil && d.apple.key == appleKey(next):
+		// The Apple ID manager keeps running with what it has.
+	case cred == nil:
+		d.stopApple()
+		if cred, err = d.startApple(next); err != nil {
+			log.WithError(err).Error("reload: Apple ID certificate manager not started")
+			cred = &credential{client: unavailableClient(err), err: err}
+		}
+		d.setCredential(cred)
+		d.runApple()
+	default:
+		d.stopApple()
+		d.setCredential(cred)
+	}
+	log.WithField("topic", d.cred.Load().client.Topic).Info("reload: configuration and credentials reloaded")
 }
 
 // shutdown stops accepting requests, lets the ones in flight finish,

@@ -313,3 +313,18 @@ func TestUnsentPushesSurviveARestart(t *testing.T) {
 		t.Errorf("pending file still there: %v", err)
 	}
 }
+
+func TestReplacedCertificateFileIsPickedUp(t *testing.T) {
+	e := newAPNsEnv(t, "")
+	time.Sleep(1100 * time.Millisecond) // a new mtime, even on coarse file systems
+	writePushCert(t, e.ca, e.dir, "push", topicB)
+	if !e.d.waitLog("credential files changed on disk", 15*time.Second) {
+		t.Fatal("a replaced certificate file was not noticed")
+	}
+	if !e.d.waitLog("credentials reloaded", 5*time.Second) {
+		t.Fatal("no reload")
+	}
+	if _, body := post(t, e.addr, "/register", registerBody("alice", acc, token(1))); body != topicB {
+		t.Errorf("topic %q after the file changed, want %q", body, topicB)
+	}
+}
