@@ -1,0 +1,489 @@
+// Command xapsd-bench measures xapsd end to end on this machine: it starts
+// the built daemon and an HTTP/2 TLS stand-in for APNs on loopback, drives
+// /register and /notify like many Dovecot processes would (keep-alive
+// HTTP/1.1 clients), and prints a table. `make bench` runs it; the figures
+// go into docs/benchmarks.md.
+package main
+
+import (
+	"bufio"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"runtime"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/xapsd/xapsd/internal/testutil/fakeapns"
+	"github.com/xapsd/xapsd/internal/testutil/testpki"
+)
+
+const topic = "com.apple.mail.XServer.11111111-2222-4333-8444-555555555555"
+
+type options struct {
+	bin         string
+	devices     int
+	regClients  int
+	clients     int
+	duration    time.Duration
+	delays      []time.Duration
+	rate        int
+	rateDelay   time.Duration
+	bigRegistry int
+	logLevel    string
+}
+
+func main() {
+	var o options
+	var delays string
+	flag.StringVar(&o.bin, "xapsd", "bin/xapsd", "xapsd binary to measure")
+	flag.IntVar(&o.devices, "devices", 20000, "devices registered (one per user)")
+	flag.IntVar(&o.regClients, "register-clients", 32, "concurrent clients for the registration phase")
+	flag.IntVar(&o.clients, "clients", 64, "concurrent keep-alive clients for the notify throughput phase")
+	flag.DurationVar(&o.duration, "duration", 5*time.Second, "length of each throughput phase")
+	flag.StringVar(&delays, "apns-delays", "0ms,40ms", "APNs answer delays to measure throughput with")
+	flag.IntVar(&o.rate, "rate", 2000, "requests per second for the fixed-rate latency phase")
+	flag.DurationVar(&o.rateDelay, "rate-apns-delay", 40*time.Millisecond, "APNs answer delay in the fixed-rate phase")
+	flag.IntVar(&o.bigRegistry, "registry-size", 1000000, "registrations in the load-time phase (0 skips it)")
+	flag.StringVar(&o.logLevel, "loglevel", "info", "xapsd log level (info logs one line per push)")
+	flag.Parse()
+	for _, d := range strings.Split(delays, ",") {
+		v, err := time.ParseDuration(strings.TrimSpace(d))
+		if err != nil {
+			fail("bad -apns-delays: %v", err)
+		}
+		o.delays = append(o.delays, v)
+	}
+	if err := run(o); err != nil {
+		fail("%v", err)
+	}
+}
+
+func fail(f string, a ...any) {
+	fmt.Fprintf(os.Stderr, "xapsd-bench: "+f+"\n", a...)
+	os.Exit(1)
+}
+
+type row struct{ name, value, note string }
+
+func run(o options) error {
+	dir, err := os.MkdirTemp("", "xapsd-bench-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+
+	var delay atomic.Int64
+	apns, err := fakeapns.Start(fakeapns.Options{
+		Responder: func(fakeapns.Request) fakeapns.Response {
+			return fakeapns.Response{Delay: time.Duration(delay.Load())}
+		},
+		NoRecord: true,
+	})
+	if err != nil {
+		return fmt.Errorf("start APNs stand-in: %w", err)
+	}
+	defer apns.Close()
+	caFile := filepath.Join(dir, "apns-ca.pem")
+	if err := apns.WriteCAFile(caFile); err != nil {
+		return err
+	}
+	ca, err := testpki.NewCA("bench CA")
+	if err != nil {
+		return err
+	}
+	leaf, err := ca.Issue(testpki.IssueOptions{UID: topic, NotBefore: time.Now().Add(-time.Hour),
+		NotAfter: time.Now().Add(24 * time.Hour), IsClient: true})
+	if err != nil {
+		return err
+	}
+	os.WriteFile(filepath.Join(dir, "push.pem"), leaf.CertPEM(), 0o600)
+	os.WriteFile(filepath.Join(dir, "push.key"), leaf.KeyPEM(), 0o600)
+
+	var rows []row
+	add := func(name, value, note string) {
+		rows = append(rows, row{name, value, note})
+		fmt.Fprintf(os.Stderr, "  %-48s %s %s\n", name, value, note)
+	}
+
+	d, err := startDaemon(o, dir, apns.URL, caFile)
+	if err != nil {
+		return err
+	}
+	defer d.stop()
+	fmt.Fprintf(os.Stderr, "xapsd-bench: %d CPUs, %s, xapsd at %s, APNs stand-in at %s\n", runtime.NumCPU(), runtime.Version(), d.addr, apns.URL)
+
+	// Registrations: distinct devices, each acknowledged only after fsync.
+	regs, lat, elapsed, errs := drive(d.addr, o.regClients, o.devices, func(i int) (string, string) {
+		return "/register", registerBody(i)
+	})
+	if errs > 0 {
+		return fmt.Errorf("%d registrations failed", errs)
+	}
+	add(fmt.Sprintf("/register, %d clients", o.regClients), fmt.Sprintf("%.0f/s", float64(regs)/elapsed.Seconds()),
+		fmt.Sprintf("(median %s, p99 %s; %d devices)", pct(lat, 50), pct(lat, 99), regs))
+
+	for _, dl := range o.delays {
+		delay.Store(int64(dl))
+		before := apns.Count()
+		start := time.Now()
+		n, lat, errs := driveFor(d.addr, o.clients, o.duration, func(i int) (string, string) {
+			return "/notify", notifyBody(i % o.devices)
+		})
+		// Pushes still queued when the clients stop are not counted: this
+		// is what the daemon sustained while being driven.
+		el := time.Since(start)
+		pushes := apns.Count() - before
+		add(fmt.Sprintf("pushes/s end to end, APNs delay %s", dl), fmt.Sprintf("%.0f/s", float64(pushes)/el.Seconds()),
+			fmt.Sprintf("(/notify %.0f/s, median %s, p99 %s, %d errors)", float64(n)/el.Seconds(), pct(lat, 50), pct(lat, 99), errs))
+		waitQuiet(apns)
+	}
+
+	delay.Store(int64(o.rateDelay))
+	lat, errs = fixedRate(d.addr, o.rate, o.duration, o.devices)
+	add(fmt.Sprintf("/notify latency at %d/s, APNs delay %s", o.rate, o.rateDelay), "p99 "+pct(lat, 99),
+		fmt.Sprintf("(median %s, max %s, %d errors)", pct(lat, 50), pct(lat, 100), errs))
+	waitQuiet(apns)
+	if code := d.stop(); code != 0 {
+		return fmt.Errorf("xapsd exited %d:\n%s", code, d.tail())
+	}
+
+	if o.bigRegistry > 0 {
+		loadDir := filepath.Join(dir, "big")
+		os.MkdirAll(filepath.Join(loadDir, "state"), 0o700)
+		os.WriteFile(filepath.Join(loadDir, "push.pem"), leaf.CertPEM(), 0o600)
+		os.WriteFile(filepath.Join(loadDir, "push.key"), leaf.KeyPEM(), 0o600)
+		size, err := writeBigRegistry(filepath.Join(loadDir, "state", "database.json"), o.bigRegistry)
+		if err != nil {
+			return err
+		}
+		start := time.Now()
+		d, err := startDaemon(o, loadDir, apns.URL, caFile)
+		if err != nil {
+			return err
+		}
+		ready := time.Since(start)
+		loadMS := d.loadMillis()
+		time.Sleep(2 * time.Second)
+		rss, hwm := d.memory()
+		add(fmt.Sprintf("start with %d registrations", o.bigRegistry), fmt.Sprintf("%.2f s", ready.Seconds()),
+			fmt.Sprintf("(registry load %d ms, file %d MB)", loadMS, size>>20))
+		add("RSS after loading them", fmt.Sprintf("%d MB", rss>>10), fmt.Sprintf("(peak %d MB)", hwm>>10))
+		if code := d.stop(); code != 0 {
+			return fmt.Errorf("xapsd exited %d", code)
+		}
+	}
+
+	fmt.Printf("\n| measure | result | detail |\n|---|---|---|\n")
+	for _, r := range rows {
+		fmt.Printf("| %s | %s | %s |\n", r.name, r.value, r.note)
+	}
+	return nil
+}
+
+func registerBody(i int) string {
+	return fmt.Sprintf(`{"ApsAccountId":"ACC-%08d","ApsDeviceToken":"%064X","ApsSubtopic":"com.apple.mobilemail","Username":"user%d@example.com","Mailboxes": ["INBOX"]}`, i, i, i)
+}
+
+func notifyBody(i int) string {
+	return fmt.Sprintf(`{"Username":"user%d@example.com","Mailbox":"INBOX","Events": ["MessageNew"]}`, i)
+}
+
+func newClient(conns int) *http.Client {
+	return &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{
+		MaxIdleConnsPerHost: conns, MaxConnsPerHost: conns, DisableCompression: true,
+	}}
+}
+
+func do(c *http.Client, addr, path, body string) (int, error) {
+	resp, err := c.Post("http://"+addr+path, "application/json; charset=utf-8", strings.NewReader(body))
+	if err != nil {
+		return 0, err
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	return resp.StatusCode, nil
+}
+
+// drive sends total requests from clients concurrent keep-alive clients.
+func drive(addr string, clients, total int, req func(int) (string, string)) (int, []time.Duration, time.Duration, int) {
+	c := newClient(clients)
+	var next, errs atomic.Int64
+	lats := make([][]time.Duration, clients)
+	var wg sync.WaitGroup
+	start := time.Now()
+	for w := range clients {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				i := int(next.Add(1)) - 1
+				if i >= total {
+					return
+				}
+				path, body := req(i)
+				t0 := time.Now()
+				st, err := do(c, addr, path, body)
+				lats[w] = append(lats[w], time.Since(t0))
+				if err != nil || st != 200 {
+					errs.Add(1)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	return total, slices.Concat(lats...), time.Since(start), int(errs.Load())
+}
+
+// driveFor sends requests as fast as clients allow for d.
+func driveFor(addr string, clients int, d time.Duration, req func(int) (string, string)) (int, []time.Duration, int) {
+	c := newClient(clients)
+	var next, errs atomic.Int64
+	lats := make([][]time.Duration, clients)
+	var wg sync.WaitGroup
+	end := time.Now().Add(d)
+	for w := range clients {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for time.Now().Before(end) {
+				path, body := req(int(next.Add(1)))
+				t0 := time.Now()
+				st, err := do(c, addr, path, body)
+				lats[w] = append(lats[w], time.Since(t0))
+				if err != nil || st != 200 {
+					errs.Add(1)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	return int(next.Load()), slices.Concat(lats...), int(errs.Load())
+}
+
+// fixedRate sends rate requests per second on a schedule, whatever the
+// answers do, and measures each from its scheduled time so that a stall
+// shows up in the latency instead of lowering the rate.
+func fixedRate(addr string, rate int, d time.Duration, devices int) ([]time.Duration, int) {
+	c := newClient(256)
+	total := int(float64(rate) * d.Seconds())
+	interval := time.Second / time.Duration(rate)
+	lats := make([]time.Duration, total)
+	var errs atomic.Int64
+	sem := make(chan struct{}, 256)
+	var wg sync.WaitGroup
+	start := time.Now()
+	for i := range total {
+		at := start.Add(time.Duration(i) * interval)
+		if w := time.Until(at); w > 0 {
+			time.Sleep(w)
+		}
+		sem <- struct{}{}
+		wg.Add(1)
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			st, err := do(c, addr, "/notify", notifyBody(i%devices))
+			lats[i] = time.Since(at)
+			if err != nil || st != 200 {
+				errs.Add(1)
+			}
+		}()
+	}
+	wg.Wait()
+	return lats, int(errs.Load())
+}
+
+func waitQuiet(apns *fakeapns.Server) {
+	last := apns.Count()
+	for {
+		time.Sleep(300 * time.Millisecond)
+		n := apns.Count()
+		if n == last {
+			return
+		}
+		last = n
+	}
+}
+
+func pct(l []time.Duration, p int) string {
+	if len(l) == 0 {
+		return "-"
+	}
+	s := slices.Clone(l)
+	slices.Sort(s)
+	i := min(len(s)-1, (len(s)*p)/100)
+	if p == 100 {
+		i = len(s) - 1
+	}
+	return fmtDur(s[i])
+}
+
+func fmtDur(d time.Duration) string {
+	switch {
+	case d < time.Millisecond:
+		return fmt.Sprintf("%.0f µs", float64(d)/float64(time.Microsecond))
+	case d < time.Second:
+		return fmt.Sprintf("%.1f ms", float64(d)/float64(time.Millisecond))
+	default:
+		return fmt.Sprintf("%.2f s", d.Seconds())
+	}
+}
+
+// writeBigRegistry writes a snapshot in xapsd's own layout with n
+// registrations, each with a distinct user, account and token.
+func writeBigRegistry(path string, n int) (int64, error) {
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o600)
+	if err != nil {
+		return 0, err
+	}
+	defer f.Close()
+	w := bufio.NewWriterSize(f, 1<<20)
+	now := time.Now().UTC().Format(time.RFC3339Nano)
+	fmt.Fprintf(w, "{\"Version\":2,\"Seq\":0,\"Registrations\":[\n")
+	for i := range n {
+		if i > 0 {
+			w.WriteString(",\n")
+		}
+		fmt.Fprintf(w, `{"User":"user%d@example.com","AccountId":"%08X-CA09-4730-A419-793000CA982E","DeviceToken":"%064X","Mailboxes":["INBOX","Notes"],"RegistrationTime":"%s"}`, i, i, i, now)
+	}
+	w.WriteString("\n]}\n")
+	if err := w.Flush(); err != nil {
+		return 0, err
+	}
+	st, err := f.Stat()
+	if err != nil {
+		return 0, err
+	}
+	return st.Size(), nil
+}
+
+type daemon struct {
+	cmd  *exec.Cmd
+	addr string
+	out  *lockedBuf
+	done chan struct{}
+}
+
+type lockedBuf struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (l *lockedBuf) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuf) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+func startDaemon(o options, dir, apnsURL, caFile string) (*daemon, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, err
+	}
+	port := ln.Addr().(*net.TCPAddr).Port
+	ln.Close()
+	cfg := fmt.Sprintf("loglevel: %s\nlistenAddr: 127.0.0.1\nport: %d\ndatabaseFile: state/database.json\n"+
+		"metricsListenAddr: \"off\"\napnsEndpoint: %s\ncertificateFilePem: push.pem\ncertificateFilePemKey: push.key\n"+
+		"apnsConcurrency: 2000\n", o.logLevel, port, apnsURL)
+	if err := os.WriteFile(filepath.Join(dir, "xapsd.yaml"), []byte(cfg), 0o600); err != nil {
+		return nil, err
+	}
+	d := &daemon{addr: fmt.Sprintf("127.0.0.1:%d", port), out: &lockedBuf{}, done: make(chan struct{})}
+	d.cmd = exec.Command(o.bin, "--config", filepath.Join(dir, "xapsd.yaml"))
+	d.cmd.Env = append(os.Environ(), "SSL_CERT_FILE="+caFile)
+	// Logs go to a file-like sink, as under systemd; keep them for errors.
+	d.cmd.Stdout, d.cmd.Stderr = io.Discard, d.out
+	if err := d.cmd.Start(); err != nil {
+		return nil, err
+	}
+	go func() { d.cmd.Wait(); close(d.done) }()
+	deadline := time.Now().Add(60 * time.Second)
+	for time.Now().Before(deadline) {
+		select {
+		case <-d.done:
+			return nil, fmt.Errorf("xapsd exited during start:\n%s", d.tail())
+		default:
+		}
+		if resp, err := http.Get("http://" + d.addr + "/healthz"); err == nil {
+			resp.Body.Close()
+			return d, nil
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	return nil, errors.New("xapsd did not start within 60 s")
+}
+
+func (d *daemon) stop() int {
+	select {
+	case <-d.done:
+		return d.cmd.ProcessState.ExitCode()
+	default:
+	}
+	d.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-d.done:
+	case <-time.After(60 * time.Second):
+		d.cmd.Process.Kill()
+		<-d.done
+	}
+	return d.cmd.ProcessState.ExitCode()
+}
+
+func (d *daemon) tail() string {
+	s := d.out.String()
+	if len(s) > 4000 {
+		s = s[len(s)-4000:]
+	}
+	return s
+}
+
+var loadRE = regexp.MustCompile(`registry loaded.* ms=(\d+)`)
+
+func (d *daemon) loadMillis() int {
+	m := loadRE.FindStringSubmatch(d.out.String())
+	if m == nil {
+		return -1
+	}
+	v, _ := strconv.Atoi(m[1])
+	return v
+}
+
+// memory reads VmRSS and VmHWM (peak) in KiB.
+func (d *daemon) memory() (rss, hwm int) {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", d.cmd.Process.Pid))
+	if err != nil {
+		return -1, -1
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		f := strings.Fields(line)
+		if len(f) < 2 {
+			continue
+		}
+		v, _ := strconv.Atoi(f[1])
+		switch f[0] {
+		case "VmRSS:":
+			rss = v
+		case "VmHWM:":
+			hwm = v
+		}
+	}
+	return rss, hwm
+}
