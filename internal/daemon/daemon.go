@@ -12,6 +12,7 @@ import (
 	"net"
 	"net/http"
 	"path/filepath"
+	"runtime/debug"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -109,6 +110,9 @@ func Run(ctx context.Context, o Options) error {
 		log.WithError(err).Error("xapsd cannot register devices until this is fixed")
 	}
 	d.checkExpiry()
+	// Loading leaves garbage; give it back to the system now rather than
+	// whenever the scavenger gets to it.
+	debug.FreeOSMemory()
 	users, regs := d.reg.Stats()
 	log.WithFields(logrus.Fields{"file": cfg.DatabaseFile, "users": users, "registrations": regs,
 		"ms": time.Since(start).Milliseconds()}).Info("registry loaded")

@@ -89,22 +89,12 @@ func openJournal(r *Registry, path string) (*journal, error) {
 			lock.Close()
 		}
 	}()
-	data, err := os.ReadFile(path)
-	exists := err == nil
-	if err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return nil, fmt.Errorf("read registry %s: %w", path, err)
-	}
-	snap, err := decodeSnapshot(data)
-	if err != nil {
-		return nil, fmt.Errorf("load registry %s: %w", path, err)
-	}
-	r.seq = snap.Seq
-	r.users = make(map[string][]entry, len(snap.Records))
 	now := r.opts.Now()
-	for _, rec := range snap.Records {
+	skipped := 0
+	load := func(rec record) {
 		if rec.User == "" || rec.AccountID == "" || rec.DeviceToken == "" {
-			r.log.WithField("file", path).Warn("skipping a registration without user, account id or device token")
-			continue
+			skipped++
+			return
 		}
 		if rec.RegistrationTime.IsZero() {
 			// The old daemon wrote entries without a time that never
@@ -113,6 +103,14 @@ func openJournal(r *Registry, path string) (*journal, error) {
 		}
 		r.applyPut(rec)
 	}
+	snap, data, exists, err := j.loadSnapshot(load)
+	if err != nil {
+		return nil, fmt.Errorf("load registry %s: %w", path, err)
+	}
+	if skipped > 0 {
+		r.log.WithFields(map[string]any{"file": path, "skipped": skipped}).Warn("skipped registrations without user, account id or device token")
+	}
+	r.seq = snap.Seq
 	segs, err := j.listSegments()
 	if err != nil {
 		return nil, err
@@ -155,6 +153,47 @@ func openJournal(r *Registry, path string) (*journal, error) {
 	}
 	ok = true
 	return j, nil
+}
+
+// loadSnapshot feeds the database file's registrations to load. Our own
+// layout streams; anything else (the old daemon's file, a hand-edited
+// one) is read whole and returned in data, for the migration's backup.
+func (j *journal) loadSnapshot(load func(record)) (snap *snapshot, data []byte, exists bool, err error) {
+	f, err := os.Open(j.path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return &snapshot{}, nil, false, nil
+	}
+	if err != nil {
+		return nil, nil, false, err
+	}
+	defer f.Close()
+	if st, err := f.Stat(); err == nil && st.Size() > 0 {
+		// A million registrations make a map this large; growing it
+		// step by step would cost a good part of the load. Lines are
+		// about 200 bytes.
+		j.r.users = make(map[string][]entry, st.Size()/200)
+	}
+	seq, ok, err := streamSnapshot(f, load)
+	if err != nil {
+		return nil, nil, true, err
+	}
+	if ok {
+		return &snapshot{Seq: seq}, nil, true, nil
+	}
+	// Start over with the general reader.
+	j.r.users = make(map[string][]entry)
+	j.r.count = 0
+	if data, err = os.ReadFile(j.path); err != nil {
+		return nil, nil, true, err
+	}
+	snap, err = decodeSnapshot(data)
+	if err != nil {
+		return nil, nil, true, err
+	}
+	for _, rec := range snap.Records {
+		load(rec)
+	}
+	return snap, data, true, nil
 }
 
 func (j *journal) listSegments() ([]string, error) {

@@ -92,76 +92,156 @@ func decodeSlow(data []byte) (*snapshot, error) {
 	return s, nil
 }
 
-// decodeFast reads the layout encodeSnapshot writes, decoding lines in
-// parallel. It reports false for anything else, and the caller falls back
-// to decodeSlow, so it only has to be right for files it accepts.
+// decodeFast reads the layout encodeSnapshot writes from memory. It
+// reports false for anything else, and the caller falls back to
+// decodeSlow, so it only has to be right for files it accepts.
 func decodeFast(data []byte) (*snapshot, bool) {
-	if !bytes.HasPrefix(data, snapshotHeaderPrefix) {
+	s := &snapshot{}
+	seq, ok, err := streamSnapshot(bytes.NewReader(data), func(r record) { s.Records = append(s.Records, r) })
+	if err != nil || !ok {
 		return nil, false
 	}
-	nl := bytes.IndexByte(data, '\n')
-	if nl < 0 {
-		return nil, false
-	}
-	head := data[len(snapshotHeaderPrefix):nl]
-	head, ok := bytes.CutSuffix(head, []byte(`,"Registrations":[`))
-	if !ok {
-		return nil, false
-	}
-	seq, err := strconv.ParseUint(string(head), 10, 64)
+	s.Seq = seq
+	return s, true
+}
+
+// linesPerChunk is how many snapshot lines one decoder takes at a time:
+// big enough to amortise the hand-offs, small enough that the chunks in
+// flight stay a few megabytes.
+const linesPerChunk = 4096
+
+type chunk struct {
+	n     int
+	lines [][]byte
+	recs  []record
+	bad   bool
+	done  chan struct{}
+}
+
+// streamSnapshot reads the layout encodeSnapshot writes and calls apply
+// for each registration in file order. Lines are decoded on every core
+// while apply runs, and the file is never held in memory whole: loading a
+// million registrations is a matter of seconds and of the registry's own
+// size. ok is false when the input is not exactly that layout; apply may
+// then have seen some records already, and the caller starts over with
+// decodeSlow.
+func streamSnapshot(in io.Reader, apply func(record)) (seq uint64, ok bool, err error) {
+	br := bufio.NewReaderSize(in, 1<<20)
+	head, err := br.ReadBytes('\n')
 	if err != nil {
-		return nil, false
+		return 0, false, nil
 	}
-	body := data[nl+1:]
-	body = bytes.TrimRight(body, "\n")
-	body, ok = bytes.CutSuffix(body, []byte("]}"))
-	if !ok {
-		return nil, false
+	head = bytes.TrimSuffix(head, []byte("\n"))
+	head, found := bytes.CutPrefix(head, snapshotHeaderPrefix)
+	if !found {
+		return 0, false, nil
 	}
-	lines := bytes.Split(body, []byte("\n"))
-	if len(lines) > 0 && len(lines[len(lines)-1]) == 0 {
-		lines = lines[:len(lines)-1]
+	head, found = bytes.CutSuffix(head, []byte(`,"Registrations":[`))
+	if !found {
+		return 0, false, nil
 	}
-	for i, l := range lines {
-		// Every line but the last ends with the array's comma.
-		want := i < len(lines)-1
-		l, had := bytes.CutSuffix(l, []byte(","))
-		if had != want {
-			return nil, false
-		}
-		lines[i] = l
+	if seq, err = strconv.ParseUint(string(head), 10, 64); err != nil {
+		return 0, false, nil
 	}
-	recs := make([]record, len(lines))
+
 	workers := runtime.GOMAXPROCS(0)
-	chunk := (len(lines) + workers - 1) / workers
+	todo := make(chan *chunk, workers*2)
+	ordered := make(chan *chunk, workers*2)
 	var wg sync.WaitGroup
-	var failed sync.Once
-	bad := false
-	for start := 0; start < len(lines); start += chunk {
-		end := min(start+chunk, len(lines))
+	for range workers {
 		wg.Add(1)
-		go func(start, end int) {
+		go func() {
 			defer wg.Done()
-			for i := start; i < end; i++ {
-				l := lines[i]
-				if len(l) == 0 || l[0] != '{' || l[len(l)-1] != '}' {
-					failed.Do(func() { bad = true })
-					return
+			for c := range todo {
+				c.recs = make([]record, 0, len(c.lines))
+				for _, l := range c.lines {
+					r, err := parseRecordLine(l)
+					if err != nil || r.Seq != 0 || r.Op != "" {
+						c.bad = true
+						break
+					}
+					c.recs = append(c.recs, r)
 				}
-				r, err := parseRecordLine(l)
-				if err != nil || r.Seq != 0 || r.Op != "" {
-					failed.Do(func() { bad = true })
-					return
-				}
-				recs[i] = r
+				close(c.done)
 			}
-		}(start, end)
+		}()
 	}
+	// The reader hands chunks to the decoders and, in the same order, to
+	// the applier below, which waits for each to be decoded.
+	readOK := make(chan bool, 1)
+	stop := make(chan struct{})
+	go func() {
+		defer close(ordered)
+		defer close(todo)
+		readOK <- readChunks(br, todo, ordered, stop)
+	}()
+	ok = true
+	for c := range ordered {
+		<-c.done
+		if c.bad {
+			ok = false
+		}
+		if !ok {
+			continue
+		}
+		for _, r := range c.recs {
+			apply(r)
+		}
+	}
+	close(stop)
 	wg.Wait()
-	if bad {
-		return nil, false
+	return seq, ok && <-readOK, nil
+}
+
+// readChunks splits the registration lines into chunks and checks the
+// array's punctuation: a comma after every line but the last, then "]}".
+func readChunks(br *bufio.Reader, todo, ordered chan<- *chunk, stop <-chan struct{}) bool {
+	c := &chunk{done: make(chan struct{})}
+	send := func() bool {
+		select {
+		case todo <- c:
+		case <-stop:
+			return false
+		}
+		select {
+		case ordered <- c:
+		case <-stop:
+			return false
+		}
+		c = &chunk{done: make(chan struct{})}
+		return true
 	}
-	return &snapshot{Seq: seq, Records: recs}, true
+	prevComma := true // the header line opens the array
+	for n := 0; ; n++ {
+		line, err := br.ReadBytes('\n')
+		if err != nil && !errors.Is(err, io.EOF) {
+			return false
+		}
+		eof := err != nil
+		line = bytes.TrimSuffix(line, []byte("\n"))
+		if bytes.Equal(line, []byte("]}")) {
+			// The end: nothing but an optional newline may follow.
+			if n > 0 && prevComma {
+				return false
+			}
+			rest, _ := io.ReadAll(br)
+			if len(bytes.TrimLeft(rest, "\n")) != 0 {
+				return false
+			}
+			if len(c.lines) > 0 {
+				return send()
+			}
+			return true
+		}
+		if eof || !prevComma || len(line) == 0 || line[0] != '{' {
+			return false
+		}
+		line, prevComma = bytes.CutSuffix(line, []byte(","))
+		c.lines = append(c.lines, line)
+		if len(c.lines) == linesPerChunk && !send() {
+			return false
+		}
+	}
 }
 
 // snapshotWriter streams a snapshot without building it in memory.
