@@ -43,6 +43,7 @@ type options struct {
 	rateDelay   time.Duration
 	bigRegistry int
 	logLevel    string
+	metricsAddr string
 }
 
 func main() {
@@ -58,6 +59,7 @@ func main() {
 	flag.DurationVar(&o.rateDelay, "rate-apns-delay", 40*time.Millisecond, "APNs answer delay in the fixed-rate phase")
 	flag.IntVar(&o.bigRegistry, "registry-size", 1000000, "registrations in the load-time phase (0 skips it)")
 	flag.StringVar(&o.logLevel, "loglevel", "info", "xapsd log level (info logs one line per push)")
+	flag.StringVar(&o.metricsAddr, "metrics", "off", "xapsd metricsListenAddr (e.g. 127.0.0.1:11799 to take profiles from /debug/pprof/)")
 	flag.Parse()
 	for _, d := range strings.Split(delays, ",") {
 		v, err := time.ParseDuration(strings.TrimSpace(d))
@@ -138,6 +140,7 @@ func run(o options) error {
 	for _, dl := range o.delays {
 		delay.Store(int64(dl))
 		before := apns.Count()
+		cpuD, cpuB := d.cpu(), selfCPU()
 		start := time.Now()
 		n, lat, errs := driveFor(d.addr, o.clients, o.duration, func(i int) (string, string) {
 			return "/notify", notifyBody(i % o.devices)
@@ -146,8 +149,11 @@ func run(o options) error {
 		// is what the daemon sustained while being driven.
 		el := time.Since(start)
 		pushes := apns.Count() - before
+		// CPU time per push is steadier than throughput on a shared VM.
+		perPush := func(d time.Duration) string { return fmtDur(d / time.Duration(max(pushes, 1))) }
 		add(fmt.Sprintf("pushes/s end to end, APNs delay %s", dl), fmt.Sprintf("%.0f/s", float64(pushes)/el.Seconds()),
-			fmt.Sprintf("(/notify %.0f/s, median %s, p99 %s, %d errors)", float64(n)/el.Seconds(), pct(lat, 50), pct(lat, 99), errs))
+			fmt.Sprintf("(/notify %.0f/s, median %s, p99 %s, %d errors; CPU per push: xapsd %s, load generator and stand-in %s)",
+				float64(n)/el.Seconds(), pct(lat, 50), pct(lat, 99), errs, perPush(d.cpu()-cpuD), perPush(selfCPU()-cpuB)))
 		waitQuiet(apns)
 	}
 
@@ -401,8 +407,8 @@ func startDaemon(o options, dir, apnsURL, caFile string) (*daemon, error) {
 	port := ln.Addr().(*net.TCPAddr).Port
 	ln.Close()
 	cfg := fmt.Sprintf("loglevel: %s\nlistenAddr: 127.0.0.1\nport: %d\ndatabaseFile: state/database.json\n"+
-		"metricsListenAddr: \"off\"\napnsEndpoint: %s\ncertificateFilePem: push.pem\ncertificateFilePemKey: push.key\n"+
-		"apnsConcurrency: 2000\n", o.logLevel, port, apnsURL)
+		"metricsListenAddr: %q\napnsEndpoint: %s\ncertificateFilePem: push.pem\ncertificateFilePemKey: push.key\n"+
+		"apnsConcurrency: 2000\n", o.logLevel, port, o.metricsAddr, apnsURL)
 	if err := os.WriteFile(filepath.Join(dir, "xapsd.yaml"), []byte(cfg), 0o600); err != nil {
 		return nil, err
 	}
@@ -464,6 +470,29 @@ func (d *daemon) loadMillis() int {
 	}
 	v, _ := strconv.Atoi(m[1])
 	return v
+}
+
+// cpu is the daemon's user+system CPU time so far.
+func (d *daemon) cpu() time.Duration {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", d.cmd.Process.Pid))
+	if err != nil {
+		return 0
+	}
+	// Fields after the command name, which is in parentheses.
+	f := strings.Fields(string(data[strings.LastIndexByte(string(data), ')')+1:]))
+	if len(f) < 13 {
+		return 0
+	}
+	ut, _ := strconv.ParseInt(f[11], 10, 64)
+	st, _ := strconv.ParseInt(f[12], 10, 64)
+	return time.Duration(ut+st) * time.Second / 100 // USER_HZ
+}
+
+// selfCPU is this process's CPU time: the load generator and the stand-in.
+func selfCPU() time.Duration {
+	var ru syscall.Rusage
+	syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 // memory reads VmRSS and VmHWM (peak) in KiB.

@@ -1,6 +1,6 @@
 // Package metrics exposes what xapsd is doing to Prometheus, and serves
-// the monitoring endpoints (/metrics, /healthz, /readyz) on their own
-// listener, loopback by default, apart from the plugin API.
+// the monitoring endpoints (/metrics, /healthz, /readyz, /debug/pprof/)
+// on their own listener, loopback by default, apart from the plugin API.
 //
 // The collectors live in one Metrics value built by the daemon; nothing
 // registers into Prometheus's global registry. Label values are bounded:
@@ -13,6 +13,7 @@ import (
 	"errors"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"strconv"
 	"time"
 
@@ -185,6 +186,11 @@ func Listen(addr string, m *Metrics, c Checks) (*Server, error) {
 	mux.Handle("GET /metrics", promhttp.HandlerFor(m.Registry, promhttp.HandlerOpts{}))
 	mux.HandleFunc("GET /healthz", check(c.Alive))
 	mux.HandleFunc("GET /readyz", check(c.Ready))
+	// Profiles for "why is it slow" questions; the listener is loopback
+	// unless the admin moves it.
+	mux.HandleFunc("GET /debug/pprof/", pprof.Index)
+	mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
 	return &Server{ln: ln, srv: &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}}, nil
 }
 
