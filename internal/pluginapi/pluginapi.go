@@ -283,6 +283,13 @@ func (h *handler) notify(w http.ResponseWriter, r *http.Request) {
 		problems = append(problems, "Events: missing or empty")
 	case len(req.Events) > MaxEvents:
 		problems = append(problems, fmt.Sprintf("Events: more than %d", MaxEvents))
+	default:
+		for _, e := range req.Events {
+			if e == "" || len(e) > 64 || !printable(e) {
+				problems = append(problems, "Events: an empty, overlong or unprintable event name")
+				break
+			}
+		}
 	}
 	if len(problems) > 0 {
 		msg := "invalid notification: " + strings.Join(problems, "; ")

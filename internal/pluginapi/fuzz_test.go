@@ -1,0 +1,82 @@
+package pluginapi
+
+import (
+	"context"
+	"encoding/hex"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+
+	"github.com/xapsd/xapsd/internal/notify"
+	"github.com/xapsd/xapsd/internal/registry"
+)
+
+type recordingRegistrar struct{ got []registry.Registration }
+
+func (r *recordingRegistrar) Register(_ context.Context, g registry.Registration) error {
+	r.got = append(r.got, g)
+	return nil
+}
+
+// FuzzRegister: whatever the body, the answer is 200 with the topic, a
+// 4xx, and only a 200 stores anything, and only a valid registration.
+func FuzzRegister(f *testing.F) {
+	f.Add([]byte(pluginRegister))
+	f.Add([]byte(`{"apsaccountid":"x","ApsDeviceToken":"00112233445566778899","ApsSubtopic":"com.apple.mobilemail","Username":"u","Mailboxes":["INBOX","INBOX"]}`))
+	f.Add([]byte(`{"ApsAccountId":1}`))
+	f.Add([]byte(`{"Mailboxes":[null]}`))
+	f.Add([]byte("\xff\xfe"))
+	f.Fuzz(func(t *testing.T, body []byte) {
+		reg := &recordingRegistrar{}
+		h := NewHandler(Options{Registrar: reg, Notifier: &fakeNotifier{}, Topic: func() (string, error) { return topic, nil }})
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, httptest.NewRequest(http.MethodPost, "/register", strings.NewReader(string(body))))
+		switch {
+		case rec.Code == http.StatusOK:
+			if rec.Body.String() != topic || len(reg.got) != 1 {
+				t.Fatalf("200 with body %q and %d registrations", rec.Body.String(), len(reg.got))
+			}
+			g := reg.got[0]
+			if _, err := hex.DecodeString(g.DeviceToken); err != nil || g.AccountID == "" || g.User == "" ||
+				g.User != strings.ToLower(g.User) || len(g.Mailboxes) == 0 {
+				t.Fatalf("stored an invalid registration %+v", g)
+			}
+		case rec.Code >= 400 && rec.Code < 500:
+			if len(reg.got) != 0 {
+				t.Fatalf("%d but stored %+v", rec.Code, reg.got)
+			}
+			if strings.Count(strings.TrimSuffix(rec.Body.String(), "\n"), "\n") != 0 {
+				t.Fatalf("reason is not one line: %q", rec.Body.String())
+			}
+		default:
+			t.Fatalf("status %d for %q", rec.Code, body)
+		}
+	})
+}
+
+// FuzzNotify: 400 for what is not a notification, and the notifier only
+// ever sees a non-empty user, mailbox and event list.
+func FuzzNotify(f *testing.F) {
+	f.Add([]byte(pluginNotify))
+	f.Add([]byte(`{"Username":"a","Mailbox":"INBOX"}`))
+	f.Add([]byte(`{"username":"A","mailbox":"x","events":["FlagsSet","MessageRead"]}`))
+	f.Fuzz(func(t *testing.T, body []byte) {
+		n := &fakeNotifier{status: notify.Pushed}
+		h := NewHandler(Options{Notifier: n, Registrar: &recordingRegistrar{}, Topic: func() (string, error) { return topic, nil }})
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, httptest.NewRequest(http.MethodPost, "/notify", strings.NewReader(string(body))))
+		switch rec.Code {
+		case http.StatusOK:
+			if len(n.calls) != 1 || strings.HasPrefix(n.calls[0], "|") || strings.Contains(n.calls[0], "||") || strings.HasSuffix(n.calls[0], "|") {
+				t.Fatalf("notifier calls %q", n.calls)
+			}
+		case http.StatusBadRequest, http.StatusRequestEntityTooLarge:
+			if len(n.calls) != 0 {
+				t.Fatalf("rejected but notified: %q", n.calls)
+			}
+		default:
+			t.Fatalf("status %d", rec.Code)
+		}
+	})
+}
