@@ -328,3 +328,29 @@ func TestReplacedCertificateFileIsPickedUp(t *testing.T) {
 		t.Errorf("topic %q after the file changed, want %q", body, topicB)
 	}
 }
+
+func TestCertificateCloseToExpiryIsWarnedAtStart(t *testing.T) {
+	srv, err := fakeapns.Start(fakeapns.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	dir := t.TempDir()
+	ca, err := testpki.NewCA("CA")
+	if err != nil {
+		t.Fatal(err)
+	}
+	leaf, err := ca.Issue(testpki.IssueOptions{UID: topicA, NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(10*24*time.Hour + time.Hour)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(filepath.Join(dir, "push.pem"), append(leaf.CertPEM(), leaf.KeyPEM()...), 0o600)
+	addr := writeConfig(t, dir, fmt.Sprintf("apnsEndpoint: %s\ncertificateFilePem: push.pem\n", srv.URL))
+	d := startDaemon(t, dir, addr)
+	if !d.waitLog("expires in 10 days", 5*time.Second) {
+		t.Error("no expiry warning for a certificate that ends in 10 days")
+	}
+	if n := strings.Count(d.log.String(), "expires in 10 days"); n != 1 {
+		t.Errorf("expiry warned %d times at start, want once", n)
+	}
+}
