@@ -25,6 +25,9 @@
 #   <dovecot moduledir>/lib25_xaps_*_plugin.so   0644  (make -C dovecot install)
 #   /etc/dovecot/conf.d/95-xaps.conf             0644
 #   /etc/xapsd/xapsd.yaml                        0644  documented sample
+#   /var/lib/xapsd/                              0700  state, only into a DESTDIR
+#                    (on a live system systemd-tmpfiles and StateDirectory=
+#                    create it owned by the xapsd user)
 #   /usr/lib/systemd/system/xapsd.service        0644  with --systemd
 #   /usr/lib/sysusers.d/xapsd.conf               0644  with --systemd
 #   /usr/lib/tmpfiles.d/xapsd.conf               0644  with --systemd
@@ -119,6 +122,9 @@ if [ "$build_daemon" = 1 ]; then
 	install -d -m 0755 "$destdir$prefix/bin"
 	install -m 0755 "$src/bin/xapsd" "$destdir$prefix/bin/xapsd"
 	install_config "$src/configs/xapsd/xapsd.yaml" "$destdir/etc/xapsd/xapsd.yaml"
+	if [ -n "$destdir" ]; then
+		install -d -m 0700 "$destdir/var/lib/xapsd"
+	fi
 	if [ "$systemd" = 1 ]; then
 		for d in systemd/system sysusers.d tmpfiles.d; do
 			install -d -m 0755 "$destdir$prefix/lib/$d"

@@ -1,0 +1,595 @@
+#!/usr/bin/env bash
+# Packaging test: runs the install scripts the Dockerfile and the guides use,
+# on this machine, and checks what they install.
+#
+#   bash test/packaging/packaging_test.sh      (as root; CI runs it in make test)
+#
+# - scripts/build.sh into temporary DESTDIRs (PREFIX /usr and /usr/local):
+#   files, modes, version, configuration files never overwritten;
+# - the installed systemd unit passes `systemd-analyze verify` (ExecStart
+#   pointing at the built binary), sysusers.d and tmpfiles.d work in the
+#   DESTDIR as root folder;
+# - `doveconf -n` accepts a configuration that includes the installed
+#   95-xaps.conf, and Dovecot's imap loads the installed plugin;
+# - the supervisord program parses (python3 configparser);
+# - scripts/docker-mailserver-install.sh into a fake root, twice, and then
+#   the docker-mailserver setup of docs/docker-mailserver.md in that root:
+#   xapsd from the fake root in dry-run, a registration through the installed
+#   plugin, `xapsd devices list`, `xapsd test-push`, /readyz, /metrics, stop;
+# - the Dockerfile refers only to stages and scripts that exist;
+# - the Prometheus rules (go test ./test/packaging, promtool when installed).
+#
+# Needs go, make, python3, dovecot-core, dovecot-imapd and dovecot-dev (as
+# for make test) and systemd's tools. The last line is "N passed, M failed";
+# the exit status is non-zero when anything failed. KEEP=1 keeps the
+# temporary folder.
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")" && pwd)
+src=$(cd "$here/../.." && pwd)
+
+if [ "$(id -u)" != 0 ]; then
+	echo "packaging_test.sh: must run as root (the checks chown files and run Dovecot as a mail user)" >&2
+	exit 2
+fi
+
+# Short path: Dovecot's socket names under base_dir must stay below 108 bytes.
+tmp=$(mktemp -d /tmp/xaps-pkg.XXXXXX)
+chmod 0755 "$tmp"
+xapsd_pid=
+cleanup() {
+	local rc=$?
+	if [ -n "$xapsd_pid" ]; then kill "$xapsd_pid" 2>/dev/null || true; fi
+	if [ "${KEEP:-0}" = 1 ]; then
+		echo "packaging_test.sh: kept $tmp" >&2
+	else
+		rm -rf "$tmp"
+	fi
+	exit "$rc"
+}
+trap cleanup EXIT INT TERM
+
+export src tmp
+export d1=$tmp/destdir-usr d2=$tmp/destdir-local root=$tmp/dms-root
+
+pass=0
+fail=0
+skipped=()
+
+# run NAME FUNCTION: each check runs in its own bash with errexit, so a
+# check stops at its first failing command, and one failing check does not
+# stop the others.
+run() {
+	local name=$1 fn=$2 out rc=0
+	out=$(mktemp "$tmp/out.XXXXXX")
+	bash -c "set -euo pipefail; $(declare -f); $fn" >"$out" 2>&1 || rc=$?
+	if [ "$rc" = 0 ]; then
+		pass=$((pass + 1))
+		echo "ok    $name"
+	elif [ "$rc" = 77 ]; then
+		skipped+=("$name: $(tail -n 1 "$out")")
+		echo "skip  $name: $(tail -n 1 "$out")"
+	else
+		fail=$((fail + 1))
+		echo "FAIL  $name"
+		tail -n 40 "$out" | sed 's/^/      /'
+	fi
+}
+
+# --- helpers used inside checks ------------------------------------------
+
+die() { echo "$*" >&2; exit 1; }
+
+# want_mode PATH MODE: PATH is a regular file (or folder) with that mode.
+want_mode() {
+	[ -e "$1" ] || die "missing: $1"
+	local m
+	m=$(stat -c '%a' "$1")
+	[ "$m" = "$2" ] || die "$1: mode $m, want $2"
+}
+
+free_ports() {
+	python3 - "$1" <<'EOF'
+import socket, sys
+socks = []
+for _ in range(int(sys.argv[1])):
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    socks.append(s)
+print(" ".join(str(s.getsockname()[1]) for s in socks))
+EOF
+}
+
+# http METHOD URL [BODY]: prints "STATUS BODY".
+http() {
+	python3 - "$@" <<'EOF'
+import sys, urllib.request, urllib.error
+method, url = sys.argv[1], sys.argv[2]
+data = sys.argv[3].encode() if len(sys.argv) > 3 else None
+req = urllib.request.Request(url, data=data, method=method)
+try:
+    with urllib.request.urlopen(req, timeout=10) as r:
+        print(r.status, r.read().decode())
+except urllib.error.HTTPError as e:
+    print(e.code, e.read().decode())
+EOF
+}
+
+# dovecot_modules DIR PLUGINDIR: a mail_plugin_dir with Dovecot's own
+# modules plus the xaps ones from PLUGINDIR (as dovecot/README.md does).
+dovecot_modules() {
+	mkdir -p "$1"
+	local f
+	for f in /usr/lib/dovecot/modules/*.so; do ln -sf "$f" "$1/"; done
+	rm -f "$1"/lib25_xaps_*
+	cp "$2"/lib25_xaps_imap_plugin.so "$2"/lib25_xaps_push_notification_plugin.so "$1/"
+}
+
+# --- checks ---------------------------------------------------------------
+
+check_scripts_lint() {
+	for f in "$src"/scripts/*.sh "$src"/test/packaging/packaging_test.sh; do
+		bash -n "$f"
+		head -n 2 "$f" | grep -q '^# ' || die "$f: no header comment"
+		grep -q '^set -euo pipefail$' "$f" || die "$f: no set -euo pipefail"
+		[ -x "$f" ] || die "$f: not executable"
+	done
+	if command -v shellcheck >/dev/null; then
+		shellcheck "$src"/scripts/*.sh
+	else
+		echo "shellcheck not installed; only bash -n"
+	fi
+}
+
+check_build_destdir() {
+	"$src/scripts/build.sh" --destdir "$d1" --systemd
+	want_mode "$d1/usr/bin/xapsd" 755
+	local moddir
+	moddir=$(. /usr/lib/dovecot/dovecot-config && echo "$dovecot_moduledir")
+	want_mode "$d1$moddir/lib25_xaps_imap_plugin.so" 644
+	want_mode "$d1$moddir/lib25_xaps_push_notification_plugin.so" 644
+	want_mode "$d1/etc/dovecot/conf.d/95-xaps.conf" 644
+	want_mode "$d1/etc/xapsd/xapsd.yaml" 644
+	want_mode "$d1/var/lib/xapsd" 700
+	want_mode "$d1/usr/lib/systemd/system/xapsd.service" 644
+	want_mode "$d1/usr/lib/sysusers.d/xapsd.conf" 644
+	want_mode "$d1/usr/lib/tmpfiles.d/xapsd.conf" 644
+	cmp "$src/configs/dovecot/95-xaps.conf" "$d1/etc/dovecot/conf.d/95-xaps.conf"
+	cmp "$src/configs/xapsd/xapsd.yaml" "$d1/etc/xapsd/xapsd.yaml"
+	cmp "$src/configs/systemd/xapsd.service" "$d1/usr/lib/systemd/system/xapsd.service"
+	cmp "$src/configs/systemd/xapsd.sysusers" "$d1/usr/lib/sysusers.d/xapsd.conf"
+	cmp "$src/configs/systemd/xapsd.tmpfiles" "$d1/usr/lib/tmpfiles.d/xapsd.conf"
+	# Nothing else: a stray file would be shipped too.
+	local n
+	n=$(find "$d1" -type f | wc -l)
+	[ "$n" = 8 ] || { find "$d1" -type f; die "$n files installed, want 8"; }
+}
+
+check_installed_binary() {
+	local want v
+	want=$(git -C "$src" describe --always --dirty 2>/dev/null || echo dev)
+	v=$("$d1/usr/bin/xapsd" --version)
+	[ "$v" = "xapsd $want" ] || die "--version says '$v', want 'xapsd $want' (ldflags)"
+	# Static (CGO_ENABLED=0), so the same binary runs in any image.
+	if command -v ldd >/dev/null && ldd "$d1/usr/bin/xapsd" >/dev/null 2>&1; then
+		ldd "$d1/usr/bin/xapsd"
+		die "xapsd is dynamically linked"
+	fi
+	# The installed sample is a valid configuration as it is.
+	"$d1/usr/bin/xapsd" --check-config --config "$d1/etc/xapsd/xapsd.yaml" >"$tmp/check.out"
+	grep -q '^databaseFile: /var/lib/xapsd/database.json' "$tmp/check.out" || { cat "$tmp/check.out"; die "unexpected effective configuration"; }
+}
+
+check_build_prefix_local() {
+	PREFIX=/usr/local "$src/scripts/build.sh" --destdir "$d2" --no-plugin --systemd
+	want_mode "$d2/usr/local/bin/xapsd" 755
+	want_mode "$d2/usr/local/lib/systemd/system/xapsd.service" 644
+	want_mode "$d2/usr/local/lib/sysusers.d/xapsd.conf" 644
+	want_mode "$d2/usr/local/lib/tmpfiles.d/xapsd.conf" 644
+	[ ! -e "$d2/usr/bin/xapsd" ] || die "installed into /usr/bin despite PREFIX=/usr/local"
+	[ ! -e "$d2/etc/dovecot" ] || die "--no-plugin installed Dovecot files"
+	grep -q '^ExecStart=/usr/local/bin/xapsd --config /etc/xapsd/xapsd.yaml$' "$d2/usr/local/lib/systemd/system/xapsd.service" ||
+		die "ExecStart not rewritten for PREFIX=/usr/local"
+	! grep -q '/usr/bin/xapsd' "$d2/usr/local/lib/systemd/system/xapsd.service" || die "unit still names /usr/bin/xapsd"
+	# systemd looks there.
+	systemd-analyze unit-paths | grep -qx /usr/local/lib/systemd/system
+}
+
+check_config_kept() {
+	local d=$tmp/destdir-keep
+	"$src/scripts/build.sh" --destdir "$d" >/dev/null
+	echo "loglevel: debug" >>"$d/etc/xapsd/xapsd.yaml"
+	echo "# local change" >>"$d/etc/dovecot/conf.d/95-xaps.conf"
+	"$src/scripts/build.sh" --destdir "$d" >"$tmp/keep.out"
+	tail -n 1 "$d/etc/xapsd/xapsd.yaml" | grep -qx 'loglevel: debug' || die "xapsd.yaml overwritten"
+	tail -n 1 "$d/etc/dovecot/conf.d/95-xaps.conf" | grep -qx '# local change' || die "95-xaps.conf overwritten"
+	cmp "$src/configs/xapsd/xapsd.yaml" "$d/etc/xapsd/xapsd.yaml.new"
+	cmp "$src/configs/dovecot/95-xaps.conf" "$d/etc/dovecot/conf.d/95-xaps.conf.new"
+	grep -q "kept $d/etc/xapsd/xapsd.yaml" "$tmp/keep.out" || die "no note about the kept file"
+	# An unchanged file is simply reinstalled, without a .new.
+	local c=$tmp/destdir-same
+	"$src/scripts/build.sh" --destdir "$c" --no-plugin >/dev/null
+	"$src/scripts/build.sh" --destdir "$c" --no-plugin >/dev/null
+	[ ! -e "$c/etc/xapsd/xapsd.yaml.new" ] || die ".new written for an unchanged file"
+}
+
+check_systemd_verify() {
+	local u=$tmp/unit
+	mkdir -p "$u"
+	sed "s|/usr/bin/xapsd|$d1/usr/bin/xapsd|g" "$d1/usr/lib/systemd/system/xapsd.service" >"$u/xapsd.service"
+	# verify exits 0 on unknown keys and bad values but prints them: any
+	# output is a failure.
+	systemd-analyze verify "$u/xapsd.service" >"$u/verify.out" 2>&1 || { cat "$u/verify.out"; die "systemd-analyze verify failed"; }
+	if [ -s "$u/verify.out" ]; then cat "$u/verify.out"; die "systemd-analyze verify complained"; fi
+	# And it does notice a broken unit (so the check above means something).
+	sed 's|^Restart=on-failure|Restart=sometimes|' "$u/xapsd.service" >"$u/broken.service"
+	systemd-analyze verify "$u/broken.service" >"$u/broken.out" 2>&1 || true
+	grep -q 'restart specifier' "$u/broken.out" || die "systemd-analyze verify did not notice a bad Restart="
+}
+
+check_sysusers_tmpfiles() {
+	systemd-sysusers --root="$d1" >"$tmp/sysusers.out" 2>&1
+	grep -q '^xapsd:x:[0-9]*:[0-9]*:.*:/var/lib/xapsd:' "$d1/etc/passwd" || die "no xapsd user in $d1/etc/passwd"
+	local uid gid
+	uid=$(awk -F: '$1 == "xapsd" { print $3 }' "$d1/etc/passwd")
+	gid=$(awk -F: '$1 == "xapsd" { print $3 }' "$d1/etc/group")
+	systemd-tmpfiles --root="$d1" --create xapsd.conf 2>&1 | tee "$tmp/tmpfiles.out"
+	[ ! -s "$tmp/tmpfiles.out" ] || die "systemd-tmpfiles complained"
+	[ "$(stat -c '%a %u %g' "$d1/var/lib/xapsd")" = "700 $uid $gid" ] || die "/var/lib/xapsd: $(stat -c '%a %u %g' "$d1/var/lib/xapsd"), want 700 $uid $gid"
+	[ "$(stat -c '%a %u %g' "$d1/etc/xapsd")" = "750 0 $gid" ] || die "/etc/xapsd: $(stat -c '%a %u %g' "$d1/etc/xapsd"), want 750 0 $gid"
+	# The unit's own folder modes agree with tmpfiles (systemd warns otherwise).
+	grep -qx 'StateDirectoryMode=0700' "$d1/usr/lib/systemd/system/xapsd.service"
+	grep -qx 'ConfigurationDirectoryMode=0750' "$d1/usr/lib/systemd/system/xapsd.service"
+}
+
+check_doveconf() {
+	local moddir dc=$tmp/doveconf
+	moddir=$(. /usr/lib/dovecot/dovecot-config && echo "$dovecot_moduledir")
+	mkdir -p "$dc"
+	dovecot_modules "$dc/modules" "$d1$moddir"
+	cat >"$dc/dovecot.conf" <<EOF
+protocols = imap lmtp
+ssl = no
+base_dir = $dc/run
+mail_plugin_dir = $dc/modules
+!include $d1/etc/dovecot/conf.d/95-xaps.conf
+EOF
+	doveconf -n -c "$dc/dovecot.conf" >"$dc/out" 2>"$dc/err" || { cat "$dc/err"; die "doveconf rejected the configuration"; }
+	[ ! -s "$dc/err" ] || { cat "$dc/err"; die "doveconf warned"; }
+	grep -q 'push_notification_driver = xaps' "$dc/out" || die "no push_notification_driver"
+	grep -q 'xaps_config = url=http://127.0.0.1:11619' "$dc/out" || die "no xaps_config"
+	python3 - "$dc/out" <<'EOF'
+import re, sys
+text = open(sys.argv[1]).read()
+def plugins(proto):
+    m = re.search(r"protocol %s \{\n  mail_plugins = \"?([^\"\n]*)" % proto, text)
+    return m.group(1).split() if m else []
+want = {"imap": ["notify", "push_notification", "xaps_push_notification", "xaps_imap"],
+        "lmtp": ["notify", "push_notification", "xaps_push_notification"],
+        "lda": ["notify", "push_notification", "xaps_push_notification"]}
+for proto, names in want.items():
+    if plugins(proto) != names:
+        sys.exit("protocol %s: mail_plugins %s, want %s" % (proto, plugins(proto), names))
+EOF
+}
+
+# imap_session CONF USER: runs Dovecot's imap binary preauthenticated on
+# stdin/stdout, one command at a time, and prints the transcript.
+imap_session() {
+	python3 - "$@" <<'EOF'
+import subprocess, sys
+conf, user, home = sys.argv[1], sys.argv[2], sys.argv[3]
+cmds = sys.argv[4:]
+p = subprocess.Popen(["/usr/lib/dovecot/imap", "-c", conf], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                     env={"USER": user, "HOME": home, "PATH": "/usr/bin:/bin"})
+out = [p.stdout.readline().decode()]
+for i, c in enumerate(cmds + ["LOGOUT"]):
+    tag = "t%d" % i
+    p.stdin.write(("%s %s\r\n" % (tag, c)).encode()); p.stdin.flush()
+    while True:
+        line = p.stdout.readline().decode()
+        if not line:
+            break
+        out.append(line)
+        if line.startswith(tag + " "):
+            break
+p.stdin.close()
+p.wait(timeout=10)
+sys.stdout.write("".join(out))
+EOF
+}
+
+# dovecot_user_conf DIR MODULES XAPS_CONF URL: a configuration for a
+# standalone imap process running as nobody.
+dovecot_user_conf() {
+	local dir=$1
+	mkdir -p "$dir/home"
+	chown 65534:65534 "$dir/home"
+	cat >"$dir/dovecot.conf" <<EOF
+protocols = imap
+ssl = no
+base_dir = $dir/run
+log_path = $dir/dovecot.log
+mail_plugin_dir = $2
+first_valid_uid = 100
+first_valid_gid = 100
+mail_uid = 65534
+mail_gid = 65534
+mail_location = maildir:$dir/home/Maildir
+!include $3
+plugin {
+  xaps_config = url=$4 max_retries=0 timeout_msecs=5000
+}
+EOF
+}
+
+check_plugin_loads() {
+	local moddir dir=$tmp/imap-load
+	moddir=$(. /usr/lib/dovecot/dovecot-config && echo "$dovecot_moduledir")
+	dovecot_modules "$dir/modules" "$d1$moddir"
+	dovecot_user_conf "$dir" "$dir/modules" "$d1/etc/dovecot/conf.d/95-xaps.conf" http://127.0.0.1:9
+	imap_session "$dir/dovecot.conf" nobody "$dir/home" CAPABILITY >"$dir/out"
+	grep -q '^\* CAPABILITY .*XAPPLEPUSHSERVICE' "$dir/out" || { cat "$dir/out" "$dir/dovecot.log" 2>/dev/null; die "no XAPPLEPUSHSERVICE: the installed plugin did not load"; }
+}
+
+check_supervisord_conf() {
+	python3 - "$src/configs/supervisord/xapsd.conf" <<'EOF'
+import configparser, shlex, sys
+path = sys.argv[1]
+# supervisord expands %(program_name)s itself: no interpolation here.
+cp = configparser.RawConfigParser(inline_comment_prefixes=(";",), strict=True)
+with open(path) as f:
+    cp.read_file(f)
+if cp.sections() != ["program:xapsd"]:
+    sys.exit("sections %s, want [program:xapsd]" % cp.sections())
+p = cp["program:xapsd"]
+known = {"command", "process_name", "numprocs", "numprocs_start", "priority", "autostart", "startsecs",
+         "startretries", "autorestart", "exitcodes", "stopsignal", "stopwaitsecs", "stopasgroup", "killasgroup",
+         "user", "redirect_stderr", "stdout_logfile", "stdout_logfile_maxbytes", "stdout_logfile_backups",
+         "stdout_capture_maxbytes", "stdout_events_enabled", "stdout_syslog", "stderr_logfile",
+         "stderr_logfile_maxbytes", "stderr_logfile_backups", "stderr_capture_maxbytes", "stderr_events_enabled",
+         "stderr_syslog", "environment", "directory", "umask", "serverurl"}
+unknown = set(p) - known
+if unknown:
+    sys.exit("unknown supervisord keys: %s" % sorted(unknown))
+cmd = shlex.split(p["command"])
+if cmd[0] != "/usr/local/bin/xapsd":
+    sys.exit("command runs %s; docker-mailserver-install.sh installs /usr/local/bin/xapsd" % cmd[0])
+if "--config" not in cmd or not cmd[cmd.index("--config") + 1].startswith("/tmp/docker-mailserver/"):
+    sys.exit("the configuration must come from the config volume /tmp/docker-mailserver/")
+if p.get("stopsignal", "TERM") not in ("TERM", "SIGTERM"):
+    sys.exit("stopsignal %s: xapsd drains on SIGTERM" % p["stopsignal"])
+# shutdownTimeout defaults to 15s; supervisord must wait longer before SIGKILL.
+if int(p.get("stopwaitsecs", "10")) <= 15:
+    sys.exit("stopwaitsecs %s is not above xapsd's shutdownTimeout (15s)" % p.get("stopwaitsecs"))
+if p.get("autorestart", "unexpected") not in ("true", "unexpected"):
+    sys.exit("autorestart %s" % p["autorestart"])
+EOF
+}
+
+dms_install() {
+	SRC=$src ROOT=$root "$src/scripts/docker-mailserver-install.sh"
+}
+
+dms_tree() {
+	(cd "$root" && find . -printf '%p %y %m %l\n' | sort && find . -type f -exec sha256sum {} + | sort)
+}
+
+check_dms_install() {
+	dms_install >"$tmp/dms1.out"
+	local moddir=/usr/lib/dovecot/modules
+	[ -z "$(doveconf -h mail_plugin_dir 2>/dev/null)" ] || moddir=$(doveconf -h mail_plugin_dir)
+	want_mode "$root/usr/local/bin/xapsd" 755
+	want_mode "$root$moddir/lib25_xaps_imap_plugin.so" 644
+	want_mode "$root$moddir/lib25_xaps_push_notification_plugin.so" 644
+	want_mode "$root/etc/dovecot/conf.d/95-xaps.conf" 644
+	want_mode "$root/etc/supervisor/conf.d/xapsd.conf" 644
+	cmp "$src/configs/supervisord/xapsd.conf" "$root/etc/supervisor/conf.d/xapsd.conf"
+	cmp "$src/configs/dovecot/95-xaps.conf" "$root/etc/dovecot/conf.d/95-xaps.conf"
+	cmp "$src/bin/xapsd" "$root/usr/local/bin/xapsd"
+	[ "$(readlink "$root/etc/xapsd")" = /tmp/docker-mailserver/xapsd ] || die "/etc/xapsd is not a link to the config volume"
+	[ ! -e "$root/tmp" ] && [ ! -e "$root/var" ] || die "wrote into a volume path"
+	# Idempotent: a second run changes nothing.
+	dms_tree >"$tmp/tree1"
+	dms_install >"$tmp/dms2.out"
+	dms_tree >"$tmp/tree2"
+	diff "$tmp/tree1" "$tmp/tree2" || die "second run changed the tree"
+	# An admin's own /etc/xapsd folder is left alone, with a warning.
+	local r2=$tmp/dms-root-own
+	mkdir -p "$r2/etc/xapsd" && echo "loglevel: info" >"$r2/etc/xapsd/xapsd.yaml"
+	SRC=$src ROOT=$r2 "$src/scripts/docker-mailserver-install.sh" >"$tmp/dms3.out" 2>&1
+	[ -f "$r2/etc/xapsd/xapsd.yaml" ] && [ ! -L "$r2/etc/xapsd" ] || die "replaced a non-empty /etc/xapsd"
+	grep -q 'warning: .*not linking' "$tmp/dms3.out" || die "no warning about /etc/xapsd"
+	# Without a build it refuses instead of installing half.
+	local r3=$tmp/dms-root-nobuild
+	if SRC=$tmp/nowhere ROOT=$r3 "$src/scripts/docker-mailserver-install.sh" >"$tmp/dms4.out" 2>&1; then
+		die "installed from a tree without a build"
+	fi
+	grep -q 'run scripts/build.sh first' "$tmp/dms4.out"
+	[ ! -e "$r3/usr" ] || die "wrote files before noticing the missing build"
+}
+
+# The docker-mailserver setup of docs/docker-mailserver.md, inside the fake
+# root: configuration in the config volume, state in /var/mail-state.
+check_dms_flow() {
+	local cfgdir=$root/tmp/docker-mailserver/xapsd state=$root/var/mail-state/lib-xapsd
+	local port mport
+	read -r port mport < <(free_ports 2)
+	mkdir -p "$cfgdir"
+	cat >"$cfgdir/xapsd.yaml" <<EOF
+# As in docs/docker-mailserver.md, with test ports and dry-run.
+listenAddr: 127.0.0.1
+port: $port
+databaseFile: $state/database.json
+metricsListenAddr: 127.0.0.1:$mport
+apnsEndpoint: dry-run
+loglevel: debug
+EOF
+	local bin=$root/usr/local/bin/xapsd log=$tmp/dms-xapsd.log
+	"$bin" --config "$cfgdir/xapsd.yaml" >"$log" 2>&1 &
+	local pid=$!
+	echo "$pid" >"$tmp/xapsd.pid"
+	local i
+	for i in $(seq 100); do
+		[ -S "$state/xapsd.sock" ] && http GET "http://127.0.0.1:$mport/healthz" 2>/dev/null | grep -q '^200' && break
+		kill -0 "$pid" 2>/dev/null || { cat "$log"; die "xapsd exited at start"; }
+		sleep 0.1
+	done
+	[ "$(stat -c '%a' "$state")" = 700 ] || die "state folder mode $(stat -c '%a' "$state"), want 700"
+	[ "$(stat -c '%a' "$state/xapsd.sock")" = 600 ] || die "admin socket mode $(stat -c '%a' "$state/xapsd.sock")"
+
+	# iOS registers through the installed plugin and 95-xaps.conf.
+	local dir=$tmp/dms-imap moddir=/usr/lib/dovecot/modules
+	[ -z "$(doveconf -h mail_plugin_dir 2>/dev/null)" ] || moddir=$(doveconf -h mail_plugin_dir)
+	dovecot_modules "$dir/modules" "$root$moddir"
+	dovecot_user_conf "$dir" "$dir/modules" "$root/etc/dovecot/conf.d/95-xaps.conf" "http://127.0.0.1:$port"
+	local token=2918390218931890821908309283098109381029309829018310983092892829
+	local account=0715A26B-CA09-4730-A419-793000CA982E
+	imap_session "$dir/dovecot.conf" nobody "$dir/home" \
+		"XAPPLEPUSHSERVICE \"aps-version\" \"2\" \"aps-account-id\" \"$account\" \"aps-device-token\" \"$token\" \"aps-subtopic\" \"com.apple.mobilemail\" \"mailboxes\" (\"INBOX\" \"Notes\")" \
+		>"$dir/out"
+	grep -q '^\* XAPPLEPUSHSERVICE aps-version "2" aps-topic "com.apple.mail.XServer.00000000-0000-4000-8000-000000000000"' "$dir/out" &&
+		grep -q '^t0 OK XAPPLEPUSHSERVICE' "$dir/out" || { cat "$dir/out" "$dir/dovecot.log" "$log"; die "registration through the plugin failed"; }
+
+	# The admin commands of the guide. In the image /etc/xapsd links to the
+	# config volume; here the volume is under the fake root, so name it.
+	"$bin" --config "$cfgdir/xapsd.yaml" devices list nobody >"$tmp/list.out" 2>&1 || { cat "$tmp/list.out"; die "devices list failed"; }
+	grep -q "^nobody  *$account  *$token  .*INBOX, Notes" "$tmp/list.out" || { cat "$tmp/list.out"; die "device not listed"; }
+	"$bin" --config "$cfgdir/xapsd.yaml" test-push nobody >"$tmp/push.out" 2>&1 || { cat "$tmp/push.out"; die "test-push failed"; }
+	grep -q "^$account  *$token  *delivered  *200 " "$tmp/push.out" || { cat "$tmp/push.out"; die "test-push did not deliver"; }
+	if "$bin" --config "$cfgdir/xapsd.yaml" devices list someone-else >"$tmp/none.out" 2>&1; then
+		grep -q 'auth_username_format, user_lookup' "$tmp/none.out" || { cat "$tmp/none.out"; die "no hint for an unknown user"; }
+	else
+		die "devices list of an unknown user failed"
+	fi
+
+	# New mail: /notify as the plugin sends it after an LMTP delivery.
+	http POST "http://127.0.0.1:$port/notify" '{"Username":"nobody","Mailbox":"INBOX","Events": ["MessageNew"]}' | grep -q '^200' || die "/notify not 200"
+	for i in $(seq 50); do
+		[ "$(grep -c 'dry-run: would push' "$log")" -ge 2 ] && break
+		sleep 0.1
+	done
+	[ "$(grep -c 'dry-run: would push' "$log")" -ge 2 ] || { cat "$log"; die "no push for the new mail"; }
+	grep -q 'msg=registered ' "$log" || die "no 'registered' line at debug"
+	grep -q 'msg=push .*outcome=delivered' "$log" || die "no 'push outcome=delivered' line"
+
+	http GET "http://127.0.0.1:$mport/readyz" | grep -qx '200 ok' || die "/readyz not ok"
+	# Every xapsd_ metric the alert rules use is served.
+	http GET "http://127.0.0.1:$mport/metrics" >"$tmp/metrics.out"
+	local m
+	for m in $(grep -o 'xapsd_[a-z0-9_]*' "$src/configs/prometheus/xapsd.rules.yml" | sort -u); do
+		grep -Eq "^$m(_bucket|_sum|_count)?[{ ]" "$tmp/metrics.out" || die "/metrics has no $m (used in xapsd.rules.yml)"
+	done
+	grep -q '^process_start_time_seconds ' "$tmp/metrics.out" || die "/metrics has no process_start_time_seconds"
+
+	# SIGTERM: exit 0, registry on disk and private, socket gone.
+	kill -TERM "$pid"
+	local rc=0
+	wait "$pid" || rc=$?
+	rm -f "$tmp/xapsd.pid"
+	[ "$rc" = 0 ] || { cat "$log"; die "xapsd exited $rc on SIGTERM"; }
+	want_mode "$state/database.json" 600
+	grep -q "$token" "$state/database.json" || die "registration not in database.json"
+	[ ! -e "$state/xapsd.sock" ] || die "admin socket left behind"
+	grep -q 'msg="xapsd stopped"' "$log" || die "no 'xapsd stopped' line"
+}
+
+check_dockerfile() {
+	python3 - "$src" <<'EOF'
+import os, re, shlex, sys
+src = sys.argv[1]
+lines, cur = [], ""
+for raw in open(os.path.join(src, "Dockerfile")):
+    s = raw.rstrip("\n")
+    if not cur and (s.lstrip().startswith("#") or not s.strip()):
+        continue
+    if s.endswith("\\"):
+        cur += s[:-1] + " "
+        continue
+    lines.append((cur + s).strip())
+    cur = ""
+stages, errors = [], []
+for l in lines:
+    word = l.split()[0].upper()
+    if word == "FROM":
+        m = re.match(r"FROM\s+(?:--platform=\S+\s+)?(\S+)(?:\s+AS\s+(\S+))?$", l, re.I)
+        if not m:
+            errors.append("bad FROM: " + l); continue
+        stages.append(m.group(2))
+    for ref in re.findall(r"--from=(\S+?)(?:[,\s]|$)", l) + re.findall(r"from=(\w[\w-]*)", l):
+        if ref not in stages[:-1] and ref not in stages:
+            errors.append("refers to unknown stage %s: %s" % (ref, l))
+    if word == "RUN":
+        # Build steps live in scripts CI runs; the Dockerfile only installs
+        # packages and calls them.
+        cmd = re.sub(r"^RUN\s+(--\S+\s+)*", "", l)
+        for part in re.split(r"&&|;", cmd):
+            toks = shlex.split(part)
+            while toks and "=" in toks[0] and not toks[0].startswith("/"):
+                toks = toks[1:]
+            if not toks:
+                continue
+            prog = toks[0]
+            if prog in ("apt-get", "rm"):
+                continue
+            m = re.match(r"^(?:/src/|\./)?(scripts/[\w.-]+\.sh)$", prog)
+            if not m:
+                errors.append("RUN calls %s; only apt-get and scripts/*.sh: %s" % (prog, l)); continue
+            p = os.path.join(src, m.group(1))
+            if not os.access(p, os.X_OK):
+                errors.append("RUN calls %s, which is not an executable script" % m.group(1))
+want = {"build", "xapsd", "mailserver"}
+if not want <= set(stages):
+    errors.append("stages %s lack %s" % (stages, want - set(stages)))
+if stages and stages[-1] != "mailserver":
+    errors.append("the last (default) stage is %s, want mailserver" % stages[-1])
+ignore = [l.strip() for l in open(os.path.join(src, ".dockerignore")) if l.strip() and not l.startswith("#")]
+for needed in ("scripts", "configs", "cmd", "internal", "dovecot", "go.mod", "go.sum"):
+    if needed in ignore or needed + "/" in ignore:
+        errors.append(".dockerignore excludes %s, which the build needs" % needed)
+for junk in (".git", "bin", "dovecot/build"):
+    if junk not in ignore and junk + "/" not in ignore and "/" + junk not in ignore:
+        errors.append(".dockerignore should exclude %s" % junk)
+if errors:
+    sys.exit("\n".join(errors))
+EOF
+}
+
+check_rules_go() {
+	cd "$src"
+	go test -count=1 ./test/packaging/
+}
+
+check_promtool() {
+	if ! command -v promtool >/dev/null; then
+		echo "promtool not installed (apt-get install prometheus)"
+		exit 77
+	fi
+	cd "$here"
+	promtool check rules "$src/configs/prometheus/xapsd.rules.yml"
+	promtool test rules xapsd.rules.test.yml
+}
+
+export here
+run "scripts: header, strict mode, bash -n, shellcheck" check_scripts_lint
+run "build.sh --destdir --systemd: files and modes" check_build_destdir
+run "installed xapsd: version from ldflags, static, sample config loads" check_installed_binary
+run "build.sh PREFIX=/usr/local --no-plugin: layout and ExecStart" check_build_prefix_local
+run "build.sh keeps edited configuration files (.new beside)" check_config_kept
+run "systemd-analyze verify on the installed unit" check_systemd_verify
+run "sysusers.d and tmpfiles.d in the DESTDIR root" check_sysusers_tmpfiles
+run "doveconf -n accepts the installed 95-xaps.conf" check_doveconf
+run "Dovecot imap loads the installed plugin" check_plugin_loads
+run "supervisord program parses and fits docker-mailserver" check_supervisord_conf
+run "docker-mailserver-install.sh into a fake root, twice" check_dms_install
+run "docker-mailserver flow: register via plugin, devices list, test-push, stop" check_dms_flow
+run "Dockerfile uses only existing stages and scripts" check_dockerfile
+run "Prometheus rules: structure, metric names, documented metrics" check_rules_go
+run "Prometheus rules: promtool check and unit tests" check_promtool
+
+if [ -f "$tmp/xapsd.pid" ]; then
+	xapsd_pid=$(cat "$tmp/xapsd.pid")
+fi
+[ "${#skipped[@]}" = 0 ] || printf 'skipped: %s\n' "${skipped[@]}"
+echo "$pass passed, $fail failed"
+[ "$fail" = 0 ]
