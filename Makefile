@@ -37,8 +37,11 @@ test-short:
 plugin:
 	$(MAKE) -C dovecot
 
+# End to end (the daemon, an APNs stand-in and a load generator on this
+# machine), then the Go micro-benchmarks. docs/benchmarks.md has figures.
 bench: build
 	$(GO) run ./cmd/xapsd-bench -xapsd $(BIN)
+	$(GO) test -run '^$$' -bench . -benchtime 2s ./internal/registry ./internal/testutil/fakeapns
 
 FUZZTIME ?= 30s
 fuzz:
