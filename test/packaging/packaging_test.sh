@@ -115,6 +115,12 @@ except urllib.error.HTTPError as e:
 EOF
 }
 
+# moduledir: Dovecot's module folder, as the plugin's Makefile finds it.
+moduledir() {
+	# shellcheck source=/dev/null disable=SC2154
+	(. /usr/lib/dovecot/dovecot-config && echo "$dovecot_moduledir")
+}
+
 # dovecot_modules DIR PLUGINDIR: a mail_plugin_dir with Dovecot's own
 # modules plus the xaps ones from PLUGINDIR (as dovecot/README.md does).
 dovecot_modules() {
@@ -135,7 +141,7 @@ check_scripts_lint() {
 		[ -x "$f" ] || die "$f: not executable"
 	done
 	if command -v shellcheck >/dev/null; then
-		shellcheck "$src"/scripts/*.sh
+		shellcheck "$src"/scripts/*.sh "$src"/test/packaging/packaging_test.sh
 	else
 		echo "shellcheck not installed; only bash -n"
 	fi
@@ -145,7 +151,7 @@ check_build_destdir() {
 	"$src/scripts/build.sh" --destdir "$d1" --systemd
 	want_mode "$d1/usr/bin/xapsd" 755
 	local moddir
-	moddir=$(. /usr/lib/dovecot/dovecot-config && echo "$dovecot_moduledir")
+	moddir=$(moduledir)
 	want_mode "$d1$moddir/lib25_xaps_imap_plugin.so" 644
 	want_mode "$d1$moddir/lib25_xaps_push_notification_plugin.so" 644
 	want_mode "$d1/etc/dovecot/conf.d/95-xaps.conf" 644
@@ -244,7 +250,7 @@ check_sysusers_tmpfiles() {
 
 check_doveconf() {
 	local moddir dc=$tmp/doveconf
-	moddir=$(. /usr/lib/dovecot/dovecot-config && echo "$dovecot_moduledir")
+	moddir=$(moduledir)
 	mkdir -p "$dc"
 	dovecot_modules "$dc/modules" "$d1$moddir"
 	cat >"$dc/dovecot.conf" <<EOF
@@ -325,7 +331,7 @@ EOF
 
 check_plugin_loads() {
 	local moddir dir=$tmp/imap-load
-	moddir=$(. /usr/lib/dovecot/dovecot-config && echo "$dovecot_moduledir")
+	moddir=$(moduledir)
 	dovecot_modules "$dir/modules" "$d1$moddir"
 	dovecot_user_conf "$dir" "$dir/modules" "$d1/etc/dovecot/conf.d/95-xaps.conf" http://127.0.0.1:9
 	imap_session "$dir/dovecot.conf" nobody "$dir/home" CAPABILITY >"$dir/out"
@@ -388,7 +394,7 @@ check_dms_install() {
 	cmp "$src/configs/dovecot/95-xaps.conf" "$root/etc/dovecot/conf.d/95-xaps.conf"
 	cmp "$src/bin/xapsd" "$root/usr/local/bin/xapsd"
 	[ "$(readlink "$root/etc/xapsd")" = /tmp/docker-mailserver/xapsd ] || die "/etc/xapsd is not a link to the config volume"
-	[ ! -e "$root/tmp" ] && [ ! -e "$root/var" ] || die "wrote into a volume path"
+	if [ -e "$root/tmp" ] || [ -e "$root/var" ]; then die "wrote into a volume path"; fi
 	# Idempotent: a second run changes nothing.
 	dms_tree >"$tmp/tree1"
 	dms_install >"$tmp/dms2.out"
@@ -398,7 +404,7 @@ check_dms_install() {
 	local r2=$tmp/dms-root-own
 	mkdir -p "$r2/etc/xapsd" && echo "loglevel: info" >"$r2/etc/xapsd/xapsd.yaml"
 	SRC=$src ROOT=$r2 "$src/scripts/docker-mailserver-install.sh" >"$tmp/dms3.out" 2>&1
-	[ -f "$r2/etc/xapsd/xapsd.yaml" ] && [ ! -L "$r2/etc/xapsd" ] || die "replaced a non-empty /etc/xapsd"
+	if [ ! -f "$r2/etc/xapsd/xapsd.yaml" ] || [ -L "$r2/etc/xapsd" ]; then die "replaced a non-empty /etc/xapsd"; fi
 	grep -q 'warning: .*not linking' "$tmp/dms3.out" || die "no warning about /etc/xapsd"
 	# Without a build it refuses instead of installing half.
 	local r3=$tmp/dms-root-nobuild
@@ -429,8 +435,8 @@ EOF
 	"$bin" --config "$cfgdir/xapsd.yaml" >"$log" 2>&1 &
 	local pid=$!
 	echo "$pid" >"$tmp/xapsd.pid"
-	local i
-	for i in $(seq 100); do
+
+	for _ in $(seq 100); do
 		[ -S "$state/xapsd.sock" ] && http GET "http://127.0.0.1:$mport/healthz" 2>/dev/null | grep -q '^200' && break
 		kill -0 "$pid" 2>/dev/null || { cat "$log"; die "xapsd exited at start"; }
 		sleep 0.1
@@ -448,8 +454,11 @@ EOF
 	imap_session "$dir/dovecot.conf" nobody "$dir/home" \
 		"XAPPLEPUSHSERVICE \"aps-version\" \"2\" \"aps-account-id\" \"$account\" \"aps-device-token\" \"$token\" \"aps-subtopic\" \"com.apple.mobilemail\" \"mailboxes\" (\"INBOX\" \"Notes\")" \
 		>"$dir/out"
-	grep -q '^\* XAPPLEPUSHSERVICE aps-version "2" aps-topic "com.apple.mail.XServer.00000000-0000-4000-8000-000000000000"' "$dir/out" &&
-		grep -q '^t0 OK XAPPLEPUSHSERVICE' "$dir/out" || { cat "$dir/out" "$dir/dovecot.log" "$log"; die "registration through the plugin failed"; }
+	if ! grep -q '^\* XAPPLEPUSHSERVICE aps-version "2" aps-topic "com.apple.mail.XServer.00000000-0000-4000-8000-000000000000"' "$dir/out" ||
+		! grep -q '^t0 OK XAPPLEPUSHSERVICE' "$dir/out"; then
+		cat "$dir/out" "$dir/dovecot.log" "$log"
+		die "registration through the plugin failed"
+	fi
 
 	# The admin commands of the guide. In the image /etc/xapsd links to the
 	# config volume; here the volume is under the fake root, so name it.
@@ -465,7 +474,7 @@ EOF
 
 	# New mail: /notify as the plugin sends it after an LMTP delivery.
 	http POST "http://127.0.0.1:$port/notify" '{"Username":"nobody","Mailbox":"INBOX","Events": ["MessageNew"]}' | grep -q '^200' || die "/notify not 200"
-	for i in $(seq 50); do
+	for _ in $(seq 50); do
 		[ "$(grep -c 'dry-run: would push' "$log")" -ge 2 ] && break
 		sleep 0.1
 	done
@@ -477,9 +486,10 @@ EOF
 	# Every xapsd_ metric the alert rules use is served.
 	http GET "http://127.0.0.1:$mport/metrics" >"$tmp/metrics.out"
 	local m
-	for m in $(grep -o 'xapsd_[a-z0-9_]*' "$src/configs/prometheus/xapsd.rules.yml" | sort -u); do
+	grep -o 'xapsd_[a-z0-9_]*' "$src/configs/prometheus/xapsd.rules.yml" | sort -u >"$tmp/rule-metrics"
+	while read -r m; do
 		grep -Eq "^$m(_bucket|_sum|_count)?[{ ]" "$tmp/metrics.out" || die "/metrics has no $m (used in xapsd.rules.yml)"
-	done
+	done <"$tmp/rule-metrics"
 	grep -q '^process_start_time_seconds ' "$tmp/metrics.out" || die "/metrics has no process_start_time_seconds"
 
 	# SIGTERM: exit 0, registry on disk and private, socket gone.
