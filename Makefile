@@ -9,7 +9,7 @@ VERSION  ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS  := -X main.version=$(VERSION)
 BIN      := bin/xapsd
 
-.PHONY: all build run test test-plugin test-short vet fmt plugin bench fuzz clean
+.PHONY: all build run test test-plugin test-packaging test-short vet fmt plugin bench fuzz clean
 
 all: build
 
@@ -25,11 +25,16 @@ vet:
 
 # The plugin's own checks against a real Dovecot, then every Go test (the
 # fuzz targets' seed corpora run as ordinary tests) with the race detector.
-test: vet plugin test-plugin
+test: vet plugin test-plugin test-packaging
 	$(GO) test -race -count=1 -timeout 20m ./...
 
 test-plugin:
 	bash dovecot/test/smoke.sh
+
+# Install scripts, systemd/Dovecot/supervisord files, the docker-mailserver
+# flow and the Prometheus rules (needs root, like the Dovecot tests).
+test-packaging:
+	bash test/packaging/packaging_test.sh
 
 test-short:
 	$(GO) test -race -short ./...

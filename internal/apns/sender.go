@@ -15,6 +15,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net/http"
+	"net/url"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -247,7 +248,7 @@ func (s *Sender) attempt(ctx context.Context, j *job) Result {
 	resp, err := c.Transport.PushWithContext(ctx, n)
 	res := Result{Device: j.key, Attempt: j.attempt, Duration: time.Since(start)}
 	if err != nil {
-		res.Reason = err.Error()
+		res.Reason = transportReason(err)
 		res.Outcome = Retrying
 	} else {
 		res.Status, res.Reason, res.ApnsID = resp.StatusCode, resp.Reason, resp.ApnsID
@@ -258,6 +259,16 @@ func (s *Sender) attempt(ctx context.Context, j *job) Result {
 	}
 	s.report(res)
 	return res
+}
+
+// transportReason describes a failed request without its URL, which
+// holds the whole device token.
+func transportReason(err error) string {
+	var ue *url.Error
+	if errors.As(err, &ue) {
+		return ue.Op + " APNs: " + ue.Err.Error()
+	}
+	return err.Error()
 }
 
 func (s *Sender) classify(j *job, resp *apns2.Response) Outcome {

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"net/http"
+	"net/url"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -334,5 +336,16 @@ func TestBackoffGrowsWithJitterAndCap(t *testing.T) {
 				t.Fatalf("backoff(%d) = %v, want in [%v, %v]", attempt, d, max/2, max)
 			}
 		}
+	}
+}
+
+func TestTransportErrorsDoNotLogTheToken(t *testing.T) {
+	tr := &scripted{answer: func(n *apns2.Notification, _ int) (*apns2.Response, error) {
+		return nil, &url.Error{Op: "Post", URL: "https://api.push.apple.com/3/device/" + n.DeviceToken, Err: errors.New("connection reset by peer")}
+	}}
+	s := New(&Client{Topic: "t", Transport: tr}, Options{})
+	r := s.PushNow(context.Background(), registry.Key{User: "u", AccountID: "A", DeviceToken: "deadbeefcafe0123456789"})
+	if strings.Contains(r.Reason, "deadbeefcafe0123456789") || !strings.Contains(r.Reason, "connection reset by peer") {
+		t.Errorf("reason %q", r.Reason)
 	}
 }

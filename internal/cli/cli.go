@@ -204,7 +204,7 @@ func check(env Env, cfg *config.Config, warnings []string) int {
 		return 1
 	}
 	for _, n := range notes {
-		fmt.Fprintf(env.Stderr, "warning: devices cannot register yet: %s\n", n)
+		fmt.Fprintf(env.Stderr, "warning: %s\n", n)
 	}
 	fmt.Fprint(env.Stdout, cfg.Redacted())
 	return 0

@@ -254,8 +254,8 @@ func certCredential(leaf *x509.Certificate, chain []*x509.Certificate, key crypt
 		Sources:     sources,
 	}
 	if left := leaf.NotAfter.Sub(now); left < expiryWarning {
-		cred.Warnings = append(cred.Warnings, fmt.Sprintf("certificate %s expires on %s, in %d days; renew it before pushes stop",
-			path, leaf.NotAfter.UTC().Format(time.DateOnly), int(left.Hours()/24)))
+		cred.ExpiryWarning = fmt.Sprintf("certificate %s expires on %s, in %d days; renew it before pushes stop",
+			path, leaf.NotAfter.UTC().Format(time.DateOnly), int(left.Hours()/24))
 	}
 	cred.Warnings = append(cred.Warnings, topicWarnings(topic)...)
 	return cred, nil

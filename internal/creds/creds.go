@@ -72,6 +72,10 @@ type Credential struct {
 	Sources     []string         // the files it came from, for messages
 	// Warnings are problems that do not stop pushes from working today.
 	Warnings []string
+	// ExpiryWarning is set when the certificate ends within 30 days. It
+	// is apart from Warnings because a running daemon repeats it on its
+	// own schedule (30, 14, 7, 1 days) and must not say it twice.
+	ExpiryWarning string
 }
 
 // Errors a caller or test may want to tell apart. Each is wrapped with the

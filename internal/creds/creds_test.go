@@ -311,17 +311,18 @@ func TestWarnings(t *testing.T) {
 	fx := getFixture(t)
 	dir := t.TempDir()
 	c := mustLoad(t, Files{PEMCert: write(t, dir, "e.pem", fx.expiring.CertPEM()), PEMKey: write(t, dir, "e.key", fx.expiring.KeyPEM())}, fx.now, fx.expiring)
-	if len(c.Warnings) != 1 || !strings.Contains(c.Warnings[0], "expires on "+fx.expiring.Cert.NotAfter.UTC().Format(time.DateOnly)) ||
-		!strings.Contains(c.Warnings[0], "in 10 days") || !strings.Contains(c.Warnings[0], filepath.Join(dir, "e.pem")) {
-		t.Errorf("warnings %q", c.Warnings)
+	w := c.ExpiryWarning
+	if len(c.Warnings) != 0 || !strings.Contains(w, "expires on "+fx.expiring.Cert.NotAfter.UTC().Format(time.DateOnly)) ||
+		!strings.Contains(w, "in 10 days") || !strings.Contains(w, filepath.Join(dir, "e.pem")) {
+		t.Errorf("warnings %q, expiry warning %q", c.Warnings, w)
 	}
 	// 30 days and a minute left is quiet; 29 days is not.
 	year := Files{PEMCert: write(t, dir, "y.pem", fx.rsa.CertPEM()), PEMKey: write(t, dir, "y.key", fx.rsa.KeyPEM())}
-	if c := mustLoad(t, year, fx.rsa.Cert.NotAfter.Add(-30*24*time.Hour-time.Minute), fx.rsa); len(c.Warnings) != 0 {
-		t.Errorf("warned at 30 days: %q", c.Warnings)
+	if c := mustLoad(t, year, fx.rsa.Cert.NotAfter.Add(-30*24*time.Hour-time.Minute), fx.rsa); c.ExpiryWarning != "" {
+		t.Errorf("warned at 30 days: %q", c.ExpiryWarning)
 	}
-	if c := mustLoad(t, year, fx.rsa.Cert.NotAfter.Add(-29*24*time.Hour), fx.rsa); len(c.Warnings) != 1 || !strings.Contains(c.Warnings[0], "in 29 days") {
-		t.Errorf("no warning at 29 days: %q", c.Warnings)
+	if c := mustLoad(t, year, fx.rsa.Cert.NotAfter.Add(-29*24*time.Hour), fx.rsa); !strings.Contains(c.ExpiryWarning, "in 29 days") {
+		t.Errorf("no warning at 29 days: %q", c.ExpiryWarning)
 	}
 
 	c = mustLoad(t, Files{PEMCert: write(t, dir, "s.pem", fx.short.CertPEM(), fx.short.KeyPEM())}, fx.now, fx.short)

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"sort"
@@ -256,7 +257,7 @@ func (d *Daemon) importLegacyCerts(c *config.Config) {
 // --check-config. It returns an error for what would stop the start, and
 // notes for what would only keep devices from registering.
 func CheckCredential(c *config.Config) (notes []string, err error) {
-	log := logrus.New().WithField("component", "check")
+	log := quietLogger().WithField("component", "check")
 	if appleIDMode(c) {
 		m, err := newAppleManager(c, log)
 		if err != nil {
@@ -266,18 +267,34 @@ func CheckCredential(c *config.Config) (notes []string, err error) {
 			return nil, err
 		}
 		if err := m.Status(); err != nil {
-			notes = append(notes, err.Error())
+			notes = append(notes, "devices cannot register yet: "+err.Error())
 		}
 		return notes, nil
 	}
-	cred, err := loadCredential(c, log, time.Now())
+	if files := credentialFiles(c); files.Configured() {
+		loaded, err := creds.Load(files, time.Now())
+		if err != nil {
+			return nil, err
+		}
+		notes = append(notes, loaded.Warnings...)
+		if loaded.ExpiryWarning != "" {
+			notes = append(notes, loaded.ExpiryWarning)
+		}
+	}
+	cred, err := loadCredential(c, logrus.NewEntry(quietLogger()), time.Now())
 	if err != nil {
 		return nil, err
 	}
 	if err := cred.problem(time.Now()); err != nil {
-		notes = append(notes, err.Error())
+		notes = append(notes, "devices cannot register yet: "+err.Error())
 	}
 	return notes, nil
+}
+
+func quietLogger() *logrus.Logger {
+	l := logrus.New()
+	l.SetOutput(io.Discard)
+	return l
 }
 
 // fileStamp notices a credential file replaced or rewritten on disk.

@@ -274,10 +274,15 @@ type e2e struct {
 	dc *dovecotEnv
 }
 
+// newE2E runs the daemon on its default listen address (::1) and points
+// the plugin at http://[::1]:port: the pairing docs/configuration.md
+// offers besides listenAddr 127.0.0.1 (localhost resolves to 127.0.0.1
+// only on many hosts, so it is not used).
 func newE2E(t *testing.T, extra string) *e2e {
 	t.Helper()
-	a := newAPNsEnv(t, "delay: 2\ncheckInterval: 1\n"+extra)
-	return &e2e{apnsEnv: a, dc: startDovecot(t, a.addr)}
+	a := newAPNsEnv(t, "delay: 2\ncheckInterval: 1\nlistenAddr: ::1\n"+extra)
+	_, port, _ := net.SplitHostPort(a.addr)
+	return &e2e{apnsEnv: a, dc: startDovecot(t, "[::1]:"+port)}
 }
 
 func tagless(l string) string {

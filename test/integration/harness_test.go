@@ -107,7 +107,7 @@ func writeConfig(t *testing.T, dir string, extra string) string {
 	if err := os.WriteFile(filepath.Join(dir, "xapsd.yaml"), []byte(b.String()), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	return fmt.Sprintf("127.0.0.1:%d", port)
+	return net.JoinHostPort(strings.Trim(vals["listenAddr"], "[]'\""), fmt.Sprint(port))
 }
 
 // startDaemon runs xapsd with dir/xapsd.yaml and waits until it answers.
