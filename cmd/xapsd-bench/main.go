@@ -59,7 +59,7 @@ func main() {
 	flag.DurationVar(&o.rateDelay, "rate-apns-delay", 40*time.Millisecond, "APNs answer delay in the fixed-rate phase")
 	flag.IntVar(&o.bigRegistry, "registry-size", 1000000, "registrations in the load-time phase (0 skips it)")
 	flag.StringVar(&o.logLevel, "loglevel", "info", "xapsd log level (info logs one line per push)")
-	flag.StringVar(&o.metricsAddr, "metrics", "off", "xapsd metricsListenAddr (e.g. 127.0.0.1:11799 to take profiles from /debug/pprof/)")
+	flag.StringVar(&o.metricsAddr, "metrics", "auto", "xapsd metricsListenAddr: auto (a free loopback port), off, or host:port (to take profiles from /debug/pprof/ too)")
 	flag.Parse()
 	for _, d := range strings.Split(delays, ",") {
 		v, err := time.ParseDuration(strings.TrimSpace(d))
@@ -67,6 +67,14 @@ func main() {
 			fail("bad -apns-delays: %v", err)
 		}
 		o.delays = append(o.delays, v)
+	}
+	if o.metricsAddr == "auto" {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			fail("%v", err)
+		}
+		o.metricsAddr = ln.Addr().String()
+		ln.Close()
 	}
 	if err := run(o); err != nil {
 		fail("%v", err)
@@ -158,9 +166,18 @@ func run(o options) error {
 	}
 
 	delay.Store(int64(o.rateDelay))
+	// Start the fixed-rate phase with the generator's garbage from the
+	// throughput phases collected, not during it.
+	runtime.GC()
+	hBefore := notifyHistogram(o.metricsAddr)
 	lat, errs = fixedRate(d.addr, o.rate, o.duration, o.devices)
+	server := ""
+	if hBefore != nil {
+		// The daemon's own view, from its histogram: where the tail is.
+		server = "; inside xapsd p99 " + histogramP99(hBefore, notifyHistogram(o.metricsAddr))
+	}
 	add(fmt.Sprintf("/notify latency at %d/s, APNs delay %s", o.rate, o.rateDelay), "p99 "+pct(lat, 99),
-		fmt.Sprintf("(median %s, max %s, %d errors)", pct(lat, 50), pct(lat, 100), errs))
+		fmt.Sprintf("(median %s, max %s, %d errors%s)", pct(lat, 50), pct(lat, 100), errs, server))
 	waitQuiet(apns)
 	if code := d.stop(); code != 0 {
 		return fmt.Errorf("xapsd exited %d:\n%s", code, d.tail())
@@ -383,20 +400,32 @@ type daemon struct {
 }
 
 type lockedBuf struct {
-	mu sync.Mutex
-	b  strings.Builder
+	mu   sync.Mutex
+	b    strings.Builder
+	tail []byte
 }
 
+// Write keeps what the daemon logs at start (for the load time) and the
+// last part (for errors); a full log of every push would make the load
+// generator's own garbage collection part of the measurement.
 func (l *lockedBuf) Write(p []byte) (int, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	return l.b.Write(p)
+	if l.b.Len() < 64<<10 {
+		l.b.Write(p)
+	} else {
+		l.tail = append(l.tail, p...)
+		if len(l.tail) > 64<<10 {
+			l.tail = append(l.tail[:0], l.tail[len(l.tail)-32<<10:]...)
+		}
+	}
+	return len(p), nil
 }
 
 func (l *lockedBuf) String() string {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	return l.b.String()
+	return l.b.String() + string(l.tail)
 }
 
 func startDaemon(o options, dir, apnsURL, caFile string) (*daemon, error) {
@@ -470,6 +499,70 @@ func (d *daemon) loadMillis() int {
 	}
 	v, _ := strconv.Atoi(m[1])
 	return v
+}
+
+var bucketRE = regexp.MustCompile(`^xapsd_pluginapi_request_duration_seconds_bucket\{path="/notify",le="([^"]+)"\} (\d+)`)
+
+// notifyHistogram scrapes the daemon's cumulative /notify latency buckets
+// (upper bound in seconds -> count), or nil without a metrics listener.
+func notifyHistogram(addr string) map[string]int64 {
+	if addr == "off" || addr == "" {
+		return nil
+	}
+	resp, err := http.Get("http://" + addr + "/metrics")
+	if err != nil {
+		return nil
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	h := map[string]int64{}
+	for _, l := range strings.Split(string(body), "\n") {
+		if m := bucketRE.FindStringSubmatch(l); m != nil {
+			n, _ := strconv.ParseInt(m[2], 10, 64)
+			h[m[1]] = n
+		}
+	}
+	return h
+}
+
+// histogramP99 gives the bucket bound under which 99 % of the requests
+// between two scrapes were answered.
+func histogramP99(before, after map[string]int64) string {
+	type b struct {
+		le    float64
+		label string
+		n     int64
+	}
+	var bs []b
+	for k, v := range after {
+		le, err := strconv.ParseFloat(k, 64)
+		if err != nil {
+			continue
+		}
+		bs = append(bs, b{le, k, v - before[k]})
+	}
+	slices.SortFunc(bs, func(x, y b) int {
+		switch {
+		case x.le < y.le:
+			return -1
+		case x.le > y.le:
+			return 1
+		}
+		return 0
+	})
+	if len(bs) == 0 || bs[len(bs)-1].n == 0 {
+		return "-"
+	}
+	total := bs[len(bs)-1].n
+	for _, x := range bs {
+		if float64(x.n) >= 0.99*float64(total) {
+			if x.label == "+Inf" {
+				return "> 1 s"
+			}
+			return "≤ " + fmtDur(time.Duration(x.le*float64(time.Second)))
+		}
+	}
+	return "-"
 }
 
 // cpu is the daemon's user+system CPU time so far.
