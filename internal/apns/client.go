@@ -92,7 +92,7 @@ func (d dryRun) PushWithContext(_ apns2.Context, n *apns2.Notification) (*apns2.
 }
 
 func maskPayload(l logrus.FieldLogger, p []byte) []byte {
-	if e, ok := l.(*logrus.Entry); ok && e.Logger.IsLevelEnabled(logrus.DebugLevel) {
+	if logging.Verbose(l) {
 		return p
 	}
 	return []byte(`{"aps":{"account-id":"…"}}`)

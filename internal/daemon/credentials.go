@@ -271,6 +271,7 @@ func CheckCredential(c *config.Config) (notes []string, err error) {
 		}
 		return notes, nil
 	}
+	var cred *credential
 	if files := credentialFiles(c); files.Configured() {
 		loaded, err := creds.Load(files, time.Now())
 		if err != nil {
@@ -280,9 +281,10 @@ func CheckCredential(c *config.Config) (notes []string, err error) {
 		if loaded.ExpiryWarning != "" {
 			notes = append(notes, loaded.ExpiryWarning)
 		}
-	}
-	cred, err := loadCredential(c, logrus.NewEntry(quietLogger()), time.Now())
-	if err != nil {
+		if cred, err = clientFor(c, loaded, log); err != nil {
+			return nil, err
+		}
+	} else if cred, err = loadCredential(c, log, time.Now()); err != nil {
 		return nil, err
 	}
 	if err := cred.problem(time.Now()); err != nil {

@@ -257,7 +257,6 @@ func (d *Daemon) listen(cfg *config.Config, h http.Handler) error {
 			// Each Dovecot process keeps its connection for a long time.
 			IdleTimeout:    10 * time.Minute,
 			MaxHeaderBytes: 64 << 10,
-			ErrorLog:       nil,
 		}
 	}
 	ln, err := net.Listen("tcp", cfg.ListenAddress())

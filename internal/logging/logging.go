@@ -48,13 +48,22 @@ func Configure(l *logrus.Logger, level, format string) error {
 // Mask shortens an identifier to its first and last four characters unless
 // the logger is at debug level or below.
 func Mask(l logrus.FieldLogger, id string) string {
-	if e, ok := l.(*logrus.Entry); ok && e.Logger.IsLevelEnabled(logrus.DebugLevel) {
-		return id
-	}
-	if lg, ok := l.(*logrus.Logger); ok && lg.IsLevelEnabled(logrus.DebugLevel) {
+	if Verbose(l) {
 		return id
 	}
 	return Short(id)
+}
+
+// Verbose reports whether l logs at debug level or below, where
+// identifiers are shown whole.
+func Verbose(l logrus.FieldLogger) bool {
+	switch v := l.(type) {
+	case *logrus.Entry:
+		return v.Logger.IsLevelEnabled(logrus.DebugLevel)
+	case *logrus.Logger:
+		return v.IsLevelEnabled(logrus.DebugLevel)
+	}
+	return false
 }
 
 // Short always masks: for places (metrics labels, admin output over the

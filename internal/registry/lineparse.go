@@ -3,7 +3,6 @@ package registry
 import (
 	"bytes"
 	"encoding/json"
-	"time"
 )
 
 // parseRecordLine decodes one snapshot line. Lines written by
@@ -35,25 +34,14 @@ func parseFlat(s []byte) (record, bool) {
 		}
 		p = np + 1
 		var bit int
+		var str *string // the field a plain string value goes to
 		switch string(key) {
 		case "User":
-			bit = 1
-			var v []byte
-			if v, p, ok = plainString(s, p); ok {
-				r.User = string(v)
-			}
+			bit, str = 1, &r.User
 		case "AccountId":
-			bit = 2
-			var v []byte
-			if v, p, ok = plainString(s, p); ok {
-				r.AccountID = string(v)
-			}
+			bit, str = 2, &r.AccountID
 		case "DeviceToken":
-			bit = 4
-			var v []byte
-			if v, p, ok = plainString(s, p); ok {
-				r.DeviceToken = string(v)
-			}
+			bit, str = 4, &r.DeviceToken
 		case "Mailboxes":
 			bit = 8
 			r.Mailboxes, p, ok = plainStringList(s, p)
@@ -61,13 +49,17 @@ func parseFlat(s []byte) (record, bool) {
 			bit = 16
 			var v []byte
 			if v, p, ok = plainString(s, p); ok {
-				// encoding/json accepts exactly RFC 3339 here.
-				t, err := time.Parse(time.RFC3339Nano, string(v))
-				ok = err == nil && validRFC3339(v)
-				r.RegistrationTime = t
+				// time.Time's own JSON rule: exactly RFC 3339.
+				ok = r.RegistrationTime.UnmarshalText(v) == nil
 			}
 		default:
 			return r, false
+		}
+		if str != nil {
+			var v []byte
+			if v, p, ok = plainString(s, p); ok {
+				*str = string(v)
+			}
 		}
 		if !ok || seen&bit != 0 {
 			// Duplicate keys: let encoding/json decide what wins.
@@ -131,11 +123,4 @@ func plainStringList(s []byte, p int) ([]string, int, bool) {
 			return nil, p, false
 		}
 	}
-}
-
-// validRFC3339 rejects what time.Parse accepts but time.Time's JSON
-// decoding does not (it is stricter about the hour and offset forms).
-func validRFC3339(v []byte) bool {
-	var t time.Time
-	return t.UnmarshalText(v) == nil
 }
