@@ -18,6 +18,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"runtime"
+	"runtime/pprof"
 	"slices"
 	"strconv"
 	"strings"
@@ -44,6 +45,7 @@ type options struct {
 	bigRegistry int
 	logLevel    string
 	metricsAddr string
+	cpuProfile  string
 }
 
 func main() {
@@ -60,6 +62,7 @@ func main() {
 	flag.IntVar(&o.bigRegistry, "registry-size", 1000000, "registrations in the load-time phase (0 skips it)")
 	flag.StringVar(&o.logLevel, "loglevel", "info", "xapsd log level (info logs one line per push)")
 	flag.StringVar(&o.metricsAddr, "metrics", "auto", "xapsd metricsListenAddr: auto (a free loopback port), off, or host:port (to take profiles from /debug/pprof/ too)")
+	flag.StringVar(&o.cpuProfile, "cpuprofile", "", "write a CPU profile of the load generator and the APNs stand-in (this process) to `file`")
 	flag.Parse()
 	for _, d := range strings.Split(delays, ",") {
 		v, err := time.ParseDuration(strings.TrimSpace(d))
@@ -75,6 +78,16 @@ func main() {
 		}
 		o.metricsAddr = ln.Addr().String()
 		ln.Close()
+	}
+	if o.cpuProfile != "" {
+		f, err := os.Create(o.cpuProfile)
+		if err != nil {
+			fail("%v", err)
+		}
+		if err := pprof.StartCPUProfile(f); err != nil {
+			fail("%v", err)
+		}
+		defer pprof.StopCPUProfile()
 	}
 	if err := run(o); err != nil {
 		fail("%v", err)

@@ -54,7 +54,11 @@ func newHTTPClient(o ClientOptions, certs []tls.Certificate) *http.Client {
 		PingTimeout:     10 * time.Second,
 		DialTLSContext: func(ctx context.Context, network, addr string, cfg *tls.Config) (net.Conn, error) {
 			d := tls.Dialer{NetDialer: &net.Dialer{Timeout: 20 * time.Second, KeepAlive: 15 * time.Second}, Config: cfg}
-			return d.DialContext(ctx, network, addr)
+			c, err := d.DialContext(ctx, network, addr)
+			if err != nil {
+				return nil, err
+			}
+			return newCoalescingConn(c, 0), nil
 		},
 	}
 	// The per-push deadline comes from the sender's context; this is only

@@ -1,0 +1,230 @@
+package apns
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"net"
+	"sync"
+	"testing"
+	"time"
+)
+
+// recordingConn is the connection under a coalescingConn: it keeps what
+// was written, counts the writes and can hold them until released.
+type recordingConn struct {
+	net.Conn // nil: only Write and Close are used
+
+	mu      sync.Mutex
+	data    bytes.Buffer
+	writes  []int // size of each write
+	gate    chan struct{}
+	entered chan struct{} // receives once per write that reaches the gate
+	fail    error
+	closed  bool
+	gaveUp  bool
+	arrived *sync.Cond
+}
+
+func newRecordingConn() *recordingConn {
+	r := &recordingConn{entered: make(chan struct{}, 1000)}
+	r.arrived = sync.NewCond(&r.mu)
+	return r
+}
+
+func (r *recordingConn) Write(p []byte) (int, error) {
+	r.mu.Lock()
+	gate, fail := r.gate, r.fail
+	r.mu.Unlock()
+	if gate != nil {
+		r.entered <- struct{}{}
+		<-gate
+	}
+	if fail != nil {
+		return 0, fail
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.data.Write(p)
+	r.writes = append(r.writes, len(p))
+	r.arrived.Broadcast()
+	return len(p), nil
+}
+
+func (r *recordingConn) Close() error {
+	r.mu.Lock()
+	r.closed = true
+	r.mu.Unlock()
+	return nil
+}
+
+// waitFor blocks until n bytes have been written, or fails the test.
+func (r *recordingConn) waitFor(t *testing.T, n int) {
+	t.Helper()
+	timeout := time.AfterFunc(10*time.Second, func() {
+		r.mu.Lock()
+		r.gaveUp = true
+		r.arrived.Broadcast()
+		r.mu.Unlock()
+	})
+	defer timeout.Stop()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for r.data.Len() < n && !r.gaveUp {
+		r.arrived.Wait()
+	}
+	if r.data.Len() < n {
+		t.Fatalf("%d of %d bytes written within 10 s", r.data.Len(), n)
+	}
+}
+
+func TestCoalescingConnKeepsEveryByteInOrder(t *testing.T) {
+	under := newRecordingConn()
+	c := newCoalescingConn(under, 4096)
+	var want bytes.Buffer
+	var wantMu sync.Mutex
+	var wg sync.WaitGroup
+	// Writers take turns the way x/net's write lock makes them; each
+	// chunk must arrive whole and in the order Write was called.
+	var order sync.Mutex
+	for g := range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range 200 {
+				p := fmt.Appendf(nil, "<%d:%d:%s>", g, i, bytes.Repeat([]byte{'x'}, i%50))
+				order.Lock()
+				if _, err := c.Write(p); err != nil {
+					t.Error(err)
+				}
+				wantMu.Lock()
+				want.Write(p)
+				wantMu.Unlock()
+				order.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	under.waitFor(t, want.Len())
+	under.mu.Lock()
+	got := under.data.String()
+	under.mu.Unlock()
+	if got != want.String() {
+		t.Fatalf("bytes differ: %d written, %d arrived", want.Len(), len(got))
+	}
+	if err := c.Close(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestCoalescingConnSharesOneWriteWhileTheLastIsUnderWay(t *testing.T) {
+	under := newRecordingConn()
+	gate := make(chan struct{})
+	under.gate = gate
+	c := newCoalescingConn(under, 0)
+	defer c.Close()
+
+	c.Write([]byte("first"))
+	<-under.entered // the flusher is now inside the first write
+	for i := range 100 {
+		// These return at once although the connection is busy.
+		if _, err := c.Write(fmt.Appendf(nil, "[%02d]", i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	under.mu.Lock()
+	under.gate = nil
+	under.mu.Unlock()
+	close(gate)
+	under.waitFor(t, len("first")+100*4)
+	under.mu.Lock()
+	defer under.mu.Unlock()
+	if len(under.writes) != 2 || under.writes[1] != 400 {
+		t.Fatalf("writes %v, want [5 400]: the 100 frames written during the first write should leave together", under.writes)
+	}
+}
+
+func TestCoalescingConnBoundsItsBuffer(t *testing.T) {
+	under := newRecordingConn()
+	gate := make(chan struct{})
+	under.gate = gate
+	c := newCoalescingConn(under, 64)
+	defer c.Close()
+
+	c.Write([]byte("a"))
+	<-under.entered
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for range 40 {
+			c.Write(bytes.Repeat([]byte{'b'}, 10)) // 400 bytes through a 64-byte buffer
+		}
+	}()
+	// Writers must wait for room: with the first write held, at most
+	// 64 bytes can be buffered, so the 40 writes cannot all finish.
+	select {
+	case <-done:
+		t.Fatal("all writes returned while the connection was blocked")
+	case <-time.After(50 * time.Millisecond):
+	}
+	under.mu.Lock()
+	under.gate = nil
+	under.mu.Unlock()
+	close(gate)
+	<-done
+	under.waitFor(t, 401)
+	under.mu.Lock()
+	defer under.mu.Unlock()
+	for _, n := range under.writes {
+		if n > 64 {
+			t.Fatalf("a write of %d bytes: buffer above its 64-byte bound (writes %v)", n, under.writes)
+		}
+	}
+}
+
+func TestCoalescingConnReportsAWriteError(t *testing.T) {
+	under := newRecordingConn()
+	broken := errors.New("connection reset")
+	under.fail = broken
+	c := newCoalescingConn(under, 0)
+	defer c.Close()
+	c.Write([]byte("lost"))
+	// The failure shows on a later Write.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		_, err := c.Write([]byte("x"))
+		if errors.Is(err, broken) {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("Write kept returning %v, want the connection's error", err)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+func TestCoalescingConnCloseWritesWhatIsBuffered(t *testing.T) {
+	under := newRecordingConn()
+	gate := make(chan struct{})
+	under.gate = gate
+	c := newCoalescingConn(under, 0)
+	c.Write([]byte("headers"))
+	<-under.entered
+	c.Write([]byte("GOAWAY"))
+	under.mu.Lock()
+	under.gate = nil
+	under.mu.Unlock()
+	close(gate)
+	if err := c.Close(); err != nil {
+		t.Fatal(err)
+	}
+	under.mu.Lock()
+	got, closed := under.data.String(), under.closed
+	under.mu.Unlock()
+	if got != "headersGOAWAY" || !closed {
+		t.Fatalf("after Close: wrote %q, closed %v", got, closed)
+	}
+	if _, err := c.Write([]byte("late")); !errors.Is(err, net.ErrClosed) {
+		t.Fatalf("Write after Close: %v, want net.ErrClosed", err)
+	}
+}
