@@ -237,25 +237,8 @@ func notifyBody(i int) string {
 	return fmt.Sprintf(`{"Username":"user%d@example.com","Mailbox":"INBOX","Events": ["MessageNew"]}`, i)
 }
 
-func newClient(conns int) *http.Client {
-	return &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{
-		MaxIdleConnsPerHost: conns, MaxConnsPerHost: conns, DisableCompression: true,
-	}}
-}
-
-func do(c *http.Client, addr, path, body string) (int, error) {
-	resp, err := c.Post("http://"+addr+path, "application/json; charset=utf-8", strings.NewReader(body))
-	if err != nil {
-		return 0, err
-	}
-	io.Copy(io.Discard, resp.Body)
-	resp.Body.Close()
-	return resp.StatusCode, nil
-}
-
 // drive sends total requests from clients concurrent keep-alive clients.
 func drive(addr string, clients, total int, req func(int) (string, string)) (int, []time.Duration, time.Duration, int) {
-	c := newClient(clients)
 	var next, errs atomic.Int64
 	lats := make([][]time.Duration, clients)
 	var wg sync.WaitGroup
@@ -264,6 +247,8 @@ func drive(addr string, clients, total int, req func(int) (string, string)) (int
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			c := newPluginConn(addr)
+			defer c.close()
 			for {
 				i := int(next.Add(1)) - 1
 				if i >= total {
@@ -271,7 +256,7 @@ func drive(addr string, clients, total int, req func(int) (string, string)) (int
 				}
 				path, body := req(i)
 				t0 := time.Now()
-				st, err := do(c, addr, path, body)
+				st, err := c.post(path, body)
 				lats[w] = append(lats[w], time.Since(t0))
 				if err != nil || st != 200 {
 					errs.Add(1)
@@ -285,7 +270,6 @@ func drive(addr string, clients, total int, req func(int) (string, string)) (int
 
 // driveFor sends requests as fast as clients allow for d.
 func driveFor(addr string, clients int, d time.Duration, req func(int) (string, string)) (int, []time.Duration, int) {
-	c := newClient(clients)
 	var next, errs atomic.Int64
 	lats := make([][]time.Duration, clients)
 	var wg sync.WaitGroup
@@ -294,10 +278,12 @@ func driveFor(addr string, clients int, d time.Duration, req func(int) (string, 
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			c := newPluginConn(addr)
+			defer c.close()
 			for time.Now().Before(end) {
 				path, body := req(int(next.Add(1)))
 				t0 := time.Now()
-				st, err := do(c, addr, path, body)
+				st, err := c.post(path, body)
 				lats[w] = append(lats[w], time.Since(t0))
 				if err != nil || st != 200 {
 					errs.Add(1)
@@ -313,12 +299,14 @@ func driveFor(addr string, clients int, d time.Duration, req func(int) (string, 
 // answers do, and measures each from its scheduled time so that a stall
 // shows up in the latency instead of lowering the rate.
 func fixedRate(addr string, rate int, d time.Duration, devices int) ([]time.Duration, int) {
-	c := newClient(256)
+	// At most 256 requests in flight; like net/http's idle pool, the
+	// connection used last is used next, so a steady rate keeps a few
+	// connections busy instead of cycling through all of them.
+	conns := &connPool{addr: addr, slots: make(chan struct{}, 256)}
 	total := int(float64(rate) * d.Seconds())
 	interval := time.Second / time.Duration(rate)
 	lats := make([]time.Duration, total)
 	var errs atomic.Int64
-	sem := make(chan struct{}, 256)
 	var wg sync.WaitGroup
 	start := time.Now()
 	for i := range total {
@@ -326,11 +314,11 @@ func fixedRate(addr string, rate int, d time.Duration, devices int) ([]time.Dura
 		if w := time.Until(at); w > 0 {
 			time.Sleep(w)
 		}
-		sem <- struct{}{}
+		c := conns.get()
 		wg.Add(1)
 		go func() {
-			defer func() { <-sem; wg.Done() }()
-			st, err := do(c, addr, "/notify", notifyBody(i%devices))
+			defer func() { conns.put(c); wg.Done() }()
+			st, err := c.post("/notify", notifyBody(i%devices))
 			lats[i] = time.Since(at)
 			if err != nil || st != 200 {
 				errs.Add(1)
@@ -338,6 +326,7 @@ func fixedRate(addr string, rate int, d time.Duration, devices int) ([]time.Dura
 		}()
 	}
 	wg.Wait()
+	conns.close()
 	return lats, int(errs.Load())
 }
 
