@@ -85,6 +85,7 @@ type Sender struct {
 	queue    []*job                // FIFO of jobs ready to send
 	queued   map[registry.Key]*job // ready or waiting for a retry
 	inFlight int
+	flying   map[registry.Key]int // devices with a push in flight, and how many
 	stopping bool
 	kickc    chan struct{}
 	idle     *sync.Cond // signalled when inFlight drops
@@ -115,7 +116,7 @@ func New(client *Client, o Options) *Sender {
 		l.SetLevel(logrus.PanicLevel)
 		o.Log = l
 	}
-	s := &Sender{opts: o, log: o.Log, queued: make(map[registry.Key]*job),
+	s := &Sender{opts: o, log: o.Log, queued: make(map[registry.Key]*job), flying: make(map[registry.Key]int),
 		kickc: make(chan struct{}, 1), sem: make(chan struct{}, o.Concurrency)}
 	s.idle = sync.NewCond(&s.mu)
 	s.client.Store(client)
@@ -197,6 +198,7 @@ func (s *Sender) next() *job {
 	s.queue = s.queue[1:]
 	delete(s.queued, j.key)
 	s.inFlight++
+	s.flying[j.key]++
 	return j
 }
 
@@ -205,6 +207,9 @@ func (s *Sender) send(j *job) {
 	res := s.attempt(context.Background(), j)
 	s.mu.Lock()
 	s.inFlight--
+	if s.flying[j.key]--; s.flying[j.key] == 0 {
+		delete(s.flying, j.key)
+	}
 	if res.Outcome == Retrying {
 		s.scheduleRetryLocked(j)
 	}
@@ -384,7 +389,10 @@ var ErrDrainTimeout = errors.New("pushes still queued when the shutdown grace pe
 // Drain sends what is queued and waits for pushes in flight, until the
 // queue is empty or ctx ends. Run must still be running. It then stops
 // the sender and returns the devices that did not get their push, so the
-// caller can keep them for the next start.
+// caller can keep them for the next start: those queued or waiting for a
+// retry, and, when ctx ended first, those whose push was still on its way
+// (Apple may have taken it; a second wake-up costs the device nothing,
+// a lost one costs the user their mail).
 func (s *Sender) Drain(ctx context.Context) ([]registry.Key, error) {
 	done := make(chan struct{})
 	go func() {
@@ -409,6 +417,11 @@ func (s *Sender) Drain(ctx context.Context) ([]registry.Key, error) {
 			j.timer.Stop()
 		}
 		left = append(left, k)
+	}
+	for k := range s.flying {
+		if _, ok := s.queued[k]; !ok {
+			left = append(left, k)
+		}
 	}
 	s.queue = nil
 	s.idle.Broadcast()
