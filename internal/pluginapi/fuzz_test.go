@@ -1,10 +1,15 @@
 package pluginapi
 
 import (
+	"bytes"
 	"context"
 	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"reflect"
 	"strings"
 	"testing"
 
@@ -77,6 +82,53 @@ func FuzzNotify(f *testing.F) {
 			}
 		default:
 			t.Fatalf("status %d", rec.Code)
+		}
+	})
+}
+
+// decodeAsBefore is decode as it was before its fast path: one
+// json.Decoder per request. The fast path must not change what is
+// accepted, what is stored or what the client is told.
+func decodeAsBefore(w http.ResponseWriter, r *http.Request, v any) (int, error) {
+	err := json.NewDecoder(http.MaxBytesReader(w, r.Body, MaxBody)).Decode(v)
+	if err == nil {
+		return 0, nil
+	}
+	var tooBig *http.MaxBytesError
+	var typeErr *json.UnmarshalTypeError
+	switch {
+	case errors.As(err, &tooBig):
+		return http.StatusRequestEntityTooLarge, fmt.Errorf("body larger than %d bytes", MaxBody)
+	case errors.As(err, &typeErr):
+		return http.StatusBadRequest, fmt.Errorf("%s: wrong type (%s)", typeErr.Field, typeErr.Value)
+	default:
+		return http.StatusBadRequest, fmt.Errorf("malformed JSON: %v", err)
+	}
+}
+
+func FuzzDecodeMatchesDecoder(f *testing.F) {
+	f.Add([]byte(pluginRegister))
+	f.Add([]byte(`{"Username":"a","Mailbox":"INBOX","Events":["MessageNew"]} trailing`))
+	f.Add([]byte(`{"Username":"a"}{"Username":"b"}`))
+	f.Add([]byte(`{"Username":1,"Mailbox":"INBOX"}`))
+	f.Add([]byte(`{"Events":"MessageNew"}`))
+	f.Add([]byte(" \n\t"))
+	f.Add([]byte(""))
+	f.Add([]byte(`{"Username":"a"`))
+	f.Add([]byte(`{"Username":"a"}` + strings.Repeat(" ", MaxBody)))
+	f.Add([]byte(`{"Username":"` + strings.Repeat("x", MaxBody) + `"}`))
+	f.Fuzz(func(t *testing.T, body []byte) {
+		h := NewHandler(Options{}).(*handler)
+		for _, target := range []func() any{func() any { return &notifyRequest{} }, func() any { return &registerRequest{} }} {
+			got, want := target(), target()
+			gotStatus, gotErr := h.decode(httptest.NewRecorder(), httptest.NewRequest(http.MethodPost, "/", bytes.NewReader(body)), got)
+			wantStatus, wantErr := decodeAsBefore(httptest.NewRecorder(), httptest.NewRequest(http.MethodPost, "/", bytes.NewReader(body)), want)
+			if gotStatus != wantStatus || fmt.Sprint(gotErr) != fmt.Sprint(wantErr) {
+				t.Fatalf("%q: decode gives %d %v, the decoder gave %d %v", body, gotStatus, gotErr, wantStatus, wantErr)
+			}
+			if gotErr == nil && !reflect.DeepEqual(got, want) {
+				t.Fatalf("%q: decode stored %+v, the decoder %+v", body, got, want)
+			}
 		}
 	})
 }
