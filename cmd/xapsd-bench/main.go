@@ -397,37 +397,8 @@ func writeBigRegistry(path string, n int) (int64, error) {
 type daemon struct {
 	cmd  *exec.Cmd
 	addr string
-	out  *lockedBuf
+	log  string // the daemon's stderr
 	done chan struct{}
-}
-
-type lockedBuf struct {
-	mu   sync.Mutex
-	b    strings.Builder
-	tail []byte
-}
-
-// Write keeps what the daemon logs at start (for the load time) and the
-// last part (for errors); a full log of every push would make the load
-// generator's own garbage collection part of the measurement.
-func (l *lockedBuf) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if l.b.Len() < 64<<10 {
-		l.b.Write(p)
-	} else {
-		l.tail = append(l.tail, p...)
-		if len(l.tail) > 64<<10 {
-			l.tail = append(l.tail[:0], l.tail[len(l.tail)-32<<10:]...)
-		}
-	}
-	return len(p), nil
-}
-
-func (l *lockedBuf) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String() + string(l.tail)
 }
 
 func startDaemon(o options, dir, apnsURL, caFile string) (*daemon, error) {
@@ -443,11 +414,18 @@ func startDaemon(o options, dir, apnsURL, caFile string) (*daemon, error) {
 	if err := os.WriteFile(filepath.Join(dir, "xapsd.yaml"), []byte(cfg), 0o600); err != nil {
 		return nil, err
 	}
-	d := &daemon{addr: fmt.Sprintf("127.0.0.1:%d", port), out: &lockedBuf{}, done: make(chan struct{})}
+	d := &daemon{addr: fmt.Sprintf("127.0.0.1:%d", port), log: filepath.Join(dir, "xapsd.log"), done: make(chan struct{})}
 	d.cmd = exec.Command(o.bin, "--config", filepath.Join(dir, "xapsd.yaml"))
 	d.cmd.Env = append(os.Environ(), "SSL_CERT_FILE="+caFile)
-	// Logs go to a file-like sink, as under systemd; keep them for errors.
-	d.cmd.Stdout, d.cmd.Stderr = io.Discard, d.out
+	// The log (a line per push) goes to a file, as with supervisord's
+	// stdout_logfile; piping it into this process would make reading it
+	// part of the load generator's cost.
+	logFile, err := os.OpenFile(d.log, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	defer logFile.Close() // the child has its own descriptor
+	d.cmd.Stdout, d.cmd.Stderr = io.Discard, logFile
 	if err := d.cmd.Start(); err != nil {
 		return nil, err
 	}
@@ -484,22 +462,36 @@ func (d *daemon) stop() int {
 	return d.cmd.ProcessState.ExitCode()
 }
 
+// tail returns the end of the daemon's log, for error messages.
 func (d *daemon) tail() string {
-	s := d.out.String()
-	if len(s) > 4000 {
-		s = s[len(s)-4000:]
+	f, err := os.Open(d.log)
+	if err != nil {
+		return err.Error()
 	}
-	return s
+	defer f.Close()
+	if fi, err := f.Stat(); err == nil && fi.Size() > 4000 {
+		f.Seek(fi.Size()-4000, io.SeekStart)
+	}
+	b, _ := io.ReadAll(f)
+	return string(b)
 }
 
 var loadRE = regexp.MustCompile(`registry loaded.* ms=(\d+)`)
 
 func (d *daemon) loadMillis() int {
-	m := loadRE.FindStringSubmatch(d.out.String())
+	// The line comes early in the start; the rest of the log can be big.
+	f, err := os.Open(d.log)
+	if err != nil {
+		return -1
+	}
+	defer f.Close()
+	head := make([]byte, 64<<10)
+	n, _ := io.ReadFull(f, head)
+	m := loadRE.FindSubmatch(head[:n])
 	if m == nil {
 		return -1
 	}
-	v, _ := strconv.Atoi(m[1])
+	v, _ := strconv.Atoi(string(m[1]))
 	return v
 }
 
