@@ -22,6 +22,7 @@ import (
 
 	"github.com/xapsd/xapsd/internal/config"
 	"github.com/xapsd/xapsd/internal/daemon"
+	"github.com/xapsd/xapsd/internal/gcfloor"
 	"github.com/xapsd/xapsd/internal/logging"
 )
 
@@ -145,6 +146,12 @@ func Main(args []string, env Env) int {
 			}
 		}
 	}()
+	if os.Getenv("GOGC") == "" {
+		// An admin's GOGC wins; otherwise a small registry does not
+		// mean a garbage collection every few hundred pushes.
+		gc := gcfloor.Start(gcfloor.DefaultFloor)
+		defer gc.Stop()
+	}
 	if err := daemon.Run(ctx, daemon.Options{Config: cfg, Log: log, Reload: reload}); err != nil {
 		log.WithError(err).Error("xapsd stopped with an error")
 		return 1
