@@ -51,7 +51,10 @@ func newHTTPClient(o ClientOptions, certs []tls.Certificate) *http.Client {
 		// Apple drops idle connections silently; a PING after 15 s of
 		// silence finds a dead connection before a push is lost on it.
 		ReadIdleTimeout: 15 * time.Second,
-		PingTimeout:     10 * time.Second,
+		// APNs answers with a few bytes of JSON; asking for gzip only adds
+		// a header to every push.
+		DisableCompression: true,
+		PingTimeout:        10 * time.Second,
 		DialTLSContext: func(ctx context.Context, network, addr string, cfg *tls.Config) (net.Conn, error) {
 			d := tls.Dialer{NetDialer: &net.Dialer{Timeout: 20 * time.Second, KeepAlive: 15 * time.Second}, Config: cfg}
 			c, err := d.DialContext(ctx, network, addr)
@@ -61,9 +64,10 @@ func newHTTPClient(o ClientOptions, certs []tls.Certificate) *http.Client {
 			return newCoalescingConn(c, 0), nil
 		},
 	}
-	// The per-push deadline comes from the sender's context; this is only
-	// a backstop for a request that never returns.
-	return &http.Client{Transport: tr, Timeout: 60 * time.Second}
+	// No http.Client.Timeout: every push carries a context deadline from
+	// the sender (Sender.attempt), and a second deadline per request only
+	// cost a timer and a context.
+	return &http.Client{Transport: tr}
 }
 
 // NewCertificateClient pushes with a client certificate (PEM or PKCS#12).

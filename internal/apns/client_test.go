@@ -85,6 +85,10 @@ func TestClientDeliversConcurrentPushesOverOneConnection(t *testing.T) {
 		if r.Topic != testTopic || r.PushType != "background" || r.ClientCertSubjectUID != testTopic || r.Proto != "HTTP/2.0" {
 			t.Fatalf("request %+v", r)
 		}
+		// APNs answers a few bytes of JSON: no gzip header on every push.
+		if ae := r.Header.Get("Accept-Encoding"); ae != "" {
+			t.Fatalf("Accept-Encoding %q sent", ae)
+		}
 		seen[r.Token] = true
 	}
 	if len(seen) != n {
