@@ -43,8 +43,9 @@ type coalescingConn struct {
 const defaultMaxPending = 256 << 10
 
 // closeFlushTimeout bounds how long Close waits for buffered frames (a
-// GOAWAY, a RST_STREAM) to leave before it closes the connection anyway.
-const closeFlushTimeout = time.Second
+// GOAWAY, a RST_STREAM) to leave before it closes the connection anyway;
+// x/net gives a TLS close the same 250 ms.
+const closeFlushTimeout = 250 * time.Millisecond
 
 func newCoalescingConn(c net.Conn, maxPending int) *coalescingConn {
 	if maxPending <= 0 {
@@ -117,7 +118,9 @@ func (c *coalescingConn) flushLoop() {
 }
 
 // Close writes what is buffered (for at most closeFlushTimeout) and
-// closes the connection.
+// closes the connection. A write still stuck then (the peer stopped
+// reading) ends with it: tls.Conn.Close closes the socket at once when a
+// write is in progress.
 func (c *coalescingConn) Close() error {
 	c.mu.Lock()
 	c.closing = true

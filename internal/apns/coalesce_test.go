@@ -2,12 +2,15 @@ package apns
 
 import (
 	"bytes"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/xapsd/xapsd/internal/testutil/testpki"
 )
 
 // recordingConn is the connection under a coalescingConn: it keeps what
@@ -226,5 +229,66 @@ func TestCoalescingConnCloseWritesWhatIsBuffered(t *testing.T) {
 	}
 	if _, err := c.Write([]byte("late")); !errors.Is(err, net.ErrClosed) {
 		t.Fatalf("Write after Close: %v, want net.ErrClosed", err)
+	}
+}
+
+// A peer that stops reading must not hold Close: x/net closes a dead
+// connection from its reader and expects that to end every write.
+func TestCoalescingConnCloseDoesNotWaitForAPeerThatStoppedReading(t *testing.T) {
+	ca, err := testpki.NewCA("close test CA")
+	if err != nil {
+		t.Fatal(err)
+	}
+	leaf, err := testpki.ServerCert(ca)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := tls.Listen("tcp", "127.0.0.1:0", &tls.Config{Certificates: []tls.Certificate{leaf.TLSCertificate()}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	accepted := make(chan net.Conn, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err == nil {
+			c.(*tls.Conn).Handshake() // then never reads again
+		}
+		accepted <- c
+	}()
+	tc, err := tls.Dial("tcp", ln.Addr().String(), &tls.Config{RootCAs: ca.CertPool()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if srv := <-accepted; srv != nil {
+		defer srv.Close()
+	}
+	c := newCoalescingConn(tc, 1<<20)
+	// Fill the socket buffers until the flusher is stuck in a write.
+	chunk := make([]byte, 64<<10)
+	stuck := make(chan struct{})
+	go func() {
+		defer close(stuck)
+		for {
+			if _, err := c.Write(chunk); err != nil {
+				return
+			}
+		}
+	}()
+	time.Sleep(200 * time.Millisecond) // let the writer block on the full buffer
+	start := time.Now()
+	c.Close()
+	if d := time.Since(start); d > 2*time.Second {
+		t.Fatalf("Close took %v with a peer that does not read", d)
+	}
+	select {
+	case <-stuck:
+	case <-time.After(5 * time.Second):
+		t.Fatal("a writer waiting for room was not released by Close")
+	}
+	select {
+	case <-c.done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the flusher is still in its write after Close")
 	}
 }
