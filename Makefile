@@ -46,7 +46,7 @@ plugin:
 # machine), then the Go micro-benchmarks. docs/benchmarks.md has figures.
 bench: build
 	$(GO) run ./cmd/xapsd-bench -xapsd $(BIN)
-	$(GO) test -run '^$$' -bench . -benchtime 2s ./internal/registry ./internal/testutil/fakeapns
+	$(GO) test -run '^$$' -bench . -benchtime 2s ./internal/registry ./internal/pluginapi ./internal/testutil/fakeapns
 
 FUZZTIME ?= 30s
 fuzz:
