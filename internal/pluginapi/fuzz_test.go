@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/hex"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"net/http"
 	"net/http/httptest"
@@ -90,20 +89,7 @@ func FuzzNotify(f *testing.F) {
 // json.Decoder per request. The fast path must not change what is
 // accepted, what is stored or what the client is told.
 func decodeAsBefore(w http.ResponseWriter, r *http.Request, v any) (int, error) {
-	err := json.NewDecoder(http.MaxBytesReader(w, r.Body, MaxBody)).Decode(v)
-	if err == nil {
-		return 0, nil
-	}
-	var tooBig *http.MaxBytesError
-	var typeErr *json.UnmarshalTypeError
-	switch {
-	case errors.As(err, &tooBig):
-		return http.StatusRequestEntityTooLarge, fmt.Errorf("body larger than %d bytes", MaxBody)
-	case errors.As(err, &typeErr):
-		return http.StatusBadRequest, fmt.Errorf("%s: wrong type (%s)", typeErr.Field, typeErr.Value)
-	default:
-		return http.StatusBadRequest, fmt.Errorf("malformed JSON: %v", err)
-	}
+	return decodeFailure(json.NewDecoder(http.MaxBytesReader(w, r.Body, MaxBody)).Decode(v))
 }
 
 func FuzzDecodeMatchesDecoder(f *testing.F) {

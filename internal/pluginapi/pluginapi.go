@@ -154,7 +154,12 @@ func (h *handler) decode(w http.ResponseWriter, r *http.Request, v any) (int, er
 	if rerr == nil && json.Unmarshal(buf.Bytes(), v) == nil {
 		return 0, nil
 	}
-	err := json.NewDecoder(io.MultiReader(bytes.NewReader(buf.Bytes()), body)).Decode(v)
+	return decodeFailure(json.NewDecoder(io.MultiReader(bytes.NewReader(buf.Bytes()), body)).Decode(v))
+}
+
+// decodeFailure turns a decoding error into the status and the reason
+// the plugin is told; nil stays nil.
+func decodeFailure(err error) (int, error) {
 	if err == nil {
 		return 0, nil
 	}
