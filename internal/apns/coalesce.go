@@ -112,15 +112,31 @@ func (c *coalescingConn) flushLoop() {
 			}
 			c.room.Broadcast()
 			c.mu.Unlock()
+			// The requests whose frames were lost were told they were
+			// written; closing the socket fails them now, through x/net's
+			// reader, instead of at the next health-check PING.
+			c.closeSocket()
 			return
 		}
+	}
+}
+
+// closeSocket closes the connection under TLS, skipping TLS's
+// close_notify, which cannot be sent on a broken or stuck connection.
+func (c *coalescingConn) closeSocket() {
+	if c.tls != nil {
+		c.tls.NetConn().Close()
+	} else {
+		c.Conn.Close()
 	}
 }
 
 // Close writes what is buffered (for at most closeFlushTimeout) and
 // closes the connection. A write still stuck then (the peer stopped
 // reading) ends with it: tls.Conn.Close closes the socket at once when a
-// write is in progress.
+// write is in progress. When none is, TLS first sends its close_notify,
+// which can wait 5 s on a peer that stopped reading; x/net cuts that
+// short after 250 ms only on a bare *tls.Conn, so Close does it here.
 func (c *coalescingConn) Close() error {
 	c.mu.Lock()
 	c.closing = true
@@ -133,7 +149,9 @@ func (c *coalescingConn) Close() error {
 	case <-t.C:
 	}
 	t.Stop()
+	force := time.AfterFunc(closeFlushTimeout, c.closeSocket)
 	err := c.Conn.Close()
+	force.Stop()
 	<-c.done // the write in progress, if any, fails on the closed connection
 	c.mu.Lock()
 	if c.err == nil {

@@ -292,3 +292,79 @@ func TestCoalescingConnCloseDoesNotWaitForAPeerThatStoppedReading(t *testing.T) 
 		t.Fatal("the flusher is still in its write after Close")
 	}
 }
+
+// With no write in progress but the socket full (pushes went out to a
+// peer that then stopped reading), TLS's close_notify would wait 5 s.
+func TestCoalescingConnCloseDoesNotWaitForCloseNotify(t *testing.T) {
+	ca, err := testpki.NewCA("close-notify test CA")
+	if err != nil {
+		t.Fatal(err)
+	}
+	leaf, err := testpki.ServerCert(ca)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	accepted := make(chan net.Conn, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			accepted <- nil
+			return
+		}
+		tc := tls.Server(c, &tls.Config{Certificates: []tls.Certificate{leaf.TLSCertificate()}})
+		tc.Handshake() // then never reads again
+		accepted <- tc
+	}()
+	raw, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw.(*net.TCPConn).SetWriteBuffer(4096)
+	tc := tls.Client(raw, &tls.Config{RootCAs: ca.CertPool(), ServerName: "127.0.0.1"})
+	if err := tc.Handshake(); err != nil {
+		t.Fatal(err)
+	}
+	if srv := <-accepted; srv != nil {
+		defer srv.Close()
+	}
+	// Fill the socket under TLS until the kernel takes no more.
+	junk := make([]byte, 1024)
+	for {
+		raw.SetWriteDeadline(time.Now().Add(100 * time.Millisecond))
+		if _, err := raw.Write(junk); err != nil {
+			break
+		}
+	}
+	raw.SetWriteDeadline(time.Time{})
+	c := newCoalescingConn(tc, 0)
+	start := time.Now()
+	c.Close()
+	if d := time.Since(start); d > 2*time.Second {
+		t.Fatalf("Close took %v: it waited for TLS's close_notify on a peer that does not read", d)
+	}
+}
+
+// A failed write closes the socket, so x/net's reader fails the requests
+// whose frames were lost at once.
+func TestCoalescingConnClosesTheSocketAfterAFailedWrite(t *testing.T) {
+	under := newRecordingConn()
+	under.fail = errors.New("broken pipe")
+	c := newCoalescingConn(under, 0)
+	c.Write([]byte("lost"))
+	select {
+	case <-c.done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("flusher still running after its write failed")
+	}
+	under.mu.Lock()
+	closed := under.closed
+	under.mu.Unlock()
+	if !closed {
+		t.Fatal("connection left open after a failed write")
+	}
+}
