@@ -47,7 +47,11 @@ type Floor struct {
 // assumes GOGC is otherwise at its default; callers leave it alone when
 // the admin set GOGC.
 func Start(floor uint64) *Floor {
-	f := &Floor{floor: floor, sample: []metrics.Sample{{Name: "/gc/heap/live:bytes"}}}
+	f := &Floor{floor: floor, sample: []metrics.Sample{
+		{Name: "/gc/heap/live:bytes"},
+		{Name: "/gc/scan/stack:bytes"},
+		{Name: "/gc/scan/globals:bytes"},
+	}}
 	f.initial = debug.SetGCPercent(100)
 	f.percent = 100
 	f.adjust()
@@ -76,11 +80,13 @@ func (f *Floor) adjust() bool {
 		return false
 	}
 	metrics.Read(f.sample)
-	live := uint64(0)
-	if f.sample[0].Value.Kind() == metrics.KindUint64 {
-		live = f.sample[0].Value.Uint64()
+	var v [3]uint64
+	for i, s := range f.sample {
+		if s.Value.Kind() == metrics.KindUint64 {
+			v[i] = s.Value.Uint64()
+		}
 	}
-	p := percentFor(live, f.floor)
+	p := percentFor(v[0], v[1]+v[2], f.floor)
 	if p != f.percent {
 		debug.SetGCPercent(p)
 		f.percent = p
@@ -88,14 +94,18 @@ func (f *Floor) adjust() bool {
 	return true
 }
 
-// percentFor is the GOGC that puts the next collection at
+// percentFor is the GOGC that puts the next collection at about
 // max(2*live, live+floor), and keeps Go's scaled heap minimum from
-// putting it any later.
-func percentFor(live, floor uint64) int {
-	if live == 0 || live >= floor {
+// putting it any later. Go grows the heap goal by GOGC percent of the
+// live heap plus the goroutine stacks and globals it scans (scan), so
+// they count here too: with 1,000 pushes in flight their stacks alone
+// are megabytes, and leaving them out multiplied the goal several times.
+func percentFor(live, scan, floor uint64) int {
+	base := live + scan
+	if live == 0 || base >= floor {
 		return 100
 	}
-	return int(max(100, min(floor*100/live, (live+floor)*100/heapMinimum, maxPercent)))
+	return int(max(100, min(floor*100/base, (live+floor)*100/heapMinimum, maxPercent)))
 }
 
 // Percent is the GOGC value in force, for logs and tests.
