@@ -30,6 +30,15 @@ type Client struct {
 	DryRun    bool
 }
 
+// CloseIdle closes the client's connections that carry no push. Retired
+// credentials need it: the health-check PINGs would otherwise keep their
+// connection to Apple open for as long as the daemon runs.
+func (c *Client) CloseIdle() {
+	if t, ok := c.Transport.(interface{ CloseIdleConnections() }); ok {
+		t.CloseIdleConnections()
+	}
+}
+
 // Endpoint hosts.
 const (
 	Production  = apns2.HostProduction

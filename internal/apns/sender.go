@@ -224,6 +224,9 @@ func (s *Sender) PushNow(ctx context.Context, k registry.Key) Result {
 	return s.attempt(ctx, j)
 }
 
+// PushTimeout bounds one attempt, from sending to Apple's answer.
+const PushTimeout = 30 * time.Second
+
 // Payload is the body iOS Mail expects (spec §6.3), with the account id
 // JSON-escaped.
 func Payload(accountID string) []byte {
@@ -247,7 +250,7 @@ func (s *Sender) attempt(ctx context.Context, j *job) Result {
 	}
 	// A slow answer must not hold a worker for ever; Apple answers in
 	// milliseconds when it answers at all.
-	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	ctx, cancel := context.WithTimeout(ctx, PushTimeout)
 	defer cancel()
 	start := time.Now()
 	resp, err := c.Transport.PushWithContext(ctx, n)

@@ -356,9 +356,15 @@ func (d *Daemon) checkExpiry() {
 }
 
 func (d *Daemon) setCredential(c *credential) {
-	d.cred.Store(c)
+	old := d.cred.Swap(c)
 	d.sender.SetClient(c.client)
 	d.checkExpiry()
+	if old != nil && old.client != nil && old.client != c.client {
+		// Close the old credentials' connection now if it is idle, else
+		// once the pushes still on it have had their time.
+		old.client.CloseIdle()
+		time.AfterFunc(apns.PushTimeout+5*time.Second, old.client.CloseIdle)
+	}
 }
 
 // reload re-reads the configuration file for the log settings and the

@@ -242,6 +242,12 @@ func TestAPNsFailuresAreRetriedAndDeadTokensRemoved(t *testing.T) {
 
 func TestSIGHUPReloadsCredentials(t *testing.T) {
 	e := newAPNsEnv(t, "")
+	// A push with the first certificate opens a connection to Apple.
+	e.register(t, "bob", acc, token(2))
+	post(t, e.addr, "/notify", notifyBody("bob", "INBOX", "MessageNew"))
+	if _, err := e.apns.WaitRequests(1, 5*time.Second); err != nil {
+		t.Fatal(err)
+	}
 	writePushCert(t, e.ca, e.dir, "push", topicB)
 	e.d.signal(syscall.SIGHUP)
 	if !e.d.waitLog("credentials reloaded", 10*time.Second) {
@@ -251,9 +257,17 @@ func TestSIGHUPReloadsCredentials(t *testing.T) {
 		t.Errorf("topic after reload %q, want %q", body, topicB)
 	}
 	post(t, e.addr, "/notify", notifyBody("alice", "INBOX", "MessageNew"))
-	reqs, err := e.apns.WaitRequests(1, 5*time.Second)
-	if err != nil || reqs[0].Topic != topicB || reqs[0].ClientCertSubjectUID != topicB {
+	reqs, err := e.apns.WaitRequests(2, 5*time.Second)
+	if err != nil || reqs[1].Topic != topicB || reqs[1].ClientCertSubjectUID != topicB {
 		t.Fatalf("push after reload: %+v %v", reqs, err)
+	}
+	// The old certificate's connection is closed, not kept alive by PINGs.
+	deadline := time.Now().Add(5 * time.Second)
+	for e.apns.OpenConnections() != 1 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if n := e.apns.OpenConnections(); n != 1 {
+		t.Errorf("%d connections to APNs after the reload, want 1", n)
 	}
 	// A broken file keeps the working credential.
 	os.WriteFile(filepath.Join(e.dir, "push.pem"), []byte("garbage"), 0o600)

@@ -191,6 +191,13 @@ func (s *Server) SetResponder(f func(Request) Response) {
 	s.responder.Store(&f)
 }
 
+// OpenConnections is the number of client connections open now.
+func (s *Server) OpenConnections() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.conns)
+}
+
 // Count is the number of requests received, valid or not, recorded or not.
 func (s *Server) Count() int64 { return s.count.Load() }
 
