@@ -149,9 +149,11 @@ func run(o options) error {
 	fmt.Fprintf(os.Stderr, "xapsd-bench: %d CPUs, %s, xapsd at %s, APNs stand-in at %s\n", runtime.NumCPU(), runtime.Version(), d.addr, apns.URL)
 
 	// Registrations: distinct devices, each acknowledged only after fsync.
-	regs, lat, elapsed, errs := drive(d.addr, o.regClients, o.devices, func(i int) (string, string) {
+	regStart := time.Now()
+	regs, lat, errs := drive(d.addr, o.regClients, func(i int) bool { return i < o.devices }, func(i int) (string, string) {
 		return "/register", registerBody(i)
 	})
+	elapsed := time.Since(regStart)
 	if errs > 0 {
 		return fmt.Errorf("%d registrations failed", errs)
 	}
@@ -163,7 +165,8 @@ func run(o options) error {
 		before := apns.Count()
 		cpuD, cpuB := d.cpu(), selfCPU()
 		start := time.Now()
-		n, lat, errs := driveFor(d.addr, o.clients, o.duration, func(i int) (string, string) {
+		end := start.Add(o.duration)
+		n, lat, errs := drive(d.addr, o.clients, func(int) bool { return time.Now().Before(end) }, func(i int) (string, string) {
 			return "/notify", notifyBody(i % o.devices)
 		})
 		// Pushes still queued when the clients stop are not counted: this
@@ -237,12 +240,13 @@ func notifyBody(i int) string {
 	return fmt.Sprintf(`{"Username":"user%d@example.com","Mailbox":"INBOX","Events": ["MessageNew"]}`, i)
 }
 
-// drive sends total requests from clients concurrent keep-alive clients.
-func drive(addr string, clients, total int, req func(int) (string, string)) (int, []time.Duration, time.Duration, int) {
-	var next, errs atomic.Int64
+// drive sends requests from clients concurrent keep-alive clients, the
+// i-th made by req(i), for as long as more(i) says, and returns how many
+// were sent, their latencies and how many failed.
+func drive(addr string, clients int, more func(i int) bool, req func(int) (string, string)) (int, []time.Duration, int) {
+	var next, sent, errs atomic.Int64
 	lats := make([][]time.Duration, clients)
 	var wg sync.WaitGroup
-	start := time.Now()
 	for w := range clients {
 		wg.Add(1)
 		go func() {
@@ -251,13 +255,14 @@ func drive(addr string, clients, total int, req func(int) (string, string)) (int
 			defer c.close()
 			for {
 				i := int(next.Add(1)) - 1
-				if i >= total {
+				if !more(i) {
 					return
 				}
 				path, body := req(i)
 				t0 := time.Now()
 				st, err := c.post(path, body)
 				lats[w] = append(lats[w], time.Since(t0))
+				sent.Add(1)
 				if err != nil || st != 200 {
 					errs.Add(1)
 				}
@@ -265,34 +270,7 @@ func drive(addr string, clients, total int, req func(int) (string, string)) (int
 		}()
 	}
 	wg.Wait()
-	return total, slices.Concat(lats...), time.Since(start), int(errs.Load())
-}
-
-// driveFor sends requests as fast as clients allow for d.
-func driveFor(addr string, clients int, d time.Duration, req func(int) (string, string)) (int, []time.Duration, int) {
-	var next, errs atomic.Int64
-	lats := make([][]time.Duration, clients)
-	var wg sync.WaitGroup
-	end := time.Now().Add(d)
-	for w := range clients {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			c := newPluginConn(addr)
-			defer c.close()
-			for time.Now().Before(end) {
-				path, body := req(int(next.Add(1)))
-				t0 := time.Now()
-				st, err := c.post(path, body)
-				lats[w] = append(lats[w], time.Since(t0))
-				if err != nil || st != 200 {
-					errs.Add(1)
-				}
-			}
-		}()
-	}
-	wg.Wait()
-	return int(next.Load()), slices.Concat(lats...), int(errs.Load())
+	return int(sent.Load()), slices.Concat(lats...), int(errs.Load())
 }
 
 // fixedRate sends rate requests per second on a schedule, whatever the

@@ -61,6 +61,21 @@ func (r *recordingConn) Close() error {
 	return nil
 }
 
+// hold makes writes wait until release; each reports on entered.
+func (r *recordingConn) hold() {
+	r.mu.Lock()
+	r.gate = make(chan struct{})
+	r.mu.Unlock()
+}
+
+func (r *recordingConn) release() {
+	r.mu.Lock()
+	gate := r.gate
+	r.gate = nil
+	r.mu.Unlock()
+	close(gate)
+}
+
 // waitFor blocks until n bytes have been written, or fails the test.
 func (r *recordingConn) waitFor(t *testing.T, n int) {
 	t.Helper()
@@ -122,8 +137,7 @@ func TestCoalescingConnKeepsEveryByteInOrder(t *testing.T) {
 
 func TestCoalescingConnSharesOneWriteWhileTheLastIsUnderWay(t *testing.T) {
 	under := newRecordingConn()
-	gate := make(chan struct{})
-	under.gate = gate
+	under.hold()
 	c := newCoalescingConn(under, 0)
 	defer c.Close()
 
@@ -135,10 +149,7 @@ func TestCoalescingConnSharesOneWriteWhileTheLastIsUnderWay(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	under.mu.Lock()
-	under.gate = nil
-	under.mu.Unlock()
-	close(gate)
+	under.release()
 	under.waitFor(t, len("first")+100*4)
 	under.mu.Lock()
 	defer under.mu.Unlock()
@@ -149,8 +160,7 @@ func TestCoalescingConnSharesOneWriteWhileTheLastIsUnderWay(t *testing.T) {
 
 func TestCoalescingConnBoundsItsBuffer(t *testing.T) {
 	under := newRecordingConn()
-	gate := make(chan struct{})
-	under.gate = gate
+	under.hold()
 	c := newCoalescingConn(under, 64)
 	defer c.Close()
 
@@ -170,10 +180,7 @@ func TestCoalescingConnBoundsItsBuffer(t *testing.T) {
 		t.Fatal("all writes returned while the connection was blocked")
 	case <-time.After(50 * time.Millisecond):
 	}
-	under.mu.Lock()
-	under.gate = nil
-	under.mu.Unlock()
-	close(gate)
+	under.release()
 	<-done
 	under.waitFor(t, 401)
 	under.mu.Lock()
@@ -208,16 +215,12 @@ func TestCoalescingConnReportsAWriteError(t *testing.T) {
 
 func TestCoalescingConnCloseWritesWhatIsBuffered(t *testing.T) {
 	under := newRecordingConn()
-	gate := make(chan struct{})
-	under.gate = gate
+	under.hold()
 	c := newCoalescingConn(under, 0)
 	c.Write([]byte("headers"))
 	<-under.entered
 	c.Write([]byte("GOAWAY"))
-	under.mu.Lock()
-	under.gate = nil
-	under.mu.Unlock()
-	close(gate)
+	under.release()
 	if err := c.Close(); err != nil {
 		t.Fatal(err)
 	}
@@ -235,14 +238,7 @@ func TestCoalescingConnCloseWritesWhatIsBuffered(t *testing.T) {
 // A peer that stops reading must not hold Close: x/net closes a dead
 // connection from its reader and expects that to end every write.
 func TestCoalescingConnCloseDoesNotWaitForAPeerThatStoppedReading(t *testing.T) {
-	ca, err := testpki.NewCA("close test CA")
-	if err != nil {
-		t.Fatal(err)
-	}
-	leaf, err := testpki.ServerCert(ca)
-	if err != nil {
-		t.Fatal(err)
-	}
+	ca, leaf := serverPKI(t)
 	ln, err := tls.Listen("tcp", "127.0.0.1:0", &tls.Config{Certificates: []tls.Certificate{leaf.TLSCertificate()}})
 	if err != nil {
 		t.Fatal(err)
@@ -296,14 +292,7 @@ func TestCoalescingConnCloseDoesNotWaitForAPeerThatStoppedReading(t *testing.T) 
 // With no write in progress but the socket full (pushes went out to a
 // peer that then stopped reading), TLS's close_notify would wait 5 s.
 func TestCoalescingConnCloseDoesNotWaitForCloseNotify(t *testing.T) {
-	ca, err := testpki.NewCA("close-notify test CA")
-	if err != nil {
-		t.Fatal(err)
-	}
-	leaf, err := testpki.ServerCert(ca)
-	if err != nil {
-		t.Fatal(err)
-	}
+	ca, leaf := serverPKI(t)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -367,4 +356,18 @@ func TestCoalescingConnClosesTheSocketAfterAFailedWrite(t *testing.T) {
 	if !closed {
 		t.Fatal("connection left open after a failed write")
 	}
+}
+
+// serverPKI is a CA and a loopback server certificate it issued.
+func serverPKI(t *testing.T) (*testpki.CA, *testpki.Leaf) {
+	t.Helper()
+	ca, err := testpki.NewCA("coalesce test CA")
+	if err != nil {
+		t.Fatal(err)
+	}
+	leaf, err := testpki.ServerCert(ca)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ca, leaf
 }
