@@ -60,13 +60,13 @@ func newHTTPClient(o ClientOptions, certs []tls.Certificate) *http.Client {
 		// Apple drops idle connections silently; a PING after 15 s of
 		// silence finds a dead connection before a push is lost on it.
 		ReadIdleTimeout: 15 * time.Second,
+		PingTimeout:     10 * time.Second,
 		// APNs answers with a few bytes of JSON; asking for gzip only adds
 		// a header to every push.
 		DisableCompression: true,
 		// WriteByteTimeout must stay unset: writes go to coalescingConn's
 		// buffer, so x/net's per-write deadline would time nothing. A
 		// stuck connection is found by the PING health check instead.
-		PingTimeout: 10 * time.Second,
 		DialTLSContext: func(ctx context.Context, network, addr string, cfg *tls.Config) (net.Conn, error) {
 			d := tls.Dialer{NetDialer: &net.Dialer{Timeout: 20 * time.Second, KeepAlive: 15 * time.Second}, Config: cfg}
 			c, err := d.DialContext(ctx, network, addr)
