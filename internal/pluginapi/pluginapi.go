@@ -327,20 +327,21 @@ func (h *handler) notify(w http.ResponseWriter, r *http.Request) {
 	}
 	user := strings.ToLower(*req.Username)
 	st := h.Notifier.Notify(user, *req.Mailbox, req.Events)
-	l := h.Log.WithFields(logrus.Fields{"user": user, "mailbox": *req.Mailbox, "events": req.Events})
+	status, msg := http.StatusOK, "notify"
 	switch st {
 	case notify.UnknownUser:
 		// Normal for users without Apple devices: not a warning (old
 		// daemon issue #9).
-		l.Debug("notify: no registration for the user")
-		w.WriteHeader(http.StatusNotFound)
+		status, msg = http.StatusNotFound, "notify: no registration for the user"
 	case notify.NoMailbox:
-		l.Debug("notify: no device registered for the mailbox")
-		w.WriteHeader(http.StatusNoContent)
-	default:
-		l.Debug("notify")
-		w.WriteHeader(http.StatusOK)
+		status, msg = http.StatusNoContent, "notify: no device registered for the mailbox"
 	}
+	// Only at debug: building the fields costs allocations on every
+	// /notify even when the line is dropped.
+	if logging.Verbose(h.Log) {
+		h.Log.WithFields(logrus.Fields{"user": user, "mailbox": *req.Mailbox, "events": req.Events}).Debug(msg)
+	}
+	w.WriteHeader(status)
 }
 
 func (h *handler) healthz(w http.ResponseWriter, r *http.Request) {

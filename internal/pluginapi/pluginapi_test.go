@@ -1,6 +1,7 @@
 package pluginapi
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"io"
@@ -11,6 +12,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/xapsd/xapsd/internal/logging"
 	"github.com/xapsd/xapsd/internal/notify"
 	"github.com/xapsd/xapsd/internal/registry"
 )
@@ -212,5 +214,46 @@ func TestRoutingLikeTheOldDaemon(t *testing.T) {
 	}
 	if status, body, _ := e.do(t, "GET", "/healthz", ""); status != 200 || body != "ok\n" {
 		t.Errorf("healthz = %d %q", status, body)
+	}
+}
+
+// The outcome of each /notify is logged at debug, with the user, mailbox
+// and events (docs/troubleshooting.md), and not at all above debug.
+func TestNotifyOutcomeIsLoggedAtDebugOnly(t *testing.T) {
+	for _, level := range []string{"debug", "info"} {
+		var out bytes.Buffer
+		log, err := logging.New(&out, level, "text")
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, c := range []struct {
+			st     notify.Status
+			status int
+			msg    string
+		}{
+			{notify.UnknownUser, 404, `msg="notify: no registration for the user"`},
+			{notify.NoMailbox, 204, `msg="notify: no device registered for the mailbox"`},
+			{notify.Pushed, 200, `msg=notify `},
+		} {
+			out.Reset()
+			h := NewHandler(Options{Notifier: &fakeNotifier{status: c.st}, Log: log})
+			rec := httptest.NewRecorder()
+			h.ServeHTTP(rec, httptest.NewRequest(http.MethodPost, "/notify", strings.NewReader(pluginNotify)))
+			if rec.Code != c.status {
+				t.Fatalf("%s: status %d, want %d", level, rec.Code, c.status)
+			}
+			line := out.String()
+			if level == "info" {
+				if line != "" {
+					t.Errorf("info level logged %q", line)
+				}
+				continue
+			}
+			for _, want := range []string{c.msg, "level=debug", "user=alice@example.com", "mailbox=INBOX", `events="[MessageNew]"`} {
+				if !strings.Contains(line, want) {
+					t.Errorf("debug line %q lacks %s", line, want)
+				}
+			}
+		}
 	}
 }
