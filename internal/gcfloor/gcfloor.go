@@ -5,7 +5,7 @@
 // doubled since the last collection. A daemon with a few thousand
 // registrations has a live heap of a few megabytes but allocates about
 // 10 KB per push (HTTP/1.1 from Dovecot in, HTTP/2 to Apple out), so
-// under load it collected dozens of times a second and spent a fifth of
+// under load it collected 10-20 times a second and spent about a tenth of
 // its CPU on it. Floor raises GOGC after each collection so that the next
 // one comes at the larger of twice the live heap (the default) and the
 // live heap plus the floor. A big registry (hundreds of megabytes live)

@@ -139,7 +139,7 @@ type notifyRequest struct {
 // for the old daemon.
 //
 // The usual body, one well-formed value, is read into a pooled buffer and
-// unmarshalled: a json.Decoder per request was a sixth of the daemon's
+// unmarshalled: a json.Decoder per request was a seventh of the daemon's
 // allocations under load. Anything else (trailing data, a syntax or type
 // error, a body over the cap) is decoded from the same bytes the way it
 // always was, so what is accepted and every error message stay the same.
