@@ -84,11 +84,10 @@ type Sender struct {
 	mu       sync.Mutex
 	queue    []*job                // FIFO of jobs ready to send
 	queued   map[registry.Key]*job // ready or waiting for a retry
-	inFlight int
-	flying   map[registry.Key]int // devices with a push in flight, and how many
+	flying   map[registry.Key]int  // devices with a push in flight, and how many
 	stopping bool
 	kickc    chan struct{}
-	idle     *sync.Cond // signalled when inFlight drops
+	idle     *sync.Cond // signalled when a push in flight ends
 
 	sem         chan struct{}
 	lastAuthLog atomic.Int64 // unix seconds of the last 403 log line
@@ -157,7 +156,10 @@ func (s *Sender) kick() {
 func (s *Sender) Depth() (queued, inFlight int) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return len(s.queued), s.inFlight
+	for _, n := range s.flying {
+		inFlight += n
+	}
+	return len(s.queued), inFlight
 }
 
 // Run dispatches pushes until ctx is cancelled. A worker slot is taken
@@ -197,7 +199,6 @@ func (s *Sender) next() *job {
 	s.queue[0] = nil
 	s.queue = s.queue[1:]
 	delete(s.queued, j.key)
-	s.inFlight++
 	s.flying[j.key]++
 	return j
 }
@@ -206,7 +207,6 @@ func (s *Sender) send(j *job) {
 	defer func() { <-s.sem }()
 	res := s.attempt(context.Background(), j)
 	s.mu.Lock()
-	s.inFlight--
 	if s.flying[j.key]--; s.flying[j.key] == 0 {
 		delete(s.flying, j.key)
 	}
@@ -400,7 +400,7 @@ func (s *Sender) Drain(ctx context.Context) ([]registry.Key, error) {
 	done := make(chan struct{})
 	go func() {
 		s.mu.Lock()
-		for len(s.queue) > 0 || s.inFlight > 0 {
+		for len(s.queue) > 0 || len(s.flying) > 0 {
 			s.idle.Wait()
 		}
 		s.mu.Unlock()
