@@ -108,7 +108,7 @@ func percentFor(live, scan, floor uint64) int {
 	return int(max(100, min(floor*100/base, (live+floor)*100/heapMinimum, maxPercent)))
 }
 
-// Percent is the GOGC value in force, for logs and tests.
+// Percent is the GOGC value in force.
 func (f *Floor) Percent() int {
 	f.mu.Lock()
 	defer f.mu.Unlock()
