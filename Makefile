@@ -28,8 +28,10 @@ vet:
 test: vet plugin test-plugin test-packaging
 	$(GO) test -race -count=1 -timeout 20m ./...
 
+# Twice: as is, then with every imap and lmtp process under valgrind.
 test-plugin:
 	bash dovecot/test/smoke.sh
+	VALGRIND=1 bash dovecot/test/smoke.sh
 
 # Install scripts, systemd/Dovecot/supervisord files, the docker-mailserver
 # flow and the Prometheus rules (needs root, like the Dovecot tests).

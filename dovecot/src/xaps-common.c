@@ -11,10 +11,14 @@
 #include "mail-user.h"
 #include "xaps-common.h"
 
-/* Dovecot loads each plugin once per process and the HTTP client must outlive
-   single users (an LMTP process delivers to many users over one keep-alive
-   connection), so the client hangs off the module, not off a user. */
+/* Dovecot loads each plugin once per process, and one LMTP transaction has
+   several users alive at once (the first recipient's user lives until the
+   end of DATA, later ones come and go), all with requests on this client.
+   So the client hangs off the module and lives while anyone holds a
+   reference: destroying it drops every queued request without a callback,
+   including those of users that are still waiting for theirs. */
 static struct http_client *xaps_http_client = NULL;
+static unsigned int xaps_http_client_refs = 0;
 
 static bool xaps_parse_bool(const char *value, bool *result_r)
 {
@@ -155,11 +159,12 @@ void xaps_json_append_string(string_t *dest, const char *src)
 	str_append_c(dest, '"');
 }
 
-struct http_client *xaps_http_client_get(struct mail_user *user)
+struct http_client *xaps_http_client_ref(struct mail_user *user)
 {
 	struct http_client_settings set;
 	struct ssl_iostream_settings ssl_set;
 
+	xaps_http_client_refs++;
 	if (xaps_http_client != NULL)
 		return xaps_http_client;
 
@@ -170,13 +175,17 @@ struct http_client *xaps_http_client_get(struct mail_user *user)
 	set.debug = user->mail_debug;
 	set.user_agent = "dovecot-xaps-plugin";
 	set.max_idle_time_msecs = 30 * 1000;
-	set.max_parallel_connections = 1;
+	/* A few connections, so that one request the daemon is slow to
+	   answer does not hold back the others (the daemon answers /notify
+	   before it pushes, so normally one connection is all that is used). */
+	set.max_parallel_connections = 4;
 	set.max_pipelined_requests = 1;
 	set.max_redirects = 0;
 	/* Per-request values are set in xaps_http_post(); these only matter
 	   for anything that slips through. */
 	set.max_attempts = XAPS_DEFAULT_MAX_RETRIES + 1;
 	set.request_timeout_msecs = XAPS_DEFAULT_TIMEOUT_MSECS;
+	set.request_absolute_timeout_msecs = XAPS_DEFAULT_TIMEOUT_MSECS;
 	set.connect_timeout_msecs = XAPS_DEFAULT_TIMEOUT_MSECS;
 	/* A daemon that is down must not stall deliveries for minutes. */
 	set.connect_backoff_time_msecs = 100;
@@ -188,15 +197,28 @@ struct http_client *xaps_http_client_get(struct mail_user *user)
 	return xaps_http_client;
 }
 
-void xaps_http_client_deinit(void)
+void xaps_http_client_unref(void)
 {
-	if (xaps_http_client != NULL)
+	if (xaps_http_client_refs == 0) {
+		/* Never expected; losing a reference must not take the
+		   mail process down with it. */
+		i_error("xaps: HTTP client released more often than taken");
+		return;
+	}
+	if (--xaps_http_client_refs == 0 && xaps_http_client != NULL)
 		http_client_deinit(&xaps_http_client);
 }
 
 struct http_client *xaps_http_client_peek(void)
 {
 	return xaps_http_client;
+}
+
+void xaps_http_client_deinit(void)
+{
+	xaps_http_client_refs = 0;
+	if (xaps_http_client != NULL)
+		http_client_deinit(&xaps_http_client);
 }
 
 #undef xaps_http_post
@@ -224,6 +246,10 @@ xaps_http_post(struct http_client *client, const struct xaps_config *conf,
 	http_client_request_set_max_attempts(req, conf->max_retries + 1);
 	http_client_request_set_attempt_timeout_msecs(req,
 						      conf->timeout_msecs);
+	/* timeout_msecs bounds the whole request, retries included: the
+	   attempt timeout alone restarts with every byte a stalling daemon
+	   trickles and with every retry. */
+	http_client_request_set_timeout_msecs(req, conf->timeout_msecs);
 	return req;
 }
 

@@ -45,16 +45,21 @@ const char *xaps_username(struct mail_user *user,
    replaced with U+FFFD so the result is always valid JSON. */
 void xaps_json_append_string(string_t *dest, const char *src);
 
-/* Return the module's HTTP client, creating it on first use with the SSL
-   client settings of the given user. */
-struct http_client *xaps_http_client_get(struct mail_user *user);
-/* Destroy the module's HTTP client if it was created. */
-void xaps_http_client_deinit(void);
-/* The module's HTTP client, or NULL if it has not been created yet. */
+/* Take a reference on the module's HTTP client, creating it with the SSL
+   client settings of the given user if nobody holds one. Every user of the
+   client (a push-notification user, a running registration) holds one for
+   as long as it has requests on the client. */
+struct http_client *xaps_http_client_ref(struct mail_user *user);
+/* Drop a reference; the last one destroys the client. */
+void xaps_http_client_unref(void);
+/* The module's HTTP client, or NULL when nobody holds a reference. */
 struct http_client *xaps_http_client_peek(void);
+/* Module unload: destroy the client whatever references are left. */
+void xaps_http_client_deinit(void);
 
 /* Build a POST of the JSON body to <url scheme/host/port><path> with the
-   per-request retry and timeout settings of conf. The caller submits it. */
+   per-request retry and timeout settings of conf: timeout_msecs bounds each
+   attempt and the request as a whole. The caller submits it. */
 struct http_client_request *
 xaps_http_post(struct http_client *client, const struct xaps_config *conf,
 	       const char *path, const string_t *json,

@@ -61,9 +61,13 @@ struct xaps_register {
 	struct xaps_register_args args;
 	const char *username;
 
+	/* Held from submit until the command ends. */
+	struct http_client *client;
 	struct http_client_request *req;
 	struct istream *payload;
 	struct io *io;
+	/* Bounds the whole exchange, the response body included. */
+	struct timeout *to;
 	string_t *body;
 
 	/* Outcome, filled in once the HTTP exchange is over. */
@@ -73,6 +77,15 @@ struct xaps_register {
 	bool starting;
 	bool finished;
 };
+
+/* Dovecot passes literals with their length, and a NUL inside one would
+   silently cut the C string short (a literal "INBOX\0x" would register
+   "INBOX"), so such values are refused. */
+#define XAPS_NUL_ERROR "NUL character in argument."
+static bool xaps_arg_has_nul(const struct imap_arg *arg, const char *value)
+{
+	return strlen(value) != arg->str_len;
+}
 
 /* Parse "key value key value ..." in any order. Returns NULL on success or
    the message for the BAD reply. */
@@ -93,6 +106,8 @@ xaps_parse_args(struct client_command_context *cmd,
 		if (!imap_arg_get_astring(&args[0], &key) ||
 		    IMAP_ARG_IS_EOL(&args[1]))
 			return "Invalid arguments.";
+		if (xaps_arg_has_nul(&args[0], key))
+			return XAPS_NUL_ERROR;
 
 		if (strcasecmp(key, "mailboxes") == 0) {
 			if (!imap_arg_get_list(&args[1], &list))
@@ -103,6 +118,8 @@ xaps_parse_args(struct client_command_context *cmd,
 				if (!imap_arg_get_astring(list, &value) ||
 				    *value == '\0')
 					return "Registration failed.";
+				if (xaps_arg_has_nul(list, value))
+					return XAPS_NUL_ERROR;
 				array_push_back(&ra->mailboxes, &value);
 			}
 		} else if (strcasecmp(key, "aps-version") == 0 ||
@@ -111,6 +128,8 @@ xaps_parse_args(struct client_command_context *cmd,
 			   strcasecmp(key, "aps-subtopic") == 0) {
 			if (!imap_arg_get_astring(&args[1], &value))
 				return "Invalid arguments.";
+			if (xaps_arg_has_nul(&args[1], value))
+				return XAPS_NUL_ERROR;
 			if (strcasecmp(key, "aps-version") == 0)
 				ra->version = value;
 			else if (strcasecmp(key, "aps-account-id") == 0)
@@ -171,6 +190,7 @@ static void xaps_register_done(struct xaps_register *reg)
 
 	io_remove(&reg->io);
 	i_stream_unref(&reg->payload);
+	timeout_remove(&reg->to);
 	reg->finished = TRUE;
 	if (reg->starting)
 		return;
@@ -202,6 +222,18 @@ static void xaps_register_payload_input(struct xaps_register *reg)
 			"reading response failed: %s",
 			i_stream_get_error(reg->payload));
 	}
+	xaps_register_done(reg);
+}
+
+/* The daemon did not finish its answer in time: headers that never came,
+   or a body that trickles in. */
+static void xaps_register_timeout(struct xaps_register *reg)
+{
+	if (reg->req != NULL)
+		http_client_request_abort(&reg->req);
+	reg->status = HTTP_CLIENT_REQUEST_ERROR_TIMED_OUT;
+	reg->reason = p_strdup_printf(reg->cmd->pool,
+		"no complete answer within %u ms", reg->conf.timeout_msecs);
 	xaps_register_done(reg);
 }
 
@@ -323,12 +355,18 @@ static void xaps_register_reply(struct xaps_register *reg)
 	client_send_tagline(cmd, "OK "XAPS_COMMAND" completed.");
 }
 
-static void xaps_register_abort(struct xaps_register *reg)
+/* The command ends: nothing of the exchange may call back into it. */
+static void xaps_register_release(struct xaps_register *reg)
 {
 	if (reg->req != NULL)
 		http_client_request_abort(&reg->req);
 	io_remove(&reg->io);
 	i_stream_unref(&reg->payload);
+	timeout_remove(&reg->to);
+	if (reg->client != NULL) {
+		xaps_http_client_unref();
+		reg->client = NULL;
+	}
 }
 
 static bool cmd_xapplepushservice_continue(struct client_command_context *cmd)
@@ -337,12 +375,13 @@ static bool cmd_xapplepushservice_continue(struct client_command_context *cmd)
 
 	if (cmd->cancel) {
 		/* Client went away (or the command was cancelled) while the
-		   daemon was working; nothing may call back into us. */
-		xaps_register_abort(reg);
+		   daemon was working. */
+		xaps_register_release(reg);
 		return TRUE;
 	}
 	if (!reg->finished)
 		return FALSE;
+	xaps_register_release(reg);
 	xaps_register_reply(reg);
 	return TRUE;
 }
@@ -383,9 +422,12 @@ static bool cmd_xapplepushservice(struct client_command_context *cmd)
 
 	json = xaps_register_json(reg);
 	e_debug(client->event, "xaps: POST /register %s", str_c(json));
-	req = xaps_http_post(xaps_http_client_get(client->user), &reg->conf,
-			     "/register", json, xaps_register_response, reg);
+	reg->client = xaps_http_client_ref(client->user);
+	req = xaps_http_post(reg->client, &reg->conf, "/register", json,
+			     xaps_register_response, reg);
 	reg->req = req;
+	reg->to = timeout_add(reg->conf.timeout_msecs, xaps_register_timeout,
+			      reg);
 
 	cmd->context = reg;
 	cmd->func = cmd_xapplepushservice_continue;
@@ -399,6 +441,7 @@ static bool cmd_xapplepushservice(struct client_command_context *cmd)
 
 	if (!reg->finished)
 		return FALSE;
+	xaps_register_release(reg);
 	xaps_register_reply(reg);
 	return TRUE;
 }

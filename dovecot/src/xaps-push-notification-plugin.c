@@ -8,6 +8,7 @@
 #include "str.h"
 #include "llist.h"
 #include "ioloop.h"
+#include "time-util.h"
 #include "http-client.h"
 #include "mail-user.h"
 #include "module-dir.h"
@@ -44,37 +45,43 @@ static const char *const xaps_message_events[] = {
 	"MessageTrash",
 };
 
-struct xaps_notify_request;
-
 struct xaps_push_user {
 	struct event *event;
 	struct xaps_config conf;
 	const char *username;
-	/* Requests of this user still in flight. */
-	struct xaps_notify_request *requests;
-	unsigned int pending;
-	/* Set while the user's deinit waits for its requests. */
-	struct ioloop *wait_ioloop;
 };
 
+/* One /notify in flight. It owns everything its callback needs, because it
+   may outlive the user it was made for: in an LMTP transaction with several
+   recipients each later recipient's user is torn down right after its
+   delivery, while the first one lives until the end of DATA. */
 struct xaps_notify_request {
 	struct xaps_notify_request *prev, *next;
-	struct xaps_push_user *puser;
 	struct http_client_request *req;
+	struct event *event;
+	char *username;
 	char *mailbox;
+	unsigned int timeout_msecs;
+	struct timeval deadline;
 };
+
+/* Every /notify of this process still in flight, and the push users alive.
+   The requests are settled (waited for, or given up) when the last user
+   goes: waiting at every user instead would make a transaction with N
+   recipients wait up to N times timeout_msecs for a daemon that hangs. */
+static struct xaps_notify_request *xaps_requests = NULL;
+static unsigned int xaps_push_users = 0;
+static struct ioloop *xaps_settle_ioloop = NULL;
 
 static void xaps_notify_request_free(struct xaps_notify_request *nreq)
 {
-	struct xaps_push_user *puser = nreq->puser;
-
-	i_assert(puser->pending > 0);
-	puser->pending--;
-	DLLIST_REMOVE(&puser->requests, nreq);
+	DLLIST_REMOVE(&xaps_requests, nreq);
+	event_unref(&nreq->event);
+	i_free(nreq->username);
 	i_free(nreq->mailbox);
 	i_free(nreq);
-	if (puser->pending == 0 && puser->wait_ioloop != NULL)
-		io_loop_stop(puser->wait_ioloop);
+	if (xaps_requests == NULL && xaps_settle_ioloop != NULL)
+		io_loop_stop(xaps_settle_ioloop);
 }
 
 static int
@@ -95,9 +102,10 @@ xaps_driver_init(struct push_notification_driver_config *config ATTR_UNUSED,
 	puser->username = p_strdup(pool, xaps_username(user, &puser->conf));
 	puser->event = event_create(user->event);
 	event_set_append_log_prefix(puser->event, "xaps: ");
-	/* Create the client now, while the user (and with it the SSL client
-	   settings) is known for sure. */
-	(void)xaps_http_client_get(user);
+	/* Every user holds the client while it lives, so the client is
+	   created with a user's settings and outlives all their requests. */
+	(void)xaps_http_client_ref(user);
+	xaps_push_users++;
 	*context = puser;
 	return 0;
 }
@@ -137,20 +145,27 @@ static void
 xaps_notify_callback(const struct http_response *response,
 		     struct xaps_notify_request *nreq)
 {
-	struct xaps_push_user *puser = nreq->puser;
-
 	nreq->req = NULL;
-	if (http_response_is_success(response)) {
-		e_debug(puser->event, "notified daemon for user %s "
-			"mailbox %s: %u", puser->username, nreq->mailbox,
+	if (response->status == HTTP_CLIENT_REQUEST_ERROR_TIMED_OUT) {
+		e_error(nreq->event, "POST /notify for user %s mailbox %s: "
+			"no answer within %u ms", nreq->username,
+			nreq->mailbox, nreq->timeout_msecs);
+	} else if (response->status >= HTTP_RESPONSE_STATUS_INTERNAL) {
+		/* Not an HTTP status: the reason says what went wrong. */
+		e_error(nreq->event, "POST /notify for user %s mailbox %s "
+			"failed: %s", nreq->username, nreq->mailbox,
+			response->reason);
+	} else if (http_response_is_success(response)) {
+		e_debug(nreq->event, "notified daemon for user %s "
+			"mailbox %s: %u", nreq->username, nreq->mailbox,
 			response->status);
 	} else if (response->status == 404) {
 		/* Normal for users without an Apple device. */
-		e_debug(puser->event, "no registered device for user %s",
-			puser->username);
+		e_debug(nreq->event, "no registered device for user %s",
+			nreq->username);
 	} else {
-		e_error(puser->event, "POST /notify for user %s mailbox %s "
-			"failed: %u %s", puser->username, nreq->mailbox,
+		e_error(nreq->event, "POST /notify for user %s mailbox %s "
+			"failed: %u %s", nreq->username, nreq->mailbox,
 			response->status, response->reason);
 	}
 	xaps_notify_request_free(nreq);
@@ -183,7 +198,6 @@ xaps_driver_process_msg(struct push_notification_driver_txn *dtxn,
 	struct xaps_push_user *puser = dtxn->duser->context;
 	struct xaps_notify_request *nreq;
 	struct http_client_request *req;
-	struct http_client *client;
 	string_t *json;
 
 	json = t_str_new(256);
@@ -196,57 +210,71 @@ xaps_driver_process_msg(struct push_notification_driver_txn *dtxn,
 
 	e_debug(puser->event, "POST /notify %s", str_c(json));
 
-	client = xaps_http_client_get(dtxn->ptxn->muser);
 	nreq = i_new(struct xaps_notify_request, 1);
-	nreq->puser = puser;
+	nreq->event = event_create(puser->event);
+	nreq->username = i_strdup(puser->username);
 	nreq->mailbox = i_strdup(msg->mailbox);
-	req = xaps_http_post(client, &puser->conf, "/notify", json,
-			     xaps_notify_callback, nreq);
+	nreq->timeout_msecs = puser->conf.timeout_msecs;
+	nreq->deadline = ioloop_timeval;
+	timeval_add_msecs(&nreq->deadline, nreq->timeout_msecs);
+	req = xaps_http_post(xaps_http_client_peek(), &puser->conf, "/notify",
+			     json, xaps_notify_callback, nreq);
 	nreq->req = req;
-	DLLIST_PREPEND(&puser->requests, nreq);
-	puser->pending++;
+	DLLIST_PREPEND(&xaps_requests, nreq);
 	http_client_request_submit(req);
 }
 
-static void xaps_wait_timeout(struct xaps_push_user *puser)
+static void xaps_settle_timeout(struct ioloop *ioloop)
 {
-	io_loop_stop(puser->wait_ioloop);
+	io_loop_stop(ioloop);
 }
 
-/* Let this user's requests finish before its memory goes away, but give up
-   after timeout_msecs: an LMTP delivery must not hang on a stuck daemon.
-   (http_client_wait() would wait for every user's requests and does not
-   cope with a client that only has a backoff timer pending.) */
-static void xaps_wait_pending(struct xaps_push_user *puser)
+/* The last user is going: let the requests still in flight finish, then give
+   up on the rest, so that the client is never destroyed with requests queued
+   (that would drop them without their callbacks). Each request ends by itself
+   within its timeout_msecs (its absolute timeout); the timer is a backstop a
+   little past the latest deadline. Only the xaps client moves to the
+   temporary ioloop: http_client_wait() would not cope with a client that has
+   only a backoff timer pending. */
+static void xaps_settle_requests(void)
 {
 	struct http_client *client = xaps_http_client_peek();
 	struct ioloop *prev_ioloop = current_ioloop, *prev_client_ioloop;
+	struct xaps_notify_request *nreq;
+	struct timeval latest = ioloop_timeval;
 	struct timeout *to;
+	int msecs;
 
-	if (puser->pending == 0 || client == NULL)
+	if (xaps_requests == NULL || client == NULL)
 		return;
+	for (nreq = xaps_requests; nreq != NULL; nreq = nreq->next) {
+		if (timeval_cmp(&nreq->deadline, &latest) > 0)
+			latest = nreq->deadline;
+	}
+	msecs = timeval_diff_msecs(&latest, &ioloop_timeval) + 500;
 
-	e_debug(puser->event, "waiting for %u pending /notify requests",
-		puser->pending);
-	puser->wait_ioloop = io_loop_create();
+	e_debug(xaps_requests->event, "waiting up to %d ms for pending "
+		"/notify requests", msecs);
+	xaps_settle_ioloop = io_loop_create();
 	prev_client_ioloop = http_client_switch_ioloop(client);
-	to = timeout_add(puser->conf.timeout_msecs, xaps_wait_timeout, puser);
-	io_loop_run(puser->wait_ioloop);
+	to = timeout_add(I_MAX(msecs, 0), xaps_settle_timeout,
+			 xaps_settle_ioloop);
+	io_loop_run(xaps_settle_ioloop);
 	timeout_remove(&to);
 
 	io_loop_set_current(prev_client_ioloop != NULL ?
 			    prev_client_ioloop : prev_ioloop);
 	(void)http_client_switch_ioloop(client);
-	io_loop_set_current(puser->wait_ioloop);
-	io_loop_destroy(&puser->wait_ioloop);
+	io_loop_set_current(xaps_settle_ioloop);
+	io_loop_destroy(&xaps_settle_ioloop);
 
-	while (puser->requests != NULL) {
-		struct xaps_notify_request *nreq = puser->requests;
-
-		e_error(puser->event, "POST /notify for user %s mailbox %s "
-			"abandoned: no answer within %u ms", puser->username,
-			nreq->mailbox, puser->conf.timeout_msecs);
-		http_client_request_abort(&nreq->req);
+	while (xaps_requests != NULL) {
+		nreq = xaps_requests;
+		e_error(nreq->event, "POST /notify for user %s mailbox %s "
+			"abandoned: no answer within %u ms", nreq->username,
+			nreq->mailbox, nreq->timeout_msecs);
+		if (nreq->req != NULL)
+			http_client_request_abort(&nreq->req);
 		xaps_notify_request_free(nreq);
 	}
 }
@@ -255,14 +283,15 @@ static void xaps_driver_deinit(struct push_notification_driver_user *duser)
 {
 	struct xaps_push_user *puser = duser->context;
 
-	xaps_wait_pending(puser);
-	i_assert(puser->pending == 0);
+	/* This user's requests, if any, stay in flight: they own what their
+	   callbacks need. */
+	if (xaps_push_users > 0 && --xaps_push_users == 0)
+		xaps_settle_requests();
+	/* The client goes with the last user, not with this one. That is
+	   also why the driver has no cleanup hook: Dovecot 2.3 runs it after
+	   every single user's deinit. */
+	xaps_http_client_unref();
 	event_unref(&puser->event);
-}
-
-static void xaps_driver_cleanup(void)
-{
-	xaps_http_client_deinit();
 }
 
 static const struct push_notification_driver xaps_driver = {
@@ -272,7 +301,6 @@ static const struct push_notification_driver xaps_driver = {
 		.begin_txn = xaps_driver_begin_txn,
 		.process_msg = xaps_driver_process_msg,
 		.deinit = xaps_driver_deinit,
-		.cleanup = xaps_driver_cleanup,
 	},
 };
 

@@ -10,6 +10,9 @@
 # Environment:
 #   KEEP=1            keep the temporary directory (configuration, logs, mail)
 #   XAPS_TEST_UID     uid/gid owning the test mailboxes (default 1000)
+#   VALGRIND=1        run the imap and lmtp processes under valgrind and fail
+#                     on any memory error it reports in them (time bounds of
+#                     the checks are stretched accordingly)
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -20,7 +23,9 @@ if [ "$(id -u)" != 0 ]; then
 	echo "smoke.sh: must run as root (Dovecot switches to uid $mail_uid)" >&2
 	exit 2
 fi
-for tool in dovecot python3 make; do
+tools="dovecot python3 make"
+[ "${VALGRIND:-0}" = 1 ] && tools="$tools valgrind"
+for tool in $tools; do
 	command -v "$tool" >/dev/null || { echo "smoke.sh: $tool not found" >&2; exit 2; }
 done
 
@@ -68,8 +73,12 @@ EOF
 # Layout. The mail processes run as $mail_uid, so everything on the way to the
 # homes must be traversable and the homes owned by that uid.
 chmod 0755 "$tmp"
-mkdir -p "$tmp/run" "$tmp/state" "$tmp/modules" "$tmp/home/alice" "$tmp/home/bob" "$tmp/home/carol" "$tmp/home/dave"
+mkdir -p "$tmp/run" "$tmp/state" "$tmp/modules" "$tmp/home/alice" "$tmp/home/bob" "$tmp/home/carol" \
+	"$tmp/home/dave" "$tmp/home/frank"
 chown -R "$mail_uid:$mail_uid" "$tmp/home"
+# erin's home belongs to root: a delivery to her fails at DATA, the way a
+# full disk or a broken home does, after other recipients were saved.
+mkdir -p "$tmp/home/erin"
 
 # Dovecot looks for mail plugins in one directory; give it the system modules
 # plus the freshly built ones without touching /usr/lib/dovecot/modules.
@@ -84,19 +93,62 @@ bob:{PLAIN}secret:$mail_uid:$mail_uid::$tmp/home/bob::userdb_xaps_alias=bob@alia
 EOF
 # carol overrides the plugin setting through userdb; extra fields are split on
 # spaces, so her xaps_config tokens are separated by tabs.
-printf 'carol:{PLAIN}secret:%s:%s::%s::userdb_xaps_config=url=http://127.0.0.1:%s\tmailbox_confirm=no\n' \
+printf 'carol:{PLAIN}secret:%s:%s::%s::userdb_xaps_config=url=http://127.0.0.1:%s\tmailbox_confirm=no\ttimeout_msecs=2000\n' \
 	"$mail_uid" "$mail_uid" "$tmp/home/carol" "$http_port" >>"$tmp/users"
 # dave's xaps_config has no url: the plugins must disable themselves for him.
 echo "dave:{PLAIN}secret:$mail_uid:$mail_uid::$tmp/home/dave::userdb_xaps_config=max_retries=1" >>"$tmp/users"
+# frank is over quota as soon as a message is bigger than 1 KiB.
+echo "erin:{PLAIN}secret:$mail_uid:$mail_uid::$tmp/home/erin::" >>"$tmp/users"
+echo "frank:{PLAIN}secret:$mail_uid:$mail_uid::$tmp/home/frank::userdb_quota_rule=*:storage=1K" >>"$tmp/users"
 chmod 0644 "$tmp/users"
 
 sed -e "s|@TMP@|$tmp|g" -e "s|@IMAP_PORT@|$imap_port|g" \
     -e "s|@LMTP_PORT@|$lmtp_port|g" -e "s|@HTTP_PORT@|$http_port|g" \
     "$here/dovecot.conf.in" >"$tmp/dovecot.conf"
 
+slow=1
+if [ "${VALGRIND:-0}" = 1 ]; then
+	# Every imap and lmtp process starts under valgrind; each writes its
+	# report to its own file.
+	mkdir -m 1777 "$tmp/valgrind"
+	libexec=$(dirname "$moduledir")
+	vg="/usr/bin/valgrind --quiet --vgdb=no --error-limit=no --leak-check=no --track-fds=no"
+	cat >>"$tmp/dovecot.conf" <<EOF
+service imap {
+  executable = $vg --log-file=$tmp/valgrind/imap.%p.log $libexec/imap
+}
+service lmtp {
+  executable = $vg --log-file=$tmp/valgrind/lmtp.%p.log $libexec/lmtp
+}
+EOF
+	slow=4
+fi
+
 dovecot -F -c "$tmp/dovecot.conf" &
 dovecot_pid=$!
 
 python3 "$here/checks.py" --imap-port "$imap_port" --lmtp-port "$lmtp_port" \
 	--http-port "$http_port" --dir "$tmp" --standin "$here/standin.py" \
-	--log "$tmp/dovecot.log"
+	--log "$tmp/dovecot.log" --slow "$slow"
+
+if [ "${VALGRIND:-0}" = 1 ]; then
+	# Let the last processes exit so that their reports are complete.
+	kill "$dovecot_pid" 2>/dev/null || true
+	for _ in $(seq 100); do kill -0 "$dovecot_pid" 2>/dev/null || break; sleep 0.1; done
+	dovecot_pid=
+	reports=$(find "$tmp/valgrind" -name '*.log' | wc -l)
+	if [ "$reports" -eq 0 ]; then
+		echo "FAIL valgrind: no process ran under valgrind" >&2
+		exit 1
+	fi
+	dirty=$(find "$tmp/valgrind" -name '*.log' -size +0 | sort)
+	if [ -n "$dirty" ]; then
+		echo "FAIL valgrind reported memory errors:" >&2
+		for f in $dirty; do
+			echo "---- $f" >&2
+			head -n 60 "$f" >&2
+		done
+		exit 1
+	fi
+	echo "ok   valgrind: no memory errors in $reports imap/lmtp processes"
+fi

@@ -32,6 +32,8 @@ MODES = {
     "503": (503, b"", 0),
     "slow": (200, TOPIC, 1.5),
     "hang": (200, TOPIC, 30),
+    # Headers at once, then the body one byte every 150 ms.
+    "trickle": (200, TOPIC, "trickle"),
 }
 
 NOTIFY_MODES = {
@@ -39,6 +41,7 @@ NOTIFY_MODES = {
     "404": (404, b"", 0),
     "500": (500, b"registry lookup failed\n", 0),
     "hang": (200, b"", 30),
+    "trickle": (200, b"ok, noted\n" * 4, "trickle"),
 }
 
 
@@ -62,7 +65,23 @@ def make_handler(state):
         def log_message(self, fmt, *args):
             sys.stderr.write("standin: " + (fmt % args) + "\n")
 
-        def reply(self, status, body):
+        def reply(self, status, body, delay=0):
+            if delay == "trickle":
+                self.send_response(status)
+                self.send_header("Content-Type", "text/plain; charset=utf-8")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.flush()
+                try:
+                    for i in range(len(body)):
+                        self.wfile.write(body[i:i + 1])
+                        self.wfile.flush()
+                        time.sleep(0.15)
+                except OSError:
+                    pass  # the plugin gave up, as it should
+                return
+            if delay:
+                time.sleep(delay)
             self.send_response(status)
             self.send_header("Content-Type", "text/plain; charset=utf-8")
             self.send_header("Content-Length", str(len(body)))
@@ -81,15 +100,11 @@ def make_handler(state):
             elif self.path == "/register":
                 state.record("register", body)
                 status, answer, delay = MODES[state.mode]
-                if delay:
-                    time.sleep(delay)
-                self.reply(status, answer)
+                self.reply(status, answer, delay)
             elif self.path == "/notify":
                 state.record("notify", body)
                 status, answer, delay = NOTIFY_MODES[state.notify_mode]
-                if delay:
-                    time.sleep(delay)
-                self.reply(status, answer)
+                self.reply(status, answer, delay)
             else:
                 self.reply(404, b"404 page not found\n")
 

@@ -56,10 +56,12 @@ func startDovecot(t *testing.T, xapsAddr string) *dovecotEnv {
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
 	os.Chmod(dir, 0o755)
-	for _, d := range []string{"run", "state", "modules", "home/alice", "home/bob"} {
+	// erin's home stays root's: deliveries to her fail at DATA, as on a
+	// full disk or a broken home.
+	for _, d := range []string{"run", "state", "modules", "home/alice", "home/bob", "home/carol", "home/erin"} {
 		os.MkdirAll(filepath.Join(dir, d), 0o755)
 	}
-	for _, h := range []string{"home", "home/alice", "home/bob"} {
+	for _, h := range []string{"home", "home/alice", "home/bob", "home/carol"} {
 		os.Chown(filepath.Join(dir, h), mailUID, mailUID)
 	}
 	mods, _ := filepath.Glob("/usr/lib/dovecot/modules/*.so")
@@ -73,10 +75,15 @@ func startDovecot(t *testing.T, xapsAddr string) *dovecotEnv {
 		}
 		os.WriteFile(filepath.Join(dir, "modules", so), data, 0o644)
 	}
-	users := fmt.Sprintf("alice:{PLAIN}secret:%d:%d::%s/home/alice::\n"+
-		"bob:{PLAIN}secret:%d:%d::%s/home/bob::userdb_xaps_alias=bob@alias.example\n",
-		mailUID, mailUID, dir, mailUID, mailUID, dir)
-	os.WriteFile(filepath.Join(dir, "users"), []byte(users), 0o644)
+	var users strings.Builder
+	for _, u := range []string{"alice", "bob", "carol", "erin"} {
+		extra := ""
+		if u == "bob" {
+			extra = "userdb_xaps_alias=bob@alias.example"
+		}
+		fmt.Fprintf(&users, "%s:{PLAIN}secret:%d:%d::%s/home/%s::%s\n", u, mailUID, mailUID, dir, u, extra)
+	}
+	os.WriteFile(filepath.Join(dir, "users"), []byte(users.String()), 0o644)
 	e := &dovecotEnv{t: t, dir: dir, xapsAddr: xapsAddr, done: make(chan struct{})}
 	imapPort, lmtpPort := freePort(t), freePort(t)
 	e.imap, e.lmtp = fmt.Sprintf("127.0.0.1:%d", imapPort), fmt.Sprintf("127.0.0.1:%d", lmtpPort)
@@ -460,5 +467,146 @@ func TestE2EUserLookupAlias(t *testing.T) {
 	code, out, _ = run(t, "", "--config", filepath.Join(e.dir, "xapsd.yaml"), "test-push", "bob@alias.example")
 	if code != 1 || !strings.Contains(out, "TopicDisallowed") || !strings.Contains(out, token(5)) {
 		t.Errorf("test-push: %d %q", code, out)
+	}
+}
+
+// lmtpTransaction delivers one message to several recipients in one LMTP
+// transaction and returns the reply code after DATA for each accepted
+// recipient, 0 where the connection closed before that reply.
+func lmtpTransaction(t *testing.T, addr, subject string, rcpts ...string) []int {
+	t.Helper()
+	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(60 * time.Second))
+	r := bufio.NewReader(c)
+	reply := func() int {
+		for {
+			l, err := r.ReadString('\n')
+			if err != nil {
+				return 0
+			}
+			if len(l) > 3 && l[3] == ' ' {
+				code := 0
+				fmt.Sscanf(l, "%d", &code)
+				return code
+			}
+		}
+	}
+	cmd := func(line string) int {
+		fmt.Fprintf(c, "%s\r\n", line)
+		return reply()
+	}
+	reply()
+	cmd("LHLO test.example")
+	cmd("MAIL FROM:<sender@example.net>")
+	for _, rc := range rcpts {
+		if code := cmd("RCPT TO:<" + rc + ">"); code != 250 {
+			t.Fatalf("RCPT TO:<%s> = %d", rc, code)
+		}
+	}
+	if code := cmd("DATA"); code != 354 {
+		t.Fatalf("DATA = %d", code)
+	}
+	fmt.Fprintf(c, "From: sender@example.net\r\nTo: %s\r\nSubject: %s\r\n\r\nHi.\r\n.\r\n",
+		strings.Join(rcpts, ", "), subject)
+	codes := make([]int, len(rcpts))
+	for i := range codes {
+		if codes[i] = reply(); codes[i] == 0 {
+			break
+		}
+	}
+	cmd("QUIT")
+	return codes
+}
+
+// copies counts the messages with this subject in a user's maildir.
+func (e *dovecotEnv) copies(user, subject string) int {
+	n := 0
+	for _, sub := range []string{"new", "cur"} {
+		files, _ := filepath.Glob(filepath.Join(e.dir, "home", user, "Maildir", sub, "*"))
+		for _, f := range files {
+			data, _ := os.ReadFile(f)
+			if strings.Contains(string(data), "\nSubject: "+subject+"\n") {
+				n++
+			}
+		}
+	}
+	return n
+}
+
+// Several recipients in one LMTP transaction, with xapsd answering, stopped
+// (SIGSTOP: connections are accepted, nothing answers) and down: each
+// recipient gets exactly one reply and one copy, and the ones that were
+// saved are pushed when xapsd is up. A crash of the LMTP process here makes
+// the MTA deliver the whole transaction again. The Dovecot log is checked
+// for panics and killed processes when the test ends.
+func TestE2EMultiRecipientLMTP(t *testing.T) {
+	e := newE2E(t, "")
+	tokens := map[string]string{"alice": token(1), "bob": token(2), "carol": token(3)}
+	for _, u := range []string{"alice", "bob", "carol"} {
+		if _, ok := imapLogin(t, e.dc.imap, u).registerLikeIOS("ACC-"+u, tokens[u], "INBOX"); !ok {
+			t.Fatalf("registration of %s failed", u)
+		}
+	}
+	serial := 0
+	transaction := func(state string, users ...string) {
+		t.Helper()
+		serial++
+		subject := fmt.Sprintf("multi %d", serial)
+		var rcpts []string
+		for _, u := range users {
+			rcpts = append(rcpts, u+"@example.org")
+		}
+		before := e.apns.Count()
+		codes := lmtpTransaction(t, e.dc.lmtp, subject, rcpts...)
+		var pushed []string
+		for i, u := range users {
+			want, copies := 250, 1
+			if u == "erin" {
+				want, copies = 451, 0
+			}
+			if codes[i] != want {
+				t.Errorf("%s, %v: reply for %s = %d, want %d (all: %v)", state, users, u, codes[i], want, codes)
+			}
+			if n := e.dc.copies(u, subject); n != copies {
+				t.Errorf("%s, %v: %s has %d copies, want %d", state, users, u, n, copies)
+			}
+			if copies == 1 {
+				pushed = append(pushed, tokens[u])
+			}
+		}
+		if state != "answers" {
+			return
+		}
+		reqs, err := e.apns.WaitRequests(int(before)+len(pushed), 10*time.Second)
+		if err != nil {
+			t.Fatalf("%s, %v: %v", state, users, err)
+		}
+		got := map[string]int{}
+		for _, r := range reqs[before:] {
+			got[r.Token]++
+		}
+		for _, tok := range pushed {
+			if got[tok] != 1 {
+				t.Errorf("%s, %v: pushes per token %v, want one for each saved recipient", state, users, got)
+				break
+			}
+		}
+	}
+	sets := [][]string{{"alice", "bob"}, {"alice", "bob", "carol"}, {"alice", "erin"}, {"alice", "erin", "bob"}}
+	for _, users := range sets {
+		transaction("answers", users...)
+	}
+	e.d.signal(syscall.SIGSTOP)
+	for _, users := range sets {
+		transaction("stopped", users...)
+	}
+	e.d.signal(syscall.SIGCONT)
+	e.d.stop()
+	for _, users := range sets {
+		transaction("down", users...)
 	}
 }
