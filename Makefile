@@ -1,7 +1,9 @@
 # xapsd: push e-mail for iOS Mail on Dovecot servers.
 #
 #   make run     run the daemon from configs/dev/xapsd.yaml (loopback, dry-run pushes)
-#   make test    vet, then every test with the race detector (needs Dovecot for the end-to-end tests)
+#   make test    install what the tests need (as root), vet, then every test with the
+#                race detector, against Dovecot 2.3 and 2.4
+#   make deb     a Debian package for the Debian release this runs on
 #   make bench   performance figures (see docs/benchmarks.md)
 
 GO       ?= go
@@ -9,7 +11,12 @@ VERSION  ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS  := -X main.version=$(VERSION)
 BIN      := bin/xapsd
 
-.PHONY: all build run test test-plugin test-packaging test-short vet fmt plugin bench fuzz clean
+.PHONY: all build run test test-deps test-plugin test-packaging test-short vet fmt plugin bench fuzz clean
+
+# Dovecot 2.4 runs in this Debian 13 root (test/deps.sh makes it); the Go
+# end-to-end tests find it through the environment.
+DEBIAN13_ROOT ?= /var/cache/xapsd/debian13-root
+export XAPS_DEBIAN13_ROOT := $(DEBIAN13_ROOT)
 
 all: build
 
@@ -25,13 +32,28 @@ vet:
 
 # The plugin's own checks against a real Dovecot, then every Go test (the
 # fuzz targets' seed corpora run as ordinary tests) with the race detector.
-test: vet plugin test-plugin test-packaging
+test: test-deps vet plugin test-plugin test-packaging
+	@[ -x $(DEBIAN13_ROOT)/usr/sbin/dovecot ] || \
+	  echo "*** SKIPPED: the end-to-end tests against Dovecot 2.4: no root at $(DEBIAN13_ROOT) (test/deps.sh makes it)"
 	$(GO) test -race -count=1 -timeout 20m ./...
 
-# Twice: as is, then with every imap and lmtp process under valgrind.
+# Installs missing Debian packages and prepares the Debian 13 root (as
+# root, saying what it installs); lists what is missing otherwise.
+test-deps:
+	bash test/deps.sh
+
+# Against the host's Dovecot 2.3 and the Debian 13 root's 2.4, each twice:
+# as is, then with every imap and lmtp process under valgrind.
 test-plugin:
 	bash dovecot/test/smoke.sh
 	VALGRIND=1 bash dovecot/test/smoke.sh
+	@if [ -x $(DEBIAN13_ROOT)/usr/sbin/dovecot ]; then \
+	  echo "DOVECOT_ROOT=$(DEBIAN13_ROOT) bash dovecot/test/smoke.sh"; \
+	  DOVECOT_ROOT=$(DEBIAN13_ROOT) bash dovecot/test/smoke.sh && \
+	  VALGRIND=1 DOVECOT_ROOT=$(DEBIAN13_ROOT) bash dovecot/test/smoke.sh; \
+	else \
+	  echo "*** SKIPPED: the plugin's checks against Dovecot 2.4: no root at $(DEBIAN13_ROOT) (test/deps.sh makes it)"; \
+	fi
 
 # Install scripts, systemd/Dovecot/supervisord files, the docker-mailserver
 # flow and the Prometheus rules (needs root, like the Dovecot tests).

@@ -1,5 +1,6 @@
-/* Shared helpers of the xaps Dovecot plugins: xaps_config parsing, JSON
-   string escaping and the per-process HTTP client. */
+/* Shared helpers of the xaps Dovecot plugins: JSON string escaping, the
+   per-process HTTP client and the requests to the daemon. The settings are
+   in xaps-settings.c. */
 
 #include "lib.h"
 #include "str.h"
@@ -19,107 +20,6 @@
    including those of users that are still waiting for theirs. */
 static struct http_client *xaps_http_client = NULL;
 static unsigned int xaps_http_client_refs = 0;
-
-static bool xaps_parse_bool(const char *value, bool *result_r)
-{
-	if (strcasecmp(value, "yes") == 0 || strcasecmp(value, "true") == 0 ||
-	    strcmp(value, "1") == 0) {
-		*result_r = TRUE;
-		return TRUE;
-	}
-	if (strcasecmp(value, "no") == 0 || strcasecmp(value, "false") == 0 ||
-	    strcmp(value, "0") == 0) {
-		*result_r = FALSE;
-		return TRUE;
-	}
-	return FALSE;
-}
-
-int xaps_config_parse(struct mail_user *user, pool_t pool,
-		      struct xaps_config *conf_r, const char **error_r)
-{
-	const char *setting, *const *tokens, *url = NULL, *error;
-	unsigned int num;
-
-	i_zero(conf_r);
-	conf_r->max_retries = XAPS_DEFAULT_MAX_RETRIES;
-	conf_r->timeout_msecs = XAPS_DEFAULT_TIMEOUT_MSECS;
-	conf_r->mailbox_confirm = TRUE;
-
-	setting = mail_user_plugin_getenv(user, "xaps_config");
-	if (setting == NULL || *setting == '\0') {
-		*error_r = "xaps_config setting is missing";
-		return -1;
-	}
-
-	for (tokens = t_strsplit_spaces(setting, " \t"); *tokens != NULL;
-	     tokens++) {
-		const char *key = *tokens, *value = strchr(key, '=');
-
-		if (value == NULL)
-			value = "";
-		else
-			key = t_strdup_until(key, value++);
-
-		if (strcmp(key, "url") == 0) {
-			url = value;
-		} else if (strcmp(key, "user_lookup") == 0) {
-			conf_r->user_lookup = p_strdup(pool, value);
-		} else if (strcmp(key, "max_retries") == 0) {
-			if (str_to_uint(value, &num) < 0 || num > 100) {
-				e_warning(user->event, "xaps: invalid "
-					  "max_retries=%s, using %u", value,
-					  XAPS_DEFAULT_MAX_RETRIES);
-			} else {
-				conf_r->max_retries = num;
-			}
-		} else if (strcmp(key, "timeout_msecs") == 0) {
-			if (str_to_uint(value, &num) < 0 || num == 0) {
-				e_warning(user->event, "xaps: invalid "
-					  "timeout_msecs=%s, using %u", value,
-					  XAPS_DEFAULT_TIMEOUT_MSECS);
-			} else {
-				conf_r->timeout_msecs = num;
-			}
-		} else if (strcmp(key, "mailbox_confirm") == 0) {
-			if (!xaps_parse_bool(value, &conf_r->mailbox_confirm)) {
-				e_warning(user->event, "xaps: invalid "
-					  "mailbox_confirm=%s, using yes",
-					  value);
-				conf_r->mailbox_confirm = TRUE;
-			}
-		} else {
-			e_warning(user->event,
-				  "xaps: ignoring unknown xaps_config key '%s'",
-				  key);
-		}
-	}
-
-	if (url == NULL || *url == '\0') {
-		*error_r = "xaps_config has no url=";
-		return -1;
-	}
-	if (http_url_parse(url, NULL, HTTP_URL_ALLOW_USERINFO_PART, pool,
-			   &conf_r->url, &error) < 0) {
-		*error_r = t_strdup_printf("xaps_config url=%s is invalid: %s",
-					   url, error);
-		return -1;
-	}
-	return 0;
-}
-
-const char *xaps_username(struct mail_user *user,
-			  const struct xaps_config *conf)
-{
-	const char *name;
-
-	if (conf->user_lookup != NULL && *conf->user_lookup != '\0') {
-		name = mail_user_plugin_getenv(user, conf->user_lookup);
-		if (name != NULL && *name != '\0')
-			return name;
-	}
-	return user->username;
-}
 
 void xaps_json_append_string(string_t *dest, const char *src)
 {
@@ -159,41 +59,72 @@ void xaps_json_append_string(string_t *dest, const char *src)
 	str_append_c(dest, '"');
 }
 
+#if DOVECOT_PREREQ(2, 4, 0)
+/* The settings struct must outlive the client, which keeps a pointer to it. */
+static pool_t xaps_http_client_pool = NULL;
+#endif
+
+static void xaps_http_client_destroy(void)
+{
+	if (xaps_http_client != NULL)
+		http_client_deinit(&xaps_http_client);
+#if DOVECOT_PREREQ(2, 4, 0)
+	pool_unref(&xaps_http_client_pool);
+#endif
+}
+
 struct http_client *xaps_http_client_ref(struct mail_user *user)
 {
-	struct http_client_settings set;
+	struct http_client_settings *set;
+#if !DOVECOT_PREREQ(2, 4, 0)
+	struct http_client_settings set_buf;
 	struct ssl_iostream_settings ssl_set;
+#endif
 
 	xaps_http_client_refs++;
 	if (xaps_http_client != NULL)
 		return xaps_http_client;
 
-	i_zero(&set);
+#if DOVECOT_PREREQ(2, 4, 0)
+	/* SSL and debug settings come from the user's event in 2.4. */
+	xaps_http_client_pool = pool_alloconly_create("xaps http client", 1024);
+	set = p_new(xaps_http_client_pool, struct http_client_settings, 1);
+	http_client_settings_init(xaps_http_client_pool, set);
+	set->request_max_redirects = 0;
+	set->request_max_attempts = XAPS_DEFAULT_MAX_RETRIES + 1;
+#else
+	set = &set_buf;
+	i_zero(set);
 	i_zero(&ssl_set);
 	mail_user_init_ssl_client_settings(user, &ssl_set);
-	set.ssl = &ssl_set;
-	set.debug = user->mail_debug;
-	set.user_agent = "dovecot-xaps-plugin";
-	set.max_idle_time_msecs = 30 * 1000;
+	set->ssl = &ssl_set;
+	set->debug = user->mail_debug;
+	set->max_redirects = 0;
+	set->max_attempts = XAPS_DEFAULT_MAX_RETRIES + 1;
+#endif
+	set->user_agent = "dovecot-xaps-plugin";
+	set->max_idle_time_msecs = 30 * 1000;
 	/* A few connections, so that one request the daemon is slow to
 	   answer does not hold back the others (the daemon answers /notify
 	   before it pushes, so normally one connection is all that is used). */
-	set.max_parallel_connections = 4;
-	set.max_pipelined_requests = 1;
-	set.max_redirects = 0;
+	set->max_parallel_connections = 4;
+	set->max_pipelined_requests = 1;
 	/* Per-request values are set in xaps_http_post(); these only matter
 	   for anything that slips through. */
-	set.max_attempts = XAPS_DEFAULT_MAX_RETRIES + 1;
-	set.request_timeout_msecs = XAPS_DEFAULT_TIMEOUT_MSECS;
-	set.request_absolute_timeout_msecs = XAPS_DEFAULT_TIMEOUT_MSECS;
-	set.connect_timeout_msecs = XAPS_DEFAULT_TIMEOUT_MSECS;
+	set->request_timeout_msecs = XAPS_DEFAULT_TIMEOUT_MSECS;
+	set->request_absolute_timeout_msecs = XAPS_DEFAULT_TIMEOUT_MSECS;
+	set->connect_timeout_msecs = XAPS_DEFAULT_TIMEOUT_MSECS;
 	/* A daemon that is down must not stall deliveries for minutes. */
-	set.connect_backoff_time_msecs = 100;
-	set.connect_backoff_max_time_msecs = 2000;
+	set->connect_backoff_time_msecs = 100;
+	set->connect_backoff_max_time_msecs = 2000;
 	/* A private context keeps the two xaps modules apart inside one imap
 	   process: waiting on one client must not move the other's
 	   connections to a temporary ioloop. */
-	xaps_http_client = http_client_init_private(&set);
+#if DOVECOT_PREREQ(2, 4, 0)
+	xaps_http_client = http_client_init_private(set, user->event);
+#else
+	xaps_http_client = http_client_init_private(set);
+#endif
 	return xaps_http_client;
 }
 
@@ -205,8 +136,8 @@ void xaps_http_client_unref(void)
 		i_error("xaps: HTTP client released more often than taken");
 		return;
 	}
-	if (--xaps_http_client_refs == 0 && xaps_http_client != NULL)
-		http_client_deinit(&xaps_http_client);
+	if (--xaps_http_client_refs == 0)
+		xaps_http_client_destroy();
 }
 
 struct http_client *xaps_http_client_peek(void)
@@ -217,8 +148,7 @@ struct http_client *xaps_http_client_peek(void)
 void xaps_http_client_deinit(void)
 {
 	xaps_http_client_refs = 0;
-	if (xaps_http_client != NULL)
-		http_client_deinit(&xaps_http_client);
+	xaps_http_client_destroy();
 }
 
 #undef xaps_http_post
@@ -241,6 +171,10 @@ xaps_http_post(struct http_client *client, const struct xaps_config *conf,
 					context);
 	http_client_request_add_header(req, "Content-Type",
 				       "application/json; charset=utf-8");
+	if (conf->secret != NULL) {
+		http_client_request_add_header(req, "Authorization",
+			t_strconcat("Bearer ", conf->secret, NULL));
+	}
 	http_client_request_set_payload_data(req, str_data(json),
 					     str_len(json));
 	http_client_request_set_max_attempts(req, conf->max_retries + 1);

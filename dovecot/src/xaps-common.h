@@ -16,8 +16,9 @@ struct mail_user;
 
 #define XAPS_DEFAULT_MAX_RETRIES 6
 #define XAPS_DEFAULT_TIMEOUT_MSECS 5000
+#define XAPS_MAX_MAX_RETRIES 100
 
-/* The xaps_config plugin setting, parsed. */
+/* The plugin settings of one user, read (xaps-settings.c). */
 struct xaps_config {
 	/* Daemon URL as configured; the path is replaced per request. */
 	struct http_url *url;
@@ -27,17 +28,21 @@ struct xaps_config {
 	unsigned int timeout_msecs;
 	/* Echo "* XAPPLEPUSHSERVICE mailbox" lines for existing mailboxes. */
 	bool mailbox_confirm;
+	/* Sent as "Authorization: Bearer <secret>"; NULL for none. */
+	const char *secret;
 };
 
-/* Parse the user's xaps_config setting into conf_r, allocating from pool.
-   Unknown tokens and unparsable numbers are logged and ignored (numbers fall
-   back to their defaults, as the original plugin did). Returns 0 on success,
-   -1 if the setting is missing or has no usable url. */
+/* Read the user's settings into conf_r, allocating from pool. Dovecot 2.3:
+   unknown xaps_config tokens and unparsable numbers are logged and ignored
+   (numbers fall back to their defaults, as the original plugin did); 2.4
+   has checked the values already. Returns 0 on success, -1 if there is no
+   usable url (the plugins then stay off for this user). */
 int xaps_config_parse(struct mail_user *user, pool_t pool,
 		      struct xaps_config *conf_r, const char **error_r);
 
-/* The name sent as "Username": the user_lookup variable if it is set and
-   non-empty for this user, else the Dovecot user name. */
+/* The name sent as "Username": the user_lookup variable (2.3) or userdb
+   field (2.4) if it is set and non-empty for this user, else the Dovecot
+   user name. */
 const char *xaps_username(struct mail_user *user,
 			  const struct xaps_config *conf);
 

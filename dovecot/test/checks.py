@@ -334,6 +334,7 @@ def main():
     ap.add_argument("--dir", required=True)
     ap.add_argument("--standin", required=True)
     ap.add_argument("--log", required=True)
+    ap.add_argument("--secret", required=True, help="what xaps_secret holds")
     ap.add_argument("--slow", type=float, default=1.0,
                     help="multiply every time bound (valgrind runs)")
     a = ap.parse_args()
@@ -645,6 +646,12 @@ def main():
     im.close()
     check(not any('"dave"' in l for l in standin.lines("notify")[n:]),
           "no /notify for a user with a broken xaps_config")
+
+    # --- the shared secret -------------------------------------------------
+    auth = standin.lines("auth")
+    check(len(auth) > 10 and all(l.endswith(" Bearer " + a.secret) for l in auth),
+          "every /register and /notify carries Authorization: Bearer <secret from the file>",
+          repr([l for l in auth if not l.endswith(" Bearer " + a.secret)][:3]))
 
     # --- nothing crashed ----------------------------------------------------
     time.sleep(0.5)

@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# Smoke test of the xaps Dovecot plugins against a real, throw-away Dovecot 2.3.
+# Smoke test of the xaps Dovecot plugins against a real, throw-away Dovecot:
+# the host's (2.3 on Debian 12), or the one inside a Debian root given with
+# DOVECOT_ROOT (2.4 in the Debian 13 root .ci/run prepares).
 #
 # Builds the plugins, writes a self-contained Dovecot configuration into a
 # temporary directory, starts `dovecot -F` on 127.0.0.1 high ports together with
@@ -8,6 +10,8 @@
 #
 # Run as root (Dovecot must switch to the mail user):  dovecot/test/smoke.sh
 # Environment:
+#   DOVECOT_ROOT=DIR  build and run Dovecot inside this root (chroot); a chroot
+#                     shares the host's network, so the checks reach it
 #   KEEP=1            keep the temporary directory (configuration, logs, mail)
 #   XAPS_TEST_UID     uid/gid owning the test mailboxes (default 1000)
 #   VALGRIND=1        run the imap and lmtp processes under valgrind and fail
@@ -18,35 +22,38 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 src=$(cd "$here/.." && pwd)
 mail_uid=${XAPS_TEST_UID:-1000}
+root=${DOVECOT_ROOT:-}
 
 if [ "$(id -u)" != 0 ]; then
 	echo "smoke.sh: must run as root (Dovecot switches to uid $mail_uid)" >&2
 	exit 2
 fi
-tools="dovecot python3 make"
-[ "${VALGRIND:-0}" = 1 ] && tools="$tools valgrind"
-for tool in $tools; do
+for tool in python3 make; do
 	command -v "$tool" >/dev/null || { echo "smoke.sh: $tool not found" >&2; exit 2; }
 done
+if [ -n "$root" ]; then
+	root=$(cd "$root" && pwd)
+	[ -x "$root/usr/sbin/dovecot" ] || { echo "smoke.sh: no Dovecot in $root" >&2; exit 2; }
+	command -v unshare >/dev/null || { echo "smoke.sh: unshare not found" >&2; exit 2; }
+else
+	command -v dovecot >/dev/null || { echo "smoke.sh: dovecot not found" >&2; exit 2; }
+fi
+if [ "${VALGRIND:-0}" = 1 ] && [ ! -x "$root/usr/bin/valgrind" ]; then
+	echo "smoke.sh: VALGRIND=1 needs valgrind${root:+ inside $root}" >&2
+	exit 2
+fi
 
-make -C "$src" WERROR=1 >/dev/null
-
-tmp=$(mktemp -d /tmp/xaps-smoke.XXXXXX)
+# Everything the test writes is under $tmp; Dovecot sees it as $inside (the
+# same path unless it runs in a root).
+tmp=$(mktemp -d "$root/tmp/xaps-smoke.XXXXXX")
+inside=${tmp#"$root"}
 dovecot_pid=
 cleanup() {
 	local rc=$?
 	if [ -f "$tmp/standin.pid" ]; then
 		kill "$(cat "$tmp/standin.pid")" 2>/dev/null || true
 	fi
-	if [ -n "$dovecot_pid" ]; then
-		kill "$dovecot_pid" 2>/dev/null || true
-		# The master stops its children before it exits.
-		for _ in $(seq 50); do
-			kill -0 "$dovecot_pid" 2>/dev/null || break
-			sleep 0.1
-		done
-		kill -9 "$dovecot_pid" 2>/dev/null || true
-	fi
+	stop_dovecot
 	if [ "$rc" != 0 ] && [ -f "$tmp/dovecot.log" ]; then
 		echo "---- last lines of $tmp/dovecot.log ----" >&2
 		tail -n 40 "$tmp/dovecot.log" >&2
@@ -58,7 +65,47 @@ cleanup() {
 	fi
 	exit "$rc"
 }
+stop_dovecot() {
+	[ -n "$dovecot_pid" ] || return 0
+	# The master stops its children before it exits.
+	kill "$(cat "$tmp/run/master.pid" 2>/dev/null || echo "$dovecot_pid")" 2>/dev/null || true
+	for _ in $(seq 100); do
+		kill -0 "$dovecot_pid" 2>/dev/null || break
+		sleep 0.1
+	done
+	kill -9 "$dovecot_pid" 2>/dev/null || true
+	wait "$dovecot_pid" 2>/dev/null || true
+	dovecot_pid=
+}
 trap cleanup EXIT INT TERM
+
+# Build (inside the root for a root's Dovecot) and put the plugins where the
+# test configuration's mail_plugin_dir points.
+chmod 0755 "$tmp"
+mkdir -p "$tmp/run" "$tmp/state" "$tmp/modules"
+if [ -n "$root" ]; then
+	version=$("$here/build-in-root.sh" "$root" "$tmp/modules")
+	# shellcheck disable=SC2016 # expanded by the root's shell
+	moduledir=$(chroot "$root" sh -c '. /usr/lib/dovecot/dovecot-config && echo "$dovecot_moduledir"')
+else
+	make -C "$src" WERROR=1 >/dev/null
+	version=$(make -s -C "$src" version)
+	# shellcheck source=/dev/null disable=SC2154
+	moduledir=$(. /usr/lib/dovecot/dovecot-config && echo "$dovecot_moduledir")
+	cp "$src"/build/lib25_xaps_*_plugin.so "$tmp/modules/"
+fi
+# Dovecot looks for mail plugins in one directory; give it the system modules
+# (as seen by Dovecot) plus the freshly built ones.
+for m in "$root$moduledir"/*.so; do
+	case "$m" in */lib25_xaps_*) continue ;; esac
+	ln -s "$moduledir/$(basename "$m")" "$tmp/modules/"
+done
+case "$version" in
+2.3.*) series=23 ;;
+2.4.*) series=24 ;;
+*) echo "smoke.sh: Dovecot $version is neither 2.3 nor 2.4" >&2; exit 2 ;;
+esac
+echo "smoke.sh: Dovecot $version${root:+ in $root}"
 
 # Three free ports on 127.0.0.1: IMAP, LMTP, stand-in daemon.
 read -r imap_port lmtp_port http_port < <(python3 - <<'EOF'
@@ -70,41 +117,77 @@ print(*[s.getsockname()[1] for s in socks])
 EOF
 )
 
-# Layout. The mail processes run as $mail_uid, so everything on the way to the
-# homes must be traversable and the homes owned by that uid.
-chmod 0755 "$tmp"
-mkdir -p "$tmp/run" "$tmp/state" "$tmp/modules" "$tmp/home/alice" "$tmp/home/bob" "$tmp/home/carol" \
-	"$tmp/home/dave" "$tmp/home/frank"
+# The mail processes run as $mail_uid, so everything on the way to the homes
+# must be traversable and the homes owned by that uid. erin's home belongs to
+# root: a delivery to her fails at DATA, the way a full disk or a broken home
+# does, after other recipients were saved.
+for u in alice bob carol dave erin frank; do mkdir -p "$tmp/home/$u"; done
 chown -R "$mail_uid:$mail_uid" "$tmp/home"
-# erin's home belongs to root: a delivery to her fails at DATA, the way a
-# full disk or a broken home does, after other recipients were saved.
-mkdir -p "$tmp/home/erin"
-
-# Dovecot looks for mail plugins in one directory; give it the system modules
-# plus the freshly built ones without touching /usr/lib/dovecot/modules.
-moduledir=$(. /usr/lib/dovecot/dovecot-config && echo "$dovecot_moduledir")
-for m in "$moduledir"/*.so; do ln -s "$m" "$tmp/modules/"; done
-cp "$src"/build/lib25_xaps_*_plugin.so "$tmp/modules/"
+chown root:root "$tmp/home/erin"
 
 # passwd-file: user:password:uid:gid:gecos:home:shell:extra_fields
-cat >"$tmp/users" <<EOF
-alice:{PLAIN}secret:$mail_uid:$mail_uid::$tmp/home/alice::
-bob:{PLAIN}secret:$mail_uid:$mail_uid::$tmp/home/bob::userdb_xaps_alias=bob@alias.example
-EOF
-# carol overrides the plugin setting through userdb; extra fields are split on
-# spaces, so her xaps_config tokens are separated by tabs.
-printf 'carol:{PLAIN}secret:%s:%s::%s::userdb_xaps_config=url=http://127.0.0.1:%s\tmailbox_confirm=no\ttimeout_msecs=2000\n' \
-	"$mail_uid" "$mail_uid" "$tmp/home/carol" "$http_port" >>"$tmp/users"
-# dave's xaps_config has no url: the plugins must disable themselves for him.
-echo "dave:{PLAIN}secret:$mail_uid:$mail_uid::$tmp/home/dave::userdb_xaps_config=max_retries=1" >>"$tmp/users"
-# frank is over quota as soon as a message is bigger than 1 KiB.
-echo "erin:{PLAIN}secret:$mail_uid:$mail_uid::$tmp/home/erin::" >>"$tmp/users"
-echo "frank:{PLAIN}secret:$mail_uid:$mail_uid::$tmp/home/frank::userdb_quota_rule=*:storage=1K" >>"$tmp/users"
+# bob's Username comes from the xaps_alias userdb field (user_lookup); carol
+# turns the mailbox confirmations off through userdb; dave's plugin settings
+# lack the URL, so the plugins must stay off for him; frank is over quota as
+# soon as a message is bigger than 1 KiB.
+user() { echo "$1:{PLAIN}secret:$mail_uid:$mail_uid::$inside/home/$1::$2"; }
+{
+	user alice ""
+	user bob "userdb_xaps_alias=bob@alias.example"
+	if [ "$series" = 23 ]; then
+		# Extra fields are split on spaces, so carol's xaps_config tokens
+		# are separated by tabs.
+		user carol "userdb_xaps_config=url=http://127.0.0.1:$http_port$(printf '\t')mailbox_confirm=no$(printf '\t')timeout_msecs=2000"
+		user dave "userdb_xaps_config=max_retries=1"
+		user erin ""
+		user frank "userdb_quota_rule=*:storage=1K"
+	else
+		user carol "userdb_xaps_mailbox_confirm=no"
+		user dave "userdb_xaps_url="
+		user erin ""
+		user frank "userdb_quota_storage_size=1K"
+	fi
+} >"$tmp/users"
 chmod 0644 "$tmp/users"
 
-sed -e "s|@TMP@|$tmp|g" -e "s|@IMAP_PORT@|$imap_port|g" \
-    -e "s|@LMTP_PORT@|$lmtp_port|g" -e "s|@HTTP_PORT@|$http_port|g" \
-    "$here/dovecot.conf.in" >"$tmp/dovecot.conf"
+# The shared secret, in a file only root can read (the config process reads
+# it; the mail processes, running as the mail user, get it from there).
+echo "smoke-secret-$$" >"$tmp/xaps.secret"
+chmod 0600 "$tmp/xaps.secret"
+
+template=$here/dovecot.conf.in
+[ "$series" = 24 ] && template=$here/dovecot24.conf.in
+sed -e "s|@TMP@|$inside|g" -e "s|@IMAP_PORT@|$imap_port|g" \
+    -e "s|@LMTP_PORT@|$lmtp_port|g" -e "s|@XAPS_URL@|http://127.0.0.1:$http_port/ignored/path|g" \
+    "$template" >"$tmp/dovecot.conf"
+
+# Dovecot 2.4 checks the plugin settings when it reads its configuration: a
+# bad value stops doveconf (and Dovecot's start) with the setting named.
+if [ "$series" = 24 ]; then
+	bad_settings=0
+	while IFS='|' read -r line want; do
+		key=${line%% =*}
+		sed -e "s|^$key = .*|$line|" "$tmp/dovecot.conf" >"$tmp/bad.conf"
+		grep -qx "$line" "$tmp/bad.conf" || echo "$line" >>"$tmp/bad.conf"
+		if out=$(chroot "$root" doveconf -c "$inside/bad.conf" -n 2>&1 >/dev/null); then
+			echo "FAIL doveconf accepts '$line'"
+			bad_settings=1
+		elif [[ "$out" != *"$want"* ]]; then
+			echo "FAIL doveconf on '$line': want '$want', got: $out"
+			bad_settings=1
+		else
+			echo "ok   doveconf refuses '$line' naming it"
+		fi
+	done <<'EOF'
+xaps_url = foo/bar|xaps_url: invalid URL 'foo/bar'
+xaps_url = mailto:x@example.org|xaps_url: invalid URL 'mailto:x@example.org'
+xaps_timeout = 0|xaps_timeout: must be more than 0
+xaps_mailbox_confirm = maybe|xaps_mailbox_confirm: Invalid boolean value: maybe
+xaps_max_retries = 1000|xaps_max_retries: 1000 is more than 100
+EOF
+	rm -f "$tmp/bad.conf"
+	[ "$bad_settings" = 0 ] || exit 1
+fi
 
 slow=1
 if [ "${VALGRIND:-0}" = 1 ]; then
@@ -115,27 +198,34 @@ if [ "${VALGRIND:-0}" = 1 ]; then
 	vg="/usr/bin/valgrind --quiet --vgdb=no --error-limit=no --leak-check=no --track-fds=no"
 	cat >>"$tmp/dovecot.conf" <<EOF
 service imap {
-  executable = $vg --log-file=$tmp/valgrind/imap.%p.log $libexec/imap
+  executable = $vg --log-file=$inside/valgrind/imap.%p.log $libexec/imap
 }
 service lmtp {
-  executable = $vg --log-file=$tmp/valgrind/lmtp.%p.log $libexec/lmtp
+  executable = $vg --log-file=$inside/valgrind/lmtp.%p.log $libexec/lmtp
 }
 EOF
 	slow=4
 fi
 
-dovecot -F -c "$tmp/dovecot.conf" &
+if [ -n "$root" ]; then
+	# A private mount namespace gives the root a /proc (valgrind needs it)
+	# that goes away with the test.
+	# shellcheck disable=SC2016 # expanded by the inner shell
+	unshare --mount --propagation private sh -c \
+		'mount -t proc proc "$1/proc" && exec chroot "$1" dovecot -F -c "$2"' \
+		sh "$root" "$inside/dovecot.conf" &
+else
+	dovecot -F -c "$tmp/dovecot.conf" &
+fi
 dovecot_pid=$!
 
 python3 "$here/checks.py" --imap-port "$imap_port" --lmtp-port "$lmtp_port" \
 	--http-port "$http_port" --dir "$tmp" --standin "$here/standin.py" \
-	--log "$tmp/dovecot.log" --slow "$slow"
+	--log "$tmp/dovecot.log" --slow "$slow" --secret "smoke-secret-$$"
 
 if [ "${VALGRIND:-0}" = 1 ]; then
 	# Let the last processes exit so that their reports are complete.
-	kill "$dovecot_pid" 2>/dev/null || true
-	for _ in $(seq 100); do kill -0 "$dovecot_pid" 2>/dev/null || break; sleep 0.1; done
-	dovecot_pid=
+	stop_dovecot
 	reports=$(find "$tmp/valgrind" -name '*.log' | wc -l)
 	if [ "$reports" -eq 0 ]; then
 		echo "FAIL valgrind: no process ran under valgrind" >&2

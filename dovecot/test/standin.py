@@ -3,6 +3,8 @@
 
 POST /register  answers according to the current mode (see MODES) and appends
                 the raw request body as one line to <dir>/register.log
+                (every /register and /notify also appends "<path> <Authorization
+                header>" to <dir>/auth.log)
 POST /notify    appends the raw body as one line to <dir>/notify.log and answers
                 according to the notify mode (NOTIFY_MODES)
 POST /_mode     sets the mode for later /register requests (body = mode name)
@@ -98,10 +100,12 @@ def make_handler(state):
                 state.notify_mode = body.decode().strip()
                 self.reply(200, b"")
             elif self.path == "/register":
+                state.record("auth", b"/register " + self.headers.get("Authorization", "-").encode())
                 state.record("register", body)
                 status, answer, delay = MODES[state.mode]
                 self.reply(status, answer, delay)
             elif self.path == "/notify":
+                state.record("auth", b"/notify " + self.headers.get("Authorization", "-").encode())
                 state.record("notify", body)
                 status, answer, delay = NOTIFY_MODES[state.notify_mode]
                 self.reply(status, answer, delay)

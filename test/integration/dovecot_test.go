@@ -15,15 +15,48 @@ import (
 	"github.com/xapsd/xapsd/internal/testutil/fakeapns"
 )
 
-// The end-to-end path with real components: Debian's Dovecot 2.3 with our
-// plugin, the built xapsd, and an HTTP/2 TLS stand-in for APNs. Dovecot
-// must run as root (it switches to the mail user), as in CI.
+// The end-to-end path with real components: a real Dovecot with our plugin,
+// the built xapsd, and an HTTP/2 TLS stand-in for APNs. Every test runs
+// against Debian 12's Dovecot 2.3 on the host and against Dovecot 2.4 in
+// the Debian 13 root that .ci/run prepares (built and run there with
+// chroot; a chroot shares the host's network). Dovecot must run as root
+// (it switches to the mail user), as in CI.
 
 const mailUID = 4242 // needs no /etc/passwd entry
 
+// debian13Root is where .ci/run keeps the Debian 13 root with Dovecot 2.4;
+// XAPS_DEBIAN13_ROOT overrides it.
+func debian13Root() string {
+	if r := os.Getenv("XAPS_DEBIAN13_ROOT"); r != "" {
+		return r
+	}
+	return "/var/cache/xapsd/debian13-root"
+}
+
+// dovecotKind is one Dovecot the tests run against.
+type dovecotKind struct {
+	name string
+	root string // "" for the host's Dovecot
+}
+
+// forEachDovecot runs test once per Dovecot: the host's 2.3 and, when the
+// Debian 13 root exists, 2.4 in it. Without the root the 2.4 half is
+// skipped with a message saying how to get it (make test says so too).
+func forEachDovecot(t *testing.T, test func(t *testing.T, dv dovecotKind)) {
+	t.Run("dovecot2.3", func(t *testing.T) { test(t, dovecotKind{name: "2.3"}) })
+	t.Run("dovecot2.4", func(t *testing.T) {
+		root := debian13Root()
+		if _, err := os.Stat(filepath.Join(root, "usr/sbin/dovecot")); err != nil {
+			t.Skipf("SKIPPED: no Dovecot 2.4 root at %s (test/debian-root.sh trixie %s makes one; .ci/run does)", root, root)
+		}
+		test(t, dovecotKind{name: "2.4", root: root})
+	})
+}
+
 type dovecotEnv struct {
 	t        *testing.T
-	dir      string
+	kind     dovecotKind
+	dir      string // the test folder on the host
 	imap     string
 	lmtp     string
 	xapsAddr string
@@ -31,29 +64,44 @@ type dovecotEnv struct {
 	done     chan struct{}
 }
 
-func buildPlugin(t *testing.T) string {
+// stagePlugin builds the plugin for kind's Dovecot and copies the modules
+// into dir.
+func stagePlugin(t *testing.T, kind dovecotKind, dir string) {
 	t.Helper()
+	if kind.root != "" {
+		out, err := exec.Command("../../dovecot/test/build-in-root.sh", kind.root, dir).CombinedOutput()
+		if err != nil {
+			t.Fatalf("build the plugin in %s: %v\n%s", kind.root, err, out)
+		}
+		return
+	}
 	out, err := exec.Command("make", "-s", "-C", "../../dovecot").CombinedOutput()
 	if err != nil {
 		t.Fatalf("make -C dovecot: %v\n%s", err, out)
 	}
-	return "../../dovecot/build"
+	for _, so := range []string{"lib25_xaps_imap_plugin.so", "lib25_xaps_push_notification_plugin.so"} {
+		data, err := os.ReadFile(filepath.Join("../../dovecot/build", so))
+		if err != nil {
+			t.Fatal(err)
+		}
+		os.WriteFile(filepath.Join(dir, so), data, 0o644)
+	}
 }
 
-func startDovecot(t *testing.T, xapsAddr string) *dovecotEnv {
+func startDovecot(t *testing.T, kind dovecotKind, xapsAddr string) *dovecotEnv {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Fatal("the Dovecot end-to-end tests must run as root (Dovecot switches to the mail user); CI runs them as root")
 	}
-	if _, err := exec.LookPath("dovecot"); err != nil {
+	if _, err := exec.LookPath("dovecot"); err != nil && kind.root == "" {
 		t.Fatal("dovecot not installed: apt-get install dovecot-core dovecot-imapd dovecot-lmtpd dovecot-dev (.ci/run does)")
 	}
-	build := buildPlugin(t)
 	// Short: Unix socket paths under base_dir are limited to 107 bytes.
-	dir, err := os.MkdirTemp("/tmp", "xe2e-")
+	dir, err := os.MkdirTemp(kind.root+"/tmp", "xe2e-")
 	if err != nil {
 		t.Fatal(err)
 	}
+	inside := strings.TrimPrefix(dir, kind.root) // the folder as Dovecot sees it
 	t.Cleanup(func() { os.RemoveAll(dir) })
 	os.Chmod(dir, 0o755)
 	// erin's home stays root's: deliveries to her fail at DATA, as on a
@@ -64,16 +112,13 @@ func startDovecot(t *testing.T, xapsAddr string) *dovecotEnv {
 	for _, h := range []string{"home", "home/alice", "home/bob", "home/carol"} {
 		os.Chown(filepath.Join(dir, h), mailUID, mailUID)
 	}
-	mods, _ := filepath.Glob("/usr/lib/dovecot/modules/*.so")
+	stagePlugin(t, kind, filepath.Join(dir, "modules"))
+	moduledir := "/usr/lib/dovecot/modules"
+	mods, _ := filepath.Glob(kind.root + moduledir + "/*.so")
 	for _, m := range mods {
-		os.Symlink(m, filepath.Join(dir, "modules", filepath.Base(m)))
-	}
-	for _, so := range []string{"lib25_xaps_imap_plugin.so", "lib25_xaps_push_notification_plugin.so"} {
-		data, err := os.ReadFile(filepath.Join(build, so))
-		if err != nil {
-			t.Fatal(err)
+		if !strings.HasPrefix(filepath.Base(m), "lib25_xaps_") {
+			os.Symlink(moduledir+"/"+filepath.Base(m), filepath.Join(dir, "modules", filepath.Base(m)))
 		}
-		os.WriteFile(filepath.Join(dir, "modules", so), data, 0o644)
 	}
 	var users strings.Builder
 	for _, u := range []string{"alice", "bob", "carol", "erin"} {
@@ -81,63 +126,31 @@ func startDovecot(t *testing.T, xapsAddr string) *dovecotEnv {
 		if u == "bob" {
 			extra = "userdb_xaps_alias=bob@alias.example"
 		}
-		fmt.Fprintf(&users, "%s:{PLAIN}secret:%d:%d::%s/home/%s::%s\n", u, mailUID, mailUID, dir, u, extra)
+		fmt.Fprintf(&users, "%s:{PLAIN}secret:%d:%d::%s/home/%s::%s\n", u, mailUID, mailUID, inside, u, extra)
 	}
 	os.WriteFile(filepath.Join(dir, "users"), []byte(users.String()), 0o644)
-	e := &dovecotEnv{t: t, dir: dir, xapsAddr: xapsAddr, done: make(chan struct{})}
+	os.WriteFile(filepath.Join(dir, "xaps.secret"), []byte("e2e-secret\n"), 0o600)
+
+	e := &dovecotEnv{t: t, kind: kind, dir: dir, xapsAddr: xapsAddr, done: make(chan struct{})}
 	imapPort, lmtpPort := freePort(t), freePort(t)
 	e.imap, e.lmtp = fmt.Sprintf("127.0.0.1:%d", imapPort), fmt.Sprintf("127.0.0.1:%d", lmtpPort)
-	conf := fmt.Sprintf(`base_dir = %[1]s/run
-state_dir = %[1]s/state
-instance_name = xapsd-e2e
-log_path = %[1]s/dovecot.log
-mail_debug = yes
-default_internal_user = dovecot
-default_login_user = dovenull
-protocols = imap lmtp
-listen = 127.0.0.1
-ssl = no
-disable_plaintext_auth = no
-auth_mechanisms = plain login
-auth_username_format = %%Ln
-passdb {
-  driver = passwd-file
-  args = scheme=PLAIN %[1]s/users
-}
-userdb {
-  driver = passwd-file
-  args = %[1]s/users
-}
-mail_location = maildir:~/Maildir
-mail_plugin_dir = %[1]s/modules
-recipient_delimiter = +
-lmtp_save_to_detail_mailbox = yes
-service imap-login {
-  inet_listener imap {
-    address = 127.0.0.1
-    port = %[2]d
-  }
-  inet_listener imaps {
-    port = 0
-  }
-}
-service lmtp {
-  inet_listener lmtp {
-    address = 127.0.0.1
-    port = %[3]d
-  }
-}
-mail_plugins = $mail_plugins notify push_notification xaps_push_notification
-protocol imap {
-  mail_plugins = $mail_plugins xaps_imap
-}
-plugin {
-  xaps_config = url=http://%[4]s user_lookup=xaps_alias max_retries=1 timeout_msecs=2000
-  push_notification_driver = xaps
-}
-`, dir, imapPort, lmtpPort, xapsAddr)
+	// The configurations the plugin's own checks use (dovecot/test).
+	template := "../../dovecot/test/dovecot.conf.in"
+	if kind.root != "" {
+		template = "../../dovecot/test/dovecot24.conf.in"
+	}
+	conf := strings.NewReplacer("@TMP@", inside, "@IMAP_PORT@", fmt.Sprint(imapPort),
+		"@LMTP_PORT@", fmt.Sprint(lmtpPort), "@XAPS_URL@", "http://"+xapsAddr).Replace(string(mustRead(t, template)))
 	os.WriteFile(filepath.Join(dir, "dovecot.conf"), []byte(conf), 0o644)
-	e.cmd = exec.Command("dovecot", "-F", "-c", filepath.Join(dir, "dovecot.conf"))
+	if kind.root == "" {
+		e.cmd = exec.Command("dovecot", "-F", "-c", filepath.Join(dir, "dovecot.conf"))
+	} else {
+		// A private mount namespace gives the root a /proc that goes away
+		// with the test.
+		e.cmd = exec.Command("unshare", "--mount", "--propagation", "private", "sh", "-c",
+			`mount -t proc proc "$1/proc" && exec chroot "$1" dovecot -F -c "$2"`,
+			"sh", kind.root, inside+"/dovecot.conf")
+	}
 	e.cmd.Stdout, e.cmd.Stderr = os.Stderr, os.Stderr
 	if err := e.cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -168,6 +181,11 @@ plugin {
 			if err == nil {
 				c.Close()
 				break
+			}
+			select {
+			case <-e.done:
+				t.Fatalf("Dovecot %s exited during start:\n%s", kind.name, mustRead(t, filepath.Join(dir, "dovecot.log")))
+			default:
 			}
 			if time.Now().After(deadline) {
 				t.Fatalf("Dovecot does not listen on %s", addr)
@@ -285,11 +303,11 @@ type e2e struct {
 // the plugin at http://[::1]:port: the pairing docs/configuration.md
 // offers besides listenAddr 127.0.0.1 (localhost resolves to 127.0.0.1
 // only on many hosts, so it is not used).
-func newE2E(t *testing.T, extra string) *e2e {
+func newE2E(t *testing.T, kind dovecotKind, extra string) *e2e {
 	t.Helper()
 	a := newAPNsEnv(t, "delay: 2\ncheckInterval: 1\nlistenAddr: ::1\n"+extra)
 	_, port, _ := net.SplitHostPort(a.addr)
-	return &e2e{apnsEnv: a, dc: startDovecot(t, "[::1]:"+port)}
+	return &e2e{apnsEnv: a, dc: startDovecot(t, kind, "[::1]:"+port)}
 }
 
 func tagless(l string) string {
@@ -300,8 +318,10 @@ func tagless(l string) string {
 	return l
 }
 
-func TestE2ERegisterAndNewMail(t *testing.T) {
-	e := newE2E(t, "")
+func TestE2ERegisterAndNewMail(t *testing.T) { forEachDovecot(t, testE2ERegisterAndNewMail) }
+
+func testE2ERegisterAndNewMail(t *testing.T, dv dovecotKind) {
+	e := newE2E(t, dv, "")
 	ios := imapLogin(t, e.dc.imap, "alice")
 	caps, _ := ios.cmd("CAPABILITY")
 	if !strings.Contains(strings.Join(caps, " "), "XAPPLEPUSHSERVICE") {
@@ -341,7 +361,11 @@ func TestE2ERegisterAndNewMail(t *testing.T) {
 }
 
 func TestE2EFlagChangeIsOneDelayedPush(t *testing.T) {
-	e := newE2E(t, "")
+	forEachDovecot(t, testE2EFlagChangeIsOneDelayedPush)
+}
+
+func testE2EFlagChangeIsOneDelayedPush(t *testing.T, dv dovecotKind) {
+	e := newE2E(t, dv, "")
 	ios := imapLogin(t, e.dc.imap, "alice")
 	if _, ok := ios.registerLikeIOS(acc, token(1), "INBOX"); !ok {
 		t.Fatal("registration failed")
@@ -375,7 +399,11 @@ func TestE2EFlagChangeIsOneDelayedPush(t *testing.T) {
 }
 
 func TestE2ETwoDevicesWithOneAccountID(t *testing.T) {
-	e := newE2E(t, "")
+	forEachDovecot(t, testE2ETwoDevicesWithOneAccountID)
+}
+
+func testE2ETwoDevicesWithOneAccountID(t *testing.T, dv dovecotKind) {
+	e := newE2E(t, dv, "")
 	for _, tok := range []string{token(1), token(2)} {
 		if _, ok := imapLogin(t, e.dc.imap, "alice").registerLikeIOS(acc, tok, "INBOX"); !ok {
 			t.Fatal("registration failed")
@@ -391,8 +419,10 @@ func TestE2ETwoDevicesWithOneAccountID(t *testing.T) {
 	}
 }
 
-func TestE2EOtherFolders(t *testing.T) {
-	e := newE2E(t, "")
+func TestE2EOtherFolders(t *testing.T) { forEachDovecot(t, testE2EOtherFolders) }
+
+func testE2EOtherFolders(t *testing.T, dv dovecotKind) {
+	e := newE2E(t, dv, "")
 	ios := imapLogin(t, e.dc.imap, "alice")
 	ios.cmd("CREATE Lists")
 	if _, ok := ios.registerLikeIOS(acc, token(1), "INBOX", "Lists"); !ok {
@@ -427,8 +457,10 @@ func mustRead(t *testing.T, path string) []byte {
 	return b
 }
 
-func TestE2EDaemonDown(t *testing.T) {
-	e := newE2E(t, "")
+func TestE2EDaemonDown(t *testing.T) { forEachDovecot(t, testE2EDaemonDown) }
+
+func testE2EDaemonDown(t *testing.T, dv dovecotKind) {
+	e := newE2E(t, dv, "")
 	e.d.stop()
 	ios := imapLogin(t, e.dc.imap, "alice")
 	lines, ok := ios.registerLikeIOS(acc, token(1), "INBOX")
@@ -446,8 +478,10 @@ func TestE2EDaemonDown(t *testing.T) {
 	}
 }
 
-func TestE2EUserLookupAlias(t *testing.T) {
-	e := newE2E(t, "")
+func TestE2EUserLookupAlias(t *testing.T) { forEachDovecot(t, testE2EUserLookupAlias) }
+
+func testE2EUserLookupAlias(t *testing.T, dv dovecotKind) {
+	e := newE2E(t, dv, "")
 	if _, ok := imapLogin(t, e.dc.imap, "bob").registerLikeIOS("ACC-BOB", token(5), "INBOX"); !ok {
 		t.Fatal("registration failed")
 	}
@@ -543,8 +577,10 @@ func (e *dovecotEnv) copies(user, subject string) int {
 // saved are pushed when xapsd is up. A crash of the LMTP process here makes
 // the MTA deliver the whole transaction again. The Dovecot log is checked
 // for panics and killed processes when the test ends.
-func TestE2EMultiRecipientLMTP(t *testing.T) {
-	e := newE2E(t, "")
+func TestE2EMultiRecipientLMTP(t *testing.T) { forEachDovecot(t, testE2EMultiRecipientLMTP) }
+
+func testE2EMultiRecipientLMTP(t *testing.T, dv dovecotKind) {
+	e := newE2E(t, dv, "")
 	tokens := map[string]string{"alice": token(1), "bob": token(2), "carol": token(3)}
 	for _, u := range []string{"alice", "bob", "carol"} {
 		if _, ok := imapLogin(t, e.dc.imap, u).registerLikeIOS("ACC-"+u, tokens[u], "INBOX"); !ok {
