@@ -9,15 +9,16 @@
 #   docker build --target xapsd -t xapsd .        the daemon alone, distroless
 #
 # Build arguments:
-#   DMS_TAG=15          the docker-mailserver release to build on; use the tag
+#   DMS_TAG=16          the docker-mailserver release to build on; use the tag
 #                       your compose.yaml runs (the plugin is built against
-#                       that image's own Dovecot)
+#                       that image's own Dovecot: 2.4 in 16, 2.3 in 15, and
+#                       the install script picks the matching Dovecot snippet)
 #   VERSION=...         what `xapsd --version` prints, e.g.
 #                       --build-arg VERSION=$(git describe --always --dirty)
 #   DMS_IMAGE, GO_IMAGE, RUNTIME_IMAGE   other base images
 
 ARG DMS_IMAGE=ghcr.io/docker-mailserver/docker-mailserver
-ARG DMS_TAG=15
+ARG DMS_TAG=16
 ARG GO_IMAGE=golang:1.26-bookworm
 ARG RUNTIME_IMAGE=gcr.io/distroless/static-debian12:nonroot
 
@@ -26,8 +27,9 @@ FROM ${GO_IMAGE} AS go
 
 # --- Plugin and daemon, built inside the docker-mailserver image ------------
 # Dovecot refuses plugins built for another Dovecot version, so the plugin is
-# compiled here, against this image's dovecot-dev. Nothing of this stage is
-# shipped except what the install script copies.
+# compiled here, against this image's dovecot-dev (with Dovecot 2.4 also its
+# settings module). Nothing of this stage is shipped except what the install
+# script copies.
 FROM ${DMS_IMAGE}:${DMS_TAG} AS build
 RUN apt-get update \
  && apt-get install -y --no-install-recommends dovecot-dev gcc libc6-dev make \

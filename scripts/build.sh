@@ -8,6 +8,7 @@
 # Usage: scripts/build.sh [options]
 #
 #   (no options)     build bin/xapsd and dovecot/build/lib25_xaps_*_plugin.so
+#                    (with Dovecot 2.4 also dovecot/build/settings/libxaps_settings.so)
 #   --install        then install into DESTDIR (default: the running system)
 #   --destdir DIR    install into DIR instead of / (implies --install)
 #   --prefix DIR     /usr (default) or e.g. /usr/local: where bin/xapsd and the
@@ -18,12 +19,16 @@
 #                    PREFIX/lib/tmpfiles.d; systemd searches /usr/local/lib too)
 #   --no-plugin      build and install the daemon only (no dovecot-dev needed)
 #   --no-daemon      build and install the plugin only (no Go needed)
+#   --prebuilt-daemon  install the bin/xapsd built before instead of building it
+#                    (e.g. inside a Debian root that has no Go)
 #   -h, --help       this text
 #
 # Installed files (with --prefix /usr):
 #   /usr/bin/xapsd                               0755
 #   <dovecot moduledir>/lib25_xaps_*_plugin.so   0644  (make -C dovecot install)
-#   /etc/dovecot/conf.d/95-xaps.conf             0644
+#   <dovecot moduledir>/settings/libxaps_settings.so  0644  Dovecot 2.4 only
+#   /etc/dovecot/conf.d/95-xaps.conf             0644  configs/dovecot/2.3/ or
+#                    2.4/, whichever fits the Dovecot the plugin is built for
 #   /etc/xapsd/xapsd.yaml                        0644  documented sample
 #   /var/lib/xapsd/                              0700  state, only into a DESTDIR
 #                    (on a live system systemd-tmpfiles and StateDirectory=
@@ -70,6 +75,7 @@ while [ $# -gt 0 ]; do
 	--systemd) systemd=1 ;;
 	--no-plugin) build_plugin=0 ;;
 	--no-daemon) build_daemon=0 ;;
+	--prebuilt-daemon) build_daemon=prebuilt ;;
 	-h | --help) usage; exit 0 ;;
 	*) echo "build.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
 	esac
@@ -99,10 +105,18 @@ say() { printf 'build.sh: %s\n' "$*"; }
 if [ "$build_daemon" = 1 ]; then
 	say "building bin/xapsd $VERSION (CGO_ENABLED=$CGO_ENABLED)"
 	(cd "$src" && "$GO" build -trimpath -ldflags "-X main.version=$VERSION" -o bin/xapsd ./cmd/xapsd)
+elif [ "$build_daemon" = prebuilt ]; then
+	[ -x "$src/bin/xapsd" ] || { echo "build.sh: --prebuilt-daemon: no bin/xapsd; build it first" >&2; exit 2; }
+	build_daemon=1
 fi
 if [ "$build_plugin" = 1 ]; then
-	say "building the Dovecot plugin"
+	dovecot_version=$("$MAKE" -s -C "$src/dovecot" version)
+	say "building the Dovecot plugin for Dovecot $dovecot_version"
 	"$MAKE" -s -C "$src/dovecot"
+	case $dovecot_version in
+	2.3.*) snippet=$src/configs/dovecot/2.3/95-xaps.conf ;;
+	*) snippet=$src/configs/dovecot/2.4/95-xaps.conf ;;
+	esac
 fi
 [ "$install" = 1 ] || exit 0
 
@@ -139,7 +153,7 @@ if [ "$build_daemon" = 1 ]; then
 fi
 if [ "$build_plugin" = 1 ]; then
 	"$MAKE" -s -C "$src/dovecot" install DESTDIR="$destdir"
-	install_config "$src/configs/dovecot/95-xaps.conf" "$destdir/etc/dovecot/conf.d/95-xaps.conf"
+	install_config "$snippet" "$destdir/etc/dovecot/conf.d/95-xaps.conf"
 fi
 say "installed into ${destdir:-/}"
 if [ -z "$destdir" ] && [ "$systemd" = 1 ]; then

@@ -3,12 +3,19 @@
 #
 # The Dockerfile's `mailserver` stage runs this as root while building the
 # image, with the tree that scripts/build.sh built (bin/xapsd and
-# dovecot/build/*.so, compiled against the same image's Dovecot). It installs:
+# dovecot/build/, compiled against the same image's Dovecot: 2.3 in
+# docker-mailserver 15, 2.4 in 16). It installs:
 #
 #   /usr/local/bin/xapsd                          0755  the daemon
 #   <Dovecot moduledir>/lib25_xaps_*_plugin.so    0644  the plugin
-#   /etc/dovecot/conf.d/95-xaps.conf              0644  loads the plugin
+#   <Dovecot moduledir>/settings/libxaps_settings.so  0644  its settings
+#                                                       (Dovecot 2.4 only)
+#   /etc/dovecot/conf.d/95-xaps.conf              0644  loads the plugin:
+#        configs/dovecot/2.3/ or 2.4/, for the Dovecot the plugin was built for
 #   /etc/supervisor/conf.d/xapsd.conf             0644  runs the daemon
+#   /usr/local/libexec/xapsd/start                0755  as the xapsd user
+#        (scripts/supervisord-start.sh)
+#   the system user and group xapsd (nologin, no home folder of its own)
 #   /etc/xapsd -> /tmp/docker-mailserver/xapsd          symlink, so that
 #        `xapsd devices list` and friends find the configuration that lives
 #        in docker-mailserver's config volume without --config
@@ -22,6 +29,9 @@
 #   ROOT       prefix for every path above, for tests (default: empty, i.e. /)
 #   MODULEDIR  Dovecot's module folder (default: asked from doveconf, else
 #              /usr/lib/dovecot/modules)
+#   DOVECOT    the image's dovecot binary, to check that the plugin was built
+#              for its version (default: dovecot from PATH; not checked when
+#              there is none, e.g. in the tests' fake roots)
 set -euo pipefail
 
 SRC=${SRC:-$(cd "$(dirname "$0")/.." && pwd)}
@@ -39,16 +49,44 @@ if [ -z "${MODULEDIR:-}" ]; then
 	MODULEDIR=${MODULEDIR:-/usr/lib/dovecot/modules}
 fi
 
+# The build folder says which Dovecot the plugin was compiled for
+# (dovecot/Makefile leaves a dovecot-<version> stamp there).
+stamp=$(find "$SRC/dovecot/build" -maxdepth 1 -name 'dovecot-*' 2>/dev/null | head -n 1 || true)
+[ -n "$stamp" ] || die "$SRC/dovecot/build has no plugin; run scripts/build.sh first"
+built_for=${stamp##*/dovecot-}
+if command -v "${DOVECOT:-dovecot}" >/dev/null 2>&1; then
+	image_has=$("${DOVECOT:-dovecot}" --version | cut -d' ' -f1)
+	[ "$image_has" = "$built_for" ] || die "the plugin was built for Dovecot $built_for, this image has $image_has; build it in this image (scripts/build.sh)"
+fi
 plugins=("$SRC"/dovecot/build/lib25_xaps_imap_plugin.so "$SRC"/dovecot/build/lib25_xaps_push_notification_plugin.so)
-for f in "$SRC/bin/xapsd" "${plugins[@]}" "$SRC/configs/dovecot/95-xaps.conf" "$SRC/configs/supervisord/xapsd.conf"; do
+case $built_for in
+2.3.*) snippet=$SRC/configs/dovecot/2.3/95-xaps.conf; settings= ;;
+*) snippet=$SRC/configs/dovecot/2.4/95-xaps.conf; settings=$SRC/dovecot/build/settings/libxaps_settings.so ;;
+esac
+for f in "$SRC/bin/xapsd" "${plugins[@]}" ${settings:+"$settings"} "$snippet" \
+	"$SRC/configs/supervisord/xapsd.conf" "$SRC/scripts/supervisord-start.sh"; do
 	[ -f "$f" ] || die "$f is missing; run scripts/build.sh first"
 done
 
-install -d -m 0755 "$ROOT/usr/local/bin" "$ROOT$MODULEDIR" "$ROOT/etc/dovecot/conf.d" "$ROOT/etc/supervisor/conf.d"
+install -d -m 0755 "$ROOT/usr/local/bin" "$ROOT$MODULEDIR" "$ROOT/etc/dovecot/conf.d" \
+	"$ROOT/etc/supervisor/conf.d" "$ROOT/usr/local/libexec/xapsd"
 install -m 0755 "$SRC/bin/xapsd" "$ROOT/usr/local/bin/xapsd"
 install -m 0644 "${plugins[@]}" "$ROOT$MODULEDIR/"
-install -m 0644 "$SRC/configs/dovecot/95-xaps.conf" "$ROOT/etc/dovecot/conf.d/95-xaps.conf"
+if [ -n "$settings" ]; then
+	install -d -m 0755 "$ROOT$MODULEDIR/settings"
+	install -m 0644 "$settings" "$ROOT$MODULEDIR/settings/"
+fi
+install -m 0644 "$snippet" "$ROOT/etc/dovecot/conf.d/95-xaps.conf"
 install -m 0644 "$SRC/configs/supervisord/xapsd.conf" "$ROOT/etc/supervisor/conf.d/xapsd.conf"
+install -m 0755 "$SRC/scripts/supervisord-start.sh" "$ROOT/usr/local/libexec/xapsd/start"
+
+# The unprivileged user xapsd runs as. Its state folder is in a volume that
+# does not exist yet; the start script creates and hands it over.
+if ! grep -q '^xapsd:' "$ROOT/etc/passwd" 2>/dev/null; then
+	useradd ${ROOT:+--prefix "$ROOT"} --system --user-group --no-create-home \
+		--home-dir /var/mail-state/lib-xapsd --shell /usr/sbin/nologin \
+		--comment "xapsd push daemon" xapsd
+fi
 
 # /etc/xapsd is xapsd's default configuration folder. In this image the
 # configuration is in the config volume, so point the folder there. An
@@ -63,4 +101,4 @@ else
 	say "warning: give admin commands the configuration: xapsd --config $config_volume/xapsd.yaml devices list" >&2
 fi
 
-say "installed xapsd $("$ROOT/usr/local/bin/xapsd" --version 2>/dev/null | sed 's/^xapsd //') and the plugin into ${ROOT:-/} (plugins in $MODULEDIR)"
+say "installed xapsd $("$ROOT/usr/local/bin/xapsd" --version 2>/dev/null | sed 's/^xapsd //') and the plugin for Dovecot $built_for into ${ROOT:-/} (plugins in $MODULEDIR)"

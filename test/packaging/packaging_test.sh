@@ -160,7 +160,7 @@ check_build_destdir() {
 	want_mode "$d1/usr/lib/systemd/system/xapsd.service" 644
 	want_mode "$d1/usr/lib/sysusers.d/xapsd.conf" 644
 	want_mode "$d1/usr/lib/tmpfiles.d/xapsd.conf" 644
-	cmp "$src/configs/dovecot/95-xaps.conf" "$d1/etc/dovecot/conf.d/95-xaps.conf"
+	cmp "$src/configs/dovecot/2.3/95-xaps.conf" "$d1/etc/dovecot/conf.d/95-xaps.conf"
 	cmp "$src/configs/xapsd/xapsd.yaml" "$d1/etc/xapsd/xapsd.yaml"
 	cmp "$src/configs/systemd/xapsd.service" "$d1/usr/lib/systemd/system/xapsd.service"
 	cmp "$src/configs/systemd/xapsd.sysusers" "$d1/usr/lib/sysusers.d/xapsd.conf"
@@ -210,7 +210,7 @@ check_config_kept() {
 	tail -n 1 "$d/etc/xapsd/xapsd.yaml" | grep -qx 'loglevel: debug' || die "xapsd.yaml overwritten"
 	tail -n 1 "$d/etc/dovecot/conf.d/95-xaps.conf" | grep -qx '# local change' || die "95-xaps.conf overwritten"
 	cmp "$src/configs/xapsd/xapsd.yaml" "$d/etc/xapsd/xapsd.yaml.new"
-	cmp "$src/configs/dovecot/95-xaps.conf" "$d/etc/dovecot/conf.d/95-xaps.conf.new"
+	cmp "$src/configs/dovecot/2.3/95-xaps.conf" "$d/etc/dovecot/conf.d/95-xaps.conf.new"
 	grep -q "kept $d/etc/xapsd/xapsd.yaml" "$tmp/keep.out" || die "no note about the kept file"
 	# An unchanged file is simply reinstalled, without a .new.
 	local c=$tmp/destdir-same
@@ -359,10 +359,15 @@ unknown = set(p) - known
 if unknown:
     sys.exit("unknown supervisord keys: %s" % sorted(unknown))
 cmd = shlex.split(p["command"])
-if cmd[0] != "/usr/local/bin/xapsd":
-    sys.exit("command runs %s; docker-mailserver-install.sh installs /usr/local/bin/xapsd" % cmd[0])
-if "--config" not in cmd or not cmd[cmd.index("--config") + 1].startswith("/tmp/docker-mailserver/"):
+if cmd[0] != "/usr/local/libexec/xapsd/start" or len(cmd) != 3:
+    sys.exit("command runs %s; docker-mailserver-install.sh installs the start script "
+             "/usr/local/libexec/xapsd/start CONFIG STATE" % cmd)
+if not cmd[1].startswith("/tmp/docker-mailserver/"):
     sys.exit("the configuration must come from the config volume /tmp/docker-mailserver/")
+if not cmd[2].startswith("/var/mail-state/"):
+    sys.exit("the state must be in the state volume /var/mail-state/")
+if p.get("user", "root") != "root":
+    sys.exit("user=%s: the start script needs root to hand the folders over; it drops to xapsd itself" % p["user"])
 if p.get("stopsignal", "TERM") not in ("TERM", "SIGTERM"):
     sys.exit("stopsignal %s: xapsd drains on SIGTERM" % p["stopsignal"])
 # shutdownTimeout defaults to 15s; supervisord must wait longer before SIGKILL.
@@ -373,7 +378,14 @@ if p.get("autorestart", "unexpected") not in ("true", "unexpected"):
 EOF
 }
 
+# image_etc ROOT: the account files of an image, for useradd --prefix.
+image_etc() {
+	mkdir -p "$1/etc"
+	cp -p /etc/passwd /etc/group /etc/shadow /etc/gshadow "$1/etc/"
+}
+
 dms_install() {
+	[ -f "$root/etc/passwd" ] || image_etc "$root"
 	SRC=$src ROOT=$root "$src/scripts/docker-mailserver-install.sh"
 }
 
@@ -390,9 +402,14 @@ check_dms_install() {
 	want_mode "$root$moddir/lib25_xaps_push_notification_plugin.so" 644
 	want_mode "$root/etc/dovecot/conf.d/95-xaps.conf" 644
 	want_mode "$root/etc/supervisor/conf.d/xapsd.conf" 644
+	want_mode "$root/usr/local/libexec/xapsd/start" 755
 	cmp "$src/configs/supervisord/xapsd.conf" "$root/etc/supervisor/conf.d/xapsd.conf"
-	cmp "$src/configs/dovecot/95-xaps.conf" "$root/etc/dovecot/conf.d/95-xaps.conf"
+	cmp "$src/configs/dovecot/2.3/95-xaps.conf" "$root/etc/dovecot/conf.d/95-xaps.conf"
+	cmp "$src/scripts/supervisord-start.sh" "$root/usr/local/libexec/xapsd/start"
 	cmp "$src/bin/xapsd" "$root/usr/local/bin/xapsd"
+	[ ! -e "$root$moddir/settings" ] || die "a settings module was installed for Dovecot 2.3"
+	grep -q '^xapsd:x:[0-9]*:[0-9]*:xapsd push daemon:/var/mail-state/lib-xapsd:/usr/sbin/nologin$' "$root/etc/passwd" ||
+		die "no xapsd system user in the image"
 	[ "$(readlink "$root/etc/xapsd")" = /tmp/docker-mailserver/xapsd ] || die "/etc/xapsd is not a link to the config volume"
 	if [ -e "$root/tmp" ] || [ -e "$root/var" ]; then die "wrote into a volume path"; fi
 	# Idempotent: a second run changes nothing.
@@ -402,6 +419,7 @@ check_dms_install() {
 	diff "$tmp/tree1" "$tmp/tree2" || die "second run changed the tree"
 	# An admin's own /etc/xapsd folder is left alone, with a warning.
 	local r2=$tmp/dms-root-own
+	image_etc "$r2"
 	mkdir -p "$r2/etc/xapsd" && echo "loglevel: info" >"$r2/etc/xapsd/xapsd.yaml"
 	SRC=$src ROOT=$r2 "$src/scripts/docker-mailserver-install.sh" >"$tmp/dms3.out" 2>&1
 	if [ ! -f "$r2/etc/xapsd/xapsd.yaml" ] || [ -L "$r2/etc/xapsd" ]; then die "replaced a non-empty /etc/xapsd"; fi
@@ -431,8 +449,14 @@ metricsListenAddr: 127.0.0.1:$mport
 apnsEndpoint: dry-run
 loglevel: debug
 EOF
+	# A credential file as the admin leaves it on the host: root's, 0600.
+	echo "not a key" >"$cfgdir/push.key"
+	chmod 0600 "$cfgdir/push.key"
+	# As supervisord starts it: the start script, as root, with the
+	# unprivileged user. The fake root's xapsd user does not exist on this
+	# machine, so nobody stands in for it.
 	local bin=$root/usr/local/bin/xapsd log=$tmp/dms-xapsd.log
-	"$bin" --config "$cfgdir/xapsd.yaml" >"$log" 2>&1 &
+	XAPSD=$bin XAPSD_USER=nobody "$root/usr/local/libexec/xapsd/start" "$cfgdir/xapsd.yaml" "$state" >"$log" 2>&1 &
 	local pid=$!
 	echo "$pid" >"$tmp/xapsd.pid"
 
@@ -441,7 +465,10 @@ EOF
 		kill -0 "$pid" 2>/dev/null || { cat "$log"; die "xapsd exited at start"; }
 		sleep 0.1
 	done
-	[ "$(stat -c '%a' "$state")" = 700 ] || die "state folder mode $(stat -c '%a' "$state"), want 700"
+	[ "$(stat -c '%a %U' "$state")" = "700 nobody" ] || die "state folder $(stat -c '%a %U' "$state"), want 700 nobody"
+	[ "$(ps -o user= -p "$pid")" = nobody ] || die "xapsd runs as $(ps -o user= -p "$pid"), want the unprivileged user"
+	[ "$(stat -c '%a %U %G' "$cfgdir/push.key")" = "640 root nogroup" ] ||
+		die "credential file $(stat -c '%a %U %G' "$cfgdir/push.key"), want 640 root and the daemon's group"
 	[ "$(stat -c '%a' "$state/xapsd.sock")" = 600 ] || die "admin socket mode $(stat -c '%a' "$state/xapsd.sock")"
 
 	# iOS registers through the installed plugin and 95-xaps.conf.
