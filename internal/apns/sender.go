@@ -2,8 +2,8 @@
 // many concurrent HTTP/2 requests to Apple, with retries for what can
 // succeed later and removal of registrations Apple says are dead.
 //
-// /notify only enqueues, so the Dovecot plugin never waits on Apple (spec
-// §1.5). Every push to a device is the same request, so a device that is
+// /notify only enqueues, so the Dovecot plugin never waits on Apple.
+// Every push to a device is the same request, so a device that is
 // already queued is not queued again: the queue holds at most one entry
 // per registration whatever the event rate.
 package apns
@@ -227,7 +227,7 @@ func (s *Sender) PushNow(ctx context.Context, k registry.Key) Result {
 // PushTimeout bounds one attempt, from sending to Apple's answer.
 const PushTimeout = 30 * time.Second
 
-// Payload is the body iOS Mail expects (spec §6.3), with the account id
+// Payload is the body iOS Mail expects (docs/protocol.md#apns-payload), with the account id
 // JSON-escaped.
 func Payload(accountID string) []byte {
 	id, _ := json.Marshal(accountID)

@@ -31,7 +31,7 @@ type stubMode int
 const (
 	stubNormal       stubMode = iota
 	stubDiscontinued          // ErrorCode -80010, as Apple since 2024-10-29
-	stubMalformed             // the two nameless header lines of spec §7.6
+	stubMalformed             // the two nameless header lines Apple sent in 2023
 	stubCut                   // issues, then drops the connection mid-answer
 	stubChunked               // chunked transfer encoding, no Content-Length
 	stubHTTP500               // a plain server error
@@ -148,7 +148,7 @@ func (s *appleStub) handle(c net.Conn) {
 		s.problem("request %s %s", req.Method, req.URL.Path)
 		return
 	}
-	// The headers of spec §7.1.
+	// The headers of docs/protocol.md#apple-cert-http.
 	for name, want := range map[string]string{
 		"Content-Type":    "text/x-xml-plist",
 		"User-Agent":      "Servermgrd%20Plugin/6.0 CFNetwork/811.11 Darwin/16.7.0 (x86_64)",
@@ -474,7 +474,7 @@ func stubAnswer(issued map[int]*x509.Certificate) []byte {
 	return []byte(b.String())
 }
 
-// discontinuedAnswer is Apple's answer since 2024-10-29 (spec §7.4).
+// discontinuedAnswer is Apple's answer since 2024-10-29 (docs/protocol.md#apple-cert-status).
 const discontinuedAnswer = `<?xml version="1.0" encoding="UTF-8"?>
 <!DOCTYPE plist PUBLIC "-//Apple//DTD PLIST 1.0//EN" "http://www.apple.com/DTDs/PropertyList-1.0.dtd">
 <plist version="1.0">

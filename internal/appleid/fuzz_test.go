@@ -50,7 +50,7 @@ func FuzzReadResponse(f *testing.F) {
 }
 
 // FuzzSkippedHeaderLines: lines that are not "Name: value" never change
-// the body of an otherwise good answer (spec §7.6).
+// the body of an otherwise good answer (docs/protocol.md#apple-malformed-headers).
 func FuzzSkippedHeaderLines(f *testing.F) {
 	f.Add("1;: mode=block", []byte("<plist/>"))
 	f.Add("max-age=31536000;: includeSubdomains", []byte{})

@@ -20,7 +20,7 @@ import (
 // exchange instead of net/http: in 2023 the service sent header lines
 // without a name ("1;: mode=block"), which net/http rejects since Go 1.20
 // together with the whole response, after Apple had already issued the
-// certificates (spec §7.6). This reader skips such lines instead.
+// certificates. This reader skips such lines instead.
 
 // Limits of the tolerant reader.
 const (
@@ -31,7 +31,7 @@ const (
 	requestTimeout = 30 * time.Second
 )
 
-// userAgent is what macOS Server's servermgrd sent (spec §7.1).
+// userAgent is what macOS Server's servermgrd sent.
 const userAgent = "Servermgrd%20Plugin/6.0 CFNetwork/811.11 Darwin/16.7.0 (x86_64)"
 
 // httpResponse is a response read by readResponse.

@@ -30,7 +30,7 @@ func TestReadResponse(t *testing.T) {
 		header  map[string][]string
 	}{
 		{"content length", "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello and more", 200, "hello", nil, nil},
-		{"apple's malformed lines (spec §7.6)",
+		{"apple's malformed lines of 2023",
 			"HTTP/1.1 200 OK\r\nServer: Apple\r\n1;: mode=block\r\nmax-age=31536000;: includeSubdomains\r\nContent-Length: 2\r\n\r\nok",
 			200, "ok", []string{"1;: mode=block", "max-age=31536000;: includeSubdomains"},
 			map[string][]string{"server": {"Apple"}, "content-length": {"2"}}},

@@ -25,7 +25,7 @@ type ImportResult struct {
 	Notes []string
 }
 
-// legacyCerts is the old daemon's "AppleCerts" object (spec §4.1): Go's
+// legacyCerts is the old daemon's "AppleCerts" object (docs/protocol.md#legacy-applecerts): Go's
 // JSON of five tls.Certificate values and five PKCS#1 keys, in
 // CertRequestNo order. encoding/json turns the base64 strings into bytes.
 type legacyCerts struct {

@@ -46,9 +46,10 @@ func issueLegacy(t *testing.T, e *env, mailNotAfter time.Time, keyBase int) *leg
 	return &l
 }
 
-// databaseJSON is the old daemon's database.json as it wrote it (spec
-// §4.1): pretty-printed, registrations and AppleCerts, each certificate as
-// Go's JSON of a tls.Certificate and each key as base64 PKCS#1.
+// databaseJSON is the old daemon's database.json as it wrote it
+// (docs/protocol.md#legacy-database): pretty-printed, registrations and
+// AppleCerts, each certificate as Go's JSON of a tls.Certificate and each
+// key as base64 PKCS#1.
 func (l *legacySet) databaseJSON(t *testing.T) []byte {
 	t.Helper()
 	type account struct {
@@ -95,7 +96,7 @@ func TestImportLegacy(t *testing.T) {
 	e := newEnv(t, stubNormal)
 	l := issueLegacy(t, e, time.Time{}, 0)
 	raw := l.json(t)
-	// The layout is what the spec describes, nulls and all.
+	// The layout is the one docs/protocol.md#legacy-applecerts describes, nulls and all.
 	for _, s := range []string{`"Signature": [`, `"PrivateKey": null`, `"Leaf": null`, `"Keys": [`} {
 		if !strings.Contains(string(l.databaseJSON(t)), s) {
 			t.Fatalf("fixture database.json lacks %s", s)

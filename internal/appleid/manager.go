@@ -1,6 +1,6 @@
 // Package appleid gets and renews the mail push certificate from Apple's
 // push certificate service with an Apple ID, the way macOS Server did
-// (spec §7), and keeps it in a state folder beside the registry.
+// (docs/protocol.md#apple-cert-service), and keeps it in a state folder beside the registry.
 //
 // Apple stopped issuing these certificates on 2024-10-29: every request is
 // answered with error -80010. What still matters is keeping an existing
@@ -49,7 +49,7 @@ import (
 )
 
 // DefaultBaseURL is Apple's certificate service; requests go to its /new
-// and /renew (spec §7.1).
+// and /renew (docs/protocol.md#apple-cert-http).
 const DefaultBaseURL = "https://identity.apple.com/pushcert/caservice"
 
 // ErrNotStored says the state folder holds no mail certificate.
@@ -354,7 +354,7 @@ func (m *Manager) request(ctx context.Context, kind planKind, mail *x509.Certifi
 		reqs[i].Service = svc
 		if kind == planRenew {
 			// Renewal reuses each key and names the serial it replaces
-			// (spec §7.2). A service with nothing stored (an import that
+			// as macOS Server did. A service with nothing stored (an import that
 			// had only the mail certificate) gets a fresh key.
 			h, err := m.st.load(svc)
 			switch {
@@ -454,7 +454,7 @@ func (m *Manager) exchange(ctx context.Context, target string, body []byte, keys
 	resp, err := post(ctx, target, body, m.o.Roots, &raw)
 	if raw.Len() > 0 {
 		// Kept before anything is parsed, so certificates Apple issued
-		// survive a parser that chokes (spec §7.6); recoverAnswer reads it.
+		// survive a parser that chokes; recoverAnswer reads it.
 		if werr := atomicfile.WriteFile(m.st.path(answerFile), raw.Bytes(), fileMode); werr != nil {
 			log.WithError(werr).Warn("could not keep Apple's raw answer")
 		}

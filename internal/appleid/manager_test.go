@@ -354,7 +354,7 @@ func TestNewCertificate(t *testing.T) {
 }
 
 // TestMalformedHeaders: the answer carries the two nameless header lines
-// Apple sent in 2023 (spec §7.6). net/http refuses such a response; the
+// Apple sent in 2023. net/http refuses such a response; the
 // manager must still store the certificates.
 func TestMalformedHeaders(t *testing.T) {
 	e := newEnv(t, stubMalformed)

@@ -14,7 +14,7 @@ import (
 )
 
 // This file holds the small part of Apple's XML property list format that
-// the certificate service speaks (spec §7.2, §7.4). Values are plain Go
+// the certificate service speaks. Values are plain Go
 // values: map[string]any (dict), []any (array), string, int64 (integer;
 // int is accepted when encoding), float64 (real, decode only), bool,
 // []byte (data). A <date> decodes as its text.

@@ -15,18 +15,18 @@ import (
 )
 
 // service is one of the five push certificates macOS Server asks for in
-// a single request (spec §7.2). Only the mail one is used; the others are
-// requested because the service expects all five, and kept so a renewal
-// can send all five again.
+// a single request (docs/protocol.md#apple-cert-services). Only the mail
+// one is used; the others are requested because the service expects all
+// five, and kept so a renewal can send all five again.
 type service struct {
-	No          int    // CertRequestNo, also the index in the old AppleCerts arrays (spec §4.1)
+	No          int    // CertRequestNo, also the index in the old AppleCerts arrays
 	Name        string // file name in the state folder
 	CommonName  string // CSR subject CN
 	Apns        string // Description suffix after "apns:"
 	ServiceType string
 }
 
-// services is the table of spec §7.2, in CertRequestNo order.
+// services is the table of docs/protocol.md#apple-cert-services, in CertRequestNo order.
 var services = [5]service{
 	{0, "calendar", "com.apple.servermgrd.apns.calendar", "com.apple.calendar", "Service_Calendar"},
 	{1, "contact", "com.apple.servermgrd.apns.contact", "com.apple.contact", "Service_Contact"},
@@ -51,7 +51,7 @@ type certRequest struct {
 }
 
 // makeCSR builds the PKCS#10 request for one service: subject C=US plus
-// the service's CN, signed with SHA-1 as macOS Server did (spec §7.2). Go
+// the service's CN, signed with SHA-1 as macOS Server did. Go
 // 1.26 still creates SHA-1 requests; only verifying SHA-1 certificate
 // chains was dropped.
 func makeCSR(s service, key *rsa.PrivateKey) ([]byte, error) {
@@ -126,7 +126,7 @@ func innerPlist(reqs []certRequest, hostname, appleID, passwordHash string) ([]b
 }
 
 // outerPlist wraps the inner request with the vendor chain and the SHA-1
-// signature over exactly the inner bytes (spec §7.2).
+// signature over exactly the inner bytes (docs/protocol.md#apple-cert-request).
 func outerPlist(inner []byte, v *vendor) ([]byte, error) {
 	sum := sha1.Sum(inner)
 	sig, err := rsa.SignPKCS1v15(rand.Reader, v.key, crypto.SHA1, sum[:])
@@ -138,7 +138,7 @@ func outerPlist(inner []byte, v *vendor) ([]byte, error) {
 		chain = append(chain, c.Raw...)
 	}
 	// The inner plist travels with a trailing newline that the signature
-	// does not cover (spec §7.2).
+	// does not cover.
 	body := append(append([]byte{}, inner...), '\n')
 	return encodePlist(map[string]any{
 		"PushCertCertificateChain": chain,

@@ -64,7 +64,7 @@ func TestInnerPlist(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		// Go ≥ 1.24 still makes and checks SHA-1 CSRs (spec §7.2).
+		// Go ≥ 1.24 still makes and checks SHA-1 CSRs (docs/protocol.md#apple-cert-csr).
 		if csr.SignatureAlgorithm != x509.SHA1WithRSA || csr.CheckSignature() != nil {
 			t.Errorf("entry %d: %v, %v", i, csr.SignatureAlgorithm, csr.CheckSignature())
 		}

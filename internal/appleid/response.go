@@ -10,7 +10,7 @@ import (
 )
 
 // codeDiscontinued is the answer Apple has given to every request since
-// 2024-10-29, with ErrorMessage "ServiceType is Invalid." (spec §7.7).
+// 2024-10-29, with ErrorMessage "ServiceType is Invalid." (docs/protocol.md#apple-cert-status).
 const codeDiscontinued = -80010
 
 // ErrDiscontinued matches (errors.Is) the service's -80010 answer.
@@ -59,7 +59,7 @@ type issued struct {
 	Cert        *x509.Certificate
 }
 
-// parseAnswer reads the service's plist answer (spec §7.4). It returns
+// parseAnswer reads the service's plist answer (docs/protocol.md#apple-cert-answer). It returns
 // the certificates keyed by CertRequestNo; entries it cannot read are
 // reported in problems, so one broken calendar certificate does not cost
 // the mail one.

@@ -8,7 +8,7 @@ import (
 // Timing rules.
 const (
 	// renewBefore is how long before the mail certificate's end renewal
-	// starts, as in the old daemon (spec §7.5).
+	// starts, as in the old daemon (docs/protocol.md#apple-cert-renewal).
 	renewBefore = 30 * 24 * time.Hour
 	// newInterval is the least time between two /new requests, across
 	// restarts: each one that Apple answers mails the account holder and
@@ -29,8 +29,8 @@ const (
 
 // renewAt is when renewal of a certificate ending at notAfter is due.
 // The old daemon computed NotAfter − (now − 30 days), a sign error that
-// put the renewal 30 days after expiry and then renewed in a loop (spec
-// §7.5); this is NotAfter − 30 days, full stop.
+// put the renewal 30 days after expiry and then renewed in a loop;
+// this is NotAfter − 30 days, full stop.
 func renewAt(notAfter time.Time) time.Time { return notAfter.Add(-renewBefore) }
 
 // renewDelay is how long to wait from now until renewal is due; never

@@ -39,7 +39,7 @@ const (
 )
 
 // StateDir is the state folder for a registry file: apple-push/ beside
-// it, which the packaging already makes writable (spec §8.5).
+// it, which the packaging already makes writable.
 func StateDir(databaseFile string) string {
 	return filepath.Join(filepath.Dir(databaseFile), "apple-push")
 }

@@ -19,7 +19,7 @@ var ErrNoVendor = errors.New("appleId is set, but appleIdVendorCertificate and a
 	"and RSA key), which xapsd does not ship; extract them from your own copy of macOS Server, or better use a push " +
 	"certificate file or a .p8 key, because Apple has refused all such requests since 2024-10-29 (see docs/credentials.md)")
 
-// vendor is the identity that signs certificate requests (spec §7.2).
+// vendor is the identity that signs certificate requests (docs/protocol.md#apple-cert-request).
 type vendor struct {
 	chain []*x509.Certificate // vendor certificate first
 	key   *rsa.PrivateKey

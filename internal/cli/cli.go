@@ -34,7 +34,7 @@ type Env struct {
 }
 
 // legacyFlags are the old daemon's flags, which Go's flag package let
-// users write with one dash (spec §8.4); pflag would read "-pass" as four
+// users write with one dash; pflag would read "-pass" as four
 // one-letter flags.
 var legacyFlags = []string{"pass", "configPath", "configName"}
 
@@ -170,7 +170,7 @@ func versionString(v string) string {
 	return "dev"
 }
 
-// hashPassword is the old `xapsd -pass` (spec §7.3): the lower-case hex
+// hashPassword is the old `xapsd -pass` (docs/protocol.md#apple-password-hash): the lower-case hex
 // SHA-256 of the password, for appleIdHashedPassword. The prompt goes to
 // stderr so that stdout holds only the hash.
 func hashPassword(env Env) int {

@@ -1,6 +1,6 @@
 // Package config reads, checks and prints the xapsd configuration file.
 //
-// The file is YAML with the key names of the old xapsd (spec §8.2), so an existing
+// The file is YAML with the key names of the old xapsd, so an existing
 // /etc/xapsd/xapsd.yaml keeps working unchanged. Keys are matched case-insensitively because
 // the old daemon read them through viper. Unlike the old daemon, every key has a default,
 // values are checked once at load time, and every problem is reported at once so an
@@ -18,13 +18,13 @@ import (
 	"time"
 )
 
-// Where the old daemon looked for its file (spec §8.1).
+// Where the old daemon looked for its file (docs/configuration.md#finding-the-file).
 const (
 	DefaultName = "xapsd"
 	DefaultDir  = "/etc/xapsd"
 )
 
-// The APNs hosts behind the apnsEndpoint words (spec §6.1).
+// The APNs hosts behind the apnsEndpoint words (docs/protocol.md#apns-endpoint).
 const (
 	productionURL  = "https://api.push.apple.com"
 	developmentURL = "https://api.sandbox.push.apple.com"
@@ -70,11 +70,11 @@ type Config struct {
 	AppleID                    string `config:"appleId"`
 	AppleIDHashedPassword      string `config:"appleIdHashedPassword,secret"`
 	// The macOS Server vendor identity that signs requests to Apple's certificate service
-	// (spec §7.2); xapsd does not ship Apple's keys, the admin extracts their own.
+	// (docs/protocol.md#apple-cert-request); xapsd ships none, the admin extracts their own.
 	AppleIDVendorCertificate string `config:"appleIdVendorCertificate,path"`
 	AppleIDVendorKey         string `config:"appleIdVendorKey,path"`
 	// DryRunTopic is what /register answers in dry-run mode when no credential gives a
-	// topic; it must be longer than 50 bytes for the stock plugin (spec §1.2).
+	// topic; it must be longer than 50 bytes for the stock plugin (docs/protocol.md#topic-length).
 	DryRunTopic string `config:"dryRunTopic"`
 
 	APNsEndpoint         string        `config:"apnsEndpoint"`
@@ -90,7 +90,7 @@ type Config struct {
 }
 
 // Default returns the built-in defaults: the legacy sample's values where it had them
-// (spec §8.2), otherwise the values docs/configuration.md explains.
+// (internal/config/testdata/good/legacy.yaml), otherwise the values docs/configuration.md explains.
 func Default() *Config {
 	return &Config{
 		LogLevel:             "info",
@@ -125,7 +125,7 @@ func (c *Config) TLSListenAddress() string {
 }
 
 // TLSEnabled reports whether the TLS listener runs: the old daemon started it when either
-// file was named (spec §8.3); Validate insists on both.
+// file was named (docs/configuration.md#tlscertfile); Validate insists on both.
 func (c *Config) TLSEnabled() bool {
 	return c.TLSCertFile != "" || c.TLSKeyFile != ""
 }

@@ -39,7 +39,7 @@ func TestDefaultIsValid(t *testing.T) {
 		t.Fatalf("defaults do not validate: %v", err)
 	}
 	if c.ListenAddress() != "[::1]:11619" {
-		t.Errorf("default listen address %q, want [::1]:11619 (spec §1.1)", c.ListenAddress())
+		t.Errorf("default listen address %q, want [::1]:11619", c.ListenAddress())
 	}
 	if c.TLSEnabled() || c.DryRun() || !c.MetricsEnabled() {
 		t.Errorf("defaults: TLSEnabled=%v DryRun=%v MetricsEnabled=%v", c.TLSEnabled(), c.DryRun(), c.MetricsEnabled())
@@ -257,7 +257,7 @@ func TestGoodConfigs(t *testing.T) {
 	}
 }
 
-// TestLegacySample checks the sample that the old xapsd shipped (spec §8.2) loads to the
+// TestLegacySample checks the sample that the old xapsd shipped loads to the
 // values it meant.
 func TestLegacySample(t *testing.T) {
 	c, warnings, err := Load("testdata/good/legacy.yaml")
@@ -449,7 +449,7 @@ func TestAccessors(t *testing.T) {
 	}
 	c.TLSKeyFile = "k"
 	if !c.TLSEnabled() {
-		t.Error("TLSEnabled false with only tlsKeyfile set (spec §8.3)")
+		t.Error("TLSEnabled false with only tlsKeyfile set, as the old daemon started it")
 	}
 	c.TLSKeyFile, c.TLSCertFile = "", "c"
 	if !c.TLSEnabled() {

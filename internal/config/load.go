@@ -73,7 +73,7 @@ func (e *loadError) Error() string {
 
 func (e *loadError) Unwrap() []error { return e.problems }
 
-// Find implements the old daemon's discovery (spec §8.1): NAME.yaml, then NAME.yml, in each
+// Find implements the old daemon's discovery: NAME.yaml, then NAME.yml, in each
 // folder in turn. The daemon passes the -configPath folder first and DefaultDir last; tests
 // pass temporary folders. An empty name means DefaultName. A name that already ends in .yaml
 // or .yml is also tried as given, since admins do write -configName xapsd.yaml.
@@ -268,7 +268,7 @@ const maxSeconds = float64(math.MaxInt64 / int64(time.Second))
 
 var errDuration = errors.New("not a number of seconds or a duration such as 90s, 5m or 24h")
 
-// parseDuration accepts the legacy form (a number of seconds, spec §5) and Go durations.
+// parseDuration accepts the legacy form (a number of seconds) and Go durations.
 func parseDuration(n *yaml.Node) (time.Duration, error) {
 	s := strings.TrimSpace(n.Value)
 	switch n.ShortTag() {
@@ -340,7 +340,7 @@ func (d *decoder) normalize() {
 }
 
 // resolvePaths makes relative file names absolute against the config file's folder. The old
-// daemon joined credential names onto /etc/xapsd/ (spec §6.1), so "push.pem" next to
+// daemon joined credential names onto /etc/xapsd/, so "push.pem" next to
 // /etc/xapsd/xapsd.yaml still names /etc/xapsd/push.pem.
 func (d *decoder) resolvePaths(dir string) {
 	v := reflect.ValueOf(d.c).Elem()

@@ -18,7 +18,7 @@ const (
 	minTTL         = time.Hour
 	maxConcurrency = 100000
 	maxDevices     = 1000
-	topicMinBytes  = 51 // the stock plugin asserts a /register body of more than 50 bytes (spec §1.2)
+	topicMinBytes  = 51 // the stock plugin asserts a /register body of more than 50 bytes
 )
 
 // Validate checks the whole configuration and returns every problem joined with
@@ -89,7 +89,7 @@ func (c *Config) validate(given map[string]string) []error {
 	if !validPort(c.TLSPort) {
 		bad("tlsPort", c.TLSPort, "must be between 1 and 65535")
 	}
-	// Spec §8.3: the old daemon started TLS with only one of the two files and then failed
+	// The old daemon started TLS with only one of the two files and then failed
 	// at the first handshake; refuse that at load time instead.
 	switch {
 	case c.TLSCertFile != "" && c.TLSKeyFile == "":
@@ -101,7 +101,7 @@ func (c *Config) validate(given map[string]string) []error {
 		bad("tlsPort", c.TLSPort, "is also the plain HTTP port; the two listeners need different ports")
 	}
 
-	// The old daemon panicked on checkInterval 0 (spec §5).
+	// The old daemon panicked on checkInterval 0.
 	if c.CheckInterval <= 0 {
 		bad("checkInterval", c.CheckInterval, "must be a positive number of seconds")
 	}
@@ -112,7 +112,7 @@ func (c *Config) validate(given map[string]string) []error {
 	if c.CertificateFilePemKey != "" && c.CertificateFilePem == "" {
 		missing("certificateFilePem", "must be set when certificateFilePemKey is set")
 	}
-	// Token mode needs all four values (spec §6.1); the sample's placeholders for the other
+	// Token mode needs all four values; the sample's placeholders for the other
 	// three are harmless as long as keyFileP8 is empty.
 	if c.KeyFileP8 != "" {
 		for _, m := range []struct{ name, value string }{
@@ -273,7 +273,7 @@ func (c *Config) warnings() []string {
 		}
 	}
 	if len(creds) > 1 {
-		// Same order as the old daemon (spec §6.1).
+		// Same order as the old daemon (docs/protocol.md#apns-credentials).
 		all := "both"
 		if len(creds) > 2 {
 			all = "all"

@@ -18,7 +18,7 @@ import (
 )
 
 // oidUID is the LDAP userid attribute where Apple puts the push topic
-// (spec §6.2).
+// (docs/protocol.md#apns-topic).
 var oidUID = asn1.ObjectIdentifier{0, 9, 2342, 19200300, 100, 1, 1}
 
 // TopicFromCertificate returns the push topic: the UID attribute of the
@@ -182,7 +182,7 @@ func keyMatches(c *x509.Certificate, k crypto.Signer) bool {
 // loadP12 reads a PKCS#12 bundle. go-pkcs12 reads both the legacy
 // (RC2/3DES, SHA-1 MAC) files that golang.org/x/crypto/pkcs12 handled and
 // the PBES2/AES, SHA-256 MAC files that OpenSSL 3 and current macOS
-// write, which the original daemon could not load (spec §6.1).
+// write, which the original daemon could not load.
 func loadP12(path, password string, now time.Time) (*Credential, error) {
 	data, err := readFile("PKCS#12 file", path)
 	if err != nil {

@@ -100,8 +100,8 @@ const expiryWarning = 30 * 24 * time.Hour
 
 // minTopicLen is the shortest topic the stock Dovecot plugin survives:
 // it asserts that the /register reply body, which is the topic, is longer
-// than 50 bytes, and a failed assertion kills the imap process (spec §1.2,
-// §1.4).
+// than 50 bytes, and a failed assertion kills the imap process
+// (docs/protocol.md#topic-length).
 const minTopicLen = 51
 
 // maxFileSize caps what is read from a credential path. Real files are a
@@ -110,7 +110,7 @@ const minTopicLen = 51
 const maxFileSize = 1 << 20
 
 // Load reads the credential in the order the original daemon chose it
-// (spec §6.1): PKCS#12 if set, else PEM certificate (and key), else .p8
+// (docs/protocol.md#apns-credentials): PKCS#12 if set, else PEM certificate (and key), else .p8
 // token. now decides validity and expiry warnings.
 func Load(f Files, now time.Time) (*Credential, error) {
 	switch {

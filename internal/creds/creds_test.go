@@ -489,7 +489,7 @@ func TestP12Errors(t *testing.T) {
 	}
 }
 
-// P12 comes first, then PEM, then .p8 (spec §6.1).
+// P12 comes first, then PEM, then .p8 (docs/protocol.md#apns-credentials).
 func TestPrecedence(t *testing.T) {
 	fx := getFixture(t)
 	dir := t.TempDir()

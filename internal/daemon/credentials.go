@@ -218,7 +218,7 @@ func (d *Daemon) stopApple() {
 }
 
 // importLegacyCerts keeps an old install's Apple certificates: the old
-// database.json held them (spec §4.1) and the migration keeps them only
+// database.json held them (docs/protocol.md#legacy-applecerts) and the migration keeps them only
 // in its backup.
 func (d *Daemon) importLegacyCerts(c *config.Config) {
 	log := d.log.WithField("component", "appleid")

@@ -1,6 +1,6 @@
 // Package notify decides what a mailbox event from Dovecot means: which
 // registered devices it concerns, and whether they are pushed now (new
-// mail) or after the debounce delay (everything else) (spec §1.3, §3.3).
+// mail) or after the debounce delay (everything else) (docs/protocol.md#events).
 package notify
 
 import (

@@ -1,6 +1,6 @@
 // Package pluginapi is the HTTP interface the Dovecot plugin talks to:
 // POST /register and POST /notify with the JSON bodies and status codes of
-// the existing xapsd (spec §1), plus GET /healthz for supervisors.
+// the existing xapsd (docs/protocol.md#http-api), plus GET /healthz for supervisors.
 //
 // Everything the plugin sends is checked before anything changes: a bad
 // request gets a 4xx with a one-line reason and leaves the registry as it
@@ -117,7 +117,7 @@ func (h *handler) route(w http.ResponseWriter, r *http.Request) {
 	serve(w, r)
 }
 
-// registerRequest is the plugin's /register body (spec §1.2). Pointers
+// registerRequest is the plugin's /register body (docs/protocol.md#register). Pointers
 // tell a missing key from an empty value in error messages.
 type registerRequest struct {
 	ApsAccountID   *string  `json:"ApsAccountId"`
@@ -127,7 +127,7 @@ type registerRequest struct {
 	Mailboxes      []string `json:"Mailboxes"`
 }
 
-// notifyRequest is the plugin's /notify body (spec §1.3).
+// notifyRequest is the plugin's /notify body (docs/protocol.md#notify).
 type notifyRequest struct {
 	Username *string  `json:"Username"`
 	Mailbox  *string  `json:"Mailbox"`
@@ -307,7 +307,7 @@ func (h *handler) notify(w http.ResponseWriter, r *http.Request) {
 	}
 	switch {
 	case len(req.Events) == 0:
-		// Dovecot omits Events when it recorded none (spec §1.3).
+		// Dovecot omits Events when it recorded none (docs/protocol.md#notify).
 		problems = append(problems, "Events: missing or empty")
 	case len(req.Events) > MaxEvents:
 		problems = append(problems, fmt.Sprintf("Events: more than %d", MaxEvents))

@@ -6,7 +6,7 @@
 // beside a JSON snapshot (see journal.go and snapshot.go). A registration
 // is keyed by (user, account id, device token): two phones restored from
 // one backup share an account id but have different tokens, and both must
-// get pushes (spec §4.6).
+// get pushes (docs/protocol.md#registry-rules).
 package registry
 
 import (
@@ -133,7 +133,7 @@ type Registry struct {
 	closed  bool
 
 	// appleCerts is the old daemon's certificate store, when the file
-	// loaded at start still had one (spec §4.1).
+	// loaded at start still had one (docs/protocol.md#legacy-applecerts).
 	appleCerts json.RawMessage
 
 	j *journal
@@ -157,7 +157,7 @@ func Open(opts Options) (*Registry, error) {
 	r.j = j
 	j.start()
 	// Also for a new file: the old daemon only expired registrations when
-	// its file existed at start (spec §4.5).
+	// its file existed at start.
 	if n := r.Expire(opts.Now()); n > 0 {
 		r.log.WithField("removed", n).Info("removed registrations older than the registration TTL")
 	}
@@ -189,7 +189,7 @@ func (r *Registry) internBoxes(names []string) *mailboxSet {
 }
 
 // Register stores reg and returns once it is on disk. The user name is
-// lower-cased (spec §1.2). A Registered time of zero means now.
+// lower-cased. A Registered time of zero means now.
 func (r *Registry) Register(ctx context.Context, reg Registration) error {
 	reg.User = strings.ToLower(reg.User)
 	if reg.Registered.IsZero() {
@@ -283,7 +283,7 @@ type LookupResult struct {
 }
 
 // Lookup finds the registrations of user that asked for mailbox. With
-// inboxOnly, only INBOX changes match (the old daemon's rule, spec §3.3).
+// inboxOnly, only INBOX changes match (the old daemon's rule).
 func (r *Registry) Lookup(user, mailbox string, inboxOnly bool) LookupResult {
 	user = strings.ToLower(user)
 	mailbox = normalizeNotifyMailbox(mailbox)
@@ -305,7 +305,7 @@ func (r *Registry) Lookup(user, mailbox string, inboxOnly bool) LookupResult {
 // Remove deletes one registration. When before is not zero the
 // registration is only removed if it was registered before that time: an
 // APNs 410 carries the time the token became invalid, and a device that
-// registered again since then must keep its registration (spec §4.6).
+// registered again since then must keep its registration (docs/protocol.md#apns-410-timestamp).
 // It does not wait for the disk: a lost removal only costs another 410.
 func (r *Registry) Remove(k Key, before time.Time) bool {
 	k.User = strings.ToLower(k.User)

@@ -119,7 +119,7 @@ func TestLookupRules(t *testing.T) {
 	r := open(t, path, newClock())
 	defer r.Close()
 	mustRegister(t, r, reg("alice", acc1, tok1, "INBOX", "Open Orders", "&AMQ-rger"))
-	// The same account id restored onto a second phone (spec §4.6).
+	// The same account id restored onto a second phone.
 	mustRegister(t, r, reg("alice", acc1, tok2, "inbox"))
 
 	cases := []struct {

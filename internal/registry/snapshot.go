@@ -24,7 +24,7 @@ import (
 // Seq is the last journal sequence number the snapshot contains; replay
 // skips journal records up to it. Any other valid JSON with the same
 // fields (hand-edited, pretty-printed) still loads through the slow path,
-// and so does the old daemon's layout (spec §4.1), which is migrated.
+// and so does the old daemon's layout (docs/protocol.md#legacy-database), which is migrated.
 const snapshotVersion = 2
 
 var snapshotHeaderPrefix = []byte(`{"Version":2,"Seq":`)

@@ -5,7 +5,7 @@
 // changed at time t"; a push goes out once the device has been quiet for
 // longer than the delay, checked every check interval, so a burst costs
 // one push, sent between delay and delay+interval after its last event
-// (spec §5). New mail does not wait: it cancels the pending entry and is
+// (docs/protocol.md#push-later). New mail does not wait: it cancels the pending entry and is
 // pushed at once, and that one push makes the device sync everything.
 package scheduler
 

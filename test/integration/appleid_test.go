@@ -17,7 +17,7 @@ import (
 )
 
 // legacyAppleCerts builds the "AppleCerts" object an old xapsd kept in its
-// database.json (spec §4.1) with the mail certificate (index 2) for topic.
+// database.json (docs/protocol.md#legacy-applecerts) with the mail certificate (index 2) for topic.
 func legacyAppleCerts(t *testing.T, topic string) json.RawMessage {
 	t.Helper()
 	ca, err := testpki.NewCA("legacy Apple CA")

@@ -31,7 +31,7 @@ import (
 
 // OIDUID is the LDAP userid attribute (RFC 4519). Apple puts the push
 // topic there as the first attribute of a push certificate's subject
-// (spec §6.2).
+// (docs/protocol.md#apns-topic).
 var OIDUID = asn1.ObjectIdentifier{0, 9, 2342, 19200300, 100, 1, 1}
 
 // KeyType selects the key algorithm of an issued certificate.
