@@ -11,7 +11,7 @@ VERSION  ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS  := -X main.version=$(VERSION)
 BIN      := bin/xapsd
 
-.PHONY: all build run test test-deps test-plugin test-packaging test-short vet fmt plugin bench fuzz clean
+.PHONY: all build run deb test test-deps test-plugin test-packaging test-short vet fmt plugin bench fuzz clean
 
 # Dovecot 2.4 runs in this Debian 13 root (test/deps.sh makes it); the Go
 # end-to-end tests find it through the environment.
@@ -66,6 +66,11 @@ test-short:
 plugin:
 	$(MAKE) -C dovecot
 
+# dist/xapsd_<version>_<arch>.deb for the Debian release this runs on
+# (scripts/deb.sh; needs dovecot-dev and dpkg-dev).
+deb:
+	bash scripts/deb.sh
+
 # End to end (the daemon, an APNs stand-in and a load generator on this
 # machine), then the Go micro-benchmarks. docs/benchmarks.md has figures.
 bench: build
@@ -84,5 +89,5 @@ fmt:
 	gofmt -w $$(git ls-files '*.go')
 
 clean:
-	rm -rf bin
+	rm -rf bin dist
 	$(MAKE) -C dovecot clean

@@ -62,7 +62,14 @@ for p in "${packages[@]}"; do
 done
 if [ ${#missing[@]} -gt 0 ]; then
 	echo "debian-root.sh: installing ${missing[*]} into $dir" >&2
-	chroot "$dir" env DEBIAN_FRONTEND=noninteractive apt-get update -qq
-	chroot "$dir" env DEBIAN_FRONTEND=noninteractive \
-		apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+	log=$(mktemp)
+	# (apt in a root without /dev/pts complains that it cannot log; harmless.)
+	if ! { chroot "$dir" env DEBIAN_FRONTEND=noninteractive apt-get update -qq &&
+		chroot "$dir" env DEBIAN_FRONTEND=noninteractive \
+			apt-get install -y -qq --no-install-recommends "${missing[@]}"; } >"$log" 2>&1; then
+		cat "$log" >&2
+		rm -f "$log"
+		exit 1
+	fi
+	rm -f "$log"
 fi
