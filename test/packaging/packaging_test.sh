@@ -279,15 +279,19 @@ for proto, names in want.items():
 EOF
 }
 
-# imap_session CONF USER: runs Dovecot's imap binary preauthenticated on
-# stdin/stdout, one command at a time, and prints the transcript.
+# imap_session CONF USER HOME COMMAND...: runs Dovecot's imap binary
+# preauthenticated on stdin/stdout, one command at a time, and prints the
+# transcript. IMAP_IN_ROOT=DIR runs the imap of that root (chroot).
 imap_session() {
 	python3 - "$@" <<'EOF'
-import subprocess, sys
+import os, subprocess, sys
 conf, user, home = sys.argv[1], sys.argv[2], sys.argv[3]
 cmds = sys.argv[4:]
-p = subprocess.Popen(["/usr/lib/dovecot/imap", "-c", conf], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                     env={"USER": user, "HOME": home, "PATH": "/usr/bin:/bin"})
+argv = ["/usr/lib/dovecot/imap", "-c", conf]
+if os.environ.get("IMAP_IN_ROOT"):
+    argv = ["chroot", os.environ["IMAP_IN_ROOT"]] + argv
+p = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                     env={"USER": user, "HOME": home, "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"})
 out = [p.stdout.readline().decode()]
 for i, c in enumerate(cmds + ["LOGOUT"]):
     tag = "t%d" % i
@@ -531,6 +535,109 @@ EOF
 	grep -q 'msg="xapsd stopped"' "$log" || die "no 'xapsd stopped' line"
 }
 
+# docker-mailserver 16 (Debian 13, Dovecot 2.4): the Debian 13 root stands in
+# for the image. In a throw-away overlay of it the plugin is built as the
+# Dockerfile's build stage does, docker-mailserver-install.sh installs into
+# the root itself, Dovecot 2.4 accepts the installed snippet, and xapsd,
+# started by the start script as supervisord would, runs as the xapsd user
+# and takes a registration through the installed plugin.
+check_dms16() {
+	local base=${XAPS_DEBIAN13_ROOT:-/var/cache/xapsd/debian13-root}
+	if [ ! -x "$base/usr/sbin/dovecot" ]; then
+		echo "no Debian 13 root with Dovecot 2.4 at $base (test/deps.sh makes it)"
+		exit 77
+	fi
+	local o=$tmp/dms16 m
+	mkdir -p "$o/upper" "$o/work" "$o/root"
+	m=$o/root
+	mount -t overlay overlay -o "lowerdir=$base,upperdir=$o/upper,workdir=$o/work" "$m"
+	# shellcheck disable=SC2064 # expand now: the trap runs after the locals are gone
+	trap "umount -l '$m'" EXIT
+	local p
+	for p in README.md Makefile configs scripts dovecot/Makefile dovecot/src bin/xapsd; do
+		mkdir -p "$(dirname "$m/src/$p")"
+		cp -r "$src/$p" "$m/src/$p"
+	done
+	chroot "$m" env VERSION=test /src/scripts/build.sh --prebuilt-daemon >"$o/build.out" 2>&1 || { cat "$o/build.out"; die "build in the DMS 16 stand-in failed"; }
+	chroot "$m" /src/scripts/docker-mailserver-install.sh >"$o/install.out" 2>&1 || { cat "$o/install.out"; die "install failed"; }
+	grep -q 'plugin for Dovecot 2\.4' "$o/install.out" || { cat "$o/install.out"; die "not installed for Dovecot 2.4"; }
+	want_mode "$m/usr/lib/dovecot/modules/settings/libxaps_settings.so" 644
+	want_mode "$m/usr/local/libexec/xapsd/start" 755
+	cmp "$src/configs/dovecot/2.4/95-xaps.conf" "$m/etc/dovecot/conf.d/95-xaps.conf"
+	grep -q '^xapsd:x:[0-9]*:[0-9]*:xapsd push daemon:/var/mail-state/lib-xapsd:/usr/sbin/nologin$' "$m/etc/passwd" ||
+		die "no xapsd system user in the image"
+	# The image's whole Dovecot configuration with the snippet: the settings
+	# module makes the xaps settings known.
+	chroot "$m" doveconf -n >"$o/doveconf.out" 2>&1 || { cat "$o/doveconf.out"; die "doveconf rejects the installed snippet"; }
+	grep -q '^xaps_url = http://127.0.0.1:11619$' "$o/doveconf.out" || die "doveconf -n shows no xaps_url"
+
+	# The flow: configuration in the config volume, as supervisord starts it.
+	local port mport cfg=$m/tmp/docker-mailserver/xapsd state=/var/mail-state/lib-xapsd
+	read -r port mport < <(free_ports 2)
+	mkdir -p "$cfg"
+	printf 'listenAddr: 127.0.0.1\nport: %s\ndatabaseFile: %s/database.json\nmetricsListenAddr: 127.0.0.1:%s\napnsEndpoint: dry-run\nloglevel: debug\n' \
+		"$port" "$state" "$mport" >"$cfg/xapsd.yaml"
+	echo "not a key" >"$cfg/push.key"
+	chmod 0600 "$cfg/push.key" "$cfg/xapsd.yaml"
+	local log=$o/xapsd.log pid
+	chroot "$m" /usr/local/libexec/xapsd/start /tmp/docker-mailserver/xapsd/xapsd.yaml "$state" >"$log" 2>&1 &
+	pid=$!
+	for _ in $(seq 100); do
+		http GET "http://127.0.0.1:$mport/healthz" 2>/dev/null | grep -q '^200' && break
+		kill -0 "$pid" 2>/dev/null || { cat "$log"; die "xapsd exited at start"; }
+		sleep 0.1
+	done
+	local uid
+	uid=$(awk -F: '$1 == "xapsd" { print $3 }' "$m/etc/passwd")
+	[ "$(ps -o uid= -p "$pid" | tr -d ' ')" = "$uid" ] || { kill "$pid"; die "xapsd runs as uid $(ps -o uid= -p "$pid"), want the image's xapsd ($uid)"; }
+	[ "$(stat -c '%a %u' "$m$state")" = "700 $uid" ] || { kill "$pid"; die "state folder $(stat -c '%a %u' "$m$state")"; }
+	[ "$(stat -c '%a %U' "$cfg/push.key")" = "640 root" ] || { kill "$pid"; die "credential file $(stat -c '%a %U' "$cfg/push.key")"; }
+
+	# A registration through the installed Dovecot 2.4 plugin.
+	local dir=/tmp/imap24
+	mkdir -p "$m$dir/home"
+	chown 65534:65534 "$m$dir/home"
+	cat >"$m$dir/dovecot.conf" <<EOF
+dovecot_config_version = 2.4.1
+dovecot_storage_version = 2.4.1
+protocols = imap
+ssl = no
+base_dir = $dir/run
+log_path = $dir/dovecot.log
+first_valid_uid = 100
+first_valid_gid = 100
+mail_uid = 65534
+mail_gid = 65534
+mail_driver = maildir
+mail_path = $dir/home/Maildir
+# 2.4 passes a standalone imap only the environment named here.
+import_environment {
+  USER = %{env:USER}
+  HOME = %{env:HOME}
+}
+!include /etc/dovecot/conf.d/95-xaps.conf
+xaps_url = http://127.0.0.1:$port
+xaps_max_retries = 0
+EOF
+	local token=2918390218931890821908309283098109381029309829018310983092892829
+	local account=0715A26B-CA09-4730-A419-793000CA982E
+	IMAP_IN_ROOT=$m imap_session "$dir/dovecot.conf" nobody "$dir/home" \
+		"XAPPLEPUSHSERVICE \"aps-version\" \"2\" \"aps-account-id\" \"$account\" \"aps-device-token\" \"$token\" \"aps-subtopic\" \"com.apple.mobilemail\" \"mailboxes\" (\"INBOX\")" \
+		>"$o/imap.out" 2>&1
+	if ! grep -q '^\* XAPPLEPUSHSERVICE aps-version "2" aps-topic "' "$o/imap.out" || ! grep -q '^t0 OK XAPPLEPUSHSERVICE' "$o/imap.out"; then
+		kill "$pid"
+		cat "$o/imap.out" "$m$dir/dovecot.log" "$log"
+		die "registration through the Dovecot 2.4 plugin failed"
+	fi
+	chroot "$m" /usr/local/bin/xapsd --config /tmp/docker-mailserver/xapsd/xapsd.yaml devices list nobody >"$o/list.out" 2>&1 ||
+		{ kill "$pid"; cat "$o/list.out"; die "devices list failed"; }
+	grep -q "$token" "$o/list.out" || { kill "$pid"; cat "$o/list.out"; die "device not listed"; }
+	kill -TERM "$pid"
+	local rc=0
+	wait "$pid" || rc=$?
+	[ "$rc" = 0 ] || { cat "$log"; die "xapsd exited $rc on SIGTERM"; }
+}
+
 check_dockerfile() {
 	python3 - "$src" <<'EOF'
 import os, re, shlex, sys
@@ -620,6 +727,7 @@ run "Dovecot imap loads the installed plugin" check_plugin_loads
 run "supervisord program parses and fits docker-mailserver" check_supervisord_conf
 run "docker-mailserver-install.sh into a fake root, twice" check_dms_install
 run "docker-mailserver flow: register via plugin, devices list, test-push, stop" check_dms_flow
+run "docker-mailserver 16 (Debian 13 root): build, install, doveconf, flow as the xapsd user" check_dms16
 run "Dockerfile uses only existing stages and scripts" check_dockerfile
 run "Prometheus rules: structure, metric names, documented metrics" check_rules_go
 run "Prometheus rules: promtool check and unit tests" check_promtool
