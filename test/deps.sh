@@ -7,7 +7,9 @@
 # - Debian's Dovecot 2.3 (the end-to-end tests and the plugin's checks run a
 #   real one), the plugin's build tools, valgrind (the plugin's checks run
 #   once under it), systemd's tools, shellcheck and promtool (the packaging
-#   checks), debootstrap, dpkg-dev and lintian (the Debian packages);
+#   checks), debootstrap, dpkg-dev and lintian (the Debian packages),
+#   PostgreSQL's server (the PostgreSQL registry's tests start throw-away
+#   clusters of their own; the system cluster is stopped and not used);
 # - a Debian 13 root with Dovecot 2.4 at $XAPS_DEBIAN13_ROOT (default
 #   /var/cache/xapsd/debian13-root), kept outside the clone and reused: the
 #   same checks and end-to-end tests run against Dovecot 2.4 in it, and the
@@ -27,7 +29,7 @@ check_only=0
 
 host_packages=(dovecot-core dovecot-imapd dovecot-lmtpd dovecot-dev openssl make gcc
 	pkg-config libc6-dev python3 valgrind systemd shellcheck prometheus debootstrap
-	dpkg-dev fakeroot lintian)
+	dpkg-dev fakeroot lintian postgresql)
 root_packages=(dovecot-core dovecot-imapd dovecot-lmtpd dovecot-dev gcc make libc6-dev
 	pkg-config valgrind dpkg-dev)
 
@@ -59,7 +61,7 @@ if [ ${#missing[@]} -gt 0 ]; then
 	# Dovecot's and Prometheus' packages start system services on the
 	# standard ports; the tests run their own on free loopback ports.
 	if command -v systemctl >/dev/null 2>&1; then
-		systemctl stop dovecot prometheus >/dev/null 2>&1 || true
+		systemctl stop dovecot prometheus postgresql >/dev/null 2>&1 || true
 	fi
 fi
 if [ "$root_ok" = 0 ]; then

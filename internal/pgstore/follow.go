@@ -1,0 +1,123 @@
+package pgstore
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// Follower hears about the changes other daemons commit.
+type Follower struct {
+	// Changed gets the users another daemon changed, a few at a time.
+	Changed func(users []string)
+	// Reset runs after each (re)connection, once LISTEN is in place and
+	// before any Changed: the caller reloads everything, because changes
+	// made while it was not listening are not announced again.
+	Reset func(ctx context.Context) error
+	// Err reports a lost connection or a failed Reset; Follow retries.
+	Err func(error)
+	// Connected reports whether the follower listens right now.
+	Connected func(bool)
+}
+
+// Follow listens until ctx ends, reconnecting with a growing pause after
+// a lost connection or a failed Reset.
+func (s *Store) Follow(ctx context.Context, f Follower) {
+	pause := 100 * time.Millisecond
+	for ctx.Err() == nil {
+		err := s.followOnce(ctx, f, func() { pause = 100 * time.Millisecond })
+		if f.Connected != nil {
+			f.Connected(false)
+		}
+		if ctx.Err() != nil {
+			return
+		}
+		if err != nil && f.Err != nil {
+			f.Err(err)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(pause):
+		}
+		if pause *= 2; pause > 5*time.Second {
+			pause = 5 * time.Second
+		}
+	}
+}
+
+func (s *Store) followOnce(ctx context.Context, f Follower, connected func()) error {
+	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	conn, err := pgx.ConnectConfig(cctx, s.cfg.ConnConfig.Copy())
+	cancel()
+	if err != nil {
+		return fmt.Errorf("listen for other daemons' changes: %w", err)
+	}
+	defer conn.Close(context.Background())
+	if _, err := conn.Exec(ctx, "LISTEN "+channel); err != nil {
+		return fmt.Errorf("listen for other daemons' changes: %w", err)
+	}
+	if err := f.Reset(ctx); err != nil {
+		return fmt.Errorf("reload the registry: %w", err)
+	}
+	connected()
+	if f.Connected != nil {
+		f.Connected(true)
+	}
+	// The reader hands users over as notifications arrive; this loop
+	// groups what arrives close together into one Changed, so that a
+	// burst of commits elsewhere becomes one reload here.
+	users := make(chan string, 4096)
+	readErr := make(chan error, 1)
+	rctx, stop := context.WithCancel(ctx)
+	defer stop()
+	go func() {
+		own := s.opts.Instance + " "
+		for {
+			n, err := conn.WaitForNotification(rctx)
+			if err != nil {
+				readErr <- err
+				close(users)
+				return
+			}
+			if n.Channel != channel || strings.HasPrefix(n.Payload, own) {
+				continue
+			}
+			if _, user, ok := strings.Cut(n.Payload, " "); ok {
+				users <- user
+			}
+		}
+	}()
+	for {
+		u, ok := <-users
+		if !ok {
+			err := <-readErr
+			if ctx.Err() != nil {
+				return nil
+			}
+			return fmt.Errorf("listen for other daemons' changes: %w", err)
+		}
+		set := map[string]bool{u: true}
+		window := time.After(2 * time.Millisecond)
+	gather:
+		for len(set) < 1000 {
+			select {
+			case u, ok := <-users:
+				if !ok {
+					break gather
+				}
+				set[u] = true
+			case <-window:
+				break gather
+			}
+		}
+		list := make([]string, 0, len(set))
+		for u := range set {
+			list = append(list, u)
+		}
+		f.Changed(list)
+	}
+}

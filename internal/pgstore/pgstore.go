@@ -1,0 +1,427 @@
+// Package pgstore keeps the registry in PostgreSQL, so that several xapsd
+// can share one: the registry (internal/registry) holds every registration
+// in memory as always and uses this package to make changes durable and to
+// hear about the changes other daemons make.
+//
+// The database is the authority. A commit writes a batch of changes in one
+// transaction (registrations of many concurrent /register requests share
+// it, as they share an fsync with the file journal), enforces the caps per
+// account and per user there, so that they hold across daemons, and returns
+// the resulting registrations of every user it touched; the registry puts
+// those into memory. Every commit also sends a NOTIFY naming the users it
+// changed; each daemon LISTENs, reloads those users, and reloads everything
+// after it lost the connection. Work that must happen once (the expiry
+// sweep, Apple ID renewal) runs under an advisory lock.
+//
+// The schema is created and migrated by xapsd itself, in numbered
+// migrations applied under an advisory lock, so that daemons starting
+// together end with one schema; a database with a newer schema than this
+// xapsd knows is refused.
+package pgstore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+)
+
+// Advisory lock keys: arbitrary constants, the same in every xapsd.
+const (
+	lockMigrate int64 = 0x78617073_00000001 // "xaps" 1
+	lockExpire  int64 = 0x78617073_00000002
+)
+
+// channel is the NOTIFY channel; a payload is "<instance> <user>".
+const channel = "xapsd_registry"
+
+// Registration is one row: a device's request for push.
+type Registration struct {
+	User        string
+	AccountID   string
+	DeviceToken string
+	Mailboxes   []string
+	Registered  time.Time
+}
+
+// Change is one change of a commit: Put stores a registration (and with
+// KeepNewer only when it is newer than the stored one, for imports); Del
+// removes the registration of User, AccountID and DeviceToken, and with a
+// non-zero Before only when it was registered before that time (Apple's
+// 410 rule, which must hold against a daemon that stored a newer one).
+type Change struct {
+	Put       *Registration
+	KeepNewer bool
+
+	Del    bool
+	User   string
+	Acct   string
+	Token  string
+	Before time.Time
+}
+
+// Options configure Open.
+type Options struct {
+	// URL is a postgres:// URL or a libpq keyword string. Missing parts
+	// come from the usual PG* environment variables; PasswordFile, when
+	// set, supplies the password.
+	URL          string
+	PasswordFile string
+	// MaxPerAccount and MaxPerUser are the caps the commits enforce.
+	MaxPerAccount int
+	MaxPerUser    int
+	// Instance names this daemon in notifications, so that it can skip
+	// its own.
+	Instance string
+}
+
+// Store is a connection pool to the registry's database.
+type Store struct {
+	pool *pgxpool.Pool
+	opts Options
+	cfg  *pgxpool.Config
+}
+
+// ErrSchemaTooNew means the database was migrated by a newer xapsd.
+var ErrSchemaTooNew = errors.New("database schema is newer than this xapsd")
+
+// ParseConfig reads the URL and the password file.
+func ParseConfig(o Options) (*pgxpool.Config, error) {
+	cfg, err := pgxpool.ParseConfig(o.URL)
+	if err != nil {
+		return nil, fmt.Errorf("databaseURL: %w", err)
+	}
+	if o.PasswordFile != "" {
+		b, err := os.ReadFile(o.PasswordFile)
+		if err != nil {
+			return nil, fmt.Errorf("databasePasswordFile: %w", err)
+		}
+		cfg.ConnConfig.Password = strings.TrimRight(string(b), "\r\n")
+	}
+	cfg.ConnConfig.RuntimeParams["application_name"] = "xapsd"
+	cfg.MaxConns = 8
+	cfg.MinConns = 1
+	cfg.HealthCheckPeriod = 5 * time.Second
+	cfg.ConnConfig.ConnectTimeout = 5 * time.Second
+	return cfg, nil
+}
+
+// Open connects and brings the schema up to date. A database that cannot
+// be reached is an error here; the caller decides whether to retry.
+func Open(ctx context.Context, o Options) (*Store, error) {
+	cfg, err := ParseConfig(o)
+	if err != nil {
+		return nil, err
+	}
+	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("connect to PostgreSQL: %w", err)
+	}
+	s := &Store{pool: pool, opts: o, cfg: cfg}
+	if err := s.migrate(ctx); err != nil {
+		pool.Close()
+		return nil, err
+	}
+	return s, nil
+}
+
+// Close closes the pool.
+func (s *Store) Close() { s.pool.Close() }
+
+// Ping checks that the database answers.
+func (s *Store) Ping(ctx context.Context) error {
+	return s.pool.Ping(ctx)
+}
+
+// migrations, in order; migration i brings the schema to version i+1.
+// Never edit one that has shipped: add another.
+var migrations = []string{
+	`CREATE TABLE xapsd_registrations (
+		username     text        NOT NULL,
+		account_id   text        NOT NULL,
+		device_token text        NOT NULL,
+		mailboxes    text[]      NOT NULL,
+		registered   timestamptz NOT NULL,
+		PRIMARY KEY (username, account_id, device_token)
+	);
+	CREATE INDEX xapsd_registrations_registered ON xapsd_registrations (registered);`,
+}
+
+// SchemaVersion is the newest schema this xapsd knows.
+var SchemaVersion = len(migrations)
+
+func (s *Store) migrate(ctx context.Context) error {
+	tx, err := s.pool.Begin(ctx)
+	if err != nil {
+		return fmt.Errorf("migrate schema: %w", err)
+	}
+	defer tx.Rollback(ctx)
+	// One daemon at a time: the others wait here and then find nothing
+	// left to do.
+	if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock($1)`, lockMigrate); err != nil {
+		return fmt.Errorf("migrate schema: lock: %w", err)
+	}
+	if _, err := tx.Exec(ctx, `CREATE TABLE IF NOT EXISTS xapsd_schema (
+		version    integer     PRIMARY KEY,
+		applied_at timestamptz NOT NULL DEFAULT now()
+	)`); err != nil {
+		return fmt.Errorf("migrate schema: %w", err)
+	}
+	var have int
+	if err := tx.QueryRow(ctx, `SELECT coalesce(max(version), 0) FROM xapsd_schema`).Scan(&have); err != nil {
+		return fmt.Errorf("migrate schema: %w", err)
+	}
+	if have > SchemaVersion {
+		return fmt.Errorf("%w: the database has schema version %d, this xapsd knows up to %d; "+
+			"upgrade xapsd (every daemon sharing the database must run the newer version), or point it at another database",
+			ErrSchemaTooNew, have, SchemaVersion)
+	}
+	for v := have; v < SchemaVersion; v++ {
+		if _, err := tx.Exec(ctx, migrations[v]); err != nil {
+			return fmt.Errorf("migrate schema to version %d: %w", v+1, err)
+		}
+		if _, err := tx.Exec(ctx, `INSERT INTO xapsd_schema (version) VALUES ($1)`, v+1); err != nil {
+			return fmt.Errorf("migrate schema to version %d: %w", v+1, err)
+		}
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return fmt.Errorf("migrate schema: %w", err)
+	}
+	return nil
+}
+
+// LoadAll streams every registration to fn.
+func (s *Store) LoadAll(ctx context.Context, fn func(Registration)) error {
+	rows, err := s.pool.Query(ctx, `SELECT username, account_id, device_token, mailboxes, registered
+		FROM xapsd_registrations`)
+	if err != nil {
+		return fmt.Errorf("load registrations: %w", err)
+	}
+	defer rows.Close()
+	var r Registration
+	for rows.Next() {
+		if err := rows.Scan(&r.User, &r.AccountID, &r.DeviceToken, &r.Mailboxes, &r.Registered); err != nil {
+			return fmt.Errorf("load registrations: %w", err)
+		}
+		fn(r)
+		r.Mailboxes = nil // Scan reuses a non-nil slice; fn may keep it
+	}
+	if err := rows.Err(); err != nil {
+		return fmt.Errorf("load registrations: %w", err)
+	}
+	return nil
+}
+
+// LoadUsers returns the registrations of the given users; a user without
+// any is present with an empty list.
+func (s *Store) LoadUsers(ctx context.Context, users []string) (map[string][]Registration, error) {
+	return loadUsers(ctx, s.pool, users)
+}
+
+type querier interface {
+	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
+}
+
+func loadUsers(ctx context.Context, q querier, users []string) (map[string][]Registration, error) {
+	out := make(map[string][]Registration, len(users))
+	for _, u := range users {
+		out[u] = nil
+	}
+	rows, err := q.Query(ctx, `SELECT username, account_id, device_token, mailboxes, registered
+		FROM xapsd_registrations WHERE username = ANY($1)`, users)
+	if err != nil {
+		return nil, fmt.Errorf("load users: %w", err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var r Registration
+		if err := rows.Scan(&r.User, &r.AccountID, &r.DeviceToken, &r.Mailboxes, &r.Registered); err != nil {
+			return nil, fmt.Errorf("load users: %w", err)
+		}
+		out[r.User] = append(out[r.User], r)
+	}
+	return out, rows.Err()
+}
+
+// Commit writes the changes in one transaction, enforces the caps for the
+// accounts and users they touch, tells the other daemons, and returns the
+// registrations of every touched user as the database now has them.
+// Every change is idempotent (an upsert, a delete, the caps), so a commit
+// whose outcome is unknown can simply run again: a deadlock with another
+// daemon's commit, a connection the server terminated (a restart leaves
+// every pooled connection so) and other connection failures are retried a
+// few times before the error goes to the caller.
+func (s *Store) Commit(ctx context.Context, changes []Change) (map[string][]Registration, error) {
+	for attempt := 0; ; attempt++ {
+		state, err := s.commitOnce(ctx, changes)
+		if err == nil || attempt >= 4 || !retryable(err) || ctx.Err() != nil {
+			return state, err
+		}
+		time.Sleep(time.Duration(attempt+1) * 10 * time.Millisecond)
+	}
+}
+
+func retryable(err error) bool {
+	var pe *pgconn.PgError
+	if errors.As(err, &pe) {
+		// Connection exception, transaction rollback, operator
+		// intervention (shutdown): not a problem with the statements.
+		class := pe.Code[:2]
+		return class == "08" || class == "40" || class == "57"
+	}
+	return !errors.Is(err, context.Canceled) && !errors.Is(err, context.DeadlineExceeded)
+}
+
+func (s *Store) commitOnce(ctx context.Context, changes []Change) (map[string][]Registration, error) {
+	tx, err := s.pool.Begin(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("commit: %w", err)
+	}
+	defer tx.Rollback(ctx)
+
+	type acct struct{ user, acct string }
+	var users []string
+	seenUser := map[string]bool{}
+	var accts []acct
+	seenAcct := map[acct]bool{}
+	addUser := func(u string) {
+		if !seenUser[u] {
+			seenUser[u] = true
+			users = append(users, u)
+		}
+	}
+	for _, c := range changes {
+		if c.Put != nil {
+			addUser(c.Put.User)
+		} else if c.Del {
+			addUser(c.User)
+		}
+	}
+	// Commits that touch the same user wait for each other, in one order
+	// (no deadlocks): the caps below count what the other daemon's commit
+	// added only once it committed.
+	sorted := append([]string(nil), users...)
+	sort.Strings(sorted)
+	if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock(hashtextextended(u, 0))
+		FROM unnest($1::text[]) AS u ORDER BY u`, sorted); err != nil {
+		return nil, fmt.Errorf("commit: lock users: %w", err)
+	}
+	batch := &pgx.Batch{}
+	for _, c := range changes {
+		switch {
+		case c.Put != nil:
+			p := c.Put
+			if a := (acct{p.User, p.AccountID}); !seenAcct[a] {
+				seenAcct[a] = true
+				accts = append(accts, a)
+			}
+			q := `INSERT INTO xapsd_registrations (username, account_id, device_token, mailboxes, registered)
+				VALUES ($1, $2, $3, $4, $5)
+				ON CONFLICT (username, account_id, device_token)
+				DO UPDATE SET mailboxes = excluded.mailboxes, registered = excluded.registered`
+			if c.KeepNewer {
+				q += ` WHERE xapsd_registrations.registered < excluded.registered`
+			}
+			batch.Queue(q, p.User, p.AccountID, p.DeviceToken, p.Mailboxes, p.Registered)
+		case c.Del:
+			if c.Before.IsZero() {
+				batch.Queue(`DELETE FROM xapsd_registrations
+					WHERE username = $1 AND account_id = $2 AND device_token = $3`, c.User, c.Acct, c.Token)
+			} else {
+				batch.Queue(`DELETE FROM xapsd_registrations
+					WHERE username = $1 AND account_id = $2 AND device_token = $3 AND registered < $4`,
+					c.User, c.Acct, c.Token, c.Before)
+			}
+		}
+	}
+	// The caps, newest kept, as the file registry drops the oldest.
+	if s.opts.MaxPerAccount > 0 {
+		for _, a := range accts {
+			batch.Queue(`DELETE FROM xapsd_registrations r USING (
+					SELECT device_token FROM xapsd_registrations
+					WHERE username = $1 AND account_id = $2
+					ORDER BY registered DESC, device_token OFFSET $3) old
+				WHERE r.username = $1 AND r.account_id = $2 AND r.device_token = old.device_token`,
+				a.user, a.acct, s.opts.MaxPerAccount)
+		}
+	}
+	if s.opts.MaxPerUser > 0 {
+		for _, u := range users {
+			batch.Queue(`DELETE FROM xapsd_registrations r USING (
+					SELECT account_id, device_token FROM xapsd_registrations
+					WHERE username = $1
+					ORDER BY registered DESC, account_id, device_token OFFSET $2) old
+				WHERE r.username = $1 AND r.account_id = old.account_id AND r.device_token = old.device_token`,
+				u, s.opts.MaxPerUser)
+		}
+	}
+	for _, u := range users {
+		batch.Queue(`SELECT pg_notify($1, $2)`, channel, s.opts.Instance+" "+u)
+	}
+	if err := tx.SendBatch(ctx, batch).Close(); err != nil {
+		return nil, fmt.Errorf("commit: %w", err)
+	}
+	state, err := loadUsers(ctx, tx, users)
+	if err != nil {
+		return nil, fmt.Errorf("commit: %w", err)
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return nil, fmt.Errorf("commit: %w", err)
+	}
+	return state, nil
+}
+
+// Expire removes the registrations not refreshed since cutoff and returns
+// the users it changed. Only one daemon sweeps at a time: the others get
+// ran=false and leave it to that one (they hear about the result through
+// the notifications).
+func (s *Store) Expire(ctx context.Context, cutoff time.Time) (users []string, removed int, ran bool, err error) {
+	tx, err := s.pool.Begin(ctx)
+	if err != nil {
+		return nil, 0, false, fmt.Errorf("expire: %w", err)
+	}
+	defer tx.Rollback(ctx)
+	if err := tx.QueryRow(ctx, `SELECT pg_try_advisory_xact_lock($1)`, lockExpire).Scan(&ran); err != nil {
+		return nil, 0, false, fmt.Errorf("expire: %w", err)
+	}
+	if !ran {
+		return nil, 0, false, nil
+	}
+	rows, err := tx.Query(ctx, `DELETE FROM xapsd_registrations WHERE registered < $1 RETURNING username`, cutoff)
+	if err != nil {
+		return nil, 0, true, fmt.Errorf("expire: %w", err)
+	}
+	seen := map[string]bool{}
+	for rows.Next() {
+		var u string
+		if err := rows.Scan(&u); err != nil {
+			rows.Close()
+			return nil, 0, true, fmt.Errorf("expire: %w", err)
+		}
+		removed++
+		if !seen[u] {
+			seen[u] = true
+			users = append(users, u)
+		}
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return nil, 0, true, fmt.Errorf("expire: %w", err)
+	}
+	for _, u := range users {
+		if _, err := tx.Exec(ctx, `SELECT pg_notify($1, $2)`, channel, s.opts.Instance+" "+u); err != nil {
+			return nil, 0, true, fmt.Errorf("expire: %w", err)
+		}
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return nil, 0, true, fmt.Errorf("expire: %w", err)
+	}
+	return users, removed, true, nil
+}

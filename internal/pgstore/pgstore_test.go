@@ -1,0 +1,277 @@
+package pgstore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/xapsd/xapsd/internal/testutil/pgtest"
+)
+
+// Every test runs against a real, throw-away PostgreSQL (internal/testutil/pgtest).
+func cluster(t *testing.T) *pgtest.Cluster {
+	t.Helper()
+	c, err := pgtest.Start(pgtest.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+func open(t *testing.T, c *pgtest.Cluster, instance string) *Store {
+	t.Helper()
+	s, err := Open(context.Background(), Options{URL: c.URL, MaxPerAccount: 3, MaxPerUser: 5, Instance: instance})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(s.Close)
+	return s
+}
+
+var t0 = time.Date(2026, 11, 30, 12, 0, 0, 0, time.UTC)
+
+func put(user, acct, tok string, at time.Time, boxes ...string) Change {
+	if len(boxes) == 0 {
+		boxes = []string{"INBOX"}
+	}
+	return Change{Put: &Registration{User: user, AccountID: acct, DeviceToken: tok, Mailboxes: boxes, Registered: at}}
+}
+
+func tokens(regs []Registration) []string {
+	var out []string
+	for _, r := range regs {
+		out = append(out, r.AccountID+"/"+r.DeviceToken)
+	}
+	sort.Strings(out)
+	return out
+}
+
+func TestDaemonsStartingTogetherEndWithOneSchema(t *testing.T) {
+	c := cluster(t)
+	var wg sync.WaitGroup
+	errs := make(chan error, 3)
+	for i := 0; i < 3; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			s, err := Open(context.Background(), Options{URL: c.URL, Instance: fmt.Sprint(i)})
+			if err != nil {
+				errs <- err
+				return
+			}
+			s.Close()
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Errorf("a daemon failed to start: %v", err)
+	}
+	out, err := c.SQL("SELECT string_agg(version::text, ',' ORDER BY version) FROM xapsd_schema")
+	if err != nil || out != "1" {
+		t.Errorf("schema versions %q (%v), want exactly 1", out, err)
+	}
+}
+
+func TestANewerSchemaIsRefused(t *testing.T) {
+	c := cluster(t)
+	open(t, c, "a")
+	if out, err := c.SQL("INSERT INTO xapsd_schema (version) VALUES (99)"); err != nil {
+		t.Fatalf("%v %s", err, out)
+	}
+	_, err := Open(context.Background(), Options{URL: c.URL})
+	if !errors.Is(err, ErrSchemaTooNew) || !strings.Contains(err.Error(), "schema version 99") ||
+		!strings.Contains(err.Error(), "upgrade xapsd") {
+		t.Fatalf("opening a database of a newer xapsd: %v", err)
+	}
+}
+
+func TestCommitStoresAndReturnsTheUsersState(t *testing.T) {
+	c := cluster(t)
+	s := open(t, c, "a")
+	ctx := context.Background()
+	state, err := s.Commit(ctx, []Change{put("alice", "A1", "T1", t0, "INBOX", "Notes"), put("bob", "B1", "T2", t0)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := tokens(state["alice"]); strings.Join(got, " ") != "A1/T1" || len(state["bob"]) != 1 {
+		t.Fatalf("state %v", state)
+	}
+	if r := state["alice"][0]; !r.Registered.Equal(t0) || strings.Join(r.Mailboxes, ",") != "INBOX,Notes" {
+		t.Errorf("alice %+v", r)
+	}
+	// A re-registration replaces mailboxes and time.
+	if _, err := s.Commit(ctx, []Change{put("alice", "A1", "T1", t0.Add(time.Hour), "INBOX")}); err != nil {
+		t.Fatal(err)
+	}
+	var all []Registration
+	if err := s.LoadAll(ctx, func(r Registration) { all = append(all, r) }); err != nil {
+		t.Fatal(err)
+	}
+	if len(all) != 2 {
+		t.Fatalf("LoadAll: %v", all)
+	}
+	users, _ := s.LoadUsers(ctx, []string{"alice", "nobody"})
+	if r := users["alice"][0]; !r.Registered.Equal(t0.Add(time.Hour)) || len(r.Mailboxes) != 1 {
+		t.Errorf("after re-registration %+v", r)
+	}
+	if regs, ok := users["nobody"]; !ok || len(regs) != 0 {
+		t.Errorf("a user without registrations must be present and empty: %v %v", regs, ok)
+	}
+}
+
+func TestCapsHoldAcrossDaemons(t *testing.T) {
+	c := cluster(t)
+	a, b := open(t, c, "a"), open(t, c, "b")
+	ctx := context.Background()
+	// Per account (3): four tokens of one account from two daemons keep
+	// the three newest.
+	for i, s := range []*Store{a, b, a, b} {
+		if _, err := s.Commit(ctx, []Change{put("alice", "ACC", fmt.Sprintf("T%d", i), t0.Add(time.Duration(i)*time.Minute))}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	users, _ := a.LoadUsers(ctx, []string{"alice"})
+	if got := strings.Join(tokens(users["alice"]), " "); got != "ACC/T1 ACC/T2 ACC/T3" {
+		t.Errorf("per-account cap: %s, want the three newest", got)
+	}
+	// Per user (5) over several accounts, concurrently from both.
+	var wg sync.WaitGroup
+	for i := 0; i < 8; i++ {
+		wg.Add(1)
+		s := []*Store{a, b}[i%2]
+		go func() {
+			defer wg.Done()
+			if _, err := s.Commit(ctx, []Change{put("bob", fmt.Sprintf("ACC%d", i), "T", t0.Add(time.Duration(i)*time.Minute))}); err != nil {
+				t.Error(err)
+			}
+		}()
+	}
+	wg.Wait()
+	users, _ = b.LoadUsers(ctx, []string{"bob"})
+	if got := strings.Join(tokens(users["bob"]), " "); got != "ACC3/T ACC4/T ACC5/T ACC6/T ACC7/T" {
+		t.Errorf("per-user cap: %s, want the five newest", got)
+	}
+}
+
+func TestDeleteHonoursAppleTimestampAcrossDaemons(t *testing.T) {
+	c := cluster(t)
+	a, b := open(t, c, "a"), open(t, c, "b")
+	ctx := context.Background()
+	a.Commit(ctx, []Change{put("alice", "A", "T", t0)})
+	// B registered the device again after Apple's timestamp: A's 410
+	// removal with that timestamp must not take it.
+	b.Commit(ctx, []Change{put("alice", "A", "T", t0.Add(2*time.Hour))})
+	state, err := a.Commit(ctx, []Change{{Del: true, User: "alice", Acct: "A", Token: "T", Before: t0.Add(time.Hour)}})
+	if err != nil || len(state["alice"]) != 1 {
+		t.Fatalf("a registration newer than the 410 was removed: %v %v", state, err)
+	}
+	state, err = a.Commit(ctx, []Change{{Del: true, User: "alice", Acct: "A", Token: "T", Before: t0.Add(3 * time.Hour)}})
+	if err != nil || len(state["alice"]) != 0 {
+		t.Fatalf("an older registration was kept: %v %v", state, err)
+	}
+}
+
+func TestImportKeepsTheNewer(t *testing.T) {
+	c := cluster(t)
+	s := open(t, c, "a")
+	ctx := context.Background()
+	s.Commit(ctx, []Change{put("alice", "A", "T", t0, "INBOX", "New")})
+	older := put("alice", "A", "T", t0.Add(-time.Hour), "INBOX")
+	older.KeepNewer = true
+	state, _ := s.Commit(ctx, []Change{older})
+	if got := state["alice"][0]; !got.Registered.Equal(t0) || len(got.Mailboxes) != 2 {
+		t.Errorf("an older imported copy replaced the newer one: %+v", got)
+	}
+}
+
+func TestFollowerHearsOtherDaemonsAndReloadsAfterAnOutage(t *testing.T) {
+	c := cluster(t)
+	a, b := open(t, c, "a"), open(t, c, "b")
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	changed := make(chan []string, 100)
+	resets := make(chan struct{}, 10)
+	go b.Follow(ctx, Follower{
+		Changed: func(u []string) { changed <- u },
+		Reset:   func(context.Context) error { resets <- struct{}{}; return nil },
+		Err:     func(err error) { t.Logf("follower: %v", err) },
+	})
+	waitReset := func(what string) {
+		t.Helper()
+		select {
+		case <-resets:
+		case <-time.After(15 * time.Second):
+			t.Fatalf("no reload %s", what)
+		}
+	}
+	waitReset("at the start")
+	// b's own commit is not announced to b.
+	if _, err := b.Commit(context.Background(), []Change{put("own", "A", "T", t0)}); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	if _, err := a.Commit(context.Background(), []Change{put("alice", "A", "T", t0)}); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case u := <-changed:
+		if len(u) != 1 || u[0] != "alice" {
+			t.Errorf("changed %v, want [alice] (and never b's own change)", u)
+		}
+		t.Logf("a's commit reached b after %v", time.Since(start))
+	case <-time.After(5 * time.Second):
+		t.Fatal("b did not hear about a's change")
+	}
+
+	// An outage: the follower reconnects and reloads everything.
+	if err := c.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(300 * time.Millisecond)
+	if err := c.Restart(); err != nil {
+		t.Fatal(err)
+	}
+	waitReset("after the database came back")
+	if _, err := a.Commit(context.Background(), []Change{put("carol", "A", "T", t0)}); err != nil {
+		t.Fatalf("the first commit after the database came back: %v", err)
+	}
+	select {
+	case u := <-changed:
+		if len(u) != 1 || u[0] != "carol" {
+			t.Errorf("after the outage: changed %v", u)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("after the outage b hears nothing")
+	}
+}
+
+func TestOnlyOneDaemonSweepsAtATime(t *testing.T) {
+	c := cluster(t)
+	a := open(t, c, "a")
+	ctx := context.Background()
+	a.Commit(ctx, []Change{put("old", "A", "T", t0), put("new", "A", "T", t0.Add(48*time.Hour))})
+	// Another daemon holds the sweep.
+	conn, err := pgx.Connect(ctx, c.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	conn.Exec(ctx, `SELECT pg_advisory_lock($1)`, lockExpire)
+	if _, _, ran, err := a.Expire(ctx, t0.Add(24*time.Hour)); err != nil || ran {
+		t.Fatalf("swept while another daemon held the sweep: ran=%v %v", ran, err)
+	}
+	conn.Exec(ctx, `SELECT pg_advisory_unlock($1)`, lockExpire)
+	users, n, ran, err := a.Expire(ctx, t0.Add(24*time.Hour))
+	if err != nil || !ran || n != 1 || len(users) != 1 || users[0] != "old" {
+		t.Fatalf("sweep: users %v removed %d ran %v err %v", users, n, ran, err)
+	}
+}
