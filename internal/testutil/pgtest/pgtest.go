@@ -30,10 +30,10 @@ type Cluster struct {
 	URL  string
 	Port int
 
-	dir  string // data folder and socket folder live below
-	bin  string // folder with initdb, postgres, pg_ctl
-	uid  uint32
-	gid  uint32
+	dir      string // data folder and socket folder live below
+	bin      string // folder with initdb, postgres, pg_ctl
+	uid      uint32
+	gid      uint32
 	log      string
 	settings []string // extra postgres arguments, again on Restart
 	proc     *exec.Cmd
