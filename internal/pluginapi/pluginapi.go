@@ -149,6 +149,12 @@ func (h *handler) decode(w http.ResponseWriter, r *http.Request, v any) (int, er
 	defer h.bodies.Put(buf)
 	buf.Reset()
 	_, rerr := buf.ReadFrom(body)
+	// encoding/json replaces invalid UTF-8 with U+FFFD before any check
+	// here could see it; JSON text must be UTF-8 (RFC 8259), so refuse it
+	// whole.
+	if rerr == nil && !utf8.Valid(buf.Bytes()) {
+		return http.StatusBadRequest, errors.New("body is not valid UTF-8")
+	}
 	// Unmarshal checks the whole input before it stores anything, so a
 	// body it refuses for its syntax leaves v untouched for the decoder.
 	if rerr == nil && json.Unmarshal(buf.Bytes(), v) == nil {
@@ -203,14 +209,23 @@ func (h *handler) register(w http.ResponseWriter, r *http.Request) {
 	topic, err := h.Topic()
 	if err != nil {
 		h.Log.WithError(err).Warn("refusing a registration: no usable push credential")
-		fail(w, http.StatusServiceUnavailable, "no usable push credential: "+err.Error())
+		fail(w, http.StatusServiceUnavailable, "no usable push credential on the server")
 		return
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), registerDeadline)
 	defer cancel()
 	if err := h.Registrar.Register(ctx, reg); err != nil {
+		if r.Context().Err() != nil {
+			// Dovecot gave up on the answer; the registration is in the
+			// journal's queue and is stored unless the write fails, which
+			// the registry logs itself.
+			h.Log.WithField("user", reg.User).Info("the plugin closed the connection before the registration was confirmed")
+			return
+		}
+		// The reason (paths, errno) is for the admin's log; the plugin
+		// passes the body on to the IMAP client.
 		h.Log.WithError(err).WithField("user", reg.User).Error("registration not stored")
-		fail(w, http.StatusInternalServerError, "registration not stored: "+err.Error())
+		fail(w, http.StatusInternalServerError, "registration not stored: the server could not save it")
 		return
 	}
 	h.Log.WithFields(logrus.Fields{
@@ -252,7 +267,7 @@ func validateRegister(req *registerRequest) (registry.Registration, []string) {
 	if sub := need("ApsSubtopic", req.ApsSubtopic, 64); sub != "" && sub != Subtopic {
 		problems = append(problems, "ApsSubtopic: must be "+Subtopic)
 	}
-	reg.User = strings.ToLower(need("Username", req.Username, MaxUsernameLen))
+	reg.User = registry.FoldUser(need("Username", req.Username, MaxUsernameLen))
 	switch {
 	case len(req.Mailboxes) == 0:
 		problems = append(problems, "Mailboxes: missing or empty")
@@ -274,12 +289,14 @@ func validateRegister(req *registerRequest) (registry.Registration, []string) {
 	return reg, problems
 }
 
+// printable refuses control characters and U+FFFD, which is what
+// encoding/json makes of an escaped lone surrogate ("\ud800").
 func printable(s string) bool {
 	if !utf8.ValidString(s) {
 		return false
 	}
 	for _, r := range s {
-		if r < 0x20 || r == 0x7f {
+		if r < 0x20 || r == 0x7f || r == utf8.RuneError {
 			return false
 		}
 	}
@@ -325,7 +342,7 @@ func (h *handler) notify(w http.ResponseWriter, r *http.Request) {
 		fail(w, http.StatusBadRequest, msg)
 		return
 	}
-	user := strings.ToLower(*req.Username)
+	user := registry.FoldUser(*req.Username)
 	st := h.Notifier.Notify(user, *req.Mailbox, req.Events)
 	status, msg := http.StatusOK, "notify"
 	switch st {

@@ -281,7 +281,7 @@ func (j *journal) replay(path string) error {
 // applyPut inserts or replaces a registration without journaling it
 // (loading and replay). Caller is the only user of r.
 func (r *Registry) applyPut(rec record) {
-	rec.User = strings.ToLower(rec.User)
+	rec.User = FoldUser(rec.User)
 	e := entry{accountID: rec.AccountID, deviceToken: rec.DeviceToken, boxes: r.internBoxes(rec.Mailboxes),
 		registered: rec.RegistrationTime.UnixNano(), seq: rec.Seq}
 	regs := r.users[rec.User]
@@ -296,7 +296,7 @@ func (r *Registry) applyPut(rec record) {
 }
 
 func (r *Registry) applyDel(rec record) {
-	rec.User = strings.ToLower(rec.User)
+	rec.User = FoldUser(rec.User)
 	regs := r.users[rec.User]
 	for i := range regs {
 		if regs[i].accountID == rec.AccountID && regs[i].deviceToken == rec.DeviceToken {

@@ -70,11 +70,19 @@ func (b *batch) finish(err error) {
 	close(b.done)
 }
 
+// wait returns the batch's outcome, or ctx's error when ctx ends first.
+// A batch that is already written wins over a context that ended at the
+// same moment: the caller must not report a stored registration as lost.
 func (b *batch) wait(ctx context.Context) error {
 	select {
 	case <-b.done:
 		return b.err
 	case <-ctx.Done():
-		return ctx.Err()
+		select {
+		case <-b.done:
+			return b.err
+		default:
+			return ctx.Err()
+		}
 	}
 }

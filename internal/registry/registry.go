@@ -191,7 +191,7 @@ func (r *Registry) internBoxes(names []string) *mailboxSet {
 // Register stores reg and returns once it is on disk. The user name is
 // lower-cased (spec §1.2). A Registered time of zero means now.
 func (r *Registry) Register(ctx context.Context, reg Registration) error {
-	reg.User = strings.ToLower(reg.User)
+	reg.User = FoldUser(reg.User)
 	if reg.Registered.IsZero() {
 		reg.Registered = r.opts.Now()
 	}
@@ -285,7 +285,7 @@ type LookupResult struct {
 // Lookup finds the registrations of user that asked for mailbox. With
 // inboxOnly, only INBOX changes match (the old daemon's rule, spec §3.3).
 func (r *Registry) Lookup(user, mailbox string, inboxOnly bool) LookupResult {
-	user = strings.ToLower(user)
+	user = FoldUser(user)
 	mailbox = normalizeNotifyMailbox(mailbox)
 	r.mu.RLock()
 	defer r.mu.RUnlock()
@@ -308,7 +308,7 @@ func (r *Registry) Lookup(user, mailbox string, inboxOnly bool) LookupResult {
 // registered again since then must keep its registration (spec §4.6).
 // It does not wait for the disk: a lost removal only costs another 410.
 func (r *Registry) Remove(k Key, before time.Time) bool {
-	k.User = strings.ToLower(k.User)
+	k.User = FoldUser(k.User)
 	r.mu.Lock()
 	if r.closed {
 		r.mu.Unlock()
@@ -340,7 +340,7 @@ func (r *Registry) Remove(k Key, before time.Time) bool {
 // device token equals id ("" = all of the user's) and waits for the disk.
 // It returns what it removed. Admin tools use it.
 func (r *Registry) RemoveMatching(ctx context.Context, user, id string) ([]Registration, error) {
-	user = strings.ToLower(user)
+	user = FoldUser(user)
 	r.mu.Lock()
 	if r.closed {
 		r.mu.Unlock()
@@ -419,7 +419,7 @@ func (e *entry) registration(user string) Registration {
 // List returns the registrations of user, or of everyone when user is "",
 // sorted by user and registration time.
 func (r *Registry) List(user string) []Registration {
-	user = strings.ToLower(user)
+	user = FoldUser(user)
 	r.mu.RLock()
 	var out []Registration
 	for u, regs := range r.users {
@@ -458,7 +458,7 @@ func ParseFile(data []byte) ([]Registration, error) {
 		if rec.User == "" || rec.AccountID == "" || rec.DeviceToken == "" || len(rec.Mailboxes) == 0 {
 			continue
 		}
-		out = append(out, Registration{Key: Key{User: strings.ToLower(rec.User), AccountID: rec.AccountID,
+		out = append(out, Registration{Key: Key{User: FoldUser(rec.User), AccountID: rec.AccountID,
 			DeviceToken: rec.DeviceToken}, Mailboxes: rec.Mailboxes, Registered: rec.RegistrationTime})
 	}
 	return out, nil
@@ -470,7 +470,7 @@ func ParseFile(data []byte) ([]Registration, error) {
 func (r *Registry) Import(ctx context.Context, regs []Registration) (added int, err error) {
 	now := r.opts.Now()
 	for _, g := range regs {
-		g.User = strings.ToLower(g.User)
+		g.User = FoldUser(g.User)
 		if g.Registered.IsZero() || g.Registered.After(now) {
 			g.Registered = now
 		}

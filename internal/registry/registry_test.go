@@ -565,3 +565,21 @@ func TestSecondOpenOfOneFileIsRefused(t *testing.T) {
 	r2 := open(t, path, newClock())
 	r2.Close()
 }
+
+// Users are filed the way Dovecot folds them: ASCII letters only.
+func TestUsersFoldASCIIOnly(t *testing.T) {
+	r := open(t, filepath.Join(t.TempDir(), "database.json"), newClock())
+	defer r.Close()
+	mustRegister(t, r, reg("\u212Aim@Example.COM", acc1, tok1)) // a Kelvin sign, not K
+	if r.Lookup("kim@example.com", "INBOX", false).KnownUser {
+		t.Error("a Kelvin sign was filed under k")
+	}
+	if !r.Lookup("\u212AIM@EXAMPLE.com", "INBOX", false).KnownUser {
+		t.Error("ASCII case was not folded")
+	}
+	for in, want := range map[string]string{"Alice": "alice", "ÄRGER": "Ärger", "\u212A": "\u212A", "": "", "abc": "abc"} {
+		if got := FoldUser(in); got != want {
+			t.Errorf("FoldUser(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
