@@ -40,11 +40,11 @@ type journal struct {
 	// Owned by the writer goroutine (or by open/close before/after it).
 	seg     *os.File
 	segPath string
+	segSize int64 // bytes of whole, synced records in seg
 
 	segMu    sync.Mutex
 	segments []string // finished segments not yet covered by a snapshot
 
-	durable      atomic.Uint64 // every record up to this number is on disk
 	lastErr      atomic.Pointer[error]
 	sinceCompact atomic.Int64
 	compacting   atomic.Bool
@@ -56,8 +56,6 @@ type journal struct {
 	donec    chan struct{}
 	compactW sync.WaitGroup
 }
-
-func (j *journal) durableSeq() uint64 { return j.durable.Load() }
 
 func (j *journal) kick() {
 	select {
@@ -120,7 +118,7 @@ func openJournal(r *Registry, path string) (*journal, error) {
 			return nil, err
 		}
 	}
-	j.durable.Store(r.seq)
+	r.applied = r.seq
 
 	r.appleCerts = snap.AppleCerts
 	switch {
@@ -150,6 +148,13 @@ func openJournal(r *Registry, path string) (*journal, error) {
 	j.segments = segs
 	if err := j.openSegment(); err != nil {
 		return nil, err
+	}
+	// A full disk must show in /readyz from the start, not only after the
+	// first registration fails.
+	if err := j.probe(); err != nil {
+		err = fmt.Errorf("write registry journal: %w", err)
+		j.lastErr.Store(&err)
+		r.log.WithError(err).Error("the registry folder cannot be written; registrations are refused until it can")
 	}
 	ok = true
 	return j, nil
@@ -265,11 +270,7 @@ func (j *journal) replay(path string) error {
 				// Already in the snapshot.
 			default:
 				r.seq = rec.Seq
-				if rec.Op == opPut {
-					r.applyPut(rec)
-				} else {
-					r.applyDel(rec)
-				}
+				r.apply(rec)
 			}
 		}
 		if err != nil {
@@ -278,12 +279,22 @@ func (j *journal) replay(path string) error {
 	}
 }
 
-// applyPut inserts or replaces a registration without journaling it
-// (loading and replay). Caller is the only user of r.
+// apply makes one journal record's change in memory. Caller holds mu (or
+// is loading).
+func (r *Registry) apply(rec record) {
+	if rec.Op == opDel {
+		r.applyDel(rec)
+	} else {
+		r.applyPut(rec)
+	}
+}
+
+// applyPut inserts or replaces a registration without journaling it.
+// Caller holds mu (or is loading).
 func (r *Registry) applyPut(rec record) {
 	rec.User = FoldUser(rec.User)
 	e := entry{accountID: rec.AccountID, deviceToken: rec.DeviceToken, boxes: r.internBoxes(rec.Mailboxes),
-		registered: rec.RegistrationTime.UnixNano(), seq: rec.Seq}
+		registered: rec.RegistrationTime.UnixNano()}
 	regs := r.users[rec.User]
 	for i := range regs {
 		if regs[i].accountID == rec.AccountID && regs[i].deviceToken == rec.DeviceToken {
@@ -319,7 +330,7 @@ func (j *journal) openSegment() error {
 		f.Close()
 		return fmt.Errorf("sync folder of journal %s: %w", p, err)
 	}
-	j.seg, j.segPath = f, p
+	j.seg, j.segPath, j.segSize = f, p, 0
 	return nil
 }
 
@@ -347,6 +358,8 @@ func (j *journal) start() {
 // run is the writer goroutine.
 func (j *journal) run() {
 	defer close(j.donec)
+	tick := time.NewTicker(j.r.opts.CheckEvery)
+	defer tick.Stop()
 	for {
 		select {
 		case <-j.kickc:
@@ -354,6 +367,8 @@ func (j *journal) run() {
 		case reply := <-j.rotatec:
 			j.flush()
 			reply <- j.rotate()
+		case <-tick.C:
+			j.retryProbe()
 		case <-j.stopc:
 			j.flush()
 			return
@@ -361,7 +376,43 @@ func (j *journal) run() {
 	}
 }
 
-// flush writes and syncs every pending record and releases their waiters.
+// retryProbe clears a write error once the disk takes writes again, so
+// that /readyz recovers without waiting for the next registration.
+func (j *journal) retryProbe() {
+	if j.lastErr.Load() == nil {
+		return
+	}
+	if err := j.probe(); err == nil {
+		j.lastErr.Store(nil)
+		j.r.log.Info("the registry can be written again")
+	}
+}
+
+// probeLines are written and taken back to see whether the disk has
+// room: a block, more than one small record needs. Blank lines, so that
+// replay skips them should a crash leave them behind.
+var probeLines = bytes.Repeat([]byte{'\n'}, 4096)
+
+// probe writes, syncs and truncates away probeLines at the end of the
+// segment. Only the writer (or open) calls it.
+func (j *journal) probe() error {
+	if j.seg == nil {
+		if err := j.openSegment(); err != nil {
+			return err
+		}
+	}
+	err := j.append(probeLines)
+	if terr := j.truncate(); terr != nil {
+		j.finishSegment()
+		if err == nil {
+			err = terr
+		}
+	}
+	return err
+}
+
+// flush writes and syncs every pending record, applies them to memory
+// and releases their waiters. A failed write changes nothing in memory.
 func (j *journal) flush() {
 	r := j.r
 	r.mu.Lock()
@@ -375,40 +426,63 @@ func (j *journal) flush() {
 
 	start := time.Now()
 	err := j.write(b.buf)
-	records := bytes.Count(b.buf, []byte{'\n'})
 	if r.opts.OnSync != nil {
-		r.opts.OnSync(records, time.Since(start))
+		r.opts.OnSync(len(b.recs), time.Since(start))
 	}
 	if err != nil {
 		err = fmt.Errorf("write registry journal: %w", err)
 		r.log.WithError(err).Error("registrations could not be made durable; they were refused")
-		// The segment may end in a partial line now: start a new one so
-		// the garbage stays a torn tail, and rewrite the snapshot soon.
-		j.finishSegment()
-		j.compactAsync()
 		j.lastErr.Store(&err)
-	} else {
-		j.lastErr.Store(nil)
-		for {
-			d := j.durable.Load()
-			if d+1 < b.first || d >= b.last || j.durable.CompareAndSwap(d, b.last) {
-				break
-			}
-		}
-		if j.sinceCompact.Add(int64(records)) >= int64(r.opts.CompactAfter) {
-			j.compactAsync()
-		}
+		b.finish(err)
+		return
 	}
-	b.finish(err)
+	j.lastErr.Store(nil)
+	r.mu.Lock()
+	for _, rec := range b.recs {
+		r.apply(rec)
+	}
+	r.applied = b.last
+	r.mu.Unlock()
+	if j.sinceCompact.Add(int64(len(b.recs))) >= int64(r.opts.CompactAfter) {
+		j.compactAsync()
+	}
+	b.finish(nil)
 }
 
+// write appends whole records to the current segment and syncs them. On
+// failure the segment is cut back to its last synced record and used
+// again for the next write: a full disk leaves neither a partial line
+// nor a new empty segment per refused registration.
 func (j *journal) write(buf []byte) error {
 	if j.seg == nil {
 		if err := j.openSegment(); err != nil {
 			return err
 		}
 	}
+	if err := j.append(buf); err != nil {
+		if terr := j.truncate(); terr != nil {
+			// The segment may now end in anything: finish it, so the
+			// garbage can only be its torn last line, and start another
+			// with the next write.
+			j.r.log.WithError(terr).WithField("file", j.segPath).Warn("cannot cut a failed write off the journal segment; starting a new one")
+			j.finishSegment()
+		}
+		return err
+	}
+	j.segSize += int64(len(buf))
+	return nil
+}
+
+func (j *journal) append(buf []byte) error {
 	if _, err := j.seg.Write(buf); err != nil {
+		return err
+	}
+	return j.seg.Sync()
+}
+
+// truncate cuts the segment back to its synced records.
+func (j *journal) truncate() error {
+	if err := j.seg.Truncate(j.segSize); err != nil {
 		return err
 	}
 	return j.seg.Sync()
@@ -473,7 +547,7 @@ func (j *journal) removeSegments(paths []string) {
 func (j *journal) writeSnapshot() error {
 	r := j.r
 	r.mu.RLock()
-	seq := r.seq
+	seq := r.applied
 	type item struct {
 		user string
 		e    entry
@@ -495,12 +569,6 @@ func (j *journal) writeSnapshot() error {
 	})
 	if err != nil {
 		return fmt.Errorf("write registry snapshot %s: %w", j.path, err)
-	}
-	for {
-		d := j.durable.Load()
-		if d >= seq || j.durable.CompareAndSwap(d, seq) {
-			break
-		}
 	}
 	return nil
 }
@@ -524,14 +592,21 @@ func (j *journal) close() error {
 	return nil
 }
 
-// finishSegment closes the current segment and queues it for compaction.
+// finishSegment closes the current segment and queues it for compaction;
+// one that holds no record is deleted instead.
 func (j *journal) finishSegment() {
 	if j.seg == nil {
 		return
 	}
 	j.seg.Close()
+	j.seg = nil
+	if j.segSize == 0 {
+		if err := os.Remove(j.segPath); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			j.r.log.WithError(err).WithField("file", j.segPath).Warn("cannot remove an empty journal segment")
+		}
+		return
+	}
 	j.segMu.Lock()
 	j.segments = append(j.segments, j.segPath)
 	j.segMu.Unlock()
-	j.seg = nil
 }

@@ -24,13 +24,8 @@ const (
 	opDel = "del"
 )
 
-func putRecord(seq uint64, user string, e entry) (uint64, []byte) {
-	return seq, mustMarshal(record{Seq: seq, Op: opPut, User: user, AccountID: e.accountID,
-		DeviceToken: e.deviceToken, Mailboxes: e.boxes.names, RegistrationTime: time.Unix(0, e.registered).UTC()})
-}
-
-func delRecord(seq uint64, user, accountID, token string) (uint64, []byte) {
-	return seq, mustMarshal(record{Seq: seq, Op: opDel, User: user, AccountID: accountID, DeviceToken: token})
+func delRec(seq uint64, user, accountID, token string) record {
+	return record{Seq: seq, Op: opDel, User: user, AccountID: accountID, DeviceToken: token}
 }
 
 func mustMarshal(v any) []byte {
@@ -43,9 +38,11 @@ func mustMarshal(v any) []byte {
 }
 
 // batch collects journal lines that reach the disk with one write and one
-// fsync (group commit); every caller that added to it waits on done.
+// fsync (group commit); every caller that added to it waits on done. recs
+// are the same changes, applied to memory once the write succeeded.
 type batch struct {
 	buf   []byte
+	recs  []record
 	first uint64
 	last  uint64
 	done  chan struct{}
@@ -54,13 +51,14 @@ type batch struct {
 
 func newBatch() *batch { return &batch{done: make(chan struct{})} }
 
-func (b *batch) add(seq uint64, line []byte) {
+func (b *batch) addRecord(rec record) {
 	if b.first == 0 {
-		b.first = seq
+		b.first = rec.Seq
 	}
-	b.last = seq
-	b.buf = append(b.buf, line...)
+	b.last = rec.Seq
+	b.buf = append(b.buf, mustMarshal(rec)...)
 	b.buf = append(b.buf, '\n')
+	b.recs = append(b.recs, rec)
 }
 
 func (b *batch) empty() bool { return len(b.buf) == 0 }

@@ -14,6 +14,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -44,8 +45,7 @@ type entry struct {
 	accountID   string
 	deviceToken string
 	boxes       *mailboxSet
-	registered  int64  // unix nanoseconds
-	seq         uint64 // journal sequence number of the record that wrote it
+	registered  int64 // unix nanoseconds
 }
 
 // mailboxSet is shared between all registrations with the same list; most
@@ -87,6 +87,9 @@ type Options struct {
 	// OnSync, when set, sees each group commit: records made durable by
 	// one fsync and how long the write and fsync took.
 	OnSync func(records int, d time.Duration)
+	// CheckEvery is how often the journal writer, after a failed write,
+	// tries whether the disk takes writes again (default 5 s).
+	CheckEvery time.Duration
 }
 
 func (o *Options) setDefaults() {
@@ -113,6 +116,9 @@ func (o *Options) setDefaults() {
 	if o.Now == nil {
 		o.Now = time.Now
 	}
+	if o.CheckEvery <= 0 {
+		o.CheckEvery = 5 * time.Second
+	}
 }
 
 // ErrClosed is returned by calls after Close.
@@ -129,6 +135,7 @@ type Registry struct {
 	boxKey  []byte // scratch for internBoxes
 	count   int
 	seq     uint64 // last sequence number handed out
+	applied uint64 // last sequence number whose change is in memory (and on disk)
 	pending *batch // records not yet handed to the journal writer
 	closed  bool
 
@@ -189,7 +196,12 @@ func (r *Registry) internBoxes(names []string) *mailboxSet {
 }
 
 // Register stores reg and returns once it is on disk. The user name is
-// lower-cased (spec §1.2). A Registered time of zero means now.
+// folded (FoldUser, spec §1.2). A Registered time of zero means now.
+//
+// Memory changes only once the journal write succeeded: an error means
+// the registration was not stored, is not looked up, and is not in any
+// snapshot. A registration identical to a stored one younger than
+// RefreshAfter is acknowledged without a write.
 func (r *Registry) Register(ctx context.Context, reg Registration) error {
 	reg.User = FoldUser(reg.User)
 	if reg.Registered.IsZero() {
@@ -208,56 +220,52 @@ func (r *Registry) Register(ctx context.Context, reg Registration) error {
 			break
 		}
 	}
-	boxes := r.internBoxes(reg.Mailboxes)
 	now := reg.Registered.UnixNano()
-	if idx >= 0 && regs[idx].boxes == boxes && regs[idx].seq <= r.j.durableSeq() &&
+	if idx >= 0 && slices.Equal(regs[idx].boxes.names, reg.Mailboxes) &&
 		time.Duration(now-regs[idx].registered) < r.opts.RefreshAfter && now >= regs[idx].registered {
-		// Unchanged and already durable: nothing to write.
+		// Unchanged and already on disk: nothing to write.
 		r.mu.Unlock()
 		return nil
 	}
 	b := r.pending
-	seq := r.nextSeq()
-	e := entry{accountID: reg.AccountID, deviceToken: reg.DeviceToken, boxes: boxes, registered: now, seq: seq}
-	b.add(putRecord(seq, reg.User, e))
-	if idx >= 0 {
-		regs[idx] = e
-	} else {
-		regs = append(regs, e)
-		r.count++
-		regs = r.enforceCaps(reg.User, regs, reg.AccountID, b)
+	b.addRecord(record{Seq: r.nextSeq(), Op: opPut, User: reg.User, AccountID: reg.AccountID, DeviceToken: reg.DeviceToken,
+		Mailboxes: slices.Clone(reg.Mailboxes), RegistrationTime: reg.Registered.UTC()})
+	if idx < 0 {
+		r.planCaps(reg.User, regs, entry{accountID: reg.AccountID, deviceToken: reg.DeviceToken, registered: now}, b)
 	}
-	r.users[reg.User] = regs
 	r.mu.Unlock()
 	r.j.kick()
 	return b.wait(ctx)
 }
 
-// enforceCaps drops the oldest registrations over the limits, journaling
-// each removal. Caller holds mu.
-func (r *Registry) enforceCaps(user string, regs []entry, accountID string, b *batch) []entry {
+// planCaps journals the removal of the oldest registrations that adding
+// e to regs would put over the limits; the writer applies them with the
+// new registration. Caller holds mu. Two new devices of one user in the
+// same batch can each see the other's slot free and leave the user one
+// over the limit until the next registration, which removes it.
+func (r *Registry) planCaps(user string, regs []entry, e entry, b *batch) {
+	regs = append(slices.Clone(regs), e)
 	for {
 		perAccount := 0
 		for i := range regs {
-			if regs[i].accountID == accountID {
+			if regs[i].accountID == e.accountID {
 				perAccount++
 			}
 		}
 		var victim = -1
 		switch {
 		case perAccount > r.opts.MaxPerAccount:
-			victim = oldest(regs, func(e *entry) bool { return e.accountID == accountID })
+			victim = oldest(regs, func(x *entry) bool { return x.accountID == e.accountID })
 		case len(regs) > r.opts.MaxPerUser:
 			victim = oldest(regs, func(*entry) bool { return true })
 		}
 		if victim < 0 {
-			return regs
+			return
 		}
 		r.log.WithFields(logrus.Fields{"user": user, "account": logging.Mask(r.log, regs[victim].accountID),
 			"token": logging.Mask(r.log, regs[victim].deviceToken)}).Info("device limit reached: dropping the oldest registration")
-		b.add(delRecord(r.nextSeq(), user, regs[victim].accountID, regs[victim].deviceToken))
-		regs = append(regs[:victim], regs[victim+1:]...)
-		r.count--
+		b.addRecord(delRec(r.nextSeq(), user, regs[victim].accountID, regs[victim].deviceToken))
+		regs = slices.Delete(regs, victim, victim+1)
 	}
 }
 
@@ -302,11 +310,11 @@ func (r *Registry) Lookup(user, mailbox string, inboxOnly bool) LookupResult {
 	return res
 }
 
-// Remove deletes one registration. When before is not zero the
-// registration is only removed if it was registered before that time: an
-// APNs 410 carries the time the token became invalid, and a device that
-// registered again since then must keep its registration (spec §4.6).
-// It does not wait for the disk: a lost removal only costs another 410.
+// Remove deletes one registration and waits for the disk. When before
+// is not zero the registration is only removed if it was registered
+// before that time: an APNs 410 carries the time the token became
+// invalid, and a device that registered again since then must keep its
+// registration (spec §4.6). It reports whether it removed one.
 func (r *Registry) Remove(k Key, before time.Time) bool {
 	k.User = FoldUser(k.User)
 	r.mu.Lock()
@@ -314,26 +322,24 @@ func (r *Registry) Remove(k Key, before time.Time) bool {
 		r.mu.Unlock()
 		return false
 	}
-	regs := r.users[k.User]
+	b := r.pending
 	removed := false
-	for i := range regs {
-		e := &regs[i]
+	for _, e := range r.users[k.User] {
 		if e.accountID != k.AccountID || e.deviceToken != k.DeviceToken {
 			continue
 		}
-		if !before.IsZero() && e.registered >= before.UnixNano() {
-			break
+		if before.IsZero() || e.registered < before.UnixNano() {
+			b.addRecord(delRec(r.nextSeq(), k.User, k.AccountID, k.DeviceToken))
+			removed = true
 		}
-		r.pending.add(delRecord(r.nextSeq(), k.User, k.AccountID, k.DeviceToken))
-		r.removeAt(k.User, regs, i)
-		removed = true
 		break
 	}
 	r.mu.Unlock()
-	if removed {
-		r.j.kick()
+	if !removed {
+		return false
 	}
-	return removed
+	r.j.kick()
+	return b.wait(context.Background()) == nil
 }
 
 // RemoveMatching deletes every registration of user whose account id or
@@ -348,23 +354,21 @@ func (r *Registry) RemoveMatching(ctx context.Context, user, id string) ([]Regis
 	}
 	var removed []Registration
 	b := r.pending
-	regs := r.users[user]
-	for i := 0; i < len(regs); {
-		e := regs[i]
+	for _, e := range r.users[user] {
 		if id == "" || e.accountID == id || strings.EqualFold(e.deviceToken, id) {
 			removed = append(removed, e.registration(user))
-			b.add(delRecord(r.nextSeq(), user, e.accountID, e.deviceToken))
-			regs = r.removeAt(user, regs, i)
-			continue
+			b.addRecord(delRec(r.nextSeq(), user, e.accountID, e.deviceToken))
 		}
-		i++
 	}
 	r.mu.Unlock()
 	if len(removed) == 0 {
 		return nil, nil
 	}
 	r.j.kick()
-	return removed, b.wait(ctx)
+	if err := b.wait(ctx); err != nil {
+		return nil, err
+	}
+	return removed, nil
 }
 
 // removeAt deletes regs[i] of user and returns the shortened slice. Caller
@@ -380,30 +384,32 @@ func (r *Registry) removeAt(user string, regs []entry, i int) []entry {
 	return regs
 }
 
-// Expire removes registrations not refreshed within the TTL.
+// Expire removes registrations not refreshed within the TTL, waits for
+// the disk and returns how many it removed.
 func (r *Registry) Expire(now time.Time) int {
-	n := r.expire(now)
-	if n > 0 {
-		r.j.kick()
-	}
-	return n
-}
-
-func (r *Registry) expire(now time.Time) int {
 	cutoff := now.Add(-r.opts.TTL).UnixNano()
 	r.mu.Lock()
-	defer r.mu.Unlock()
+	if r.closed {
+		r.mu.Unlock()
+		return 0
+	}
+	b := r.pending
 	n := 0
 	for user, regs := range r.users {
-		for i := 0; i < len(regs); {
-			if regs[i].registered < cutoff {
-				r.pending.add(delRecord(r.nextSeq(), user, regs[i].accountID, regs[i].deviceToken))
-				regs = r.removeAt(user, regs, i)
+		for _, e := range regs {
+			if e.registered < cutoff {
+				b.addRecord(delRec(r.nextSeq(), user, e.accountID, e.deviceToken))
 				n++
-				continue
 			}
-			i++
 		}
+	}
+	r.mu.Unlock()
+	if n == 0 {
+		return 0
+	}
+	r.j.kick()
+	if err := b.wait(context.Background()); err != nil {
+		return 0
 	}
 	return n
 }
