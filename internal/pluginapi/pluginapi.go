@@ -37,6 +37,7 @@ const (
 	MaxBody          = 64 << 10
 	MaxMailboxes     = 1000
 	MaxMailboxLen    = 1024
+	MaxMailboxBytes  = 32 << 10 // all of one registration's names together
 	MaxUsernameLen   = 512
 	MaxAccountIDLen  = 256
 	MinTokenLen      = 16
@@ -273,6 +274,10 @@ func validateRegister(req *registerRequest) (registry.Registration, []string) {
 		problems = append(problems, "Mailboxes: missing or empty")
 	case len(req.Mailboxes) > MaxMailboxes:
 		problems = append(problems, fmt.Sprintf("Mailboxes: more than %d", MaxMailboxes))
+	case totalLen(req.Mailboxes) > MaxMailboxBytes:
+		// Every distinct list is kept in memory for as long as a device
+		// uses it: the limit bounds what one registration can cost.
+		problems = append(problems, fmt.Sprintf("Mailboxes: more than %d bytes of names in total", MaxMailboxBytes))
 	default:
 		seen := make(map[string]bool, len(req.Mailboxes))
 		for _, m := range req.Mailboxes {
@@ -287,6 +292,14 @@ func validateRegister(req *registerRequest) (registry.Registration, []string) {
 		}
 	}
 	return reg, problems
+}
+
+func totalLen(names []string) int {
+	n := 0
+	for _, s := range names {
+		n += len(s)
+	}
+	return n
 }
 
 // printable refuses control characters and U+FFFD, which is what

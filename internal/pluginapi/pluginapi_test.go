@@ -121,6 +121,7 @@ func TestBadRegistrationsChangeNothing(t *testing.T) {
 		{"no mailboxes", replace(`["INBOX","Notes"]`, `[]`), 400, "Mailboxes: missing or empty"},
 		{"empty mailbox name", replace(`["INBOX","Notes"]`, `["INBOX",""]`), 400, "Mailboxes"},
 		{"too many mailboxes", replace(`["INBOX","Notes"]`, `[`+strings.Repeat(`"a",`, MaxMailboxes)+`"b"]`), 400, "Mailboxes: more than"},
+		{"too many mailbox bytes", replace(`["INBOX","Notes"]`, `[`+strings.Repeat(`"`+strings.Repeat("m", 40)+`",`, MaxMailboxBytes/40+1)+`"b"]`), 400, "bytes of names in total"},
 		{"too big", replace(`"Notes"`, `"`+strings.Repeat("x", MaxBody)+`"`), 413, "larger than"},
 		{"all wrong at once", `{}`, 400, "ApsAccountId: missing; ApsDeviceToken: missing; ApsSubtopic: missing; Username: missing; Mailboxes"},
 	}

@@ -46,7 +46,9 @@ type journal struct {
 	segments []string // finished segments not yet covered by a snapshot
 
 	lastErr      atomic.Pointer[error]
-	sinceCompact atomic.Int64
+	sinceCompact atomic.Int64 // records since the last compaction started
+	bytesSince   atomic.Int64 // journal bytes since then
+	snapSize     atomic.Int64 // bytes of the last snapshot written
 	compacting   atomic.Bool
 
 	lock     *os.File // flock held while open
@@ -173,6 +175,7 @@ func (j *journal) loadSnapshot(load func(record)) (snap *snapshot, data []byte, 
 	}
 	defer f.Close()
 	if st, err := f.Stat(); err == nil && st.Size() > 0 {
+		j.snapSize.Store(st.Size())
 		// A million registrations make a map this large; growing it
 		// step by step would cost a good part of the load. Lines are
 		// about 200 bytes.
@@ -298,6 +301,7 @@ func (r *Registry) applyPut(rec record) {
 	regs := r.users[rec.User]
 	for i := range regs {
 		if regs[i].accountID == rec.AccountID && regs[i].deviceToken == rec.DeviceToken {
+			r.releaseBoxes(regs[i].boxes)
 			regs[i] = e
 			return
 		}
@@ -443,7 +447,9 @@ func (j *journal) flush() {
 	}
 	r.applied = b.last
 	r.mu.Unlock()
-	if j.sinceCompact.Add(int64(len(b.recs))) >= int64(r.opts.CompactAfter) {
+	records := j.sinceCompact.Add(int64(len(b.recs)))
+	size := j.bytesSince.Add(int64(len(b.buf)))
+	if records >= int64(r.opts.CompactAfter) || size >= max(r.opts.CompactAfterBytes, j.snapSize.Load()) {
 		j.compactAsync()
 	}
 	b.finish(nil)
@@ -514,6 +520,7 @@ func (j *journal) compact() error {
 	}
 	done := <-reply
 	j.sinceCompact.Store(0)
+	j.bytesSince.Store(0)
 	if err := j.writeSnapshot(); err != nil {
 		// Keep the segments: they still hold the only copy. Hand them
 		// back so the next compaction covers them.
@@ -559,8 +566,10 @@ func (j *journal) writeSnapshot() error {
 		}
 	}
 	r.mu.RUnlock()
+	var size countingWriter
 	err := atomicfile.FS{}.Write(j.path, 0o600, func(w io.Writer) error {
-		sw := newSnapshotWriter(w, seq)
+		size.w = w
+		sw := newSnapshotWriter(&size, seq)
 		for _, it := range items {
 			sw.add(record{User: it.user, AccountID: it.e.accountID, DeviceToken: it.e.deviceToken,
 				Mailboxes: it.e.boxes.names, RegistrationTime: time.Unix(0, it.e.registered).UTC()})
@@ -570,7 +579,19 @@ func (j *journal) writeSnapshot() error {
 	if err != nil {
 		return fmt.Errorf("write registry snapshot %s: %w", j.path, err)
 	}
+	j.snapSize.Store(size.n)
 	return nil
+}
+
+type countingWriter struct {
+	w io.Writer
+	n int64
+}
+
+func (c *countingWriter) Write(p []byte) (int, error) {
+	n, err := c.w.Write(p)
+	c.n += int64(n)
+	return n, err
 }
 
 // close stops the writer after a last flush, then writes a final snapshot

@@ -49,10 +49,14 @@ type entry struct {
 }
 
 // mailboxSet is shared between all registrations with the same list; most
-// devices register the same few lists.
+// devices register the same few lists. refs counts those registrations:
+// the last one to go takes the set with it, so memory follows the live
+// registrations however many different lists were ever registered.
 type mailboxSet struct {
 	names []string // as registered
 	match []string // normalised for /notify matching
+	key   string   // its key in Registry.boxes
+	refs  int
 }
 
 func (s *mailboxSet) contains(mailbox string) bool {
@@ -76,8 +80,12 @@ type Options struct {
 	// registrations the same way, whatever their account ids.
 	MaxPerAccount int
 	MaxPerUser    int
-	// CompactAfter writes a new snapshot after this many journal records.
-	CompactAfter int
+	// CompactAfter writes a new snapshot after this many journal records,
+	// or once the journal has grown by CompactAfterBytes or by the size of
+	// the last snapshot, whichever is more: a few huge records must not
+	// grow the journal as far as many small ones.
+	CompactAfter      int
+	CompactAfterBytes int64
 	// RefreshAfter: a re-registration identical to a durable one younger
 	// than this is acknowledged without a disk write (iOS re-registers on
 	// every IMAP connection).
@@ -104,6 +112,9 @@ func (o *Options) setDefaults() {
 	}
 	if o.CompactAfter <= 0 {
 		o.CompactAfter = 100000
+	}
+	if o.CompactAfterBytes <= 0 {
+		o.CompactAfterBytes = 64 << 20
 	}
 	if o.RefreshAfter <= 0 {
 		o.RefreshAfter = time.Hour
@@ -171,10 +182,11 @@ func Open(opts Options) (*Registry, error) {
 	return r, nil
 }
 
-// internBoxes returns the shared set for a list. Caller holds mu (or is
-// loading). The lookup key is built in a reused buffer, so a list seen
-// before costs no allocation: loading a million registrations mostly
-// sees the same few lists.
+// internBoxes returns the shared set for a list, counting one more
+// registration that uses it; releaseBoxes undoes that. Caller holds mu
+// (or is loading). The lookup key is built in a reused buffer, so a list
+// seen before costs no allocation: loading a million registrations
+// mostly sees the same few lists.
 func (r *Registry) internBoxes(names []string) *mailboxSet {
 	buf := r.boxKey[:0]
 	for i, n := range names {
@@ -185,14 +197,21 @@ func (r *Registry) internBoxes(names []string) *mailboxSet {
 	}
 	r.boxKey = buf
 	if s, ok := r.boxes[string(buf)]; ok {
+		s.refs++
 		return s
 	}
-	s := &mailboxSet{names: append([]string(nil), names...), match: make([]string, len(names))}
+	s := &mailboxSet{names: append([]string(nil), names...), match: make([]string, len(names)), key: string(buf), refs: 1}
 	for i, n := range names {
 		s.match[i] = normalizeMailbox(n)
 	}
-	r.boxes[string(buf)] = s
+	r.boxes[s.key] = s
 	return s
+}
+
+func (r *Registry) releaseBoxes(s *mailboxSet) {
+	if s.refs--; s.refs == 0 {
+		delete(r.boxes, s.key)
+	}
 }
 
 // Register stores reg and returns once it is on disk. The user name is
@@ -374,6 +393,7 @@ func (r *Registry) RemoveMatching(ctx context.Context, user, id string) ([]Regis
 // removeAt deletes regs[i] of user and returns the shortened slice. Caller
 // holds mu.
 func (r *Registry) removeAt(user string, regs []entry, i int) []entry {
+	r.releaseBoxes(regs[i].boxes)
 	regs = append(regs[:i], regs[i+1:]...)
 	r.count--
 	if len(regs) == 0 {
