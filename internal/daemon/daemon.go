@@ -299,7 +299,7 @@ func (d *Daemon) ready() error {
 	if err := d.cred.Load().problem(time.Now()); err != nil {
 		return err
 	}
-	if err := d.reg.Writable(); err != nil {
+	if err := d.reg.Health().WriteErr; err != nil {
 		return fmt.Errorf("registry not writable: %w", err)
 	}
 	return nil

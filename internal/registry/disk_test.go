@@ -100,15 +100,15 @@ func TestFailedWriteChangesNothing(t *testing.T) {
 	if segs := segmentFiles(path); len(segs) > 1 {
 		t.Errorf("failed writes left %d journal segments: %v", len(segs), segs)
 	}
-	if r.Writable() == nil {
+	if r.Health().WriteErr == nil {
 		t.Error("Writable reports no problem after failed writes")
 	}
 	d.free(t)
-	if r.Writable() == nil {
+	if r.Health().WriteErr == nil {
 		t.Error("Writable cleared before any write succeeded")
 	}
 	mustRegister(t, r, reg("carol", acc1, tok2))
-	if err := r.Writable(); err != nil {
+	if err := r.Health().WriteErr; err != nil {
 		t.Errorf("Writable after a successful write: %v", err)
 	}
 	// Identical re-registrations after the failure are not written again.
@@ -143,7 +143,7 @@ func TestStartOnFullDiskIsNotWritable(t *testing.T) {
 	d.fill(t)
 	r = open(t, path, c, func(o *Options) { o.CheckEvery = 20 * time.Millisecond })
 	defer r.Close()
-	if r.Writable() == nil {
+	if r.Health().WriteErr == nil {
 		t.Fatal("Writable reports no problem right after a start on a full disk")
 	}
 	if !r.Lookup("alice", "INBOX", false).KnownUser {
@@ -151,9 +151,9 @@ func TestStartOnFullDiskIsNotWritable(t *testing.T) {
 	}
 	d.free(t)
 	deadline := time.Now().Add(10 * time.Second)
-	for r.Writable() != nil {
+	for r.Health().WriteErr != nil {
 		if time.Now().After(deadline) {
-			t.Fatalf("still not writable 10 s after the disk was freed: %v", r.Writable())
+			t.Fatalf("still not writable 10 s after the disk was freed: %v", r.Health().WriteErr)
 		}
 		time.Sleep(10 * time.Millisecond)
 	}

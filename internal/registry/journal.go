@@ -51,12 +51,24 @@ type journal struct {
 	snapSize     atomic.Int64 // bytes of the last snapshot written
 	compacting   atomic.Bool
 
+	// damage found while loading; written by openJournal only.
+	damage       []string
+	damagedCount int
+
 	lock     *os.File // flock held while open
 	kickc    chan struct{}
 	rotatec  chan chan []string
 	stopc    chan struct{}
 	donec    chan struct{}
 	compactW sync.WaitGroup
+}
+
+// noteDamage records what loading found damaged or lost, for Health.
+func (j *journal) noteDamage(n int, note string) {
+	j.damagedCount += n
+	if len(j.damage) < 20 {
+		j.damage = append(j.damage, note)
+	}
 }
 
 func (j *journal) kick() {
@@ -115,10 +127,30 @@ func openJournal(r *Registry, path string) (*journal, error) {
 	if err != nil {
 		return nil, err
 	}
+	if snap.Seq > seqLimit {
+		// Damage, not a real number: replaying every segment from the
+		// start gives the same state, only slower.
+		r.log.WithFields(map[string]any{"file": path, "seq": snap.Seq}).Error("the snapshot's sequence number is impossible; replaying the whole journal")
+		j.noteDamage(1, fmt.Sprintf("%s: impossible sequence number %d in the header", path, snap.Seq))
+		r.seq = 0
+	}
+	rp := &replayer{r: r, last: r.seq}
 	for _, s := range segs {
-		if err := j.replay(s); err != nil {
+		if err := j.replay(s, rp); err != nil {
 			return nil, err
 		}
+	}
+	rp.finish()
+	if rp.damaged > 0 {
+		j.noteDamage(rp.damaged, fmt.Sprintf("%d journal records with out-of-order sequence numbers skipped (%s)", rp.damaged, strings.Join(rp.where, ", ")))
+	}
+	if rp.gaps > 0 {
+		r.log.WithFields(map[string]any{"file": path, "gaps": rp.gaps, "missing": rp.missing}).
+			Warn("the journal's sequence numbers skip some numbers; writes that failed (a full disk) leave such gaps, and nothing acknowledged was in them")
+	}
+	r.seq = max(r.seq, snap.Seq)
+	if r.seq > seqLimit {
+		r.seq = rp.last
 	}
 	r.applied = r.seq
 
@@ -244,9 +276,8 @@ func parseSegmentName(s string) (start, ver uint64, ok bool) {
 	return start, ver, err1 == nil && err2 == nil
 }
 
-// replay applies the records of one segment that are newer than the
-// registry's sequence number.
-func (j *journal) replay(path string) error {
+// replay reads one segment and hands its records to rp in file order.
+func (j *journal) replay(path string, rp *replayer) error {
 	f, err := os.Open(path)
 	if err != nil {
 		return fmt.Errorf("open journal %s: %w", path, err)
@@ -269,11 +300,9 @@ func (j *journal) replay(path string) error {
 				r.log.WithField("file", path).Warn("ignoring a torn last journal line")
 			case derr != nil:
 				r.log.WithFields(map[string]any{"file": path, "line": lineNo}).WithError(derr).Error("skipping a corrupt journal line")
-			case rec.Seq <= r.seq:
-				// Already in the snapshot.
+				j.noteDamage(1, fmt.Sprintf("%s:%d: corrupt journal line skipped", filepath.Base(path), lineNo))
 			default:
-				r.seq = rec.Seq
-				r.apply(rec)
+				rp.feed(rec, fmt.Sprintf("%s:%d", filepath.Base(path), lineNo))
 			}
 		}
 		if err != nil {

@@ -522,13 +522,26 @@ func (r *Registry) Import(ctx context.Context, regs []Registration) (added int, 
 	return added, nil
 }
 
-// Writable reports the error of the last journal write, or nil when it
-// succeeded: readiness checks use it.
-func (r *Registry) Writable() error {
+// Health is what readiness checks and metrics need to know about the
+// registry.
+type Health struct {
+	// WriteErr is the error of the last journal write, or of the last
+	// check whether the disk takes writes; nil once one succeeds.
+	WriteErr error
+	// Damage says what loading found damaged or lost (lines skipped, a
+	// snapshot missing), one short line each; Damaged counts the
+	// records and lines skipped. The registry started anyway.
+	Damage  []string
+	Damaged int
+}
+
+// Health reports the registry's state for /readyz and the metrics.
+func (r *Registry) Health() Health {
+	h := Health{Damage: r.j.damage, Damaged: r.j.damagedCount}
 	if p := r.j.lastErr.Load(); p != nil {
-		return *p
+		h.WriteErr = *p
 	}
-	return nil
+	return h
 }
 
 // LegacyAppleCerts returns the "AppleCerts" object of an old xapsd

@@ -460,18 +460,18 @@ func TestJournalWriteFailureRefusesAndRecovers(t *testing.T) {
 	c := newClock()
 	r := open(t, path, c)
 	mustRegister(t, r, reg("alice", acc1, tok1))
-	if err := r.Writable(); err != nil {
+	if err := r.Health().WriteErr; err != nil {
 		t.Fatalf("Writable before the failure: %v", err)
 	}
 	r.j.seg.Close() // the next write fails
 	if err := r.Register(context.Background(), reg("bob", acc2, tok2)); err == nil {
 		t.Fatal("Register succeeded although the journal write failed")
 	}
-	if err := r.Writable(); err == nil {
+	if err := r.Health().WriteErr; err == nil {
 		t.Error("Writable reports no problem after a failed write")
 	}
 	mustRegister(t, r, reg("carol", acc2, tok2))
-	if err := r.Writable(); err != nil {
+	if err := r.Health().WriteErr; err != nil {
 		t.Errorf("Writable after recovery: %v", err)
 	}
 	crash(r)
