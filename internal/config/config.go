@@ -87,6 +87,7 @@ type Config struct {
 	RegistryCompactAfter int           `config:"registryCompactAfter"`
 	ShutdownTimeout      time.Duration `config:"shutdownTimeout"`
 	MetricsListenAddr    string        `config:"metricsListenAddr"` // "" or "off" = no metrics listener
+	MetricsPprof         bool          `config:"metricsPprof"`      // serve /debug/pprof/ on the metrics listener
 }
 
 // Default returns the built-in defaults: the legacy sample's values where it had them
@@ -172,6 +173,7 @@ const (
 	kindString kind = iota
 	kindInt
 	kindDuration
+	kindBool
 )
 
 // key describes one configuration key, derived from the Config struct tags so the list of
@@ -205,6 +207,8 @@ func keys() []key {
 			k.kind = kindInt
 		case f.Type.Kind() == reflect.String:
 			k.kind = kindString
+		case f.Type.Kind() == reflect.Bool:
+			k.kind = kindBool
 		default:
 			// A programming error caught by the tests, not by users.
 			panic("config: unsupported field type " + f.Type.String())

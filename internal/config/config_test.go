@@ -115,6 +115,8 @@ func TestKeys(t *testing.T) {
 		{"metricsListenAddr off", "metricsListenAddr: OFF", func(c *Config) any { return c.MetricsListenAddr }, ""},
 		{"metricsListenAddr empty", `metricsListenAddr: ""`, func(c *Config) any { return c.MetricsListenAddr }, ""},
 		{"metricsListenAddr null keeps default", "metricsListenAddr: ~", func(c *Config) any { return c.MetricsListenAddr }, "127.0.0.1:11621"},
+		{"metricsPprof", "metricsPprof: true", func(c *Config) any { return c.MetricsPprof }, true},
+		{"metricsPprof quoted", `metricsPprof: 'False'`, func(c *Config) any { return c.MetricsPprof }, false},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

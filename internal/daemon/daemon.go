@@ -84,6 +84,7 @@ func Run(ctx context.Context, o Options) error {
 		Registrations:    func() (int, int) { return src.Registrations() },
 		DelayedPending:   func() int { return src.DelayedPending() },
 		CredentialExpiry: func() time.Time { return d.cred.Load().notAfter },
+		RegistryDamage:   func() int { return d.reg.Health().Damaged },
 	})
 
 	start := time.Now()
@@ -136,7 +137,7 @@ func Run(ctx context.Context, o Options) error {
 		Registrar: d.reg,
 		Notifier:  svc,
 		Topic:     d.topic,
-		Health:    d.ready,
+		Health:    d.readyPublic,
 		Log:       o.Log.WithField("component", "pluginapi"),
 		Observe:   d.metrics.ObserveRequest,
 	})
@@ -154,7 +155,8 @@ func Run(ctx context.Context, o Options) error {
 		return err
 	}
 	if cfg.MetricsEnabled() {
-		d.monitor, err = metrics.Listen(cfg.MetricsListenAddr, d.metrics, metrics.Checks{Ready: d.ready})
+		d.monitor, err = metrics.Listen(cfg.MetricsListenAddr, d.metrics,
+			metrics.ServerOptions{Checks: metrics.Checks{Ready: d.ready, Notes: d.notes}, Pprof: cfg.MetricsPprof})
 		if err != nil {
 			for _, ln := range d.listeners {
 				ln.Close()
@@ -303,6 +305,28 @@ func (d *Daemon) ready() error {
 		return fmt.Errorf("registry not writable: %w", err)
 	}
 	return nil
+}
+
+// readyPublic is ready without the details (file names, errno), for the
+// plugin port's /healthz, which anyone who reaches that port can ask.
+func (d *Daemon) readyPublic() error {
+	if d.cred.Load().problem(time.Now()) != nil {
+		return errors.New("no usable push credential")
+	}
+	if d.reg.Health().WriteErr != nil {
+		return errors.New("registry not writable")
+	}
+	return nil
+}
+
+// notes are /readyz's lines for problems xapsd works despite: what
+// loading the registry found damaged or lost.
+func (d *Daemon) notes() []string {
+	var out []string
+	for _, n := range d.reg.Health().Damage {
+		out = append(out, "registry: "+n)
+	}
+	return out
 }
 
 // housekeeping expires old registrations hourly, and every few seconds

@@ -41,6 +41,9 @@ type Sources struct {
 	Registrations    func() (users, registrations int)
 	DelayedPending   func() int
 	CredentialExpiry func() time.Time // zero: no certificate (token, dry-run or none)
+	// RegistryDamage counts what loading the registry found damaged or
+	// lost (registry.Health.Damaged).
+	RegistryDamage func() int
 }
 
 // New builds the collectors and registers them with a fresh registry.
@@ -100,6 +103,10 @@ func New(src Sources) *Metrics {
 	}
 	if d := src.DelayedPending; d != nil {
 		gauge("xapsd_scheduler_pending", "Devices with a delayed (debounced) push pending.",
+			func() float64 { return float64(d()) })
+	}
+	if d := src.RegistryDamage; d != nil {
+		gauge("xapsd_registry_damaged", "Damaged lines and records skipped, and lost registry files, found when the registry was loaded at start; 0 when it loaded cleanly. /readyz says what.",
 			func() float64 { return float64(d()) })
 	}
 	if e := src.CredentialExpiry; e != nil {
@@ -170,31 +177,42 @@ type Server struct {
 }
 
 // Checks answer /healthz (alive) and /readyz (able to do its job): nil
-// means fine, an error says why not.
+// means fine, an error says why not. Notes, when set, adds lines to a
+// ready /readyz: what an operator should know although xapsd works, such
+// as a registry salvaged at start.
 type Checks struct {
 	Alive func() error
 	Ready func() error
+	Notes func() []string
+}
+
+// ServerOptions configures Listen.
+type ServerOptions struct {
+	Checks
+	// Pprof serves Go's profiles under /debug/pprof/ (metricsPprof):
+	// they show memory contents and cost CPU, so only on request.
+	Pprof bool
 }
 
 // Listen binds addr and returns a server ready to Serve.
-func Listen(addr string, m *Metrics, c Checks) (*Server, error) {
+func Listen(addr string, m *Metrics, o ServerOptions) (*Server, error) {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, err
 	}
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(m.Registry, promhttp.HandlerOpts{}))
-	mux.HandleFunc("GET /healthz", check(c.Alive))
-	mux.HandleFunc("GET /readyz", check(c.Ready))
-	// Profiles for "why is it slow" questions; the listener is loopback
-	// unless the admin moves it.
-	mux.HandleFunc("GET /debug/pprof/", pprof.Index)
-	mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
-	mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
+	mux.HandleFunc("GET /healthz", check(o.Alive, nil))
+	mux.HandleFunc("GET /readyz", check(o.Ready, o.Notes))
+	if o.Pprof {
+		mux.HandleFunc("GET /debug/pprof/", pprof.Index)
+		mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
+	}
 	return &Server{ln: ln, srv: &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}}, nil
 }
 
-func check(f func() error) http.HandlerFunc {
+func check(f func() error, notes func() []string) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		if f != nil {
@@ -205,6 +223,11 @@ func check(f func() error) http.HandlerFunc {
 			}
 		}
 		w.Write([]byte("ok\n"))
+		if notes != nil {
+			for _, n := range notes() {
+				w.Write([]byte(n + "\n"))
+			}
+		}
 	}
 }
 

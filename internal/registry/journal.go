@@ -122,10 +122,17 @@ func openJournal(r *Registry, path string) (*journal, error) {
 	if skipped > 0 {
 		r.log.WithFields(map[string]any{"file": path, "skipped": skipped}).Warn("skipped registrations without user, account id or device token")
 	}
+	if snap.BadEntries > 0 {
+		r.log.WithFields(map[string]any{"file": path, "skipped": snap.BadEntries}).Error("skipped entries of the old database that do not have the right types")
+		j.noteDamage(snap.BadEntries, fmt.Sprintf("%s: %d entries of the old database skipped (wrong types)", filepath.Base(path), snap.BadEntries))
+	}
 	r.seq = snap.Seq
 	segs, err := j.listSegments()
 	if err != nil {
 		return nil, err
+	}
+	if len(segs) > 0 && (!exists || snap.Empty) {
+		j.reportLostSnapshot(segs, exists)
 	}
 	if snap.Seq > seqLimit {
 		// Damage, not a real number: replaying every segment from the
@@ -134,7 +141,7 @@ func openJournal(r *Registry, path string) (*journal, error) {
 		j.noteDamage(1, fmt.Sprintf("%s: impossible sequence number %d in the header", path, snap.Seq))
 		r.seq = 0
 	}
-	rp := &replayer{r: r, last: r.seq}
+	rp := &replayer{r: r, last: r.seq, noStart: !exists || snap.Empty}
 	for _, s := range segs {
 		if err := j.replay(s, rp); err != nil {
 			return nil, err
@@ -156,6 +163,14 @@ func openJournal(r *Registry, path string) (*journal, error) {
 
 	r.appleCerts = snap.AppleCerts
 	switch {
+	case snap.salvaged != nil:
+		// Write what was salvaged as a clean snapshot, so the next start
+		// does not salvage again; the damaged copy keeps the rest.
+		if j.keepDamaged(data, snap, now) {
+			if err := j.writeSnapshot(); err != nil {
+				r.log.WithError(err).Error("cannot rewrite the salvaged registry; the next start salvages it again")
+			}
+		}
 	case snap.Legacy:
 		backup := fmt.Sprintf("%s.legacy-%s.bak", path, now.UTC().Format("20060102T150405Z"))
 		if err := atomicfile.WriteFile(backup, data, 0o600); err != nil {
@@ -197,6 +212,8 @@ func openJournal(r *Registry, path string) (*journal, error) {
 // loadSnapshot feeds the database file's registrations to load. Our own
 // layout streams; anything else (the old daemon's file, a hand-edited
 // one) is read whole and returned in data, for the migration's backup.
+// A file that does not parse is salvaged line by line (snap.salvaged);
+// only one written by a newer xapsd is an error.
 func (j *journal) loadSnapshot(load func(record)) (snap *snapshot, data []byte, exists bool, err error) {
 	f, err := os.Open(j.path)
 	if errors.Is(err, fs.ErrNotExist) {
@@ -221,19 +238,85 @@ func (j *journal) loadSnapshot(load func(record)) (snap *snapshot, data []byte, 
 		return &snapshot{Seq: seq}, nil, true, nil
 	}
 	// Start over with the general reader.
-	j.r.users = make(map[string][]entry)
-	j.r.count = 0
-	if data, err = os.ReadFile(j.path); err != nil {
+	j.r.reset()
+	if _, err := f.Seek(0, io.SeekStart); err != nil {
+		return nil, nil, true, err
+	}
+	if data, err = io.ReadAll(f); err != nil {
 		return nil, nil, true, err
 	}
 	snap, err = decodeSnapshot(data)
-	if err != nil {
+	if errors.Is(err, errNewerFormat) {
 		return nil, nil, true, err
+	}
+	if err != nil {
+		j.r.reset()
+		sv := salvageSnapshot(data, load)
+		return &snapshot{Seq: sv.seq, salvaged: &sv, decodeErr: err}, data, true, nil
 	}
 	for _, rec := range snap.Records {
 		load(rec)
 	}
 	return snap, data, true, nil
+}
+
+// keepDamaged puts the damaged snapshot beside the registry, says what was
+// kept and what not, and reports whether the copy is safe on disk (only
+// then may the snapshot be rewritten).
+func (j *journal) keepDamaged(data []byte, snap *snapshot, now time.Time) bool {
+	sv := snap.salvaged
+	copyPath := fmt.Sprintf("%s.damaged-%s", j.path, now.UTC().Format("20060102T150405Z"))
+	kept := true
+	if err := atomicfile.WriteFile(copyPath, data, 0o600); err != nil {
+		j.r.log.WithError(err).WithField("file", copyPath).Error("cannot keep a copy of the damaged registry; it stays as it is until the next snapshot succeeds")
+		copyPath, kept = "", false
+	}
+	lines := make([]string, len(sv.badLines))
+	for i, n := range sv.badLines {
+		lines[i] = strconv.Itoa(n)
+	}
+	what := fmt.Sprintf("%d damaged lines skipped", sv.bad)
+	if len(lines) > 0 {
+		what += " (lines " + strings.Join(lines, ", ")
+		if sv.bad > len(lines) {
+			what += ", …"
+		}
+		what += ")"
+	}
+	if sv.noEnd {
+		what += "; the file ends early"
+	}
+	if sv.seq == 0 {
+		what += "; header damaged, the whole journal replayed"
+	}
+	j.r.log.WithError(snap.decodeErr).WithFields(map[string]any{"file": j.path, "kept": sv.kept, "skipped": sv.bad,
+		"lines": strings.Join(lines, ","), "damaged_copy": copyPath}).
+		Error("the registry snapshot is damaged: kept every registration that could be read, skipped the rest; devices of the skipped ones register again when their Mail app next connects")
+	n := sv.bad
+	if sv.noEnd {
+		n++
+	}
+	j.noteDamage(max(n, 1), fmt.Sprintf("%s was damaged: %d registrations kept, %s; damaged file kept as %s",
+		filepath.Base(j.path), sv.kept, what, filepath.Base(copyPath)))
+	return kept
+}
+
+// reportLostSnapshot says what a missing or empty snapshot lost: the
+// records before the first journal segment, which only it held.
+func (j *journal) reportLostSnapshot(segs []string, exists bool) {
+	first, _, _ := parseSegmentName(strings.TrimPrefix(segs[0], j.path+".journal."))
+	state := "empty (0 bytes, null or {})"
+	if !exists {
+		state = "missing"
+	}
+	l := j.r.log.WithFields(map[string]any{"file": j.path, "segments": len(segs), "first_record": first})
+	if first <= 1 {
+		l.Warn("the registry snapshot is " + state + ", but the journal starts at its first record: nothing is lost")
+		return
+	}
+	l.Error("the registry snapshot is " + state + " although journal segments exist: the registrations it held " +
+		"(changes before the journal's first record) are lost, those in the journal are kept; lost devices register again when their Mail app next connects")
+	j.noteDamage(1, fmt.Sprintf("%s is %s: registrations made before journal record %d are lost", filepath.Base(j.path), state, first))
 }
 
 func (j *journal) listSegments() ([]string, error) {

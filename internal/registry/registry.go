@@ -208,6 +208,13 @@ func (r *Registry) internBoxes(names []string) *mailboxSet {
 	return s
 }
 
+// reset empties the registry, for a load that starts over.
+func (r *Registry) reset() {
+	r.users = make(map[string][]entry)
+	r.boxes = make(map[string]*mailboxSet)
+	r.count = 0
+}
+
 func (r *Registry) releaseBoxes(s *mailboxSet) {
 	if s.refs--; s.refs == 0 {
 		delete(r.boxes, s.key)

@@ -20,6 +20,10 @@ const maxSeqJump = 1 << 32
 type replayer struct {
 	r    *Registry
 	last uint64 // number of the last record applied, or the snapshot's
+	// noStart: the snapshot is lost, so the journal's first record
+	// follows records nobody has any more; that is reported elsewhere,
+	// not as a gap.
+	noStart bool
 
 	pending      *record // the newest record, applied once the next one confirms it
 	pendingWhere string
@@ -73,10 +77,11 @@ func (p *replayer) finish() {
 func (p *replayer) commit() {
 	rec := p.pending
 	p.pending = nil
-	if gap := rec.Seq - p.last - 1; gap > 0 {
+	if gap := rec.Seq - p.last - 1; gap > 0 && !p.noStart {
 		p.gaps++
 		p.missing += gap
 	}
+	p.noStart = false
 	p.last = rec.Seq
 	p.r.seq = rec.Seq
 	p.r.apply(*rec)
