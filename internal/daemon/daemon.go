@@ -42,7 +42,8 @@ type Daemon struct {
 	sched  *scheduler.Scheduler
 
 	servers   []*http.Server
-	listeners []net.Listener
+	listeners []net.Listener // the plugin port, then the TLS listener's
+	tlsConfig *tls.Config
 	metrics   *metrics.Metrics
 	monitor   *metrics.Server
 	admin     *ctl.Server
@@ -87,6 +88,25 @@ func Run(ctx context.Context, o Options) error {
 		RegistryDamage:   func() int { return d.reg.Health().Damaged },
 	})
 
+	// Ports before the registry: a second xapsd started by mistake on the
+	// same configuration stops here, before it reads or writes any of the
+	// running one's files.
+	if err := d.bind(cfg); err != nil {
+		return err
+	}
+	fail := func(err error) error {
+		for _, ln := range d.listeners {
+			ln.Close()
+		}
+		if d.monitor != nil {
+			d.monitor.Close()
+		}
+		if d.reg != nil {
+			d.reg.Close()
+		}
+		return err
+	}
+
 	start := time.Now()
 	d.reg, err = registry.Open(registry.Options{
 		OnSync:        d.metrics.ObserveSync,
@@ -97,13 +117,12 @@ func Run(ctx context.Context, o Options) error {
 		Log:           o.Log.WithField("component", "registry"),
 	})
 	if err != nil {
-		return err
+		return fail(err)
 	}
 	d.importLegacyCerts(cfg)
 	if cred == nil {
 		if cred, err = d.startApple(cfg); err != nil {
-			d.reg.Close()
-			return err
+			return fail(err)
 		}
 	}
 	d.cred.Store(cred)
@@ -142,29 +161,11 @@ func Run(ctx context.Context, o Options) error {
 		Observe:   d.metrics.ObserveRequest,
 	})
 
-	if err := d.listen(cfg, handler); err != nil {
-		d.reg.Close()
-		return err
-	}
+	d.serve(handler)
 	d.admin, err = ctl.Listen(ctl.SocketPath(cfg.DatabaseFile), d.reg, d.sender)
 	if err != nil {
-		for _, ln := range d.listeners {
-			ln.Close()
-		}
-		d.reg.Close()
-		return err
-	}
-	if cfg.MetricsEnabled() {
-		d.monitor, err = metrics.Listen(cfg.MetricsListenAddr, d.metrics,
-			metrics.ServerOptions{Checks: metrics.Checks{Ready: d.ready, Notes: d.notes}, Pprof: cfg.MetricsPprof})
-		if err != nil {
-			for _, ln := range d.listeners {
-				ln.Close()
-			}
-			d.admin.Shutdown(context.Background())
-			d.reg.Close()
-			return fmt.Errorf("listen on %s (metricsListenAddr): %w", cfg.MetricsListenAddr, err)
-		}
+		d.stopApple()
+		return fail(err)
 	}
 
 	pendingPath := pendingFile(cfg.DatabaseFile)
@@ -248,24 +249,14 @@ func Run(ctx context.Context, o Options) error {
 	return err
 }
 
-// listen binds every listener before anything is served, so a port in use
-// fails the start instead of leaving a half-running daemon.
-func (d *Daemon) listen(cfg *config.Config, h http.Handler) error {
-	newServer := func() *http.Server {
-		return &http.Server{
-			Handler:           h,
-			ReadHeaderTimeout: 10 * time.Second,
-			ReadTimeout:       30 * time.Second,
-			// Each Dovecot process keeps its connection for a long time.
-			IdleTimeout:    10 * time.Minute,
-			MaxHeaderBytes: 64 << 10,
-		}
-	}
+// bind takes every port (and the TLS listener's certificate) before
+// anything is opened or served, so a port in use fails the start before
+// it touches the state folder, instead of leaving a half-running daemon.
+func (d *Daemon) bind(cfg *config.Config) error {
 	ln, err := net.Listen("tcp", cfg.ListenAddress())
 	if err != nil {
 		return fmt.Errorf("listen on %s (listenAddr/port): %w", cfg.ListenAddress(), err)
 	}
-	d.servers = append(d.servers, newServer())
 	d.listeners = append(d.listeners, ln)
 	if cfg.TLSEnabled() {
 		cert, err := tls.LoadX509KeyPair(cfg.TLSCertFile, cfg.TLSKeyFile)
@@ -278,13 +269,39 @@ func (d *Daemon) listen(cfg *config.Config, h http.Handler) error {
 			ln.Close()
 			return fmt.Errorf("listen on %s (tlsListenAddr/tlsPort): %w", cfg.TLSListenAddress(), err)
 		}
-		srv := newServer()
-		srv.TLSConfig = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12,
+		d.tlsConfig = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12,
 			NextProtos: []string{"h2", "http/1.1"}}
-		d.servers = append(d.servers, srv)
 		d.listeners = append(d.listeners, tln)
 	}
+	if cfg.MetricsEnabled() {
+		d.monitor, err = metrics.Listen(cfg.MetricsListenAddr, d.metrics,
+			metrics.ServerOptions{Checks: metrics.Checks{Ready: d.ready, Notes: d.notes}, Pprof: cfg.MetricsPprof})
+		if err != nil {
+			for _, ln := range d.listeners {
+				ln.Close()
+			}
+			return fmt.Errorf("listen on %s (metricsListenAddr): %w", cfg.MetricsListenAddr, err)
+		}
+	}
 	return nil
+}
+
+// serve builds the plugin API's servers on the bound listeners.
+func (d *Daemon) serve(h http.Handler) {
+	for i := range d.listeners {
+		srv := &http.Server{
+			Handler:           h,
+			ReadHeaderTimeout: 10 * time.Second,
+			ReadTimeout:       30 * time.Second,
+			// Each Dovecot process keeps its connection for a long time.
+			IdleTimeout:    10 * time.Minute,
+			MaxHeaderBytes: 64 << 10,
+		}
+		if i == 1 {
+			srv.TLSConfig = d.tlsConfig
+		}
+		d.servers = append(d.servers, srv)
+	}
 }
 
 func (d *Daemon) topic() (string, error) {

@@ -244,3 +244,9 @@ func (s *Server) Serve() error {
 
 // Shutdown stops the listener.
 func (s *Server) Shutdown(ctx context.Context) error { return s.srv.Shutdown(ctx) }
+
+// Close releases a listener that never served (a start that failed).
+func (s *Server) Close() error {
+	s.srv.Close()
+	return s.ln.Close()
+}

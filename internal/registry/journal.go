@@ -43,7 +43,7 @@ type journal struct {
 	segSize int64 // bytes of whole, synced records in seg
 
 	segMu    sync.Mutex
-	segments []string // finished segments not yet covered by a snapshot
+	segments []segment // finished segments not yet covered by a snapshot
 
 	lastErr      atomic.Pointer[error]
 	sinceCompact atomic.Int64 // records since the last compaction started
@@ -55,9 +55,14 @@ type journal struct {
 	damage       []string
 	damagedCount int
 
-	lock     *os.File // flock held while open
+	lock *os.File // flock held while open; replaced by the writer when deleted
+
+	// Owned by the writer: what checkFiles last reported.
+	goneReported string
+	lockReported bool
+
 	kickc    chan struct{}
-	rotatec  chan chan []string
+	rotatec  chan chan []segment
 	stopc    chan struct{}
 	donec    chan struct{}
 	compactW sync.WaitGroup
@@ -79,7 +84,7 @@ func (j *journal) kick() {
 }
 
 func openJournal(r *Registry, path string) (*journal, error) {
-	j := &journal{r: r, path: path, kickc: make(chan struct{}, 1), rotatec: make(chan chan []string),
+	j := &journal{r: r, path: path, kickc: make(chan struct{}, 1), rotatec: make(chan chan []segment),
 		stopc: make(chan struct{}), donec: make(chan struct{})}
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return nil, fmt.Errorf("create registry folder for %s: %w", path, err)
@@ -96,11 +101,20 @@ func openJournal(r *Registry, path string) (*journal, error) {
 	}
 	j.lock = lock
 	ok := false
+	var segs []segment
 	defer func() {
 		if !ok {
 			lock.Close()
+			closeSegments(segs)
 		}
 	}()
+	// Before anything is read or written: a segment another process
+	// holds means a daemon runs on this registry although the lock file
+	// did not say so (someone deleted it).
+	segs, err = j.lockSegments()
+	if err != nil {
+		return nil, err
+	}
 	now := r.opts.Now()
 	skipped := 0
 	load := func(rec record) {
@@ -127,10 +141,6 @@ func openJournal(r *Registry, path string) (*journal, error) {
 		j.noteDamage(snap.BadEntries, fmt.Sprintf("%s: %d entries of the old database skipped (wrong types)", filepath.Base(path), snap.BadEntries))
 	}
 	r.seq = snap.Seq
-	segs, err := j.listSegments()
-	if err != nil {
-		return nil, err
-	}
 	if len(segs) > 0 && (!exists || snap.Empty) {
 		j.reportLostSnapshot(segs, exists)
 	}
@@ -143,7 +153,7 @@ func openJournal(r *Registry, path string) (*journal, error) {
 	}
 	rp := &replayer{r: r, last: r.seq, noStart: !exists || snap.Empty}
 	for _, s := range segs {
-		if err := j.replay(s, rp); err != nil {
+		if err := j.replay(s.path, rp); err != nil {
 			return nil, err
 		}
 	}
@@ -303,8 +313,8 @@ func (j *journal) keepDamaged(data []byte, snap *snapshot, now time.Time) bool {
 
 // reportLostSnapshot says what a missing or empty snapshot lost: the
 // records before the first journal segment, which only it held.
-func (j *journal) reportLostSnapshot(segs []string, exists bool) {
-	first, _, _ := parseSegmentName(strings.TrimPrefix(segs[0], j.path+".journal."))
+func (j *journal) reportLostSnapshot(segs []segment, exists bool) {
+	first, _, _ := parseSegmentName(strings.TrimPrefix(segs[0].path, j.path+".journal."))
 	state := "empty (0 bytes, null or {})"
 	if !exists {
 		state = "missing"
@@ -317,6 +327,54 @@ func (j *journal) reportLostSnapshot(segs []string, exists bool) {
 	l.Error("the registry snapshot is " + state + " although journal segments exist: the registrations it held " +
 		"(changes before the journal's first record) are lost, those in the journal are kept; lost devices register again when their Mail app next connects")
 	j.noteDamage(1, fmt.Sprintf("%s is %s: registrations made before journal record %d are lost", filepath.Base(j.path), state, first))
+}
+
+// segment is a finished journal segment this process wrote, or found at
+// start and replayed. f stays open with an exclusive flock until the
+// segment is deleted: a second xapsd that got past a deleted lock file
+// sees the lock and stops before it touches the segment, and this
+// process only ever deletes segments it holds.
+type segment struct {
+	path string
+	f    *os.File
+}
+
+func closeSegments(segs []segment) {
+	for _, s := range segs {
+		s.f.Close()
+	}
+}
+
+// lockSegments lists the journal's segments in order and locks each.
+func (j *journal) lockSegments() ([]segment, error) {
+	paths, err := j.listSegments()
+	if err != nil {
+		return nil, err
+	}
+	var segs []segment
+	for _, p := range paths {
+		f, err := os.Open(p)
+		if errors.Is(err, fs.ErrNotExist) {
+			continue // compacted away by whoever held it
+		}
+		if err == nil {
+			err = syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
+			if errors.Is(err, syscall.EWOULDBLOCK) {
+				f.Close()
+				closeSegments(segs)
+				return nil, fmt.Errorf("registry %s is in use by another xapsd: its journal segment %s is locked (was %s.lock deleted?)", j.path, p, j.path)
+			}
+		}
+		if err != nil {
+			if f != nil {
+				f.Close()
+			}
+			closeSegments(segs)
+			return nil, fmt.Errorf("open journal %s: %w", p, err)
+		}
+		segs = append(segs, segment{path: p, f: f})
+	}
+	return segs, nil
 }
 
 func (j *journal) listSegments() ([]string, error) {
@@ -442,6 +500,10 @@ func (j *journal) openSegment() error {
 	if err != nil {
 		return fmt.Errorf("create journal %s: %w", p, err)
 	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		f.Close()
+		return fmt.Errorf("lock journal %s: %w", p, err)
+	}
 	if err := atomicfile.SyncDir(filepath.Dir(p)); err != nil {
 		f.Close()
 		return fmt.Errorf("sync folder of journal %s: %w", p, err)
@@ -452,7 +514,7 @@ func (j *journal) openSegment() error {
 
 // rotate finishes the current segment and starts a new one. It returns
 // the finished segments, which a snapshot taken after this call covers.
-func (j *journal) rotate() []string {
+func (j *journal) rotate() []segment {
 	j.finishSegment()
 	j.segMu.Lock()
 	done := j.segments
@@ -485,11 +547,80 @@ func (j *journal) run() {
 			reply <- j.rotate()
 		case <-tick.C:
 			j.retryProbe()
+			j.checkFiles()
 		case <-j.stopc:
 			j.flush()
 			return
 		}
 	}
+}
+
+// checkFiles notices state files deleted or replaced under the running
+// daemon (an admin's rm, a cleanup script). What they held is in memory,
+// so a new snapshot restores it; without one, the next kill -9 would lose
+// every registration acknowledged since. Only the writer calls it.
+func (j *journal) checkFiles() {
+	dir := filepath.Dir(j.path)
+	if _, err := os.Stat(dir); errors.Is(err, fs.ErrNotExist) {
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			j.r.log.WithError(err).Error("the registry folder was deleted and cannot be made again")
+		}
+	}
+	var gone []string
+	if _, err := os.Lstat(j.path); errors.Is(err, fs.ErrNotExist) {
+		gone = append(gone, filepath.Base(j.path))
+	}
+	unlinked := func(f *os.File) bool {
+		var st syscall.Stat_t
+		return syscall.Fstat(int(f.Fd()), &st) == nil && st.Nlink == 0
+	}
+	if j.seg != nil && unlinked(j.seg) {
+		gone = append(gone, filepath.Base(j.segPath))
+	}
+	j.segMu.Lock()
+	for _, sg := range j.segments {
+		if unlinked(sg.f) {
+			gone = append(gone, filepath.Base(sg.path))
+		}
+	}
+	j.segMu.Unlock()
+	if report := strings.Join(gone, ", "); report != j.goneReported {
+		j.goneReported = report
+		if report != "" {
+			j.r.log.WithField("files", report).Warn("registry files were deleted under the running xapsd; writing a new snapshot from memory")
+		}
+	}
+	if len(gone) > 0 {
+		j.compactAsync()
+	}
+	j.checkLock()
+}
+
+// checkLock makes a new lock file when someone deleted or replaced ours:
+// without it, a second xapsd started on this registry would find no lock.
+func (j *journal) checkLock() {
+	var held, named syscall.Stat_t
+	if syscall.Fstat(int(j.lock.Fd()), &held) == nil && syscall.Stat(j.path+".lock", &named) == nil &&
+		held.Dev == named.Dev && held.Ino == named.Ino {
+		return
+	}
+	f, err := os.OpenFile(j.path+".lock", os.O_RDWR|os.O_CREATE|syscall.O_NOFOLLOW, 0o600)
+	if err == nil {
+		if err = syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+			f.Close()
+		}
+	}
+	if err != nil {
+		if !j.lockReported {
+			j.lockReported = true
+			j.r.log.WithError(err).Error("the registry's lock file was deleted and cannot be taken again; is a second xapsd starting on this registry?")
+		}
+		return
+	}
+	j.lock.Close()
+	j.lock = f
+	j.lockReported = false
+	j.r.log.Warn("the registry's lock file was deleted under the running xapsd; made a new one")
 }
 
 // retryProbe clears a write error once the disk takes writes again, so
@@ -624,7 +755,7 @@ func (j *journal) compactAsync() {
 // compact asks the writer for a fresh segment, writes a snapshot that
 // covers every finished segment, and deletes them.
 func (j *journal) compact() error {
-	reply := make(chan []string, 1)
+	reply := make(chan []segment, 1)
 	select {
 	case j.rotatec <- reply:
 	case <-j.stopc:
@@ -645,17 +776,20 @@ func (j *journal) compact() error {
 
 // requeue hands segments back after a failed compaction: they still hold
 // the only copy of their records, and the next compaction covers them.
-func (j *journal) requeue(paths []string) {
+func (j *journal) requeue(segs []segment) {
 	j.segMu.Lock()
-	j.segments = append(paths, j.segments...)
+	j.segments = append(segs, j.segments...)
 	j.segMu.Unlock()
 }
 
-func (j *journal) removeSegments(paths []string) {
-	for _, p := range paths {
-		if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
-			j.r.log.WithError(err).WithField("file", p).Warn("cannot remove a compacted journal segment")
+// removeSegments deletes segments a snapshot covers. Each is one this
+// process holds (see segment).
+func (j *journal) removeSegments(segs []segment) {
+	for _, s := range segs {
+		if err := os.Remove(s.path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			j.r.log.WithError(err).WithField("file", s.path).Warn("cannot remove a compacted journal segment")
 		}
+		s.f.Close()
 	}
 	if err := atomicfile.SyncDir(filepath.Dir(j.path)); err != nil {
 		j.r.log.WithError(err).Warn("cannot sync the registry folder")
@@ -714,13 +848,14 @@ func (j *journal) close() error {
 	<-j.donec
 	j.compactW.Wait()
 	j.finishSegment()
-	if err := j.writeSnapshot(); err != nil {
-		return err
-	}
 	j.segMu.Lock()
 	done := j.segments
 	j.segments = nil
 	j.segMu.Unlock()
+	if err := j.writeSnapshot(); err != nil {
+		closeSegments(done)
+		return err
+	}
 	j.removeSegments(done)
 	return nil
 }
@@ -731,15 +866,18 @@ func (j *journal) finishSegment() {
 	if j.seg == nil {
 		return
 	}
-	j.seg.Close()
+	f := j.seg
 	j.seg = nil
 	if j.segSize == 0 {
 		if err := os.Remove(j.segPath); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			j.r.log.WithError(err).WithField("file", j.segPath).Warn("cannot remove an empty journal segment")
 		}
+		f.Close()
 		return
 	}
+	// Kept open: its flock marks it as this process's until it is
+	// deleted (see segment).
 	j.segMu.Lock()
-	j.segments = append(j.segments, j.segPath)
+	j.segments = append(j.segments, segment{path: j.segPath, f: f})
 	j.segMu.Unlock()
 }

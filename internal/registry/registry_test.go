@@ -82,6 +82,7 @@ func crash(r *Registry) {
 	if r.j.seg != nil {
 		r.j.seg.Close()
 	}
+	closeSegments(r.j.segments)
 	r.j.lock.Close()
 }
 

@@ -6,10 +6,13 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/xapsd/xapsd/internal/registry"
 )
 
 func get(t *testing.T, url string) (int, string) {
@@ -83,3 +86,49 @@ func grepLines(s, substr string) string {
 }
 
 var _ = http.StatusOK
+
+// A second xapsd on the same configuration, after someone deleted the
+// lock file, stops at the port it cannot bind, before it opens the
+// registry; the running daemon's journal stays whole.
+func TestSecondDaemonStopsBeforeTheRegistry(t *testing.T) {
+	dir := t.TempDir()
+	addr := writeConfig(t, dir, "apnsEndpoint: dry-run\nloglevel: info\n")
+	d := startDaemon(t, dir, addr)
+	db := filepath.Join(dir, "state", "database.json")
+	for i := range 10 {
+		if status, _ := post(t, addr, "/register", registerBody(fmt.Sprintf("a%d@example.com", i), acc, token(i))); status != 200 {
+			t.Fatalf("register: %d", status)
+		}
+	}
+	segs, _ := filepath.Glob(db + ".journal.*")
+	if err := os.Remove(db + ".lock"); err != nil {
+		t.Fatal(err)
+	}
+	second := exec.Command(xapsdBin, "--config", filepath.Join(dir, "xapsd.yaml"))
+	out, err := second.CombinedOutput()
+	if err == nil {
+		t.Fatalf("a second xapsd started on the same configuration:\n%s", out)
+	}
+	if !strings.Contains(string(out), "(listenAddr/port)") || strings.Contains(string(out), "registry loaded") {
+		t.Errorf("the second xapsd did not stop at the port, before the registry:\n%s", out)
+	}
+	for _, s := range segs {
+		if _, err := os.Stat(s); err != nil {
+			t.Errorf("the running daemon's journal segment is gone: %v", err)
+		}
+	}
+	for i := 10; i < 20; i++ {
+		if status, _ := post(t, addr, "/register", registerBody(fmt.Sprintf("a%d@example.com", i), acc, token(i))); status != 200 {
+			t.Fatalf("register after the second start: %d", status)
+		}
+	}
+	d.kill()
+	r, err := registry.Open(registry.Options{Path: db})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	if u, _ := r.Stats(); u != 20 {
+		t.Errorf("%d users on disk after kill -9, want the 20 acknowledged", u)
+	}
+}
