@@ -337,7 +337,7 @@ func filesChanged(old []fileStamp) bool {
 // legacyCertsFromBackup reads the AppleCerts object of an old
 // database.json backup, or nil.
 func legacyCertsFromBackup(path string) json.RawMessage {
-	data, err := os.ReadFile(path)
+	data, err := readStateFile(path)
 	if err != nil {
 		return nil
 	}

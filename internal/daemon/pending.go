@@ -4,8 +4,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
+	"syscall"
 
 	"github.com/xapsd/xapsd/internal/atomicfile"
 	"github.com/xapsd/xapsd/internal/registry"
@@ -35,7 +37,7 @@ func savePending(path string, keys []registry.Key) error {
 // loadPending reads and removes the file; the pushes are in the sender's
 // queue from then on.
 func loadPending(path string) ([]registry.Key, error) {
-	data, err := os.ReadFile(path)
+	data, err := readStateFile(path)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, nil
 	}
@@ -50,4 +52,16 @@ func loadPending(path string) ([]registry.Key, error) {
 		return nil, fmt.Errorf("remove %s: %w", path, err)
 	}
 	return keys, nil
+}
+
+// readStateFile reads a file of the state folder without following a
+// symbolic link: whoever could plant one there could otherwise have xapsd
+// read any file it can reach.
+func readStateFile(path string) ([]byte, error) {
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NOFOLLOW, 0)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	return io.ReadAll(f)
 }

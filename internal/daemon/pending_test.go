@@ -41,3 +41,15 @@ func TestPendingRoundTrip(t *testing.T) {
 		t.Error("corrupt file accepted")
 	}
 }
+
+// pending-pushes.json is not read through a symbolic link.
+func TestPendingFileIsNotReadThroughALink(t *testing.T) {
+	dir := t.TempDir()
+	target := filepath.Join(dir, "secret")
+	os.WriteFile(target, []byte(`[{"User":"a","AccountID":"A","DeviceToken":"aa"}]`), 0o600)
+	path := filepath.Join(dir, "pending-pushes.json")
+	os.Symlink(target, path)
+	if keys, err := loadPending(path); err == nil || len(keys) != 0 {
+		t.Errorf("loadPending through a link = %v, %v", keys, err)
+	}
+}

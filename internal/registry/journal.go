@@ -89,9 +89,12 @@ func openJournal(r *Registry, path string) (*journal, error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return nil, fmt.Errorf("create registry folder for %s: %w", path, err)
 	}
+	if err := checkFolder(filepath.Dir(path), r.log); err != nil {
+		return nil, err
+	}
 	// Two daemons appending to one journal would corrupt it; the kernel
 	// drops the lock when the process dies, even by SIGKILL.
-	lock, err := os.OpenFile(path+".lock", os.O_RDWR|os.O_CREATE, 0o600)
+	lock, err := openState(path+".lock", os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("open lock of registry %s: %w", path, err)
 	}
@@ -197,12 +200,6 @@ func openJournal(r *Registry, path string) (*journal, error) {
 		if err := j.writeSnapshot(); err != nil {
 			return nil, err
 		}
-	default:
-		if st, err := os.Stat(path); err == nil && st.Mode().Perm()&0o077 != 0 {
-			if err := os.Chmod(path, 0o600); err != nil {
-				return nil, fmt.Errorf("make registry %s private: %w", path, err)
-			}
-		}
 	}
 	j.segments = segs
 	if err := j.openSegment(); err != nil {
@@ -225,7 +222,7 @@ func openJournal(r *Registry, path string) (*journal, error) {
 // A file that does not parse is salvaged line by line (snap.salvaged);
 // only one written by a newer xapsd is an error.
 func (j *journal) loadSnapshot(load func(record)) (snap *snapshot, data []byte, exists bool, err error) {
-	f, err := os.Open(j.path)
+	f, err := openState(j.path, os.O_RDONLY, 0)
 	if errors.Is(err, fs.ErrNotExist) {
 		return &snapshot{}, nil, false, nil
 	}
@@ -233,7 +230,19 @@ func (j *journal) loadSnapshot(load func(record)) (snap *snapshot, data []byte, 
 		return nil, nil, false, err
 	}
 	defer f.Close()
-	if st, err := f.Stat(); err == nil && st.Size() > 0 {
+	st, err := f.Stat()
+	if err != nil {
+		return nil, nil, false, err
+	}
+	if !st.Mode().IsRegular() {
+		return nil, nil, false, fmt.Errorf("%s is not a regular file", j.path)
+	}
+	if st.Mode().Perm()&0o077 != 0 {
+		if err := f.Chmod(0o600); err != nil {
+			return nil, nil, false, fmt.Errorf("make registry %s private: %w", j.path, err)
+		}
+	}
+	if st.Size() > 0 {
 		j.snapSize.Store(st.Size())
 		// A million registrations make a map this large; growing it
 		// step by step would cost a good part of the load. Lines are
@@ -353,7 +362,7 @@ func (j *journal) lockSegments() ([]segment, error) {
 	}
 	var segs []segment
 	for _, p := range paths {
-		f, err := os.Open(p)
+		f, err := openState(p, os.O_RDONLY, 0)
 		if errors.Is(err, fs.ErrNotExist) {
 			continue // compacted away by whoever held it
 		}
@@ -419,7 +428,7 @@ func parseSegmentName(s string) (start, ver uint64, ok bool) {
 
 // replay reads one segment and hands its records to rp in file order.
 func (j *journal) replay(path string, rp *replayer) error {
-	f, err := os.Open(path)
+	f, err := openState(path, os.O_RDONLY, 0)
 	if err != nil {
 		return fmt.Errorf("open journal %s: %w", path, err)
 	}
@@ -604,7 +613,7 @@ func (j *journal) checkLock() {
 		held.Dev == named.Dev && held.Ino == named.Ino {
 		return
 	}
-	f, err := os.OpenFile(j.path+".lock", os.O_RDWR|os.O_CREATE|syscall.O_NOFOLLOW, 0o600)
+	f, err := openState(j.path+".lock", os.O_RDWR|os.O_CREATE, 0o600)
 	if err == nil {
 		if err = syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
 			f.Close()
