@@ -88,6 +88,9 @@ type Config struct {
 	ShutdownTimeout      time.Duration `config:"shutdownTimeout"`
 	MetricsListenAddr    string        `config:"metricsListenAddr"` // "" or "off" = no metrics listener
 	MetricsPprof         bool          `config:"metricsPprof"`      // serve /debug/pprof/ on the metrics listener
+	PluginSecretFile     string        `config:"pluginSecretFile,path"`
+	AllowUnauthenticated bool          `config:"allowUnauthenticated"`
+	MaxRegistrations     int           `config:"maxRegistrations"`
 }
 
 // Default returns the built-in defaults: the legacy sample's values where it had them
@@ -112,6 +115,7 @@ func Default() *Config {
 		RegistryCompactAfter: 100000,
 		ShutdownTimeout:      15 * time.Second,
 		MetricsListenAddr:    "127.0.0.1:11621",
+		MaxRegistrations:     1000000,
 	}
 }
 
@@ -129,6 +133,29 @@ func (c *Config) TLSListenAddress() string {
 // file was named (spec §8.3); Validate insists on both.
 func (c *Config) TLSEnabled() bool {
 	return c.TLSCertFile != "" || c.TLSKeyFile != ""
+}
+
+// Exposed reports the plugin API listeners that others than this machine
+// can reach: any host that is not a loopback address or "localhost".
+func (c *Config) Exposed() []string {
+	var out []string
+	if !isLoopback(c.ListenAddr) {
+		out = append(out, "listenAddr")
+	}
+	if c.TLSEnabled() && !isLoopback(c.TLSListenAddr) {
+		out = append(out, "tlsListenAddr")
+	}
+	return out
+}
+
+func isLoopback(host string) bool {
+	host = stripBrackets(host)
+	if strings.EqualFold(host, "localhost") {
+		return true
+	}
+	ip, _, _ := strings.Cut(host, "%")
+	addr := net.ParseIP(ip)
+	return addr != nil && addr.IsLoopback()
 }
 
 // DryRun reports whether pushes are logged instead of sent to Apple.

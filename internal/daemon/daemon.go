@@ -76,6 +76,14 @@ func Run(ctx context.Context, o Options) error {
 	if err != nil {
 		return err
 	}
+	var secret []byte
+	if cfg.PluginSecretFile != "" {
+		if secret, err = loadPluginSecret(cfg.PluginSecretFile); err != nil {
+			return err
+		}
+	} else if exposed := cfg.Exposed(); len(exposed) > 0 {
+		log.WithField("keys", exposed).Warn("the plugin API listens beyond this machine without a secret (allowUnauthenticated: true); anyone who reaches it can register devices for any user")
+	}
 
 	// Gauges read these at scrape time; they are set before the listener
 	// starts serving.
@@ -109,12 +117,13 @@ func Run(ctx context.Context, o Options) error {
 
 	start := time.Now()
 	d.reg, err = registry.Open(registry.Options{
-		OnSync:        d.metrics.ObserveSync,
-		Path:          cfg.DatabaseFile,
-		TTL:           cfg.RegistrationTTL,
-		MaxPerAccount: cfg.MaxDevicesPerAccount,
-		CompactAfter:  cfg.RegistryCompactAfter,
-		Log:           o.Log.WithField("component", "registry"),
+		OnSync:           d.metrics.ObserveSync,
+		Path:             cfg.DatabaseFile,
+		TTL:              cfg.RegistrationTTL,
+		MaxPerAccount:    cfg.MaxDevicesPerAccount,
+		CompactAfter:     cfg.RegistryCompactAfter,
+		MaxRegistrations: cfg.MaxRegistrations,
+		Log:              o.Log.WithField("component", "registry"),
 	})
 	if err != nil {
 		return fail(err)
@@ -159,6 +168,7 @@ func Run(ctx context.Context, o Options) error {
 		Health:    d.readyPublic,
 		Log:       o.Log.WithField("component", "pluginapi"),
 		Observe:   d.metrics.ObserveRequest,
+		Secret:    secret,
 	})
 
 	d.serve(handler)

@@ -11,6 +11,8 @@ package pluginapi
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"crypto/subtle"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -19,6 +21,7 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 	"unicode/utf8"
 
@@ -68,6 +71,9 @@ type Options struct {
 	Log    logrus.FieldLogger
 	// Observe, when set, sees every request's path, status and duration.
 	Observe func(path string, status int, d time.Duration)
+	// Secret, when not empty, must come with every /register and
+	// /notify as "Authorization: Bearer <secret>" (pluginSecretFile).
+	Secret []byte
 }
 
 type handler struct {
@@ -75,6 +81,13 @@ type handler struct {
 	// bodies hold request bodies while they are decoded; MaxBody bounds
 	// their size.
 	bodies sync.Pool
+	// secretSum is the SHA-256 of Secret: comparing digests of equal
+	// length keeps the comparison's time from telling the secret's
+	// length or how much of it a guess got right.
+	secretSum [sha256.Size]byte
+	// Unix seconds of the last log line about refused requests; they
+	// can come by the thousand.
+	lastAuthLog, lastFullLog atomic.Int64
 }
 
 // NewHandler returns the plugin API.
@@ -84,7 +97,33 @@ func NewHandler(o Options) http.Handler {
 		l.SetLevel(logrus.PanicLevel)
 		o.Log = l
 	}
-	return &handler{Options: o, bodies: sync.Pool{New: func() any { return new(bytes.Buffer) }}}
+	h := &handler{Options: o, bodies: sync.Pool{New: func() any { return new(bytes.Buffer) }}}
+	if len(o.Secret) > 0 {
+		h.secretSum = sha256.Sum256(o.Secret)
+	}
+	return h
+}
+
+// authorized checks the shared secret, when there is one. The scheme is
+// case-insensitive (RFC 9110 §11.1).
+func (h *handler) authorized(r *http.Request) bool {
+	if len(h.Secret) == 0 {
+		return true
+	}
+	auth := r.Header.Get("Authorization")
+	if len(auth) < len("Bearer ") || !strings.EqualFold(auth[:len("Bearer ")], "Bearer ") {
+		return false
+	}
+	sum := sha256.Sum256([]byte(auth[len("Bearer "):]))
+	return subtle.ConstantTimeCompare(sum[:], h.secretSum[:]) == 1
+}
+
+// everyMinute reports whether a line rate-limited by last may be logged
+// now, and marks it logged.
+func everyMinute(last *atomic.Int64) bool {
+	now := time.Now().Unix()
+	prev := last.Load()
+	return now-prev >= 60 && last.CompareAndSwap(prev, now)
 }
 
 func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -113,6 +152,15 @@ func (h *handler) route(w http.ResponseWriter, r *http.Request) {
 	if r.Method != allow && !(allow == http.MethodGet && r.Method == http.MethodHead) {
 		w.Header().Set("Allow", allow)
 		http.Error(w, "Method Not Allowed", http.StatusMethodNotAllowed)
+		return
+	}
+	if allow == http.MethodPost && !h.authorized(r) {
+		// Before the body is read: nothing of the request counts.
+		if everyMinute(&h.lastAuthLog) {
+			h.Log.WithField("remote", r.RemoteAddr).Warn("refused requests without the plugin's secret (pluginSecretFile); logged at most once a minute")
+		}
+		w.Header().Set("WWW-Authenticate", `Bearer realm="xapsd"`)
+		fail(w, http.StatusUnauthorized, "unauthorized: the request lacks the secret of pluginSecretFile")
 		return
 	}
 	serve(w, r)
@@ -216,6 +264,13 @@ func (h *handler) register(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := context.WithTimeout(r.Context(), registerDeadline)
 	defer cancel()
 	if err := h.Registrar.Register(ctx, reg); err != nil {
+		if errors.Is(err, registry.ErrFull) {
+			if everyMinute(&h.lastFullLog) {
+				h.Log.WithField("user", reg.User).Warn("refusing new registrations: maxRegistrations reached; logged at most once a minute")
+			}
+			fail(w, http.StatusServiceUnavailable, "registry full: the server takes no new devices now")
+			return
+		}
 		if r.Context().Err() != nil {
 			// Dovecot gave up on the answer; the registration is in the
 			// journal's queue and is stored unless the write fails, which

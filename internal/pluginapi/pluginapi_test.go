@@ -14,6 +14,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/sirupsen/logrus"
 	logtest "github.com/sirupsen/logrus/hooks/test"
@@ -347,5 +348,99 @@ func TestNotifyOutcomeIsLoggedAtDebugOnly(t *testing.T) {
 				}
 			}
 		}
+	}
+}
+
+const secret = "3f1c9a0d5b7e2f4a6c8e0b1d3f5a7c9e"
+
+func newSecretEnv(t *testing.T) *env {
+	t.Helper()
+	e := newEnv(t)
+	e.srv.Config.Handler = NewHandler(Options{Registrar: e.reg, Notifier: e.notif, Secret: []byte(secret),
+		Topic: func() (string, error) { return topic, nil }})
+	return e
+}
+
+func (e *env) doAuth(t *testing.T, path, body, auth string) (int, string, http.Header) {
+	t.Helper()
+	req, _ := http.NewRequest(http.MethodPost, e.srv.URL+path, strings.NewReader(body))
+	if auth != "" {
+		req.Header.Set("Authorization", auth)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b), resp.Header
+}
+
+// With a secret, /register and /notify without it get 401 and change
+// nothing; with it they work; /healthz needs none.
+func TestSecretIsRequired(t *testing.T) {
+	e := newSecretEnv(t)
+	for _, auth := range []string{"", "Bearer wrong", "Bearer " + secret[:len(secret)-1], "Basic " + secret, secret, "Bearer  " + secret} {
+		status, _, h := e.doAuth(t, "/register", pluginRegister, auth)
+		if status != 401 || h.Get("WWW-Authenticate") == "" {
+			t.Errorf("register with Authorization %q = %d, want 401 with WWW-Authenticate", auth, status)
+		}
+		if status, _, _ := e.doAuth(t, "/notify", pluginNotify, auth); status != 401 {
+			t.Errorf("notify with Authorization %q = %d, want 401", auth, status)
+		}
+	}
+	if n := len(e.reg.List("")); n != 0 || len(e.notif.calls) != 0 {
+		t.Fatalf("refused requests changed something: %d registrations, %d notifications", n, len(e.notif.calls))
+	}
+	if status, body, _ := e.doAuth(t, "/register", pluginRegister, "Bearer "+secret); status != 200 || body != topic {
+		t.Errorf("register with the secret = %d %q", status, body)
+	}
+	if status, _, _ := e.doAuth(t, "/notify", pluginNotify, "bearer "+secret); status != 200 {
+		t.Errorf("notify with the secret (lower-case scheme) = %d", status)
+	}
+	if status, _, _ := e.do(t, "GET", "/healthz", ""); status != 200 {
+		t.Errorf("healthz = %d, want 200 without a secret", status)
+	}
+}
+
+// At maxRegistrations a new device gets 503; one already registered can
+// still register again.
+func TestRegistryFullIs503(t *testing.T) {
+	r, err := registry.Open(registry.Options{Path: filepath.Join(t.TempDir(), "database.json"), MaxRegistrations: 1, RefreshAfter: time.Nanosecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	log, hook := logtest.NewNullLogger()
+	srv := httptest.NewServer(NewHandler(Options{Registrar: r, Notifier: &fakeNotifier{}, Log: log, Topic: func() (string, error) { return topic, nil }}))
+	defer srv.Close()
+	post := func(body string) (int, string) {
+		resp, err := http.Post(srv.URL+"/register", "application/json", strings.NewReader(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	if status, _ := post(pluginRegister); status != 200 {
+		t.Fatalf("first registration = %d", status)
+	}
+	for range 3 {
+		if status, body := post(strings.Replace(pluginRegister, "Alice", "Bob", 1)); status != 503 || !strings.Contains(body, "registry full") {
+			t.Errorf("registration over the cap = %d %q, want 503 registry full", status, body)
+		}
+	}
+	if status, _ := post(strings.Replace(pluginRegister, `"Notes"`, `"Sent"`, 1)); status != 200 {
+		t.Errorf("re-registration at the cap = %d, want 200", status)
+	}
+	warned := 0
+	for _, e := range hook.AllEntries() {
+		if strings.Contains(e.Message, "maxRegistrations") {
+			warned++
+		}
+	}
+	if warned != 1 {
+		t.Errorf("%d log lines for 3 refusals, want 1 (rate-limited)", warned)
 	}
 }

@@ -689,6 +689,9 @@ func (j *journal) flush() {
 		err = fmt.Errorf("write registry journal: %w", err)
 		r.log.WithError(err).Error("registrations could not be made durable; they were refused")
 		j.lastErr.Store(&err)
+		r.mu.Lock()
+		r.adding -= b.adds
+		r.mu.Unlock()
 		b.finish(err)
 		return
 	}
@@ -698,6 +701,7 @@ func (j *journal) flush() {
 		r.apply(rec)
 	}
 	r.applied = b.last
+	r.adding -= b.adds
 	r.mu.Unlock()
 	records := j.sinceCompact.Add(int64(len(b.recs)))
 	size := j.bytesSince.Add(int64(len(b.buf)))

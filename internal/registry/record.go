@@ -45,6 +45,7 @@ type batch struct {
 	recs  []record
 	first uint64
 	last  uint64
+	adds  int // registrations it adds (Registry.adding)
 	done  chan struct{}
 	err   error
 }

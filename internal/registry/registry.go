@@ -80,6 +80,10 @@ type Options struct {
 	// registrations the same way, whatever their account ids.
 	MaxPerAccount int
 	MaxPerUser    int
+	// MaxRegistrations caps the registrations of all users together
+	// (0: no cap): Register refuses one that would add a registration
+	// with ErrFull, while re-registrations still work.
+	MaxRegistrations int
 	// CompactAfter writes a new snapshot after this many journal records,
 	// or once the journal has grown by CompactAfterBytes or by the size of
 	// the last snapshot, whichever is more: a few huge records must not
@@ -135,6 +139,10 @@ func (o *Options) setDefaults() {
 // ErrClosed is returned by calls after Close.
 var ErrClosed = errors.New("registry closed")
 
+// ErrFull is returned by Register for a new registration while the
+// registry holds MaxRegistrations.
+var ErrFull = errors.New("registry full")
+
 // Registry is safe for concurrent use.
 type Registry struct {
 	opts Options
@@ -147,6 +155,7 @@ type Registry struct {
 	count   int
 	seq     uint64 // last sequence number handed out
 	applied uint64 // last sequence number whose change is in memory (and on disk)
+	adding  int    // new registrations queued but not yet applied, for MaxRegistrations
 	pending *batch // records not yet handed to the journal writer
 	closed  bool
 
@@ -253,7 +262,15 @@ func (r *Registry) Register(ctx context.Context, reg Registration) error {
 		r.mu.Unlock()
 		return nil
 	}
+	if idx < 0 && r.opts.MaxRegistrations > 0 && r.count+r.adding >= r.opts.MaxRegistrations {
+		r.mu.Unlock()
+		return ErrFull
+	}
 	b := r.pending
+	if idx < 0 {
+		b.adds++
+		r.adding++
+	}
 	b.addRecord(record{Seq: r.nextSeq(), Op: opPut, User: reg.User, AccountID: reg.AccountID, DeviceToken: reg.DeviceToken,
 		Mailboxes: slices.Clone(reg.Mailboxes), RegistrationTime: reg.Registered.UTC()})
 	if idx < 0 {

@@ -586,3 +586,34 @@ func TestUsersFoldASCIIOnly(t *testing.T) {
 		}
 	}
 }
+
+// MaxRegistrations holds under concurrent new users; a re-registration
+// still works at the cap, and a removal makes room.
+func TestMaxRegistrations(t *testing.T) {
+	r := open(t, filepath.Join(t.TempDir(), "database.json"), newClock(), func(o *Options) { o.MaxRegistrations = 3 })
+	defer r.Close()
+	var ok, full atomic.Int64
+	var wg sync.WaitGroup
+	for i := range 20 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			switch err := r.Register(context.Background(), reg(fmt.Sprintf("u%d", i), acc1, tok1)); err {
+			case nil:
+				ok.Add(1)
+			case ErrFull:
+				full.Add(1)
+			default:
+				t.Errorf("Register: %v", err)
+			}
+		}()
+	}
+	wg.Wait()
+	if _, n := r.Stats(); n != 3 || ok.Load() != 3 || full.Load() != 17 {
+		t.Fatalf("%d stored, %d accepted, %d refused; want 3, 3, 17", n, ok.Load(), full.Load())
+	}
+	g := r.List("")[0]
+	mustRegister(t, r, reg(g.User, g.AccountID, g.DeviceToken, "INBOX", "Notes"))
+	r.Remove(g.Key, time.Time{})
+	mustRegister(t, r, reg("newcomer", acc1, tok1))
+}
