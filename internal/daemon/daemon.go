@@ -16,6 +16,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/sirupsen/logrus"
@@ -23,6 +24,7 @@ import (
 	"github.com/xapsd/xapsd/internal/apns"
 	"github.com/xapsd/xapsd/internal/appleid"
 	"github.com/xapsd/xapsd/internal/config"
+	"github.com/xapsd/xapsd/internal/connlimit"
 	"github.com/xapsd/xapsd/internal/ctl"
 	"github.com/xapsd/xapsd/internal/logging"
 	"github.com/xapsd/xapsd/internal/metrics"
@@ -44,6 +46,8 @@ type Daemon struct {
 	servers   []*http.Server
 	listeners []net.Listener // the plugin port, then the TLS listener's
 	tlsConfig *tls.Config
+	conns     *connlimit.Pool // the plugin listeners' connections
+	lastEvict atomic.Int64    // unix seconds of the last eviction log line
 	metrics   *metrics.Metrics
 	monitor   *metrics.Server
 	admin     *ctl.Server
@@ -94,6 +98,7 @@ func Run(ctx context.Context, o Options) error {
 		DelayedPending:   func() int { return src.DelayedPending() },
 		CredentialExpiry: func() time.Time { return d.cred.Load().notAfter },
 		RegistryDamage:   func() int { return d.reg.Health().Damaged },
+		Connections:      func() int { return d.conns.Open() },
 	})
 
 	// Ports before the registry: a second xapsd started by mistake on the
@@ -215,8 +220,9 @@ func Run(ctx context.Context, o Options) error {
 			}
 		}()
 	}
+	plugin, _, limit := connectionBudgets()
 	for _, ln := range d.listeners {
-		log.WithField("addr", ln.Addr().String()).Info("listening for the Dovecot plugin")
+		log.WithFields(logrus.Fields{"addr": ln.Addr().String(), "max_connections": plugin, "file_limit": limit}).Info("listening for the Dovecot plugin")
 	}
 	wg.Add(1)
 	go func() {
@@ -263,6 +269,16 @@ func Run(ctx context.Context, o Options) error {
 // anything is opened or served, so a port in use fails the start before
 // it touches the state folder, instead of leaving a half-running daemon.
 func (d *Daemon) bind(cfg *config.Config) error {
+	pluginConns, metricsConns, limit := connectionBudgets()
+	d.conns = connlimit.New(pluginConns)
+	d.conns.OnEvict = func() {
+		d.metrics.ObserveEviction()
+		now := time.Now().Unix()
+		if last := d.lastEvict.Load(); now-last >= 60 && d.lastEvict.CompareAndSwap(last, now) {
+			d.log.WithFields(logrus.Fields{"component": "pluginapi", "limit": pluginConns, "file_limit": limit}).
+				Warn("connection limit reached: closing the longest-idle connections to make room; logged at most once a minute")
+		}
+	}
 	ln, err := net.Listen("tcp", cfg.ListenAddress())
 	if err != nil {
 		return fmt.Errorf("listen on %s (listenAddr/port): %w", cfg.ListenAddress(), err)
@@ -285,7 +301,7 @@ func (d *Daemon) bind(cfg *config.Config) error {
 	}
 	if cfg.MetricsEnabled() {
 		d.monitor, err = metrics.Listen(cfg.MetricsListenAddr, d.metrics,
-			metrics.ServerOptions{Checks: metrics.Checks{Ready: d.ready, Notes: d.notes}, Pprof: cfg.MetricsPprof})
+			metrics.ServerOptions{Checks: metrics.Checks{Ready: d.ready, Notes: d.notes}, Pprof: cfg.MetricsPprof, MaxConns: metricsConns})
 		if err != nil {
 			for _, ln := range d.listeners {
 				ln.Close()
@@ -296,22 +312,50 @@ func (d *Daemon) bind(cfg *config.Config) error {
 	return nil
 }
 
-// serve builds the plugin API's servers on the bound listeners.
+// serve builds the plugin API's servers on the bound listeners, which
+// share one connection budget.
 func (d *Daemon) serve(h http.Handler) {
-	for i := range d.listeners {
+	for i, ln := range d.listeners {
 		srv := &http.Server{
 			Handler:           h,
 			ReadHeaderTimeout: 10 * time.Second,
 			ReadTimeout:       30 * time.Second,
-			// Each Dovecot process keeps its connection for a long time.
-			IdleTimeout:    10 * time.Minute,
+			// Dovecot keeps a connection between requests; two minutes
+			// of quiet is long enough to reuse it and short enough that
+			// idle ones do not pile up.
+			IdleTimeout:    2 * time.Minute,
 			MaxHeaderBytes: 64 << 10,
+			ConnState:      d.conns.ConnState,
 		}
 		if i == 1 {
 			srv.TLSConfig = d.tlsConfig
 		}
 		d.servers = append(d.servers, srv)
+		d.listeners[i] = d.conns.Listener(ln)
 	}
+}
+
+// Connections are bounded below the file limit (which Go raises to the
+// hard limit at start): the metrics listener gets metricsConnBudget of
+// its own, and fileReserve descriptors stay for the registry's files,
+// the connections to Apple, the admin socket and the logs.
+const (
+	metricsConnBudget = 32
+	fileReserve       = 128
+	minPluginConns    = 16
+)
+
+func connectionBudgets() (plugin, metricsConns int, limit uint64) {
+	var rl syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &rl); err != nil {
+		rl.Cur = 1024
+	}
+	limit = rl.Cur
+	avail := min(rl.Cur, 1<<24) - fileReserve - metricsConnBudget
+	if rl.Cur < fileReserve+metricsConnBudget+minPluginConns {
+		avail = minPluginConns
+	}
+	return int(avail), metricsConnBudget, limit
 }
 
 func (d *Daemon) topic() (string, error) {
