@@ -91,6 +91,7 @@ type Config struct {
 	PluginSecretFile     string        `config:"pluginSecretFile,path"`
 	AllowUnauthenticated bool          `config:"allowUnauthenticated"`
 	MaxRegistrations     int           `config:"maxRegistrations"`
+	ShutdownDrainTimeout time.Duration `config:"shutdownDrainTimeout"`
 }
 
 // Default returns the built-in defaults: the legacy sample's values where it had them
@@ -113,9 +114,10 @@ func Default() *Config {
 		RegistrationTTL:      30 * 24 * time.Hour,
 		MaxDevicesPerAccount: 8,
 		RegistryCompactAfter: 100000,
-		ShutdownTimeout:      15 * time.Second,
+		ShutdownTimeout:      6 * time.Second,
 		MetricsListenAddr:    "127.0.0.1:11621",
 		MaxRegistrations:     1000000,
+		ShutdownDrainTimeout: 2 * time.Second,
 	}
 }
 

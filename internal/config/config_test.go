@@ -121,6 +121,7 @@ func TestKeys(t *testing.T) {
 		{"pluginSecretFile opens the listener", "pluginSecretFile: /etc/xapsd/plugin.secret\nlistenAddr: 0.0.0.0", func(c *Config) any { return c.ListenAddr }, "0.0.0.0"},
 		{"allowUnauthenticated", "allowUnauthenticated: true\nlistenAddr: 192.0.2.7", func(c *Config) any { return c.AllowUnauthenticated }, true},
 		{"maxRegistrations", "maxRegistrations: 5000", func(c *Config) any { return c.MaxRegistrations }, 5000},
+		{"shutdownDrainTimeout", "shutdownDrainTimeout: 500ms", func(c *Config) any { return c.ShutdownDrainTimeout }, 500 * time.Millisecond},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

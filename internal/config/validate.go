@@ -180,6 +180,9 @@ func (c *Config) validate(given map[string]string) []error {
 	if c.ShutdownTimeout <= 0 {
 		bad("shutdownTimeout", c.ShutdownTimeout, "must be positive")
 	}
+	if c.ShutdownDrainTimeout <= 0 {
+		bad("shutdownDrainTimeout", c.ShutdownDrainTimeout, "must be positive")
+	}
 	if c.MetricsEnabled() {
 		if err := checkHostPort(c.MetricsListenAddr); err != nil {
 			bad("metricsListenAddr", c.MetricsListenAddr, "must be host:port, \"\" or off: %v", err)

@@ -53,6 +53,7 @@ type Daemon struct {
 	admin     *ctl.Server
 	apple     *appleManager // nil unless the Apple ID manager provides the credential
 	expiry    appleid.ExpiryWatch
+	leftovers leftovers // pushes of pending-pushes.json not yet answered
 }
 
 // Options are what main hands over.
@@ -159,6 +160,9 @@ func Run(ctx context.Context, o Options) error {
 		Log:         o.Log.WithField("component", "apns"),
 		OnResult: func(r apns.Result) {
 			d.metrics.ObservePush(string(r.Outcome), r.Status, r.Reason, r.Duration)
+			if r.Outcome != apns.Retrying {
+				d.leftovers.done(r.Device)
+			}
 		},
 	})
 	d.sched = scheduler.New(scheduler.Options{Delay: cfg.Delay, Interval: cfg.CheckInterval, Sender: d.sender})
@@ -187,6 +191,7 @@ func Run(ctx context.Context, o Options) error {
 	if keys, err := loadPending(pendingPath); err != nil {
 		log.WithError(err).Warn("cannot read the pushes left over from the last shutdown")
 	} else if len(keys) > 0 {
+		d.leftovers.track(pendingPath, keys, log)
 		for _, k := range keys {
 			d.sender.Enqueue(k)
 		}
@@ -514,31 +519,39 @@ func (d *Daemon) reload() {
 	log.WithField("topic", d.cred.Load().client.Topic).Info("reload: configuration and credentials reloaded")
 }
 
-// shutdown stops accepting requests, lets the ones in flight finish,
-// sends the delayed pushes now, waits for the pushes in flight, keeps what
-// could not be sent for the next start, and writes the registry.
+// shutdown stops accepting requests, lets the ones in flight finish
+// (for shutdownDrainTimeout, then closes them), sends the delayed pushes
+// now, waits for the pushes in flight (for shutdownTimeout, a budget of
+// its own that a slow client cannot use up), keeps what could not be sent
+// for the next start, and writes the registry.
 func (d *Daemon) shutdown(pendingPath string) error {
 	cfg := d.cfg.Load()
 	log := d.log.WithField("component", "daemon")
 	log.Info("shutting down")
-	ctx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
-	defer cancel()
+	drain, cancelDrain := context.WithTimeout(context.Background(), cfg.ShutdownDrainTimeout)
+	defer cancelDrain()
 	for _, srv := range d.servers {
-		if err := srv.Shutdown(ctx); err != nil {
-			log.WithError(err).Warn("requests still running when the grace period ended")
+		if err := srv.Shutdown(drain); err != nil {
+			log.WithError(err).Warn("requests still running after shutdownDrainTimeout; closing their connections")
+			srv.Close()
 		}
 	}
 	if d.monitor != nil {
-		d.monitor.Shutdown(ctx)
+		if d.monitor.Shutdown(drain) != nil {
+			d.monitor.Close()
+		}
 	}
-	d.admin.Shutdown(ctx)
+	d.admin.Shutdown(drain)
 	if n := d.sched.Flush(); n > 0 {
 		log.WithField("pushes", n).Info("sending delayed pushes before exiting")
 	}
-	left, err := d.sender.Drain(ctx)
+	pushes, cancelPushes := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
+	defer cancelPushes()
+	left, err := d.sender.Drain(pushes)
 	if err != nil {
 		log.WithError(err).Warn("not every push went out")
 	}
+	d.leftovers.stop()
 	var errs []error
 	if err := savePending(pendingPath, left); err != nil {
 		errs = append(errs, err)
