@@ -3,13 +3,14 @@
 #   make run     run the daemon from configs/dev/xapsd.yaml (loopback, dry-run pushes)
 #   make test    vet, then every test with the race detector (needs Dovecot for the end-to-end tests)
 #   make bench   performance figures (see docs/benchmarks.md)
+#   make soak    SOAK (10m) of load with kill -9, APNs faults and a full disk; fails on any loss
 
 GO       ?= go
 VERSION  ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS  := -X main.version=$(VERSION)
 BIN      := bin/xapsd
 
-.PHONY: all build run test test-plugin test-packaging test-short vet fmt plugin bench fuzz clean
+.PHONY: all build run test test-plugin test-packaging test-short vet fmt plugin bench soak fuzz clean
 
 all: build
 
@@ -24,9 +25,11 @@ vet:
 	$(GO) vet ./...
 
 # The plugin's own checks against a real Dovecot, then every Go test (the
-# fuzz targets' seed corpora run as ordinary tests) with the race detector.
+# fuzz targets' seed corpora run as ordinary tests) with the race detector,
+# then a minute of the soak.
 test: vet plugin test-plugin test-packaging
 	$(GO) test -race -count=1 -timeout 20m ./...
+	$(MAKE) soak SOAK=60s
 
 # Twice: as is, then with every imap and lmtp process under valgrind.
 test-plugin:
@@ -49,6 +52,13 @@ plugin:
 bench: build
 	$(GO) run ./cmd/xapsd-bench -xapsd $(BIN)
 	$(GO) test -run '^$$' -bench . -benchtime 2s ./internal/registry ./internal/pluginapi ./internal/testutil/fakeapns
+
+# The built daemon under mixed load for SOAK while it is killed with
+# SIGKILL, restarted, its disk (a tmpfs; needs root) fills up and APNs's
+# stand-in drops, fails and stalls; docs/reliability.md has figures.
+SOAK ?= 10m
+soak: build
+	$(GO) run ./cmd/xapsd-bench -xapsd $(BIN) -soak $(SOAK)
 
 FUZZTIME ?= 30s
 fuzz:
