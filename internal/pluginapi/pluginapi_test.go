@@ -66,8 +66,17 @@ func newEnv(t *testing.T) *env {
 
 func (e *env) do(t *testing.T, method, path, body string) (int, string, http.Header) {
 	t.Helper()
+	return e.doAuth(t, method, path, body, "")
+}
+
+// doAuth is do with an Authorization header, unless auth is "".
+func (e *env) doAuth(t *testing.T, method, path, body, auth string) (int, string, http.Header) {
+	t.Helper()
 	req, _ := http.NewRequest(method, e.srv.URL+path, strings.NewReader(body))
 	req.Header.Set("Content-Type", "application/json; charset=utf-8")
+	if auth != "" {
+		req.Header.Set("Authorization", auth)
+	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatal(err)
@@ -361,41 +370,26 @@ func newSecretEnv(t *testing.T) *env {
 	return e
 }
 
-func (e *env) doAuth(t *testing.T, path, body, auth string) (int, string, http.Header) {
-	t.Helper()
-	req, _ := http.NewRequest(http.MethodPost, e.srv.URL+path, strings.NewReader(body))
-	if auth != "" {
-		req.Header.Set("Authorization", auth)
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	return resp.StatusCode, string(b), resp.Header
-}
-
 // With a secret, /register and /notify without it get 401 and change
 // nothing; with it they work; /healthz needs none.
 func TestSecretIsRequired(t *testing.T) {
 	e := newSecretEnv(t)
 	for _, auth := range []string{"", "Bearer wrong", "Bearer " + secret[:len(secret)-1], "Basic " + secret, secret, "Bearer  " + secret} {
-		status, _, h := e.doAuth(t, "/register", pluginRegister, auth)
+		status, _, h := e.doAuth(t, "POST", "/register", pluginRegister, auth)
 		if status != 401 || h.Get("WWW-Authenticate") == "" {
 			t.Errorf("register with Authorization %q = %d, want 401 with WWW-Authenticate", auth, status)
 		}
-		if status, _, _ := e.doAuth(t, "/notify", pluginNotify, auth); status != 401 {
+		if status, _, _ := e.doAuth(t, "POST", "/notify", pluginNotify, auth); status != 401 {
 			t.Errorf("notify with Authorization %q = %d, want 401", auth, status)
 		}
 	}
 	if n := len(e.reg.List("")); n != 0 || len(e.notif.calls) != 0 {
 		t.Fatalf("refused requests changed something: %d registrations, %d notifications", n, len(e.notif.calls))
 	}
-	if status, body, _ := e.doAuth(t, "/register", pluginRegister, "Bearer "+secret); status != 200 || body != topic {
+	if status, body, _ := e.doAuth(t, "POST", "/register", pluginRegister, "Bearer "+secret); status != 200 || body != topic {
 		t.Errorf("register with the secret = %d %q", status, body)
 	}
-	if status, _, _ := e.doAuth(t, "/notify", pluginNotify, "bearer "+secret); status != 200 {
+	if status, _, _ := e.doAuth(t, "POST", "/notify", pluginNotify, "bearer "+secret); status != 200 {
 		t.Errorf("notify with the secret (lower-case scheme) = %d", status)
 	}
 	if status, _, _ := e.do(t, "GET", "/healthz", ""); status != 200 {

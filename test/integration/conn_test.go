@@ -3,7 +3,6 @@ package integration
 import (
 	"bufio"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"os"
@@ -20,8 +19,6 @@ func writeScript(t *testing.T, path, content string) {
 		t.Fatal(err)
 	}
 }
-
-func stringsReader(s string) io.Reader { return strings.NewReader(s) }
 
 // Under a small file limit, a flood of idle keep-alive connections must
 // not keep Dovecot's next request from being served, nor /readyz from
@@ -66,7 +63,7 @@ func TestIdleConnectionFloodUnderAFileLimit(t *testing.T) {
 	hc := &http.Client{Timeout: 10 * time.Second}
 	for i := range 5 {
 		resp, err := hc.Post("http://"+addr+"/register", "application/json",
-			stringsReader(registerBody(fmt.Sprintf("user%d@example.com", i), acc, token(i))))
+			strings.NewReader(registerBody(fmt.Sprintf("user%d@example.com", i), acc, token(i))))
 		if err != nil {
 			t.Fatalf("register %d behind %d idle connections: %v", i, flood, err)
 		}

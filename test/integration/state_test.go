@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"fmt"
 	"io"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -84,8 +83,6 @@ func grepLines(s, substr string) string {
 	}
 	return strings.Join(out, "\n")
 }
-
-var _ = http.StatusOK
 
 // A second xapsd on the same configuration, after someone deleted the
 // lock file, stops at the port it cannot bind, before it opens the
