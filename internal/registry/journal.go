@@ -33,6 +33,10 @@ import (
 // with the last sequence number it contains) and then deletes the
 // segments it covers. A crash at any step leaves a snapshot plus segments
 // whose records beyond the snapshot's number replay to the same state.
+//
+// Records reach memory only after their write succeeded; a failed write
+// is cut off the segment again, so a refused registration is nowhere. The
+// process holds an flock on every segment it knows and deletes no other.
 type journal struct {
 	r    *Registry
 	path string // snapshot path

@@ -99,8 +99,9 @@ type Options struct {
 	// OnSync, when set, sees each group commit: records made durable by
 	// one fsync and how long the write and fsync took.
 	OnSync func(records int, d time.Duration)
-	// CheckEvery is how often the journal writer, after a failed write,
-	// tries whether the disk takes writes again (default 5 s).
+	// CheckEvery is how often the journal writer looks for state files
+	// deleted under it and, after a failed write, tries whether the disk
+	// takes writes again (default 5 s).
 	CheckEvery time.Duration
 }
 
