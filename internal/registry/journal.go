@@ -98,6 +98,10 @@ func openJournal(r *Registry, path string) (*journal, error) {
 	}
 	// Two daemons appending to one journal would corrupt it; the kernel
 	// drops the lock when the process dies, even by SIGKILL.
+	// The lock file stays after a stop: if it is there, xapsd ran here
+	// before, and a missing snapshot is a loss, not a new install.
+	_, statErr := os.Lstat(path + ".lock")
+	ranBefore := statErr == nil
 	lock, err := openState(path+".lock", os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("open lock of registry %s: %w", path, err)
@@ -148,7 +152,7 @@ func openJournal(r *Registry, path string) (*journal, error) {
 		j.noteDamage(snap.BadEntries, fmt.Sprintf("%s: %d entries of the old database skipped (wrong types)", filepath.Base(path), snap.BadEntries))
 	}
 	r.seq = snap.Seq
-	if len(segs) > 0 && (!exists || snap.Empty) {
+	if (len(segs) > 0 || ranBefore) && (!exists || snap.Empty) {
 		j.reportLostSnapshot(segs, exists)
 	}
 	if snap.Seq > seqLimit {
@@ -327,11 +331,17 @@ func (j *journal) keepDamaged(data []byte, snap *snapshot, now time.Time) bool {
 // reportLostSnapshot says what a missing or empty snapshot lost: the
 // records before the first journal segment, which only it held.
 func (j *journal) reportLostSnapshot(segs []segment, exists bool) {
-	first, _, _ := parseSegmentName(strings.TrimPrefix(segs[0].path, j.path+".journal."))
 	state := "empty (0 bytes, null or {})"
 	if !exists {
 		state = "missing"
 	}
+	if len(segs) == 0 {
+		j.r.log.WithField("file", j.path).Error("the registry snapshot is " + state + " although xapsd ran here before (its lock file is there) " +
+			"and there is no journal: every registration it held is lost; devices register again when their Mail app next connects")
+		j.noteDamage(1, fmt.Sprintf("%s is %s and there is no journal: every registration is lost", filepath.Base(j.path), state))
+		return
+	}
+	first, _, _ := parseSegmentName(strings.TrimPrefix(segs[0].path, j.path+".journal."))
 	l := j.r.log.WithFields(map[string]any{"file": j.path, "segments": len(segs), "first_record": first})
 	if first <= 1 {
 		l.Warn("the registry snapshot is " + state + ", but the journal starts at its first record: nothing is lost")

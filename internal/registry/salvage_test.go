@@ -153,6 +153,33 @@ func TestBadLegacyEntriesAreSkippedWithACount(t *testing.T) {
 	}
 }
 
+// A snapshot deleted or emptied after a graceful stop (no journal left) is
+// a loss too once xapsd ran in the folder; on a new install it is not.
+func TestSnapshotLostAfterAStopIsReported(t *testing.T) {
+	for name, content := range map[string]*string{"0 bytes": new(""), "{}": new("{}"), "missing": nil} {
+		t.Run(name, func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "database.json")
+			c := newClock()
+			snapshotWith(t, path, c, 5)
+			if content == nil {
+				os.Remove(path)
+			} else {
+				os.WriteFile(path, []byte(*content), 0o600)
+			}
+			r := open(t, path, c)
+			defer r.Close()
+			if h := r.Health(); len(h.Damage) != 1 || !strings.Contains(h.Damage[0], "every registration is lost") {
+				t.Errorf("Health = %+v", h)
+			}
+		})
+	}
+	r := open(t, filepath.Join(t.TempDir(), "database.json"), newClock())
+	defer r.Close()
+	if h := r.Health(); h.Damaged != 0 {
+		t.Errorf("a new install reports damage: %+v", h)
+	}
+}
+
 // A snapshot that holds nothing, or none at all, next to journal segments
 // that begin after the first record: the records before them are lost,
 // and that is an error that says so, not silence.
