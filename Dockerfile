@@ -56,8 +56,9 @@ RUN --mount=type=cache,target=/go/pkg/mod --mount=type=cache,target=/root/.cache
 # Target "xapsd": the daemon for a separate container. Mount your xapsd.yaml
 # (and credential files) at /etc/xapsd; the registry lives in the volume
 # /var/lib/xapsd. The configuration must set listenAddr: "" so that Dovecot in
-# another container can reach port 11619, and metricsListenAddr: ":11621" for
-# probes from outside. There is no HEALTHCHECK: the image has no shell and no
+# another container can reach port 11619, with pluginSecretFile (xapsd refuses
+# to listen beyond loopback without it, unless allowUnauthenticated: true),
+# and metricsListenAddr: ":11621" for probes from outside. There is no HEALTHCHECK: the image has no shell and no
 # HTTP client, so let the orchestrator probe http://CONTAINER:11621/healthz
 # (alive) and /readyz (credential usable, registry writable) itself.
 FROM ${RUNTIME_IMAGE} AS xapsd

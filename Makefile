@@ -5,13 +5,14 @@
 #                race detector, against Dovecot 2.3 and 2.4
 #   make deb     a Debian package for the Debian release this runs on
 #   make bench   performance figures (see docs/benchmarks.md)
+#   make soak    SOAK (10m) of load with kill -9, APNs faults and a full disk; fails on any loss
 
 GO       ?= go
 VERSION  ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS  := -X main.version=$(VERSION)
 BIN      := bin/xapsd
 
-.PHONY: all build run deb test test-deps test-plugin test-packaging test-short vet fmt plugin bench fuzz clean
+.PHONY: all build run deb test test-deps test-plugin test-packaging test-short vet fmt plugin bench soak fuzz clean
 
 # Dovecot 2.4 runs in this Debian 13 root (test/deps.sh makes it); the Go
 # end-to-end tests find it through the environment.
@@ -31,11 +32,13 @@ vet:
 	$(GO) vet ./...
 
 # The plugin's own checks against a real Dovecot, then every Go test (the
-# fuzz targets' seed corpora run as ordinary tests) with the race detector.
+# fuzz targets' seed corpora run as ordinary tests) with the race detector,
+# then a minute of the soak.
 test: test-deps vet plugin test-plugin test-packaging
 	@[ -x $(DEBIAN13_ROOT)/usr/sbin/dovecot ] || \
 	  echo "*** SKIPPED: the end-to-end tests against Dovecot 2.4: no root at $(DEBIAN13_ROOT) (test/deps.sh makes it)"
 	$(GO) test -race -count=1 -timeout 20m ./...
+	$(MAKE) soak SOAK=60s
 
 # Installs missing Debian packages and prepares the Debian 13 root (as
 # root, saying what it installs); lists what is missing otherwise.
@@ -76,6 +79,13 @@ deb:
 bench: build
 	$(GO) run ./cmd/xapsd-bench -xapsd $(BIN)
 	$(GO) test -run '^$$' -bench . -benchtime 2s ./internal/registry ./internal/pluginapi ./internal/testutil/fakeapns
+
+# The built daemon under mixed load for SOAK while it is killed with
+# SIGKILL, restarted, its disk (a tmpfs; needs root) fills up and APNs's
+# stand-in drops, fails and stalls; docs/reliability.md has figures.
+SOAK ?= 10m
+soak: build
+	$(GO) run ./cmd/xapsd-bench -xapsd $(BIN) -soak $(SOAK)
 
 FUZZTIME ?= 30s
 fuzz:

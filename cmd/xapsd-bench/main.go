@@ -2,7 +2,8 @@
 // the built daemon and an HTTP/2 TLS stand-in for APNs on loopback, drives
 // /register and /notify like many Dovecot processes would (keep-alive
 // HTTP/1.1 clients), and prints a table. `make bench` runs it; the figures
-// go into docs/benchmarks.md.
+// go into docs/benchmarks.md. With -soak it runs the soak instead
+// (soak.go, `make soak`; figures in docs/reliability.md).
 package main
 
 import (
@@ -46,6 +47,7 @@ type options struct {
 	logLevel    string
 	metricsAddr string
 	cpuProfile  string
+	soak        time.Duration
 }
 
 func main() {
@@ -63,7 +65,14 @@ func main() {
 	flag.StringVar(&o.logLevel, "loglevel", "info", "xapsd log level (info logs one line per push)")
 	flag.StringVar(&o.metricsAddr, "metrics", "auto", "xapsd metricsListenAddr: auto (a free loopback port), off, or host:port (to take profiles from /debug/pprof/ too)")
 	flag.StringVar(&o.cpuProfile, "cpuprofile", "", "write a CPU profile of the load generator and the APNs stand-in (this process) to `file`")
+	flag.DurationVar(&o.soak, "soak", 0, "instead of measuring, run the soak for this long: load with kill -9, restarts, APNs faults and a full disk; fails on any loss (make soak)")
 	flag.Parse()
+	if o.soak > 0 {
+		if err := runSoak(o, o.soak); err != nil {
+			fail("%v", err)
+		}
+		return
+	}
 	for _, d := range strings.Split(delays, ",") {
 		v, err := time.ParseDuration(strings.TrimSpace(d))
 		if err != nil {
@@ -388,12 +397,18 @@ func startDaemon(o options, dir, apnsURL, caFile string) (*daemon, error) {
 	ln.Close()
 	cfg := fmt.Sprintf("loglevel: %s\nlistenAddr: 127.0.0.1\nport: %d\ndatabaseFile: state/database.json\n"+
 		"metricsListenAddr: %q\napnsEndpoint: %s\ncertificateFilePem: push.pem\ncertificateFilePemKey: push.key\n"+
-		"apnsConcurrency: 2000\n", o.logLevel, port, o.metricsAddr, apnsURL)
+		"apnsConcurrency: 2000\nmetricsPprof: %t\n", o.logLevel, port, o.metricsAddr, apnsURL, o.metricsAddr != "off")
 	if err := os.WriteFile(filepath.Join(dir, "xapsd.yaml"), []byte(cfg), 0o600); err != nil {
 		return nil, err
 	}
-	d := &daemon{addr: fmt.Sprintf("127.0.0.1:%d", port), log: filepath.Join(dir, "xapsd.log"), done: make(chan struct{})}
-	d.cmd = exec.Command(o.bin, "--config", filepath.Join(dir, "xapsd.yaml"))
+	return launch(o.bin, dir, fmt.Sprintf("127.0.0.1:%d", port), caFile)
+}
+
+// launch runs xapsd with dir/xapsd.yaml and waits until it answers on
+// addr; its log goes to dir/xapsd.log.
+func launch(bin, dir, addr, caFile string) (*daemon, error) {
+	d := &daemon{addr: addr, log: filepath.Join(dir, "xapsd.log"), done: make(chan struct{})}
+	d.cmd = exec.Command(bin, "--config", filepath.Join(dir, "xapsd.yaml"))
 	d.cmd.Env = append(os.Environ(), "SSL_CERT_FILE="+caFile)
 	// The log (a line per push) goes to a file, as with supervisord's
 	// stdout_logfile; piping it into this process would make reading it

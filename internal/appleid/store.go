@@ -72,7 +72,7 @@ type held struct {
 // wraps fs.ErrNotExist when there is none.
 func (s store) load(svc service) (*held, error) {
 	p := s.servicePath(svc)
-	data, err := readSmall(p)
+	data, err := readState(p)
 	if err != nil {
 		return nil, fmt.Errorf("read %s: %w", p, err)
 	}
@@ -135,7 +135,7 @@ func (s store) saveRequestKeys(keys [len(services)]*rsa.PrivateKey) error {
 
 func (s store) loadRequestKeys() (map[int]*rsa.PrivateKey, error) {
 	p := s.path(requestKeysFile)
-	data, err := readSmall(p)
+	data, err := readState(p)
 	if err != nil {
 		return nil, fmt.Errorf("read %s: %w", p, err)
 	}
@@ -193,7 +193,7 @@ const outcomeSent = "sent"
 // file's time keeps it from blocking requests for ever.
 func (s store) readAttempts(now time.Time) (attempts, error) {
 	p := s.path(attemptsFile)
-	data, err := os.ReadFile(p)
+	data, err := readState(p)
 	if errors.Is(err, fs.ErrNotExist) {
 		return attempts{}, nil
 	}

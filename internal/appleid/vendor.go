@@ -9,6 +9,7 @@ import (
 	"io"
 	"os"
 	"strings"
+	"syscall"
 )
 
 // ErrNoVendor says that the macOS Server vendor identity is not
@@ -114,7 +115,18 @@ func parseRSAKey(der []byte) (*rsa.PrivateKey, error) {
 }
 
 func readSmall(path string) ([]byte, error) {
-	f, err := os.Open(path)
+	return readSmallFlags(path, 0)
+}
+
+// readState is readSmall for the files of the state folder, which are
+// never read through a symbolic link: whoever could plant one there
+// could otherwise have xapsd read any file it can reach.
+func readState(path string) ([]byte, error) {
+	return readSmallFlags(path, syscall.O_NOFOLLOW)
+}
+
+func readSmallFlags(path string, flags int) ([]byte, error) {
+	f, err := os.OpenFile(path, os.O_RDONLY|flags, 0)
 	if err != nil {
 		return nil, unwrapPath(err)
 	}

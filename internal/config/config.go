@@ -87,6 +87,11 @@ type Config struct {
 	RegistryCompactAfter int           `config:"registryCompactAfter"`
 	ShutdownTimeout      time.Duration `config:"shutdownTimeout"`
 	MetricsListenAddr    string        `config:"metricsListenAddr"` // "" or "off" = no metrics listener
+	MetricsPprof         bool          `config:"metricsPprof"`      // serve /debug/pprof/ on the metrics listener
+	PluginSecretFile     string        `config:"pluginSecretFile,path"`
+	AllowUnauthenticated bool          `config:"allowUnauthenticated"`
+	MaxRegistrations     int           `config:"maxRegistrations"`
+	ShutdownDrainTimeout time.Duration `config:"shutdownDrainTimeout"`
 }
 
 // Default returns the built-in defaults: the legacy sample's values where it had them
@@ -109,8 +114,10 @@ func Default() *Config {
 		RegistrationTTL:      30 * 24 * time.Hour,
 		MaxDevicesPerAccount: 8,
 		RegistryCompactAfter: 100000,
-		ShutdownTimeout:      15 * time.Second,
+		ShutdownTimeout:      6 * time.Second,
 		MetricsListenAddr:    "127.0.0.1:11621",
+		MaxRegistrations:     1000000,
+		ShutdownDrainTimeout: 2 * time.Second,
 	}
 }
 
@@ -128,6 +135,29 @@ func (c *Config) TLSListenAddress() string {
 // file was named (docs/configuration.md#tlscertfile); Validate insists on both.
 func (c *Config) TLSEnabled() bool {
 	return c.TLSCertFile != "" || c.TLSKeyFile != ""
+}
+
+// Exposed reports the plugin API listeners that others than this machine
+// can reach: any host that is not a loopback address or "localhost".
+func (c *Config) Exposed() []string {
+	var out []string
+	if !isLoopback(c.ListenAddr) {
+		out = append(out, "listenAddr")
+	}
+	if c.TLSEnabled() && !isLoopback(c.TLSListenAddr) {
+		out = append(out, "tlsListenAddr")
+	}
+	return out
+}
+
+func isLoopback(host string) bool {
+	host = stripBrackets(host)
+	if strings.EqualFold(host, "localhost") {
+		return true
+	}
+	ip, _, _ := strings.Cut(host, "%")
+	addr := net.ParseIP(ip)
+	return addr != nil && addr.IsLoopback()
 }
 
 // DryRun reports whether pushes are logged instead of sent to Apple.
@@ -172,6 +202,7 @@ const (
 	kindString kind = iota
 	kindInt
 	kindDuration
+	kindBool
 )
 
 // key describes one configuration key, derived from the Config struct tags so the list of
@@ -205,6 +236,8 @@ func keys() []key {
 			k.kind = kindInt
 		case f.Type.Kind() == reflect.String:
 			k.kind = kindString
+		case f.Type.Kind() == reflect.Bool:
+			k.kind = kindBool
 		default:
 			// A programming error caught by the tests, not by users.
 			panic("config: unsupported field type " + f.Type.String())

@@ -71,13 +71,13 @@ func TestKeys(t *testing.T) {
 		{"databaseFile relative", "databaseFile: state/db.json", func(c *Config) any { return c.DatabaseFile }, func(d string) any { return filepath.Join(d, "state/db.json") }},
 		{"listenAddr brackets", "listenAddr: '[::1]'", func(c *Config) any { return c.ListenAddr }, "::1"},
 		{"listenAddr ipv4", "listenAddr: 127.0.0.1", func(c *Config) any { return c.ListenAddr }, "127.0.0.1"},
-		{"listenAddr all", `listenAddr: ""`, func(c *Config) any { return c.ListenAddr }, ""},
+		{"listenAddr all", "listenAddr: \"\"\nallowUnauthenticated: true", func(c *Config) any { return c.ListenAddr }, ""},
 		{"listenAddr null keeps default", "listenAddr:", func(c *Config) any { return c.ListenAddr }, "::1"},
 		{"port int", "port: 11700", func(c *Config) any { return c.Port }, 11700},
 		{"port string", "port: '11700'", func(c *Config) any { return c.Port }, 11700},
 		{"port hex", "port: 0x2DB4", func(c *Config) any { return c.Port }, 11700},
-		{"tlsCertfile relative", "tlsCertfile: tls.crt\ntlsKeyfile: /k/tls.key", func(c *Config) any { return c.TLSCertFile }, func(d string) any { return filepath.Join(d, "tls.crt") }},
-		{"tlsKeyfile absolute", "tlsCertfile: tls.crt\ntlsKeyfile: /k/tls.key", func(c *Config) any { return c.TLSKeyFile }, "/k/tls.key"},
+		{"tlsCertfile relative", "tlsCertfile: tls.crt\ntlsKeyfile: /k/tls.key\ntlsListenAddr: 127.0.0.1", func(c *Config) any { return c.TLSCertFile }, func(d string) any { return filepath.Join(d, "tls.crt") }},
+		{"tlsKeyfile absolute", "tlsCertfile: tls.crt\ntlsKeyfile: /k/tls.key\ntlsListenAddr: localhost", func(c *Config) any { return c.TLSKeyFile }, "/k/tls.key"},
 		{"tlsListenAddr", "tlsListenAddr: '[2001:db8::2]'", func(c *Config) any { return c.TLSListenAddr }, "2001:db8::2"},
 		{"tlsPort string", `tlsPort: "8443"`, func(c *Config) any { return c.TLSPort }, 8443},
 		{"checkInterval seconds", "checkInterval: 7", func(c *Config) any { return c.CheckInterval }, 7 * time.Second},
@@ -115,6 +115,13 @@ func TestKeys(t *testing.T) {
 		{"metricsListenAddr off", "metricsListenAddr: OFF", func(c *Config) any { return c.MetricsListenAddr }, ""},
 		{"metricsListenAddr empty", `metricsListenAddr: ""`, func(c *Config) any { return c.MetricsListenAddr }, ""},
 		{"metricsListenAddr null keeps default", "metricsListenAddr: ~", func(c *Config) any { return c.MetricsListenAddr }, "127.0.0.1:11621"},
+		{"metricsPprof", "metricsPprof: true", func(c *Config) any { return c.MetricsPprof }, true},
+		{"metricsPprof quoted", `metricsPprof: 'False'`, func(c *Config) any { return c.MetricsPprof }, false},
+		{"pluginSecretFile", "pluginSecretFile: plugin.secret", func(c *Config) any { return c.PluginSecretFile }, func(d string) any { return filepath.Join(d, "plugin.secret") }},
+		{"pluginSecretFile opens the listener", "pluginSecretFile: /etc/xapsd/plugin.secret\nlistenAddr: 0.0.0.0", func(c *Config) any { return c.ListenAddr }, "0.0.0.0"},
+		{"allowUnauthenticated", "allowUnauthenticated: true\nlistenAddr: 192.0.2.7", func(c *Config) any { return c.AllowUnauthenticated }, true},
+		{"maxRegistrations", "maxRegistrations: 5000", func(c *Config) any { return c.MaxRegistrations }, 5000},
+		{"shutdownDrainTimeout", "shutdownDrainTimeout: 500ms", func(c *Config) any { return c.ShutdownDrainTimeout }, 500 * time.Millisecond},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -176,7 +183,7 @@ func TestKeysMatchStruct(t *testing.T) {
 	if got := strings.Join(secrets, " "); got != "certificateFileP12Password appleIdHashedPassword" {
 		t.Errorf("secrets: %s", got)
 	}
-	if got := strings.Join(paths, " "); got != "databaseFile tlsCertfile tlsKeyfile certificateFileP12 certificateFilePem certificateFilePemKey keyFileP8 appleIdVendorCertificate appleIdVendorKey" {
+	if got := strings.Join(paths, " "); got != "databaseFile tlsCertfile tlsKeyfile certificateFileP12 certificateFilePem certificateFilePemKey keyFileP8 appleIdVendorCertificate appleIdVendorKey pluginSecretFile" {
 		t.Errorf("paths: %s", got)
 	}
 }
@@ -391,11 +398,12 @@ func TestValidate(t *testing.T) {
 		{"check interval", func(c *Config) { c.CheckInterval = 0 }, "checkInterval: 0s: must be a positive number of seconds"},
 		{"delay", func(c *Config) { c.Delay = -5 * time.Second }, "delay: -5s: must be a positive number of seconds"},
 		{"bracketed listen address", func(c *Config) { c.ListenAddr = "[::1]" }, ""},
-		{"zoned listen address", func(c *Config) { c.ListenAddr = "fe80::1%eth0" }, ""},
+		{"zoned listen address", func(c *Config) { c.ListenAddr = "fe80::1%eth0"; c.AllowUnauthenticated = true }, ""},
 		{"host name listen address", func(c *Config) { c.ListenAddr = "localhost" }, ""},
 		{"TLS on other host same port", func(c *Config) {
 			c.TLSCertFile, c.TLSKeyFile, c.TLSPort, c.TLSListenAddr = "c", "k", 11619, "192.0.2.1"
 			c.ListenAddr = "127.0.0.1"
+			c.PluginSecretFile = "/etc/xapsd/plugin.secret"
 		}, ""},
 		{"metrics off word", func(c *Config) { c.MetricsListenAddr = "off" }, ""},
 		{"metrics host name", func(c *Config) { c.MetricsListenAddr = "localhost:9100" }, ""},

@@ -236,7 +236,27 @@ func (d *decoder) set(k key, n *yaml.Node) {
 			return
 		}
 		f.SetInt(int64(v))
+	case kindBool:
+		v, err := parseBool(n)
+		if err != nil {
+			d.problemf("%s: %s: %w", k.name, show(n.Value), err)
+			return
+		}
+		f.SetBool(v)
 	}
+}
+
+// parseBool accepts YAML's true and false, quoted or not, in any case.
+// YAML 1.1's yes/no/on/off are refused: "no" read as false has surprised
+// enough people, and a switch that guards security must mean what it says.
+func parseBool(n *yaml.Node) (bool, error) {
+	switch strings.ToLower(strings.TrimSpace(n.Value)) {
+	case "true":
+		return true, nil
+	case "false":
+		return false, nil
+	}
+	return false, errors.New("must be true or false")
 }
 
 var errNotWhole = errors.New("not a whole number")

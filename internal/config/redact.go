@@ -36,6 +36,8 @@ func (c *Config) Redacted() string {
 			value = int(f.Int())
 		case kindDuration:
 			value = formatDuration(time.Duration(f.Int()))
+		case kindBool:
+			value = f.Bool()
 		}
 		var vn yaml.Node
 		if err := vn.Encode(value); err != nil {

@@ -180,10 +180,29 @@ func (c *Config) validate(given map[string]string) []error {
 	if c.ShutdownTimeout <= 0 {
 		bad("shutdownTimeout", c.ShutdownTimeout, "must be positive")
 	}
+	if c.ShutdownDrainTimeout <= 0 {
+		bad("shutdownDrainTimeout", c.ShutdownDrainTimeout, "must be positive")
+	}
 	if c.MetricsEnabled() {
 		if err := checkHostPort(c.MetricsListenAddr); err != nil {
 			bad("metricsListenAddr", c.MetricsListenAddr, "must be host:port, \"\" or off: %v", err)
 		}
+	}
+	// Whoever reaches the plugin API can register devices for any user
+	// and learn who has one; beyond this machine that needs the secret,
+	// or the admin's word that a firewall keeps everyone else out.
+	if c.PluginSecretFile == "" && !c.AllowUnauthenticated {
+		for _, name := range c.Exposed() {
+			value := c.ListenAddr
+			if name == "tlsListenAddr" {
+				value = c.TLSListenAddr
+			}
+			bad(name, value, "listens beyond this machine without authentication: set pluginSecretFile (and the same secret in the Dovecot plugin), "+
+				"or allowUnauthenticated: true if only trusted hosts can reach the port")
+		}
+	}
+	if c.MaxRegistrations < 1 || c.MaxRegistrations > 100_000_000 {
+		bad("maxRegistrations", c.MaxRegistrations, "must be between 1 and 100000000")
 	}
 	return errs
 }

@@ -253,10 +253,16 @@ func (d *Daemon) importLegacyCerts(c *config.Config) {
 	}
 }
 
-// CheckCredential loads the configured credential as a start would, for
-// --check-config. It returns an error for what would stop the start, and
-// notes for what would only keep devices from registering.
+// CheckCredential loads the configured credential, and the plugin's
+// shared secret, as a start would, for --check-config. It returns an
+// error for what would stop the start, and notes for what would only keep
+// devices from registering.
 func CheckCredential(c *config.Config) (notes []string, err error) {
+	if c.PluginSecretFile != "" {
+		if _, err := loadPluginSecret(c.PluginSecretFile); err != nil {
+			return nil, err
+		}
+	}
 	log := quietLogger().WithField("component", "check")
 	if appleIDMode(c) {
 		m, err := newAppleManager(c, log)
@@ -337,7 +343,7 @@ func filesChanged(old []fileStamp) bool {
 // legacyCertsFromBackup reads the AppleCerts object of an old
 // database.json backup, or nil.
 func legacyCertsFromBackup(path string) json.RawMessage {
-	data, err := os.ReadFile(path)
+	data, err := readStateFile(path)
 	if err != nil {
 		return nil
 	}

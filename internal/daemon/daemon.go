@@ -16,6 +16,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/sirupsen/logrus"
@@ -23,6 +24,7 @@ import (
 	"github.com/xapsd/xapsd/internal/apns"
 	"github.com/xapsd/xapsd/internal/appleid"
 	"github.com/xapsd/xapsd/internal/config"
+	"github.com/xapsd/xapsd/internal/connlimit"
 	"github.com/xapsd/xapsd/internal/ctl"
 	"github.com/xapsd/xapsd/internal/logging"
 	"github.com/xapsd/xapsd/internal/metrics"
@@ -42,12 +44,16 @@ type Daemon struct {
 	sched  *scheduler.Scheduler
 
 	servers   []*http.Server
-	listeners []net.Listener
+	listeners []net.Listener // the plugin port, then the TLS listener's
+	tlsConfig *tls.Config
+	conns     *connlimit.Pool // the plugin listeners' connections
+	lastEvict atomic.Int64    // unix seconds of the last eviction log line
 	metrics   *metrics.Metrics
 	monitor   *metrics.Server
 	admin     *ctl.Server
 	apple     *appleManager // nil unless the Apple ID manager provides the credential
 	expiry    appleid.ExpiryWatch
+	leftovers leftovers // pushes of pending-pushes.json not yet answered
 }
 
 // Options are what main hands over.
@@ -75,6 +81,14 @@ func Run(ctx context.Context, o Options) error {
 	if err != nil {
 		return err
 	}
+	var secret []byte
+	if cfg.PluginSecretFile != "" {
+		if secret, err = loadPluginSecret(cfg.PluginSecretFile); err != nil {
+			return err
+		}
+	} else if exposed := cfg.Exposed(); len(exposed) > 0 {
+		log.WithField("keys", exposed).Warn("the plugin API listens beyond this machine without a secret (allowUnauthenticated: true); anyone who reaches it can register devices for any user")
+	}
 
 	// Gauges read these at scrape time; they are set before the listener
 	// starts serving.
@@ -84,25 +98,46 @@ func Run(ctx context.Context, o Options) error {
 		Registrations:    func() (int, int) { return src.Registrations() },
 		DelayedPending:   func() int { return src.DelayedPending() },
 		CredentialExpiry: func() time.Time { return d.cred.Load().notAfter },
+		RegistryDamage:   func() int { return d.reg.Health().Damaged },
+		Connections:      func() int { return d.conns.Open() },
 	})
+
+	// Ports before the registry: a second xapsd started by mistake on the
+	// same configuration stops here, before it reads or writes any of the
+	// running one's files.
+	if err := d.bind(cfg); err != nil {
+		return err
+	}
+	fail := func(err error) error {
+		for _, ln := range d.listeners {
+			ln.Close()
+		}
+		if d.monitor != nil {
+			d.monitor.Close()
+		}
+		if d.reg != nil {
+			d.reg.Close()
+		}
+		return err
+	}
 
 	start := time.Now()
 	d.reg, err = registry.Open(registry.Options{
-		OnSync:        d.metrics.ObserveSync,
-		Path:          cfg.DatabaseFile,
-		TTL:           cfg.RegistrationTTL,
-		MaxPerAccount: cfg.MaxDevicesPerAccount,
-		CompactAfter:  cfg.RegistryCompactAfter,
-		Log:           o.Log.WithField("component", "registry"),
+		OnSync:           d.metrics.ObserveSync,
+		Path:             cfg.DatabaseFile,
+		TTL:              cfg.RegistrationTTL,
+		MaxPerAccount:    cfg.MaxDevicesPerAccount,
+		CompactAfter:     cfg.RegistryCompactAfter,
+		MaxRegistrations: cfg.MaxRegistrations,
+		Log:              o.Log.WithField("component", "registry"),
 	})
 	if err != nil {
-		return err
+		return fail(err)
 	}
 	d.importLegacyCerts(cfg)
 	if cred == nil {
 		if cred, err = d.startApple(cfg); err != nil {
-			d.reg.Close()
-			return err
+			return fail(err)
 		}
 	}
 	d.cred.Store(cred)
@@ -125,6 +160,9 @@ func Run(ctx context.Context, o Options) error {
 		Log:         o.Log.WithField("component", "apns"),
 		OnResult: func(r apns.Result) {
 			d.metrics.ObservePush(string(r.Outcome), r.Status, r.Reason, r.Duration)
+			if r.Outcome != apns.Retrying {
+				d.leftovers.done(r.Device)
+			}
 		},
 	})
 	d.sched = scheduler.New(scheduler.Options{Delay: cfg.Delay, Interval: cfg.CheckInterval, Sender: d.sender})
@@ -136,39 +174,24 @@ func Run(ctx context.Context, o Options) error {
 		Registrar: d.reg,
 		Notifier:  svc,
 		Topic:     d.topic,
-		Health:    d.ready,
+		Health:    d.readyPublic,
 		Log:       o.Log.WithField("component", "pluginapi"),
 		Observe:   d.metrics.ObserveRequest,
+		Secret:    secret,
 	})
 
-	if err := d.listen(cfg, handler); err != nil {
-		d.reg.Close()
-		return err
-	}
+	d.serve(handler)
 	d.admin, err = ctl.Listen(ctl.SocketPath(cfg.DatabaseFile), d.reg, d.sender)
 	if err != nil {
-		for _, ln := range d.listeners {
-			ln.Close()
-		}
-		d.reg.Close()
-		return err
-	}
-	if cfg.MetricsEnabled() {
-		d.monitor, err = metrics.Listen(cfg.MetricsListenAddr, d.metrics, metrics.Checks{Ready: d.ready})
-		if err != nil {
-			for _, ln := range d.listeners {
-				ln.Close()
-			}
-			d.admin.Shutdown(context.Background())
-			d.reg.Close()
-			return fmt.Errorf("listen on %s (metricsListenAddr): %w", cfg.MetricsListenAddr, err)
-		}
+		d.stopApple()
+		return fail(err)
 	}
 
 	pendingPath := pendingFile(cfg.DatabaseFile)
 	if keys, err := loadPending(pendingPath); err != nil {
 		log.WithError(err).Warn("cannot read the pushes left over from the last shutdown")
 	} else if len(keys) > 0 {
+		d.leftovers.track(pendingPath, keys, log)
 		for _, k := range keys {
 			d.sender.Enqueue(k)
 		}
@@ -202,8 +225,9 @@ func Run(ctx context.Context, o Options) error {
 			}
 		}()
 	}
+	plugin, _, limit := connectionBudgets()
 	for _, ln := range d.listeners {
-		log.WithField("addr", ln.Addr().String()).Info("listening for the Dovecot plugin")
+		log.WithFields(logrus.Fields{"addr": ln.Addr().String(), "max_connections": plugin, "file_limit": limit}).Info("listening for the Dovecot plugin")
 	}
 	wg.Add(1)
 	go func() {
@@ -246,24 +270,24 @@ func Run(ctx context.Context, o Options) error {
 	return err
 }
 
-// listen binds every listener before anything is served, so a port in use
-// fails the start instead of leaving a half-running daemon.
-func (d *Daemon) listen(cfg *config.Config, h http.Handler) error {
-	newServer := func() *http.Server {
-		return &http.Server{
-			Handler:           h,
-			ReadHeaderTimeout: 10 * time.Second,
-			ReadTimeout:       30 * time.Second,
-			// Each Dovecot process keeps its connection for a long time.
-			IdleTimeout:    10 * time.Minute,
-			MaxHeaderBytes: 64 << 10,
+// bind takes every port (and the TLS listener's certificate) before
+// anything is opened or served, so a port in use fails the start before
+// it touches the state folder, instead of leaving a half-running daemon.
+func (d *Daemon) bind(cfg *config.Config) error {
+	pluginConns, metricsConns, limit := connectionBudgets()
+	d.conns = connlimit.New(pluginConns)
+	d.conns.OnEvict = func() {
+		d.metrics.ObserveEviction()
+		now := time.Now().Unix()
+		if last := d.lastEvict.Load(); now-last >= 60 && d.lastEvict.CompareAndSwap(last, now) {
+			d.log.WithFields(logrus.Fields{"component": "pluginapi", "limit": pluginConns, "file_limit": limit}).
+				Warn("connection limit reached: closing the longest-idle connections to make room; logged at most once a minute")
 		}
 	}
 	ln, err := net.Listen("tcp", cfg.ListenAddress())
 	if err != nil {
 		return fmt.Errorf("listen on %s (listenAddr/port): %w", cfg.ListenAddress(), err)
 	}
-	d.servers = append(d.servers, newServer())
 	d.listeners = append(d.listeners, ln)
 	if cfg.TLSEnabled() {
 		cert, err := tls.LoadX509KeyPair(cfg.TLSCertFile, cfg.TLSKeyFile)
@@ -276,13 +300,67 @@ func (d *Daemon) listen(cfg *config.Config, h http.Handler) error {
 			ln.Close()
 			return fmt.Errorf("listen on %s (tlsListenAddr/tlsPort): %w", cfg.TLSListenAddress(), err)
 		}
-		srv := newServer()
-		srv.TLSConfig = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12,
+		d.tlsConfig = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12,
 			NextProtos: []string{"h2", "http/1.1"}}
-		d.servers = append(d.servers, srv)
 		d.listeners = append(d.listeners, tln)
 	}
+	if cfg.MetricsEnabled() {
+		d.monitor, err = metrics.Listen(cfg.MetricsListenAddr, d.metrics,
+			metrics.ServerOptions{Checks: metrics.Checks{Ready: d.ready, Notes: d.notes}, Pprof: cfg.MetricsPprof, MaxConns: metricsConns})
+		if err != nil {
+			for _, ln := range d.listeners {
+				ln.Close()
+			}
+			return fmt.Errorf("listen on %s (metricsListenAddr): %w", cfg.MetricsListenAddr, err)
+		}
+	}
 	return nil
+}
+
+// serve builds the plugin API's servers on the bound listeners, which
+// share one connection budget.
+func (d *Daemon) serve(h http.Handler) {
+	for i, ln := range d.listeners {
+		srv := &http.Server{
+			Handler:           h,
+			ReadHeaderTimeout: 10 * time.Second,
+			ReadTimeout:       30 * time.Second,
+			// Dovecot keeps a connection between requests; two minutes
+			// of quiet is long enough to reuse it and short enough that
+			// idle ones do not pile up.
+			IdleTimeout:    2 * time.Minute,
+			MaxHeaderBytes: 64 << 10,
+			ConnState:      d.conns.ConnState,
+		}
+		if i == 1 {
+			srv.TLSConfig = d.tlsConfig
+		}
+		d.servers = append(d.servers, srv)
+		d.listeners[i] = d.conns.Listener(ln)
+	}
+}
+
+// Connections are bounded below the file limit (which Go raises to the
+// hard limit at start): the metrics listener gets metricsConnBudget of
+// its own, and fileReserve descriptors stay for the registry's files,
+// the connections to Apple, the admin socket and the logs.
+const (
+	metricsConnBudget = 32
+	fileReserve       = 128
+	minPluginConns    = 16
+)
+
+func connectionBudgets() (plugin, metricsConns int, limit uint64) {
+	var rl syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &rl); err != nil {
+		rl.Cur = 1024
+	}
+	limit = rl.Cur
+	avail := min(rl.Cur, 1<<24) - fileReserve - metricsConnBudget
+	if rl.Cur < fileReserve+metricsConnBudget+minPluginConns {
+		avail = minPluginConns
+	}
+	return int(avail), metricsConnBudget, limit
 }
 
 func (d *Daemon) topic() (string, error) {
@@ -299,10 +377,32 @@ func (d *Daemon) ready() error {
 	if err := d.cred.Load().problem(time.Now()); err != nil {
 		return err
 	}
-	if err := d.reg.Writable(); err != nil {
+	if err := d.reg.Health().WriteErr; err != nil {
 		return fmt.Errorf("registry not writable: %w", err)
 	}
 	return nil
+}
+
+// readyPublic is ready without the details (file names, errno), for the
+// plugin port's /healthz, which anyone who reaches that port can ask.
+func (d *Daemon) readyPublic() error {
+	if d.cred.Load().problem(time.Now()) != nil {
+		return errors.New("no usable push credential")
+	}
+	if d.reg.Health().WriteErr != nil {
+		return errors.New("registry not writable")
+	}
+	return nil
+}
+
+// notes are /readyz's lines for problems xapsd works despite: what
+// loading the registry found damaged or lost.
+func (d *Daemon) notes() []string {
+	var out []string
+	for _, n := range d.reg.Health().Damage {
+		out = append(out, "registry: "+n)
+	}
+	return out
 }
 
 // housekeeping expires old registrations hourly, and every few seconds
@@ -419,31 +519,39 @@ func (d *Daemon) reload() {
 	log.WithField("topic", d.cred.Load().client.Topic).Info("reload: configuration and credentials reloaded")
 }
 
-// shutdown stops accepting requests, lets the ones in flight finish,
-// sends the delayed pushes now, waits for the pushes in flight, keeps what
-// could not be sent for the next start, and writes the registry.
+// shutdown stops accepting requests, lets the ones in flight finish
+// (for shutdownDrainTimeout, then closes them), sends the delayed pushes
+// now, waits for the pushes in flight (for shutdownTimeout, a budget of
+// its own that a slow client cannot use up), keeps what could not be sent
+// for the next start, and writes the registry.
 func (d *Daemon) shutdown(pendingPath string) error {
 	cfg := d.cfg.Load()
 	log := d.log.WithField("component", "daemon")
 	log.Info("shutting down")
-	ctx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
-	defer cancel()
+	drain, cancelDrain := context.WithTimeout(context.Background(), cfg.ShutdownDrainTimeout)
+	defer cancelDrain()
 	for _, srv := range d.servers {
-		if err := srv.Shutdown(ctx); err != nil {
-			log.WithError(err).Warn("requests still running when the grace period ended")
+		if err := srv.Shutdown(drain); err != nil {
+			log.WithError(err).Warn("requests still running after shutdownDrainTimeout; closing their connections")
+			srv.Close()
 		}
 	}
 	if d.monitor != nil {
-		d.monitor.Shutdown(ctx)
+		if d.monitor.Shutdown(drain) != nil {
+			d.monitor.Close()
+		}
 	}
-	d.admin.Shutdown(ctx)
+	d.admin.Shutdown(drain)
 	if n := d.sched.Flush(); n > 0 {
 		log.WithField("pushes", n).Info("sending delayed pushes before exiting")
 	}
-	left, err := d.sender.Drain(ctx)
+	pushes, cancelPushes := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
+	defer cancelPushes()
+	left, err := d.sender.Drain(pushes)
 	if err != nil {
 		log.WithError(err).Warn("not every push went out")
 	}
+	d.leftovers.stop()
 	var errs []error
 	if err := savePending(pendingPath, left); err != nil {
 		errs = append(errs, err)

@@ -4,8 +4,13 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
+	"sync"
+	"syscall"
+
+	"github.com/sirupsen/logrus"
 
 	"github.com/xapsd/xapsd/internal/atomicfile"
 	"github.com/xapsd/xapsd/internal/registry"
@@ -32,10 +37,10 @@ func savePending(path string, keys []registry.Key) error {
 	return nil
 }
 
-// loadPending reads and removes the file; the pushes are in the sender's
-// queue from then on.
+// loadPending reads the file. It stays until leftovers.done has seen an
+// answer for every push in it, or a shutdown writes it anew.
 func loadPending(path string) ([]registry.Key, error) {
-	data, err := os.ReadFile(path)
+	data, err := readStateFile(path)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, nil
 	}
@@ -46,8 +51,61 @@ func loadPending(path string) ([]registry.Key, error) {
 	if err := json.Unmarshal(data, &keys); err != nil {
 		return nil, fmt.Errorf("parse %s: %w", path, err)
 	}
-	if err := os.Remove(path); err != nil {
-		return nil, fmt.Errorf("remove %s: %w", path, err)
-	}
 	return keys, nil
+}
+
+// leftovers follows the pushes loaded from pending-pushes.json. Removing
+// the file as soon as they were queued lost them to a crash before they
+// were sent; now it goes once each has had Apple's final answer (or the
+// retries ran out), and a shutdown before that writes it anew.
+type leftovers struct {
+	mu   sync.Mutex
+	path string
+	keys map[registry.Key]bool
+	log  logrus.FieldLogger
+}
+
+func (l *leftovers) track(path string, keys []registry.Key, log logrus.FieldLogger) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.path, l.log = path, log
+	l.keys = make(map[registry.Key]bool, len(keys))
+	for _, k := range keys {
+		l.keys[k] = true
+	}
+}
+
+// done notes a push that has its final answer.
+func (l *leftovers) done(k registry.Key) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if !l.keys[k] {
+		return
+	}
+	delete(l.keys, k)
+	if len(l.keys) > 0 {
+		return
+	}
+	if err := os.Remove(l.path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		l.log.WithError(err).Warn("cannot remove the pushes left over from the last shutdown; they are sent again at the next start")
+	}
+}
+
+// stop hands the file over to the shutdown, which writes what is unsent.
+func (l *leftovers) stop() {
+	l.mu.Lock()
+	l.keys = nil
+	l.mu.Unlock()
+}
+
+// readStateFile reads a file of the state folder without following a
+// symbolic link: whoever could plant one there could otherwise have xapsd
+// read any file it can reach.
+func readStateFile(path string) ([]byte, error) {
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NOFOLLOW, 0)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	return io.ReadAll(f)
 }

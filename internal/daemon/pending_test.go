@@ -6,6 +6,8 @@ import (
 	"slices"
 	"testing"
 
+	"github.com/sirupsen/logrus"
+
 	"github.com/xapsd/xapsd/internal/registry"
 )
 
@@ -22,9 +24,29 @@ func TestPendingRoundTrip(t *testing.T) {
 	if err != nil || !slices.Equal(got, keys) {
 		t.Fatalf("loadPending = %v, %v", got, err)
 	}
-	if _, err := os.Stat(path); !os.IsNotExist(err) {
-		t.Error("file not removed after loading")
+	// The file stays until every push in it has had its answer: a crash
+	// before that must not lose them.
+	var l leftovers
+	l.track(path, got, logrus.New())
+	l.done(keys[0])
+	l.done(registry.Key{User: "other"})
+	if _, err := os.Stat(path); err != nil {
+		t.Fatalf("file removed while a push in it had no answer yet: %v", err)
 	}
+	l.done(keys[1])
+	if _, err := os.Stat(path); !os.IsNotExist(err) {
+		t.Error("file not removed once every push in it had its answer")
+	}
+	// After stop, the file is the shutdown's.
+	savePending(path, keys)
+	l.track(path, keys, logrus.New())
+	l.stop()
+	l.done(keys[0])
+	l.done(keys[1])
+	if _, err := os.Stat(path); err != nil {
+		t.Errorf("file removed after stop: %v", err)
+	}
+	os.Remove(path)
 	if got, err := loadPending(path); err != nil || got != nil {
 		t.Errorf("no file: %v, %v", got, err)
 	}
@@ -39,5 +61,17 @@ func TestPendingRoundTrip(t *testing.T) {
 	os.WriteFile(path, []byte("{"), 0o600)
 	if _, err := loadPending(path); err == nil {
 		t.Error("corrupt file accepted")
+	}
+}
+
+// pending-pushes.json is not read through a symbolic link.
+func TestPendingFileIsNotReadThroughALink(t *testing.T) {
+	dir := t.TempDir()
+	target := filepath.Join(dir, "secret")
+	os.WriteFile(target, []byte(`[{"User":"a","AccountID":"A","DeviceToken":"aa"}]`), 0o600)
+	path := filepath.Join(dir, "pending-pushes.json")
+	os.Symlink(target, path)
+	if keys, err := loadPending(path); err == nil || len(keys) != 0 {
+		t.Errorf("loadPending through a link = %v, %v", keys, err)
 	}
 }

@@ -20,6 +20,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/xapsd/xapsd/internal/connlimit"
 )
 
 // Metrics holds xapsd's collectors.
@@ -33,6 +35,7 @@ type Metrics struct {
 	reqDuration  *prometheus.HistogramVec
 	syncDuration prometheus.Histogram
 	syncRecords  prometheus.Histogram
+	connEvicted  prometheus.Counter
 }
 
 // Sources are read when Prometheus scrapes, so gauges are never stale.
@@ -41,6 +44,11 @@ type Sources struct {
 	Registrations    func() (users, registrations int)
 	DelayedPending   func() int
 	CredentialExpiry func() time.Time // zero: no certificate (token, dry-run or none)
+	// RegistryDamage counts what loading the registry found damaged or
+	// lost (registry.Health.Damaged).
+	RegistryDamage func() int
+	// Connections counts the plugin API's open connections.
+	Connections func() int
 }
 
 // New builds the collectors and registers them with a fresh registry.
@@ -78,7 +86,11 @@ func New(src Sources) *Metrics {
 		Help:    "Journal records made durable by one fsync (group commit).",
 		Buckets: []float64{1, 2, 4, 8, 16, 32, 64, 128, 256},
 	})
-	m.Registry.MustRegister(m.pushes, m.pushDuration, m.retries, m.requests, m.reqDuration, m.syncDuration, m.syncRecords,
+	m.connEvicted = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "xapsd_pluginapi_connections_evicted_total",
+		Help: "Idle or silent plugin API connections closed to make room at the connection limit.",
+	})
+	m.Registry.MustRegister(m.pushes, m.pushDuration, m.retries, m.requests, m.reqDuration, m.syncDuration, m.syncRecords, m.connEvicted,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 
 	gauge := func(name, help string, f func() float64) {
@@ -100,6 +112,14 @@ func New(src Sources) *Metrics {
 	}
 	if d := src.DelayedPending; d != nil {
 		gauge("xapsd_scheduler_pending", "Devices with a delayed (debounced) push pending.",
+			func() float64 { return float64(d()) })
+	}
+	if c := src.Connections; c != nil {
+		gauge("xapsd_pluginapi_connections", "Open connections to the plugin API (bounded below the file limit).",
+			func() float64 { return float64(c()) })
+	}
+	if d := src.RegistryDamage; d != nil {
+		gauge("xapsd_registry_damaged", "Damaged lines and records skipped, and lost registry files, found when the registry was loaded at start; 0 when it loaded cleanly. /readyz says what.",
 			func() float64 { return float64(d()) })
 	}
 	if e := src.CredentialExpiry; e != nil {
@@ -157,6 +177,9 @@ func (m *Metrics) ObserveRequest(path string, status int, d time.Duration) {
 	m.reqDuration.WithLabelValues(path).Observe(d.Seconds())
 }
 
+// ObserveEviction counts one connection closed to make room.
+func (m *Metrics) ObserveEviction() { m.connEvicted.Inc() }
+
 // ObserveSync records one journal group commit.
 func (m *Metrics) ObserveSync(records int, d time.Duration) {
 	m.syncDuration.Observe(d.Seconds())
@@ -170,31 +193,52 @@ type Server struct {
 }
 
 // Checks answer /healthz (alive) and /readyz (able to do its job): nil
-// means fine, an error says why not.
+// means fine, an error says why not. Notes, when set, adds lines to a
+// ready /readyz: what an operator should know although xapsd works, such
+// as a registry salvaged at start.
 type Checks struct {
 	Alive func() error
 	Ready func() error
+	Notes func() []string
+}
+
+// ServerOptions configures Listen.
+type ServerOptions struct {
+	Checks
+	// Pprof serves Go's profiles under /debug/pprof/ (metricsPprof):
+	// they show memory contents and cost CPU, so only on request.
+	Pprof bool
+	// MaxConns bounds the listener's connections (0: no bound): a budget
+	// of its own, so that health checks answer however many connections
+	// the plugin port holds.
+	MaxConns int
 }
 
 // Listen binds addr and returns a server ready to Serve.
-func Listen(addr string, m *Metrics, c Checks) (*Server, error) {
+func Listen(addr string, m *Metrics, o ServerOptions) (*Server, error) {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, err
 	}
+	srv := &http.Server{ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second, IdleTimeout: 2 * time.Minute}
+	if o.MaxConns > 0 {
+		pool := connlimit.New(o.MaxConns)
+		ln, srv.ConnState = pool.Listener(ln), pool.ConnState
+	}
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(m.Registry, promhttp.HandlerOpts{}))
-	mux.HandleFunc("GET /healthz", check(c.Alive))
-	mux.HandleFunc("GET /readyz", check(c.Ready))
-	// Profiles for "why is it slow" questions; the listener is loopback
-	// unless the admin moves it.
-	mux.HandleFunc("GET /debug/pprof/", pprof.Index)
-	mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
-	mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
-	return &Server{ln: ln, srv: &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}}, nil
+	mux.HandleFunc("GET /healthz", check(o.Alive, nil))
+	mux.HandleFunc("GET /readyz", check(o.Ready, o.Notes))
+	if o.Pprof {
+		mux.HandleFunc("GET /debug/pprof/", pprof.Index)
+		mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
+	}
+	srv.Handler = mux
+	return &Server{ln: ln, srv: srv}, nil
 }
 
-func check(f func() error) http.HandlerFunc {
+func check(f func() error, notes func() []string) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		if f != nil {
@@ -205,6 +249,11 @@ func check(f func() error) http.HandlerFunc {
 			}
 		}
 		w.Write([]byte("ok\n"))
+		if notes != nil {
+			for _, n := range notes() {
+				w.Write([]byte(n + "\n"))
+			}
+		}
 	}
 }
 
@@ -221,3 +270,9 @@ func (s *Server) Serve() error {
 
 // Shutdown stops the listener.
 func (s *Server) Shutdown(ctx context.Context) error { return s.srv.Shutdown(ctx) }
+
+// Close releases a listener that never served (a start that failed).
+func (s *Server) Close() error {
+	s.srv.Close()
+	return s.ln.Close()
+}

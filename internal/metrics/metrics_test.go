@@ -41,10 +41,12 @@ func TestServerEndpoints(t *testing.T) {
 		Registrations:    func() (int, int) { return 2, 5 },
 		DelayedPending:   func() int { return 4 },
 		CredentialExpiry: func() time.Time { return expiry },
+		RegistryDamage:   func() int { return 3 },
 	})
 	m.ObserveSync(12, 2*time.Millisecond)
 	ready := errors.New("no usable push credential")
-	s, err := Listen("127.0.0.1:0", m, Checks{Ready: func() error { return ready }})
+	notes := []string{"registry: database.json was damaged: 97 registrations kept"}
+	s, err := Listen("127.0.0.1:0", m, ServerOptions{Checks: Checks{Ready: func() error { return ready }, Notes: func() []string { return notes }}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -61,7 +63,7 @@ func TestServerEndpoints(t *testing.T) {
 	}
 	code, body := get("/metrics")
 	for _, want := range []string{"xapsd_apns_queue_depth 7", "xapsd_apns_in_flight 3", "xapsd_registry_registrations 5",
-		"xapsd_registry_users 2", "xapsd_scheduler_pending 4", "xapsd_registry_sync_records_count 1", "xapsd_credential_expiry_seconds 1727"} {
+		"xapsd_registry_users 2", "xapsd_scheduler_pending 4", "xapsd_registry_sync_records_count 1", "xapsd_registry_damaged 3", "xapsd_credential_expiry_seconds 1727"} {
 		if !strings.Contains(body, want) {
 			t.Errorf("/metrics (%d) lacks %q", code, want)
 		}
@@ -73,7 +75,25 @@ func TestServerEndpoints(t *testing.T) {
 		t.Errorf("/readyz = %d %q", code, body)
 	}
 	ready = nil
-	if code, _ := get("/readyz"); code != 200 {
-		t.Errorf("/readyz when ready = %d", code)
+	if code, body := get("/readyz"); code != 200 || body != "ok\n"+notes[0]+"\n" {
+		t.Errorf("/readyz when ready = %d %q, want ok and the note", code, body)
+	}
+	// Profiles only when metricsPprof asks for them.
+	if code, _ := get("/debug/pprof/"); code != 404 {
+		t.Errorf("/debug/pprof/ without Pprof = %d, want 404", code)
+	}
+	p, err := Listen("127.0.0.1:0", m, ServerOptions{Pprof: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go p.Serve()
+	defer p.Shutdown(context.Background())
+	resp, err := http.Get("http://" + p.Addr() + "/debug/pprof/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Errorf("/debug/pprof/ with Pprof = %d", resp.StatusCode)
 	}
 }

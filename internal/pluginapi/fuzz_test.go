@@ -43,7 +43,7 @@ func FuzzRegister(f *testing.F) {
 			}
 			g := reg.got[0]
 			if _, err := hex.DecodeString(g.DeviceToken); err != nil || g.AccountID == "" || g.User == "" ||
-				g.User != strings.ToLower(g.User) || len(g.Mailboxes) == 0 {
+				g.User != registry.FoldUser(g.User) || len(g.Mailboxes) == 0 {
 				t.Fatalf("stored an invalid registration %+v", g)
 			}
 		case rec.Code >= 400 && rec.Code < 500:

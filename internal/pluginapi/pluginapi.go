@@ -11,6 +11,8 @@ package pluginapi
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"crypto/subtle"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -19,6 +21,7 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 	"unicode/utf8"
 
@@ -37,6 +40,7 @@ const (
 	MaxBody          = 64 << 10
 	MaxMailboxes     = 1000
 	MaxMailboxLen    = 1024
+	MaxMailboxBytes  = 32 << 10 // all of one registration's names together
 	MaxUsernameLen   = 512
 	MaxAccountIDLen  = 256
 	MinTokenLen      = 16
@@ -67,6 +71,9 @@ type Options struct {
 	Log    logrus.FieldLogger
 	// Observe, when set, sees every request's path, status and duration.
 	Observe func(path string, status int, d time.Duration)
+	// Secret, when not empty, must come with every /register and
+	// /notify as "Authorization: Bearer <secret>" (pluginSecretFile).
+	Secret []byte
 }
 
 type handler struct {
@@ -74,6 +81,13 @@ type handler struct {
 	// bodies hold request bodies while they are decoded; MaxBody bounds
 	// their size.
 	bodies sync.Pool
+	// secretSum is the SHA-256 of Secret: comparing digests of equal
+	// length keeps the comparison's time from telling the secret's
+	// length or how much of it a guess got right.
+	secretSum [sha256.Size]byte
+	// Unix seconds of the last log line about refused requests; they
+	// can come by the thousand.
+	lastAuthLog, lastFullLog atomic.Int64
 }
 
 // NewHandler returns the plugin API.
@@ -83,7 +97,33 @@ func NewHandler(o Options) http.Handler {
 		l.SetLevel(logrus.PanicLevel)
 		o.Log = l
 	}
-	return &handler{Options: o, bodies: sync.Pool{New: func() any { return new(bytes.Buffer) }}}
+	h := &handler{Options: o, bodies: sync.Pool{New: func() any { return new(bytes.Buffer) }}}
+	if len(o.Secret) > 0 {
+		h.secretSum = sha256.Sum256(o.Secret)
+	}
+	return h
+}
+
+// authorized checks the shared secret, when there is one. The scheme is
+// case-insensitive (RFC 9110 §11.1).
+func (h *handler) authorized(r *http.Request) bool {
+	if len(h.Secret) == 0 {
+		return true
+	}
+	auth := r.Header.Get("Authorization")
+	if len(auth) < len("Bearer ") || !strings.EqualFold(auth[:len("Bearer ")], "Bearer ") {
+		return false
+	}
+	sum := sha256.Sum256([]byte(auth[len("Bearer "):]))
+	return subtle.ConstantTimeCompare(sum[:], h.secretSum[:]) == 1
+}
+
+// everyMinute reports whether a line rate-limited by last may be logged
+// now, and marks it logged.
+func everyMinute(last *atomic.Int64) bool {
+	now := time.Now().Unix()
+	prev := last.Load()
+	return now-prev >= 60 && last.CompareAndSwap(prev, now)
 }
 
 func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -112,6 +152,15 @@ func (h *handler) route(w http.ResponseWriter, r *http.Request) {
 	if r.Method != allow && !(allow == http.MethodGet && r.Method == http.MethodHead) {
 		w.Header().Set("Allow", allow)
 		http.Error(w, "Method Not Allowed", http.StatusMethodNotAllowed)
+		return
+	}
+	if allow == http.MethodPost && !h.authorized(r) {
+		// Before the body is read: nothing of the request counts.
+		if everyMinute(&h.lastAuthLog) {
+			h.Log.WithField("remote", r.RemoteAddr).Warn("refused requests without the plugin's secret (pluginSecretFile); logged at most once a minute")
+		}
+		w.Header().Set("WWW-Authenticate", `Bearer realm="xapsd"`)
+		fail(w, http.StatusUnauthorized, "unauthorized: the request lacks the secret of pluginSecretFile")
 		return
 	}
 	serve(w, r)
@@ -149,6 +198,12 @@ func (h *handler) decode(w http.ResponseWriter, r *http.Request, v any) (int, er
 	defer h.bodies.Put(buf)
 	buf.Reset()
 	_, rerr := buf.ReadFrom(body)
+	// encoding/json replaces invalid UTF-8 with U+FFFD before any check
+	// here could see it; JSON text must be UTF-8 (RFC 8259), so refuse it
+	// whole.
+	if rerr == nil && !utf8.Valid(buf.Bytes()) {
+		return http.StatusBadRequest, errors.New("body is not valid UTF-8")
+	}
 	// Unmarshal checks the whole input before it stores anything, so a
 	// body it refuses for its syntax leaves v untouched for the decoder.
 	if rerr == nil && json.Unmarshal(buf.Bytes(), v) == nil {
@@ -203,14 +258,30 @@ func (h *handler) register(w http.ResponseWriter, r *http.Request) {
 	topic, err := h.Topic()
 	if err != nil {
 		h.Log.WithError(err).Warn("refusing a registration: no usable push credential")
-		fail(w, http.StatusServiceUnavailable, "no usable push credential: "+err.Error())
+		fail(w, http.StatusServiceUnavailable, "no usable push credential on the server")
 		return
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), registerDeadline)
 	defer cancel()
 	if err := h.Registrar.Register(ctx, reg); err != nil {
+		if errors.Is(err, registry.ErrFull) {
+			if everyMinute(&h.lastFullLog) {
+				h.Log.WithField("user", reg.User).Warn("refusing new registrations: maxRegistrations reached; logged at most once a minute")
+			}
+			fail(w, http.StatusServiceUnavailable, "registry full: the server takes no new devices now")
+			return
+		}
+		if r.Context().Err() != nil {
+			// Dovecot gave up on the answer; the registration is in the
+			// journal's queue and is stored unless the write fails, which
+			// the registry logs itself.
+			h.Log.WithField("user", reg.User).Info("the plugin closed the connection before the registration was confirmed")
+			return
+		}
+		// The reason (paths, errno) is for the admin's log; the plugin
+		// passes the body on to the IMAP client.
 		h.Log.WithError(err).WithField("user", reg.User).Error("registration not stored")
-		fail(w, http.StatusInternalServerError, "registration not stored: "+err.Error())
+		fail(w, http.StatusInternalServerError, "registration not stored: the server could not save it")
 		return
 	}
 	h.Log.WithFields(logrus.Fields{
@@ -252,12 +323,16 @@ func validateRegister(req *registerRequest) (registry.Registration, []string) {
 	if sub := need("ApsSubtopic", req.ApsSubtopic, 64); sub != "" && sub != Subtopic {
 		problems = append(problems, "ApsSubtopic: must be "+Subtopic)
 	}
-	reg.User = strings.ToLower(need("Username", req.Username, MaxUsernameLen))
+	reg.User = registry.FoldUser(need("Username", req.Username, MaxUsernameLen))
 	switch {
 	case len(req.Mailboxes) == 0:
 		problems = append(problems, "Mailboxes: missing or empty")
 	case len(req.Mailboxes) > MaxMailboxes:
 		problems = append(problems, fmt.Sprintf("Mailboxes: more than %d", MaxMailboxes))
+	case totalLen(req.Mailboxes) > MaxMailboxBytes:
+		// Every distinct list is kept in memory for as long as a device
+		// uses it: the limit bounds what one registration can cost.
+		problems = append(problems, fmt.Sprintf("Mailboxes: more than %d bytes of names in total", MaxMailboxBytes))
 	default:
 		seen := make(map[string]bool, len(req.Mailboxes))
 		for _, m := range req.Mailboxes {
@@ -274,12 +349,22 @@ func validateRegister(req *registerRequest) (registry.Registration, []string) {
 	return reg, problems
 }
 
+func totalLen(names []string) int {
+	n := 0
+	for _, s := range names {
+		n += len(s)
+	}
+	return n
+}
+
+// printable refuses control characters and U+FFFD, which is what
+// encoding/json makes of an escaped lone surrogate ("\ud800").
 func printable(s string) bool {
 	if !utf8.ValidString(s) {
 		return false
 	}
 	for _, r := range s {
-		if r < 0x20 || r == 0x7f {
+		if r < 0x20 || r == 0x7f || r == utf8.RuneError {
 			return false
 		}
 	}
@@ -325,7 +410,7 @@ func (h *handler) notify(w http.ResponseWriter, r *http.Request) {
 		fail(w, http.StatusBadRequest, msg)
 		return
 	}
-	user := strings.ToLower(*req.Username)
+	user := registry.FoldUser(*req.Username)
 	st := h.Notifier.Notify(user, *req.Mailbox, req.Events)
 	status, msg := http.StatusOK, "notify"
 	switch st {

@@ -4,13 +4,20 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
+
+	"github.com/sirupsen/logrus"
+	logtest "github.com/sirupsen/logrus/hooks/test"
 
 	"github.com/xapsd/xapsd/internal/logging"
 	"github.com/xapsd/xapsd/internal/notify"
@@ -59,8 +66,17 @@ func newEnv(t *testing.T) *env {
 
 func (e *env) do(t *testing.T, method, path, body string) (int, string, http.Header) {
 	t.Helper()
+	return e.doAuth(t, method, path, body, "")
+}
+
+// doAuth is do with an Authorization header, unless auth is "".
+func (e *env) doAuth(t *testing.T, method, path, body, auth string) (int, string, http.Header) {
+	t.Helper()
 	req, _ := http.NewRequest(method, e.srv.URL+path, strings.NewReader(body))
 	req.Header.Set("Content-Type", "application/json; charset=utf-8")
+	if auth != "" {
+		req.Header.Set("Authorization", auth)
+	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatal(err)
@@ -115,6 +131,7 @@ func TestBadRegistrationsChangeNothing(t *testing.T) {
 		{"no mailboxes", replace(`["INBOX","Notes"]`, `[]`), 400, "Mailboxes: missing or empty"},
 		{"empty mailbox name", replace(`["INBOX","Notes"]`, `["INBOX",""]`), 400, "Mailboxes"},
 		{"too many mailboxes", replace(`["INBOX","Notes"]`, `[`+strings.Repeat(`"a",`, MaxMailboxes)+`"b"]`), 400, "Mailboxes: more than"},
+		{"too many mailbox bytes", replace(`["INBOX","Notes"]`, `[`+strings.Repeat(`"`+strings.Repeat("m", 40)+`",`, MaxMailboxBytes/40+1)+`"b"]`), 400, "bytes of names in total"},
 		{"too big", replace(`"Notes"`, `"`+strings.Repeat("x", MaxBody)+`"`), 413, "larger than"},
 		{"all wrong at once", `{}`, 400, "ApsAccountId: missing; ApsDeviceToken: missing; ApsSubtopic: missing; Username: missing; Mailboxes"},
 	}
@@ -137,9 +154,11 @@ func TestBadRegistrationsChangeNothing(t *testing.T) {
 
 func TestRegisterWithoutCredentialIs503(t *testing.T) {
 	e := newEnv(t)
-	e.topic = func() (string, error) { return "", errors.New("certificate push.pem expired") }
+	e.topic = func() (string, error) { return "", errors.New("certificate /etc/xapsd/push.pem expired") }
 	status, body, _ := e.do(t, "POST", "/register", pluginRegister)
-	if status != 503 || !strings.Contains(body, "push.pem expired") {
+	// The plugin hands the body to the IMAP client: the reason, but no
+	// server path (that goes to the log).
+	if status != 503 || !strings.Contains(body, "no usable push credential") || strings.Contains(body, "/etc/xapsd") {
 		t.Errorf("= %d %q", status, body)
 	}
 	if len(e.reg.List("")) != 0 {
@@ -150,20 +169,103 @@ func TestRegisterWithoutCredentialIs503(t *testing.T) {
 type failingRegistrar struct{}
 
 func (failingRegistrar) Register(context.Context, registry.Registration) error {
-	return errors.New("disk full")
+	return &os.PathError{Op: "write", Path: "/var/lib/xapsd/database.json.journal.00000000000000000001-1", Err: syscall.ENOSPC}
 }
 
-func TestRegisterStorageFailureIs500(t *testing.T) {
+// A 500 says the registration was not stored, and nothing about the
+// server's files: the path and errno go to the log only.
+func TestRegisterStorageFailureIs500WithoutServerDetails(t *testing.T) {
+	log, hook := logtest.NewNullLogger()
 	srv := httptest.NewServer(NewHandler(Options{Registrar: failingRegistrar{}, Notifier: &fakeNotifier{},
-		Topic: func() (string, error) { return topic, nil }}))
+		Topic: func() (string, error) { return topic, nil }, Log: log}))
 	defer srv.Close()
 	resp, err := http.Post(srv.URL+"/register", "application/json", strings.NewReader(pluginRegister))
 	if err != nil {
 		t.Fatal(err)
 	}
 	b, _ := io.ReadAll(resp.Body)
-	if resp.StatusCode != 500 || !strings.Contains(string(b), "disk full") {
+	if resp.StatusCode != 500 || !strings.Contains(string(b), "registration not stored") {
 		t.Errorf("= %d %q", resp.StatusCode, b)
+	}
+	for _, leak := range []string{"/var/lib", "journal", "no space", "ENOSPC"} {
+		if strings.Contains(string(b), leak) {
+			t.Errorf("body %q shows %q to the plugin", b, leak)
+		}
+	}
+	if e := hook.LastEntry(); e == nil || e.Level != logrus.ErrorLevel || !strings.Contains(fmt.Sprint(e.Data[logrus.ErrorKey]), "no space left") {
+		t.Errorf("the log did not get the reason: %+v", e)
+	}
+}
+
+// blockingRegistrar stands for a journal write that is still running
+// when the client goes away.
+type blockingRegistrar struct{ entered chan struct{} }
+
+func (b blockingRegistrar) Register(ctx context.Context, _ registry.Registration) error {
+	close(b.entered)
+	<-ctx.Done()
+	return ctx.Err()
+}
+
+// A plugin that closes the connection while its registration is being
+// written has not lost it: no error-level "registration not stored".
+func TestClientGoneDuringWriteIsNotAnError(t *testing.T) {
+	log, hook := logtest.NewNullLogger()
+	reg := blockingRegistrar{entered: make(chan struct{})}
+	h := NewHandler(Options{Registrar: reg, Notifier: &fakeNotifier{}, Topic: func() (string, error) { return topic, nil }, Log: log})
+	ctx, cancel := context.WithCancel(context.Background())
+	req := httptest.NewRequest(http.MethodPost, "/register", strings.NewReader(pluginRegister)).WithContext(ctx)
+	done := make(chan struct{})
+	go func() { h.ServeHTTP(httptest.NewRecorder(), req); close(done) }()
+	<-reg.entered
+	cancel()
+	<-done
+	for _, e := range hook.AllEntries() {
+		if e.Level <= logrus.ErrorLevel {
+			t.Errorf("logged at %s: %s", e.Level, e.Message)
+		}
+	}
+}
+
+func TestInvalidUTF8IsRefused(t *testing.T) {
+	for name, body := range map[string]string{
+		// Raw bytes that are not UTF-8: encoding/json would quietly
+		// turn them into U+FFFD.
+		"raw":       strings.Replace(pluginRegister, "Alice", "Al\xffice", 1),
+		"raw-mbox":  strings.Replace(pluginRegister, `"Notes"`, "\"No\xc3tes\"", 1),
+		"surrogate": strings.Replace(pluginRegister, "Alice", `Al\ud800ice`, 1),
+	} {
+		e := newEnv(t)
+		status, reason, _ := e.do(t, "POST", "/register", body)
+		if status != 400 {
+			t.Errorf("%s: = %d %q, want 400", name, status, reason)
+		}
+		if n := len(e.reg.List("")); n != 0 {
+			t.Errorf("%s: stored %d registrations", name, n)
+		}
+	}
+	e := newEnv(t)
+	if status, reason, _ := e.do(t, "POST", "/notify", strings.Replace(pluginNotify, "Alice", "Al\xffice", 1)); status != 400 {
+		t.Errorf("notify with invalid UTF-8 = %d %q", status, reason)
+	}
+}
+
+// User names fold as Dovecot folds them: ASCII letters only.
+func TestUserNamesFoldASCIIOnly(t *testing.T) {
+	e := newEnv(t)
+	kelvin := strings.Replace(pluginRegister, "Alice@Example.com", "\u212Aim@Example.com", 1)
+	if status, body, _ := e.do(t, "POST", "/register", kelvin); status != 200 {
+		t.Fatalf("register = %d %q", status, body)
+	}
+	if got := e.reg.List(""); len(got) != 1 || got[0].User != "\u212aim@example.com" {
+		t.Fatalf("stored %+v, want the Kelvin sign kept and only ASCII lower-cased", got)
+	}
+	if e.reg.Lookup("kim@example.com", "INBOX", false).KnownUser {
+		t.Error("a Kelvin sign was filed under k")
+	}
+	e.do(t, "POST", "/notify", strings.Replace(pluginNotify, "Alice@Example.com", "\u212AIM@EXAMPLE.COM", 1))
+	if want := "\u212aim@example.com|INBOX|MessageNew"; !slices.Equal(e.notif.calls, []string{want}) {
+		t.Errorf("notifier saw %q, want %q", e.notif.calls, want)
 	}
 }
 
@@ -255,5 +357,84 @@ func TestNotifyOutcomeIsLoggedAtDebugOnly(t *testing.T) {
 				}
 			}
 		}
+	}
+}
+
+const secret = "3f1c9a0d5b7e2f4a6c8e0b1d3f5a7c9e"
+
+func newSecretEnv(t *testing.T) *env {
+	t.Helper()
+	e := newEnv(t)
+	e.srv.Config.Handler = NewHandler(Options{Registrar: e.reg, Notifier: e.notif, Secret: []byte(secret),
+		Topic: func() (string, error) { return topic, nil }})
+	return e
+}
+
+// With a secret, /register and /notify without it get 401 and change
+// nothing; with it they work; /healthz needs none.
+func TestSecretIsRequired(t *testing.T) {
+	e := newSecretEnv(t)
+	for _, auth := range []string{"", "Bearer wrong", "Bearer " + secret[:len(secret)-1], "Basic " + secret, secret, "Bearer  " + secret} {
+		status, _, h := e.doAuth(t, "POST", "/register", pluginRegister, auth)
+		if status != 401 || h.Get("WWW-Authenticate") == "" {
+			t.Errorf("register with Authorization %q = %d, want 401 with WWW-Authenticate", auth, status)
+		}
+		if status, _, _ := e.doAuth(t, "POST", "/notify", pluginNotify, auth); status != 401 {
+			t.Errorf("notify with Authorization %q = %d, want 401", auth, status)
+		}
+	}
+	if n := len(e.reg.List("")); n != 0 || len(e.notif.calls) != 0 {
+		t.Fatalf("refused requests changed something: %d registrations, %d notifications", n, len(e.notif.calls))
+	}
+	if status, body, _ := e.doAuth(t, "POST", "/register", pluginRegister, "Bearer "+secret); status != 200 || body != topic {
+		t.Errorf("register with the secret = %d %q", status, body)
+	}
+	if status, _, _ := e.doAuth(t, "POST", "/notify", pluginNotify, "bearer "+secret); status != 200 {
+		t.Errorf("notify with the secret (lower-case scheme) = %d", status)
+	}
+	if status, _, _ := e.do(t, "GET", "/healthz", ""); status != 200 {
+		t.Errorf("healthz = %d, want 200 without a secret", status)
+	}
+}
+
+// At maxRegistrations a new device gets 503; one already registered can
+// still register again.
+func TestRegistryFullIs503(t *testing.T) {
+	r, err := registry.Open(registry.Options{Path: filepath.Join(t.TempDir(), "database.json"), MaxRegistrations: 1, RefreshAfter: time.Nanosecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	log, hook := logtest.NewNullLogger()
+	srv := httptest.NewServer(NewHandler(Options{Registrar: r, Notifier: &fakeNotifier{}, Log: log, Topic: func() (string, error) { return topic, nil }}))
+	defer srv.Close()
+	post := func(body string) (int, string) {
+		resp, err := http.Post(srv.URL+"/register", "application/json", strings.NewReader(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	if status, _ := post(pluginRegister); status != 200 {
+		t.Fatalf("first registration = %d", status)
+	}
+	for range 3 {
+		if status, body := post(strings.Replace(pluginRegister, "Alice", "Bob", 1)); status != 503 || !strings.Contains(body, "registry full") {
+			t.Errorf("registration over the cap = %d %q, want 503 registry full", status, body)
+		}
+	}
+	if status, _ := post(strings.Replace(pluginRegister, `"Notes"`, `"Sent"`, 1)); status != 200 {
+		t.Errorf("re-registration at the cap = %d, want 200", status)
+	}
+	warned := 0
+	for _, e := range hook.AllEntries() {
+		if strings.Contains(e.Message, "maxRegistrations") {
+			warned++
+		}
+	}
+	if warned != 1 {
+		t.Errorf("%d log lines for 3 refusals, want 1 (rate-limited)", warned)
 	}
 }

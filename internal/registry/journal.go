@@ -33,6 +33,10 @@ import (
 // with the last sequence number it contains) and then deletes the
 // segments it covers. A crash at any step leaves a snapshot plus segments
 // whose records beyond the snapshot's number replay to the same state.
+//
+// Records reach memory only after their write succeeded; a failed write
+// is cut off the segment again, so a refused registration is nowhere. The
+// process holds an flock on every segment it knows and deletes no other.
 type journal struct {
 	r    *Registry
 	path string // snapshot path
@@ -40,24 +44,41 @@ type journal struct {
 	// Owned by the writer goroutine (or by open/close before/after it).
 	seg     *os.File
 	segPath string
+	segSize int64 // bytes of whole, synced records in seg
 
 	segMu    sync.Mutex
-	segments []string // finished segments not yet covered by a snapshot
+	segments []segment // finished segments not yet covered by a snapshot
 
-	durable      atomic.Uint64 // every record up to this number is on disk
 	lastErr      atomic.Pointer[error]
-	sinceCompact atomic.Int64
+	sinceCompact atomic.Int64 // records since the last compaction started
+	bytesSince   atomic.Int64 // journal bytes since then
+	snapSize     atomic.Int64 // bytes of the last snapshot written
 	compacting   atomic.Bool
 
-	lock     *os.File // flock held while open
+	// damage found while loading; written by openJournal only.
+	damage       []string
+	damagedCount int
+
+	lock *os.File // flock held while open; replaced by the writer when deleted
+
+	// Owned by the writer: what checkFiles last reported.
+	goneReported string
+	lockReported bool
+
 	kickc    chan struct{}
-	rotatec  chan chan []string
+	rotatec  chan chan []segment
 	stopc    chan struct{}
 	donec    chan struct{}
 	compactW sync.WaitGroup
 }
 
-func (j *journal) durableSeq() uint64 { return j.durable.Load() }
+// noteDamage records what loading found damaged or lost, for Health.
+func (j *journal) noteDamage(n int, note string) {
+	j.damagedCount += n
+	if len(j.damage) < 20 {
+		j.damage = append(j.damage, note)
+	}
+}
 
 func (j *journal) kick() {
 	select {
@@ -67,14 +88,21 @@ func (j *journal) kick() {
 }
 
 func openJournal(r *Registry, path string) (*journal, error) {
-	j := &journal{r: r, path: path, kickc: make(chan struct{}, 1), rotatec: make(chan chan []string),
+	j := &journal{r: r, path: path, kickc: make(chan struct{}, 1), rotatec: make(chan chan []segment),
 		stopc: make(chan struct{}), donec: make(chan struct{})}
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return nil, fmt.Errorf("create registry folder for %s: %w", path, err)
 	}
+	if err := checkFolder(filepath.Dir(path), r.log); err != nil {
+		return nil, err
+	}
 	// Two daemons appending to one journal would corrupt it; the kernel
 	// drops the lock when the process dies, even by SIGKILL.
-	lock, err := os.OpenFile(path+".lock", os.O_RDWR|os.O_CREATE, 0o600)
+	// The lock file stays after a stop: if it is there, xapsd ran here
+	// before, and a missing snapshot is a loss, not a new install.
+	_, statErr := os.Lstat(path + ".lock")
+	ranBefore := statErr == nil
+	lock, err := openState(path+".lock", os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("open lock of registry %s: %w", path, err)
 	}
@@ -84,11 +112,20 @@ func openJournal(r *Registry, path string) (*journal, error) {
 	}
 	j.lock = lock
 	ok := false
+	var segs []segment
 	defer func() {
 		if !ok {
 			lock.Close()
+			closeSegments(segs)
 		}
 	}()
+	// Before anything is read or written: a segment another process
+	// holds means a daemon runs on this registry although the lock file
+	// did not say so (someone deleted it).
+	segs, err = j.lockSegments()
+	if err != nil {
+		return nil, err
+	}
 	now := r.opts.Now()
 	skipped := 0
 	load := func(rec record) {
@@ -110,20 +147,51 @@ func openJournal(r *Registry, path string) (*journal, error) {
 	if skipped > 0 {
 		r.log.WithFields(map[string]any{"file": path, "skipped": skipped}).Warn("skipped registrations without user, account id or device token")
 	}
-	r.seq = snap.Seq
-	segs, err := j.listSegments()
-	if err != nil {
-		return nil, err
+	if snap.BadEntries > 0 {
+		r.log.WithFields(map[string]any{"file": path, "skipped": snap.BadEntries}).Error("skipped entries of the old database that do not have the right types")
+		j.noteDamage(snap.BadEntries, fmt.Sprintf("%s: %d entries of the old database skipped (wrong types)", filepath.Base(path), snap.BadEntries))
 	}
+	r.seq = snap.Seq
+	if (len(segs) > 0 || ranBefore) && (!exists || snap.Empty) {
+		j.reportLostSnapshot(segs, exists)
+	}
+	if snap.Seq > seqLimit {
+		// Damage, not a real number: replaying every segment from the
+		// start gives the same state, only slower.
+		r.log.WithFields(map[string]any{"file": path, "seq": snap.Seq}).Error("the snapshot's sequence number is impossible; replaying the whole journal")
+		j.noteDamage(1, fmt.Sprintf("%s: impossible sequence number %d in the header", path, snap.Seq))
+		r.seq = 0
+	}
+	rp := &replayer{r: r, last: r.seq, noStart: !exists || snap.Empty}
 	for _, s := range segs {
-		if err := j.replay(s); err != nil {
+		if err := j.replay(s.path, rp); err != nil {
 			return nil, err
 		}
 	}
-	j.durable.Store(r.seq)
+	rp.finish()
+	if rp.damaged > 0 {
+		j.noteDamage(rp.damaged, fmt.Sprintf("%d journal records with out-of-order sequence numbers skipped (%s)", rp.damaged, strings.Join(rp.where, ", ")))
+	}
+	if rp.gaps > 0 {
+		r.log.WithFields(map[string]any{"file": path, "gaps": rp.gaps, "missing": rp.missing}).
+			Warn("the journal's sequence numbers skip some numbers; writes that failed (a full disk) leave such gaps, and nothing acknowledged was in them")
+	}
+	r.seq = max(r.seq, snap.Seq)
+	if r.seq > seqLimit {
+		r.seq = rp.last
+	}
+	r.applied = r.seq
 
 	r.appleCerts = snap.AppleCerts
 	switch {
+	case snap.salvaged != nil:
+		// Write what was salvaged as a clean snapshot, so the next start
+		// does not salvage again; the damaged copy keeps the rest.
+		if j.keepDamaged(data, snap, now) {
+			if err := j.writeSnapshot(); err != nil {
+				r.log.WithError(err).Error("cannot rewrite the salvaged registry; the next start salvages it again")
+			}
+		}
 	case snap.Legacy:
 		backup := fmt.Sprintf("%s.legacy-%s.bak", path, now.UTC().Format("20060102T150405Z"))
 		if err := atomicfile.WriteFile(backup, data, 0o600); err != nil {
@@ -140,16 +208,17 @@ func openJournal(r *Registry, path string) (*journal, error) {
 		if err := j.writeSnapshot(); err != nil {
 			return nil, err
 		}
-	default:
-		if st, err := os.Stat(path); err == nil && st.Mode().Perm()&0o077 != 0 {
-			if err := os.Chmod(path, 0o600); err != nil {
-				return nil, fmt.Errorf("make registry %s private: %w", path, err)
-			}
-		}
 	}
 	j.segments = segs
 	if err := j.openSegment(); err != nil {
 		return nil, err
+	}
+	// A full disk must show in /readyz from the start, not only after the
+	// first registration fails.
+	if err := j.probe(); err != nil {
+		err = fmt.Errorf("write registry journal: %w", err)
+		j.lastErr.Store(&err)
+		r.log.WithError(err).Error("the registry folder cannot be written; registrations are refused until it can")
 	}
 	ok = true
 	return j, nil
@@ -158,8 +227,10 @@ func openJournal(r *Registry, path string) (*journal, error) {
 // loadSnapshot feeds the database file's registrations to load. Our own
 // layout streams; anything else (the old daemon's file, a hand-edited
 // one) is read whole and returned in data, for the migration's backup.
+// A file that does not parse is salvaged line by line (snap.salvaged);
+// only one written by a newer xapsd is an error.
 func (j *journal) loadSnapshot(load func(record)) (snap *snapshot, data []byte, exists bool, err error) {
-	f, err := os.Open(j.path)
+	f, err := openState(j.path, os.O_RDONLY, 0)
 	if errors.Is(err, fs.ErrNotExist) {
 		return &snapshot{}, nil, false, nil
 	}
@@ -167,7 +238,20 @@ func (j *journal) loadSnapshot(load func(record)) (snap *snapshot, data []byte, 
 		return nil, nil, false, err
 	}
 	defer f.Close()
-	if st, err := f.Stat(); err == nil && st.Size() > 0 {
+	st, err := f.Stat()
+	if err != nil {
+		return nil, nil, false, err
+	}
+	if !st.Mode().IsRegular() {
+		return nil, nil, false, fmt.Errorf("%s is not a regular file", j.path)
+	}
+	if st.Mode().Perm()&0o077 != 0 {
+		if err := f.Chmod(0o600); err != nil {
+			return nil, nil, false, fmt.Errorf("make registry %s private: %w", j.path, err)
+		}
+	}
+	if st.Size() > 0 {
+		j.snapSize.Store(st.Size())
 		// A million registrations make a map this large; growing it
 		// step by step would cost a good part of the load. Lines are
 		// about 200 bytes.
@@ -181,19 +265,139 @@ func (j *journal) loadSnapshot(load func(record)) (snap *snapshot, data []byte, 
 		return &snapshot{Seq: seq}, nil, true, nil
 	}
 	// Start over with the general reader.
-	j.r.users = make(map[string][]entry)
-	j.r.count = 0
-	if data, err = os.ReadFile(j.path); err != nil {
+	j.r.reset()
+	if _, err := f.Seek(0, io.SeekStart); err != nil {
+		return nil, nil, true, err
+	}
+	if data, err = io.ReadAll(f); err != nil {
 		return nil, nil, true, err
 	}
 	snap, err = decodeSnapshot(data)
-	if err != nil {
+	if errors.Is(err, errNewerFormat) {
 		return nil, nil, true, err
+	}
+	if err != nil {
+		j.r.reset()
+		sv := salvageSnapshot(data, load)
+		return &snapshot{Seq: sv.seq, salvaged: &sv, decodeErr: err}, data, true, nil
 	}
 	for _, rec := range snap.Records {
 		load(rec)
 	}
 	return snap, data, true, nil
+}
+
+// keepDamaged puts the damaged snapshot beside the registry, says what was
+// kept and what not, and reports whether the copy is safe on disk (only
+// then may the snapshot be rewritten).
+func (j *journal) keepDamaged(data []byte, snap *snapshot, now time.Time) bool {
+	sv := snap.salvaged
+	copyPath := fmt.Sprintf("%s.damaged-%s", j.path, now.UTC().Format("20060102T150405Z"))
+	kept := true
+	if err := atomicfile.WriteFile(copyPath, data, 0o600); err != nil {
+		j.r.log.WithError(err).WithField("file", copyPath).Error("cannot keep a copy of the damaged registry; it stays as it is until the next snapshot succeeds")
+		copyPath, kept = "", false
+	}
+	lines := make([]string, len(sv.badLines))
+	for i, n := range sv.badLines {
+		lines[i] = strconv.Itoa(n)
+	}
+	what := fmt.Sprintf("%d damaged lines skipped", sv.bad)
+	if len(lines) > 0 {
+		what += " (lines " + strings.Join(lines, ", ")
+		if sv.bad > len(lines) {
+			what += ", …"
+		}
+		what += ")"
+	}
+	if sv.noEnd {
+		what += "; the file ends early"
+	}
+	if sv.seq == 0 {
+		what += "; header damaged, the whole journal replayed"
+	}
+	j.r.log.WithError(snap.decodeErr).WithFields(map[string]any{"file": j.path, "kept": sv.kept, "skipped": sv.bad,
+		"lines": strings.Join(lines, ","), "damaged_copy": copyPath}).
+		Error("the registry snapshot is damaged: kept every registration that could be read, skipped the rest; devices of the skipped ones register again when their Mail app next connects")
+	n := sv.bad
+	if sv.noEnd {
+		n++
+	}
+	j.noteDamage(max(n, 1), fmt.Sprintf("%s was damaged: %d registrations kept, %s; damaged file kept as %s",
+		filepath.Base(j.path), sv.kept, what, filepath.Base(copyPath)))
+	return kept
+}
+
+// reportLostSnapshot says what a missing or empty snapshot lost: the
+// records before the first journal segment, which only it held.
+func (j *journal) reportLostSnapshot(segs []segment, exists bool) {
+	state := "empty (0 bytes, null or {})"
+	if !exists {
+		state = "missing"
+	}
+	if len(segs) == 0 {
+		j.r.log.WithField("file", j.path).Error("the registry snapshot is " + state + " although xapsd ran here before (its lock file is there) " +
+			"and there is no journal: every registration it held is lost; devices register again when their Mail app next connects")
+		j.noteDamage(1, fmt.Sprintf("%s is %s and there is no journal: every registration is lost", filepath.Base(j.path), state))
+		return
+	}
+	first, _, _ := parseSegmentName(strings.TrimPrefix(segs[0].path, j.path+".journal."))
+	l := j.r.log.WithFields(map[string]any{"file": j.path, "segments": len(segs), "first_record": first})
+	if first <= 1 {
+		l.Warn("the registry snapshot is " + state + ", but the journal starts at its first record: nothing is lost")
+		return
+	}
+	l.Error("the registry snapshot is " + state + " although journal segments exist: the registrations it held " +
+		"(changes before the journal's first record) are lost, those in the journal are kept; lost devices register again when their Mail app next connects")
+	j.noteDamage(1, fmt.Sprintf("%s is %s: registrations made before journal record %d are lost", filepath.Base(j.path), state, first))
+}
+
+// segment is a finished journal segment this process wrote, or found at
+// start and replayed. f stays open with an exclusive flock until the
+// segment is deleted: a second xapsd that got past a deleted lock file
+// sees the lock and stops before it touches the segment, and this
+// process only ever deletes segments it holds.
+type segment struct {
+	path string
+	f    *os.File
+}
+
+func closeSegments(segs []segment) {
+	for _, s := range segs {
+		s.f.Close()
+	}
+}
+
+// lockSegments lists the journal's segments in order and locks each.
+func (j *journal) lockSegments() ([]segment, error) {
+	paths, err := j.listSegments()
+	if err != nil {
+		return nil, err
+	}
+	var segs []segment
+	for _, p := range paths {
+		f, err := openState(p, os.O_RDONLY, 0)
+		if errors.Is(err, fs.ErrNotExist) {
+			continue // compacted away by whoever held it
+		}
+		if err == nil {
+			err = syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
+			if errors.Is(err, syscall.EWOULDBLOCK) {
+				f.Close()
+				closeSegments(segs)
+				return nil, fmt.Errorf("registry %s is in use by another xapsd: its journal segment %s is locked (was %s.lock deleted?)", j.path, p, j.path)
+			}
+		}
+		if err != nil {
+			if f != nil {
+				f.Close()
+			}
+			closeSegments(segs)
+			return nil, fmt.Errorf("open journal %s: %w", p, err)
+		}
+		segs = append(segs, segment{path: p, f: f})
+	}
+	return segs, nil
 }
 
 func (j *journal) listSegments() ([]string, error) {
@@ -236,10 +440,9 @@ func parseSegmentName(s string) (start, ver uint64, ok bool) {
 	return start, ver, err1 == nil && err2 == nil
 }
 
-// replay applies the records of one segment that are newer than the
-// registry's sequence number.
-func (j *journal) replay(path string) error {
-	f, err := os.Open(path)
+// replay reads one segment and hands its records to rp in file order.
+func (j *journal) replay(path string, rp *replayer) error {
+	f, err := openState(path, os.O_RDONLY, 0)
 	if err != nil {
 		return fmt.Errorf("open journal %s: %w", path, err)
 	}
@@ -261,15 +464,9 @@ func (j *journal) replay(path string) error {
 				r.log.WithField("file", path).Warn("ignoring a torn last journal line")
 			case derr != nil:
 				r.log.WithFields(map[string]any{"file": path, "line": lineNo}).WithError(derr).Error("skipping a corrupt journal line")
-			case rec.Seq <= r.seq:
-				// Already in the snapshot.
+				j.noteDamage(1, fmt.Sprintf("%s:%d: corrupt journal line skipped", filepath.Base(path), lineNo))
 			default:
-				r.seq = rec.Seq
-				if rec.Op == opPut {
-					r.applyPut(rec)
-				} else {
-					r.applyDel(rec)
-				}
+				rp.feed(rec, fmt.Sprintf("%s:%d", filepath.Base(path), lineNo))
 			}
 		}
 		if err != nil {
@@ -278,15 +475,26 @@ func (j *journal) replay(path string) error {
 	}
 }
 
-// applyPut inserts or replaces a registration without journaling it
-// (loading and replay). Caller is the only user of r.
+// apply makes one journal record's change in memory. Caller holds mu (or
+// is loading).
+func (r *Registry) apply(rec record) {
+	if rec.Op == opDel {
+		r.applyDel(rec)
+	} else {
+		r.applyPut(rec)
+	}
+}
+
+// applyPut inserts or replaces a registration without journaling it.
+// Caller holds mu (or is loading).
 func (r *Registry) applyPut(rec record) {
-	rec.User = strings.ToLower(rec.User)
+	rec.User = FoldUser(rec.User)
 	e := entry{accountID: rec.AccountID, deviceToken: rec.DeviceToken, boxes: r.internBoxes(rec.Mailboxes),
-		registered: rec.RegistrationTime.UnixNano(), seq: rec.Seq}
+		registered: rec.RegistrationTime.UnixNano()}
 	regs := r.users[rec.User]
 	for i := range regs {
 		if regs[i].accountID == rec.AccountID && regs[i].deviceToken == rec.DeviceToken {
+			r.releaseBoxes(regs[i].boxes)
 			regs[i] = e
 			return
 		}
@@ -296,7 +504,7 @@ func (r *Registry) applyPut(rec record) {
 }
 
 func (r *Registry) applyDel(rec record) {
-	rec.User = strings.ToLower(rec.User)
+	rec.User = FoldUser(rec.User)
 	regs := r.users[rec.User]
 	for i := range regs {
 		if regs[i].accountID == rec.AccountID && regs[i].deviceToken == rec.DeviceToken {
@@ -315,17 +523,21 @@ func (j *journal) openSegment() error {
 	if err != nil {
 		return fmt.Errorf("create journal %s: %w", p, err)
 	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		f.Close()
+		return fmt.Errorf("lock journal %s: %w", p, err)
+	}
 	if err := atomicfile.SyncDir(filepath.Dir(p)); err != nil {
 		f.Close()
 		return fmt.Errorf("sync folder of journal %s: %w", p, err)
 	}
-	j.seg, j.segPath = f, p
+	j.seg, j.segPath, j.segSize = f, p, 0
 	return nil
 }
 
 // rotate finishes the current segment and starts a new one. It returns
 // the finished segments, which a snapshot taken after this call covers.
-func (j *journal) rotate() []string {
+func (j *journal) rotate() []segment {
 	j.finishSegment()
 	j.segMu.Lock()
 	done := j.segments
@@ -347,6 +559,8 @@ func (j *journal) start() {
 // run is the writer goroutine.
 func (j *journal) run() {
 	defer close(j.donec)
+	tick := time.NewTicker(j.r.opts.CheckEvery)
+	defer tick.Stop()
 	for {
 		select {
 		case <-j.kickc:
@@ -354,6 +568,9 @@ func (j *journal) run() {
 		case reply := <-j.rotatec:
 			j.flush()
 			reply <- j.rotate()
+		case <-tick.C:
+			j.retryProbe()
+			j.checkFiles()
 		case <-j.stopc:
 			j.flush()
 			return
@@ -361,7 +578,111 @@ func (j *journal) run() {
 	}
 }
 
-// flush writes and syncs every pending record and releases their waiters.
+// checkFiles notices state files deleted or replaced under the running
+// daemon (an admin's rm, a cleanup script). What they held is in memory,
+// so a new snapshot restores it; without one, the next kill -9 would lose
+// every registration acknowledged since. Only the writer calls it.
+func (j *journal) checkFiles() {
+	dir := filepath.Dir(j.path)
+	if _, err := os.Stat(dir); errors.Is(err, fs.ErrNotExist) {
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			j.r.log.WithError(err).Error("the registry folder was deleted and cannot be made again")
+		}
+	}
+	var gone []string
+	if _, err := os.Lstat(j.path); errors.Is(err, fs.ErrNotExist) {
+		gone = append(gone, filepath.Base(j.path))
+	}
+	unlinked := func(f *os.File) bool {
+		var st syscall.Stat_t
+		return syscall.Fstat(int(f.Fd()), &st) == nil && st.Nlink == 0
+	}
+	if j.seg != nil && unlinked(j.seg) {
+		gone = append(gone, filepath.Base(j.segPath))
+	}
+	j.segMu.Lock()
+	for _, sg := range j.segments {
+		if unlinked(sg.f) {
+			gone = append(gone, filepath.Base(sg.path))
+		}
+	}
+	j.segMu.Unlock()
+	if report := strings.Join(gone, ", "); report != j.goneReported {
+		j.goneReported = report
+		if report != "" {
+			j.r.log.WithField("files", report).Warn("registry files were deleted under the running xapsd; writing a new snapshot from memory")
+		}
+	}
+	if len(gone) > 0 {
+		j.compactAsync()
+	}
+	j.checkLock()
+}
+
+// checkLock makes a new lock file when someone deleted or replaced ours:
+// without it, a second xapsd started on this registry would find no lock.
+func (j *journal) checkLock() {
+	var held, named syscall.Stat_t
+	if syscall.Fstat(int(j.lock.Fd()), &held) == nil && syscall.Stat(j.path+".lock", &named) == nil &&
+		held.Dev == named.Dev && held.Ino == named.Ino {
+		return
+	}
+	f, err := openState(j.path+".lock", os.O_RDWR|os.O_CREATE, 0o600)
+	if err == nil {
+		if err = syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+			f.Close()
+		}
+	}
+	if err != nil {
+		if !j.lockReported {
+			j.lockReported = true
+			j.r.log.WithError(err).Error("the registry's lock file was deleted and cannot be taken again; is a second xapsd starting on this registry?")
+		}
+		return
+	}
+	j.lock.Close()
+	j.lock = f
+	j.lockReported = false
+	j.r.log.Warn("the registry's lock file was deleted under the running xapsd; made a new one")
+}
+
+// retryProbe clears a write error once the disk takes writes again, so
+// that /readyz recovers without waiting for the next registration.
+func (j *journal) retryProbe() {
+	if j.lastErr.Load() == nil {
+		return
+	}
+	if err := j.probe(); err == nil {
+		j.lastErr.Store(nil)
+		j.r.log.Info("the registry can be written again")
+	}
+}
+
+// probeLines are written and taken back to see whether the disk has
+// room: a block, more than one small record needs. Blank lines, so that
+// replay skips them should a crash leave them behind.
+var probeLines = bytes.Repeat([]byte{'\n'}, 4096)
+
+// probe writes, syncs and truncates away probeLines at the end of the
+// segment. Only the writer (or open) calls it.
+func (j *journal) probe() error {
+	if j.seg == nil {
+		if err := j.openSegment(); err != nil {
+			return err
+		}
+	}
+	err := j.append(probeLines)
+	if terr := j.truncate(); terr != nil {
+		j.finishSegment()
+		if err == nil {
+			err = terr
+		}
+	}
+	return err
+}
+
+// flush writes and syncs every pending record, applies them to memory
+// and releases their waiters. A failed write changes nothing in memory.
 func (j *journal) flush() {
 	r := j.r
 	r.mu.Lock()
@@ -375,40 +696,69 @@ func (j *journal) flush() {
 
 	start := time.Now()
 	err := j.write(b.buf)
-	records := bytes.Count(b.buf, []byte{'\n'})
 	if r.opts.OnSync != nil {
-		r.opts.OnSync(records, time.Since(start))
+		r.opts.OnSync(len(b.recs), time.Since(start))
 	}
 	if err != nil {
 		err = fmt.Errorf("write registry journal: %w", err)
 		r.log.WithError(err).Error("registrations could not be made durable; they were refused")
-		// The segment may end in a partial line now: start a new one so
-		// the garbage stays a torn tail, and rewrite the snapshot soon.
-		j.finishSegment()
-		j.compactAsync()
 		j.lastErr.Store(&err)
-	} else {
-		j.lastErr.Store(nil)
-		for {
-			d := j.durable.Load()
-			if d+1 < b.first || d >= b.last || j.durable.CompareAndSwap(d, b.last) {
-				break
-			}
-		}
-		if j.sinceCompact.Add(int64(records)) >= int64(r.opts.CompactAfter) {
-			j.compactAsync()
-		}
+		r.mu.Lock()
+		r.adding -= b.adds
+		r.mu.Unlock()
+		b.finish(err)
+		return
 	}
-	b.finish(err)
+	j.lastErr.Store(nil)
+	r.mu.Lock()
+	for _, rec := range b.recs {
+		r.apply(rec)
+	}
+	r.applied = b.last
+	r.adding -= b.adds
+	r.mu.Unlock()
+	records := j.sinceCompact.Add(int64(len(b.recs)))
+	size := j.bytesSince.Add(int64(len(b.buf)))
+	if records >= int64(r.opts.CompactAfter) || size >= max(r.opts.CompactAfterBytes, j.snapSize.Load()) {
+		j.compactAsync()
+	}
+	b.finish(nil)
 }
 
+// write appends whole records to the current segment and syncs them. On
+// failure the segment is cut back to its last synced record and used
+// again for the next write: a full disk leaves neither a partial line
+// nor a new empty segment per refused registration.
 func (j *journal) write(buf []byte) error {
 	if j.seg == nil {
 		if err := j.openSegment(); err != nil {
 			return err
 		}
 	}
+	if err := j.append(buf); err != nil {
+		if terr := j.truncate(); terr != nil {
+			// The segment may now end in anything: finish it, so the
+			// garbage can only be its torn last line, and start another
+			// with the next write.
+			j.r.log.WithError(terr).WithField("file", j.segPath).Warn("cannot cut a failed write off the journal segment; starting a new one")
+			j.finishSegment()
+		}
+		return err
+	}
+	j.segSize += int64(len(buf))
+	return nil
+}
+
+func (j *journal) append(buf []byte) error {
 	if _, err := j.seg.Write(buf); err != nil {
+		return err
+	}
+	return j.seg.Sync()
+}
+
+// truncate cuts the segment back to its synced records.
+func (j *journal) truncate() error {
+	if err := j.seg.Truncate(j.segSize); err != nil {
 		return err
 	}
 	return j.seg.Sync()
@@ -432,7 +782,7 @@ func (j *journal) compactAsync() {
 // compact asks the writer for a fresh segment, writes a snapshot that
 // covers every finished segment, and deletes them.
 func (j *journal) compact() error {
-	reply := make(chan []string, 1)
+	reply := make(chan []segment, 1)
 	select {
 	case j.rotatec <- reply:
 	case <-j.stopc:
@@ -440,6 +790,7 @@ func (j *journal) compact() error {
 	}
 	done := <-reply
 	j.sinceCompact.Store(0)
+	j.bytesSince.Store(0)
 	if err := j.writeSnapshot(); err != nil {
 		// Keep the segments: they still hold the only copy. Hand them
 		// back so the next compaction covers them.
@@ -452,17 +803,20 @@ func (j *journal) compact() error {
 
 // requeue hands segments back after a failed compaction: they still hold
 // the only copy of their records, and the next compaction covers them.
-func (j *journal) requeue(paths []string) {
+func (j *journal) requeue(segs []segment) {
 	j.segMu.Lock()
-	j.segments = append(paths, j.segments...)
+	j.segments = append(segs, j.segments...)
 	j.segMu.Unlock()
 }
 
-func (j *journal) removeSegments(paths []string) {
-	for _, p := range paths {
-		if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
-			j.r.log.WithError(err).WithField("file", p).Warn("cannot remove a compacted journal segment")
+// removeSegments deletes segments a snapshot covers. Each is one this
+// process holds (see segment).
+func (j *journal) removeSegments(segs []segment) {
+	for _, s := range segs {
+		if err := os.Remove(s.path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			j.r.log.WithError(err).WithField("file", s.path).Warn("cannot remove a compacted journal segment")
 		}
+		s.f.Close()
 	}
 	if err := atomicfile.SyncDir(filepath.Dir(j.path)); err != nil {
 		j.r.log.WithError(err).Warn("cannot sync the registry folder")
@@ -473,7 +827,7 @@ func (j *journal) removeSegments(paths []string) {
 func (j *journal) writeSnapshot() error {
 	r := j.r
 	r.mu.RLock()
-	seq := r.seq
+	seq := r.applied
 	type item struct {
 		user string
 		e    entry
@@ -485,8 +839,10 @@ func (j *journal) writeSnapshot() error {
 		}
 	}
 	r.mu.RUnlock()
+	var size countingWriter
 	err := atomicfile.FS{}.Write(j.path, 0o600, func(w io.Writer) error {
-		sw := newSnapshotWriter(w, seq)
+		size.w = w
+		sw := newSnapshotWriter(&size, seq)
 		for _, it := range items {
 			sw.add(record{User: it.user, AccountID: it.e.accountID, DeviceToken: it.e.deviceToken,
 				Mailboxes: it.e.boxes.names, RegistrationTime: time.Unix(0, it.e.registered).UTC()})
@@ -496,13 +852,19 @@ func (j *journal) writeSnapshot() error {
 	if err != nil {
 		return fmt.Errorf("write registry snapshot %s: %w", j.path, err)
 	}
-	for {
-		d := j.durable.Load()
-		if d >= seq || j.durable.CompareAndSwap(d, seq) {
-			break
-		}
-	}
+	j.snapSize.Store(size.n)
 	return nil
+}
+
+type countingWriter struct {
+	w io.Writer
+	n int64
+}
+
+func (c *countingWriter) Write(p []byte) (int, error) {
+	n, err := c.w.Write(p)
+	c.n += int64(n)
+	return n, err
 }
 
 // close stops the writer after a last flush, then writes a final snapshot
@@ -513,25 +875,36 @@ func (j *journal) close() error {
 	<-j.donec
 	j.compactW.Wait()
 	j.finishSegment()
-	if err := j.writeSnapshot(); err != nil {
-		return err
-	}
 	j.segMu.Lock()
 	done := j.segments
 	j.segments = nil
 	j.segMu.Unlock()
+	if err := j.writeSnapshot(); err != nil {
+		closeSegments(done)
+		return err
+	}
 	j.removeSegments(done)
 	return nil
 }
 
-// finishSegment closes the current segment and queues it for compaction.
+// finishSegment closes the current segment and queues it for compaction;
+// one that holds no record is deleted instead.
 func (j *journal) finishSegment() {
 	if j.seg == nil {
 		return
 	}
-	j.seg.Close()
-	j.segMu.Lock()
-	j.segments = append(j.segments, j.segPath)
-	j.segMu.Unlock()
+	f := j.seg
 	j.seg = nil
+	if j.segSize == 0 {
+		if err := os.Remove(j.segPath); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			j.r.log.WithError(err).WithField("file", j.segPath).Warn("cannot remove an empty journal segment")
+		}
+		f.Close()
+		return
+	}
+	// Kept open: its flock marks it as this process's until it is
+	// deleted (see segment).
+	j.segMu.Lock()
+	j.segments = append(j.segments, segment{path: j.segPath, f: f})
+	j.segMu.Unlock()
 }

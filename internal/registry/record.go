@@ -24,13 +24,8 @@ const (
 	opDel = "del"
 )
 
-func putRecord(seq uint64, user string, e entry) (uint64, []byte) {
-	return seq, mustMarshal(record{Seq: seq, Op: opPut, User: user, AccountID: e.accountID,
-		DeviceToken: e.deviceToken, Mailboxes: e.boxes.names, RegistrationTime: time.Unix(0, e.registered).UTC()})
-}
-
-func delRecord(seq uint64, user, accountID, token string) (uint64, []byte) {
-	return seq, mustMarshal(record{Seq: seq, Op: opDel, User: user, AccountID: accountID, DeviceToken: token})
+func delRec(seq uint64, user, accountID, token string) record {
+	return record{Seq: seq, Op: opDel, User: user, AccountID: accountID, DeviceToken: token}
 }
 
 func mustMarshal(v any) []byte {
@@ -43,24 +38,28 @@ func mustMarshal(v any) []byte {
 }
 
 // batch collects journal lines that reach the disk with one write and one
-// fsync (group commit); every caller that added to it waits on done.
+// fsync (group commit); every caller that added to it waits on done. recs
+// are the same changes, applied to memory once the write succeeded.
 type batch struct {
 	buf   []byte
+	recs  []record
 	first uint64
 	last  uint64
+	adds  int // registrations it adds (Registry.adding)
 	done  chan struct{}
 	err   error
 }
 
 func newBatch() *batch { return &batch{done: make(chan struct{})} }
 
-func (b *batch) add(seq uint64, line []byte) {
+func (b *batch) addRecord(rec record) {
 	if b.first == 0 {
-		b.first = seq
+		b.first = rec.Seq
 	}
-	b.last = seq
-	b.buf = append(b.buf, line...)
+	b.last = rec.Seq
+	b.buf = append(b.buf, mustMarshal(rec)...)
 	b.buf = append(b.buf, '\n')
+	b.recs = append(b.recs, rec)
 }
 
 func (b *batch) empty() bool { return len(b.buf) == 0 }
@@ -70,11 +69,19 @@ func (b *batch) finish(err error) {
 	close(b.done)
 }
 
+// wait returns the batch's outcome, or ctx's error when ctx ends first.
+// A batch that is already written wins over a context that ended at the
+// same moment: the caller must not report a stored registration as lost.
 func (b *batch) wait(ctx context.Context) error {
 	select {
 	case <-b.done:
 		return b.err
 	case <-ctx.Done():
-		return ctx.Err()
+		select {
+		case <-b.done:
+			return b.err
+		default:
+			return ctx.Err()
+		}
 	}
 }

@@ -14,6 +14,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -44,15 +45,18 @@ type entry struct {
 	accountID   string
 	deviceToken string
 	boxes       *mailboxSet
-	registered  int64  // unix nanoseconds
-	seq         uint64 // journal sequence number of the record that wrote it
+	registered  int64 // unix nanoseconds
 }
 
 // mailboxSet is shared between all registrations with the same list; most
-// devices register the same few lists.
+// devices register the same few lists. refs counts those registrations:
+// the last one to go takes the set with it, so memory follows the live
+// registrations however many different lists were ever registered.
 type mailboxSet struct {
 	names []string // as registered
 	match []string // normalised for /notify matching
+	key   string   // its key in Registry.boxes
+	refs  int
 }
 
 func (s *mailboxSet) contains(mailbox string) bool {
@@ -76,8 +80,16 @@ type Options struct {
 	// registrations the same way, whatever their account ids.
 	MaxPerAccount int
 	MaxPerUser    int
-	// CompactAfter writes a new snapshot after this many journal records.
-	CompactAfter int
+	// MaxRegistrations caps the registrations of all users together
+	// (0: no cap): Register refuses one that would add a registration
+	// with ErrFull, while re-registrations still work.
+	MaxRegistrations int
+	// CompactAfter writes a new snapshot after this many journal records,
+	// or once the journal has grown by CompactAfterBytes or by the size of
+	// the last snapshot, whichever is more: a few huge records must not
+	// grow the journal as far as many small ones.
+	CompactAfter      int
+	CompactAfterBytes int64
 	// RefreshAfter: a re-registration identical to a durable one younger
 	// than this is acknowledged without a disk write (iOS re-registers on
 	// every IMAP connection).
@@ -87,6 +99,10 @@ type Options struct {
 	// OnSync, when set, sees each group commit: records made durable by
 	// one fsync and how long the write and fsync took.
 	OnSync func(records int, d time.Duration)
+	// CheckEvery is how often the journal writer looks for state files
+	// deleted under it and, after a failed write, tries whether the disk
+	// takes writes again (default 5 s).
+	CheckEvery time.Duration
 }
 
 func (o *Options) setDefaults() {
@@ -102,6 +118,9 @@ func (o *Options) setDefaults() {
 	if o.CompactAfter <= 0 {
 		o.CompactAfter = 100000
 	}
+	if o.CompactAfterBytes <= 0 {
+		o.CompactAfterBytes = 64 << 20
+	}
 	if o.RefreshAfter <= 0 {
 		o.RefreshAfter = time.Hour
 	}
@@ -113,10 +132,17 @@ func (o *Options) setDefaults() {
 	if o.Now == nil {
 		o.Now = time.Now
 	}
+	if o.CheckEvery <= 0 {
+		o.CheckEvery = 5 * time.Second
+	}
 }
 
 // ErrClosed is returned by calls after Close.
 var ErrClosed = errors.New("registry closed")
+
+// ErrFull is returned by Register for a new registration while the
+// registry holds MaxRegistrations.
+var ErrFull = errors.New("registry full")
 
 // Registry is safe for concurrent use.
 type Registry struct {
@@ -129,6 +155,8 @@ type Registry struct {
 	boxKey  []byte // scratch for internBoxes
 	count   int
 	seq     uint64 // last sequence number handed out
+	applied uint64 // last sequence number whose change is in memory (and on disk)
+	adding  int    // new registrations queued but not yet applied, for MaxRegistrations
 	pending *batch // records not yet handed to the journal writer
 	closed  bool
 
@@ -164,10 +192,11 @@ func Open(opts Options) (*Registry, error) {
 	return r, nil
 }
 
-// internBoxes returns the shared set for a list. Caller holds mu (or is
-// loading). The lookup key is built in a reused buffer, so a list seen
-// before costs no allocation: loading a million registrations mostly
-// sees the same few lists.
+// internBoxes returns the shared set for a list, counting one more
+// registration that uses it; releaseBoxes undoes that. Caller holds mu
+// (or is loading). The lookup key is built in a reused buffer, so a list
+// seen before costs no allocation: loading a million registrations
+// mostly sees the same few lists.
 func (r *Registry) internBoxes(names []string) *mailboxSet {
 	buf := r.boxKey[:0]
 	for i, n := range names {
@@ -178,20 +207,40 @@ func (r *Registry) internBoxes(names []string) *mailboxSet {
 	}
 	r.boxKey = buf
 	if s, ok := r.boxes[string(buf)]; ok {
+		s.refs++
 		return s
 	}
-	s := &mailboxSet{names: append([]string(nil), names...), match: make([]string, len(names))}
+	s := &mailboxSet{names: append([]string(nil), names...), match: make([]string, len(names)), key: string(buf), refs: 1}
 	for i, n := range names {
 		s.match[i] = normalizeMailbox(n)
 	}
-	r.boxes[string(buf)] = s
+	r.boxes[s.key] = s
 	return s
 }
 
+// reset empties the registry, for a load that starts over.
+func (r *Registry) reset() {
+	r.users = make(map[string][]entry)
+	r.boxes = make(map[string]*mailboxSet)
+	r.count = 0
+}
+
+func (r *Registry) releaseBoxes(s *mailboxSet) {
+	if s.refs--; s.refs == 0 {
+		delete(r.boxes, s.key)
+	}
+}
+
 // Register stores reg and returns once it is on disk. The user name is
-// lower-cased. A Registered time of zero means now.
+// folded the way Dovecot folds it (FoldUser). A Registered time of zero
+// means now.
+//
+// Memory changes only once the journal write succeeded: an error means
+// the registration was not stored, is not looked up, and is not in any
+// snapshot. A registration identical to a stored one younger than
+// RefreshAfter is acknowledged without a write.
 func (r *Registry) Register(ctx context.Context, reg Registration) error {
-	reg.User = strings.ToLower(reg.User)
+	reg.User = FoldUser(reg.User)
 	if reg.Registered.IsZero() {
 		reg.Registered = r.opts.Now()
 	}
@@ -208,56 +257,60 @@ func (r *Registry) Register(ctx context.Context, reg Registration) error {
 			break
 		}
 	}
-	boxes := r.internBoxes(reg.Mailboxes)
 	now := reg.Registered.UnixNano()
-	if idx >= 0 && regs[idx].boxes == boxes && regs[idx].seq <= r.j.durableSeq() &&
+	if idx >= 0 && slices.Equal(regs[idx].boxes.names, reg.Mailboxes) &&
 		time.Duration(now-regs[idx].registered) < r.opts.RefreshAfter && now >= regs[idx].registered {
-		// Unchanged and already durable: nothing to write.
+		// Unchanged and already on disk: nothing to write.
 		r.mu.Unlock()
 		return nil
 	}
-	b := r.pending
-	seq := r.nextSeq()
-	e := entry{accountID: reg.AccountID, deviceToken: reg.DeviceToken, boxes: boxes, registered: now, seq: seq}
-	b.add(putRecord(seq, reg.User, e))
-	if idx >= 0 {
-		regs[idx] = e
-	} else {
-		regs = append(regs, e)
-		r.count++
-		regs = r.enforceCaps(reg.User, regs, reg.AccountID, b)
+	if idx < 0 && r.opts.MaxRegistrations > 0 && r.count+r.adding >= r.opts.MaxRegistrations {
+		r.mu.Unlock()
+		return ErrFull
 	}
-	r.users[reg.User] = regs
+	b := r.pending
+	if idx < 0 {
+		b.adds++
+		r.adding++
+	}
+	b.addRecord(record{Seq: r.nextSeq(), Op: opPut, User: reg.User, AccountID: reg.AccountID, DeviceToken: reg.DeviceToken,
+		Mailboxes: slices.Clone(reg.Mailboxes), RegistrationTime: reg.Registered.UTC()})
+	if idx < 0 {
+		r.planCaps(reg.User, regs, entry{accountID: reg.AccountID, deviceToken: reg.DeviceToken, registered: now}, b)
+	}
 	r.mu.Unlock()
 	r.j.kick()
 	return b.wait(ctx)
 }
 
-// enforceCaps drops the oldest registrations over the limits, journaling
-// each removal. Caller holds mu.
-func (r *Registry) enforceCaps(user string, regs []entry, accountID string, b *batch) []entry {
+// planCaps journals the removal of the oldest registrations that adding
+// e to regs would put over the limits; the writer applies them with the
+// new registration. Caller holds mu. Two new devices of one user in the
+// same batch can each see the other's slot free and leave the user one
+// over the limit until the next registration, which removes it.
+func (r *Registry) planCaps(user string, regs []entry, e entry, b *batch) {
+	regs = append(slices.Clone(regs), e)
 	for {
 		perAccount := 0
 		for i := range regs {
-			if regs[i].accountID == accountID {
+			if regs[i].accountID == e.accountID {
 				perAccount++
 			}
 		}
 		var victim = -1
 		switch {
 		case perAccount > r.opts.MaxPerAccount:
-			victim = oldest(regs, func(e *entry) bool { return e.accountID == accountID })
+			victim = oldest(regs, func(x *entry) bool { return x.accountID == e.accountID })
 		case len(regs) > r.opts.MaxPerUser:
 			victim = oldest(regs, func(*entry) bool { return true })
 		}
 		if victim < 0 {
-			return regs
+			return
 		}
 		r.log.WithFields(logrus.Fields{"user": user, "account": logging.Mask(r.log, regs[victim].accountID),
 			"token": logging.Mask(r.log, regs[victim].deviceToken)}).Info("device limit reached: dropping the oldest registration")
-		b.add(delRecord(r.nextSeq(), user, regs[victim].accountID, regs[victim].deviceToken))
-		regs = append(regs[:victim], regs[victim+1:]...)
-		r.count--
+		b.addRecord(delRec(r.nextSeq(), user, regs[victim].accountID, regs[victim].deviceToken))
+		regs = slices.Delete(regs, victim, victim+1)
 	}
 }
 
@@ -285,7 +338,7 @@ type LookupResult struct {
 // Lookup finds the registrations of user that asked for mailbox. With
 // inboxOnly, only INBOX changes match (the old daemon's rule).
 func (r *Registry) Lookup(user, mailbox string, inboxOnly bool) LookupResult {
-	user = strings.ToLower(user)
+	user = FoldUser(user)
 	mailbox = normalizeNotifyMailbox(mailbox)
 	r.mu.RLock()
 	defer r.mu.RUnlock()
@@ -302,45 +355,44 @@ func (r *Registry) Lookup(user, mailbox string, inboxOnly bool) LookupResult {
 	return res
 }
 
-// Remove deletes one registration. When before is not zero the
-// registration is only removed if it was registered before that time: an
-// APNs 410 carries the time the token became invalid, and a device that
-// registered again since then must keep its registration (docs/protocol.md#apns-410-timestamp).
-// It does not wait for the disk: a lost removal only costs another 410.
+// Remove deletes one registration and waits for the disk. When before
+// is not zero the registration is only removed if it was registered
+// before that time: an APNs 410 carries the time the token became
+// invalid, and a device that registered again since then must keep its
+// registration (docs/protocol.md#apns-410-timestamp). It reports whether
+// it removed one.
 func (r *Registry) Remove(k Key, before time.Time) bool {
-	k.User = strings.ToLower(k.User)
+	k.User = FoldUser(k.User)
 	r.mu.Lock()
 	if r.closed {
 		r.mu.Unlock()
 		return false
 	}
-	regs := r.users[k.User]
+	b := r.pending
 	removed := false
-	for i := range regs {
-		e := &regs[i]
+	for _, e := range r.users[k.User] {
 		if e.accountID != k.AccountID || e.deviceToken != k.DeviceToken {
 			continue
 		}
-		if !before.IsZero() && e.registered >= before.UnixNano() {
-			break
+		if before.IsZero() || e.registered < before.UnixNano() {
+			b.addRecord(delRec(r.nextSeq(), k.User, k.AccountID, k.DeviceToken))
+			removed = true
 		}
-		r.pending.add(delRecord(r.nextSeq(), k.User, k.AccountID, k.DeviceToken))
-		r.removeAt(k.User, regs, i)
-		removed = true
 		break
 	}
 	r.mu.Unlock()
-	if removed {
-		r.j.kick()
+	if !removed {
+		return false
 	}
-	return removed
+	r.j.kick()
+	return b.wait(context.Background()) == nil
 }
 
 // RemoveMatching deletes every registration of user whose account id or
 // device token equals id ("" = all of the user's) and waits for the disk.
 // It returns what it removed. Admin tools use it.
 func (r *Registry) RemoveMatching(ctx context.Context, user, id string) ([]Registration, error) {
-	user = strings.ToLower(user)
+	user = FoldUser(user)
 	r.mu.Lock()
 	if r.closed {
 		r.mu.Unlock()
@@ -348,28 +400,27 @@ func (r *Registry) RemoveMatching(ctx context.Context, user, id string) ([]Regis
 	}
 	var removed []Registration
 	b := r.pending
-	regs := r.users[user]
-	for i := 0; i < len(regs); {
-		e := regs[i]
+	for _, e := range r.users[user] {
 		if id == "" || e.accountID == id || strings.EqualFold(e.deviceToken, id) {
 			removed = append(removed, e.registration(user))
-			b.add(delRecord(r.nextSeq(), user, e.accountID, e.deviceToken))
-			regs = r.removeAt(user, regs, i)
-			continue
+			b.addRecord(delRec(r.nextSeq(), user, e.accountID, e.deviceToken))
 		}
-		i++
 	}
 	r.mu.Unlock()
 	if len(removed) == 0 {
 		return nil, nil
 	}
 	r.j.kick()
-	return removed, b.wait(ctx)
+	if err := b.wait(ctx); err != nil {
+		return nil, err
+	}
+	return removed, nil
 }
 
 // removeAt deletes regs[i] of user and returns the shortened slice. Caller
 // holds mu.
 func (r *Registry) removeAt(user string, regs []entry, i int) []entry {
+	r.releaseBoxes(regs[i].boxes)
 	regs = append(regs[:i], regs[i+1:]...)
 	r.count--
 	if len(regs) == 0 {
@@ -380,30 +431,32 @@ func (r *Registry) removeAt(user string, regs []entry, i int) []entry {
 	return regs
 }
 
-// Expire removes registrations not refreshed within the TTL.
+// Expire removes registrations not refreshed within the TTL, waits for
+// the disk and returns how many it removed.
 func (r *Registry) Expire(now time.Time) int {
-	n := r.expire(now)
-	if n > 0 {
-		r.j.kick()
-	}
-	return n
-}
-
-func (r *Registry) expire(now time.Time) int {
 	cutoff := now.Add(-r.opts.TTL).UnixNano()
 	r.mu.Lock()
-	defer r.mu.Unlock()
+	if r.closed {
+		r.mu.Unlock()
+		return 0
+	}
+	b := r.pending
 	n := 0
 	for user, regs := range r.users {
-		for i := 0; i < len(regs); {
-			if regs[i].registered < cutoff {
-				r.pending.add(delRecord(r.nextSeq(), user, regs[i].accountID, regs[i].deviceToken))
-				regs = r.removeAt(user, regs, i)
+		for _, e := range regs {
+			if e.registered < cutoff {
+				b.addRecord(delRec(r.nextSeq(), user, e.accountID, e.deviceToken))
 				n++
-				continue
 			}
-			i++
 		}
+	}
+	r.mu.Unlock()
+	if n == 0 {
+		return 0
+	}
+	r.j.kick()
+	if err := b.wait(context.Background()); err != nil {
+		return 0
 	}
 	return n
 }
@@ -419,7 +472,7 @@ func (e *entry) registration(user string) Registration {
 // List returns the registrations of user, or of everyone when user is "",
 // sorted by user and registration time.
 func (r *Registry) List(user string) []Registration {
-	user = strings.ToLower(user)
+	user = FoldUser(user)
 	r.mu.RLock()
 	var out []Registration
 	for u, regs := range r.users {
@@ -458,7 +511,7 @@ func ParseFile(data []byte) ([]Registration, error) {
 		if rec.User == "" || rec.AccountID == "" || rec.DeviceToken == "" || len(rec.Mailboxes) == 0 {
 			continue
 		}
-		out = append(out, Registration{Key: Key{User: strings.ToLower(rec.User), AccountID: rec.AccountID,
+		out = append(out, Registration{Key: Key{User: FoldUser(rec.User), AccountID: rec.AccountID,
 			DeviceToken: rec.DeviceToken}, Mailboxes: rec.Mailboxes, Registered: rec.RegistrationTime})
 	}
 	return out, nil
@@ -470,7 +523,7 @@ func ParseFile(data []byte) ([]Registration, error) {
 func (r *Registry) Import(ctx context.Context, regs []Registration) (added int, err error) {
 	now := r.opts.Now()
 	for _, g := range regs {
-		g.User = strings.ToLower(g.User)
+		g.User = FoldUser(g.User)
 		if g.Registered.IsZero() || g.Registered.After(now) {
 			g.Registered = now
 		}
@@ -496,13 +549,26 @@ func (r *Registry) Import(ctx context.Context, regs []Registration) (added int, 
 	return added, nil
 }
 
-// Writable reports the error of the last journal write, or nil when it
-// succeeded: readiness checks use it.
-func (r *Registry) Writable() error {
+// Health is what readiness checks and metrics need to know about the
+// registry.
+type Health struct {
+	// WriteErr is the error of the last journal write, or of the last
+	// check whether the disk takes writes; nil once one succeeds.
+	WriteErr error
+	// Damage says what loading found damaged or lost (lines skipped, a
+	// snapshot missing), one short line each; Damaged counts the
+	// records and lines skipped. The registry started anyway.
+	Damage  []string
+	Damaged int
+}
+
+// Health reports the registry's state for /readyz and the metrics.
+func (r *Registry) Health() Health {
+	h := Health{Damage: r.j.damage, Damaged: r.j.damagedCount}
 	if p := r.j.lastErr.Load(); p != nil {
-		return *p
+		h.WriteErr = *p
 	}
-	return nil
+	return h
 }
 
 // LegacyAppleCerts returns the "AppleCerts" object of an old xapsd

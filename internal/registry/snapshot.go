@@ -37,19 +37,31 @@ type snapshot struct {
 	Legacy bool
 	// AppleCerts is the old daemon's certificate store, kept for import.
 	AppleCerts json.RawMessage
+	// Empty is true for a file that holds no registry at all: 0 bytes,
+	// null or {}.
+	Empty bool
+	// BadEntries counts entries of the old daemon's layout that were
+	// skipped because they do not have the right types.
+	BadEntries int
+	// salvaged is set when the file did not parse and was read line by
+	// line; decodeErr says why it did not parse.
+	salvaged  *salvage
+	decodeErr error
 }
 
 // fileFormat accepts both our layout and the old daemon's.
 type fileFormat struct {
-	Version       int                   `json:"Version"`
-	Seq           uint64                `json:"Seq"`
-	Registrations []record              `json:"Registrations"`
-	Users         map[string]legacyUser `json:"Users"`
-	AppleCerts    json.RawMessage       `json:"AppleCerts"`
+	Version       *int                       `json:"Version"`
+	Seq           uint64                     `json:"Seq"`
+	Registrations []record                   `json:"Registrations"`
+	Users         map[string]json.RawMessage `json:"Users"`
+	AppleCerts    json.RawMessage            `json:"AppleCerts"`
 }
 
+// The old daemon's entries are decoded one by one, so that one entry of
+// the wrong type costs that entry, not the migration.
 type legacyUser struct {
-	Accounts map[string]legacyAccount `json:"Accounts"`
+	Accounts map[string]json.RawMessage `json:"Accounts"`
 }
 
 type legacyAccount struct {
@@ -58,11 +70,15 @@ type legacyAccount struct {
 	RegistrationTime time.Time `json:"RegistrationTime"`
 }
 
+// errNewerFormat is a file written by a newer xapsd: not damage, and not
+// to be salvaged and overwritten.
+var errNewerFormat = errors.New("format version is newer than this xapsd understands")
+
 // decodeSnapshot parses a database file. An empty file is an empty
 // registry (the old daemon treated it so).
 func decodeSnapshot(data []byte) (*snapshot, error) {
 	if len(bytes.TrimSpace(data)) == 0 {
-		return &snapshot{}, nil
+		return &snapshot{Empty: true}, nil
 	}
 	if s, ok := decodeFast(data); ok {
 		return s, nil
@@ -76,20 +92,83 @@ func decodeSlow(data []byte) (*snapshot, error) {
 	if err := json.Unmarshal(data, &f); err != nil {
 		return nil, fmt.Errorf("parse JSON: %w", err)
 	}
-	if f.Version > snapshotVersion {
-		return nil, fmt.Errorf("format version %d is newer than this xapsd understands (%d)", f.Version, snapshotVersion)
+	version := 0
+	if f.Version != nil {
+		version = *f.Version
 	}
-	s := &snapshot{Seq: f.Seq, Records: f.Registrations, AppleCerts: f.AppleCerts}
-	if f.Version == 0 && (f.Users != nil || f.AppleCerts != nil) {
+	if version > snapshotVersion {
+		return nil, fmt.Errorf("%w: version %d, this xapsd reads up to %d", errNewerFormat, version, snapshotVersion)
+	}
+	s := &snapshot{Seq: f.Seq, Records: f.Registrations, AppleCerts: f.AppleCerts,
+		Empty: f.Version == nil && f.Registrations == nil && f.Users == nil && f.AppleCerts == nil}
+	if version == 0 && (f.Users != nil || f.AppleCerts != nil) {
 		s.Legacy = true
-		for user, u := range f.Users {
-			for account, a := range u.Accounts {
+		for user, raw := range f.Users {
+			var u legacyUser
+			if err := json.Unmarshal(raw, &u); err != nil {
+				s.BadEntries++
+				continue
+			}
+			for account, raw := range u.Accounts {
+				var a legacyAccount
+				if err := json.Unmarshal(raw, &a); err != nil {
+					s.BadEntries++
+					continue
+				}
 				s.Records = append(s.Records, record{User: user, AccountID: account, DeviceToken: a.DeviceToken,
 					Mailboxes: a.Mailboxes, RegistrationTime: a.RegistrationTime})
 			}
 		}
 	}
 	return s, nil
+}
+
+// salvage is what salvageSnapshot could read of a damaged file.
+type salvage struct {
+	seq      uint64 // from the header line; 0 if it was damaged too
+	kept     int
+	badLines []int // 1-based, the first few
+	bad      int
+	noEnd    bool // the closing "]}" is missing: the file was cut short
+}
+
+// salvageSnapshot reads a snapshot that does not parse as a whole, line by
+// line: every line that is a whole registration (our layout has one a
+// line) goes to apply, and the others are counted. It never fails; the
+// registry is soft state that iOS renews, and refusing to start over one
+// bad byte would stop push for everyone.
+func salvageSnapshot(data []byte, apply func(record)) salvage {
+	var s salvage
+	s.noEnd = true
+	for i, line := range bytes.Split(data, []byte("\n")) {
+		t := bytes.TrimSuffix(bytes.TrimSpace(line), []byte(","))
+		if len(t) == 0 {
+			continue
+		}
+		if bytes.Equal(t, []byte("]}")) {
+			s.noEnd = false
+			continue
+		}
+		if head, ok := bytes.CutPrefix(t, snapshotHeaderPrefix); ok && i == 0 {
+			if head, ok = bytes.CutSuffix(head, []byte(`,"Registrations":[`)); ok {
+				if seq, err := strconv.ParseUint(string(head), 10, 64); err == nil {
+					s.seq = seq
+					continue
+				}
+			}
+		}
+		r, err := parseRecordLine(t)
+		if err != nil || r.Seq != 0 || r.Op != "" || r.User == "" || r.AccountID == "" || r.DeviceToken == "" {
+			s.bad++
+			if len(s.badLines) < 10 {
+				s.badLines = append(s.badLines, i+1)
+			}
+			continue
+		}
+		s.kept++
+		apply(r)
+	}
+	return s
 }
 
 // decodeFast reads the layout encodeSnapshot writes from memory. It

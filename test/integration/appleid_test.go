@@ -107,8 +107,12 @@ func TestAppleIDWithoutCertificateExplainsAndKeepsRunning(t *testing.T) {
 	addr := writeConfig(t, dir, fmt.Sprintf("appleId: admin@example.com\nappleIdHashedPassword: %s\n", strings.Repeat("0a", 32)))
 	d := startDaemon(t, dir, addr)
 	status, body := post(t, addr, "/register", registerBody("bob", "ACC-B", token(4)))
-	if status != 503 || !strings.Contains(body, "no Apple push certificate") {
-		t.Errorf("register = %d %q, want 503 saying why", status, body)
+	// The plugin is told what, without the server's paths; the log says why.
+	if status != 503 || !strings.Contains(body, "no usable push credential") || strings.Contains(body, dir) {
+		t.Errorf("register = %d %q, want 503 naming the problem without paths", status, body)
+	}
+	if !d.waitLog("refusing a registration: no usable push credential", 5*time.Second) || !strings.Contains(d.log.String(), "no Apple push certificate") {
+		t.Error("the log does not say why the registration was refused")
 	}
 	resp, err := client.Get("http://" + addr + "/healthz")
 	if err != nil {

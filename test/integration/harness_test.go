@@ -113,8 +113,15 @@ func writeConfig(t *testing.T, dir string, extra string) string {
 // startDaemon runs xapsd with dir/xapsd.yaml and waits until it answers.
 func startDaemon(t *testing.T, dir, addr string, env ...string) *daemon {
 	t.Helper()
+	return startDaemonBin(t, xapsdBin, dir, addr, env...)
+}
+
+// startDaemonBin is startDaemon with another program that runs xapsd (a
+// wrapper that sets limits, say).
+func startDaemonBin(t *testing.T, bin, dir, addr string, env ...string) *daemon {
+	t.Helper()
 	d := &daemon{t: t, dir: dir, addr: addr, log: &syncBuffer{}, done: make(chan struct{})}
-	d.cmd = exec.Command(xapsdBin, "--config", filepath.Join(dir, "xapsd.yaml"))
+	d.cmd = exec.Command(bin, "--config", filepath.Join(dir, "xapsd.yaml"))
 	d.cmd.Stdout, d.cmd.Stderr = d.log, d.log
 	d.cmd.Env = append(os.Environ(), env...)
 	if err := d.cmd.Start(); err != nil {

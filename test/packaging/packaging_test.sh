@@ -374,9 +374,11 @@ if p.get("user", "root") != "root":
     sys.exit("user=%s: the start script needs root to hand the folders over; it drops to xapsd itself" % p["user"])
 if p.get("stopsignal", "TERM") not in ("TERM", "SIGTERM"):
     sys.exit("stopsignal %s: xapsd drains on SIGTERM" % p["stopsignal"])
-# shutdownTimeout defaults to 15s; supervisord must wait longer before SIGKILL.
+# shutdownDrainTimeout + shutdownTimeout default to 2s + 6s, plus the registry's
+# snapshot; supervisord must wait longer before SIGKILL, with room for admins
+# who raise them.
 if int(p.get("stopwaitsecs", "10")) <= 15:
-    sys.exit("stopwaitsecs %s is not above xapsd's shutdownTimeout (15s)" % p.get("stopwaitsecs"))
+    sys.exit("stopwaitsecs %s leaves no room above xapsd's shutdown budgets (2s + 6s by default)" % p.get("stopwaitsecs"))
 if p.get("autorestart", "unexpected") not in ("true", "unexpected"):
     sys.exit("autorestart %s" % p["autorestart"])
 EOF

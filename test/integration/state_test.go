@@ -1,0 +1,131 @@
+package integration
+
+import (
+	"bytes"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/xapsd/xapsd/internal/registry"
+)
+
+func get(t *testing.T, url string) (int, string) {
+	t.Helper()
+	resp, err := client.Get(url)
+	if err != nil {
+		t.Fatalf("GET %s: %v", url, err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+// A damaged snapshot does not stop xapsd (under Restart=on-failure, a
+// restart loop without push for anyone): it starts with what could be
+// read, and /readyz and the metrics say what happened.
+func TestDamagedSnapshotStartsAndIsReported(t *testing.T) {
+	dir := t.TempDir()
+	metricsAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	addr := writeConfig(t, dir, "apnsEndpoint: dry-run\nmetricsListenAddr: "+metricsAddr+"\n")
+	d := startDaemon(t, dir, addr)
+	for i := range 40 {
+		if status, body := post(t, addr, "/register", registerBody(fmt.Sprintf("user%d@example.com", i), acc, token(i))); status != 200 {
+			t.Fatalf("register: %d %s", status, body)
+		}
+	}
+	if code := d.stop(); code != 0 {
+		t.Fatalf("exit %d", code)
+	}
+	db := filepath.Join(dir, "state", "database.json")
+	data, err := os.ReadFile(db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Cut in the middle of a line, as a full disk or a crash of the
+	// file system might.
+	if err := os.WriteFile(db, data[:len(data)/2], 0o600); err != nil {
+		t.Fatal(err)
+	}
+	d = startDaemon(t, dir, addr)
+	code, body := get(t, "http://"+metricsAddr+"/readyz")
+	if code != 200 || !strings.Contains(body, "registry: database.json was damaged") {
+		t.Errorf("/readyz = %d %q, want ok and what was damaged", code, body)
+	}
+	_, metrics := get(t, "http://"+metricsAddr+"/metrics")
+	if !strings.Contains(metrics, "\nxapsd_registry_damaged 1\n") && !strings.Contains(metrics, "\nxapsd_registry_damaged 2\n") {
+		t.Errorf("xapsd_registry_damaged not reported:\n%s", grepLines(metrics, "xapsd_registry_damaged"))
+	}
+	if !d.waitLog("the registry snapshot is damaged", 5*time.Second) {
+		t.Error("no error line about the damaged snapshot")
+	}
+	copies, _ := filepath.Glob(db + ".damaged-*")
+	if len(copies) != 1 {
+		t.Errorf("damaged copies: %v", copies)
+	} else if b, _ := os.ReadFile(copies[0]); !bytes.Equal(b, data[:len(data)/2]) {
+		t.Error("the damaged copy is not the damaged file")
+	}
+	if status, _ := post(t, addr, "/register", registerBody("after@example.com", acc, token(99))); status != 200 {
+		t.Errorf("register after salvage: %d", status)
+	}
+}
+
+func grepLines(s, substr string) string {
+	var out []string
+	for _, l := range strings.Split(s, "\n") {
+		if strings.Contains(l, substr) {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "\n")
+}
+
+// A second xapsd on the same configuration, after someone deleted the
+// lock file, stops at the port it cannot bind, before it opens the
+// registry; the running daemon's journal stays whole.
+func TestSecondDaemonStopsBeforeTheRegistry(t *testing.T) {
+	dir := t.TempDir()
+	addr := writeConfig(t, dir, "apnsEndpoint: dry-run\nloglevel: info\n")
+	d := startDaemon(t, dir, addr)
+	db := filepath.Join(dir, "state", "database.json")
+	for i := range 10 {
+		if status, _ := post(t, addr, "/register", registerBody(fmt.Sprintf("a%d@example.com", i), acc, token(i))); status != 200 {
+			t.Fatalf("register: %d", status)
+		}
+	}
+	segs, _ := filepath.Glob(db + ".journal.*")
+	if err := os.Remove(db + ".lock"); err != nil {
+		t.Fatal(err)
+	}
+	second := exec.Command(xapsdBin, "--config", filepath.Join(dir, "xapsd.yaml"))
+	out, err := second.CombinedOutput()
+	if err == nil {
+		t.Fatalf("a second xapsd started on the same configuration:\n%s", out)
+	}
+	if !strings.Contains(string(out), "(listenAddr/port)") || strings.Contains(string(out), "registry loaded") {
+		t.Errorf("the second xapsd did not stop at the port, before the registry:\n%s", out)
+	}
+	for _, s := range segs {
+		if _, err := os.Stat(s); err != nil {
+			t.Errorf("the running daemon's journal segment is gone: %v", err)
+		}
+	}
+	for i := 10; i < 20; i++ {
+		if status, _ := post(t, addr, "/register", registerBody(fmt.Sprintf("a%d@example.com", i), acc, token(i))); status != 200 {
+			t.Fatalf("register after the second start: %d", status)
+		}
+	}
+	d.kill()
+	r, err := registry.Open(registry.Options{Path: db})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	if u, _ := r.Stats(); u != 20 {
+		t.Errorf("%d users on disk after kill -9, want the 20 acknowledged", u)
+	}
+}
