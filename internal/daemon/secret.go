@@ -13,9 +13,11 @@ const minSecretLen = 16
 
 // loadPluginSecret reads pluginSecretFile: one line, printable ASCII
 // without spaces (it travels in an HTTP header and a Dovecot setting),
-// at least minSecretLen characters. A file that group or others may read
-// is refused rather than warned about: a warning in a log nobody reads
-// would leave the registry open to every local user.
+// at least minSecretLen characters. A file others may read, or group
+// members change, is refused rather than warned about: a warning in a log
+// nobody reads would leave the registry open to every local user. Group
+// read is allowed, as for the key files (0640 root:xapsd), which is also
+// what docker-mailserver's start script makes of the config folder.
 func loadPluginSecret(path string) ([]byte, error) {
 	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NOFOLLOW, 0)
 	if err != nil {
@@ -29,8 +31,9 @@ func loadPluginSecret(path string) ([]byte, error) {
 	if !st.Mode().IsRegular() {
 		return nil, fmt.Errorf("pluginSecretFile: %s is not a regular file", path)
 	}
-	if perm := st.Mode().Perm(); perm&0o077 != 0 {
-		return nil, fmt.Errorf("pluginSecretFile: %s can be read or written by users other than its owner (mode %o); chmod 600 it and make it owned by the user xapsd runs as", path, perm)
+	if perm := st.Mode().Perm(); perm&0o027 != 0 {
+		return nil, fmt.Errorf("pluginSecretFile: %s can be read by others or changed by its group (mode %o); "+
+			"make it 0640 root:xapsd (or 0600 owned by the user xapsd runs as)", path, perm)
 	}
 	buf := make([]byte, 1024)
 	n, err := f.Read(buf)

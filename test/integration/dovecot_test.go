@@ -129,7 +129,8 @@ func startDovecot(t *testing.T, kind dovecotKind, xapsAddr string) *dovecotEnv {
 		fmt.Fprintf(&users, "%s:{PLAIN}secret:%d:%d::%s/home/%s::%s\n", u, mailUID, mailUID, inside, u, extra)
 	}
 	os.WriteFile(filepath.Join(dir, "users"), []byte(users.String()), 0o644)
-	os.WriteFile(filepath.Join(dir, "xaps.secret"), []byte("e2e-secret\n"), 0o600)
+	// The plugin's copy of the secret xapsd checks (newE2E).
+	os.WriteFile(filepath.Join(dir, "xaps.secret"), []byte(e2eSecret+"\n"), 0o600)
 
 	e := &dovecotEnv{t: t, kind: kind, dir: dir, xapsAddr: xapsAddr, done: make(chan struct{})}
 	imapPort, lmtpPort := freePort(t), freePort(t)
@@ -303,9 +304,18 @@ type e2e struct {
 // the plugin at http://[::1]:port: the pairing docs/configuration.md
 // offers besides listenAddr 127.0.0.1 (localhost resolves to 127.0.0.1
 // only on many hosts, so it is not used).
+// e2eSecret is shared by xapsd (pluginSecretFile) and the plugin
+// (xaps_secret / xaps_secret_file in the test configurations): every
+// request of the end-to-end tests is authenticated.
+const e2eSecret = "e2e-secret-0123456789abcdef"
+
 func newE2E(t *testing.T, kind dovecotKind, extra string) *e2e {
 	t.Helper()
-	a := newAPNsEnv(t, "delay: 2\ncheckInterval: 1\nlistenAddr: ::1\n"+extra)
+	secret := filepath.Join(t.TempDir(), "plugin.secret")
+	if err := os.WriteFile(secret, []byte(e2eSecret+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	a := newAPNsEnv(t, "delay: 2\ncheckInterval: 1\nlistenAddr: ::1\npluginSecretFile: "+secret+"\n"+extra)
 	_, port, _ := net.SplitHostPort(a.addr)
 	return &e2e{apnsEnv: a, dc: startDovecot(t, kind, "[::1]:"+port)}
 }
