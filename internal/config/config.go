@@ -92,6 +92,12 @@ type Config struct {
 	AllowUnauthenticated bool          `config:"allowUnauthenticated"`
 	MaxRegistrations     int           `config:"maxRegistrations"`
 	ShutdownDrainTimeout time.Duration `config:"shutdownDrainTimeout"`
+	// DatabaseURL selects PostgreSQL as the registry, shared by every
+	// xapsd that points at it (docs/operations.md#running-several-xapsd);
+	// empty keeps the registry in databaseFile. Redacted hides a password
+	// in it.
+	DatabaseURL          string `config:"databaseURL,dburl"`
+	DatabasePasswordFile string `config:"databasePasswordFile,path"`
 }
 
 // Default returns the built-in defaults: the legacy sample's values where it had them
@@ -213,6 +219,7 @@ type key struct {
 	kind   kind
 	path   bool // resolved against the config file's folder
 	secret bool // hidden by Redacted
+	dburl  bool // a database URL: Redacted hides the password in it
 }
 
 var durationType = reflect.TypeFor[time.Duration]()
@@ -248,6 +255,8 @@ func keys() []key {
 				k.path = true
 			case "secret":
 				k.secret = true
+			case "dburl":
+				k.dburl = true
 			}
 		}
 		ks = append(ks, k)

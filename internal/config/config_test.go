@@ -122,6 +122,9 @@ func TestKeys(t *testing.T) {
 		{"allowUnauthenticated", "allowUnauthenticated: true\nlistenAddr: 192.0.2.7", func(c *Config) any { return c.AllowUnauthenticated }, true},
 		{"maxRegistrations", "maxRegistrations: 5000", func(c *Config) any { return c.MaxRegistrations }, 5000},
 		{"shutdownDrainTimeout", "shutdownDrainTimeout: 500ms", func(c *Config) any { return c.ShutdownDrainTimeout }, 500 * time.Millisecond},
+		{"databaseURL", "databaseURL: postgres://xapsd@db.example.net/xapsd", func(c *Config) any { return c.DatabaseURL }, "postgres://xapsd@db.example.net/xapsd"},
+		{"databaseURL keywords", "databaseURL: host=db dbname=xapsd", func(c *Config) any { return c.DatabaseURL }, "host=db dbname=xapsd"},
+		{"databasePasswordFile", "databaseURL: postgres://db/xapsd\ndatabasePasswordFile: db.pass", func(c *Config) any { return c.DatabasePasswordFile }, func(d string) any { return filepath.Join(d, "db.pass") }},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -183,7 +186,7 @@ func TestKeysMatchStruct(t *testing.T) {
 	if got := strings.Join(secrets, " "); got != "certificateFileP12Password appleIdHashedPassword" {
 		t.Errorf("secrets: %s", got)
 	}
-	if got := strings.Join(paths, " "); got != "databaseFile tlsCertfile tlsKeyfile certificateFileP12 certificateFilePem certificateFilePemKey keyFileP8 appleIdVendorCertificate appleIdVendorKey pluginSecretFile" {
+	if got := strings.Join(paths, " "); got != "databaseFile tlsCertfile tlsKeyfile certificateFileP12 certificateFilePem certificateFilePemKey keyFileP8 appleIdVendorCertificate appleIdVendorKey pluginSecretFile databasePasswordFile" {
 		t.Errorf("paths: %s", got)
 	}
 }
@@ -225,7 +228,8 @@ func TestBadConfigs(t *testing.T) {
 			_ = yaml.Unmarshal(data, &raw)
 			for k, v := range raw {
 				s, ok := v.(string)
-				if ok && len(s) > 3 && strings.Contains(strings.ToLower(k), "password") && strings.Contains(msg, s) {
+				// (databasePasswordFile names a file: its name is no secret.)
+				if ok && len(s) > 3 && strings.Contains(strings.ToLower(k), "password") && !strings.HasSuffix(k, "File") && strings.Contains(msg, s) {
 					t.Errorf("error shows the secret %s: %s", k, msg)
 				}
 			}
@@ -587,6 +591,19 @@ func TestRedacted(t *testing.T) {
 	}
 	if strings.Join(lines, " ") != strings.Join(names, " ") {
 		t.Errorf("keys in output:\n%v\nwant\n%v", lines, names)
+	}
+	// A database URL keeps everything but its password.
+	for in, want := range map[string]string{
+		"postgres://xapsd:s3cret@db.example.net:5432/xapsd?sslmode=require": "postgres://xapsd:<redacted>@db.example.net:5432/xapsd?sslmode=require",
+		"host=db user=xapsd password='se cret' dbname=xapsd":                "host=db user=xapsd password=<redacted> dbname=xapsd",
+		"host=db password=s3cret":                                           "host=db password=<redacted>",
+		"postgres://xapsd@db/xapsd":                                         "postgres://xapsd@db/xapsd",
+	} {
+		c := Default()
+		c.DatabaseURL = in
+		if out := c.Redacted(); !strings.Contains(out, "databaseURL: "+want+"\n") && !strings.Contains(out, "databaseURL: '"+want+"'\n") {
+			t.Errorf("databaseURL %q shows as:\n%s", in, out)
+		}
 	}
 	// Unset secrets print as empty, not as "<redacted>", so an admin sees they are unset.
 	if out := Default().Redacted(); strings.Contains(out, redactedText) {

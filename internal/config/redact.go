@@ -2,6 +2,7 @@ package config
 
 import (
 	"reflect"
+	"regexp"
 	"strings"
 	"time"
 
@@ -30,6 +31,9 @@ func (c *Config) Redacted() string {
 			s := f.String()
 			if k.secret && s != "" {
 				s = redactedText
+			}
+			if k.dburl {
+				s = redactDatabaseURL(s)
 			}
 			value = s
 		case kindInt:
@@ -67,4 +71,20 @@ func formatDuration(d time.Duration) string {
 		s = strings.TrimSuffix(s, "0m")
 	}
 	return s
+}
+
+// databasePassword finds the password in a postgres:// URL
+// (user:password@host) or a keyword string (password=...).
+var databasePassword = regexp.MustCompile(`(^[a-z]+://[^:/@]*:)([^@]*)(@)|((?:^|\s)password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)`)
+
+// redactDatabaseURL keeps a database URL readable (host, database, user)
+// and hides only its password.
+func redactDatabaseURL(s string) string {
+	return databasePassword.ReplaceAllStringFunc(s, func(m string) string {
+		sub := databasePassword.FindStringSubmatch(m)
+		if sub[1] != "" {
+			return sub[1] + redactedText + sub[3]
+		}
+		return sub[4] + redactedText
+	})
 }

@@ -204,6 +204,12 @@ func (c *Config) validate(given map[string]string) []error {
 	if c.MaxRegistrations < 1 || c.MaxRegistrations > 100_000_000 {
 		bad("maxRegistrations", c.MaxRegistrations, "must be between 1 and 100000000")
 	}
+	if u := c.DatabaseURL; u != "" && !strings.HasPrefix(u, "postgres://") && !strings.HasPrefix(u, "postgresql://") && !strings.Contains(u, "=") {
+		bad("databaseURL", redactDatabaseURL(u), "must be a postgres:// URL or a keyword string such as \"host=db dbname=xapsd user=xapsd\"")
+	}
+	if c.DatabasePasswordFile != "" && c.DatabaseURL == "" {
+		bad("databasePasswordFile", c.DatabasePasswordFile, "is only used with databaseURL")
+	}
 	return errs
 }
 

@@ -122,7 +122,7 @@ func Run(ctx context.Context, o Options) error {
 	}
 
 	start := time.Now()
-	d.reg, err = registry.Open(registry.Options{
+	regOpts := registry.Options{
 		OnSync:           d.metrics.ObserveSync,
 		Path:             cfg.DatabaseFile,
 		TTL:              cfg.RegistrationTTL,
@@ -130,7 +130,13 @@ func Run(ctx context.Context, o Options) error {
 		CompactAfter:     cfg.RegistryCompactAfter,
 		MaxRegistrations: cfg.MaxRegistrations,
 		Log:              o.Log.WithField("component", "registry"),
-	})
+	}
+	registryAt := cfg.DatabaseFile
+	if cfg.DatabaseURL != "" {
+		regOpts.Postgres = &registry.PostgresOptions{URL: cfg.DatabaseURL, PasswordFile: cfg.DatabasePasswordFile}
+		registryAt = "PostgreSQL " + databaseHost(cfg.DatabaseURL)
+	}
+	d.reg, err = registry.Open(regOpts)
 	if err != nil {
 		return fail(err)
 	}
@@ -149,7 +155,7 @@ func Run(ctx context.Context, o Options) error {
 	// whenever the scavenger gets to it.
 	debug.FreeOSMemory()
 	users, regs := d.reg.Stats()
-	log.WithFields(logrus.Fields{"file": cfg.DatabaseFile, "users": users, "registrations": regs,
+	log.WithFields(logrus.Fields{"registry": registryAt, "users": users, "registrations": regs,
 		"ms": time.Since(start).Milliseconds()}).Info("registry loaded")
 
 	d.sender = apns.New(cred.client, apns.Options{
@@ -566,4 +572,32 @@ func (d *Daemon) shutdown(pendingPath string) error {
 
 func pendingFile(db string) string {
 	return filepath.Join(filepath.Dir(db), "pending-pushes.json")
+}
+
+// databaseHost names the database of a databaseURL for the log, without
+// user or password.
+func databaseHost(url string) string {
+	if rest, ok := strings.CutPrefix(url, "postgres://"); ok {
+		url = rest
+	} else if rest, ok := strings.CutPrefix(url, "postgresql://"); ok {
+		url = rest
+	} else {
+		var host, db string
+		for _, f := range strings.Fields(url) {
+			if v, ok := strings.CutPrefix(f, "host="); ok {
+				host = v
+			}
+			if v, ok := strings.CutPrefix(f, "dbname="); ok {
+				db = v
+			}
+		}
+		return host + "/" + db
+	}
+	if i := strings.LastIndex(url, "@"); i >= 0 {
+		url = url[i+1:]
+	}
+	if i := strings.IndexByte(url, '?'); i >= 0 {
+		url = url[:i]
+	}
+	return url
 }

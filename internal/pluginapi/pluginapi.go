@@ -271,6 +271,11 @@ func (h *handler) register(w http.ResponseWriter, r *http.Request) {
 			fail(w, http.StatusServiceUnavailable, "registry full: the server takes no new devices now")
 			return
 		}
+		if errors.Is(err, registry.ErrUnavailable) {
+			h.Log.WithError(err).WithField("user", reg.User).Error("registration not stored: the registry database cannot be reached")
+			fail(w, http.StatusServiceUnavailable, "registry unavailable: the server cannot store registrations right now")
+			return
+		}
 		if r.Context().Err() != nil {
 			// Dovecot gave up on the answer; the registration is in the
 			// journal's queue and is stored unless the write fails, which

@@ -438,3 +438,28 @@ func TestRegistryFullIs503(t *testing.T) {
 		t.Errorf("%d log lines for 3 refusals, want 1 (rate-limited)", warned)
 	}
 }
+
+// unreachableRegistrar stands for a registry whose PostgreSQL is down.
+type unreachableRegistrar struct{}
+
+func (unreachableRegistrar) Register(context.Context, registry.Registration) error {
+	return fmt.Errorf("%w: dial tcp 192.0.2.5:5432: connect: connection refused", registry.ErrUnavailable)
+}
+
+func TestRegisterWithTheDatabaseDownIs503(t *testing.T) {
+	log, hook := logtest.NewNullLogger()
+	srv := httptest.NewServer(NewHandler(Options{Registrar: unreachableRegistrar{}, Notifier: &fakeNotifier{},
+		Topic: func() (string, error) { return topic, nil }, Log: log}))
+	defer srv.Close()
+	resp, err := http.Post(srv.URL+"/register", "application/json", strings.NewReader(pluginRegister))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != 503 || !strings.Contains(string(b), "registry unavailable") || strings.Contains(string(b), "192.0.2.5") {
+		t.Errorf("= %d %q, want 503 without the database's address", resp.StatusCode, b)
+	}
+	if e := hook.LastEntry(); e == nil || !strings.Contains(fmt.Sprint(e.Data[logrus.ErrorKey]), "connection refused") {
+		t.Errorf("the log did not get the reason: %+v", e)
+	}
+}

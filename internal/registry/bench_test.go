@@ -75,7 +75,7 @@ func BenchmarkOpenMillion(b *testing.B) {
 		b.StopTimer()
 		// As after a crash: no final snapshot, which a loop would
 		// otherwise measure too.
-		seg := r.j.segPath
+		seg := r.jr().segPath
 		crash(r)
 		os.Remove(seg)
 		b.StartTimer()

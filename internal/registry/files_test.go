@@ -61,7 +61,7 @@ func TestSecondOpenAfterLockDeletedTouchesNothing(t *testing.T) {
 	slow := func(o *Options) { o.CheckEvery = time.Hour } // the lock file is not made again meanwhile
 	r := open(t, path, c, slow)
 	mustRegister(t, r, reg("alice", acc1, tok1))
-	seg := r.j.segPath
+	seg := r.jr().segPath
 	os.Remove(path + ".lock")
 	second, err := Open(Options{Path: path, Now: c.Now})
 	if err == nil {

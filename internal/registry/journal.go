@@ -80,6 +80,16 @@ func (j *journal) noteDamage(n int, note string) {
 	}
 }
 
+func (j *journal) health(h *Health) {
+	h.Damage, h.Damaged = j.damage, j.damagedCount
+	if p := j.lastErr.Load(); p != nil {
+		h.WriteErr = *p
+	}
+}
+
+// expire leaves the removals to the registry, which journals them.
+func (j *journal) expire(time.Time) (int, bool) { return 0, false }
+
 func (j *journal) kick() {
 	select {
 	case j.kickc <- struct{}{}:

@@ -65,7 +65,7 @@ func TestJournalCompactsBySize(t *testing.T) {
 		c.Add(time.Second)
 		mustRegister(t, r, reg("alice", acc1, tok1, distinctBoxes(i, 400)...)) // about 10 KB a record
 	}
-	r.j.compactW.Wait()
+	r.jr().compactW.Wait()
 	var total int64
 	for _, s := range segmentFiles(path) {
 		if st, err := os.Stat(s); err == nil {

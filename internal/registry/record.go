@@ -17,6 +17,13 @@ type record struct {
 	DeviceToken      string    `json:"DeviceToken"`
 	Mailboxes        []string  `json:"Mailboxes,omitempty"`
 	RegistrationTime time.Time `json:"RegistrationTime,omitzero"`
+
+	// For a shared database, where another daemon may have stored a newer
+	// copy since this one looked (never written to the files): a del
+	// with before removes only a registration made before that time, a
+	// put with keepNewer replaces only an older one.
+	before    time.Time
+	keepNewer bool
 }
 
 const (

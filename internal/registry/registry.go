@@ -103,6 +103,9 @@ type Options struct {
 	// deleted under it and, after a failed write, tries whether the disk
 	// takes writes again (default 5 s).
 	CheckEvery time.Duration
+	// Postgres, when set, keeps the registry in that database instead of
+	// Path's files (postgres.go).
+	Postgres *PostgresOptions
 }
 
 func (o *Options) setDefaults() {
@@ -164,11 +167,33 @@ type Registry struct {
 	// loaded at start still had one (docs/protocol.md#legacy-applecerts).
 	appleCerts json.RawMessage
 
-	j *journal
+	store persister
+	// capsInStore: the store enforces the device caps itself (a shared
+	// database, where this daemon's memory may not yet hold what another
+	// one just added, so its choice of the oldest could be wrong).
+	capsInStore bool
+}
+
+// A persister makes the registry's changes durable: the journal beside
+// the snapshot file (journal.go), or a PostgreSQL database several
+// daemons share (postgres.go). Either takes the pending batch when kicked,
+// makes it durable, applies it to memory and releases its waiters; the
+// rest of the registry does not care which it has.
+type persister interface {
+	kick()
+	// health fills in what Health reports about durability.
+	health(h *Health)
+	// expire removes the registrations registered before cutoff itself
+	// when it has its own way to (handled), for example one daemon at a
+	// time for a shared database; otherwise the registry journals the
+	// removals.
+	expire(cutoff time.Time) (removed int, handled bool)
+	close() error
 }
 
 // Open loads the registry from opts.Path (snapshot, legacy database.json or
-// nothing) plus its journal, and starts the journal writer.
+// nothing) plus its journal, and starts the journal writer; with
+// opts.Postgres, from that database instead (postgres.go).
 func Open(opts Options) (*Registry, error) {
 	opts.setDefaults()
 	r := &Registry{
@@ -178,11 +203,20 @@ func Open(opts Options) (*Registry, error) {
 		boxes:   make(map[string]*mailboxSet),
 		pending: newBatch(),
 	}
+	if opts.Postgres != nil {
+		p, err := openPostgres(r, *opts.Postgres)
+		if err != nil {
+			return nil, err
+		}
+		r.store = p
+		r.capsInStore = true
+		return r, nil
+	}
 	j, err := openJournal(r, opts.Path)
 	if err != nil {
 		return nil, err
 	}
-	r.j = j
+	r.store = j
 	j.start()
 	// Also for a new file: the old daemon only expired registrations when
 	// its file existed at start.
@@ -240,6 +274,12 @@ func (r *Registry) releaseBoxes(s *mailboxSet) {
 // snapshot. A registration identical to a stored one younger than
 // RefreshAfter is acknowledged without a write.
 func (r *Registry) Register(ctx context.Context, reg Registration) error {
+	return r.register(ctx, reg, false)
+}
+
+// register is Register; keepNewer (imports) leaves a newer copy another
+// daemon stored in a shared database alone.
+func (r *Registry) register(ctx context.Context, reg Registration, keepNewer bool) error {
 	reg.User = FoldUser(reg.User)
 	if reg.Registered.IsZero() {
 		reg.Registered = r.opts.Now()
@@ -274,12 +314,12 @@ func (r *Registry) Register(ctx context.Context, reg Registration) error {
 		r.adding++
 	}
 	b.addRecord(record{Seq: r.nextSeq(), Op: opPut, User: reg.User, AccountID: reg.AccountID, DeviceToken: reg.DeviceToken,
-		Mailboxes: slices.Clone(reg.Mailboxes), RegistrationTime: reg.Registered.UTC()})
-	if idx < 0 {
+		Mailboxes: slices.Clone(reg.Mailboxes), RegistrationTime: reg.Registered.UTC(), keepNewer: keepNewer})
+	if idx < 0 && !r.capsInStore {
 		r.planCaps(reg.User, regs, entry{accountID: reg.AccountID, deviceToken: reg.DeviceToken, registered: now}, b)
 	}
 	r.mu.Unlock()
-	r.j.kick()
+	r.store.kick()
 	return b.wait(ctx)
 }
 
@@ -375,7 +415,9 @@ func (r *Registry) Remove(k Key, before time.Time) bool {
 			continue
 		}
 		if before.IsZero() || e.registered < before.UnixNano() {
-			b.addRecord(delRec(r.nextSeq(), k.User, k.AccountID, k.DeviceToken))
+			rec := delRec(r.nextSeq(), k.User, k.AccountID, k.DeviceToken)
+			rec.before = before
+			b.addRecord(rec)
 			removed = true
 		}
 		break
@@ -384,7 +426,7 @@ func (r *Registry) Remove(k Key, before time.Time) bool {
 	if !removed {
 		return false
 	}
-	r.j.kick()
+	r.store.kick()
 	return b.wait(context.Background()) == nil
 }
 
@@ -410,7 +452,7 @@ func (r *Registry) RemoveMatching(ctx context.Context, user, id string) ([]Regis
 	if len(removed) == 0 {
 		return nil, nil
 	}
-	r.j.kick()
+	r.store.kick()
 	if err := b.wait(ctx); err != nil {
 		return nil, err
 	}
@@ -434,6 +476,9 @@ func (r *Registry) removeAt(user string, regs []entry, i int) []entry {
 // Expire removes registrations not refreshed within the TTL, waits for
 // the disk and returns how many it removed.
 func (r *Registry) Expire(now time.Time) int {
+	if n, handled := r.store.expire(now.Add(-r.opts.TTL)); handled {
+		return n
+	}
 	cutoff := now.Add(-r.opts.TTL).UnixNano()
 	r.mu.Lock()
 	if r.closed {
@@ -454,7 +499,7 @@ func (r *Registry) Expire(now time.Time) int {
 	if n == 0 {
 		return 0
 	}
-	r.j.kick()
+	r.store.kick()
 	if err := b.wait(context.Background()); err != nil {
 		return 0
 	}
@@ -541,7 +586,7 @@ func (r *Registry) Import(ctx context.Context, regs []Registration) (added int, 
 		if newer {
 			continue
 		}
-		if err := r.Register(ctx, g); err != nil {
+		if err := r.register(ctx, g, true); err != nil {
 			return added, err
 		}
 		added++
@@ -564,10 +609,8 @@ type Health struct {
 
 // Health reports the registry's state for /readyz and the metrics.
 func (r *Registry) Health() Health {
-	h := Health{Damage: r.j.damage, Damaged: r.j.damagedCount}
-	if p := r.j.lastErr.Load(); p != nil {
-		h.WriteErr = *p
-	}
+	var h Health
+	r.store.health(&h)
 	return h
 }
 
@@ -593,7 +636,7 @@ func (r *Registry) Close() error {
 	}
 	r.closed = true
 	r.mu.Unlock()
-	if err := r.j.close(); err != nil {
+	if err := r.store.close(); err != nil {
 		return fmt.Errorf("close registry %s: %w", r.opts.Path, err)
 	}
 	return nil

@@ -76,14 +76,14 @@ func crash(r *Registry) {
 	r.mu.Lock()
 	r.closed = true
 	r.mu.Unlock()
-	close(r.j.stopc)
-	<-r.j.donec
-	r.j.compactW.Wait()
-	if r.j.seg != nil {
-		r.j.seg.Close()
+	close(r.jr().stopc)
+	<-r.jr().donec
+	r.jr().compactW.Wait()
+	if r.jr().seg != nil {
+		r.jr().seg.Close()
 	}
-	closeSegments(r.j.segments)
-	r.j.lock.Close()
+	closeSegments(r.jr().segments)
+	r.jr().lock.Close()
 }
 
 func TestRegisterIsDurableWithoutClose(t *testing.T) {
@@ -354,7 +354,7 @@ func TestTornJournalTailIsIgnored(t *testing.T) {
 	c := newClock()
 	r := open(t, path, c)
 	mustRegister(t, r, reg("alice", acc1, tok1))
-	seg := r.j.segPath
+	seg := r.jr().segPath
 	crash(r)
 	f, err := os.OpenFile(seg, os.O_WRONLY|os.O_APPEND, 0)
 	if err != nil {
@@ -375,7 +375,7 @@ func TestCorruptMiddleLineIsSkipped(t *testing.T) {
 	c := newClock()
 	r := open(t, path, c)
 	mustRegister(t, r, reg("alice", acc1, tok1))
-	seg := r.j.segPath
+	seg := r.jr().segPath
 	crash(r)
 	data, _ := os.ReadFile(seg)
 	data = append([]byte("garbage\n"), data...)
@@ -398,7 +398,7 @@ func TestCompactionKeepsStateAndBoundsSegments(t *testing.T) {
 			r.Remove(Key{fmt.Sprintf("user%d", i%50), fmt.Sprintf("ACC-%d", i), tok1}, time.Time{})
 		}
 	}
-	r.j.compactW.Wait()
+	r.jr().compactW.Wait()
 	want := r.List("")
 	crash(r)
 	segs, _ := filepath.Glob(path + ".journal.*")
@@ -464,7 +464,7 @@ func TestJournalWriteFailureRefusesAndRecovers(t *testing.T) {
 	if err := r.Health().WriteErr; err != nil {
 		t.Fatalf("Writable before the failure: %v", err)
 	}
-	r.j.seg.Close() // the next write fails
+	r.jr().seg.Close() // the next write fails
 	if err := r.Register(context.Background(), reg("bob", acc2, tok2)); err == nil {
 		t.Fatal("Register succeeded although the journal write failed")
 	}
@@ -617,3 +617,6 @@ func TestMaxRegistrations(t *testing.T) {
 	r.Remove(g.Key, time.Time{})
 	mustRegister(t, r, reg("newcomer", acc1, tok1))
 }
+
+// jr is the file registry's journal, for tests that look inside it.
+func (r *Registry) jr() *journal { return r.store.(*journal) }

@@ -20,7 +20,7 @@ func journalWith(t *testing.T, path string, c *clock, n int) string {
 	for i := range n {
 		mustRegister(t, r, reg(fmt.Sprintf("user%d", i), acc1, tok1))
 	}
-	seg := r.j.segPath
+	seg := r.jr().segPath
 	crash(r)
 	return seg
 }

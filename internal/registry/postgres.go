@@ -1,0 +1,363 @@
+package registry
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/xapsd/xapsd/internal/pgstore"
+)
+
+// PostgresOptions select a PostgreSQL database as the registry's store,
+// shared by every xapsd that points at it (docs/operations.md#running-several-xapsd).
+type PostgresOptions struct {
+	// URL is a postgres:// URL or a libpq keyword string; missing parts
+	// come from the PG* environment variables. PasswordFile, when set,
+	// holds the password.
+	URL          string
+	PasswordFile string
+	// Instance names this daemon in the change notifications, so that it
+	// does not reload its own changes (default: host name and process id).
+	Instance string
+	// WaitLoad is how long Open waits for the database before the daemon
+	// starts without registrations, to load them once it can (default
+	// 10 s).
+	WaitLoad time.Duration
+	// CommitTimeout bounds one commit, retries included (default 3 s): a
+	// /register waits no longer for a database that does not answer.
+	CommitTimeout time.Duration
+}
+
+// ErrUnavailable wraps the errors of a registry whose database cannot be
+// reached: the registration was not stored, and asking again later may
+// work.
+var ErrUnavailable = errors.New("registry database unavailable")
+
+// pgPersister keeps the registry in PostgreSQL (internal/pgstore). Memory
+// stays the registry's as always, so /notify never waits on the database:
+// commits apply what the database then holds for the users they touched,
+// and the follower reloads the users other daemons changed, or everything
+// after it lost the connection. While the database cannot be reached,
+// lookups go on from memory and changes are refused.
+type pgPersister struct {
+	r   *Registry
+	o   PostgresOptions
+	cfg pgstore.Options
+
+	st      atomic.Pointer[pgstore.Store] // nil until connected and migrated
+	lastErr atomic.Pointer[error]         // last failed commit; nil after one succeeded
+	linkErr atomic.Pointer[error]         // why the database is not followed; nil while it is
+	loaded  atomic.Bool                   // memory holds the database's registrations
+
+	// reload keeps commits and reloads apart, so that what a reload read
+	// never replaces what a later commit applied.
+	reload sync.Mutex
+
+	kickc     chan struct{}
+	ctx       context.Context
+	cancel    context.CancelFunc
+	wg        sync.WaitGroup
+	firstLoad chan struct{}
+	loadOnce  sync.Once
+}
+
+func openPostgres(r *Registry, o PostgresOptions) (*pgPersister, error) {
+	if o.Instance == "" {
+		host, _ := os.Hostname()
+		o.Instance = fmt.Sprintf("%s-%d-%d", host, os.Getpid(), time.Now().UnixNano()%1e6)
+	}
+	if o.WaitLoad <= 0 {
+		o.WaitLoad = 10 * time.Second
+	}
+	if o.CommitTimeout <= 0 {
+		o.CommitTimeout = 3 * time.Second
+	}
+	p := &pgPersister{
+		r: r, o: o,
+		cfg: pgstore.Options{URL: o.URL, PasswordFile: o.PasswordFile, MaxPerAccount: r.opts.MaxPerAccount,
+			MaxPerUser: r.opts.MaxPerUser, Instance: o.Instance},
+		kickc:     make(chan struct{}, 1),
+		firstLoad: make(chan struct{}),
+	}
+	// A URL or password file that cannot work stops the start.
+	if _, err := pgstore.ParseConfig(p.cfg); err != nil {
+		return nil, err
+	}
+	p.ctx, p.cancel = context.WithCancel(context.Background())
+	unreachable := fmt.Errorf("%w: not connected yet", ErrUnavailable)
+	p.linkErr.Store(&unreachable)
+	// The first attempt decides about a schema newer than this xapsd:
+	// that one is the admin's to fix, retrying cannot.
+	ctx, cancel := context.WithTimeout(p.ctx, o.WaitLoad)
+	st, err := pgstore.Open(ctx, p.cfg)
+	cancel()
+	if errors.Is(err, pgstore.ErrSchemaTooNew) {
+		p.cancel()
+		return nil, err
+	}
+	if err != nil {
+		r.log.WithError(err).Error("PostgreSQL cannot be reached: starting without registrations, loading them once it can; /register answers 503 until then")
+		e := fmt.Errorf("%w: %w", ErrUnavailable, err)
+		p.linkErr.Store(&e)
+	}
+	p.wg.Add(2)
+	go p.connect(st)
+	go p.run()
+	if st != nil {
+		select {
+		case <-p.firstLoad:
+		case <-time.After(o.WaitLoad):
+			r.log.Warn("PostgreSQL: the registrations are not loaded yet; starting without them, they follow")
+		}
+	}
+	return p, nil
+}
+
+// connect opens the store (unless Open already did) and follows it.
+func (p *pgPersister) connect(st *pgstore.Store) {
+	defer p.wg.Done()
+	pause := time.Second
+	for st == nil {
+		select {
+		case <-p.ctx.Done():
+			return
+		case <-time.After(pause):
+		}
+		ctx, cancel := context.WithTimeout(p.ctx, 10*time.Second)
+		var err error
+		st, err = pgstore.Open(ctx, p.cfg)
+		cancel()
+		if err != nil {
+			if p.ctx.Err() != nil {
+				return
+			}
+			e := fmt.Errorf("%w: %w", ErrUnavailable, err)
+			p.linkErr.Store(&e)
+			if pause *= 2; pause > 30*time.Second {
+				pause = 30 * time.Second
+			}
+		}
+	}
+	p.st.Store(st)
+	log := p.r.log
+	st.Follow(p.ctx, pgstore.Follower{
+		Reset: p.reloadAll,
+		Changed: func(users []string) {
+			if err := p.reloadUsers(p.ctx, users); err != nil && p.ctx.Err() == nil {
+				log.WithError(err).Warn("PostgreSQL: could not reload users another daemon changed; reloading everything")
+			}
+		},
+		Err: func(err error) {
+			e := fmt.Errorf("%w: %w", ErrUnavailable, err)
+			p.linkErr.Store(&e)
+			log.WithError(err).Error("PostgreSQL connection lost: pushes go on from memory, /register answers 503 until it is back")
+		},
+		Connected: func(up bool) {
+			if up {
+				if p.linkErr.Swap(nil) != nil {
+					log.Info("PostgreSQL: following the shared registry")
+				}
+			}
+		},
+	})
+	st.Close()
+}
+
+// reloadAll replaces memory with the database's registrations. It builds
+// the new maps beside the old ones, so lookups go on meanwhile.
+func (p *pgPersister) reloadAll(ctx context.Context) error {
+	p.reload.Lock()
+	defer p.reload.Unlock()
+	start := time.Now()
+	st := p.st.Load()
+	fresh := &Registry{opts: p.r.opts, log: p.r.log, users: make(map[string][]entry), boxes: make(map[string]*mailboxSet)}
+	err := st.LoadAll(ctx, func(g pgstore.Registration) {
+		fresh.applyPut(record{User: g.User, AccountID: g.AccountID, DeviceToken: g.DeviceToken,
+			Mailboxes: g.Mailboxes, RegistrationTime: g.Registered})
+	})
+	if err != nil {
+		return err
+	}
+	r := p.r
+	r.mu.Lock()
+	r.users, r.boxes, r.count = fresh.users, fresh.boxes, fresh.count
+	r.mu.Unlock()
+	r.log.WithField("registrations", fresh.count).WithField("ms", time.Since(start).Milliseconds()).
+		Info("PostgreSQL: registrations loaded")
+	p.loaded.Store(true)
+	p.loadOnce.Do(func() { close(p.firstLoad) })
+	return nil
+}
+
+func (p *pgPersister) reloadUsers(ctx context.Context, users []string) error {
+	p.reload.Lock()
+	defer p.reload.Unlock()
+	st := p.st.Load()
+	if st == nil {
+		return nil
+	}
+	state, err := st.LoadUsers(ctx, users)
+	if err != nil {
+		return err
+	}
+	p.r.mu.Lock()
+	for u, regs := range state {
+		p.r.replaceUser(u, regs)
+	}
+	p.r.mu.Unlock()
+	return nil
+}
+
+// replaceUser puts the database's registrations of user into memory.
+// Caller holds mu.
+func (r *Registry) replaceUser(user string, regs []pgstore.Registration) {
+	old := r.users[user]
+	for i := range old {
+		r.releaseBoxes(old[i].boxes)
+	}
+	r.count -= len(old)
+	if len(regs) == 0 {
+		delete(r.users, user)
+		return
+	}
+	es := make([]entry, 0, len(regs))
+	for _, g := range regs {
+		es = append(es, entry{accountID: g.AccountID, deviceToken: g.DeviceToken,
+			boxes: r.internBoxes(g.Mailboxes), registered: g.Registered.UnixNano()})
+	}
+	r.users[user] = es
+	r.count += len(es)
+}
+
+func (p *pgPersister) kick() {
+	select {
+	case p.kickc <- struct{}{}:
+	default:
+	}
+}
+
+// run commits what queued up while the previous commit ran: concurrent
+// registrations share one transaction, as they share an fsync with the
+// journal.
+func (p *pgPersister) run() {
+	defer p.wg.Done()
+	for {
+		select {
+		case <-p.ctx.Done():
+			p.flush() // what was queued before Close
+			return
+		case <-p.kickc:
+			p.flush()
+		}
+	}
+}
+
+func (p *pgPersister) flush() {
+	r := p.r
+	r.mu.Lock()
+	b := r.pending
+	if b.empty() {
+		r.mu.Unlock()
+		return
+	}
+	r.pending = newBatch()
+	r.mu.Unlock()
+
+	start := time.Now()
+	err := p.commit(b)
+	if r.opts.OnSync != nil {
+		r.opts.OnSync(len(b.recs), time.Since(start))
+	}
+	r.mu.Lock()
+	r.adding -= b.adds
+	r.mu.Unlock()
+	if err != nil {
+		r.log.WithError(err).Error("registrations could not be stored in PostgreSQL; they were refused")
+		p.lastErr.Store(&err)
+		b.finish(err)
+		return
+	}
+	p.lastErr.Store(nil)
+	b.finish(nil)
+}
+
+func (p *pgPersister) commit(b *batch) error {
+	st := p.st.Load()
+	if st == nil {
+		if e := p.linkErr.Load(); e != nil {
+			return *e
+		}
+		return fmt.Errorf("%w: not connected", ErrUnavailable)
+	}
+	changes := make([]pgstore.Change, 0, len(b.recs))
+	for _, rec := range b.recs {
+		if rec.Op == opDel {
+			changes = append(changes, pgstore.Change{Del: true, User: rec.User, Acct: rec.AccountID,
+				Token: rec.DeviceToken, Before: rec.before})
+			continue
+		}
+		changes = append(changes, pgstore.Change{KeepNewer: rec.keepNewer, Put: &pgstore.Registration{
+			User: rec.User, AccountID: rec.AccountID, DeviceToken: rec.DeviceToken,
+			Mailboxes: rec.Mailboxes, Registered: rec.RegistrationTime}})
+	}
+	p.reload.Lock()
+	defer p.reload.Unlock()
+	// Not p.ctx: at Close the last batch still gets its chance.
+	ctx, cancel := context.WithTimeout(context.Background(), p.o.CommitTimeout)
+	defer cancel()
+	state, err := st.Commit(ctx, changes)
+	if err != nil {
+		return fmt.Errorf("%w: %w", ErrUnavailable, err)
+	}
+	r := p.r
+	r.mu.Lock()
+	for u, regs := range state {
+		r.replaceUser(u, regs)
+	}
+	r.applied = b.last
+	r.mu.Unlock()
+	return nil
+}
+
+func (p *pgPersister) health(h *Health) {
+	if e := p.linkErr.Load(); e != nil {
+		h.WriteErr = *e
+		return
+	}
+	if e := p.lastErr.Load(); e != nil {
+		h.WriteErr = *e
+	}
+}
+
+// expire runs the sweep when no other daemon is running it; the users it
+// changed are reloaded here and announced to the others.
+func (p *pgPersister) expire(cutoff time.Time) (int, bool) {
+	st := p.st.Load()
+	if st == nil {
+		return 0, true
+	}
+	ctx, cancel := context.WithTimeout(p.ctx, time.Minute)
+	defer cancel()
+	users, n, ran, err := st.Expire(ctx, cutoff)
+	if err != nil {
+		p.r.log.WithError(err).Warn("PostgreSQL: the expiry sweep failed; the next one tries again")
+		return 0, true
+	}
+	if !ran {
+		return 0, true
+	}
+	if err := p.reloadUsers(ctx, users); err != nil {
+		p.r.log.WithError(err).Warn("PostgreSQL: could not reload the users the expiry sweep changed")
+	}
+	return n, true
+}
+
+func (p *pgPersister) close() error {
+	p.cancel()
+	p.wg.Wait()
+	return nil
+}

@@ -1,0 +1,208 @@
+package registry
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/xapsd/xapsd/internal/testutil/pgtest"
+)
+
+// The PostgreSQL registry against a real, throw-away PostgreSQL: several
+// registries on one database stand for several daemons.
+
+func pgCluster(t *testing.T) *pgtest.Cluster {
+	t.Helper()
+	c, err := pgtest.Start(pgtest.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+func openPG(t *testing.T, c *pgtest.Cluster, name string, tweak ...func(*Options)) *Registry {
+	t.Helper()
+	o := Options{Postgres: &PostgresOptions{URL: c.URL, Instance: name, WaitLoad: 5 * time.Second, CommitTimeout: 2 * time.Second}}
+	for _, f := range tweak {
+		f(&o)
+	}
+	r, err := Open(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { r.Close() })
+	return r
+}
+
+func pgReg(user, acct, tok string, boxes ...string) Registration {
+	if len(boxes) == 0 {
+		boxes = []string{"INBOX"}
+	}
+	return Registration{Key: Key{User: user, AccountID: acct, DeviceToken: tok}, Mailboxes: boxes}
+}
+
+// eventually waits until cond holds; the daemons follow each other
+// through notifications.
+func eventually(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("never: %s", what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func targets(r *Registry, user string) int { return len(r.Lookup(user, "INBOX", false).Targets) }
+
+func TestPostgresDaemonsShareTheRegistry(t *testing.T) {
+	c := pgCluster(t)
+	a, b := openPG(t, c, "a"), openPG(t, c, "b")
+	ctx := context.Background()
+	if err := a.Register(ctx, pgReg("Alice", "ACC", "T1", "INBOX", "Notes")); err != nil {
+		t.Fatal(err)
+	}
+	// Durable and in A's memory when Register returns.
+	if targets(a, "alice") != 1 {
+		t.Fatal("A does not find its own registration")
+	}
+	start := time.Now()
+	eventually(t, "B sees A's registration", func() bool { return targets(b, "alice") == 1 })
+	t.Logf("A's registration visible on B after %v", time.Since(start))
+	if got := b.Lookup("alice", "Notes", false).Targets; len(got) != 1 {
+		t.Errorf("B's lookup of Notes: %v", got)
+	}
+
+	// A 410 seen by B removes the device everywhere, by Apple's time.
+	if !b.Remove(Key{User: "alice", AccountID: "ACC", DeviceToken: "T1"}, time.Now().Add(time.Second)) {
+		t.Fatal("B did not remove the device")
+	}
+	eventually(t, "A forgets the device B removed", func() bool { return targets(a, "alice") == 0 })
+
+	// A new daemon starts with everything.
+	a.Register(ctx, pgReg("bob", "B", "T"))
+	c2 := openPG(t, c, "c")
+	if targets(c2, "bob") != 1 {
+		t.Error("a daemon started later does not have the registrations")
+	}
+}
+
+func TestPostgresCapsHoldAcrossDaemons(t *testing.T) {
+	c := pgCluster(t)
+	tweak := func(o *Options) { o.MaxPerAccount = 3 }
+	a, b := openPG(t, c, "a", tweak), openPG(t, c, "b", tweak)
+	ctx := context.Background()
+	for i := 0; i < 6; i++ {
+		r := []*Registry{a, b}[i%2]
+		if err := r.Register(ctx, pgReg("carol", "ACC", fmt.Sprintf("T%d", i))); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(2 * time.Millisecond) // distinct registration times
+	}
+	newest := func(r *Registry) bool {
+		got := r.List("carol")
+		if len(got) != 3 {
+			return false
+		}
+		for _, g := range got {
+			if g.DeviceToken < "T3" {
+				return false
+			}
+		}
+		return true
+	}
+	eventually(t, "both hold the three newest", func() bool { return newest(a) && newest(b) })
+	if out, err := c.SQL("SELECT string_agg(device_token, ',' ORDER BY device_token) FROM xapsd_registrations WHERE username = 'carol'"); err != nil || out != "T3,T4,T5" {
+		t.Errorf("the database holds %q (%v), want T3,T4,T5", out, err)
+	}
+}
+
+func TestPostgresDownRefusesChangesButKeepsLookups(t *testing.T) {
+	c := pgCluster(t)
+	a := openPG(t, c, "a")
+	ctx := context.Background()
+	if err := a.Register(ctx, pgReg("dave", "A", "T")); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	err := a.Register(ctx, pgReg("dave", "A", "T2"))
+	if !errors.Is(err, ErrUnavailable) {
+		t.Fatalf("Register with the database down: %v, want ErrUnavailable", err)
+	}
+	t.Logf("refused after %v", time.Since(start))
+	if targets(a, "dave") != 1 {
+		t.Error("lookups from memory stopped with the database down")
+	}
+	for _, g := range a.List("dave") {
+		if g.DeviceToken == "T2" {
+			t.Error("a refused registration is in memory")
+		}
+	}
+	eventually(t, "Health says why", func() bool { return errors.Is(a.Health().WriteErr, ErrUnavailable) })
+	if err := c.Restart(); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "registrations work again", func() bool { return a.Register(ctx, pgReg("dave", "A", "T2")) == nil })
+	eventually(t, "Health clears", func() bool { return a.Health().WriteErr == nil })
+	if targets(a, "dave") != 2 {
+		t.Errorf("after the outage dave has %d devices, want 2", targets(a, "dave"))
+	}
+}
+
+func TestPostgresStartsWithoutTheDatabaseAndLoadsLater(t *testing.T) {
+	c := pgCluster(t)
+	a := openPG(t, c, "a")
+	a.Register(context.Background(), pgReg("erin", "A", "T"))
+	c.Stop()
+	b := openPG(t, c, "b", func(o *Options) { o.Postgres.WaitLoad = 500 * time.Millisecond })
+	if b.Health().WriteErr == nil {
+		t.Error("a daemon without its database says it is fine")
+	}
+	c.Restart()
+	eventually(t, "the late daemon loads the registrations", func() bool { return targets(b, "erin") == 1 })
+}
+
+func TestPostgresExpiryRunsOnOneDaemon(t *testing.T) {
+	c := pgCluster(t)
+	now := time.Now()
+	clock := func(o *Options) { o.TTL = time.Hour; o.Now = func() time.Time { return now } }
+	a, b := openPG(t, c, "a", clock), openPG(t, c, "b", clock)
+	ctx := context.Background()
+	old := pgReg("frank", "A", "OLD")
+	old.Registered = now.Add(-2 * time.Hour)
+	a.Register(ctx, old)
+	a.Register(ctx, pgReg("frank", "A", "NEW"))
+	eventually(t, "B has both", func() bool { return targets(b, "frank") == 2 })
+	if n := b.Expire(now); n != 1 {
+		t.Fatalf("B's sweep removed %d, want 1", n)
+	}
+	if n := a.Expire(now); n != 0 {
+		t.Errorf("A's sweep after B's removed %d more", n)
+	}
+	eventually(t, "A follows B's sweep", func() bool { return targets(a, "frank") == 1 })
+}
+
+func TestPostgresImportKeepsTheNewer(t *testing.T) {
+	c := pgCluster(t)
+	a := openPG(t, c, "a")
+	ctx := context.Background()
+	a.Register(ctx, pgReg("gina", "A", "T", "INBOX", "Newer"))
+	older := pgReg("gina", "A", "T", "INBOX")
+	older.Registered = time.Now().Add(-time.Hour)
+	if _, err := a.Import(ctx, []Registration{older, pgReg("hank", "H", "T")}); err != nil {
+		t.Fatal(err)
+	}
+	if got := a.List("gina"); len(got) != 1 || len(got[0].Mailboxes) != 2 {
+		t.Errorf("import replaced a newer registration: %+v", got)
+	}
+	if targets(a, "hank") != 1 {
+		t.Error("import did not add hank")
+	}
+}
