@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -24,6 +25,12 @@ func realClient(t *testing.T, o fakeapns.Options) (*Client, *fakeapns.Server) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { srv.Close() })
+	return realClientOn(t, srv)
+}
+
+// realClientOn is a certificate client pointed at srv.
+func realClientOn(t *testing.T, srv *fakeapns.Server) (*Client, *fakeapns.Server) {
+	t.Helper()
 	ca, err := testpki.NewCA("push CA")
 	if err != nil {
 		t.Fatal(err)
@@ -96,24 +103,22 @@ func TestClientDeliversConcurrentPushesOverOneConnection(t *testing.T) {
 	}
 }
 
-// A connection Apple drops fails the pushes on it; the next push dials a
-// new one.
+// A connection Apple drops fails the pushes on it; they go again at once
+// over a new connection.
 func TestClientRecoversFromADroppedConnection(t *testing.T) {
-	var mu sync.Mutex
-	drop := true
-	c, _ := realClient(t, fakeapns.Options{Responder: func(fakeapns.Request) fakeapns.Response {
-		mu.Lock()
-		defer mu.Unlock()
-		return fakeapns.Response{Drop: drop}
+	var dropped atomic.Bool
+	c, srv := realClient(t, fakeapns.Options{Responder: func(r fakeapns.Request) fakeapns.Response {
+		return fakeapns.Response{Drop: r.Token == "aa" && dropped.CompareAndSwap(false, true)}
 	}})
-	if _, err := push(c, "aa"); err == nil {
-		t.Fatal("push on a dropped connection succeeded")
+	if resp, err := push(c, "bb"); err != nil || resp.StatusCode != 200 {
+		t.Fatalf("first push: %v %+v", err, resp)
 	}
-	mu.Lock()
-	drop = false
-	mu.Unlock()
-	resp, err := push(c, "bb")
+	resp, err := push(c, "aa")
 	if err != nil || resp.StatusCode != 200 {
-		t.Fatalf("push after the drop: %v %+v", err, resp)
+		t.Fatalf("push on a dropped connection: %v %+v", err, resp)
+	}
+	reqs := srv.Requests()
+	if len(reqs) != 3 || reqs[1].Token != "aa" || reqs[2].Token != "aa" || reqs[1].Conn != 1 || reqs[2].Conn != 2 {
+		t.Errorf("requests: %+v", reqs)
 	}
 }

@@ -87,6 +87,8 @@ type Config struct {
 	RegistryCompactAfter int           `config:"registryCompactAfter"`
 	ShutdownTimeout      time.Duration `config:"shutdownTimeout"`
 	MetricsListenAddr    string        `config:"metricsListenAddr"` // "" or "off" = no metrics listener
+	// APNsMinInterval is the shortest time between two pushes to one device; 0 = none.
+	APNsMinInterval time.Duration `config:"apnsMinInterval"`
 }
 
 // Default returns the built-in defaults: the legacy sample's values where it had them
@@ -111,6 +113,7 @@ func Default() *Config {
 		RegistryCompactAfter: 100000,
 		ShutdownTimeout:      15 * time.Second,
 		MetricsListenAddr:    "127.0.0.1:11621",
+		APNsMinInterval:      3 * time.Second,
 	}
 }
 

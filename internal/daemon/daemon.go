@@ -71,7 +71,7 @@ func Run(ctx context.Context, o Options) error {
 
 	// Credential files first: a broken one stops the start before
 	// anything is created on disk.
-	cred, err := loadCredential(cfg, o.Log.WithField("component", "apns"), time.Now())
+	cred, err := loadCredential(cfg, o.Log.WithField("component", "apns"), time.Now(), d.clientEnv())
 	if err != nil {
 		return err
 	}
@@ -84,6 +84,7 @@ func Run(ctx context.Context, o Options) error {
 		Registrations:    func() (int, int) { return src.Registrations() },
 		DelayedPending:   func() int { return src.DelayedPending() },
 		CredentialExpiry: func() time.Time { return d.cred.Load().notAfter },
+		SendingPaused:    func() string { cause, _ := d.sender.Paused(); return cause },
 	})
 
 	start := time.Now()
@@ -121,6 +122,7 @@ func Run(ctx context.Context, o Options) error {
 		Concurrency: cfg.APNsConcurrency,
 		Expiration:  cfg.APNsExpiration,
 		Priority:    cfg.APNsPriority,
+		MinInterval: cfg.APNsMinInterval,
 		Remover:     d.reg,
 		Log:         o.Log.WithField("component", "apns"),
 		OnResult: func(r apns.Result) {
@@ -294,13 +296,17 @@ func (d *Daemon) topic() (string, error) {
 }
 
 // ready says why xapsd cannot do its job right now, or nil: a usable
-// push credential and a registry it can write to.
+// push credential, a registry it can write to, and pushes going out
+// (not paused because APNs refuses the credential or cannot be reached).
 func (d *Daemon) ready() error {
 	if err := d.cred.Load().problem(time.Now()); err != nil {
 		return err
 	}
 	if err := d.reg.Writable(); err != nil {
 		return fmt.Errorf("registry not writable: %w", err)
+	}
+	if _, err := d.sender.Paused(); err != nil {
+		return err
 	}
 	return nil
 }
@@ -387,7 +393,7 @@ func (d *Daemon) reload() {
 	if err := logging.Configure(d.log, next.LogLevel, next.LogFormat); err != nil {
 		log.WithError(err).Error("SIGHUP: log settings not changed")
 	}
-	cred, err := loadCredential(next, d.log.WithField("component", "apns"), time.Now())
+	cred, err := loadCredential(next, d.log.WithField("component", "apns"), time.Now(), d.clientEnv())
 	if err != nil {
 		// Keep the stamps of what is in use, so a broken file is not
 		// retried every few seconds, only when it changes again.

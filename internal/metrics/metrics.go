@@ -33,6 +33,7 @@ type Metrics struct {
 	reqDuration  *prometheus.HistogramVec
 	syncDuration prometheus.Histogram
 	syncRecords  prometheus.Histogram
+	connects     *prometheus.CounterVec
 }
 
 // Sources are read when Prometheus scrapes, so gauges are never stale.
@@ -41,6 +42,9 @@ type Sources struct {
 	Registrations    func() (users, registrations int)
 	DelayedPending   func() int
 	CredentialExpiry func() time.Time // zero: no certificate (token, dry-run or none)
+	// SendingPaused says why pushes are held: "credential" (APNs refuses
+	// it), "unreachable" (xapsd cannot connect), or "" when they go out.
+	SendingPaused func() string
 }
 
 // New builds the collectors and registers them with a fresh registry.
@@ -48,7 +52,7 @@ func New(src Sources) *Metrics {
 	m := &Metrics{Registry: prometheus.NewRegistry()}
 	m.pushes = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "xapsd_apns_pushes_total",
-		Help: "Push attempts by outcome (delivered, retrying, removed, failed, expired), HTTP status (0 = transport error) and APNs reason.",
+		Help: "Push attempts by outcome (delivered, retrying, removed, failed, expired, held), HTTP status (0 = transport error) and APNs reason.",
 	}, []string{"outcome", "status", "reason"})
 	m.pushDuration = prometheus.NewHistogram(prometheus.HistogramOpts{
 		Name:    "xapsd_apns_push_duration_seconds",
@@ -78,7 +82,13 @@ func New(src Sources) *Metrics {
 		Help:    "Journal records made durable by one fsync (group commit).",
 		Buckets: []float64{1, 2, 4, 8, 16, 32, 64, 128, 256},
 	})
-	m.Registry.MustRegister(m.pushes, m.pushDuration, m.retries, m.requests, m.reqDuration, m.syncDuration, m.syncRecords,
+	m.connects = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "xapsd_apns_connections_total",
+		Help: "Attempts to connect to APNs by result: ok (connected), failed (could not connect, or lost the connection before APNs answered on it).",
+	}, []string{"result"})
+	m.connects.WithLabelValues("ok")
+	m.connects.WithLabelValues("failed")
+	m.Registry.MustRegister(m.pushes, m.pushDuration, m.retries, m.requests, m.reqDuration, m.syncDuration, m.syncRecords, m.connects,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 
 	gauge := func(name, help string, f func() float64) {
@@ -101,6 +111,20 @@ func New(src Sources) *Metrics {
 	if d := src.DelayedPending; d != nil {
 		gauge("xapsd_scheduler_pending", "Devices with a delayed (debounced) push pending.",
 			func() float64 { return float64(d()) })
+	}
+	if p := src.SendingPaused; p != nil {
+		for _, cause := range []string{"credential", "unreachable"} {
+			m.Registry.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+				Name:        "xapsd_apns_sending_paused",
+				Help:        "1 while pushes are held because APNs refuses the credential (cause=credential) or cannot be reached (cause=unreachable); /readyz says why.",
+				ConstLabels: prometheus.Labels{"cause": cause},
+			}, func() float64 {
+				if p() == cause {
+					return 1
+				}
+				return 0
+			}))
+		}
 	}
 	if e := src.CredentialExpiry; e != nil {
 		gauge("xapsd_credential_expiry_seconds", "Seconds until the push certificate expires (negative: expired; 0: a credential without expiry, such as a token or dry-run).",
@@ -143,6 +167,15 @@ func (m *Metrics) ObservePush(outcome string, status int, reason string, d time.
 	}
 	if outcome == "retrying" {
 		m.retries.Inc()
+	}
+}
+
+// ObserveConnect counts one attempt to connect to APNs.
+func (m *Metrics) ObserveConnect(err error) {
+	if err != nil {
+		m.connects.WithLabelValues("failed").Inc()
+	} else {
+		m.connects.WithLabelValues("ok").Inc()
 	}
 }
 
