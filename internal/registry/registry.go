@@ -46,6 +46,12 @@ type entry struct {
 	boxes       *mailboxSet
 	registered  int64  // unix nanoseconds
 	seq         uint64 // journal sequence number of the record that wrote it
+	// refreshed is the latest identical re-registration that was
+	// acknowledged without a write (see Options.RefreshAfter). It lives in
+	// memory only, for Remove: a device that registered again after
+	// Apple's 410 timestamp keeps its registration. A crash forgets it,
+	// which costs at most RefreshAfter of that protection.
+	refreshed int64
 }
 
 // mailboxSet is shared between all registrations with the same list; most
@@ -212,7 +218,9 @@ func (r *Registry) Register(ctx context.Context, reg Registration) error {
 	now := reg.Registered.UnixNano()
 	if idx >= 0 && regs[idx].boxes == boxes && regs[idx].seq <= r.j.durableSeq() &&
 		time.Duration(now-regs[idx].registered) < r.opts.RefreshAfter && now >= regs[idx].registered {
-		// Unchanged and already durable: nothing to write.
+		// Unchanged and already durable: nothing to write, but the time
+		// of this registration counts for Remove.
+		regs[idx].refreshed = max(regs[idx].refreshed, now)
 		r.mu.Unlock()
 		return nil
 	}
@@ -305,7 +313,8 @@ func (r *Registry) Lookup(user, mailbox string, inboxOnly bool) LookupResult {
 // Remove deletes one registration. When before is not zero the
 // registration is only removed if it was registered before that time: an
 // APNs 410 carries the time the token became invalid, and a device that
-// registered again since then must keep its registration (spec §4.6).
+// registered again since then must keep its registration (spec §4.6),
+// also when that registration was identical and not written to disk.
 // It does not wait for the disk: a lost removal only costs another 410.
 func (r *Registry) Remove(k Key, before time.Time) bool {
 	k.User = strings.ToLower(k.User)
@@ -321,7 +330,7 @@ func (r *Registry) Remove(k Key, before time.Time) bool {
 		if e.accountID != k.AccountID || e.deviceToken != k.DeviceToken {
 			continue
 		}
-		if !before.IsZero() && e.registered >= before.UnixNano() {
+		if !before.IsZero() && max(e.registered, e.refreshed) >= before.UnixNano() {
 			break
 		}
 		r.pending.add(delRecord(r.nextSeq(), k.User, k.AccountID, k.DeviceToken))
