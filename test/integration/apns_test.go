@@ -433,3 +433,73 @@ func TestCertificateCloseToExpiryIsWarnedAtStart(t *testing.T) {
 		t.Errorf("expiry warned %d times at start, want once", n)
 	}
 }
+
+// A reload of an unchanged .p8 key keeps the provider token: APNs counts
+// every new token and refuses more than one per 20 minutes. A new key
+// gets a new token.
+func TestReloadKeepsTheProviderToken(t *testing.T) {
+	srv, err := fakeapns.Start(fakeapns.Options{Apple: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	dir := t.TempDir()
+	caFile := filepath.Join(dir, "apns-ca.pem")
+	if err := srv.WriteCAFile(caFile); err != nil {
+		t.Fatal(err)
+	}
+	writeKey := func() {
+		pemBytes, _, err := testpki.NewP8Key()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, "key.p8"), pemBytes, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	writeKey()
+	addr := writeConfig(t, dir, fmt.Sprintf("apnsEndpoint: %s\nkeyFileP8: key.p8\nkeyFileKeyId: ABCDEFGHIJ\nkeyFileTeamId: KLMNOPQRST\nkeyFileTopic: %s\n", srv.URL, topicA))
+	d := startDaemon(t, dir, addr, "SSL_CERT_FILE="+caFile)
+	bearer := func(i int) string {
+		t.Helper()
+		user := fmt.Sprintf("user%d", i)
+		if s, body := post(t, addr, "/register", registerBody(user, acc, token(40+i))); s != 200 {
+			t.Fatalf("register: %d %s", s, body)
+		}
+		post(t, addr, "/notify", notifyBody(user, "INBOX", "MessageNew"))
+		reqs, err := srv.WaitRequests(i, 10*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		r := reqs[i-1]
+		if r.Token != token(40+i) || !strings.HasPrefix(r.Authorization, "bearer ") {
+			t.Fatalf("request %+v", r)
+		}
+		return r.Authorization
+	}
+	reload := func(n int) {
+		t.Helper()
+		d.signal(syscall.SIGHUP)
+		deadline := time.Now().Add(10 * time.Second)
+		for strings.Count(d.log.String(), "credentials reloaded") < n && time.Now().Before(deadline) {
+			time.Sleep(10 * time.Millisecond)
+		}
+		if strings.Count(d.log.String(), "credentials reloaded") < n {
+			t.Fatal("no reload")
+		}
+	}
+	first := bearer(1)
+	reload(1)
+	if got := bearer(2); got != first {
+		t.Errorf("a reload of the same key made a new token")
+	}
+	time.Sleep(1100 * time.Millisecond) // a new mtime for the watcher, whichever sees it first
+	writeKey()
+	reload(2)
+	if got := bearer(3); got == first {
+		t.Errorf("a new key kept the old token")
+	}
+	if srv.Violations() != 0 {
+		t.Errorf("%d streams over the limit of a token connection", srv.Violations())
+	}
+}
