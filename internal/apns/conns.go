@@ -371,19 +371,31 @@ func (p *connPool) failed(pc *poolConn, err error) bool {
 	if st := pc.cc.State(); !st.Closed && !st.Closing {
 		return refused
 	}
+	var lost error
 	p.mu.Lock()
-	defer p.mu.Unlock()
 	if !pc.dead {
 		pc.dead = true
 		if p.cur == pc {
 			p.cur = nil
 		}
 		if !pc.answered {
-			p.noteFailureLocked(fmt.Errorf("connection lost before APNs answered: %w", err))
+			lost = fmt.Errorf("connection lost before APNs answered: %w", err)
+			p.noteFailureLocked(lost)
 		}
 		p.notifyLocked()
 	}
+	p.mu.Unlock()
+	if lost != nil {
+		p.observe(lost)
+	}
 	return true
+}
+
+// observe hands a connection attempt's result to ClientOptions.OnConnect.
+func (p *connPool) observe(err error) {
+	if p.opts.OnConnect != nil {
+		p.opts.OnConnect(err)
+	}
 }
 
 // noteFailureLocked counts a failed connection and sets when the next
@@ -401,9 +413,6 @@ func (p *connPool) noteFailureLocked(err error) {
 	p.lastErr = err
 	p.retryAt = time.Now().Add(d)
 	p.blocked.Store(p.retryAt.UnixNano())
-	if p.opts.OnConnect != nil {
-		p.opts.OnConnect(err)
-	}
 }
 
 // dial connects and makes the result the pool's connection.
@@ -421,17 +430,15 @@ func (p *connPool) dial(host string) {
 	cc, err := p.connect(ctx, host)
 	cancel()
 	p.mu.Lock()
-	defer p.mu.Unlock()
 	p.dialing = false
 	if err != nil {
 		p.noteFailureLocked(err)
 	} else {
 		p.cur = &poolConn{cc: cc, streams: 1}
-		if p.opts.OnConnect != nil {
-			p.opts.OnConnect(nil)
-		}
 	}
 	p.notifyLocked()
+	p.mu.Unlock()
+	p.observe(err)
 }
 
 func (p *connPool) connect(ctx context.Context, host string) (*http2.ClientConn, error) {
