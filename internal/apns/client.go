@@ -79,6 +79,24 @@ type ClientOptions struct {
 	// OnConnect, when set, sees every attempt to connect to APNs: nil
 	// for a connection made, else why it failed.
 	OnConnect func(error)
+	// Connections caps the connections to APNs (default 1). Another
+	// opens only while every one carries as many pushes as APNs allows
+	// on it (1000 today), so it only matters with apnsConcurrency above
+	// that: ConnectionsFor gives the number that fits.
+	Connections int
+}
+
+// streamsPerConnection is what APNs allows on one connection today; it
+// only sizes the pool, the server's own figure is what counts.
+const streamsPerConnection = 1000
+
+// maxConnections bounds the pool of one credential.
+const maxConnections = 4
+
+// ConnectionsFor is the number of connections that carry concurrency
+// pushes at once at APNs' stream limit, from 1 to 4.
+func ConnectionsFor(concurrency int) int {
+	return min(max(1, (concurrency+streamsPerConnection-1)/streamsPerConnection), maxConnections)
 }
 
 // newHTTPClient is apns2's HTTP client on a connPool. No

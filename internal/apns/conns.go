@@ -17,7 +17,7 @@ import (
 )
 
 // connPool is the HTTP/2 transport of one credential: one connection to
-// APNs, used the way Apple asks.
+// APNs (a few under a load one cannot carry), used the way Apple asks.
 //
 // x/net's own pool opens another connection whenever a connection has as
 // many streams open as the server allows, and assumes 100 before the
@@ -25,8 +25,9 @@ import (
 // request on it has been authenticated, so a burst opened dozens of
 // connections, and nothing closed them. Here:
 //
-//   - there is one connection at a time; pushes beyond the server's
-//     stream limit wait for a stream on it (x/net's strict mode);
+//   - there is one connection; another (up to ClientOptions.Connections)
+//     opens only while every one is proven and carries as many pushes as
+//     the server allows; pushes beyond wait, oldest first, for a stream;
 //   - a new connection carries one push at a time until APNs has answered
 //     one with 200, and again after a 403, then as many as the server
 //     advertises;
@@ -43,7 +44,7 @@ type connPool struct {
 	opts ClientOptions
 
 	mu       sync.Mutex
-	cur      *poolConn
+	conns    []*poolConn // live connections, oldest first
 	dialing  bool
 	waiting  []*waiter // pushes waiting for a slot or a connection, oldest first
 	lastDial time.Time
@@ -89,7 +90,8 @@ func (pc *poolConn) refreshLimit() {
 
 // waiter is a push waiting in acquire.
 type waiter struct {
-	ch   chan struct{} // signalled (buffer 1) to look again
+	ch   chan struct{} // signalled (buffer 1) to look again, or with pc set
+	pc   *poolConn     // a slot handed over by passLocked
 	gone bool          // gave up (context ended)
 }
 
@@ -135,6 +137,7 @@ func newConnPool(o ClientOptions, certs []tls.Certificate) *connPool {
 	if o.IdleTimeout <= 0 {
 		o.IdleTimeout = defaultIdleTimeout
 	}
+	o.Connections = min(max(o.Connections, 1), maxConnections)
 	return &connPool{
 		opts: o,
 		tls:  &tls.Config{Certificates: certs, RootCAs: o.Roots, MinVersion: tls.VersionTLS12, NextProtos: []string{"h2"}},
@@ -159,8 +162,9 @@ func newConnPool(o ClientOptions, certs []tls.Certificate) *connPool {
 	}
 }
 
-// blockedUntil is the time before which the pool will not connect, or
-// zero. The sender reads it for every push, so it is an atomic.
+// blockedUntil is the time before which the pool will not connect while
+// it has no connection, or zero. The sender reads it for every push, so
+// it is an atomic.
 func (p *connPool) blockedUntil() (time.Time, error) {
 	n := p.blocked.Load()
 	if n == 0 {
@@ -246,76 +250,125 @@ func (p *connPool) holdBack() {
 	p.mu.Unlock()
 }
 
-// acquire returns the connection with a slot taken on it, dialing one if
-// there is none.
+// acquire returns a connection with a slot taken on it, dialing one if
+// there is none, or another if every one is full and the pool may grow.
+// Pushes that find no slot queue up and are handed one as it frees,
+// oldest first; a newcomer does not overtake them.
 func (p *connPool) acquire(ctx context.Context, host string) (*poolConn, error) {
 	p.mu.Lock()
 	heldBack := p.heldBack
-	var w *waiter
+	woken := false // by a change, not handed a slot: may take one even with others waiting
 	for {
 		if p.heldBack != heldBack {
 			p.mu.Unlock()
 			return nil, errHeldBack
 		}
-		if pc := p.cur; pc != nil && !pc.dead {
-			if pc.proven && pc.active >= pc.streams {
-				if pc.full++; pc.full%refreshEvery == 0 {
-					pc.refreshLimit()
-				}
-			}
-			if pc.active < pc.limit() {
-				pc.active++
-				if pc.active < pc.limit() {
-					p.wakeOneLocked() // more room: let the next one look
-				}
-				p.mu.Unlock()
-				return pc, nil
-			}
-		} else if !p.dialing {
-			if now := time.Now(); now.Before(p.retryAt) {
-				err := &UnreachableError{Err: p.lastErr, Until: p.retryAt}
-				p.mu.Unlock()
-				return nil, err
-			}
-			p.dialing = true
-			go p.dial(host)
+		if pc := p.roomLocked(); pc != nil && (woken || len(p.waiting) == 0) {
+			pc.active++
+			p.passLocked()
+			p.mu.Unlock()
+			return pc, nil
 		}
-		if w == nil {
-			w = &waiter{ch: make(chan struct{}, 1)}
+		if !p.dialing && p.mayGrowLocked() {
+			if time.Now().Before(p.retryAt) {
+				if len(p.conns) == 0 {
+					err := &UnreachableError{Err: p.lastErr, Until: p.retryAt}
+					p.mu.Unlock()
+					return nil, err
+				}
+				// Connected, but another connection failed: wait for a
+				// stream on the ones there are.
+			} else {
+				p.dialing = true
+				go p.dial(host)
+			}
 		}
+		w := &waiter{ch: make(chan struct{}, 1)}
 		p.waiting = append(p.waiting, w)
 		p.mu.Unlock()
 		select {
 		case <-w.ch:
 		case <-ctx.Done():
-			p.mu.Lock()
-			w.gone = true
-			// It may have been woken for a slot it will not take.
-			p.wakeOneLocked()
-			p.mu.Unlock()
-			return nil, ctx.Err()
 		}
 		p.mu.Lock()
+		if w.pc != nil {
+			if ctx.Err() == nil {
+				p.mu.Unlock()
+				return w.pc, nil
+			}
+			p.releaseLocked(w.pc) // handed a slot it will not use
+		}
+		if err := ctx.Err(); err != nil {
+			w.gone = true
+			p.mu.Unlock()
+			return nil, err
+		}
+		woken = true
 	}
 }
 
-// wakeOneLocked lets the oldest waiting push look again.
-func (p *connPool) wakeOneLocked() {
+// roomLocked returns the oldest connection with a free slot, or nil.
+func (p *connPool) roomLocked() *poolConn {
+	for _, pc := range p.conns {
+		if pc.proven && pc.active >= pc.streams {
+			if pc.full++; pc.full%refreshEvery == 0 {
+				pc.refreshLimit()
+			}
+		}
+		if pc.active < pc.limit() {
+			return pc
+		}
+	}
+	return nil
+}
+
+// mayGrowLocked says whether a connection should be dialed: there is
+// none, or every one is proven and full and the pool is below its size.
+// An unproven connection carries one push until it is, and a second
+// connection would be no different.
+func (p *connPool) mayGrowLocked() bool {
+	if len(p.conns) >= p.opts.Connections {
+		return false
+	}
+	for _, pc := range p.conns {
+		if !pc.proven || pc.active < pc.streams {
+			return false
+		}
+	}
+	return true
+}
+
+// passLocked hands free slots to waiting pushes.
+func (p *connPool) passLocked() {
+	for len(p.waiting) > 0 {
+		pc := p.roomLocked()
+		if pc == nil {
+			return
+		}
+		w := p.nextWaiterLocked()
+		if w == nil {
+			return
+		}
+		pc.active++
+		w.pc = pc
+		w.ch <- struct{}{}
+	}
+}
+
+// nextWaiterLocked takes the oldest waiting push off the queue.
+func (p *connPool) nextWaiterLocked() *waiter {
 	for len(p.waiting) > 0 {
 		w := p.waiting[0]
 		p.waiting[0] = nil
 		p.waiting = p.waiting[1:]
 		if !w.gone {
-			select {
-			case w.ch <- struct{}{}:
-			default:
-			}
-			return
+			return w
 		}
 	}
+	return nil
 }
 
-// notifyLocked lets every waiting push look again: the connection, its
+// notifyLocked lets every waiting push look again: a connection, its
 // state or the breaker changed.
 func (p *connPool) notifyLocked() {
 	for _, w := range p.waiting {
@@ -330,11 +383,30 @@ func (p *connPool) notifyLocked() {
 
 func (p *connPool) release(pc *poolConn) {
 	p.mu.Lock()
+	p.releaseLocked(pc)
+	p.mu.Unlock()
+}
+
+func (p *connPool) releaseLocked(pc *poolConn) {
 	pc.active--
 	if len(p.waiting) > 0 {
-		p.wakeOneLocked()
+		p.passLocked()
 	}
-	p.mu.Unlock()
+}
+
+// dropLocked takes a connection that can carry no more pushes out of the
+// pool. Without connections, and after a failure, the sender pauses.
+func (p *connPool) dropLocked(pc *poolConn) {
+	pc.dead = true
+	for i, c := range p.conns {
+		if c == pc {
+			p.conns = append(p.conns[:i], p.conns[i+1:]...)
+			break
+		}
+	}
+	if len(p.conns) == 0 && time.Now().Before(p.retryAt) {
+		p.blocked.Store(p.retryAt.UnixNano())
+	}
 }
 
 // answered notes an answer from APNs on pc.
@@ -374,14 +446,11 @@ func (p *connPool) failed(pc *poolConn, err error) bool {
 	var lost error
 	p.mu.Lock()
 	if !pc.dead {
-		pc.dead = true
-		if p.cur == pc {
-			p.cur = nil
-		}
 		if !pc.answered {
 			lost = fmt.Errorf("connection lost before APNs answered: %w", err)
 			p.noteFailureLocked(lost)
 		}
+		p.dropLocked(pc)
 		p.notifyLocked()
 	}
 	p.mu.Unlock()
@@ -412,7 +481,9 @@ func (p *connPool) noteFailureLocked(err error) {
 	d = d/2 + rand.N(d/2+1)
 	p.lastErr = err
 	p.retryAt = time.Now().Add(d)
-	p.blocked.Store(p.retryAt.UnixNano())
+	if len(p.conns) == 0 {
+		p.blocked.Store(p.retryAt.UnixNano())
+	}
 }
 
 // dial connects and makes the result the pool's connection.
@@ -434,7 +505,8 @@ func (p *connPool) dial(host string) {
 	if err != nil {
 		p.noteFailureLocked(err)
 	} else {
-		p.cur = &poolConn{cc: cc, streams: 1}
+		p.conns = append(p.conns, &poolConn{cc: cc, streams: 1})
+		p.blocked.Store(0)
 	}
 	p.notifyLocked()
 	p.mu.Unlock()
@@ -467,18 +539,20 @@ func (p *connPool) connect(ctx context.Context, host string) (*http2.ClientConn,
 	return cc, nil
 }
 
-// CloseIdleConnections closes the connection if no push is on it. Retired
+// CloseIdleConnections closes the connections no push is on. Retired
 // credentials need it: the health-check PINGs would otherwise keep their
 // connection to Apple open for as long as the daemon runs.
 func (p *connPool) CloseIdleConnections() {
 	p.mu.Lock()
-	pc := p.cur
-	if pc == nil || pc.active > 0 {
-		p.mu.Unlock()
-		return
+	var idle []*poolConn
+	for _, pc := range append([]*poolConn(nil), p.conns...) {
+		if pc.active == 0 {
+			p.dropLocked(pc)
+			idle = append(idle, pc)
+		}
 	}
-	pc.dead = true
-	p.cur = nil
 	p.mu.Unlock()
-	pc.cc.Close()
+	for _, pc := range idle {
+		pc.cc.Close()
+	}
 }

@@ -94,6 +94,29 @@ func TestBurstOnATokenConnectionUsesOneConnection(t *testing.T) {
 	}
 }
 
+// A load one connection cannot carry opens another (not sooner than a
+// second after the first), up to the pool's size, and no more; each new
+// one starts with one stream again.
+func TestFullConnectionOpensASecondOneAndNoMore(t *testing.T) {
+	srv := appleServer(t, fakeapns.Options{NoRecord: true, MaxConcurrentStreams: 100,
+		Responder: func(fakeapns.Request) fakeapns.Response { return fakeapns.Response{Delay: 100 * time.Millisecond} }})
+	c := tokenClientFor(t, srv, ClientOptions{Connections: 2})
+	if errs := pushAll(c, 2000); len(errs) > 0 {
+		t.Fatalf("%d pushes failed, first: %v", len(errs), errs[0])
+	}
+	if n := srv.Connections(); n != 2 {
+		t.Errorf("%d connections, want 2", n)
+	}
+	if v := srv.Violations(); v != 0 {
+		t.Errorf("%d streams over the limit", v)
+	}
+	for n, want := range map[int]int{0: 1, 1: 1, 1000: 1, 1001: 2, 2500: 3, 100000: 4} {
+		if got := ConnectionsFor(n); got != want {
+			t.Errorf("ConnectionsFor(%d) = %d, want %d", n, got, want)
+		}
+	}
+}
+
 // Until APNs has answered a push with 200, a new connection carries one
 // push at a time, certificate or not; then as many as it allows.
 func TestOnePushInFlightUntilTheFirst200(t *testing.T) {

@@ -128,7 +128,7 @@ func clientFor(c *config.Config, cred *creds.Credential, log logrus.FieldLogger,
 	if err := cred.CheckEnvironment(strings.ToLower(c.APNsEndpoint)); err != nil {
 		return nil, err
 	}
-	opts := apns.ClientOptions{URL: url, OnConnect: env.onConnect}
+	opts := apns.ClientOptions{URL: url, OnConnect: env.onConnect, Connections: apns.ConnectionsFor(c.APNsConcurrency)}
 	switch cred.Mode {
 	case creds.ModeToken:
 		tok := apns.NewToken(cred.Token)
