@@ -2,8 +2,6 @@ package apns
 
 import (
 	"context"
-	"fmt"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -58,26 +56,7 @@ func push(c *Client, token string) (*apns2.Response, error) {
 func TestClientDeliversConcurrentPushesOverOneConnection(t *testing.T) {
 	c, srv := realClient(t, fakeapns.Options{})
 	const n = 500
-	var wg sync.WaitGroup
-	errs := make(chan error, n)
-	for i := range n {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			tok := fmt.Sprintf("%064x", i)
-			resp, err := push(c, tok)
-			if err != nil {
-				errs <- err
-				return
-			}
-			if resp.StatusCode != 200 {
-				errs <- fmt.Errorf("push %d: status %d %s", i, resp.StatusCode, resp.Reason)
-			}
-		}()
-	}
-	wg.Wait()
-	close(errs)
-	for err := range errs {
+	for _, err := range pushAll(c, n) {
 		t.Error(err)
 	}
 	reqs, err := srv.WaitRequests(n, 10*time.Second)

@@ -79,17 +79,23 @@ func pushAll(c *Client, n int) []error {
 // over the limit. x/net's own pool opened dozens of connections here.
 func TestBurstOnATokenConnectionUsesOneConnection(t *testing.T) {
 	srv := appleServer(t, fakeapns.Options{NoRecord: true})
-	c := tokenClientFor(t, srv, ClientOptions{})
-	if errs := pushAll(c, 2000); len(errs) > 0 {
+	burst(t, srv, tokenClientFor(t, srv, ClientOptions{}), 2000, 1)
+}
+
+// burst sends n pushes at once through c and checks that they used
+// conns connections and never overran the server's stream limit.
+func burst(t *testing.T, srv *fakeapns.Server, c *Client, n, conns int) {
+	t.Helper()
+	if errs := pushAll(c, n); len(errs) > 0 {
 		t.Fatalf("%d pushes failed, first: %v", len(errs), errs[0])
 	}
-	if n := srv.Connections(); n != 1 {
-		t.Errorf("%d connections for one credential, want 1", n)
+	if got := srv.Connections(); got != int64(conns) {
+		t.Errorf("%d connections for one credential, want %d", got, conns)
 	}
 	if v := srv.Violations(); v != 0 {
 		t.Errorf("%d streams over the limit the server allowed", v)
 	}
-	if srv.Count() != 2000 {
+	if srv.Count() != int64(n) {
 		t.Errorf("server counted %d requests", srv.Count())
 	}
 }
@@ -100,16 +106,7 @@ func TestBurstOnATokenConnectionUsesOneConnection(t *testing.T) {
 func TestFullConnectionOpensASecondOneAndNoMore(t *testing.T) {
 	srv := appleServer(t, fakeapns.Options{NoRecord: true, MaxConcurrentStreams: 100,
 		Responder: func(fakeapns.Request) fakeapns.Response { return fakeapns.Response{Delay: 100 * time.Millisecond} }})
-	c := tokenClientFor(t, srv, ClientOptions{Connections: 2})
-	if errs := pushAll(c, 2000); len(errs) > 0 {
-		t.Fatalf("%d pushes failed, first: %v", len(errs), errs[0])
-	}
-	if n := srv.Connections(); n != 2 {
-		t.Errorf("%d connections, want 2", n)
-	}
-	if v := srv.Violations(); v != 0 {
-		t.Errorf("%d streams over the limit", v)
-	}
+	burst(t, srv, tokenClientFor(t, srv, ClientOptions{Connections: 2}), 2000, 2)
 	for n, want := range map[int]int{0: 1, 1: 1, 1000: 1, 1001: 2, 2500: 3, 100000: 4} {
 		if got := ConnectionsFor(n); got != want {
 			t.Errorf("ConnectionsFor(%d) = %d, want %d", n, got, want)

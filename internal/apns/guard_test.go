@@ -42,15 +42,20 @@ func (r *removed) n() int {
 	return len(r.keys)
 }
 
-// One dead device among working ones: BadDeviceToken deletes it.
-func TestBadDeviceTokenDeletesARareDeadDevice(t *testing.T) {
-	dead := devKey(99)
-	srv := appleServer(t, fakeapns.Options{Responder: func(r fakeapns.Request) fakeapns.Response {
+// deadTokenServer answers BadDeviceToken for dead's token, 200 otherwise.
+func deadTokenServer(t *testing.T, dead registry.Key) *fakeapns.Server {
+	return appleServer(t, fakeapns.Options{Responder: func(r fakeapns.Request) fakeapns.Response {
 		if r.Token == dead.DeviceToken {
 			return fakeapns.Response{Status: 400, Reason: "BadDeviceToken"}
 		}
 		return fakeapns.Response{}
 	}})
+}
+
+// One dead device among working ones: BadDeviceToken deletes it.
+func TestBadDeviceTokenDeletesARareDeadDevice(t *testing.T) {
+	dead := devKey(99)
+	srv := deadTokenServer(t, dead)
 	rm := &removed{}
 	s, res, _ := startClient(t, certClientFor(t, srv), Options{Remover: rm, TrustAfterChange: time.Nanosecond})
 	for i := range 20 {
@@ -92,12 +97,7 @@ func TestWrongEnvironmentDoesNotEmptyTheRegistry(t *testing.T) {
 // must not start deleting devices. Later it deletes again.
 func TestBadDeviceTokenJustAfterACredentialChangeKeepsTheDevice(t *testing.T) {
 	dead := devKey(99)
-	srv := appleServer(t, fakeapns.Options{Responder: func(r fakeapns.Request) fakeapns.Response {
-		if r.Token == dead.DeviceToken {
-			return fakeapns.Response{Status: 400, Reason: "BadDeviceToken"}
-		}
-		return fakeapns.Response{}
-	}})
+	srv := deadTokenServer(t, dead)
 	var clock atomic.Int64
 	clock.Store(time.Now().UnixNano())
 	rm := &removed{}

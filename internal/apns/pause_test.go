@@ -52,6 +52,20 @@ func count(hook *logtest.Hook, level logrus.Level, s string) int {
 	return n
 }
 
+// firstAttempts checks that every delivered push went at its first
+// attempt: held attempts do not count.
+func (r *results) firstAttempts(t *testing.T) {
+	t.Helper()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, x := range r.all {
+		if x.Outcome == Delivered && x.Attempt != 1 {
+			t.Errorf("delivered at attempt %d: held attempts were counted", x.Attempt)
+			return
+		}
+	}
+}
+
 func waitUntil(t *testing.T, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
@@ -117,14 +131,7 @@ func TestCredentialRefusalPausesSending(t *testing.T) {
 	if cause, _ := s.Paused(); cause != "" {
 		t.Errorf("still paused: %s", cause)
 	}
-	res.mu.Lock()
-	for _, r := range res.all {
-		if r.Outcome == Delivered && r.Attempt != 1 {
-			t.Errorf("delivered at attempt %d: held attempts were counted", r.Attempt)
-			break
-		}
-	}
-	res.mu.Unlock()
+	res.firstAttempts(t)
 	if len(rm.got) != 0 {
 		t.Errorf("registrations removed: %v", rm.got)
 	}
@@ -241,14 +248,7 @@ func TestUnreachableAPNsPausesWithoutSpendingAttempts(t *testing.T) {
 	begin := time.Now()
 	srv.RefuseConnections(false)
 	waitUntil(t, "every push delivered", func() bool { return res.byOutcome()[Delivered] == n })
-	res.mu.Lock()
-	for _, r := range res.all {
-		if r.Outcome == Delivered && r.Attempt != 1 {
-			t.Errorf("delivered at attempt %d", r.Attempt)
-			break
-		}
-	}
-	res.mu.Unlock()
+	res.firstAttempts(t)
 	if left, err := s.Drain(ctx); err != nil || len(left) != 0 || time.Since(begin) > 5*time.Second {
 		t.Errorf("drain: %v %v", left, err)
 	}
