@@ -351,7 +351,7 @@ func (s *Sender) next() (*job, time.Duration) {
 			l.WithError(err).WithField("queued", len(s.queued)).
 				Errorf("cannot connect to APNs: sending paused, pushes are kept; next attempt in %s", time.Until(until).Round(time.Second))
 		})
-		return nil, time.Until(until)
+		return nil, max(time.Until(until), time.Millisecond) // a timer, even if until just passed
 	}
 	if s.unreachable {
 		s.unreachable = false
