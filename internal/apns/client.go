@@ -1,17 +1,13 @@
 package apns
 
 import (
-	"context"
 	"crypto/tls"
 	"crypto/x509"
-	"net"
 	"net/http"
 	"time"
 
 	"github.com/sideshow/apns2"
-	"github.com/sideshow/apns2/token"
 	"github.com/sirupsen/logrus"
-	"golang.org/x/net/http2"
 
 	"github.com/xapsd/xapsd/internal/logging"
 )
@@ -28,6 +24,9 @@ type Client struct {
 	Topic     string
 	Transport Transport
 	DryRun    bool
+
+	pool  *connPool // nil for dry-run and test transports
+	token *Token    // token mode only
 }
 
 // CloseIdle closes the client's connections that carry no push. Retired
@@ -37,6 +36,26 @@ func (c *Client) CloseIdle() {
 	if t, ok := c.Transport.(interface{ CloseIdleConnections() }); ok {
 		t.CloseIdleConnections()
 	}
+}
+
+// Token is the client's provider token, nil with a certificate.
+func (c *Client) Token() *Token { return c.token }
+
+// holdBack fails the pushes waiting for a connection or a stream with
+// errHeldBack: sending has paused, and they would only be refused.
+func (c *Client) holdBack() {
+	if c.pool != nil {
+		c.pool.holdBack()
+	}
+}
+
+// unreachable says until when the client will not try to connect to
+// APNs after failing to, and why; zero when it may.
+func (c *Client) unreachable() (time.Time, error) {
+	if c.pool == nil {
+		return time.Time{}, nil
+	}
+	return c.pool.blockedUntil()
 }
 
 // Endpoint hosts.
@@ -52,46 +71,58 @@ type ClientOptions struct {
 	// Roots overrides the trusted CAs; nil means the system pool, which
 	// honours SSL_CERT_FILE and SSL_CERT_DIR.
 	Roots *x509.CertPool
+	// ReadIdleTimeout (default 15 s) is the silence after which a PING
+	// checks the connection; PingTimeout (10 s) how long its answer may
+	// take before the connection counts as dead; IdleTimeout (15 min) how
+	// long a connection without pushes stays open.
+	ReadIdleTimeout, PingTimeout, IdleTimeout time.Duration
+	// OnConnect, when set, sees every attempt to connect to APNs: nil
+	// for a connection made, else why it failed.
+	OnConnect func(error)
+	// Connections caps the connections to APNs (default 1). Another
+	// opens only while every one carries as many pushes as APNs allows
+	// on it (1000 today), so it only matters with apnsConcurrency above
+	// that: ConnectionsFor gives the number that fits.
+	Connections int
 }
 
-func newHTTPClient(o ClientOptions, certs []tls.Certificate) *http.Client {
-	tr := &http2.Transport{
-		TLSClientConfig: &tls.Config{Certificates: certs, RootCAs: o.Roots, MinVersion: tls.VersionTLS12},
-		// Apple drops idle connections silently; a PING after 15 s of
-		// silence finds a dead connection before a push is lost on it.
-		ReadIdleTimeout: 15 * time.Second,
-		PingTimeout:     10 * time.Second,
-		// APNs answers with a few bytes of JSON; asking for gzip only adds
-		// a header to every push.
-		DisableCompression: true,
-		// WriteByteTimeout must stay unset: writes go to coalescingConn's
-		// buffer, so x/net's per-write deadline would time nothing. A
-		// stuck connection is found by the PING health check instead.
-		DialTLSContext: func(ctx context.Context, network, addr string, cfg *tls.Config) (net.Conn, error) {
-			d := tls.Dialer{NetDialer: &net.Dialer{Timeout: 20 * time.Second, KeepAlive: 15 * time.Second}, Config: cfg}
-			c, err := d.DialContext(ctx, network, addr)
-			if err != nil {
-				return nil, err
-			}
-			return newCoalescingConn(c, 0), nil
-		},
-	}
-	// No http.Client.Timeout: every push carries a context deadline from
-	// the sender (Sender.attempt), and a second deadline per request only
-	// cost a timer and a context.
-	return &http.Client{Transport: tr}
+// streamsPerConnection is what APNs allows on one connection today; it
+// only sizes the pool, the server's own figure is what counts.
+const streamsPerConnection = 1000
+
+// maxConnections bounds the pool of one credential.
+const maxConnections = 4
+
+// ConnectionsFor is the number of connections that carry concurrency
+// pushes at once at APNs' stream limit, from 1 to 4.
+func ConnectionsFor(concurrency int) int {
+	return min(max(1, (concurrency+streamsPerConnection-1)/streamsPerConnection), maxConnections)
+}
+
+// newHTTPClient is apns2's HTTP client on a connPool. No
+// http.Client.Timeout: every push carries a context deadline from the
+// sender (Sender.attempt), and a second deadline per request only cost a
+// timer and a context.
+func newHTTPClient(o ClientOptions, certs []tls.Certificate) (*http.Client, *connPool) {
+	p := newConnPool(o, certs)
+	return &http.Client{Transport: p}, p
 }
 
 // NewCertificateClient pushes with a client certificate (PEM or PKCS#12).
 func NewCertificateClient(cert tls.Certificate, topic string, o ClientOptions) *Client {
-	c := &apns2.Client{Certificate: cert, Host: o.URL, HTTPClient: newHTTPClient(o, []tls.Certificate{cert})}
-	return &Client{Topic: topic, Transport: c}
+	hc, pool := newHTTPClient(o, []tls.Certificate{cert})
+	c := &apns2.Client{Certificate: cert, Host: o.URL, HTTPClient: hc}
+	return &Client{Topic: topic, Transport: c, pool: pool}
 }
 
-// NewTokenClient pushes with a .p8 signing key (JWT bearer tokens).
-func NewTokenClient(tok *token.Token, topic string, o ClientOptions) *Client {
-	c := &apns2.Client{Token: tok, Host: o.URL, HTTPClient: newHTTPClient(o, nil)}
-	return &Client{Topic: topic, Transport: c}
+// NewTokenClient pushes with a .p8 signing key (JWT bearer tokens). Pass
+// the Token of the client this one replaces when it signs with the same
+// key (Token.Same), so that a reload does not count as a token update at
+// Apple.
+func NewTokenClient(tok *Token, topic string, o ClientOptions) *Client {
+	hc, pool := newHTTPClient(o, nil)
+	c := &apns2.Client{Token: tok.tok, Host: o.URL, HTTPClient: hc}
+	return &Client{Topic: topic, Transport: c, pool: pool, token: tok}
 }
 
 // NewDryRunClient logs each push instead of sending it: for trying xapsd

@@ -2,8 +2,7 @@ package apns
 
 import (
 	"context"
-	"fmt"
-	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -24,6 +23,12 @@ func realClient(t *testing.T, o fakeapns.Options) (*Client, *fakeapns.Server) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { srv.Close() })
+	return realClientOn(t, srv)
+}
+
+// realClientOn is a certificate client pointed at srv.
+func realClientOn(t *testing.T, srv *fakeapns.Server) (*Client, *fakeapns.Server) {
+	t.Helper()
 	ca, err := testpki.NewCA("push CA")
 	if err != nil {
 		t.Fatal(err)
@@ -51,26 +56,7 @@ func push(c *Client, token string) (*apns2.Response, error) {
 func TestClientDeliversConcurrentPushesOverOneConnection(t *testing.T) {
 	c, srv := realClient(t, fakeapns.Options{})
 	const n = 500
-	var wg sync.WaitGroup
-	errs := make(chan error, n)
-	for i := range n {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			tok := fmt.Sprintf("%064x", i)
-			resp, err := push(c, tok)
-			if err != nil {
-				errs <- err
-				return
-			}
-			if resp.StatusCode != 200 {
-				errs <- fmt.Errorf("push %d: status %d %s", i, resp.StatusCode, resp.Reason)
-			}
-		}()
-	}
-	wg.Wait()
-	close(errs)
-	for err := range errs {
+	for _, err := range pushAll(c, n) {
 		t.Error(err)
 	}
 	reqs, err := srv.WaitRequests(n, 10*time.Second)
@@ -96,24 +82,22 @@ func TestClientDeliversConcurrentPushesOverOneConnection(t *testing.T) {
 	}
 }
 
-// A connection Apple drops fails the pushes on it; the next push dials a
-// new one.
+// A connection Apple drops fails the pushes on it; they go again at once
+// over a new connection.
 func TestClientRecoversFromADroppedConnection(t *testing.T) {
-	var mu sync.Mutex
-	drop := true
-	c, _ := realClient(t, fakeapns.Options{Responder: func(fakeapns.Request) fakeapns.Response {
-		mu.Lock()
-		defer mu.Unlock()
-		return fakeapns.Response{Drop: drop}
+	var dropped atomic.Bool
+	c, srv := realClient(t, fakeapns.Options{Responder: func(r fakeapns.Request) fakeapns.Response {
+		return fakeapns.Response{Drop: r.Token == "aa" && dropped.CompareAndSwap(false, true)}
 	}})
-	if _, err := push(c, "aa"); err == nil {
-		t.Fatal("push on a dropped connection succeeded")
+	if resp, err := push(c, "bb"); err != nil || resp.StatusCode != 200 {
+		t.Fatalf("first push: %v %+v", err, resp)
 	}
-	mu.Lock()
-	drop = false
-	mu.Unlock()
-	resp, err := push(c, "bb")
+	resp, err := push(c, "aa")
 	if err != nil || resp.StatusCode != 200 {
-		t.Fatalf("push after the drop: %v %+v", err, resp)
+		t.Fatalf("push on a dropped connection: %v %+v", err, resp)
+	}
+	reqs := srv.Requests()
+	if len(reqs) != 3 || reqs[1].Token != "aa" || reqs[2].Token != "aa" || reqs[1].Conn != 1 || reqs[2].Conn != 2 {
+		t.Errorf("requests: %+v", reqs)
 	}
 }

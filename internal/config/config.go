@@ -98,6 +98,8 @@ type Config struct {
 	// in it.
 	DatabaseURL          string `config:"databaseURL,dburl"`
 	DatabasePasswordFile string `config:"databasePasswordFile,path"`
+	// APNsMinInterval is the shortest time between two pushes to one device; 0 = none.
+	APNsMinInterval time.Duration `config:"apnsMinInterval"`
 }
 
 // Default returns the built-in defaults: the legacy sample's values where it had them
@@ -124,6 +126,7 @@ func Default() *Config {
 		MetricsListenAddr:    "127.0.0.1:11621",
 		MaxRegistrations:     1000000,
 		ShutdownDrainTimeout: 2 * time.Second,
+		APNsMinInterval:      3 * time.Second,
 	}
 }
 

@@ -125,6 +125,8 @@ func TestKeys(t *testing.T) {
 		{"databaseURL", "databaseURL: postgres://xapsd@db.example.net/xapsd", func(c *Config) any { return c.DatabaseURL }, "postgres://xapsd@db.example.net/xapsd"},
 		{"databaseURL keywords", "databaseURL: host=db dbname=xapsd", func(c *Config) any { return c.DatabaseURL }, "host=db dbname=xapsd"},
 		{"databasePasswordFile", "databaseURL: postgres://db/xapsd\ndatabasePasswordFile: db.pass", func(c *Config) any { return c.DatabasePasswordFile }, func(d string) any { return filepath.Join(d, "db.pass") }},
+		{"apnsMinInterval", "apnsMinInterval: 10s", func(c *Config) any { return c.APNsMinInterval }, 10 * time.Second},
+		{"apnsMinInterval off", "apnsMinInterval: 0", func(c *Config) any { return c.APNsMinInterval }, time.Duration(0)},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -365,6 +367,7 @@ func TestWarnings(t *testing.T) {
 		{"apple ID with vendor identity quiet", "appleId: a@example.com\nappleIdHashedPassword: " + strings.Repeat("ab", 32) + "\nappleIdVendorCertificate: v.pem\nappleIdVendorKey: v.key", nil},
 		{"vendor identity without apple ID", "apnsEndpoint: dry-run\nappleIdVendorCertificate: v.pem\nappleIdVendorKey: v.key", []string{"ignored because appleId is not set"}},
 		{"short topic ignored when PEM wins", "certificateFilePem: b.pem\nkeyFileP8: k.p8\nkeyFileKeyId: ABCDE12345\nkeyFileTeamId: TEAM123456\nkeyFileTopic: t", []string{"are both set"}},
+		{"development endpoint", "apnsEndpoint: Development\ncertificateFilePem: b.pem", []string{"apnsEndpoint: development is Apple's sandbox", "iOS Mail registers with production"}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -425,6 +428,9 @@ func TestValidate(t *testing.T) {
 		{"vendor certificate alone", func(c *Config) { c.AppleIDVendorCertificate = "/v.pem" }, "appleIdVendorKey: must be set when appleIdVendorCertificate is set"},
 		{"vendor key alone", func(c *Config) { c.AppleIDVendorKey = "/v.key" }, "appleIdVendorCertificate: must be set when appleIdVendorKey is set"},
 		{"empty dry-run topic", func(c *Config) { c.DryRunTopic = "" }, "dryRunTopic: must not be empty"},
+		{"min interval negative", func(c *Config) { c.APNsMinInterval = -time.Second }, "apnsMinInterval: -1s: must be between 0 (no minimum) and 1h"},
+		{"min interval long", func(c *Config) { c.APNsMinInterval = time.Hour + time.Second }, "apnsMinInterval: 1h0m1s: must be between 0"},
+		{"min interval hour", func(c *Config) { c.APNsMinInterval = time.Hour }, ""},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

@@ -19,6 +19,7 @@ const (
 	maxConcurrency = 100000
 	maxDevices     = 1000
 	topicMinBytes  = 51 // the stock plugin asserts a /register body of more than 50 bytes
+	maxMinInterval = time.Hour
 )
 
 // Validate checks the whole configuration and returns every problem joined with
@@ -210,6 +211,9 @@ func (c *Config) validate(given map[string]string) []error {
 	if c.DatabasePasswordFile != "" && c.DatabaseURL == "" {
 		bad("databasePasswordFile", c.DatabasePasswordFile, "is only used with databaseURL")
 	}
+	if c.APNsMinInterval < 0 || c.APNsMinInterval > maxMinInterval {
+		bad("apnsMinInterval", c.APNsMinInterval, "must be between 0 (no minimum) and 1h")
+	}
 	return errs
 }
 
@@ -333,6 +337,11 @@ func (c *Config) warnings() []string {
 			"certificate service for a push certificate without the macOS Server vendor identity, which it does not ship "+
 			"(extract it from your own copy of macOS Server; see docs/credentials.md); a certificate already stored or "+
 			"imported from the old database.json is used until it expires")
+	}
+	if strings.EqualFold(c.APNsEndpoint, EndpointDevelopment) {
+		w = append(w, "apnsEndpoint: development is Apple's sandbox, for apps built by Xcode; iOS Mail registers with production "+
+			"tokens, which the sandbox answers with BadDeviceToken (xapsd then keeps the devices and logs an error). "+
+			"Use production unless you know otherwise")
 	}
 	if c.DryRun() {
 		if len(c.DryRunTopic) < topicMinBytes {

@@ -21,6 +21,40 @@ import (
 // (docs/protocol.md#apns-topic).
 var oidUID = asn1.ObjectIdentifier{0, 9, 2342, 19200300, 100, 1, 1}
 
+// Apple marks a push certificate with the APNs environments it works in
+// (apnsEndpoint development or production); a universal certificate
+// carries both marks.
+var (
+	oidAPNsDevelopment = asn1.ObjectIdentifier{1, 2, 840, 113635, 100, 6, 3, 1}
+	oidAPNsProduction  = asn1.ObjectIdentifier{1, 2, 840, 113635, 100, 6, 3, 2}
+)
+
+// Environments lists the APNs environments Apple marked c for:
+// EnvDevelopment, EnvProduction, both, or none for a certificate without
+// Apple's marks (an older or a test certificate), which is then not
+// checked.
+func Environments(c *x509.Certificate) []string {
+	var out []string
+	for _, e := range []struct {
+		oid  asn1.ObjectIdentifier
+		name string
+	}{{oidAPNsDevelopment, EnvDevelopment}, {oidAPNsProduction, EnvProduction}} {
+		for _, ext := range c.Extensions {
+			if ext.Id.Equal(e.oid) {
+				out = append(out, e.name)
+				break
+			}
+		}
+	}
+	return out
+}
+
+// The APNs environments, as apnsEndpoint names them.
+const (
+	EnvDevelopment = "development"
+	EnvProduction  = "production"
+)
+
 // TopicFromCertificate returns the push topic: the UID attribute of the
 // certificate's subject. The original daemon insisted on UID being the
 // first attribute; Apple always puts it there, but nothing depends on the
@@ -247,11 +281,12 @@ func certCredential(leaf *x509.Certificate, chain []*x509.Certificate, key crypt
 		tc.Certificate = append(tc.Certificate, c.Raw)
 	}
 	cred := &Credential{
-		Mode:        ModeCertificate,
-		Topic:       topic,
-		Certificate: tc,
-		NotAfter:    leaf.NotAfter,
-		Sources:     sources,
+		Mode:         ModeCertificate,
+		Topic:        topic,
+		Certificate:  tc,
+		NotAfter:     leaf.NotAfter,
+		Sources:      sources,
+		Environments: Environments(leaf),
 	}
 	if left := leaf.NotAfter.Sub(now); left < expiryWarning {
 		cred.ExpiryWarning = fmt.Sprintf("certificate %s expires on %s, in %d days; renew it before pushes stop",

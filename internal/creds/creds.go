@@ -70,12 +70,39 @@ type Credential struct {
 	Token       *token.Token     // token mode; a first bearer is already signed
 	NotAfter    time.Time        // certificate expiry; zero in token mode
 	Sources     []string         // the files it came from, for messages
+	// Environments are the APNs environments Apple marked the
+	// certificate for (see Environments); empty in token mode and for
+	// unmarked certificates.
+	Environments []string
 	// Warnings are problems that do not stop pushes from working today.
 	Warnings []string
 	// ExpiryWarning is set when the certificate ends within 30 days. It
 	// is apart from Warnings because a running daemon repeats it on its
 	// own schedule (30, 14, 7, 1 days) and must not say it twice.
 	ExpiryWarning string
+}
+
+// CheckEnvironment says whether the credential can push to the APNs
+// environment env (EnvDevelopment or EnvProduction): a certificate that
+// Apple marked for the other environment only is refused by APNs on every
+// push (403 BadCertificateEnvironment). A token, an unmarked certificate
+// or another env (a test server) passes.
+func (c *Credential) CheckEnvironment(env string) error {
+	if len(c.Environments) == 0 || (env != EnvDevelopment && env != EnvProduction) {
+		return nil
+	}
+	for _, e := range c.Environments {
+		if e == env {
+			return nil
+		}
+	}
+	file := ""
+	if len(c.Sources) > 0 {
+		file = c.Sources[0] + " "
+	}
+	return fmt.Errorf("%w: certificate %s(topic %s) is for APNs %s only, but apnsEndpoint is %s; APNs would refuse every push "+
+		"(BadCertificateEnvironment): use a certificate for %s, or set apnsEndpoint: %s",
+		ErrWrongEnvironment, file, c.Topic, c.Environments[0], env, env, c.Environments[0])
 }
 
 // Errors a caller or test may want to tell apart. Each is wrapped with the
@@ -92,6 +119,9 @@ var (
 	ErrEncryptedKey   = errors.New("private key is encrypted")
 	ErrBadAuthKey     = errors.New("not an APNs auth key (EC P-256 in PKCS#8)")
 	ErrMissingSetting = errors.New("required setting missing")
+	// ErrWrongEnvironment: the certificate is for the other APNs
+	// environment.
+	ErrWrongEnvironment = errors.New("push certificate for the wrong APNs environment")
 )
 
 // expiryWarning is how early a certificate's end is announced. Apple

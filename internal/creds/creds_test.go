@@ -724,3 +724,55 @@ func TestDERTrailingWhitespaceByte(t *testing.T) {
 	dir := t.TempDir()
 	mustLoad(t, Files{PEMCert: write(t, dir, "aps.cer", leaf.Cert.Raw), PEMKey: write(t, dir, "k.pem", leaf.KeyPEM())}, fx.now, leaf)
 }
+
+// Apple marks push certificates with the environments they work in; a
+// certificate for the other environment only is refused for the endpoint
+// before APNs refuses every push with it.
+func TestCertificateEnvironment(t *testing.T) {
+	fx := getFixture(t)
+	mark := func(oids ...asn1.ObjectIdentifier) []pkix.Extension {
+		var out []pkix.Extension
+		for _, o := range oids {
+			out = append(out, pkix.Extension{Id: o, Value: []byte{0x05, 0x00}})
+		}
+		return out
+	}
+	dev, prod := asn1.ObjectIdentifier{1, 2, 840, 113635, 100, 6, 3, 1}, asn1.ObjectIdentifier{1, 2, 840, 113635, 100, 6, 3, 2}
+	for _, c := range []struct {
+		name      string
+		ext       []pkix.Extension
+		envs      []string
+		okDev, ok bool
+	}{
+		{"development only", mark(dev), []string{EnvDevelopment}, true, false},
+		{"production only", mark(prod), []string{EnvProduction}, false, true},
+		{"universal", mark(dev, prod), []string{EnvDevelopment, EnvProduction}, true, true},
+		{"unmarked", nil, nil, true, true},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			leaf, err := fx.ca.Issue(testpki.IssueOptions{UID: topic, KeyType: testpki.ECDSAP256, Extensions: c.ext,
+				NotBefore: fx.now.Add(-time.Hour), NotAfter: fx.now.AddDate(1, 0, 0)})
+			if err != nil {
+				t.Fatal(err)
+			}
+			p := write(t, t.TempDir(), "push.pem", leaf.CertPEM(), leaf.KeyPEM())
+			cred, err := Load(Files{PEMCert: p}, fx.now)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if strings.Join(cred.Environments, ",") != strings.Join(c.envs, ",") {
+				t.Errorf("Environments = %v, want %v", cred.Environments, c.envs)
+			}
+			for env, want := range map[string]bool{EnvDevelopment: c.okDev, EnvProduction: c.ok, "https://127.0.0.1:1": true} {
+				err := cred.CheckEnvironment(env)
+				if (err == nil) != want {
+					t.Errorf("CheckEnvironment(%s) = %v, want ok=%v", env, err, want)
+				}
+				if err != nil && (!errors.Is(err, ErrWrongEnvironment) || !strings.Contains(err.Error(), p) ||
+					!strings.Contains(err.Error(), "apnsEndpoint: "+c.envs[0])) {
+					t.Errorf("CheckEnvironment(%s) message: %v", env, err)
+				}
+			}
+		})
+	}
+}

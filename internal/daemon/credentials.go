@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strings"
 	"time"
 
 	"github.com/sideshow/apns2"
@@ -75,12 +76,22 @@ func appleIDMode(c *config.Config) bool {
 	return c.AppleID != "" && !credentialFiles(c).Configured() && !c.DryRun()
 }
 
+// clientEnv is what a new push client takes from the running daemon.
+type clientEnv struct {
+	// prev is the client the new one replaces: its provider token is kept
+	// when the .p8 key, key id and team are the same, because APNs counts
+	// every new token and refuses more than one per 20 minutes.
+	prev *apns.Client
+	// onConnect sees every attempt to connect to APNs.
+	onConnect func(error)
+}
+
 // loadCredential builds the push client from credential files, dry-run,
 // or nothing. A configured file that does not load is an error; no
 // credential at all is not (the daemon runs and says why it cannot
 // register devices). In Apple ID mode it returns nil: the manager, which
 // needs the registry's state folder, provides the credential later.
-func loadCredential(c *config.Config, log logrus.FieldLogger, now time.Time) (*credential, error) {
+func loadCredential(c *config.Config, log logrus.FieldLogger, now time.Time, env clientEnv) (*credential, error) {
 	files := credentialFiles(c)
 	switch {
 	case appleIDMode(c):
@@ -97,11 +108,14 @@ func loadCredential(c *config.Config, log logrus.FieldLogger, now time.Time) (*c
 	for _, w := range cred.Warnings {
 		log.Warn(w)
 	}
-	return clientFor(c, cred, log)
+	return clientFor(c, cred, log, env)
 }
 
-// clientFor binds a loaded credential to the configured endpoint.
-func clientFor(c *config.Config, cred *creds.Credential, log logrus.FieldLogger) (*credential, error) {
+// clientFor binds a loaded credential to the configured endpoint. A
+// certificate Apple marked for the other APNs environment only is
+// refused here, so that a wrong file picked up by a reload leaves the
+// working one in use.
+func clientFor(c *config.Config, cred *creds.Credential, log logrus.FieldLogger, env clientEnv) (*credential, error) {
 	out := &credential{notAfter: cred.NotAfter, sources: cred.Sources, stamps: stampFiles(cred.Sources)}
 	if c.DryRun() {
 		out.client = apns.NewDryRunClient(cred.Topic, log)
@@ -111,10 +125,17 @@ func clientFor(c *config.Config, cred *creds.Credential, log logrus.FieldLogger)
 	if err != nil {
 		return nil, err
 	}
-	opts := apns.ClientOptions{URL: url}
+	if err := cred.CheckEnvironment(strings.ToLower(c.APNsEndpoint)); err != nil {
+		return nil, err
+	}
+	opts := apns.ClientOptions{URL: url, OnConnect: env.onConnect, Connections: apns.ConnectionsFor(c.APNsConcurrency)}
 	switch cred.Mode {
 	case creds.ModeToken:
-		out.client = apns.NewTokenClient(cred.Token, cred.Topic, opts)
+		tok := apns.NewToken(cred.Token)
+		if env.prev != nil && env.prev.Token().Same(cred.Token) {
+			tok = env.prev.Token()
+		}
+		out.client = apns.NewTokenClient(tok, cred.Topic, opts)
 	default:
 		out.client = apns.NewCertificateClient(*cred.Certificate, cred.Topic, opts)
 	}
@@ -170,7 +191,7 @@ func (d *Daemon) startApple(c *config.Config) (*credential, error) {
 		for _, w := range stored.Warnings {
 			log.Warn(w)
 		}
-		if cred, err = clientFor(c, stored, log); err != nil {
+		if cred, err = clientFor(c, stored, log, d.clientEnv()); err != nil {
 			return nil, err
 		}
 	} else if !errors.Is(err, appleid.ErrNotStored) {
@@ -194,7 +215,7 @@ func (d *Daemon) runApple() {
 		defer close(am.done)
 		am.m.Run(ctx, func(nc *creds.Credential) {
 			cur := d.cfg.Load()
-			next, err := clientFor(cur, nc, log)
+			next, err := clientFor(cur, nc, log, d.clientEnv())
 			if err != nil {
 				log.WithError(err).Error("new Apple push certificate not used")
 				return
@@ -287,10 +308,10 @@ func CheckCredential(c *config.Config) (notes []string, err error) {
 		if loaded.ExpiryWarning != "" {
 			notes = append(notes, loaded.ExpiryWarning)
 		}
-		if cred, err = clientFor(c, loaded, log); err != nil {
+		if cred, err = clientFor(c, loaded, log, clientEnv{}); err != nil {
 			return nil, err
 		}
-	} else if cred, err = loadCredential(c, log, time.Now()); err != nil {
+	} else if cred, err = loadCredential(c, log, time.Now(), clientEnv{}); err != nil {
 		return nil, err
 	}
 	if err := cred.problem(time.Now()); err != nil {
@@ -365,4 +386,28 @@ func configuredPaths(f creds.Files) []string {
 		}
 	}
 	return out
+}
+
+// clientEnv hands a new push client the current one and the connection
+// hook.
+func (d *Daemon) clientEnv() clientEnv {
+	env := clientEnv{onConnect: d.observeConnect}
+	if c := d.cred.Load(); c != nil {
+		env.prev = c.client
+	}
+	return env
+}
+
+// observeConnect counts connection attempts to APNs. The metrics exist
+// before the first push, which is what makes the first connection.
+func (d *Daemon) observeConnect(err error) {
+	if d.metrics != nil {
+		d.metrics.ObserveConnect(err)
+	}
+	l := d.log.WithField("component", "apns")
+	if err != nil {
+		l.WithError(err).Debug("connecting to APNs failed")
+	} else {
+		l.Debug("connected to APNs")
+	}
 }

@@ -77,7 +77,7 @@ func Run(ctx context.Context, o Options) error {
 
 	// Credential files first: a broken one stops the start before
 	// anything is created on disk.
-	cred, err := loadCredential(cfg, o.Log.WithField("component", "apns"), time.Now())
+	cred, err := loadCredential(cfg, o.Log.WithField("component", "apns"), time.Now(), d.clientEnv())
 	if err != nil {
 		return err
 	}
@@ -100,6 +100,7 @@ func Run(ctx context.Context, o Options) error {
 		CredentialExpiry: func() time.Time { return d.cred.Load().notAfter },
 		RegistryDamage:   func() int { return d.reg.Health().Damaged },
 		Connections:      func() int { return d.conns.Open() },
+		SendingPaused:    func() string { cause, _ := d.sender.Paused(); return cause },
 	})
 
 	// Ports before the registry: a second xapsd started by mistake on the
@@ -162,6 +163,7 @@ func Run(ctx context.Context, o Options) error {
 		Concurrency: cfg.APNsConcurrency,
 		Expiration:  cfg.APNsExpiration,
 		Priority:    cfg.APNsPriority,
+		MinInterval: cfg.APNsMinInterval,
 		Remover:     d.reg,
 		Log:         o.Log.WithField("component", "apns"),
 		OnResult: func(r apns.Result) {
@@ -378,13 +380,17 @@ func (d *Daemon) topic() (string, error) {
 }
 
 // ready says why xapsd cannot do its job right now, or nil: a usable
-// push credential and a registry it can write to.
+// push credential, a registry it can write to, and pushes going out
+// (not paused because APNs refuses the credential or cannot be reached).
 func (d *Daemon) ready() error {
 	if err := d.cred.Load().problem(time.Now()); err != nil {
 		return err
 	}
 	if err := d.reg.Health().WriteErr; err != nil {
 		return fmt.Errorf("registry not writable: %w", err)
+	}
+	if _, err := d.sender.Paused(); err != nil {
+		return err
 	}
 	return nil
 }
@@ -493,7 +499,7 @@ func (d *Daemon) reload() {
 	if err := logging.Configure(d.log, next.LogLevel, next.LogFormat); err != nil {
 		log.WithError(err).Error("SIGHUP: log settings not changed")
 	}
-	cred, err := loadCredential(next, d.log.WithField("component", "apns"), time.Now())
+	cred, err := loadCredential(next, d.log.WithField("component", "apns"), time.Now(), d.clientEnv())
 	if err != nil {
 		// Keep the stamps of what is in use, so a broken file is not
 		// retried every few seconds, only when it changes again.

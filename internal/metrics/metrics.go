@@ -36,6 +36,7 @@ type Metrics struct {
 	syncDuration prometheus.Histogram
 	syncRecords  prometheus.Histogram
 	connEvicted  prometheus.Counter
+	connects     *prometheus.CounterVec
 }
 
 // Sources are read when Prometheus scrapes, so gauges are never stale.
@@ -49,6 +50,9 @@ type Sources struct {
 	RegistryDamage func() int
 	// Connections counts the plugin API's open connections.
 	Connections func() int
+	// SendingPaused says why pushes are held: "credential" (APNs refuses
+	// it), "unreachable" (xapsd cannot connect), or "" when they go out.
+	SendingPaused func() string
 }
 
 // New builds the collectors and registers them with a fresh registry.
@@ -56,7 +60,7 @@ func New(src Sources) *Metrics {
 	m := &Metrics{Registry: prometheus.NewRegistry()}
 	m.pushes = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "xapsd_apns_pushes_total",
-		Help: "Push attempts by outcome (delivered, retrying, removed, failed, expired), HTTP status (0 = transport error) and APNs reason.",
+		Help: "Push attempts by outcome (delivered, retrying, removed, failed, expired, held), HTTP status (0 = transport error) and APNs reason.",
 	}, []string{"outcome", "status", "reason"})
 	m.pushDuration = prometheus.NewHistogram(prometheus.HistogramOpts{
 		Name:    "xapsd_apns_push_duration_seconds",
@@ -90,7 +94,13 @@ func New(src Sources) *Metrics {
 		Name: "xapsd_pluginapi_connections_evicted_total",
 		Help: "Idle or silent plugin API connections closed to make room at the connection limit.",
 	})
-	m.Registry.MustRegister(m.pushes, m.pushDuration, m.retries, m.requests, m.reqDuration, m.syncDuration, m.syncRecords, m.connEvicted,
+	m.connects = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "xapsd_apns_connections_total",
+		Help: "Attempts to connect to APNs by result: ok (connected), failed (could not connect, or lost the connection before APNs answered on it).",
+	}, []string{"result"})
+	m.connects.WithLabelValues("ok")
+	m.connects.WithLabelValues("failed")
+	m.Registry.MustRegister(m.pushes, m.pushDuration, m.retries, m.requests, m.reqDuration, m.syncDuration, m.syncRecords, m.connEvicted, m.connects,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 
 	gauge := func(name, help string, f func() float64) {
@@ -121,6 +131,20 @@ func New(src Sources) *Metrics {
 	if d := src.RegistryDamage; d != nil {
 		gauge("xapsd_registry_damaged", "Damaged lines and records skipped, and lost registry files, found when the registry was loaded at start; 0 when it loaded cleanly. /readyz says what.",
 			func() float64 { return float64(d()) })
+	}
+	if p := src.SendingPaused; p != nil {
+		for _, cause := range []string{"credential", "unreachable"} {
+			m.Registry.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+				Name:        "xapsd_apns_sending_paused",
+				Help:        "1 while pushes are held because APNs refuses the credential (cause=credential) or cannot be reached (cause=unreachable); /readyz says why.",
+				ConstLabels: prometheus.Labels{"cause": cause},
+			}, func() float64 {
+				if p() == cause {
+					return 1
+				}
+				return 0
+			}))
+		}
 	}
 	if e := src.CredentialExpiry; e != nil {
 		gauge("xapsd_credential_expiry_seconds", "Seconds until the push certificate expires (negative: expired; 0: a credential without expiry, such as a token or dry-run).",
@@ -163,6 +187,15 @@ func (m *Metrics) ObservePush(outcome string, status int, reason string, d time.
 	}
 	if outcome == "retrying" {
 		m.retries.Inc()
+	}
+}
+
+// ObserveConnect counts one attempt to connect to APNs.
+func (m *Metrics) ObserveConnect(err error) {
+	if err != nil {
+		m.connects.WithLabelValues("failed").Inc()
+	} else {
+		m.connects.WithLabelValues("ok").Inc()
 	}
 }
 

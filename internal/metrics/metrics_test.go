@@ -42,8 +42,12 @@ func TestServerEndpoints(t *testing.T) {
 		DelayedPending:   func() int { return 4 },
 		CredentialExpiry: func() time.Time { return expiry },
 		RegistryDamage:   func() int { return 3 },
+		SendingPaused:    func() string { return "credential" },
 	})
 	m.ObserveSync(12, 2*time.Millisecond)
+	m.ObserveConnect(nil)
+	m.ObserveConnect(errors.New("connection refused"))
+	m.ObserveConnect(errors.New("connection reset"))
 	ready := errors.New("no usable push credential")
 	notes := []string{"registry: database.json was damaged: 97 registrations kept"}
 	s, err := Listen("127.0.0.1:0", m, ServerOptions{Checks: Checks{Ready: func() error { return ready }, Notes: func() []string { return notes }}})
@@ -63,7 +67,9 @@ func TestServerEndpoints(t *testing.T) {
 	}
 	code, body := get("/metrics")
 	for _, want := range []string{"xapsd_apns_queue_depth 7", "xapsd_apns_in_flight 3", "xapsd_registry_registrations 5",
-		"xapsd_registry_users 2", "xapsd_scheduler_pending 4", "xapsd_registry_sync_records_count 1", "xapsd_registry_damaged 3", "xapsd_credential_expiry_seconds 1727"} {
+		"xapsd_registry_users 2", "xapsd_scheduler_pending 4", "xapsd_registry_sync_records_count 1", "xapsd_registry_damaged 3", "xapsd_credential_expiry_seconds 1727",
+		`xapsd_apns_sending_paused{cause="credential"} 1`, `xapsd_apns_sending_paused{cause="unreachable"} 0`,
+		`xapsd_apns_connections_total{result="ok"} 1`, `xapsd_apns_connections_total{result="failed"} 2`} {
 		if !strings.Contains(body, want) {
 			t.Errorf("/metrics (%d) lacks %q", code, want)
 		}

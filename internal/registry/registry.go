@@ -46,6 +46,12 @@ type entry struct {
 	deviceToken string
 	boxes       *mailboxSet
 	registered  int64 // unix nanoseconds
+	// refreshed is the latest identical re-registration that was
+	// acknowledged without a write (see Options.RefreshAfter). It lives in
+	// memory only, for Remove: a device that registered again after
+	// Apple's 410 timestamp keeps its registration. A crash forgets it,
+	// which costs at most RefreshAfter of that protection.
+	refreshed int64
 }
 
 // mailboxSet is shared between all registrations with the same list; most
@@ -300,7 +306,9 @@ func (r *Registry) register(ctx context.Context, reg Registration, keepNewer boo
 	now := reg.Registered.UnixNano()
 	if idx >= 0 && slices.Equal(regs[idx].boxes.names, reg.Mailboxes) &&
 		time.Duration(now-regs[idx].registered) < r.opts.RefreshAfter && now >= regs[idx].registered {
-		// Unchanged and already on disk: nothing to write.
+		// Unchanged and already durable: nothing to write, but the time
+		// of this registration counts for Remove.
+		regs[idx].refreshed = max(regs[idx].refreshed, now)
 		r.mu.Unlock()
 		return nil
 	}
@@ -399,8 +407,9 @@ func (r *Registry) Lookup(user, mailbox string, inboxOnly bool) LookupResult {
 // is not zero the registration is only removed if it was registered
 // before that time: an APNs 410 carries the time the token became
 // invalid, and a device that registered again since then must keep its
-// registration (docs/protocol.md#apns-410-timestamp). It reports whether
-// it removed one.
+// registration (docs/protocol.md#apns-410-timestamp), also when that
+// registration was identical and not written. It reports whether it
+// removed one.
 func (r *Registry) Remove(k Key, before time.Time) bool {
 	k.User = FoldUser(k.User)
 	r.mu.Lock()
@@ -414,7 +423,7 @@ func (r *Registry) Remove(k Key, before time.Time) bool {
 		if e.accountID != k.AccountID || e.deviceToken != k.DeviceToken {
 			continue
 		}
-		if before.IsZero() || e.registered < before.UnixNano() {
+		if before.IsZero() || max(e.registered, e.refreshed) < before.UnixNano() {
 			rec := delRec(r.nextSeq(), k.User, k.AccountID, k.DeviceToken)
 			rec.before = before
 			b.addRecord(rec)

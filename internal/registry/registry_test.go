@@ -246,6 +246,38 @@ func TestRemoveHonoursTimestamp(t *testing.T) {
 	}
 }
 
+// A device that registers again after Apple's 410 timestamp keeps its
+// registration, also when the re-registration was identical and skipped
+// the disk: before, the stored time (up to RefreshAfter older) decided.
+func TestIdenticalReRegistrationCountsForRemove(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "database.json")
+	c := newClock()
+	r := open(t, path, c)
+	mustRegister(t, r, reg("alice", acc1, tok1))
+	mustRegister(t, r, reg("alice", acc1, tok2))
+	died := c.Now().Add(10 * time.Minute)
+	c.Add(20 * time.Minute)
+	seq := r.seq
+	mustRegister(t, r, reg("alice", acc1, tok1)) // after the token "died"
+	if r.seq != seq {
+		t.Fatalf("identical re-registration wrote a record: the test no longer covers the shortcut")
+	}
+	if r.Remove(Key{"alice", acc1, tok1}, died) {
+		t.Error("removed a device that registered again after the 410 timestamp")
+	}
+	if !r.Remove(Key{"alice", acc1, tok2}, died) {
+		t.Error("kept a device that did not register again")
+	}
+	// The shortcut still writes nothing, and a later 410 still removes.
+	if r.seq != seq+1 {
+		t.Errorf("seq %d -> %d: only the removal should have been written", seq, r.seq)
+	}
+	if !r.Remove(Key{"alice", acc1, tok1}, c.Now().Add(time.Second)) {
+		t.Error("a 410 after the re-registration did not remove it")
+	}
+	r.Close()
+}
+
 func TestRemoveMatching(t *testing.T) {
 	r := open(t, filepath.Join(t.TempDir(), "database.json"), newClock())
 	defer r.Close()

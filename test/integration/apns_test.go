@@ -3,11 +3,14 @@ package integration
 import (
 	"encoding/json"
 	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -168,7 +171,6 @@ func TestAPNsFailuresAreRetriedAndDeadTokensRemoved(t *testing.T) {
 	e.register(t, "gone", "ACC-G", token(11))
 	e.register(t, "fresh", "ACC-F", token(12))
 	e.register(t, "bad", "ACC-B", token(13))
-	e.register(t, "forbidden", "ACC-X", token(14))
 	var mu sync.Mutex
 	calls := map[string]int{}
 	e.apns.SetResponder(func(r fakeapns.Request) fakeapns.Response {
@@ -195,15 +197,12 @@ func TestAPNsFailuresAreRetriedAndDeadTokensRemoved(t *testing.T) {
 			return fakeapns.Response{Status: 410, Reason: "Unregistered", Timestamp: regTime.Add(-time.Hour).UnixMilli()}
 		case token(13):
 			return fakeapns.Response{Status: 400, Reason: "BadDeviceToken"}
-		case token(14):
-			return fakeapns.Response{Status: 403, Reason: "BadCertificate"}
 		}
 		return fakeapns.Response{}
 	})
-	for _, u := range []string{"retry", "gone", "fresh", "bad", "forbidden"} {
+	for _, u := range []string{"retry", "gone", "fresh", "bad"} {
 		post(t, e.addr, "/notify", notifyBody(u, "INBOX", "MessageNew"))
 	}
-	post(t, e.addr, "/notify", notifyBody("forbidden", "INBOX", "MessageNew"))
 	if !e.d.waitLog("outcome=delivered", 20*time.Second) {
 		t.Fatal("the retried push was never delivered")
 	}
@@ -223,20 +222,86 @@ func TestAPNsFailuresAreRetriedAndDeadTokensRemoved(t *testing.T) {
 	}) {
 		t.Error("410 after registration did not remove the registration")
 	}
-	if !waitFor(func() bool {
-		s, _ := post(t, e.addr, "/notify", notifyBody("bad", "INBOX", "FlagsSet"))
-		return s == 404
-	}) {
-		t.Error("400 BadDeviceToken did not remove the registration")
-	}
 	if s, _ := post(t, e.addr, "/notify", notifyBody("fresh", "INBOX", "FlagsSet")); s != 200 {
 		t.Errorf("410 older than the registration removed it (status %d)", s)
 	}
-	if n := strings.Count(e.d.log.String(), "APNs refused the push credentials"); n != 1 {
-		t.Errorf("403 logged %d times, want once a minute", n)
+	// BadDeviceToken in the first minutes after the credential was loaded
+	// is a configuration problem until shown otherwise: the device stays.
+	if !e.d.waitLog("outcome=failed reason=BadDeviceToken", 10*time.Second) {
+		t.Fatal("no BadDeviceToken answer")
+	}
+	if s, _ := post(t, e.addr, "/notify", notifyBody("bad", "INBOX", "FlagsSet")); s != 200 {
+		t.Errorf("BadDeviceToken just after the start removed the registration (status %d)", s)
 	}
 	if e.d.cmd.ProcessState != nil {
 		t.Fatal("the daemon exited")
+	}
+}
+
+// APNs refusing the credential pauses sending: the pushes wait, /readyz
+// and the metrics say why, the log says it once, and a reload with a
+// working credential sends them.
+func TestCredentialRefusalHoldsTheQueue(t *testing.T) {
+	metricsAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	e := newAPNsEnv(t, "metricsListenAddr: "+metricsAddr+"\n")
+	for i := range 5 {
+		e.register(t, fmt.Sprintf("user%d", i), acc, token(20+i))
+	}
+	var refuse atomic.Bool
+	refuse.Store(true)
+	e.apns.SetResponder(func(r fakeapns.Request) fakeapns.Response {
+		if refuse.Load() {
+			return fakeapns.Response{Status: 403, Reason: "BadCertificate"}
+		}
+		return fakeapns.Response{}
+	})
+	for i := range 5 {
+		post(t, e.addr, "/notify", notifyBody(fmt.Sprintf("user%d", i), "INBOX", "MessageNew"))
+	}
+	get := func(path string) (int, string) {
+		resp, err := http.Get("http://" + metricsAddr + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	if !e.d.waitLog("Sending is paused", 10*time.Second) {
+		t.Fatal("no pause")
+	}
+	if code, body := get("/readyz"); code != 503 || !strings.Contains(body, "403 BadCertificate") {
+		t.Errorf("/readyz = %d %q", code, body)
+	}
+	if _, body := get("/metrics"); !strings.Contains(body, `xapsd_apns_sending_paused{cause="credential"} 1`) {
+		t.Errorf("metrics lack the pause")
+	}
+	time.Sleep(500 * time.Millisecond)
+	if n := e.apns.Count(); n > 2 {
+		t.Errorf("%d requests reached APNs while it refused the credential", n)
+	}
+	if n := strings.Count(e.d.log.String(), "Sending is paused"); n != 1 {
+		t.Errorf("the refusal logged %d times, want once", n)
+	}
+	// Registering goes on while paused.
+	e.register(t, "late", acc, token(30))
+	refuse.Store(false)
+	e.d.signal(syscall.SIGHUP)
+	deadline := time.Now().Add(10 * time.Second)
+	for strings.Count(e.d.log.String(), "outcome=delivered") < 5 && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	if n := strings.Count(e.d.log.String(), "outcome=delivered"); n != 5 {
+		t.Fatalf("%d pushes delivered after the reload, want 5", n)
+	}
+	// Held pushes do not spend attempts.
+	for _, l := range strings.Split(e.d.log.String(), "\n") {
+		if strings.Contains(l, "outcome=delivered") && !strings.Contains(l, "attempt=1 ") {
+			t.Errorf("delivered after more than one attempt: %s", l)
+		}
+	}
+	if code, body := get("/readyz"); code != 200 {
+		t.Errorf("/readyz after the reload = %d %q", code, body)
 	}
 }
 
@@ -366,5 +431,75 @@ func TestCertificateCloseToExpiryIsWarnedAtStart(t *testing.T) {
 	}
 	if n := strings.Count(d.log.String(), "expires in 10 days"); n != 1 {
 		t.Errorf("expiry warned %d times at start, want once", n)
+	}
+}
+
+// A reload of an unchanged .p8 key keeps the provider token: APNs counts
+// every new token and refuses more than one per 20 minutes. A new key
+// gets a new token.
+func TestReloadKeepsTheProviderToken(t *testing.T) {
+	srv, err := fakeapns.Start(fakeapns.Options{Apple: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	dir := t.TempDir()
+	caFile := filepath.Join(dir, "apns-ca.pem")
+	if err := srv.WriteCAFile(caFile); err != nil {
+		t.Fatal(err)
+	}
+	writeKey := func() {
+		pemBytes, _, err := testpki.NewP8Key()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, "key.p8"), pemBytes, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	writeKey()
+	addr := writeConfig(t, dir, fmt.Sprintf("apnsEndpoint: %s\nkeyFileP8: key.p8\nkeyFileKeyId: ABCDEFGHIJ\nkeyFileTeamId: KLMNOPQRST\nkeyFileTopic: %s\n", srv.URL, topicA))
+	d := startDaemon(t, dir, addr, "SSL_CERT_FILE="+caFile)
+	bearer := func(i int) string {
+		t.Helper()
+		user := fmt.Sprintf("user%d", i)
+		if s, body := post(t, addr, "/register", registerBody(user, acc, token(40+i))); s != 200 {
+			t.Fatalf("register: %d %s", s, body)
+		}
+		post(t, addr, "/notify", notifyBody(user, "INBOX", "MessageNew"))
+		reqs, err := srv.WaitRequests(i, 10*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		r := reqs[i-1]
+		if r.Token != token(40+i) || !strings.HasPrefix(r.Authorization, "bearer ") {
+			t.Fatalf("request %+v", r)
+		}
+		return r.Authorization
+	}
+	reload := func(n int) {
+		t.Helper()
+		d.signal(syscall.SIGHUP)
+		deadline := time.Now().Add(10 * time.Second)
+		for strings.Count(d.log.String(), "credentials reloaded") < n && time.Now().Before(deadline) {
+			time.Sleep(10 * time.Millisecond)
+		}
+		if strings.Count(d.log.String(), "credentials reloaded") < n {
+			t.Fatal("no reload")
+		}
+	}
+	first := bearer(1)
+	reload(1)
+	if got := bearer(2); got != first {
+		t.Errorf("a reload of the same key made a new token")
+	}
+	time.Sleep(1100 * time.Millisecond) // a new mtime for the watcher, whichever sees it first
+	writeKey()
+	reload(2)
+	if got := bearer(3); got == first {
+		t.Errorf("a new key kept the old token")
+	}
+	if srv.Violations() != 0 {
+		t.Errorf("%d streams over the limit of a token connection", srv.Violations())
 	}
 }

@@ -2,7 +2,9 @@
 // server over TLS on loopback that accepts POST /3/device/<token> the way
 // APNs does, records what it received and answers whatever a test scripts
 // (200, 400, 410 with a timestamp, 429, 503, latency, a dropped
-// connection).
+// connection). With Options.Apple it also manages connections as APNs
+// does: one stream on a token connection until a request on it succeeds,
+// GOAWAY, connections that go silent; and it can refuse connections.
 //
 // It serves the daemon's integration tests and the xapsd-bench tool, so
 // it does not import "testing" and keeps the per-request path lean enough
@@ -51,6 +53,10 @@ type Response struct {
 	// Reset cancels only this stream (RST_STREAM) and leaves the
 	// connection up.
 	Reset bool
+	// GoAway, when set, sends GOAWAY with this reason ("Shutdown",
+	// "IdleTimeout", …) on the request's connection once it is answered,
+	// then closes the connection (Options.Apple only).
+	GoAway string
 }
 
 // Request is one request as it arrived. Header values are copied
@@ -74,6 +80,9 @@ type Request struct {
 	ClientCertSubjectUID string
 	Received             time.Time
 	Proto                string // "HTTP/2.0"
+	// Conn numbers the connection the request came on, in the order the
+	// server accepted connections, from 1.
+	Conn int64
 }
 
 // Options configures Start. The zero value is a recording server on a
@@ -87,6 +96,20 @@ type Options struct {
 	// MaxConcurrentStreams per connection; default 1000, the value Apple
 	// advertises.
 	MaxConcurrentStreams int
+	// Apple manages each connection as APNs does. It needs the HTTP/2
+	// frames between client and server (frames.go) and costs CPU per
+	// frame, so benchmarks leave it off. With it:
+	//   - a token connection (one without a client certificate) is
+	//     offered one stream until a request on it is answered 200, then
+	//     MaxConcurrentStreams, and one again after a 403; a request over
+	//     the limit in force is reset unanswered and counted in
+	//     Violations, not in Count;
+	//   - a request on a token connection without an authorization
+	//     header gets 403 MissingProviderToken, one without apns-topic
+	//     400 MissingTopic;
+	//   - GoAway, Response.GoAway, SilenceConnections and
+	//     AnswerPings(false) work.
+	Apple bool
 }
 
 // Server is a running stand-in. It is safe for concurrent use.
@@ -104,6 +127,14 @@ type Server struct {
 	responder atomic.Pointer[func(Request) Response]
 	count     atomic.Int64
 
+	apple       bool
+	maxStreams  int
+	appleTLS    *tls.Config // the handshake frameConn does itself
+	accepted    atomic.Int64
+	refuse      atomic.Bool
+	answerPings atomic.Bool
+	violations  atomic.Int64
+
 	mu      sync.Mutex
 	reqs    []Request
 	changed chan struct{} // closed and replaced whenever reqs grows
@@ -111,6 +142,54 @@ type Server struct {
 }
 
 type connKey struct{}
+
+// connInfo is what a request knows about its connection.
+type connInfo struct {
+	conn net.Conn
+	id   int64
+	fc   *frameConn // Options.Apple only
+}
+
+// idConn numbers a connection when Options.Apple is off (frameConn
+// carries the number otherwise).
+type idConn struct {
+	net.Conn
+	id int64
+}
+
+// listener numbers the connections it accepts, refuses them on request,
+// and puts a frameConn on them when Options.Apple is set.
+type listener struct {
+	net.Listener
+	s *Server
+}
+
+func (l *listener) Accept() (net.Conn, error) {
+	for {
+		c, err := l.Listener.Accept()
+		if err != nil {
+			return nil, err
+		}
+		id := l.s.accepted.Add(1)
+		if l.s.refuse.Load() {
+			resetTCP(c)
+			continue
+		}
+		if l.s.apple {
+			return newFrameConn(l.s, c, id), nil
+		}
+		return &idConn{Conn: c, id: id}, nil
+	}
+}
+
+// resetTCP closes a connection with a TCP reset, as a server that
+// refuses connections does to a client in the middle of its handshake.
+func resetTCP(c net.Conn) {
+	if tc, ok := c.(*net.TCPConn); ok {
+		tc.SetLinger(0)
+	}
+	c.Close()
+}
 
 // Start listens and serves until Close.
 func Start(o Options) (*Server, error) {
@@ -133,17 +212,25 @@ func Start(o Options) (*Server, error) {
 		return nil, fmt.Errorf("listen %s: %w", o.Addr, err)
 	}
 	s := &Server{
-		URL:     "https://" + ln.Addr().String(),
-		ca:      ca,
-		record:  !o.NoRecord,
-		done:    make(chan struct{}),
-		served:  make(chan struct{}),
-		changed: make(chan struct{}),
-		conns:   map[net.Conn]struct{}{},
+		URL:        "https://" + ln.Addr().String(),
+		ca:         ca,
+		record:     !o.NoRecord,
+		done:       make(chan struct{}),
+		served:     make(chan struct{}),
+		changed:    make(chan struct{}),
+		conns:      map[net.Conn]struct{}{},
+		apple:      o.Apple,
+		maxStreams: o.MaxConcurrentStreams,
 	}
+	s.answerPings.Store(true)
 	s.SetResponder(o.Responder)
 	var protos http.Protocols
 	protos.SetHTTP2(true) // APNs speaks nothing else
+	if o.Apple {
+		// frameConn does TLS and hands the server plain HTTP/2.
+		protos = http.Protocols{}
+		protos.SetUnencryptedHTTP2(true)
+	}
 	s.srv = &http.Server{
 		Handler:   s,
 		Protocols: &protos,
@@ -157,15 +244,32 @@ func Start(o Options) (*Server, error) {
 			ClientAuth: tls.RequestClientCert,
 		},
 		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
-			return context.WithValue(ctx, connKey{}, c)
+			ci := &connInfo{conn: c}
+			switch x := c.(type) {
+			case *frameConn:
+				ci.id, ci.fc = x.id, x
+			case *tls.Conn:
+				if ic, ok := x.NetConn().(*idConn); ok {
+					ci.id = ic.id
+				}
+			}
+			return context.WithValue(ctx, connKey{}, ci)
 		},
 		ConnState: s.trackConn,
 		// Handshakes that clients abandon are routine in failure tests.
 		ErrorLog: log.New(io.Discard, "", 0),
 	}
+	s.appleTLS = s.srv.TLSConfig.Clone()
+	s.appleTLS.NextProtos = []string{"h2"}
+	wl := &listener{Listener: ln, s: s}
 	go func() {
 		defer close(s.served)
-		_ = s.srv.ServeTLS(ln, "", "") // ErrServerClosed after Close
+		// ErrServerClosed after Close.
+		if o.Apple {
+			_ = s.srv.Serve(wl)
+		} else {
+			_ = s.srv.ServeTLS(wl, "", "")
+		}
 	}()
 	return s, nil
 }
@@ -200,6 +304,57 @@ func (s *Server) OpenConnections() int {
 
 // Count is the number of requests received, valid or not, recorded or not.
 func (s *Server) Count() int64 { return s.count.Load() }
+
+// Connections is the number of TCP connections accepted so far, refused
+// ones included: each is a client's attempt to connect.
+func (s *Server) Connections() int64 { return s.accepted.Load() }
+
+// RefuseConnections makes the server reset every new connection before
+// its TLS handshake (true), as an unreachable or overloaded APNs would,
+// or accept them again (false). Open connections are left alone.
+func (s *Server) RefuseConnections(refuse bool) { s.refuse.Store(refuse) }
+
+// Violations is the number of requests that arrived while their
+// connection already had as many streams open as the server allowed
+// (Options.Apple only). They were reset, not answered.
+func (s *Server) Violations() int64 { return s.violations.Load() }
+
+// AnswerPings(false) makes the server ignore the clients' HTTP/2 PINGs,
+// as a connection that died without a reset would (Options.Apple only).
+func (s *Server) AnswerPings(answer bool) { s.answerPings.Store(answer) }
+
+// frameConns lists the open connections of an Options.Apple server.
+func (s *Server) frameConns() []*frameConn {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []*frameConn
+	for c := range s.conns {
+		if fc, ok := c.(*frameConn); ok {
+			out = append(out, fc)
+		}
+	}
+	return out
+}
+
+// GoAway sends GOAWAY with reason on every open connection, as APNs does
+// before closing a connection: streams the client opened so far are
+// answered, later ones are not processed, and the connection closes once
+// the answers are out (Options.Apple only).
+func (s *Server) GoAway(reason string) {
+	for _, fc := range s.frameConns() {
+		fc.goAway(reason)
+	}
+}
+
+// SilenceConnections makes every open connection ignore whatever the
+// client sends from now on, requests and PINGs alike, without closing
+// it: a connection that died somewhere on the way (Options.Apple only).
+// New connections work.
+func (s *Server) SilenceConnections() {
+	for _, fc := range s.frameConns() {
+		fc.silence()
+	}
+}
 
 // Requests returns a copy of every request recorded so far, in arrival order.
 func (s *Server) Requests() []Request {
@@ -275,8 +430,11 @@ func (s *Server) Close() error {
 // closeTCP closes the socket under TLS, skipping close_notify: a dropped
 // connection should look like a network failure, not a polite goodbye.
 func closeTCP(c net.Conn) {
-	if tc, ok := c.(*tls.Conn); ok {
-		c = tc.NetConn()
+	switch x := c.(type) {
+	case *tls.Conn:
+		c = x.NetConn()
+	case *frameConn:
+		c = x.netConn()
 	}
 	c.Close()
 }
@@ -342,6 +500,21 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if r.TLS != nil && len(r.TLS.PeerCertificates) > 0 {
 		req.ClientCertSubjectUID = testpki.SubjectUID(r.TLS.PeerCertificates[0])
 	}
+	ci, _ := r.Context().Value(connKey{}).(*connInfo)
+	var fc *frameConn
+	if ci != nil {
+		req.Conn, fc = ci.id, ci.fc
+	}
+	if fc != nil {
+		req.ClientCertSubjectUID = fc.peerUID
+		n := fc.active.Add(1)
+		defer fc.active.Add(-1)
+		if n > fc.limit.Load() {
+			// Over the limit the connection was given: not processed.
+			s.violations.Add(1)
+			panic(http.ErrAbortHandler)
+		}
+	}
 	s.count.Add(1)
 	if s.record {
 		req.Header = r.Header.Clone()
@@ -352,7 +525,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		s.mu.Unlock()
 	}
 
-	resp, ok := validate(r, req)
+	resp, ok := validate(r, req, fc != nil && fc.token)
 	if ok {
 		if f := s.responder.Load(); f != nil {
 			resp = (*f)(req)
@@ -373,32 +546,79 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	if resp.Drop {
-		if c, ok := r.Context().Value(connKey{}).(net.Conn); ok {
-			closeTCP(c)
+		if ci != nil {
+			closeTCP(ci.conn)
 		}
 		panic(http.ErrAbortHandler) // no answer on this stream either
 	}
 	if resp.Reset {
 		panic(http.ErrAbortHandler) // the HTTP/2 server resets the stream
 	}
+	if fc != nil && fc.token {
+		// APNs lets a token connection open more streams once a request
+		// on it has been authenticated, and takes that back when one is
+		// refused. The SETTINGS go out before the answer.
+		switch resp.Status {
+		case 0, http.StatusOK:
+			fc.setLimit(s.maxStreams)
+		case http.StatusForbidden:
+			fc.setLimit(1)
+		}
+	}
 	s.answer(w, req, resp)
+	if fc != nil && resp.GoAway != "" {
+		fc.goAway(resp.GoAway)
+	}
 }
 
 // validate applies the checks APNs makes before looking at the device.
-func validate(r *http.Request, req Request) (Response, bool) {
+// token is set for a token connection of an Options.Apple server.
+func validate(r *http.Request, req Request, token bool) (Response, bool) {
+	bad := func(reason string) (Response, bool) {
+		return Response{Status: http.StatusBadRequest, Reason: reason}, false
+	}
 	switch {
 	case r.Method != http.MethodPost:
 		return Response{Status: http.StatusMethodNotAllowed, Reason: "MethodNotAllowed"}, false
 	case !strings.HasPrefix(req.Path, "/3/device/"):
 		return Response{Status: http.StatusNotFound, Reason: "BadPath"}, false
+	case token && req.Authorization == "":
+		return Response{Status: http.StatusForbidden, Reason: "MissingProviderToken"}, false
 	case req.Token == "":
-		return Response{Status: http.StatusBadRequest, Reason: "MissingDeviceToken"}, false
+		return bad("MissingDeviceToken")
 	case !isHex(req.Token):
-		return Response{Status: http.StatusBadRequest, Reason: "BadDeviceToken"}, false
+		return bad("BadDeviceToken")
+	case token && req.Topic == "":
+		return bad("MissingTopic")
+	case req.Priority != "" && req.Priority != "10" && req.Priority != "5" && req.Priority != "1":
+		return bad("BadPriority")
+	case req.PushType != "" && !pushTypes[req.PushType]:
+		return bad("InvalidPushType")
+	case req.Expiration != "" && !isDigits(req.Expiration):
+		return bad("BadExpirationDate")
+	case len(req.CollapseID) > 64:
+		return bad("BadCollapseId")
 	case len(req.Body) > maxPayload:
 		return Response{Status: http.StatusRequestEntityTooLarge, Reason: "PayloadTooLarge"}, false
+	case len(req.Body) == 0:
+		return bad("PayloadEmpty")
 	}
 	return Response{}, true
+}
+
+// pushTypes are the values of apns-push-type APNs knows.
+var pushTypes = map[string]bool{
+	"alert": true, "background": true, "location": true, "voip": true, "complication": true,
+	"fileprovider": true, "mdm": true, "liveactivity": true, "pushtotalk": true, "widgets": true, "controls": true,
+}
+
+func isDigits(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] < '0' || s[i] > '9' {
+			return false
+		}
+	}
+	return true
 }
 
 func isHex(s string) bool {

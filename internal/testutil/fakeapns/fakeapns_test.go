@@ -117,7 +117,7 @@ func TestRecordsExactly(t *testing.T) {
 	want := Request{
 		Token: token1, Topic: topic, PushType: "background", Priority: "5", Expiration: "1900000000",
 		CollapseID: "acct-1", ApnsID: n.ApnsID, Method: "POST", Path: "/3/device/" + token1,
-		ContentType: "application/json; charset=utf-8", ClientCertSubjectUID: topic, Proto: "HTTP/2.0",
+		ContentType: "application/json; charset=utf-8", ClientCertSubjectUID: topic, Proto: "HTTP/2.0", Conn: 1,
 	}
 	got := r
 	got.Header, got.Body, got.Received = nil, nil, time.Time{}
@@ -244,6 +244,7 @@ func TestValidation(t *testing.T) {
 		{"POST", "/3/devices/" + token1, nil, 404, `{"reason":"BadPath"}`},
 		{"POST", "/", nil, 404, `{"reason":"BadPath"}`},
 		{"POST", "/3/device/", nil, 400, `{"reason":"MissingDeviceToken"}`},
+		{"POST", "/3/device/" + token1, nil, 400, `{"reason":"PayloadEmpty"}`},
 		{"POST", "/3/device/not-hex", nil, 400, `{"reason":"BadDeviceToken"}`},
 		{"POST", "/3/device/" + token1, bytes.Repeat([]byte("x"), 4097), 413, `{"reason":"PayloadTooLarge"}`},
 	} {
@@ -258,7 +259,7 @@ func TestValidation(t *testing.T) {
 	if st, body := rawDo(t, s, "POST", "/3/device/"+token1, bytes.Repeat([]byte("x"), 4096)); st != 200 || body != "" {
 		t.Errorf("4096-byte payload: %d %q", st, body)
 	}
-	if called.Load() != 1 || s.Count() != 7 || len(s.Requests()) != 7 {
+	if called.Load() != 1 || s.Count() != 8 || len(s.Requests()) != 8 {
 		t.Errorf("responder %d, count %d, recorded %d", called.Load(), s.Count(), len(s.Requests()))
 	}
 }

@@ -114,6 +114,9 @@ type IssueOptions struct {
 	// set the certificate is a client certificate, like a push certificate.
 	IsServer bool
 	IsClient bool
+	// Extensions are added as they are, e.g. Apple's marks of the APNs
+	// environments a push certificate is for.
+	Extensions []pkix.Extension
 }
 
 // Leaf is an issued certificate with its private key.
@@ -168,6 +171,7 @@ func (ca *CA) Issue(o IssueOptions) (*Leaf, error) {
 		BasicConstraintsValid: true,
 		DNSNames:              o.DNSNames,
 		IPAddresses:           o.IPAddresses,
+		ExtraExtensions:       o.Extensions,
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.Cert, key.Public(), ca.Key)
 	if err != nil {

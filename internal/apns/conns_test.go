@@ -1,0 +1,317 @@
+package apns
+
+import (
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/sideshow/apns2/token"
+
+	"github.com/xapsd/xapsd/internal/testutil/fakeapns"
+	"github.com/xapsd/xapsd/internal/testutil/testpki"
+)
+
+// appleServer is a stand-in that manages connections as APNs does.
+func appleServer(t *testing.T, o fakeapns.Options) *fakeapns.Server {
+	t.Helper()
+	o.Apple = true
+	srv, err := fakeapns.Start(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { srv.Close() })
+	return srv
+}
+
+func newTestToken(t *testing.T) *token.Token {
+	t.Helper()
+	_, key, err := testpki.NewP8Key()
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok := &token.Token{AuthKey: key, KeyID: "ABCDEFGHIJ", TeamID: "KLMNOPQRST"}
+	if _, err := tok.Generate(); err != nil {
+		t.Fatal(err)
+	}
+	return tok
+}
+
+// tokenClientFor is a token client pointed at srv.
+func tokenClientFor(t *testing.T, srv *fakeapns.Server, o ClientOptions) *Client {
+	t.Helper()
+	o.URL, o.Roots = srv.URL, srv.CertPool()
+	c := NewTokenClient(NewToken(newTestToken(t)), testTopic, o)
+	t.Cleanup(c.CloseIdle)
+	return c
+}
+
+// pushAll sends n pushes at once and returns the errors and non-200s.
+func pushAll(c *Client, n int) []error {
+	var wg sync.WaitGroup
+	errs := make(chan error, n)
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			resp, err := push(c, fmt.Sprintf("%064x", i))
+			if err == nil && resp.StatusCode != 200 {
+				err = fmt.Errorf("push %d: %d %s", i, resp.StatusCode, resp.Reason)
+			}
+			if err != nil {
+				errs <- err
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	var out []error
+	for err := range errs {
+		out = append(out, err)
+	}
+	return out
+}
+
+// 2,000 pushes at once on a token connection, which APNs allows one
+// stream until a request on it succeeds: one connection, and no stream
+// over the limit. x/net's own pool opened dozens of connections here.
+func TestBurstOnATokenConnectionUsesOneConnection(t *testing.T) {
+	srv := appleServer(t, fakeapns.Options{NoRecord: true})
+	burst(t, srv, tokenClientFor(t, srv, ClientOptions{}), 2000, 1)
+}
+
+// burst sends n pushes at once through c and checks that they used
+// conns connections and never overran the server's stream limit.
+func burst(t *testing.T, srv *fakeapns.Server, c *Client, n, conns int) {
+	t.Helper()
+	if errs := pushAll(c, n); len(errs) > 0 {
+		t.Fatalf("%d pushes failed, first: %v", len(errs), errs[0])
+	}
+	if got := srv.Connections(); got != int64(conns) {
+		t.Errorf("%d connections for one credential, want %d", got, conns)
+	}
+	if v := srv.Violations(); v != 0 {
+		t.Errorf("%d streams over the limit the server allowed", v)
+	}
+	if srv.Count() != int64(n) {
+		t.Errorf("server counted %d requests", srv.Count())
+	}
+}
+
+// A load one connection cannot carry opens another (not sooner than a
+// second after the first), up to the pool's size, and no more; each new
+// one starts with one stream again.
+func TestFullConnectionOpensASecondOneAndNoMore(t *testing.T) {
+	srv := appleServer(t, fakeapns.Options{NoRecord: true, MaxConcurrentStreams: 100,
+		Responder: func(fakeapns.Request) fakeapns.Response { return fakeapns.Response{Delay: 100 * time.Millisecond} }})
+	burst(t, srv, tokenClientFor(t, srv, ClientOptions{Connections: 2}), 2000, 2)
+	for n, want := range map[int]int{0: 1, 1: 1, 1000: 1, 1001: 2, 2500: 3, 100000: 4} {
+		if got := ConnectionsFor(n); got != want {
+			t.Errorf("ConnectionsFor(%d) = %d, want %d", n, got, want)
+		}
+	}
+}
+
+// Until APNs has answered a push with 200, a new connection carries one
+// push at a time, certificate or not; then as many as it allows.
+func TestOnePushInFlightUntilTheFirst200(t *testing.T) {
+	var inFlight, maxBefore, maxAfter atomic.Int32
+	var answered atomic.Bool
+	c, _ := realClient(t, fakeapns.Options{Responder: func(fakeapns.Request) fakeapns.Response {
+		n := inFlight.Add(1)
+		defer inFlight.Add(-1)
+		peak := &maxAfter
+		if !answered.Load() {
+			peak = &maxBefore
+		}
+		for old := peak.Load(); n > old && !peak.CompareAndSwap(old, n); old = peak.Load() {
+		}
+		time.Sleep(50 * time.Millisecond)
+		answered.Store(true)
+		return fakeapns.Response{}
+	}})
+	if errs := pushAll(c, 200); len(errs) > 0 {
+		t.Fatalf("%d pushes failed, first: %v", len(errs), errs[0])
+	}
+	if n := maxBefore.Load(); n != 1 {
+		t.Errorf("%d pushes in flight before the first 200, want 1", n)
+	}
+	if n := maxAfter.Load(); n < 20 {
+		t.Errorf("at most %d pushes in flight after the first 200: no ramp-up", n)
+	}
+}
+
+// After a refusal of the token APNs lowers the limit again: the client
+// goes back to one push at a time and does not overrun it.
+func TestRefusedTokenGoesBackToOneStream(t *testing.T) {
+	var refuse atomic.Bool
+	srv := appleServer(t, fakeapns.Options{NoRecord: true, Responder: func(fakeapns.Request) fakeapns.Response {
+		if refuse.Load() {
+			return fakeapns.Response{Status: 403, Reason: "InvalidProviderToken", Delay: 5 * time.Millisecond}
+		}
+		return fakeapns.Response{Delay: 5 * time.Millisecond}
+	}})
+	c := tokenClientFor(t, srv, ClientOptions{})
+	if errs := pushAll(c, 100); len(errs) > 0 {
+		t.Fatal(errs[0])
+	}
+	refuse.Store(true)
+	if errs := pushAll(c, 100); len(errs) != 100 {
+		t.Fatalf("%d of 100 refused", len(errs))
+	}
+	refuse.Store(false)
+	if errs := pushAll(c, 100); len(errs) > 0 {
+		t.Fatal(errs[0])
+	}
+	// Pushes that had left for x/net when the refusal came may open their
+	// stream just after the client acknowledged the lower limit (x/net
+	// checks the limit, then writes); a client that ignored it would
+	// overrun it with nearly all of the 100.
+	if v := srv.Violations(); v > 10 {
+		t.Errorf("%d streams over the limit", v)
+	}
+	if n := srv.Connections(); n != 1 {
+		t.Errorf("%d connections", n)
+	}
+}
+
+// GOAWAY: pushes carry on over a new connection, and none is lost.
+func TestGoAwayMovesToANewConnection(t *testing.T) {
+	srv := appleServer(t, fakeapns.Options{NoRecord: true, Responder: func(fakeapns.Request) fakeapns.Response {
+		return fakeapns.Response{Delay: 20 * time.Millisecond}
+	}})
+	c := tokenClientFor(t, srv, ClientOptions{})
+	done := make(chan []error)
+	go func() { done <- pushAll(c, 1000) }()
+	for srv.Count() < 200 {
+		time.Sleep(time.Millisecond)
+	}
+	srv.GoAway("Shutdown")
+	if errs := <-done; len(errs) > 0 {
+		t.Fatalf("%d pushes failed after GOAWAY, first: %v", len(errs), errs[0])
+	}
+	if n := srv.Connections(); n != 2 {
+		t.Errorf("%d connections, want 2 (the first went away)", n)
+	}
+	if v := srv.Violations(); v != 0 {
+		t.Errorf("%d streams over the limit", v)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for srv.OpenConnections() > 1 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if n := srv.OpenConnections(); n != 1 {
+		t.Errorf("%d connections open, want 1", n)
+	}
+}
+
+// A connection that goes silent (no answers, no PING acknowledgements)
+// is found by the health check, closed and replaced; the push on it is
+// sent again on the new one.
+func TestSilentConnectionIsReplaced(t *testing.T) {
+	srv := appleServer(t, fakeapns.Options{})
+	c := tokenClientFor(t, srv, ClientOptions{ReadIdleTimeout: 100 * time.Millisecond, PingTimeout: 100 * time.Millisecond})
+	if resp, err := push(c, "aa"); err != nil || resp.StatusCode != 200 {
+		t.Fatalf("first push: %v %v", resp, err)
+	}
+	srv.SilenceConnections()
+	begin := time.Now()
+	resp, err := push(c, "bb")
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("push over a silent connection: %v %v", resp, err)
+	}
+	if d := time.Since(begin); d > 5*time.Second {
+		t.Errorf("took %v", d)
+	}
+	if n := srv.Connections(); n != 2 {
+		t.Errorf("%d connections, want 2", n)
+	}
+}
+
+// Idle connections are closed: by the idle timeout, and when APNs stops
+// acknowledging PINGs on a connection without pushes.
+func TestIdleConnectionsAreClosed(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		opts  ClientOptions
+		setup func(*fakeapns.Server)
+	}{
+		{"idle timeout", ClientOptions{IdleTimeout: 200 * time.Millisecond}, func(*fakeapns.Server) {}},
+		{"unanswered ping", ClientOptions{ReadIdleTimeout: 100 * time.Millisecond, PingTimeout: 100 * time.Millisecond},
+			func(s *fakeapns.Server) { s.AnswerPings(false) }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			srv := appleServer(t, fakeapns.Options{})
+			c := tokenClientFor(t, srv, tc.opts)
+			if resp, err := push(c, "aa"); err != nil || resp.StatusCode != 200 {
+				t.Fatalf("push: %v %v", resp, err)
+			}
+			tc.setup(srv)
+			deadline := time.Now().Add(5 * time.Second)
+			for srv.OpenConnections() > 0 && time.Now().Before(deadline) {
+				time.Sleep(10 * time.Millisecond)
+			}
+			if n := srv.OpenConnections(); n != 0 {
+				t.Fatalf("%d connections still open", n)
+			}
+			srv.AnswerPings(true)
+			if resp, err := push(c, "bb"); err != nil || resp.StatusCode != 200 {
+				t.Fatalf("push after the close: %v %v", resp, err)
+			}
+			if n := srv.Connections(); n != 2 {
+				t.Errorf("%d connections, want 2", n)
+			}
+		})
+	}
+}
+
+// When APNs cannot be reached, the client does not dial for every push:
+// pushes fail at once with an *UnreachableError until a growing delay
+// has passed. Before, 500 queued devices made 310 connection attempts in
+// 20 s against an endpoint that reset handshakes.
+func TestUnreachableAPNsIsNotHammered(t *testing.T) {
+	srv := appleServer(t, fakeapns.Options{})
+	srv.RefuseConnections(true)
+	var failures atomic.Int32
+	c := tokenClientFor(t, srv, ClientOptions{OnConnect: func(err error) {
+		if err != nil {
+			failures.Add(1)
+		}
+	}})
+	end := time.Now().Add(3 * time.Second)
+	var unreachable, pushes int
+	for time.Now().Before(end) {
+		for _, err := range pushAll(c, 500) {
+			var ue *UnreachableError
+			if errors.As(err, &ue) {
+				unreachable++
+			}
+		}
+		pushes += 500
+		time.Sleep(20 * time.Millisecond)
+	}
+	// Attempts at 0 s, then after 0.5–1 s, 1–2 s, 2–4 s: at most 3 in 3 s.
+	if n := srv.Connections(); n > 3 || n < 1 {
+		t.Errorf("%d connection attempts in 3 s for %d pushes, want 1 to 3", n, pushes)
+	}
+	if int(failures.Load()) != int(srv.Connections()) {
+		t.Errorf("OnConnect saw %d failures, the server %d attempts", failures.Load(), srv.Connections())
+	}
+	if unreachable < pushes*9/10 {
+		t.Errorf("%d of %d pushes failed with UnreachableError", unreachable, pushes)
+	}
+	until, err := c.unreachable()
+	if until.IsZero() || err == nil {
+		t.Fatalf("client not marked unreachable: %v %v", until, err)
+	}
+	srv.RefuseConnections(false)
+	time.Sleep(time.Until(until))
+	if resp, err := push(c, "aa"); err != nil || resp.StatusCode != 200 {
+		t.Fatalf("push once APNs is back: %v %v", resp, err)
+	}
+	if until, _ := c.unreachable(); !until.IsZero() {
+		t.Errorf("still unreachable until %v after a push went through", until)
+	}
+}
