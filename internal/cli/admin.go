@@ -15,11 +15,12 @@ const commandUsage = `  devices list [USER]                 registered devices, 
   devices remove USER [ACCOUNT-ID|TOKEN]  remove USER's registrations (all, or the matching one)
   test-push USER                      push to every device of USER now and show Apple's answers
   import FILE                         merge the registrations of another xapsd database.json
+  export [FILE]                       write the registry in the database.json format (to stdout)
 `
 
 func isCommand(name string) bool {
 	switch name {
-	case "devices", "test-push", "import":
+	case "devices", "test-push", "import", "export":
 		return true
 	}
 	return false
@@ -85,6 +86,20 @@ func adminCommand(env Env, cfg *config.Config, args []string) int {
 		w.Flush()
 		if failed {
 			return 1
+		}
+		return 0
+	case args[0] == "export" && len(args) <= 2:
+		out := env.Stdout
+		if len(args) == 2 {
+			f, err := os.OpenFile(args[1], os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+			if err != nil {
+				return fail(err)
+			}
+			defer f.Close()
+			out = f
+		}
+		if err := c.Export(out); err != nil {
+			return fail(err)
 		}
 		return 0
 	case args[0] == "import" && len(args) == 2:

@@ -80,3 +80,17 @@ func (c *Client) Import(data []byte) (found, imported int, err error) {
 	err = c.call(http.MethodPost, "/import", bytes.NewReader(data), &out)
 	return out.Found, out.Imported, err
 }
+
+// Export copies the running registry, in the registry file format, to w.
+func (c *Client) Export(w io.Writer) error {
+	resp, err := c.hc.Get("http://xapsd/export")
+	if err != nil {
+		return fmt.Errorf("cannot reach xapsd at %s (is it running, and are you its user or root?): %w", c.path, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("xapsd: export: %s", resp.Status)
+	}
+	_, err = io.Copy(w, resp.Body)
+	return err
+}

@@ -1,6 +1,6 @@
 // Package ctl is the admin channel of a running xapsd: a unix socket in
-// the state folder, mode 0600, that the `xapsd devices`, `xapsd test-push`
-// and `xapsd import` commands talk to. Going through the daemon, never
+// the state folder, mode 0600, that the `xapsd devices`, `xapsd test-push`,
+// `xapsd import` and `xapsd export` commands talk to. Going through the daemon, never
 // around it, keeps the registry's journal and memory in step; the socket's
 // mode keeps it to the user xapsd runs as (and root).
 package ctl
@@ -91,6 +91,7 @@ func Listen(path string, reg Registry, push Pusher) (*Server, error) {
 	mux.HandleFunc("POST /devices/remove", h.remove)
 	mux.HandleFunc("POST /test-push", h.testPush)
 	mux.HandleFunc("POST /import", h.importFile)
+	mux.HandleFunc("GET /export", h.export)
 	return &Server{ln: ln, srv: &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}}, nil
 }
 
@@ -172,6 +173,12 @@ func (h *handler) testPush(w http.ResponseWriter, r *http.Request) {
 			Reason: res.Reason, ApnsID: res.ApnsID, Millis: res.Duration.Milliseconds()})
 	}
 	writeJSON(w, http.StatusOK, out)
+}
+
+// export writes every registration in the registry file format.
+func (h *handler) export(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("Content-Type", "application/json")
+	registry.Export(w, h.reg.List(""))
 }
 
 type importResult struct {

@@ -1,6 +1,7 @@
 package ctl
 
 import (
+	"bytes"
 	"context"
 	"os"
 	"path/filepath"
@@ -127,5 +128,31 @@ func TestClientWithoutDaemon(t *testing.T) {
 	c := NewClient(filepath.Join(t.TempDir(), SocketName))
 	if _, err := c.Devices(""); err == nil || !strings.Contains(err.Error(), "is it running") {
 		t.Errorf("err = %v", err)
+	}
+}
+
+func TestExportRoundTrip(t *testing.T) {
+	c, reg, _, _ := setup(t)
+	var out bytes.Buffer
+	if err := c.Export(&out); err != nil {
+		t.Fatal(err)
+	}
+	regs, err := registry.ParseFile(out.Bytes())
+	if err != nil {
+		t.Fatalf("the export does not parse as a registry file: %v\n%s", err, out.String())
+	}
+	if want := reg.List(""); len(regs) != len(want) || len(want) == 0 {
+		t.Fatalf("export has %d registrations, the registry %d", len(regs), len(want))
+	}
+	// Imported into another registry, it gives the same registrations.
+	c2, reg2, _, _ := setup(t)
+	for _, g := range reg2.List("") {
+		reg2.RemoveMatching(context.Background(), g.User, "")
+	}
+	if _, imported, err := c2.Import(out.Bytes()); err != nil || imported != len(regs) {
+		t.Fatalf("importing the export: %d %v", imported, err)
+	}
+	if a, b := reg.List(""), reg2.List(""); len(a) != len(b) || a[0].DeviceToken != b[0].DeviceToken {
+		t.Errorf("after export and import: %v, want %v", b, a)
 	}
 }

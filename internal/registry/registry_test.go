@@ -1,6 +1,7 @@
 package registry
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"os"
@@ -652,3 +653,34 @@ func TestMaxRegistrations(t *testing.T) {
 
 // jr is the file registry's journal, for tests that look inside it.
 func (r *Registry) jr() *journal { return r.store.(*journal) }
+
+func TestExportIsAFileTheRegistryOpens(t *testing.T) {
+	at := time.Date(2026, 11, 30, 10, 0, 0, 123456000, time.UTC)
+	regs := []Registration{
+		{Key: Key{User: "alice", AccountID: "A", DeviceToken: "T1"}, Mailboxes: []string{"INBOX", "Entw&APw-rfe"}, Registered: at},
+		{Key: Key{User: "bob", AccountID: "B", DeviceToken: "T2"}, Mailboxes: []string{"INBOX"}, Registered: at.Add(time.Minute)},
+	}
+	var buf bytes.Buffer
+	if err := Export(&buf, regs); err != nil {
+		t.Fatal(err)
+	}
+	parsed, err := ParseFile(buf.Bytes())
+	if err != nil || len(parsed) != 2 {
+		t.Fatalf("ParseFile of an export: %v %v", parsed, err)
+	}
+	path := filepath.Join(t.TempDir(), "database.json")
+	os.WriteFile(path, buf.Bytes(), 0o600)
+	r, err := Open(Options{Path: path, Now: func() time.Time { return at }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	got := r.List("")
+	if len(got) != 2 || !got[0].Registered.Equal(at) || strings.Join(got[0].Mailboxes, ",") != "INBOX,Entw&APw-rfe" ||
+		got[1].User != "bob" {
+		t.Errorf("opened export: %+v", got)
+	}
+	if h := r.Health(); len(h.Damage) > 0 {
+		t.Errorf("an export opens as damaged: %v", h.Damage)
+	}
+}

@@ -377,3 +377,15 @@ func decodeJournalLine(line []byte) (record, error) {
 	}
 	return r, nil
 }
+
+// Export writes regs in the registry file format, which Open reads as a
+// databaseFile and ParseFile (xapsd import) reads too: the way from a
+// shared database back to the files, or to another server.
+func Export(w io.Writer, regs []Registration) error {
+	sw := newSnapshotWriter(w, 0)
+	for _, g := range regs {
+		sw.add(record{User: g.User, AccountID: g.AccountID, DeviceToken: g.DeviceToken,
+			Mailboxes: g.Mailboxes, RegistrationTime: g.Registered.UTC()})
+	}
+	return sw.finish()
+}
