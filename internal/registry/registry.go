@@ -14,6 +14,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 	"slices"
 	"sort"
 	"strings"
@@ -210,6 +212,14 @@ func Open(opts Options) (*Registry, error) {
 		pending: newBatch(),
 	}
 	if opts.Postgres != nil {
+		// The state folder still holds the admin socket and the pending
+		// pushes; the registry files there stay unused.
+		if err := os.MkdirAll(filepath.Dir(opts.Path), 0o700); err != nil {
+			return nil, fmt.Errorf("create state folder for %s: %w", opts.Path, err)
+		}
+		if err := checkFolder(filepath.Dir(opts.Path), r.log); err != nil {
+			return nil, err
+		}
 		p, err := openPostgres(r, *opts.Postgres)
 		if err != nil {
 			return nil, err

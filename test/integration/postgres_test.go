@@ -1,0 +1,341 @@
+package integration
+
+import (
+	"fmt"
+	"math/rand/v2"
+	"net/http"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/xapsd/xapsd/internal/registry"
+	"github.com/xapsd/xapsd/internal/testutil/fakeapns"
+	"github.com/xapsd/xapsd/internal/testutil/pgtest"
+	"github.com/xapsd/xapsd/internal/testutil/testpki"
+)
+
+// Several xapsd binaries sharing one registry in a real, throw-away
+// PostgreSQL, pushing to one APNs stand-in.
+
+type pgGroup struct {
+	pg   *pgtest.Cluster
+	apns *fakeapns.Server
+	ca   *testpki.CA
+	env  string // SSL_CERT_FILE for the stand-in's CA
+	dirs []string
+	addr []string
+	d    []*daemon
+}
+
+func newPGGroup(t *testing.T, n int, extra string) *pgGroup {
+	t.Helper()
+	pg, err := pgtest.Start(pgtest.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { pg.Close() })
+	srv, err := fakeapns.Start(fakeapns.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { srv.Close() })
+	ca, err := testpki.NewCA("test push CA")
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := &pgGroup{pg: pg, apns: srv, ca: ca}
+	caDir := t.TempDir()
+	if err := srv.WriteCAFile(filepath.Join(caDir, "ca.pem")); err != nil {
+		t.Fatal(err)
+	}
+	g.env = "SSL_CERT_FILE=" + filepath.Join(caDir, "ca.pem")
+	for i := 0; i < n; i++ {
+		dir := t.TempDir()
+		writePushCert(t, ca, dir, "push", topicA)
+		g.dirs = append(g.dirs, dir)
+		g.addr = append(g.addr, writeConfig(t, dir, fmt.Sprintf("apnsEndpoint: %s\ncertificateFilePem: push.pem\n"+
+			"certificateFilePemKey: push.key\ndatabaseURL: %s\napnsMinInterval: 0\nloglevel: info\n%s", srv.URL, pg.URL, extra)))
+		g.d = append(g.d, nil)
+	}
+	return g
+}
+
+func (g *pgGroup) start(t *testing.T, i int) *daemon {
+	t.Helper()
+	g.d[i] = startDaemon(t, g.dirs[i], g.addr[i], g.env)
+	return g.d[i]
+}
+
+// waitPush waits for a push to tok after the first `after` requests.
+func (g *pgGroup) waitPush(t *testing.T, after int, tok string) bool {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for time.Now().Before(deadline) {
+		reqs := g.apns.Requests()
+		for _, r := range reqs[min(after, len(reqs)):] {
+			if r.Token == tok {
+				return true
+			}
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return false
+}
+
+func TestPostgresRegisterOnOneNotifyOnAnother(t *testing.T) {
+	g := newPGGroup(t, 3, "")
+	for i := range 3 {
+		g.start(t, i)
+	}
+	// Register on A, new mail reported to B: B pushes, within a second.
+	if status, body := post(t, g.addr[0], "/register", registerBody("alice@example.com", acc, token(1))); status != 200 || body != topicA {
+		t.Fatalf("register on A: %d %q", status, body)
+	}
+	registered := time.Now()
+	var took time.Duration
+	for {
+		status, _ := post(t, g.addr[1], "/notify", notifyBody("alice@example.com", "INBOX", "MessageNew"))
+		if status == 200 {
+			took = time.Since(registered)
+			break
+		}
+		if time.Since(registered) > 5*time.Second {
+			t.Fatalf("B never learned of A's registration (/notify %d)", status)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	t.Logf("A's registration known to B after %v", took)
+	if !g.waitPush(t, 0, token(1)) {
+		t.Fatal("no push from B for the device registered on A")
+	}
+
+	// kill -9 A: B and C serve A's users with everything A acknowledged.
+	for i := 2; i < 40; i++ {
+		if status, _ := post(t, g.addr[0], "/register", registerBody(fmt.Sprintf("u%d@example.com", i), acc, token(i))); status != 200 {
+			t.Fatalf("register on A: %d", status)
+		}
+	}
+	g.d[0].kill()
+	before := g.apns.Count()
+	for i := 2; i < 40; i++ {
+		status, _ := post(t, g.addr[2], "/notify", notifyBody(fmt.Sprintf("u%d@example.com", i), "INBOX", "MessageNew"))
+		if status != 200 {
+			t.Errorf("C does not know u%d, registered on A before A was killed (%d)", i, status)
+		}
+	}
+	if _, err := g.apns.WaitRequests(int(before)+38, 10*time.Second); err != nil {
+		t.Errorf("pushes for A's users from C: %v", err)
+	}
+
+	// A 410 seen by B stops pushes from C.
+	g.apns.SetResponder(func(r fakeapns.Request) fakeapns.Response {
+		if r.Token == token(1) {
+			return fakeapns.Response{Status: 410, Reason: "Unregistered", Timestamp: time.Now().Add(time.Minute).UnixMilli()}
+		}
+		return fakeapns.Response{}
+	})
+	post(t, g.addr[1], "/notify", notifyBody("alice@example.com", "INBOX", "MessageNew"))
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		status, _ := post(t, g.addr[2], "/notify", notifyBody("alice@example.com", "INBOX", "MessageNew"))
+		if status == 404 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("C still knows the device B removed after Apple's 410 (/notify %d)", status)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func TestPostgresStoppedUnderLoad(t *testing.T) {
+	g := newPGGroup(t, 1, "")
+	g.start(t, 0)
+	addr := g.addr[0]
+	for i := range 20 {
+		if status, _ := post(t, addr, "/register", registerBody(fmt.Sprintf("k%d@example.com", i), acc, token(i))); status != 200 {
+			t.Fatalf("register: %d", status)
+		}
+	}
+	var mu sync.Mutex
+	acked := map[registry.Key]bool{}
+	notifyFailed, refused := 0, 0
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	hc := &http.Client{Timeout: 10 * time.Second}
+	for w := range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; ; i++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				if w%2 == 0 {
+					resp, err := hc.Post("http://"+addr+"/notify", "application/json",
+						strings.NewReader(notifyBody(fmt.Sprintf("k%d@example.com", i%20), "INBOX", "MessageNew")))
+					if err == nil {
+						resp.Body.Close()
+					}
+					mu.Lock()
+					if err != nil || resp.StatusCode != 200 {
+						notifyFailed++
+					}
+					mu.Unlock()
+					continue
+				}
+				k := registry.Key{User: fmt.Sprintf("w%d-%d@example.com", w, i), AccountID: acc, DeviceToken: token(1000 + w*100000 + i)}
+				resp, err := hc.Post("http://"+addr+"/register", "application/json", strings.NewReader(registerBody(k.User, k.AccountID, k.DeviceToken)))
+				if err != nil {
+					continue
+				}
+				resp.Body.Close()
+				mu.Lock()
+				switch resp.StatusCode {
+				case 200:
+					acked[k] = true
+				case 503:
+					refused++
+				default:
+					t.Errorf("register answered %d", resp.StatusCode)
+				}
+				mu.Unlock()
+			}
+		}()
+	}
+	time.Sleep(500 * time.Millisecond)
+	g.pg.Stop()
+	time.Sleep(2 * time.Second)
+	mu.Lock()
+	refusedWhileDown := refused
+	mu.Unlock()
+	if err := g.pg.Restart(); err != nil {
+		t.Fatal(err)
+	}
+	// Registrations work again without restarting xapsd.
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		if status, _ := post(t, addr, "/register", registerBody("after@example.com", acc, token(999))); status == 200 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("registrations do not work again after PostgreSQL came back")
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	time.Sleep(500 * time.Millisecond)
+	close(stop)
+	wg.Wait()
+	if notifyFailed > 0 {
+		t.Errorf("%d /notify failed while PostgreSQL was down; they must be served from memory", notifyFailed)
+	}
+	if refusedWhileDown == 0 {
+		t.Error("no /register was refused with 503 while PostgreSQL was down")
+	}
+	// Nothing acknowledged is lost: everything is in the database.
+	out, err := g.pg.SQL("SELECT username || ' ' || device_token FROM xapsd_registrations")
+	if err != nil {
+		t.Fatal(err)
+	}
+	have := map[string]bool{}
+	for _, l := range strings.Split(out, "\n") {
+		have[l] = true
+	}
+	lost := 0
+	for k := range acked {
+		if !have[k.User+" "+k.DeviceToken] {
+			lost++
+		}
+	}
+	t.Logf("%d registrations acknowledged, %d refused with 503 (%d while down), %d lost", len(acked), refused, refusedWhileDown, lost)
+	if lost > 0 {
+		t.Errorf("%d acknowledged registrations are not in the database", lost)
+	}
+}
+
+func TestPostgresKill9AcrossDaemonsLosesNothing(t *testing.T) {
+	g := newPGGroup(t, 3, "loglevel: warn\n")
+	for i := range 3 {
+		g.start(t, i)
+	}
+	var mu sync.Mutex
+	acked := map[registry.Key]bool{}
+	hc := &http.Client{Timeout: 5 * time.Second}
+	for round := range 4 {
+		stop := make(chan struct{})
+		var wg sync.WaitGroup
+		for w := range 12 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for i := 0; ; i++ {
+					select {
+					case <-stop:
+						return
+					default:
+					}
+					k := registry.Key{User: fmt.Sprintf("r%d-w%d-%d@example.com", round, w, i), AccountID: acc,
+						DeviceToken: token(round*1_000_000 + w*10_000 + i)}
+					resp, err := hc.Post("http://"+g.addr[w%3]+"/register", "application/json",
+						strings.NewReader(registerBody(k.User, k.AccountID, k.DeviceToken)))
+					if err != nil {
+						time.Sleep(10 * time.Millisecond) // that daemon is being restarted
+						continue
+					}
+					resp.Body.Close()
+					if resp.StatusCode == 200 {
+						mu.Lock()
+						acked[k] = true
+						mu.Unlock()
+					}
+				}
+			}()
+		}
+		time.Sleep(time.Duration(200+rand.IntN(300)) * time.Millisecond)
+		victim := round % 3
+		g.d[victim].kill()
+		time.Sleep(100 * time.Millisecond)
+		close(stop)
+		wg.Wait()
+		g.start(t, victim)
+	}
+	out, err := g.pg.SQL("SELECT username || ' ' || device_token FROM xapsd_registrations")
+	if err != nil {
+		t.Fatal(err)
+	}
+	have := map[string]bool{}
+	for _, l := range strings.Split(out, "\n") {
+		have[l] = true
+	}
+	lost := 0
+	for k := range acked {
+		if !have[k.User+" "+k.DeviceToken] {
+			lost++
+		}
+	}
+	t.Logf("%d registrations acknowledged across 3 daemons and 4 SIGKILLs, %d lost", len(acked), lost)
+	if len(acked) < 100 {
+		t.Fatalf("only %d acknowledged: the test did not exercise the daemons", len(acked))
+	}
+	if lost > 0 {
+		t.Fatalf("%d acknowledged registrations lost", lost)
+	}
+	// And every daemon knows every one of them (a sample of 200 each: a
+	// /notify per registration and daemon pushes too).
+	for i, addr := range g.addr {
+		checked := 0
+		for k := range acked {
+			if checked++; checked > 200 {
+				break
+			}
+			if status, _ := post(t, addr, "/notify", notifyBody(k.User, "INBOX", "MessageNew")); status != 200 {
+				t.Errorf("daemon %d does not know %s (/notify %d)", i, k.User, status)
+				break
+			}
+		}
+	}
+}
