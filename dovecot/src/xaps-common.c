@@ -180,10 +180,6 @@ xaps_http_post(struct http_client *client, const struct xaps_config *conf,
 	http_client_request_set_max_attempts(req, conf->max_retries + 1);
 	http_client_request_set_attempt_timeout_msecs(req,
 						      conf->timeout_msecs);
-	/* timeout_msecs bounds the whole request, retries included: the
-	   attempt timeout alone restarts with every byte a stalling daemon
-	   trickles and with every retry. */
-	http_client_request_set_timeout_msecs(req, conf->timeout_msecs);
 	return req;
 }
 

@@ -64,7 +64,9 @@ void xaps_http_client_deinit(void);
 
 /* Build a POST of the JSON body to <url scheme/host/port><path> with the
    per-request retry and timeout settings of conf: timeout_msecs bounds each
-   attempt and the request as a whole. The caller submits it. */
+   attempt. The caller submits it, and bounds the request as a whole: the
+   attempt timeout alone restarts with every byte a stalling daemon
+   trickles and with every retry. */
 struct http_client_request *
 xaps_http_post(struct http_client *client, const struct xaps_config *conf,
 	       const char *path, const string_t *json,

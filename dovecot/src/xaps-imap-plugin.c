@@ -426,6 +426,10 @@ static bool cmd_xapplepushservice(struct client_command_context *cmd)
 	req = xaps_http_post(reg->client, &reg->conf, "/register", json,
 			     xaps_register_response, reg);
 	reg->req = req;
+	/* Our own timer, not the HTTP client's absolute timeout: once the
+	   headers are in, this command reads the body itself, and the client
+	   tearing the request down under that read (its timeout firing first)
+	   would leave our io on a connection it reuses. */
 	reg->to = timeout_add(reg->conf.timeout_msecs, xaps_register_timeout,
 			      reg);
 

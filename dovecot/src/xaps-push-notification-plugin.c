@@ -233,6 +233,9 @@ xaps_driver_process_msg(struct push_notification_driver_txn *dtxn,
 	timeval_add_msecs(&nreq->deadline, nreq->timeout_msecs);
 	req = xaps_http_post(xaps_http_client_peek(), &puser->conf, "/notify",
 			     json, xaps_notify_callback, nreq);
+	/* The whole request, retries included; the answer's body is not
+	   read here, so the HTTP client's absolute timeout can cover it. */
+	http_client_request_set_timeout_msecs(req, nreq->timeout_msecs);
 	nreq->req = req;
 	DLLIST_PREPEND(&xaps_requests, nreq);
 	http_client_request_submit(req);
