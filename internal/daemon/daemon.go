@@ -259,21 +259,28 @@ func (d *Daemon) listen(cfg *config.Config, h http.Handler) error {
 			MaxHeaderBytes: 64 << 10,
 		}
 	}
-	ln, err := net.Listen("tcp", cfg.ListenAddress())
+	lns, err := listenPlugin(cfg, d.log.WithField("component", "daemon"), net.Listen)
 	if err != nil {
-		return fmt.Errorf("listen on %s (listenAddr/port): %w", cfg.ListenAddress(), err)
+		return err
 	}
-	d.servers = append(d.servers, newServer())
-	d.listeners = append(d.listeners, ln)
+	closePlain := func() {
+		for _, ln := range lns {
+			ln.Close()
+		}
+	}
+	for _, ln := range lns {
+		d.servers = append(d.servers, newServer())
+		d.listeners = append(d.listeners, ln)
+	}
 	if cfg.TLSEnabled() {
 		cert, err := tls.LoadX509KeyPair(cfg.TLSCertFile, cfg.TLSKeyFile)
 		if err != nil {
-			ln.Close()
+			closePlain()
 			return fmt.Errorf("load tlsCertfile %s / tlsKeyfile %s: %w", cfg.TLSCertFile, cfg.TLSKeyFile, err)
 		}
 		tln, err := net.Listen("tcp", cfg.TLSListenAddress())
 		if err != nil {
-			ln.Close()
+			closePlain()
 			return fmt.Errorf("listen on %s (tlsListenAddr/tlsPort): %w", cfg.TLSListenAddress(), err)
 		}
 		srv := newServer()
