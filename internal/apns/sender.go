@@ -42,6 +42,7 @@ const (
 	Removed   Outcome = "removed"   // the token is dead; registration deleted
 	Failed    Outcome = "failed"    // permanent failure, registration kept
 	Expired   Outcome = "expired"   // retried until the push would have expired
+	DryRun    Outcome = "dry-run"   // logged instead of sent (apnsEndpoint: dry-run)
 )
 
 // Result describes one push attempt, for logs, metrics and test-push.
@@ -53,6 +54,7 @@ type Result struct {
 	ApnsID   string
 	Attempt  int
 	Duration time.Duration
+	Test     bool // a test-push: tried once, never retried
 }
 
 // Options configures a Sender.
@@ -73,6 +75,7 @@ type job struct {
 	attempt  int
 	deadline time.Time // expiration of the push; no retry past it
 	timer    *time.Timer
+	test     bool // PushNow: one attempt, reported as a test
 }
 
 // Sender owns the push queue. Create it with New, start it with Run.
@@ -220,7 +223,7 @@ func (s *Sender) send(j *job) {
 // PushNow sends one push synchronously, without retries: for test-push,
 // where the admin wants Apple's answer.
 func (s *Sender) PushNow(ctx context.Context, k registry.Key) Result {
-	j := &job{key: k, deadline: s.opts.Now().Add(s.opts.Expiration)}
+	j := &job{key: k, deadline: s.opts.Now().Add(s.opts.Expiration), test: true}
 	return s.attempt(ctx, j)
 }
 
@@ -254,15 +257,21 @@ func (s *Sender) attempt(ctx context.Context, j *job) Result {
 	defer cancel()
 	start := time.Now()
 	resp, err := c.Transport.PushWithContext(ctx, n)
-	res := Result{Device: j.key, Attempt: j.attempt, Duration: time.Since(start)}
+	res := Result{Device: j.key, Attempt: j.attempt, Duration: time.Since(start), Test: j.test}
 	if err != nil {
 		res.Reason = transportReason(err)
 		res.Outcome = Retrying
 	} else {
 		res.Status, res.Reason, res.ApnsID = resp.StatusCode, resp.Reason, resp.ApnsID
 		res.Outcome = s.classify(j, resp)
+		if c.DryRun && res.Outcome == Delivered {
+			res.Outcome = DryRun // nothing reached Apple: not delivered
+		}
 	}
-	if res.Outcome == Retrying && !s.opts.Now().Add(s.opts.MinBackoff).Before(j.deadline) {
+	switch {
+	case res.Outcome == Retrying && j.test:
+		res.Outcome = Failed // a test push is not retried; the reason says why it failed
+	case res.Outcome == Retrying && !s.opts.Now().Add(s.opts.MinBackoff).Before(j.deadline):
 		res.Outcome = Expired
 	}
 	s.report(res)
@@ -328,6 +337,14 @@ func (s *Sender) report(res Result) {
 	}
 	l := s.log.WithFields(fields)
 	switch {
+	case res.Test:
+		// Asked for by an admin: every one is logged, as a test.
+		l = l.WithField("test", true)
+		if res.Outcome == Failed || res.Outcome == Removed {
+			l.Warn("test push not delivered")
+		} else {
+			l.Info("test push")
+		}
 	case res.Status == http.StatusForbidden && res.Outcome == Failed:
 		// Bad credentials fail every push; one line a minute says it.
 		now := time.Now().Unix()
