@@ -706,3 +706,14 @@ func TestDocsHaveEveryKey(t *testing.T) {
 		}
 	}
 }
+
+func TestChangedKeys(t *testing.T) {
+	a, b := Default(), Default()
+	if got := ChangedKeys(a, b); len(got) != 0 {
+		t.Errorf("no change: %v", got)
+	}
+	b.Port, b.Delay, b.LogLevel, b.File = 1, time.Minute, "debug", "/other.yaml"
+	if got := ChangedKeys(a, b); !slices.Equal(got, []string{"loglevel", "port", "delay"}) {
+		t.Errorf("ChangedKeys = %v", got)
+	}
+}

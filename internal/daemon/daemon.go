@@ -48,6 +48,7 @@ type Daemon struct {
 	admin     *ctl.Server
 	apple     *appleManager // nil unless the Apple ID manager provides the credential
 	expiry    appleid.ExpiryWatch
+	started   *config.Config // what the listeners, registry and queue were built from
 }
 
 // Options are what main hands over.
@@ -61,19 +62,20 @@ type Options struct {
 }
 
 // Run starts xapsd and blocks until ctx ends, then shuts down. An error
-// before listening (bad credential, unreadable registry, port in use)
-// is returned at once so the process exits non-zero.
+// before listening (unreadable registry, port in use) is returned at once
+// so the process exits non-zero; a credential that does not load is not
+// such an error (brokenCredential).
 func Run(ctx context.Context, o Options) error {
-	d := &Daemon{log: o.Log}
+	d := &Daemon{log: o.Log, started: o.Config}
 	cfg := o.Config
 	d.cfg.Store(cfg)
 	log := o.Log.WithField("component", "daemon")
 
-	// Credential files first: a broken one stops the start before
-	// anything is created on disk.
+	// A credential that does not load does not stop the start: the daemon
+	// runs without one and says why (brokenCredential).
 	cred, err := loadCredential(cfg, o.Log.WithField("component", "apns"), time.Now())
 	if err != nil {
-		return err
+		cred = brokenCredential(cfg, err)
 	}
 
 	// Gauges read these at scrape time; they are set before the listener
@@ -101,8 +103,7 @@ func Run(ctx context.Context, o Options) error {
 	d.importLegacyCerts(cfg)
 	if cred == nil {
 		if cred, err = d.startApple(cfg); err != nil {
-			d.reg.Close()
-			return err
+			cred = brokenCredential(cfg, err)
 		}
 	}
 	d.cred.Store(cred)
@@ -222,6 +223,7 @@ func Run(ctx context.Context, o Options) error {
 		}()
 		log.WithField("addr", d.monitor.Addr()).Info("serving /metrics, /healthz and /readyz")
 	}
+	d.logSummary(cfg)
 	if o.Ready != nil {
 		o.Ready(d.listeners[0].Addr().String())
 	}
@@ -390,6 +392,10 @@ func (d *Daemon) reload() {
 	}
 	for _, w := range warnings {
 		log.Warn(w)
+	}
+	if keys := restartKeys(d.started, next); len(keys) > 0 {
+		log.WithField("keys", strings.Join(keys, ", ")).
+			Warn("reload: changed settings that take effect only after a restart (systemctl restart xapsd); the running values stay until then")
 	}
 	if err := logging.Configure(d.log, next.LogLevel, next.LogFormat); err != nil {
 		log.WithError(err).Error("SIGHUP: log settings not changed")

@@ -10,8 +10,6 @@ import (
 	"strings"
 	"testing"
 	"time"
-
-	"github.com/xapsd/xapsd/internal/testutil/testpki"
 )
 
 func run(t *testing.T, stdin string, args ...string) (int, string, string) {
@@ -70,34 +68,6 @@ func TestInvalidConfigFailsBeforeListening(t *testing.T) {
 	code, _, errOut := run(t, "", "--config", filepath.Join(dir, "xapsd.yaml"))
 	if code == 0 || !strings.Contains(errOut, "delay") || !strings.Contains(errOut, "port") {
 		t.Errorf("exit %d, stderr %q; want non-zero naming delay and port", code, errOut)
-	}
-}
-
-func TestBadCredentialsFailTheStart(t *testing.T) {
-	ca, err := testpki.NewCA("ca")
-	if err != nil {
-		t.Fatal(err)
-	}
-	expired, _ := ca.Issue(testpki.IssueOptions{UID: topicA, NotBefore: time.Now().Add(-48 * time.Hour), NotAfter: time.Now().Add(-24 * time.Hour)})
-	noUID, _ := ca.Issue(testpki.IssueOptions{CommonName: "no uid", NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour)})
-	other, _ := ca.Issue(testpki.IssueOptions{UID: topicA, NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour)})
-	cases := map[string][2][]byte{
-		"expired":    {expired.CertPEM(), expired.KeyPEM()},
-		"no UID":     {noUID.CertPEM(), noUID.KeyPEM()},
-		"mismatched": {expired.CertPEM(), other.KeyPEM()},
-	}
-	for name, files := range cases {
-		dir := t.TempDir()
-		os.WriteFile(filepath.Join(dir, "push.pem"), files[0], 0o600)
-		os.WriteFile(filepath.Join(dir, "push.key"), files[1], 0o600)
-		writeConfig(t, dir, "certificateFilePem: push.pem\ncertificateFilePemKey: push.key\n")
-		code, _, errOut := run(t, "", "--config", filepath.Join(dir, "xapsd.yaml"))
-		if code == 0 || !strings.Contains(errOut, "push.") {
-			t.Errorf("%s: exit %d, stderr %q; want non-zero naming the file", name, code, errOut)
-		}
-		if _, err := os.Stat(filepath.Join(dir, "state")); err == nil {
-			t.Errorf("%s: state created before the credential check", name)
-		}
 	}
 }
 

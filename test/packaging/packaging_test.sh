@@ -184,6 +184,16 @@ check_installed_binary() {
 	# The installed sample is a valid configuration as it is.
 	"$d1/usr/bin/xapsd" --check-config --config "$d1/etc/xapsd/xapsd.yaml" >"$tmp/check.out"
 	grep -q '^databaseFile: /var/lib/xapsd/database.json' "$tmp/check.out" || { cat "$tmp/check.out"; die "unexpected effective configuration"; }
+	# The unit's ExecReload check runs at every reload: it may write
+	# problems into the journal, never the whole configuration.
+	local reload
+	reload=$(sed -n 's|^ExecReload=\(/usr/bin/xapsd .*--check-config.*\)$|\1|p' "$d1/usr/lib/systemd/system/xapsd.service")
+	[ -n "$reload" ] || die "the unit has no ExecReload with --check-config"
+	reload=${reload//\/usr\/bin\/xapsd/$d1/usr/bin/xapsd}
+	reload=${reload//\/etc\/xapsd\/xapsd.yaml/$d1/etc/xapsd/xapsd.yaml}
+	# shellcheck disable=SC2086 # the unit's words, split as systemd does
+	$reload >"$tmp/reload.out" || die "ExecReload's check failed on the sample: $reload"
+	[ ! -s "$tmp/reload.out" ] || { cat "$tmp/reload.out"; die "ExecReload's check prints the configuration into the journal"; }
 }
 
 check_build_prefix_local() {
