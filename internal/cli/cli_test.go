@@ -3,6 +3,8 @@ package cli
 import (
 	"bytes"
 	"encoding/json"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -250,5 +252,23 @@ func TestTestPushOutput(t *testing.T) {
 	}
 	if got["outcome"] != "failed" || got["reason"] != "dial tcp: connection refused" || got["registered"] != "2026-05-04T01:02:01Z" || got["deviceToken"] != "aa11" {
 		t.Errorf("--json object %v", got)
+	}
+}
+
+// A configuration with problems gets one header, the problems, and the
+// warnings that may explain them (a misspelt key).
+func TestConfigErrorsHaveOneHeader(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "xapsd.yaml")
+	os.WriteFile(p, []byte("listenadr: 127.0.0.1\napnsEndpoint: prod\nmetricsListenAddr: 11621\n"), 0o600)
+	code, out, errOut := runMain("", "--config", p, "--check-config")
+	if code != 1 || out != "" {
+		t.Fatalf("exit %d, stdout %q", code, out)
+	}
+	want := "warning: line 1: unknown key \"listenadr\" ignored; did you mean listenAddr?\n" +
+		"xapsd: config " + p + ": 2 problems:\n" +
+		"  apnsEndpoint: prod: must be production, development, dry-run or an https://host[:port] URL; did you mean production?\n" +
+		"  metricsListenAddr: 11621: is a port without an address: write 127.0.0.1:11621 (this host only) or :11621 (every interface); \"\" or off turns it off\n"
+	if errOut != want {
+		t.Errorf("stderr:\n%s\nwant:\n%s", errOut, want)
 	}
 }
