@@ -195,26 +195,17 @@ func TestStartupLineMatchesCheckConfig(t *testing.T) {
 // wakes a phone: both the start and --check-config say so.
 func TestTopicMailIgnoresIsWarned(t *testing.T) {
 	const appTopic = "com.example.mailclient.push.0000000000000000000000000000000"
-	srv, err := fakeapns.Start(fakeapns.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer srv.Close()
-	dir := t.TempDir()
-	ca, err := testpki.NewCA("CA")
-	if err != nil {
-		t.Fatal(err)
-	}
-	writePushCert(t, ca, dir, "push", appTopic)
-	addr := writeConfig(t, dir, fmt.Sprintf("apnsEndpoint: %s\ncertificateFilePem: push.pem\ncertificateFilePemKey: push.key\n", srv.URL))
+	e := newAPNsEnv(t, "")
+	e.d.stop()
+	writePushCert(t, e.ca, e.dir, "push", appTopic)
 	want := []string{appTopic, "com.apple.mail.", "com.apple.mobilemail.push.", "not one iOS Mail listens to"}
-	code, _, errOut := run(t, "", "--config", filepath.Join(dir, "xapsd.yaml"), "--check-config")
+	code, _, errOut := run(t, "", "--config", filepath.Join(e.dir, "xapsd.yaml"), "--check-config")
 	for _, w := range want {
 		if code != 0 || !strings.Contains(errOut, w) {
 			t.Errorf("--check-config: %d, stderr %q lacks %q", code, errOut, w)
 		}
 	}
-	d := startDaemon(t, dir, addr)
+	d := startDaemon(t, e.dir, e.addr, e.caEnv)
 	d.waitLog("not one iOS Mail listens to", 5*time.Second)
 	line := logLine(t, d.log.String(), "not one iOS Mail listens to")
 	for _, w := range want {

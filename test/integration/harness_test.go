@@ -110,11 +110,12 @@ func writeConfig(t *testing.T, dir string, extra string) string {
 	return net.JoinHostPort(strings.Trim(vals["listenAddr"], "[]'\""), fmt.Sprint(port))
 }
 
-// startDaemon runs xapsd with dir/xapsd.yaml and waits until it answers.
-func startDaemon(t *testing.T, dir, addr string, env ...string) *daemon {
+// launch starts argv (xapsd and its arguments, maybe behind nsenter) and
+// kills it when the test ends, showing its log if the test failed.
+func launch(t *testing.T, dir string, argv []string, env ...string) *daemon {
 	t.Helper()
-	d := &daemon{t: t, dir: dir, addr: addr, log: &syncBuffer{}, done: make(chan struct{})}
-	d.cmd = exec.Command(xapsdBin, "--config", filepath.Join(dir, "xapsd.yaml"))
+	d := &daemon{t: t, dir: dir, log: &syncBuffer{}, done: make(chan struct{})}
+	d.cmd = exec.Command(argv[0], argv[1:]...)
 	d.cmd.Stdout, d.cmd.Stderr = d.log, d.log
 	d.cmd.Env = append(os.Environ(), env...)
 	if err := d.cmd.Start(); err != nil {
@@ -127,6 +128,14 @@ func startDaemon(t *testing.T, dir, addr string, env ...string) *daemon {
 			t.Logf("xapsd log:\n%s", d.log.String())
 		}
 	})
+	return d
+}
+
+// startDaemon runs xapsd with dir/xapsd.yaml and waits until it answers.
+func startDaemon(t *testing.T, dir, addr string, env ...string) *daemon {
+	t.Helper()
+	d := launch(t, dir, []string{xapsdBin, "--config", filepath.Join(dir, "xapsd.yaml")}, env...)
+	d.addr = addr
 	deadline := time.Now().Add(20 * time.Second)
 	for time.Now().Before(deadline) {
 		select {

@@ -5,7 +5,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"slices"
@@ -96,23 +95,7 @@ func TestReadmeTryIt(t *testing.T) {
 	cfg := filepath.Join(dir, "xapsd.yaml")
 	os.WriteFile(cfg, mustRead(t, "../../configs/dev/xapsd.yaml"), 0o600)
 	ns := newNetns(t)
-	d := &daemon{t: t, dir: dir, log: &syncBuffer{}, done: make(chan struct{})}
-	argv := ns.argv(xapsdBin, "--config", cfg)
-	d.cmd = exec.Command(argv[0], argv[1:]...)
-	d.cmd.Stdout, d.cmd.Stderr = d.log, d.log
-	if err := d.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() { d.err = d.cmd.Wait(); close(d.done) }()
-	t.Cleanup(func() {
-		d.kill()
-		if t.Failed() {
-			t.Logf("xapsd log:\n%s", d.log.String())
-		}
-	})
-	if !d.waitLog("xapsd is running", 20*time.Second) {
-		t.Fatal("xapsd did not start")
-	}
+	d := ns.startDaemon(t, cfg)
 	hc := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
 		DialContext: func(_ context.Context, network, addr string) (net.Conn, error) { return ns.dial(network, addr) },
 	}}

@@ -73,6 +73,17 @@ func (n *netns) dial(network, addr string) (net.Conn, error) {
 	return r.c, r.err
 }
 
+// startDaemon runs xapsd with the configuration file cfg inside the
+// namespace and waits for its start-up line.
+func (n *netns) startDaemon(t *testing.T, cfg string) *daemon {
+	t.Helper()
+	d := launch(t, filepath.Dir(cfg), n.argv(xapsdBin, "--config", cfg))
+	if !d.waitLog("xapsd is running", 20*time.Second) {
+		t.Fatal("xapsd did not start")
+	}
+	return d
+}
+
 // waitLine waits for a log line that has every one of parts.
 func (d *daemon) waitLine(timeout time.Duration, parts ...string) bool {
 	deadline := time.Now().Add(timeout)
@@ -111,23 +122,7 @@ func testE2EShippedSnippetAndSampleConfig(t *testing.T, dv dovecotKind) {
 	if err := os.WriteFile(filepath.Join(dir, "xapsd.yaml"), conf, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	d := &daemon{t: t, dir: dir, log: &syncBuffer{}, done: make(chan struct{})}
-	argv := ns.argv(xapsdBin, "--config", filepath.Join(dir, "xapsd.yaml"))
-	d.cmd = exec.Command(argv[0], argv[1:]...)
-	d.cmd.Stdout, d.cmd.Stderr = d.log, d.log
-	if err := d.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() { d.err = d.cmd.Wait(); close(d.done) }()
-	t.Cleanup(func() {
-		d.kill()
-		if t.Failed() {
-			t.Logf("xapsd log:\n%s", d.log.String())
-		}
-	})
-	if !d.waitLog("xapsd is running", 20*time.Second) {
-		t.Fatal("xapsd did not start")
-	}
+	d := ns.startDaemon(t, filepath.Join(dir, "xapsd.yaml"))
 	for _, a := range []string{"127.0.0.1:11619", "[::1]:11619"} {
 		if !strings.Contains(d.log.String(), `listening for the Dovecot plugin" addr="`+a+`"`) {
 			t.Errorf("the sample config does not listen on %s", a)
