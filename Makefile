@@ -1,6 +1,8 @@
 # xapsd: push e-mail for iOS Mail on Dovecot servers.
 #
-#   make run     run the daemon from configs/dev/xapsd.yaml (loopback, dry-run pushes)
+#   make run     run the daemon from configs/dev/xapsd.yaml (loopback, dry-run pushes);
+#                CONFIG=FILE runs another configuration, ARGS= adds options
+#                (make run CONFIG=my.yaml, make run ARGS=--check-config)
 #   make test    install what the tests need (as root), vet, then every test with the
 #                race detector, against Dovecot 2.3 and 2.4
 #   make deb     a Debian package for the Debian release this runs on
@@ -24,8 +26,12 @@ all: build
 build:
 	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/xapsd
 
+# CONFIG and ARGS let you try another port or file without editing a
+# tracked one.
+CONFIG ?= configs/dev/xapsd.yaml
+ARGS   ?=
 run: build
-	$(BIN) --config configs/dev/xapsd.yaml
+	$(BIN) --config $(CONFIG) $(ARGS)
 
 vet:
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { echo "gofmt needed:"; gofmt -l $$(git ls-files '*.go'); exit 1; }

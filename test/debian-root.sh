@@ -32,6 +32,14 @@ if [ -z "$mirror" ]; then
 fi
 mirror=${mirror:-http://deb.debian.org/debian}
 
+# debootstrap writes no /etc/hosts; a Debian install has one, and without
+# it "localhost" (in a Dovecot plugin URL, say) does not resolve inside the
+# root.
+write_hosts() {
+	[ -e "$1/etc/hosts" ] && return 0
+	printf '127.0.0.1\tlocalhost\n::1\t\tlocalhost ip6-localhost ip6-loopback\n' >"$1/etc/hosts"
+}
+
 if [ ! -x "$dir/usr/bin/apt-get" ]; then
 	command -v debootstrap >/dev/null || {
 		echo "debian-root.sh: debootstrap not found (apt-get install debootstrap)" >&2
@@ -51,9 +59,11 @@ if [ ! -x "$dir/usr/bin/apt-get" ]; then
 	# No daemon may start inside the root when packages are installed.
 	printf '#!/bin/sh\nexit 101\n' >"$new/usr/sbin/policy-rc.d"
 	chmod 0755 "$new/usr/sbin/policy-rc.d"
+	write_hosts "$new"
 	mv "$new" "$dir"
 	exit 0
 fi
+write_hosts "$dir"
 
 missing=()
 for p in "${packages[@]}"; do

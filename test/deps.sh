@@ -38,7 +38,7 @@ for p in "${host_packages[@]}"; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
 done
 root_ok=1
-[ -x "$root/usr/sbin/dovecot" ] && [ -x "$root/usr/bin/valgrind" ] && [ -x "$root/usr/bin/dpkg-shlibdeps" ] || root_ok=0
+[ -x "$root/usr/sbin/dovecot" ] && [ -x "$root/usr/bin/valgrind" ] && [ -x "$root/usr/bin/dpkg-shlibdeps" ] && [ -e "$root/etc/hosts" ] || root_ok=0
 clean_ok=1
 [ -x "$cache/debian12-clean/usr/bin/apt-get" ] && [ -x "$cache/debian13-clean/usr/bin/apt-get" ] || clean_ok=0
 

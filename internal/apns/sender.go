@@ -53,6 +53,7 @@ const (
 	Removed   Outcome = "removed"   // the token is dead; registration deleted
 	Failed    Outcome = "failed"    // permanent failure, registration kept
 	Expired   Outcome = "expired"   // retried until the push would have expired
+	DryRun    Outcome = "dry-run"   // logged instead of sent (apnsEndpoint: dry-run)
 	// Held: not sent (APNs unreachable) or refused for the credential;
 	// the push waits in the queue while sending is paused, and the
 	// attempt does not count.
@@ -74,6 +75,12 @@ type Result struct {
 	ApnsID   string
 	Attempt  int
 	Duration time.Duration
+	Test     bool // a test-push: tried once, never retried
+
+	// refused: a test push that was held (the credential refused, or
+	// APNs unreachable) and is reported as failed; it must not end a
+	// pause the way an answer about the device does.
+	refused bool
 }
 
 // Options configures a Sender.
@@ -105,6 +112,7 @@ type job struct {
 	timer    *time.Timer
 	paced    bool // timer waits for MinInterval, not for a retry
 	probe    bool // sent to see whether APNs still refuses the credential
+	test     bool // PushNow: one attempt, reported as a test
 }
 
 // pause is the state of a paused queue: APNs refuses the credential.
@@ -446,7 +454,7 @@ func (s *Sender) probedLocked(res Result) bool {
 // resumeLocked ends the pause when APNs answered res without refusing the
 // credential, and says whether it did.
 func (s *Sender) resumeLocked(res Result) bool {
-	if !s.pause.on || res.Status == 0 || res.Outcome == Held {
+	if !s.pause.on || res.Status == 0 || res.Outcome == Held || res.refused {
 		return false
 	}
 	s.pause.on, s.pause.reason, s.pause.probeAt = false, "", time.Time{}
@@ -472,7 +480,7 @@ func (s *Sender) holdLocked(j *job) {
 // is paused, and an answer that is not a refusal of the credential ends
 // the pause.
 func (s *Sender) PushNow(ctx context.Context, k registry.Key) Result {
-	j := &job{key: k, deadline: s.opts.Now().Add(s.opts.Expiration)}
+	j := &job{key: k, deadline: s.opts.Now().Add(s.opts.Expiration), test: true}
 	res := s.attempt(ctx, j)
 	s.mu.Lock()
 	s.noteAnswerLocked(res)
@@ -480,9 +488,6 @@ func (s *Sender) PushNow(ctx context.Context, k registry.Key) Result {
 	s.mu.Unlock()
 	if resumed {
 		s.kick()
-	}
-	if res.Outcome == Held {
-		res.Outcome = Failed // nothing of test-push's is queued
 	}
 	return res
 }
@@ -528,7 +533,7 @@ func (s *Sender) attempt(ctx context.Context, j *job) Result {
 	start := time.Now()
 	sent := s.opts.Now()
 	resp, err := c.Transport.PushWithContext(ctx, n)
-	res := Result{Device: j.key, Attempt: j.attempt, Duration: time.Since(start)}
+	res := Result{Device: j.key, Attempt: j.attempt, Duration: time.Since(start), Test: j.test}
 	var ue *UnreachableError
 	switch {
 	case errors.As(err, &ue), errors.Is(err, errHeldBack):
@@ -540,9 +545,17 @@ func (s *Sender) attempt(ctx context.Context, j *job) Result {
 	default:
 		res.Status, res.Reason, res.ApnsID = resp.StatusCode, resp.Reason, resp.ApnsID
 		res.Outcome = s.classify(c, j, resp, sent)
+		if c.DryRun && res.Outcome == Delivered {
+			res.Outcome = DryRun // nothing reached Apple: not delivered
+		}
 	}
 	now := s.opts.Now()
 	switch {
+	case (res.Outcome == Retrying || res.Outcome == Held) && j.test:
+		// A test push is tried once, neither retried nor queued; the
+		// reason says why it failed.
+		res.refused = res.Outcome == Held
+		res.Outcome = Failed
 	case res.Outcome == Retrying && !now.Add(s.opts.MinBackoff).Before(j.deadline):
 		res.Outcome = Expired
 	case res.Outcome == Held && !now.Before(j.deadline):
@@ -769,6 +782,14 @@ func (s *Sender) report(res Result) {
 	}
 	l := s.log.WithFields(fields)
 	switch {
+	case res.Test:
+		// Asked for by an admin: every one is logged, as a test.
+		l = l.WithField("test", true)
+		if res.Outcome == Failed || res.Outcome == Removed {
+			l.Warn("test push not delivered")
+		} else {
+			l.Info("test push")
+		}
 	case res.Outcome == Held:
 		// The pause says it once a minute; a line per push would flood.
 		l.Debug("push held")

@@ -1,6 +1,7 @@
 package apns
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"net/http"
@@ -11,6 +12,7 @@ import (
 	"time"
 
 	"github.com/sideshow/apns2"
+	"github.com/sirupsen/logrus"
 
 	"github.com/xapsd/xapsd/internal/registry"
 )
@@ -374,5 +376,68 @@ func TestTransportErrorsDoNotLogTheToken(t *testing.T) {
 	r := s.PushNow(context.Background(), registry.Key{User: "u", AccountID: "A", DeviceToken: "deadbeefcafe0123456789"})
 	if strings.Contains(r.Reason, "deadbeefcafe0123456789") || !strings.Contains(r.Reason, "connection reset by peer") {
 		t.Errorf("reason %q", r.Reason)
+	}
+}
+
+// A dry-run push reached nobody: it has its own outcome, not delivered.
+func TestDryRunPushesAreTheirOwnOutcome(t *testing.T) {
+	var logged bytes.Buffer
+	l := logrus.New()
+	l.SetOutput(&logged)
+	res := newResults()
+	s := New(NewDryRunClient("com.apple.mail.XServer.test", l), Options{OnResult: res.add, Log: l})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { s.Run(ctx); close(done) }()
+	defer func() { cancel(); <-done }()
+	s.Enqueue(dev)
+	if r := res.wait(t); r.Outcome != DryRun || r.Status != 200 {
+		t.Errorf("dry-run push: %+v", r)
+	}
+	if r := s.PushNow(context.Background(), dev); r.Outcome != DryRun {
+		t.Errorf("dry-run test push: %+v", r)
+	}
+	if strings.Contains(logged.String(), "outcome=delivered") || !strings.Contains(logged.String(), "outcome=dry-run") {
+		t.Errorf("log:\n%s", logged.String())
+	}
+}
+
+// test-push tries once: a temporary failure is reported as failed with
+// its reason, never as retrying, nothing is queued for a retry, and the
+// log says it was a test.
+func TestPushNowIsATestAndNeverRetries(t *testing.T) {
+	for name, answer := range map[string]func(*apns2.Notification, int) (*apns2.Response, error){
+		"transport error": func(*apns2.Notification, int) (*apns2.Response, error) {
+			return nil, errors.New("connection refused")
+		},
+		"503": func(*apns2.Notification, int) (*apns2.Response, error) {
+			return &apns2.Response{StatusCode: 503, Reason: "ServiceUnavailable"}, nil
+		},
+		"expired provider token": func(*apns2.Notification, int) (*apns2.Response, error) {
+			return &apns2.Response{StatusCode: 403, Reason: "ExpiredProviderToken"}, nil
+		},
+	} {
+		t.Run(name, func(t *testing.T) {
+			var logged bytes.Buffer
+			l := logrus.New()
+			l.SetOutput(&logged)
+			tr := &scripted{answer: answer}
+			var seen []Result
+			s := New(&Client{Topic: "t", Transport: tr}, Options{Log: l, OnResult: func(r Result) { seen = append(seen, r) }})
+			r := s.PushNow(context.Background(), dev)
+			if r.Outcome != Failed || !r.Test || r.Reason == "" {
+				t.Errorf("PushNow = %+v, want failed with a reason", r)
+			}
+			if q, f := s.Depth(); q != 0 || f != 0 || tr.count(dev.DeviceToken) != 1 {
+				t.Errorf("queued %d, in flight %d, sent %d: a test push must be tried once", q, f, tr.count(dev.DeviceToken))
+			}
+			if len(seen) != 1 || seen[0].Outcome != Failed {
+				t.Errorf("reported %+v", seen)
+			}
+			out := logged.String()
+			if strings.Contains(out, "retr") || !strings.Contains(out, "test push") || !strings.Contains(out, "test=true") {
+				t.Errorf("log:\n%s", out)
+			}
+		})
 	}
 }

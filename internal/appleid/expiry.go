@@ -44,7 +44,7 @@ func NextExpiryStage(notAfter, now time.Time) time.Time {
 // ExpiredError is the error for an expired certificate, naming its file.
 func ExpiredError(file string, notAfter time.Time) error {
 	return fmt.Errorf("push certificate %s expired on %s; iOS devices get no pushes until it is replaced (see docs/credentials.md)",
-		file, notAfter.UTC().Format(time.DateTime+" MST"))
+		file, notAfter.UTC().Format(time.RFC3339))
 }
 
 // ExpiryWatch remembers which warning was last given for each
@@ -86,5 +86,5 @@ func (w *ExpiryWatch) Check(file string, notAfter, now time.Time) (msg string, d
 		left = "in 1 day"
 	}
 	return fmt.Sprintf("push certificate %s expires %s (%s); replace or renew it before pushes stop (see docs/credentials.md)",
-		file, left, notAfter.UTC().Format(time.DateTime+" MST")), true
+		file, left, notAfter.UTC().Format(time.RFC3339)), true
 }

@@ -66,7 +66,7 @@ func ImportLegacy(appleCerts json.RawMessage, dir string, now time.Time) (Import
 		if cert == nil {
 			continue
 		}
-		ends := cert.NotAfter.UTC().Format(time.DateOnly)
+		ends := cert.NotAfter.UTC().Format(time.RFC3339)
 		if !now.Before(cert.NotAfter) {
 			res.Notes = append(res.Notes, fmt.Sprintf("%s certificate of the old database not imported: it expired on %s", svc.Name, ends))
 			continue
@@ -80,7 +80,7 @@ func ImportLegacy(appleCerts json.RawMessage, dir string, now time.Time) (Import
 		switch {
 		case err == nil && !cur.cert.NotAfter.Before(cert.NotAfter):
 			res.Notes = append(res.Notes, fmt.Sprintf("%s certificate of the old database not imported: %s already holds one valid until %s",
-				svc.Name, st.servicePath(svc), cur.cert.NotAfter.UTC().Format(time.DateOnly)))
+				svc.Name, st.servicePath(svc), cur.cert.NotAfter.UTC().Format(time.RFC3339)))
 			continue
 		case err != nil && !errors.Is(err, fs.ErrNotExist):
 			// A broken file is replaced by a working certificate.

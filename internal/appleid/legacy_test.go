@@ -219,7 +219,7 @@ func TestImportLegacySkipsAndErrors(t *testing.T) {
 			t.Fatalf("%+v, %v", res, err)
 		}
 		if len(res.Notes) != 1 || !strings.Contains(res.Notes[0], "mail certificate of the old database not imported: it expired on "+
-			l.certs[mailNo].NotAfter.UTC().Format(time.DateOnly)) {
+			l.certs[mailNo].NotAfter.UTC().Format(time.RFC3339)) {
 			t.Errorf("notes %q", res.Notes)
 		}
 		if exists(filepath.Join(dir, "mail.pem")) {

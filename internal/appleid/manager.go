@@ -302,7 +302,7 @@ func (m *Manager) logNoVendor(mail *x509.Certificate, now time.Time) {
 	case !now.Before(mail.NotAfter):
 		l.WithField("file", m.MailFile()).Error("stored Apple push certificate has expired and cannot be renewed")
 	default:
-		l.WithFields(logrus.Fields{"file": m.MailFile(), "expires": mail.NotAfter.UTC().Format(time.DateOnly)}).
+		l.WithFields(logrus.Fields{"file": m.MailFile(), "expires": mail.NotAfter.UTC().Format(time.RFC3339)}).
 			Warn("stored Apple push certificate is used but cannot be renewed")
 	}
 }
@@ -310,7 +310,7 @@ func (m *Manager) logNoVendor(mail *x509.Certificate, now time.Time) {
 func (m *Manager) logFailure(kind planKind, mail *x509.Certificate, err error) {
 	l := m.log.WithField("request", kind.String())
 	if mail != nil {
-		l = l.WithFields(logrus.Fields{"file": m.MailFile(), "expires": mail.NotAfter.UTC().Format(time.DateOnly)})
+		l = l.WithFields(logrus.Fields{"file": m.MailFile(), "expires": mail.NotAfter.UTC().Format(time.RFC3339)})
 	}
 	if errors.Is(err, ErrDiscontinued) {
 		// The error text is the whole explanation (issue 4).

@@ -194,7 +194,7 @@ func TestExpiryWatch(t *testing.T) {
 		{33 * day, "expires in 7 days"},
 		{39 * day, "expires in 1 day"},
 		{40*day - time.Hour, ""},
-		{40 * day, "expired on 2026-04-10 12:00:00 UTC"},
+		{40 * day, "expired on 2026-04-10T12:00:00Z"},
 		{41 * day, ""},
 	}
 	for _, s := range steps {

@@ -1,120 +1,196 @@
 package cli
 
 import (
+	"encoding/json"
 	"fmt"
+	"io"
 	"os"
 	"strings"
 	"text/tabwriter"
 	"time"
 
-	"github.com/xapsd/xapsd/internal/config"
 	"github.com/xapsd/xapsd/internal/ctl"
 )
 
-const commandUsage = `  devices list [USER]                 registered devices, of USER or of everyone
-  devices remove USER [ACCOUNT-ID|TOKEN]  remove USER's registrations (all, or the matching one)
-  test-push USER                      push to every device of USER now and show Apple's answers
-  import FILE                         merge the registrations of another xapsd database.json
-  export [FILE]                       write the registry in the database.json format (to stdout)
-`
-
-func isCommand(name string) bool {
-	switch name {
-	case "devices", "test-push", "import", "export":
-		return true
-	}
-	return false
+// adminClient is what the commands need of the admin socket (ctl.Client).
+type adminClient interface {
+	Devices(user string) ([]ctl.Device, error)
+	Remove(user, id string) ([]ctl.Device, error)
+	TestPush(user string) ([]ctl.PushResult, error)
+	Import(data []byte) (found, imported int, err error)
+	Export(w io.Writer) error
 }
 
-func adminCommand(env Env, cfg *config.Config, args []string) int {
-	c := ctl.NewClient(ctl.SocketPath(cfg.DatabaseFile))
-	usage := func() int {
-		fmt.Fprintf(env.Stderr, "usage:\n%s", commandUsage)
-		return 2
+const exitsSocket = "  1  the daemon cannot be reached (is it running, and are you its user or root?)\n  2  wrong arguments\n"
+
+func commands() []command {
+	return []command{
+		{
+			name: "devices list", args: "[USER]", max: 1, json: true,
+			summary: "registered devices, of USER or of everyone",
+			help: `Lists the devices registered with the running daemon, of USER or of
+everyone: user name, account id, device token, when it registered (RFC 3339,
+UTC) and the mailboxes it wants pushes for. USER is the Dovecot user name the
+device registered under (after user_lookup). With --json, one JSON object per
+device and line.`,
+			exits: "  0  listed, also when no device is registered\n" + exitsSocket,
+			run:   devicesList,
+		},
+		{
+			name: "devices remove", args: "USER [ACCOUNT-ID|TOKEN]", min: 1, max: 2,
+			summary: "remove USER's registrations (all, or the matching one)",
+			help: `Removes USER's registrations from the running daemon: all of them, or the
+one whose account id or device token is given, and lists what was removed.
+The phone registers again the next time its Mail connects.`,
+			exits: "  0  removed at least one\n  1  nothing matched, or the daemon cannot be reached\n  2  wrong arguments\n",
+			run:   devicesRemove,
+		},
+		{
+			name: "test-push", args: "USER", min: 1, max: 1, json: true,
+			summary: "push to every device of USER now, once, and show Apple's answers",
+			help: `Pushes to every device of USER now, through the running daemon, and shows
+Apple's answer for each: the result (delivered, dry-run, removed or failed),
+the HTTP status, Apple's reason, the apns-id and the time it took. Each push
+is tried once and never retried, so a temporary failure shows as failed with
+its reason. The daemon logs each one as "test push". With --json, one JSON
+object per device and line.`,
+			exits: "  0  every push was delivered (or logged, in dry-run mode)\n  1  a push was not delivered, USER has no device, or the daemon cannot be reached\n  2  wrong arguments\n",
+			run:   testPush,
+		},
+		{
+			name: "import", args: "FILE", min: 1, max: 1,
+			summary: "merge the registrations of another xapsd database.json",
+			help: `Merges the registrations in FILE (a database.json of xapsd or of the old
+xapsd) into the running daemon, keeping the newer of two copies of a
+registration and skipping expired ones. Certificates are not imported.`,
+			exits: "  0  read and merged\n  1  FILE cannot be read or is not a database, or the daemon cannot be reached\n  2  wrong arguments\n",
+			run:   importFile,
+		},
+		{
+			name: "export", args: "[FILE]", max: 1,
+			summary: "write the registry in the database.json format",
+			help: `Writes every registration of the running daemon in the database.json format
+that xapsd reads as its databaseFile and that xapsd import takes: to standard
+output, or to FILE, which is created with mode 0600 and never overwritten.
+The way from a PostgreSQL registry (databaseURL) back to the files, or to
+another server.`,
+			exits: "  0  written\n  1  FILE exists or cannot be written, or the daemon cannot be reached\n  2  wrong arguments\n",
+			run:   exportFile,
+		},
 	}
-	fail := func(err error) int {
-		fmt.Fprintf(env.Stderr, "xapsd: %v\n", err)
+}
+
+func exportFile(env Env, c adminClient, _ *options, args []string) int {
+	out := env.Stdout
+	if len(args) == 1 {
+		f, err := os.OpenFile(args[0], os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+		if err != nil {
+			return fail(env, err)
+		}
+		defer f.Close()
+		out = f
+	}
+	if err := c.Export(out); err != nil {
+		return fail(env, err)
+	}
+	return 0
+}
+
+func fail(env Env, err error) int {
+	fmt.Fprintf(env.Stderr, "xapsd: %v\n", err)
+	return 1
+}
+
+// noDeviceHint is what every command says when a user has no device: the
+// usual cause is a user name that differs between IMAP and delivery.
+func noDeviceHint(user string) string {
+	return fmt.Sprintf("no device registered for %q: check that the IMAP login name and the delivery user name are the same (auth_username_format, user_lookup)", user)
+}
+
+func devicesList(env Env, c adminClient, o *options, args []string) int {
+	user := ""
+	if len(args) == 1 {
+		user = args[0]
+	}
+	devs, err := c.Devices(user)
+	if err != nil {
+		return fail(env, err)
+	}
+	if o.json {
+		writeJSONLines(env.Stdout, devs, deviceJSON)
+	} else {
+		printDevices(env.Stdout, devs)
+	}
+	if len(devs) == 0 && user != "" {
+		fmt.Fprintln(env.Stderr, noDeviceHint(user))
+	}
+	return 0
+}
+
+func devicesRemove(env Env, c adminClient, _ *options, args []string) int {
+	user, id := args[0], ""
+	if len(args) == 2 {
+		id = args[1]
+	}
+	devs, err := c.Remove(user, id)
+	if err != nil {
+		return fail(env, err)
+	}
+	if len(devs) == 0 {
+		if left, err := c.Devices(user); err == nil && len(left) > 0 {
+			fmt.Fprintf(env.Stderr, "xapsd: none of the %d registration(s) of %q has the account id or device token %q; xapsd devices list %s shows them\n",
+				len(left), user, id, shellWord(user))
+		} else {
+			fmt.Fprintf(env.Stderr, "xapsd: %s\n", noDeviceHint(user))
+		}
 		return 1
 	}
-	switch {
-	case args[0] == "devices" && len(args) >= 2 && args[1] == "list" && len(args) <= 3:
-		user := ""
-		if len(args) == 3 {
-			user = args[2]
-		}
-		devs, err := c.Devices(user)
-		if err != nil {
-			return fail(err)
-		}
-		printDevices(env, devs)
-		if len(devs) == 0 && user != "" {
-			fmt.Fprintf(env.Stderr, "no device registered for %q: check that the IMAP login name and the delivery user name are the same (auth_username_format, user_lookup)\n", user)
-		}
-		return 0
-	case args[0] == "devices" && len(args) >= 3 && args[1] == "remove" && len(args) <= 4:
-		id := ""
-		if len(args) == 4 {
-			id = args[3]
-		}
-		devs, err := c.Remove(args[2], id)
-		if err != nil {
-			return fail(err)
-		}
-		fmt.Fprintf(env.Stdout, "removed %d registration(s)\n", len(devs))
-		printDevices(env, devs)
-		return 0
-	case args[0] == "test-push" && len(args) == 2:
-		res, err := c.TestPush(args[1])
-		if err != nil {
-			return fail(err)
-		}
-		if len(res) == 0 {
-			fmt.Fprintf(env.Stderr, "no device registered for %q\n", args[1])
-			return 1
-		}
+	fmt.Fprintf(env.Stdout, "removed %d registration(s)\n", len(devs))
+	printDevices(env.Stdout, devs)
+	return 0
+}
+
+func testPush(env Env, c adminClient, o *options, args []string) int {
+	res, err := c.TestPush(args[0])
+	if err != nil {
+		return fail(env, err)
+	}
+	if len(res) == 0 {
+		fmt.Fprintf(env.Stderr, "xapsd: %s\n", noDeviceHint(args[0]))
+		return 1
+	}
+	if o.json {
+		writeJSONLines(env.Stdout, res, pushJSON)
+	} else {
 		w := tabwriter.NewWriter(env.Stdout, 0, 2, 2, ' ', 0)
 		fmt.Fprintln(w, "ACCOUNT-ID\tDEVICE-TOKEN\tRESULT\tSTATUS\tREASON\tAPNS-ID\tMS")
-		failed := false
 		for _, r := range res {
-			reason := r.Reason
-			if reason == "" {
-				reason = "-"
-			}
-			fmt.Fprintf(w, "%s\t%s\t%s\t%d\t%s\t%s\t%d\n", r.AccountID, r.DeviceToken, r.Outcome, r.Status, reason, orDash(r.ApnsID), r.Millis)
-			failed = failed || r.Outcome != "delivered"
+			fmt.Fprintf(w, "%s\t%s\t%s\t%d\t%s\t%s\t%d\n", r.AccountID, r.DeviceToken, r.Outcome, r.Status, orDash(r.Reason), orDash(r.ApnsID), r.Millis)
 		}
 		w.Flush()
-		if failed {
+	}
+	for _, r := range res {
+		if !pushWorked(r.Outcome) {
 			return 1
 		}
-		return 0
-	case args[0] == "export" && len(args) <= 2:
-		out := env.Stdout
-		if len(args) == 2 {
-			f, err := os.OpenFile(args[1], os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
-			if err != nil {
-				return fail(err)
-			}
-			defer f.Close()
-			out = f
-		}
-		if err := c.Export(out); err != nil {
-			return fail(err)
-		}
-		return 0
-	case args[0] == "import" && len(args) == 2:
-		data, err := os.ReadFile(args[1])
-		if err != nil {
-			return fail(err)
-		}
-		found, imported, err := c.Import(data)
-		if err != nil {
-			return fail(err)
-		}
-		fmt.Fprintf(env.Stdout, "%d registration(s) in %s, %d imported (the others were expired or older than what xapsd has)\n", found, args[1], imported)
-		return 0
 	}
-	return usage()
+	return 0
+}
+
+// pushWorked: Apple took the push, or the dry-run logged it.
+func pushWorked(outcome string) bool { return outcome == "delivered" || outcome == "dry-run" }
+
+func importFile(env Env, c adminClient, _ *options, args []string) int {
+	data, err := os.ReadFile(args[0])
+	if err != nil {
+		return fail(env, err)
+	}
+	found, imported, err := c.Import(data)
+	if err != nil {
+		return fail(env, err)
+	}
+	fmt.Fprintf(env.Stdout, "%d registration(s) in %s, %d imported (the others were expired or older than what xapsd has)\n", found, args[0], imported)
+	return 0
 }
 
 func orDash(s string) string {
@@ -124,14 +200,72 @@ func orDash(s string) string {
 	return s
 }
 
-func printDevices(env Env, devs []ctl.Device) {
+// shellWord quotes s for a command line when it needs it.
+func shellWord(s string) string {
+	if s != "" && strings.IndexFunc(s, func(r rune) bool {
+		return !(r == '@' || r == '.' || r == '-' || r == '_' || r == '+' || (r >= '0' && r <= '9') || (r >= 'a' && r <= 'z') || (r >= 'A' && r <= 'Z'))
+	}) < 0 {
+		return s
+	}
+	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
+}
+
+// timestamp is how every command shows a time: RFC 3339 in UTC, as the log.
+func timestamp(t time.Time) string {
+	if t.IsZero() {
+		return "-"
+	}
+	return t.UTC().Format(time.RFC3339)
+}
+
+func printDevices(w io.Writer, devs []ctl.Device) {
 	if len(devs) == 0 {
 		return
 	}
-	w := tabwriter.NewWriter(env.Stdout, 0, 2, 2, ' ', 0)
-	fmt.Fprintln(w, "USER\tACCOUNT-ID\tDEVICE-TOKEN\tREGISTERED\tMAILBOXES")
+	tw := tabwriter.NewWriter(w, 0, 2, 2, ' ', 0)
+	fmt.Fprintln(tw, "USER\tACCOUNT-ID\tDEVICE-TOKEN\tREGISTERED\tMAILBOXES")
 	for _, d := range devs {
-		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\n", d.User, d.AccountID, d.DeviceToken, d.Registered.Local().Format(time.DateTime), strings.Join(d.Mailboxes, ", "))
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", d.User, d.AccountID, d.DeviceToken, timestamp(d.Registered), strings.Join(d.Mailboxes, ", "))
 	}
-	w.Flush()
+	tw.Flush()
+}
+
+// deviceOut is a device in --json output.
+type deviceOut struct {
+	User        string   `json:"user"`
+	AccountID   string   `json:"accountId"`
+	DeviceToken string   `json:"deviceToken"`
+	Registered  string   `json:"registered"`
+	Mailboxes   []string `json:"mailboxes"`
+}
+
+func deviceJSON(d ctl.Device) any {
+	mb := d.Mailboxes
+	if mb == nil {
+		mb = []string{}
+	}
+	return deviceOut{User: d.User, AccountID: d.AccountID, DeviceToken: d.DeviceToken, Registered: timestamp(d.Registered), Mailboxes: mb}
+}
+
+// pushOut is a test-push result in --json output.
+type pushOut struct {
+	deviceOut
+	Outcome string `json:"outcome"`
+	Status  int    `json:"status"`
+	Reason  string `json:"reason"`
+	ApnsID  string `json:"apnsId"`
+	Millis  int64  `json:"ms"`
+}
+
+func pushJSON(r ctl.PushResult) any {
+	return pushOut{deviceOut: deviceJSON(r.Device).(deviceOut), Outcome: r.Outcome, Status: r.Status, Reason: r.Reason, ApnsID: r.ApnsID, Millis: r.Millis}
+}
+
+// writeJSONLines writes one JSON object per line.
+func writeJSONLines[T any](w io.Writer, items []T, conv func(T) any) {
+	enc := json.NewEncoder(w)
+	enc.SetEscapeHTML(false)
+	for _, it := range items {
+		enc.Encode(conv(it))
+	}
 }

@@ -21,6 +21,7 @@ import (
 	"golang.org/x/term"
 
 	"github.com/xapsd/xapsd/internal/config"
+	"github.com/xapsd/xapsd/internal/ctl"
 	"github.com/xapsd/xapsd/internal/daemon"
 	"github.com/xapsd/xapsd/internal/gcfloor"
 	"github.com/xapsd/xapsd/internal/logging"
@@ -52,47 +53,89 @@ func normalizeArgs(args []string) []string {
 	return out
 }
 
-// Main runs xapsd with args (without the program name) and returns the
-// exit code.
-func Main(args []string, env Env) int {
+// options are the command line's options.
+type options struct {
+	configFile  string
+	configPath  string
+	configName  string
+	pass        bool
+	version     bool
+	checkConfig bool
+	quiet       bool
+	json        bool
+	help        bool
+}
+
+func newFlagSet(o *options, stderr io.Writer) *pflag.FlagSet {
 	fs := pflag.NewFlagSet("xapsd", pflag.ContinueOnError)
-	fs.SetOutput(env.Stderr)
-	configFile := fs.String("config", "", "configuration file (default "+config.DefaultDir+"/"+config.DefaultName+".yaml)")
-	configPath := fs.String("configPath", "", "folder to look for the configuration in, before "+config.DefaultDir+" (old xapsd flag)")
-	configName := fs.String("configName", config.DefaultName, "configuration file name without extension (old xapsd flag)")
-	pass := fs.Bool("pass", false, "read an Apple ID password and print its SHA-256 for appleIdHashedPassword, then exit")
-	showVersion := fs.Bool("version", false, "print the version and exit")
-	checkConfig := fs.Bool("check-config", false, "load and check the configuration and credentials, print the effective configuration with secrets redacted, then exit")
-	fs.Usage = func() {
-		fmt.Fprintf(env.Stderr, "Usage: xapsd [flags]            run the daemon\n       xapsd [flags] COMMAND    talk to the running daemon\n\n"+
-			"Push e-mail for iOS Mail on Dovecot servers.\n\nCommands:\n%s\nFlags:\n%s", commandUsage, fs.FlagUsages())
-	}
-	if err := fs.Parse(normalizeArgs(args)); err != nil {
-		if errors.Is(err, pflag.ErrHelp) {
-			return 0
-		}
+	fs.SetOutput(stderr)
+	fs.Usage = func() {} // errors say "see xapsd --help"; the help goes to stdout
+	fs.SortFlags = false
+	fs.StringVar(&o.configFile, "config", "", "configuration file (default "+config.DefaultDir+"/"+config.DefaultName+".yaml)")
+	fs.BoolVar(&o.checkConfig, "check-config", false, "check the configuration, the credential and the state folder, print the effective configuration with secrets redacted, then exit")
+	fs.BoolVarP(&o.quiet, "quiet", "q", false, "with --check-config: print only warnings and errors, not the configuration")
+	fs.BoolVar(&o.json, "json", false, "devices list, test-push: one JSON object per line")
+	fs.BoolVar(&o.version, "version", false, "print the version and exit")
+	fs.BoolVar(&o.pass, "pass", false, "read an Apple ID password and print its SHA-256 for appleIdHashedPassword, then exit (-pass works too)")
+	fs.StringVar(&o.configPath, "configPath", "", "folder to look for the configuration in, before "+config.DefaultDir+" (old xapsd; -configPath works too)")
+	fs.StringVar(&o.configName, "configName", config.DefaultName, "configuration file name without extension (old xapsd; -configName works too)")
+	fs.BoolVarP(&o.help, "help", "h", false, "this help; with a command, the command's help")
+	return fs
+}
+
+// Main runs xapsd with args (without the program name) and returns the
+// exit code: 0 done, 1 failed, 2 wrong usage.
+func Main(args []string, env Env) int {
+	var o options
+	fs := newFlagSet(&o, env.Stderr)
+	args = normalizeArgs(args)
+	usageFail := func(err error) int {
 		fmt.Fprintf(env.Stderr, "xapsd: %v (see xapsd --help)\n", err)
 		return 2
 	}
-	if fs.NArg() > 0 && !isCommand(fs.Arg(0)) {
-		fmt.Fprintf(env.Stderr, "xapsd: unknown command %q (see xapsd --help)\n", fs.Arg(0))
+	if err := singleDashLong(fs, args); err != nil {
+		return usageFail(err)
+	}
+	if err := fs.Parse(args); err != nil {
+		return usageFail(err)
+	}
+	words := fs.Args()
+	if len(words) > 0 && words[0] == "help" {
+		return help(env, fs, words[1:])
+	}
+	if o.help {
+		return help(env, fs, words)
+	}
+	cmd, cmdArgs, err := findCommand(words)
+	switch {
+	case err != nil:
+		fmt.Fprintf(env.Stderr, "xapsd: %v\n", err)
 		return 2
+	case cmd != nil && (len(cmdArgs) < cmd.min || len(cmdArgs) > cmd.max):
+		fmt.Fprintf(env.Stderr, "xapsd: %s: wrong number of arguments (usage: %s)\n", cmd.name, cmd.usage())
+		return 2
+	case o.json && (cmd == nil || !cmd.json):
+		return usageFail(usageError("--json goes with devices list and test-push"))
+	case o.quiet && !o.checkConfig:
+		return usageFail(usageError("--quiet goes with --check-config"))
+	case o.checkConfig && cmd != nil:
+		return usageFail(usageError("--check-config takes no command"))
 	}
 	switch {
-	case *showVersion:
+	case o.version:
 		fmt.Fprintf(env.Stdout, "xapsd %s\n", versionString(env.Version))
 		return 0
-	case *pass:
+	case o.pass:
 		return hashPassword(env)
 	}
 
-	path := *configFile
+	path := o.configFile
 	if path == "" {
 		dirs := []string{}
-		if *configPath != "" {
-			dirs = append(dirs, *configPath)
+		if o.configPath != "" {
+			dirs = append(dirs, o.configPath)
 		}
-		p, err := config.Find(append(dirs, config.DefaultDir), *configName)
+		p, err := config.Find(append(dirs, config.DefaultDir), o.configName)
 		if err != nil {
 			fmt.Fprintf(env.Stderr, "xapsd: %v\n", err)
 			return 1
@@ -101,14 +144,18 @@ func Main(args []string, env Env) int {
 	}
 	cfg, warnings, err := config.Load(path)
 	if err != nil {
-		fmt.Fprintf(env.Stderr, "xapsd: configuration %s is not valid:\n%v\n", path, err)
+		// The warnings (an unknown key, say) may explain the error.
+		for _, w := range warnings {
+			fmt.Fprintf(env.Stderr, "warning: %s\n", w)
+		}
+		fmt.Fprintf(env.Stderr, "xapsd: %v\n", err)
 		return 1
 	}
-	if fs.NArg() > 0 {
-		return adminCommand(env, cfg, fs.Args())
+	if cmd != nil {
+		return cmd.run(env, ctl.NewClient(ctl.SocketPath(cfg.DatabaseFile)), &o, cmdArgs)
 	}
-	if *checkConfig {
-		return check(env, cfg, warnings)
+	if o.checkConfig {
+		return check(env, cfg, warnings, o.quiet)
 	}
 
 	log, err := logging.New(env.Stderr, cfg.LogLevel, cfg.LogFormat)
@@ -201,18 +248,24 @@ func hashPassword(env Env) int {
 	return 0
 }
 
-func check(env Env, cfg *config.Config, warnings []string) int {
+// check is --check-config: problems on stderr ("warning: …" and, for
+// what stops the start, "xapsd: …" with exit 1); on stdout the line the
+// start logs and the effective configuration, unless quiet.
+func check(env Env, cfg *config.Config, warnings []string, quiet bool) int {
 	for _, w := range warnings {
 		fmt.Fprintf(env.Stderr, "warning: %s\n", w)
 	}
-	notes, err := daemon.CheckCredential(cfg)
+	summary, notes, err := daemon.Check(cfg)
+	for _, n := range notes {
+		fmt.Fprintf(env.Stderr, "warning: %s\n", n)
+	}
 	if err != nil {
 		fmt.Fprintf(env.Stderr, "xapsd: %v\n", err)
 		return 1
 	}
-	for _, n := range notes {
-		fmt.Fprintf(env.Stderr, "warning: %s\n", n)
+	if !quiet {
+		fmt.Fprintf(env.Stdout, "# xapsd would start with: %s\n", summary)
+		fmt.Fprint(env.Stdout, cfg.Redacted())
 	}
-	fmt.Fprint(env.Stdout, cfg.Redacted())
 	return 0
 }

@@ -2,9 +2,16 @@ package cli
 
 import (
 	"bytes"
+	"io"
+	"encoding/json"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/xapsd/xapsd/internal/ctl"
 )
 
 func TestNormalizeArgsKeepsOldSingleDashFlags(t *testing.T) {
@@ -50,5 +57,220 @@ func TestFlagErrors(t *testing.T) {
 	}
 	if code, _, errOut := runMain("", "-configPath", "/nonexistent", "-configName", "nope"); code != 1 || !strings.Contains(errOut, "/nonexistent/nope.yaml") {
 		t.Errorf("config search: %d %q", code, errOut)
+	}
+}
+
+// The help is asked for, so it goes to stdout with exit 0, like
+// doveadm's and systemctl's; booleans show no "[=true|false]".
+func TestHelpGoesToStdout(t *testing.T) {
+	for _, args := range [][]string{{"--help"}, {"-h"}, {"help"}, {"help", "help"}, {"--config", "/nonexistent.yaml", "--help"}} {
+		code, out, errOut := runMain("", args...)
+		if code != 0 || errOut != "" || !strings.HasPrefix(out, "Usage:") {
+			t.Errorf("%v: exit %d, stdout %q, stderr %q", args, code, out, errOut)
+		}
+		for _, want := range []string{"devices list [USER]", "test-push USER", "--check-config ", "--json", "Exit codes:", "  2  wrong usage"} {
+			if !strings.Contains(out, want) {
+				t.Errorf("%v: help lacks %q", args, want)
+			}
+		}
+		if strings.Contains(out, "[=") || strings.Contains(out, "true|false") {
+			t.Errorf("%v: booleans shown with a value:\n%s", args, out)
+		}
+	}
+}
+
+func TestCommandHelp(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"devices", "list", "--help"}, "Usage: xapsd [--config FILE] devices list [--json] [USER]"},
+		{[]string{"help", "devices", "list"}, "Usage: xapsd [--config FILE] devices list [--json] [USER]"},
+		{[]string{"-h", "devices", "remove"}, "Usage: xapsd [--config FILE] devices remove USER [ACCOUNT-ID|TOKEN]"},
+		{[]string{"help", "test-push"}, "Usage: xapsd [--config FILE] test-push [--json] USER"},
+		{[]string{"test-push", "alice", "--help"}, "Usage: xapsd [--config FILE] test-push [--json] USER"},
+		{[]string{"help", "import"}, "Usage: xapsd [--config FILE] import FILE"},
+		{[]string{"help", "devices"}, "devices remove USER"},
+	} {
+		code, out, errOut := runMain("", tc.args...)
+		if code != 0 || errOut != "" || !strings.Contains(out, tc.want) || !strings.Contains(out, "Exit codes:") {
+			t.Errorf("%v: exit %d, stdout %q, stderr %q; want %q", tc.args, code, out, errOut, tc.want)
+		}
+		if strings.Contains(out, "--pass") {
+			t.Errorf("%v: a command's help lists options it does not take:\n%s", tc.args, out)
+		}
+	}
+	if code, out, errOut := runMain("", "help", "nope"); code != 2 || out != "" || !strings.Contains(errOut, `unknown command "nope"`) {
+		t.Errorf("help nope: %d %q %q", code, out, errOut)
+	}
+}
+
+func TestUsageErrors(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"-config", "/etc/xapsd/xapsd.yaml"}, "unknown option -config: long options take two dashes; did you mean --config?"},
+		{[]string{"-config=/etc/xapsd/xapsd.yaml"}, "did you mean --config?"},
+		{[]string{"-check-config"}, "did you mean --check-config?"},
+		{[]string{"-version"}, "did you mean --version?"},
+		{[]string{"devices", "list", "-json"}, "did you mean --json?"},
+		{[]string{"device", "list"}, `unknown command "device"; did you mean devices?`},
+		{[]string{"devices", "lsit"}, `unknown command "devices lsit"; did you mean devices list?`},
+		{[]string{"devices"}, "devices needs a subcommand"},
+		{[]string{"devices", "remove"}, "devices remove: wrong number of arguments (usage: xapsd [--config FILE] devices remove USER [ACCOUNT-ID|TOKEN])"},
+		{[]string{"test-push", "a", "b"}, "test-push: wrong number of arguments"},
+		{[]string{"--json"}, "--json goes with devices list and test-push"},
+		{[]string{"import", "f", "--json"}, "--json goes with devices list and test-push"},
+		{[]string{"--quiet"}, "--quiet goes with --check-config"},
+		{[]string{"--check-config", "devices", "list"}, "--check-config takes no command"},
+	} {
+		code, out, errOut := runMain("", tc.args...)
+		if code != 2 || out != "" || !strings.Contains(errOut, tc.want) {
+			t.Errorf("%v: exit %d, stdout %q, stderr %q; want exit 2 and %q", tc.args, code, out, errOut, tc.want)
+		}
+	}
+	// A value that starts with a dash is a value, not an option.
+	if code, _, errOut := runMain("", "--config", "-odd.yaml"); code != 1 || !strings.Contains(errOut, "-odd.yaml") {
+		t.Errorf("--config -odd.yaml: %d %q", code, errOut)
+	}
+}
+
+// fakeAdmin answers the admin commands from memory.
+type fakeAdmin struct {
+	devs    []ctl.Device
+	results []ctl.PushResult
+}
+
+func (f *fakeAdmin) Devices(user string) ([]ctl.Device, error) {
+	var out []ctl.Device
+	for _, d := range f.devs {
+		if user == "" || d.User == user {
+			out = append(out, d)
+		}
+	}
+	return out, nil
+}
+
+func (f *fakeAdmin) Remove(user, id string) ([]ctl.Device, error) {
+	var out []ctl.Device
+	for _, d := range f.devs {
+		if d.User == user && (id == "" || id == d.AccountID || id == d.DeviceToken) {
+			out = append(out, d)
+		}
+	}
+	return out, nil
+}
+
+func (f *fakeAdmin) TestPush(user string) ([]ctl.PushResult, error) {
+	var out []ctl.PushResult
+	for _, r := range f.results {
+		if r.User == user {
+			out = append(out, r)
+		}
+	}
+	return out, nil
+}
+
+func (f *fakeAdmin) Import([]byte) (int, int, error) { return 0, 0, nil }
+func (f *fakeAdmin) Export(io.Writer) error          { return nil }
+
+func runCommand(c adminClient, o options, name string, args ...string) (int, string, string) {
+	var out, errb bytes.Buffer
+	env := Env{Stdout: &out, Stderr: &errb}
+	for _, cmd := range commands() {
+		if cmd.name == name {
+			return cmd.run(env, c, &o, args), out.String(), errb.String()
+		}
+	}
+	panic("no command " + name)
+}
+
+var registered = time.Date(2026, 5, 4, 3, 2, 1, 0, time.FixedZone("CEST", 2*3600))
+
+func testAdmin() *fakeAdmin {
+	dev := ctl.Device{User: "alice@example.com", AccountID: "ACC-1", DeviceToken: "aa11", Mailboxes: []string{"INBOX", "Notes"}, Registered: registered}
+	return &fakeAdmin{devs: []ctl.Device{dev}, results: []ctl.PushResult{{Device: dev, Outcome: "dry-run", Status: 200, Millis: 1}}}
+}
+
+// Times are RFC 3339 in UTC, in the table as in --json, as in the log.
+func TestDevicesListTimesAndJSON(t *testing.T) {
+	code, out, _ := runCommand(testAdmin(), options{}, "devices list")
+	if code != 0 || !strings.Contains(out, "2026-05-04T01:02:01Z") {
+		t.Errorf("table: %d\n%s", code, out)
+	}
+	code, out, _ = runCommand(testAdmin(), options{json: true}, "devices list")
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	if code != 0 || len(lines) != 1 {
+		t.Fatalf("--json: %d\n%s", code, out)
+	}
+	var got map[string]any
+	if err := json.Unmarshal([]byte(lines[0]), &got); err != nil {
+		t.Fatal(err)
+	}
+	if got["user"] != "alice@example.com" || got["accountId"] != "ACC-1" || got["deviceToken"] != "aa11" ||
+		got["registered"] != "2026-05-04T01:02:01Z" || len(got["mailboxes"].([]any)) != 2 {
+		t.Errorf("--json object %v", got)
+	}
+	code, out, errOut := runCommand(testAdmin(), options{}, "devices list", "bob")
+	if code != 0 || out != "" || !strings.Contains(errOut, `no device registered for "bob": check that the IMAP login name`) {
+		t.Errorf("nobody: %d %q %q", code, out, errOut)
+	}
+}
+
+// devices remove that matches nothing fails and says why, with the hint
+// devices list gives.
+func TestDevicesRemoveNothingMatched(t *testing.T) {
+	code, out, errOut := runCommand(testAdmin(), options{}, "devices remove", "bob")
+	if code != 1 || out != "" || !strings.Contains(errOut, `no device registered for "bob": check that the IMAP login name`) {
+		t.Errorf("unknown user: %d %q %q", code, out, errOut)
+	}
+	code, out, errOut = runCommand(testAdmin(), options{}, "devices remove", "alice@example.com", "nope")
+	if code != 1 || out != "" || !strings.Contains(errOut, `none of the 1 registration(s) of "alice@example.com" has the account id or device token "nope"; xapsd devices list alice@example.com shows them`) {
+		t.Errorf("no match: %d %q %q", code, out, errOut)
+	}
+	code, out, _ = runCommand(testAdmin(), options{}, "devices remove", "alice@example.com", "ACC-1")
+	if code != 0 || !strings.Contains(out, "removed 1 registration(s)") {
+		t.Errorf("match: %d %q", code, out)
+	}
+}
+
+func TestTestPushOutput(t *testing.T) {
+	code, out, errOut := runCommand(testAdmin(), options{}, "test-push", "bob")
+	if code != 1 || !strings.Contains(errOut, `no device registered for "bob": check that the IMAP login name`) {
+		t.Errorf("unknown user: %d %q %q", code, out, errOut)
+	}
+	// dry-run is not delivered, but it is what the admin asked for.
+	code, out, _ = runCommand(testAdmin(), options{}, "test-push", "alice@example.com")
+	if code != 0 || !strings.Contains(out, "dry-run") {
+		t.Errorf("dry-run: %d %q", code, out)
+	}
+	a := testAdmin()
+	a.results[0].Outcome, a.results[0].Status, a.results[0].Reason = "failed", 0, "dial tcp: connection refused"
+	code, out, _ = runCommand(a, options{json: true}, "test-push", "alice@example.com")
+	var got map[string]any
+	if err := json.Unmarshal([]byte(out), &got); err != nil || code != 1 {
+		t.Fatalf("--json: %d %q %v", code, out, err)
+	}
+	if got["outcome"] != "failed" || got["reason"] != "dial tcp: connection refused" || got["registered"] != "2026-05-04T01:02:01Z" || got["deviceToken"] != "aa11" {
+		t.Errorf("--json object %v", got)
+	}
+}
+
+// A configuration with problems gets one header, the problems, and the
+// warnings that may explain them (a misspelt key).
+func TestConfigErrorsHaveOneHeader(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "xapsd.yaml")
+	os.WriteFile(p, []byte("listenadr: 127.0.0.1\napnsEndpoint: prod\nmetricsListenAddr: 11621\n"), 0o600)
+	code, out, errOut := runMain("", "--config", p, "--check-config")
+	if code != 1 || out != "" {
+		t.Fatalf("exit %d, stdout %q", code, out)
+	}
+	want := "warning: line 1: unknown key \"listenadr\" ignored; did you mean listenAddr?\n" +
+		"xapsd: config " + p + ": 2 problems:\n" +
+		"  apnsEndpoint: prod: must be production, development, dry-run or an https://host[:port] URL; did you mean production?\n" +
+		"  metricsListenAddr: 11621: is a port without an address: write 127.0.0.1:11621 (this host only) or :11621 (every interface); \"\" or off turns it off\n"
+	if errOut != want {
+		t.Errorf("stderr:\n%s\nwant:\n%s", errOut, want)
 	}
 }

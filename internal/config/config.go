@@ -49,7 +49,7 @@ type Config struct {
 
 	DatabaseFile string `config:"databaseFile,path"`
 
-	ListenAddr    string `config:"listenAddr"`
+	ListenAddr    string `config:"listenAddr,list"` // one host or several, "a, b" (see ListenHosts)
 	Port          int    `config:"port"`
 	TLSCertFile   string `config:"tlsCertfile,path"`
 	TLSKeyFile    string `config:"tlsKeyfile,path"`
@@ -109,7 +109,7 @@ func Default() *Config {
 		LogLevel:             "info",
 		LogFormat:            "text",
 		DatabaseFile:         "/var/lib/xapsd/database.json",
-		ListenAddr:           "::1",
+		ListenAddr:           DefaultListenAddr,
 		Port:                 11619,
 		TLSPort:              11620,
 		CheckInterval:        20 * time.Second,
@@ -130,9 +130,40 @@ func Default() *Config {
 	}
 }
 
-// ListenAddress is the host:port of the plain-HTTP listener for the Dovecot plugin.
-func (c *Config) ListenAddress() string {
-	return net.JoinHostPort(stripBrackets(c.ListenAddr), strconv.Itoa(c.Port))
+// DefaultListenAddr is loopback for both IPv4 and IPv6, so that a plugin URL with
+// 127.0.0.1, [::1] or localhost (whichever of the two the host resolves it to) all reach
+// xapsd (docs/configuration.md#listenaddr).
+const DefaultListenAddr = "127.0.0.1, ::1"
+
+// ListenHosts lists the hosts of listenAddr: it holds one host or several, separated by
+// commas or spaces as in Dovecot's listen setting; "" (one empty host) means every
+// interface. An explicit single address means just that address.
+func (c *Config) ListenHosts() []string {
+	return splitHosts(c.ListenAddr)
+}
+
+// ListenAddresses are the host:port pairs of the plain-HTTP listeners for the Dovecot
+// plugin, one per host of listenAddr.
+func (c *Config) ListenAddresses() []string {
+	hosts := c.ListenHosts()
+	out := make([]string, len(hosts))
+	for i, h := range hosts {
+		out[i] = net.JoinHostPort(h, strconv.Itoa(c.Port))
+	}
+	return out
+}
+
+// splitHosts splits a list of hosts at commas and white space and takes the brackets off
+// IPv6 addresses; an empty list is the one host "" (every interface).
+func splitHosts(s string) []string {
+	var out []string
+	for _, h := range strings.FieldsFunc(s, func(r rune) bool { return r == ',' || r == ' ' || r == '\t' }) {
+		out = append(out, stripBrackets(h))
+	}
+	if len(out) == 0 {
+		return []string{""}
+	}
+	return out
 }
 
 // TLSListenAddress is the host:port of the optional TLS listener.
@@ -150,8 +181,11 @@ func (c *Config) TLSEnabled() bool {
 // can reach: any host that is not a loopback address or "localhost".
 func (c *Config) Exposed() []string {
 	var out []string
-	if !isLoopback(c.ListenAddr) {
-		out = append(out, "listenAddr")
+	for _, h := range c.ListenHosts() {
+		if !isLoopback(h) {
+			out = append(out, "listenAddr")
+			break
+		}
 	}
 	if c.TLSEnabled() && !isLoopback(c.TLSListenAddr) {
 		out = append(out, "tlsListenAddr")
@@ -223,6 +257,7 @@ type key struct {
 	path   bool // resolved against the config file's folder
 	secret bool // hidden by Redacted
 	dburl  bool // a database URL: Redacted hides the password in it
+	list   bool // a string that may also be written as a YAML list
 }
 
 var durationType = reflect.TypeFor[time.Duration]()
@@ -260,6 +295,8 @@ func keys() []key {
 				k.secret = true
 			case "dburl":
 				k.dburl = true
+			case "list":
+				k.list = true
 			}
 		}
 		ks = append(ks, k)

@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"reflect"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -38,8 +39,8 @@ func TestDefaultIsValid(t *testing.T) {
 	if err := c.Validate(); err != nil {
 		t.Fatalf("defaults do not validate: %v", err)
 	}
-	if c.ListenAddress() != "[::1]:11619" {
-		t.Errorf("default listen address %q, want [::1]:11619", c.ListenAddress())
+	if got := c.ListenAddresses(); !slices.Equal(got, []string{"127.0.0.1:11619", "[::1]:11619"}) {
+		t.Errorf("default listen addresses %q, want both loopbacks on 11619", got)
 	}
 	if c.TLSEnabled() || c.DryRun() || !c.MetricsEnabled() {
 		t.Errorf("defaults: TLSEnabled=%v DryRun=%v MetricsEnabled=%v", c.TLSEnabled(), c.DryRun(), c.MetricsEnabled())
@@ -72,7 +73,11 @@ func TestKeys(t *testing.T) {
 		{"listenAddr brackets", "listenAddr: '[::1]'", func(c *Config) any { return c.ListenAddr }, "::1"},
 		{"listenAddr ipv4", "listenAddr: 127.0.0.1", func(c *Config) any { return c.ListenAddr }, "127.0.0.1"},
 		{"listenAddr all", "listenAddr: \"\"\nallowUnauthenticated: true", func(c *Config) any { return c.ListenAddr }, ""},
-		{"listenAddr null keeps default", "listenAddr:", func(c *Config) any { return c.ListenAddr }, "::1"},
+		{"listenAddr null keeps default", "listenAddr:", func(c *Config) any { return c.ListenAddr }, "127.0.0.1, ::1"},
+		{"listenAddr two", "listenAddr: 127.0.0.1, ::1", func(c *Config) any { return c.ListenAddr }, "127.0.0.1, ::1"},
+		{"listenAddr two with brackets and spaces", "listenAddr: '192.0.2.1   [2001:db8::1]'\nallowUnauthenticated: true", func(c *Config) any { return c.ListenAddr }, "192.0.2.1, 2001:db8::1"},
+		{"listenAddr YAML list", "listenAddr: [127.0.0.1, '::1', '[fe80::1%eth0]']\nallowUnauthenticated: true", func(c *Config) any { return c.ListenAddr }, "127.0.0.1, ::1, fe80::1%eth0"},
+		{"listenAddr YAML block list", "listenAddr:\n  - ::1\n", func(c *Config) any { return c.ListenAddr }, "::1"},
 		{"port int", "port: 11700", func(c *Config) any { return c.Port }, 11700},
 		{"port string", "port: '11700'", func(c *Config) any { return c.Port }, 11700},
 		{"port hex", "port: 0x2DB4", func(c *Config) any { return c.Port }, 11700},
@@ -282,11 +287,12 @@ func TestLegacySample(t *testing.T) {
 	want.KeyFileTopic = "com.apple.mail.nil"
 	want.KeyFileKeyID = "ABCDEFGH"
 	want.KeyFileTeamID = "ABCDEFGH"
+	want.ListenAddr = "::1" // written out in the legacy sample: it stays just that
 	if *c != *want {
 		t.Errorf("legacy sample:\n got %+v\nwant %+v", *c, *want)
 	}
-	if c.ListenAddress() != "[::1]:11619" || c.TLSListenAddress() != ":11620" {
-		t.Errorf("addresses %s %s", c.ListenAddress(), c.TLSListenAddress())
+	if !slices.Equal(c.ListenAddresses(), []string{"[::1]:11619"}) || c.TLSListenAddress() != ":11620" {
+		t.Errorf("addresses %s %s", c.ListenAddresses(), c.TLSListenAddress())
 	}
 	if c.TLSEnabled() {
 		t.Error("empty tlsCertfile/tlsKeyfile must not enable TLS")
@@ -407,6 +413,22 @@ func TestValidate(t *testing.T) {
 		{"bracketed listen address", func(c *Config) { c.ListenAddr = "[::1]" }, ""},
 		{"zoned listen address", func(c *Config) { c.ListenAddr = "fe80::1%eth0"; c.AllowUnauthenticated = true }, ""},
 		{"host name listen address", func(c *Config) { c.ListenAddr = "localhost" }, ""},
+		{"three listen addresses", func(c *Config) { c.ListenAddr = "127.0.0.1, ::1, 192.0.2.7"; c.AllowUnauthenticated = true }, ""},
+		{"one exposed among loopbacks needs the secret", func(c *Config) { c.ListenAddr = "127.0.0.1, ::1, 192.0.2.7" }, "listens beyond this machine without authentication"},
+		{"listen address twice", func(c *Config) { c.ListenAddr = "::1, [::1]" }, "listenAddr: ::1, [::1]: ::1 is listed twice"},
+		{"listen port alone", func(c *Config) { c.ListenAddr = "11619" }, "listenAddr: 11619: is a port, not an address: put it in port"},
+		{"listen host:port", func(c *Config) { c.ListenAddr = "127.0.0.1:11700" }, "write listenAddr: 127.0.0.1 and port: 11700"},
+		{"listen [v6]:port", func(c *Config) { c.ListenAddr = "[::1]:11700" }, `write listenAddr: "::1" and port: 11700`},
+		{"listen :port", func(c *Config) { c.ListenAddr = ":11700" }, `write port: 11700, and listenAddr: "" for every interface`},
+		{"listen host:port in a list", func(c *Config) { c.ListenAddr = "::1, 127.0.0.1:11700" }, "127.0.0.1:11700: must be an IP address"},
+		{"TLS same port on a listed host", func(c *Config) {
+			c.TLSCertFile, c.TLSKeyFile, c.TLSPort, c.TLSListenAddr = "c", "k", 11619, "::1"
+		}, "tlsPort: 11619: is also the plain HTTP port"},
+		{"metrics port alone", func(c *Config) { c.MetricsListenAddr = "11621" }, "metricsListenAddr: 11621: is a port without an address: write 127.0.0.1:11621"},
+		{"endpoint prod", func(c *Config) { c.APNsEndpoint = "prod" }, "apnsEndpoint: prod: must be production, development, dry-run or an https://host[:port] URL; did you mean production?"},
+		{"endpoint dryrun", func(c *Config) { c.APNsEndpoint = "dryrun" }, "did you mean dry-run?"},
+		{"log level misspelt", func(c *Config) { c.LogLevel = "inof" }, "must be trace, debug, info, warn or error; did you mean info?"},
+		{"push mailboxes misspelt", func(c *Config) { c.PushMailboxes = "INBX" }, "must be registered or inbox; did you mean inbox?"},
 		{"TLS on other host same port", func(c *Config) {
 			c.TLSCertFile, c.TLSKeyFile, c.TLSPort, c.TLSListenAddr = "c", "k", 11619, "192.0.2.1"
 			c.ListenAddr = "127.0.0.1"
@@ -459,8 +481,12 @@ func TestAccessors(t *testing.T) {
 	c := Default()
 	c.ListenAddr, c.Port = "", 80
 	c.TLSListenAddr, c.TLSPort = "[2001:db8::1]", 443
-	if got := c.ListenAddress(); got != ":80" {
-		t.Errorf("ListenAddress %q", got)
+	if got := c.ListenAddresses(); !slices.Equal(got, []string{":80"}) {
+		t.Errorf("ListenAddresses %q", got)
+	}
+	c.ListenAddr = "[::1], 127.0.0.1 localhost"
+	if got := c.ListenAddresses(); !slices.Equal(got, []string{"[::1]:80", "127.0.0.1:80", "localhost:80"}) {
+		t.Errorf("ListenAddresses %q", got)
 	}
 	if got := c.TLSListenAddress(); got != "[2001:db8::1]:443" {
 		t.Errorf("TLSListenAddress %q", got)
@@ -691,7 +717,7 @@ func TestDevConfig(t *testing.T) {
 		t.Fatal(err)
 	}
 	dir := filepath.Dir(c.File)
-	if c.ListenAddress() != "127.0.0.1:11619" || c.DatabaseFile != filepath.Join(dir, "state", "database.json") ||
+	if !slices.Equal(c.ListenAddresses(), []string{"127.0.0.1:11619"}) || c.DatabaseFile != filepath.Join(dir, "state", "database.json") ||
 		!c.DryRun() || c.LogLevel != "debug" || c.CheckInterval != 2*time.Second || c.Delay != 5*time.Second ||
 		c.MetricsListenAddr != "127.0.0.1:11621" {
 		t.Errorf("dev config: %+v", *c)
@@ -710,5 +736,16 @@ func TestDocsHaveEveryKey(t *testing.T) {
 		if !strings.Contains(string(data), "### `"+k.name+"`") {
 			t.Errorf("docs/configuration.md has no section ### `%s`", k.name)
 		}
+	}
+}
+
+func TestChangedKeys(t *testing.T) {
+	a, b := Default(), Default()
+	if got := ChangedKeys(a, b); len(got) != 0 {
+		t.Errorf("no change: %v", got)
+	}
+	b.Port, b.Delay, b.LogLevel, b.File = 1, time.Minute, "debug", "/other.yaml"
+	if got := ChangedKeys(a, b); !slices.Equal(got, []string{"loglevel", "port", "delay"}) {
+		t.Errorf("ChangedKeys = %v", got)
 	}
 }

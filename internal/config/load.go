@@ -133,7 +133,7 @@ func (d *decoder) decode(data []byte) {
 	var doc yaml.Node
 	if err := dec.Decode(&doc); err != nil {
 		if !errors.Is(err, io.EOF) { // io.EOF: empty file or comments only, all defaults
-			d.problemf("parse YAML: %w", err)
+			d.problems = append(d.problems, syntaxProblem(data, err))
 		}
 		return
 	}
@@ -168,7 +168,7 @@ func (d *decoder) decode(data []byte) {
 		}
 		k, ok := byName[strings.ToLower(kn.Value)]
 		if !ok {
-			d.warnings = append(d.warnings, fmt.Sprintf("line %d: unknown key %q ignored", kn.Line, kn.Value))
+			d.warnings = append(d.warnings, unknownKey(kn.Value, kn.Line))
 			continue
 		}
 		// Keys are case-insensitive, so LogLevel and loglevel are the same key; which one
@@ -213,6 +213,14 @@ func describe(n *yaml.Node) string {
 }
 
 func (d *decoder) set(k key, n *yaml.Node) {
+	if k.list && n.Kind == yaml.SequenceNode {
+		joined, err := joinList(n)
+		if err != nil {
+			d.problemf("%s: %w (line %d)", k.name, err, n.Line)
+			return
+		}
+		n = &yaml.Node{Kind: yaml.ScalarNode, Tag: "!!str", Value: joined, Line: n.Line}
+	}
 	if n.Kind != yaml.ScalarNode {
 		d.problemf("%s: expected a single value, found %s (line %d)", k.name, describe(n), n.Line)
 		return
@@ -352,7 +360,7 @@ func (d *decoder) normalize() {
 	case EndpointProduction, EndpointDevelopment, EndpointDryRun:
 		c.APNsEndpoint = e
 	}
-	c.ListenAddr = stripBrackets(c.ListenAddr)
+	c.ListenAddr = strings.Join(splitHosts(c.ListenAddr), ", ")
 	c.TLSListenAddr = stripBrackets(c.TLSListenAddr)
 	if strings.EqualFold(c.MetricsListenAddr, "off") {
 		c.MetricsListenAddr = ""

@@ -66,26 +66,26 @@ func (c *Config) validate(given map[string]string) []error {
 	switch strings.ToLower(c.LogLevel) {
 	case "trace", "debug", "info", "warn", "warning", "error":
 	default:
-		bad("loglevel", c.LogLevel, "must be trace, debug, info, warn or error")
+		bad("loglevel", c.LogLevel, "must be trace, debug, info, warn or error%s", didYouMean(c.LogLevel, "trace", "debug", "info", "warn", "error"))
 	}
 	switch strings.ToLower(c.LogFormat) {
 	case "text", "json":
 	default:
-		bad("logFormat", c.LogFormat, "must be text or json")
+		bad("logFormat", c.LogFormat, "must be text or json%s", didYouMean(c.LogFormat, "text", "json"))
 	}
 
 	if c.DatabaseFile == "" {
 		missing("databaseFile", "must not be empty")
 	}
 
-	if !validHost(c.ListenAddr) {
-		bad("listenAddr", c.ListenAddr, "must be an IP address or host name without port (the port goes in port)")
+	if msg := c.checkListenHosts(); msg != "" {
+		bad("listenAddr", c.ListenAddr, "%s", msg)
 	}
 	if !validPort(c.Port) {
 		bad("port", c.Port, "must be between 1 and 65535")
 	}
 	if !validHost(c.TLSListenAddr) {
-		bad("tlsListenAddr", c.TLSListenAddr, "must be an IP address or host name without port (the port goes in tlsPort)")
+		bad("tlsListenAddr", c.TLSListenAddr, "must be an IP address or host name without port (the port goes in tlsPort)%s", portHint(c.TLSListenAddr, "tlsListenAddr", "tlsPort"))
 	}
 	if !validPort(c.TLSPort) {
 		bad("tlsPort", c.TLSPort, "must be between 1 and 65535")
@@ -98,7 +98,7 @@ func (c *Config) validate(given map[string]string) []error {
 	case c.TLSKeyFile != "" && c.TLSCertFile == "":
 		missing("tlsCertfile", "must be set when tlsKeyfile is set")
 	}
-	if c.TLSEnabled() && c.Port == c.TLSPort && validPort(c.Port) && sameListenHost(c.ListenAddr, c.TLSListenAddr) {
+	if c.TLSEnabled() && c.Port == c.TLSPort && validPort(c.Port) && c.sharesListenHost(c.TLSListenAddr) {
 		bad("tlsPort", c.TLSPort, "is also the plain HTTP port; the two listeners need different ports")
 	}
 
@@ -150,13 +150,19 @@ func (c *Config) validate(given map[string]string) []error {
 	case EndpointProduction, EndpointDevelopment, EndpointDryRun:
 	default:
 		if _, err := parseEndpointURL(c.APNsEndpoint); err != nil {
-			bad("apnsEndpoint", c.APNsEndpoint, "must be production, development, dry-run or an https://host[:port] URL: %v", err)
+			const valid = "must be production, development, dry-run or an https://host[:port] URL"
+			if !strings.Contains(c.APNsEndpoint, "://") {
+				// A word, not a URL: what is wrong with it as a URL would only confuse.
+				bad("apnsEndpoint", c.APNsEndpoint, "%s%s", valid, didYouMean(c.APNsEndpoint, EndpointProduction, EndpointDevelopment, EndpointDryRun))
+			} else {
+				bad("apnsEndpoint", c.APNsEndpoint, "%s: %v", valid, err)
+			}
 		}
 	}
 	switch strings.ToLower(c.PushMailboxes) {
 	case "registered", "inbox":
 	default:
-		bad("pushMailboxes", c.PushMailboxes, "must be registered or inbox")
+		bad("pushMailboxes", c.PushMailboxes, "must be registered or inbox%s", didYouMean(c.PushMailboxes, "registered", "inbox"))
 	}
 	switch c.APNsPriority {
 	case 0, 5, 10:
@@ -186,7 +192,11 @@ func (c *Config) validate(given map[string]string) []error {
 	}
 	if c.MetricsEnabled() {
 		if err := checkHostPort(c.MetricsListenAddr); err != nil {
-			bad("metricsListenAddr", c.MetricsListenAddr, "must be host:port, \"\" or off: %v", err)
+			if p, perr := strconv.Atoi(strings.TrimSpace(c.MetricsListenAddr)); perr == nil && validPort(p) {
+				bad("metricsListenAddr", c.MetricsListenAddr, "is a port without an address: write 127.0.0.1:%d (this host only) or :%d (every interface); \"\" or off turns it off", p, p)
+			} else {
+				bad("metricsListenAddr", c.MetricsListenAddr, "must be host:port, \"\" or off: %v", err)
+			}
 		}
 	}
 	// Whoever reaches the plugin API can register devices for any user
@@ -243,9 +253,65 @@ func validHost(h string) bool {
 	return len(h) <= 253 && hostName.MatchString(h)
 }
 
-func sameListenHost(a, b string) bool {
-	a, b = stripBrackets(a), stripBrackets(b)
-	return a == b || a == "" || b == ""
+// sharesListenHost reports whether the TLS listener's host would take the same address
+// as one of listenAddr's hosts ("" takes every address).
+func (c *Config) sharesListenHost(tlsHost string) bool {
+	tlsHost = stripBrackets(tlsHost)
+	for _, h := range c.ListenHosts() {
+		if h == tlsHost || h == "" || tlsHost == "" {
+			return true
+		}
+	}
+	return false
+}
+
+// checkListenHosts says what is wrong with listenAddr, or "".
+func (c *Config) checkListenHosts() string {
+	hosts := c.ListenHosts()
+	seen := map[string]bool{}
+	for _, h := range hosts {
+		which := ""
+		if len(hosts) > 1 {
+			which = show(h) + ": "
+		}
+		switch {
+		case !validHost(h):
+			return fmt.Sprintf("%smust be an IP address or host name without port (the port goes in port)%s", which, portHint(h, "listenAddr", "port"))
+		case isPort(h):
+			return fmt.Sprintf("%sis a port, not an address: put it in port, and here the address to listen on (default %s)", which, DefaultListenAddr)
+		case h == "" && len(hosts) > 1:
+			return `"" (every interface) cannot be combined with other addresses`
+		case seen[h]:
+			return fmt.Sprintf("%s is listed twice", h)
+		}
+		seen[h] = true
+	}
+	return ""
+}
+
+func isPort(s string) bool {
+	p, err := strconv.Atoi(s)
+	return err == nil && validPort(p)
+}
+
+// portHint explains a host:port written where only the host belongs.
+func portHint(h, addrKey, portKey string) string {
+	host, port, err := net.SplitHostPort(h)
+	if err != nil || !isPort(port) || (host != "" && !validHost(host)) {
+		return ""
+	}
+	if host == "" {
+		return fmt.Sprintf(`: write %s: %s, and %s: "" for every interface`, portKey, port, addrKey)
+	}
+	return fmt.Sprintf(": write %s: %s and %s: %s", addrKey, quoteIPv6(host), portKey, port)
+}
+
+// quoteIPv6 quotes an address that YAML would misread unquoted.
+func quoteIPv6(h string) string {
+	if strings.Contains(h, ":") {
+		return `"` + h + `"`
+	}
+	return h
 }
 
 func checkHostPort(s string) error {

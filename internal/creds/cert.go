@@ -271,10 +271,10 @@ func certCredential(leaf *x509.Certificate, chain []*x509.Certificate, key crypt
 	// APNs refuses an expired or future certificate at the handshake;
 	// failing here says why instead of a TLS alert on every push.
 	if now.After(leaf.NotAfter) {
-		return nil, fmt.Errorf("certificate %s (topic %s): %w (on %s)", path, topic, ErrExpired, leaf.NotAfter.UTC().Format(time.DateOnly))
+		return nil, &ValidityError{Path: path, Topic: topic, NotBefore: leaf.NotBefore, NotAfter: leaf.NotAfter, Err: ErrExpired}
 	}
 	if now.Before(leaf.NotBefore) {
-		return nil, fmt.Errorf("certificate %s (topic %s): %w (valid from %s)", path, topic, ErrNotYetValid, leaf.NotBefore.UTC().Format(time.RFC3339))
+		return nil, &ValidityError{Path: path, Topic: topic, NotBefore: leaf.NotBefore, NotAfter: leaf.NotAfter, Err: ErrNotYetValid}
 	}
 	tc := &tls.Certificate{Certificate: [][]byte{leaf.Raw}, PrivateKey: key, Leaf: leaf}
 	for _, c := range chain {
@@ -290,16 +290,20 @@ func certCredential(leaf *x509.Certificate, chain []*x509.Certificate, key crypt
 	}
 	if left := leaf.NotAfter.Sub(now); left < expiryWarning {
 		cred.ExpiryWarning = fmt.Sprintf("certificate %s expires on %s, in %d days; renew it before pushes stop",
-			path, leaf.NotAfter.UTC().Format(time.DateOnly), int(left.Hours()/24))
+			path, leaf.NotAfter.UTC().Format(time.RFC3339), int(left.Hours()/24))
 	}
 	cred.Warnings = append(cred.Warnings, topicWarnings(topic)...)
 	return cred, nil
 }
 
 func topicWarnings(topic string) []string {
+	var w []string
 	if len(topic) < minTopicLen {
-		return []string{fmt.Sprintf("topic %q is %d bytes; the stock Dovecot plugin needs more than 50 and crashes "+
-			"the imap process on a shorter /register reply", topic, len(topic))}
+		w = append(w, fmt.Sprintf("topic %q is %d bytes; the stock Dovecot plugin needs more than 50 and crashes "+
+			"the imap process on a shorter /register reply", topic, len(topic)))
 	}
-	return nil
+	if m := MailTopicWarning(topic); m != "" {
+		w = append(w, m)
+	}
+	return w
 }

@@ -262,7 +262,7 @@ func TestPEMErrors(t *testing.T) {
 		{name: "RSA key for EC certificate", cert: fx.ec.CertPEM(), key: fx.rsa.KeyPEM(), wantIs: ErrKeyMismatch},
 		{name: "leaf not first", cert: append(fx.other.CertPEM(), fx.ec.CertPEM()...), key: fx.ec.KeyPEM(), wantIn: []string{"belongs to certificate #2", "put the push certificate first"}},
 		{name: "no UID", cert: fx.noUID.CertPEM(), key: fx.noUID.KeyPEM(), wantIs: ErrNoTopic, wantIn: []string{"{CERT}", "no UID"}},
-		{name: "expired", cert: fx.expired.CertPEM(), key: fx.expired.KeyPEM(), wantIs: ErrExpired, wantIn: []string{"{CERT}", topic, fx.expired.Cert.NotAfter.UTC().Format(time.DateOnly)}},
+		{name: "expired", cert: fx.expired.CertPEM(), key: fx.expired.KeyPEM(), wantIs: ErrExpired, wantIn: []string{"{CERT}", topic, fx.expired.Cert.NotAfter.UTC().Format(time.RFC3339)}},
 		{name: "not yet valid", cert: fx.future.CertPEM(), key: fx.future.KeyPEM(), wantIs: ErrNotYetValid, wantIn: []string{"{CERT}"}},
 	} {
 		t.Run(c.name, func(t *testing.T) {
@@ -312,7 +312,7 @@ func TestWarnings(t *testing.T) {
 	dir := t.TempDir()
 	c := mustLoad(t, Files{PEMCert: write(t, dir, "e.pem", fx.expiring.CertPEM()), PEMKey: write(t, dir, "e.key", fx.expiring.KeyPEM())}, fx.now, fx.expiring)
 	w := c.ExpiryWarning
-	if len(c.Warnings) != 0 || !strings.Contains(w, "expires on "+fx.expiring.Cert.NotAfter.UTC().Format(time.DateOnly)) ||
+	if len(c.Warnings) != 0 || !strings.Contains(w, "expires on "+fx.expiring.Cert.NotAfter.UTC().Format(time.RFC3339)) ||
 		!strings.Contains(w, "in 10 days") || !strings.Contains(w, filepath.Join(dir, "e.pem")) {
 		t.Errorf("warnings %q, expiry warning %q", c.Warnings, w)
 	}
@@ -332,11 +332,47 @@ func TestWarnings(t *testing.T) {
 }
 
 func TestTopicLengthBoundary(t *testing.T) {
-	if w := topicWarnings(strings.Repeat("a", 50)); len(w) != 1 {
+	pad := func(n int) string { return "com.apple.mail." + strings.Repeat("a", n-len("com.apple.mail.")) }
+	if w := topicWarnings(pad(50)); len(w) != 1 {
 		t.Errorf("50-byte topic: %q", w)
 	}
-	if w := topicWarnings(strings.Repeat("a", 51)); len(w) != 0 {
+	if w := topicWarnings(pad(51)); len(w) != 0 {
 		t.Errorf("51-byte topic: %q", w)
+	}
+}
+
+func TestMailTopicWarning(t *testing.T) {
+	for _, tc := range []struct {
+		topic string
+		warn  bool
+	}{
+		{topic, false},
+		{"com.apple.mobilemail.push.example.com", false},
+		{"com.example.mailapp", true},
+		{"com.apple.mgmt.External.01234567-89ab-cdef-0123-456789abcdef", true}, // an MDM topic
+		{"com.apple.mailx.XServer.01234567-89ab-cdef-0123-456789abcdef", true},
+		{"com.apple.mobilemail", true},
+	} {
+		w := MailTopicWarning(tc.topic)
+		if (w != "") != tc.warn {
+			t.Errorf("MailTopicWarning(%q) = %q", tc.topic, w)
+		}
+		if w != "" && (!strings.Contains(w, tc.topic) || !strings.Contains(w, "com.apple.mail.") || !strings.Contains(w, "com.apple.mobilemail.push.")) {
+			t.Errorf("warning %q must name the topic and both prefixes", w)
+		}
+	}
+	// A certificate or a token with such a topic says so when it loads.
+	p8, _, err := testpki.NewP8Key()
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := Load(Files{P8: write(t, t.TempDir(), "k.p8", p8), KeyID: "ABCDE12345", TeamID: "ABCDE12345",
+		Topic: "com.example.app.with.a.long.bundle.identifier.for.fifty.bytes"}, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(c.Warnings) != 1 || !strings.Contains(c.Warnings[0], "not one iOS Mail listens to") {
+		t.Errorf("token warnings %q", c.Warnings)
 	}
 }
 
@@ -774,5 +810,25 @@ func TestCertificateEnvironment(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// A certificate outside its validity period still tells its topic and
+// dates, so a daemon that starts without it can show them.
+func TestValidityErrorKeepsTopicAndDates(t *testing.T) {
+	fx := getFixture(t)
+	dir := t.TempDir()
+	for _, tc := range []struct {
+		leaf *testpki.Leaf
+		is   error
+	}{{fx.expired, ErrExpired}, {fx.future, ErrNotYetValid}} {
+		_, err := Load(Files{PEMCert: write(t, dir, "c.pem", tc.leaf.CertPEM(), tc.leaf.KeyPEM())}, fx.now)
+		var ve *ValidityError
+		if !errors.As(err, &ve) || !errors.Is(err, tc.is) {
+			t.Fatalf("error %v is not a ValidityError for %v", err, tc.is)
+		}
+		if ve.Topic != topic || !ve.NotAfter.Equal(tc.leaf.Cert.NotAfter) || !ve.NotBefore.Equal(tc.leaf.Cert.NotBefore) {
+			t.Errorf("%+v", ve)
+		}
 	}
 }

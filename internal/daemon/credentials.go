@@ -274,50 +274,57 @@ func (d *Daemon) importLegacyCerts(c *config.Config) {
 	}
 }
 
-// CheckCredential loads the configured credential, and the plugin's
-// shared secret, as a start would, for --check-config. It returns an
-// error for what would stop the start, and notes for what would only keep
-// devices from registering.
-func CheckCredential(c *config.Config) (notes []string, err error) {
+// checkCredential loads the configured credential, and the plugin's
+// shared secret, as a start would, for --check-config (Check). It returns
+// an error for what would stop the start, notes for what would only keep
+// devices from registering, and the credential for the summary.
+func checkCredential(c *config.Config) (notes []string, cred *credential, err error) {
 	if c.PluginSecretFile != "" {
 		if _, err := loadPluginSecret(c.PluginSecretFile); err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 	}
 	log := quietLogger().WithField("component", "check")
 	if appleIDMode(c) {
 		m, err := newAppleManager(c, log)
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
-		if _, err := m.Stored(); err != nil && !errors.Is(err, appleid.ErrNotStored) {
-			return nil, err
+		cred = &credential{client: unavailableClient(errWaitingForApple), err: errWaitingForApple}
+		stored, err := m.Stored()
+		switch {
+		case err == nil:
+			notes = append(notes, stored.Warnings...)
+			if cred, err = clientFor(c, stored, log, clientEnv{}); err != nil {
+				return nil, nil, err
+			}
+		case !errors.Is(err, appleid.ErrNotStored):
+			return nil, nil, err
 		}
 		if err := m.Status(); err != nil {
 			notes = append(notes, "devices cannot register yet: "+err.Error())
 		}
-		return notes, nil
+		return notes, cred, nil
 	}
-	var cred *credential
 	if files := credentialFiles(c); files.Configured() {
 		loaded, err := creds.Load(files, time.Now())
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		notes = append(notes, loaded.Warnings...)
 		if loaded.ExpiryWarning != "" {
 			notes = append(notes, loaded.ExpiryWarning)
 		}
 		if cred, err = clientFor(c, loaded, log, clientEnv{}); err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 	} else if cred, err = loadCredential(c, log, time.Now(), clientEnv{}); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	if err := cred.problem(time.Now()); err != nil {
 		notes = append(notes, "devices cannot register yet: "+err.Error())
 	}
-	return notes, nil
+	return notes, cred, nil
 }
 
 func quietLogger() *logrus.Logger {

@@ -43,17 +43,19 @@ type Daemon struct {
 	sender *apns.Sender
 	sched  *scheduler.Scheduler
 
-	servers   []*http.Server
-	listeners []net.Listener // the plugin port, then the TLS listener's
-	tlsConfig *tls.Config
-	conns     *connlimit.Pool // the plugin listeners' connections
-	lastEvict atomic.Int64    // unix seconds of the last eviction log line
-	metrics   *metrics.Metrics
-	monitor   *metrics.Server
-	admin     *ctl.Server
-	apple     *appleManager // nil unless the Apple ID manager provides the credential
-	expiry    appleid.ExpiryWatch
-	leftovers leftovers // pushes of pending-pushes.json not yet answered
+	servers     []*http.Server
+	listeners   []net.Listener // the plugin port, then the TLS listener's
+	tlsConfig   *tls.Config
+	tlsListener net.Listener    // the one of listeners that serves TLS, if any
+	conns       *connlimit.Pool // the plugin listeners' connections
+	lastEvict   atomic.Int64    // unix seconds of the last eviction log line
+	metrics     *metrics.Metrics
+	monitor     *metrics.Server
+	admin       *ctl.Server
+	apple       *appleManager // nil unless the Apple ID manager provides the credential
+	expiry      appleid.ExpiryWatch
+	leftovers   leftovers      // pushes of pending-pushes.json not yet answered
+	started     *config.Config // what the listeners, registry and queue were built from
 }
 
 // Options are what main hands over.
@@ -67,19 +69,20 @@ type Options struct {
 }
 
 // Run starts xapsd and blocks until ctx ends, then shuts down. An error
-// before listening (bad credential, unreadable registry, port in use)
-// is returned at once so the process exits non-zero.
+// before listening (unreadable registry, port in use) is returned at once
+// so the process exits non-zero; a credential that does not load is not
+// such an error (brokenCredential).
 func Run(ctx context.Context, o Options) error {
-	d := &Daemon{log: o.Log}
+	d := &Daemon{log: o.Log, started: o.Config}
 	cfg := o.Config
 	d.cfg.Store(cfg)
 	log := o.Log.WithField("component", "daemon")
 
-	// Credential files first: a broken one stops the start before
-	// anything is created on disk.
+	// A credential that does not load does not stop the start: the daemon
+	// runs without one and says why (brokenCredential).
 	cred, err := loadCredential(cfg, o.Log.WithField("component", "apns"), time.Now(), d.clientEnv())
 	if err != nil {
-		return err
+		cred = brokenCredential(cfg, err)
 	}
 	var secret []byte
 	if cfg.PluginSecretFile != "" {
@@ -144,7 +147,7 @@ func Run(ctx context.Context, o Options) error {
 	d.importLegacyCerts(cfg)
 	if cred == nil {
 		if cred, err = d.startApple(cfg); err != nil {
-			return fail(err)
+			cred = brokenCredential(cfg, err)
 		}
 	}
 	d.cred.Store(cred)
@@ -254,6 +257,7 @@ func Run(ctx context.Context, o Options) error {
 		}()
 		log.WithField("addr", d.monitor.Addr()).Info("serving /metrics, /healthz and /readyz")
 	}
+	d.logSummary(cfg)
 	if o.Ready != nil {
 		o.Ready(d.listeners[0].Addr().String())
 	}
@@ -292,24 +296,30 @@ func (d *Daemon) bind(cfg *config.Config) error {
 				Warn("connection limit reached: closing the longest-idle connections to make room; logged at most once a minute")
 		}
 	}
-	ln, err := net.Listen("tcp", cfg.ListenAddress())
+	lns, err := listenPlugin(cfg, d.log.WithField("component", "daemon"), net.Listen)
 	if err != nil {
-		return fmt.Errorf("listen on %s (listenAddr/port): %w", cfg.ListenAddress(), err)
+		return err
 	}
-	d.listeners = append(d.listeners, ln)
+	closePlain := func() {
+		for _, ln := range lns {
+			ln.Close()
+		}
+	}
+	d.listeners = append(d.listeners, lns...)
 	if cfg.TLSEnabled() {
 		cert, err := tls.LoadX509KeyPair(cfg.TLSCertFile, cfg.TLSKeyFile)
 		if err != nil {
-			ln.Close()
+			closePlain()
 			return fmt.Errorf("load tlsCertfile %s / tlsKeyfile %s: %w", cfg.TLSCertFile, cfg.TLSKeyFile, err)
 		}
 		tln, err := net.Listen("tcp", cfg.TLSListenAddress())
 		if err != nil {
-			ln.Close()
+			closePlain()
 			return fmt.Errorf("listen on %s (tlsListenAddr/tlsPort): %w", cfg.TLSListenAddress(), err)
 		}
 		d.tlsConfig = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12,
 			NextProtos: []string{"h2", "http/1.1"}}
+		d.tlsListener = tln
 		d.listeners = append(d.listeners, tln)
 	}
 	if cfg.MetricsEnabled() {
@@ -340,7 +350,7 @@ func (d *Daemon) serve(h http.Handler) {
 			MaxHeaderBytes: 64 << 10,
 			ConnState:      d.conns.ConnState,
 		}
-		if i == 1 {
+		if ln == d.tlsListener {
 			srv.TLSConfig = d.tlsConfig
 		}
 		d.servers = append(d.servers, srv)
@@ -495,6 +505,10 @@ func (d *Daemon) reload() {
 	}
 	for _, w := range warnings {
 		log.Warn(w)
+	}
+	if keys := restartKeys(d.started, next); len(keys) > 0 {
+		log.WithField("keys", strings.Join(keys, ", ")).
+			Warn("reload: changed settings that take effect only after a restart (systemctl restart xapsd); the running values stay until then")
 	}
 	if err := logging.Configure(d.log, next.LogLevel, next.LogFormat); err != nil {
 		log.WithError(err).Error("SIGHUP: log settings not changed")

@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"io"
 	"strings"
+	"time"
 
 	"github.com/sirupsen/logrus"
 )
@@ -35,14 +36,23 @@ func Configure(l *logrus.Logger, level, format string) error {
 	}
 	switch strings.ToLower(format) {
 	case "", "text":
-		l.SetFormatter(&logrus.TextFormatter{FullTimestamp: true})
+		l.SetFormatter(utc{&logrus.TextFormatter{FullTimestamp: true, TimestampFormat: time.RFC3339}})
 	case "json":
-		l.SetFormatter(&logrus.JSONFormatter{})
+		l.SetFormatter(utc{&logrus.JSONFormatter{TimestampFormat: time.RFC3339}})
 	default:
 		return fmt.Errorf("log format %q: want text or json", format)
 	}
 	l.SetLevel(lvl)
 	return nil
+}
+
+// utc writes every time stamp in UTC, as the admin commands show times:
+// one zone everywhere, whatever the host's.
+type utc struct{ logrus.Formatter }
+
+func (u utc) Format(e *logrus.Entry) ([]byte, error) {
+	e.Time = e.Time.UTC()
+	return u.Formatter.Format(e)
 }
 
 // Mask shortens an identifier to its first and last four characters unless

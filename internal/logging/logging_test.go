@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"strings"
 	"testing"
+	"time"
 )
 
 const token = "2918390218931890821908309283098109381029309829018310983092892829"
@@ -46,5 +47,22 @@ func TestJSONFormatAndBadInput(t *testing.T) {
 	}
 	if _, err := New(&buf, "info", "xml"); err == nil || !strings.Contains(err.Error(), "xml") {
 		t.Errorf("bad format error = %v", err)
+	}
+}
+
+// Time stamps are RFC 3339 in UTC in both formats, whatever the host's
+// zone, as the admin commands show times.
+func TestTimesAreUTC(t *testing.T) {
+	zone := time.FixedZone("XST", 5*3600)
+	for _, format := range []string{"text", "json"} {
+		var buf bytes.Buffer
+		l, err := New(&buf, "info", format)
+		if err != nil {
+			t.Fatal(err)
+		}
+		l.WithTime(time.Date(2026, 3, 1, 2, 3, 4, 5, zone)).Info("hello")
+		if out := buf.String(); !strings.Contains(out, "2026-02-28T21:03:04Z") {
+			t.Errorf("%s: %q lacks the UTC time", format, out)
+		}
 	}
 }

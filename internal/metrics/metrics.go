@@ -60,7 +60,7 @@ func New(src Sources) *Metrics {
 	m := &Metrics{Registry: prometheus.NewRegistry()}
 	m.pushes = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "xapsd_apns_pushes_total",
-		Help: "Push attempts by outcome (delivered, retrying, removed, failed, expired, held), HTTP status (0 = transport error) and APNs reason.",
+		Help: "Push attempts by outcome (delivered, dry-run, retrying, removed, failed, expired, held), HTTP status (0 = transport error) and APNs reason.",
 	}, []string{"outcome", "status", "reason"})
 	m.pushDuration = prometheus.NewHistogram(prometheus.HistogramOpts{
 		Name:    "xapsd_apns_push_duration_seconds",

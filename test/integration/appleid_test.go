@@ -98,6 +98,16 @@ func TestOldInstallKeepsItsAppleCertificate(t *testing.T) {
 	if _, body := post(t, addr, "/register", registerBody("bob", "ACC-B", token(4))); body != topicA {
 		t.Errorf("after restart the topic is %q", body)
 	}
+	// The expiry date to plan for (docs/migrating.md): in the start-up line
+	// and in --check-config, the same.
+	d.waitLog("xapsd is running", 5*time.Second)
+	started := fields(logLine(t, d.log.String(), `msg="xapsd is running"`))
+	code, out, errOut := run(t, "", "--config", filepath.Join(dir, "xapsd.yaml"), "--check-config")
+	checked := fields(out)
+	if code != 0 || !strings.HasPrefix(started["expires"], `"20`) || checked["expires"] != started["expires"] ||
+		started["topic"] != topicA || checked["topic"] != topicA || !strings.Contains(started["credential"], "Apple ID certificate") {
+		t.Errorf("expiry of the imported certificate: start-up line %v, --check-config (%d) %v %s", started, code, checked, errOut)
+	}
 }
 
 // With an Apple ID but no certificate and no vendor identity, xapsd keeps

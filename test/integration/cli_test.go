@@ -3,8 +3,6 @@ package integration
 import (
 	"bytes"
 	"crypto/sha256"
-	"crypto/x509/pkix"
-	"encoding/asn1"
 	"encoding/hex"
 	"os"
 	"os/exec"
@@ -12,8 +10,6 @@ import (
 	"strings"
 	"testing"
 	"time"
-
-	"github.com/xapsd/xapsd/internal/testutil/testpki"
 )
 
 func run(t *testing.T, stdin string, args ...string) (int, string, string) {
@@ -72,42 +68,6 @@ func TestInvalidConfigFailsBeforeListening(t *testing.T) {
 	code, _, errOut := run(t, "", "--config", filepath.Join(dir, "xapsd.yaml"))
 	if code == 0 || !strings.Contains(errOut, "delay") || !strings.Contains(errOut, "port") {
 		t.Errorf("exit %d, stderr %q; want non-zero naming delay and port", code, errOut)
-	}
-}
-
-func TestBadCredentialsFailTheStart(t *testing.T) {
-	ca, err := testpki.NewCA("ca")
-	if err != nil {
-		t.Fatal(err)
-	}
-	expired, _ := ca.Issue(testpki.IssueOptions{UID: topicA, NotBefore: time.Now().Add(-48 * time.Hour), NotAfter: time.Now().Add(-24 * time.Hour)})
-	noUID, _ := ca.Issue(testpki.IssueOptions{CommonName: "no uid", NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour)})
-	other, _ := ca.Issue(testpki.IssueOptions{UID: topicA, NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour)})
-	// Apple's mark for the development (sandbox) environment only, while
-	// apnsEndpoint is production: APNs would refuse every push.
-	devOnly, _ := ca.Issue(testpki.IssueOptions{UID: topicA, NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		Extensions: []pkix.Extension{{Id: asn1.ObjectIdentifier{1, 2, 840, 113635, 100, 6, 3, 1}, Value: []byte{5, 0}}}})
-	cases := map[string][2][]byte{
-		"expired":           {expired.CertPEM(), expired.KeyPEM()},
-		"no UID":            {noUID.CertPEM(), noUID.KeyPEM()},
-		"mismatched":        {expired.CertPEM(), other.KeyPEM()},
-		"wrong environment": {devOnly.CertPEM(), devOnly.KeyPEM()},
-	}
-	for name, files := range cases {
-		dir := t.TempDir()
-		os.WriteFile(filepath.Join(dir, "push.pem"), files[0], 0o600)
-		os.WriteFile(filepath.Join(dir, "push.key"), files[1], 0o600)
-		writeConfig(t, dir, "certificateFilePem: push.pem\ncertificateFilePemKey: push.key\n")
-		code, _, errOut := run(t, "", "--config", filepath.Join(dir, "xapsd.yaml"))
-		if code == 0 || !strings.Contains(errOut, "push.") {
-			t.Errorf("%s: exit %d, stderr %q; want non-zero naming the file", name, code, errOut)
-		}
-		if name == "wrong environment" && !strings.Contains(errOut, "apnsEndpoint: development") {
-			t.Errorf("%s: stderr %q does not say what to change", name, errOut)
-		}
-		if _, err := os.Stat(filepath.Join(dir, "state")); err == nil {
-			t.Errorf("%s: state created before the credential check", name)
-		}
 	}
 }
 

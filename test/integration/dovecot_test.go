@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"syscall"
 	"testing"
@@ -62,6 +63,22 @@ type dovecotEnv struct {
 	xapsAddr string
 	cmd      *exec.Cmd
 	done     chan struct{}
+	dial     dialFunc // reaches imap and lmtp (in the network namespace, if any)
+}
+
+// dialFunc opens a connection, like net.Dial.
+type dialFunc func(network, addr string) (net.Conn, error)
+
+func dialDirect(network, addr string) (net.Conn, error) {
+	return net.DialTimeout(network, addr, 5*time.Second)
+}
+
+// dovecotOptions change what startDovecotWith runs.
+type dovecotOptions struct {
+	xapsURL string            // for the test configuration's xaps settings
+	snippet string            // a shipped 95-xaps.conf used instead of those settings
+	userdb  map[string]string // extra userdb fields per user
+	netns   *netns            // run Dovecot in this network namespace
 }
 
 // stagePlugin builds the plugin for kind's Dovecot and copies the modules
@@ -89,6 +106,17 @@ func stagePlugin(t *testing.T, kind dovecotKind, dir string) {
 }
 
 func startDovecot(t *testing.T, kind dovecotKind, xapsAddr string) *dovecotEnv {
+	t.Helper()
+	e := startDovecotWith(t, kind, dovecotOptions{xapsURL: "http://" + xapsAddr})
+	e.xapsAddr = xapsAddr
+	return e
+}
+
+// xapsSettings is the part of the test configurations (dovecot/test)
+// that a shipped snippet replaces.
+var xapsSettings = regexp.MustCompile(`(?s)# BEGIN xaps settings.*# END xaps settings\n`)
+
+func startDovecotWith(t *testing.T, kind dovecotKind, o dovecotOptions) *dovecotEnv {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Fatal("the Dovecot end-to-end tests must run as root (Dovecot switches to the mail user); CI runs them as root")
@@ -122,9 +150,9 @@ func startDovecot(t *testing.T, kind dovecotKind, xapsAddr string) *dovecotEnv {
 	}
 	var users strings.Builder
 	for _, u := range []string{"alice", "bob", "carol", "erin"} {
-		extra := ""
+		extra := o.userdb[u]
 		if u == "bob" {
-			extra = "userdb_xaps_alias=bob@alias.example"
+			extra = strings.TrimSpace("userdb_xaps_alias=bob@alias.example " + extra)
 		}
 		fmt.Fprintf(&users, "%s:{PLAIN}secret:%d:%d::%s/home/%s::%s\n", u, mailUID, mailUID, inside, u, extra)
 	}
@@ -132,7 +160,10 @@ func startDovecot(t *testing.T, kind dovecotKind, xapsAddr string) *dovecotEnv {
 	// The plugin's copy of the secret xapsd checks (newE2E).
 	os.WriteFile(filepath.Join(dir, "xaps.secret"), []byte(e2eSecret+"\n"), 0o600)
 
-	e := &dovecotEnv{t: t, kind: kind, dir: dir, xapsAddr: xapsAddr, done: make(chan struct{})}
+	e := &dovecotEnv{t: t, kind: kind, dir: dir, done: make(chan struct{}), dial: dialDirect}
+	if o.netns != nil {
+		e.dial = o.netns.dial
+	}
 	imapPort, lmtpPort := freePort(t), freePort(t)
 	e.imap, e.lmtp = fmt.Sprintf("127.0.0.1:%d", imapPort), fmt.Sprintf("127.0.0.1:%d", lmtpPort)
 	// The configurations the plugin's own checks use (dovecot/test).
@@ -141,17 +172,29 @@ func startDovecot(t *testing.T, kind dovecotKind, xapsAddr string) *dovecotEnv {
 		template = "../../dovecot/test/dovecot24.conf.in"
 	}
 	conf := strings.NewReplacer("@TMP@", inside, "@IMAP_PORT@", fmt.Sprint(imapPort),
-		"@LMTP_PORT@", fmt.Sprint(lmtpPort), "@XAPS_URL@", "http://"+xapsAddr).Replace(string(mustRead(t, template)))
+		"@LMTP_PORT@", fmt.Sprint(lmtpPort), "@XAPS_URL@", o.xapsURL).Replace(string(mustRead(t, template)))
+	if o.snippet != "" {
+		if !xapsSettings.MatchString(conf) {
+			t.Fatalf("%s has no BEGIN/END xaps settings markers", template)
+		}
+		os.WriteFile(filepath.Join(dir, "95-xaps.conf"), mustRead(t, o.snippet), 0o644)
+		conf = xapsSettings.ReplaceAllLiteralString(conf, "!include "+inside+"/95-xaps.conf\n")
+	}
 	os.WriteFile(filepath.Join(dir, "dovecot.conf"), []byte(conf), 0o644)
+	var argv []string
 	if kind.root == "" {
-		e.cmd = exec.Command("dovecot", "-F", "-c", filepath.Join(dir, "dovecot.conf"))
+		argv = []string{"dovecot", "-F", "-c", filepath.Join(dir, "dovecot.conf")}
 	} else {
 		// A private mount namespace gives the root a /proc that goes away
 		// with the test.
-		e.cmd = exec.Command("unshare", "--mount", "--propagation", "private", "sh", "-c",
+		argv = []string{"unshare", "--mount", "--propagation", "private", "sh", "-c",
 			`mount -t proc proc "$1/proc" && exec chroot "$1" dovecot -F -c "$2"`,
-			"sh", kind.root, inside+"/dovecot.conf")
+			"sh", kind.root, inside + "/dovecot.conf"}
 	}
+	if o.netns != nil {
+		argv = o.netns.argv(argv...)
+	}
+	e.cmd = exec.Command(argv[0], argv[1:]...)
 	e.cmd.Stdout, e.cmd.Stderr = os.Stderr, os.Stderr
 	if err := e.cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -178,7 +221,7 @@ func startDovecot(t *testing.T, kind dovecotKind, xapsAddr string) *dovecotEnv {
 	for _, addr := range []string{e.imap, e.lmtp} {
 		deadline := time.Now().Add(15 * time.Second)
 		for {
-			c, err := net.Dial("tcp", addr)
+			c, err := e.dial("tcp", addr)
 			if err == nil {
 				c.Close()
 				break
@@ -207,7 +250,12 @@ type imapConn struct {
 
 func imapLogin(t *testing.T, addr, user string) *imapConn {
 	t.Helper()
-	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	return imapLoginVia(t, dialDirect, addr, user)
+}
+
+func imapLoginVia(t *testing.T, dial dialFunc, addr, user string) *imapConn {
+	t.Helper()
+	c, err := dial("tcp", addr)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -259,7 +307,12 @@ func (ic *imapConn) registerLikeIOS(account, tok string, mailboxes ...string) ([
 // accepted.
 func deliver(t *testing.T, addr, rcpt string) {
 	t.Helper()
-	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	deliverVia(t, dialDirect, addr, rcpt)
+}
+
+func deliverVia(t *testing.T, dial dialFunc, addr, rcpt string) {
+	t.Helper()
+	c, err := dial("tcp", addr)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -300,15 +353,14 @@ type e2e struct {
 	dc *dovecotEnv
 }
 
-// newE2E runs the daemon on its default listen address (::1) and points
-// the plugin at http://[::1]:port: the pairing docs/configuration.md
-// offers besides listenAddr 127.0.0.1 (localhost resolves to 127.0.0.1
-// only on many hosts, so it is not used).
 // e2eSecret is shared by xapsd (pluginSecretFile) and the plugin
 // (xaps_secret / xaps_secret_file in the test configurations): every
 // request of the end-to-end tests is authenticated.
 const e2eSecret = "e2e-secret-0123456789abcdef"
 
+// newE2E runs the daemon on ::1 alone and points the plugin at
+// http://[::1]:port; TestE2EShippedSnippetAndSampleConfig covers the
+// default, both loopbacks, with the shipped files.
 func newE2E(t *testing.T, kind dovecotKind, extra string) *e2e {
 	t.Helper()
 	secret := filepath.Join(t.TempDir(), "plugin.secret")

@@ -110,18 +110,12 @@ func writeConfig(t *testing.T, dir string, extra string) string {
 	return net.JoinHostPort(strings.Trim(vals["listenAddr"], "[]'\""), fmt.Sprint(port))
 }
 
-// startDaemon runs xapsd with dir/xapsd.yaml and waits until it answers.
-func startDaemon(t *testing.T, dir, addr string, env ...string) *daemon {
+// launch starts argv (xapsd and its arguments, maybe behind nsenter) and
+// kills it when the test ends, showing its log if the test failed.
+func launch(t *testing.T, dir string, argv []string, env ...string) *daemon {
 	t.Helper()
-	return startDaemonBin(t, xapsdBin, dir, addr, env...)
-}
-
-// startDaemonBin is startDaemon with another program that runs xapsd (a
-// wrapper that sets limits, say).
-func startDaemonBin(t *testing.T, bin, dir, addr string, env ...string) *daemon {
-	t.Helper()
-	d := &daemon{t: t, dir: dir, addr: addr, log: &syncBuffer{}, done: make(chan struct{})}
-	d.cmd = exec.Command(bin, "--config", filepath.Join(dir, "xapsd.yaml"))
+	d := &daemon{t: t, dir: dir, log: &syncBuffer{}, done: make(chan struct{})}
+	d.cmd = exec.Command(argv[0], argv[1:]...)
 	d.cmd.Stdout, d.cmd.Stderr = d.log, d.log
 	d.cmd.Env = append(os.Environ(), env...)
 	if err := d.cmd.Start(); err != nil {
@@ -134,6 +128,21 @@ func startDaemonBin(t *testing.T, bin, dir, addr string, env ...string) *daemon 
 			t.Logf("xapsd log:\n%s", d.log.String())
 		}
 	})
+	return d
+}
+
+// startDaemon runs xapsd with dir/xapsd.yaml and waits until it answers.
+func startDaemon(t *testing.T, dir, addr string, env ...string) *daemon {
+	t.Helper()
+	return startDaemonBin(t, xapsdBin, dir, addr, env...)
+}
+
+// startDaemonBin is startDaemon with another program that runs xapsd (a
+// wrapper that sets limits, say).
+func startDaemonBin(t *testing.T, bin, dir, addr string, env ...string) *daemon {
+	t.Helper()
+	d := launch(t, dir, []string{bin, "--config", filepath.Join(dir, "xapsd.yaml")}, env...)
+	d.addr = addr
 	deadline := time.Now().Add(20 * time.Second)
 	for time.Now().Before(deadline) {
 		select {
@@ -189,6 +198,18 @@ func (d *daemon) waitLog(substr string, timeout time.Duration) bool {
 }
 
 var client = &http.Client{Timeout: 10 * time.Second}
+
+// get fetches url and returns the status and body.
+func get(t *testing.T, url string) (int, string) {
+	t.Helper()
+	resp, err := client.Get(url)
+	if err != nil {
+		t.Fatalf("GET %s: %v", url, err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
 
 func post(t *testing.T, addr, path, body string) (int, string) {
 	t.Helper()

@@ -3,7 +3,6 @@ package integration
 import (
 	"bytes"
 	"fmt"
-	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -14,16 +13,6 @@ import (
 	"github.com/xapsd/xapsd/internal/registry"
 )
 
-func get(t *testing.T, url string) (int, string) {
-	t.Helper()
-	resp, err := client.Get(url)
-	if err != nil {
-		t.Fatalf("GET %s: %v", url, err)
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	return resp.StatusCode, string(b)
-}
 
 // A damaged snapshot does not stop xapsd (under Restart=on-failure, a
 // restart loop without push for anyone): it starts with what could be

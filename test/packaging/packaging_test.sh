@@ -184,6 +184,24 @@ check_installed_binary() {
 	# The installed sample is a valid configuration as it is.
 	"$d1/usr/bin/xapsd" --check-config --config "$d1/etc/xapsd/xapsd.yaml" >"$tmp/check.out"
 	grep -q '^databaseFile: /var/lib/xapsd/database.json' "$tmp/check.out" || { cat "$tmp/check.out"; die "unexpected effective configuration"; }
+	# The unit's ExecReload check runs at every reload: it may write
+	# problems into the journal, never the whole configuration.
+	local reload
+	reload=$(sed -n 's|^ExecReload=\(/usr/bin/xapsd .*--check-config.*\)$|\1|p' "$d1/usr/lib/systemd/system/xapsd.service")
+	[ -n "$reload" ] || die "the unit has no ExecReload with --check-config"
+	reload=${reload//\/usr\/bin\/xapsd/$d1/usr/bin/xapsd}
+	reload=${reload//\/etc\/xapsd\/xapsd.yaml/$d1/etc/xapsd/xapsd.yaml}
+	# shellcheck disable=SC2086 # the unit's words, split as systemd does
+	$reload >"$tmp/reload.out" || die "ExecReload's check failed on the sample: $reload"
+	[ ! -s "$tmp/reload.out" ] || { cat "$tmp/reload.out"; die "ExecReload's check prints the configuration into the journal"; }
+}
+
+check_make_run() {
+	local cmd
+	cmd=$(make -s -n -C "$src" run CONFIG=/srv/try/xapsd.yaml ARGS="--check-config --quiet" | tail -n 1)
+	[ "$cmd" = "bin/xapsd --config /srv/try/xapsd.yaml --check-config --quiet" ] || die "make run CONFIG= ARGS= runs '$cmd'"
+	cmd=$(make -s -n -C "$src" run | tail -n 1 | sed 's/ *$//')
+	[ "$cmd" = "bin/xapsd --config configs/dev/xapsd.yaml" ] || die "make run runs '$cmd'"
 }
 
 check_build_prefix_local() {
@@ -447,7 +465,8 @@ check_dms_flow() {
 	read -r port mport < <(free_ports 2)
 	mkdir -p "$cfgdir"
 	cat >"$cfgdir/xapsd.yaml" <<EOF
-# As in docs/docker-mailserver.md, with test ports and dry-run.
+# As in docs/docker-mailserver.md, with test ports (free on 127.0.0.1, so
+# only there) and dry-run.
 listenAddr: 127.0.0.1
 port: $port
 databaseFile: $state/database.json
@@ -498,7 +517,7 @@ EOF
 	"$bin" --config "$cfgdir/xapsd.yaml" devices list nobody >"$tmp/list.out" 2>&1 || { cat "$tmp/list.out"; die "devices list failed"; }
 	grep -q "^nobody  *$account  *$token  .*INBOX, Notes" "$tmp/list.out" || { cat "$tmp/list.out"; die "device not listed"; }
 	"$bin" --config "$cfgdir/xapsd.yaml" test-push nobody >"$tmp/push.out" 2>&1 || { cat "$tmp/push.out"; die "test-push failed"; }
-	grep -q "^$account  *$token  *delivered  *200 " "$tmp/push.out" || { cat "$tmp/push.out"; die "test-push did not deliver"; }
+	grep -q "^$account  *$token  *dry-run  *200 " "$tmp/push.out" || { cat "$tmp/push.out"; die "test-push did not push (dry-run)"; }
 	if "$bin" --config "$cfgdir/xapsd.yaml" devices list someone-else >"$tmp/none.out" 2>&1; then
 		grep -q 'auth_username_format, user_lookup' "$tmp/none.out" || { cat "$tmp/none.out"; die "no hint for an unknown user"; }
 	else
@@ -513,7 +532,7 @@ EOF
 	done
 	[ "$(grep -c 'dry-run: would push' "$log")" -ge 2 ] || { cat "$log"; die "no push for the new mail"; }
 	grep -q 'msg=registered ' "$log" || die "no 'registered' line at debug"
-	grep -q 'msg=push .*outcome=delivered' "$log" || die "no 'push outcome=delivered' line"
+	grep -q 'msg=push .*outcome=dry-run' "$log" || die "no 'push outcome=dry-run' line"
 
 	http GET "http://127.0.0.1:$mport/readyz" | grep -qx '200 ok' || die "/readyz not ok"
 	# Every xapsd_ metric the alert rules use is served.
@@ -720,6 +739,7 @@ export here
 run "scripts: header, strict mode, bash -n, shellcheck" check_scripts_lint
 run "build.sh --destdir --systemd: files and modes" check_build_destdir
 run "installed xapsd: version from ldflags, static, sample config loads" check_installed_binary
+run "make run takes CONFIG= and ARGS=" check_make_run
 run "build.sh PREFIX=/usr/local --no-plugin: layout and ExecStart" check_build_prefix_local
 run "build.sh keeps edited configuration files (.new beside)" check_config_kept
 run "systemd-analyze verify on the installed unit" check_systemd_verify

@@ -1,0 +1,195 @@
+package cli
+
+import (
+	"fmt"
+	"io"
+	"strings"
+
+	"github.com/spf13/pflag"
+
+	"github.com/xapsd/xapsd/internal/config"
+	"github.com/xapsd/xapsd/internal/suggest"
+)
+
+// command is one of the admin commands that talk to the running daemon.
+type command struct {
+	name    string // "devices list"
+	args    string // "[USER]"
+	min     int    // arguments after the name
+	max     int
+	json    bool   // takes --json
+	summary string // one line for the command list
+	help    string // the rest of `xapsd help NAME`
+	exits   string
+	run     func(env Env, c adminClient, o *options, args []string) int
+}
+
+func (c *command) usage() string {
+	u := "xapsd [--config FILE] " + c.name
+	if c.json {
+		u += " [--json]"
+	}
+	if c.args != "" {
+		u += " " + c.args
+	}
+	return u
+}
+
+const exitCodes = `Exit codes:
+  0  done (the daemon: stopped cleanly)
+  1  failed: the configuration or a credential is not valid, the daemon cannot
+     be reached, nothing matched, or a test push was not delivered
+  2  wrong usage: an unknown option or command, or wrong arguments
+`
+
+// printUsage writes the main help.
+func printUsage(w io.Writer, fs *pflag.FlagSet) {
+	fmt.Fprintf(w, `Usage:
+  xapsd [OPTIONS]                   run the daemon
+  xapsd [OPTIONS] --check-config    check the configuration and credential, then exit
+  xapsd [OPTIONS] COMMAND [ARGS]    talk to the running daemon
+  xapsd help [COMMAND]              this help, or the help of a command
+
+Push e-mail for iOS Mail on Dovecot servers. Without --config, xapsd reads
+%s/%s.yaml (the old xapsd's -configPath and -configName work too).
+
+Commands:
+`, config.DefaultDir, config.DefaultName)
+	for _, c := range commands() {
+		line := c.name
+		if c.args != "" {
+			line += " " + c.args
+		}
+		fmt.Fprintf(w, "  %-40s %s\n", line, c.summary)
+	}
+	fmt.Fprintf(w, "\nOptions:\n%s\n%s", optionUsages(fs, nil), exitCodes)
+}
+
+// printCommandHelp writes the help of one command.
+func printCommandHelp(w io.Writer, fs *pflag.FlagSet, c *command) {
+	fmt.Fprintf(w, "Usage: %s\n\n%s\n\nOptions:\n%s\nExit codes:\n%s", c.usage(), strings.TrimSpace(c.help),
+		optionUsages(fs, func(name string) bool { return name == "config" || name == "help" || (name == "json" && c.json) }), c.exits)
+}
+
+// optionArg names the value an option takes in the help.
+var optionArg = map[string]string{"config": "FILE", "configPath": "DIR", "configName": "NAME"}
+
+// optionUsages lists the options (those keep accepts, or all) in the
+// style of the GNU tools: a boolean shows no value, an option with a
+// value names it.
+func optionUsages(fs *pflag.FlagSet, keep func(string) bool) string {
+	var b strings.Builder
+	fs.VisitAll(func(f *pflag.Flag) {
+		if keep != nil && !keep(f.Name) {
+			return
+		}
+		left := "    --" + f.Name
+		if f.Shorthand != "" {
+			left = "-" + f.Shorthand + ", --" + f.Name
+		}
+		if a, ok := optionArg[f.Name]; ok {
+			left += " " + a
+		}
+		fmt.Fprintf(&b, "  %-24s %s\n", left, f.Usage)
+	})
+	return b.String()
+}
+
+// findCommand picks the command the words name, and the arguments after
+// its name. No words: run the daemon (nil, nil, nil).
+func findCommand(words []string) (*command, []string, error) {
+	if len(words) == 0 {
+		return nil, nil, nil
+	}
+	all := commands()
+	var names []string
+	for i := range all {
+		c := &all[i]
+		n := strings.Fields(c.name)
+		if len(words) >= len(n) && strings.Join(words[:len(n)], " ") == c.name {
+			return c, words[len(n):], nil
+		}
+		names = append(names, c.name)
+	}
+	if words[0] == "devices" {
+		if len(words) == 1 {
+			return nil, nil, usageError("devices needs a subcommand: devices list or devices remove (see xapsd help devices)")
+		}
+		return nil, nil, usageError(fmt.Sprintf("unknown command %q%s (see xapsd help devices)", "devices "+words[1], meant("devices "+words[1], names)))
+	}
+	var firsts []string
+	for _, n := range names {
+		firsts = append(firsts, strings.Fields(n)[0])
+	}
+	return nil, nil, usageError(fmt.Sprintf("unknown command %q%s (see xapsd help)", words[0], meant(words[0], append(firsts, "help"))))
+}
+
+func meant(word string, choices []string) string {
+	if s := suggest.Closest(word, choices); s != "" {
+		return "; did you mean " + s + "?"
+	}
+	return ""
+}
+
+// usageError is wrong usage: exit code 2.
+type usageError string
+
+func (e usageError) Error() string { return string(e) }
+
+// help answers `xapsd help [COMMAND]` and --help: the help on stdout,
+// exit 0; an unknown command on stderr, exit 2.
+func help(env Env, fs *pflag.FlagSet, words []string) int {
+	if len(words) == 0 {
+		printUsage(env.Stdout, fs)
+		return 0
+	}
+	if len(words) == 1 && words[0] == "devices" {
+		for _, c := range commands() {
+			if strings.HasPrefix(c.name, "devices ") {
+				printCommandHelp(env.Stdout, fs, &c)
+				fmt.Fprintln(env.Stdout)
+			}
+		}
+		return 0
+	}
+	if len(words) == 1 && words[0] == "help" {
+		printUsage(env.Stdout, fs)
+		return 0
+	}
+	c, _, err := findCommand(words)
+	if err != nil {
+		fmt.Fprintf(env.Stderr, "xapsd: %v\n", err)
+		return 2
+	}
+	printCommandHelp(env.Stdout, fs, c)
+	return 0
+}
+
+// singleDashLong catches a long option written with one dash (-config):
+// pflag would read it as the one-letter options c, o, n, f, … and say
+// "unknown shorthand flag: 'c'". The old daemon's -pass, -configPath and
+// -configName are rewritten before (normalizeArgs) and never get here.
+func singleDashLong(fs *pflag.FlagSet, args []string) error {
+	var names []string
+	fs.VisitAll(func(f *pflag.Flag) { names = append(names, f.Name) })
+	for i := 0; i < len(args); i++ {
+		a := args[i]
+		if a == "--" {
+			return nil
+		}
+		if strings.HasPrefix(a, "--") {
+			if f := fs.Lookup(strings.TrimPrefix(a, "--")); f != nil && f.Value.Type() != "bool" {
+				i++ // its value may start with a dash
+			}
+			continue
+		}
+		if len(a) < 3 || a[0] != '-' {
+			continue
+		}
+		name, _, _ := strings.Cut(a[1:], "=")
+		if s := suggest.Closest(name, names); s != "" {
+			return usageError(fmt.Sprintf("unknown option %s: long options take two dashes; did you mean --%s?", a, s))
+		}
+	}
+	return nil
+}

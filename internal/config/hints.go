@@ -1,0 +1,162 @@
+package config
+
+import (
+	"errors"
+	"fmt"
+	"regexp"
+	"strconv"
+	"strings"
+
+	"gopkg.in/yaml.v3"
+
+	"github.com/xapsd/xapsd/internal/suggest"
+)
+
+// The messages in this file turn what the YAML parser and the checks find into what an
+// admin can act on: the line where the problem is, and the likely fix where one is known.
+
+// joinList turns a YAML list of hosts (listenAddr: [127.0.0.1, "::1"]) into the
+// comma-separated form the key holds.
+func joinList(n *yaml.Node) (string, error) {
+	var items []string
+	for _, it := range n.Content {
+		it = deref(it)
+		if it == nil || it.Kind != yaml.ScalarNode || isNull(it) || strings.TrimSpace(it.Value) == "" {
+			return "", errors.New(`every item of the list must be one address; "" alone (not in a list) means every interface`)
+		}
+		items = append(items, it.Value)
+	}
+	if len(items) == 0 {
+		return "", errors.New(`an empty list; "" means every interface`)
+	}
+	return strings.Join(items, ", "), nil
+}
+
+// unknownKey is the warning for a key xapsd does not know, with the key it most likely
+// means.
+func unknownKey(name string, line int) string {
+	var names []string
+	for _, k := range keys() {
+		names = append(names, k.name)
+	}
+	msg := fmt.Sprintf("line %d: unknown key %q ignored", line, name)
+	if s := suggest.Closest(name, names); s != "" {
+		msg += fmt.Sprintf("; did you mean %s?", s)
+	}
+	return msg
+}
+
+// didYouMean is "; did you mean X?" when value is close to one of choices, else "".
+func didYouMean(value string, choices ...string) string {
+	if s := suggest.Closest(value, choices); s != "" && !strings.EqualFold(s, value) {
+		return "; did you mean " + s + "?"
+	}
+	return ""
+}
+
+var yamlLine = regexp.MustCompile(`^line ([0-9]+): `)
+
+// maxSearchLines bounds the search for the line of a syntax error: it parses every
+// prefix of the file, which is cheap for a configuration file and pointless for a
+// large file that is not one.
+const maxSearchLines = 500
+
+// syntaxProblem reports a YAML syntax error with the line it is on and a hint where the
+// cause is a common one. The parser's own line numbers cannot be trusted: for errors
+// found by the parser (rather than the scanner) it counts from 0 and leaves the number
+// out on the first line. The line is found instead as the shortest prefix of the file
+// that fails in the same way.
+func syntaxProblem(data []byte, err error) error {
+	msg := strings.TrimPrefix(err.Error(), "yaml: ")
+	line := 0
+	if m := yamlLine.FindStringSubmatch(msg); m != nil {
+		msg = msg[len(m[0]):]
+		line, _ = strconv.Atoi(m[1])
+	}
+	lines := strings.Split(string(data), "\n")
+	if len(lines) <= maxSearchLines {
+		for k := 1; k <= len(lines); k++ {
+			var n yaml.Node
+			perr := yaml.Unmarshal([]byte(strings.Join(lines[:k], "\n")+"\n"), &n)
+			if perr == nil {
+				continue
+			}
+			pmsg := yamlLine.ReplaceAllString(strings.TrimPrefix(perr.Error(), "yaml: "), "")
+			if pmsg == msg {
+				line = k
+				break
+			}
+		}
+	}
+	where := "YAML syntax error"
+	if line > 0 {
+		where = fmt.Sprintf("line %d: YAML syntax error", line)
+	}
+	if h := syntaxHint(lines, line, msg); h != "" {
+		return fmt.Errorf("%s: %s; %s", where, msg, h)
+	}
+	return fmt.Errorf("%s: %s", where, msg)
+}
+
+var (
+	// An IPv6 address in brackets without quotes: YAML reads [ as the start of a list.
+	unquotedBracket = regexp.MustCompile(`^\s*[A-Za-z0-9]+:\s*\[[^\]'"]*:[^\]'"]*\]`)
+	keyValue        = regexp.MustCompile(`^\s*([A-Za-z0-9]+):\s*(.*)$`)
+)
+
+// syntaxHint names the likely fix for the syntax error on line (1-based; 0 = unknown).
+func syntaxHint(lines []string, line int, msg string) string {
+	at := func(i int) string {
+		if i >= 1 && i <= len(lines) {
+			return lines[i-1]
+		}
+		return ""
+	}
+	// The bracket problem shows on its own line or, for the parser, on the next one.
+	for _, i := range []int{line, line - 1} {
+		if l := at(i); unquotedBracket.MatchString(l) {
+			m := keyValue.FindStringSubmatch(l)
+			v := strings.Trim(strings.TrimSpace(m[2]), "[]")
+			return fmt.Sprintf(`put an IPv6 address in quotes: %s: "%s" (unquoted, [ starts a YAML list)`, m[1], v)
+		}
+	}
+	for _, i := range []int{line, line - 1} {
+		if unclosed(at(i)) {
+			return fmt.Sprintf("a quote or bracket opened on line %d is not closed", i)
+		}
+	}
+	l := at(line)
+	switch {
+	case strings.HasPrefix(strings.TrimLeft(l, " "), "\t") || (strings.Contains(msg, "cannot start any token") && strings.Contains(l, "\t")):
+		return "indent with spaces: YAML does not allow tabs there"
+	case strings.Contains(msg, "mapping values are not allowed"):
+		return `a value that contains ": " must be in quotes`
+	case strings.Contains(msg, "cannot start any token"):
+		return "a value that starts with @, ` or % must be in quotes"
+	}
+	return ""
+}
+
+// unclosed reports whether a line opens a quote or a flow list or mapping that it does
+// not close, ignoring a comment.
+func unclosed(l string) bool {
+	depth := 0
+	var quote rune
+	for i, r := range l {
+		switch {
+		case quote != 0:
+			if r == quote {
+				quote = 0
+			}
+		case r == '\'' || r == '"':
+			quote = r
+		case r == '#' && (i == 0 || l[i-1] == ' '):
+			return depth > 0
+		case r == '[' || r == '{':
+			depth++
+		case r == ']' || r == '}':
+			depth--
+		}
+	}
+	return quote != 0 || depth > 0
+}

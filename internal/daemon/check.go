@@ -1,0 +1,103 @@
+package daemon
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"os/user"
+	"path/filepath"
+	"strconv"
+	"syscall"
+
+	"github.com/xapsd/xapsd/internal/config"
+)
+
+// Check is --check-config's work beyond the file itself: it loads the
+// credential as a start would and checks that the user running it can
+// write the state folder. It returns the summary a start would log, notes
+// for what would only keep devices from registering, and an error for
+// what would stop the start.
+func Check(c *config.Config) (Summary, []string, error) {
+	notes, cred, err := checkCredential(c)
+	if err != nil {
+		return Summary{}, nil, err
+	}
+	if err := CheckStateDir(c); err != nil {
+		return Summary{}, notes, err
+	}
+	listen := c.ListenAddresses()
+	if c.TLSEnabled() {
+		listen = append(listen, "tls:"+c.TLSListenAddress())
+	}
+	s := summarize(c, cred, listen)
+	if s.DryRun {
+		notes = append(notes, "apnsEndpoint is dry-run: pushes are logged, never sent to Apple")
+	}
+	return s, notes, nil
+}
+
+// Access modes of access(2).
+const (
+	accessW = 0x2
+	accessX = 0x1
+)
+
+// CheckStateDir checks that the user running it can create and replace
+// files in databaseFile's folder and write the ones xapsd keeps there. A
+// folder that does not exist yet is created at start, so its nearest
+// existing parent must be writable instead.
+func CheckStateDir(c *config.Config) error {
+	dir := filepath.Dir(c.DatabaseFile)
+	existing := dir
+	for {
+		st, err := os.Stat(existing)
+		if err == nil {
+			if !st.IsDir() {
+				return fmt.Errorf("state folder %s (the folder of databaseFile): %s is not a folder", dir, existing)
+			}
+			break
+		}
+		if !errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("state folder %s (the folder of databaseFile): %w", dir, err)
+		}
+		parent := filepath.Dir(existing)
+		if parent == existing {
+			break
+		}
+		existing = parent
+	}
+	if err := syscall.Access(existing, accessW|accessX); err != nil {
+		what := "state folder " + dir
+		if existing != dir {
+			what = fmt.Sprintf("state folder %s does not exist and %s, where it would be made,", dir, existing)
+		}
+		return fmt.Errorf("%s (the folder of databaseFile) is not writable by %s: %w", what, whoAmI(), err)
+	}
+	if existing != dir {
+		return nil
+	}
+	// The files a start opens for writing: an old one left by another
+	// user (root, say) stops the start with "permission denied".
+	files := []string{c.DatabaseFile, c.DatabaseFile + ".lock", pendingFile(c.DatabaseFile)}
+	segments, _ := filepath.Glob(c.DatabaseFile + ".journal.*")
+	files = append(files, segments...)
+	for _, f := range files {
+		if _, err := os.Lstat(f); err != nil {
+			continue
+		}
+		if err := syscall.Access(f, accessW); err != nil {
+			return fmt.Errorf("%s in the state folder is not writable by %s: %w (give the folder and its files to the user xapsd runs as)", f, whoAmI(), err)
+		}
+	}
+	return nil
+}
+
+// whoAmI names the user running the check, as access(2) checks for it.
+func whoAmI() string {
+	uid := os.Getuid()
+	if u, err := user.LookupId(strconv.Itoa(uid)); err == nil {
+		return fmt.Sprintf("user %s (uid %d)", u.Username, uid)
+	}
+	return fmt.Sprintf("uid %d", uid)
+}
