@@ -70,6 +70,10 @@ type Options struct {
 	Hostname       string         // in each request's Description; default os.Hostname()
 	Log            logrus.FieldLogger
 	Now            func() time.Time // default time.Now
+	// Exclusive, when set, runs each request to Apple so that several
+	// daemons sharing a registry never ask at the same time: ran false
+	// means another one is asking, and this one looks again later.
+	Exclusive func(ctx context.Context, work func() error) (ran bool, err error)
 }
 
 // Manager keeps the Apple ID push certificate. Its methods are safe for
@@ -278,7 +282,17 @@ func (m *Manager) Run(ctx context.Context, onChange func(*creds.Credential)) {
 			continue
 		}
 
-		err = m.request(ctx, p.kind, mail)
+		if m.o.Exclusive != nil {
+			var ran bool
+			ran, err = m.o.Exclusive(ctx, func() error { return m.request(ctx, p.kind, mail) })
+			if err == nil && !ran {
+				m.log.Info("another xapsd sharing the registry is asking Apple's certificate service; looking again later")
+				sleep(ctx, recheck)
+				continue
+			}
+		} else {
+			err = m.request(ctx, p.kind, mail)
+		}
 		m.mu.Lock()
 		m.lastErr = err
 		m.notBefore = m.now().Add(minGap)

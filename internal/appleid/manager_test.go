@@ -868,3 +868,42 @@ func TestNewWritesNothing(t *testing.T) {
 		t.Errorf("Stored = %v", err)
 	}
 }
+
+// With several daemons on one registry, a request to Apple runs only when
+// Exclusive lets it: another daemon asking now means no request here.
+func TestRequestsWaitForExclusive(t *testing.T) {
+	e := newEnv(t, stubNormal)
+	o := e.options()
+	asked := make(chan struct{}, 1)
+	o.Exclusive = func(context.Context, func() error) (bool, error) {
+		select {
+		case asked <- struct{}{}:
+		default:
+		}
+		return false, nil // another daemon is asking Apple
+	}
+	m, err := New(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); m.Run(ctx, nil) }()
+	select {
+	case <-asked:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the manager never wanted to ask Apple")
+	}
+	cancel()
+	<-done
+	if n := len(e.stub.seen()); n != 0 {
+		t.Errorf("%d requests reached Apple while another daemon held the turn", n)
+	}
+	// Given the turn, it asks.
+	o.Exclusive = func(_ context.Context, work func() error) (bool, error) { return true, work() }
+	m, _ = New(o)
+	m.newKey = func() (*rsa.PrivateKey, error) { return e.fx.keys[int(e.keyNo.Add(1))%len(e.fx.keys)], nil }
+	if got, _ := runUntilIdle(t, e, m); len(got) != 1 || len(e.stub.seen()) != 1 {
+		t.Errorf("with the turn: %d credentials, %d requests", len(got), len(e.stub.seen()))
+	}
+}

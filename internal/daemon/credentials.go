@@ -167,7 +167,10 @@ func appleKey(c *config.Config) string {
 	return fmt.Sprintf("%q %q %q %q %q", c.AppleID, c.AppleIDHashedPassword, c.AppleIDVendorCertificate, c.AppleIDVendorKey, c.DatabaseFile)
 }
 
-func newAppleManager(c *config.Config, log logrus.FieldLogger) (*appleid.Manager, error) {
+// newAppleManager builds the Apple ID manager; exclusive (nil for a check)
+// keeps daemons that share a registry from asking Apple at the same time.
+func newAppleManager(c *config.Config, log logrus.FieldLogger,
+	exclusive func(context.Context, func() error) (bool, error)) (*appleid.Manager, error) {
 	return appleid.New(appleid.Options{
 		AppleID:        c.AppleID,
 		PasswordHash:   c.AppleIDHashedPassword,
@@ -175,6 +178,7 @@ func newAppleManager(c *config.Config, log logrus.FieldLogger) (*appleid.Manager
 		VendorKeyFile:  c.AppleIDVendorKey,
 		Dir:            appleid.StateDir(c.DatabaseFile),
 		Log:            log,
+		Exclusive:      exclusive,
 	})
 }
 
@@ -182,7 +186,9 @@ func newAppleManager(c *config.Config, log logrus.FieldLogger) (*appleid.Manager
 // until it obtains a (new) certificate.
 func (d *Daemon) startApple(c *config.Config) (*credential, error) {
 	log := d.log.WithField("component", "appleid")
-	m, err := newAppleManager(c, log)
+	m, err := newAppleManager(c, log, func(ctx context.Context, work func() error) (bool, error) {
+		return d.reg.Exclusive(ctx, "apple-id-certificate", work)
+	})
 	if err != nil {
 		return nil, err
 	}
@@ -286,7 +292,7 @@ func checkCredential(c *config.Config) (notes []string, cred *credential, err er
 	}
 	log := quietLogger().WithField("component", "check")
 	if appleIDMode(c) {
-		m, err := newAppleManager(c, log)
+		m, err := newAppleManager(c, log, nil)
 		if err != nil {
 			return nil, nil, err
 		}

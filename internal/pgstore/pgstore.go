@@ -425,3 +425,34 @@ func (s *Store) Expire(ctx context.Context, cutoff time.Time) (users []string, r
 	}
 	return users, removed, true, nil
 }
+
+// Exclusive runs work while holding the named lock, which no other daemon
+// sharing the database holds at the same time; ran is false (and work not
+// run) when another daemon holds it now.
+func (s *Store) Exclusive(ctx context.Context, name string, work func() error) (ran bool, err error) {
+	conn, err := s.pool.Acquire(ctx)
+	if err != nil {
+		return false, fmt.Errorf("lock %s: %w", name, err)
+	}
+	defer conn.Release()
+	key := lockNamed(name)
+	if err := conn.QueryRow(ctx, `SELECT pg_try_advisory_lock($1)`, key).Scan(&ran); err != nil {
+		return false, fmt.Errorf("lock %s: %w", name, err)
+	}
+	if !ran {
+		return false, nil
+	}
+	defer conn.Exec(context.Background(), `SELECT pg_advisory_unlock($1)`, key)
+	return true, work()
+}
+
+// lockNamed turns a lock's name into an advisory lock key beside the
+// fixed ones (FNV-1a, in the "xaps" range).
+func lockNamed(name string) int64 {
+	h := uint32(2166136261)
+	for i := 0; i < len(name); i++ {
+		h ^= uint32(name[i])
+		h *= 16777619
+	}
+	return 0x78617073_00000000 | int64(h&0x7fffffff) | 0x100
+}

@@ -275,3 +275,28 @@ func TestOnlyOneDaemonSweepsAtATime(t *testing.T) {
 		t.Fatalf("sweep: users %v removed %d ran %v err %v", users, n, ran, err)
 	}
 }
+
+func TestExclusiveRunsOnOneDaemonAtATime(t *testing.T) {
+	c := cluster(t)
+	a, b := open(t, c, "a"), open(t, c, "b")
+	ctx := context.Background()
+	inside := make(chan struct{})
+	release := make(chan struct{})
+	done := make(chan bool)
+	go func() {
+		ran, err := a.Exclusive(ctx, "apple-id", func() error { close(inside); <-release; return nil })
+		done <- ran && err == nil
+	}()
+	<-inside
+	ran, err := b.Exclusive(ctx, "apple-id", func() error { t.Error("b ran while a held the lock"); return nil })
+	if ran || err != nil {
+		t.Errorf("b: ran=%v err=%v while a holds the lock", ran, err)
+	}
+	close(release)
+	if !<-done {
+		t.Fatal("a did not run")
+	}
+	if ran, err := b.Exclusive(ctx, "apple-id", func() error { return nil }); !ran || err != nil {
+		t.Errorf("b after a: ran=%v err=%v", ran, err)
+	}
+}

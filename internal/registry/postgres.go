@@ -361,3 +361,13 @@ func (p *pgPersister) close() error {
 	p.wg.Wait()
 	return nil
 }
+
+// exclusive runs work while no other daemon on the database runs work of
+// the same name.
+func (p *pgPersister) exclusive(ctx context.Context, name string, work func() error) (bool, error) {
+	st := p.st.Load()
+	if st == nil {
+		return false, fmt.Errorf("%w: not connected", ErrUnavailable)
+	}
+	return st.Exclusive(ctx, name, work)
+}

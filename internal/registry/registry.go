@@ -633,6 +633,17 @@ func (r *Registry) Health() Health {
 	return h
 }
 
+// Exclusive runs work that must happen on one daemon at a time when
+// several share a database (Apple ID certificate renewal): ran is false,
+// and work was not run, while another daemon runs it. With the files the
+// registry is this daemon's alone, and work simply runs.
+func (r *Registry) Exclusive(ctx context.Context, name string, work func() error) (ran bool, err error) {
+	if p, ok := r.store.(*pgPersister); ok {
+		return p.exclusive(ctx, name, work)
+	}
+	return true, work()
+}
+
 // LegacyAppleCerts returns the "AppleCerts" object of an old xapsd
 // database.json loaded at start, or nil. The migration keeps it only in
 // the backup, so the caller imports it at this start.
