@@ -2,8 +2,8 @@ package cli
 
 import (
 	"bytes"
-	"io"
 	"encoding/json"
+	"io"
 	"os"
 	"path/filepath"
 	"slices"

@@ -13,7 +13,6 @@ import (
 	"github.com/xapsd/xapsd/internal/registry"
 )
 
-
 // A damaged snapshot does not stop xapsd (under Restart=on-failure, a
 // restart loop without push for anyone): it starts with what could be
 // read, and /readyz and the metrics say what happened.
