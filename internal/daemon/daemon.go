@@ -135,10 +135,8 @@ func Run(ctx context.Context, o Options) error {
 		MaxRegistrations: cfg.MaxRegistrations,
 		Log:              o.Log.WithField("component", "registry"),
 	}
-	registryAt := cfg.DatabaseFile
 	if cfg.DatabaseURL != "" {
 		regOpts.Postgres = &registry.PostgresOptions{URL: cfg.DatabaseURL, PasswordFile: cfg.DatabasePasswordFile}
-		registryAt = "PostgreSQL " + databaseHost(cfg.DatabaseURL)
 	}
 	d.reg, err = registry.Open(regOpts)
 	if err != nil {
@@ -159,7 +157,7 @@ func Run(ctx context.Context, o Options) error {
 	// whenever the scavenger gets to it.
 	debug.FreeOSMemory()
 	users, regs := d.reg.Stats()
-	log.WithFields(logrus.Fields{"registry": registryAt, "users": users, "registrations": regs,
+	log.WithFields(logrus.Fields{"registry": registryName(cfg), "users": users, "registrations": regs,
 		"ms": time.Since(start).Milliseconds()}).Info("registry loaded")
 
 	d.sender = apns.New(cred.client, apns.Options{

@@ -22,7 +22,7 @@ type Summary struct {
 	Expires    string   // RFC 3339, UTC
 	APNs       string   // where pushes go
 	Listen     []string // the plugin's listeners (and the TLS one)
-	Registry   string   // databaseFile
+	Registry   string   // databaseFile, or the PostgreSQL server and database
 	DryRun     bool
 }
 
@@ -30,7 +30,7 @@ type Summary struct {
 // addresses it listens on (or would).
 func summarize(cfg *config.Config, cred *credential, listen []string) Summary {
 	s := Summary{Credential: credentialKind(cfg), Topic: "-", Expires: "-", Listen: listen,
-		Registry: cfg.DatabaseFile, DryRun: cfg.DryRun()}
+		Registry: registryName(cfg), DryRun: cfg.DryRun()}
 	if cred != nil {
 		if cred.client != nil && cred.client.Topic != "" {
 			s.Topic = cred.client.Topic
@@ -142,4 +142,13 @@ func (d *Daemon) logSummary(cfg *config.Config) {
 		return
 	}
 	l.Info(s.Message())
+}
+
+// registryName is where the registrations live, for log lines: the file,
+// or "PostgreSQL host:port/database" (never the password).
+func registryName(cfg *config.Config) string {
+	if cfg.DatabaseURL != "" {
+		return "PostgreSQL " + databaseHost(cfg.DatabaseURL)
+	}
+	return cfg.DatabaseFile
 }

@@ -19,6 +19,8 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"path"
+	"regexp"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -258,7 +260,7 @@ func (h *handler) register(w http.ResponseWriter, r *http.Request) {
 	topic, err := h.Topic()
 	if err != nil {
 		h.Log.WithError(err).Warn("refusing a registration: no usable push credential")
-		fail(w, http.StatusServiceUnavailable, "no usable push credential on the server")
+		fail(w, http.StatusServiceUnavailable, "no usable push credential on the server: "+withoutPaths(err.Error()))
 		return
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), registerDeadline)
@@ -453,4 +455,22 @@ type statusWriter struct {
 func (s *statusWriter) WriteHeader(code int) {
 	s.status = code
 	s.ResponseWriter.WriteHeader(code)
+}
+
+// serverPath is an absolute path in an error message: a slash at the
+// start or after a space, quote or bracket (not the "//" of a URL).
+var serverPath = regexp.MustCompile(`(^|[\s"'(=])/[^\s:"'()]+`)
+
+// withoutPaths shortens every absolute path in msg to its last element.
+// A /register refusal reaches the IMAP client, and so the phone's user:
+// "certificate push.pem has expired" tells them (and the admin they call)
+// what is wrong, while the server's folders stay in the log.
+func withoutPaths(msg string) string {
+	return serverPath.ReplaceAllStringFunc(msg, func(m string) string {
+		lead := ""
+		if m[0] != '/' {
+			lead, m = m[:1], m[1:]
+		}
+		return lead + path.Base(m)
+	})
 }

@@ -158,7 +158,7 @@ func TestRegisterWithoutCredentialIs503(t *testing.T) {
 	status, body, _ := e.do(t, "POST", "/register", pluginRegister)
 	// The plugin hands the body to the IMAP client: the reason, but no
 	// server path (that goes to the log).
-	if status != 503 || !strings.Contains(body, "no usable push credential") || strings.Contains(body, "/etc/xapsd") {
+	if status != 503 || !strings.Contains(body, "no usable push credential") || !strings.Contains(body, "push.pem expired") || strings.Contains(body, "/etc/xapsd") {
 		t.Errorf("= %d %q", status, body)
 	}
 	if len(e.reg.List("")) != 0 {
@@ -461,5 +461,19 @@ func TestRegisterWithTheDatabaseDownIs503(t *testing.T) {
 	}
 	if e := hook.LastEntry(); e == nil || !strings.Contains(fmt.Sprint(e.Data[logrus.ErrorKey]), "connection refused") {
 		t.Errorf("the log did not get the reason: %+v", e)
+	}
+}
+
+func TestWithoutPaths(t *testing.T) {
+	for in, want := range map[string]string{
+		"certificate /etc/xapsd/push.pem has expired":                       "certificate push.pem has expired",
+		"open /var/lib/xapsd/push.key: no such file or directory":           "open push.key: no such file or directory",
+		`reading "/etc/xapsd/push.p12": bad password`:                       `reading "push.p12": bad password`,
+		"apnsEndpoint: development, but see https://api.push.apple.com/3/x": "apnsEndpoint: development, but see https://api.push.apple.com/3/x",
+		"/root.pem at the start":                                            "root.pem at the start",
+	} {
+		if got := withoutPaths(in); got != want {
+			t.Errorf("withoutPaths(%q) = %q, want %q", in, got, want)
+		}
 	}
 }

@@ -81,7 +81,7 @@ func TestExposedListenerNeedsASecret(t *testing.T) {
 	os.Chmod(filepath.Join(dir, "plugin.secret"), 0o644)
 	writeConfig(t, dir, "apnsEndpoint: dry-run\nlistenAddr: 0.0.0.0\npluginSecretFile: plugin.secret\n")
 	out, err = run(dir)
-	if err == nil || !strings.Contains(out, "chmod 600") {
+	if err == nil || !strings.Contains(out, "0640 root:xapsd") {
 		t.Errorf("world-readable secret: err %v, output:\n%s", err, out)
 	}
 
