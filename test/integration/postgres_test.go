@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net/http"
+	"os"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -338,4 +339,67 @@ func TestPostgresKill9AcrossDaemonsLosesNothing(t *testing.T) {
 			}
 		}
 	}
+}
+
+// TestE2EPostgresRegistry is the whole chain with the registry in
+// PostgreSQL: iOS registers through real Dovecot, the row lands in the
+// database, a multi-recipient LMTP delivery pushes to each recipient, and
+// after kill -9 and the state folder's removal a new xapsd still knows
+// every device from the database alone.
+func TestE2EPostgresRegistry(t *testing.T) { forEachDovecot(t, testE2EPostgresRegistry) }
+
+func testE2EPostgresRegistry(t *testing.T, dv dovecotKind) {
+	pg, err := pgtest.Start(pgtest.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { pg.Close() })
+	e := newE2E(t, dv, "databaseURL: "+pg.URL+"\n")
+	// Both the "registry loaded" and the "xapsd is running" lines name
+	// the database, not the unused registry file.
+	if !e.d.waitLog("xapsd is running", 5*time.Second) ||
+		strings.Count(e.d.log.String(), `registry="PostgreSQL 127.0.0.1:`) != 2 || strings.Contains(e.d.log.String(), "database.json") {
+		t.Errorf("xapsd does not say it uses PostgreSQL:\n%s", e.d.log.String())
+	}
+	tokens := map[string]string{"alice": token(1), "carol": token(2)}
+	for _, u := range []string{"alice", "carol"} {
+		if lines, ok := imapLogin(t, e.dc.imap, u).registerLikeIOS("ACC-"+u, tokens[u], "INBOX"); !ok {
+			t.Fatalf("registration of %s failed: %v", u, lines)
+		}
+	}
+	rows, err := pg.SQL(`SELECT username || ' ' || device_token || ' ' || array_to_string(mailboxes, ',') FROM xapsd_registrations ORDER BY username`)
+	if err != nil {
+		t.Fatalf("%v: %s", err, rows)
+	}
+	if want := "alice " + token(1) + " INBOX\ncarol " + token(2) + " INBOX"; rows != want {
+		t.Fatalf("rows in PostgreSQL:\n%s\nwant:\n%s", rows, want)
+	}
+
+	deliverBoth := func(subject string) {
+		t.Helper()
+		before := e.apns.Count()
+		if codes := lmtpTransaction(t, e.dc.lmtp, subject, "alice@example.org", "carol@example.org"); codes[0] != 250 || codes[1] != 250 {
+			t.Fatalf("LMTP replies %v", codes)
+		}
+		reqs, err := e.apns.WaitRequests(int(before)+2, 10*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := map[string]int{}
+		for _, r := range reqs[before:] {
+			got[r.Token]++
+		}
+		if got[token(1)] != 1 || got[token(2)] != 1 {
+			t.Errorf("%s: pushes per token %v, want one each", subject, got)
+		}
+	}
+	deliverBoth("before the crash")
+
+	// The machine's disk is gone: only the database remembers.
+	e.d.kill()
+	if err := os.RemoveAll(filepath.Join(e.dir, "state")); err != nil {
+		t.Fatal(err)
+	}
+	e.d = startDaemon(t, e.dir, e.addr, e.caEnv)
+	deliverBoth("after kill -9 and a lost state folder")
 }
