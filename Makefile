@@ -81,9 +81,12 @@ deb:
 	bash scripts/deb.sh
 
 # End to end (the daemon, an APNs stand-in and a load generator on this
-# machine), then the Go micro-benchmarks. docs/benchmarks.md has figures.
+# machine) with the file registry, again with the registry in a throw-away
+# PostgreSQL cluster, then the Go micro-benchmarks. docs/benchmarks.md has
+# figures.
 bench: build
 	$(GO) run ./cmd/xapsd-bench -xapsd $(BIN)
+	$(GO) run ./cmd/xapsd-bench -xapsd $(BIN) -postgres
 	$(GO) test -run '^$$' -bench . -benchtime 2s ./internal/registry ./internal/pluginapi ./internal/testutil/fakeapns
 
 # The built daemon under mixed load for SOAK while it is killed with

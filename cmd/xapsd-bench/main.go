@@ -29,6 +29,7 @@ import (
 	"time"
 
 	"github.com/xapsd/xapsd/internal/testutil/fakeapns"
+	"github.com/xapsd/xapsd/internal/testutil/pgtest"
 	"github.com/xapsd/xapsd/internal/testutil/testpki"
 )
 
@@ -48,6 +49,9 @@ type options struct {
 	metricsAddr string
 	cpuProfile  string
 	soak        time.Duration
+	postgres    bool
+	// databaseURL is the throw-away cluster's, with -postgres.
+	databaseURL string
 }
 
 func main() {
@@ -66,6 +70,7 @@ func main() {
 	flag.StringVar(&o.metricsAddr, "metrics", "auto", "xapsd metricsListenAddr: auto (a free loopback port), off, or host:port (to take profiles from /debug/pprof/ too)")
 	flag.StringVar(&o.cpuProfile, "cpuprofile", "", "write a CPU profile of the load generator and the APNs stand-in (this process) to `file`")
 	flag.DurationVar(&o.soak, "soak", 0, "instead of measuring, run the soak for this long: load with kill -9, restarts, APNs faults and a full disk; fails on any loss (make soak)")
+	flag.BoolVar(&o.postgres, "postgres", false, "keep the registry in a throw-away PostgreSQL cluster (databaseURL) instead of the files, and also measure what only several daemons have")
 	flag.Parse()
 	if o.soak > 0 {
 		if err := runSoak(o, o.soak); err != nil {
@@ -97,6 +102,14 @@ func main() {
 			fail("%v", err)
 		}
 		defer pprof.StopCPUProfile()
+	}
+	if o.postgres {
+		pg, err := pgtest.Start(pgtest.Options{})
+		if err != nil {
+			fail("start PostgreSQL: %v", err)
+		}
+		defer pg.Close()
+		o.databaseURL = pg.URL
 	}
 	if err := run(o); err != nil {
 		fail("%v", err)
@@ -168,6 +181,11 @@ func run(o options) error {
 	}
 	add(fmt.Sprintf("/register, %d clients", o.regClients), fmt.Sprintf("%.0f/s", float64(regs)/elapsed.Seconds()),
 		fmt.Sprintf("(median %s, p99 %s; %d devices)", pct(lat, 50), pct(lat, 99), regs))
+	if o.databaseURL != "" {
+		if err := measureFollow(o, dir, apns.URL, caFile, d, add); err != nil {
+			return err
+		}
+	}
 
 	for _, dl := range o.delays {
 		delay.Store(int64(dl))
@@ -208,7 +226,11 @@ func run(o options) error {
 		return fmt.Errorf("xapsd exited %d:\n%s", code, d.tail())
 	}
 
-	if o.bigRegistry > 0 {
+	if o.bigRegistry > 0 && o.databaseURL != "" {
+		if err := measurePostgresLoad(o, dir, apns.URL, caFile, leaf, add); err != nil {
+			return err
+		}
+	} else if o.bigRegistry > 0 {
 		loadDir := filepath.Join(dir, "big")
 		os.MkdirAll(filepath.Join(loadDir, "state"), 0o700)
 		os.WriteFile(filepath.Join(loadDir, "push.pem"), leaf.CertPEM(), 0o600)
@@ -400,6 +422,9 @@ func startDaemon(o options, dir, apnsURL, caFile string) (*daemon, error) {
 	cfg := fmt.Sprintf("loglevel: %s\nlistenAddr: 127.0.0.1\nport: %d\ndatabaseFile: state/database.json\n"+
 		"metricsListenAddr: %q\napnsEndpoint: %s\ncertificateFilePem: push.pem\ncertificateFilePemKey: push.key\n"+
 		"apnsConcurrency: 2000\nmetricsPprof: %t\napnsMinInterval: 0\n", o.logLevel, port, o.metricsAddr, apnsURL, o.metricsAddr != "off")
+	if o.databaseURL != "" {
+		cfg += fmt.Sprintf("databaseURL: %q\n", o.databaseURL)
+	}
 	if err := os.WriteFile(filepath.Join(dir, "xapsd.yaml"), []byte(cfg), 0o600); err != nil {
 		return nil, err
 	}

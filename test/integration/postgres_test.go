@@ -403,3 +403,80 @@ func testE2EPostgresRegistry(t *testing.T, dv dovecotKind) {
 	e.d = startDaemon(t, e.dir, e.addr, e.caEnv)
 	deliverBoth("after kill -9 and a lost state folder")
 }
+
+// TestPostgresFromFilesAndBack follows docs/operations.md's way from the
+// file registry to PostgreSQL and back with the real commands: export from
+// a daemon on files, import into one on PostgreSQL (with its state folder
+// gone, so the database is the only source), export again, and start on
+// the files with that export. Every user is pushed to at each stage.
+func TestPostgresFromFilesAndBack(t *testing.T) {
+	pg, err := pgtest.Start(pgtest.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { pg.Close() })
+	e := newAPNsEnv(t, "apnsMinInterval: 0\n")
+	base := fmt.Sprintf("apnsEndpoint: %s\ncertificateFilePem: push.pem\ncertificateFilePemKey: push.key\napnsMinInterval: 0\n", e.apns.URL)
+	users := []string{"alice@example.com", "bob@example.com", "carol@example.com"}
+	for i, u := range users {
+		e.register(t, u, fmt.Sprintf("ACC-%d", i), token(i+1), "INBOX")
+	}
+	cfg := filepath.Join(e.dir, "xapsd.yaml")
+	allPushed := func(stage string) {
+		t.Helper()
+		for i, u := range users {
+			before := e.apns.Count()
+			if status, body := post(t, e.addr, "/notify", notifyBody(u, "INBOX", "MessageNew")); status != 200 {
+				t.Fatalf("%s: /notify %s = %d %q", stage, u, status, body)
+			}
+			reqs, err := e.apns.WaitRequests(int(before)+1, 5*time.Second)
+			if err != nil || reqs[before].Token != token(i+1) {
+				t.Fatalf("%s: no push to %s's device: %v", stage, u, err)
+			}
+		}
+	}
+	allPushed("files")
+
+	fromFiles := filepath.Join(t.TempDir(), "from-files.json")
+	if code, _, stderr := run(t, "", "--config", cfg, "export", fromFiles); code != 0 {
+		t.Fatalf("export from the files: exit %d: %s", code, stderr)
+	}
+	e.d.stop()
+	if err := os.RemoveAll(filepath.Join(e.dir, "state")); err != nil {
+		t.Fatal(err)
+	}
+	e.addr = writeConfig(t, e.dir, base+"databaseURL: "+pg.URL+"\n")
+	e.d = startDaemon(t, e.dir, e.addr, e.caEnv)
+	if code, out, stderr := run(t, "", "--config", cfg, "import", fromFiles); code != 0 {
+		t.Fatalf("import into PostgreSQL: exit %d: %s%s", code, out, stderr)
+	}
+	if n, err := pg.SQL(`SELECT count(*) FROM xapsd_registrations`); err != nil || n != "3" {
+		t.Fatalf("rows in PostgreSQL after the import: %q %v", n, err)
+	}
+	allPushed("PostgreSQL")
+
+	fromPG := filepath.Join(t.TempDir(), "from-postgres.json")
+	if code, _, stderr := run(t, "", "--config", cfg, "export", fromPG); code != 0 {
+		t.Fatalf("export from PostgreSQL: exit %d: %s", code, stderr)
+	}
+	if fi, err := os.Stat(fromPG); err != nil {
+		t.Fatal(err)
+	} else if fi.Mode().Perm() != 0o600 {
+		t.Errorf("export file mode %v, want 0600", fi.Mode().Perm())
+	}
+	e.d.stop()
+	data, err := os.ReadFile(fromPG)
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.MkdirAll(filepath.Join(e.dir, "state"), 0o700)
+	if err := os.WriteFile(filepath.Join(e.dir, "state", "database.json"), data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	e.addr = writeConfig(t, e.dir, base)
+	e.d = startDaemon(t, e.dir, e.addr, e.caEnv)
+	if !e.d.waitLog("registrations=3", 5*time.Second) {
+		t.Errorf("the files registry did not load the 3 exported registrations:\n%s", e.d.log.String())
+	}
+	allPushed("files again")
+}
