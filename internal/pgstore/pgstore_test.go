@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"sort"
 	"strings"
 	"sync"
@@ -298,5 +299,53 @@ func TestExclusiveRunsOnOneDaemonAtATime(t *testing.T) {
 	}
 	if ran, err := b.Exclusive(ctx, "apple-id", func() error { return nil }); !ran || err != nil {
 		t.Errorf("b after a: ran=%v err=%v", ran, err)
+	}
+}
+
+// A server that asks for a password: the URL has none, and it comes from
+// databasePasswordFile or from PGPASSWORD, as libpq's tools take it.
+func TestPasswordFromFileOrEnvironment(t *testing.T) {
+	const password = "db-pass-4f1c"
+	c, err := pgtest.Start(pgtest.Options{Password: password})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	ctx := context.Background()
+	t.Setenv("PGPASSWORD", "")
+	t.Setenv("PGPASSFILE", "/nonexistent")
+
+	if s, err := Open(ctx, Options{URL: c.URL}); err == nil {
+		s.Close()
+		t.Fatal("connected without a password: the cluster does not ask for one, so this test proves nothing")
+	} else if !strings.Contains(err.Error(), "password") {
+		t.Errorf("without a password: %v, want an error that says so", err)
+	}
+
+	dir := t.TempDir()
+	good, bad := dir+"/good", dir+"/bad"
+	os.WriteFile(good, []byte(password+"\n"), 0o600)
+	os.WriteFile(bad, []byte("not-it\n"), 0o600)
+	if s, err := Open(ctx, Options{URL: c.URL, PasswordFile: good}); err != nil {
+		t.Errorf("with databasePasswordFile: %v", err)
+	} else {
+		s.Close()
+	}
+	s, err := Open(ctx, Options{URL: c.URL, PasswordFile: bad})
+	if err == nil {
+		s.Close()
+		t.Error("a wrong password was accepted")
+	} else if strings.Contains(err.Error(), "not-it") {
+		t.Errorf("the error shows the password: %v", err)
+	}
+	if _, err := Open(ctx, Options{URL: c.URL, PasswordFile: dir + "/missing"}); err == nil || !strings.Contains(err.Error(), "databasePasswordFile") {
+		t.Errorf("missing password file: %v, want an error naming databasePasswordFile", err)
+	}
+
+	t.Setenv("PGPASSWORD", password)
+	if s, err := Open(ctx, Options{URL: c.URL}); err != nil {
+		t.Errorf("with PGPASSWORD: %v", err)
+	} else {
+		s.Close()
 	}
 }

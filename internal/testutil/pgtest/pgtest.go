@@ -36,6 +36,7 @@ type Cluster struct {
 	gid      uint32
 	log      string
 	settings []string // extra postgres arguments, again on Restart
+	password string   // for the client tools (createdb, psql)
 	proc     *exec.Cmd
 	done     chan struct{}
 }
@@ -44,6 +45,10 @@ type Cluster struct {
 type Options struct {
 	// Settings are extra postgres -c name=value settings.
 	Settings map[string]string
+	// Password, when set, is the xapsd user's password, and the server
+	// asks for it (scram-sha-256) instead of trusting every local client.
+	// URL does not carry it.
+	Password string
 }
 
 // BinDir finds the newest installed PostgreSQL server binaries
@@ -95,8 +100,18 @@ func Start(o Options) (*Cluster, error) {
 	}
 	c.Port = port
 	c.URL = fmt.Sprintf("postgres://xapsd@127.0.0.1:%d/xapsd?sslmode=disable", port)
-	if out, err := c.command(filepath.Join(bin, "initdb"), "-D", c.data(), "-U", "xapsd", "-A", "trust",
-		"-E", "UTF8", "--no-instructions").CombinedOutput(); err != nil {
+	initdb := []string{"-D", c.data(), "-U", "xapsd", "-A", "trust", "-E", "UTF8", "--no-instructions"}
+	if o.Password != "" {
+		pwfile := filepath.Join(dir, "initdb.pw")
+		if err := os.WriteFile(pwfile, []byte(o.Password+"\n"), 0o600); err != nil {
+			os.RemoveAll(dir)
+			return nil, err
+		}
+		os.Chown(pwfile, int(c.uid), int(c.gid))
+		initdb = append(initdb, "-A", "scram-sha-256", "--pwfile", pwfile)
+		c.password = o.Password
+	}
+	if out, err := c.command(filepath.Join(bin, "initdb"), initdb...).CombinedOutput(); err != nil {
 		os.RemoveAll(dir)
 		return nil, fmt.Errorf("initdb: %v\n%s", err, out)
 	}
@@ -135,6 +150,9 @@ func (c *Cluster) sockets() string { return c.dir }
 func (c *Cluster) command(name string, args ...string) *exec.Cmd {
 	cmd := exec.Command(name, args...)
 	cmd.Env = append(os.Environ(), "LC_ALL=C")
+	if c.password != "" {
+		cmd.Env = append(cmd.Env, "PGPASSWORD="+c.password)
+	}
 	if c.uid != 0 {
 		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: c.uid, Gid: c.gid}}
 	}
