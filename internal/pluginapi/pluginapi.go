@@ -24,6 +24,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 	"unicode/utf8"
 
@@ -260,7 +261,7 @@ func (h *handler) register(w http.ResponseWriter, r *http.Request) {
 	topic, err := h.Topic()
 	if err != nil {
 		h.Log.WithError(err).Warn("refusing a registration: no usable push credential")
-		fail(w, http.StatusServiceUnavailable, "no usable push credential on the server: "+withoutPaths(err.Error()))
+		fail(w, http.StatusServiceUnavailable, "no usable push credential on the server: "+publicReason(err))
 		return
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), registerDeadline)
@@ -461,16 +462,26 @@ func (s *statusWriter) WriteHeader(code int) {
 // start or after a space, quote or bracket (not the "//" of a URL).
 var serverPath = regexp.MustCompile(`(^|[\s"'(=])/[^\s:"'()]+`)
 
-// withoutPaths shortens every absolute path in msg to its last element.
-// A /register refusal reaches the IMAP client, and so the phone's user:
-// "certificate push.pem has expired" tells them (and the admin they call)
-// what is wrong, while the server's folders stay in the log.
-func withoutPaths(msg string) string {
-	return serverPath.ReplaceAllStringFunc(msg, func(m string) string {
+// errnoWords says in words what the system's error texts say, for the
+// ones a credential file gives.
+var errnoWords = strings.NewReplacer(
+	": "+syscall.ENOENT.Error(), ": missing",
+	": "+syscall.EACCES.Error(), ": not readable by xapsd",
+	": "+syscall.EISDIR.Error(), ": a folder, not a file",
+)
+
+// publicReason is err for a /register refusal, which reaches the IMAP
+// client and so the phone's user: every absolute path shortened to its
+// last element and the system's error texts put in words. "certificate
+// push.pem has expired" tells them (and the admin they call) what is
+// wrong; the server's folders and errno stay in the log.
+func publicReason(err error) string {
+	msg := serverPath.ReplaceAllStringFunc(err.Error(), func(m string) string {
 		lead := ""
 		if m[0] != '/' {
 			lead, m = m[:1], m[1:]
 		}
 		return lead + path.Base(m)
 	})
+	return errnoWords.Replace(msg)
 }

@@ -464,16 +464,17 @@ func TestRegisterWithTheDatabaseDownIs503(t *testing.T) {
 	}
 }
 
-func TestWithoutPaths(t *testing.T) {
+func TestPublicReason(t *testing.T) {
 	for in, want := range map[string]string{
 		"certificate /etc/xapsd/push.pem has expired":                       "certificate push.pem has expired",
-		"open /var/lib/xapsd/push.key: no such file or directory":           "open push.key: no such file or directory",
+		"open /var/lib/xapsd/push.key: no such file or directory":           "open push.key: missing",
+		"open /etc/xapsd/push.p12: permission denied":                       "open push.p12: not readable by xapsd",
 		`reading "/etc/xapsd/push.p12": bad password`:                       `reading "push.p12": bad password`,
 		"apnsEndpoint: development, but see https://api.push.apple.com/3/x": "apnsEndpoint: development, but see https://api.push.apple.com/3/x",
 		"/root.pem at the start":                                            "root.pem at the start",
 	} {
-		if got := withoutPaths(in); got != want {
-			t.Errorf("withoutPaths(%q) = %q, want %q", in, got, want)
+		if got := publicReason(errors.New(in)); got != want {
+			t.Errorf("publicReason(%q) = %q, want %q", in, got, want)
 		}
 	}
 }

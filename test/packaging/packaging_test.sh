@@ -525,7 +525,12 @@ EOF
 	fi
 
 	# New mail: /notify as the plugin sends it after an LMTP delivery.
-	http POST "http://127.0.0.1:$port/notify" '{"Username":"nobody","Mailbox":"INBOX","Events": ["MessageNew"]}' | grep -q '^200' || die "/notify not 200"
+	# The answers are read whole before they are checked: "| grep -q" may
+	# close the pipe while python still writes, and pipefail then fails a
+	# good answer.
+	local answer
+	answer=$(http POST "http://127.0.0.1:$port/notify" '{"Username":"nobody","Mailbox":"INBOX","Events": ["MessageNew"]}')
+	[[ $answer == 200* ]] || die "/notify answered: $answer"
 	for _ in $(seq 50); do
 		[ "$(grep -c 'dry-run: would push' "$log")" -ge 2 ] && break
 		sleep 0.1
@@ -534,7 +539,8 @@ EOF
 	grep -q 'msg=registered ' "$log" || die "no 'registered' line at debug"
 	grep -q 'msg=push .*outcome=dry-run' "$log" || die "no 'push outcome=dry-run' line"
 
-	http GET "http://127.0.0.1:$mport/readyz" | grep -qx '200 ok' || die "/readyz not ok"
+	answer=$(http GET "http://127.0.0.1:$mport/readyz")
+	[ "$(head -n1 <<<"$answer")" = "200 ok" ] || { cat "$log"; die "/readyz answered: $answer"; }
 	# Every xapsd_ metric the alert rules use is served.
 	http GET "http://127.0.0.1:$mport/metrics" >"$tmp/metrics.out"
 	local m
