@@ -294,6 +294,9 @@ func TestExpiredProviderTokenRenewsTheToken(t *testing.T) {
 	clock.Store(time.Now().UnixNano())
 	now := func() time.Time { return time.Unix(0, clock.Load()) }
 	c := tokenClientFor(t, srv, ClientOptions{})
+	// The token was made 45 minutes ago (APNs, whose clock is ahead of
+	// this host's, already finds it over an hour old): it may be renewed.
+	c.token.tok.IssuedAt = time.Now().Add(-45 * time.Minute).Unix()
 	s, res, hook := startClient(t, c, Options{Now: now})
 	s.Enqueue(devKey(1))
 	waitUntil(t, "delivery with a new token", func() bool { return res.byOutcome()[Delivered] == 1 })
@@ -328,6 +331,50 @@ func TestExpiredProviderTokenRenewsTheToken(t *testing.T) {
 	mu.Unlock()
 	if cause, _ := s.Paused(); cause != "" {
 		t.Errorf("still paused: %s", cause)
+	}
+}
+
+// Apple's 20 minutes count from the last token made by anyone: a token
+// made at start (or by apns2's own renewal) and refused at once is not
+// replaced before then, and the pause says when, in UTC.
+func TestExpiredProviderTokenYoungerThanTheLimitWaits(t *testing.T) {
+	var mu sync.Mutex
+	var seen []string
+	srv := appleServer(t, fakeapns.Options{Responder: func(r fakeapns.Request) fakeapns.Response {
+		mu.Lock()
+		defer mu.Unlock()
+		if len(seen) == 0 || seen[len(seen)-1] != r.Authorization {
+			seen = append(seen, r.Authorization)
+		}
+		if len(seen) == 1 {
+			return fakeapns.Response{Status: 403, Reason: "ExpiredProviderToken"}
+		}
+		return fakeapns.Response{}
+	}})
+	var clock atomic.Int64
+	clock.Store(time.Now().UnixNano())
+	now := func() time.Time { return time.Unix(0, clock.Load()) }
+	c := tokenClientFor(t, srv, ClientOptions{})
+	issued := time.Unix(c.token.tok.IssuedAt, 0)
+	s, res, _ := startClient(t, c, Options{Now: now})
+	s.Enqueue(devKey(1))
+	waitUntil(t, "the pause", func() bool { cause, _ := s.Paused(); return cause == PauseCredential })
+	_, why := s.Paused()
+	if when := issued.Add(TokenRenewInterval).UTC().Format(time.RFC3339); !strings.Contains(why.Error(), when) {
+		t.Errorf("pause reason %q does not say %s (20 minutes after the token was made, UTC)", why, when)
+	}
+	mu.Lock()
+	if len(seen) != 1 {
+		t.Errorf("%d distinct tokens before the limit, want 1", len(seen))
+	}
+	mu.Unlock()
+	clock.Add(int64(TokenRenewInterval))
+	s.Enqueue(devKey(2))
+	waitUntil(t, "delivery after the limit", func() bool { return res.byOutcome()[Delivered] == 2 })
+	mu.Lock()
+	defer mu.Unlock()
+	if len(seen) != 2 {
+		t.Errorf("%d distinct tokens, want 2", len(seen))
 	}
 }
 

@@ -227,7 +227,7 @@ func (s *Sender) Paused() (cause string, why error) {
 	p := s.pause
 	s.mu.Unlock()
 	if p.on {
-		return PauseCredential, fmt.Errorf("sending paused since %s: %s", p.since.Format(time.TimeOnly), p.reason)
+		return PauseCredential, fmt.Errorf("sending paused since %s: %s", p.since.UTC().Format(time.RFC3339), p.reason)
 	}
 	if until, err := s.client.Load().unreachable(); !until.IsZero() {
 		return PauseUnreachable, fmt.Errorf("sending paused: %w", &UnreachableError{Err: err, Until: until})
@@ -685,13 +685,13 @@ func (s *Sender) pauseWith(c *Client, why string, probeAt time.Time) {
 	c.holdBack()
 	s.logEvery("pause", time.Minute, func(l logrus.FieldLogger) {
 		l.WithField("queued", queued).Errorf("%s. Sending is paused and pushes are kept until they expire; "+
-			"reload (SIGHUP) once fixed. One push is tried at %s", why, probeAt.Format(time.TimeOnly))
+			"reload (SIGHUP) once fixed. One push is tried at %s", why, probeAt.UTC().Format(time.RFC3339))
 	})
 }
 
 // expiredToken handles ExpiredProviderToken: the token is renewed at
-// once, unless it was renewed less than TokenRenewInterval ago (APNs
-// would refuse the new one); then sending pauses until it may be.
+// once, unless it was made less than TokenRenewInterval ago (APNs would
+// refuse the new one); then sending pauses until it may be.
 func (s *Sender) expiredToken(c *Client, sent time.Time) Outcome {
 	s.logEvery("expired-token", time.Minute, func(l logrus.FieldLogger) {
 		l.Error("APNs says the provider token has expired (403 ExpiredProviderToken), although xapsd makes a new " +
@@ -710,7 +710,7 @@ func (s *Sender) expiredToken(c *Client, sent time.Time) Outcome {
 		return Retrying
 	}
 	s.pauseWith(c, fmt.Sprintf("APNs refuses the provider token as expired (403 ExpiredProviderToken) and APNs allows a "+
-		"new one only at %s, 20 minutes after the last: the host's clock is probably far behind (check NTP)", next.Format(time.TimeOnly)), next)
+		"new one only at %s, 20 minutes after the last was made: the host's clock is probably far behind (check NTP)", next.UTC().Format(time.RFC3339)), next)
 	return Held
 }
 

@@ -42,7 +42,8 @@ func (t *Token) Same(o *token.Token) bool {
 // at sent. It makes a new token unless one was made after the push left
 // (then the refusal is stale), and reports whether the next attempt has
 // a token APNs has not refused yet. When a renewal is due but Apple's
-// limit forbids it, next is the time it may be made.
+// limit (TokenRenewInterval since the last token was made, by anyone)
+// forbids it, next is the time it may be made.
 func (t *Token) renew(sent, now time.Time) (fresh bool, next time.Time, err error) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
@@ -51,8 +52,15 @@ func (t *Token) renew(sent, now time.Time) (fresh bool, next time.Time, err erro
 	if t.renewed.After(sent) || t.tok.IssuedAt > sent.Unix() {
 		return true, time.Time{}, nil
 	}
-	if !t.renewed.IsZero() && now.Sub(t.renewed) < TokenRenewInterval {
-		return false, t.renewed.Add(TokenRenewInterval), nil
+	// Apple counts every new token, not only ours: the one made at start
+	// and apns2's 50-minute renewals too. So the limit runs from the
+	// current token's issue time as well as from our last renewal.
+	last := t.renewed
+	if issued := time.Unix(t.tok.IssuedAt, 0); issued.After(last) {
+		last = issued
+	}
+	if now.Sub(last) < TokenRenewInterval {
+		return false, last.Add(TokenRenewInterval), nil
 	}
 	if _, err := t.tok.Generate(); err != nil {
 		return false, time.Time{}, err
