@@ -283,7 +283,8 @@ func (d *Daemon) importLegacyCerts(c *config.Config) {
 // checkCredential loads the configured credential, and the plugin's
 // shared secret, as a start would, for --check-config (Check). It returns
 // an error for what would stop the start, notes for what would only keep
-// devices from registering, and the credential for the summary.
+// devices from registering (a credential that does not load among them),
+// and the credential for the summary.
 func checkCredential(c *config.Config) (notes []string, cred *credential, err error) {
 	if c.PluginSecretFile != "" {
 		if _, err := loadPluginSecret(c.PluginSecretFile); err != nil {
@@ -312,23 +313,27 @@ func checkCredential(c *config.Config) (notes []string, cred *credential, err er
 		}
 		return notes, cred, nil
 	}
+	// A credential that does not load does not stop the start (the daemon
+	// runs degraded: brokenCredential), so here it is a note, not an
+	// error: --check-config in ExecReload must not refuse a reload that
+	// fixes something else.
 	if files := credentialFiles(c); files.Configured() {
 		loaded, err := creds.Load(files, time.Now())
+		if err == nil {
+			notes = append(notes, loaded.Warnings...)
+			if loaded.ExpiryWarning != "" {
+				notes = append(notes, loaded.ExpiryWarning)
+			}
+			cred, err = clientFor(c, loaded, log, clientEnv{})
+		}
 		if err != nil {
-			return nil, nil, err
-		}
-		notes = append(notes, loaded.Warnings...)
-		if loaded.ExpiryWarning != "" {
-			notes = append(notes, loaded.ExpiryWarning)
-		}
-		if cred, err = clientFor(c, loaded, log, clientEnv{}); err != nil {
-			return nil, nil, err
+			cred = brokenCredential(c, err)
 		}
 	} else if cred, err = loadCredential(c, log, time.Now(), clientEnv{}); err != nil {
-		return nil, nil, err
+		cred = brokenCredential(c, err)
 	}
 	if err := cred.problem(time.Now()); err != nil {
-		notes = append(notes, "devices cannot register yet: "+err.Error())
+		notes = append(notes, "devices cannot register until this is fixed: "+err.Error())
 	}
 	return notes, cred, nil
 }

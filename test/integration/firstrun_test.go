@@ -74,6 +74,14 @@ func TestBrokenCredentialStartsDegraded(t *testing.T) {
 			}
 			metrics := fmt.Sprintf("127.0.0.1:%d", freePort(t))
 			addr := writeConfig(t, dir, "certificateFilePem: push.pem\ncertificateFilePemKey: push.key\nmetricsListenAddr: "+metrics+"\n")
+			// --check-config says what the start says: it would start
+			// (exit 0, so a reload is not refused), and why devices
+			// cannot register.
+			code, out, errOut := run(t, "", "--config", filepath.Join(dir, "xapsd.yaml"), "--check-config")
+			if code != 0 || !strings.HasPrefix(out, "# xapsd would start with: ") ||
+				!strings.Contains(errOut, "devices cannot register until this is fixed") || !strings.Contains(errOut, tc.reason) {
+				t.Errorf("--check-config = %d, stdout %q, stderr %q; want 0, the summary, and a warning with %q", code, out, errOut, tc.reason)
+			}
 			d := startDaemon(t, dir, addr)
 			status, body := post(t, addr, "/register", registerBody("alice", acc, token(1)))
 			public := cmp.Or(tc.public, tc.reason)
