@@ -114,6 +114,7 @@ func TestUsageErrors(t *testing.T) {
 		{[]string{"-config=/etc/xapsd/xapsd.yaml"}, "did you mean --config?"},
 		{[]string{"-check-config"}, "did you mean --check-config?"},
 		{[]string{"-version"}, "did you mean --version?"},
+		{[]string{"-foreground"}, "unknown option -foreground: long options take two dashes, and there is no --foreground"},
 		{[]string{"devices", "list", "-json"}, "did you mean --json?"},
 		{[]string{"device", "list"}, `unknown command "device"; did you mean devices?`},
 		{[]string{"devices", "lsit"}, `unknown command "devices lsit"; did you mean devices list?`},

@@ -190,6 +190,20 @@ func singleDashLong(fs *pflag.FlagSet, args []string) error {
 		if s := suggest.Closest(name, names); s != "" {
 			return usageError(fmt.Sprintf("unknown option %s: long options take two dashes; did you mean --%s?", a, s))
 		}
+		if !allShorthands(fs, name) {
+			return usageError(fmt.Sprintf("unknown option %s: long options take two dashes, and there is no --%s (xapsd --help lists them)", a, name))
+		}
 	}
 	return nil
+}
+
+// allShorthands reports whether every letter of s is a one-letter
+// option, as in "-qv": then pflag reads it right.
+func allShorthands(fs *pflag.FlagSet, s string) bool {
+	for _, r := range s {
+		if fs.ShorthandLookup(string(r)) == nil {
+			return false
+		}
+	}
+	return true
 }

@@ -394,6 +394,21 @@ func TestWarnings(t *testing.T) {
 	}
 }
 
+// A host:port in listenAddr is one mistake and gets one message, not a
+// second one claiming the address listens beyond this machine.
+func TestListenHostPortIsReportedOnce(t *testing.T) {
+	for _, addr := range []string{"127.0.0.1:11619", "[::1]:11619", "::1, 127.0.0.1:11700"} {
+		c := Default()
+		c.ListenAddr = addr
+		err := c.Validate()
+		if err == nil || !strings.Contains(err.Error(), "must be an IP address") && !strings.Contains(err.Error(), "write listenAddr") {
+			t.Errorf("%q: %v, want the host:port hint", addr, err)
+		} else if strings.Contains(err.Error(), "without authentication") {
+			t.Errorf("%q: also reported as exposed: %v", addr, err)
+		}
+	}
+}
+
 // TestValidate checks rules on hand-built configs, as the daemon builds them after
 // overlaying flags: no file, so values print in Go form.
 func TestValidate(t *testing.T) {

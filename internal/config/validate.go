@@ -78,13 +78,18 @@ func (c *Config) validate(given map[string]string) []error {
 		missing("databaseFile", "must not be empty")
 	}
 
+	// An address that is not valid is reported once, not again below as
+	// "listens beyond this machine".
+	invalidAddr := map[string]bool{}
 	if msg := c.checkListenHosts(); msg != "" {
 		bad("listenAddr", c.ListenAddr, "%s", msg)
+		invalidAddr["listenAddr"] = true
 	}
 	if !validPort(c.Port) {
 		bad("port", c.Port, "must be between 1 and 65535")
 	}
 	if !validHost(c.TLSListenAddr) {
+		invalidAddr["tlsListenAddr"] = true
 		bad("tlsListenAddr", c.TLSListenAddr, "must be an IP address or host name without port (the port goes in tlsPort)%s", portHint(c.TLSListenAddr, "tlsListenAddr", "tlsPort"))
 	}
 	if !validPort(c.TLSPort) {
@@ -204,6 +209,9 @@ func (c *Config) validate(given map[string]string) []error {
 	// or the admin's word that a firewall keeps everyone else out.
 	if c.PluginSecretFile == "" && !c.AllowUnauthenticated {
 		for _, name := range c.Exposed() {
+			if invalidAddr[name] {
+				continue
+			}
 			value := c.ListenAddr
 			if name == "tlsListenAddr" {
 				value = c.TLSListenAddr
