@@ -43,7 +43,10 @@ vet:
 test: test-deps vet plugin test-plugin test-packaging
 	@[ -x $(DEBIAN13_ROOT)/usr/sbin/dovecot ] || \
 	  echo "*** SKIPPED: the end-to-end tests against Dovecot 2.4: no root at $(DEBIAN13_ROOT) (test/deps.sh makes it)"
-	$(GO) test -race -count=1 -timeout 20m ./...
+	@# -v so that a skipped test shows (--- SKIP and its reason); the lines
+	@# of tests that ran and passed are left out.
+	bash -o pipefail -c '$(GO) test -race -count=1 -timeout 20m -v ./... 2>&1 | \
+	  grep -vE "^ *(=== (RUN|PAUSE|CONT|NAME)|--- PASS: |PASS$$)"'
 	$(MAKE) soak SOAK=60s
 
 # Installs missing Debian packages and prepares the Debian 13 root (as

@@ -9,6 +9,7 @@
 #   /usr/local/bin/xapsd                          0755  the daemon
 #   <Dovecot moduledir>/lib25_xaps_*_plugin.so    0644  the plugin
 #   <Dovecot moduledir>/settings/libxaps_settings.so  0644  its settings
+#                    (Dovecot 2.4 only; see SETTINGSDIR)
 #                                                       (Dovecot 2.4 only)
 #   /etc/dovecot/conf.d/95-xaps.conf              0644  loads the plugin:
 #        configs/dovecot/2.3/ or 2.4/, for the Dovecot the plugin was built for
@@ -29,6 +30,9 @@
 #   ROOT       prefix for every path above, for tests (default: empty, i.e. /)
 #   MODULEDIR  Dovecot's module folder (default: asked from doveconf, else
 #              /usr/lib/dovecot/modules)
+#   SETTINGSDIR  where Dovecot 2.4 loads settings modules from (default:
+#              dovecot-config's dovecot_moduledir/settings, else
+#              MODULEDIR/settings)
 #   DOVECOT    the image's dovecot binary, to check that the plugin was built
 #              for its version (default: dovecot from PATH; not checked when
 #              there is none, e.g. in the tests' fake roots)
@@ -47,6 +51,16 @@ if [ -z "${MODULEDIR:-}" ]; then
 	# own Dovecot rather than assume Debian's path.
 	MODULEDIR=$(doveconf -h mail_plugin_dir 2>/dev/null || true)
 	MODULEDIR=${MODULEDIR:-/usr/lib/dovecot/modules}
+fi
+if [ -z "${SETTINGSDIR:-}" ]; then
+	# Dovecot 2.4 loads settings modules from <its compiled-in module
+	# folder>/settings, whatever mail_plugin_dir says.
+	SETTINGSDIR=$MODULEDIR/settings
+	if [ -r /usr/lib/dovecot/dovecot-config ]; then
+		# shellcheck source=/dev/null disable=SC2154
+		compiled=$(. /usr/lib/dovecot/dovecot-config && echo "${dovecot_moduledir:-}")
+		[ -z "$compiled" ] || SETTINGSDIR=$compiled/settings
+	fi
 fi
 
 # The build folder says which Dovecot the plugin was compiled for
@@ -73,8 +87,8 @@ install -d -m 0755 "$ROOT/usr/local/bin" "$ROOT$MODULEDIR" "$ROOT/etc/dovecot/co
 install -m 0755 "$SRC/bin/xapsd" "$ROOT/usr/local/bin/xapsd"
 install -m 0644 "${plugins[@]}" "$ROOT$MODULEDIR/"
 if [ -n "$settings" ]; then
-	install -d -m 0755 "$ROOT$MODULEDIR/settings"
-	install -m 0644 "$settings" "$ROOT$MODULEDIR/settings/"
+	install -d -m 0755 "$ROOT$SETTINGSDIR"
+	install -m 0644 "$settings" "$ROOT$SETTINGSDIR/"
 fi
 install -m 0644 "$snippet" "$ROOT/etc/dovecot/conf.d/95-xaps.conf"
 install -m 0644 "$SRC/configs/supervisord/xapsd.conf" "$ROOT/etc/supervisor/conf.d/xapsd.conf"
