@@ -5,7 +5,9 @@
 #                (make run CONFIG=my.yaml, make run ARGS=--check-config)
 #   make test    install what the tests need (as root), vet, then every test with the
 #                race detector, against Dovecot 2.3 and 2.4
-#   make deb     a Debian package for the Debian release this runs on
+#   make deb     a Debian package for the Debian release this runs on;
+#                DEB_ARGS=--prebuilt-daemon packages the bin/xapsd built before
+#                (for a host without Go 1.26)
 #   make bench   performance figures (see docs/benchmarks.md)
 #   make soak    SOAK (10m) of load with kill -9, APNs faults and a full disk; fails on any loss
 
@@ -79,9 +81,11 @@ plugin:
 	$(MAKE) -C dovecot
 
 # dist/xapsd_<version>_<arch>.deb for the Debian release this runs on
-# (scripts/deb.sh; needs dovecot-dev and dpkg-dev).
+# (scripts/deb.sh; needs dovecot-dev and dpkg-dev, and Go 1.26 unless
+# DEB_ARGS=--prebuilt-daemon; bash scripts/deb.sh --help lists the options).
+DEB_ARGS ?=
 deb:
-	bash scripts/deb.sh
+	bash scripts/deb.sh $(DEB_ARGS)
 
 # End to end (the daemon, an APNs stand-in and a load generator on this
 # machine) with the file registry, again with the registry in a throw-away
