@@ -110,9 +110,13 @@ struct http_client *xaps_http_client_ref(struct mail_user *user)
 	set->max_parallel_connections = 4;
 	set->max_pipelined_requests = 1;
 	/* Per-request values are set in xaps_http_post(); these only matter
-	   for anything that slips through. */
+	   for anything that slips through. No client-wide absolute timeout:
+	   a registration reads its answer's body itself and is bounded by its
+	   own timer, and an absolute timeout here would tear the request down
+	   under that read whenever it fired first (at timeout_msecs >= this
+	   value, always). /notify sets its own absolute timeout. */
 	set->request_timeout_msecs = XAPS_DEFAULT_TIMEOUT_MSECS;
-	set->request_absolute_timeout_msecs = XAPS_DEFAULT_TIMEOUT_MSECS;
+	set->request_absolute_timeout_msecs = 0;
 	set->connect_timeout_msecs = XAPS_DEFAULT_TIMEOUT_MSECS;
 	/* A daemon that is down must not stall deliveries for minutes. */
 	set->connect_backoff_time_msecs = 100;

@@ -307,13 +307,19 @@ def multi_recipient_checks(a, standin, log_text):
     # timeout_msecs is 2000 for every user here: a daemon that never answers
     # may hold a transaction for about that long, once, not once per
     # recipient (three recipients waiting in turn would take 4 s or more).
-    for label, mode in [("daemon answers", "ok"), ("daemon never answers", "hang"), ("daemon down", None)]:
+    everything = (["alice", "bob"], ["alice", "bob", "carol"], ["alice", "erin"],
+                  ["alice", "bob", "frank"], ["alice", "erin", "bob"])
+    for label, mode, sets in [("daemon answers", "ok", everything),
+                              ("daemon never answers", "hang", everything),
+                              # headers at once, then a byte every 150 ms
+                              ("daemon trickles its answer", "trickle",
+                               (["alice", "bob"], ["alice", "erin", "bob"])),
+                              ("daemon down", None, everything)]:
         if mode is None:
             standin.stop()
         else:
             standin.mode(mode, "/_notifymode")
-        for users in (["alice", "bob"], ["alice", "bob", "carol"], ["alice", "erin"],
-                      ["alice", "bob", "frank"], ["alice", "erin", "bob"]):
+        for users in sets:
             run(label, users, mode is not None, 3.5)
         if mode is None:
             standin.start()
@@ -484,6 +490,22 @@ def main():
     check(tagged == "a17b NO XAPPLEPUSHSERVICE registration failed: push daemon timed out."
           and took < within(3.5), "daemon trickling its answer gives NO after timeout_msecs (%.1fs)" % took,
           repr(untagged + [tagged]))
+    # The same with a timeout above the HTTP client's built-in 5 s: only
+    # the user's own timeout may end the registration (an absolute timeout
+    # of the client firing first tore the request down under the body's
+    # read, and Dovecot panicked).
+    im_gina = Imap(a.imap_port)
+    im_gina.cmd("g1", "LOGIN gina secret")
+    t0 = time.time()
+    untagged, tagged = im_gina.cmd("g2", "XAPPLEPUSHSERVICE " + IOS_FORM)
+    took = time.time() - t0
+    check(tagged == "g2 NO XAPPLEPUSHSERVICE registration failed: push daemon timed out."
+          and 5.8 < took < within(7.5),
+          "timeout of 6 s, above the client's default, bounds a trickled answer (%.1fs)" % took,
+          repr(untagged + [tagged]))
+    _, tagged = im_gina.cmd("g3", "NOOP")
+    check(tagged.startswith("g3 OK"), "session usable after the 6 s timeout", tagged)
+    im_gina.close()
     standin.mode("ok")
 
     # --- NUL inside a literal: refused, never cut short ---------------------

@@ -121,7 +121,7 @@ EOF
 # must be traversable and the homes owned by that uid. erin's home belongs to
 # root: a delivery to her fails at DATA, the way a full disk or a broken home
 # does, after other recipients were saved.
-for u in alice bob carol dave erin frank; do mkdir -p "$tmp/home/$u"; done
+for u in alice bob carol dave erin frank gina; do mkdir -p "$tmp/home/$u"; done
 chown -R "$mail_uid:$mail_uid" "$tmp/home"
 chown root:root "$tmp/home/erin"
 
@@ -129,7 +129,8 @@ chown root:root "$tmp/home/erin"
 # bob's Username comes from the xaps_alias userdb field (user_lookup); carol
 # turns the mailbox confirmations off through userdb; dave's plugin settings
 # lack the URL, so the plugins must stay off for him; frank is over quota as
-# soon as a message is bigger than 1 KiB.
+# soon as a message is bigger than 1 KiB; gina's timeout is 6 s, longer than
+# the plugin's built-in default of 5 s.
 user() { echo "$1:{PLAIN}secret:$mail_uid:$mail_uid::$inside/home/$1::$2"; }
 {
 	user alice ""
@@ -141,11 +142,13 @@ user() { echo "$1:{PLAIN}secret:$mail_uid:$mail_uid::$inside/home/$1::$2"; }
 		user dave "userdb_xaps_config=max_retries=1"
 		user erin ""
 		user frank "userdb_quota_rule=*:storage=1K"
+		user gina "userdb_xaps_config=url=http://127.0.0.1:$http_port$(printf '\t')timeout_msecs=6000"
 	else
 		user carol "userdb_xaps_mailbox_confirm=no"
 		user dave "userdb_xaps_url="
 		user erin ""
 		user frank "userdb_quota_storage_size=1K"
+		user gina "userdb_xaps_timeout=6s"
 	fi
 } >"$tmp/users"
 chmod 0644 "$tmp/users"
