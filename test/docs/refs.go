@@ -271,9 +271,35 @@ func (r *repo) checkDocLinks(file, text string) ([]problem, error) {
 				out = append(out, problem{file, i + 1, fmt.Sprintf("%s: %s", m, what)})
 			}
 		}
+		// A comment that names a file of the repository ("see
+		// internal/registry/registry.go") must name one that exists.
+		if !commentLine.MatchString(line) {
+			continue
+		}
+		for _, word := range strings.Fields(commentLead.ReplaceAllString(line, "")) {
+			word = strings.TrimRight(strings.Trim(word, "\"'`()<>[]{},;:"), ".")
+			if docLink.MatchString(word) {
+				continue // checked above
+			}
+			target, anchor, hasAnchor, ok := r.repoPath(word, "")
+			if !ok {
+				continue
+			}
+			what, err := r.checkTarget(target, anchor, hasAnchor)
+			if err != nil {
+				return nil, err
+			}
+			if what != "" {
+				out = append(out, problem{file, i + 1, fmt.Sprintf("%s: %s", word, what)})
+			}
+		}
 	}
 	return out, nil
 }
+
+// commentLine is a line that is a comment in Go, C, shell, Python, YAML
+// or a Makefile (or inside a C block comment).
+var commentLine = regexp.MustCompile(`^\s*(//|#|/\*|\*)`)
 
 // checkTarget says what is wrong with a reference to the repository path
 // target (slash, relative to the root) and its anchor, or "" when
@@ -549,8 +575,8 @@ func (r *repo) checkMarkdown(file, text string) ([]problem, error) {
 // repoPath decides whether a word of a code span names a path in the
 // repository, and returns it relative to the root. A path is taken
 // relative to the Markdown file's folder when its first element is a
-// folder there and the path exists there (dovecot/README.md says
-// `test/smoke.sh` for dovecot/test/smoke.sh), else relative to the root
+// folder there and the path exists there (dovecot/README.md names
+// dovecot/test/smoke.sh by its path below dovecot/), else relative to the root
 // when its first element is a top-level folder.
 func (r *repo) repoPath(word, dir string) (target, anchor string, hasAnchor, ok bool) {
 	w := strings.TrimRight(word, ".,:;)")

@@ -6,3 +6,5 @@ package pkg
 // See ../shared/notes.md.
 // The reply is in docs/guide.md#the-reply-aps-topic-and-more; docs/gone.md is not.
 // As the spec says.
+// The loader is in internal/pkg/pkg.go; the parser was in internal/pkg/gone.go.
+var path = "internal/not-checked-outside-comments.go"
