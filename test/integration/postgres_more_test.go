@@ -6,6 +6,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -44,6 +45,36 @@ func (g *pgGroup) waitKnown(t *testing.T, i int, user string) {
 	}
 }
 
+// waitDevices runs `xapsd devices list USER` against daemon i until it
+// lists exactly the device tokens want, and returns its output. Unlike
+// waitKnown it tells that every device of a user has arrived.
+func (g *pgGroup) waitDevices(t *testing.T, i int, user string, want ...string) string {
+	t.Helper()
+	want = slices.Sorted(slices.Values(want))
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		code, out, stderr := run(t, "", "--config", filepath.Join(g.dirs[i], "xapsd.yaml"), "devices", "list", user)
+		if code != 0 {
+			t.Fatalf("devices list on %s: exit %d: %s", daemonName[i], code, stderr)
+		}
+		var have []string
+		for _, l := range strings.Split(out, "\n") {
+			// USER  ACCOUNT-ID  DEVICE-TOKEN  REGISTERED  MAILBOXES, after a header line.
+			if f := strings.Fields(l); len(f) >= 3 && f[0] == user {
+				have = append(have, f[2])
+			}
+		}
+		slices.Sort(have)
+		if slices.Equal(have, want) {
+			return out
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("devices list %s on %s shows %v, want %v:\n%s%s", user, daemonName[i], have, want, out, stderr)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
 // counts is how many pushes each daemon's stand-in has received.
 func (g *pgGroup) counts() []int64 {
 	n := make([]int64, len(g.push))
@@ -76,7 +107,7 @@ func TestPostgresEventIsPushedOnlyByTheDaemonItReached(t *testing.T) {
 		t.Fatalf("register the tablet on C: %d %q", status, body)
 	}
 	for i := range 3 {
-		g.waitKnown(t, i, "alice@example.com")
+		g.waitDevices(t, i, "alice@example.com", token(1), token(2))
 	}
 	for _, i := range []int{1, 2, 0} { // B, then C, then A
 		before := g.counts()
@@ -157,34 +188,10 @@ func TestPostgresAdminCommandsWorkAgainstAnyDaemon(t *testing.T) {
 			t.Fatalf("register on B: %d %q", status, body)
 		}
 	}
-	// waitList runs `devices list USER` against daemon i until it shows
-	// exactly want (the tokens, in order) and returns its output.
-	waitList := func(i int, want ...string) string {
-		t.Helper()
-		deadline := time.Now().Add(5 * time.Second)
-		for {
-			code, out, stderr := run(t, "", "--config", cfg(i), "devices", "list", user)
-			if code != 0 {
-				t.Fatalf("devices list on %s: exit %d: %s", daemonName[i], code, stderr)
-			}
-			var have []string
-			for _, tok := range []string{token(1), token(2)} {
-				if strings.Contains(out, tok) {
-					have = append(have, tok)
-				}
-			}
-			if fmt.Sprint(have) == fmt.Sprint(want) {
-				return out
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("devices list on %s shows %v, want %v:\n%s%s", daemonName[i], have, want, out, stderr)
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
-	}
-	if out := waitList(0, token(1), token(2)); !strings.Contains(out, acc) || !strings.Contains(out, acc2) || !strings.Contains(out, user) {
+	if out := g.waitDevices(t, 0, user, token(1), token(2)); !strings.Contains(out, acc) || !strings.Contains(out, acc2) {
 		t.Errorf("devices list on A:\n%s", out)
 	}
+	g.waitDevices(t, 2, user, token(1), token(2))
 
 	before := g.counts()
 	code, out, stderr := run(t, "", "--config", cfg(2), "test-push", user)
@@ -200,7 +207,7 @@ func TestPostgresAdminCommandsWorkAgainstAnyDaemon(t *testing.T) {
 	if code != 0 || !strings.Contains(out, "removed 1 registration(s)") || !strings.Contains(out, token(1)) {
 		t.Fatalf("devices remove %s on C: exit %d:\n%s%s", token(1), code, out, stderr)
 	}
-	waitList(0, token(2))
+	g.waitDevices(t, 0, user, token(2))
 	if rows, err := g.pg.SQL(`SELECT device_token FROM xapsd_registrations`); err != nil || rows != token(2) {
 		t.Errorf("rows after removing one device through C: %q %v", rows, err)
 	}
@@ -283,8 +290,8 @@ func TestPostgresImportsAnOldDatabaseJSON(t *testing.T) {
 	}
 
 	// B, which took no part in the import, pushes for the imported users.
-	g.waitKnown(t, 1, "alice@example.com")
-	g.waitKnown(t, 1, "bob@example.com")
+	g.waitDevices(t, 1, "alice@example.com", token(1), token(2))
+	g.waitDevices(t, 1, "bob@example.com", token(3))
 	for _, c := range []struct {
 		user, mailbox string
 		tokens        map[string]int
