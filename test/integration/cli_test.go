@@ -16,6 +16,9 @@ func run(t *testing.T, stdin string, args ...string) (int, string, string) {
 	t.Helper()
 	cmd := exec.Command(xapsdBin, args...)
 	cmd.Stdin = strings.NewReader(stdin)
+	// The race detector's runtime waits a second at exit by default;
+	// a command has no other threads to wait for.
+	cmd.Env = append(os.Environ(), "GORACE="+os.Getenv("GORACE")+" atexit_sleep_ms=0")
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
 	err := cmd.Run()

@@ -143,22 +143,28 @@ func startDaemonBin(t *testing.T, bin, dir, addr string, env ...string) *daemon 
 	t.Helper()
 	d := launch(t, dir, []string{bin, "--config", filepath.Join(dir, "xapsd.yaml")}, env...)
 	d.addr = addr
+	d.waitAnswering()
+	return d
+}
+
+// waitAnswering waits until the daemon answers on d.addr.
+func (d *daemon) waitAnswering() {
+	d.t.Helper()
 	deadline := time.Now().Add(20 * time.Second)
 	for time.Now().Before(deadline) {
 		select {
 		case <-d.done:
-			t.Fatalf("xapsd exited during start: %v\n%s", d.err, d.log.String())
+			d.t.Fatalf("xapsd exited during start: %v\n%s", d.err, d.log.String())
 		default:
 		}
-		resp, err := http.Get("http://" + addr + "/healthz")
+		resp, err := http.Get("http://" + d.addr + "/healthz")
 		if err == nil {
 			resp.Body.Close()
-			return d
+			return
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	t.Fatalf("xapsd did not answer on %s:\n%s", addr, d.log.String())
-	return nil
+	d.t.Fatalf("xapsd did not answer on %s:\n%s", d.addr, d.log.String())
 }
 
 func (d *daemon) kill() {

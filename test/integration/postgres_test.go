@@ -18,46 +18,81 @@ import (
 )
 
 // Several xapsd binaries sharing one registry in a real, throw-away
-// PostgreSQL, pushing to one APNs stand-in.
+// PostgreSQL, pushing to one APNs stand-in (or each to its own).
 
 type pgGroup struct {
 	pg   *pgtest.Cluster
-	apns *fakeapns.Server
+	apns *fakeapns.Server   // the stand-in every daemon pushes to; daemon 0's with apnsEach
+	push []*fakeapns.Server // each daemon's stand-in
 	ca   *testpki.CA
-	env  string // SSL_CERT_FILE for the stand-in's CA
+	env  []string // each daemon's SSL_CERT_FILE, for its stand-in's CA
 	dirs []string
 	addr []string
 	d    []*daemon
 }
 
+type pgGroupOptions struct {
+	extra string // more configuration lines for every daemon
+	// apnsEach gives every daemon an APNs stand-in of its own, so that a
+	// push shows which daemon sent it.
+	apnsEach bool
+	// pg is the cluster to use (nil: a new one); urls, when set, are the
+	// daemons' databaseURLs instead of pg.URL (a gate in front of it).
+	pg   *pgtest.Cluster
+	urls []string
+}
+
 func newPGGroup(t *testing.T, n int, extra string) *pgGroup {
+	t.Helper()
+	return newPGGroupWith(t, n, pgGroupOptions{extra: extra})
+}
+
+func startPG(t *testing.T) *pgtest.Cluster {
 	t.Helper()
 	pg, err := pgtest.Start(pgtest.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { pg.Close() })
-	srv, err := fakeapns.Start(fakeapns.Options{})
-	if err != nil {
-		t.Fatal(err)
+	return pg
+}
+
+func newPGGroupWith(t *testing.T, n int, o pgGroupOptions) *pgGroup {
+	t.Helper()
+	pg := o.pg
+	if pg == nil {
+		pg = startPG(t)
 	}
-	t.Cleanup(func() { srv.Close() })
 	ca, err := testpki.NewCA("test push CA")
 	if err != nil {
 		t.Fatal(err)
 	}
-	g := &pgGroup{pg: pg, apns: srv, ca: ca}
-	caDir := t.TempDir()
-	if err := srv.WriteCAFile(filepath.Join(caDir, "ca.pem")); err != nil {
-		t.Fatal(err)
-	}
-	g.env = "SSL_CERT_FILE=" + filepath.Join(caDir, "ca.pem")
+	g := &pgGroup{pg: pg, ca: ca}
 	for i := 0; i < n; i++ {
+		srv := g.apns
+		if srv == nil || o.apnsEach {
+			if srv, err = fakeapns.Start(fakeapns.Options{}); err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { srv.Close() })
+			if g.apns == nil {
+				g.apns = srv
+			}
+		}
 		dir := t.TempDir()
+		if err := srv.WriteCAFile(filepath.Join(dir, "apns-ca.pem")); err != nil {
+			t.Fatal(err)
+		}
 		writePushCert(t, ca, dir, "push", topicA)
+		url := pg.URL
+		if o.urls != nil {
+			url = o.urls[i]
+		}
+		g.push = append(g.push, srv)
+		g.env = append(g.env, "SSL_CERT_FILE="+filepath.Join(dir, "apns-ca.pem"))
 		g.dirs = append(g.dirs, dir)
 		g.addr = append(g.addr, writeConfig(t, dir, fmt.Sprintf("apnsEndpoint: %s\ncertificateFilePem: push.pem\n"+
-			"certificateFilePemKey: push.key\ndatabaseURL: %s\napnsMinInterval: 0\nloglevel: info\n%s", srv.URL, pg.URL, extra)))
+			"certificateFilePemKey: push.key\ndatabaseURL: %s\napnsMinInterval: 0\nloglevel: info\n%s", srv.URL, url, o.extra)))
 		g.d = append(g.d, nil)
 	}
 	return g
@@ -65,8 +100,21 @@ func newPGGroup(t *testing.T, n int, extra string) *pgGroup {
 
 func (g *pgGroup) start(t *testing.T, i int) *daemon {
 	t.Helper()
-	g.d[i] = startDaemon(t, g.dirs[i], g.addr[i], g.env)
+	g.d[i] = startDaemon(t, g.dirs[i], g.addr[i], g.env[i])
 	return g.d[i]
+}
+
+// startAll starts every daemon of the group at once and waits until each
+// answers.
+func (g *pgGroup) startAll(t *testing.T) {
+	t.Helper()
+	for i := range g.d {
+		g.d[i] = launch(t, g.dirs[i], []string{xapsdBin, "--config", filepath.Join(g.dirs[i], "xapsd.yaml")}, g.env[i])
+		g.d[i].addr = g.addr[i]
+	}
+	for _, d := range g.d {
+		d.waitAnswering()
+	}
 }
 
 // waitPush waits for a push to tok after the first `after` requests.
