@@ -3,6 +3,7 @@ package apns
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -274,22 +275,46 @@ func TestDrainDoesNotWaitForAPausedQueue(t *testing.T) {
 // again; a second refusal within 20 minutes of the renewal cannot be met
 // with another token (APNs would answer TooManyProviderTokenUpdates), so
 // sending pauses until a renewal is allowed. The log names clock skew.
-func TestExpiredProviderTokenRenewsTheToken(t *testing.T) {
-	var mu sync.Mutex
-	refused := map[string]bool{}
-	var seen []string
+// tokenRecorder is an APNs stand-in that records each new provider
+// token in order, and answers ExpiredProviderToken to the first one and
+// to any token refused later.
+type tokenRecorder struct {
+	mu      sync.Mutex
+	seen    []string
+	refused map[string]bool
+}
+
+func newTokenRecorder(t *testing.T) (*fakeapns.Server, *tokenRecorder) {
+	rec := &tokenRecorder{refused: map[string]bool{}}
 	srv := appleServer(t, fakeapns.Options{Responder: func(r fakeapns.Request) fakeapns.Response {
-		mu.Lock()
-		defer mu.Unlock()
-		if len(seen) == 0 || seen[len(seen)-1] != r.Authorization {
-			seen = append(seen, r.Authorization)
+		rec.mu.Lock()
+		defer rec.mu.Unlock()
+		if len(rec.seen) == 0 || rec.seen[len(rec.seen)-1] != r.Authorization {
+			rec.seen = append(rec.seen, r.Authorization)
 		}
-		if len(seen) == 1 || refused[r.Authorization] {
-			refused[r.Authorization] = true
+		if len(rec.seen) == 1 || rec.refused[r.Authorization] {
+			rec.refused[r.Authorization] = true
 			return fakeapns.Response{Status: 403, Reason: "ExpiredProviderToken"}
 		}
 		return fakeapns.Response{}
 	}})
+	return srv, rec
+}
+
+func (r *tokenRecorder) tokens() []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return slices.Clone(r.seen)
+}
+
+func (r *tokenRecorder) refuse(tok string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.refused[tok] = true
+}
+
+func TestExpiredProviderTokenRenewsTheToken(t *testing.T) {
+	srv, rec := newTokenRecorder(t)
 	var clock atomic.Int64
 	clock.Store(time.Now().UnixNano())
 	now := func() time.Time { return time.Unix(0, clock.Load()) }
@@ -300,13 +325,12 @@ func TestExpiredProviderTokenRenewsTheToken(t *testing.T) {
 	s, res, hook := startClient(t, c, Options{Now: now})
 	s.Enqueue(devKey(1))
 	waitUntil(t, "delivery with a new token", func() bool { return res.byOutcome()[Delivered] == 1 })
-	mu.Lock()
+	seen := rec.tokens()
 	if len(seen) != 2 {
-		t.Errorf("%d distinct tokens, want 2", len(seen))
+		t.Fatalf("%d distinct tokens, want 2", len(seen))
 	}
 	// The new token is refused as well: too soon for another.
-	refused[seen[1]] = true
-	mu.Unlock()
+	rec.refuse(seen[1])
 	if count(hook, logrus.ErrorLevel, "clock") != 1 {
 		t.Error("no error naming the clock")
 	}
@@ -324,11 +348,9 @@ func TestExpiredProviderTokenRenewsTheToken(t *testing.T) {
 	clock.Add(int64(TokenRenewInterval))
 	s.Enqueue(devKey(3)) // wakes the dispatcher, as any event would
 	waitUntil(t, "delivery after the renewal", func() bool { return res.byOutcome()[Delivered] == 3 })
-	mu.Lock()
-	if len(seen) != 3 {
-		t.Errorf("%d distinct tokens, want 3", len(seen))
+	if n := len(rec.tokens()); n != 3 {
+		t.Errorf("%d distinct tokens, want 3", n)
 	}
-	mu.Unlock()
 	if cause, _ := s.Paused(); cause != "" {
 		t.Errorf("still paused: %s", cause)
 	}
@@ -338,19 +360,7 @@ func TestExpiredProviderTokenRenewsTheToken(t *testing.T) {
 // made at start (or by apns2's own renewal) and refused at once is not
 // replaced before then, and the pause says when, in UTC.
 func TestExpiredProviderTokenYoungerThanTheLimitWaits(t *testing.T) {
-	var mu sync.Mutex
-	var seen []string
-	srv := appleServer(t, fakeapns.Options{Responder: func(r fakeapns.Request) fakeapns.Response {
-		mu.Lock()
-		defer mu.Unlock()
-		if len(seen) == 0 || seen[len(seen)-1] != r.Authorization {
-			seen = append(seen, r.Authorization)
-		}
-		if len(seen) == 1 {
-			return fakeapns.Response{Status: 403, Reason: "ExpiredProviderToken"}
-		}
-		return fakeapns.Response{}
-	}})
+	srv, rec := newTokenRecorder(t)
 	var clock atomic.Int64
 	clock.Store(time.Now().UnixNano())
 	now := func() time.Time { return time.Unix(0, clock.Load()) }
@@ -363,18 +373,14 @@ func TestExpiredProviderTokenYoungerThanTheLimitWaits(t *testing.T) {
 	if when := issued.Add(TokenRenewInterval).UTC().Format(time.RFC3339); !strings.Contains(why.Error(), when) {
 		t.Errorf("pause reason %q does not say %s (20 minutes after the token was made, UTC)", why, when)
 	}
-	mu.Lock()
-	if len(seen) != 1 {
-		t.Errorf("%d distinct tokens before the limit, want 1", len(seen))
+	if n := len(rec.tokens()); n != 1 {
+		t.Errorf("%d distinct tokens before the limit, want 1", n)
 	}
-	mu.Unlock()
 	clock.Add(int64(TokenRenewInterval))
 	s.Enqueue(devKey(2))
 	waitUntil(t, "delivery after the limit", func() bool { return res.byOutcome()[Delivered] == 2 })
-	mu.Lock()
-	defer mu.Unlock()
-	if len(seen) != 2 {
-		t.Errorf("%d distinct tokens, want 2", len(seen))
+	if n := len(rec.tokens()); n != 2 {
+		t.Errorf("%d distinct tokens, want 2", n)
 	}
 }
 

@@ -281,11 +281,7 @@ func (r *repo) checkDocLinks(file, text string) ([]problem, error) {
 			if docLink.MatchString(word) {
 				continue // checked above
 			}
-			target, anchor, hasAnchor, ok := r.repoPath(word, "")
-			if !ok {
-				continue
-			}
-			what, err := r.checkTarget(target, anchor, hasAnchor)
+			what, err := r.checkPathWord(word, "")
 			if err != nil {
 				return nil, err
 			}
@@ -295,6 +291,16 @@ func (r *repo) checkDocLinks(file, text string) ([]problem, error) {
 		}
 	}
 	return out, nil
+}
+
+// checkPathWord says what is wrong with word if it names a path in the
+// repository (see repoPath), or "" when it is fine or names none.
+func (r *repo) checkPathWord(word, dir string) (string, error) {
+	target, anchor, hasAnchor, ok := r.repoPath(word, dir)
+	if !ok {
+		return "", nil
+	}
+	return r.checkTarget(target, anchor, hasAnchor)
 }
 
 // commentLine is a line that is a comment in Go, C, shell, Python, YAML
@@ -556,11 +562,7 @@ func (r *repo) checkMarkdown(file, text string) ([]problem, error) {
 
 	for _, s := range spans {
 		for _, word := range strings.Fields(s.text) {
-			target, anchor, hasAnchor, ok := r.repoPath(word, dir)
-			if !ok {
-				continue
-			}
-			what, err := r.checkTarget(target, anchor, hasAnchor)
+			what, err := r.checkPathWord(word, dir)
 			if err != nil {
 				return nil, err
 			}
