@@ -115,7 +115,7 @@ func TestReadmeTryIt(t *testing.T) {
 	}
 	time.Sleep(500 * time.Millisecond) // nothing else may follow
 	got := logLines(d.log.String())
-	compareLines(t, "the run", got, wantRun)
+	compareLines(t, "the run", notifyBeforeItsPush(got), wantRun)
 
 	before := len(got)
 	if code, out, errOut := run(t, "", "--config", cfg, "test-push", "alice@example.com"); code != 0 || !strings.Contains(out, "dry-run") {
@@ -130,6 +130,47 @@ func TestReadmeTryIt(t *testing.T) {
 	if d.cmd.ProcessState.ExitCode() != 0 || !strings.Contains(d.log.String(), `msg="shutting down" component=daemon`) ||
 		!strings.Contains(d.log.String(), `msg="xapsd stopped"`) {
 		t.Errorf("Ctrl-C: exit %d", d.cmd.ProcessState.ExitCode())
+	}
+}
+
+// notifyBeforeItsPush puts a /notify line back before the push lines it
+// caused. The handler logs a /notify once the service has queued its push,
+// and the sender, in its own goroutine, may log the push first; the README
+// shows the causal order. Push lines with no /notify before them are such
+// a case: the /notify line right after them moves in front.
+func notifyBeforeItsPush(lines []readmeLine) []readmeLine {
+	out := slices.Clone(lines)
+	isPush := func(l readmeLine) bool { return l.msg == `"dry-run: would push"` || l.msg == "push" }
+	for i := 0; i < len(out); i++ {
+		if !isPush(out[i]) || (i > 0 && (isPush(out[i-1]) || out[i-1].msg == "notify")) {
+			continue
+		}
+		j := i
+		for j < len(out) && isPush(out[j]) {
+			j++
+		}
+		if j < len(out) && out[j].msg == "notify" {
+			notify := out[j]
+			copy(out[i+1:j+1], out[i:j])
+			out[i] = notify
+		}
+		i = j
+	}
+	return out
+}
+
+func TestNotifyBeforeItsPush(t *testing.T) {
+	l := func(msg string) readmeLine { return readmeLine{msg: msg} }
+	reg, note, dry, push := l("registered"), l("notify"), l(`"dry-run: would push"`), l("push")
+	for _, tc := range []struct{ in, want []readmeLine }{
+		{[]readmeLine{reg, note, dry, push, note, dry, push}, []readmeLine{reg, note, dry, push, note, dry, push}},
+		{[]readmeLine{reg, dry, push, note, note, dry, push}, []readmeLine{reg, note, dry, push, note, dry, push}},
+		{[]readmeLine{reg, note, note, dry, push, dry, push}, []readmeLine{reg, note, note, dry, push, dry, push}},
+	} {
+		got := notifyBeforeItsPush(tc.in)
+		if !slices.EqualFunc(got, tc.want, func(a, b readmeLine) bool { return a.msg == b.msg }) {
+			t.Errorf("notifyBeforeItsPush(%v) = %v, want %v", tc.in, got, tc.want)
+		}
 	}
 }
 
