@@ -389,7 +389,6 @@ func TestDryRunPushesAreTheirOwnOutcome(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { s.Run(ctx); close(done) }()
-	defer func() { cancel(); <-done }()
 	s.Enqueue(dev)
 	if r := res.wait(t); r.Outcome != DryRun || r.Status != 200 {
 		t.Errorf("dry-run push: %+v", r)
@@ -397,6 +396,10 @@ func TestDryRunPushesAreTheirOwnOutcome(t *testing.T) {
 	if r := s.PushNow(context.Background(), dev); r.Outcome != DryRun {
 		t.Errorf("dry-run test push: %+v", r)
 	}
+	// The sender logs a push after reporting its result: read the log
+	// once it has stopped.
+	cancel()
+	<-done
 	if strings.Contains(logged.String(), "outcome=delivered") || !strings.Contains(logged.String(), "outcome=dry-run") {
 		t.Errorf("log:\n%s", logged.String())
 	}
