@@ -45,6 +45,13 @@ func TestCheckFindsPlantedMistakes(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(root, "internal/pkg/blob.bin"), []byte("\x00spec \u00a71\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
+	// A citation of the notes folder beside the checkout, written here
+	// rather than kept in testdata, so that no file of the repository
+	// points outside it.
+	outsideDir := "../" + "shared"
+	if err := os.WriteFile(filepath.Join(root, "internal/pkg/cite.go"), []byte("package pkg\n\n// See "+outsideDir+"/notes.md.\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	// Generated paths count as existing; the folder itself is ignored.
 	if err := os.MkdirAll(filepath.Join(root, "configs/dev/state"), 0o755); err != nil {
 		t.Fatal(err)
@@ -65,7 +72,8 @@ func TestCheckFindsPlantedMistakes(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := strings.Split(strings.TrimSpace(string(data)), "\n")
+	want := append(strings.Split(strings.TrimSpace(string(data)), "\n"),
+		`internal/pkg/cite.go:3: cites "`+outsideDir+`"`)
 	if len(got) != len(want) {
 		t.Errorf("got %d problems, want %d:\n%s", len(got), len(want), strings.Join(got, "\n"))
 	}
