@@ -135,11 +135,6 @@ func Open(ctx context.Context, o Options) (*Store, error) {
 // Close closes the pool.
 func (s *Store) Close() { s.pool.Close() }
 
-// Ping checks that the database answers.
-func (s *Store) Ping(ctx context.Context) error {
-	return s.pool.Ping(ctx)
-}
-
 // migrations, in order; migration i brings the schema to version i+1.
 // Never edit one that has shipped: add another.
 var migrations = []string{

@@ -19,12 +19,7 @@ import (
 // Every test runs against a real, throw-away PostgreSQL (internal/testutil/pgtest).
 func cluster(t *testing.T) *pgtest.Cluster {
 	t.Helper()
-	c, err := pgtest.Start(pgtest.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
-	return c
+	return pgtest.StartT(t, pgtest.Options{})
 }
 
 func open(t *testing.T, c *pgtest.Cluster, instance string) *Store {
@@ -306,11 +301,7 @@ func TestExclusiveRunsOnOneDaemonAtATime(t *testing.T) {
 // databasePasswordFile or from PGPASSWORD, as libpq's tools take it.
 func TestPasswordFromFileOrEnvironment(t *testing.T) {
 	const password = "db-pass-4f1c"
-	c, err := pgtest.Start(pgtest.Options{Password: password})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
+	c := pgtest.StartT(t, pgtest.Options{Password: password})
 	ctx := context.Background()
 	t.Setenv("PGPASSWORD", "")
 	t.Setenv("PGPASSFILE", "/nonexistent")

@@ -366,11 +366,9 @@ func totalLen(names []string) int {
 }
 
 // printable refuses control characters and U+FFFD, which is what
-// encoding/json makes of an escaped lone surrogate ("\ud800").
+// encoding/json makes of an escaped lone surrogate ("\ud800"), and which
+// ranging over invalid UTF-8 yields.
 func printable(s string) bool {
-	if !utf8.ValidString(s) {
-		return false
-	}
 	for _, r := range s {
 		if r < 0x20 || r == 0x7f || r == utf8.RuneError {
 			return false

@@ -3,6 +3,7 @@ package registry
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -87,8 +88,17 @@ func (j *journal) health(h *Health) {
 	}
 }
 
-// expire leaves the removals to the registry, which journals them.
-func (j *journal) expire(time.Time) (int, bool) { return 0, false }
+// expire journals the removals like any other change.
+func (j *journal) expire(cutoff time.Time) int { return j.r.expireInMemory(cutoff) }
+
+// capsInStore: the registry in memory is the whole truth and applies the
+// caps itself.
+func (j *journal) capsInStore() bool { return false }
+
+// exclusive runs work: the files are this daemon's alone.
+func (j *journal) exclusive(_ context.Context, _ string, work func() error) (bool, error) {
+	return true, work()
+}
 
 func (j *journal) kick() {
 	select {
@@ -695,20 +705,12 @@ func (j *journal) probe() error {
 // and releases their waiters. A failed write changes nothing in memory.
 func (j *journal) flush() {
 	r := j.r
-	r.mu.Lock()
-	b := r.pending
-	if b.empty() {
-		r.mu.Unlock()
+	b := r.takePending()
+	if b == nil {
 		return
 	}
-	r.pending = newBatch()
-	r.mu.Unlock()
-
-	start := time.Now()
-	err := j.write(b.buf)
-	if r.opts.OnSync != nil {
-		r.opts.OnSync(len(b.recs), time.Since(start))
-	}
+	lines := b.lines()
+	err := r.timedSave(b, func() error { return j.write(lines) })
 	if err != nil {
 		err = fmt.Errorf("write registry journal: %w", err)
 		r.log.WithError(err).Error("registrations could not be made durable; they were refused")
@@ -728,7 +730,7 @@ func (j *journal) flush() {
 	r.adding -= b.adds
 	r.mu.Unlock()
 	records := j.sinceCompact.Add(int64(len(b.recs)))
-	size := j.bytesSince.Add(int64(len(b.buf)))
+	size := j.bytesSince.Add(int64(len(lines)))
 	if records >= int64(r.opts.CompactAfter) || size >= max(r.opts.CompactAfterBytes, j.snapSize.Load()) {
 		j.compactAsync()
 	}

@@ -51,7 +51,6 @@ type pgPersister struct {
 	st      atomic.Pointer[pgstore.Store] // nil until connected and migrated
 	lastErr atomic.Pointer[error]         // last failed commit; nil after one succeeded
 	linkErr atomic.Pointer[error]         // why the database is not followed; nil while it is
-	loaded  atomic.Bool                   // memory holds the database's registrations
 
 	// reload keeps commits and reloads apart, so that what a reload read
 	// never replaces what a later commit applied.
@@ -188,7 +187,6 @@ func (p *pgPersister) reloadAll(ctx context.Context) error {
 	r.mu.Unlock()
 	r.log.WithField("registrations", fresh.count).WithField("ms", time.Since(start).Milliseconds()).
 		Info("PostgreSQL: registrations loaded")
-	p.loaded.Store(true)
 	p.loadOnce.Do(func() { close(p.firstLoad) })
 	return nil
 }
@@ -258,20 +256,11 @@ func (p *pgPersister) run() {
 
 func (p *pgPersister) flush() {
 	r := p.r
-	r.mu.Lock()
-	b := r.pending
-	if b.empty() {
-		r.mu.Unlock()
+	b := r.takePending()
+	if b == nil {
 		return
 	}
-	r.pending = newBatch()
-	r.mu.Unlock()
-
-	start := time.Now()
-	err := p.commit(b)
-	if r.opts.OnSync != nil {
-		r.opts.OnSync(len(b.recs), time.Since(start))
-	}
+	err := r.timedSave(b, func() error { return p.commit(b) })
 	r.mu.Lock()
 	r.adding -= b.adds
 	r.mu.Unlock()
@@ -318,7 +307,6 @@ func (p *pgPersister) commit(b *batch) error {
 	for u, regs := range state {
 		r.replaceUser(u, regs)
 	}
-	r.applied = b.last
 	r.mu.Unlock()
 	return nil
 }
@@ -335,26 +323,29 @@ func (p *pgPersister) health(h *Health) {
 
 // expire runs the sweep when no other daemon is running it; the users it
 // changed are reloaded here and announced to the others.
-func (p *pgPersister) expire(cutoff time.Time) (int, bool) {
+func (p *pgPersister) expire(cutoff time.Time) int {
 	st := p.st.Load()
 	if st == nil {
-		return 0, true
+		return 0
 	}
 	ctx, cancel := context.WithTimeout(p.ctx, time.Minute)
 	defer cancel()
 	users, n, ran, err := st.Expire(ctx, cutoff)
 	if err != nil {
 		p.r.log.WithError(err).Warn("PostgreSQL: the expiry sweep failed; the next one tries again")
-		return 0, true
+		return 0
 	}
 	if !ran {
-		return 0, true
+		return 0
 	}
 	if err := p.reloadUsers(ctx, users); err != nil {
 		p.r.log.WithError(err).Warn("PostgreSQL: could not reload the users the expiry sweep changed")
 	}
-	return n, true
+	return n
 }
+
+// capsInStore: the commits enforce the caps in the database.
+func (p *pgPersister) capsInStore() bool { return true }
 
 func (p *pgPersister) close() error {
 	p.cancel()

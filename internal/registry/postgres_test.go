@@ -15,12 +15,7 @@ import (
 
 func pgCluster(t *testing.T) *pgtest.Cluster {
 	t.Helper()
-	c, err := pgtest.Start(pgtest.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
-	return c
+	return pgtest.StartT(t, pgtest.Options{})
 }
 
 func openPG(t *testing.T, c *pgtest.Cluster, name string, tweak ...func(*Options)) *Registry {

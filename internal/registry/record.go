@@ -44,32 +44,60 @@ func mustMarshal(v any) []byte {
 	return b
 }
 
-// batch collects journal lines that reach the disk with one write and one
-// fsync (group commit); every caller that added to it waits on done. recs
-// are the same changes, applied to memory once the write succeeded.
+// batch collects changes that become durable together, with one write and
+// one fsync of the journal or one database transaction (group commit);
+// every caller that added to it waits on done. They are applied to memory
+// once stored.
 type batch struct {
-	buf   []byte
-	recs  []record
-	first uint64
-	last  uint64
-	adds  int // registrations it adds (Registry.adding)
-	done  chan struct{}
-	err   error
+	recs []record
+	last uint64
+	adds int // registrations it adds (Registry.adding)
+	done chan struct{}
+	err  error
 }
 
 func newBatch() *batch { return &batch{done: make(chan struct{})} }
 
 func (b *batch) addRecord(rec record) {
-	if b.first == 0 {
-		b.first = rec.Seq
-	}
 	b.last = rec.Seq
-	b.buf = append(b.buf, mustMarshal(rec)...)
-	b.buf = append(b.buf, '\n')
 	b.recs = append(b.recs, rec)
 }
 
-func (b *batch) empty() bool { return len(b.buf) == 0 }
+func (b *batch) empty() bool { return len(b.recs) == 0 }
+
+// lines is the batch as journal lines. The writer builds them, outside
+// the registry's lock, which lookups share.
+func (b *batch) lines() []byte {
+	var buf []byte
+	for _, rec := range b.recs {
+		buf = append(buf, mustMarshal(rec)...)
+		buf = append(buf, '\n')
+	}
+	return buf
+}
+
+// takePending swaps in a new batch and returns the one that was pending,
+// or nil when it holds nothing.
+func (r *Registry) takePending() *batch {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	b := r.pending
+	if b.empty() {
+		return nil
+	}
+	r.pending = newBatch()
+	return b
+}
+
+// timedSave makes b durable with save and reports the time it took (OnSync).
+func (r *Registry) timedSave(b *batch, save func() error) error {
+	start := time.Now()
+	err := save()
+	if r.opts.OnSync != nil {
+		r.opts.OnSync(len(b.recs), time.Since(start))
+	}
+	return err
+}
 
 func (b *batch) finish(err error) {
 	b.err = err

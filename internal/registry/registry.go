@@ -176,10 +176,6 @@ type Registry struct {
 	appleCerts json.RawMessage
 
 	store persister
-	// capsInStore: the store enforces the device caps itself (a shared
-	// database, where this daemon's memory may not yet hold what another
-	// one just added, so its choice of the oldest could be wrong).
-	capsInStore bool
 }
 
 // A persister makes the registry's changes durable: the journal beside
@@ -191,11 +187,16 @@ type persister interface {
 	kick()
 	// health fills in what Health reports about durability.
 	health(h *Health)
-	// expire removes the registrations registered before cutoff itself
-	// when it has its own way to (handled), for example one daemon at a
-	// time for a shared database; otherwise the registry journals the
-	// removals.
-	expire(cutoff time.Time) (removed int, handled bool)
+	// expire removes the registrations registered before cutoff, waits
+	// until that is durable and returns how many it removed.
+	expire(cutoff time.Time) (removed int)
+	// capsInStore: the store enforces the device caps itself (a shared
+	// database, where this daemon's memory may not yet hold what another
+	// one just added, so its choice of the oldest could be wrong).
+	capsInStore() bool
+	// exclusive runs work unless another daemon sharing the store runs
+	// it (see Registry.Exclusive).
+	exclusive(ctx context.Context, name string, work func() error) (ran bool, err error)
 	close() error
 }
 
@@ -225,7 +226,6 @@ func Open(opts Options) (*Registry, error) {
 			return nil, err
 		}
 		r.store = p
-		r.capsInStore = true
 		return r, nil
 	}
 	j, err := openJournal(r, opts.Path)
@@ -333,7 +333,7 @@ func (r *Registry) register(ctx context.Context, reg Registration, keepNewer boo
 	}
 	b.addRecord(record{Seq: r.nextSeq(), Op: opPut, User: reg.User, AccountID: reg.AccountID, DeviceToken: reg.DeviceToken,
 		Mailboxes: slices.Clone(reg.Mailboxes), RegistrationTime: reg.Registered.UTC(), keepNewer: keepNewer})
-	if idx < 0 && !r.capsInStore {
+	if idx < 0 && !r.store.capsInStore() {
 		r.planCaps(reg.User, regs, entry{accountID: reg.AccountID, deviceToken: reg.DeviceToken, registered: now}, b)
 	}
 	r.mu.Unlock()
@@ -478,9 +478,8 @@ func (r *Registry) RemoveMatching(ctx context.Context, user, id string) ([]Regis
 	return removed, nil
 }
 
-// removeAt deletes regs[i] of user and returns the shortened slice. Caller
-// holds mu.
-func (r *Registry) removeAt(user string, regs []entry, i int) []entry {
+// removeAt deletes regs[i] of user. Caller holds mu.
+func (r *Registry) removeAt(user string, regs []entry, i int) {
 	r.releaseBoxes(regs[i].boxes)
 	regs = append(regs[:i], regs[i+1:]...)
 	r.count--
@@ -489,16 +488,19 @@ func (r *Registry) removeAt(user string, regs []entry, i int) []entry {
 	} else {
 		r.users[user] = regs
 	}
-	return regs
 }
 
 // Expire removes registrations not refreshed within the TTL, waits for
 // the disk and returns how many it removed.
 func (r *Registry) Expire(now time.Time) int {
-	if n, handled := r.store.expire(now.Add(-r.opts.TTL)); handled {
-		return n
-	}
-	cutoff := now.Add(-r.opts.TTL).UnixNano()
+	return r.store.expire(now.Add(-r.opts.TTL))
+}
+
+// expireInMemory removes, through the pending batch, the registrations in
+// memory registered before cutoff: the way a store that is this daemon's
+// alone expires them.
+func (r *Registry) expireInMemory(cutoffTime time.Time) int {
+	cutoff := cutoffTime.UnixNano()
 	r.mu.Lock()
 	if r.closed {
 		r.mu.Unlock()
@@ -638,10 +640,7 @@ func (r *Registry) Health() Health {
 // and work was not run, while another daemon runs it. With the files the
 // registry is this daemon's alone, and work simply runs.
 func (r *Registry) Exclusive(ctx context.Context, name string, work func() error) (ran bool, err error) {
-	if p, ok := r.store.(*pgPersister); ok {
-		return p.exclusive(ctx, name, work)
-	}
-	return true, work()
+	return r.store.exclusive(ctx, name, work)
 }
 
 // LegacyAppleCerts returns the "AppleCerts" object of an old xapsd

@@ -49,12 +49,7 @@ func newPGGroup(t *testing.T, n int, extra string) *pgGroup {
 
 func startPG(t *testing.T) *pgtest.Cluster {
 	t.Helper()
-	pg, err := pgtest.Start(pgtest.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { pg.Close() })
-	return pg
+	return pgtest.StartT(t, pgtest.Options{})
 }
 
 func newPGGroupWith(t *testing.T, n int, o pgGroupOptions) *pgGroup {
@@ -397,11 +392,7 @@ func TestPostgresKill9AcrossDaemonsLosesNothing(t *testing.T) {
 func TestE2EPostgresRegistry(t *testing.T) { forEachDovecot(t, testE2EPostgresRegistry) }
 
 func testE2EPostgresRegistry(t *testing.T, dv dovecotKind) {
-	pg, err := pgtest.Start(pgtest.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { pg.Close() })
+	pg := startPG(t)
 	e := newE2E(t, dv, "databaseURL: "+pg.URL+"\n")
 	// Both the "registry loaded" and the "xapsd is running" lines name
 	// the database, not the unused registry file.
@@ -458,11 +449,7 @@ func testE2EPostgresRegistry(t *testing.T, dv dovecotKind) {
 // gone, so the database is the only source), export again, and start on
 // the files with that export. Every user is pushed to at each stage.
 func TestPostgresFromFilesAndBack(t *testing.T) {
-	pg, err := pgtest.Start(pgtest.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { pg.Close() })
+	pg := startPG(t)
 	e := newAPNsEnv(t, "apnsMinInterval: 0\n")
 	base := fmt.Sprintf("apnsEndpoint: %s\ncertificateFilePem: push.pem\ncertificateFilePemKey: push.key\napnsMinInterval: 0\n", e.apns.URL)
 	users := []string{"alice@example.com", "bob@example.com", "carol@example.com"}

@@ -72,6 +72,26 @@ func version(binDir string) int {
 	return v
 }
 
+// TB is the part of testing.TB that StartT uses (this package stays free
+// of the testing package, for the benchmark tool).
+type TB interface {
+	Helper()
+	Fatal(args ...any)
+	Cleanup(func())
+}
+
+// StartT starts a cluster for a test and closes it when the test ends;
+// it fails the test if the cluster does not start.
+func StartT(t TB, o Options) *Cluster {
+	t.Helper()
+	c, err := Start(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
 // Start initialises and starts a new cluster. It must run as root or as an
 // ordinary user; as root the server runs as the system user "postgres" (or
 // "nobody"), because PostgreSQL refuses to run as root.
@@ -221,16 +241,6 @@ func (c *Cluster) Stop() error {
 	}
 	c.proc = nil
 	return nil
-}
-
-// Kill stops the server with SIGKILL, as a crash would.
-func (c *Cluster) Kill() {
-	if c.proc == nil {
-		return
-	}
-	c.proc.Process.Kill()
-	<-c.done
-	c.proc = nil
 }
 
 // Restart starts a stopped server again.
