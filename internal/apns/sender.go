@@ -119,7 +119,7 @@ type job struct {
 type pause struct {
 	on      bool
 	reason  string    // for /readyz and the log
-	since   time.Time //
+	since   time.Time // when it paused, for /readyz
 	probeAt time.Time // when one push may go out to try again
 	probing bool      // that push is on its way
 }
@@ -160,7 +160,7 @@ type Sender struct {
 	guardLogged time.Time // the last "devices kept" error; zero when the guard is off
 
 	sem     chan struct{}
-	lastLog sync.Map // message kind → unix seconds of its last line
+	lastLog sync.Map // message kind → *atomic.Int64 for logging.EveryMinute
 }
 
 // New returns a Sender using client until SetClient replaces it.
@@ -355,7 +355,7 @@ func (s *Sender) next() (*job, time.Duration) {
 	if until, err := s.client.Load().unreachable(); !until.IsZero() {
 		s.unreachable = true
 		s.idle.Broadcast() // Drain does not wait for a queue that cannot move
-		s.logEvery("unreachable", time.Minute, func(l logrus.FieldLogger) {
+		s.logEveryMinute("unreachable", func(l logrus.FieldLogger) {
 			l.WithError(err).WithField("queued", len(s.queued)).
 				Errorf("cannot connect to APNs: sending paused, pushes are kept; next attempt in %s", time.Until(until).Round(time.Second))
 		})
@@ -606,7 +606,7 @@ func (s *Sender) classify(c *Client, j *job, resp *apns2.Response, sent time.Tim
 		s.pauseFor(c, resp.StatusCode, resp.Reason, s.opts.Now().Add(s.opts.ProbeInterval))
 		return Held
 	case resp.Reason == apns2.ReasonTooManyProviderTokenUpdates:
-		s.logEvery("token-updates", time.Minute, func(l logrus.FieldLogger) {
+		s.logEveryMinute("token-updates", func(l logrus.FieldLogger) {
 			l.Error("APNs refuses a provider token made too soon after the previous one (429 TooManyProviderTokenUpdates): " +
 				"is the same .p8 key used by another program or another xapsd? Pushes are retried")
 		})
@@ -683,7 +683,7 @@ func (s *Sender) pauseWith(c *Client, why string, probeAt time.Time) {
 	s.mu.Unlock()
 	// Pushes waiting for a stream would be refused the same way.
 	c.holdBack()
-	s.logEvery("pause", time.Minute, func(l logrus.FieldLogger) {
+	s.logEveryMinute("pause", func(l logrus.FieldLogger) {
 		l.WithField("queued", queued).Errorf("%s. Sending is paused and pushes are kept until they expire; "+
 			"reload (SIGHUP) once fixed. One push is tried at %s", why, probeAt.UTC().Format(time.RFC3339))
 	})
@@ -693,7 +693,7 @@ func (s *Sender) pauseWith(c *Client, why string, probeAt time.Time) {
 // once, unless it was made less than TokenRenewInterval ago (APNs would
 // refuse the new one); then sending pauses until it may be.
 func (s *Sender) expiredToken(c *Client, sent time.Time) Outcome {
-	s.logEvery("expired-token", time.Minute, func(l logrus.FieldLogger) {
+	s.logEveryMinute("expired-token", func(l logrus.FieldLogger) {
 		l.Error("APNs says the provider token has expired (403 ExpiredProviderToken), although xapsd makes a new " +
 			"one every 50 minutes: the host's clock is probably behind (check NTP, timedatectl). Making a new token")
 	})
@@ -752,17 +752,13 @@ func (s *Sender) addAnswerLocked(bad bool) {
 	s.answerNext = (s.answerNext + 1) % guardWindow
 }
 
-// logEvery runs f with the sender's log at most once per every for kind:
-// problems that concern every push are said once, not once per push.
-func (s *Sender) logEvery(kind string, every time.Duration, f func(logrus.FieldLogger)) {
-	now := time.Now().UnixNano()
+// logEveryMinute runs f with the sender's log at most once a minute for
+// kind: problems that concern every push are said once, not once per push.
+func (s *Sender) logEveryMinute(kind string, f func(logrus.FieldLogger)) {
 	v, _ := s.lastLog.LoadOrStore(kind, new(atomic.Int64))
-	last := v.(*atomic.Int64)
-	prev := last.Load()
-	if prev != 0 && now-prev < int64(every) || !last.CompareAndSwap(prev, now) {
-		return
+	if logging.EveryMinute(v.(*atomic.Int64)) {
+		f(s.log)
 	}
-	f(s.log)
 }
 
 func (s *Sender) report(res Result) {

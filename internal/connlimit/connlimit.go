@@ -6,7 +6,8 @@
 // connection that has been idle longest (a keep-alive connection between
 // requests, which any HTTP client must expect to lose), or else one that
 // connected more than Grace ago and has not sent a byte. Only when every
-// connection is busy with a request does Accept wait, leaving new ones in
+// connection is busy with a request, or new and still within Grace, does
+// Accept wait, leaving new ones in
 // the kernel's backlog. There is deliberately no per-address limit: the
 // Dovecot plugin comes from the same loopback address as anything else
 // on the host, and would be the first one locked out.
@@ -44,7 +45,7 @@ type Pool struct {
 type tracked struct {
 	elem  *list.Element // nil while a request runs
 	in    *list.List    // idle or fresh: the list elem is on
-	since time.Time
+	since time.Time // when it was accepted (for Grace, while on fresh)
 }
 
 // New returns a pool of at most max connections.
@@ -86,7 +87,6 @@ func (p *Pool) ConnState(nc net.Conn, state http.ConnState) {
 	p.unlist(t)
 	switch state {
 	case http.StateIdle:
-		t.since = p.now()
 		t.elem, t.in = p.idle.PushBack(c), p.idle
 		p.cond.Broadcast() // an Accept waiting for room may close it
 	case http.StateActive:

@@ -48,7 +48,7 @@ type Daemon struct {
 	tlsConfig   *tls.Config
 	tlsListener net.Listener    // the one of listeners that serves TLS, if any
 	conns       *connlimit.Pool // the plugin listeners' connections
-	lastEvict   atomic.Int64    // unix seconds of the last eviction log line
+	lastEvict   atomic.Int64    // the last eviction log line (logging.EveryMinute)
 	metrics     *metrics.Metrics
 	monitor     *metrics.Server
 	admin       *ctl.Server
@@ -288,8 +288,7 @@ func (d *Daemon) bind(cfg *config.Config) error {
 	d.conns = connlimit.New(pluginConns)
 	d.conns.OnEvict = func() {
 		d.metrics.ObserveEviction()
-		now := time.Now().Unix()
-		if last := d.lastEvict.Load(); now-last >= 60 && d.lastEvict.CompareAndSwap(last, now) {
+		if logging.EveryMinute(&d.lastEvict) {
 			d.log.WithFields(logrus.Fields{"component": "pluginapi", "limit": pluginConns, "file_limit": limit}).
 				Warn("connection limit reached: closing the longest-idle connections to make room; logged at most once a minute")
 		}

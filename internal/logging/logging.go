@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"io"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/sirupsen/logrus"
@@ -83,4 +84,14 @@ func Short(id string) string {
 		return strings.Repeat("*", len(id))
 	}
 	return id[:4] + "…" + id[len(id)-4:]
+}
+
+// EveryMinute reports whether a line rate-limited by last (the time of
+// its previous line, in Unix nanoseconds; zero at first) may be logged
+// now, and if so marks it logged. A problem that concerns every request
+// or push is said once a minute, not once each time.
+func EveryMinute(last *atomic.Int64) bool {
+	now := time.Now().UnixNano()
+	prev := last.Load()
+	return (prev == 0 || now-prev >= int64(time.Minute)) && last.CompareAndSwap(prev, now)
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -64,5 +65,19 @@ func TestTimesAreUTC(t *testing.T) {
 		if out := buf.String(); !strings.Contains(out, "2026-02-28T21:03:04Z") {
 			t.Errorf("%s: %q lacks the UTC time", format, out)
 		}
+	}
+}
+
+func TestEveryMinute(t *testing.T) {
+	var last atomic.Int64
+	if !EveryMinute(&last) {
+		t.Error("the first line is not logged")
+	}
+	if EveryMinute(&last) {
+		t.Error("a second line within the minute is logged")
+	}
+	last.Store(time.Now().Add(-61 * time.Second).UnixNano())
+	if !EveryMinute(&last) {
+		t.Error("a line a minute later is not logged")
 	}
 }

@@ -121,14 +121,6 @@ func (h *handler) authorized(r *http.Request) bool {
 	return subtle.ConstantTimeCompare(sum[:], h.secretSum[:]) == 1
 }
 
-// everyMinute reports whether a line rate-limited by last may be logged
-// now, and marks it logged.
-func everyMinute(last *atomic.Int64) bool {
-	now := time.Now().Unix()
-	prev := last.Load()
-	return now-prev >= 60 && last.CompareAndSwap(prev, now)
-}
-
 func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
 	sw := &statusWriter{ResponseWriter: w, status: http.StatusOK}
@@ -159,7 +151,7 @@ func (h *handler) route(w http.ResponseWriter, r *http.Request) {
 	}
 	if allow == http.MethodPost && !h.authorized(r) {
 		// Before the body is read: nothing of the request counts.
-		if everyMinute(&h.lastAuthLog) {
+		if logging.EveryMinute(&h.lastAuthLog) {
 			h.Log.WithField("remote", r.RemoteAddr).Warn("refused requests without the plugin's secret (pluginSecretFile); logged at most once a minute")
 		}
 		w.Header().Set("WWW-Authenticate", `Bearer realm="xapsd"`)
@@ -268,7 +260,7 @@ func (h *handler) register(w http.ResponseWriter, r *http.Request) {
 	defer cancel()
 	if err := h.Registrar.Register(ctx, reg); err != nil {
 		if errors.Is(err, registry.ErrFull) {
-			if everyMinute(&h.lastFullLog) {
+			if logging.EveryMinute(&h.lastFullLog) {
 				h.Log.WithField("user", reg.User).Warn("refusing new registrations: maxRegistrations reached; logged at most once a minute")
 			}
 			fail(w, http.StatusServiceUnavailable, "registry full: the server takes no new devices now")
