@@ -45,7 +45,7 @@ type Pool struct {
 type tracked struct {
 	elem  *list.Element // nil while a request runs
 	in    *list.List    // idle or fresh: the list elem is on
-	since time.Time // when it was accepted (for Grace, while on fresh)
+	since time.Time     // when it was accepted (for Grace, while on fresh)
 }
 
 // New returns a pool of at most max connections.
