@@ -115,20 +115,13 @@ func findCommand(words []string) (*command, []string, error) {
 		if len(words) == 1 {
 			return nil, nil, usageError("devices needs a subcommand: devices list or devices remove (see xapsd help devices)")
 		}
-		return nil, nil, usageError(fmt.Sprintf("unknown command %q%s (see xapsd help devices)", "devices "+words[1], meant("devices "+words[1], names)))
+		return nil, nil, usageError(fmt.Sprintf("unknown command %q%s (see xapsd help devices)", "devices "+words[1], suggest.Hint("devices "+words[1], names...)))
 	}
 	var firsts []string
 	for _, n := range names {
 		firsts = append(firsts, strings.Fields(n)[0])
 	}
-	return nil, nil, usageError(fmt.Sprintf("unknown command %q%s (see xapsd help)", words[0], meant(words[0], append(firsts, "help"))))
-}
-
-func meant(word string, choices []string) string {
-	if s := suggest.Closest(word, choices); s != "" {
-		return "; did you mean " + s + "?"
-	}
-	return ""
+	return nil, nil, usageError(fmt.Sprintf("unknown command %q%s (see xapsd help)", words[0], suggest.Hint(words[0], append(firsts, "help")...)))
 }
 
 // usageError is wrong usage: exit code 2.

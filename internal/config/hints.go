@@ -39,19 +39,7 @@ func unknownKey(name string, line int) string {
 	for _, k := range keys() {
 		names = append(names, k.name)
 	}
-	msg := fmt.Sprintf("line %d: unknown key %q ignored", line, name)
-	if s := suggest.Closest(name, names); s != "" {
-		msg += fmt.Sprintf("; did you mean %s?", s)
-	}
-	return msg
-}
-
-// didYouMean is "; did you mean X?" when value is close to one of choices, else "".
-func didYouMean(value string, choices ...string) string {
-	if s := suggest.Closest(value, choices); s != "" && !strings.EqualFold(s, value) {
-		return "; did you mean " + s + "?"
-	}
-	return ""
+	return fmt.Sprintf("line %d: unknown key %q ignored", line, name) + suggest.Hint(name, names...)
 }
 
 var yamlLine = regexp.MustCompile(`^line ([0-9]+): `)

@@ -10,6 +10,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/xapsd/xapsd/internal/suggest"
 )
 
 // Limits checked by Validate.
@@ -66,12 +68,12 @@ func (c *Config) validate(given map[string]string) []error {
 	switch strings.ToLower(c.LogLevel) {
 	case "trace", "debug", "info", "warn", "warning", "error":
 	default:
-		bad("loglevel", c.LogLevel, "must be trace, debug, info, warn or error%s", didYouMean(c.LogLevel, "trace", "debug", "info", "warn", "error"))
+		bad("loglevel", c.LogLevel, "must be trace, debug, info, warn or error%s", suggest.Hint(c.LogLevel, "trace", "debug", "info", "warn", "error"))
 	}
 	switch strings.ToLower(c.LogFormat) {
 	case "text", "json":
 	default:
-		bad("logFormat", c.LogFormat, "must be text or json%s", didYouMean(c.LogFormat, "text", "json"))
+		bad("logFormat", c.LogFormat, "must be text or json%s", suggest.Hint(c.LogFormat, "text", "json"))
 	}
 
 	if c.DatabaseFile == "" {
@@ -158,7 +160,7 @@ func (c *Config) validate(given map[string]string) []error {
 			const valid = "must be production, development, dry-run or an https://host[:port] URL"
 			if !strings.Contains(c.APNsEndpoint, "://") {
 				// A word, not a URL: what is wrong with it as a URL would only confuse.
-				bad("apnsEndpoint", c.APNsEndpoint, "%s%s", valid, didYouMean(c.APNsEndpoint, EndpointProduction, EndpointDevelopment, EndpointDryRun))
+				bad("apnsEndpoint", c.APNsEndpoint, "%s%s", valid, suggest.Hint(c.APNsEndpoint, EndpointProduction, EndpointDevelopment, EndpointDryRun))
 			} else {
 				bad("apnsEndpoint", c.APNsEndpoint, "%s: %v", valid, err)
 			}
@@ -167,7 +169,7 @@ func (c *Config) validate(given map[string]string) []error {
 	switch strings.ToLower(c.PushMailboxes) {
 	case "registered", "inbox":
 	default:
-		bad("pushMailboxes", c.PushMailboxes, "must be registered or inbox%s", didYouMean(c.PushMailboxes, "registered", "inbox"))
+		bad("pushMailboxes", c.PushMailboxes, "must be registered or inbox%s", suggest.Hint(c.PushMailboxes, "registered", "inbox"))
 	}
 	switch c.APNsPriority {
 	case 0, 5, 10:

@@ -6,6 +6,15 @@ package suggest
 
 import "strings"
 
+// Hint is "; did you mean X?" for the choice X that word most likely
+// means (Closest), or "" when there is none: the tail of an error message.
+func Hint(word string, choices ...string) string {
+	if s := Closest(word, choices); s != "" {
+		return "; did you mean " + s + "?"
+	}
+	return ""
+}
+
 // Closest returns the choice that word most likely means, or "" when none
 // is close enough to be worth suggesting. Case does not count. A choice
 // that starts with word (prod for production) wins over edit distance,
