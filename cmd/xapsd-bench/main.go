@@ -233,26 +233,13 @@ func run(o options) error {
 	} else if o.bigRegistry > 0 {
 		loadDir := filepath.Join(dir, "big")
 		os.MkdirAll(filepath.Join(loadDir, "state"), 0o700)
-		os.WriteFile(filepath.Join(loadDir, "push.pem"), leaf.CertPEM(), 0o600)
-		os.WriteFile(filepath.Join(loadDir, "push.key"), leaf.KeyPEM(), 0o600)
 		size, err := writeBigRegistry(filepath.Join(loadDir, "state", "database.json"), o.bigRegistry)
 		if err != nil {
 			return err
 		}
-		start := time.Now()
-		d, err := startDaemon(o, loadDir, apns.URL, caFile)
-		if err != nil {
+		if err := measureStart(o, loadDir, apns.URL, caFile, leaf, fmt.Sprintf("start with %d registrations", o.bigRegistry),
+			fmt.Sprintf(", file %d MB", size>>20), add); err != nil {
 			return err
-		}
-		ready := time.Since(start)
-		loadMS := d.loadMillis()
-		time.Sleep(2 * time.Second)
-		rss, hwm := d.memory()
-		add(fmt.Sprintf("start with %d registrations", o.bigRegistry), fmt.Sprintf("%.2f s", ready.Seconds()),
-			fmt.Sprintf("(registry load %d ms, file %d MB)", loadMS, size>>20))
-		add("RSS after loading them", fmt.Sprintf("%d MB", rss>>10), fmt.Sprintf("(peak %d MB)", hwm>>10))
-		if code := d.stop(); code != 0 {
-			return fmt.Errorf("xapsd exited %d", code)
 		}
 	}
 
@@ -401,6 +388,30 @@ func writeBigRegistry(path string, n int) (int64, error) {
 		return 0, err
 	}
 	return st.Size(), nil
+}
+
+// measureStart starts a daemon on the registry prepared in loadDir (or
+// in the database), with leaf as its credential, and adds its start time
+// and memory to the table.
+func measureStart(o options, loadDir, apnsURL, caFile string, leaf *testpki.Leaf, name, detail string, add func(name, value, note string)) error {
+	os.MkdirAll(loadDir, 0o700)
+	os.WriteFile(filepath.Join(loadDir, "push.pem"), leaf.CertPEM(), 0o600)
+	os.WriteFile(filepath.Join(loadDir, "push.key"), leaf.KeyPEM(), 0o600)
+	start := time.Now()
+	d, err := startDaemon(o, loadDir, apnsURL, caFile)
+	if err != nil {
+		return err
+	}
+	ready := time.Since(start)
+	loadMS := d.loadMillis()
+	time.Sleep(2 * time.Second)
+	rss, hwm := d.memory()
+	add(name, fmt.Sprintf("%.2f s", ready.Seconds()), fmt.Sprintf("(registry load %d ms%s)", loadMS, detail))
+	add("RSS after loading them", fmt.Sprintf("%d MB", rss>>10), fmt.Sprintf("(peak %d MB)", hwm>>10))
+	if code := d.stop(); code != 0 {
+		return fmt.Errorf("xapsd exited %d", code)
+	}
+	return nil
 }
 
 type daemon struct {

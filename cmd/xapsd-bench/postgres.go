@@ -80,26 +80,6 @@ func measurePostgresLoad(o options, dir, apnsURL, caFile string, leaf *testpki.L
 	}
 	var total int
 	conn.QueryRow(ctx, `SELECT count(*) FROM xapsd_registrations`).Scan(&total)
-	loadDir := filepath.Join(dir, "big-pg")
-	os.MkdirAll(loadDir, 0o700)
-	os.WriteFile(filepath.Join(loadDir, "push.pem"), leaf.CertPEM(), 0o600)
-	os.WriteFile(filepath.Join(loadDir, "push.key"), leaf.KeyPEM(), 0o600)
-	start := time.Now()
-	mo := o
-	mo.metricsAddr = "off"
-	d, err := startDaemon(mo, loadDir, apnsURL, caFile)
-	if err != nil {
-		return err
-	}
-	ready := time.Since(start)
-	loadMS := d.loadMillis()
-	time.Sleep(2 * time.Second)
-	rss, hwm := d.memory()
-	add(fmt.Sprintf("start with %d registrations in PostgreSQL", total), fmt.Sprintf("%.2f s", ready.Seconds()),
-		fmt.Sprintf("(registry load %d ms)", loadMS))
-	add("RSS after loading them", fmt.Sprintf("%d MB", rss>>10), fmt.Sprintf("(peak %d MB)", hwm>>10))
-	if code := d.stop(); code != 0 {
-		return fmt.Errorf("xapsd exited %d", code)
-	}
-	return nil
+	return measureStart(o, filepath.Join(dir, "big-pg"), apnsURL, caFile, leaf,
+		fmt.Sprintf("start with %d registrations in PostgreSQL", total), "", add)
 }

@@ -45,7 +45,6 @@ type soakKey struct {
 	user, account, token string
 	acked                []string   // mailboxes of the last 200; nil: never acknowledged
 	unknown              [][]string // lists sent after it whose answer never came
-	refused              int        // 5xx answers
 }
 
 // due is a push the daemon owes: a /notify answered 200 at sent, by the
@@ -448,7 +447,6 @@ func (s *soakRun) work(w int, end time.Time) ([]*soakKey, []due) {
 				k.acked, k.unknown = boxes, nil
 				s.regOK.Add(1)
 			case st >= 500:
-				k.refused++
 				s.reg5xx.Add(1)
 				if s.diskFullNow.Load() {
 					s.fullRefused.Add(1)
