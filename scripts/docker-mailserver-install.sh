@@ -10,7 +10,6 @@
 #   <Dovecot moduledir>/lib25_xaps_*_plugin.so    0644  the plugin
 #   <Dovecot moduledir>/settings/libxaps_settings.so  0644  its settings
 #                    (Dovecot 2.4 only; see SETTINGSDIR)
-#                                                       (Dovecot 2.4 only)
 #   /etc/dovecot/conf.d/95-xaps.conf              0644  loads the plugin:
 #        configs/dovecot/2.3/ or 2.4/, for the Dovecot the plugin was built for
 #   /etc/supervisor/conf.d/xapsd.conf             0644  runs the daemon

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds the xaps plugins inside a Debian root (a chroot with dovecot-dev,
-# gcc and make, e.g. the Debian 13 root .ci/run prepares) against that root's
+# gcc and make, e.g. the Debian 13 root test/deps.sh prepares) against that root's
 # Dovecot, and stages them for a test run:
 #
 #   build-in-root.sh ROOT OUTDIR

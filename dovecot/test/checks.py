@@ -252,6 +252,12 @@ def copies(directory, user, subject):
 NOTIFY_NAME = {"alice": "alice", "bob": "bob@alias.example", "carol": "carol"}
 
 
+def crash_lines(text):
+    """The lines of a Dovecot log that say a process crashed or gave up."""
+    return [l for l in text.splitlines()
+            if re.search(r"Panic|Fatal|assertion|killed with signal|segfault", l)]
+
+
 def multi_recipient_checks(a, standin, log_text):
     """Several recipients in one LMTP transaction: each must get exactly one
     reply and one copy, whatever the daemon does and whether a later
@@ -300,8 +306,7 @@ def multi_recipient_checks(a, standin, log_text):
                   repr(standin.lines("notify")[n:]))
         time.sleep(0.3)
         new = log_text()[before_log:]
-        bad = [l for l in new.splitlines()
-               if re.search(r"Panic|Fatal|assertion|killed with signal|segfault", l)]
+        bad = crash_lines(new)
         check(not bad, what + ": no panic or killed process", "\n".join(bad[:3]))
 
     # timeout_msecs is 2000 for every user here: a daemon that never answers
@@ -677,10 +682,8 @@ def main():
 
     # --- nothing crashed ----------------------------------------------------
     time.sleep(0.5)
-    with open(a.log, encoding="utf-8", errors="replace") as f:
-        log = f.read()
-    bad_lines = [l for l in log.splitlines()
-                 if re.search(r"Panic|Fatal|assertion|killed with signal|segfault", l)]
+    log = log_text()
+    bad_lines = crash_lines(log)
     check(not bad_lines, "no panics, fatals or crashed processes in the Dovecot log",
           "\n".join(bad_lines[:5]))
     check("xaps: POST /register for user alice failed" in log,

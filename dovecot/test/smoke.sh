@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Smoke test of the xaps Dovecot plugins against a real, throw-away Dovecot:
 # the host's (2.3 on Debian 12), or the one inside a Debian root given with
-# DOVECOT_ROOT (2.4 in the Debian 13 root .ci/run prepares).
+# DOVECOT_ROOT (2.4 in the Debian 13 root test/deps.sh prepares).
 #
 # Builds the plugins, writes a self-contained Dovecot configuration into a
 # temporary directory, starts `dovecot -F` on 127.0.0.1 high ports together with
