@@ -3,8 +3,6 @@ package integration
 import (
 	"encoding/json"
 	"fmt"
-	"io"
-	"net/http"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -258,22 +256,13 @@ func TestCredentialRefusalHoldsTheQueue(t *testing.T) {
 	for i := range 5 {
 		post(t, e.addr, "/notify", notifyBody(fmt.Sprintf("user%d", i), "INBOX", "MessageNew"))
 	}
-	get := func(path string) (int, string) {
-		resp, err := http.Get("http://" + metricsAddr + path)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer resp.Body.Close()
-		b, _ := io.ReadAll(resp.Body)
-		return resp.StatusCode, string(b)
-	}
 	if !e.d.waitLog("Sending is paused", 10*time.Second) {
 		t.Fatal("no pause")
 	}
-	if code, body := get("/readyz"); code != 503 || !strings.Contains(body, "403 BadCertificate") {
+	if code, body := get(t, "http://"+metricsAddr+"/readyz"); code != 503 || !strings.Contains(body, "403 BadCertificate") {
 		t.Errorf("/readyz = %d %q", code, body)
 	}
-	if _, body := get("/metrics"); !strings.Contains(body, `xapsd_apns_sending_paused{cause="credential"} 1`) {
+	if _, body := get(t, "http://"+metricsAddr+"/metrics"); !strings.Contains(body, `xapsd_apns_sending_paused{cause="credential"} 1`) {
 		t.Errorf("metrics lack the pause")
 	}
 	time.Sleep(500 * time.Millisecond)
@@ -287,11 +276,7 @@ func TestCredentialRefusalHoldsTheQueue(t *testing.T) {
 	e.register(t, "late", acc, token(30))
 	refuse.Store(false)
 	e.d.signal(syscall.SIGHUP)
-	deadline := time.Now().Add(10 * time.Second)
-	for strings.Count(e.d.log.String(), "outcome=delivered") < 5 && time.Now().Before(deadline) {
-		time.Sleep(20 * time.Millisecond)
-	}
-	if n := strings.Count(e.d.log.String(), "outcome=delivered"); n != 5 {
+	if n := e.d.waitCount("outcome=delivered", 5, 10*time.Second); n != 5 {
 		t.Fatalf("%d pushes delivered after the reload, want 5", n)
 	}
 	// Held pushes do not spend attempts.
@@ -300,7 +285,7 @@ func TestCredentialRefusalHoldsTheQueue(t *testing.T) {
 			t.Errorf("delivered after more than one attempt: %s", l)
 		}
 	}
-	if code, body := get("/readyz"); code != 200 {
+	if code, body := get(t, "http://"+metricsAddr+"/readyz"); code != 200 {
 		t.Errorf("/readyz after the reload = %d %q", code, body)
 	}
 }
@@ -480,11 +465,7 @@ func TestReloadKeepsTheProviderToken(t *testing.T) {
 	reload := func(n int) {
 		t.Helper()
 		d.signal(syscall.SIGHUP)
-		deadline := time.Now().Add(10 * time.Second)
-		for strings.Count(d.log.String(), "credentials reloaded") < n && time.Now().Before(deadline) {
-			time.Sleep(10 * time.Millisecond)
-		}
-		if strings.Count(d.log.String(), "credentials reloaded") < n {
+		if d.waitCount("credentials reloaded", n, 10*time.Second) < n {
 			t.Fatal("no reload")
 		}
 	}

@@ -32,7 +32,7 @@ func rootCache() string {
 	return "/var/cache/xapsd"
 }
 
-// run runs a command and fails the test with its output if it fails.
+// runOK runs a command and fails the test with its output if it fails.
 func runOK(t *testing.T, name string, args ...string) string {
 	t.Helper()
 	out, err := exec.Command(name, args...).CombinedOutput()
@@ -276,11 +276,9 @@ func waitListening(t *testing.T, addr string, done <-chan struct{}, log *syncBuf
 }
 
 type packagedDovecot struct {
-	t          *testing.T
 	imap, lmtp string
 	cmd        *exec.Cmd
 	done       chan struct{}
-	dir        string
 }
 
 func (d *packagedDovecot) stop() {
@@ -388,7 +386,7 @@ xaps_url = %s
 `, imapPort, lmtpPort, url)
 	}
 	os.WriteFile(filepath.Join(dir, "dovecot.conf"), []byte(conf), 0o644)
-	d := &packagedDovecot{t: t, dir: dir, done: make(chan struct{}),
+	d := &packagedDovecot{done: make(chan struct{}),
 		imap: fmt.Sprintf("127.0.0.1:%d", imapPort), lmtp: fmt.Sprintf("127.0.0.1:%d", lmtpPort)}
 	d.cmd = exec.Command("unshare", "--mount", "--propagation", "private", "sh", "-c",
 		`mount -t proc proc "$1/proc" && exec chroot "$1" dovecot -F -c /tmp/dc/dovecot.conf`, "sh", root)

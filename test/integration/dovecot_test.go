@@ -19,13 +19,13 @@ import (
 // The end-to-end path with real components: a real Dovecot with our plugin,
 // the built xapsd, and an HTTP/2 TLS stand-in for APNs. Every test runs
 // against Debian 12's Dovecot 2.3 on the host and against Dovecot 2.4 in
-// the Debian 13 root that .ci/run prepares (built and run there with
+// the Debian 13 root that test/deps.sh prepares (built and run there with
 // chroot; a chroot shares the host's network). Dovecot must run as root
 // (it switches to the mail user), as in CI.
 
 const mailUID = 4242 // needs no /etc/passwd entry
 
-// debian13Root is where .ci/run keeps the Debian 13 root with Dovecot 2.4;
+// debian13Root is where test/deps.sh keeps the Debian 13 root with Dovecot 2.4;
 // XAPS_DEBIAN13_ROOT overrides it.
 func debian13Root() string {
 	if r := os.Getenv("XAPS_DEBIAN13_ROOT"); r != "" {
@@ -48,22 +48,19 @@ func forEachDovecot(t *testing.T, test func(t *testing.T, dv dovecotKind)) {
 	t.Run("dovecot2.4", func(t *testing.T) {
 		root := debian13Root()
 		if _, err := os.Stat(filepath.Join(root, "usr/sbin/dovecot")); err != nil {
-			t.Skipf("SKIPPED: no Dovecot 2.4 root at %s (test/debian-root.sh trixie %s makes one; .ci/run does)", root, root)
+			t.Skipf("SKIPPED: no Dovecot 2.4 root at %s (test/deps.sh makes it)", root)
 		}
 		test(t, dovecotKind{name: "2.4", root: root})
 	})
 }
 
 type dovecotEnv struct {
-	t        *testing.T
-	kind     dovecotKind
-	dir      string // the test folder on the host
-	imap     string
-	lmtp     string
-	xapsAddr string
-	cmd      *exec.Cmd
-	done     chan struct{}
-	dial     dialFunc // reaches imap and lmtp (in the network namespace, if any)
+	dir  string // the test folder on the host
+	imap string
+	lmtp string
+	cmd  *exec.Cmd
+	done chan struct{}
+	dial dialFunc // reaches imap and lmtp (in the network namespace, if any)
 }
 
 // dialFunc opens a connection, like net.Dial.
@@ -103,13 +100,6 @@ func stagePlugin(t *testing.T, kind dovecotKind, dir string) {
 		}
 		os.WriteFile(filepath.Join(dir, so), data, 0o644)
 	}
-}
-
-func startDovecot(t *testing.T, kind dovecotKind, xapsAddr string) *dovecotEnv {
-	t.Helper()
-	e := startDovecotWith(t, kind, dovecotOptions{xapsURL: "http://" + xapsAddr})
-	e.xapsAddr = xapsAddr
-	return e
 }
 
 // xapsSettings is the part of the test configurations (dovecot/test)
@@ -160,7 +150,7 @@ func startDovecotWith(t *testing.T, kind dovecotKind, o dovecotOptions) *dovecot
 	// The plugin's copy of the secret xapsd checks (newE2E).
 	os.WriteFile(filepath.Join(dir, "xaps.secret"), []byte(e2eSecret+"\n"), 0o600)
 
-	e := &dovecotEnv{t: t, kind: kind, dir: dir, done: make(chan struct{}), dial: dialDirect}
+	e := &dovecotEnv{dir: dir, done: make(chan struct{}), dial: dialDirect}
 	if o.netns != nil {
 		e.dial = o.netns.dial
 	}
@@ -369,7 +359,7 @@ func newE2E(t *testing.T, kind dovecotKind, extra string) *e2e {
 	}
 	a := newAPNsEnv(t, "delay: 2\ncheckInterval: 1\nlistenAddr: ::1\npluginSecretFile: "+secret+"\n"+extra)
 	_, port, _ := net.SplitHostPort(a.addr)
-	return &e2e{apnsEnv: a, dc: startDovecot(t, kind, "[::1]:"+port)}
+	return &e2e{apnsEnv: a, dc: startDovecotWith(t, kind, dovecotOptions{xapsURL: "http://[::1]:" + port})}
 }
 
 func tagless(l string) string {
@@ -683,10 +673,7 @@ func testE2EMultiRecipientLMTP(t *testing.T, dv dovecotKind) {
 		if err != nil {
 			t.Fatalf("%s, %v: %v", state, users, err)
 		}
-		got := map[string]int{}
-		for _, r := range reqs[before:] {
-			got[r.Token]++
-		}
+		got := perToken(reqs[before:])
 		for _, tok := range pushed {
 			if got[tok] != 1 {
 				t.Errorf("%s, %v: pushes per token %v, want one for each saved recipient", state, users, got)

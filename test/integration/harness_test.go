@@ -5,7 +5,6 @@ package integration
 
 import (
 	"bytes"
-	"context"
 	"fmt"
 	"io"
 	"net"
@@ -18,6 +17,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/xapsd/xapsd/internal/testutil/fakeapns"
 )
 
 var xapsdBin string
@@ -63,7 +64,6 @@ func (s *syncBuffer) String() string {
 type daemon struct {
 	t    *testing.T
 	cmd  *exec.Cmd
-	dir  string
 	addr string
 	log  *syncBuffer
 	done chan struct{}
@@ -114,7 +114,7 @@ func writeConfig(t *testing.T, dir string, extra string) string {
 // kills it when the test ends, showing its log if the test failed.
 func launch(t *testing.T, dir string, argv []string, env ...string) *daemon {
 	t.Helper()
-	d := &daemon{t: t, dir: dir, log: &syncBuffer{}, done: make(chan struct{})}
+	d := &daemon{t: t, log: &syncBuffer{}, done: make(chan struct{})}
 	d.cmd = exec.Command(argv[0], argv[1:]...)
 	d.cmd.Stdout, d.cmd.Stderr = d.log, d.log
 	d.cmd.Env = append(os.Environ(), env...)
@@ -191,6 +191,16 @@ func (d *daemon) stop() int {
 
 func (d *daemon) signal(s os.Signal) { d.cmd.Process.Signal(s) }
 
+// waitCount waits until substr occurs at least n times in the daemon's
+// output, and returns how often it does.
+func (d *daemon) waitCount(substr string, n int, timeout time.Duration) int {
+	deadline := time.Now().Add(timeout)
+	for strings.Count(d.log.String(), substr) < n && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	return strings.Count(d.log.String(), substr)
+}
+
 // waitLog waits for a substring in the daemon's output.
 func (d *daemon) waitLog(substr string, timeout time.Duration) bool {
 	deadline := time.Now().Add(timeout)
@@ -217,6 +227,15 @@ func get(t *testing.T, url string) (int, string) {
 	return resp.StatusCode, string(b)
 }
 
+// perToken counts the pushes to each device token.
+func perToken(reqs []fakeapns.Request) map[string]int {
+	got := map[string]int{}
+	for _, r := range reqs {
+		got[r.Token]++
+	}
+	return got
+}
+
 func post(t *testing.T, addr, path, body string) (int, string) {
 	t.Helper()
 	resp, err := client.Post("http://"+addr+path, "application/json; charset=utf-8", strings.NewReader(body))
@@ -241,5 +260,3 @@ func notifyBody(user, mailbox string, events ...string) string {
 }
 
 func token(i int) string { return fmt.Sprintf("%064X", i) }
-
-var _ = context.Background

@@ -87,11 +87,7 @@ func (g *pgGroup) counts() []int64 {
 // tokensSince counts the pushes per device token at stand-in i after its
 // first `after` requests.
 func (g *pgGroup) tokensSince(i int, after int64) map[string]int {
-	got := map[string]int{}
-	for _, r := range g.push[i].Requests()[after:] {
-		got[r.Token]++
-	}
-	return got
+	return perToken(g.push[i].Requests()[after:])
 }
 
 // A mailbox event reaches one xapsd and is pushed by that one only: the

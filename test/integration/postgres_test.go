@@ -24,8 +24,7 @@ type pgGroup struct {
 	pg   *pgtest.Cluster
 	apns *fakeapns.Server   // the stand-in every daemon pushes to; daemon 0's with apnsEach
 	push []*fakeapns.Server // each daemon's stand-in
-	ca   *testpki.CA
-	env  []string // each daemon's SSL_CERT_FILE, for its stand-in's CA
+	env  []string           // each daemon's SSL_CERT_FILE, for its stand-in's CA
 	dirs []string
 	addr []string
 	d    []*daemon
@@ -62,7 +61,7 @@ func newPGGroupWith(t *testing.T, n int, o pgGroupOptions) *pgGroup {
 	if err != nil {
 		t.Fatal(err)
 	}
-	g := &pgGroup{pg: pg, ca: ca}
+	g := &pgGroup{pg: pg}
 	for i := 0; i < n; i++ {
 		srv := g.apns
 		if srv == nil || o.apnsEach {
@@ -91,6 +90,27 @@ func newPGGroupWith(t *testing.T, n int, o pgGroupOptions) *pgGroup {
 		g.d = append(g.d, nil)
 	}
 	return g
+}
+
+// missingInDB counts the acknowledged registrations that are not in the
+// database.
+func (g *pgGroup) missingInDB(t *testing.T, acked map[registry.Key]bool) int {
+	t.Helper()
+	out, err := g.pg.SQL("SELECT username || ' ' || device_token FROM xapsd_registrations")
+	if err != nil {
+		t.Fatal(err)
+	}
+	have := map[string]bool{}
+	for _, l := range strings.Split(out, "\n") {
+		have[l] = true
+	}
+	lost := 0
+	for k := range acked {
+		if !have[k.User+" "+k.DeviceToken] {
+			lost++
+		}
+	}
+	return lost
 }
 
 func (g *pgGroup) start(t *testing.T, i int) *daemon {
@@ -281,20 +301,7 @@ func TestPostgresStoppedUnderLoad(t *testing.T) {
 		t.Error("no /register was refused with 503 while PostgreSQL was down")
 	}
 	// Nothing acknowledged is lost: everything is in the database.
-	out, err := g.pg.SQL("SELECT username || ' ' || device_token FROM xapsd_registrations")
-	if err != nil {
-		t.Fatal(err)
-	}
-	have := map[string]bool{}
-	for _, l := range strings.Split(out, "\n") {
-		have[l] = true
-	}
-	lost := 0
-	for k := range acked {
-		if !have[k.User+" "+k.DeviceToken] {
-			lost++
-		}
-	}
+	lost := g.missingInDB(t, acked)
 	t.Logf("%d registrations acknowledged, %d refused with 503 (%d while down), %d lost", len(acked), refused, refusedWhileDown, lost)
 	if lost > 0 {
 		t.Errorf("%d acknowledged registrations are not in the database", lost)
@@ -347,20 +354,7 @@ func TestPostgresKill9AcrossDaemonsLosesNothing(t *testing.T) {
 		wg.Wait()
 		g.start(t, victim)
 	}
-	out, err := g.pg.SQL("SELECT username || ' ' || device_token FROM xapsd_registrations")
-	if err != nil {
-		t.Fatal(err)
-	}
-	have := map[string]bool{}
-	for _, l := range strings.Split(out, "\n") {
-		have[l] = true
-	}
-	lost := 0
-	for k := range acked {
-		if !have[k.User+" "+k.DeviceToken] {
-			lost++
-		}
-	}
+	lost := g.missingInDB(t, acked)
 	t.Logf("%d registrations acknowledged across 3 daemons and 4 SIGKILLs, %d lost", len(acked), lost)
 	if len(acked) < 100 {
 		t.Fatalf("only %d acknowledged: the test did not exercise the daemons", len(acked))
@@ -424,10 +418,7 @@ func testE2EPostgresRegistry(t *testing.T, dv dovecotKind) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		got := map[string]int{}
-		for _, r := range reqs[before:] {
-			got[r.Token]++
-		}
+		got := perToken(reqs[before:])
 		if got[token(1)] != 1 || got[token(2)] != 1 {
 			t.Errorf("%s: pushes per token %v, want one each", subject, got)
 		}

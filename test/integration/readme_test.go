@@ -112,16 +112,10 @@ func TestReadmeTryIt(t *testing.T) {
 		// New mail is pushed at once; as someone typing the next curl,
 		// let that push be logged before the next request's line.
 		if strings.Contains(c[1], "MessageNew") {
-			deadline := time.Now().Add(10 * time.Second)
-			for strings.Count(d.log.String(), "msg=push ") <= pushesBefore && time.Now().Before(deadline) {
-				time.Sleep(20 * time.Millisecond)
-			}
+			d.waitCount("msg=push ", pushesBefore+1, 10*time.Second)
 		}
 	}
-	deadline := time.Now().Add(15 * time.Second)
-	for strings.Count(d.log.String(), "msg=push ") < 2 && time.Now().Before(deadline) {
-		time.Sleep(50 * time.Millisecond)
-	}
+	d.waitCount("msg=push ", 2, 15*time.Second)
 	time.Sleep(500 * time.Millisecond) // nothing else may follow
 	got := logLines(d.log.String())
 	compareLines(t, "the run", notifyBeforeItsPush(got), wantRun)
