@@ -93,7 +93,7 @@ func Main(args []string, env Env) int {
 		fmt.Fprintf(env.Stderr, "xapsd: %v (see xapsd --help)\n", err)
 		return 2
 	}
-	if err := singleDashLong(fs, args); err != nil {
+	if err := checkOptionNames(fs, args); err != nil {
 		return usageFail(err)
 	}
 	if err := fs.Parse(args); err != nil {

@@ -116,6 +116,13 @@ func TestUsageErrors(t *testing.T) {
 		{[]string{"-version"}, "did you mean --version?"},
 		{[]string{"-foreground"}, "unknown option -foreground: long options take two dashes, and there is no --foreground"},
 		{[]string{"devices", "list", "-json"}, "did you mean --json?"},
+		// Unknown long options go through the same suggester as the
+		// single-dash ones, the commands and the configuration keys.
+		{[]string{"--conifg", "x.yaml"}, "unknown option --conifg; did you mean --config?"},
+		{[]string{"--conifg=x.yaml"}, "unknown option --conifg; did you mean --config?"},
+		{[]string{"--check"}, "unknown option --check; did you mean --check-config?"},
+		{[]string{"devices", "list", "--jsno"}, "unknown option --jsno; did you mean --json?"},
+		{[]string{"--frobnicate"}, "unknown option --frobnicate (xapsd --help lists them)"},
 		{[]string{"device", "list"}, `unknown command "device"; did you mean devices?`},
 		{[]string{"devices", "lsit"}, `unknown command "devices lsit"; did you mean devices list?`},
 		{[]string{"devices"}, "devices needs a subcommand"},

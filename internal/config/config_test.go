@@ -366,6 +366,10 @@ func TestWarnings(t *testing.T) {
 		{"token mode quiet", "keyFileP8: k.p8\nkeyFileKeyId: ABCDE12345\nkeyFileTeamId: TEAM123456\nkeyFileTopic: com.apple.mail.XServer.8f2d8a5e-8a43-4c38-9d8e-0123456789ab", nil},
 		{"no credential", "loglevel: info", []string{"no push credential set"}},
 		{"unknown keys", "apnsEndpoint: dry-run\nfoo: 1\nBar: 2", []string{`line 2: unknown key "foo" ignored`, `line 3: unknown key "Bar" ignored`}},
+		{"misspelt keys", "apnsEndpoint: dry-run\nlistenAdress: ::1\nchekInterval: 5\nlistenAddress: ::1", []string{
+			`line 2: unknown key "listenAdress" ignored; did you mean listenAddr?`,
+			`line 3: unknown key "chekInterval" ignored; did you mean checkInterval?`,
+			`line 4: unknown key "listenAddress" ignored; did you mean listenAddr?`}},
 		{"P12 wins over PEM", "certificateFileP12: a.p12\ncertificateFilePem: b.pem", []string{"certificateFileP12 and certificateFilePem are both set; only certificateFileP12 is used"}},
 		{"PEM wins over P8", "certificateFilePem: b.pem\nkeyFileP8: k.p8\nkeyFileKeyId: K\nkeyFileTeamId: T\nkeyFileTopic: t", []string{"certificateFilePem and keyFileP8 are both set; only certificateFilePem is used"}},
 		{"short dry-run topic", "apnsEndpoint: dry-run\ndryRunTopic: com.apple.mail.short", []string{"dryRunTopic: com.apple.mail.short: only 20 bytes"}},
