@@ -121,8 +121,13 @@ func devicesList(env Env, c adminClient, o *options, args []string) int {
 	} else {
 		printDevices(env.Stdout, devs)
 	}
-	if len(devs) == 0 && user != "" {
+	switch {
+	case len(devs) == 0 && user != "":
 		fmt.Fprintln(env.Stderr, noDeviceHint(user))
+	case len(devs) == 0:
+		// Said, so that nothing on standard output does not read as a
+		// hang or a failure.
+		fmt.Fprintln(env.Stderr, "no devices registered: a device registers when iOS Mail connects to the IMAP server with push on (docs/troubleshooting.md)")
 	}
 	return 0
 }

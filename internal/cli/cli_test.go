@@ -226,6 +226,18 @@ func TestDevicesListTimesAndJSON(t *testing.T) {
 	}
 }
 
+// An empty registry is said on standard error, so that it does not read
+// as a hang or a failure; standard output stays empty (no JSON lines
+// with --json), as scripts expect of an empty list.
+func TestDevicesListEmptyRegistrySaysSo(t *testing.T) {
+	for _, o := range []options{{}, {json: true}} {
+		code, out, errOut := runCommand(&fakeAdmin{}, o, "devices list")
+		if code != 0 || out != "" || !strings.Contains(errOut, "no devices registered") {
+			t.Errorf("json=%v: exit %d, stdout %q, stderr %q; want 0, nothing, and \"no devices registered\"", o.json, code, out, errOut)
+		}
+	}
+}
+
 // devices remove that matches nothing fails and says why, with the hint
 // devices list gives.
 func TestDevicesRemoveNothingMatched(t *testing.T) {
