@@ -35,8 +35,12 @@ ARGS   ?=
 run: build
 	$(BIN) --config $(CONFIG) $(ARGS)
 
+# go.mod and go.sum as go mod tidy leaves them: otherwise the first go
+# command in a fresh clone rewrites them, and the tree is dirty before
+# anyone changed anything.
 vet:
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { echo "gofmt needed:"; gofmt -l $$(git ls-files '*.go'); exit 1; }
+	@$(GO) mod tidy -diff || { echo "go.mod or go.sum is not tidy: run go mod tidy"; exit 1; }
 	$(GO) vet ./...
 
 # The plugin's own checks against a real Dovecot, then every Go test (the
