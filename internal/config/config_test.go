@@ -2,6 +2,7 @@ package config
 
 import (
 	"errors"
+	"fmt"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -811,4 +812,52 @@ func TestChangedKeys(t *testing.T) {
 	if got := ChangedKeys(a, b); !slices.Equal(got, []string{"loglevel", "port", "delay"}) {
 		t.Errorf("ChangedKeys = %v", got)
 	}
+}
+
+// The hint for an unquoted IPv6 address is a value that then passes the
+// check: the line (or lines) it suggests, put in place of the bad one,
+// load without a problem and mean the addresses written.
+func TestIPv6HintPassesTheCheck(t *testing.T) {
+	hint := regexp.MustCompile(`put an IPv6 address in quotes: (.*) \(unquoted`)
+	for _, tc := range []struct {
+		line string
+		want func(*Config) string // "" when the loaded value is right
+	}{
+		{"listenAddr: [::1]", func(c *Config) string { return wantString(c.ListenAddr, "::1") }},
+		{"listenAddr: [::1]:11619", func(c *Config) string {
+			return wantString(c.ListenAddr, "::1") + wantString(fmt.Sprint(c.Port), "11619")
+		}},
+		{"listenAddr: [::1]:11700 # the old sample's", func(c *Config) string {
+			return wantString(c.ListenAddr, "::1") + wantString(fmt.Sprint(c.Port), "11700")
+		}},
+		{"listenAddr: [::1], 127.0.0.1", func(c *Config) string { return wantString(c.ListenAddr, "::1, 127.0.0.1") }},
+		{"metricsListenAddr: [::1]:11621", func(c *Config) string { return wantString(c.MetricsListenAddr, "[::1]:11621") }},
+		{"tlsListenAddr: [::1]:11620", func(c *Config) string {
+			return wantString(c.TLSListenAddr, "::1") + wantString(fmt.Sprint(c.TLSPort), "11620")
+		}},
+	} {
+		const rest = "apnsEndpoint: dry-run\ntlsCertfile: c.pem\ntlsKeyfile: c.key\nallowUnauthenticated: true\n"
+		_, _, err := load([]byte(tc.line+"\n"+rest), "/etc/xapsd/xapsd.yaml")
+		m := hint.FindStringSubmatch(fmt.Sprint(err))
+		if m == nil {
+			t.Errorf("%s: no hint: %v", tc.line, err)
+			continue
+		}
+		fixed := strings.ReplaceAll(m[1], " and ", "\n")
+		c, _, err := load([]byte(fixed+"\n"+rest), "/etc/xapsd/xapsd.yaml")
+		if err != nil {
+			t.Errorf("%s: the hint %q does not pass the check: %v", tc.line, m[1], err)
+			continue
+		}
+		if msg := tc.want(c); msg != "" {
+			t.Errorf("%s: the hint %q means something else: %s", tc.line, m[1], msg)
+		}
+	}
+}
+
+func wantString(got, want string) string {
+	if got != want {
+		return fmt.Sprintf("got %q, want %q; ", got, want)
+	}
+	return ""
 }
