@@ -294,3 +294,23 @@ func TestConfigErrorsHaveOneHeader(t *testing.T) {
 		t.Errorf("stderr:\n%s\nwant:\n%s", errOut, want)
 	}
 }
+
+// An address that does not parse, does not resolve or is not this host's
+// fails --check-config (exit 1, naming it), instead of passing a
+// configuration the daemon then cannot start with.
+func TestCheckConfigRefusesAddressesItCannotListenOn(t *testing.T) {
+	dir := t.TempDir()
+	for _, tc := range []struct{ listen, want string }{
+		{"300.1.1.1", "listenAddr: 300.1.1.1: must be an IP address or host name"},
+		{"192.0.2.1", "listenAddr: 192.0.2.1: is not an address of this host"},
+		{"nosuchhost.invalid", "listenAddr: nosuchhost.invalid: cannot be resolved"},
+	} {
+		p := filepath.Join(dir, "xapsd.yaml")
+		os.WriteFile(p, []byte("apnsEndpoint: dry-run\nallowUnauthenticated: true\nmetricsListenAddr: off\n"+
+			"databaseFile: "+filepath.Join(dir, "state", "db.json")+"\nlistenAddr: "+tc.listen+"\n"), 0o600)
+		code, _, errOut := runMain("", "--config", p, "--check-config")
+		if code != 1 || !strings.Contains(errOut, tc.want) {
+			t.Errorf("listenAddr %s: exit %d, stderr %q; want 1 and %q", tc.listen, code, errOut, tc.want)
+		}
+	}
+}
