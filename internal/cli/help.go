@@ -35,10 +35,19 @@ func (c *command) usage() string {
 	return u
 }
 
+// exitCodes are Main's exit codes. A push credential that does not load
+// is not among the failures: the daemon starts without it (and says why),
+// so --check-config only warns about it, and a reload that fixes
+// something else is not refused (test/docs checks every claim about it).
 const exitCodes = `Exit codes:
-  0  done (the daemon: stopped cleanly)
-  1  failed: the configuration or a credential is not valid, the daemon cannot
-     be reached, nothing matched, or a test push was not delivered
+  0  done: the daemon stopped cleanly; --check-config: the daemon would start
+     (warnings go to standard error, among them a push credential that does
+     not load, expired or missing: the daemon starts without it and says why)
+  1  failed: the daemon could not start or stopped with an error;
+     --check-config: the daemon would not start (a problem in the file, a
+     state folder it cannot write, an address it cannot listen on); a command:
+     the daemon cannot be reached, nothing matched, or a test push was not
+     delivered
   2  wrong usage: an unknown option or command, or wrong arguments
 `
 
