@@ -13,7 +13,6 @@
 
 GO       ?= go
 VERSION  ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
-LDFLAGS  := -X main.version=$(VERSION)
 BIN      := bin/xapsd
 
 .PHONY: all build run deb test test-deps test-plugin test-packaging test-short vet fmt plugin bench soak fuzz clean
@@ -25,8 +24,10 @@ export XAPS_DEBIAN13_ROOT := $(DEBIAN13_ROOT)
 
 all: build
 
+# The one build recipe (scripts/build.sh): the same static binary for make
+# run, make bench, make deb DEB_ARGS=--prebuilt-daemon and the images.
 build:
-	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/xapsd
+	GO=$(GO) VERSION=$(VERSION) bash scripts/build.sh --no-plugin
 
 # CONFIG and ARGS let you try another port or file without editing a
 # tracked one.
