@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/xapsd/xapsd/internal/ctl"
+	"github.com/xapsd/xapsd/internal/diagnose"
 )
 
 func TestNormalizeArgsKeepsOldSingleDashFlags(t *testing.T) {
@@ -128,8 +129,8 @@ func TestUsageErrors(t *testing.T) {
 		{[]string{"devices"}, "devices needs a subcommand"},
 		{[]string{"devices", "remove"}, "devices remove: wrong number of arguments (usage: xapsd [--config FILE] devices remove USER [ACCOUNT-ID|TOKEN])"},
 		{[]string{"test-push", "a", "b"}, "test-push: wrong number of arguments"},
-		{[]string{"--json"}, "--json goes with devices list and test-push"},
-		{[]string{"import", "f", "--json"}, "--json goes with devices list and test-push"},
+		{[]string{"--json"}, "--json goes with devices list, test-push and diagnose"},
+		{[]string{"import", "f", "--json"}, "--json goes with devices list, test-push and diagnose"},
 		{[]string{"--quiet"}, "--quiet goes with --check-config"},
 		{[]string{"--check-config", "devices", "list"}, "--check-config takes no command"},
 	} {
@@ -148,6 +149,7 @@ func TestUsageErrors(t *testing.T) {
 type fakeAdmin struct {
 	devs    []ctl.Device
 	results []ctl.PushResult
+	report  diagnose.Report
 }
 
 func (f *fakeAdmin) Devices(user string) ([]ctl.Device, error) {
@@ -178,6 +180,12 @@ func (f *fakeAdmin) TestPush(user string) ([]ctl.PushResult, error) {
 		}
 	}
 	return out, nil
+}
+
+func (f *fakeAdmin) Diagnose(user string) (diagnose.Report, error) {
+	r := f.report
+	r.User = user
+	return r, nil
 }
 
 func (f *fakeAdmin) Import([]byte) (int, int, error) { return 0, 0, nil }
@@ -312,5 +320,35 @@ func TestCheckConfigRefusesAddressesItCannotListenOn(t *testing.T) {
 		if code != 1 || !strings.Contains(errOut, tc.want) {
 			t.Errorf("listenAddr %s: exit %d, stderr %q; want 1 and %q", tc.listen, code, errOut, tc.want)
 		}
+	}
+}
+
+// diagnose prints each step, its lines and, for one that does not pass,
+// what to check next, then the verdict; it exits 1 unless all is fine.
+// --json is the report as one object.
+func TestDiagnoseOutputAndExitCode(t *testing.T) {
+	failing := diagnose.Report{
+		Steps: []diagnose.Step{
+			{Name: diagnose.StepDaemon, Status: diagnose.StatusOK, Summary: "credential usable", Lines: []string{"APNs: connected"}},
+			{Name: diagnose.StepRegistrations, Status: diagnose.StatusFail, Summary: "no device registered for carol", Next: "check XAPPLEPUSHSERVICE"},
+		},
+		Verdict: diagnose.Verdict{Step: diagnose.StepRegistrations, Text: "no device registered for carol: check XAPPLEPUSHSERVICE"},
+	}
+	code, out, _ := runCommand(&fakeAdmin{report: failing}, options{}, "diagnose", "carol")
+	for _, want := range []string{"[OK]   daemon: credential usable\n         APNs: connected\n",
+		"[FAIL] registrations: no device registered for carol\n         next: check XAPPLEPUSHSERVICE\n",
+		"verdict: registrations fails: no device registered for carol"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("output lacks %q:\n%s", want, out)
+		}
+	}
+	if code != 1 {
+		t.Errorf("a failing step: exit %d, want 1", code)
+	}
+	fine := diagnose.Report{Verdict: diagnose.Verdict{OK: true, Text: diagnose.AllFine}}
+	code, out, _ = runCommand(&fakeAdmin{report: fine}, options{json: true}, "diagnose", "alice")
+	var got diagnose.Report
+	if err := json.Unmarshal([]byte(out), &got); err != nil || code != 0 || got.User != "alice" || !got.Verdict.OK {
+		t.Errorf("--json: exit %d, %v, %q", code, err, out)
 	}
 }
