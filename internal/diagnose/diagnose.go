@@ -361,7 +361,7 @@ func (w *walk) events() {
 		w.step(StepEvents, StatusWarn, "no /notify for "+w.r.User+" since xapsd started", "", lines...)
 	case len(own) == 0:
 		w.step(StepEvents, StatusFail, "no /notify for "+w.r.User+" since xapsd started",
-			"deliver a mail to "+w.r.User+" and run xapsd diagnose again; if none shows up, Dovecot does not tell xapsd: check mail_plugins in protocol lmtp (docs/troubleshooting.md)", lines...)
+			"deliver a mail to "+w.r.User+" and run xapsd diagnose again; if none shows up, Dovecot does not tell xapsd: check mail_plugins in protocol lmtp (docs/troubleshooting.md#3-does-a-delivery-reach-xapsd)", lines...)
 	case len(strays) > 0:
 		w.step(StepEvents, StatusWarn, fmt.Sprintf("/notify arrives for %s, and also for %s, which has no device: some mail is delivered under another user name",
 			w.r.User, strings.Join(strays, ", ")), nameHint, lines...)
