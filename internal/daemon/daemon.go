@@ -101,15 +101,20 @@ func Run(ctx context.Context, o Options) error {
 	// Gauges read these at scrape time; they are set before the listener
 	// starts serving.
 	var src metrics.Sources
-	d.metrics = metrics.New(metrics.Sources{
+	gauges := metrics.Sources{
 		QueueDepth:       func() (int, int) { return src.QueueDepth() },
 		Registrations:    func() (int, int) { return src.Registrations() },
 		DelayedPending:   func() int { return src.DelayedPending() },
 		CredentialExpiry: func() time.Time { return d.cred.Load().notAfter },
 		RegistryDamage:   func() int { return d.reg.Health().Damaged },
+		RegistryWritable: func() bool { return d.reg.Health().WriteErr == nil },
 		Connections:      func() int { return d.conns.Open() },
 		SendingPaused:    func() string { cause, _ := d.sender.Paused(); return cause },
-	})
+	}
+	if cfg.DatabaseURL != "" {
+		gauges.RegistryFollowing = func() bool { return d.reg.Health().FollowErr == nil }
+	}
+	d.metrics = metrics.New(gauges)
 
 	// Ports before the registry: a second xapsd started by mistake on the
 	// same configuration stops here, before it reads or writes any of the

@@ -640,6 +640,10 @@ type Health struct {
 	// WriteErr is the error of the last journal write, or of the last
 	// check whether the disk takes writes; nil once one succeeds.
 	WriteErr error
+	// FollowErr, with PostgreSQL, says why this daemon does not hear the
+	// changes other daemons commit (not connected, LISTEN lost); nil while
+	// it does, and always with the files.
+	FollowErr error
 	// Damage says what loading found damaged or lost (lines skipped, a
 	// snapshot missing), one short line each; Damaged counts the
 	// records and lines skipped. The registry started anyway.
