@@ -18,7 +18,8 @@
 #   xapsd from the fake root in dry-run, a registration through the installed
 #   plugin, `xapsd devices list`, `xapsd test-push`, /readyz, /metrics, stop;
 # - the Dockerfile refers only to stages and scripts that exist;
-# - the Prometheus rules (go test ./test/packaging, promtool when installed).
+# - the Prometheus rules and the Grafana dashboard (go test ./test/packaging,
+#   promtool when installed).
 #
 # Needs go, make, python3, dovecot-core, dovecot-imapd and dovecot-dev (as
 # for make test) and systemd's tools. The last line is "N passed, M failed";
@@ -800,7 +801,7 @@ run "docker-mailserver-install.sh into a fake root, twice" check_dms_install
 run "docker-mailserver flow: register via plugin, devices list, test-push, stop" check_dms_flow
 run "docker-mailserver 16 (Debian 13 root): build, install, doveconf, flow as the xapsd user" check_dms16
 run "Dockerfile uses only existing stages and scripts" check_dockerfile
-run "Prometheus rules: structure, metric names, documented metrics" check_rules_go
+run "Prometheus rules and Grafana dashboard: structure, metric names, documented metrics" check_rules_go
 run "Prometheus rules: promtool check and unit tests" check_promtool
 
 if [ -f "$tmp/xapsd.pid" ]; then
