@@ -89,6 +89,7 @@ type pushRecord struct {
 
 type userLog struct {
 	name   string
+	since  int64    // when it became name's: older records are a previous user's
 	events []record // a ring of PerUser, next is the oldest slot
 	next   int
 	pushes []pushRecord // at most Devices, one per device
@@ -121,8 +122,9 @@ func New(o Options) *History {
 	return &History{opts: o, cur: make(map[string]*userLog, half), prev: make(map[string]*userLog, half)}
 }
 
-// logLocked returns user's log, making it the newest generation's.
-func (h *History) logLocked(user string) *userLog {
+// logLocked returns user's log, making it the newest generation's; now
+// is the time of what is about to be recorded.
+func (h *History) logLocked(user string, now int64) *userLog {
 	if l, ok := h.cur[user]; ok {
 		return l
 	}
@@ -133,9 +135,9 @@ func (h *History) logLocked(user string) *userLog {
 		l = h.free[n-1]
 		h.free[n-1] = nil
 		h.free = h.free[:n-1]
-		l.reset(user)
+		l.reset(user, now)
 	} else {
-		l = &userLog{name: user, events: make([]record, h.opts.PerUser), pushes: make([]pushRecord, 0, h.opts.Devices)}
+		l = &userLog{name: user, since: now, events: make([]record, h.opts.PerUser), pushes: make([]pushRecord, 0, h.opts.Devices)}
 	}
 	if len(h.cur) >= h.opts.MaxUsers/2 {
 		// The older generation is forgotten; its records are reused.
@@ -149,13 +151,11 @@ func (h *History) logLocked(user string) *userLog {
 	return l
 }
 
-// reset makes l user's, empty. Only the marks of use are cleared (a slot
-// with a zero time is empty); the rest is overwritten when used again.
-func (l *userLog) reset(user string) {
-	l.name, l.next = user, 0
-	for i := range l.events {
-		l.events[i].at = 0
-	}
+// reset makes l user's, empty, without touching its records: those from
+// before since are another user's and are overwritten as new ones come.
+// Recording a new user costs no extra cache misses that way.
+func (l *userLog) reset(user string, now int64) {
+	l.name, l.since, l.next = user, now, 0
 	l.pushes = l.pushes[:0]
 }
 
@@ -167,7 +167,7 @@ func (h *History) Notified(user, mailbox string, events []string, result string)
 	}
 	now := h.opts.Now().UnixNano()
 	h.mu.Lock()
-	l := h.logLocked(user)
+	l := h.logLocked(user, now)
 	r := &l.events[l.next]
 	l.next = (l.next + 1) % len(l.events)
 	r.at, r.mailbox, r.result, r.n = now, mailbox, result, len(events)
@@ -180,7 +180,7 @@ func (h *History) Notified(user, mailbox string, events []string, result string)
 func (h *History) Pushed(user, accountID, token, outcome string, status int, reason string) {
 	now := h.opts.Now().UnixNano()
 	h.mu.Lock()
-	l := h.logLocked(user)
+	l := h.logLocked(user, now)
 	slot := -1
 	for i := range l.pushes {
 		if l.pushes[i].token == token && l.pushes[i].accountID == accountID {
@@ -250,8 +250,8 @@ func (l *userLog) export() User {
 	u := User{Name: l.name}
 	for i := range l.events {
 		r := l.events[(l.next-1-i+2*len(l.events))%len(l.events)]
-		if r.at == 0 {
-			break
+		if r.at == 0 || r.at < l.since {
+			break // empty, or a previous user's
 		}
 		kept := min(r.n, maxEvents)
 		u.Events = append(u.Events, Event{Time: time.Unix(0, r.at), Mailbox: r.mailbox,

@@ -200,3 +200,20 @@ func BenchmarkNotified(b *testing.B) {
 		i++
 	}
 }
+
+// BenchmarkNotifiedWarm: every user already known, the usual case on a
+// server with fewer active users than MaxUsers.
+func BenchmarkNotifiedWarm(b *testing.B) {
+	h := New(Options{})
+	names := make([]string, 2000)
+	for i := range names {
+		names[i] = fmt.Sprintf("user%d@example.org", i)
+	}
+	events := []string{"MessageNew"}
+	b.ReportAllocs()
+	i := 0
+	for b.Loop() {
+		h.Notified(names[i%len(names)], "INBOX", events, "pushed")
+		i++
+	}
+}
