@@ -55,6 +55,12 @@ func (e *env) register(t *testing.T, user, token string) registry.Key {
 	return k
 }
 
+// delivered records new mail for k's user and the push to k with outcome.
+func (e *env) delivered(k registry.Key, outcome apns.Outcome, status int, reason string) {
+	e.hist.Notified(k.User, "INBOX", []string{"MessageNew"}, notify.ResultPushed)
+	e.hist.Pushed(k.User, k.AccountID, k.DeviceToken, string(outcome), status, reason)
+}
+
 func (e *env) diagnose(user string) Report {
 	return Sources{Daemon: func(context.Context) Daemon { return e.daemon }, Registry: e.reg, History: e.hist,
 		Queue: e.queue, Delays: e.sched, Now: func() time.Time { return now }}.Diagnose(context.Background(), user)
@@ -89,9 +95,7 @@ func wantVerdict(t *testing.T, r Report, step string, want ...string) {
 
 func TestAllFine(t *testing.T) {
 	e := newEnv(t)
-	k := e.register(t, "alice@example.org", tok)
-	e.hist.Notified("alice@example.org", "INBOX", []string{"MessageNew"}, notify.ResultPushed)
-	e.hist.Pushed(k.User, k.AccountID, k.DeviceToken, string(apns.Delivered), 200, "")
+	e.delivered(e.register(t, "alice@example.org", tok), apns.Delivered, 200, "")
 	r := e.diagnose("Alice@Example.org")
 	wantVerdict(t, r, "", "the server side works", "Fetch New Data")
 	if r.User != "alice@example.org" || len(r.Devices) != 1 || r.Devices[0].LastPush == nil || r.Devices[0].LastPush.Outcome != "delivered" {
@@ -129,9 +133,7 @@ func TestUserNameMismatch(t *testing.T) {
 
 func TestPushesFailAtApple(t *testing.T) {
 	e := newEnv(t)
-	k := e.register(t, "bob", tok)
-	e.hist.Notified("bob", "INBOX", []string{"MessageNew"}, notify.ResultPushed)
-	e.hist.Pushed(k.User, k.AccountID, k.DeviceToken, string(apns.Failed), 400, "BadDeviceToken")
+	e.delivered(e.register(t, "bob", tok), apns.Failed, 400, "BadDeviceToken")
 	r := e.diagnose("bob")
 	wantVerdict(t, r, StepPushes, "pushes fail at Apple", "400 BadDeviceToken", "apnsEndpoint must be production")
 }
@@ -166,9 +168,7 @@ func TestDaemonProblemsComeFirst(t *testing.T) {
 func TestDryRunIsAWarning(t *testing.T) {
 	e := newEnv(t)
 	e.daemon = Daemon{Credential: "none (dryRunTopic)", Topic: "t", DryRun: true, APNs: apns.Reachability{State: apns.ReachDryRun}}
-	k := e.register(t, "alice", tok)
-	e.hist.Notified("alice", "INBOX", []string{"MessageNew"}, notify.ResultPushed)
-	e.hist.Pushed(k.User, k.AccountID, k.DeviceToken, string(apns.DryRun), 200, "")
+	e.delivered(e.register(t, "alice", tok), apns.DryRun, 200, "")
 	r := e.diagnose("alice")
 	wantVerdict(t, r, "", "the server side works, but apnsEndpoint is dry-run")
 	if s := stepOf(r, StepDaemon); s.Status != StatusWarn {
