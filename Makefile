@@ -92,12 +92,13 @@ deb:
 
 # End to end (the daemon, an APNs stand-in and a load generator on this
 # machine) with the file registry, again with the registry in a throw-away
-# PostgreSQL cluster, then the Go micro-benchmarks. docs/benchmarks.md has
-# figures.
+# PostgreSQL cluster, then the Go micro-benchmarks (among them /notify's
+# routing with and without the per-user history of xapsd diagnose).
+# docs/benchmarks.md has figures.
 bench: build
 	$(GO) run ./cmd/xapsd-bench -xapsd $(BIN)
 	$(GO) run ./cmd/xapsd-bench -xapsd $(BIN) -postgres
-	$(GO) test -run '^$$' -bench . -benchtime 2s ./internal/registry ./internal/pluginapi ./internal/testutil/fakeapns
+	$(GO) test -run '^$$' -bench . -benchtime 2s ./internal/registry ./internal/pluginapi ./internal/notify ./internal/history ./internal/testutil/fakeapns
 
 # The built daemon under mixed load for SOAK while it is killed with
 # SIGKILL, restarted, its disk (a tmpfs; needs root) fills up and APNs's
