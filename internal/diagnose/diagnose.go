@@ -263,7 +263,7 @@ func (w *walk) daemon(d Daemon) {
 	case d.Paused != "":
 		w.step(StepDaemon, StatusFail, d.Paused, "fix what APNs refuses, then reload (systemctl reload xapsd)", lines...)
 	case d.APNs.State == apns.ReachUnreachable:
-		w.step(StepDaemon, StatusFail, "APNs cannot be reached: "+rep.APNsError, "let this host reach api.push.apple.com on port 443 (firewall, proxy, DNS)", lines...)
+		w.step(StepDaemon, StatusFail, "APNs cannot be reached: "+rep.APNsError, "let this host reach APNs (api.push.apple.com, port 443: firewall, proxy, DNS)", lines...)
 	case d.DryRun:
 		// A warning: the rest of the chain is worth checking before
 		// there is a credential (make run, the README's try-out).
