@@ -7,28 +7,32 @@
 // one the phone registered with.
 //
 // It is bounded whatever the traffic: PerUser events and Devices pushes
-// per user, and at most MaxUsers users, the most recently active ones.
-// Users are kept in two generations of MaxUsers/2: when the newer one is
-// full, the older one is forgotten and its records are reused, so that
-// recording allocates nothing once warm. A restart forgets everything;
-// this is a diagnostic aid, not a log.
-//
-// Recording costs one mutex, one map lookup and a few stores, which the
-// /notify path can afford (make bench measures it).
+// per user, and at most MaxUsers users. Users are placed by a hash of
+// their name into sets of two; a new user takes the place of the one of
+// its set that was active longest ago, so the users kept are, roughly,
+// the most recently active ones. One user's record is one object of fixed
+// size, reused for the next user that takes its place: recording costs a
+// mutex, a hash and a few memory accesses, and allocates nothing once
+// warm, which the /notify path can afford (make bench measures it). A
+// restart forgets everything; this is a diagnostic aid, not a log.
 package history
 
 import (
+	"hash/maphash"
+	"math/bits"
 	"slices"
 	"strings"
 	"sync"
 	"time"
 )
 
-// Limits of one History; Options can lower or raise them.
+// What one user's record holds, and the default bound on users.
 const (
-	DefaultPerUser  = 4
-	DefaultDevices  = 8
-	DefaultMaxUsers = 10000
+	PerUser         = 4 // the last /notify events
+	Devices         = 8 // devices with their last push
+	DefaultMaxUsers = 8192
+	// ways is how many users share a set: the choice of whom to forget.
+	ways = 2
 	// maxEvents is how many event names of one /notify are kept; the
 	// rest are counted.
 	maxEvents = 4
@@ -65,8 +69,8 @@ type User struct {
 
 // Options bounds a History; zero values take the defaults.
 type Options struct {
-	PerUser  int
-	Devices  int
+	// MaxUsers bounds the users kept; it is rounded down to a power of
+	// two (at least 2).
 	MaxUsers int
 	Now      func() time.Time
 }
@@ -88,75 +92,86 @@ type pushRecord struct {
 }
 
 type userLog struct {
-	name   string
-	since  int64    // when it became name's: older records are a previous user's
-	events []record // a ring of PerUser, next is the oldest slot
-	next   int
-	pushes []pushRecord // at most Devices, one per device
+	name    string
+	since   int64           // when it became name's: older records are a previous user's
+	events  [PerUser]record // a ring; next is the oldest slot
+	next    int
+	pushes  [Devices]pushRecord // one per device, the first nPushes used
+	nPushes int
+}
+
+// slot is one place of a set: the user's hash and last activity beside
+// the pointer, so that looking for a user or choosing whom to forget
+// reads only the set.
+type slot struct {
+	hash uint64
+	used int64
+	log  *userLog
 }
 
 // History is safe for concurrent use.
 type History struct {
-	opts Options
+	now  func() time.Time
+	hash func(string) uint64 // a seeded maphash; tests set their own
 
-	mu        sync.Mutex
-	cur, prev map[string]*userLog
-	free      []*userLog // records of a forgotten generation, for reuse
+	mu   sync.Mutex
+	sets [][ways]slot
 }
 
 // New returns an empty History.
 func New(o Options) *History {
-	if o.PerUser <= 0 {
-		o.PerUser = DefaultPerUser
-	}
-	if o.Devices <= 0 {
-		o.Devices = DefaultDevices
-	}
-	if o.MaxUsers < 2 {
+	if o.MaxUsers < ways {
 		o.MaxUsers = DefaultMaxUsers
 	}
 	if o.Now == nil {
 		o.Now = time.Now
 	}
-	half := o.MaxUsers / 2
-	return &History{opts: o, cur: make(map[string]*userLog, half), prev: make(map[string]*userLog, half)}
+	sets := 1 << (bits.Len(uint(o.MaxUsers/ways)) - 1) // a power of two, for the mask
+	seed := maphash.MakeSeed()
+	return &History{now: o.Now, hash: func(s string) uint64 { return maphash.String(seed, s) }, sets: make([][ways]slot, sets)}
 }
 
-// logLocked returns user's log, making it the newest generation's; now
-// is the time of what is about to be recorded.
+// logLocked returns user's log, taking the place of the least recently
+// active user of its set if user has none; now is the time of what is
+// about to be recorded.
 func (h *History) logLocked(user string, now int64) *userLog {
-	if l, ok := h.cur[user]; ok {
-		return l
-	}
-	l, ok := h.prev[user]
-	if ok {
-		delete(h.prev, user)
-	} else if n := len(h.free); n > 0 {
-		l = h.free[n-1]
-		h.free[n-1] = nil
-		h.free = h.free[:n-1]
-		l.reset(user, now)
-	} else {
-		l = &userLog{name: user, since: now, events: make([]record, h.opts.PerUser), pushes: make([]pushRecord, 0, h.opts.Devices)}
-	}
-	if len(h.cur) >= h.opts.MaxUsers/2 {
-		// The older generation is forgotten; its records are reused.
-		for _, old := range h.prev {
-			h.free = append(h.free, old)
+	hash := h.hash(user)
+	set := &h.sets[hash&uint64(len(h.sets)-1)]
+	victim := 0
+	for i := range set {
+		s := &set[i]
+		if s.log != nil && s.hash == hash && s.log.name == user {
+			s.used = now
+			return s.log
 		}
-		clear(h.prev)
-		h.cur, h.prev = h.prev, h.cur
+		if set[victim].log != nil && (s.log == nil || s.used < set[victim].used) {
+			victim = i
+		}
 	}
-	h.cur[user] = l
-	return l
+	s := &set[victim]
+	if s.log == nil {
+		s.log = &userLog{}
+	}
+	s.hash, s.used = hash, now
+	s.log.reset(user, now)
+	return s.log
+}
+
+// findLocked returns user's log, or nil.
+func (h *History) findLocked(user string) *userLog {
+	hash := h.hash(user)
+	for _, s := range h.sets[hash&uint64(len(h.sets)-1)] {
+		if s.log != nil && s.hash == hash && s.log.name == user {
+			return s.log
+		}
+	}
+	return nil
 }
 
 // reset makes l user's, empty, without touching its records: those from
 // before since are another user's and are overwritten as new ones come.
-// Recording a new user costs no extra cache misses that way.
 func (l *userLog) reset(user string, now int64) {
-	l.name, l.since, l.next = user, now, 0
-	l.pushes = l.pushes[:0]
+	l.name, l.since, l.next, l.nPushes = user, now, 0, 0
 }
 
 // Notified records a /notify for user: the mailbox, the event names and
@@ -165,11 +180,11 @@ func (h *History) Notified(user, mailbox string, events []string, result string)
 	if len(mailbox) > maxMailbox {
 		mailbox = strings.Clone(mailbox[:maxMailbox])
 	}
-	now := h.opts.Now().UnixNano()
+	now := h.now().UnixNano()
 	h.mu.Lock()
 	l := h.logLocked(user, now)
 	r := &l.events[l.next]
-	l.next = (l.next + 1) % len(l.events)
+	l.next = (l.next + 1) % PerUser
 	r.at, r.mailbox, r.result, r.n = now, mailbox, result, len(events)
 	r.events = [maxEvents]string{}
 	copy(r.events[:], events)
@@ -178,11 +193,11 @@ func (h *History) Notified(user, mailbox string, events []string, result string)
 
 // Pushed records an attempt to push to one of user's devices.
 func (h *History) Pushed(user, accountID, token, outcome string, status int, reason string) {
-	now := h.opts.Now().UnixNano()
+	now := h.now().UnixNano()
 	h.mu.Lock()
 	l := h.logLocked(user, now)
 	slot := -1
-	for i := range l.pushes {
+	for i := range l.nPushes {
 		if l.pushes[i].token == token && l.pushes[i].accountID == accountID {
 			slot = i
 			break
@@ -190,9 +205,9 @@ func (h *History) Pushed(user, accountID, token, outcome string, status int, rea
 	}
 	switch {
 	case slot >= 0:
-	case len(l.pushes) < h.opts.Devices:
-		l.pushes = append(l.pushes, pushRecord{})
-		slot = len(l.pushes) - 1
+	case l.nPushes < Devices:
+		slot = l.nPushes
+		l.nPushes++
 	default:
 		slot = 0 // the device pushed longest ago makes room
 		for i := range l.pushes {
@@ -209,14 +224,10 @@ func (h *History) Pushed(user, accountID, token, outcome string, status int, rea
 func (h *History) User(user string) (User, bool) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	l, ok := h.cur[user]
-	if !ok {
-		l, ok = h.prev[user]
+	if l := h.findLocked(user); l != nil {
+		return l.export(), true
 	}
-	if !ok {
-		return User{}, false
-	}
-	return l.export(), true
+	return User{}, false
 }
 
 // LookAlikes returns the users known here whose name looks like user's
@@ -228,10 +239,10 @@ func (h *History) LookAlikes(user string) []User {
 	var out []User
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	for _, gen := range []map[string]*userLog{h.cur, h.prev} {
-		for name, l := range gen {
-			if name != user && strings.EqualFold(LocalPart(name), local) {
-				out = append(out, l.export())
+	for _, set := range h.sets {
+		for _, s := range set {
+			if s.log != nil && s.log.name != user && strings.EqualFold(LocalPart(s.log.name), local) {
+				out = append(out, s.log.export())
 			}
 		}
 	}
@@ -248,8 +259,8 @@ func LocalPart(user string) string {
 
 func (l *userLog) export() User {
 	u := User{Name: l.name}
-	for i := range l.events {
-		r := l.events[(l.next-1-i+2*len(l.events))%len(l.events)]
+	for i := range PerUser {
+		r := l.events[(l.next-1-i+PerUser)%PerUser]
 		if r.at == 0 || r.at < l.since {
 			break // empty, or a previous user's
 		}
@@ -257,7 +268,7 @@ func (l *userLog) export() User {
 		u.Events = append(u.Events, Event{Time: time.Unix(0, r.at), Mailbox: r.mailbox,
 			Events: append([]string(nil), r.events[:kept]...), More: r.n - kept, Result: r.result})
 	}
-	for _, p := range l.pushes {
+	for _, p := range l.pushes[:l.nPushes] {
 		u.Pushes = append(u.Pushes, Push{Time: time.Unix(0, p.at), AccountID: p.accountID, Token: p.token,
 			Outcome: p.outcome, Status: p.status, Reason: p.reason})
 	}

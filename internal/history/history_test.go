@@ -13,22 +13,49 @@ type clock struct{ t time.Time }
 
 func (c *clock) now() time.Time { c.t = c.t.Add(time.Second); return c.t }
 
+// fnv64 is FNV-1a: the tests place users the same way in every run.
+func fnv64(s string) uint64 {
+	h := uint64(14695981039346656037)
+	for i := 0; i < len(s); i++ {
+		h ^= uint64(s[i])
+		h *= 1099511628211
+	}
+	return h
+}
+
 func newTest(o Options) (*History, *clock) {
 	c := &clock{t: time.Date(2026, 5, 4, 3, 2, 1, 0, time.UTC)}
 	o.Now = c.now
-	return New(o), c
+	h := New(o)
+	h.hash = fnv64
+	return h, c
+}
+
+// kept counts the users the history holds.
+func (h *History) kept() int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	n := 0
+	for _, set := range h.sets {
+		for _, s := range set {
+			if s.log != nil {
+				n++
+			}
+		}
+	}
+	return n
 }
 
 func TestKeepsTheLastFewEventsNewestFirst(t *testing.T) {
-	h, _ := newTest(Options{PerUser: 3})
-	for i := range 5 {
+	h, _ := newTest(Options{})
+	for i := range PerUser + 2 {
 		h.Notified("alice", fmt.Sprintf("box%d", i), []string{"MessageNew"}, "pushed")
 	}
 	u, ok := h.User("alice")
-	if !ok || len(u.Events) != 3 {
+	if !ok || len(u.Events) != PerUser {
 		t.Fatalf("got %v %+v", ok, u)
 	}
-	for i, want := range []string{"box4", "box3", "box2"} {
+	for i, want := range []string{"box5", "box4", "box3", "box2"} {
 		if u.Events[i].Mailbox != want || u.Events[i].Result != "pushed" {
 			t.Errorf("event %d: %+v, want mailbox %s", i, u.Events[i], want)
 		}
@@ -60,7 +87,7 @@ func TestBoundsWhatOneEventKeeps(t *testing.T) {
 }
 
 func TestLastPushPerDeviceBounded(t *testing.T) {
-	h, _ := newTest(Options{Devices: 2})
+	h, _ := newTest(Options{})
 	h.Pushed("alice", "ACC", "t1", "retrying", 503, "ServiceUnavailable")
 	h.Pushed("alice", "ACC", "t1", "delivered", 200, "")
 	h.Pushed("alice", "ACC", "t2", "failed", 400, "BadDeviceToken")
@@ -68,51 +95,56 @@ func TestLastPushPerDeviceBounded(t *testing.T) {
 	if len(u.Pushes) != 2 || u.Pushes[0].Token != "t2" || u.Pushes[1].Outcome != "delivered" {
 		t.Fatalf("pushes %+v", u.Pushes)
 	}
-	// A third device takes the place of the one pushed longest ago.
-	h.Pushed("alice", "ACC", "t3", "delivered", 200, "")
+	for i := range Devices - 2 {
+		h.Pushed("alice", "ACC", fmt.Sprint("t", i+3), "delivered", 200, "")
+	}
+	// One device more takes the place of the one pushed longest ago.
+	h.Pushed("alice", "ACC", "new", "delivered", 200, "")
 	u, _ = h.User("alice")
-	if len(u.Pushes) != 2 || u.Pushes[0].Token != "t3" || u.Pushes[1].Token != "t2" {
+	if len(u.Pushes) != Devices || u.Pushes[0].Token != "new" || u.Pushes[Devices-1].Token != "t2" {
 		t.Errorf("pushes %+v", u.Pushes)
 	}
 }
 
-// However many users notify, at most MaxUsers are kept, and the most
-// recently active ones are among them.
+// However many users notify, at most MaxUsers are kept (rounded down to
+// a power of two), mostly the recently active ones: a user is forgotten
+// when two users more recently active than it share its set.
 func TestBoundedUsersKeepsTheRecentOnes(t *testing.T) {
-	h, _ := newTest(Options{MaxUsers: 100})
-	for i := range 1000 {
+	h, _ := newTest(Options{MaxUsers: 1000}) // 512 places
+	for i := range 10000 {
 		h.Notified(fmt.Sprintf("user%d", i), "INBOX", []string{"MessageNew"}, "no device")
 	}
-	h.mu.Lock()
-	n := len(h.cur) + len(h.prev)
-	h.mu.Unlock()
-	if n > 100 {
-		t.Errorf("%d users kept, want at most 100", n)
+	if n := h.kept(); n != 512 {
+		t.Errorf("%d users kept, want 512", n)
 	}
-	for i := 950; i < 1000; i++ {
-		if _, ok := h.User(fmt.Sprintf("user%d", i)); !ok {
-			t.Errorf("user%d, among the last 50, forgotten", i)
+	recent := 0
+	for i := 10000 - 256; i < 10000; i++ {
+		if _, ok := h.User(fmt.Sprintf("user%d", i)); ok {
+			recent++
 		}
 	}
-	if _, ok := h.User("user0"); ok {
-		t.Error("user0 still known")
+	t.Logf("%d of the last 256 users kept", recent)
+	if recent < 230 {
+		t.Errorf("%d of the last 256 users kept, want nearly all", recent)
 	}
-	// A user active again is kept however many others come after it, as
-	// long as it keeps coming back.
-	for i := range 1000 {
+	if _, ok := h.User("user0"); ok {
+		t.Error("user0, the first of 10,000, still known")
+	}
+	// A user active again and again is kept while others come and go.
+	for i := range 10000 {
 		h.Notified(fmt.Sprintf("other%d", i), "INBOX", nil, "no device")
-		if i%40 == 0 {
+		if i%50 == 0 {
 			h.Notified("regular", "INBOX", nil, "pushed")
 		}
 	}
-	if u, ok := h.User("regular"); !ok || len(u.Events) == 0 {
-		t.Error("a regularly active user was forgotten")
+	if u, ok := h.User("regular"); !ok || len(u.Events) != PerUser {
+		t.Errorf("a regularly active user was forgotten: %+v", u)
 	}
 }
 
 // A reused record carries nothing of the user it held before.
 func TestReusedRecordsStartEmpty(t *testing.T) {
-	h, _ := newTest(Options{MaxUsers: 4, PerUser: 2})
+	h, _ := newTest(Options{MaxUsers: 4})
 	h.Pushed("alice", "A", "t", "delivered", 200, "")
 	h.Notified("alice", "INBOX", []string{"MessageNew"}, "pushed")
 	for i := range 10 {
@@ -164,6 +196,21 @@ func TestRecordingDoesNotAllocateWhenWarm(t *testing.T) {
 	}
 	if n := testing.AllocsPerRun(1000, record); n != 0 {
 		t.Errorf("%.1f allocations per notify and push", n)
+	}
+}
+
+// Two users of one set are both kept; a third takes the place of the one
+// active longest ago.
+func TestTheLeastRecentlyActiveOfASetGoes(t *testing.T) {
+	h, _ := newTest(Options{MaxUsers: 2}) // one set
+	h.Notified("a", "INBOX", nil, "pushed")
+	h.Notified("b", "INBOX", nil, "pushed")
+	h.Pushed("a", "ACC", "t", "delivered", 200, "") // a is active again
+	h.Notified("c", "INBOX", nil, "pushed")
+	for user, want := range map[string]bool{"a": true, "b": false, "c": true} {
+		if _, ok := h.User(user); ok != want {
+			t.Errorf("%s kept: %v, want %v", user, ok, want)
+		}
 	}
 }
 
