@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Build xapsd and the Dovecot plugin, and optionally install them.
 #
-# This is the one build recipe: `make` uses the same commands, the Dockerfile
-# runs this script, and test/packaging/packaging_test.sh runs it on every CI
-# run, so what ships is what was tested.
+# This is the one build recipe: `make build` (and so make run, make bench and
+# make soak) runs it, scripts/deb.sh and the Dockerfile run it, and
+# test/packaging/packaging_test.sh runs it on every CI run, so what ships is
+# what was tested.
 #
 # Usage: scripts/build.sh [options]
 #

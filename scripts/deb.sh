@@ -136,7 +136,13 @@ changes=${changes:-Package built from a source tree.}
 cp "$src/README.md" "$doc/README.md"
 gzip -9n "$doc/README.md"
 # xapsd is a static Go program on purpose: the same binary runs in every
-# image and release (it needs no libc at all).
+# image and release (it needs no libc at all). The override below says so,
+# and Depends has no libc for it: refuse a binary that is not (one built
+# with CGO_ENABLED=1, say, and packaged with --prebuilt-daemon).
+elf=$(readelf -lW -d "$pkg/usr/bin/xapsd") || die "usr/bin/xapsd is not an ELF program"
+if grep -q -e 'program interpreter' -e '(NEEDED)' <<<"$elf"; then
+	die "bin/xapsd is dynamically linked, but the package says it is static: build it with make build (scripts/build.sh, CGO_ENABLED=0)"
+fi
 install -d -m 0755 "$pkg/usr/share/lintian/overrides"
 echo "xapsd: statically-linked-binary [usr/bin/xapsd]" >"$pkg/usr/share/lintian/overrides/xapsd"
 

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"net"
 	"os"
 	"os/user"
 	"path/filepath"
@@ -24,6 +25,11 @@ func Check(c *config.Config) (Summary, []string, error) {
 		return Summary{}, nil, err
 	}
 	if err := CheckStateDir(c); err != nil {
+		return Summary{}, notes, err
+	}
+	addrNotes, err := checkAddresses(c, net.Listen)
+	notes = append(notes, addrNotes...)
+	if err != nil {
 		return Summary{}, notes, err
 	}
 	listen := c.ListenAddresses()

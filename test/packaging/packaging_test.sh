@@ -5,7 +5,8 @@
 #   bash test/packaging/packaging_test.sh      (as root; CI runs it in make test)
 #
 # - scripts/build.sh into temporary DESTDIRs (PREFIX /usr and /usr/local):
-#   files, modes, version, configuration files never overwritten;
+#   files, modes, version, configuration files never overwritten; make build
+#   runs it (a static binary), and deb.sh refuses a dynamic one;
 # - the installed systemd unit passes `systemd-analyze verify` (ExecStart
 #   pointing at the built binary), sysusers.d and tmpfiles.d work in the
 #   DESTDIR as root folder;
@@ -17,7 +18,8 @@
 #   xapsd from the fake root in dry-run, a registration through the installed
 #   plugin, `xapsd devices list`, `xapsd test-push`, /readyz, /metrics, stop;
 # - the Dockerfile refers only to stages and scripts that exist;
-# - the Prometheus rules (go test ./test/packaging, promtool when installed).
+# - the Prometheus rules and the Grafana dashboard (go test ./test/packaging,
+#   promtool when installed).
 #
 # Needs go, make, python3, dovecot-core, dovecot-imapd and dovecot-dev (as
 # for make test) and systemd's tools. The last line is "N passed, M failed";
@@ -202,6 +204,46 @@ check_make_run() {
 	[ "$cmd" = "bin/xapsd --config /srv/try/xapsd.yaml --check-config --quiet" ] || die "make run CONFIG= ARGS= runs '$cmd'"
 	cmd=$(make -s -n -C "$src" run | tail -n 1 | sed 's/ *$//')
 	[ "$cmd" = "bin/xapsd --config configs/dev/xapsd.yaml" ] || die "make run runs '$cmd'"
+}
+
+# dynamic FILE: FILE asks for a program interpreter or shared libraries.
+dynamic() {
+	local elf
+	elf=$(readelf -lW -d "$1")
+	grep -q -e 'program interpreter' -e '(NEEDED)' <<<"$elf"
+}
+
+# make build (and with it make run, bench and soak) is scripts/build.sh: the
+# static binary that make deb DEB_ARGS=--prebuilt-daemon packages.
+check_make_build_static() {
+	make -s -C "$src" build >"$tmp/make-build.out" 2>&1 || { cat "$tmp/make-build.out"; die "make build failed"; }
+	if dynamic "$src/bin/xapsd"; then
+		readelf -lW -d "$src/bin/xapsd" | grep -e interpreter -e NEEDED
+		die "make build made a dynamically linked bin/xapsd"
+	fi
+	grep -q '^build.sh: building bin/xapsd' "$tmp/make-build.out" || { cat "$tmp/make-build.out"; die "make build does not run scripts/build.sh"; }
+}
+
+# The package says its xapsd is static (lintian override, no libc in
+# Depends): deb.sh --prebuilt-daemon refuses one that is not.
+check_deb_refuses_dynamic_daemon() {
+	if ! command -v dpkg-deb >/dev/null || ! dpkg-query -W dovecot-dev >/dev/null 2>&1; then
+		echo "SKIPPED: no dpkg-dev or dovecot-dev (test/deps.sh installs them)"
+		exit 77
+	fi
+	local copy=$tmp/deb-dynamic p
+	for p in README.md Makefile configs scripts dovecot/Makefile dovecot/src cmd internal go.mod go.sum; do
+		mkdir -p "$(dirname "$copy/$p")"
+		cp -r "$src/$p" "$copy/$p"
+	done
+	(cd "$copy" && CGO_ENABLED=1 go build -o bin/xapsd ./cmd/xapsd)
+	dynamic "$copy/bin/xapsd" || die "CGO_ENABLED=1 did not make a dynamic binary; the check below would prove nothing"
+	if env VERSION=test "$copy/scripts/deb.sh" --prebuilt-daemon --out "$copy/dist" >"$copy/deb.out" 2>&1; then
+		cat "$copy/deb.out"
+		die "deb.sh packaged a dynamically linked xapsd as static"
+	fi
+	grep -q 'dynamically linked, but the package says it is static' "$copy/deb.out" || { cat "$copy/deb.out"; die "deb.sh failed for another reason"; }
+	[ -z "$(ls -A "$copy/dist" 2>/dev/null)" ] || die "deb.sh left a package behind"
 }
 
 check_build_prefix_local() {
@@ -746,6 +788,8 @@ run "scripts: header, strict mode, bash -n, shellcheck" check_scripts_lint
 run "build.sh --destdir --systemd: files and modes" check_build_destdir
 run "installed xapsd: version from ldflags, static, sample config loads" check_installed_binary
 run "make run takes CONFIG= and ARGS=" check_make_run
+run "make build is scripts/build.sh: a static bin/xapsd" check_make_build_static
+run "deb.sh --prebuilt-daemon refuses a dynamically linked xapsd" check_deb_refuses_dynamic_daemon
 run "build.sh PREFIX=/usr/local --no-plugin: layout and ExecStart" check_build_prefix_local
 run "build.sh keeps edited configuration files (.new beside)" check_config_kept
 run "systemd-analyze verify on the installed unit" check_systemd_verify
@@ -757,7 +801,7 @@ run "docker-mailserver-install.sh into a fake root, twice" check_dms_install
 run "docker-mailserver flow: register via plugin, devices list, test-push, stop" check_dms_flow
 run "docker-mailserver 16 (Debian 13 root): build, install, doveconf, flow as the xapsd user" check_dms16
 run "Dockerfile uses only existing stages and scripts" check_dockerfile
-run "Prometheus rules: structure, metric names, documented metrics" check_rules_go
+run "Prometheus rules and Grafana dashboard: structure, metric names, documented metrics" check_rules_go
 run "Prometheus rules: promtool check and unit tests" check_promtool
 
 if [ -f "$tmp/xapsd.pid" ]; then
