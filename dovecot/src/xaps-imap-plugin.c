@@ -24,6 +24,7 @@
 #include "mail-storage.h"
 #include "module-dir.h"
 #include "xaps-common.h"
+#include "xaps-compat.h"
 
 #define XAPS_COMMAND "XAPPLEPUSHSERVICE"
 #define XAPS_APS_VERSION "2"
@@ -276,7 +277,8 @@ static bool xaps_topic_is_valid(const string_t *body)
 	return TRUE;
 }
 
-static bool xaps_mailbox_exists(struct client *client, const char *name)
+static bool xaps_mailbox_exists(struct client_command_context *cmd,
+				const char *name)
 {
 	struct mail_namespace *ns;
 	struct mailbox *box;
@@ -284,8 +286,8 @@ static bool xaps_mailbox_exists(struct client *client, const char *name)
 	const char *error;
 	int ret;
 
-	/* Converts the IMAP (modified UTF-7) name to the internal one. */
-	ns = client_find_namespace_full(client, &name, &error);
+	/* Converts the name as the client sent it to the internal one. */
+	ns = xaps_client_find_namespace(cmd, &name, &error);
 	if (ns == NULL)
 		return FALSE;
 	box = mailbox_alloc(ns->list, name, 0);
@@ -338,11 +340,11 @@ static void xaps_register_reply(struct xaps_register *reg)
 
 	if (reg->conf.mailbox_confirm) {
 		array_foreach(&reg->args.mailboxes, mailbox) {
-			if (!xaps_mailbox_exists(client, *mailbox))
+			if (!xaps_mailbox_exists(cmd, *mailbox))
 				continue;
 			line = t_str_new(64);
 			str_append(line, "* "XAPS_COMMAND" mailbox ");
-			imap_append_string(line, *mailbox);
+			xaps_imap_append_string(line, *mailbox, cmd);
 			client_send_line(client, str_c(line));
 		}
 	}

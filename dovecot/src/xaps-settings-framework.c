@@ -14,6 +14,7 @@
 #include "settings-parser.h"
 #include "xaps-common.h"
 #include "xaps-settings-framework.h"
+
 #undef DEF
 #define DEF(type, name) \
 	SETTING_DEFINE_STRUCT_##type(#name, name, struct xaps_settings)

@@ -20,7 +20,7 @@ src=$(cd "$(dirname "$0")/.." && pwd)
 # concurrent runs do not share objects.
 work=$(mktemp -d "$root/tmp/xaps-build.XXXXXX")
 trap 'rm -rf "$work"' EXIT
-cp -r "$src/Makefile" "$src/src" "$work/"
+cp -r "$src/Makefile" "$src/probe.sh" "$src/probes" "$src/src" "$work/"
 inside=${work#"$root"}
 chroot "$root" make -s -C "$inside" WERROR=1 >/dev/null
 mkdir -p "$out"

@@ -99,7 +99,7 @@ func buildDebs(t *testing.T) map[string]string {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.RemoveAll(work) })
-	for _, p := range []string{"README.md", "Makefile", "configs", "scripts", "dovecot/Makefile", "dovecot/src", "bin/xapsd"} {
+	for _, p := range []string{"README.md", "Makefile", "configs", "scripts", "dovecot/Makefile", "dovecot/probe.sh", "dovecot/probes", "dovecot/src", "bin/xapsd"} {
 		os.MkdirAll(filepath.Dir(filepath.Join(work, p)), 0o755)
 		runOK(t, "cp", "-r", filepath.Join("../..", p), filepath.Join(work, p))
 	}
