@@ -674,6 +674,26 @@ def main():
     check(not any('"dave"' in l for l in standin.lines("notify")[n:]),
           "no /notify for a user with a broken xaps_config")
 
+    # --- the daemon's URL: its path is replaced, or added ---------------------
+    # Everybody else's URL has a path and a query; hank's has neither. Both
+    # must reach /register and /notify, and nothing else.
+    n_reg, n_notify = len(standin.lines("register")), len(standin.lines("notify"))
+    im = Imap(a.imap_port)
+    im.cmd("h1", "LOGIN hank secret")
+    untagged, tagged = im.cmd("h2", "XAPPLEPUSHSERVICE " + IOS_FORM)
+    check(register_ok(untagged, tagged, "h2", ["INBOX"]) and
+          [json.loads(l)["Username"] for l in standin.lines("register")[n_reg:]] == ["hank"],
+          "URL without a path: registration reaches /register", repr(untagged + [tagged]))
+    im.cmd("h3", "LOGOUT")
+    im.close()
+    refused = deliver(a.lmtp_port, "hank@example.org", "no path in the URL")
+    got = wait_notify(standin, n_notify, lambda b: b.get("Username") == "hank")
+    check(refused == {} and got is not None, "URL without a path: /notify reaches /notify",
+          repr(standin.lines("notify")[n_notify:]))
+    paths = sorted(set(standin.lines("paths")))
+    check(paths == ["POST /notify", "POST /register"],
+          "every request went to /register or /notify, whatever the URL's path", repr(paths))
+
     # --- the shared secret -------------------------------------------------
     auth = standin.lines("auth")
     check(len(auth) > 10 and all(l.endswith(" Bearer " + a.secret) for l in auth),

@@ -121,7 +121,7 @@ EOF
 # must be traversable and the homes owned by that uid. erin's home belongs to
 # root: a delivery to her fails at DATA, the way a full disk or a broken home
 # does, after other recipients were saved.
-for u in alice bob carol dave erin frank gina; do mkdir -p "$tmp/home/$u"; done
+for u in alice bob carol dave erin frank gina hank; do mkdir -p "$tmp/home/$u"; done
 chown -R "$mail_uid:$mail_uid" "$tmp/home"
 chown root:root "$tmp/home/erin"
 
@@ -130,25 +130,29 @@ chown root:root "$tmp/home/erin"
 # turns the mailbox confirmations off through userdb; dave's plugin settings
 # lack the URL, so the plugins must stay off for him; frank is over quota as
 # soon as a message is bigger than 1 KiB; gina's timeout is 6 s, longer than
-# the plugin's built-in default of 5 s.
+# the plugin's built-in default of 5 s. Everybody's URL has a path and a
+# query (which the plugin replaces), but hank's has neither.
 user() { echo "$1:{PLAIN}secret:$mail_uid:$mail_uid::$inside/home/$1::$2"; }
+xaps_url="http://127.0.0.1:$http_port/ignored/path?also=ignored"
 {
 	user alice ""
 	user bob "userdb_xaps_alias=bob@alias.example"
 	if [ "$series" = 23 ]; then
 		# Extra fields are split on spaces, so carol's xaps_config tokens
 		# are separated by tabs.
-		user carol "userdb_xaps_config=url=http://127.0.0.1:$http_port$(printf '\t')mailbox_confirm=no$(printf '\t')timeout_msecs=2000"
+		user carol "userdb_xaps_config=url=$xaps_url$(printf '\t')mailbox_confirm=no$(printf '\t')timeout_msecs=2000"
 		user dave "userdb_xaps_config=max_retries=1"
 		user erin ""
 		user frank "userdb_quota_rule=*:storage=1K"
-		user gina "userdb_xaps_config=url=http://127.0.0.1:$http_port$(printf '\t')timeout_msecs=6000"
+		user gina "userdb_xaps_config=url=$xaps_url$(printf '\t')timeout_msecs=6000"
+		user hank "userdb_xaps_config=url=http://127.0.0.1:$http_port"
 	else
 		user carol "userdb_xaps_mailbox_confirm=no"
 		user dave "userdb_xaps_url="
 		user erin ""
 		user frank "userdb_quota_storage_size=1K"
 		user gina "userdb_xaps_timeout=6s"
+		user hank "userdb_xaps_url=http://127.0.0.1:$http_port"
 	fi
 } >"$tmp/users"
 chmod 0644 "$tmp/users"
@@ -161,7 +165,7 @@ chmod 0600 "$tmp/xaps.secret"
 template=$here/dovecot.conf.in
 [ "$series" = 24 ] && template=$here/dovecot24.conf.in
 sed -e "s|@TMP@|$inside|g" -e "s|@IMAP_PORT@|$imap_port|g" \
-    -e "s|@LMTP_PORT@|$lmtp_port|g" -e "s|@XAPS_URL@|http://127.0.0.1:$http_port/ignored/path|g" \
+    -e "s|@LMTP_PORT@|$lmtp_port|g" -e "s|@XAPS_URL@|$xaps_url|g" \
     "$template" >"$tmp/dovecot.conf"
 
 # Dovecot 2.4 checks the plugin settings when it reads its configuration: a

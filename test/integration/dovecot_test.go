@@ -455,13 +455,20 @@ const e2eSecret = "e2e-secret-0123456789abcdef"
 // default, both loopbacks, with the shipped files.
 func newE2E(t *testing.T, kind dovecotKind, extra string) *e2e {
 	t.Helper()
+	return newE2EWithURLPath(t, kind, extra, "")
+}
+
+// newE2EWithURLPath is newE2E with path (and query) appended to the
+// plugin's URL.
+func newE2EWithURLPath(t *testing.T, kind dovecotKind, extra, path string) *e2e {
+	t.Helper()
 	secret := filepath.Join(t.TempDir(), "plugin.secret")
 	if err := os.WriteFile(secret, []byte(e2eSecret+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	a := newAPNsEnv(t, "delay: 2\ncheckInterval: 1\nlistenAddr: ::1\npluginSecretFile: "+secret+"\n"+extra)
 	_, port, _ := net.SplitHostPort(a.addr)
-	return &e2e{apnsEnv: a, dc: startDovecotWith(t, kind, dovecotOptions{xapsURL: "http://[::1]:" + port})}
+	return &e2e{apnsEnv: a, dc: startDovecotWith(t, kind, dovecotOptions{xapsURL: "http://[::1]:" + port + path})}
 }
 
 func tagless(l string) string {
@@ -511,6 +518,28 @@ func testE2ERegisterAndNewMail(t *testing.T, dv dovecotKind) {
 	}
 	if r.Received.Sub(sent) > time.Second {
 		t.Errorf("new-mail push took %v; it must not wait for the debounce delay", r.Received.Sub(sent))
+	}
+}
+
+// An admin's URL with a path (and a query), as in http://host:11619/xaps/:
+// the plugin replaces it, so registration and pushes work with xapsd,
+// which answers only /register and /notify (Dovecot 2.4.5 sent both to the
+// URL's own path). newE2E's URL has no path.
+func TestE2EURLWithPath(t *testing.T) { forEachDovecot(t, testE2EURLWithPath) }
+
+func testE2EURLWithPath(t *testing.T, dv dovecotKind) {
+	e := newE2EWithURLPath(t, dv, "", "/xaps/?from=dovecot")
+	ios := imapLogin(t, e.dc.imap, "alice")
+	if lines, ok := ios.registerLikeIOS(acc, token(1), "INBOX"); !ok {
+		t.Fatalf("registration with a path in the URL failed: %q", lines)
+	}
+	deliver(t, e.dc.lmtp, "alice@example.org")
+	reqs, err := e.apns.WaitRequests(1, 5*time.Second)
+	if err != nil {
+		t.Fatalf("no push with a path in the URL: %v", err)
+	}
+	if reqs[0].Token != token(1) {
+		t.Errorf("push %+v", reqs[0])
 	}
 }
 
