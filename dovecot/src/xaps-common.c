@@ -150,7 +150,7 @@ xaps_http_post(struct http_client *client, const struct xaps_config *conf,
 	/* Whatever path the admin put into url= is replaced, as the original
 	   plugin did; scheme, host, port and userinfo are kept. */
 	target = *conf->url;
-	target.path = path;
+	xaps_http_url_set_path(&target, path);
 	target.enc_query = NULL;
 	target.enc_fragment = NULL;
 

@@ -64,6 +64,18 @@
 
 /* --- HTTP client -------------------------------------------------------- */
 
+/* Makes url's path (the plain, not yet encoded) path: where struct http_url
+   also has an encoded path, a request goes there when it is set, so it is
+   cleared (probes/url_enc_path.c). */
+#ifdef XAPS_URL_ENC_PATH_ENCODED
+#  define xaps_http_url_set_path(url, path_) STMT_START { \
+	(url)->path = (path_); \
+	(url)->enc_path = NULL; \
+	} STMT_END
+#else
+#  define xaps_http_url_set_path(url, path_) ((url)->path = (path_))
+#endif
+
 /* Fills in the defaults of a struct http_client_settings allocated from
    pool, which must live as long as the client: where zero means the
    default, there is nothing to fill in (probes/http_settings_init.c). */
