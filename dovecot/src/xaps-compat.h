@@ -42,11 +42,22 @@
 
 /* --- IMAP ----------------------------------------------------------------- */
 
-/* Appends src as an IMAP string (quoted, or a literal where a quoted
-   string cannot hold it) for the client of cmd (probes/imap_quote.c). */
+/* Whether the client of cmd enabled UTF8=ACCEPT and so names mailboxes in
+   UTF-8 rather than modified UTF-7 (probes/cmd_utf8.c). Where commands do
+   not know, Dovecot names mailboxes in modified UTF-7 for every client. */
+#ifdef XAPS_CMD_UTF8_FIELD
+#  define xaps_cmd_utf8(cmd) ((cmd)->utf8)
+#else
+#  define xaps_cmd_utf8(cmd) ((void)(cmd), FALSE)
+#endif
+
+/* Appends src as an IMAP string for the client of cmd: quoted, with UTF-8
+   in it only for a client that enabled UTF8=ACCEPT, else a literal where a
+   quoted string cannot hold it (probes/imap_quote.c). */
 #ifdef XAPS_IMAP_QUOTE_FLAGS
 #  define xaps_imap_append_string(dest, src, cmd) \
-	imap_append_string(dest, src, 0)
+	imap_append_string(dest, src, \
+			   xaps_cmd_utf8(cmd) ? IMAP_QUOTE_FLAG_UTF8 : 0)
 #else
 #  define xaps_imap_append_string(dest, src, cmd) \
 	imap_append_string(dest, src)

@@ -17,6 +17,7 @@
 #include "http-client.h"
 #include "imap-arg.h"
 #include "imap-quote.h"
+#include "imap-utf7.h"
 #include "imap-commands.h"
 #include "imap-commands-util.h"
 #include "mail-user.h"
@@ -158,6 +159,20 @@ xaps_parse_args(struct client_command_context *cmd,
 	return NULL;
 }
 
+/* The daemon gets mailbox names in modified UTF-7, as iOS sends them; a
+   client that enabled UTF8=ACCEPT sends UTF-8 (kept as it is if it is not
+   valid UTF-8: the JSON then carries U+FFFD and matches nothing). */
+static const char *
+xaps_mailbox_mutf7(const struct xaps_register *reg, const char *name)
+{
+	const char *mutf7;
+
+	if (!xaps_cmd_utf8(reg->cmd) ||
+	    t_imap_utf8_to_utf7(name, &mutf7) < 0)
+		return name;
+	return mutf7;
+}
+
 static string_t *xaps_register_json(const struct xaps_register *reg)
 {
 	const char *const *mailbox;
@@ -177,7 +192,7 @@ static string_t *xaps_register_json(const struct xaps_register *reg)
 		if (!first)
 			str_append_c(json, ',');
 		first = FALSE;
-		xaps_json_append_string(json, *mailbox);
+		xaps_json_append_string(json, xaps_mailbox_mutf7(reg, *mailbox));
 	}
 	str_append(json, "]}");
 	return json;
