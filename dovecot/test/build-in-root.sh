@@ -9,12 +9,18 @@
 # copies build/lib25_xaps_*_plugin.so into OUTDIR and, where the plugin
 # comes with a settings module (Dovecot's settings framework), makes
 # OUTDIR/settings: the root's settings modules with this build's
-# libxaps_settings.so, for in-root.sh to mount over the root's own folder
-# for this run only (the config process loads settings modules only from
-# there, and a concurrent run may be testing other plugin code). Prints the
-# root's Dovecot version and how the plugin reads its settings there (the
-# settings probe: "framework" or "plugin_env"), e.g. "2.4.5 framework". Run
-# as root.
+# libxaps_settings.so, for in-root.sh --bind to mount over the root's own
+# folder for this run only (the config process loads settings modules only
+# from there, and a concurrent run may be testing other plugin code). Prints
+# what the run needs to know, one "key value" line each:
+#
+#   version 2.4.5               the root's Dovecot
+#   settings framework          how the plugin reads its settings (the
+#                               settings probe: framework or plugin_env)
+#   moduledir /usr/lib/dovecot/modules
+#   libexecdir /usr/lib/dovecot where imap and lmtp are
+#
+# DOVECOT_CONFIG is passed on to dovecot/Makefile. Run as root.
 set -euo pipefail
 
 root=${1:?usage: build-in-root.sh ROOT OUTDIR}
@@ -22,7 +28,7 @@ out=${2:?usage: build-in-root.sh ROOT OUTDIR}
 src=$(cd "$(dirname "$0")/.." && pwd)
 root=$(cd "$root" && pwd)
 root=${root%/}
-in_root() { chroot "${root:-/}" "$@"; }
+in_root() { chroot "${root:-/}" env ${DOVECOT_CONFIG:+DOVECOT_CONFIG="$DOVECOT_CONFIG"} "$@"; }
 
 [ -x "$root/usr/sbin/dovecot" ] || { echo "build-in-root.sh: no Dovecot in $root" >&2; exit 2; }
 # A fresh copy of the sources (never a host build folder) per run, so that
@@ -34,14 +40,15 @@ inside=${work#"$root"}
 in_root make -s -C "$inside" WERROR=1 >/dev/null
 mkdir -p "$out"
 cp "$work"/build/lib25_xaps_*_plugin.so "$out/"
+dirs=$(in_root make -s -C "$inside" dirs)
+moduledir=$(echo "$dirs" | sed -n 's/^moduledir //p')
 if [ -f "$work/build/settings/libxaps_settings.so" ]; then
-	# shellcheck disable=SC2016 # expanded by the root's shell
-	moduledir=$(in_root sh -c '. /usr/lib/dovecot/dovecot-config && echo "$dovecot_moduledir"')
 	mkdir -p "$out/settings"
 	# Copies: a symbolic link would point into the folder mounted over.
 	find "$root$moduledir/settings" -maxdepth 1 -name '*.so' ! -name libxaps_settings.so \
 		-exec cp {} "$out/settings/" \; 2>/dev/null || true
 	cp "$work/build/settings/libxaps_settings.so" "$out/settings/"
 fi
-echo "$(in_root make -s -C "$inside" version)" \
-	"$(in_root make -s -C "$inside" probes | sed -n 's/^settings //p')"
+echo "version $(in_root make -s -C "$inside" version)"
+echo "settings $(in_root make -s -C "$inside" probes | sed -n 's/^settings //p')"
+echo "$dirs"

@@ -85,11 +85,14 @@ trap cleanup EXIT INT TERM
 chmod 0755 "$tmp"
 mkdir -p "$tmp/run" "$tmp/state" "$tmp/modules"
 built=$("$here/build-in-root.sh" "${root:-/}" "$tmp/modules")
-read -r version settings <<<"$built"
-settings_dir=
-[ -d "$tmp/modules/settings" ] && settings_dir=$tmp/modules/settings
-# shellcheck disable=SC2016 # expanded by the root's shell
-moduledir=$(chroot "${root:-/}" sh -c '. /usr/lib/dovecot/dovecot-config && echo "$dovecot_moduledir"')
+built_value() { echo "$built" | sed -n "s/^$1 //p"; }
+version=$(built_value version)
+settings=$(built_value settings)
+moduledir=$(built_value moduledir)
+libexecdir=$(built_value libexecdir)
+# This run's settings module, mounted over the root's folder of them.
+settings_bind=()
+[ -d "$tmp/modules/settings" ] && settings_bind=(--bind "$tmp/modules/settings" "$moduledir/settings")
 # Dovecot looks for mail plugins in one directory; give it the system modules
 # (as seen by Dovecot) plus the freshly built ones.
 for m in "$root$moduledir"/*.so; do
@@ -101,7 +104,7 @@ plugin_env) series=23 ;;
 framework) series=24 ;;
 *) echo "smoke.sh: the settings probe says '$settings'" >&2; exit 2 ;;
 esac
-if [ "$series" = 24 ] && [ -z "$settings_dir" ]; then
+if [ "$series" = 24 ] && [ ${#settings_bind[@]} = 0 ]; then
 	echo "smoke.sh: no settings module was built for Dovecot $version" >&2
 	exit 2
 fi
@@ -176,7 +179,7 @@ if [ "$series" = 24 ]; then
 		key=${line%% =*}
 		sed -e "s|^$key = .*|$line|" "$tmp/dovecot.conf" >"$tmp/bad.conf"
 		grep -qx "$line" "$tmp/bad.conf" || echo "$line" >>"$tmp/bad.conf"
-		if out=$("$here/in-root.sh" "${root:-/}" "$settings_dir" doveconf -c "$inside/bad.conf" -n 2>&1 >/dev/null); then
+		if out=$("$here/in-root.sh" "${root:-/}" "${settings_bind[@]}" doveconf -c "$inside/bad.conf" -n 2>&1 >/dev/null); then
 			echo "FAIL doveconf accepts '$line'"
 			bad_settings=1
 		elif [[ "$out" != *"$want"* ]]; then
@@ -201,14 +204,13 @@ if [ "${VALGRIND:-0}" = 1 ]; then
 	# Every imap and lmtp process starts under valgrind; each writes its
 	# report to its own file.
 	mkdir -m 1777 "$tmp/valgrind"
-	libexec=$(dirname "$moduledir")
 	vg="/usr/bin/valgrind --quiet --vgdb=no --error-limit=no --leak-check=no --track-fds=no"
 	cat >>"$tmp/dovecot.conf" <<EOF
 service imap {
-  executable = $vg --log-file=$inside/valgrind/imap.%p.log $libexec/imap
+  executable = $vg --log-file=$inside/valgrind/imap.%p.log $libexecdir/imap
 }
 service lmtp {
-  executable = $vg --log-file=$inside/valgrind/lmtp.%p.log $libexec/lmtp
+  executable = $vg --log-file=$inside/valgrind/lmtp.%p.log $libexecdir/lmtp
 }
 EOF
 	slow=4
@@ -216,7 +218,7 @@ fi
 
 # A private mount namespace gives a root a /proc (valgrind needs it) and
 # Dovecot this run's settings module, both gone with the test.
-"$here/in-root.sh" "${root:-/}" "$settings_dir" dovecot -F -c "$inside/dovecot.conf" &
+"$here/in-root.sh" "${root:-/}" "${settings_bind[@]}" dovecot -F -c "$inside/dovecot.conf" &
 dovecot_pid=$!
 
 python3 "$here/checks.py" --imap-port "$imap_port" --lmtp-port "$lmtp_port" \

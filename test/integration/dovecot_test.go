@@ -114,6 +114,7 @@ type pluginBuild struct {
 	// framework: the plugin reads its settings through Dovecot's settings
 	// framework (2.4's configuration), not from plugin { } (2.3's).
 	framework bool
+	moduledir string // Dovecot's module folder (in its root)
 	err       error
 }
 
@@ -144,8 +145,19 @@ func (kind dovecotKind) plugin(t *testing.T) *pluginBuild {
 			b.err = fmt.Errorf("build the plugin for %s: %v\n%s", kind.name, err, stderrOf(err))
 			return
 		}
-		f := strings.Fields(string(out))
-		b.framework = len(f) == 2 && f[1] == "framework"
+		// "key value" lines: version, settings, moduledir, libexecdir.
+		for _, line := range strings.Split(string(out), "\n") {
+			key, value, _ := strings.Cut(line, " ")
+			switch key {
+			case "settings":
+				b.framework = value == "framework"
+			case "moduledir":
+				b.moduledir = value
+			}
+		}
+		if b.moduledir == "" {
+			b.err = fmt.Errorf("build-in-root.sh for %s said no moduledir:\n%s", kind.name, out)
+		}
 	})
 	if b.err != nil {
 		t.Fatal(b.err)
@@ -161,13 +173,14 @@ func stderrOf(err error) []byte {
 	return nil
 }
 
-// settingsDir is the folder in-root.sh mounts over the root's settings
-// modules, or "" when the plugin has no settings module.
-func (b *pluginBuild) settingsDir() string {
-	if _, err := os.Stat(filepath.Join(b.dir, "settings")); err != nil {
-		return ""
+// inRoot is the command that runs argv in kind's root with this build's
+// settings module, if it has one, mounted over the root's (in-root.sh).
+func (b *pluginBuild) inRoot(kind dovecotKind, argv ...string) []string {
+	cmd := []string{"../../dovecot/test/in-root.sh", "/" + kind.root}
+	if _, err := os.Stat(filepath.Join(b.dir, "settings")); err == nil {
+		cmd = append(cmd, "--bind", filepath.Join(b.dir, "settings"), b.moduledir+"/settings")
 	}
-	return filepath.Join(b.dir, "settings")
+	return append(cmd, argv...)
 }
 
 // stagePlugin copies the plugin built for kind's Dovecot into dir.
@@ -239,11 +252,10 @@ func startDovecotWith(t *testing.T, kind dovecotKind, o dovecotOptions) *dovecot
 		os.Chown(filepath.Join(dir, h), mailUID, mailUID)
 	}
 	plugin := stagePlugin(t, kind, filepath.Join(dir, "modules"))
-	moduledir := "/usr/lib/dovecot/modules"
-	mods, _ := filepath.Glob(kind.root + moduledir + "/*.so")
+	mods, _ := filepath.Glob(kind.root + plugin.moduledir + "/*.so")
 	for _, m := range mods {
 		if !strings.HasPrefix(filepath.Base(m), "lib25_xaps_") {
-			os.Symlink(moduledir+"/"+filepath.Base(m), filepath.Join(dir, "modules", filepath.Base(m)))
+			os.Symlink(plugin.moduledir+"/"+filepath.Base(m), filepath.Join(dir, "modules", filepath.Base(m)))
 		}
 	}
 	var users strings.Builder
@@ -281,8 +293,7 @@ func startDovecotWith(t *testing.T, kind dovecotKind, o dovecotOptions) *dovecot
 	os.WriteFile(filepath.Join(dir, "dovecot.conf"), []byte(conf), 0o644)
 	// A private mount namespace gives a root a /proc and Dovecot this
 	// run's settings module, both gone with the test.
-	argv := []string{"../../dovecot/test/in-root.sh", "/" + kind.root, plugin.settingsDir(),
-		"dovecot", "-F", "-c", inside + "/dovecot.conf"}
+	argv := plugin.inRoot(kind, "dovecot", "-F", "-c", inside+"/dovecot.conf")
 	if o.netns != nil {
 		argv = o.netns.argv(argv...)
 	}
