@@ -134,7 +134,8 @@ chown root:root "$tmp/home/erin"
 # lack the URL, so the plugins must stay off for him; frank is over quota as
 # soon as a message is bigger than 1 KiB; gina's timeout is 6 s, longer than
 # the plugin's built-in default of 5 s. Everybody's URL has a path and a
-# query (which the plugin replaces), but hank's has neither.
+# query (which the plugin replaces), but hank's has neither (and his
+# timeout is long enough for a process under valgrind on a busy machine).
 user() { echo "$1:{PLAIN}secret:$mail_uid:$mail_uid::$inside/home/$1::$2"; }
 xaps_url="http://127.0.0.1:$http_port/ignored/path?also=ignored"
 {
@@ -148,14 +149,14 @@ xaps_url="http://127.0.0.1:$http_port/ignored/path?also=ignored"
 		user erin ""
 		user frank "userdb_quota_rule=*:storage=1K"
 		user gina "userdb_xaps_config=url=$xaps_url$(printf '\t')timeout_msecs=6000"
-		user hank "userdb_xaps_config=url=http://127.0.0.1:$http_port"
+		user hank "userdb_xaps_config=url=http://127.0.0.1:$http_port$(printf '\t')timeout_msecs=10000"
 	else
 		user carol "userdb_xaps_mailbox_confirm=no"
 		user dave "userdb_xaps_url="
 		user erin ""
 		user frank "userdb_quota_storage_size=1K"
 		user gina "userdb_xaps_timeout=6s"
-		user hank "userdb_xaps_url=http://127.0.0.1:$http_port"
+		user hank "userdb_xaps_url=http://127.0.0.1:$http_port userdb_xaps_timeout=10s"
 	fi
 } >"$tmp/users"
 chmod 0644 "$tmp/users"
