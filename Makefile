@@ -5,9 +5,10 @@
 #                (make run CONFIG=my.yaml, make run ARGS=--check-config)
 #   make test    install what the tests need (as root), vet, then every test with the
 #                race detector, against Dovecot 2.3.19, 2.3.21, 2.4.1 and 2.4.5
-#   make deb     a Debian package for the Debian release this runs on;
-#                DEB_ARGS=--prebuilt-daemon packages the bin/xapsd built before
-#                (for a host without Go 1.26)
+#   make deb     a Debian package for the Debian release this runs on and (as
+#                root) one for the Dovecot in each test root (Debian 12 with
+#                backports, 13, forky); DEB_ARGS=--prebuilt-daemon packages the
+#                bin/xapsd built before (for a host without Go 1.26)
 #   make bench   performance figures (see docs/benchmarks.md)
 #   make soak    SOAK (10m) of load with kill -9, APNs faults and a full disk; fails on any loss
 
@@ -93,12 +94,25 @@ test-short:
 plugin:
 	$(MAKE) -C dovecot
 
-# dist/xapsd_<version>_<arch>.deb for the Debian release this runs on
+# DEB_OUT/xapsd_<version>_<arch>.deb for the Debian release this runs on
 # (scripts/deb.sh; needs dovecot-dev and dpkg-dev, and Go 1.26 unless
-# DEB_ARGS=--prebuilt-daemon; bash scripts/deb.sh --help lists the options).
+# DEB_ARGS=--prebuilt-daemon; bash scripts/deb.sh --help lists the options),
+# then, as root, one built in each root of test/dovecot-roots against its
+# Dovecot (scripts/deb-in-root.sh): Debian 12 with backports, 13 and forky.
 DEB_ARGS ?=
+DEB_OUT  ?= dist
 deb:
-	bash scripts/deb.sh $(DEB_ARGS)
+	bash scripts/deb.sh --out $(DEB_OUT) $(DEB_ARGS)
+	@for r in $(DOVECOT_ROOTS); do \
+	  root=$(XAPS_ROOT_CACHE)/$$r; \
+	  if [ "$$(id -u)" != 0 ]; then \
+	    echo "make deb: not root, so no package built in $$root"; \
+	  elif [ ! -x $$root/usr/bin/dpkg-deb ]; then \
+	    echo "make deb: no root at $$root, so no package for it (test/deps.sh makes it)"; \
+	  else \
+	    bash scripts/deb-in-root.sh $$root $(DEB_OUT) || exit 1; \
+	  fi; \
+	done
 
 # End to end (the daemon, an APNs stand-in and a load generator on this
 # machine) with the file registry, again with the registry in a throw-away

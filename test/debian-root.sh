@@ -57,8 +57,11 @@ install_packages() {
 	shift
 	echo "debian-root.sh: installing $*${target:+ from $target} into $into" >&2
 	log=$(mktemp)
-	# (apt in a root without /dev/pts complains that it cannot log; harmless.)
-	if ! { chroot "$into" env DEBIAN_FRONTEND=noninteractive apt-get update -qq &&
+	# (apt in a root without /dev/pts complains that it cannot log; harmless.
+	# Testing's Release file is valid for a week only: a mirror that is a
+	# snapshot must not stop the tests.)
+	if ! { chroot "$into" env DEBIAN_FRONTEND=noninteractive apt-get update -qq \
+			-o Acquire::Check-Valid-Until=false &&
 		chroot "$into" env DEBIAN_FRONTEND=noninteractive \
 			apt-get install -y -qq --no-install-recommends ${target:+-t "$target"} "$@"; } >"$log" 2>&1; then
 		cat "$log" >&2

@@ -26,12 +26,6 @@ import (
 
 const mailUID = 4242 // needs no /etc/passwd entry
 
-// debian13Root is where test/deps.sh keeps the Debian 13 root with Dovecot
-// 2.4.1, in which the Debian 13 package is built.
-func debian13Root() string {
-	return filepath.Join(rootCache(), "debian13-root")
-}
-
 // dovecotKind is one Dovecot the tests run against.
 type dovecotKind struct {
 	name string // its version, or the root's folder name when it is missing
