@@ -28,7 +28,12 @@ out=${2:?usage: build-in-root.sh ROOT OUTDIR}
 src=$(cd "$(dirname "$0")/.." && pwd)
 root=$(cd "$root" && pwd)
 root=${root%/}
-in_root() { chroot "${root:-/}" env ${DOVECOT_CONFIG:+DOVECOT_CONFIG="$DOVECOT_CONFIG"} "$@"; }
+# A make that runs this (make -C dovecot check) must not hand its flags and
+# jobserver to the one in the root.
+in_root() {
+	chroot "${root:-/}" env -u MAKEFLAGS -u MFLAGS -u MAKELEVEL \
+		${DOVECOT_CONFIG:+DOVECOT_CONFIG="$DOVECOT_CONFIG"} "$@"
+}
 
 [ -x "$root/usr/sbin/dovecot" ] || { echo "build-in-root.sh: no Dovecot in $root" >&2; exit 2; }
 # A fresh copy of the sources (never a host build folder) per run, so that
