@@ -72,10 +72,15 @@ if command -v "${DOVECOT:-dovecot}" >/dev/null 2>&1; then
 	[ "$image_has" = "$built_for" ] || die "the plugin was built for Dovecot $built_for, this image has $image_has; build it in this image (scripts/build.sh)"
 fi
 plugins=("$SRC"/dovecot/build/lib25_xaps_imap_plugin.so "$SRC"/dovecot/build/lib25_xaps_push_notification_plugin.so)
-case $built_for in
-2.3.*) snippet=$SRC/configs/dovecot/2.3/95-xaps.conf; settings= ;;
-*) snippet=$SRC/configs/dovecot/2.4/95-xaps.conf; settings=$SRC/dovecot/build/settings/libxaps_settings.so ;;
-esac
+# With a settings module the plugin reads Dovecot 2.4's settings framework,
+# else plugin { } (2.3); the snippet is in the syntax that goes with it.
+settings=$SRC/dovecot/build/settings/libxaps_settings.so
+if [ -f "$settings" ]; then
+	snippet=$SRC/configs/dovecot/2.4/95-xaps.conf
+else
+	snippet=$SRC/configs/dovecot/2.3/95-xaps.conf
+	settings=
+fi
 for f in "$SRC/bin/xapsd" "${plugins[@]}" ${settings:+"$settings"} "$snippet" \
 	"$SRC/configs/supervisord/xapsd.conf" "$SRC/scripts/supervisord-start.sh"; do
 	[ -f "$f" ] || die "$f is missing; run scripts/build.sh first"

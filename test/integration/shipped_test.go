@@ -131,7 +131,7 @@ func testE2EShippedSnippetAndSampleConfig(t *testing.T, dv dovecotKind) {
 
 	snippet := "../../configs/dovecot/2.3/95-xaps.conf"
 	perUser := func(url string) string { return "userdb_xaps_config=url=" + url }
-	if dv.root != "" {
+	if dv.plugin(t).framework {
 		snippet = "../../configs/dovecot/2.4/95-xaps.conf"
 		perUser = func(url string) string { return "userdb_xaps_url=" + url }
 	}

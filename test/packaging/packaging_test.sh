@@ -623,7 +623,7 @@ check_dms16() {
 	# shellcheck disable=SC2064 # expand now: the trap runs after the locals are gone
 	trap "umount -l '$m'" EXIT
 	local p
-	for p in README.md Makefile configs scripts dovecot/Makefile dovecot/src bin/xapsd; do
+	for p in README.md Makefile configs scripts dovecot/Makefile dovecot/probe.sh dovecot/probes dovecot/src bin/xapsd; do
 		mkdir -p "$(dirname "$m/src/$p")"
 		cp -r "$src/$p" "$m/src/$p"
 	done
