@@ -16,7 +16,11 @@
 #   Debian 13 package is built in it;
 # - clean minimal Debian 12 and 13 roots (/var/cache/xapsd/debian12-clean,
 #   debian13-clean) that the package tests install the packages into, each
-#   time in a throw-away overlay, so that they stay clean.
+#   time in a throw-away overlay, so that they stay clean;
+# - podman, buildah and runc, and the stand-in base images the container
+#   tests build the Dockerfile on (test/container/base-images.sh: a
+#   docker-mailserver 16 stand-in from its own Debian 13 root, a Go image
+#   and a distroless runtime).
 #
 # .ci/run calls `make test`, which calls this first.
 set -euo pipefail
@@ -29,7 +33,7 @@ check_only=0
 
 host_packages=(dovecot-core dovecot-imapd dovecot-lmtpd dovecot-dev openssl make gcc
 	pkg-config libc6-dev python3 valgrind systemd shellcheck prometheus debootstrap
-	dpkg-dev fakeroot lintian postgresql)
+	dpkg-dev fakeroot lintian postgresql podman buildah runc)
 root_packages=(dovecot-core dovecot-imapd dovecot-lmtpd dovecot-dev gcc make libc6-dev
 	pkg-config valgrind dpkg-dev)
 
@@ -42,13 +46,17 @@ root_ok=1
 clean_ok=1
 [ -x "$cache/debian12-clean/usr/bin/apt-get" ] && [ -x "$cache/debian13-clean/usr/bin/apt-get" ] || clean_ok=0
 
-if [ ${#missing[@]} -eq 0 ] && [ "$root_ok" = 1 ] && [ "$clean_ok" = 1 ]; then
+images_ok=1
+"$here/container/base-images.sh" --check >/dev/null 2>&1 || images_ok=0
+
+if [ ${#missing[@]} -eq 0 ] && [ "$root_ok" = 1 ] && [ "$clean_ok" = 1 ] && [ "$images_ok" = 1 ]; then
 	exit 0
 fi
 if [ "$check_only" = 1 ] || [ "$(id -u)" != 0 ]; then
 	[ ${#missing[@]} -eq 0 ] || echo "missing Debian packages: ${missing[*]}" >&2
 	[ "$root_ok" = 1 ] || echo "missing the Debian 13 root with Dovecot 2.4 at $root" >&2
 	[ "$clean_ok" = 1 ] || echo "missing the clean Debian 12 and 13 roots in $cache" >&2
+	[ "$images_ok" = 1 ] || echo "missing the container tests' base images (test/container/base-images.sh)" >&2
 	echo "run test/deps.sh as root to install them (make test does when run as root)" >&2
 	exit 1
 fi
@@ -72,4 +80,8 @@ if [ "$clean_ok" = 0 ]; then
 	echo "test/deps.sh: preparing clean Debian 12 and 13 roots in $cache (about a minute)" >&2
 	"$here/debian-root.sh" bookworm "$cache/debian12-clean"
 	"$here/debian-root.sh" trixie "$cache/debian13-clean"
+fi
+if [ "$images_ok" = 0 ]; then
+	echo "test/deps.sh: making the container tests' base images (a few minutes the first time)" >&2
+	"$here/container/base-images.sh"
 fi

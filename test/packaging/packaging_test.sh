@@ -134,14 +134,16 @@ dovecot_modules() {
 # --- checks ---------------------------------------------------------------
 
 check_scripts_lint() {
-	for f in "$src"/scripts/*.sh "$src"/test/packaging/packaging_test.sh; do
+	local scripts=("$src"/scripts/*.sh "$src"/test/packaging/packaging_test.sh "$src"/test/container/*.sh
+		"$src"/test/container/dms-standin/usr/local/bin/start-mailserver.sh)
+	for f in "${scripts[@]}"; do
 		bash -n "$f"
 		head -n 2 "$f" | grep -q '^# ' || die "$f: no header comment"
 		grep -q '^set -euo pipefail$' "$f" || die "$f: no set -euo pipefail"
 		[ -x "$f" ] || die "$f: not executable"
 	done
 	if command -v shellcheck >/dev/null; then
-		shellcheck "$src"/scripts/*.sh "$src"/test/packaging/packaging_test.sh
+		shellcheck "${scripts[@]}"
 	else
 		echo "shellcheck not installed; only bash -n"
 	fi
