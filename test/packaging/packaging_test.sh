@@ -401,6 +401,10 @@ if int(p.get("stopwaitsecs", "10")) <= 15:
     sys.exit("stopwaitsecs %s leaves no room above xapsd's shutdown budgets (2s + 6s by default)" % p.get("stopwaitsecs"))
 if p.get("autorestart", "unexpected") not in ("true", "unexpected"):
     sys.exit("autorestart %s" % p["autorestart"])
+# Started before and stopped after docker-mailserver's programs, which keep
+# supervisord's default priority (999).
+if int(p.get("priority", "999")) >= 999:
+    sys.exit("priority %s: xapsd must start before and stop after Dovecot and Postfix (999)" % p.get("priority", "999 (default)"))
 EOF
 }
 
