@@ -17,6 +17,8 @@
 #                       --build-arg VERSION=$(git describe --always --dirty)
 #   GOPROXY=...         the Go module proxy the build stages fetch modules
 #                       from (default: Go's own)
+#   XAPSD_UID=65532, XAPSD_GID=65532   the ids of the xapsd user in the
+#                       mailserver image (docs/docker-mailserver.md)
 #   DMS_IMAGE, GO_IMAGE, RUNTIME_IMAGE   other base images (CI builds this file
 #                       on local stand-ins for each: test/container/)
 
@@ -81,5 +83,7 @@ CMD ["--config", "/etc/xapsd/xapsd.yaml"]
 # --- Target "mailserver" (default): docker-mailserver with push -------------
 # The build tree is mounted, not copied, so no sources end up in the image.
 FROM ${DMS_IMAGE}:${DMS_TAG} AS mailserver
+ARG XAPSD_UID=65532
+ARG XAPSD_GID=65532
 RUN --mount=type=bind,from=build,source=/src,target=/src \
     /src/scripts/docker-mailserver-install.sh
