@@ -9,9 +9,11 @@ import (
 	"os"
 	"os/exec"
 	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -65,6 +67,7 @@ func (b *builtImages) build() {
 		b.skip = "podman is not installed (test/deps.sh installs podman, buildah and runc)"
 		return
 	}
+	removeLeftovers()
 	// Unique per test binary: two runs on one machine share the image
 	// store, not their images.
 	name := fmt.Sprintf("localhost/xapsd-test-%d", os.Getpid())
@@ -83,6 +86,35 @@ func (b *builtImages) remove() {
 	if b.mailserver != "" {
 		podmanRun("rmi", "--force", b.mailserver, b.daemon)
 	}
+}
+
+// removeLeftovers removes the containers, volumes and images of test
+// binaries that ended without their cleanup (killed, say): each is named
+// xapsd-test-PID-… or localhost/xapsd-test-PID/….
+func removeLeftovers() {
+	for _, kind := range [][]string{
+		{"ps", "--all", "--format", "{{.Names}}", "rm --force --time 0"},
+		{"volume", "ls", "--format", "{{.Name}}", "volume rm --force"},
+		{"images", "--format", "{{.Repository}}", "rmi --force"},
+	} {
+		out, _ := podmanRun(kind[:len(kind)-1]...)
+		for _, name := range strings.Fields(out) {
+			if ofGoneProcess(strings.TrimPrefix(name, "localhost/")) {
+				podmanRun(append(strings.Fields(kind[len(kind)-1]), name)...)
+			}
+		}
+	}
+}
+
+// ofGoneProcess reports whether name is xapsd-test-PID… of a process
+// that no longer runs.
+func ofGoneProcess(name string) bool {
+	rest, ok := strings.CutPrefix(name, "xapsd-test-")
+	if !ok {
+		return false
+	}
+	pid, err := strconv.Atoi(rest[:len(rest)-len(strings.TrimLeft(rest, "0123456789"))])
+	return err == nil && syscall.Kill(pid, 0) == syscall.ESRCH
 }
 
 // podmanRun runs podman as the tests do (test/container/podman.sh) and
@@ -215,4 +247,33 @@ func docBlock(t *testing.T, path, marker string) string {
 		t.Fatalf("%s has no code block after %q", path, marker)
 	}
 	return m[1]
+}
+
+// What a killed test binary left behind goes with the next build; what a
+// running one uses stays.
+func TestContainerLeftoversAreRemoved(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("SKIPPED: the container tests run podman as root (CI runs them as root)")
+	}
+	if _, err := exec.LookPath("podman"); err != nil {
+		t.Skip("SKIPPED: podman is not installed (test/deps.sh installs podman, buildah and runc)")
+	}
+	gone := exec.Command("true")
+	if err := gone.Run(); err != nil {
+		t.Fatal(err)
+	}
+	left := fmt.Sprintf("xapsd-test-%d-state", gone.Process.Pid)
+	mine := fmt.Sprintf("xapsd-test-%d-leftover-check", os.Getpid())
+	for _, v := range []string{left, mine} {
+		podman(t, "volume", "create", v)
+		t.Cleanup(func() { podmanRun("volume", "rm", "--force", v) })
+	}
+	removeLeftovers()
+	out := podman(t, "volume", "ls", "--format", "{{.Name}}")
+	if strings.Contains(out, left+"\n") {
+		t.Errorf("the volume %s of a gone test binary is still there", left)
+	}
+	if !strings.Contains(out, mine+"\n") {
+		t.Errorf("the volume %s of this test binary was removed", mine)
+	}
 }
