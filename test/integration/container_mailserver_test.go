@@ -18,12 +18,12 @@ import (
 // docker-mailserver with push: the Dockerfile's default target, built on
 // the docker-mailserver 16 stand-in, set up as docs/docker-mailserver.md
 // says (its xapsd.yaml, with the APNs stand-in as the endpoint) with the
-// volumes of docker-mailserver's compose.yaml as folders on the host. An
-// iPhone registers over IMAP and mail comes in over SMTP through Postfix
+// volumes of docker-mailserver's compose.yaml as folders on the host. Two
+// iPhones register over IMAP and mail comes in over SMTP through Postfix
 // and Dovecot's LMTP; xapsd runs as its own user with the documented ids,
 // starts before and stops after the mail services, sends what it holds
 // within podman's 10 s, and a container made again from the same volumes
-// keeps the registration.
+// keeps both registrations.
 func TestMailserverImage(t *testing.T) {
 	img := containerImages(t)
 	ns := newNetns(t)
@@ -71,25 +71,33 @@ func TestMailserverImage(t *testing.T) {
 		t.Errorf("/readyz answered %q", ready)
 	}
 
-	// A phone registers, new mail arrives through Postfix.
-	ios := imapLoginVia(t, ns.dial, "127.0.0.1:143", "alice@example.org")
-	if caps, _ := ios.cmd("CAPABILITY"); !strings.Contains(strings.Join(caps, " "), "XAPPLEPUSHSERVICE") {
-		t.Fatalf("no XAPPLEPUSHSERVICE after login: %q", caps)
+	// Two phones register, new mail arrives through Postfix.
+	phones := map[string]string{token(1): acc, token(2): "ACC-SECOND-PHONE"}
+	for tok, account := range phones {
+		ios := imapLoginVia(t, ns.dial, "127.0.0.1:143", "alice@example.org")
+		if caps, _ := ios.cmd("CAPABILITY"); !strings.Contains(strings.Join(caps, " "), "XAPPLEPUSHSERVICE") {
+			t.Fatalf("no XAPPLEPUSHSERVICE after login: %q", caps)
+		}
+		if lines, ok := ios.registerLikeIOS(account, tok, "INBOX"); !ok || !strings.Contains(strings.Join(lines, "\n"), `aps-topic "`+topicA+`"`) {
+			t.Fatalf("registration failed: %q", lines)
+		}
 	}
-	if lines, ok := ios.registerLikeIOS(acc, token(1), "INBOX"); !ok || !strings.Contains(strings.Join(lines, "\n"), `aps-topic "`+topicA+`"`) {
-		t.Fatalf("registration failed: %q", lines)
+	// pushed waits for the next push to each phone after the first n.
+	pushed := func(n int, what string) {
+		t.Helper()
+		reqs, err := apns.WaitRequests(n+len(phones), 30*time.Second)
+		if err != nil {
+			t.Fatalf("%s: %v\n%s", what, err, readFile(filepath.Join(logs, "xapsd.log")))
+		}
+		if got := perToken(reqs[n:]); got[token(1)] != 1 || got[token(2)] != 1 {
+			t.Errorf("%s: pushes per token %v, want one to each phone", what, got)
+		}
 	}
 	submitVia(t, ns.dial, "127.0.0.1:25", "alice@example.org")
-	reqs, err := apns.WaitRequests(1, 30*time.Second)
-	if err != nil {
-		t.Fatalf("no push for mail delivered through Postfix: %v\n%s", err, readFile(filepath.Join(logs, "xapsd.log")))
-	}
-	if reqs[0].Token != token(1) || reqs[0].Topic != topicA {
-		t.Errorf("push %+v", reqs[0])
-	}
+	pushed(0, "mail delivered through Postfix")
 	checkDevicesListSample(t, c.mustExec("xapsd", "devices", "list", "alice@example.org"))
 
-	// A flag change from another client: xapsd holds its push back for
+	// A flag change from another client: xapsd holds its pushes back for
 	// the configured delay (60 s), and podman stop comes first.
 	desktop := imapLoginVia(t, ns.dial, "127.0.0.1:143", "alice@example.org")
 	desktop.cmd("SELECT INBOX")
@@ -104,14 +112,16 @@ func TestMailserverImage(t *testing.T) {
 		}
 		defer resp.Body.Close()
 		b, _ := io.ReadAll(resp.Body)
-		return strings.Contains(string(b), "\nxapsd_scheduler_pending 1\n")
+		return strings.Contains(string(b), "\nxapsd_scheduler_pending 2\n")
 	})
 	took, code := c.stop()
 	if code != "0" || took >= 10*time.Second {
 		t.Errorf("podman stop took %v and the container exited %s; want exit 0 within the 10 s before SIGKILL", took, code)
 	}
-	if _, err := apns.WaitRequests(2, time.Second); err != nil {
-		t.Errorf("the held-back push was not sent when the container stopped: %v", err)
+	if reqs, err := apns.WaitRequests(4, time.Second); err != nil {
+		t.Errorf("the held-back pushes were not sent when the container stopped: %v", err)
+	} else if got := perToken(reqs[2:]); got[token(1)] != 1 || got[token(2)] != 1 {
+		t.Errorf("pushes at the stop per token %v, want one to each phone", got)
 	}
 	supervisord := readFile(filepath.Join(logs, "supervisord.log"))
 	checkSupervisordOrder(t, supervisord)
@@ -119,16 +129,17 @@ func TestMailserverImage(t *testing.T) {
 		t.Errorf("xapsd did not exit 0:\n%s", supervisord)
 	}
 
-	// A new container with the same volumes knows the phone.
+	// A new container with the same volumes knows both phones.
 	c2 := startContainer(t, ns, img.mailserver, opts...)
 	waitMailServices(t, c2, ns)
-	if list := c2.mustExec("xapsd", "devices", "list", "alice@example.org"); !strings.Contains(list, token(1)) {
-		t.Fatalf("the registration is gone after re-creating the container:\n%s", list)
+	list := c2.mustExec("xapsd", "devices", "list", "alice@example.org")
+	for tok := range phones {
+		if !strings.Contains(list, tok) {
+			t.Errorf("the registration of %s is gone after re-creating the container:\n%s", tok, list)
+		}
 	}
 	submitVia(t, ns.dial, "127.0.0.1:25", "alice@example.org")
-	if reqs, err := apns.WaitRequests(3, 30*time.Second); err != nil || reqs[2].Token != token(1) {
-		t.Errorf("no push after re-creating the container: %v", err)
-	}
+	pushed(4, "mail delivered after re-creating the container")
 }
 
 // startAPNsIn runs the APNs stand-in inside ns.
@@ -254,8 +265,8 @@ func checkDevicesListSample(t *testing.T, got string) {
 		}
 	}
 	real := strings.Split(strings.TrimSpace(got), "\n")
-	if len(sample) != 2 || len(real) != 2 {
-		t.Fatalf("devices list: want a header and one row in the docs and the output; docs:\n%s\noutput:\n%s", block, got)
+	if len(sample) != 2 || len(real) < 2 {
+		t.Fatalf("devices list: want a header and rows in the docs and the output; docs:\n%s\noutput:\n%s", block, got)
 	}
 	columns := regexp.MustCompile(`\s{2,}`)
 	for i := range 2 {
