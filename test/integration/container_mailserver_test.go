@@ -115,6 +115,7 @@ func TestMailserverImage(t *testing.T) {
 		return strings.Contains(string(b), "\nxapsd_scheduler_pending 2\n")
 	})
 	took, code := c.stop()
+	t.Logf("podman stop of the mailserver container took %v", took.Round(10*time.Millisecond))
 	if code != "0" || took >= 10*time.Second {
 		t.Errorf("podman stop took %v and the container exited %s; want exit 0 within the 10 s before SIGKILL", took, code)
 	}
