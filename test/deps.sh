@@ -82,6 +82,6 @@ if [ "$clean_ok" = 0 ]; then
 	"$here/debian-root.sh" trixie "$cache/debian13-clean"
 fi
 if [ "$images_ok" = 0 ]; then
-	echo "test/deps.sh: making the container tests' base images (a few minutes the first time)" >&2
+	echo "test/deps.sh: making the container tests' base images that are missing or out of date (a few minutes the first time)" >&2
 	"$here/container/base-images.sh"
 fi
