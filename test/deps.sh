@@ -18,7 +18,11 @@
 #   in it;
 # - clean minimal roots of each release (debian12-clean, debian13-clean,
 #   debian14-clean) that the package tests install the packages into, each
-#   time in a throw-away overlay, so that they stay clean.
+#   time in a throw-away overlay, so that they stay clean;
+# - podman, buildah and runc, and the stand-in base images the container
+#   tests build the Dockerfile on (test/container/base-images.sh: a
+#   docker-mailserver 16 stand-in from its own Debian 13 root, a Go image
+#   and a distroless runtime).
 #
 # .ci/run calls `make test`, which calls this first.
 set -euo pipefail
@@ -30,7 +34,7 @@ check_only=0
 
 host_packages=(dovecot-core dovecot-imapd dovecot-lmtpd dovecot-dev openssl make gcc
 	pkg-config libc6-dev python3 valgrind systemd shellcheck prometheus debootstrap
-	dpkg-dev fakeroot lintian postgresql)
+	dpkg-dev fakeroot lintian postgresql podman buildah runc)
 root_packages=(dovecot-core dovecot-imapd dovecot-lmtpd dovecot-dev gcc make libc6-dev
 	pkg-config valgrind dpkg-dev)
 
@@ -52,7 +56,10 @@ done < <(grep -v '^#' "$here/dovecot-roots")
 [ -x "$cache/debian12-clean/usr/bin/apt-get" ] || roots+=("bookworm $cache/debian12-clean")
 mapfile -t roots < <(printf '%s\n' "${roots[@]}" | awk 'NF && !seen[$2]++')
 
-if [ ${#missing[@]} -eq 0 ] && [ ${#roots[@]} -eq 0 ]; then
+images_ok=1
+"$here/container/base-images.sh" --check >/dev/null 2>&1 || images_ok=0
+
+if [ ${#missing[@]} -eq 0 ] && [ ${#roots[@]} -eq 0 ] && [ "$images_ok" = 1 ]; then
 	exit 0
 fi
 if [ "$check_only" = 1 ] || [ "$(id -u)" != 0 ]; then
@@ -61,6 +68,7 @@ if [ "$check_only" = 1 ] || [ "$(id -u)" != 0 ]; then
 		read -ra args <<<"$r"
 		echo "missing the ${args[0]} root at ${args[1]}" >&2
 	done
+	[ "$images_ok" = 1 ] || echo "missing the container tests' base images (test/container/base-images.sh)" >&2
 	echo "run test/deps.sh as root to install them (make test does when run as root)" >&2
 	exit 1
 fi
@@ -83,3 +91,7 @@ for r in "${roots[@]}"; do
 	"$here/debian-root.sh" "${args[@]}"
 	echo "test/deps.sh: ${args[1]} took $((SECONDS - start)) s" >&2
 done
+if [ "$images_ok" = 0 ]; then
+	echo "test/deps.sh: making the container tests' base images that are missing or out of date (a few minutes the first time)" >&2
+	"$here/container/base-images.sh"
+fi

@@ -409,6 +409,20 @@ func deliver(t *testing.T, addr, rcpt string) {
 
 func deliverVia(t *testing.T, dial dialFunc, addr, rcpt string) {
 	t.Helper()
+	sendMail(t, dial, addr, "LHLO", rcpt)
+}
+
+// submitVia sends one message over SMTP (to Postfix, say) and fails the
+// test unless it was accepted.
+func submitVia(t *testing.T, dial dialFunc, addr, rcpt string) {
+	t.Helper()
+	sendMail(t, dial, addr, "EHLO", rcpt)
+}
+
+// sendMail is one LMTP (hello "LHLO") or SMTP ("EHLO") transaction with
+// one recipient.
+func sendMail(t *testing.T, dial dialFunc, addr, hello, rcpt string) {
+	t.Helper()
 	c, err := dial("tcp", addr)
 	if err != nil {
 		t.Fatal(err)
@@ -420,10 +434,10 @@ func deliverVia(t *testing.T, dial dialFunc, addr, rcpt string) {
 		for {
 			l, err := r.ReadString('\n')
 			if err != nil {
-				t.Fatalf("LMTP: %v", err)
+				t.Fatalf("%s to %s: %v", hello, addr, err)
 			}
 			if !strings.HasPrefix(l, code) {
-				t.Fatalf("LMTP: got %q, want %s", strings.TrimSpace(l), code)
+				t.Fatalf("%s to %s: got %q, want %s", hello, addr, strings.TrimSpace(l), code)
 			}
 			if len(l) > 3 && l[3] == ' ' {
 				return
@@ -431,7 +445,7 @@ func deliverVia(t *testing.T, dial dialFunc, addr, rcpt string) {
 		}
 	}
 	expect("220")
-	fmt.Fprintf(c, "LHLO test.example\r\n")
+	fmt.Fprintf(c, "%s test.example\r\n", hello)
 	expect("250")
 	fmt.Fprintf(c, "MAIL FROM:<sender@example.net>\r\n")
 	expect("250")

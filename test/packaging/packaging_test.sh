@@ -136,14 +136,16 @@ dovecot_modules() {
 # --- checks ---------------------------------------------------------------
 
 check_scripts_lint() {
-	for f in "$src"/scripts/*.sh "$src"/test/packaging/packaging_test.sh; do
+	local scripts=("$src"/scripts/*.sh "$src"/test/packaging/packaging_test.sh "$src"/test/container/*.sh
+		"$src"/test/container/dms-standin/usr/local/bin/start-mailserver.sh)
+	for f in "${scripts[@]}"; do
 		bash -n "$f"
 		head -n 2 "$f" | grep -q '^# ' || die "$f: no header comment"
 		grep -q '^set -euo pipefail$' "$f" || die "$f: no set -euo pipefail"
 		[ -x "$f" ] || die "$f: not executable"
 	done
 	if command -v shellcheck >/dev/null; then
-		shellcheck "$src"/scripts/*.sh "$src"/test/packaging/packaging_test.sh
+		shellcheck "${scripts[@]}"
 	else
 		echo "shellcheck not installed; only bash -n"
 	fi
@@ -441,6 +443,10 @@ if int(p.get("stopwaitsecs", "10")) <= 15:
     sys.exit("stopwaitsecs %s leaves no room above xapsd's shutdown budgets (2s + 6s by default)" % p.get("stopwaitsecs"))
 if p.get("autorestart", "unexpected") not in ("true", "unexpected"):
     sys.exit("autorestart %s" % p["autorestart"])
+# Started before and stopped after docker-mailserver's programs, which keep
+# supervisord's default priority (999).
+if int(p.get("priority", "999")) >= 999:
+    sys.exit("priority %s: xapsd must start before and stop after Dovecot and Postfix (999)" % p.get("priority", "999 (default)"))
 EOF
 }
 
@@ -474,8 +480,9 @@ check_dms_install() {
 	cmp "$src/scripts/supervisord-start.sh" "$root/usr/local/libexec/xapsd/start"
 	cmp "$src/bin/xapsd" "$root/usr/local/bin/xapsd"
 	[ ! -e "$root$moddir/settings" ] || die "a settings module was installed for Dovecot 2.3"
-	grep -q '^xapsd:x:[0-9]*:[0-9]*:xapsd push daemon:/var/mail-state/lib-xapsd:/usr/sbin/nologin$' "$root/etc/passwd" ||
-		die "no xapsd system user in the image"
+	grep -q '^xapsd:x:65532:65532:xapsd push daemon:/var/mail-state/lib-xapsd:/usr/sbin/nologin$' "$root/etc/passwd" ||
+		die "no xapsd system user with the documented ids (65532) in the image"
+	grep -q '^xapsd:x:65532:$' "$root/etc/group" || die "no xapsd group with gid 65532 in the image"
 	[ "$(readlink "$root/etc/xapsd")" = /tmp/docker-mailserver/xapsd ] || die "/etc/xapsd is not a link to the config volume"
 	if [ -e "$root/tmp" ] || [ -e "$root/var" ]; then die "wrote into a volume path"; fi
 	# Idempotent: a second run changes nothing.
@@ -497,6 +504,18 @@ check_dms_install() {
 	fi
 	grep -q 'run scripts/build.sh first' "$tmp/dms4.out"
 	[ ! -e "$r3/usr" ] || die "wrote files before noticing the missing build"
+	# Other ids on request; ids that belong to someone else are refused.
+	local r4=$tmp/dms-root-ids
+	image_etc "$r4"
+	XAPSD_UID=64999 XAPSD_GID=64998 SRC=$src ROOT=$r4 "$src/scripts/docker-mailserver-install.sh" >"$tmp/dms5.out" 2>&1 ||
+		{ cat "$tmp/dms5.out"; die "install with XAPSD_UID and XAPSD_GID failed"; }
+	grep -q '^xapsd:x:64999:64998:' "$r4/etc/passwd" || die "XAPSD_UID/XAPSD_GID not used"
+	local r5=$tmp/dms-root-taken
+	image_etc "$r5"
+	if XAPSD_GID=0 SRC=$src ROOT=$r5 "$src/scripts/docker-mailserver-install.sh" >"$tmp/dms6.out" 2>&1; then
+		die "installed with the gid of the group root"
+	fi
+	grep -q "gid 0 is the group root's in this image; choose another with XAPSD_GID" "$tmp/dms6.out" || { cat "$tmp/dms6.out"; die "no clear refusal of a taken gid"; }
 }
 
 # The docker-mailserver setup of docs/docker-mailserver.md, inside the fake
@@ -633,8 +652,8 @@ check_dms16() {
 	want_mode "$m/usr/lib/dovecot/modules/settings/libxaps_settings.so" 644
 	want_mode "$m/usr/local/libexec/xapsd/start" 755
 	cmp "$src/configs/dovecot/2.4/95-xaps.conf" "$m/etc/dovecot/conf.d/95-xaps.conf"
-	grep -q '^xapsd:x:[0-9]*:[0-9]*:xapsd push daemon:/var/mail-state/lib-xapsd:/usr/sbin/nologin$' "$m/etc/passwd" ||
-		die "no xapsd system user in the image"
+	grep -q '^xapsd:x:65532:65532:xapsd push daemon:/var/mail-state/lib-xapsd:/usr/sbin/nologin$' "$m/etc/passwd" ||
+		die "no xapsd system user with the documented ids (65532) in the image"
 	# The image's whole Dovecot configuration with the snippet: the settings
 	# module makes the xaps settings known.
 	chroot "$m" doveconf -n >"$o/doveconf.out" 2>&1 || { cat "$o/doveconf.out"; die "doveconf rejects the installed snippet"; }
