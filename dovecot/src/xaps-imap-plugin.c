@@ -29,6 +29,15 @@
 
 #define XAPS_COMMAND "XAPPLEPUSHSERVICE"
 #define XAPS_APS_VERSION "2"
+/* Dovecot runs a pipelined command at once unless its flags conflict with
+   those of a command still running. LOGOUT (and SELECT, CLOSE, ...) wait
+   for every running command that has a bit of COMMAND_FLAG_BREAKS_MAILBOX;
+   without one, a LOGOUT right behind the registration disconnected the
+   client before the registration's tagged reply. Only the bit that is not
+   COMMAND_FLAG_BREAKS_SEQS: with that one, a pipelined FETCH or STORE would
+   wait too and earn the client a "* BAD [CLIENTBUG]". */
+#define XAPS_COMMAND_FLAGS \
+	(COMMAND_FLAG_BREAKS_MAILBOX & ~COMMAND_FLAG_BREAKS_SEQS)
 /* Real topics are about 60 bytes; anything this large is not a topic. */
 #define XAPS_MAX_BODY_SIZE 4096
 /* Longest daemon error text passed on to the IMAP client. */
@@ -481,7 +490,8 @@ static void xaps_imap_client_created(struct client **clientp)
 void xaps_imap_plugin_init(struct module *module)
 {
 	xaps_imap_module = module;
-	command_register(XAPS_COMMAND, cmd_xapplepushservice, 0);
+	command_register(XAPS_COMMAND, cmd_xapplepushservice,
+			 XAPS_COMMAND_FLAGS);
 	next_hook_client_created =
 		imap_client_created_hook_set(xaps_imap_client_created);
 }

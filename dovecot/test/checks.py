@@ -501,6 +501,21 @@ def main():
     tags = [l.split(" ")[0] for l in seen if not l.startswith("*")]
     check(tags == ["a15", "a14"] and strip_timing(seen[-1]) == "a14 OK XAPPLEPUSHSERVICE completed.",
           "command runs asynchronously (NOOP answered first)", repr(seen))
+    # LOGOUT right behind the registration: the registration still gets its
+    # reply, before LOGOUT's.
+    im_p = Imap(a.imap_port)
+    im_p.cmd("p0", "LOGIN alice secret")
+    im_p.send("p1 XAPPLEPUSHSERVICE " + IOS_FORM + "\r\np2 LOGOUT")
+    seen = []
+    try:
+        while True:
+            seen.append(strip_timing(im_p.readline()))
+    except (EOFError, OSError):
+        pass
+    im_p.close()
+    check([l for l in seen if not l.startswith("* XAPPLEPUSHSERVICE")] ==
+          ["p1 OK XAPPLEPUSHSERVICE completed.", "* BYE Logging out", "p2 OK Logout completed."],
+          "pipelined LOGOUT waits for the registration's tagged reply", repr(seen))
     # Hang up while the daemon is still thinking: must not crash imap.
     im2 = Imap(a.imap_port)
     im2.cmd("b1", "LOGIN alice secret")

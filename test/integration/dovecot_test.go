@@ -831,3 +831,34 @@ func testE2EMultiRecipientLMTP(t *testing.T, dv dovecotKind) {
 		transaction("down", users...)
 	}
 }
+
+// LOGOUT pipelined right behind a registration: the registration gets its
+// tagged reply before LOGOUT's, and is stored.
+func TestE2EPipelinedLogoutAfterRegistration(t *testing.T) {
+	forEachDovecot(t, testE2EPipelinedLogoutAfterRegistration)
+}
+
+func testE2EPipelinedLogoutAfterRegistration(t *testing.T, dv dovecotKind) {
+	e := newE2E(t, dv, "")
+	ios := imapLogin(t, e.dc.imap, "alice")
+	fmt.Fprintf(ios.c, `p1 XAPPLEPUSHSERVICE "aps-version" "2" "aps-account-id" "%s" "aps-device-token" "%s" "aps-subtopic" "com.apple.mobilemail" "mailboxes" ("INBOX")`+"\r\np2 LOGOUT\r\n", acc, token(1))
+	var tagged []string
+	ios.c.SetReadDeadline(time.Now().Add(20 * time.Second))
+	for {
+		l, err := ios.r.ReadString('\n')
+		if err != nil {
+			break
+		}
+		if l = tagless(strings.TrimRight(l, "\r\n")); !strings.HasPrefix(l, "* XAPPLEPUSHSERVICE") {
+			tagged = append(tagged, l)
+		}
+	}
+	want := []string{"p1 OK XAPPLEPUSHSERVICE completed", "* BYE Logging out", "p2 OK Logout completed"}
+	if strings.Join(tagged, "|") != strings.Join(want, "|") {
+		t.Errorf("replies %q, want %q", tagged, want)
+	}
+	code, out, _ := run(t, "", "--config", filepath.Join(e.dir, "xapsd.yaml"), "devices", "list", "alice")
+	if code != 0 || !strings.Contains(out, token(1)) {
+		t.Errorf("registration not stored: %d %s", code, out)
+	}
+}
