@@ -17,6 +17,9 @@ struct mail_user;
 #define XAPS_DEFAULT_MAX_RETRIES 6
 #define XAPS_DEFAULT_TIMEOUT_MSECS 5000
 #define XAPS_MAX_MAX_RETRIES 100
+/* Longer would hold a delivery, or an IMAP client's registration, for
+   longer than anyone waits. */
+#define XAPS_MAX_TIMEOUT_MSECS 60000
 
 /* The plugin settings of one user, read by xaps-settings-framework.c or
    xaps-settings-plugin-env.c (the Makefile builds the one the installed

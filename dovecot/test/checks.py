@@ -252,6 +252,12 @@ def copies(directory, user, subject):
 NOTIFY_NAME = {"alice": "alice", "bob": "bob@alias.example", "carol": "carol"}
 
 
+def warnings(text, what):
+    """The warning lines of the plugin that contain "xaps: <what>" (Dovecot
+    puts the session's prefixes between "Warning:" and "xaps:")."""
+    return [l for l in text.splitlines() if "Warning: " in l and "xaps: " + what in l]
+
+
 def crash_lines(text):
     """The lines of a Dovecot log that say a process crashed or gave up."""
     return [l for l in text.splitlines()
@@ -346,6 +352,9 @@ def main():
     ap.add_argument("--standin", required=True)
     ap.add_argument("--log", required=True)
     ap.add_argument("--secret", required=True, help="what xaps_secret holds")
+    ap.add_argument("--settings", choices=("plugin_env", "framework"), required=True,
+                    help="how the plugin reads its settings: plugin { } (2.3) or the "
+                    "settings framework (2.4)")
     ap.add_argument("--slow", type=float, default=1.0,
                     help="multiply every time bound (valgrind runs)")
     a = ap.parse_args()
@@ -742,6 +751,26 @@ def main():
     paths = sorted(set(standin.lines("paths")))
     check(paths == ["POST /notify", "POST /register"],
           "every request went to /register or /notify, whatever the URL's path", repr(paths))
+
+    # hana's timeout is above the maximum of one minute. 2.3 refuses the
+    # value, names it and uses the default; 2.4 refuses the setting, so the
+    # plugin stays off for her.
+    before = len(log_text())
+    n = len(standin.lines("notify"))
+    refused = deliver(a.lmtp_port, "hana@example.org", "timeout too long")
+    if a.settings == "plugin_env":
+        refusal = ("timeout_msecs=4294967295 in xaps_config is more than the maximum of "
+                   "60000, using 5000")
+        got = wait_notify(standin, n, lambda b: b.get("Username") == "hana")
+        check(refused == {} and got is not None and warnings(log_text()[before:], refusal),
+              "timeout_msecs above one minute is refused, named, and the default used",
+              log_text()[before:][-600:])
+    else:
+        refusal = "xaps_timeout: 4294967295 ms is more than the maximum of 60000 ms"
+        new = wait_for(lambda: refusal in log_text()[before:] and log_text()[before:], 3) or ""
+        check(refused == {} and refusal in new and
+              not any('"hana"' in l for l in standin.lines("notify")[n:]),
+              "xaps_timeout above one minute is refused at plugin start, naming it", new[-600:])
 
     # --- the shared secret -------------------------------------------------
     auth = standin.lines("auth")

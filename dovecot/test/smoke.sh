@@ -124,7 +124,8 @@ EOF
 # must be traversable and the homes owned by that uid. erin's home belongs to
 # root: a delivery to her fails at DATA, the way a full disk or a broken home
 # does, after other recipients were saved.
-for u in alice bob carol dave erin frank gina hank; do mkdir -p "$tmp/home/$u"; done
+# hana's timeout is above the maximum.
+for u in alice bob carol dave erin frank gina hank hana; do mkdir -p "$tmp/home/$u"; done
 chown -R "$mail_uid:$mail_uid" "$tmp/home"
 chown root:root "$tmp/home/erin"
 
@@ -150,6 +151,7 @@ xaps_url="http://127.0.0.1:$http_port/ignored/path?also=ignored"
 		user frank "userdb_quota_rule=*:storage=1K"
 		user gina "userdb_xaps_config=url=$xaps_url$(printf '\t')timeout_msecs=6000"
 		user hank "userdb_xaps_config=url=http://127.0.0.1:$http_port$(printf '\t')timeout_msecs=10000"
+		user hana "userdb_xaps_config=url=$xaps_url$(printf '\t')max_retries=1$(printf '\t')timeout_msecs=4294967295"
 	else
 		user carol "userdb_xaps_mailbox_confirm=no"
 		user dave "userdb_xaps_url="
@@ -157,6 +159,7 @@ xaps_url="http://127.0.0.1:$http_port/ignored/path?also=ignored"
 		user frank "userdb_quota_storage_size=1K"
 		user gina "userdb_xaps_timeout=6s"
 		user hank "userdb_xaps_url=http://127.0.0.1:$http_port userdb_xaps_timeout=10s"
+		user hana "userdb_xaps_timeout=4294967295ms"
 	fi
 } >"$tmp/users"
 chmod 0644 "$tmp/users"
@@ -195,6 +198,8 @@ xaps_url = mailto:x@example.org|xaps_url: invalid URL 'mailto:x@example.org'
 xaps_timeout = 0|xaps_timeout: must be more than 0
 xaps_mailbox_confirm = maybe|xaps_mailbox_confirm: Invalid boolean value: maybe
 xaps_max_retries = 1000|xaps_max_retries: 1000 is more than 100
+xaps_timeout = 61s|xaps_timeout: 61000 ms is more than the maximum of 60000 ms
+xaps_timeout = 4294967295 ms|xaps_timeout: 4294967295 ms is more than the maximum of 60000 ms
 EOF
 	rm -f "$tmp/bad.conf"
 	[ "$bad_settings" = 0 ] || exit 1
@@ -224,7 +229,8 @@ dovecot_pid=$!
 
 python3 "$here/checks.py" --imap-port "$imap_port" --lmtp-port "$lmtp_port" \
 	--http-port "$http_port" --dir "$tmp" --standin "$here/standin.py" \
-	--log "$tmp/dovecot.log" --slow "$slow" --secret "smoke-secret-$$"
+	--log "$tmp/dovecot.log" --slow "$slow" --secret "smoke-secret-$$" \
+	--settings "$settings"
 
 if [ "${VALGRIND:-0}" = 1 ]; then
 	# Let the last processes exit so that their reports are complete.
