@@ -61,6 +61,20 @@ void xaps_json_append_string(string_t *dest, const char *src)
 	str_append_c(dest, '"');
 }
 
+void xaps_json_append_array(string_t *dest, const char *const *items,
+			    unsigned int count)
+{
+	unsigned int i;
+
+	str_append_c(dest, '[');
+	for (i = 0; i < count; i++) {
+		if (i > 0)
+			str_append_c(dest, ',');
+		xaps_json_append_string(dest, items[i]);
+	}
+	str_append_c(dest, ']');
+}
+
 /* The client keeps a pointer to its settings (Dovecot 2.4), so they live in
    a pool that goes with the client. */
 static pool_t xaps_http_client_pool = NULL;

@@ -60,6 +60,9 @@ const char *xaps_secret_trim(pool_t pool, const char *secret);
 /* Append src as a JSON string literal (with the quotes). Invalid UTF-8 is
    replaced with U+FFFD so the result is always valid JSON. */
 void xaps_json_append_string(string_t *dest, const char *src);
+/* Append the count strings of items as a JSON array of string literals. */
+void xaps_json_append_array(string_t *dest, const char *const *items,
+			    unsigned int count);
 
 /* Take a reference on the module's HTTP client, creating it with the SSL
    client settings of the given user if nobody holds one. Every user of the

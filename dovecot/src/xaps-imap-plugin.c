@@ -184,9 +184,14 @@ xaps_mailbox_mutf7(const struct xaps_register *reg, const char *name)
 
 static string_t *xaps_register_json(const struct xaps_register *reg)
 {
-	const char *const *mailbox;
+	const char *const *mailboxes, **names;
+	unsigned int i, count;
 	string_t *json = t_str_new(256);
-	bool first = TRUE;
+
+	mailboxes = array_get(&reg->args.mailboxes, &count);
+	names = t_new(const char *, count);
+	for (i = 0; i < count; i++)
+		names[i] = xaps_mailbox_mutf7(reg, mailboxes[i]);
 
 	str_append(json, "{\"ApsAccountId\":");
 	xaps_json_append_string(json, reg->args.account_id);
@@ -196,14 +201,9 @@ static string_t *xaps_register_json(const struct xaps_register *reg)
 	xaps_json_append_string(json, reg->args.subtopic);
 	str_append(json, ",\"Username\":");
 	xaps_json_append_string(json, reg->username);
-	str_append(json, ",\"Mailboxes\": [");
-	array_foreach(&reg->args.mailboxes, mailbox) {
-		if (!first)
-			str_append_c(json, ',');
-		first = FALSE;
-		xaps_json_append_string(json, xaps_mailbox_mutf7(reg, *mailbox));
-	}
-	str_append(json, "]}");
+	str_append(json, ",\"Mailboxes\": ");
+	xaps_json_append_array(json, names, count);
+	str_append_c(json, '}');
 	return json;
 }
 

@@ -174,21 +174,19 @@ xaps_notify_callback(const struct http_response *response,
 static void xaps_append_events(string_t *json,
 			       struct push_notification_txn_msg *msg)
 {
-	struct push_notification_txn_event *const *event;
-	bool first = TRUE;
+	struct push_notification_txn_event *const *events;
+	const char **names;
+	unsigned int i, count;
 
 	if (!array_is_created(&msg->eventdata) ||
 	    array_count(&msg->eventdata) == 0)
 		return;
-
-	str_append(json, ",\"Events\": [");
-	array_foreach(&msg->eventdata, event) {
-		if (!first)
-			str_append_c(json, ',');
-		first = FALSE;
-		xaps_json_append_string(json, (*event)->event->event->name);
-	}
-	str_append_c(json, ']');
+	events = array_get(&msg->eventdata, &count);
+	names = t_new(const char *, count);
+	for (i = 0; i < count; i++)
+		names[i] = events[i]->event->event->name;
+	str_append(json, ",\"Events\": ");
+	xaps_json_append_array(json, names, count);
 }
 
 static void
@@ -196,9 +194,18 @@ xaps_driver_process_msg(struct push_notification_driver_txn *dtxn,
 			struct push_notification_txn_msg *msg)
 {
 	struct xaps_push_user *puser = dtxn->duser->context;
+	struct http_client *client = xaps_http_client_peek();
 	struct xaps_notify_request *nreq;
 	struct http_client_request *req;
 	string_t *json;
+
+	if (client == NULL) {
+		/* Every push user holds the client; not expected. */
+		e_error(puser->event, "POST /notify for user %s mailbox %s "
+			"not sent: no HTTP client", puser->username,
+			msg->mailbox);
+		return;
+	}
 
 	json = t_str_new(256);
 	str_append(json, "{\"Username\":");
@@ -217,8 +224,8 @@ xaps_driver_process_msg(struct push_notification_driver_txn *dtxn,
 	nreq->timeout_msecs = puser->conf.timeout_msecs;
 	nreq->deadline = ioloop_timeval;
 	timeval_add_msecs(&nreq->deadline, nreq->timeout_msecs);
-	req = xaps_http_post(xaps_http_client_peek(), &puser->conf, "/notify",
-			     json, xaps_notify_callback, nreq);
+	req = xaps_http_post(client, &puser->conf, "/notify", json,
+			     xaps_notify_callback, nreq);
 	/* The whole request, retries included; the answer's body is not
 	   read here, so the HTTP client's absolute timeout can cover it. */
 	http_client_request_set_timeout_msecs(req, nreq->timeout_msecs);
