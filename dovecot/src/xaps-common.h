@@ -20,6 +20,8 @@ struct mail_user;
 /* Longer would hold a delivery, or an IMAP client's registration, for
    longer than anyone waits. */
 #define XAPS_MAX_TIMEOUT_MSECS 60000
+/* Connections of the HTTP client to one daemon. */
+#define XAPS_HTTP_MAX_CONNECTIONS 4
 
 /* The plugin settings of one user, read by xaps-settings-framework.c or
    xaps-settings-plugin-env.c (the Makefile builds the one the installed
