@@ -403,10 +403,10 @@ def multi_recipient_checks(a, standin, log_text):
 
 
 class SlowRenames:
-    """Delays every rename(2) of the running Dovecot by delay_us, as slow
-    storage would: strace's fault injection, attached to the master and its
-    children (and following the children it starts meanwhile). Maildir
-    delivery renames once per recipient. A context manager."""
+    """Delays every rename(2) of Dovecot's LMTP processes by delay_us, as
+    slow storage would: strace's fault injection, attached to them and to the
+    master (following the children it starts meanwhile). Maildir delivery
+    renames once per recipient. A context manager."""
 
     def __init__(self, directory, delay_us):
         self.dir, self.delay_us, self.proc = directory, delay_us, None
@@ -414,9 +414,12 @@ class SlowRenames:
     def __enter__(self):
         with open(os.path.join(self.dir, "run", "master.pid")) as f:
             master = f.read().strip()
-        kids = subprocess.run(["ps", "-o", "pid=", "--ppid", master], capture_output=True,
-                              text=True, check=True).stdout.split()
-        pids = [master] + kids
+        # Only the LMTP processes (and the master, for those it starts):
+        # strace stops a process it attached to at every system call, which
+        # would slow down the log process's thousands of debug lines too.
+        kids = subprocess.run(["ps", "-o", "pid=,args=", "--ppid", master], capture_output=True,
+                              text=True, check=True).stdout.splitlines()
+        pids = [master] + [k.split()[0] for k in kids if re.search(r"[/ ]lmtp\b", k)]
         calls = "rename,renameat,renameat2"
         argv = ["strace", "-f", "-o", "/dev/null", "-e", "trace=" + calls,
                 "-e", "inject=%s:delay_exit=%d" % (calls, self.delay_us)]
