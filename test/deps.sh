@@ -6,7 +6,7 @@
 #
 # - Debian's Dovecot 2.3 (the end-to-end tests and the plugin's checks run a
 #   real one), the plugin's build tools, valgrind (the plugin's checks run
-#   once under it), systemd's tools, shellcheck and promtool (the packaging
+#   once under it), strace (they slow Dovecot's saves with it), systemd's tools, shellcheck and promtool (the packaging
 #   checks), debootstrap, dpkg-dev and lintian (the Debian packages),
 #   PostgreSQL's server (the PostgreSQL registry's tests start throw-away
 #   clusters of their own; the system cluster is stopped and not used);
@@ -33,7 +33,7 @@ check_only=0
 [ "${1:-}" = --check ] && check_only=1
 
 host_packages=(dovecot-core dovecot-imapd dovecot-lmtpd dovecot-dev openssl make gcc
-	pkg-config libc6-dev python3 valgrind systemd shellcheck prometheus debootstrap
+	pkg-config libc6-dev python3 valgrind strace systemd shellcheck prometheus debootstrap
 	dpkg-dev fakeroot lintian postgresql podman buildah runc)
 root_packages=(dovecot-core dovecot-imapd dovecot-lmtpd dovecot-dev gcc make libc6-dev
 	pkg-config valgrind dpkg-dev)

@@ -61,6 +61,20 @@ void xaps_json_append_string(string_t *dest, const char *src)
 	str_append_c(dest, '"');
 }
 
+void xaps_json_append_array(string_t *dest, const char *const *items,
+			    unsigned int count)
+{
+	unsigned int i;
+
+	str_append_c(dest, '[');
+	for (i = 0; i < count; i++) {
+		if (i > 0)
+			str_append_c(dest, ',');
+		xaps_json_append_string(dest, items[i]);
+	}
+	str_append_c(dest, ']');
+}
+
 /* The client keeps a pointer to its settings (Dovecot 2.4), so they live in
    a pool that goes with the client. */
 static pool_t xaps_http_client_pool = NULL;
@@ -94,14 +108,15 @@ struct http_client *xaps_http_client_ref(struct mail_user *user)
 	/* A few connections, so that one request the daemon is slow to
 	   answer does not hold back the others (the daemon answers /notify
 	   before it pushes, so normally one connection is all that is used). */
-	set->max_parallel_connections = 4;
+	set->max_parallel_connections = XAPS_HTTP_MAX_CONNECTIONS;
 	set->max_pipelined_requests = 1;
 	/* Per-request values are set in xaps_http_post(); these only matter
 	   for anything that slips through. No client-wide absolute timeout:
 	   a registration reads its answer's body itself and is bounded by its
 	   own timer, and an absolute timeout here would tear the request down
 	   under that read whenever it fired first (at timeout_msecs >= this
-	   value, always). /notify sets its own absolute timeout. */
+	   value, always). /notify is bounded by xaps-notify.c's own
+	   deadline. */
 	set->request_timeout_msecs = XAPS_DEFAULT_TIMEOUT_MSECS;
 	set->request_absolute_timeout_msecs = 0;
 	set->connect_timeout_msecs = XAPS_DEFAULT_TIMEOUT_MSECS;

@@ -17,6 +17,11 @@ struct mail_user;
 #define XAPS_DEFAULT_MAX_RETRIES 6
 #define XAPS_DEFAULT_TIMEOUT_MSECS 5000
 #define XAPS_MAX_MAX_RETRIES 100
+/* Longer would hold a delivery, or an IMAP client's registration, for
+   longer than anyone waits. */
+#define XAPS_MAX_TIMEOUT_MSECS 60000
+/* Connections of the HTTP client to one daemon. */
+#define XAPS_HTTP_MAX_CONNECTIONS 4
 
 /* The plugin settings of one user, read by xaps-settings-framework.c or
    xaps-settings-plugin-env.c (the Makefile builds the one the installed
@@ -57,6 +62,9 @@ const char *xaps_secret_trim(pool_t pool, const char *secret);
 /* Append src as a JSON string literal (with the quotes). Invalid UTF-8 is
    replaced with U+FFFD so the result is always valid JSON. */
 void xaps_json_append_string(string_t *dest, const char *src);
+/* Append the count strings of items as a JSON array of string literals. */
+void xaps_json_append_array(string_t *dest, const char *const *items,
+			    unsigned int count);
 
 /* Take a reference on the module's HTTP client, creating it with the SSL
    client settings of the given user if nobody holds one. Every user of the

@@ -29,6 +29,15 @@
 
 #define XAPS_COMMAND "XAPPLEPUSHSERVICE"
 #define XAPS_APS_VERSION "2"
+/* Dovecot runs a pipelined command at once unless its flags conflict with
+   those of a command still running. LOGOUT (and SELECT, CLOSE, ...) wait
+   for every running command that has a bit of COMMAND_FLAG_BREAKS_MAILBOX;
+   without one, a LOGOUT right behind the registration disconnected the
+   client before the registration's tagged reply. Only the bit that is not
+   COMMAND_FLAG_BREAKS_SEQS: with that one, a pipelined FETCH or STORE would
+   wait too and earn the client a "* BAD [CLIENTBUG]". */
+#define XAPS_COMMAND_FLAGS \
+	(COMMAND_FLAG_BREAKS_MAILBOX & ~COMMAND_FLAG_BREAKS_SEQS)
 /* Real topics are about 60 bytes; anything this large is not a topic. */
 #define XAPS_MAX_BODY_SIZE 4096
 /* Longest daemon error text passed on to the IMAP client. */
@@ -175,9 +184,14 @@ xaps_mailbox_mutf7(const struct xaps_register *reg, const char *name)
 
 static string_t *xaps_register_json(const struct xaps_register *reg)
 {
-	const char *const *mailbox;
+	const char *const *mailboxes, **names;
+	unsigned int i, count;
 	string_t *json = t_str_new(256);
-	bool first = TRUE;
+
+	mailboxes = array_get(&reg->args.mailboxes, &count);
+	names = t_new(const char *, count);
+	for (i = 0; i < count; i++)
+		names[i] = xaps_mailbox_mutf7(reg, mailboxes[i]);
 
 	str_append(json, "{\"ApsAccountId\":");
 	xaps_json_append_string(json, reg->args.account_id);
@@ -187,14 +201,9 @@ static string_t *xaps_register_json(const struct xaps_register *reg)
 	xaps_json_append_string(json, reg->args.subtopic);
 	str_append(json, ",\"Username\":");
 	xaps_json_append_string(json, reg->username);
-	str_append(json, ",\"Mailboxes\": [");
-	array_foreach(&reg->args.mailboxes, mailbox) {
-		if (!first)
-			str_append_c(json, ',');
-		first = FALSE;
-		xaps_json_append_string(json, xaps_mailbox_mutf7(reg, *mailbox));
-	}
-	str_append(json, "]}");
+	str_append(json, ",\"Mailboxes\": ");
+	xaps_json_append_array(json, names, count);
+	str_append_c(json, '}');
 	return json;
 }
 
@@ -481,7 +490,8 @@ static void xaps_imap_client_created(struct client **clientp)
 void xaps_imap_plugin_init(struct module *module)
 {
 	xaps_imap_module = module;
-	command_register(XAPS_COMMAND, cmd_xapplepushservice, 0);
+	command_register(XAPS_COMMAND, cmd_xapplepushservice,
+			 XAPS_COMMAND_FLAGS);
 	next_hook_client_created =
 		imap_client_created_hook_set(xaps_imap_client_created);
 }

@@ -1,15 +1,13 @@
-/* push-notification driver "xaps": one POST /notify per message event to the
-   xapsd daemon. The daemon decides what deserves a push, so every message
-   event of every user is forwarded; the request is sent asynchronously so a
-   slow or dead daemon never fails a delivery. */
+/* push-notification driver "xaps": tells the xapsd daemon which mailboxes
+   changed. The events of one mailbox transaction are collected per mailbox
+   and become one POST /notify when the transaction commits, with the kinds
+   of events that happened; the daemon decides what deserves a push. The
+   requests are sent asynchronously (xaps-notify.c), so a slow or dead daemon
+   never fails a delivery. */
 
 #include "lib.h"
 #include "array.h"
 #include "str.h"
-#include "llist.h"
-#include "ioloop.h"
-#include "time-util.h"
-#include "http-client.h"
 #include "mail-user.h"
 #include "module-dir.h"
 #include "push-notification-drivers.h"
@@ -20,6 +18,7 @@
 #include "push-notification-txn-msg.h"
 #include "xaps-common.h"
 #include "xaps-compat.h"
+#include "xaps-notify.h"
 
 #define XAPS_DRIVER_NAME "xaps"
 
@@ -33,57 +32,28 @@ const char *xaps_push_notification_plugin_dependencies[] = {
 	"push_notification", NULL
 };
 
-/* Message-level events worth telling the daemon about. Mailbox events are
-   left out: the driver has no per-mailbox callback, so recording them would
-   only cost work. */
-static const char *const xaps_message_events[] = {
-	"FlagsClear",
-	"FlagsSet",
-	"MessageAppend",
-	"MessageExpunge",
-	"MessageNew",
-	"MessageRead",
-	"MessageTrash",
-};
-
 struct xaps_push_user {
 	struct event *event;
 	struct xaps_config conf;
 	const char *username;
 };
 
-/* One /notify in flight. It owns everything its callback needs, because it
-   may outlive the user it was made for: in an LMTP transaction with several
-   recipients each later recipient's user is torn down right after its
-   delivery, while the first one lives until the end of DATA. */
-struct xaps_notify_request {
-	struct xaps_notify_request *prev, *next;
-	struct http_client_request *req;
-	struct event *event;
-	char *username;
-	char *mailbox;
-	unsigned int timeout_msecs;
-	struct timeval deadline;
+/* The event kinds of one mailbox transaction, per mailbox (a transaction
+   has one, but nothing depends on that). */
+struct xaps_push_mailbox {
+	const char *name;
+	unsigned int events;
 };
 
-/* Every /notify of this process still in flight, and the push users alive.
-   The requests are settled (waited for, or given up) when the last user
-   goes: waiting at every user instead would make a transaction with N
-   recipients wait up to N times timeout_msecs for a daemon that hangs. */
-static struct xaps_notify_request *xaps_requests = NULL;
-static unsigned int xaps_push_users = 0;
-static struct ioloop *xaps_settle_ioloop = NULL;
+struct xaps_push_txn {
+	ARRAY(struct xaps_push_mailbox) mailboxes;
+};
 
-static void xaps_notify_request_free(struct xaps_notify_request *nreq)
-{
-	DLLIST_REMOVE(&xaps_requests, nreq);
-	event_unref(&nreq->event);
-	i_free(nreq->username);
-	i_free(nreq->mailbox);
-	i_free(nreq);
-	if (xaps_requests == NULL && xaps_settle_ioloop != NULL)
-		io_loop_stop(xaps_settle_ioloop);
-}
+/* Push users alive in this process. Pending /notify requests are settled
+   when the last one goes: waiting at every user instead would make a
+   transaction with N recipients wait up to N times timeout_msecs for a
+   daemon that hangs. */
+static unsigned int xaps_push_users = 0;
 
 /* Where the driver is set up by a push_notification block, the settings are
    still top-level ones (xaps_url, ...), whatever the block's name. */
@@ -114,6 +84,7 @@ static bool xaps_driver_begin_txn(struct push_notification_driver_txn *dtxn)
 {
 	struct push_notification_event_messagenew_config *new_config;
 	struct push_notification_event_messageappend_config *append_config;
+	struct xaps_push_txn *txn;
 	unsigned int i;
 
 	/* The daemon needs neither headers nor body snippets, so Dovecot must
@@ -128,8 +99,10 @@ static bool xaps_driver_begin_txn(struct push_notification_driver_txn *dtxn)
 			      struct push_notification_event_messageappend_config, 1);
 	append_config->flags = PUSH_NOTIFICATION_MESSAGE_FLAGS;
 
-	for (i = 0; i < N_ELEMENTS(xaps_message_events); i++) {
-		const char *name = xaps_message_events[i];
+	/* Only message events: the driver has no per-mailbox callback, so
+	   recording mailbox events would only cost work. */
+	for (i = 0; i < xaps_notify_event_count; i++) {
+		const char *name = xaps_notify_event_names[i];
 		void *config = NULL;
 
 		if (strcmp(name, "MessageNew") == 0)
@@ -138,147 +111,55 @@ static bool xaps_driver_begin_txn(struct push_notification_driver_txn *dtxn)
 			config = append_config;
 		xaps_push_notification_event_init(dtxn, name, config);
 	}
+	txn = p_new(dtxn->ptxn->pool, struct xaps_push_txn, 1);
+	p_array_init(&txn->mailboxes, dtxn->ptxn->pool, 1);
+	dtxn->context = txn;
 	return TRUE;
 }
 
-static void
-xaps_notify_callback(const struct http_response *response,
-		     struct xaps_notify_request *nreq)
-{
-	nreq->req = NULL;
-	if (response->status == HTTP_CLIENT_REQUEST_ERROR_TIMED_OUT) {
-		e_error(nreq->event, "POST /notify for user %s mailbox %s: "
-			"no answer within %u ms", nreq->username,
-			nreq->mailbox, nreq->timeout_msecs);
-	} else if (response->status >= HTTP_RESPONSE_STATUS_INTERNAL) {
-		/* Not an HTTP status: the reason says what went wrong. */
-		e_error(nreq->event, "POST /notify for user %s mailbox %s "
-			"failed: %s", nreq->username, nreq->mailbox,
-			response->reason);
-	} else if (http_response_is_success(response)) {
-		e_debug(nreq->event, "notified daemon for user %s "
-			"mailbox %s: %u", nreq->username, nreq->mailbox,
-			response->status);
-	} else if (response->status == 404) {
-		/* Normal for users without an Apple device. */
-		e_debug(nreq->event, "no registered device for user %s",
-			nreq->username);
-	} else {
-		e_error(nreq->event, "POST /notify for user %s mailbox %s "
-			"failed: %u %s", nreq->username, nreq->mailbox,
-			response->status, response->reason);
-	}
-	xaps_notify_request_free(nreq);
-}
-
-static void xaps_append_events(string_t *json,
-			       struct push_notification_txn_msg *msg)
-{
-	struct push_notification_txn_event *const *event;
-	bool first = TRUE;
-
-	if (!array_is_created(&msg->eventdata) ||
-	    array_count(&msg->eventdata) == 0)
-		return;
-
-	str_append(json, ",\"Events\": [");
-	array_foreach(&msg->eventdata, event) {
-		if (!first)
-			str_append_c(json, ',');
-		first = FALSE;
-		xaps_json_append_string(json, (*event)->event->event->name);
-	}
-	str_append_c(json, ']');
-}
-
+/* Called for every message of a committed transaction: only collects. */
 static void
 xaps_driver_process_msg(struct push_notification_driver_txn *dtxn,
 			struct push_notification_txn_msg *msg)
 {
-	struct xaps_push_user *puser = dtxn->duser->context;
-	struct xaps_notify_request *nreq;
-	struct http_client_request *req;
-	string_t *json;
+	struct xaps_push_txn *txn = dtxn->context;
+	struct push_notification_txn_event *const *event;
+	struct xaps_push_mailbox *mailbox = NULL, *box;
 
-	json = t_str_new(256);
-	str_append(json, "{\"Username\":");
-	xaps_json_append_string(json, puser->username);
-	str_append(json, ",\"Mailbox\":");
-	xaps_json_append_string(json, msg->mailbox);
-	xaps_append_events(json, msg);
-	str_append_c(json, '}');
-
-	e_debug(puser->event, "POST /notify %s", str_c(json));
-
-	nreq = i_new(struct xaps_notify_request, 1);
-	nreq->event = event_create(puser->event);
-	nreq->username = i_strdup(puser->username);
-	nreq->mailbox = i_strdup(msg->mailbox);
-	nreq->timeout_msecs = puser->conf.timeout_msecs;
-	nreq->deadline = ioloop_timeval;
-	timeval_add_msecs(&nreq->deadline, nreq->timeout_msecs);
-	req = xaps_http_post(xaps_http_client_peek(), &puser->conf, "/notify",
-			     json, xaps_notify_callback, nreq);
-	/* The whole request, retries included; the answer's body is not
-	   read here, so the HTTP client's absolute timeout can cover it. */
-	http_client_request_set_timeout_msecs(req, nreq->timeout_msecs);
-	nreq->req = req;
-	DLLIST_PREPEND(&xaps_requests, nreq);
-	http_client_request_submit(req);
-}
-
-static void xaps_settle_timeout(struct ioloop *ioloop)
-{
-	io_loop_stop(ioloop);
-}
-
-/* The last user is going: let the requests still in flight finish, then give
-   up on the rest, so that the client is never destroyed with requests queued
-   (that would drop them without their callbacks). Each request ends by itself
-   within its timeout_msecs (its absolute timeout); the timer is a backstop a
-   little past the latest deadline. Only the xaps client moves to the
-   temporary ioloop: http_client_wait() would not cope with a client that has
-   only a backoff timer pending. */
-static void xaps_settle_requests(void)
-{
-	struct http_client *client = xaps_http_client_peek();
-	struct ioloop *prev_ioloop = current_ioloop, *prev_client_ioloop;
-	struct xaps_notify_request *nreq;
-	struct timeval latest = ioloop_timeval;
-	struct timeout *to;
-	int msecs;
-
-	if (xaps_requests == NULL || client == NULL)
+	if (!array_is_created(&msg->eventdata))
 		return;
-	for (nreq = xaps_requests; nreq != NULL; nreq = nreq->next) {
-		if (timeval_cmp(&nreq->deadline, &latest) > 0)
-			latest = nreq->deadline;
+	array_foreach_modifiable(&txn->mailboxes, box) {
+		if (strcmp(box->name, msg->mailbox) == 0) {
+			mailbox = box;
+			break;
+		}
 	}
-	msecs = timeval_diff_msecs(&latest, &ioloop_timeval) + 500;
+	if (mailbox == NULL) {
+		mailbox = array_append_space(&txn->mailboxes);
+		mailbox->name = p_strdup(dtxn->ptxn->pool, msg->mailbox);
+	}
+	array_foreach(&msg->eventdata, event) {
+		mailbox->events |=
+			xaps_notify_event_bit((*event)->event->event->name);
+	}
+}
 
-	e_debug(xaps_requests->event, "waiting up to %d ms for pending "
-		"/notify requests", msecs);
-	xaps_settle_ioloop = io_loop_create();
-	prev_client_ioloop = http_client_switch_ioloop(client);
-	to = timeout_add(I_MAX(msecs, 0), xaps_settle_timeout,
-			 xaps_settle_ioloop);
-	io_loop_run(xaps_settle_ioloop);
-	timeout_remove(&to);
+/* The transaction is over: one /notify per mailbox that saw an event. */
+static void xaps_driver_end_txn(struct push_notification_driver_txn *dtxn,
+				bool success)
+{
+	struct xaps_push_user *puser = dtxn->duser->context;
+	struct xaps_push_txn *txn = dtxn->context;
+	const struct xaps_push_mailbox *mailbox;
 
-	io_loop_set_current(prev_client_ioloop != NULL ?
-			    prev_client_ioloop : prev_ioloop);
-	(void)http_client_switch_ioloop(client);
-	io_loop_set_current(xaps_settle_ioloop);
-	io_loop_destroy(&xaps_settle_ioloop);
-
-	while (xaps_requests != NULL) {
-		nreq = xaps_requests;
-		e_error(nreq->event, "POST /notify for user %s mailbox %s "
-			"abandoned: no answer within %u ms", nreq->username,
-			nreq->mailbox, nreq->timeout_msecs);
-		if (nreq->req != NULL)
-			http_client_request_abort(&nreq->req);
-		xaps_notify_request_free(nreq);
+	if (!success || txn == NULL)
+		return;
+	array_foreach(&txn->mailboxes, mailbox) {
+		if (mailbox->events != 0) {
+			xaps_notify_queue(&puser->conf, puser->event,
+					  puser->username, mailbox->name,
+					  mailbox->events);
+		}
 	}
 }
 
@@ -286,10 +167,10 @@ static void xaps_driver_deinit(struct push_notification_driver_user *duser)
 {
 	struct xaps_push_user *puser = duser->context;
 
-	/* This user's requests, if any, stay in flight: they own what their
-	   callbacks need. */
+	/* This user's requests, if any, stay queued or in flight: they own
+	   what they need. */
 	if (xaps_push_users > 0 && --xaps_push_users == 0)
-		xaps_settle_requests();
+		xaps_notify_settle();
 	/* The client goes with the last user, not with this one. That is
 	   also why the driver has no cleanup hook: Dovecot 2.3 runs it after
 	   every single user's deinit. */
@@ -303,6 +184,7 @@ static const struct push_notification_driver xaps_driver = {
 		.init = xaps_driver_init,
 		.begin_txn = xaps_driver_begin_txn,
 		.process_msg = xaps_driver_process_msg,
+		.end_txn = xaps_driver_end_txn,
 		.deinit = xaps_driver_deinit,
 	},
 };
@@ -315,5 +197,6 @@ void xaps_push_notification_plugin_init(struct module *module ATTR_UNUSED)
 void xaps_push_notification_plugin_deinit(void)
 {
 	push_notification_driver_unregister(&xaps_driver);
+	xaps_notify_deinit();
 	xaps_http_client_deinit();
 }

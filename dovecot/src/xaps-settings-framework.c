@@ -61,6 +61,12 @@ static bool xaps_settings_check(void *_set, pool_t pool, const char **error_r)
 		*error_r = "xaps_timeout: must be more than 0 (e.g. 5s)";
 		return FALSE;
 	}
+	if (set->xaps_timeout > XAPS_MAX_TIMEOUT_MSECS) {
+		*error_r = t_strdup_printf("xaps_timeout: %u ms is more than "
+			"the maximum of %u ms (1 min)", set->xaps_timeout,
+			XAPS_MAX_TIMEOUT_MSECS);
+		return FALSE;
+	}
 	if (set->xaps_max_retries > XAPS_MAX_MAX_RETRIES) {
 		*error_r = t_strdup_printf("xaps_max_retries: %u is more than "
 			"%u", set->xaps_max_retries, XAPS_MAX_MAX_RETRIES);

@@ -72,6 +72,12 @@ int xaps_config_parse(struct mail_user *user, pool_t pool,
 				e_warning(user->event, "xaps: invalid "
 					  "timeout_msecs=%s, using %u", value,
 					  XAPS_DEFAULT_TIMEOUT_MSECS);
+			} else if (num > XAPS_MAX_TIMEOUT_MSECS) {
+				e_warning(user->event, "xaps: timeout_msecs=%s "
+					  "in xaps_config is more than the "
+					  "maximum of %u, using %u", value,
+					  XAPS_MAX_TIMEOUT_MSECS,
+					  XAPS_DEFAULT_TIMEOUT_MSECS);
 			} else {
 				conf_r->timeout_msecs = num;
 			}

@@ -10,11 +10,14 @@ import argparse
 import http.client
 import json
 import os
+import queue
 import re
+import shlex
 import smtplib
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 TOPIC = "com.apple.mail.XServer.01234567-89ab-cdef-0123-456789abcdef"
@@ -191,6 +194,26 @@ class LmtpSession:
         self.sock.sendall(text.encode() + b"\r\n")
         return self.reply()
 
+    def transaction(self, rcpts, subject, body_size=0):
+        """One transaction: (RCPT reply codes, [(code, text) after DATA])."""
+        self.cmd("MAIL FROM:<sender@example.org>")
+        rcpt_codes = [self.cmd("RCPT TO:<%s>" % r)[0] for r in rcpts]
+        accepted = sum(1 for c in rcpt_codes if c == 250)
+        replies = []
+        if accepted:
+            code, _ = self.cmd("DATA")
+            if code == 354:
+                filler = ("x" * 70 + "\r\n") * (body_size // 72)
+                msg = ("From: sender@example.org\r\nTo: %s\r\nSubject: %s\r\n\r\nhello\r\n%s.\r\n"
+                       % (", ".join(rcpts), subject, filler))
+                self.sock.sendall(msg.encode())
+                for _ in range(accepted):
+                    code, text = self.reply()
+                    replies.append((code, text))
+                    if code is None:
+                        break
+        return rcpt_codes, replies
+
     def close(self):
         self.sock.close()
 
@@ -205,28 +228,26 @@ def lmtp_transaction(port, rcpts, subject, body_size=0):
     s = LmtpSession(port)
     s.reply()
     s.cmd("LHLO test.example")
-    s.cmd("MAIL FROM:<sender@example.org>")
-    rcpt_codes = [s.cmd("RCPT TO:<%s>" % r)[0] for r in rcpts]
-    accepted = sum(1 for c in rcpt_codes if c == 250)
-    replies = []
-    if accepted:
-        code, _ = s.cmd("DATA")
-        if code == 354:
-            filler = ("x" * 70 + "\r\n") * (body_size // 72)
-            msg = ("From: sender@example.org\r\nTo: %s\r\nSubject: %s\r\n\r\nhello\r\n%s.\r\n"
-                   % (", ".join(rcpts), subject, filler))
-            s.sock.sendall(msg.encode())
-            for _ in range(accepted):
-                code, text = s.reply()
-                replies.append((code, text))
-                if code is None:
-                    break
+    result = s.transaction(rcpts, subject, body_size)
     try:
         s.cmd("QUIT")
     except OSError:
         pass
     s.close()
-    return rcpt_codes, replies
+    return result
+
+
+def lmtp_transactions(port, rcpts, subjects):
+    """One LMTP session (so one LMTP process) with a transaction per subject,
+    each to the same recipients; returns each transaction's replies after
+    DATA."""
+    s = LmtpSession(port)
+    s.reply()
+    s.cmd("LHLO test.example")
+    replies = [s.transaction(rcpts, subject)[1] for subject in subjects]
+    s.cmd("QUIT")
+    s.close()
+    return replies
 
 
 def copies(directory, user, subject):
@@ -252,6 +273,44 @@ def copies(directory, user, subject):
 NOTIFY_NAME = {"alice": "alice", "bob": "bob@alias.example", "carol": "carol"}
 
 
+def notified_names(standin, start):
+    """Usernames of the /notify with MessageNew after index start."""
+    names = set()
+    for line in standin.lines("notify")[start:]:
+        body = json.loads(line)
+        if "MessageNew" in body.get("Events", []):
+            names.add(body.get("Username"))
+    return names
+
+
+# How the plugin logs a /notify that failed for good: at warning level the
+# first time for a user, mailbox and reason, at debug level after that.
+LOST = re.compile(r"xaps: POST /notify for user (\S+) mailbox (\S+) failed: ")
+
+
+def warnings(text, what):
+    """The warning lines of the plugin that contain "xaps: <what>" (Dovecot
+    puts the session's prefixes between "Warning:" and "xaps:")."""
+    return [l for l in text.splitlines() if "Warning: " in l and "xaps: " + what in l]
+
+
+def lost_names(text, mailbox="INBOX"):
+    return {m.group(1) for m in LOST.finditer(text) if m.group(2) == mailbox}
+
+
+def daemon_back(a, standin):
+    """After the daemon did not answer, the LMTP process waits a little
+    before it tries again. Deliver to alice until a /notify for her arrives
+    (True) or 20 s have passed (False)."""
+    deadline = time.time() + within(20)
+    while time.time() < deadline:
+        n = len(standin.lines("notify"))
+        deliver(a.lmtp_port, "alice@example.org", "is the daemon back?")
+        if wait_notify(standin, n, lambda b: b.get("Username") == "alice", 1):
+            return True
+    return False
+
+
 def crash_lines(text):
     """The lines of a Dovecot log that say a process crashed or gave up."""
     return [l for l in text.splitlines()
@@ -265,7 +324,7 @@ def multi_recipient_checks(a, standin, log_text):
     and the recipients already saved get the message twice."""
     serial = [0]
 
-    def run(label, users, expect_notify, max_secs):
+    def run(label, users, mode, max_secs):
         """users in RCPT order; erin (home not writable) and frank (over
         quota) fail at DATA, the others must be saved."""
         serial[0] += 1
@@ -291,19 +350,29 @@ def multi_recipient_checks(a, standin, log_text):
               what + ": exactly one copy per saved recipient", repr(got))
         check(took < within(max_secs),
               what + ": transaction finished within %.1fs (%.1fs)" % (within(max_secs), took))
-        if expect_notify:
-            want_names = {NOTIFY_NAME[u] for u in saved}
-
+        want_names = {NOTIFY_NAME[u] for u in saved}
+        if mode == "ok":
             def seen():
-                names = set()
-                for line in standin.lines("notify")[n:]:
-                    body = json.loads(line)
-                    if "MessageNew" in body.get("Events", []):
-                        names.add(body.get("Username"))
+                names = notified_names(standin, n)
                 return names if names >= want_names else None
             names = wait_for(seen, 5)
             check(names == want_names, what + ": /notify for every saved recipient and no other",
                   repr(standin.lines("notify")[n:]))
+        else:
+            # The process stops sending for a while once the daemon did
+            # not answer: a /notify either reached the daemon or its loss
+            # is in the log. (Those of the previous transaction may show up
+            # too: the process settles them after its replies.)
+            failed = {NOTIFY_NAME.get(u, u) for u in users if u not in saved}
+
+            def accounted():
+                names = notified_names(standin, n) | lost_names(log_text()[before_log:])
+                return names if names >= want_names else None
+            names = wait_for(accounted, 5)
+            check(names is not None and not names & failed,
+                  what + ": /notify for every saved recipient reached the daemon or is "
+                  "logged as lost, none for the others",
+                  repr((standin.lines("notify")[n:], names)))
         time.sleep(0.3)
         new = log_text()[before_log:]
         bad = crash_lines(new)
@@ -325,10 +394,178 @@ def multi_recipient_checks(a, standin, log_text):
         else:
             standin.mode(mode, "/_notifymode")
         for users in sets:
-            run(label, users, mode is not None, 3.5)
+            run(label, users, mode, 3.5)
         if mode is None:
             standin.start()
+        if mode != "ok":
+            standin.mode("ok", "/_notifymode")
+            check(daemon_back(a, standin), label + ": /notify reaches the daemon again once it answers")
+
+
+class SlowRenames:
+    """Delays every rename(2) of Dovecot's LMTP processes by delay_us, as
+    slow storage would: strace's fault injection, attached to them and to the
+    master (following the children it starts meanwhile). Maildir delivery
+    renames once per recipient. A context manager."""
+
+    def __init__(self, directory, delay_us):
+        self.dir, self.delay_us, self.proc = directory, delay_us, None
+
+    def __enter__(self):
+        with open(os.path.join(self.dir, "run", "master.pid")) as f:
+            master = f.read().strip()
+        # Only the LMTP processes (and the master, for those it starts):
+        # strace stops a process it attached to at every system call, which
+        # would slow down the log process's thousands of debug lines too.
+        kids = subprocess.run(["ps", "-o", "pid=,args=", "--ppid", master], capture_output=True,
+                              text=True, check=True).stdout.splitlines()
+        pids = [master] + [k.split()[0] for k in kids if re.search(r"[/ ]lmtp\b", k)]
+        calls = "rename,renameat,renameat2"
+        argv = ["strace", "-f", "-o", "/dev/null", "-e", "trace=" + calls,
+                "-e", "inject=%s:delay_exit=%d" % (calls, self.delay_us)]
+        for pid in pids:
+            argv += ["-p", pid]
+        self.proc = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True)
+        # strace reports each process it attached to, or could not attach
+        # to (one that exited since ps saw it); it goes on reporting the
+        # children it follows.
+        lines = queue.Queue()
+
+        def read():
+            for line in self.proc.stderr:
+                lines.put(line)
+            lines.put(None)
+        threading.Thread(target=read, daemon=True).start()
+        pending, deadline = set(pids), time.time() + within(20)
+        while pending:
+            try:
+                line = lines.get(timeout=max(0.1, deadline - time.time()))
+            except queue.Empty:
+                self.__exit__()
+                raise SystemExit("strace did not attach to %s" % sorted(pending))
+            if line is None:
+                raise SystemExit("strace exited: %s" % self.proc.wait())
+            m = re.search(r"Process (\d+) attached|ptrace\(PTRACE_\w+, (\d+)\)", line)
+            if m:
+                if m.group(2) == master:
+                    self.__exit__()
+                    raise SystemExit("strace cannot trace Dovecot's master: " + line.strip())
+                pending.discard(m.group(1) or m.group(2))
+        return self
+
+    def __exit__(self, *exc):
+        self.proc.terminate()  # strace detaches and lets the processes go on
+        self.proc.wait()
+
+
+def make_messages(directory, user, count):
+    """count small messages written straight into user's Maildir/cur, as
+    another program would; Dovecot finds them at the next SELECT."""
+    maildir = os.path.join(directory, "home", user, "Maildir")
+    for sub in ("", "cur", "new", "tmp"):
+        os.makedirs(os.path.join(maildir, sub), exist_ok=True)
+    owner = os.stat(os.path.join(directory, "home", user))
+    for i in range(count):
+        path = os.path.join(maildir, "cur", "%d.M%dP%d.bulk:2," % (1700000000 + i, i, os.getpid()))
+        with open(path, "w") as f:
+            f.write("From: sender@example.org\nSubject: bulk %d\n\nhello\n" % i)
+    for dirpath, dirs, files in os.walk(maildir):
+        for name in dirs + files:
+            os.chown(os.path.join(dirpath, name), owner.st_uid, owner.st_gid)
+    os.chown(maildir, owner.st_uid, owner.st_gid)
+
+
+def bulk_checks(a, standin, log_text):
+    """What a busy server does: many recipients while storage is slow, a
+    slow daemon, one IMAP command over thousands of messages, doveadm over
+    many users with a hung daemon. r01..r20 have the test configuration's
+    2 s timeout, s01..s08 5 s (the default)."""
+    # 20 recipients while every save takes 150 ms: the transaction takes
+    # longer than the timeout, and no /notify may expire while it waits.
+    users = ["r%02d" % i for i in range(1, 21)]
+    before = len(log_text())
+    n = len(standin.lines("notify"))
+    with SlowRenames(a.dir, 150000):
+        t0 = time.time()
+        _, replies = lmtp_transaction(a.lmtp_port, ["%s@example.org" % u for u in users],
+                                      "slow storage")
+        took = time.time() - t0
+    check(took > 2.5, "20 recipients on slow storage: delivery took longer than the 2 s "
+          "timeout (%.1fs)" % took)
+    check([c for c, _ in replies] == [250] * 20, "20 recipients on slow storage: 250 for each",
+          repr(replies))
+    names = wait_for(lambda: notified_names(standin, n) >= set(users) and
+                     notified_names(standin, n), 5) or notified_names(standin, n)
+    new = log_text()[before:]
+    check(names == set(users) and len(standin.lines("notify")[n:]) == 20 and not LOST.search(new),
+          "20 recipients on slow storage: 20 /notify, none expired",
+          repr((sorted(set(users) - names), LOST.findall(new)[:3])))
+
+    # A daemon that answers /notify in 3 s, within the 5 s timeout, and more
+    # recipients than the plugin has connections: the later ones wait for a
+    # connection, and that wait does not count.
+    users = ["s%02d" % i for i in range(1, 9)]
+    standin.mode("3s", "/_notifymode")
+    before = len(log_text())
+    n = len(standin.lines("notify"))
+    t0 = time.time()
+    _, replies = lmtp_transaction(a.lmtp_port, ["%s@example.org" % u for u in users], "slow daemon")
+    took = time.time() - t0
+    answered = re.compile(r"xaps: notified daemon for user (s\d+) mailbox INBOX: 200")
+    done = wait_for(lambda: len(set(answered.findall(log_text()[before:]))) == 8, 10)
+    new = log_text()[before:]
+    check([c for c, _ in replies] == [250] * 8 and done and not LOST.search(new) and
+          notified_names(standin, n) == set(users),
+          "daemon answering in 3 s with a 5 s timeout: all 8 /notify answered, none lost (%.1fs)" % took,
+          repr((sorted(set(answered.findall(new))), LOST.findall(new)[:3])))
     standin.mode("ok", "/_notifymode")
+
+    # STORE and EXPUNGE over thousands of messages: a /notify per command
+    # and mailbox, not per message.
+    count = 3000
+    make_messages(a.dir, "mass", count)
+    im = Imap(a.imap_port)
+    im.cmd("m1", "LOGIN mass secret")
+    untagged, tagged = im.cmd("m2", "SELECT INBOX")
+    check("* %d EXISTS" % count in untagged, "bulk: %d messages in the mailbox" % count,
+          repr(untagged[:5]))
+    n = len(standin.lines("notify"))
+    t0 = time.time()
+    _, tagged = im.cmd("m3", "STORE 1:* +FLAGS.SILENT (\\Seen \\Deleted)")
+    untagged, tagged2 = im.cmd("m4", "EXPUNGE")
+    took = time.time() - t0
+    im.cmd("m5", "LOGOUT")  # the last user goes: what is pending is sent
+    im.close()
+    expunged = wait_notify(standin, n, lambda b: "MessageExpunge" in b.get("Events", []))
+    bodies = [json.loads(l) for l in standin.lines("notify")[n:]]
+    events = set(e for b in bodies for e in b.get("Events", []))
+    check(tagged.startswith("m3 OK") and tagged2.startswith("m4 OK") and expunged and
+          1 <= len(bodies) <= 5 and all(b["Username"] == "mass" and b["Mailbox"] == "INBOX"
+                                        for b in bodies) and
+          {"FlagsSet", "MessageExpunge"} <= events,
+          "bulk: STORE and EXPUNGE over %d messages (%.1fs) send %d /notify with %s"
+          % (count, took, len(bodies), sorted(events)), repr(bodies[:6]))
+    print("measure: STORE+EXPUNGE over %d messages: %d /notify" % (count, len(bodies)))
+
+    # doveadm over 6 users with a daemon that never answers: about one
+    # timeout in all, not one per user; each loss is reported.
+    users = ["r%02d" % i for i in range(1, 7)]
+    with open(os.path.join(a.dir, "doveadm-users"), "w") as f:
+        f.write("".join(u + "\n" for u in users))
+    standin.mode("hang", "/_notifymode")
+    t0 = time.time()
+    out = subprocess.run(shlex.split(a.doveadm) + ["expunge", "-F", a.doveadm_dir + "/doveadm-users",
+                                                   "mailbox", "INBOX", "all"],
+                         capture_output=True, text=True, timeout=within(60))
+    took = time.time() - t0
+    standin.mode("ok", "/_notifymode")
+    text = out.stdout + out.stderr
+    lost = {u: len([m for m in LOST.finditer(text) if m.group(1) == u]) for u in users}
+    check(out.returncode == 0 and took < 3.5,
+          "doveadm expunge over 6 users with a hung daemon takes about one timeout (%.1fs)" % took,
+          text[-600:])
+    check(all(lost[u] >= 1 for u in users) and len(warnings(text, "POST /notify")) == 6,
+          "doveadm: one warning per user for the lost /notify", repr((lost, text[-600:])))
 
 
 def register_ok(untagged, tagged, tag, mailboxes):
@@ -337,15 +574,27 @@ def register_ok(untagged, tagged, tag, mailboxes):
     return untagged == want and tagged == tag + " OK XAPPLEPUSHSERVICE completed."
 
 
-def main():
-    ap = argparse.ArgumentParser()
+def harness_args(ap):
+    """The arguments of checks.py and measure.py: where smoke.sh runs
+    Dovecot and the stand-in."""
     ap.add_argument("--imap-port", type=int, required=True)
     ap.add_argument("--lmtp-port", type=int, required=True)
     ap.add_argument("--http-port", type=int, required=True)
-    ap.add_argument("--dir", required=True)
-    ap.add_argument("--standin", required=True)
+    ap.add_argument("--dir", required=True, help="the test folder")
+    ap.add_argument("--standin", required=True, help="standin.py")
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    harness_args(ap)
     ap.add_argument("--log", required=True)
     ap.add_argument("--secret", required=True, help="what xaps_secret holds")
+    ap.add_argument("--settings", choices=("plugin_env", "framework"), required=True,
+                    help="how the plugin reads its settings: plugin { } (2.3) or the "
+                    "settings framework (2.4)")
+    ap.add_argument("--doveadm", required=True,
+                    help="how to run doveadm with the test configuration (a shell word list)")
+    ap.add_argument("--doveadm-dir", required=True, help="--dir as doveadm sees it")
     ap.add_argument("--slow", type=float, default=1.0,
                     help="multiply every time bound (valgrind runs)")
     a = ap.parse_args()
@@ -501,6 +750,21 @@ def main():
     tags = [l.split(" ")[0] for l in seen if not l.startswith("*")]
     check(tags == ["a15", "a14"] and strip_timing(seen[-1]) == "a14 OK XAPPLEPUSHSERVICE completed.",
           "command runs asynchronously (NOOP answered first)", repr(seen))
+    # LOGOUT right behind the registration: the registration still gets its
+    # reply, before LOGOUT's.
+    im_p = Imap(a.imap_port)
+    im_p.cmd("p0", "LOGIN alice secret")
+    im_p.send("p1 XAPPLEPUSHSERVICE " + IOS_FORM + "\r\np2 LOGOUT")
+    seen = []
+    try:
+        while True:
+            seen.append(strip_timing(im_p.readline()))
+    except (EOFError, OSError):
+        pass
+    im_p.close()
+    check([l for l in seen if not l.startswith("* XAPPLEPUSHSERVICE")] ==
+          ["p1 OK XAPPLEPUSHSERVICE completed.", "* BYE Logging out", "p2 OK Logout completed."],
+          "pipelined LOGOUT waits for the registration's tagged reply", repr(seen))
     # Hang up while the daemon is still thinking: must not crash imap.
     im2 = Imap(a.imap_port)
     im2.cmd("b1", "LOGIN alice secret")
@@ -588,6 +852,7 @@ def main():
     untagged, tagged = im.cmd("a20", "XAPPLEPUSHSERVICE " + IOS_FORM)
     check(register_ok(untagged, tagged, "a20", ["INBOX", "Notes"]),
           "registration works again once the daemon is back", repr(untagged + [tagged]))
+    check(daemon_back(a, standin), "/notify reaches the daemon again once it is back")
 
     # --- /notify from LMTP -------------------------------------------------
     n = len(standin.lines("notify"))
@@ -629,24 +894,33 @@ def main():
                    and log_text()[before:], 3) or log_text()[before:]
     check("no registered device for user alice" in new and "Error: xaps" not in new
           and "Error:" not in new, "/notify 404 is logged at debug level only", new[-300:])
+    # A failure is a warning once per user, mailbox and reason: three
+    # deliveries answered 500 are three requests and one warning.
     standin.mode("500", "/_notifymode")
     before = len(log_text())
-    deliver(a.lmtp_port, "alice@example.org", "500 answer")
-    failed_500 = "xaps: POST /notify for user alice mailbox INBOX failed: 500"
-    new = wait_for(lambda: failed_500 in log_text()[before:] and log_text()[before:], 3) or ""
-    check(failed_500 in new,
-          "/notify 500 is logged as an error", new[-300:])
+    n = len(standin.lines("notify"))
+    lmtp_transactions(a.lmtp_port, ["alice@example.org"], ["500 answer %d" % i for i in range(3)])
+    new = wait_for(lambda: len(LOST.findall(log_text()[before:])) >= 3 and log_text()[before:],
+                   3) or log_text()[before:]
+    failed_500 = warnings(new, "POST /notify for user alice mailbox INBOX failed: 500")
+    check(len(failed_500) == 1 and len(LOST.findall(new)) == 3 and
+          len(standin.lines("notify")[n:]) == 3,
+          "/notify 500 three times: three requests, one warning", new[-600:])
     standin.mode("hang", "/_notifymode")
     before = len(log_text())
     t0 = time.time()
     refused = deliver(a.lmtp_port, "alice@example.org", "daemon hangs")
     took = time.time() - t0
-    timed_out = "xaps: POST /notify for user alice mailbox INBOX: no answer within 2000 ms"
-    new = wait_for(lambda: timed_out in log_text()[before:] and log_text()[before:], 5) or ""
-    check(refused == {} and took < within(3.5) and timed_out in new,
+    timed_out = "POST /notify for user alice mailbox INBOX failed: no answer within 2000 ms"
+    new = wait_for(lambda: warnings(log_text()[before:], timed_out) and log_text()[before:], 5) or ""
+    check(refused == {} and took < within(3.5) and warnings(new, timed_out),
           "hanging /notify delays delivery by at most timeout_msecs (%.1fs) and is logged" % took,
           new[-300:])
     standin.mode("ok", "/_notifymode")
+    check(daemon_back(a, standin), "/notify reaches the daemon again after it hung")
+
+    # --- bulk work ----------------------------------------------------------
+    bulk_checks(a, standin, log_text)
 
     # --- /notify from IMAP actions ----------------------------------------
     im.cmd("a21", "SELECT INBOX")
@@ -727,6 +1001,26 @@ def main():
     paths = sorted(set(standin.lines("paths")))
     check(paths == ["POST /notify", "POST /register"],
           "every request went to /register or /notify, whatever the URL's path", repr(paths))
+
+    # hana's timeout is above the maximum of one minute. 2.3 refuses the
+    # value, names it and uses the default; 2.4 refuses the setting, so the
+    # plugin stays off for her.
+    before = len(log_text())
+    n = len(standin.lines("notify"))
+    refused = deliver(a.lmtp_port, "hana@example.org", "timeout too long")
+    if a.settings == "plugin_env":
+        refusal = ("timeout_msecs=4294967295 in xaps_config is more than the maximum of "
+                   "60000, using 5000")
+        got = wait_notify(standin, n, lambda b: b.get("Username") == "hana")
+        check(refused == {} and got is not None and warnings(log_text()[before:], refusal),
+              "timeout_msecs above one minute is refused, named, and the default used",
+              log_text()[before:][-600:])
+    else:
+        refusal = "xaps_timeout: 4294967295 ms is more than the maximum of 60000 ms"
+        new = wait_for(lambda: refusal in log_text()[before:] and log_text()[before:], 3) or ""
+        check(refused == {} and refusal in new and
+              not any('"hana"' in l for l in standin.lines("notify")[n:]),
+              "xaps_timeout above one minute is refused at plugin start, naming it", new[-600:])
 
     # --- the shared secret -------------------------------------------------
     auth = standin.lines("auth")

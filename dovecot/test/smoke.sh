@@ -28,7 +28,7 @@ if [ "$(id -u)" != 0 ]; then
 	echo "smoke.sh: must run as root (Dovecot switches to uid $mail_uid)" >&2
 	exit 2
 fi
-for tool in python3 make; do
+for tool in python3 make strace ps; do
 	command -v "$tool" >/dev/null || { echo "smoke.sh: $tool not found" >&2; exit 2; }
 done
 command -v unshare >/dev/null || { echo "smoke.sh: unshare not found" >&2; exit 2; }
@@ -124,7 +124,12 @@ EOF
 # must be traversable and the homes owned by that uid. erin's home belongs to
 # root: a delivery to her fails at DATA, the way a full disk or a broken home
 # does, after other recipients were saved.
-for u in alice bob carol dave erin frank gina hank; do mkdir -p "$tmp/home/$u"; done
+# The bulk checks add r01..r20 (the plugin with the test configuration's
+# settings), s01..s08 (a timeout of 5 s, the plugin's default), n01..n20 (the
+# plugins not loaded, for comparing transaction times) and mass (thousands of
+# messages); hana's timeout is above the maximum.
+bulk_users=$(printf 'r%02d ' $(seq 20); printf 's%02d ' $(seq 8); printf 'n%02d ' $(seq 20); echo mass)
+for u in alice bob carol dave erin frank gina hank hana $bulk_users; do mkdir -p "$tmp/home/$u"; done
 chown -R "$mail_uid:$mail_uid" "$tmp/home"
 chown root:root "$tmp/home/erin"
 
@@ -150,6 +155,7 @@ xaps_url="http://127.0.0.1:$http_port/ignored/path?also=ignored"
 		user frank "userdb_quota_rule=*:storage=1K"
 		user gina "userdb_xaps_config=url=$xaps_url$(printf '\t')timeout_msecs=6000"
 		user hank "userdb_xaps_config=url=http://127.0.0.1:$http_port$(printf '\t')timeout_msecs=10000"
+		user hana "userdb_xaps_config=url=$xaps_url$(printf '\t')max_retries=1$(printf '\t')timeout_msecs=4294967295"
 	else
 		user carol "userdb_xaps_mailbox_confirm=no"
 		user dave "userdb_xaps_url="
@@ -157,7 +163,16 @@ xaps_url="http://127.0.0.1:$http_port/ignored/path?also=ignored"
 		user frank "userdb_quota_storage_size=1K"
 		user gina "userdb_xaps_timeout=6s"
 		user hank "userdb_xaps_url=http://127.0.0.1:$http_port userdb_xaps_timeout=10s"
+		user hana "userdb_xaps_timeout=4294967295ms"
 	fi
+	for u in $bulk_users; do
+		case $series:$u in
+		23:s*) user "$u" "userdb_xaps_config=url=$xaps_url$(printf '\t')max_retries=1$(printf '\t')timeout_msecs=5000" ;;
+		24:s*) user "$u" "userdb_xaps_timeout=5s" ;;
+		*:n*) user "$u" "userdb_mail_plugins=quota" ;;
+		*) user "$u" "" ;;
+		esac
+	done
 } >"$tmp/users"
 chmod 0644 "$tmp/users"
 
@@ -195,6 +210,8 @@ xaps_url = mailto:x@example.org|xaps_url: invalid URL 'mailto:x@example.org'
 xaps_timeout = 0|xaps_timeout: must be more than 0
 xaps_mailbox_confirm = maybe|xaps_mailbox_confirm: Invalid boolean value: maybe
 xaps_max_retries = 1000|xaps_max_retries: 1000 is more than 100
+xaps_timeout = 61s|xaps_timeout: 61000 ms is more than the maximum of 60000 ms
+xaps_timeout = 4294967295 ms|xaps_timeout: 4294967295 ms is more than the maximum of 60000 ms
 EOF
 	rm -f "$tmp/bad.conf"
 	[ "$bad_settings" = 0 ] || exit 1
@@ -222,9 +239,18 @@ fi
 "$here/in-root.sh" "${root:-/}" "${settings_bind[@]}" dovecot -F -c "$inside/dovecot.conf" &
 dovecot_pid=$!
 
+if [ "${VALGRIND:-0}" != 1 ]; then
+	# Transaction times with the plugin on and off, requests per bulk
+	# operation (times under valgrind would mean nothing).
+	python3 "$here/measure.py" --imap-port "$imap_port" --lmtp-port "$lmtp_port" \
+		--http-port "$http_port" --dir "$tmp" --standin "$here/standin.py"
+fi
+# doveadm as the checks run it: like Dovecot, with this run's settings module.
+doveadm=$(printf '%q ' "$here/in-root.sh" "${root:-/}" "${settings_bind[@]}" doveadm -c "$inside/dovecot.conf")
 python3 "$here/checks.py" --imap-port "$imap_port" --lmtp-port "$lmtp_port" \
 	--http-port "$http_port" --dir "$tmp" --standin "$here/standin.py" \
-	--log "$tmp/dovecot.log" --slow "$slow" --secret "smoke-secret-$$"
+	--log "$tmp/dovecot.log" --slow "$slow" --secret "smoke-secret-$$" \
+	--settings "$settings" --doveadm "$doveadm" --doveadm-dir "$inside"
 
 if [ "${VALGRIND:-0}" = 1 ]; then
 	# Let the last processes exit so that their reports are complete.

@@ -46,6 +46,8 @@ NOTIFY_MODES = {
     "500": (500, b"registry lookup failed\n", 0),
     "hang": (200, b"", 30),
     "trickle": (200, b"ok, noted\n" * 4, "trickle"),
+    # Slow but within the plugin's default timeout of 5 s.
+    "3s": (200, b"", 3),
 }
 
 

@@ -194,12 +194,16 @@ func stagePlugin(t *testing.T, kind dovecotKind, dir string) *pluginBuild {
 }
 
 type dovecotEnv struct {
-	dir  string // the test folder on the host
-	imap string
-	lmtp string
-	cmd  *exec.Cmd
-	done chan struct{}
-	dial dialFunc // reaches imap and lmtp (in the network namespace, if any)
+	dir    string // the test folder on the host
+	inside string // the test folder as Dovecot sees it
+	// inRoot runs a command the way Dovecot runs (in-root.sh: in the root,
+	// with this run's settings module); doveadm needs that too.
+	inRoot func(argv ...string) []string
+	imap   string
+	lmtp   string
+	cmd    *exec.Cmd
+	done   chan struct{}
+	dial   dialFunc // reaches imap and lmtp (in the network namespace, if any)
 }
 
 // dialFunc opens a connection, like net.Dial.
@@ -215,6 +219,7 @@ type dovecotOptions struct {
 	snippet string            // a shipped 95-xaps.conf used instead of those settings
 	userdb  map[string]string // extra userdb fields per user
 	netns   *netns            // run Dovecot in this network namespace
+	users   []string          // more users, besides alice, bob, carol and erin
 }
 
 // xapsSettings is the part of the test configurations (dovecot/test)
@@ -239,32 +244,38 @@ func startDovecotWith(t *testing.T, kind dovecotKind, o dovecotOptions) *dovecot
 	os.Chmod(dir, 0o755)
 	// erin's home stays root's: deliveries to her fail at DATA, as on a
 	// full disk or a broken home.
-	for _, d := range []string{"run", "state", "modules", "home/alice", "home/bob", "home/carol", "home/erin"} {
+	users := append([]string{"alice", "bob", "carol", "erin"}, o.users...)
+	for _, d := range []string{"run", "state", "modules", "home"} {
 		os.MkdirAll(filepath.Join(dir, d), 0o755)
 	}
-	for _, h := range []string{"home", "home/alice", "home/bob", "home/carol"} {
-		os.Chown(filepath.Join(dir, h), mailUID, mailUID)
+	os.Chown(filepath.Join(dir, "home"), mailUID, mailUID)
+	for _, u := range users {
+		os.MkdirAll(filepath.Join(dir, "home", u), 0o755)
+		if u != "erin" {
+			os.Chown(filepath.Join(dir, "home", u), mailUID, mailUID)
+		}
 	}
+	e := &dovecotEnv{dir: dir, inside: inside, done: make(chan struct{}), dial: dialDirect}
 	plugin := stagePlugin(t, kind, filepath.Join(dir, "modules"))
+	e.inRoot = func(argv ...string) []string { return plugin.inRoot(kind, argv...) }
 	mods, _ := filepath.Glob(kind.root + plugin.moduledir + "/*.so")
 	for _, m := range mods {
 		if !strings.HasPrefix(filepath.Base(m), "lib25_xaps_") {
 			os.Symlink(plugin.moduledir+"/"+filepath.Base(m), filepath.Join(dir, "modules", filepath.Base(m)))
 		}
 	}
-	var users strings.Builder
-	for _, u := range []string{"alice", "bob", "carol", "erin"} {
+	var passwd strings.Builder
+	for _, u := range users {
 		extra := o.userdb[u]
 		if u == "bob" {
 			extra = strings.TrimSpace("userdb_xaps_alias=bob@alias.example " + extra)
 		}
-		fmt.Fprintf(&users, "%s:{PLAIN}secret:%d:%d::%s/home/%s::%s\n", u, mailUID, mailUID, inside, u, extra)
+		fmt.Fprintf(&passwd, "%s:{PLAIN}secret:%d:%d::%s/home/%s::%s\n", u, mailUID, mailUID, inside, u, extra)
 	}
-	os.WriteFile(filepath.Join(dir, "users"), []byte(users.String()), 0o644)
+	os.WriteFile(filepath.Join(dir, "users"), []byte(passwd.String()), 0o644)
 	// The plugin's copy of the secret xapsd checks (newE2E).
 	os.WriteFile(filepath.Join(dir, "xaps.secret"), []byte(e2eSecret+"\n"), 0o600)
 
-	e := &dovecotEnv{dir: dir, done: make(chan struct{}), dial: dialDirect}
 	if o.netns != nil {
 		e.dial = o.netns.dial
 	}
@@ -474,12 +485,19 @@ const e2eSecret = "e2e-secret-0123456789abcdef"
 // default, both loopbacks, with the shipped files.
 func newE2E(t *testing.T, kind dovecotKind, extra string) *e2e {
 	t.Helper()
-	return newE2EWithURLPath(t, kind, extra, "")
+	return newE2EWith(t, kind, extra, "", dovecotOptions{})
 }
 
 // newE2EWithURLPath is newE2E with path (and query) appended to the
 // plugin's URL.
 func newE2EWithURLPath(t *testing.T, kind dovecotKind, extra, path string) *e2e {
+	t.Helper()
+	return newE2EWith(t, kind, extra, path, dovecotOptions{})
+}
+
+// newE2EWith is newE2EWithURLPath with more Dovecot options (their xapsURL
+// is set here).
+func newE2EWith(t *testing.T, kind dovecotKind, extra, path string, o dovecotOptions) *e2e {
 	t.Helper()
 	secret := filepath.Join(t.TempDir(), "plugin.secret")
 	if err := os.WriteFile(secret, []byte(e2eSecret+"\n"), 0o600); err != nil {
@@ -487,7 +505,8 @@ func newE2EWithURLPath(t *testing.T, kind dovecotKind, extra, path string) *e2e 
 	}
 	a := newAPNsEnv(t, "delay: 2\ncheckInterval: 1\nlistenAddr: ::1\npluginSecretFile: "+secret+"\n"+extra)
 	_, port, _ := net.SplitHostPort(a.addr)
-	return &e2e{apnsEnv: a, dc: startDovecotWith(t, kind, dovecotOptions{xapsURL: "http://[::1]:" + port + path})}
+	o.xapsURL = "http://[::1]:" + port + path
+	return &e2e{apnsEnv: a, dc: startDovecotWith(t, kind, o)}
 }
 
 func tagless(l string) string {
@@ -843,5 +862,183 @@ func testE2EMultiRecipientLMTP(t *testing.T, dv dovecotKind) {
 	e.d.stop()
 	for _, users := range sets {
 		transaction("down", users...)
+	}
+}
+
+// writeMessages puts n small messages straight into a user's Maildir, as
+// another program would; Dovecot finds them at the next SELECT.
+func (e *dovecotEnv) writeMessages(t *testing.T, user string, n int) {
+	t.Helper()
+	maildir := filepath.Join(e.dir, "home", user, "Maildir")
+	for _, sub := range []string{"", "cur", "new", "tmp"} {
+		os.MkdirAll(filepath.Join(maildir, sub), 0o700)
+		os.Chown(filepath.Join(maildir, sub), mailUID, mailUID)
+	}
+	for i := 0; i < n; i++ {
+		name := filepath.Join(maildir, "cur", fmt.Sprintf("%d.M%dP1.bulk:2,", 1700000000+i, i))
+		msg := fmt.Sprintf("From: sender@example.net\nSubject: bulk %d\n\nHi.\n", i)
+		if err := os.WriteFile(name, []byte(msg), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		os.Chown(name, mailUID, mailUID)
+	}
+}
+
+// doveadm runs doveadm with the test configuration the way Dovecot runs (in
+// the root, if any, with this run's settings module) and returns its
+// combined output, which is where it logs.
+func (e *dovecotEnv) doveadm(t *testing.T, args ...string) (string, error) {
+	t.Helper()
+	argv := e.inRoot(append([]string{"doveadm", "-c", e.inside + "/dovecot.conf"}, args...)...)
+	out, err := exec.Command(argv[0], argv[1:]...).CombinedOutput()
+	return string(out), err
+}
+
+// notifyLog matches the daemon's debug line for a /notify it handled.
+var notifyLog = regexp.MustCompile(`msg=notify .*events="\[([^]]*)\]" mailbox=(\S+) user=(\S+)`)
+
+// notifies returns the events of each /notify the daemon handled for user
+// and mailbox, in order.
+func (d *daemon) notifies(user, mailbox string) [][]string {
+	var got [][]string
+	for _, m := range notifyLog.FindAllStringSubmatch(d.log.String(), -1) {
+		if m[2] == mailbox && m[3] == user {
+			got = append(got, strings.Fields(m[1]))
+		}
+	}
+	return got
+}
+
+// A STORE and an EXPUNGE over thousands of messages are a few /notify (one
+// per command and mailbox), and the daemon pushes once, after its delay.
+func TestE2EBulkChangeIsFewNotifiesAndOneDelayedPush(t *testing.T) {
+	forEachDovecot(t, testE2EBulkChangeIsFewNotifiesAndOneDelayedPush)
+}
+
+func testE2EBulkChangeIsFewNotifiesAndOneDelayedPush(t *testing.T, dv dovecotKind) {
+	e := newE2E(t, dv, "")
+	if _, ok := imapLogin(t, e.dc.imap, "alice").registerLikeIOS(acc, token(1), "INBOX"); !ok {
+		t.Fatal("registration failed")
+	}
+	const count = 3000
+	e.dc.writeMessages(t, "alice", count)
+	desktop := imapLogin(t, e.dc.imap, "alice")
+	if lines, _ := desktop.cmd("SELECT INBOX"); !strings.Contains(strings.Join(lines, "\n"), fmt.Sprintf("* %d EXISTS", count)) {
+		t.Fatalf("SELECT: %v", lines[:3])
+	}
+	before := len(e.d.notifies("alice", "INBOX"))
+	changed := time.Now()
+	if _, ok := desktop.cmd(`STORE 1:* +FLAGS.SILENT (\Seen \Deleted)`); !ok {
+		t.Fatal("STORE failed")
+	}
+	lines, ok := desktop.cmd("EXPUNGE")
+	expunged := 0
+	for _, l := range lines {
+		if strings.HasSuffix(l, " EXPUNGE") {
+			expunged++
+		}
+	}
+	if !ok || expunged != count {
+		t.Fatalf("EXPUNGE: %d messages expunged, ok %v", expunged, ok)
+	}
+	reqs, err := e.apns.WaitRequests(1, 10*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := reqs[0].Received.Sub(changed); d < 2*time.Second {
+		t.Errorf("push %v after the change, before the 2 s delay", d)
+	}
+	// New mail is pushed at once; had the bulk change made more than one
+	// delayed push, they would have come before it.
+	deliver(t, e.dc.lmtp, "alice@example.org")
+	reqs, err = e.apns.WaitRequests(2, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The STORE's and the EXPUNGE's may be one request: one that waits
+	// for its turn takes in what follows for the same mailbox.
+	got := e.d.notifies("alice", "INBOX")[before:]
+	if n := len(got); n < 2 || n > 6 {
+		t.Errorf("%d /notify for the bulk change and one delivery, want a handful: %v", n, got)
+	}
+	events := map[string]bool{}
+	for _, evs := range got {
+		for _, ev := range evs {
+			events[ev] = true
+		}
+	}
+	if !events["FlagsSet"] || !events["MessageExpunge"] || !events["MessageNew"] {
+		t.Errorf("events %v, want FlagsSet, MessageExpunge and MessageNew among them", got)
+	}
+	if n := e.apns.Count(); n != 2 {
+		t.Errorf("%d pushes, want one delayed push for the bulk change and one for the new mail", n)
+	}
+}
+
+// LOGOUT pipelined right behind a registration: the registration gets its
+// tagged reply before LOGOUT's, and is stored.
+func TestE2EPipelinedLogoutAfterRegistration(t *testing.T) {
+	forEachDovecot(t, testE2EPipelinedLogoutAfterRegistration)
+}
+
+func testE2EPipelinedLogoutAfterRegistration(t *testing.T, dv dovecotKind) {
+	e := newE2E(t, dv, "")
+	ios := imapLogin(t, e.dc.imap, "alice")
+	fmt.Fprintf(ios.c, `p1 XAPPLEPUSHSERVICE "aps-version" "2" "aps-account-id" "%s" "aps-device-token" "%s" "aps-subtopic" "com.apple.mobilemail" "mailboxes" ("INBOX")`+"\r\np2 LOGOUT\r\n", acc, token(1))
+	var tagged []string
+	ios.c.SetReadDeadline(time.Now().Add(20 * time.Second))
+	for {
+		l, err := ios.r.ReadString('\n')
+		if err != nil {
+			break
+		}
+		if l = tagless(strings.TrimRight(l, "\r\n")); !strings.HasPrefix(l, "* XAPPLEPUSHSERVICE") {
+			tagged = append(tagged, l)
+		}
+	}
+	want := []string{"p1 OK XAPPLEPUSHSERVICE completed", "* BYE Logging out", "p2 OK Logout completed"}
+	if strings.Join(tagged, "|") != strings.Join(want, "|") {
+		t.Errorf("replies %q, want %q", tagged, want)
+	}
+	code, out, _ := run(t, "", "--config", filepath.Join(e.dir, "xapsd.yaml"), "devices", "list", "alice")
+	if code != 0 || !strings.Contains(out, token(1)) {
+		t.Errorf("registration not stored: %d %s", code, out)
+	}
+}
+
+// doveadm over six users while xapsd is stopped (SIGSTOP: connections are
+// accepted, nothing answers) waits out the plugin's timeout (2 s in the
+// test configuration) about once, not once per user, and warns once per
+// user.
+func TestE2EDoveadmWithStoppedDaemon(t *testing.T) {
+	forEachDovecot(t, testE2EDoveadmWithStoppedDaemon)
+}
+
+func testE2EDoveadmWithStoppedDaemon(t *testing.T, dv dovecotKind) {
+	users := []string{"u1", "u2", "u3", "u4", "u5", "u6"}
+	e := newE2EWith(t, dv, "", "", dovecotOptions{users: users})
+	for _, u := range users {
+		deliver(t, e.dc.lmtp, u+"@example.org")
+	}
+	list := filepath.Join(e.dc.dir, "doveadm-users")
+	if err := os.WriteFile(list, []byte(strings.Join(users, "\n")+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	e.d.signal(syscall.SIGSTOP)
+	defer e.d.signal(syscall.SIGCONT)
+	start := time.Now()
+	out, err := e.dc.doveadm(t, "expunge", "-F", e.dc.inside+"/doveadm-users", "mailbox", "INBOX", "all")
+	took := time.Since(start)
+	if err != nil {
+		t.Fatalf("doveadm expunge: %v\n%s", err, out)
+	}
+	if took > 3500*time.Millisecond {
+		t.Errorf("doveadm took %v for %d users, want about one 2 s timeout", took, len(users))
+	}
+	for _, u := range users {
+		warning := "Warning: xaps: POST /notify for user " + u + " mailbox INBOX failed"
+		if n := strings.Count(out, warning); n != 1 {
+			t.Errorf("%d warnings for %s, want 1:\n%s", n, u, out)
+		}
 	}
 }
