@@ -31,6 +31,7 @@ import (
 	"github.com/xapsd/xapsd/internal/notify"
 	"github.com/xapsd/xapsd/internal/pluginapi"
 	"github.com/xapsd/xapsd/internal/registry"
+	"github.com/xapsd/xapsd/internal/regularfile"
 	"github.com/xapsd/xapsd/internal/scheduler"
 )
 
@@ -304,7 +305,7 @@ func (d *Daemon) bind(cfg *config.Config) error {
 	}
 	d.listeners = append(d.listeners, lns...)
 	if cfg.TLSEnabled() {
-		cert, err := tls.LoadX509KeyPair(cfg.TLSCertFile, cfg.TLSKeyFile)
+		cert, err := loadKeyPair(cfg.TLSCertFile, cfg.TLSKeyFile)
 		if err != nil {
 			closePlain()
 			return fmt.Errorf("load tlsCertfile %s / tlsKeyfile %s: %w", cfg.TLSCertFile, cfg.TLSKeyFile, err)
@@ -330,6 +331,20 @@ func (d *Daemon) bind(cfg *config.Config) error {
 		}
 	}
 	return nil
+}
+
+// loadKeyPair is tls.LoadX509KeyPair through regularfile, so that a named
+// pipe in place of either file cannot hang the start.
+func loadKeyPair(certFile, keyFile string) (tls.Certificate, error) {
+	certPEM, err := regularfile.ReadFile(certFile, 0, 0)
+	if err != nil {
+		return tls.Certificate{}, err
+	}
+	keyPEM, err := regularfile.ReadFile(keyFile, 0, 0)
+	if err != nil {
+		return tls.Certificate{}, err
+	}
+	return tls.X509KeyPair(certPEM, keyPEM)
 }
 
 // serve builds the plugin API's servers on the bound listeners, which

@@ -23,7 +23,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os"
 	"sort"
 	"strings"
 	"time"
@@ -31,6 +30,8 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/xapsd/xapsd/internal/regularfile"
 )
 
 // Advisory lock keys: arbitrary constants, the same in every xapsd.
@@ -99,7 +100,7 @@ func ParseConfig(o Options) (*pgxpool.Config, error) {
 		return nil, fmt.Errorf("databaseURL: %w", err)
 	}
 	if o.PasswordFile != "" {
-		b, err := os.ReadFile(o.PasswordFile)
+		b, err := regularfile.ReadFile(o.PasswordFile, 0, 0)
 		if err != nil {
 			return nil, fmt.Errorf("databasePasswordFile: %w", err)
 		}

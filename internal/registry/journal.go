@@ -262,9 +262,6 @@ func (j *journal) loadSnapshot(load func(record)) (snap *snapshot, data []byte, 
 	if err != nil {
 		return nil, nil, false, err
 	}
-	if !st.Mode().IsRegular() {
-		return nil, nil, false, fmt.Errorf("%s is not a regular file", j.path)
-	}
 	if st.Mode().Perm()&0o077 != 0 {
 		if err := f.Chmod(0o600); err != nil {
 			return nil, nil, false, fmt.Errorf("make registry %s private: %w", j.path, err)
