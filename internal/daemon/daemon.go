@@ -9,6 +9,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"io/fs"
 	"net"
 	"net/http"
 	"path/filepath"
@@ -141,6 +142,13 @@ func Run(ctx context.Context, o Options) error {
 	}
 	d.reg, err = registry.Open(regOpts)
 	if err != nil {
+		if errors.Is(err, fs.ErrPermission) {
+			// Say it the way --check-config does: which folder or file,
+			// and for which user.
+			if why := CheckStateDir(cfg); why != nil {
+				err = why
+			}
+		}
 		return fail(err)
 	}
 	d.importLegacyCerts(cfg)
