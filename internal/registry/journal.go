@@ -184,13 +184,14 @@ func openJournal(r *Registry, path string) (*journal, error) {
 	}
 	rp := &replayer{r: r, last: r.seq, noStart: !exists || snap.Empty}
 	for _, s := range segs {
+		rp.segStart, _, _ = parseSegmentName(strings.TrimPrefix(s.path, path+".journal."))
 		if err := j.replay(s.path, rp); err != nil {
 			return nil, err
 		}
 	}
 	rp.finish()
 	if rp.damaged > 0 {
-		j.noteDamage(rp.damaged, fmt.Sprintf("%d journal records with out-of-order sequence numbers skipped (%s)", rp.damaged, strings.Join(rp.where, ", ")))
+		j.noteDamage(rp.damaged, fmt.Sprintf("%d journal records with sequence numbers out of order or below their segment's skipped (%s)", rp.damaged, strings.Join(rp.where, ", ")))
 	}
 	if rp.gaps > 0 {
 		r.log.WithFields(map[string]any{"file": path, "gaps": rp.gaps, "missing": rp.missing}).
@@ -531,9 +532,14 @@ func (r *Registry) applyDel(rec record) {
 	}
 }
 
+// openSegment starts a segment named after the first sequence number it
+// can hold: one past the last record written. Records queued meanwhile
+// have higher numbers, but they are not written yet, so every record a
+// segment holds is at or above its name, and replay can tell a damaged
+// number from one a snapshot covers.
 func (j *journal) openSegment() error {
 	j.r.mu.RLock()
-	next := j.r.seq + 1
+	next := j.r.applied + 1
 	j.r.mu.RUnlock()
 	p := fmt.Sprintf("%s.journal.%020d-%d", j.path, next, time.Now().UnixNano())
 	f, err := os.OpenFile(p, os.O_WRONLY|os.O_CREATE|os.O_EXCL|os.O_APPEND, 0o600)
