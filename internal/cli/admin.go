@@ -81,8 +81,12 @@ another server.`,
 }
 
 func exportFile(env Env, c adminClient, _ *options, args []string) int {
-	out := env.Stdout
-	if len(args) == 1 {
+	var out io.Writer
+	if len(args) == 0 {
+		esc := &jsonEscaper{w: env.Stdout}
+		defer esc.Close()
+		out = esc
+	} else {
 		f, err := os.OpenFile(args[0], os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
 		if err != nil {
 			return fail(env, err)
@@ -97,7 +101,7 @@ func exportFile(env Env, c adminClient, _ *options, args []string) int {
 }
 
 func fail(env Env, err error) int {
-	fmt.Fprintf(env.Stderr, "xapsd: %v\n", err)
+	fmt.Fprintf(env.Stderr, "xapsd: %s\n", shown(err.Error()))
 	return 1
 }
 
@@ -165,7 +169,8 @@ func testPush(env Env, c adminClient, o *options, args []string) int {
 		w := tabwriter.NewWriter(env.Stdout, 0, 2, 2, ' ', 0)
 		fmt.Fprintln(w, "ACCOUNT-ID\tDEVICE-TOKEN\tRESULT\tSTATUS\tREASON\tAPNS-ID\tMS")
 		for _, r := range res {
-			fmt.Fprintf(w, "%s\t%s\t%s\t%d\t%s\t%s\t%d\n", r.AccountID, r.DeviceToken, r.Outcome, r.Status, orDash(r.Reason), orDash(r.ApnsID), r.Millis)
+			fmt.Fprintf(w, "%s\t%s\t%s\t%d\t%s\t%s\t%d\n", shown(r.AccountID), shown(r.DeviceToken), shown(r.Outcome), r.Status,
+				shown(orDash(r.Reason)), shown(orDash(r.ApnsID)), r.Millis)
 		}
 		w.Flush()
 	}
@@ -207,6 +212,9 @@ func shellWord(s string) string {
 	}) < 0 {
 		return s
 	}
+	if q := shown(s); q != s {
+		return q // not a word anyone types, but shown safely
+	}
 	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
 }
 
@@ -225,7 +233,11 @@ func printDevices(w io.Writer, devs []ctl.Device) {
 	tw := tabwriter.NewWriter(w, 0, 2, 2, ' ', 0)
 	fmt.Fprintln(tw, "USER\tACCOUNT-ID\tDEVICE-TOKEN\tREGISTERED\tMAILBOXES")
 	for _, d := range devs {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", d.User, d.AccountID, d.DeviceToken, timestamp(d.Registered), strings.Join(d.Mailboxes, ", "))
+		boxes := make([]string, len(d.Mailboxes))
+		for i, m := range d.Mailboxes {
+			boxes[i] = shown(m)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", shown(d.User), shown(d.AccountID), shown(d.DeviceToken), timestamp(d.Registered), strings.Join(boxes, ", "))
 	}
 	tw.Flush()
 }
@@ -263,7 +275,9 @@ func pushJSON(r ctl.PushResult) any {
 
 // writeJSONLines writes one JSON object per line.
 func writeJSONLines[T any](w io.Writer, items []T, conv func(T) any) {
-	enc := json.NewEncoder(w)
+	esc := &jsonEscaper{w: w}
+	defer esc.Close()
+	enc := json.NewEncoder(esc)
 	enc.SetEscapeHTML(false)
 	for _, it := range items {
 		enc.Encode(conv(it))

@@ -148,6 +148,14 @@ var migrations = []string{
 		PRIMARY KEY (username, account_id, device_token)
 	);
 	CREATE INDEX xapsd_registrations_registered ON xapsd_registrations (registered);`,
+	// Device tokens are hex, stored upper case (as iOS sends them): a
+	// token stored in both spellings was one device registered twice and
+	// pushed twice. The newer row of each is kept.
+	`DELETE FROM xapsd_registrations r USING xapsd_registrations n
+		WHERE n.username = r.username AND n.account_id = r.account_id
+		AND upper(n.device_token) = upper(r.device_token) AND n.device_token <> r.device_token
+		AND (n.registered, n.device_token) > (r.registered, r.device_token);
+	UPDATE xapsd_registrations SET device_token = upper(device_token) WHERE device_token <> upper(device_token);`,
 }
 
 // SchemaVersion is the newest schema this xapsd knows.
@@ -318,6 +326,16 @@ func (s *Store) commitOnce(ctx context.Context, changes []Change) (map[string][]
 				seenAcct[a] = true
 				accts = append(accts, a)
 			}
+			// A row of this device in another spelling (written by an
+			// older xapsd) goes, unless an import's is not the newer:
+			// tokens are stored upper case.
+			other := `DELETE FROM xapsd_registrations
+				WHERE username = $1 AND account_id = $2 AND upper(device_token) = upper($3) AND device_token <> $3`
+			if c.KeepNewer {
+				batch.Queue(other+` AND registered < $4`, p.User, p.AccountID, p.DeviceToken, p.Registered)
+			} else {
+				batch.Queue(other, p.User, p.AccountID, p.DeviceToken)
+			}
 			q := `INSERT INTO xapsd_registrations (username, account_id, device_token, mailboxes, registered)
 				VALUES ($1, $2, $3, $4, $5)
 				ON CONFLICT (username, account_id, device_token)
@@ -327,12 +345,14 @@ func (s *Store) commitOnce(ctx context.Context, changes []Change) (map[string][]
 			}
 			batch.Queue(q, p.User, p.AccountID, p.DeviceToken, p.Mailboxes, p.Registered)
 		case c.Del:
+			// In any spelling of the token: an older xapsd may have
+			// stored it in lower case.
 			if c.Before.IsZero() {
 				batch.Queue(`DELETE FROM xapsd_registrations
-					WHERE username = $1 AND account_id = $2 AND device_token = $3`, c.User, c.Acct, c.Token)
+					WHERE username = $1 AND account_id = $2 AND upper(device_token) = upper($3)`, c.User, c.Acct, c.Token)
 			} else {
 				batch.Queue(`DELETE FROM xapsd_registrations
-					WHERE username = $1 AND account_id = $2 AND device_token = $3 AND registered < $4`,
+					WHERE username = $1 AND account_id = $2 AND upper(device_token) = upper($3) AND registered < $4`,
 					c.User, c.Acct, c.Token, c.Before)
 			}
 		}

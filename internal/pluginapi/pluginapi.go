@@ -26,6 +26,7 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+	"unicode"
 	"unicode/utf8"
 
 	"github.com/sirupsen/logrus"
@@ -44,13 +45,17 @@ const (
 	MaxMailboxes     = 1000
 	MaxMailboxLen    = 1024
 	MaxMailboxBytes  = 32 << 10 // all of one registration's names together
-	MaxUsernameLen   = 512
+	MaxUsernameLen   = 512      // for /register and /notify alike
 	MaxAccountIDLen  = 256
 	MinTokenLen      = 16
 	MaxTokenLen      = 400
 	MaxEvents        = 64
 	registerDeadline = 30 * time.Second
 )
+
+// maxNotifyMailboxLen bounds /notify's Mailbox, which may be longer than
+// any registered name (it then matches none).
+const maxNotifyMailboxLen = MaxUsernameLen + MaxMailboxLen
 
 // Registrar stores registrations durably (registry.Registry).
 type Registrar interface {
@@ -305,7 +310,7 @@ func validateRegister(req *registerRequest) (registry.Registration, []string) {
 			problems = append(problems, name+": empty")
 		case len(*v) > max:
 			problems = append(problems, fmt.Sprintf("%s: longer than %d bytes", name, max))
-		case !printable(*v):
+		case !printableName(*v):
 			problems = append(problems, name+": not printable UTF-8")
 		default:
 			return *v
@@ -319,6 +324,9 @@ func validateRegister(req *registerRequest) (registry.Registration, []string) {
 		if _, err := hex.DecodeString(t); err != nil || len(t) < MinTokenLen {
 			problems = append(problems, "ApsDeviceToken: not a hex device token")
 		}
+		// One device, one spelling: the same token in lower case must
+		// not become a second registration and a second push.
+		reg.DeviceToken = registry.FoldToken(t)
 	}
 	if sub := need("ApsSubtopic", req.ApsSubtopic, 64); sub != "" && sub != Subtopic {
 		problems = append(problems, "ApsSubtopic: must be "+Subtopic)
@@ -357,13 +365,32 @@ func totalLen(names []string) int {
 	return n
 }
 
-// printable refuses control characters and U+FFFD, which is what
-// encoding/json makes of an escaped lone surrogate ("\ud800"), and which
-// ranging over invalid UTF-8 yields.
-func printable(s string) bool {
-	for _, r := range s {
-		if r < 0x20 || r == 0x7f || r == utf8.RuneError {
+// printable refuses what cannot be shown as it is: control characters
+// (C0, DEL, and C1 such as U+0085 and U+009B, which a terminal may obey as
+// a newline or the start of an escape sequence), the line and paragraph
+// separators U+2028 and U+2029, and U+FFFD, which is what encoding/json
+// makes of an escaped lone surrogate ("\ud800"). Mailbox names keep
+// Unicode format characters: the joiners in emoji and in some scripts are
+// part of real folder names (the admin commands show them escaped).
+func printable(s string) bool { return printableText(s, false) }
+
+// printableName is printable without Unicode format characters either
+// (bidirectional overrides such as U+202E, zero-width characters, the
+// byte-order mark): for user names, account ids and event names, which
+// an admin reads, compares and types.
+func printableName(s string) bool { return printableText(s, true) }
+
+func printableText(s string, noFormat bool) bool {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c < 0x20 || c == 0x7f {
 			return false
+		} else if c >= utf8.RuneSelf {
+			for _, r := range s[i:] {
+				if unicode.In(r, unicode.Cc, unicode.Zl, unicode.Zp) || r == utf8.RuneError || noFormat && unicode.Is(unicode.Cf, r) {
+					return false
+				}
+			}
+			return true
 		}
 	}
 	return true
@@ -380,11 +407,13 @@ func (h *handler) notify(w http.ResponseWriter, r *http.Request) {
 	for _, f := range []struct {
 		name string
 		v    *string
-	}{{"Username", req.Username}, {"Mailbox", req.Mailbox}} {
+		max  int
+		ok   func(string) bool
+	}{{"Username", req.Username, MaxUsernameLen, printableName}, {"Mailbox", req.Mailbox, maxNotifyMailboxLen, printable}} {
 		switch {
 		case f.v == nil || *f.v == "":
 			problems = append(problems, f.name+": missing or empty")
-		case len(*f.v) > MaxUsernameLen+MaxMailboxLen || !printable(*f.v):
+		case len(*f.v) > f.max || !f.ok(*f.v):
 			problems = append(problems, f.name+": overlong or unprintable")
 		}
 	}
@@ -396,7 +425,7 @@ func (h *handler) notify(w http.ResponseWriter, r *http.Request) {
 		problems = append(problems, fmt.Sprintf("Events: more than %d", MaxEvents))
 	default:
 		for _, e := range req.Events {
-			if e == "" || len(e) > 64 || !printable(e) {
+			if e == "" || len(e) > 64 || !printableName(e) {
 				problems = append(problems, "Events: an empty, overlong or unprintable event name")
 				break
 			}

@@ -305,6 +305,77 @@ func TestBadNotifications(t *testing.T) {
 	}
 }
 
+// "Printable" covers Unicode too: user names with C1 controls (U+0085,
+// U+009B, which a terminal may obey), the line separator U+2028 or format
+// characters (U+202E reverses what follows, U+200B hides) are refused in
+// /register and /notify alike. Mailbox names are refused for controls and
+// separators, but keep format characters: a folder named with an emoji
+// sequence (joined by U+200D) is a real folder.
+func TestUnicodeControlAndFormatCharactersAreRefused(t *testing.T) {
+	for _, c := range []string{`\u0085`, `\u009b`, `\u2028`, `\u2029`, `\u202e`, `\u200b`, `\ufeff`, `\u0000`} {
+		e := newEnv(t)
+		user := "Ali" + c + "ce@Example.com"
+		body := strings.Replace(pluginRegister, "Alice@Example.com", user, 1)
+		if status, reason, _ := e.do(t, "POST", "/register", body); status != 400 || !strings.Contains(reason, "Username: not printable") {
+			t.Errorf("user name with %s: /register = %d %q, want 400", c, status, reason)
+		}
+		if n := len(e.reg.List("")); n != 0 {
+			t.Errorf("user name with %s: stored", c)
+		}
+		body = strings.Replace(pluginNotify, "Alice@Example.com", user, 1)
+		if status, reason, _ := e.do(t, "POST", "/notify", body); status != 400 || !strings.Contains(reason, "Username") || len(e.notif.calls) != 0 {
+			t.Errorf("user name with %s: /notify = %d %q, want 400", c, status, reason)
+		}
+	}
+	for _, c := range []string{`\u0085`, `\u009b`, `\u2028`} {
+		e := newEnv(t)
+		body := strings.Replace(pluginRegister, `"Notes"`, `"No`+c+`tes"`, 1)
+		if status, reason, _ := e.do(t, "POST", "/register", body); status != 400 || !strings.Contains(reason, "Mailboxes") {
+			t.Errorf("mailbox with %s: /register = %d %q, want 400", c, status, reason)
+		}
+	}
+	e := newEnv(t)
+	family := "\U0001F468\u200D\U0001F469\u200D\U0001F467 Family"
+	if status, reason, _ := e.do(t, "POST", "/register", strings.Replace(pluginRegister, `"Notes"`, `"`+family+`"`, 1)); status != 200 {
+		t.Errorf("a folder named with an emoji sequence: /register = %d %q, want 200", status, reason)
+	}
+}
+
+// /notify takes user names up to the length /register stores, not more.
+func TestNotifyAndRegisterShareTheUserNameLimit(t *testing.T) {
+	long := strings.Repeat("u", MaxUsernameLen-len("@example.com")) + "@example.com"
+	e := newEnv(t)
+	if status, _, _ := e.do(t, "POST", "/register", strings.Replace(pluginRegister, "Alice@Example.com", long, 1)); status != 200 {
+		t.Errorf("/register with a %d-byte user name = %d, want 200", len(long), status)
+	}
+	if status, _, _ := e.do(t, "POST", "/notify", strings.Replace(pluginNotify, "Alice@Example.com", long, 1)); status != 200 {
+		t.Errorf("/notify with a %d-byte user name = %d, want 200", len(long), status)
+	}
+	longer := "x" + long
+	if status, _, _ := e.do(t, "POST", "/register", strings.Replace(pluginRegister, "Alice@Example.com", longer, 1)); status != 400 {
+		t.Errorf("/register with a %d-byte user name = %d, want 400", len(longer), status)
+	}
+	if status, reason, _ := e.do(t, "POST", "/notify", strings.Replace(pluginNotify, "Alice@Example.com", longer, 1)); status != 400 || !strings.Contains(reason, "Username") {
+		t.Errorf("/notify with a %d-byte user name = %d %q, want 400 like /register", len(longer), status, reason)
+	}
+}
+
+// A device token sent once in lower and once in upper case is one device:
+// one registration, stored in upper case, so each event is one push.
+func TestDeviceTokenSpellingsAreOneDevice(t *testing.T) {
+	e := newEnv(t)
+	hexTok := "2918a9f218931890821908309283098109381029309829018310983092892bcd"
+	for _, spelling := range []string{hexTok, strings.ToUpper(hexTok), "2918A9f218931890821908309283098109381029309829018310983092892Bcd"} {
+		if status, _, _ := e.do(t, "POST", "/register", strings.Replace(pluginRegister, tok, spelling, 1)); status != 200 {
+			t.Fatalf("register %s = %d", spelling, status)
+		}
+	}
+	got := e.reg.List("")
+	if len(got) != 1 || got[0].DeviceToken != strings.ToUpper(hexTok) {
+		t.Errorf("stored %+v, want one registration with the token in upper case", got)
+	}
+}
+
 func TestRoutingLikeTheOldDaemon(t *testing.T) {
 	e := newEnv(t)
 	if status, body, _ := e.do(t, "GET", "/nothing", ""); status != 404 || body != "404 page not found\n" {

@@ -158,7 +158,7 @@ func openJournal(r *Registry, path string) (*journal, error) {
 			// expired; count them from now so they expire if unused.
 			rec.RegistrationTime = now
 		}
-		r.applyPut(rec)
+		r.loadPut(rec)
 	}
 	snap, data, exists, err := j.loadSnapshot(load)
 	if err != nil {
@@ -273,7 +273,7 @@ func (j *journal) loadSnapshot(load func(record)) (snap *snapshot, data []byte, 
 		// A million registrations make a map this large; growing it
 		// step by step would cost a good part of the load. Lines are
 		// about 200 bytes.
-		j.r.users = make(map[string][]entry, st.Size()/200)
+		j.r.presize(int(st.Size() / 200))
 	}
 	seq, ok, err := streamSnapshot(f, load)
 	if err != nil {
@@ -505,24 +505,37 @@ func (r *Registry) apply(rec record) {
 
 // applyPut inserts or replaces a registration without journaling it.
 // Caller holds mu (or is loading).
-func (r *Registry) applyPut(rec record) {
+func (r *Registry) applyPut(rec record) { r.put(rec, false) }
+
+// loadPut is applyPut for a registration loaded among all the others (a
+// snapshot, the database's rows), where one device can appear twice: an
+// older xapsd stored its token in upper and in lower case apart. The
+// newer of the two is kept. Caller holds mu (or is loading).
+func (r *Registry) loadPut(rec record) { r.put(rec, true) }
+
+func (r *Registry) put(rec record, keepNewer bool) {
 	rec.User = FoldUser(rec.User)
-	e := entry{accountID: rec.AccountID, deviceToken: rec.DeviceToken, boxes: r.internBoxes(rec.Mailboxes),
-		registered: rec.RegistrationTime.UnixNano()}
+	rec.DeviceToken = FoldToken(rec.DeviceToken)
+	registered := rec.RegistrationTime.UnixNano()
 	regs := r.users[rec.User]
 	for i := range regs {
 		if regs[i].accountID == rec.AccountID && regs[i].deviceToken == rec.DeviceToken {
+			if keepNewer && regs[i].registered > registered {
+				return
+			}
 			r.releaseBoxes(regs[i].boxes)
-			regs[i] = e
+			regs[i] = entry{accountID: rec.AccountID, deviceToken: rec.DeviceToken, boxes: r.internBoxes(rec.Mailboxes), registered: registered}
 			return
 		}
 	}
+	e := entry{accountID: rec.AccountID, deviceToken: rec.DeviceToken, boxes: r.internBoxes(rec.Mailboxes), registered: registered}
 	r.users[rec.User] = append(regs, e)
 	r.count++
 }
 
 func (r *Registry) applyDel(rec record) {
 	rec.User = FoldUser(rec.User)
+	rec.DeviceToken = FoldToken(rec.DeviceToken)
 	regs := r.users[rec.User]
 	for i := range regs {
 		if regs[i].accountID == rec.AccountID && regs[i].deviceToken == rec.DeviceToken {

@@ -175,7 +175,7 @@ func (p *pgPersister) reloadAll(ctx context.Context) error {
 	st := p.st.Load()
 	fresh := &Registry{opts: p.r.opts, log: p.r.log, users: make(map[string][]entry), boxes: make(map[string]*mailboxSet)}
 	err := st.LoadAll(ctx, func(g pgstore.Registration) {
-		fresh.applyPut(record{User: g.User, AccountID: g.AccountID, DeviceToken: g.DeviceToken,
+		fresh.loadPut(record{User: g.User, AccountID: g.AccountID, DeviceToken: g.DeviceToken,
 			Mailboxes: g.Mailboxes, RegistrationTime: g.Registered})
 	})
 	if err != nil {
@@ -222,8 +222,24 @@ func (r *Registry) replaceUser(user string, regs []pgstore.Registration) {
 		delete(r.users, user)
 		return
 	}
-	es := make([]entry, 0, len(regs))
+	// One device per token whatever its case (loadPut): rows an older
+	// xapsd stored in both spellings become the newer one.
+	keep := make([]pgstore.Registration, 0, len(regs))
+next:
 	for _, g := range regs {
+		g.DeviceToken = FoldToken(g.DeviceToken)
+		for i := range keep {
+			if keep[i].AccountID == g.AccountID && keep[i].DeviceToken == g.DeviceToken {
+				if g.Registered.After(keep[i].Registered) {
+					keep[i] = g
+				}
+				continue next
+			}
+		}
+		keep = append(keep, g)
+	}
+	es := make([]entry, 0, len(keep))
+	for _, g := range keep {
 		es = append(es, entry{accountID: g.AccountID, deviceToken: g.DeviceToken,
 			boxes: r.internBoxes(g.Mailboxes), registered: g.Registered.UnixNano()})
 	}

@@ -201,3 +201,57 @@ func TestPostgresImportKeepsTheNewer(t *testing.T) {
 		t.Error("import did not add hank")
 	}
 }
+
+// Rows an older xapsd stored for one device in both spellings of its
+// token become one: the migration keeps the newer row, upper case; a
+// daemon loads such rows (from a daemon not yet upgraded) as one device;
+// and a removal takes the device in any spelling.
+func TestPostgresTokenSpellingsAreOneDevice(t *testing.T) {
+	c := pgCluster(t)
+	a := openPG(t, c, "a")
+	a.Close()
+	// The database as an older xapsd left it: schema 1, both spellings.
+	if out, err := c.SQL(`DELETE FROM xapsd_schema WHERE version > 1;
+		INSERT INTO xapsd_registrations VALUES
+		('ann', 'A', 'abcdef0123456789', '{INBOX}', now() - interval '1 hour'),
+		('ann', 'A', 'ABCDEF0123456789', '{INBOX,Newer}', now() - interval '1 minute'),
+		('bea', 'B', 'ABCDEF0123456789', '{INBOX}', now() - interval '1 hour'),
+		('bea', 'B', 'abcdef0123456789', '{INBOX,Newer}', now() - interval '1 minute')`); err != nil {
+		t.Fatalf("%v %s", err, out)
+	}
+	b := openPG(t, c, "b")
+	for _, user := range []string{"ann", "bea"} {
+		got := b.List(user)
+		if len(got) != 1 || got[0].DeviceToken != "ABCDEF0123456789" || len(got[0].Mailboxes) != 2 {
+			t.Errorf("%s: %+v, want the newer registration once, upper case", user, got)
+		}
+	}
+	if out, err := c.SQL(`SELECT string_agg(username || ' ' || device_token || ' ' || array_length(mailboxes, 1), ',' ORDER BY username) FROM xapsd_registrations`); err != nil ||
+		out != "ann ABCDEF0123456789 2,bea ABCDEF0123456789 2" {
+		t.Errorf("after the migration the table holds %q (%v)", out, err)
+	}
+
+	// A row in lower case written since (a daemon not yet upgraded).
+	if out, err := c.SQL(`INSERT INTO xapsd_registrations VALUES
+		('cid', 'C', 'abcdef0123456789', '{INBOX}', now() - interval '1 hour'),
+		('cid', 'C', 'ABCDEF0123456789', '{INBOX,Newer}', now() - interval '1 minute')`); err != nil {
+		t.Fatalf("%v %s", err, out)
+	}
+	d := openPG(t, c, "d")
+	if got := d.List("cid"); len(got) != 1 || got[0].DeviceToken != "ABCDEF0123456789" || len(got[0].Mailboxes) != 2 {
+		t.Errorf("cid: %+v, want the newer registration once, upper case", got)
+	}
+	if targets(d, "cid") != 1 {
+		t.Error("one event would push twice")
+	}
+	// Apple's 410 removes the device, both rows of it.
+	if !d.Remove(Key{User: "cid", AccountID: "C", DeviceToken: "ABCDEF0123456789"}, time.Time{}) {
+		t.Fatal("Remove did not remove cid's device")
+	}
+	if out, err := c.SQL(`SELECT count(*) FROM xapsd_registrations WHERE username = 'cid'`); err != nil || out != "0" {
+		t.Errorf("after the removal cid has %s rows (%v), want 0", out, err)
+	}
+	if targets(d, "cid") != 0 {
+		t.Error("the removed device is still in memory")
+	}
+}
