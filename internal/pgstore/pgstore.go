@@ -93,6 +93,12 @@ type Store struct {
 // ErrSchemaTooNew means the database was migrated by a newer xapsd.
 var ErrSchemaTooNew = errors.New("database schema is newer than this xapsd")
 
+// ErrOutcomeUnknown is wrapped by Commit's error when a COMMIT was sent
+// but its answer never came (the deadline passed while the server waited
+// for a synchronous standby, the connection broke): the changes may be
+// in the database, now or later, or not at all.
+var ErrOutcomeUnknown = errors.New("the database did not confirm the commit; its outcome is unknown")
+
 // ParseConfig reads the URL and the password file.
 func ParseConfig(o Options) (*pgxpool.Config, error) {
 	cfg, err := pgxpool.ParseConfig(o.URL)
@@ -261,15 +267,36 @@ func loadUsers(ctx context.Context, q querier, users []string) (map[string][]Reg
 // whose outcome is unknown can simply run again: a deadlock with another
 // daemon's commit, a connection the server terminated (a restart leaves
 // every pooled connection so) and other connection failures are retried a
-// few times before the error goes to the caller.
+// few times before the error goes to the caller. When an attempt's COMMIT
+// got no answer and no later attempt succeeded, the error wraps
+// ErrOutcomeUnknown: the changes may still appear, and the caller must
+// look at the users again rather than take them as refused.
 func (s *Store) Commit(ctx context.Context, changes []Change) (map[string][]Registration, error) {
+	unknown := false
 	for attempt := 0; ; attempt++ {
 		state, err := s.commitOnce(ctx, changes)
+		if errors.Is(err, ErrOutcomeUnknown) {
+			unknown = true
+		}
 		if err == nil || attempt >= 4 || !retryable(err) || ctx.Err() != nil {
+			if err != nil && unknown && !errors.Is(err, ErrOutcomeUnknown) {
+				err = fmt.Errorf("%w; an earlier attempt: %w", err, ErrOutcomeUnknown)
+			}
 			return state, err
 		}
 		time.Sleep(time.Duration(attempt+1) * 10 * time.Millisecond)
 	}
+}
+
+// commitFailed classifies the error of a COMMIT: one the server sent
+// (a serialization failure, say) means rolled back; anything else (a
+// deadline, a broken connection) leaves the outcome unknown.
+func commitFailed(err error) error {
+	var pe *pgconn.PgError
+	if errors.As(err, &pe) {
+		return fmt.Errorf("commit: %w", err)
+	}
+	return fmt.Errorf("commit: %w: %w", ErrOutcomeUnknown, err)
 }
 
 func retryable(err error) bool {
@@ -389,9 +416,41 @@ func (s *Store) commitOnce(ctx context.Context, changes []Change) (map[string][]
 		return nil, fmt.Errorf("commit: %w", err)
 	}
 	if err := tx.Commit(ctx); err != nil {
-		return nil, fmt.Errorf("commit: %w", err)
+		return nil, commitFailed(err)
 	}
 	return state, nil
+}
+
+// Writable checks that the database commits a write now, the way a
+// commit needs it to: a transaction that writes (a row of xapsd_schema
+// updated to what it holds), so that its COMMIT is flushed and, with
+// synchronous replication, waits for the standby, but that changes
+// nothing. (A transaction that only takes a transaction id writes no WAL
+// of its own, and PostgreSQL lets its COMMIT skip the standby.) A
+// read-only server (a standby) fails it at once. The server's own
+// statement_timeout for it is a little longer than ctx, so that a COMMIT
+// still waiting for a standby after the caller gave up does not keep a
+// session on the server for good.
+func (s *Store) Writable(ctx context.Context) error {
+	tx, err := s.pool.Begin(ctx)
+	if err != nil {
+		return fmt.Errorf("check for writes: %w", err)
+	}
+	defer tx.Rollback(context.Background())
+	wait := 10 * time.Second
+	if deadline, ok := ctx.Deadline(); ok {
+		wait = time.Until(deadline) + 2*time.Second
+	}
+	if _, err := tx.Exec(ctx, fmt.Sprintf("SET LOCAL statement_timeout = %d", max(wait.Milliseconds(), 1))); err != nil {
+		return fmt.Errorf("check for writes: %w", err)
+	}
+	if _, err := tx.Exec(ctx, `UPDATE xapsd_schema SET applied_at = applied_at WHERE version = 1`); err != nil {
+		return fmt.Errorf("check for writes: %w", err)
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return fmt.Errorf("check for writes: %w", err)
+	}
+	return nil
 }
 
 // Expire removes the registrations not refreshed since cutoff and returns

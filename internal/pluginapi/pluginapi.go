@@ -271,6 +271,12 @@ func (h *handler) register(w http.ResponseWriter, r *http.Request) {
 			fail(w, http.StatusServiceUnavailable, "registry full: the server takes no new devices now")
 			return
 		}
+		if errors.Is(err, registry.ErrUnconfirmed) {
+			// The registry logs it, and reads the user again until the
+			// database says whether it was stored.
+			fail(w, http.StatusServiceUnavailable, "registry unavailable: the database did not confirm the registration in time; it may still be stored")
+			return
+		}
 		if errors.Is(err, registry.ErrUnavailable) {
 			h.Log.WithError(err).WithField("user", reg.User).Error("registration not stored: the registry database cannot be reached")
 			fail(w, http.StatusServiceUnavailable, "registry unavailable: the server cannot store registrations right now")

@@ -535,6 +535,28 @@ func TestRegisterWithTheDatabaseDownIs503(t *testing.T) {
 	}
 }
 
+type unconfirmedRegistrar struct{}
+
+func (unconfirmedRegistrar) Register(context.Context, registry.Registration) error {
+	return fmt.Errorf("%w: %w: commit: timeout", registry.ErrUnavailable, registry.ErrUnconfirmed)
+}
+
+// A commit the database did not confirm is a 503 that says the
+// registration may still be stored, not that it was refused.
+func TestUnconfirmedRegistrationIs503ThatMayBeStored(t *testing.T) {
+	srv := httptest.NewServer(NewHandler(Options{Registrar: unconfirmedRegistrar{}, Notifier: &fakeNotifier{},
+		Topic: func() (string, error) { return topic, nil }}))
+	defer srv.Close()
+	resp, err := http.Post(srv.URL+"/register", "application/json", strings.NewReader(pluginRegister))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != 503 || !strings.Contains(string(b), "registry unavailable") || !strings.Contains(string(b), "may still be stored") {
+		t.Errorf("= %d %q, want 503 saying it may still be stored", resp.StatusCode, b)
+	}
+}
+
 func TestPublicReason(t *testing.T) {
 	for in, want := range map[string]string{
 		"certificate /etc/xapsd/push.pem has expired":                       "certificate push.pem has expired",

@@ -108,8 +108,9 @@ type Options struct {
 	// one fsync and how long the write and fsync took.
 	OnSync func(records int, d time.Duration)
 	// CheckEvery is how often the journal writer looks for state files
-	// deleted under it and, after a failed write, tries whether the disk
-	// takes writes again (default 5 s).
+	// deleted under it, and how often, after a failed write, the store
+	// tries whether the disk (or PostgreSQL) takes writes again, so that
+	// Health recovers without a registration (default 5 s).
 	CheckEvery time.Duration
 	// Postgres, when set, keeps the registry in that database instead of
 	// Path's files (postgres.go).
