@@ -196,6 +196,9 @@ func Run(ctx context.Context, o Options) error {
 		Log:       o.Log.WithField("component", "pluginapi"),
 		Observe:   d.metrics.ObserveRequest,
 		Secret:    secret,
+		// The secret's holder (or, without a secret, any client that
+		// sends a request) keeps its connection over ones that did not.
+		Authenticated: connlimit.Trust,
 	})
 
 	d.serve(handler)
@@ -299,7 +302,7 @@ func (d *Daemon) bind(cfg *config.Config) error {
 		d.metrics.ObserveEviction()
 		if logging.EveryMinute(&d.lastEvict) {
 			d.log.WithFields(logrus.Fields{"component": "pluginapi", "limit": pluginConns, "file_limit": limit}).
-				Warn("connection limit reached: closing the longest-idle connections to make room; logged at most once a minute")
+				Warn("connection limit reached: closing connections without the plugin's secret, then the longest-idle ones, to make room; logged at most once a minute")
 		}
 	}
 	lns, err := listenPlugin(cfg, d.log.WithField("component", "daemon"), net.Listen)
@@ -368,11 +371,13 @@ func (d *Daemon) serve(h http.Handler) {
 			// idle ones do not pile up.
 			IdleTimeout:    2 * time.Minute,
 			MaxHeaderBytes: 64 << 10,
-			ConnState:      d.conns.ConnState,
 		}
 		if ln == d.tlsListener {
 			srv.TLSConfig = d.tlsConfig
 		}
+		// The plugin's connections: the ones with its secret are the
+		// last closed for room, the others have FirstRequestDeadline.
+		d.conns.Configure(srv)
 		d.servers = append(d.servers, srv)
 		d.listeners[i] = d.conns.Listener(ln)
 	}

@@ -82,6 +82,10 @@ type Options struct {
 	// Secret, when not empty, must come with every /register and
 	// /notify as "Authorization: Bearer <secret>" (pluginSecretFile).
 	Secret []byte
+	// Authenticated, when set, sees each /register and /notify that
+	// passed the secret check (every one, without a secret), before its
+	// body is read: its connection is the plugin's (connlimit.Trust).
+	Authenticated func(*http.Request)
 }
 
 type handler struct {
@@ -129,10 +133,34 @@ func (h *handler) authorized(r *http.Request) bool {
 func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
 	sw := &statusWriter{ResponseWriter: w, status: http.StatusOK}
+	body := &bodyReader{ReadCloser: r.Body}
+	r.Body = body
 	h.route(sw, r)
+	if !body.done {
+		// Answered without reading the whole body (a refusal, /healthz):
+		// the server would otherwise read what is left before the next
+		// request, for as long as the client takes to send it, or never
+		// send it. Cutting the read closes the connection instead.
+		http.NewResponseController(w).SetReadDeadline(time.Now())
+	}
 	if h.Observe != nil {
 		h.Observe(r.URL.Path, sw.status, time.Since(start))
 	}
+}
+
+// bodyReader notes whether the request's body was read to its end (an
+// empty one counts as read).
+type bodyReader struct {
+	io.ReadCloser
+	done bool
+}
+
+func (b *bodyReader) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	if errors.Is(err, io.EOF) {
+		b.done = true
+	}
+	return n, err
 }
 
 func (h *handler) route(w http.ResponseWriter, r *http.Request) {
@@ -155,13 +183,21 @@ func (h *handler) route(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if allow == http.MethodPost && !h.authorized(r) {
-		// Before the body is read: nothing of the request counts.
+		// Right after the headers, and the body is never read: a client
+		// without the secret gets nothing of the server, not even the
+		// time it would take to send its body. Its connection is closed
+		// (ServeHTTP cuts the body's read), so it has to connect again,
+		// at the back of the queue.
 		if logging.EveryMinute(&h.lastAuthLog) {
 			h.Log.WithField("remote", r.RemoteAddr).Warn("refused requests without the plugin's secret (pluginSecretFile); logged at most once a minute")
 		}
 		w.Header().Set("WWW-Authenticate", `Bearer realm="xapsd"`)
+		w.Header().Set("Connection", "close")
 		fail(w, http.StatusUnauthorized, "unauthorized: the request lacks the secret of pluginSecretFile")
 		return
+	}
+	if allow == http.MethodPost && h.Authenticated != nil {
+		h.Authenticated(r)
 	}
 	serve(w, r)
 }

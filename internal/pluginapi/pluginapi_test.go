@@ -1,17 +1,20 @@
 package pluginapi
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -465,6 +468,55 @@ func TestSecretIsRequired(t *testing.T) {
 	}
 	if status, _, _ := e.do(t, "GET", "/healthz", ""); status != 200 {
 		t.Errorf("healthz = %d, want 200 without a secret", status)
+	}
+}
+
+// A request without the secret is answered 401 as soon as its headers are
+// read, whatever its body does (announced and never sent, or chunked and
+// never ended), and its connection is closed: waiting for the body would
+// hold the connection for as long as the client likes. Only requests
+// that passed the check reach Authenticated.
+func TestUnauthenticatedRequestsAreRefusedBeforeTheirBody(t *testing.T) {
+	var authenticated atomic.Int64
+	e := newEnv(t)
+	e.srv.Config.Handler = NewHandler(Options{Registrar: e.reg, Notifier: e.notif, Secret: []byte(secret),
+		Topic: func() (string, error) { return topic, nil }, Authenticated: func(*http.Request) { authenticated.Add(1) }})
+	addr := strings.TrimPrefix(e.srv.URL, "http://")
+	for name, head := range map[string]string{
+		"announced body never sent": "POST /register HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n",
+		"chunked body never ended":  "POST /notify HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n10\r\n{\"Username\":\"a\",",
+		"wrong secret":              "POST /register HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer nope\r\nContent-Length: 1000\r\n\r\n{",
+	} {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		if _, err := io.WriteString(c, head); err != nil {
+			t.Fatal(err)
+		}
+		br := bufio.NewReader(c)
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			t.Errorf("%s: no answer within 5 s: %v", name, err)
+			c.Close()
+			continue
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 401 {
+			t.Errorf("%s: %d, want 401", name, resp.StatusCode)
+		}
+		if _, err := br.ReadByte(); err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
+			t.Errorf("%s: the connection stays open after the 401 (%v)", name, err)
+		}
+		c.Close()
+	}
+	if n := authenticated.Load(); n != 0 {
+		t.Errorf("Authenticated saw %d refused requests", n)
+	}
+	if status, _, _ := e.doAuth(t, "POST", "/register", pluginRegister, "Bearer "+secret); status != 200 || authenticated.Load() != 1 {
+		t.Errorf("with the secret: %d, Authenticated saw %d, want 200 and 1", status, authenticated.Load())
 	}
 }
 

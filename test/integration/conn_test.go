@@ -3,12 +3,14 @@ package integration
 import (
 	"bufio"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -83,4 +85,101 @@ func TestIdleConnectionFloodUnderAFileLimit(t *testing.T) {
 	if !d.waitLog("connection limit reached", 5*time.Second) {
 		t.Error("no warning about the connection limit")
 	}
+}
+
+// attack holds connections to addr without the plugin's secret until stop
+// closes, as three kinds of client: most announce a body they never send
+// (which the daemon used to wait for, 30 s, with the connection counted
+// as busy), one in ten says nothing, one in ten sends its headers a byte
+// at a time. Each connects again as soon as the daemon closes it.
+func attack(addr string, clients int, stop <-chan struct{}, wg *sync.WaitGroup) {
+	for i := range clients {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				c, err := net.DialTimeout("tcp", addr, 2*time.Second)
+				if err != nil {
+					time.Sleep(10 * time.Millisecond)
+					continue
+				}
+				go func() { <-stop; c.Close() }()
+				switch i % 10 {
+				default:
+					fmt.Fprintf(c, "POST /register HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n")
+				case 8:
+				case 9:
+					go func() {
+						for _, b := range []byte("POST /notify HTTP/1.1\r\nHost: x\r\nX-Slow: ") {
+							if _, err := c.Write([]byte{b}); err != nil {
+								return
+							}
+							select {
+							case <-stop:
+								return
+							case <-time.After(500 * time.Millisecond):
+							}
+						}
+					}()
+				}
+				io.Copy(io.Discard, c) // until the daemon closes it
+				c.Close()
+			}
+		}()
+	}
+}
+
+// Clients without the plugin's secret cannot delay the plugin: under a
+// small file limit, with more of them holding connections than the daemon
+// has room for (announcing bodies they never send, saying nothing, sending
+// their headers a byte at a time, and connecting again when closed), every
+// request with the secret is answered within the plugin's timeout.
+func TestUnauthenticatedClientsCannotHoldThePluginPort(t *testing.T) {
+	if _, err := exec.LookPath("prlimit"); err != nil {
+		t.Skip("SKIPPED: prlimit (util-linux) is not installed")
+	}
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "plugin.secret"), []byte(pluginSecret+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	addr := writeConfig(t, dir, "apnsEndpoint: dry-run\nloglevel: info\npluginSecretFile: plugin.secret\n")
+	wrapper := filepath.Join(dir, "xapsd-limited")
+	// 256 descriptors: room for 96 plugin connections.
+	writeScript(t, wrapper, "#!/bin/sh\nexec prlimit --nofile=256:256 "+xapsdBin+" \"$@\"\n")
+	d := startDaemonBin(t, wrapper, dir, addr)
+
+	stop := make(chan struct{})
+	var attackers sync.WaitGroup
+	attack(addr, 150, stop, &attackers)
+	defer func() { close(stop); attackers.Wait() }()
+	if !d.waitLog("connection limit reached", 20*time.Second) {
+		t.Fatal("the attackers never filled the connection budget: the test did not test anything")
+	}
+	hc := &http.Client{Timeout: 5 * time.Second} // the plugin's default timeout
+	slowest := time.Duration(0)
+	for i := range 20 {
+		req, _ := http.NewRequest(http.MethodPost, "http://"+addr+"/register",
+			strings.NewReader(registerBody(fmt.Sprintf("user%d@example.com", i), acc, token(i))))
+		req.Header.Set("Authorization", "Bearer "+pluginSecret)
+		start := time.Now()
+		resp, err := hc.Do(req)
+		took := time.Since(start)
+		if err != nil {
+			t.Fatalf("register %d behind the unauthenticated clients: %v (after %v)", i, err, took)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != 200 {
+			t.Fatalf("register %d: status %d", i, resp.StatusCode)
+		}
+		slowest = max(slowest, took)
+		if i%2 == 0 {
+			hc.CloseIdleConnections() // half of them on a new connection
+		}
+	}
+	t.Logf("slowest of 20 registrations behind 150 unauthenticated clients: %v", slowest)
 }
