@@ -5,14 +5,21 @@
 // The server says which connections matter: Trust marks the connection of
 // a request that proved who sent it (the plugin's shared secret, or any
 // request where none is required). At the bound, a listener makes room
-// before it accepts: it closes the connection that has waited longest
-// without being trusted and without a request in its handler (one that
-// connected and said nothing, is still sending its headers, or only asked
-// for something that needs no secret), and only when there is none, the
-// trusted connection that has been idle longest (a keep-alive connection
-// between requests, which any HTTP client must expect to lose). A
-// connection whose request is in its handler is never closed; when every
-// connection is, Accept waits, leaving new ones in the kernel's backlog.
+// for a connection it accepted: it closes the connection that has waited
+// longest without being trusted and without a request in its handler (one
+// that connected and said nothing, is still sending its headers, or only
+// asked for something that needs no secret). While there are untrusted
+// connections, no trusted one is closed: those not yet candidates become
+// candidates (or trusted) within Grace. Only when every connection is
+// trusted or busy is the trusted connection idle longest closed (a
+// keep-alive connection between requests, which any HTTP client must
+// expect to lose). A connection whose request is in its handler is never
+// closed, nor one younger than Grace, nor one with bytes the server has
+// not read yet (a request on its way to the handler, which closing would
+// cut): a client that sends its request at once, as the plugin does,
+// keeps its new connection even in a burst of others. When there is no
+// candidate, Accept waits, leaving new connections in the kernel's
+// backlog.
 // A connection also has FirstRequestDeadline to bring its first request
 // to the handler, or it is closed: whoever has not even sent its headers
 // by then is not a client that matters. There is deliberately no
@@ -28,13 +35,21 @@ import (
 	"net"
 	"net/http"
 	"sync"
+	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // FirstRequestDeadline is how long a new connection has to bring its
 // first request's headers (and, on the TLS listener, its handshake); a
 // real client sends them at once.
 const FirstRequestDeadline = 3 * time.Second
+
+// Grace is how long a new connection is safe from being closed for room:
+// time to send its first bytes (which then protect it until the server
+// has read them).
+const Grace = 250 * time.Millisecond
 
 // Pool is the budget of connections shared by one or more listeners.
 type Pool struct {
@@ -50,9 +65,12 @@ type Pool struct {
 	untrusted *list.List         // *conn not trusted, no request in the handler; longest waiting first
 	idle      *list.List         // trusted *conn between requests, longest idle first
 	deadline  time.Duration      // FirstRequestDeadline; tests shorten it
+	grace     time.Duration      // Grace
+	now       func() time.Time
 }
 
 type tracked struct {
+	since    time.Time     // admitted
 	elem     *list.Element // nil while on no list
 	in       *list.List    // untrusted or idle: the list elem is on
 	trusted  bool
@@ -65,7 +83,8 @@ type tracked struct {
 
 // New returns a pool of at most max connections.
 func New(max int) *Pool {
-	p := &Pool{max: max, conns: make(map[*conn]*tracked), untrusted: list.New(), idle: list.New(), deadline: FirstRequestDeadline}
+	p := &Pool{max: max, conns: make(map[*conn]*tracked), untrusted: list.New(), idle: list.New(),
+		deadline: FirstRequestDeadline, grace: Grace, now: time.Now}
 	p.cond = sync.NewCond(&p.mu)
 	return p
 }
@@ -191,7 +210,8 @@ func (p *Pool) admit(l *listener, c *conn) error {
 		if l.closed {
 			return net.ErrClosed
 		}
-		if victim := p.victimLocked(); victim != nil {
+		victim, retry := p.victimLocked()
+		if victim != nil {
 			p.mu.Unlock()
 			victim.Close()
 			if p.OnEvict != nil {
@@ -200,8 +220,20 @@ func (p *Pool) admit(l *listener, c *conn) error {
 			p.mu.Lock()
 			continue
 		}
-		// Wait for a connection to close, go idle or lose its request.
+		// Wait for a connection to close or become a candidate; the ones
+		// passed over for now are looked at again when retry says.
+		var again *time.Timer
+		if retry > 0 {
+			again = time.AfterFunc(retry, func() {
+				p.mu.Lock()
+				p.cond.Broadcast()
+				p.mu.Unlock()
+			})
+		}
 		p.cond.Wait()
+		if again != nil {
+			again.Stop()
+		}
 	}
 	if l.closed {
 		return net.ErrClosed
@@ -211,23 +243,59 @@ func (p *Pool) admit(l *listener, c *conn) error {
 	return nil
 }
 
+// Candidates are looked at from the front of each list, at most maxLook
+// of them per list; one with a request on its way is looked at again
+// after recheck.
+const (
+	maxLook = 64
+	recheck = 10 * time.Millisecond
+)
+
 // victimLocked picks the connection to close for room, and takes it off
-// the lists so that no one else picks it too.
-func (p *Pool) victimLocked() *conn {
-	e := p.untrusted.Front()
-	if e == nil {
-		e = p.idle.Front()
+// the lists so that no one else picks it too. Without one, retry says
+// when one of those passed over may have become a candidate (0: only a
+// change of some connection's state can make one).
+func (p *Pool) victimLocked() (victim *conn, retry time.Duration) {
+	now := p.now()
+	soonest := func(d time.Duration) {
+		if retry == 0 || d < retry {
+			retry = d
+		}
 	}
-	if e == nil {
-		return nil
+	n := 0
+	for e := p.untrusted.Front(); e != nil && n < maxLook; e, n = e.Next(), n+1 {
+		c := e.Value.(*conn)
+		if young := p.grace - now.Sub(p.conns[c].since); young > 0 {
+			soonest(young)
+			continue
+		}
+		if c.unread() {
+			soonest(recheck)
+			continue
+		}
+		p.unlist(p.conns[c])
+		return c, 0
 	}
-	c := e.Value.(*conn)
-	p.unlist(p.conns[c])
-	return c
+	if p.untrusted.Len() > 0 {
+		// Wait for them rather than close a trusted connection.
+		soonest(recheck)
+		return nil, retry
+	}
+	n = 0
+	for e := p.idle.Front(); e != nil && n < maxLook; e, n = e.Next(), n+1 {
+		c := e.Value.(*conn)
+		if c.unread() {
+			soonest(recheck)
+			continue
+		}
+		p.unlist(p.conns[c])
+		return c, 0
+	}
+	return nil, retry
 }
 
 func (p *Pool) trackLocked(c *conn) {
-	t := &tracked{}
+	t := &tracked{since: p.now()}
 	t.elem, t.in = p.untrusted.PushBack(c), p.untrusted
 	t.deadline = time.AfterFunc(p.deadline, func() {
 		p.mu.Lock()
@@ -269,6 +337,9 @@ func (l *listener) Accept() (net.Conn, error) {
 		return nil, err
 	}
 	c := &conn{Conn: nc, p: l.p}
+	if sc, ok := nc.(syscall.Conn); ok {
+		c.raw, _ = sc.SyscallConn()
+	}
 	if err := l.p.admit(l, c); err != nil {
 		nc.Close()
 		return nil, err
@@ -287,7 +358,19 @@ func (l *listener) Close() error {
 type conn struct {
 	net.Conn
 	p    *Pool
+	raw  syscall.RawConn // for unread; nil when the listener gives none
 	once sync.Once
+}
+
+// unread reports whether the client sent bytes the server has not read
+// yet: the kernel holds them in the socket's receive queue.
+func (c *conn) unread() bool {
+	if c.raw == nil {
+		return false
+	}
+	n := 0
+	c.raw.Control(func(fd uintptr) { n, _ = unix.IoctlGetInt(int(fd), unix.SIOCINQ) })
+	return n > 0
 }
 
 func (c *conn) Close() error {

@@ -2,11 +2,13 @@ package connlimit
 
 import (
 	"bufio"
+	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -332,5 +334,65 @@ func TestTrustOverTLSAndHTTP2(t *testing.T) {
 		if !tr.trusted {
 			t.Error("the HTTP/2 connection of a trusted request is not trusted")
 		}
+	}
+}
+
+// A connection whose request is on its way (sent, not yet read by the
+// server) is not closed for room: in a burst of connections, the plugin's
+// new one, request sent at once, would otherwise be cut before the server
+// got to it. Once the server has read what it sent, it is a candidate like
+// any other.
+func TestConnectionWithAnUnreadRequestIsNotClosed(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := New(1)
+	l := p.Listener(ln)
+	defer l.Close()
+	first, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer first.Close()
+	io.WriteString(first, "GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+	held, err := l.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for !held.(*conn).unread() {
+		if time.Now().After(deadline) {
+			t.Fatal("the request never arrived")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	second, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer second.Close()
+	accepted := make(chan net.Conn, 1)
+	go func() {
+		c, err := l.Accept()
+		if err == nil {
+			accepted <- c
+		}
+	}()
+	select {
+	case <-accepted:
+		t.Fatal("a second connection was let in by closing one whose request was not read yet")
+	case <-time.After(200 * time.Millisecond):
+	}
+	held.Read(make([]byte, 4096)) // the server reads the request
+	select {
+	case c := <-accepted:
+		c.Close()
+	case <-time.After(5 * time.Second):
+		t.Fatal("the second connection still waits after the first one's request was read")
+	}
+	first.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := first.Read(make([]byte, 1)); err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Errorf("the first connection was not closed for room: %v", err)
 	}
 }
