@@ -34,6 +34,7 @@ import (
 
 	"github.com/xapsd/xapsd/internal/registry"
 	"github.com/xapsd/xapsd/internal/testutil/fakeapns"
+	"github.com/xapsd/xapsd/internal/testutil/noauth"
 	"github.com/xapsd/xapsd/internal/testutil/testpki"
 )
 
@@ -93,7 +94,7 @@ type soakRun struct {
 	notifies, notifyOK            atomic.Int64
 
 	stops       atomic.Int64 // kills and graceful stops begun
-	attackConns atomic.Int64 // connections the clients without the secret made
+	attackConns int64        // connections the clients without the secret made
 	slowMu      sync.Mutex
 	slow        []string // the first requests with the secret slower than slowAnswer, or failed
 	slowN       int
@@ -190,10 +191,15 @@ func runSoak(o options, length time.Duration) error {
 	go func() { defer bg.Done(); s.sampleRSS(stop) }()
 	go func() { defer bg.Done(); s.faults(begin, stop) }()
 	go func() { defer bg.Done(); s.chaos(length, canFill, stop) }()
-	for i := range soakAttackers {
-		bg.Add(1)
-		go func() { defer bg.Done(); s.attack(i, stop) }()
-	}
+	// Half announce a body they never send, a quarter say nothing, a
+	// quarter send their headers a byte every half second; each
+	// connects again 100 ms after it is closed (at once, 200 clients on
+	// this two-core machine would test its CPU, not the daemon's
+	// connections).
+	flood := noauth.Start(s.addr, noauth.Options{Clients: soakAttackers, Pause: 100 * time.Millisecond,
+		Kind: func(i int) noauth.Kind {
+			return []noauth.Kind{noauth.AnnouncedBody, noauth.AnnouncedBody, noauth.Silent, noauth.SlowHeaders}[i%4]
+		}})
 
 	var workers sync.WaitGroup
 	keys := make([][]*soakKey, soakWorkers)
@@ -208,6 +214,8 @@ func runSoak(o options, length time.Duration) error {
 	workers.Wait()
 	close(stop)
 	bg.Wait()
+	flood.Stop()
+	s.attackConns = flood.Conns()
 	if err := s.failed(); err != nil {
 		return err
 	}
@@ -433,65 +441,6 @@ func (s *soakRun) fillDisk(hold time.Duration) {
 	os.Remove(filler)
 }
 
-// attack is one client without the plugin's secret, holding a connection
-// for as long as the daemon lets it, and connecting again a moment after
-// it is closed (at once, 200 clients on this two-core machine would test
-// its CPU, not the daemon's connections): half announce a body they never
-// send, a quarter say nothing, a quarter send their headers a byte every
-// half second.
-func (s *soakRun) attack(i int, stop <-chan struct{}) {
-	for {
-		select {
-		case <-stop:
-			return
-		default:
-		}
-		c, err := net.DialTimeout("tcp", s.addr, 2*time.Second)
-		if err != nil {
-			select {
-			case <-stop:
-				return
-			case <-time.After(50 * time.Millisecond):
-			}
-			continue
-		}
-		s.attackConns.Add(1)
-		done := make(chan struct{})
-		go func() {
-			select {
-			case <-stop:
-			case <-done:
-			}
-			c.Close()
-		}()
-		switch i % 4 {
-		case 0, 1:
-			fmt.Fprintf(c, "POST /register HTTP/1.1\r\nHost: %s\r\nContent-Length: 1000\r\n\r\n", s.addr)
-		case 2:
-		case 3:
-			go func() {
-				for _, b := range []byte("POST /notify HTTP/1.1\r\nHost: x\r\nX-Slow: ") {
-					if _, err := c.Write([]byte{b}); err != nil {
-						return
-					}
-					select {
-					case <-done:
-						return
-					case <-time.After(500 * time.Millisecond):
-					}
-				}
-			}()
-		}
-		io.Copy(io.Discard, c) // until the daemon closes it
-		close(done)
-		select {
-		case <-stop:
-			return
-		case <-time.After(100 * time.Millisecond):
-		}
-	}
-}
-
 // timed sends one request with the secret and notes it when it took
 // longer than slowAnswer, or failed while the daemon was neither killed
 // nor stopped since stops was read (before the caller saw it up).
@@ -691,7 +640,7 @@ func (s *soakRun) report(took time.Duration, keys []*soakKey, dues []due, db str
 		{"pushes due (/notify 200)", fmt.Sprintf("%d; delivered %d; lost %d; not sent because the process that took them was killed with -9 (not durable by design) %d",
 			len(dues), delivered, undelivered, killedUndelivered)},
 		{"peak RSS", fmt.Sprintf("%d MB", s.peakRSS>>10)},
-		{"clients without the secret", fmt.Sprintf("%d, holding connections the whole run (%d connections made) against a file limit of %d", soakAttackers, s.attackConns.Load(), soakFileLimit)},
+		{"clients without the secret", fmt.Sprintf("%d, holding connections the whole run (%d connections made) against a file limit of %d", soakAttackers, s.attackConns, soakFileLimit)},
 		{"requests with the secret slower than 1 s, or failed", fmt.Sprintf("%d (slowest %v)", s.slowN, s.slowest.Round(time.Millisecond))},
 	}
 	fmt.Printf("\n| soak | result |\n|---|---|\n")

@@ -133,7 +133,7 @@ func (h *handler) authorized(r *http.Request) bool {
 func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
 	sw := &statusWriter{ResponseWriter: w, status: http.StatusOK}
-	body := &bodyReader{ReadCloser: r.Body}
+	body := &bodyReader{ReadCloser: r.Body, done: r.Body == nil || r.Body == http.NoBody}
 	r.Body = body
 	h.route(sw, r)
 	if !body.done {
@@ -148,8 +148,8 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-// bodyReader notes whether the request's body was read to its end (an
-// empty one counts as read).
+// bodyReader notes whether the request's body was read to its end (a
+// request without one counts as read).
 type bodyReader struct {
 	io.ReadCloser
 	done bool

@@ -3,16 +3,16 @@ package integration
 import (
 	"bufio"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
+
+	"github.com/xapsd/xapsd/internal/testutil/noauth"
 )
 
 func writeScript(t *testing.T, path, content string) {
@@ -87,53 +87,6 @@ func TestIdleConnectionFloodUnderAFileLimit(t *testing.T) {
 	}
 }
 
-// attack holds connections to addr without the plugin's secret until stop
-// closes, as three kinds of client: most announce a body they never send
-// (which the daemon used to wait for, 30 s, with the connection counted
-// as busy), one in ten says nothing, one in ten sends its headers a byte
-// at a time. Each connects again as soon as the daemon closes it.
-func attack(addr string, clients int, stop <-chan struct{}, wg *sync.WaitGroup) {
-	for i := range clients {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				c, err := net.DialTimeout("tcp", addr, 2*time.Second)
-				if err != nil {
-					time.Sleep(10 * time.Millisecond)
-					continue
-				}
-				go func() { <-stop; c.Close() }()
-				switch i % 10 {
-				default:
-					fmt.Fprintf(c, "POST /register HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n")
-				case 8:
-				case 9:
-					go func() {
-						for _, b := range []byte("POST /notify HTTP/1.1\r\nHost: x\r\nX-Slow: ") {
-							if _, err := c.Write([]byte{b}); err != nil {
-								return
-							}
-							select {
-							case <-stop:
-								return
-							case <-time.After(500 * time.Millisecond):
-							}
-						}
-					}()
-				}
-				io.Copy(io.Discard, c) // until the daemon closes it
-				c.Close()
-			}
-		}()
-	}
-}
-
 // Clients without the plugin's secret cannot delay the plugin: under a
 // small file limit, with more of them holding connections than the daemon
 // has room for (announcing bodies they never send, saying nothing, sending
@@ -153,10 +106,19 @@ func TestUnauthenticatedClientsCannotHoldThePluginPort(t *testing.T) {
 	writeScript(t, wrapper, "#!/bin/sh\nexec prlimit --nofile=256:256 "+xapsdBin+" \"$@\"\n")
 	d := startDaemonBin(t, wrapper, dir, addr)
 
-	stop := make(chan struct{})
-	var attackers sync.WaitGroup
-	attack(addr, 150, stop, &attackers)
-	defer func() { close(stop); attackers.Wait() }()
+	// Most announce a body they never send (which the daemon used to
+	// wait for, 30 s, with the connection counted as busy); one in ten
+	// says nothing, one in ten sends its headers a byte at a time.
+	flood := noauth.Start(addr, noauth.Options{Clients: 150, Pause: 10 * time.Millisecond, Kind: func(i int) noauth.Kind {
+		switch i % 10 {
+		case 8:
+			return noauth.Silent
+		case 9:
+			return noauth.SlowHeaders
+		}
+		return noauth.AnnouncedBody
+	}})
+	defer flood.Stop()
 	if !d.waitLog("connection limit reached", 20*time.Second) {
 		t.Fatal("the attackers never filled the connection budget: the test did not test anything")
 	}

@@ -203,4 +203,16 @@ func TestNoFileTheDaemonReadsCanHangIt(t *testing.T) {
 			}
 		})
 	}
+	t.Run("the configuration file", func(t *testing.T) {
+		fifo := filepath.Join(t.TempDir(), "xapsd.yaml")
+		if err := syscall.Mkfifo(fifo, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		for _, args := range [][]string{{"--config", fifo, "--check-config"}, {"--config", fifo}} {
+			code, out := runWithin(t, 20*time.Second, args...)
+			if code != 1 || !strings.Contains(out, fifo) || !strings.Contains(out, "not a regular file") {
+				t.Errorf("xapsd %s: exit %d, want 1 and the path, not a regular file:\n%s", strings.Join(args, " "), code, out)
+			}
+		}
+	})
 }
