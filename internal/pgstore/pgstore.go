@@ -353,16 +353,6 @@ func (s *Store) commitOnce(ctx context.Context, changes []Change) (map[string][]
 				seenAcct[a] = true
 				accts = append(accts, a)
 			}
-			// A row of this device in another spelling (written by an
-			// older xapsd) goes, unless an import's is not the newer:
-			// tokens are stored upper case.
-			other := `DELETE FROM xapsd_registrations
-				WHERE username = $1 AND account_id = $2 AND upper(device_token) = upper($3) AND device_token <> $3`
-			if c.KeepNewer {
-				batch.Queue(other+` AND registered < $4`, p.User, p.AccountID, p.DeviceToken, p.Registered)
-			} else {
-				batch.Queue(other, p.User, p.AccountID, p.DeviceToken)
-			}
 			q := `INSERT INTO xapsd_registrations (username, account_id, device_token, mailboxes, registered)
 				VALUES ($1, $2, $3, $4, $5)
 				ON CONFLICT (username, account_id, device_token)
