@@ -15,7 +15,12 @@
 #                       the install script picks the matching Dovecot snippet)
 #   VERSION=...         what `xapsd --version` prints, e.g.
 #                       --build-arg VERSION=$(git describe --always --dirty)
-#   DMS_IMAGE, GO_IMAGE, RUNTIME_IMAGE   other base images
+#   GOPROXY=...         the Go module proxy the build stages fetch modules
+#                       from (default: Go's own)
+#   XAPSD_UID=65532, XAPSD_GID=65532   the ids of the xapsd user in the
+#                       mailserver image (docs/docker-mailserver.md)
+#   DMS_IMAGE, GO_IMAGE, RUNTIME_IMAGE   other base images (CI builds this file
+#                       on local stand-ins for each: test/container/)
 
 ARG DMS_IMAGE=ghcr.io/docker-mailserver/docker-mailserver
 ARG DMS_TAG=16
@@ -39,6 +44,7 @@ ENV PATH=/usr/local/go/bin:$PATH GOPATH=/go GOTOOLCHAIN=local
 WORKDIR /src
 COPY . .
 ARG VERSION
+ARG GOPROXY
 # CGO_ENABLED=0 (build.sh's default): a static xapsd.
 RUN --mount=type=cache,target=/go/pkg/mod --mount=type=cache,target=/root/.cache/go-build \
     scripts/build.sh
@@ -48,6 +54,7 @@ FROM ${GO_IMAGE} AS daemon-build
 WORKDIR /src
 COPY . .
 ARG VERSION
+ARG GOPROXY
 # Installs /out/usr/bin/xapsd, the sample /out/etc/xapsd/xapsd.yaml and an
 # empty /out/var/lib/xapsd (mode 0700).
 RUN --mount=type=cache,target=/go/pkg/mod --mount=type=cache,target=/root/.cache/go-build \
@@ -76,5 +83,7 @@ CMD ["--config", "/etc/xapsd/xapsd.yaml"]
 # --- Target "mailserver" (default): docker-mailserver with push -------------
 # The build tree is mounted, not copied, so no sources end up in the image.
 FROM ${DMS_IMAGE}:${DMS_TAG} AS mailserver
+ARG XAPSD_UID=65532
+ARG XAPSD_GID=65532
 RUN --mount=type=bind,from=build,source=/src,target=/src \
     /src/scripts/docker-mailserver-install.sh

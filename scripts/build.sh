@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Build xapsd and the Dovecot plugin, and optionally install them.
 #
-# This is the one build recipe: `make` uses the same commands, the Dockerfile
-# runs this script, and test/packaging/packaging_test.sh runs it on every CI
-# run, so what ships is what was tested.
+# This is the one build recipe: `make build` (and so make run, make bench and
+# make soak) runs it, scripts/deb.sh and the Dockerfile run it, and
+# test/packaging/packaging_test.sh runs it on every CI run, so what ships is
+# what was tested.
 #
 # Usage: scripts/build.sh [options]
 #
@@ -113,10 +114,13 @@ if [ "$build_plugin" = 1 ]; then
 	dovecot_version=$("$MAKE" -s -C "$src/dovecot" version)
 	say "building the Dovecot plugin for Dovecot $dovecot_version"
 	"$MAKE" -s -C "$src/dovecot"
-	case $dovecot_version in
-	2.3.*) snippet=$src/configs/dovecot/2.3/95-xaps.conf ;;
-	*) snippet=$src/configs/dovecot/2.4/95-xaps.conf ;;
-	esac
+	# The snippet in the syntax of the settings the plugin reads: with a
+	# settings module, Dovecot's settings framework (2.4), else plugin { }.
+	if [ -f "$src/dovecot/build/settings/libxaps_settings.so" ]; then
+		snippet=$src/configs/dovecot/2.4/95-xaps.conf
+	else
+		snippet=$src/configs/dovecot/2.3/95-xaps.conf
+	fi
 fi
 [ "$install" = 1 ] || exit 0
 

@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Builds the Debian package xapsd_<version>_<arch>.deb for the Debian release
-# this runs on (12 with Dovecot 2.3, 13 with Dovecot 2.4), with dpkg-deb.
-# `make deb` runs it.
+# this runs on and its Dovecot (12: 2.3.19, 12 with bookworm-backports:
+# 2.3.21, 13: 2.4.1, 14 "forky": 2.4.5), with dpkg-deb. `make deb` runs it
+# here and, with scripts/deb-in-root.sh, in each root of test/dovecot-roots.
+# The version ends in ~deb<release>, or ~bpo<release> when Dovecot comes
+# from the release's backports.
 #
 # Usage: scripts/deb.sh [--out DIR] [--prebuilt-daemon]
 #
@@ -53,12 +56,22 @@ for tool in dpkg-deb dpkg-query dpkg-architecture; do
 done
 # (Not sourced: /etc/os-release sets VERSION too.)
 os_id=$(sed -n 's/^ID=//p' /etc/os-release | tr -d '"')
+[ "$os_id" = debian ] || die "this is not Debian; the package is built on the Debian release it is for"
 release=$(sed -n 's/^VERSION_ID=//p' /etc/os-release | tr -d '"')
 release=${release%%.*}
-if [ "$os_id" != debian ] || [ -z "$release" ]; then
-	die "this is not Debian; the package is built on the Debian release it is for"
+if [ -z "$release" ]; then
+	# Testing and unstable have no number yet; the next stable's is known.
+	codename=$(sed -n 's/^VERSION_CODENAME=//p' /etc/os-release | tr -d '"')
+	case $codename in
+	forky) release=14 ;;
+	duke) release=15 ;;
+	*) die "Debian '$codename' has no release number here; add it to scripts/deb.sh" ;;
+	esac
 fi
 dovecot_deb=$(dpkg-query -W -f='${Version}' dovecot-dev 2>/dev/null) || die "dovecot-dev is not installed"
+# Dovecot from the release's backports (1:2.3.21.1+dfsg1-1~bpo12+1).
+tag=deb
+case $dovecot_deb in *~bpo*) tag=bpo ;; esac
 arch=$(dpkg-architecture -qDEB_HOST_ARCH)
 
 # Upstream part of dovecot-dev's version (1:2.4.1+dfsg1-6 -> 1:2.4.1) and
@@ -82,7 +95,7 @@ else
 	date=$(date -u -d "@$stamp" +%Y%m%d)
 	upversion=0~git$date.$(echo "$VERSION" | tr -c 'A-Za-z0-9.+~\n' '.')
 fi
-debversion=$upversion-1~deb$release
+debversion=$upversion-1~$tag$release
 pkgname=xapsd_${debversion}_$arch.deb
 
 work=$(mktemp -d)
@@ -136,7 +149,13 @@ changes=${changes:-Package built from a source tree.}
 cp "$src/README.md" "$doc/README.md"
 gzip -9n "$doc/README.md"
 # xapsd is a static Go program on purpose: the same binary runs in every
-# image and release (it needs no libc at all).
+# image and release (it needs no libc at all). The override below says so,
+# and Depends has no libc for it: refuse a binary that is not (one built
+# with CGO_ENABLED=1, say, and packaged with --prebuilt-daemon).
+elf=$(readelf -lW -d "$pkg/usr/bin/xapsd") || die "usr/bin/xapsd is not an ELF program"
+if grep -q -e 'program interpreter' -e '(NEEDED)' <<<"$elf"; then
+	die "bin/xapsd is dynamically linked, but the package says it is static: build it with make build (scripts/build.sh, CGO_ENABLED=0)"
+fi
 install -d -m 0755 "$pkg/usr/share/lintian/overrides"
 echo "xapsd: statically-linked-binary [usr/bin/xapsd]" >"$pkg/usr/share/lintian/overrides/xapsd"
 

@@ -15,7 +15,8 @@
 #   /etc/supervisor/conf.d/xapsd.conf             0644  runs the daemon
 #   /usr/local/libexec/xapsd/start                0755  as the xapsd user
 #        (scripts/supervisord-start.sh)
-#   the system user and group xapsd (nologin, no home folder of its own)
+#   the system user and group xapsd, uid and gid 65532 (XAPSD_UID and
+#        XAPSD_GID; nologin, no home folder of its own)
 #   /etc/xapsd -> /tmp/docker-mailserver/xapsd          symlink, so that
 #        `xapsd devices list` and friends find the configuration that lives
 #        in docker-mailserver's config volume without --config
@@ -32,6 +33,11 @@
 #   SETTINGSDIR  where Dovecot 2.4 loads settings modules from (default:
 #              dovecot-config's dovecot_moduledir/settings, else
 #              MODULEDIR/settings)
+#   XAPSD_UID, XAPSD_GID  the ids of the user and group xapsd (default 65532
+#              both). They are fixed because the host sees them on the folders
+#              in the volumes (docs/docker-mailserver.md); 65532 is what the
+#              daemon-only image runs as, and in the range Debian and Ubuntu
+#              give to no user or group (65000-65533).
 #   DOVECOT    the image's dovecot binary, to check that the plugin was built
 #              for its version (default: dovecot from PATH; not checked when
 #              there is none, e.g. in the tests' fake roots)
@@ -40,6 +46,8 @@ set -euo pipefail
 SRC=${SRC:-$(cd "$(dirname "$0")/.." && pwd)}
 ROOT=${ROOT:-}
 ROOT=${ROOT%/}
+uid=${XAPSD_UID:-65532}
+gid=${XAPSD_GID:-65532}
 config_volume=/tmp/docker-mailserver/xapsd
 
 say() { printf 'docker-mailserver-install.sh: %s\n' "$*"; }
@@ -62,6 +70,8 @@ if [ -z "${SETTINGSDIR:-}" ]; then
 	fi
 fi
 
+[[ $uid =~ ^[0-9]+$ && $gid =~ ^[0-9]+$ ]] || die "XAPSD_UID and XAPSD_GID must be numbers, not '$uid' and '$gid'"
+
 # The build folder says which Dovecot the plugin was compiled for
 # (dovecot/Makefile leaves a dovecot-<version> stamp there).
 stamp=$(find "$SRC/dovecot/build" -maxdepth 1 -name 'dovecot-*' 2>/dev/null | head -n 1 || true)
@@ -72,10 +82,15 @@ if command -v "${DOVECOT:-dovecot}" >/dev/null 2>&1; then
 	[ "$image_has" = "$built_for" ] || die "the plugin was built for Dovecot $built_for, this image has $image_has; build it in this image (scripts/build.sh)"
 fi
 plugins=("$SRC"/dovecot/build/lib25_xaps_imap_plugin.so "$SRC"/dovecot/build/lib25_xaps_push_notification_plugin.so)
-case $built_for in
-2.3.*) snippet=$SRC/configs/dovecot/2.3/95-xaps.conf; settings= ;;
-*) snippet=$SRC/configs/dovecot/2.4/95-xaps.conf; settings=$SRC/dovecot/build/settings/libxaps_settings.so ;;
-esac
+# With a settings module the plugin reads Dovecot 2.4's settings framework,
+# else plugin { } (2.3); the snippet is in the syntax that goes with it.
+settings=$SRC/dovecot/build/settings/libxaps_settings.so
+if [ -f "$settings" ]; then
+	snippet=$SRC/configs/dovecot/2.4/95-xaps.conf
+else
+	snippet=$SRC/configs/dovecot/2.3/95-xaps.conf
+	settings=
+fi
 for f in "$SRC/bin/xapsd" "${plugins[@]}" ${settings:+"$settings"} "$snippet" \
 	"$SRC/configs/supervisord/xapsd.conf" "$SRC/scripts/supervisord-start.sh"; do
 	[ -f "$f" ] || die "$f is missing; run scripts/build.sh first"
@@ -93,10 +108,25 @@ install -m 0644 "$snippet" "$ROOT/etc/dovecot/conf.d/95-xaps.conf"
 install -m 0644 "$SRC/configs/supervisord/xapsd.conf" "$ROOT/etc/supervisor/conf.d/xapsd.conf"
 install -m 0755 "$SRC/scripts/supervisord-start.sh" "$ROOT/usr/local/libexec/xapsd/start"
 
-# The unprivileged user xapsd runs as. Its state folder is in a volume that
-# does not exist yet; the start script creates and hands it over.
-if ! grep -q '^xapsd:' "$ROOT/etc/passwd" 2>/dev/null; then
-	useradd ${ROOT:+--prefix "$ROOT"} --system --user-group --no-create-home \
+# The unprivileged user xapsd runs as, with fixed ids (see XAPSD_UID). Its
+# state folder is in a volume that does not exist yet; the start script
+# creates and hands it over.
+# owner_of FILE ID: the name that has ID in the passwd or group file.
+owner_of() { awk -F: -v id="$2" '$3 == id { print $1; exit }' "$ROOT/etc/$1" 2>/dev/null; }
+if grep -q '^xapsd:' "$ROOT/etc/passwd" 2>/dev/null; then
+	have=$(awk -F: '$1 == "xapsd" { print $3 ":" $4 }' "$ROOT/etc/passwd")
+	[ "$have" = "$uid:$gid" ] || die "the image has a user xapsd with ids $have, not $uid:$gid"
+else
+	taken=$(owner_of group "$gid")
+	if ! grep -q '^xapsd:' "$ROOT/etc/group" 2>/dev/null; then
+		[ -z "$taken" ] || die "gid $gid is the group $taken's in this image; choose another with XAPSD_GID (--build-arg XAPSD_GID=...)"
+		groupadd ${ROOT:+--prefix "$ROOT"} --system --gid "$gid" xapsd
+	elif [ "$taken" != xapsd ]; then
+		die "the image has a group xapsd whose gid is not $gid"
+	fi
+	taken=$(owner_of passwd "$uid")
+	[ -z "$taken" ] || die "uid $uid is the user $taken's in this image; choose another with XAPSD_UID (--build-arg XAPSD_UID=...)"
+	useradd ${ROOT:+--prefix "$ROOT"} --system --uid "$uid" --gid "$gid" --no-create-home \
 		--home-dir /var/mail-state/lib-xapsd --shell /usr/sbin/nologin \
 		--comment "xapsd push daemon" xapsd
 fi

@@ -5,6 +5,11 @@
 #   test/debian-root.sh SUITE DIR [PACKAGE...]
 #
 # e.g. `test/debian-root.sh trixie /var/cache/xapsd/debian13-root dovecot-core`.
+# SUITE is a Debian suite (bookworm, trixie, forky, sid); a suite this
+# debootstrap has no script for (Debian 12's knows no forky) is made with
+# sid's, which every testing suite follows. SUITE-backports (e.g.
+# bookworm-backports) makes a SUITE root with the backports in its sources
+# and installs the packages from there where it has them (apt-get -t).
 # A root that exists is reused; packages it lacks are installed into it. A
 # new root is built beside DIR and renamed into place only when complete, so
 # an interrupted run never leaves a half-made root behind. Keep DIR outside
@@ -15,6 +20,11 @@ suite=${1:?usage: debian-root.sh SUITE DIR [PACKAGE...]}
 dir=${2:?usage: debian-root.sh SUITE DIR [PACKAGE...]}
 shift 2
 packages=("$@")
+# The suite debootstrap makes, and the release apt installs the packages
+# from (-t) when that is another one.
+base_suite=${suite%-backports}
+target=
+[ "$base_suite" != "$suite" ] && target=$suite
 
 if [ "$(id -u)" != 0 ]; then
 	echo "debian-root.sh: must run as root" >&2
@@ -40,6 +50,27 @@ write_hosts() {
 	printf '127.0.0.1\tlocalhost\n::1\t\tlocalhost ip6-localhost ip6-loopback\n' >"$1/etc/hosts"
 }
 
+# install_packages ROOT PACKAGE...: apt-get install inside ROOT, from
+# $target if set.
+install_packages() {
+	local into=$1 log
+	shift
+	echo "debian-root.sh: installing $*${target:+ from $target} into $into" >&2
+	log=$(mktemp)
+	# (apt in a root without /dev/pts complains that it cannot log; harmless.
+	# Testing's Release file is valid for a week only: a mirror that is a
+	# snapshot must not stop the tests.)
+	if ! { chroot "$into" env DEBIAN_FRONTEND=noninteractive apt-get update -qq \
+			-o Acquire::Check-Valid-Until=false &&
+		chroot "$into" env DEBIAN_FRONTEND=noninteractive \
+			apt-get install -y -qq --no-install-recommends ${target:+-t "$target"} "$@"; } >"$log" 2>&1; then
+		cat "$log" >&2
+		rm -f "$log"
+		exit 1
+	fi
+	rm -f "$log"
+}
+
 if [ ! -x "$dir/usr/bin/apt-get" ]; then
 	command -v debootstrap >/dev/null || {
 		echo "debian-root.sh: debootstrap not found (apt-get install debootstrap)" >&2
@@ -48,9 +79,15 @@ if [ ! -x "$dir/usr/bin/apt-get" ]; then
 	new=$dir.new
 	rm -rf "$new"
 	mkdir -p "$(dirname "$dir")"
-	include=$(IFS=,; echo "${packages[*]}")
-	echo "debian-root.sh: debootstrap $suite into $dir from $mirror" >&2
-	debootstrap --variant=minbase ${include:+--include="$include"} "$suite" "$new" "$mirror" >"$new.log" 2>&1 || {
+	# From backports the packages come with apt below, not twice.
+	include=
+	[ -n "$target" ] || include=$(IFS=,; echo "${packages[*]}")
+	script=
+	if [ ! -e "/usr/share/debootstrap/scripts/$base_suite" ]; then
+		script=/usr/share/debootstrap/scripts/sid
+	fi
+	echo "debian-root.sh: debootstrap $base_suite${script:+ (with the script for sid)} into $dir from $mirror" >&2
+	debootstrap --variant=minbase ${include:+--include="$include"} "$base_suite" "$new" "$mirror" ${script:+"$script"} >"$new.log" 2>&1 || {
 		echo "debian-root.sh: debootstrap failed; last lines of $new.log:" >&2
 		tail -n 20 "$new.log" >&2
 		exit 1
@@ -60,6 +97,10 @@ if [ ! -x "$dir/usr/bin/apt-get" ]; then
 	printf '#!/bin/sh\nexit 101\n' >"$new/usr/sbin/policy-rc.d"
 	chmod 0755 "$new/usr/sbin/policy-rc.d"
 	write_hosts "$new"
+	if [ -n "$target" ]; then
+		echo "deb $mirror $target main" >"$new/etc/apt/sources.list.d/$target.list"
+		install_packages "$new" "${packages[@]}"
+	fi
 	mv "$new" "$dir"
 	exit 0
 fi
@@ -71,15 +112,5 @@ for p in "${packages[@]}"; do
 	chroot "$dir" dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
 done
 if [ ${#missing[@]} -gt 0 ]; then
-	echo "debian-root.sh: installing ${missing[*]} into $dir" >&2
-	log=$(mktemp)
-	# (apt in a root without /dev/pts complains that it cannot log; harmless.)
-	if ! { chroot "$dir" env DEBIAN_FRONTEND=noninteractive apt-get update -qq &&
-		chroot "$dir" env DEBIAN_FRONTEND=noninteractive \
-			apt-get install -y -qq --no-install-recommends "${missing[@]}"; } >"$log" 2>&1; then
-		cat "$log" >&2
-		rm -f "$log"
-		exit 1
-	fi
-	rm -f "$log"
+	install_packages "$dir" "${missing[@]}"
 fi

@@ -10,18 +10,23 @@
 #   checks), debootstrap, dpkg-dev and lintian (the Debian packages),
 #   PostgreSQL's server (the PostgreSQL registry's tests start throw-away
 #   clusters of their own; the system cluster is stopped and not used);
-# - a Debian 13 root with Dovecot 2.4 at $XAPS_DEBIAN13_ROOT (default
-#   /var/cache/xapsd/debian13-root), kept outside the clone and reused: the
-#   same checks and end-to-end tests run against Dovecot 2.4 in it, and the
-#   Debian 13 package is built in it;
-# - clean minimal Debian 12 and 13 roots (/var/cache/xapsd/debian12-clean,
-#   debian13-clean) that the package tests install the packages into, each
-#   time in a throw-away overlay, so that they stay clean.
+# - a debootstrap root per Dovecot of the test matrix (test/dovecot-roots:
+#   Debian 12 with bookworm-backports' 2.3.21, Debian 13's 2.4.1, forky's
+#   2.4.5) under $XAPS_ROOT_CACHE (default /var/cache/xapsd), kept outside
+#   the clone and reused: the plugin's checks and the end-to-end tests run
+#   against the Dovecot in each, and the Debian package for each is built
+#   in it;
+# - clean minimal roots of each release (debian12-clean, debian13-clean,
+#   debian14-clean) that the package tests install the packages into, each
+#   time in a throw-away overlay, so that they stay clean;
+# - podman, buildah and runc, and the stand-in base images the container
+#   tests build the Dockerfile on (test/container/base-images.sh: a
+#   docker-mailserver 16 stand-in from its own Debian 13 root, a Go image
+#   and a distroless runtime).
 #
 # .ci/run calls `make test`, which calls this first.
 set -euo pipefail
 
-root=${XAPS_DEBIAN13_ROOT:-/var/cache/xapsd/debian13-root}
 cache=${XAPS_ROOT_CACHE:-/var/cache/xapsd}
 here=$(cd "$(dirname "$0")" && pwd)
 check_only=0
@@ -29,7 +34,7 @@ check_only=0
 
 host_packages=(dovecot-core dovecot-imapd dovecot-lmtpd dovecot-dev openssl make gcc
 	pkg-config libc6-dev python3 valgrind systemd shellcheck prometheus debootstrap
-	dpkg-dev fakeroot lintian postgresql)
+	dpkg-dev fakeroot lintian postgresql podman buildah runc)
 root_packages=(dovecot-core dovecot-imapd dovecot-lmtpd dovecot-dev gcc make libc6-dev
 	pkg-config valgrind dpkg-dev)
 
@@ -37,18 +42,33 @@ missing=()
 for p in "${host_packages[@]}"; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
 done
-root_ok=1
-[ -x "$root/usr/sbin/dovecot" ] && [ -x "$root/usr/bin/valgrind" ] && [ -x "$root/usr/bin/dpkg-shlibdeps" ] && [ -e "$root/etc/hosts" ] || root_ok=0
-clean_ok=1
-[ -x "$cache/debian12-clean/usr/bin/apt-get" ] && [ -x "$cache/debian13-clean/usr/bin/apt-get" ] || clean_ok=0
+# "suite folder [package...]" of every root that is missing or incomplete.
+roots=()
+while read -r name suite clean; do
+	r=$cache/$name
+	if ! { [ -x "$r/usr/sbin/dovecot" ] && [ -x "$r/usr/bin/valgrind" ] &&
+		[ -x "$r/usr/bin/dpkg-shlibdeps" ] && [ -e "$r/etc/hosts" ]; }; then
+		roots+=("$suite $r ${root_packages[*]}")
+	fi
+	[ -x "$cache/$clean/usr/bin/apt-get" ] || roots+=("${suite%-backports} $cache/$clean")
+done < <(grep -v '^#' "$here/dovecot-roots")
+# The host's Debian 12 package is installed into a clean Debian 12 root too.
+[ -x "$cache/debian12-clean/usr/bin/apt-get" ] || roots+=("bookworm $cache/debian12-clean")
+mapfile -t roots < <(printf '%s\n' "${roots[@]}" | awk 'NF && !seen[$2]++')
 
-if [ ${#missing[@]} -eq 0 ] && [ "$root_ok" = 1 ] && [ "$clean_ok" = 1 ]; then
+images_ok=1
+"$here/container/base-images.sh" --check >/dev/null 2>&1 || images_ok=0
+
+if [ ${#missing[@]} -eq 0 ] && [ ${#roots[@]} -eq 0 ] && [ "$images_ok" = 1 ]; then
 	exit 0
 fi
 if [ "$check_only" = 1 ] || [ "$(id -u)" != 0 ]; then
 	[ ${#missing[@]} -eq 0 ] || echo "missing Debian packages: ${missing[*]}" >&2
-	[ "$root_ok" = 1 ] || echo "missing the Debian 13 root with Dovecot 2.4 at $root" >&2
-	[ "$clean_ok" = 1 ] || echo "missing the clean Debian 12 and 13 roots in $cache" >&2
+	for r in "${roots[@]}"; do
+		read -ra args <<<"$r"
+		echo "missing the ${args[0]} root at ${args[1]}" >&2
+	done
+	[ "$images_ok" = 1 ] || echo "missing the container tests' base images (test/container/base-images.sh)" >&2
 	echo "run test/deps.sh as root to install them (make test does when run as root)" >&2
 	exit 1
 fi
@@ -64,12 +84,14 @@ if [ ${#missing[@]} -gt 0 ]; then
 		systemctl stop dovecot prometheus postgresql >/dev/null 2>&1 || true
 	fi
 fi
-if [ "$root_ok" = 0 ]; then
-	echo "test/deps.sh: preparing the Debian 13 root with Dovecot 2.4 at $root (about a minute)" >&2
-	"$here/debian-root.sh" trixie "$root" "${root_packages[@]}"
-fi
-if [ "$clean_ok" = 0 ]; then
-	echo "test/deps.sh: preparing clean Debian 12 and 13 roots in $cache (about a minute)" >&2
-	"$here/debian-root.sh" bookworm "$cache/debian12-clean"
-	"$here/debian-root.sh" trixie "$cache/debian13-clean"
+for r in "${roots[@]}"; do
+	read -ra args <<<"$r"
+	echo "test/deps.sh: preparing the ${args[0]} root at ${args[1]} (a minute or two)" >&2
+	start=$SECONDS
+	"$here/debian-root.sh" "${args[@]}"
+	echo "test/deps.sh: ${args[1]} took $((SECONDS - start)) s" >&2
+done
+if [ "$images_ok" = 0 ]; then
+	echo "test/deps.sh: making the container tests' base images that are missing or out of date (a few minutes the first time)" >&2
+	"$here/container/base-images.sh"
 fi

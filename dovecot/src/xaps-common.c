@@ -1,6 +1,7 @@
 /* Shared helpers of the xaps Dovecot plugins: JSON string escaping, the
    per-process HTTP client and the requests to the daemon. The settings are
-   in xaps-settings.c. */
+   read by xaps-settings-framework.c or xaps-settings-plugin-env.c, whichever
+   the installed Dovecot supports (probes/settings.c). */
 
 #include "lib.h"
 #include "str.h"
@@ -11,6 +12,7 @@
 #include "http-client.h"
 #include "mail-user.h"
 #include "xaps-common.h"
+#include "xaps-compat.h"
 
 /* Dovecot loads each plugin once per process, and one LMTP transaction has
    several users alive at once (the first recipient's user lives until the
@@ -59,49 +61,34 @@ void xaps_json_append_string(string_t *dest, const char *src)
 	str_append_c(dest, '"');
 }
 
-#if DOVECOT_PREREQ(2, 4, 0)
-/* The settings struct must outlive the client, which keeps a pointer to it. */
+/* The client keeps a pointer to its settings (Dovecot 2.4), so they live in
+   a pool that goes with the client. */
 static pool_t xaps_http_client_pool = NULL;
-#endif
 
 static void xaps_http_client_destroy(void)
 {
 	if (xaps_http_client != NULL)
 		http_client_deinit(&xaps_http_client);
-#if DOVECOT_PREREQ(2, 4, 0)
-	pool_unref(&xaps_http_client_pool);
-#endif
+	if (xaps_http_client_pool != NULL)
+		pool_unref(&xaps_http_client_pool);
 }
 
 struct http_client *xaps_http_client_ref(struct mail_user *user)
 {
 	struct http_client_settings *set;
-#if !DOVECOT_PREREQ(2, 4, 0)
-	struct http_client_settings set_buf;
-	struct ssl_iostream_settings ssl_set;
-#endif
 
 	xaps_http_client_refs++;
 	if (xaps_http_client != NULL)
 		return xaps_http_client;
 
-#if DOVECOT_PREREQ(2, 4, 0)
-	/* SSL and debug settings come from the user's event in 2.4. */
 	xaps_http_client_pool = pool_alloconly_create("xaps http client", 1024);
 	set = p_new(xaps_http_client_pool, struct http_client_settings, 1);
-	http_client_settings_init(xaps_http_client_pool, set);
-	set->request_max_redirects = 0;
-	set->request_max_attempts = XAPS_DEFAULT_MAX_RETRIES + 1;
-#else
-	set = &set_buf;
-	i_zero(set);
-	i_zero(&ssl_set);
-	mail_user_init_ssl_client_settings(user, &ssl_set);
-	set->ssl = &ssl_set;
-	set->debug = user->mail_debug;
-	set->max_redirects = 0;
-	set->max_attempts = XAPS_DEFAULT_MAX_RETRIES + 1;
-#endif
+	xaps_http_client_settings_init(xaps_http_client_pool, set);
+	/* SSL and debug settings: the user's, or its event's. */
+	xaps_http_client_settings_ssl(set, user, xaps_http_client_pool);
+	xaps_http_client_settings_debug(set, user);
+	set->XAPS_HTTP_SET_MAX_REDIRECTS = 0;
+	set->XAPS_HTTP_SET_MAX_ATTEMPTS = XAPS_DEFAULT_MAX_RETRIES + 1;
 	set->user_agent = "dovecot-xaps-plugin";
 	set->max_idle_time_msecs = 30 * 1000;
 	/* A few connections, so that one request the daemon is slow to
@@ -124,11 +111,7 @@ struct http_client *xaps_http_client_ref(struct mail_user *user)
 	/* A private context keeps the two xaps modules apart inside one imap
 	   process: waiting on one client must not move the other's
 	   connections to a temporary ioloop. */
-#if DOVECOT_PREREQ(2, 4, 0)
-	xaps_http_client = http_client_init_private(set, user->event);
-#else
-	xaps_http_client = http_client_init_private(set);
-#endif
+	xaps_http_client = xaps_http_client_init_private(set, user);
 	return xaps_http_client;
 }
 
@@ -167,7 +150,7 @@ xaps_http_post(struct http_client *client, const struct xaps_config *conf,
 	/* Whatever path the admin put into url= is replaced, as the original
 	   plugin did; scheme, host, port and userinfo are kept. */
 	target = *conf->url;
-	target.path = path;
+	xaps_http_url_set_path(&target, path);
 	target.enc_query = NULL;
 	target.enc_fragment = NULL;
 

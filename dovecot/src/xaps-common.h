@@ -18,7 +18,9 @@ struct mail_user;
 #define XAPS_DEFAULT_TIMEOUT_MSECS 5000
 #define XAPS_MAX_MAX_RETRIES 100
 
-/* The plugin settings of one user, read (xaps-settings.c). */
+/* The plugin settings of one user, read by xaps-settings-framework.c or
+   xaps-settings-plugin-env.c (the Makefile builds the one the installed
+   Dovecot supports). */
 struct xaps_config {
 	/* Daemon URL as configured; the path is replaced per request. */
 	struct http_url *url;
@@ -32,19 +34,25 @@ struct xaps_config {
 	const char *secret;
 };
 
-/* Read the user's settings into conf_r, allocating from pool. Dovecot 2.3:
-   unknown xaps_config tokens and unparsable numbers are logged and ignored
-   (numbers fall back to their defaults, as the original plugin did); 2.4
-   has checked the values already. Returns 0 on success, -1 if there is no
-   usable url (the plugins then stay off for this user). */
+/* Read the user's settings into conf_r, allocating from pool. From plugin
+   { } settings (Dovecot 2.3): unknown xaps_config tokens and unparsable
+   numbers are logged and ignored (numbers fall back to their defaults, as
+   the original plugin did); Dovecot's settings framework (2.4) has checked
+   the values already. Returns 0 on success, -1 if there is no usable url
+   (the plugins then stay off for this user). */
 int xaps_config_parse(struct mail_user *user, pool_t pool,
 		      struct xaps_config *conf_r, const char **error_r);
 
-/* The name sent as "Username": the user_lookup variable (2.3) or userdb
-   field (2.4) if it is set and non-empty for this user, else the Dovecot
-   user name. */
+/* The name sent as "Username": the user_lookup plugin variable or userdb
+   field if it is set and non-empty for this user, else the Dovecot user
+   name. */
 const char *xaps_username(struct mail_user *user,
 			  const struct xaps_config *conf);
+
+/* The secret as sent in the Authorization header: surrounding blanks and
+   line ends (a file usually ends with one) are not part of it. NULL when
+   there is none. */
+const char *xaps_secret_trim(pool_t pool, const char *secret);
 
 /* Append src as a JSON string literal (with the quotes). Invalid UTF-8 is
    replaced with U+FFFD so the result is always valid JSON. */

@@ -17,6 +17,7 @@
 #include "http-client.h"
 #include "imap-arg.h"
 #include "imap-quote.h"
+#include "imap-utf7.h"
 #include "imap-commands.h"
 #include "imap-commands-util.h"
 #include "mail-user.h"
@@ -24,6 +25,7 @@
 #include "mail-storage.h"
 #include "module-dir.h"
 #include "xaps-common.h"
+#include "xaps-compat.h"
 
 #define XAPS_COMMAND "XAPPLEPUSHSERVICE"
 #define XAPS_APS_VERSION "2"
@@ -157,6 +159,20 @@ xaps_parse_args(struct client_command_context *cmd,
 	return NULL;
 }
 
+/* The daemon gets mailbox names in modified UTF-7, as iOS sends them; a
+   client that enabled UTF8=ACCEPT sends UTF-8 (kept as it is if it is not
+   valid UTF-8: the JSON then carries U+FFFD and matches nothing). */
+static const char *
+xaps_mailbox_mutf7(const struct xaps_register *reg, const char *name)
+{
+	const char *mutf7;
+
+	if (!xaps_cmd_utf8(reg->cmd) ||
+	    t_imap_utf8_to_utf7(name, &mutf7) < 0)
+		return name;
+	return mutf7;
+}
+
 static string_t *xaps_register_json(const struct xaps_register *reg)
 {
 	const char *const *mailbox;
@@ -176,7 +192,7 @@ static string_t *xaps_register_json(const struct xaps_register *reg)
 		if (!first)
 			str_append_c(json, ',');
 		first = FALSE;
-		xaps_json_append_string(json, *mailbox);
+		xaps_json_append_string(json, xaps_mailbox_mutf7(reg, *mailbox));
 	}
 	str_append(json, "]}");
 	return json;
@@ -276,7 +292,8 @@ static bool xaps_topic_is_valid(const string_t *body)
 	return TRUE;
 }
 
-static bool xaps_mailbox_exists(struct client *client, const char *name)
+static bool xaps_mailbox_exists(struct client_command_context *cmd,
+				const char *name)
 {
 	struct mail_namespace *ns;
 	struct mailbox *box;
@@ -284,8 +301,8 @@ static bool xaps_mailbox_exists(struct client *client, const char *name)
 	const char *error;
 	int ret;
 
-	/* Converts the IMAP (modified UTF-7) name to the internal one. */
-	ns = client_find_namespace_full(client, &name, &error);
+	/* Converts the name as the client sent it to the internal one. */
+	ns = xaps_client_find_namespace(cmd, &name, &error);
 	if (ns == NULL)
 		return FALSE;
 	box = mailbox_alloc(ns->list, name, 0);
@@ -338,11 +355,11 @@ static void xaps_register_reply(struct xaps_register *reg)
 
 	if (reg->conf.mailbox_confirm) {
 		array_foreach(&reg->args.mailboxes, mailbox) {
-			if (!xaps_mailbox_exists(client, *mailbox))
+			if (!xaps_mailbox_exists(cmd, *mailbox))
 				continue;
 			line = t_str_new(64);
 			str_append(line, "* "XAPS_COMMAND" mailbox ");
-			imap_append_string(line, *mailbox);
+			xaps_imap_append_string(line, *mailbox, cmd);
 			client_send_line(client, str_c(line));
 		}
 	}

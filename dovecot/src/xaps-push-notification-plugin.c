@@ -19,6 +19,7 @@
 #include "push-notification-event-messageappend.h"
 #include "push-notification-txn-msg.h"
 #include "xaps-common.h"
+#include "xaps-compat.h"
 
 #define XAPS_DRIVER_NAME "xaps"
 
@@ -84,19 +85,9 @@ static void xaps_notify_request_free(struct xaps_notify_request *nreq)
 		io_loop_stop(xaps_settle_ioloop);
 }
 
-#if DOVECOT_PREREQ(2, 4, 0)
-/* The settings are top-level ones (xaps_url, ...), whatever the name of the
-   push_notification block that enabled the driver. */
-static int
-xaps_driver_init(struct mail_user *user, pool_t pool,
-		 const char *name ATTR_UNUSED, void **context,
-		 const char **error_r)
-#else
-static int
-xaps_driver_init(struct push_notification_driver_config *config ATTR_UNUSED,
-		 struct mail_user *user, pool_t pool, void **context,
-		 const char **error_r)
-#endif
+/* Where the driver is set up by a push_notification block, the settings are
+   still top-level ones (xaps_url, ...), whatever the block's name. */
+static int xaps_driver_init(XAPS_DRIVER_INIT_PARAMS)
 {
 	struct xaps_push_user *puser;
 	const char *error;
@@ -145,12 +136,7 @@ static bool xaps_driver_begin_txn(struct push_notification_driver_txn *dtxn)
 			config = new_config;
 		else if (strcmp(name, "MessageAppend") == 0)
 			config = append_config;
-#if DOVECOT_PREREQ(2, 4, 0)
-		push_notification_event_init(dtxn, name, config,
-					     dtxn->ptxn->event);
-#else
-		push_notification_event_init(dtxn, name, config);
-#endif
+		xaps_push_notification_event_init(dtxn, name, config);
 	}
 	return TRUE;
 }

@@ -6,7 +6,7 @@
 
 #include "lib.h"
 #include "xaps-common.h"
-#include "xaps-settings.h"
+#include "xaps-settings-framework.h"
 
 XAPS_EXPORT extern const char *xaps_settings_version;
 XAPS_EXPORT extern const struct setting_parser_info *const xaps_settings_set_infos[];

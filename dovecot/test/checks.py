@@ -410,6 +410,40 @@ def main():
         good = False
     check(good, "JSON escaping of quotes, backslashes and UTF-8", repr(regs))
 
+    # --- a non-ASCII mailbox name, as the client negotiated ----------------
+    # A client that did not enable UTF8=ACCEPT names mailboxes in modified
+    # UTF-7, which is ASCII, and the confirmation quotes the name so (a9). A
+    # client that enabled it (where this Dovecot offers it) names them as
+    # Dovecot's LIST shows them to it: in UTF-8 where Dovecot supports UTF-8
+    # names (2.4.5), else still in modified UTF-7. The confirmation names the
+    # mailbox the same way, in a quoted string (UTF-8 in a quoted string only
+    # for such a client, never a literal), and the daemon gets the name in
+    # modified UTF-7 whatever the client used.
+    im_u = Imap(a.imap_port)
+    _, tagged = im_u.cmd("u1", "LOGIN alice secret")
+    if " UTF8=ACCEPT" not in tagged:
+        print("skip the UTF8=ACCEPT checks: this Dovecot does not offer UTF8=ACCEPT")
+    else:
+        untagged, tagged = im_u.cmd("u2", "ENABLE UTF8=ACCEPT")
+        check(untagged == ["* ENABLED UTF8=ACCEPT"], "ENABLE UTF8=ACCEPT", repr(untagged + [tagged]))
+        untagged, _ = im_u.cmd("u3", 'LIST "" "Entw*"')
+        name = None
+        for line in untagged:
+            m = re.match(r'^\* LIST \([^)]*\) (?:"[^"]*"|NIL) (?:"(.*)"|\{\d+\}\r\n(.*)|(\S+))$', line, re.S)
+            if m:
+                name = next(g for g in m.groups() if g is not None)
+        n = len(standin.lines("register"))
+        untagged, tagged = im_u.cmd("u4", 'XAPPLEPUSHSERVICE aps-version 2 aps-account-id %s '
+                                    'aps-device-token %s aps-subtopic com.apple.mobilemail '
+                                    'mailboxes (INBOX "%s")' % (ACCOUNT, TOKEN, name))
+        check(name is not None and register_ok(untagged, tagged, "u4", ["INBOX", name]),
+              "UTF8=ACCEPT client: the mailbox named as LIST names it (%r), in a quoted string" % name,
+              repr(untagged + [tagged]))
+        regs = standin.lines("register")[n:]
+        check(len(regs) == 1 and json.loads(regs[0])["Mailboxes"] == ["INBOX", "Entw&APw-rfe"],
+              "UTF8=ACCEPT client: /register names the mailbox in modified UTF-7", repr(regs))
+    im_u.close()
+
     # --- validation -------------------------------------------------------
     bad = "a10 BAD Error in IMAP command XAPPLEPUSHSERVICE: "
     cases = [
@@ -673,6 +707,26 @@ def main():
     im.close()
     check(not any('"dave"' in l for l in standin.lines("notify")[n:]),
           "no /notify for a user with a broken xaps_config")
+
+    # --- the daemon's URL: its path is replaced, or added ---------------------
+    # Everybody else's URL has a path and a query; hank's has neither. Both
+    # must reach /register and /notify, and nothing else.
+    n_reg, n_notify = len(standin.lines("register")), len(standin.lines("notify"))
+    im = Imap(a.imap_port)
+    im.cmd("h1", "LOGIN hank secret")
+    untagged, tagged = im.cmd("h2", "XAPPLEPUSHSERVICE " + IOS_FORM)
+    check(register_ok(untagged, tagged, "h2", ["INBOX"]) and
+          [json.loads(l)["Username"] for l in standin.lines("register")[n_reg:]] == ["hank"],
+          "URL without a path: registration reaches /register", repr(untagged + [tagged]))
+    im.cmd("h3", "LOGOUT")
+    im.close()
+    refused = deliver(a.lmtp_port, "hank@example.org", "no path in the URL")
+    got = wait_notify(standin, n_notify, lambda b: b.get("Username") == "hank")
+    check(refused == {} and got is not None, "URL without a path: /notify reaches /notify",
+          repr(standin.lines("notify")[n_notify:]))
+    paths = sorted(set(standin.lines("paths")))
+    check(paths == ["POST /notify", "POST /register"],
+          "every request went to /register or /notify, whatever the URL's path", repr(paths))
 
     # --- the shared secret -------------------------------------------------
     auth = standin.lines("auth")

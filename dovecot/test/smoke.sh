@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Smoke test of the xaps Dovecot plugins against a real, throw-away Dovecot:
-# the host's (2.3 on Debian 12), or the one inside a Debian root given with
-# DOVECOT_ROOT (2.4 in the Debian 13 root test/deps.sh prepares).
+# this machine's (`make -C dovecot check`; 2.3.19 on Debian 12), or the one
+# inside a Debian root given with DOVECOT_ROOT (the roots test/deps.sh
+# prepares, test/dovecot-roots).
 #
 # Builds the plugins, writes a self-contained Dovecot configuration into a
 # temporary directory, starts `dovecot -F` on 127.0.0.1 high ports together with
@@ -20,7 +21,6 @@
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
-src=$(cd "$here/.." && pwd)
 mail_uid=${XAPS_TEST_UID:-1000}
 root=${DOVECOT_ROOT:-}
 
@@ -31,13 +31,12 @@ fi
 for tool in python3 make; do
 	command -v "$tool" >/dev/null || { echo "smoke.sh: $tool not found" >&2; exit 2; }
 done
+command -v unshare >/dev/null || { echo "smoke.sh: unshare not found" >&2; exit 2; }
 if [ -n "$root" ]; then
 	root=$(cd "$root" && pwd)
-	[ -x "$root/usr/sbin/dovecot" ] || { echo "smoke.sh: no Dovecot in $root" >&2; exit 2; }
-	command -v unshare >/dev/null || { echo "smoke.sh: unshare not found" >&2; exit 2; }
-else
-	command -v dovecot >/dev/null || { echo "smoke.sh: dovecot not found" >&2; exit 2; }
+	root=${root%/}
 fi
+[ -x "$root/usr/sbin/dovecot" ] || { echo "smoke.sh: no Dovecot in ${root:-/usr/sbin}" >&2; exit 2; }
 if [ "${VALGRIND:-0}" = 1 ] && [ ! -x "$root/usr/bin/valgrind" ]; then
 	echo "smoke.sh: VALGRIND=1 needs valgrind${root:+ inside $root}" >&2
 	exit 2
@@ -80,32 +79,36 @@ stop_dovecot() {
 trap cleanup EXIT INT TERM
 
 # Build (inside the root for a root's Dovecot) and put the plugins where the
-# test configuration's mail_plugin_dir points.
+# test configuration's mail_plugin_dir points. The settings probe says how
+# the plugin reads its settings, and so which configuration the test writes:
+# plugin { } in 2.3's syntax, or the settings framework in 2.4's.
 chmod 0755 "$tmp"
 mkdir -p "$tmp/run" "$tmp/state" "$tmp/modules"
-if [ -n "$root" ]; then
-	version=$("$here/build-in-root.sh" "$root" "$tmp/modules")
-	# shellcheck disable=SC2016 # expanded by the root's shell
-	moduledir=$(chroot "$root" sh -c '. /usr/lib/dovecot/dovecot-config && echo "$dovecot_moduledir"')
-else
-	make -C "$src" WERROR=1 >/dev/null
-	version=$(make -s -C "$src" version)
-	# shellcheck source=/dev/null disable=SC2154
-	moduledir=$(. /usr/lib/dovecot/dovecot-config && echo "$dovecot_moduledir")
-	cp "$src"/build/lib25_xaps_*_plugin.so "$tmp/modules/"
-fi
+built=$("$here/build-in-root.sh" "${root:-/}" "$tmp/modules")
+built_value() { echo "$built" | sed -n "s/^$1 //p"; }
+version=$(built_value version)
+settings=$(built_value settings)
+moduledir=$(built_value moduledir)
+libexecdir=$(built_value libexecdir)
+# This run's settings module, mounted over the root's folder of them.
+settings_bind=()
+[ -d "$tmp/modules/settings" ] && settings_bind=(--bind "$tmp/modules/settings" "$moduledir/settings")
 # Dovecot looks for mail plugins in one directory; give it the system modules
 # (as seen by Dovecot) plus the freshly built ones.
 for m in "$root$moduledir"/*.so; do
 	case "$m" in */lib25_xaps_*) continue ;; esac
 	ln -s "$moduledir/$(basename "$m")" "$tmp/modules/"
 done
-case "$version" in
-2.3.*) series=23 ;;
-2.4.*) series=24 ;;
-*) echo "smoke.sh: Dovecot $version is neither 2.3 nor 2.4" >&2; exit 2 ;;
+case "$settings" in
+plugin_env) series=23 ;;
+framework) series=24 ;;
+*) echo "smoke.sh: the settings probe says '$settings'" >&2; exit 2 ;;
 esac
-echo "smoke.sh: Dovecot $version${root:+ in $root}"
+if [ "$series" = 24 ] && [ ${#settings_bind[@]} = 0 ]; then
+	echo "smoke.sh: no settings module was built for Dovecot $version" >&2
+	exit 2
+fi
+echo "smoke.sh: Dovecot $version${root:+ in $root} (settings: $settings)"
 
 # Three free ports on 127.0.0.1: IMAP, LMTP, stand-in daemon.
 read -r imap_port lmtp_port http_port < <(python3 - <<'EOF'
@@ -121,7 +124,7 @@ EOF
 # must be traversable and the homes owned by that uid. erin's home belongs to
 # root: a delivery to her fails at DATA, the way a full disk or a broken home
 # does, after other recipients were saved.
-for u in alice bob carol dave erin frank gina; do mkdir -p "$tmp/home/$u"; done
+for u in alice bob carol dave erin frank gina hank; do mkdir -p "$tmp/home/$u"; done
 chown -R "$mail_uid:$mail_uid" "$tmp/home"
 chown root:root "$tmp/home/erin"
 
@@ -130,25 +133,30 @@ chown root:root "$tmp/home/erin"
 # turns the mailbox confirmations off through userdb; dave's plugin settings
 # lack the URL, so the plugins must stay off for him; frank is over quota as
 # soon as a message is bigger than 1 KiB; gina's timeout is 6 s, longer than
-# the plugin's built-in default of 5 s.
+# the plugin's built-in default of 5 s. Everybody's URL has a path and a
+# query (which the plugin replaces), but hank's has neither (and his
+# timeout is long enough for a process under valgrind on a busy machine).
 user() { echo "$1:{PLAIN}secret:$mail_uid:$mail_uid::$inside/home/$1::$2"; }
+xaps_url="http://127.0.0.1:$http_port/ignored/path?also=ignored"
 {
 	user alice ""
 	user bob "userdb_xaps_alias=bob@alias.example"
 	if [ "$series" = 23 ]; then
 		# Extra fields are split on spaces, so carol's xaps_config tokens
 		# are separated by tabs.
-		user carol "userdb_xaps_config=url=http://127.0.0.1:$http_port$(printf '\t')mailbox_confirm=no$(printf '\t')timeout_msecs=2000"
+		user carol "userdb_xaps_config=url=$xaps_url$(printf '\t')mailbox_confirm=no$(printf '\t')timeout_msecs=2000"
 		user dave "userdb_xaps_config=max_retries=1"
 		user erin ""
 		user frank "userdb_quota_rule=*:storage=1K"
-		user gina "userdb_xaps_config=url=http://127.0.0.1:$http_port$(printf '\t')timeout_msecs=6000"
+		user gina "userdb_xaps_config=url=$xaps_url$(printf '\t')timeout_msecs=6000"
+		user hank "userdb_xaps_config=url=http://127.0.0.1:$http_port$(printf '\t')timeout_msecs=10000"
 	else
 		user carol "userdb_xaps_mailbox_confirm=no"
 		user dave "userdb_xaps_url="
 		user erin ""
 		user frank "userdb_quota_storage_size=1K"
 		user gina "userdb_xaps_timeout=6s"
+		user hank "userdb_xaps_url=http://127.0.0.1:$http_port userdb_xaps_timeout=10s"
 	fi
 } >"$tmp/users"
 chmod 0644 "$tmp/users"
@@ -161,7 +169,7 @@ chmod 0600 "$tmp/xaps.secret"
 template=$here/dovecot.conf.in
 [ "$series" = 24 ] && template=$here/dovecot24.conf.in
 sed -e "s|@TMP@|$inside|g" -e "s|@IMAP_PORT@|$imap_port|g" \
-    -e "s|@LMTP_PORT@|$lmtp_port|g" -e "s|@XAPS_URL@|http://127.0.0.1:$http_port/ignored/path|g" \
+    -e "s|@LMTP_PORT@|$lmtp_port|g" -e "s|@XAPS_URL@|$xaps_url|g" \
     "$template" >"$tmp/dovecot.conf"
 
 # Dovecot 2.4 checks the plugin settings when it reads its configuration: a
@@ -172,7 +180,7 @@ if [ "$series" = 24 ]; then
 		key=${line%% =*}
 		sed -e "s|^$key = .*|$line|" "$tmp/dovecot.conf" >"$tmp/bad.conf"
 		grep -qx "$line" "$tmp/bad.conf" || echo "$line" >>"$tmp/bad.conf"
-		if out=$(chroot "$root" doveconf -c "$inside/bad.conf" -n 2>&1 >/dev/null); then
+		if out=$("$here/in-root.sh" "${root:-/}" "${settings_bind[@]}" doveconf -c "$inside/bad.conf" -n 2>&1 >/dev/null); then
 			echo "FAIL doveconf accepts '$line'"
 			bad_settings=1
 		elif [[ "$out" != *"$want"* ]]; then
@@ -197,29 +205,21 @@ if [ "${VALGRIND:-0}" = 1 ]; then
 	# Every imap and lmtp process starts under valgrind; each writes its
 	# report to its own file.
 	mkdir -m 1777 "$tmp/valgrind"
-	libexec=$(dirname "$moduledir")
 	vg="/usr/bin/valgrind --quiet --vgdb=no --error-limit=no --leak-check=no --track-fds=no"
 	cat >>"$tmp/dovecot.conf" <<EOF
 service imap {
-  executable = $vg --log-file=$inside/valgrind/imap.%p.log $libexec/imap
+  executable = $vg --log-file=$inside/valgrind/imap.%p.log $libexecdir/imap
 }
 service lmtp {
-  executable = $vg --log-file=$inside/valgrind/lmtp.%p.log $libexec/lmtp
+  executable = $vg --log-file=$inside/valgrind/lmtp.%p.log $libexecdir/lmtp
 }
 EOF
 	slow=4
 fi
 
-if [ -n "$root" ]; then
-	# A private mount namespace gives the root a /proc (valgrind needs it)
-	# that goes away with the test.
-	# shellcheck disable=SC2016 # expanded by the inner shell
-	unshare --mount --propagation private sh -c \
-		'mount -t proc proc "$1/proc" && exec chroot "$1" dovecot -F -c "$2"' \
-		sh "$root" "$inside/dovecot.conf" &
-else
-	dovecot -F -c "$tmp/dovecot.conf" &
-fi
+# A private mount namespace gives a root a /proc (valgrind needs it) and
+# Dovecot this run's settings module, both gone with the test.
+"$here/in-root.sh" "${root:-/}" "${settings_bind[@]}" dovecot -F -c "$inside/dovecot.conf" &
 dovecot_pid=$!
 
 python3 "$here/checks.py" --imap-port "$imap_port" --lmtp-port "$lmtp_port" \

@@ -8,6 +8,8 @@ POST /register  answers according to the current mode (see MODES) and appends
 POST /notify    appends the raw body as one line to <dir>/notify.log and answers
                 according to the notify mode (NOTIFY_MODES)
 POST /_mode     sets the mode for later /register requests (body = mode name)
+Every request other than /_mode and /_notifymode appends its method and path,
+as the request line had them, to <dir>/paths.log.
 POST /_notifymode  sets the mode for later /notify requests
 
 Listens on 127.0.0.1 only. Usage: standin.py <port> <dir>
@@ -93,6 +95,8 @@ def make_handler(state):
         def do_POST(self):
             length = int(self.headers.get("Content-Length", "0"))
             body = self.rfile.read(length)
+            if self.path not in ("/_mode", "/_notifymode"):
+                state.record("paths", ("POST " + self.path).encode())
             if self.path == "/_mode":
                 state.mode = body.decode().strip()
                 self.reply(200, b"")
@@ -111,6 +115,10 @@ def make_handler(state):
                 self.reply(status, answer, delay)
             else:
                 self.reply(404, b"404 page not found\n")
+
+        def do_GET(self):
+            state.record("paths", ("GET " + self.path).encode())
+            self.reply(404, b"404 page not found\n")
 
     return Handler
 

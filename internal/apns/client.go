@@ -1,9 +1,11 @@
 package apns
 
 import (
+	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"net/http"
+	"net/url"
 	"time"
 
 	"github.com/sideshow/apns2"
@@ -27,6 +29,7 @@ type Client struct {
 
 	pool  *connPool // nil for dry-run and test transports
 	token *Token    // token mode only
+	host  string    // host[:port] of the endpoint, for Reach
 }
 
 // CloseIdle closes the client's connections that carry no push. Retired
@@ -56,6 +59,56 @@ func (c *Client) unreachable() (time.Time, error) {
 		return time.Time{}, nil
 	}
 	return c.pool.blockedUntil()
+}
+
+// Reachability is what is known of the way to APNs (Client.Reach).
+type Reachability struct {
+	State string        // one of the Reach words
+	Took  time.Duration // ReachReachable: how long connecting took
+	Err   error         // ReachUnreachable: why
+	Until time.Time     // ReachUnreachable: the pushes' next attempt to connect, if one is set
+}
+
+// States of Reachability.
+const (
+	ReachConnected   = "connected"   // a connection to APNs is open
+	ReachReachable   = "reachable"   // none was open; one could be made just now
+	ReachUnreachable = "unreachable" // none can be made
+	ReachDryRun      = "dry-run"     // nothing is sent to APNs
+	ReachUnknown     = "unknown"     // a transport that does not say (tests)
+)
+
+// Reach says whether APNs can be reached with this client's credential:
+// a connection open for the pushes counts; otherwise it connects once
+// (TCP, TLS with the credential's certificate, HTTP/2 agreed) and closes
+// the connection again. For xapsd diagnose; the pushes never wait for it.
+func (c *Client) Reach(ctx context.Context) Reachability {
+	switch {
+	case c.DryRun:
+		return Reachability{State: ReachDryRun}
+	case c.pool == nil:
+		return Reachability{State: ReachUnknown}
+	case c.pool.open() > 0:
+		return Reachability{State: ReachConnected}
+	}
+	if until, err := c.pool.blockedUntil(); !until.IsZero() {
+		return Reachability{State: ReachUnreachable, Err: err, Until: until}
+	}
+	start := time.Now()
+	cc, err := c.pool.connect(ctx, c.host)
+	if err != nil {
+		return Reachability{State: ReachUnreachable, Err: err}
+	}
+	cc.Close()
+	return Reachability{State: ReachReachable, Took: time.Since(start)}
+}
+
+// endpointHost is the host[:port] of an endpoint URL.
+func endpointHost(endpoint string) string {
+	if u, err := url.Parse(endpoint); err == nil && u.Host != "" {
+		return u.Host
+	}
+	return endpoint
 }
 
 // Endpoint hosts.
@@ -112,7 +165,7 @@ func newHTTPClient(o ClientOptions, certs []tls.Certificate) (*http.Client, *con
 func NewCertificateClient(cert tls.Certificate, topic string, o ClientOptions) *Client {
 	hc, pool := newHTTPClient(o, []tls.Certificate{cert})
 	c := &apns2.Client{Certificate: cert, Host: o.URL, HTTPClient: hc}
-	return &Client{Topic: topic, Transport: c, pool: pool}
+	return &Client{Topic: topic, Transport: c, pool: pool, host: endpointHost(o.URL)}
 }
 
 // NewTokenClient pushes with a .p8 signing key (JWT bearer tokens). Pass
@@ -122,7 +175,7 @@ func NewCertificateClient(cert tls.Certificate, topic string, o ClientOptions) *
 func NewTokenClient(tok *Token, topic string, o ClientOptions) *Client {
 	hc, pool := newHTTPClient(o, nil)
 	c := &apns2.Client{Token: tok.tok, Host: o.URL, HTTPClient: hc}
-	return &Client{Topic: topic, Transport: c, pool: pool, token: tok}
+	return &Client{Topic: topic, Transport: c, pool: pool, token: tok, host: endpointHost(o.URL)}
 }
 
 // NewDryRunClient logs each push instead of sending it: for trying xapsd

@@ -162,6 +162,13 @@ func newConnPool(o ClientOptions, certs []tls.Certificate) *connPool {
 	}
 }
 
+// open counts the pool's live connections.
+func (p *connPool) open() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return len(p.conns)
+}
+
 // blockedUntil is the time before which the pool will not connect while
 // it has no connection, or zero. The sender reads it for every push, so
 // it is an atomic.

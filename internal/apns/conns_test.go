@@ -168,8 +168,9 @@ func TestRefusedTokenGoesBackToOneStream(t *testing.T) {
 	// Pushes that had left for x/net when the refusal came may open their
 	// stream just after the client acknowledged the lower limit (x/net
 	// checks the limit, then writes); a client that ignored it would
-	// overrun it with nearly all of the 100.
-	if v := srv.Violations(); v > 10 {
+	// overrun it with nearly all of the 100. How many had left depends on
+	// the machine's load (13 seen on a busy two-core one).
+	if v := srv.Violations(); v > 25 {
 		t.Errorf("%d streams over the limit", v)
 	}
 	if n := srv.Connections(); n != 1 {

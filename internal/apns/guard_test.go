@@ -127,13 +127,18 @@ func TestPushesToOneDeviceArePaced(t *testing.T) {
 	srv := appleServer(t, fakeapns.Options{})
 	s, res, _ := startClient(t, certClientFor(t, srv), Options{MinInterval: time.Second})
 	phone := devKey(1)
+	start := time.Now()
+	var span time.Duration // from the first event to the last
 	for range 20 {
 		s.Enqueue(phone)
+		span = time.Since(start)
 		time.Sleep(100 * time.Millisecond)
 	}
+	// On a busy machine the 20 events take longer than 1.9 s; what is
+	// promised is the first push at once, then one per interval.
 	waitUntil(t, "the last push", func() bool { q, f := s.Depth(); return q == 0 && f == 0 })
-	if n := srv.Count(); n < 2 || n > 3 {
-		t.Errorf("%d pushes for 20 events in 2 s with a 1 s interval, want 2 or 3", n)
+	if n, most := srv.Count(), int64(span/time.Second)+2; n < 2 || n > most {
+		t.Errorf("%d pushes for 20 events in %v with a 1 s interval, want 2 to %d", n, span.Round(time.Millisecond), most)
 	}
 	reqs := srv.Requests()
 	for i := 1; i < len(reqs); i++ {

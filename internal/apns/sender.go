@@ -110,9 +110,10 @@ type job struct {
 	attempt  int
 	deadline time.Time // expiration of the push; no retry past it
 	timer    *time.Timer
-	paced    bool // timer waits for MinInterval, not for a retry
-	probe    bool // sent to see whether APNs still refuses the credential
-	test     bool // PushNow: one attempt, reported as a test
+	due      time.Time // when timer puts it back in the queue
+	paced    bool      // timer waits for MinInterval, not for a retry
+	probe    bool      // sent to see whether APNs still refuses the credential
+	test     bool      // PushNow: one attempt, reported as a test
 }
 
 // pause is the state of a paused queue: APNs refuses the credential.
@@ -233,6 +234,43 @@ func (s *Sender) Paused() (cause string, why error) {
 		return PauseUnreachable, fmt.Errorf("sending paused: %w", &UnreachableError{Err: err, Until: until})
 	}
 	return "", nil
+}
+
+// Why a push waits (Waiting.Why).
+const (
+	WaitQueued   = "queued"    // in the queue, goes out as soon as a worker is free
+	WaitInFlight = "in flight" // sent, Apple has not answered yet
+	WaitPacing   = "pacing"    // the device was pushed less than MinInterval ago
+	WaitRetry    = "retry"     // the last attempt failed for now; tried again at Until
+	WaitPaused   = "paused"    // sending is paused (Paused says why)
+)
+
+// Waiting is a push to one device that has not been answered yet.
+type Waiting struct {
+	Why     string    // one of the Wait words
+	Until   time.Time // WaitPacing and WaitRetry: when it goes back in the queue
+	Attempt int       // attempts made so far
+}
+
+// Waiting reports whether a push to k waits, and for what: for xapsd
+// diagnose, which shows whether a push is held back and by what.
+func (s *Sender) Waiting(k registry.Key) (Waiting, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	j, queued := s.queued[k]
+	switch {
+	case queued && j.timer != nil && j.paced:
+		return Waiting{Why: WaitPacing, Until: j.due, Attempt: j.attempt}, true
+	case queued && j.timer != nil:
+		return Waiting{Why: WaitRetry, Until: j.due, Attempt: j.attempt}, true
+	case queued && s.stuckLocked():
+		return Waiting{Why: WaitPaused, Attempt: j.attempt}, true
+	case queued:
+		return Waiting{Why: WaitQueued, Attempt: j.attempt}, true
+	case s.flying[k] > 0:
+		return Waiting{Why: WaitInFlight}, true
+	}
+	return Waiting{}, false
 }
 
 // Client returns the current credentials.
@@ -820,6 +858,7 @@ func (s *Sender) scheduleRetryLocked(j *job) {
 
 // requeueAfterLocked puts j, already in queued, into the queue after d.
 func (s *Sender) requeueAfterLocked(j *job, d time.Duration) {
+	j.due = s.opts.Now().Add(d)
 	j.timer = time.AfterFunc(d, func() {
 		s.mu.Lock()
 		if cur, ok := s.queued[j.key]; !ok || cur != j || s.stopping {

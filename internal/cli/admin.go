@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/xapsd/xapsd/internal/ctl"
+	"github.com/xapsd/xapsd/internal/diagnose"
 )
 
 // adminClient is what the commands need of the admin socket (ctl.Client).
@@ -17,6 +18,7 @@ type adminClient interface {
 	Devices(user string) ([]ctl.Device, error)
 	Remove(user, id string) ([]ctl.Device, error)
 	TestPush(user string) ([]ctl.PushResult, error)
+	Diagnose(user string) (diagnose.Report, error)
 	Import(data []byte) (found, imported int, err error)
 	Export(w io.Writer) error
 }
@@ -56,6 +58,24 @@ its reason. The daemon logs each one as "test push". With --json, one JSON
 object per device and line.`,
 			exits: "  0  every push was delivered (or logged, in dry-run mode)\n  1  a push was not delivered, USER has no device, or the daemon cannot be reached\n  2  wrong arguments\n",
 			run:   testPush,
+		},
+		{
+			name: "diagnose", args: "USER", min: 1, max: 1, json: true,
+			summary: "walk the chain from delivery to USER's phones and say where it breaks",
+			help: `Asks the running daemon, for USER, step by step: the daemon (push
+credential and topic, days left, sending paused or not and why, APNs
+reachable); USER's registrations (each device, token shortened, account id,
+mailboxes, when it registered); the last /notify for USER, and for user names
+that look like it (the same local part, another domain or none) that have no
+device, the usual sign of an IMAP login and a delivery under different names;
+per device the last push (time, outcome, Apple's reason) and what holds the
+next one back (pacing, the delay, a retry, a pause). It ends with a verdict:
+the first step that fails and what to check next, or that the server side
+works and the phone's Mail settings are next. The daemon keeps the last few
+events of its most recently active users in memory since it started. Nothing is
+pushed; test-push does that. With --json, the whole report as one JSON object.`,
+			exits: "  0  every step passes: the server side works\n  1  a step fails (the verdict names it), or the daemon cannot be reached\n  2  wrong arguments\n",
+			run:   diagnoseUser,
 		},
 		{
 			name: "import", args: "FILE", min: 1, max: 1,
@@ -125,8 +145,13 @@ func devicesList(env Env, c adminClient, o *options, args []string) int {
 	} else {
 		printDevices(env.Stdout, devs)
 	}
-	if len(devs) == 0 && user != "" {
+	switch {
+	case len(devs) == 0 && user != "":
 		fmt.Fprintln(env.Stderr, noDeviceHint(user))
+	case len(devs) == 0:
+		// Said, so that nothing on standard output does not read as a
+		// hang or a failure.
+		fmt.Fprintln(env.Stderr, "no devices registered: a device registers when iOS Mail connects to the IMAP server with push on (docs/troubleshooting.md)")
 	}
 	return 0
 }
@@ -180,6 +205,41 @@ func testPush(env Env, c adminClient, o *options, args []string) int {
 		}
 	}
 	return 0
+}
+
+func diagnoseUser(env Env, c adminClient, o *options, args []string) int {
+	r, err := c.Diagnose(args[0])
+	if err != nil {
+		return fail(env, err)
+	}
+	if o.json {
+		writeJSONLines(env.Stdout, []diagnose.Report{r}, func(r diagnose.Report) any { return r })
+	} else {
+		printReport(env.Stdout, r)
+	}
+	if !r.Verdict.OK {
+		return 1
+	}
+	return 0
+}
+
+// printReport writes a diagnosis step by step, then the verdict.
+func printReport(w io.Writer, r diagnose.Report) {
+	fmt.Fprintf(w, "xapsd diagnose %s (%s)\n", shellWord(r.User), timestamp(r.Time))
+	for _, s := range r.Steps {
+		fmt.Fprintf(w, "%-6s %s: %s\n", "["+strings.ToUpper(shown(s.Status))+"]", shown(s.Name), shown(s.Summary))
+		for _, l := range s.Lines {
+			fmt.Fprintf(w, "         %s\n", shown(l))
+		}
+		if s.Next != "" && s.Status != diagnose.StatusOK {
+			fmt.Fprintf(w, "         next: %s\n", shown(s.Next))
+		}
+	}
+	if r.Verdict.OK {
+		fmt.Fprintf(w, "verdict: %s\n", shown(r.Verdict.Text))
+		return
+	}
+	fmt.Fprintf(w, "verdict: %s fails: %s\n", shown(r.Verdict.Step), shown(r.Verdict.Text))
 }
 
 // pushWorked: Apple took the push, or the dry-run logged it.

@@ -74,7 +74,7 @@ func newFlagSet(o *options, stderr io.Writer) *pflag.FlagSet {
 	fs.StringVar(&o.configFile, "config", "", "configuration file (default "+config.DefaultDir+"/"+config.DefaultName+".yaml)")
 	fs.BoolVar(&o.checkConfig, "check-config", false, "check the configuration, the credential and the state folder, print the effective configuration with secrets redacted, then exit")
 	fs.BoolVarP(&o.quiet, "quiet", "q", false, "with --check-config: print only warnings and errors, not the configuration")
-	fs.BoolVar(&o.json, "json", false, "devices list, test-push: one JSON object per line")
+	fs.BoolVar(&o.json, "json", false, "devices list, test-push, diagnose: JSON (one object per line)")
 	fs.BoolVar(&o.version, "version", false, "print the version and exit")
 	fs.BoolVar(&o.pass, "pass", false, "read an Apple ID password and print its SHA-256 for appleIdHashedPassword, then exit (-pass works too)")
 	fs.StringVar(&o.configPath, "configPath", "", "folder to look for the configuration in, before "+config.DefaultDir+" (old xapsd; -configPath works too)")
@@ -93,7 +93,7 @@ func Main(args []string, env Env) int {
 		fmt.Fprintf(env.Stderr, "xapsd: %v (see xapsd --help)\n", err)
 		return 2
 	}
-	if err := singleDashLong(fs, args); err != nil {
+	if err := checkOptionNames(fs, args); err != nil {
 		return usageFail(err)
 	}
 	if err := fs.Parse(args); err != nil {
@@ -115,7 +115,7 @@ func Main(args []string, env Env) int {
 		fmt.Fprintf(env.Stderr, "xapsd: %s: wrong number of arguments (usage: %s)\n", cmd.name, cmd.usage())
 		return 2
 	case o.json && (cmd == nil || !cmd.json):
-		return usageFail(usageError("--json goes with devices list and test-push"))
+		return usageFail(usageError("--json goes with devices list, test-push and diagnose"))
 	case o.quiet && !o.checkConfig:
 		return usageFail(usageError("--quiet goes with --check-config"))
 	case o.checkConfig && cmd != nil:

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/xapsd/xapsd/internal/ctl"
+	"github.com/xapsd/xapsd/internal/diagnose"
 )
 
 func TestNormalizeArgsKeepsOldSingleDashFlags(t *testing.T) {
@@ -117,13 +118,20 @@ func TestUsageErrors(t *testing.T) {
 		{[]string{"-version"}, "did you mean --version?"},
 		{[]string{"-foreground"}, "unknown option -foreground: long options take two dashes, and there is no --foreground"},
 		{[]string{"devices", "list", "-json"}, "did you mean --json?"},
+		// Unknown long options go through the same suggester as the
+		// single-dash ones, the commands and the configuration keys.
+		{[]string{"--conifg", "x.yaml"}, "unknown option --conifg; did you mean --config?"},
+		{[]string{"--conifg=x.yaml"}, "unknown option --conifg; did you mean --config?"},
+		{[]string{"--check"}, "unknown option --check; did you mean --check-config?"},
+		{[]string{"devices", "list", "--jsno"}, "unknown option --jsno; did you mean --json?"},
+		{[]string{"--frobnicate"}, "unknown option --frobnicate (xapsd --help lists them)"},
 		{[]string{"device", "list"}, `unknown command "device"; did you mean devices?`},
 		{[]string{"devices", "lsit"}, `unknown command "devices lsit"; did you mean devices list?`},
 		{[]string{"devices"}, "devices needs a subcommand"},
 		{[]string{"devices", "remove"}, "devices remove: wrong number of arguments (usage: xapsd [--config FILE] devices remove USER [ACCOUNT-ID|TOKEN])"},
 		{[]string{"test-push", "a", "b"}, "test-push: wrong number of arguments"},
-		{[]string{"--json"}, "--json goes with devices list and test-push"},
-		{[]string{"import", "f", "--json"}, "--json goes with devices list and test-push"},
+		{[]string{"--json"}, "--json goes with devices list, test-push and diagnose"},
+		{[]string{"import", "f", "--json"}, "--json goes with devices list, test-push and diagnose"},
 		{[]string{"--quiet"}, "--quiet goes with --check-config"},
 		{[]string{"--check-config", "devices", "list"}, "--check-config takes no command"},
 	} {
@@ -142,6 +150,7 @@ func TestUsageErrors(t *testing.T) {
 type fakeAdmin struct {
 	devs    []ctl.Device
 	results []ctl.PushResult
+	report  diagnose.Report
 }
 
 func (f *fakeAdmin) Devices(user string) ([]ctl.Device, error) {
@@ -172,6 +181,12 @@ func (f *fakeAdmin) TestPush(user string) ([]ctl.PushResult, error) {
 		}
 	}
 	return out, nil
+}
+
+func (f *fakeAdmin) Diagnose(user string) (diagnose.Report, error) {
+	r := f.report
+	r.User = user
+	return r, nil
 }
 
 func (f *fakeAdmin) Import([]byte) (int, int, error) { return 0, 0, nil }
@@ -217,6 +232,18 @@ func TestDevicesListTimesAndJSON(t *testing.T) {
 	code, out, errOut := runCommand(testAdmin(), options{}, "devices list", "bob")
 	if code != 0 || out != "" || !strings.Contains(errOut, `no device registered for "bob": check that the IMAP login name`) {
 		t.Errorf("nobody: %d %q %q", code, out, errOut)
+	}
+}
+
+// An empty registry is said on standard error, so that it does not read
+// as a hang or a failure; standard output stays empty (no JSON lines
+// with --json), as scripts expect of an empty list.
+func TestDevicesListEmptyRegistrySaysSo(t *testing.T) {
+	for _, o := range []options{{}, {json: true}} {
+		code, out, errOut := runCommand(&fakeAdmin{}, o, "devices list")
+		if code != 0 || out != "" || !strings.Contains(errOut, "no devices registered") {
+			t.Errorf("json=%v: exit %d, stdout %q, stderr %q; want 0, nothing, and \"no devices registered\"", o.json, code, out, errOut)
+		}
 	}
 }
 
@@ -268,7 +295,10 @@ func TestAdminCommandsEscapeWhatTheyPrint(t *testing.T) {
 		bad, _ := strconv.Unquote(`"` + c + `"`)
 		user := "mal" + bad + "lory@example.com"
 		dev := ctl.Device{User: user, AccountID: "ACC" + bad, DeviceToken: "AA11", Mailboxes: []string{"IN" + bad + "BOX"}, Registered: registered}
-		a := &fakeAdmin{devs: []ctl.Device{dev}, results: []ctl.PushResult{{Device: dev, Outcome: "failed", Reason: "why" + bad}}}
+		a := &fakeAdmin{devs: []ctl.Device{dev}, results: []ctl.PushResult{{Device: dev, Outcome: "failed", Reason: "why" + bad}},
+			report: diagnose.Report{Steps: []diagnose.Step{{Name: diagnose.StepRegistrations, Status: diagnose.StatusFail,
+				Summary: "no device registered for " + user, Lines: []string{"IN" + bad + "BOX"}, Next: "ask " + user}},
+				Verdict: diagnose.Verdict{Step: diagnose.StepRegistrations, Text: "nothing for " + user}}}
 		for _, run := range []struct {
 			name string
 			o    options
@@ -281,6 +311,8 @@ func TestAdminCommandsEscapeWhatTheyPrint(t *testing.T) {
 			{"devices remove, no match", options{}, "devices remove", []string{user, "nope"}},
 			{"test-push", options{}, "test-push", []string{user}},
 			{"test-push --json", options{json: true}, "test-push", []string{user}},
+			{"diagnose", options{}, "diagnose", []string{user}},
+			{"diagnose --json", options{json: true}, "diagnose", []string{user}},
 		} {
 			_, out, errOut := runCommand(a, run.o, run.cmd, run.args...)
 			if strings.Contains(out+errOut, bad) {
@@ -331,5 +363,55 @@ func TestConfigErrorsHaveOneHeader(t *testing.T) {
 		"  metricsListenAddr: 11621: is a port without an address: write 127.0.0.1:11621 (this host only) or :11621 (every interface); \"\" or off turns it off\n"
 	if errOut != want {
 		t.Errorf("stderr:\n%s\nwant:\n%s", errOut, want)
+	}
+}
+
+// An address that does not parse, does not resolve or is not this host's
+// fails --check-config (exit 1, naming it), instead of passing a
+// configuration the daemon then cannot start with.
+func TestCheckConfigRefusesAddressesItCannotListenOn(t *testing.T) {
+	dir := t.TempDir()
+	for _, tc := range []struct{ listen, want string }{
+		{"300.1.1.1", "listenAddr: 300.1.1.1: must be an IP address or host name"},
+		{"192.0.2.1", "listenAddr: 192.0.2.1: is not an address of this host"},
+		{"nosuchhost.invalid", "listenAddr: nosuchhost.invalid: cannot be resolved"},
+	} {
+		p := filepath.Join(dir, "xapsd.yaml")
+		os.WriteFile(p, []byte("apnsEndpoint: dry-run\nallowUnauthenticated: true\nmetricsListenAddr: off\n"+
+			"databaseFile: "+filepath.Join(dir, "state", "db.json")+"\nlistenAddr: "+tc.listen+"\n"), 0o600)
+		code, _, errOut := runMain("", "--config", p, "--check-config")
+		if code != 1 || !strings.Contains(errOut, tc.want) {
+			t.Errorf("listenAddr %s: exit %d, stderr %q; want 1 and %q", tc.listen, code, errOut, tc.want)
+		}
+	}
+}
+
+// diagnose prints each step, its lines and, for one that does not pass,
+// what to check next, then the verdict; it exits 1 unless all is fine.
+// --json is the report as one object.
+func TestDiagnoseOutputAndExitCode(t *testing.T) {
+	failing := diagnose.Report{
+		Steps: []diagnose.Step{
+			{Name: diagnose.StepDaemon, Status: diagnose.StatusOK, Summary: "credential usable", Lines: []string{"APNs: connected"}},
+			{Name: diagnose.StepRegistrations, Status: diagnose.StatusFail, Summary: "no device registered for carol", Next: "check XAPPLEPUSHSERVICE"},
+		},
+		Verdict: diagnose.Verdict{Step: diagnose.StepRegistrations, Text: "no device registered for carol: check XAPPLEPUSHSERVICE"},
+	}
+	code, out, _ := runCommand(&fakeAdmin{report: failing}, options{}, "diagnose", "carol")
+	for _, want := range []string{"[OK]   daemon: credential usable\n         APNs: connected\n",
+		"[FAIL] registrations: no device registered for carol\n         next: check XAPPLEPUSHSERVICE\n",
+		"verdict: registrations fails: no device registered for carol"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("output lacks %q:\n%s", want, out)
+		}
+	}
+	if code != 1 {
+		t.Errorf("a failing step: exit %d, want 1", code)
+	}
+	fine := diagnose.Report{Verdict: diagnose.Verdict{OK: true, Text: diagnose.AllFine}}
+	code, out, _ = runCommand(&fakeAdmin{report: fine}, options{json: true}, "diagnose", "alice")
+	var got diagnose.Report
+	if err := json.Unmarshal([]byte(out), &got); err != nil || code != 0 || got.User != "alice" || !got.Verdict.OK {
+		t.Errorf("--json: exit %d, %v, %q", code, err, out)
 	}
 }

@@ -35,10 +35,19 @@ func (c *command) usage() string {
 	return u
 }
 
+// exitCodes are Main's exit codes. A push credential that does not load
+// is not among the failures: the daemon starts without it (and says why),
+// so --check-config only warns about it, and a reload that fixes
+// something else is not refused (test/docs checks every claim about it).
 const exitCodes = `Exit codes:
-  0  done (the daemon: stopped cleanly)
-  1  failed: the configuration or a credential is not valid, the daemon cannot
-     be reached, nothing matched, or a test push was not delivered
+  0  done: the daemon stopped cleanly; --check-config: the daemon would start
+     (warnings go to standard error, among them a push credential that does
+     not load, expired or missing: the daemon starts without it and says why)
+  1  failed: the daemon could not start or stopped with an error;
+     --check-config: the daemon would not start (a problem in the file, a
+     state folder it cannot write, an address it cannot listen on); a command:
+     the daemon cannot be reached, nothing matched, or a test push was not
+     delivered
   2  wrong usage: an unknown option or command, or wrong arguments
 `
 
@@ -158,11 +167,14 @@ func help(env Env, fs *pflag.FlagSet, words []string) int {
 	return 0
 }
 
-// singleDashLong catches a long option written with one dash (-config):
-// pflag would read it as the one-letter options c, o, n, f, … and say
-// "unknown shorthand flag: 'c'". The old daemon's -pass, -configPath and
-// -configName are rewritten before (normalizeArgs) and never get here.
-func singleDashLong(fs *pflag.FlagSet, args []string) error {
+// checkOptionNames catches an unknown long option (--conifg) and a long
+// option written with one dash (-config), and names the option most
+// likely meant (suggest, as for commands and configuration keys). pflag
+// would say "unknown flag: --conifg", or read -config as the one-letter
+// options c, o, n, f, … and say "unknown shorthand flag: 'c'". The old
+// daemon's -pass, -configPath and -configName are rewritten before
+// (normalizeArgs) and never get here.
+func checkOptionNames(fs *pflag.FlagSet, args []string) error {
 	var names []string
 	fs.VisitAll(func(f *pflag.Flag) { names = append(names, f.Name) })
 	for i := 0; i < len(args); i++ {
@@ -170,8 +182,13 @@ func singleDashLong(fs *pflag.FlagSet, args []string) error {
 		if a == "--" {
 			return nil
 		}
-		if strings.HasPrefix(a, "--") {
-			if f := fs.Lookup(strings.TrimPrefix(a, "--")); f != nil && f.Value.Type() != "bool" {
+		if long, ok := strings.CutPrefix(a, "--"); ok {
+			name, _, hasValue := strings.Cut(long, "=")
+			f := fs.Lookup(name)
+			switch {
+			case f == nil:
+				return unknownOption("--"+name, names)
+			case f.Value.Type() != "bool" && !hasValue:
 				i++ // its value may start with a dash
 			}
 			continue
@@ -188,6 +205,14 @@ func singleDashLong(fs *pflag.FlagSet, args []string) error {
 		}
 	}
 	return nil
+}
+
+// unknownOption is the usage error for an option xapsd does not have.
+func unknownOption(opt string, names []string) error {
+	if s := suggest.Closest(strings.TrimLeft(opt, "-"), names); s != "" {
+		return usageError(fmt.Sprintf("unknown option %s; did you mean --%s?", opt, s))
+	}
+	return usageError(fmt.Sprintf("unknown option %s (xapsd --help lists them)", opt))
 }
 
 // allShorthands reports whether every letter of s is a one-letter

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -104,8 +105,7 @@ func syntaxHint(lines []string, line int, msg string) string {
 	for _, i := range []int{line, line - 1} {
 		if l := at(i); unquotedBracket.MatchString(l) {
 			m := keyValue.FindStringSubmatch(l)
-			v := strings.Trim(strings.TrimSpace(m[2]), "[]")
-			return fmt.Sprintf(`put an IPv6 address in quotes: %s: "%s" (unquoted, [ starts a YAML list)`, m[1], v)
+			return "put an IPv6 address in quotes: " + bracketFix(m[1], m[2]) + " (unquoted, [ starts a YAML list)"
 		}
 	}
 	for _, i := range []int{line, line - 1} {
@@ -123,6 +123,45 @@ func syntaxHint(lines []string, line int, msg string) string {
 		return "a value that starts with @, ` or % must be in quotes"
 	}
 	return ""
+}
+
+// bracketedHost is one address of a list as the old sample wrote it:
+// [::1], maybe with a port ([::1]:11619).
+var bracketedHost = regexp.MustCompile(`^\[([^\]]*)\](?::([0-9]+))?$`)
+
+// bracketFix is what to write instead of "key: value" when value has an
+// IPv6 address in brackets, as one or more "key: value" joined by " and ":
+// a value the checks then accept. metricsListenAddr takes host:port, so
+// its value only needs quotes; the plugin's listeners take addresses
+// without brackets, and a port written with one goes in its own key.
+func bracketFix(key, value string) string {
+	value, _, _ = strings.Cut(value, " #")
+	value = strings.TrimSpace(value)
+	portKey := ""
+	switch strings.ToLower(key) {
+	case "listenaddr":
+		portKey = "port"
+	case "tlslistenaddr":
+		portKey = "tlsPort"
+	default:
+		return fmt.Sprintf("%s: %q", key, value)
+	}
+	var hosts, ports []string
+	for _, h := range strings.Split(value, ",") {
+		h = strings.TrimSpace(h)
+		if m := bracketedHost.FindStringSubmatch(h); m != nil {
+			h = m[1]
+			if m[2] != "" && !slices.Contains(ports, m[2]) {
+				ports = append(ports, m[2])
+			}
+		}
+		hosts = append(hosts, h)
+	}
+	fix := fmt.Sprintf("%s: %q", key, strings.Join(hosts, ", "))
+	if len(ports) == 1 {
+		fix += fmt.Sprintf(" and %s: %s", portKey, ports[0])
+	}
+	return fix
 }
 
 // unclosed reports whether a line opens a quote or a flow list or mapping that it does

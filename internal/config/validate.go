@@ -250,7 +250,9 @@ func showValue(v any) string {
 func validPort(p int) bool { return p >= 1 && p <= 65535 }
 
 // validHost accepts "" (all interfaces), an IP address (brackets and a zone allowed) or a
-// host name. It rejects "127.0.0.1:11619", a common slip when the port has its own key.
+// host name. It rejects "127.0.0.1:11619", a common slip when the port has its own key, and
+// "300.1.1.1": a name whose last label is a number is an IP address gone wrong, since no
+// top-level domain is all digits (RFC 3696).
 func validHost(h string) bool {
 	h = stripBrackets(h)
 	if h == "" {
@@ -260,7 +262,8 @@ func validHost(h string) bool {
 	if net.ParseIP(ip) != nil {
 		return true
 	}
-	return len(h) <= 253 && hostName.MatchString(h)
+	last := h[strings.LastIndexByte(h, '.')+1:]
+	return len(h) <= 253 && hostName.MatchString(h) && strings.Trim(last, "0123456789") != ""
 }
 
 // sharesListenHost reports whether the TLS listener's host would take the same address
@@ -285,10 +288,10 @@ func (c *Config) checkListenHosts() string {
 			which = show(h) + ": "
 		}
 		switch {
-		case !validHost(h):
-			return fmt.Sprintf("%smust be an IP address or host name without port (the port goes in port)%s", which, portHint(h, "listenAddr", "port"))
 		case isPort(h):
 			return fmt.Sprintf("%sis a port, not an address: put it in port, and here the address to listen on (default %s)", which, DefaultListenAddr)
+		case !validHost(h):
+			return fmt.Sprintf("%smust be an IP address or host name without port (the port goes in port)%s", which, portHint(h, "listenAddr", "port"))
 		case h == "" && len(hosts) > 1:
 			return `"" (every interface) cannot be combined with other addresses`
 		case seen[h]:

@@ -10,6 +10,8 @@ import (
 	"net/http"
 	"net/url"
 	"time"
+
+	"github.com/xapsd/xapsd/internal/diagnose"
 )
 
 // Client talks to a running daemon's admin socket.
@@ -71,6 +73,14 @@ func (c *Client) Remove(user, id string) ([]Device, error) {
 func (c *Client) TestPush(user string) ([]PushResult, error) {
 	var out []PushResult
 	err := c.call(http.MethodPost, "/test-push", jsonBody(userRequest{User: user}), &out)
+	return out, err
+}
+
+// Diagnose asks the daemon where the chain from delivery to phone breaks
+// for user.
+func (c *Client) Diagnose(user string) (diagnose.Report, error) {
+	var out diagnose.Report
+	err := c.call(http.MethodGet, "/diagnose?user="+url.QueryEscape(user), nil, &out)
 	return out, err
 }
 

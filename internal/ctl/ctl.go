@@ -1,6 +1,6 @@
 // Package ctl is the admin channel of a running xapsd: a unix socket in
 // the state folder, mode 0600, that the `xapsd devices`, `xapsd test-push`,
-// `xapsd import` and `xapsd export` commands talk to. Going through the daemon, never
+// `xapsd diagnose`, `xapsd import` and `xapsd export` commands talk to. Going through the daemon, never
 // around it, keeps the registry's journal and memory in step; the socket's
 // mode keeps it to the user xapsd runs as (and root).
 package ctl
@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/xapsd/xapsd/internal/apns"
+	"github.com/xapsd/xapsd/internal/diagnose"
 	"github.com/xapsd/xapsd/internal/registry"
 )
 
@@ -39,6 +40,12 @@ type Registry interface {
 // Pusher sends one push now and reports Apple's answer.
 type Pusher interface {
 	PushNow(ctx context.Context, k registry.Key) apns.Result
+}
+
+// Diagnoser walks the chain from delivery to phone for one user
+// (diagnose.Sources).
+type Diagnoser interface {
+	Diagnose(ctx context.Context, user string) diagnose.Report
 }
 
 // Device is one registration as the admin commands show it.
@@ -71,7 +78,7 @@ type Server struct {
 }
 
 // Listen creates the socket (replacing a stale one) with mode 0600.
-func Listen(path string, reg Registry, push Pusher) (*Server, error) {
+func Listen(path string, reg Registry, push Pusher, diag Diagnoser) (*Server, error) {
 	if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
 		c.Close()
 		return nil, fmt.Errorf("admin socket %s: another xapsd is running with this state folder", path)
@@ -85,11 +92,12 @@ func Listen(path string, reg Registry, push Pusher) (*Server, error) {
 		ln.Close()
 		return nil, fmt.Errorf("admin socket %s: %w", path, err)
 	}
-	h := &handler{reg: reg, push: push}
+	h := &handler{reg: reg, push: push, diag: diag}
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /devices", h.list)
 	mux.HandleFunc("POST /devices/remove", h.remove)
 	mux.HandleFunc("POST /test-push", h.testPush)
+	mux.HandleFunc("GET /diagnose", h.diagnose)
 	mux.HandleFunc("POST /import", h.importFile)
 	mux.HandleFunc("GET /export", h.export)
 	return &Server{ln: ln, srv: &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}}, nil
@@ -113,6 +121,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 type handler struct {
 	reg  Registry
 	push Pusher
+	diag Diagnoser
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) {
@@ -173,6 +182,15 @@ func (h *handler) testPush(w http.ResponseWriter, r *http.Request) {
 			Reason: res.Reason, ApnsID: res.ApnsID, Millis: res.Duration.Milliseconds()})
 	}
 	writeJSON(w, http.StatusOK, out)
+}
+
+func (h *handler) diagnose(w http.ResponseWriter, r *http.Request) {
+	user := r.URL.Query().Get("user")
+	if user == "" {
+		writeJSON(w, http.StatusBadRequest, errorBody{"want ?user=…"})
+		return
+	}
+	writeJSON(w, http.StatusOK, h.diag.Diagnose(r.Context(), user))
 }
 
 // export writes every registration in the registry file format.

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/xapsd/xapsd/internal/apns"
+	"github.com/xapsd/xapsd/internal/diagnose"
 	"github.com/xapsd/xapsd/internal/registry"
 )
 
@@ -21,6 +22,13 @@ func (f *fakePusher) PushNow(_ context.Context, k registry.Key) apns.Result {
 		return apns.Result{Device: k, Outcome: apns.Removed, Status: 410, Reason: "Unregistered"}
 	}
 	return apns.Result{Device: k, Outcome: apns.Delivered, Status: 200, ApnsID: "id-" + k.AccountID}
+}
+
+// fakeDiagnoser answers with the user it was asked about.
+type fakeDiagnoser struct{}
+
+func (fakeDiagnoser) Diagnose(_ context.Context, user string) diagnose.Report {
+	return diagnose.Report{User: user, Verdict: diagnose.Verdict{Step: diagnose.StepRegistrations, Text: "no device registered for " + user}}
 }
 
 func setup(t *testing.T) (*Client, *registry.Registry, *fakePusher, string) {
@@ -42,7 +50,7 @@ func setup(t *testing.T) (*Client, *registry.Registry, *fakePusher, string) {
 	}
 	p := &fakePusher{}
 	path := SocketPath(filepath.Join(dir, "database.json"))
-	s, err := Listen(path, reg, p)
+	s, err := Listen(path, reg, p, fakeDiagnoser{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -57,7 +65,7 @@ func TestSocketIsPrivateAndExclusive(t *testing.T) {
 	if err != nil || st.Mode().Perm() != 0o600 || st.Mode()&os.ModeSocket == 0 {
 		t.Fatalf("socket %v mode %v", err, st.Mode())
 	}
-	if _, err := Listen(path, reg, p); err == nil || !strings.Contains(err.Error(), "another xapsd") {
+	if _, err := Listen(path, reg, p, fakeDiagnoser{}); err == nil || !strings.Contains(err.Error(), "another xapsd") {
 		t.Errorf("second daemon on the same folder: %v", err)
 	}
 }
@@ -105,6 +113,18 @@ func TestTestPushReportsEachDevice(t *testing.T) {
 				t.Errorf("dead: %+v", r)
 			}
 		}
+	}
+}
+
+// The report travels over the socket whole.
+func TestDiagnose(t *testing.T) {
+	c, _, _, _ := setup(t)
+	r, err := c.Diagnose("carol@example.org")
+	if err != nil || r.User != "carol@example.org" || r.Verdict.Step != diagnose.StepRegistrations || r.Verdict.Text != "no device registered for carol@example.org" {
+		t.Errorf("Diagnose = %+v, %v", r, err)
+	}
+	if _, err := c.Diagnose(""); err == nil {
+		t.Error("diagnose without a user accepted")
 	}
 }
 

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"net"
 	"os"
 	"os/user"
 	"path/filepath"
@@ -33,6 +34,11 @@ func Check(c *config.Config) (Summary, []string, error) {
 		if _, err := regularfile.ReadFile(c.DatabasePasswordFile, 0, 0); err != nil {
 			return Summary{}, notes, fmt.Errorf("databasePasswordFile: %w", err)
 		}
+	}
+	addrNotes, err := checkAddresses(c, net.Listen)
+	notes = append(notes, addrNotes...)
+	if err != nil {
+		return Summary{}, notes, err
 	}
 	listen := c.ListenAddresses()
 	if c.TLSEnabled() {

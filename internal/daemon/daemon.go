@@ -27,6 +27,8 @@ import (
 	"github.com/xapsd/xapsd/internal/config"
 	"github.com/xapsd/xapsd/internal/connlimit"
 	"github.com/xapsd/xapsd/internal/ctl"
+	"github.com/xapsd/xapsd/internal/diagnose"
+	"github.com/xapsd/xapsd/internal/history"
 	"github.com/xapsd/xapsd/internal/logging"
 	"github.com/xapsd/xapsd/internal/metrics"
 	"github.com/xapsd/xapsd/internal/notify"
@@ -44,6 +46,9 @@ type Daemon struct {
 	reg    *registry.Registry
 	sender *apns.Sender
 	sched  *scheduler.Scheduler
+	// history is the per-user record of events and pushes that xapsd
+	// diagnose reads.
+	history *history.History
 
 	servers     []*http.Server
 	listeners   []net.Listener // the plugin port, then the TLS listener's
@@ -98,15 +103,20 @@ func Run(ctx context.Context, o Options) error {
 	// Gauges read these at scrape time; they are set before the listener
 	// starts serving.
 	var src metrics.Sources
-	d.metrics = metrics.New(metrics.Sources{
+	gauges := metrics.Sources{
 		QueueDepth:       func() (int, int) { return src.QueueDepth() },
 		Registrations:    func() (int, int) { return src.Registrations() },
 		DelayedPending:   func() int { return src.DelayedPending() },
 		CredentialExpiry: func() time.Time { return d.cred.Load().notAfter },
 		RegistryDamage:   func() int { return d.reg.Health().Damaged },
+		RegistryWritable: func() bool { return d.reg.Health().WriteErr == nil },
 		Connections:      func() int { return d.conns.Open() },
 		SendingPaused:    func() string { cause, _ := d.sender.Paused(); return cause },
-	})
+	}
+	if cfg.DatabaseURL != "" {
+		gauges.RegistryFollowing = func() bool { return d.reg.Health().FollowErr == nil }
+	}
+	d.metrics = metrics.New(gauges)
 
 	// Ports before the registry: a second xapsd started by mistake on the
 	// same configuration stops here, before it reads or writes any of the
@@ -169,6 +179,7 @@ func Run(ctx context.Context, o Options) error {
 	log.WithFields(logrus.Fields{"registry": registryName(cfg), "users": users, "registrations": regs,
 		"ms": time.Since(start).Milliseconds()}).Info("registry loaded")
 
+	d.history = history.New(history.Options{})
 	d.sender = apns.New(cred.client, apns.Options{
 		Concurrency: cfg.APNsConcurrency,
 		Expiration:  cfg.APNsExpiration,
@@ -178,6 +189,7 @@ func Run(ctx context.Context, o Options) error {
 		Log:         o.Log.WithField("component", "apns"),
 		OnResult: func(r apns.Result) {
 			d.metrics.ObservePush(string(r.Outcome), r.Status, r.Reason, r.Duration)
+			d.history.Pushed(r.Device.User, r.Device.AccountID, r.Device.DeviceToken, string(r.Outcome), r.Status, r.Reason)
 			if r.Outcome != apns.Retrying {
 				d.leftovers.done(r.Device)
 			}
@@ -186,7 +198,7 @@ func Run(ctx context.Context, o Options) error {
 	d.sched = scheduler.New(scheduler.Options{Delay: cfg.Delay, Interval: cfg.CheckInterval, Sender: d.sender})
 	d.runApple()
 	src = metrics.Sources{QueueDepth: d.sender.Depth, Registrations: d.reg.Stats, DelayedPending: d.sched.Len}
-	svc := &notify.Service{Registry: d.reg, Scheduler: d.sched, Sender: d.sender,
+	svc := &notify.Service{Registry: d.reg, Scheduler: d.sched, Sender: d.sender, History: d.history,
 		InboxOnly: strings.EqualFold(cfg.PushMailboxes, "inbox")}
 	handler := pluginapi.NewHandler(pluginapi.Options{
 		Registrar: d.reg,
@@ -202,7 +214,8 @@ func Run(ctx context.Context, o Options) error {
 	})
 
 	d.serve(handler)
-	d.admin, err = ctl.Listen(ctl.SocketPath(cfg.DatabaseFile), d.reg, d.sender)
+	diag := diagnose.Sources{Daemon: d.status, Registry: d.reg, History: d.history, Queue: d.sender, Delays: d.sched}
+	d.admin, err = ctl.Listen(ctl.SocketPath(cfg.DatabaseFile), d.reg, d.sender, diag)
 	if err != nil {
 		d.stopApple()
 		return fail(err)

@@ -48,6 +48,12 @@ type Sources struct {
 	// RegistryDamage counts what loading the registry found damaged or
 	// lost (registry.Health.Damaged).
 	RegistryDamage func() int
+	// RegistryWritable says whether the registry takes writes now (no
+	// write error since the last one that succeeded).
+	RegistryWritable func() bool
+	// RegistryFollowing, with PostgreSQL only, says whether this daemon
+	// hears the changes other daemons commit.
+	RegistryFollowing func() bool
 	// Connections counts the plugin API's open connections.
 	Connections func() int
 	// SendingPaused says why pushes are held: "credential" (APNs refuses
@@ -131,6 +137,22 @@ func New(src Sources) *Metrics {
 	if d := src.RegistryDamage; d != nil {
 		gauge("xapsd_registry_damaged", "Damaged lines and records skipped, and lost registry files, found when the registry was loaded at start; 0 when it loaded cleanly. /readyz says what.",
 			func() float64 { return float64(d()) })
+	}
+	one := func(f func() bool) func() float64 {
+		return func() float64 {
+			if f() {
+				return 1
+			}
+			return 0
+		}
+	}
+	if w := src.RegistryWritable; w != nil {
+		gauge("xapsd_registry_writable", "1 while the registry takes writes; 0 after a failed write (disk full, the database unreachable) until one succeeds. /readyz says why.",
+			one(w))
+	}
+	if f := src.RegistryFollowing; f != nil {
+		gauge("xapsd_registry_following", "PostgreSQL only: 1 while this daemon hears the changes other daemons commit (LISTEN), 0 while it does not and may push from stale registrations.",
+			one(f))
 	}
 	if p := src.SendingPaused; p != nil {
 		for _, cause := range []string{"credential", "unreachable"} {

@@ -37,12 +37,14 @@ func TestPushAndRequestCounters(t *testing.T) {
 func TestServerEndpoints(t *testing.T) {
 	expiry := time.Now().Add(48 * time.Hour)
 	m := New(Sources{
-		QueueDepth:       func() (int, int) { return 7, 3 },
-		Registrations:    func() (int, int) { return 2, 5 },
-		DelayedPending:   func() int { return 4 },
-		CredentialExpiry: func() time.Time { return expiry },
-		RegistryDamage:   func() int { return 3 },
-		SendingPaused:    func() string { return "credential" },
+		QueueDepth:        func() (int, int) { return 7, 3 },
+		Registrations:     func() (int, int) { return 2, 5 },
+		DelayedPending:    func() int { return 4 },
+		CredentialExpiry:  func() time.Time { return expiry },
+		RegistryDamage:    func() int { return 3 },
+		SendingPaused:     func() string { return "credential" },
+		RegistryWritable:  func() bool { return true },
+		RegistryFollowing: func() bool { return false },
 	})
 	m.ObserveSync(12, 2*time.Millisecond)
 	m.ObserveConnect(nil)
@@ -69,7 +71,8 @@ func TestServerEndpoints(t *testing.T) {
 	for _, want := range []string{"xapsd_apns_queue_depth 7", "xapsd_apns_in_flight 3", "xapsd_registry_registrations 5",
 		"xapsd_registry_users 2", "xapsd_scheduler_pending 4", "xapsd_registry_sync_records_count 1", "xapsd_registry_damaged 3", "xapsd_credential_expiry_seconds 1727",
 		`xapsd_apns_sending_paused{cause="credential"} 1`, `xapsd_apns_sending_paused{cause="unreachable"} 0`,
-		`xapsd_apns_connections_total{result="ok"} 1`, `xapsd_apns_connections_total{result="failed"} 2`} {
+		`xapsd_apns_connections_total{result="ok"} 1`, `xapsd_apns_connections_total{result="failed"} 2`,
+		"xapsd_registry_writable 1", "xapsd_registry_following 0"} {
 		if !strings.Contains(body, want) {
 			t.Errorf("/metrics (%d) lacks %q", code, want)
 		}

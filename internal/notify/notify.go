@@ -37,27 +37,53 @@ type Enqueuer interface {
 	Enqueue(registry.Key)
 }
 
+// Recorder keeps what each event for a user led to (history.History), for
+// xapsd diagnose. It is called on every event, so it must be cheap.
+type Recorder interface {
+	Notified(user, mailbox string, events []string, result string)
+}
+
+// What an event led to, in the words xapsd diagnose shows.
+const (
+	ResultPushed    = "pushed now"                              // new mail
+	ResultDelayed   = "push delayed"                            // other changes, pushed once quiet
+	ResultNoMailbox = "no device asked for this mailbox"        // NoMailbox
+	ResultNoDevice  = "no device registered for this user name" // UnknownUser
+	ResultIgnored   = "ignored: pushMailboxes is inbox"         // Ignored
+)
+
 // Service routes events.
 type Service struct {
 	Registry  Lookup
 	Scheduler Delayer
 	Sender    Enqueuer
+	// History, when set, is told what became of every event.
+	History Recorder
 	// InboxOnly restores the old daemon's rule: only INBOX changes push.
 	InboxOnly bool
 }
 
 // Notify handles one /notify event.
 func (s *Service) Notify(user, mailbox string, events []string) Status {
+	user = registry.FoldUser(user)
+	st, result := s.route(user, mailbox, events)
+	if s.History != nil {
+		s.History.Notified(user, mailbox, events, result)
+	}
+	return st
+}
+
+func (s *Service) route(user, mailbox string, events []string) (Status, string) {
 	if s.InboxOnly && mailbox != "INBOX" {
 		// Acknowledged without a lookup, as the old daemon did.
-		return Ignored
+		return Ignored, ResultIgnored
 	}
 	res := s.Registry.Lookup(user, mailbox, s.InboxOnly)
 	if !res.KnownUser {
-		return UnknownUser
+		return UnknownUser, ResultNoDevice
 	}
 	if len(res.Targets) == 0 {
-		return NoMailbox
+		return NoMailbox, ResultNoMailbox
 	}
 	isNew := false
 	for _, e := range events {
@@ -74,5 +100,8 @@ func (s *Service) Notify(user, mailbox string, events []string) Status {
 			s.Scheduler.Delay(k)
 		}
 	}
-	return Pushed
+	if isNew {
+		return Pushed, ResultPushed
+	}
+	return Pushed, ResultDelayed
 }

@@ -74,3 +74,35 @@ func TestMailboxRules(t *testing.T) {
 		}
 	}
 }
+
+type recorded struct{ user, mailbox, result string }
+
+type recorder []recorded
+
+func (r *recorder) Notified(user, mailbox string, _ []string, result string) {
+	*r = append(*r, recorded{user, mailbox, result})
+}
+
+// Every event is recorded for xapsd diagnose under the folded user name,
+// with what became of it.
+func TestEveryEventIsRecordedWithItsResult(t *testing.T) {
+	s, _ := setup(t, false)
+	var rec recorder
+	s.History = &rec
+	s.Notify("Alice", "INBOX", []string{"MessageNew"})
+	s.Notify("alice", "Lists", []string{"FlagsSet"})
+	s.Notify("alice", "Trash", []string{"MessageNew"})
+	s.Notify("alice@example.org", "INBOX", []string{"MessageNew"})
+	s.InboxOnly = true
+	s.Notify("alice", "Lists", []string{"MessageNew"})
+	want := recorder{{"alice", "INBOX", ResultPushed}, {"alice", "Lists", ResultDelayed}, {"alice", "Trash", ResultNoMailbox},
+		{"alice@example.org", "INBOX", ResultNoDevice}, {"alice", "Lists", ResultIgnored}}
+	if len(rec) != len(want) {
+		t.Fatalf("recorded %+v", rec)
+	}
+	for i := range want {
+		if rec[i] != want[i] {
+			t.Errorf("event %d: recorded %+v, want %+v", i, rec[i], want[i])
+		}
+	}
+}

@@ -488,7 +488,7 @@ func (p *pgPersister) commit(b *batch) error {
 
 func (p *pgPersister) health(h *Health) {
 	if e := p.linkErr.Load(); e != nil {
-		h.WriteErr = *e
+		h.WriteErr, h.FollowErr = *e, *e
 		return
 	}
 	if e := p.lastErr.Load(); e != nil {

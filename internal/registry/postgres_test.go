@@ -141,11 +141,13 @@ func TestPostgresDownRefusesChangesButKeepsLookups(t *testing.T) {
 		}
 	}
 	eventually(t, "Health says why", func() bool { return errors.Is(a.Health().WriteErr, ErrUnavailable) })
+	eventually(t, "Health says the database is not followed", func() bool { return errors.Is(a.Health().FollowErr, ErrUnavailable) })
 	if err := c.Restart(); err != nil {
 		t.Fatal(err)
 	}
 	eventually(t, "registrations work again", func() bool { return a.Register(ctx, pgReg("dave", "A", "T2")) == nil })
 	eventually(t, "Health clears", func() bool { return a.Health().WriteErr == nil })
+	eventually(t, "the database is followed again", func() bool { return a.Health().FollowErr == nil })
 	if targets(a, "dave") != 2 {
 		t.Errorf("after the outage dave has %d devices, want 2", targets(a, "dave"))
 	}

@@ -596,6 +596,25 @@ func (r *Registry) List(user string) []Registration {
 	return out
 }
 
+// Users returns up to limit users with registrations for whom match is
+// true, sorted, without copying their registrations: for admin tools that
+// look for a user name like another (xapsd diagnose).
+func (r *Registry) Users(match func(user string) bool, limit int) []string {
+	var out []string
+	r.mu.RLock()
+	for u := range r.users {
+		if match(u) {
+			out = append(out, u)
+		}
+	}
+	r.mu.RUnlock()
+	sort.Strings(out)
+	if len(out) > limit {
+		out = out[:limit]
+	}
+	return out
+}
+
 // ParseFile reads the registrations of a database file written by this
 // or the old xapsd, for importing them elsewhere.
 func ParseFile(data []byte) ([]Registration, error) {
@@ -653,6 +672,10 @@ type Health struct {
 	// WriteErr is the error of the last journal write, or of the last
 	// check whether the disk takes writes; nil once one succeeds.
 	WriteErr error
+	// FollowErr, with PostgreSQL, says why this daemon does not hear the
+	// changes other daemons commit (not connected, LISTEN lost); nil while
+	// it does, and always with the files.
+	FollowErr error
 	// Damage says what loading found damaged or lost (lines skipped, a
 	// snapshot missing), one short line each; Damaged counts the
 	// records and lines skipped. The registry started anyway.

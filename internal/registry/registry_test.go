@@ -726,3 +726,19 @@ func TestTokenSpellingsAreOneRegistration(t *testing.T) {
 		r.Close()
 	}
 }
+
+// Users finds user names by a rule, sorted and capped, for xapsd diagnose.
+func TestUsersMatching(t *testing.T) {
+	r := open(t, filepath.Join(t.TempDir(), "db.json"), newClock())
+	defer r.Close()
+	for _, u := range []string{"alice", "alice@example.org", "bob@example.org", "alice@other.example"} {
+		mustRegister(t, r, reg(u, "ACC", tok1))
+	}
+	alice := func(u string) bool { return strings.HasPrefix(u, "alice") }
+	if got := r.Users(alice, 10); strings.Join(got, " ") != "alice alice@example.org alice@other.example" {
+		t.Errorf("users %q", got)
+	}
+	if got := r.Users(alice, 2); len(got) != 2 {
+		t.Errorf("limit 2: %q", got)
+	}
+}

@@ -60,6 +60,21 @@ func (s *Scheduler) Cancel(k registry.Key) {
 	s.mu.Unlock()
 }
 
+// Pending says whether the device waits for a delayed push, and when its
+// last change was: the push goes once it has been quiet for longer than
+// the delay, at the first check after that. For xapsd diagnose.
+func (s *Scheduler) Pending(k registry.Key) (last time.Time, ok bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	last, ok = s.pending[k]
+	return last, ok
+}
+
+// Due is when a push delayed since last goes out at the latest.
+func (s *Scheduler) Due(last time.Time) time.Time {
+	return last.Add(s.opts.Delay + s.opts.Interval)
+}
+
 // Len counts devices waiting for a delayed push.
 func (s *Scheduler) Len() int {
 	s.mu.Lock()

@@ -88,3 +88,22 @@ func TestRunTicksUntilCancelled(t *testing.T) {
 		t.Fatalf("Run sent %d pushes, want 1", rec.n())
 	}
 }
+
+// Pending tells xapsd diagnose that a delayed push waits, since when, and
+// when it goes at the latest; once sent or cancelled, nothing waits.
+func TestPendingSaysWhenTheDelayedPushGoes(t *testing.T) {
+	c := &fakeClock{t: time.Unix(1000, 0)}
+	s := New(Options{Delay: 30 * time.Second, Interval: 20 * time.Second, Sender: &recorder{}, Now: c.Now})
+	if _, ok := s.Pending(a); ok {
+		t.Fatal("pending before any change")
+	}
+	s.Delay(a)
+	last, ok := s.Pending(a)
+	if !ok || !last.Equal(c.t) || !s.Due(last).Equal(c.t.Add(50*time.Second)) {
+		t.Errorf("pending %v %v, due %v", last, ok, s.Due(last))
+	}
+	s.Cancel(a)
+	if _, ok := s.Pending(a); ok {
+		t.Error("pending after Cancel")
+	}
+}

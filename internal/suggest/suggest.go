@@ -19,8 +19,9 @@ func Hint(word string, choices ...string) string {
 // is close enough to be worth suggesting. Case does not count. A choice
 // that starts with word (prod for production) wins over edit distance,
 // as long as only one choice does; otherwise the choice with the fewest
-// edits wins if that is at most a third of its length (at least 1, at
-// most 3).
+// edits wins if that is at most a third of the longer of the two (at
+// least 1, at most 4): a long word spelt the way it is said
+// (listenAdress) is four edits from the short key it means (listenAddr).
 func Closest(word string, choices []string) string {
 	w := strings.ToLower(word)
 	if w == "" {
@@ -42,7 +43,7 @@ func Closest(word string, choices []string) string {
 	best, bestDist := "", -1
 	for _, c := range choices {
 		d := distance(w, strings.ToLower(c))
-		if d > min(max(len(c)/3, 1), 3) {
+		if d > min(max(max(len(c), len(w))/3, 1), 4) {
 			continue
 		}
 		if bestDist < 0 || d < bestDist {

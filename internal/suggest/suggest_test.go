@@ -13,6 +13,8 @@ func TestClosest(t *testing.T) {
 	}{
 		{"listenadr", keys, "listenAddr"},
 		{"ListenAddress", keys, "listenAddr"},
+		{"listenAdress", keys, "listenAddr"}, // four edits, but from a word of twelve letters
+		{"metricsListenAdress", keys, "metricsListenAddr"},
 		{"logLevel", keys, "loglevel"},
 		{"lgolevel", keys, "loglevel"}, // a transposition is one edit
 		{"prot", keys, "port"},

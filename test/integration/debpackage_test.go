@@ -15,16 +15,18 @@ import (
 	"github.com/xapsd/xapsd/internal/testutil/testpki"
 )
 
-// The Debian packages, as an admin uses them: make deb's package for
-// Debian 12 (built here, Dovecot 2.3) and for Debian 13 (built in the
-// Debian 13 root, Dovecot 2.4) is installed with apt-get into a clean root
-// of its release (a throw-away overlay on the clean roots test/deps.sh
-// keeps), Dovecot loads the plugin once the snippet is linked into conf.d,
-// a registration through Dovecot and a delivered mail reach the APNs
-// stand-in with the daemon started by hand as the xapsd user (there is no
-// systemd in a root), remove keeps the registry, and purge removes what
-// the package made but keeps the admin's credentials and the imported
-// Apple certificates (and the user that owns them), saying so.
+// The Debian packages, as an admin uses them: make deb builds one here
+// (Debian 12, Dovecot 2.3.19) and one in each root of test/dovecot-roots
+// (Debian 12 with bookworm-backports' 2.3.21, 13's 2.4.1, forky's 2.4.5),
+// each depending on the Dovecot ABI it was built against. Each is installed
+// with apt-get into a clean root of its release (a throw-away overlay on the
+// clean roots test/deps.sh keeps; with backports enabled where its Dovecot
+// comes from there), Dovecot loads the plugin once the snippet is linked
+// into conf.d, a registration through Dovecot and a delivered mail reach the
+// APNs stand-in with the daemon started by hand as the xapsd user (there is
+// no systemd in a root), remove keeps the registry, and purge removes what
+// the package made but keeps the admin's credentials and the imported Apple
+// certificates (and the user that owns them), saying so.
 
 func rootCache() string {
 	if c := os.Getenv("XAPS_ROOT_CACHE"); c != "" {
@@ -74,44 +76,76 @@ func repoVersion(t *testing.T) (version, epoch string) {
 	return strings.TrimSpace(string(v)), strings.TrimSpace(string(e))
 }
 
-// buildDebs makes the Debian 12 package on this machine and the Debian 13
-// one inside the Debian 13 root, and returns their paths by release.
+// debTarget is one Debian package of the matrix: where make deb builds it
+// and where the test installs it.
+type debTarget struct {
+	name      string // debian12, debian12-bpo, debian13, debian14
+	buildRoot string // "" for this machine
+	clean     string // a clean root of its release
+	backports string // the suite its Dovecot comes from, if backports
+	missing   string // why it cannot be tested here
+}
+
+// debTargets is this machine's package and one per root of
+// test/dovecot-roots.
+func debTargets(t *testing.T) []debTarget {
+	t.Helper()
+	targets := []debTarget{{name: "debian12", clean: filepath.Join(rootCache(), "debian12-clean")}}
+	for _, r := range dovecotRoots(t) {
+		d := debTarget{name: strings.TrimSuffix(r.name, "-root"), buildRoot: filepath.Join(rootCache(), r.name),
+			clean: filepath.Join(rootCache(), r.clean)}
+		if strings.HasSuffix(r.suite, "-backports") {
+			d.backports = r.suite
+		}
+		targets = append(targets, d)
+	}
+	for i, d := range targets {
+		for _, r := range []string{d.buildRoot, d.clean} {
+			if _, err := os.Stat(filepath.Join("/"+r, "usr/bin/apt-get")); err != nil {
+				targets[i].missing = fmt.Sprintf("no Debian root at %s (test/deps.sh makes the roots; .ci/run does)", r)
+			}
+		}
+	}
+	return targets
+}
+
+// dovecotABI is what dovecot-core provides in root: dovecot-abi-2.4.abiv5.
+func dovecotABI(t *testing.T, root string) string {
+	t.Helper()
+	out := runOK(t, "chroot", "/"+root, "dpkg-query", "-W", "-f=${Provides}", "dovecot-core")
+	for _, p := range strings.Split(out, ",") {
+		if f := strings.Fields(p); len(f) > 0 && strings.HasPrefix(f[0], "dovecot-abi-") {
+			return f[0]
+		}
+	}
+	t.Fatalf("dovecot-core in %q provides no dovecot-abi-*: %q", "/"+root, out)
+	return ""
+}
+
+// buildDebs runs make deb and returns its packages by the Dovecot ABI each
+// depends on.
 func buildDebs(t *testing.T) map[string]string {
 	t.Helper()
 	version, epoch := repoVersion(t)
 	out := t.TempDir()
-	cmd := exec.Command("bash", "../../scripts/deb.sh", "--out", out)
+	cmd := exec.Command("make", "-s", "-C", "../..", "deb", "DEB_OUT="+out)
 	cmd.Env = append(os.Environ(), "VERSION="+version, "SOURCE_DATE_EPOCH="+epoch)
 	if b, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("deb.sh: %v\n%s", err, b)
+		t.Fatalf("make deb: %v\n%s", err, b)
 	}
 	debs := map[string]string{}
-	m, _ := filepath.Glob(filepath.Join(out, "xapsd_*~deb12_*.deb"))
-	if len(m) != 1 {
-		t.Fatalf("deb.sh made %v, want one xapsd_*~deb12_*.deb", m)
+	all, _ := filepath.Glob(filepath.Join(out, "*.deb"))
+	for _, deb := range all {
+		depends := runOK(t, "dpkg-deb", "-f", deb, "Depends")
+		for _, d := range strings.Split(depends, ",") {
+			if f := strings.Fields(d); len(f) > 0 && strings.HasPrefix(f[0], "dovecot-abi-") {
+				if debs[f[0]] != "" {
+					t.Fatalf("make deb made two packages for %s: %s and %s", f[0], debs[f[0]], deb)
+				}
+				debs[f[0]] = deb
+			}
+		}
 	}
-	debs["12"] = m[0]
-
-	// Debian 13: the sources and the static xapsd deb.sh just built, into
-	// the root with Dovecot 2.4's dovecot-dev; there is no Go in it.
-	root := debian13Root()
-	work, err := os.MkdirTemp(root+"/tmp", "xapsd-deb-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(work) })
-	for _, p := range []string{"README.md", "Makefile", "configs", "scripts", "dovecot/Makefile", "dovecot/src", "bin/xapsd"} {
-		os.MkdirAll(filepath.Dir(filepath.Join(work, p)), 0o755)
-		runOK(t, "cp", "-r", filepath.Join("../..", p), filepath.Join(work, p))
-	}
-	inside := strings.TrimPrefix(work, root)
-	runOK(t, "chroot", root, "env", "VERSION="+version, "SOURCE_DATE_EPOCH="+epoch,
-		"bash", inside+"/scripts/deb.sh", "--prebuilt-daemon", "--out", inside+"/dist")
-	m, _ = filepath.Glob(filepath.Join(work, "dist", "xapsd_*~deb13_*.deb"))
-	if len(m) != 1 {
-		t.Fatalf("deb.sh in the Debian 13 root made %v, want one xapsd_*~deb13_*.deb", m)
-	}
-	debs["13"] = m[0]
 	return debs
 }
 
@@ -119,34 +153,60 @@ func TestDebianPackages(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Fatal("the package tests must run as root (chroot, mount); CI runs them as root")
 	}
-	clean := map[string]string{"12": rootCache() + "/debian12-clean", "13": rootCache() + "/debian13-clean"}
-	for _, r := range []string{clean["12"], clean["13"], debian13Root()} {
-		if _, err := os.Stat(r + "/usr/bin/apt-get"); err != nil {
-			t.Skipf("SKIPPED: no Debian root at %s (test/deps.sh makes the roots; .ci/run does)", r)
-		}
-	}
+	targets := debTargets(t)
 	debs := buildDebs(t)
-	if out := runOK(t, "lintian", "--no-tag-display-limit", debs["12"], debs["13"]); strings.Contains(out, "\nE: ") || strings.HasPrefix(out, "E: ") {
+	var all []string
+	for _, deb := range debs {
+		all = append(all, deb)
+	}
+	if out := runOK(t, "lintian", append([]string{"--no-tag-display-limit"}, all...)...); strings.Contains(out, "\nE: ") || strings.HasPrefix(out, "E: ") {
 		t.Errorf("lintian reports errors:\n%s", out)
 	}
-	for _, release := range []string{"12", "13"} {
-		t.Run("debian"+release, func(t *testing.T) { testDebianPackage(t, release, debs[release], clean[release]) })
+	for _, d := range targets {
+		t.Run(d.name, func(t *testing.T) {
+			if d.missing != "" {
+				t.Skipf("SKIPPED: %s", d.missing)
+			}
+			abi := dovecotABI(t, d.buildRoot)
+			deb := debs[abi]
+			if deb == "" {
+				t.Fatalf("make deb made no package that depends on %s, the Dovecot ABI of %q (made %v)", abi, "/"+d.buildRoot, debs)
+			}
+			testDebianPackage(t, d, deb)
+		})
 	}
 }
 
-func testDebianPackage(t *testing.T, release, deb, clean string) {
-	root := overlayRoot(t, clean)
+func testDebianPackage(t *testing.T, d debTarget, deb string) {
+	root := overlayRoot(t, d.clean)
 	inRoot := func(args ...string) string {
 		t.Helper()
 		return runOK(t, "chroot", append([]string{root}, args...)...)
 	}
 	apt := func(args ...string) string {
 		t.Helper()
-		return inRoot(append([]string{"env", "DEBIAN_FRONTEND=noninteractive", "apt-get", "-y", "-q"}, args...)...)
+		// Testing's (forky's) Release file is valid for a week only: a
+		// mirror that is a snapshot must not stop the test.
+		return inRoot(append([]string{"env", "DEBIAN_FRONTEND=noninteractive", "apt-get", "-y", "-q",
+			"-o", "Acquire::Check-Valid-Until=false"}, args...)...)
 	}
 	runOK(t, "cp", deb, root+"/tmp/")
+	var target []string
+	if d.backports != "" {
+		// As an admin enables backports: beside the release's own source.
+		sources := string(mustRead(t, root+"/etc/apt/sources.list"))
+		f := strings.Fields(strings.SplitN(sources, "\n", 2)[0])
+		if len(f) < 3 || f[0] != "deb" {
+			t.Fatalf("%s/etc/apt/sources.list: %q", d.clean, sources)
+		}
+		line := fmt.Sprintf("deb %s %s main\n", f[1], d.backports)
+		if err := os.WriteFile(root+"/etc/apt/sources.list.d/"+d.backports+".list", []byte(line), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		target = []string{"-t", d.backports}
+	}
 	apt("update")
-	apt("install", "/tmp/"+filepath.Base(deb))
+	apt(append(append([]string{"install"}, target...), "/tmp/"+filepath.Base(deb))...)
 
 	// The user, the folders, the files.
 	passwd := inRoot("getent", "passwd", "xapsd")
@@ -163,10 +223,12 @@ func testDebianPackage(t *testing.T, release, deb, clean string) {
 			t.Errorf("%s: %s, want %s", path, got, want)
 		}
 	}
-	dovecotVersion := strings.Fields(inRoot("dovecot", "--version"))[0]
-	if want := map[string]string{"12": "2.3.", "13": "2.4."}[release]; !strings.HasPrefix(dovecotVersion, want) {
-		t.Fatalf("Debian %s root has Dovecot %s", release, dovecotVersion)
+	// apt installed the Dovecot the package was built against.
+	if got, want := dovecotVersion(t, root), dovecotVersion(t, d.buildRoot); got != want {
+		t.Fatalf("the clean root has Dovecot %s, the package is for %s", got, want)
 	}
+	_, err := os.Stat(root + "/usr/lib/dovecot/modules/settings/libxaps_settings.so")
+	framework := err == nil
 
 	// Enable the snippet as the package's description says.
 	os.Symlink("/usr/share/xapsd/dovecot/95-xaps.conf", root+"/etc/dovecot/conf.d/95-xaps.conf")
@@ -214,7 +276,7 @@ func testDebianPackage(t *testing.T, release, deb, clean string) {
 	waitListening(t, addr, xapsdDone, log)
 
 	// Dovecot from the package with the snippet, on test ports.
-	dc := startPackagedDovecot(t, root, release, "http://"+addr)
+	dc := startPackagedDovecot(t, root, framework, "http://"+addr)
 	ios := imapLogin(t, dc.imap, "alice")
 	if lines, ok := ios.registerLikeIOS(acc, token(7), "INBOX"); !ok {
 		t.Fatalf("registration through the packaged plugin failed: %v", lines)
@@ -273,7 +335,7 @@ func testDebianPackage(t *testing.T, release, deb, clean string) {
 	// the user too.
 	os.RemoveAll(root + "/etc/xapsd")
 	os.RemoveAll(root + "/var/lib/xapsd")
-	apt("install", "/tmp/"+filepath.Base(deb))
+	apt(append(append([]string{"install"}, target...), "/tmp/"+filepath.Base(deb))...)
 	apt("purge", "xapsd")
 	for _, p := range []string{"/var/lib/xapsd", "/etc/xapsd"} {
 		if _, err := os.Stat(root + p); err == nil {
@@ -326,8 +388,10 @@ func (d *packagedDovecot) stop() {
 
 // startPackagedDovecot runs the root's Dovecot with a test configuration
 // that includes the enabled snippet (/etc/dovecot/conf.d/95-xaps.conf) and
-// only points the plugin at the test daemon's address.
-func startPackagedDovecot(t *testing.T, root, release, url string) *packagedDovecot {
+// only points the plugin at the test daemon's address. framework: the
+// package reads its settings through Dovecot's settings framework (it has a
+// settings module), so the configuration is in 2.4's syntax.
+func startPackagedDovecot(t *testing.T, root string, framework bool, url string) *packagedDovecot {
 	t.Helper()
 	dir := root + "/tmp/dc"
 	for _, d := range []string{"run", "state", "home/alice"} {
@@ -338,7 +402,7 @@ func startPackagedDovecot(t *testing.T, root, release, url string) *packagedDove
 	os.WriteFile(filepath.Join(dir, "users"), []byte(fmt.Sprintf("alice:{PLAIN}secret:%d:%d::/tmp/dc/home/alice::\n", mailUID, mailUID)), 0o644)
 	imapPort, lmtpPort := freePort(t), freePort(t)
 	var conf string
-	if release == "12" {
+	if !framework {
 		conf = fmt.Sprintf(`base_dir = /tmp/dc/run
 state_dir = /tmp/dc/state
 log_path = /tmp/dc/dovecot.log

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -18,40 +19,178 @@ import (
 
 // The end-to-end path with real components: a real Dovecot with our plugin,
 // the built xapsd, and an HTTP/2 TLS stand-in for APNs. Every test runs
-// against Debian 12's Dovecot 2.3 on the host and against Dovecot 2.4 in
-// the Debian 13 root that test/deps.sh prepares (built and run there with
-// chroot; a chroot shares the host's network). Dovecot must run as root
-// (it switches to the mail user), as in CI.
+// against this machine's Dovecot (Debian 12's 2.3.19) and against the
+// Dovecot in each root of test/dovecot-roots that test/deps.sh prepares
+// (built and run there with chroot; a chroot shares the host's network).
+// Dovecot must run as root (it switches to the mail user), as in CI.
 
 const mailUID = 4242 // needs no /etc/passwd entry
 
-// debian13Root is where test/deps.sh keeps the Debian 13 root with Dovecot 2.4;
-// XAPS_DEBIAN13_ROOT overrides it.
-func debian13Root() string {
-	if r := os.Getenv("XAPS_DEBIAN13_ROOT"); r != "" {
-		return r
-	}
-	return "/var/cache/xapsd/debian13-root"
-}
-
 // dovecotKind is one Dovecot the tests run against.
 type dovecotKind struct {
-	name string
-	root string // "" for the host's Dovecot
+	name string // its version, or the root's folder name when it is missing
+	root string // "" for this machine's Dovecot
+	// missing says why the root cannot be used (the tests skip it).
+	missing string
 }
 
-// forEachDovecot runs test once per Dovecot: the host's 2.3 and, when the
-// Debian 13 root exists, 2.4 in it. Without the root the 2.4 half is
-// skipped with a message saying how to get it (make test says so too).
-func forEachDovecot(t *testing.T, test func(t *testing.T, dv dovecotKind)) {
-	t.Run("dovecot2.3", func(t *testing.T) { test(t, dovecotKind{name: "2.3"}) })
-	t.Run("dovecot2.4", func(t *testing.T) {
-		root := debian13Root()
-		if _, err := os.Stat(filepath.Join(root, "usr/sbin/dovecot")); err != nil {
-			t.Skipf("SKIPPED: no Dovecot 2.4 root at %s (test/deps.sh makes it)", root)
+// dovecotRoot is one line of test/dovecot-roots.
+type dovecotRoot struct {
+	name, suite, clean string
+}
+
+// dovecotRoots reads test/dovecot-roots: the roots with a Dovecot of the
+// test matrix, and for each the clean root of its release.
+func dovecotRoots(t *testing.T) []dovecotRoot {
+	t.Helper()
+	var roots []dovecotRoot
+	for _, line := range strings.Split(string(mustRead(t, "../dovecot-roots")), "\n") {
+		f := strings.Fields(line)
+		if len(f) == 0 || strings.HasPrefix(f[0], "#") {
+			continue
 		}
-		test(t, dovecotKind{name: "2.4", root: root})
+		if len(f) != 3 {
+			t.Fatalf("test/dovecot-roots: %q is not ROOT SUITE CLEAN", line)
+		}
+		roots = append(roots, dovecotRoot{name: f[0], suite: f[1], clean: f[2]})
+	}
+	return roots
+}
+
+// dovecotKinds is this machine's Dovecot and the one in each root.
+func dovecotKinds(t *testing.T) []dovecotKind {
+	t.Helper()
+	kinds := []dovecotKind{{name: dovecotVersion(t, "")}}
+	for _, r := range dovecotRoots(t) {
+		root := filepath.Join(rootCache(), r.name)
+		if _, err := os.Stat(filepath.Join(root, "usr/sbin/dovecot")); err != nil {
+			kinds = append(kinds, dovecotKind{name: r.name, root: root,
+				missing: fmt.Sprintf("no Dovecot root at %s (test/deps.sh makes it)", root)})
+			continue
+		}
+		kinds = append(kinds, dovecotKind{name: dovecotVersion(t, root), root: root})
+	}
+	return kinds
+}
+
+// dovecotVersion is what `dovecot --version` says, without Debian's
+// revision or the commit: 2.4.1-4 (7d8c0e5759) is 2.4.1.
+func dovecotVersion(t *testing.T, root string) string {
+	t.Helper()
+	out, err := exec.Command("chroot", "/"+root, "dovecot", "--version").Output()
+	if err != nil {
+		t.Fatalf("dovecot --version in %q: %v", "/"+root, err)
+	}
+	v := strings.Fields(string(out))[0]
+	return strings.SplitN(v, "-", 2)[0]
+}
+
+// forEachDovecot runs test once per Dovecot (dovecotKinds), each as a
+// subtest named after its version (dovecot2.4.5). A root that is missing
+// is skipped with a message saying how to get it.
+func forEachDovecot(t *testing.T, test func(t *testing.T, dv dovecotKind)) {
+	for _, kind := range dovecotKinds(t) {
+		t.Run("dovecot"+kind.name, func(t *testing.T) {
+			if kind.missing != "" {
+				t.Skipf("SKIPPED: %s", kind.missing)
+			}
+			test(t, kind)
+		})
+	}
+}
+
+// pluginBuild is the plugin built for one Dovecot, once per test run
+// (dovecot/test/build-in-root.sh builds from scratch); each test stages a
+// copy of the modules.
+type pluginBuild struct {
+	once sync.Once
+	dir  string // lib25_xaps_*_plugin.so, and settings/ with a settings module
+	// framework: the plugin reads its settings through Dovecot's settings
+	// framework (2.4's configuration), not from plugin { } (2.3's).
+	framework bool
+	moduledir string // Dovecot's module folder (in its root)
+	err       error
+}
+
+var (
+	pluginBuildsMu sync.Mutex
+	pluginBuilds   = map[string]*pluginBuild{} // by root
+	pluginBuildDir string                      // made and removed by TestMain
+)
+
+// plugin builds the plugin for kind's Dovecot, or returns the build made
+// for an earlier test.
+func (kind dovecotKind) plugin(t *testing.T) *pluginBuild {
+	t.Helper()
+	pluginBuildsMu.Lock()
+	b := pluginBuilds[kind.root]
+	if b == nil {
+		b = &pluginBuild{}
+		pluginBuilds[kind.root] = b
+	}
+	pluginBuildsMu.Unlock()
+	b.once.Do(func() {
+		b.dir, b.err = os.MkdirTemp(pluginBuildDir, "plugin-")
+		if b.err != nil {
+			return
+		}
+		out, err := exec.Command("../../dovecot/test/build-in-root.sh", "/"+kind.root, b.dir).Output()
+		if err != nil {
+			b.err = fmt.Errorf("build the plugin for %s: %v\n%s", kind.name, err, stderrOf(err))
+			return
+		}
+		// "key value" lines: version, settings, moduledir, libexecdir.
+		for _, line := range strings.Split(string(out), "\n") {
+			key, value, _ := strings.Cut(line, " ")
+			switch key {
+			case "settings":
+				b.framework = value == "framework"
+			case "moduledir":
+				b.moduledir = value
+			}
+		}
+		if b.moduledir == "" {
+			b.err = fmt.Errorf("build-in-root.sh for %s said no moduledir:\n%s", kind.name, out)
+		}
 	})
+	if b.err != nil {
+		t.Fatal(b.err)
+	}
+	return b
+}
+
+// stderrOf is what a failed command wrote to its standard error.
+func stderrOf(err error) []byte {
+	if ee, ok := err.(*exec.ExitError); ok {
+		return ee.Stderr
+	}
+	return nil
+}
+
+// inRoot is the command that runs argv in kind's root with this build's
+// settings module, if it has one, mounted over the root's (in-root.sh).
+func (b *pluginBuild) inRoot(kind dovecotKind, argv ...string) []string {
+	cmd := []string{"../../dovecot/test/in-root.sh", "/" + kind.root}
+	if _, err := os.Stat(filepath.Join(b.dir, "settings")); err == nil {
+		cmd = append(cmd, "--bind", filepath.Join(b.dir, "settings"), b.moduledir+"/settings")
+	}
+	return append(cmd, argv...)
+}
+
+// stagePlugin copies the plugin built for kind's Dovecot into dir.
+func stagePlugin(t *testing.T, kind dovecotKind, dir string) *pluginBuild {
+	t.Helper()
+	b := kind.plugin(t)
+	for _, so := range []string{"lib25_xaps_imap_plugin.so", "lib25_xaps_push_notification_plugin.so"} {
+		data, err := os.ReadFile(filepath.Join(b.dir, so))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, so), data, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return b
 }
 
 type dovecotEnv struct {
@@ -76,30 +215,6 @@ type dovecotOptions struct {
 	snippet string            // a shipped 95-xaps.conf used instead of those settings
 	userdb  map[string]string // extra userdb fields per user
 	netns   *netns            // run Dovecot in this network namespace
-}
-
-// stagePlugin builds the plugin for kind's Dovecot and copies the modules
-// into dir.
-func stagePlugin(t *testing.T, kind dovecotKind, dir string) {
-	t.Helper()
-	if kind.root != "" {
-		out, err := exec.Command("../../dovecot/test/build-in-root.sh", kind.root, dir).CombinedOutput()
-		if err != nil {
-			t.Fatalf("build the plugin in %s: %v\n%s", kind.root, err, out)
-		}
-		return
-	}
-	out, err := exec.Command("make", "-s", "-C", "../../dovecot").CombinedOutput()
-	if err != nil {
-		t.Fatalf("make -C dovecot: %v\n%s", err, out)
-	}
-	for _, so := range []string{"lib25_xaps_imap_plugin.so", "lib25_xaps_push_notification_plugin.so"} {
-		data, err := os.ReadFile(filepath.Join("../../dovecot/build", so))
-		if err != nil {
-			t.Fatal(err)
-		}
-		os.WriteFile(filepath.Join(dir, so), data, 0o644)
-	}
 }
 
 // xapsSettings is the part of the test configurations (dovecot/test)
@@ -130,12 +245,11 @@ func startDovecotWith(t *testing.T, kind dovecotKind, o dovecotOptions) *dovecot
 	for _, h := range []string{"home", "home/alice", "home/bob", "home/carol"} {
 		os.Chown(filepath.Join(dir, h), mailUID, mailUID)
 	}
-	stagePlugin(t, kind, filepath.Join(dir, "modules"))
-	moduledir := "/usr/lib/dovecot/modules"
-	mods, _ := filepath.Glob(kind.root + moduledir + "/*.so")
+	plugin := stagePlugin(t, kind, filepath.Join(dir, "modules"))
+	mods, _ := filepath.Glob(kind.root + plugin.moduledir + "/*.so")
 	for _, m := range mods {
 		if !strings.HasPrefix(filepath.Base(m), "lib25_xaps_") {
-			os.Symlink(moduledir+"/"+filepath.Base(m), filepath.Join(dir, "modules", filepath.Base(m)))
+			os.Symlink(plugin.moduledir+"/"+filepath.Base(m), filepath.Join(dir, "modules", filepath.Base(m)))
 		}
 	}
 	var users strings.Builder
@@ -158,7 +272,7 @@ func startDovecotWith(t *testing.T, kind dovecotKind, o dovecotOptions) *dovecot
 	e.imap, e.lmtp = fmt.Sprintf("127.0.0.1:%d", imapPort), fmt.Sprintf("127.0.0.1:%d", lmtpPort)
 	// The configurations the plugin's own checks use (dovecot/test).
 	template := "../../dovecot/test/dovecot.conf.in"
-	if kind.root != "" {
+	if plugin.framework {
 		template = "../../dovecot/test/dovecot24.conf.in"
 	}
 	conf := strings.NewReplacer("@TMP@", inside, "@IMAP_PORT@", fmt.Sprint(imapPort),
@@ -171,16 +285,9 @@ func startDovecotWith(t *testing.T, kind dovecotKind, o dovecotOptions) *dovecot
 		conf = xapsSettings.ReplaceAllLiteralString(conf, "!include "+inside+"/95-xaps.conf\n")
 	}
 	os.WriteFile(filepath.Join(dir, "dovecot.conf"), []byte(conf), 0o644)
-	var argv []string
-	if kind.root == "" {
-		argv = []string{"dovecot", "-F", "-c", filepath.Join(dir, "dovecot.conf")}
-	} else {
-		// A private mount namespace gives the root a /proc that goes away
-		// with the test.
-		argv = []string{"unshare", "--mount", "--propagation", "private", "sh", "-c",
-			`mount -t proc proc "$1/proc" && exec chroot "$1" dovecot -F -c "$2"`,
-			"sh", kind.root, inside + "/dovecot.conf"}
-	}
+	// A private mount namespace gives a root a /proc and Dovecot this
+	// run's settings module, both gone with the test.
+	argv := plugin.inRoot(kind, "dovecot", "-F", "-c", inside+"/dovecot.conf")
 	if o.netns != nil {
 		argv = o.netns.argv(argv...)
 	}
@@ -302,6 +409,20 @@ func deliver(t *testing.T, addr, rcpt string) {
 
 func deliverVia(t *testing.T, dial dialFunc, addr, rcpt string) {
 	t.Helper()
+	sendMail(t, dial, addr, "LHLO", rcpt)
+}
+
+// submitVia sends one message over SMTP (to Postfix, say) and fails the
+// test unless it was accepted.
+func submitVia(t *testing.T, dial dialFunc, addr, rcpt string) {
+	t.Helper()
+	sendMail(t, dial, addr, "EHLO", rcpt)
+}
+
+// sendMail is one LMTP (hello "LHLO") or SMTP ("EHLO") transaction with
+// one recipient.
+func sendMail(t *testing.T, dial dialFunc, addr, hello, rcpt string) {
+	t.Helper()
 	c, err := dial("tcp", addr)
 	if err != nil {
 		t.Fatal(err)
@@ -313,10 +434,10 @@ func deliverVia(t *testing.T, dial dialFunc, addr, rcpt string) {
 		for {
 			l, err := r.ReadString('\n')
 			if err != nil {
-				t.Fatalf("LMTP: %v", err)
+				t.Fatalf("%s to %s: %v", hello, addr, err)
 			}
 			if !strings.HasPrefix(l, code) {
-				t.Fatalf("LMTP: got %q, want %s", strings.TrimSpace(l), code)
+				t.Fatalf("%s to %s: got %q, want %s", hello, addr, strings.TrimSpace(l), code)
 			}
 			if len(l) > 3 && l[3] == ' ' {
 				return
@@ -324,7 +445,7 @@ func deliverVia(t *testing.T, dial dialFunc, addr, rcpt string) {
 		}
 	}
 	expect("220")
-	fmt.Fprintf(c, "LHLO test.example\r\n")
+	fmt.Fprintf(c, "%s test.example\r\n", hello)
 	expect("250")
 	fmt.Fprintf(c, "MAIL FROM:<sender@example.net>\r\n")
 	expect("250")
@@ -353,13 +474,20 @@ const e2eSecret = "e2e-secret-0123456789abcdef"
 // default, both loopbacks, with the shipped files.
 func newE2E(t *testing.T, kind dovecotKind, extra string) *e2e {
 	t.Helper()
+	return newE2EWithURLPath(t, kind, extra, "")
+}
+
+// newE2EWithURLPath is newE2E with path (and query) appended to the
+// plugin's URL.
+func newE2EWithURLPath(t *testing.T, kind dovecotKind, extra, path string) *e2e {
+	t.Helper()
 	secret := filepath.Join(t.TempDir(), "plugin.secret")
 	if err := os.WriteFile(secret, []byte(e2eSecret+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	a := newAPNsEnv(t, "delay: 2\ncheckInterval: 1\nlistenAddr: ::1\npluginSecretFile: "+secret+"\n"+extra)
 	_, port, _ := net.SplitHostPort(a.addr)
-	return &e2e{apnsEnv: a, dc: startDovecotWith(t, kind, dovecotOptions{xapsURL: "http://[::1]:" + port})}
+	return &e2e{apnsEnv: a, dc: startDovecotWith(t, kind, dovecotOptions{xapsURL: "http://[::1]:" + port + path})}
 }
 
 func tagless(l string) string {
@@ -409,6 +537,28 @@ func testE2ERegisterAndNewMail(t *testing.T, dv dovecotKind) {
 	}
 	if r.Received.Sub(sent) > time.Second {
 		t.Errorf("new-mail push took %v; it must not wait for the debounce delay", r.Received.Sub(sent))
+	}
+}
+
+// An admin's URL with a path (and a query), as in http://host:11619/xaps/:
+// the plugin replaces it, so registration and pushes work with xapsd,
+// which answers only /register and /notify (Dovecot 2.4.5 sent both to the
+// URL's own path). newE2E's URL has no path.
+func TestE2EURLWithPath(t *testing.T) { forEachDovecot(t, testE2EURLWithPath) }
+
+func testE2EURLWithPath(t *testing.T, dv dovecotKind) {
+	e := newE2EWithURLPath(t, dv, "", "/xaps/?from=dovecot")
+	ios := imapLogin(t, e.dc.imap, "alice")
+	if lines, ok := ios.registerLikeIOS(acc, token(1), "INBOX"); !ok {
+		t.Fatalf("registration with a path in the URL failed: %q", lines)
+	}
+	deliver(t, e.dc.lmtp, "alice@example.org")
+	reqs, err := e.apns.WaitRequests(1, 5*time.Second)
+	if err != nil {
+		t.Fatalf("no push with a path in the URL: %v", err)
+	}
+	if reqs[0].Token != token(1) {
+		t.Errorf("push %+v", reqs[0])
 	}
 }
 

@@ -30,6 +30,7 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	xapsdBin = filepath.Join(dir, "xapsd")
+	pluginBuildDir = dir
 	// The race detector watches the daemon too, under real traffic.
 	build := exec.Command("go", "build", "-race", "-o", xapsdBin, "../../cmd/xapsd")
 	build.Stdout, build.Stderr = os.Stderr, os.Stderr
@@ -38,6 +39,7 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	code := m.Run()
+	images.remove()
 	os.RemoveAll(dir)
 	os.Exit(code)
 }

@@ -45,32 +45,44 @@ func (n *netns) argv(argv ...string) []string {
 	return append([]string{"nsenter", "--net=" + n.path}, argv...)
 }
 
-// dial connects from inside the namespace: the socket is made by a thread
-// that has joined it. The thread stays locked and ends with its goroutine,
-// so no other goroutine ever runs in the namespace.
-func (n *netns) dial(network, addr string) (net.Conn, error) {
-	type result struct {
-		c   net.Conn
-		err error
-	}
-	ch := make(chan result, 1)
+// do runs f on a thread that has joined the namespace, so that the sockets
+// f makes belong to it. The thread stays locked and ends with its
+// goroutine, so no other goroutine ever runs in the namespace.
+func (n *netns) do(f func()) error {
+	done := make(chan error, 1)
 	go func() {
 		runtime.LockOSThread()
-		f, err := os.Open(n.path)
+		ns, err := os.Open(n.path)
 		if err != nil {
-			ch <- result{nil, err}
+			done <- err
 			return
 		}
-		defer f.Close()
-		if err := unix.Setns(int(f.Fd()), unix.CLONE_NEWNET); err != nil {
-			ch <- result{nil, fmt.Errorf("setns: %w", err)}
+		defer ns.Close()
+		if err := unix.Setns(int(ns.Fd()), unix.CLONE_NEWNET); err != nil {
+			done <- fmt.Errorf("setns: %w", err)
 			return
 		}
-		c, err := net.DialTimeout(network, addr, 5*time.Second)
-		ch <- result{c, err}
+		f()
+		done <- nil
 	}()
-	r := <-ch
-	return r.c, r.err
+	return <-done
+}
+
+// dial connects from inside the namespace.
+func (n *netns) dial(network, addr string) (c net.Conn, err error) {
+	if nsErr := n.do(func() { c, err = net.DialTimeout(network, addr, 5*time.Second) }); nsErr != nil {
+		return nil, nsErr
+	}
+	return c, err
+}
+
+// listen listens inside the namespace; the listener accepts from any
+// goroutine.
+func (n *netns) listen(network, addr string) (ln net.Listener, err error) {
+	if nsErr := n.do(func() { ln, err = net.Listen(network, addr) }); nsErr != nil {
+		return nil, nsErr
+	}
+	return ln, err
 }
 
 // startDaemon runs xapsd with the configuration file cfg inside the
@@ -131,7 +143,7 @@ func testE2EShippedSnippetAndSampleConfig(t *testing.T, dv dovecotKind) {
 
 	snippet := "../../configs/dovecot/2.3/95-xaps.conf"
 	perUser := func(url string) string { return "userdb_xaps_config=url=" + url }
-	if dv.root != "" {
+	if dv.plugin(t).framework {
 		snippet = "../../configs/dovecot/2.4/95-xaps.conf"
 		perUser = func(url string) string { return "userdb_xaps_url=" + url }
 	}

@@ -5,7 +5,8 @@
 #   bash test/packaging/packaging_test.sh      (as root; CI runs it in make test)
 #
 # - scripts/build.sh into temporary DESTDIRs (PREFIX /usr and /usr/local):
-#   files, modes, version, configuration files never overwritten;
+#   files, modes, version, configuration files never overwritten; make build
+#   runs it (a static binary), and deb.sh refuses a dynamic one;
 # - the installed systemd unit passes `systemd-analyze verify` (ExecStart
 #   pointing at the built binary), sysusers.d and tmpfiles.d work in the
 #   DESTDIR as root folder;
@@ -17,7 +18,8 @@
 #   xapsd from the fake root in dry-run, a registration through the installed
 #   plugin, `xapsd devices list`, `xapsd test-push`, /readyz, /metrics, stop;
 # - the Dockerfile refers only to stages and scripts that exist;
-# - the Prometheus rules (go test ./test/packaging, promtool when installed).
+# - the Prometheus rules and the Grafana dashboard (go test ./test/packaging,
+#   promtool when installed).
 #
 # Needs go, make, python3, dovecot-core, dovecot-imapd and dovecot-dev (as
 # for make test) and systemd's tools. The last line is "N passed, M failed";
@@ -134,14 +136,16 @@ dovecot_modules() {
 # --- checks ---------------------------------------------------------------
 
 check_scripts_lint() {
-	for f in "$src"/scripts/*.sh "$src"/test/packaging/packaging_test.sh; do
+	local scripts=("$src"/scripts/*.sh "$src"/test/packaging/packaging_test.sh "$src"/test/container/*.sh
+		"$src"/test/container/dms-standin/usr/local/bin/start-mailserver.sh)
+	for f in "${scripts[@]}"; do
 		bash -n "$f"
 		head -n 2 "$f" | grep -q '^# ' || die "$f: no header comment"
 		grep -q '^set -euo pipefail$' "$f" || die "$f: no set -euo pipefail"
 		[ -x "$f" ] || die "$f: not executable"
 	done
 	if command -v shellcheck >/dev/null; then
-		shellcheck "$src"/scripts/*.sh "$src"/test/packaging/packaging_test.sh
+		shellcheck "${scripts[@]}"
 	else
 		echo "shellcheck not installed; only bash -n"
 	fi
@@ -202,6 +206,46 @@ check_make_run() {
 	[ "$cmd" = "bin/xapsd --config /srv/try/xapsd.yaml --check-config --quiet" ] || die "make run CONFIG= ARGS= runs '$cmd'"
 	cmd=$(make -s -n -C "$src" run | tail -n 1 | sed 's/ *$//')
 	[ "$cmd" = "bin/xapsd --config configs/dev/xapsd.yaml" ] || die "make run runs '$cmd'"
+}
+
+# dynamic FILE: FILE asks for a program interpreter or shared libraries.
+dynamic() {
+	local elf
+	elf=$(readelf -lW -d "$1")
+	grep -q -e 'program interpreter' -e '(NEEDED)' <<<"$elf"
+}
+
+# make build (and with it make run, bench and soak) is scripts/build.sh: the
+# static binary that make deb DEB_ARGS=--prebuilt-daemon packages.
+check_make_build_static() {
+	make -s -C "$src" build >"$tmp/make-build.out" 2>&1 || { cat "$tmp/make-build.out"; die "make build failed"; }
+	if dynamic "$src/bin/xapsd"; then
+		readelf -lW -d "$src/bin/xapsd" | grep -e interpreter -e NEEDED
+		die "make build made a dynamically linked bin/xapsd"
+	fi
+	grep -q '^build.sh: building bin/xapsd' "$tmp/make-build.out" || { cat "$tmp/make-build.out"; die "make build does not run scripts/build.sh"; }
+}
+
+# The package says its xapsd is static (lintian override, no libc in
+# Depends): deb.sh --prebuilt-daemon refuses one that is not.
+check_deb_refuses_dynamic_daemon() {
+	if ! command -v dpkg-deb >/dev/null || ! dpkg-query -W dovecot-dev >/dev/null 2>&1; then
+		echo "SKIPPED: no dpkg-dev or dovecot-dev (test/deps.sh installs them)"
+		exit 77
+	fi
+	local copy=$tmp/deb-dynamic p
+	for p in README.md Makefile configs scripts dovecot/Makefile dovecot/src cmd internal go.mod go.sum; do
+		mkdir -p "$(dirname "$copy/$p")"
+		cp -r "$src/$p" "$copy/$p"
+	done
+	(cd "$copy" && CGO_ENABLED=1 go build -o bin/xapsd ./cmd/xapsd)
+	dynamic "$copy/bin/xapsd" || die "CGO_ENABLED=1 did not make a dynamic binary; the check below would prove nothing"
+	if env VERSION=test "$copy/scripts/deb.sh" --prebuilt-daemon --out "$copy/dist" >"$copy/deb.out" 2>&1; then
+		cat "$copy/deb.out"
+		die "deb.sh packaged a dynamically linked xapsd as static"
+	fi
+	grep -q 'dynamically linked, but the package says it is static' "$copy/deb.out" || { cat "$copy/deb.out"; die "deb.sh failed for another reason"; }
+	[ -z "$(ls -A "$copy/dist" 2>/dev/null)" ] || die "deb.sh left a package behind"
 }
 
 check_build_prefix_local() {
@@ -399,6 +443,10 @@ if int(p.get("stopwaitsecs", "10")) <= 15:
     sys.exit("stopwaitsecs %s leaves no room above xapsd's shutdown budgets (2s + 6s by default)" % p.get("stopwaitsecs"))
 if p.get("autorestart", "unexpected") not in ("true", "unexpected"):
     sys.exit("autorestart %s" % p["autorestart"])
+# Started before and stopped after docker-mailserver's programs, which keep
+# supervisord's default priority (999).
+if int(p.get("priority", "999")) >= 999:
+    sys.exit("priority %s: xapsd must start before and stop after Dovecot and Postfix (999)" % p.get("priority", "999 (default)"))
 EOF
 }
 
@@ -432,8 +480,9 @@ check_dms_install() {
 	cmp "$src/scripts/supervisord-start.sh" "$root/usr/local/libexec/xapsd/start"
 	cmp "$src/bin/xapsd" "$root/usr/local/bin/xapsd"
 	[ ! -e "$root$moddir/settings" ] || die "a settings module was installed for Dovecot 2.3"
-	grep -q '^xapsd:x:[0-9]*:[0-9]*:xapsd push daemon:/var/mail-state/lib-xapsd:/usr/sbin/nologin$' "$root/etc/passwd" ||
-		die "no xapsd system user in the image"
+	grep -q '^xapsd:x:65532:65532:xapsd push daemon:/var/mail-state/lib-xapsd:/usr/sbin/nologin$' "$root/etc/passwd" ||
+		die "no xapsd system user with the documented ids (65532) in the image"
+	grep -q '^xapsd:x:65532:$' "$root/etc/group" || die "no xapsd group with gid 65532 in the image"
 	[ "$(readlink "$root/etc/xapsd")" = /tmp/docker-mailserver/xapsd ] || die "/etc/xapsd is not a link to the config volume"
 	if [ -e "$root/tmp" ] || [ -e "$root/var" ]; then die "wrote into a volume path"; fi
 	# Idempotent: a second run changes nothing.
@@ -455,6 +504,18 @@ check_dms_install() {
 	fi
 	grep -q 'run scripts/build.sh first' "$tmp/dms4.out"
 	[ ! -e "$r3/usr" ] || die "wrote files before noticing the missing build"
+	# Other ids on request; ids that belong to someone else are refused.
+	local r4=$tmp/dms-root-ids
+	image_etc "$r4"
+	XAPSD_UID=64999 XAPSD_GID=64998 SRC=$src ROOT=$r4 "$src/scripts/docker-mailserver-install.sh" >"$tmp/dms5.out" 2>&1 ||
+		{ cat "$tmp/dms5.out"; die "install with XAPSD_UID and XAPSD_GID failed"; }
+	grep -q '^xapsd:x:64999:64998:' "$r4/etc/passwd" || die "XAPSD_UID/XAPSD_GID not used"
+	local r5=$tmp/dms-root-taken
+	image_etc "$r5"
+	if XAPSD_GID=0 SRC=$src ROOT=$r5 "$src/scripts/docker-mailserver-install.sh" >"$tmp/dms6.out" 2>&1; then
+		die "installed with the gid of the group root"
+	fi
+	grep -q "gid 0 is the group root's in this image; choose another with XAPSD_GID" "$tmp/dms6.out" || { cat "$tmp/dms6.out"; die "no clear refusal of a taken gid"; }
 }
 
 # The docker-mailserver setup of docs/docker-mailserver.md, inside the fake
@@ -581,7 +642,7 @@ check_dms16() {
 	# shellcheck disable=SC2064 # expand now: the trap runs after the locals are gone
 	trap "umount -l '$m'" EXIT
 	local p
-	for p in README.md Makefile configs scripts dovecot/Makefile dovecot/src bin/xapsd; do
+	for p in README.md Makefile configs scripts dovecot/Makefile dovecot/probe.sh dovecot/probes dovecot/src bin/xapsd; do
 		mkdir -p "$(dirname "$m/src/$p")"
 		cp -r "$src/$p" "$m/src/$p"
 	done
@@ -591,8 +652,8 @@ check_dms16() {
 	want_mode "$m/usr/lib/dovecot/modules/settings/libxaps_settings.so" 644
 	want_mode "$m/usr/local/libexec/xapsd/start" 755
 	cmp "$src/configs/dovecot/2.4/95-xaps.conf" "$m/etc/dovecot/conf.d/95-xaps.conf"
-	grep -q '^xapsd:x:[0-9]*:[0-9]*:xapsd push daemon:/var/mail-state/lib-xapsd:/usr/sbin/nologin$' "$m/etc/passwd" ||
-		die "no xapsd system user in the image"
+	grep -q '^xapsd:x:65532:65532:xapsd push daemon:/var/mail-state/lib-xapsd:/usr/sbin/nologin$' "$m/etc/passwd" ||
+		die "no xapsd system user with the documented ids (65532) in the image"
 	# The image's whole Dovecot configuration with the snippet: the settings
 	# module makes the xaps settings known.
 	chroot "$m" doveconf -n >"$o/doveconf.out" 2>&1 || { cat "$o/doveconf.out"; die "doveconf rejects the installed snippet"; }
@@ -746,6 +807,8 @@ run "scripts: header, strict mode, bash -n, shellcheck" check_scripts_lint
 run "build.sh --destdir --systemd: files and modes" check_build_destdir
 run "installed xapsd: version from ldflags, static, sample config loads" check_installed_binary
 run "make run takes CONFIG= and ARGS=" check_make_run
+run "make build is scripts/build.sh: a static bin/xapsd" check_make_build_static
+run "deb.sh --prebuilt-daemon refuses a dynamically linked xapsd" check_deb_refuses_dynamic_daemon
 run "build.sh PREFIX=/usr/local --no-plugin: layout and ExecStart" check_build_prefix_local
 run "build.sh keeps edited configuration files (.new beside)" check_config_kept
 run "systemd-analyze verify on the installed unit" check_systemd_verify
@@ -757,7 +820,7 @@ run "docker-mailserver-install.sh into a fake root, twice" check_dms_install
 run "docker-mailserver flow: register via plugin, devices list, test-push, stop" check_dms_flow
 run "docker-mailserver 16 (Debian 13 root): build, install, doveconf, flow as the xapsd user" check_dms16
 run "Dockerfile uses only existing stages and scripts" check_dockerfile
-run "Prometheus rules: structure, metric names, documented metrics" check_rules_go
+run "Prometheus rules and Grafana dashboard: structure, metric names, documented metrics" check_rules_go
 run "Prometheus rules: promtool check and unit tests" check_promtool
 
 if [ -f "$tmp/xapsd.pid" ]; then

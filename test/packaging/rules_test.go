@@ -1,6 +1,6 @@
 // Package packaging checks what ships beside the binary: the example
-// Prometheus rules must parse, use only metrics xapsd exports, and every
-// exported metric must be documented. The install scripts themselves are
+// Prometheus rules and the Grafana dashboard must parse and use only
+// metrics xapsd exports, and every exported metric must be documented. The install scripts themselves are
 // tested by packaging_test.sh in this folder.
 package packaging
 
@@ -152,19 +152,29 @@ func TestPrometheusRulesStructure(t *testing.T) {
 	}
 }
 
+// usedMetrics lists the metrics a PromQL expression reads, each as
+// internal/metrics declares it: a histogram's _bucket, _sum and _count
+// series belong to the histogram.
+func usedMetrics(expr string, have map[string]bool) []string {
+	var out []string
+	for _, m := range metricRef.FindAllString(expr, -1) {
+		for _, suf := range []string{"_bucket", "_sum", "_count"} {
+			if b, ok := strings.CutSuffix(m, suf); ok && have[b] {
+				m = b
+			}
+		}
+		out = append(out, m)
+	}
+	return out
+}
+
 func TestPrometheusRulesUseExportedMetrics(t *testing.T) {
 	rf := loadRules(t)
 	have := exportedMetrics(t)
 	for _, g := range rf.Groups {
 		for _, r := range g.Rules {
-			for _, m := range metricRef.FindAllString(r.Expr, -1) {
-				base := m
-				for _, suf := range []string{"_bucket", "_sum", "_count"} {
-					if b, ok := strings.CutSuffix(m, suf); ok && have[b] {
-						base = b
-					}
-				}
-				if !have[base] {
+			for _, m := range usedMetrics(r.Expr, have) {
+				if !have[m] {
 					t.Errorf("rule %s%s uses %s, which internal/metrics does not export", r.Alert, r.Record, m)
 				}
 			}

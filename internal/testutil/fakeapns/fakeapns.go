@@ -88,7 +88,10 @@ type Request struct {
 // Options configures Start. The zero value is a recording server on a
 // free loopback port that answers 200 to everything.
 type Options struct {
-	Addr      string                 // default 127.0.0.1:0
+	Addr string // default 127.0.0.1:0
+	// Listener, when set, is served instead of a new one on Addr: one
+	// made in another network namespace, say. Close closes it.
+	Listener  net.Listener
 	Responder func(Request) Response // nil answers 200
 	// NoRecord keeps only the count, for benchmarks; Requests and
 	// WaitRequests then have nothing to return.
@@ -207,9 +210,11 @@ func Start(o Options) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	ln, err := net.Listen("tcp", o.Addr)
-	if err != nil {
-		return nil, fmt.Errorf("listen %s: %w", o.Addr, err)
+	ln := o.Listener
+	if ln == nil {
+		if ln, err = net.Listen("tcp", o.Addr); err != nil {
+			return nil, fmt.Errorf("listen %s: %w", o.Addr, err)
+		}
 	}
 	s := &Server{
 		URL:        "https://" + ln.Addr().String(),

@@ -7,6 +7,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -482,6 +483,30 @@ func TestCAFile(t *testing.T) {
 	}
 	if err := s.WriteCAFile(filepath.Join(t.TempDir(), "no", "such", "dir.pem")); err == nil {
 		t.Error("WriteCAFile into a missing folder succeeded")
+	}
+}
+
+// A listener the caller made (in another network namespace, in the
+// container tests) is served as is, and Close closes it.
+func TestGivenListener(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := start(t, Options{Listener: ln, Addr: "192.0.2.1:1"}) // Addr is not used
+	if s.URL != "https://"+ln.Addr().String() {
+		t.Errorf("URL %q, want the listener's address %s", s.URL, ln.Addr())
+	}
+	if _, err := certClient(t, s).Push(note(token1)); err != nil {
+		t.Fatal(err)
+	}
+	if n := s.Count(); n != 1 {
+		t.Errorf("%d requests, want 1", n)
+	}
+	s.Close()
+	if c, err := net.DialTimeout("tcp", ln.Addr().String(), time.Second); err == nil {
+		c.Close()
+		t.Error("the listener still accepts after Close")
 	}
 }
 

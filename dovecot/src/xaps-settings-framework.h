@@ -1,8 +1,8 @@
-#ifndef XAPS_SETTINGS_H
-#define XAPS_SETTINGS_H
+#ifndef XAPS_SETTINGS_FRAMEWORK_H
+#define XAPS_SETTINGS_FRAMEWORK_H
 
-/* Dovecot 2.4 only: the settings as Dovecot's settings framework declares
-   them. The plugins read them with settings_get() (xaps-settings.c); the
+/* The settings as Dovecot's settings framework (2.4) declares them. The
+   plugins read them with settings_get() (xaps-settings-framework.c); the
    settings module (xaps-settings-module.c) hands the same declaration to
    the config process so that doveconf knows and checks them. */
 
