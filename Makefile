@@ -10,7 +10,8 @@
 #                backports, 13, forky); DEB_ARGS=--prebuilt-daemon packages the
 #                bin/xapsd built before (for a host without Go 1.26)
 #   make bench   performance figures (see docs/benchmarks.md)
-#   make soak    SOAK (10m) of load with kill -9, APNs faults and a full disk; fails on any loss
+#   make soak    SOAK (10m) of load with kill -9, APNs faults, a full disk and clients
+#                without the plugin's secret; fails on any loss or slow request
 
 GO       ?= go
 VERSION  ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)

@@ -213,21 +213,47 @@ exit 0
 EOF
 cat >"$pkg/DEBIAN/postrm" <<'EOF'
 #!/bin/sh
-# remove keeps the registry and the configuration; purge removes what the
-# package made: the registry and state, the configuration folder and the
-# xapsd user.
+# remove keeps the registry and the configuration. purge removes what the
+# package and its daemon made: the registry (snapshot, journal, lock,
+# damaged copies), the admin socket, the pending pushes, the sample
+# configuration (dpkg, a conffile), the folders once empty, and the xapsd
+# user. It keeps what the admin brought or what cannot be made again: the
+# credentials put into /etc/xapsd, the Apple push certificates imported
+# into /var/lib/xapsd/apple-push, the old daemon's database backups (they
+# may hold those certificates' keys), anything else found there, and then
+# the xapsd user and group that own them; it says what it kept.
 set -e
 if [ -d /run/systemd/system ]; then
 	systemctl daemon-reload >/dev/null 2>&1 || true
 fi
 if [ "$1" = purge ]; then
-	rm -rf /var/lib/xapsd
-	rm -rf /etc/xapsd
-	if getent passwd xapsd >/dev/null; then
-		deluser --system --quiet xapsd >/dev/null 2>&1 || true
+	state=/var/lib/xapsd
+	if [ -d "$state" ]; then
+		rm -f "$state/database.json" "$state/database.json.lock" "$state"/database.json.journal.* \
+			"$state"/.database.json.tmp-* "$state"/database.json.damaged-* \
+			"$state/xapsd.sock" "$state/pending-pushes.json"
+		rmdir "$state" 2>/dev/null || true
 	fi
-	if getent group xapsd >/dev/null; then
-		delgroup --system --quiet xapsd >/dev/null 2>&1 || true
+	rmdir /etc/xapsd 2>/dev/null || true
+	kept=""
+	for d in /etc/xapsd "$state"; do
+		if [ -d "$d" ]; then
+			kept="$kept $d"
+		fi
+	done
+	if [ -n "$kept" ]; then
+		echo "xapsd: purge kept what the package did not make (credentials, Apple push certificates, backups):" >&2
+		for d in $kept; do
+			echo "  $d: $(find "$d" -mindepth 1 -maxdepth 1 -printf '%f ')" >&2
+		done
+		echo "xapsd: and the xapsd user and group, which own them; once you no longer need these files, remove them and run: deluser --system xapsd" >&2
+	else
+		if getent passwd xapsd >/dev/null; then
+			deluser --system --quiet xapsd >/dev/null 2>&1 || true
+		fi
+		if getent group xapsd >/dev/null; then
+			delgroup --system --quiet xapsd >/dev/null 2>&1 || true
+		fi
 	fi
 fi
 exit 0

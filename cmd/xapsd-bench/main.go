@@ -69,7 +69,7 @@ func main() {
 	flag.StringVar(&o.logLevel, "loglevel", "info", "xapsd log level (info logs one line per push)")
 	flag.StringVar(&o.metricsAddr, "metrics", "auto", "xapsd metricsListenAddr: auto (a free loopback port), off, or host:port (to take profiles from /debug/pprof/ too)")
 	flag.StringVar(&o.cpuProfile, "cpuprofile", "", "write a CPU profile of the load generator and the APNs stand-in (this process) to `file`")
-	flag.DurationVar(&o.soak, "soak", 0, "instead of measuring, run the soak for this long: load with kill -9, restarts, APNs faults and a full disk; fails on any loss (make soak)")
+	flag.DurationVar(&o.soak, "soak", 0, "instead of measuring, run the soak for this long: load with kill -9, restarts, APNs faults, a full disk and clients without the plugin's secret; fails on any loss or slow request (make soak)")
 	flag.BoolVar(&o.postgres, "postgres", false, "keep the registry in a throw-away PostgreSQL cluster (databaseURL) instead of the files, and also measure what only several daemons have")
 	flag.Parse()
 	if o.soak > 0 {

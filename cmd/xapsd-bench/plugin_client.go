@@ -23,6 +23,7 @@ import (
 // C client in Dovecot does not have.
 type pluginConn struct {
 	addr string
+	auth string // the Authorization header's value, when set
 	conn net.Conn
 	r    *bufio.Reader
 	req  []byte
@@ -44,6 +45,10 @@ func (c *pluginConn) post(path, body string) (int, error) {
 	c.req = append(c.req, path...)
 	c.req = append(c.req, " HTTP/1.1\r\nHost: "...)
 	c.req = append(c.req, c.addr...)
+	if c.auth != "" {
+		c.req = append(c.req, "\r\nAuthorization: "...)
+		c.req = append(c.req, c.auth...)
+	}
 	c.req = append(c.req, "\r\nContent-Type: application/json; charset=utf-8\r\nContent-Length: "...)
 	c.req = strconv.AppendInt(c.req, int64(len(body)), 10)
 	c.req = append(c.req, "\r\n\r\n"...)

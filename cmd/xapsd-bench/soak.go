@@ -3,12 +3,15 @@ package main
 // The soak (make soak): the built daemon under mixed /register and /notify
 // load for a fixed time while it is killed with SIGKILL, restarted
 // gracefully, its disk fills up and Apple's stand-in drops connections,
-// answers 503 and stalls. At the end it checks what the daemon promised:
-// every acknowledged registration is on disk with the mailboxes last
-// acknowledged, no refused one is, and every push whose /notify was
-// answered was delivered, unless the process that answered was killed
-// before it could send (pushes are acknowledged before they are sent, and
-// a SIGKILL loses the queue by design). Any other loss fails the run.
+// answers 503 and stalls, and clients without the plugin's secret hold
+// more connections than its file limit leaves room for. At the end it
+// checks what the daemon promised: every acknowledged registration is on
+// disk with the mailboxes last acknowledged, no refused one is, every push
+// whose /notify was answered was delivered, unless the process that
+// answered was killed before it could send (pushes are acknowledged before
+// they are sent, and a SIGKILL loses the queue by design), and no request
+// with the secret took longer than a second or failed while the daemon
+// ran. Any other loss fails the run.
 
 import (
 	"bytes"
@@ -19,6 +22,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"slices"
@@ -30,6 +34,7 @@ import (
 
 	"github.com/xapsd/xapsd/internal/registry"
 	"github.com/xapsd/xapsd/internal/testutil/fakeapns"
+	"github.com/xapsd/xapsd/internal/testutil/noauth"
 	"github.com/xapsd/xapsd/internal/testutil/testpki"
 )
 
@@ -37,6 +42,14 @@ const (
 	soakWorkers     = 8
 	soakKeysPerWork = 3000 // bounds the registry, and so the tmpfs it lives on
 	faultCycle      = 12 * time.Second
+	// The daemon runs with soakFileLimit descriptors, which leave it room
+	// for 96 plugin connections, and soakAttackers clients without the
+	// secret try to hold more than that the whole time.
+	soakFileLimit = 256
+	soakAttackers = 200
+	soakSecret    = "5f1c0a9e7d3b2e4f6a8c0e2b4d6f8a0c"
+	// slowAnswer is the longest a request with the secret may wait.
+	slowAnswer = time.Second
 )
 
 // soakKey is one registration and what the daemon said about it. Each
@@ -79,6 +92,13 @@ type soakRun struct {
 
 	regs, regOK, reg5xx, regOther atomic.Int64
 	notifies, notifyOK            atomic.Int64
+
+	stops       atomic.Int64 // kills and graceful stops begun
+	attackConns int64        // connections the clients without the secret made
+	slowMu      sync.Mutex
+	slow        []string // the first requests with the secret slower than slowAnswer, or failed
+	slowN       int
+	slowest     time.Duration // of all requests with the secret that no stop cut
 }
 
 const (
@@ -116,6 +136,18 @@ func runSoak(o options, length time.Duration) error {
 		return err
 	}
 	defer apns.Close()
+	if err := os.WriteFile(filepath.Join(dir, "plugin.secret"), []byte(soakSecret+"\n"), 0o600); err != nil {
+		return err
+	}
+	// The daemon under a small file limit, as a tight LimitNOFILE= gives.
+	prlimit, err := exec.LookPath("prlimit")
+	if err != nil {
+		return fmt.Errorf("the soak runs the daemon under prlimit (util-linux): %w", err)
+	}
+	s.bin = filepath.Join(dir, "xapsd-limited")
+	if err := os.WriteFile(s.bin, fmt.Appendf(nil, "#!/bin/sh\nexec %s --nofile=%d:%d %s \"$@\"\n", prlimit, soakFileLimit, soakFileLimit, o.bin), 0o700); err != nil {
+		return err
+	}
 	s.caFile = filepath.Join(dir, "apns-ca.pem")
 	if err := apns.WriteCAFile(s.caFile); err != nil {
 		return err
@@ -140,7 +172,7 @@ func runSoak(o options, length time.Duration) error {
 	}
 	cfg := fmt.Sprintf("loglevel: warn\nlistenAddr: 127.0.0.1\nport: %s\ndatabaseFile: state/database.json\n"+
 		"metricsListenAddr: %s\napnsEndpoint: %s\ncertificateFilePem: push.pem\ncertificateFilePemKey: push.key\n"+
-		"apnsConcurrency: 200\ndelay: 1\ncheckInterval: 1\nregistryCompactAfter: 2000\n",
+		"apnsConcurrency: 200\ndelay: 1\ncheckInterval: 1\nregistryCompactAfter: 2000\npluginSecretFile: plugin.secret\n",
 		s.addr[strings.LastIndexByte(s.addr, ':')+1:], s.metricsAddr, apns.URL)
 	if err := os.WriteFile(filepath.Join(dir, "xapsd.yaml"), []byte(cfg), 0o600); err != nil {
 		return err
@@ -148,7 +180,8 @@ func runSoak(o options, length time.Duration) error {
 	if err := s.start(); err != nil {
 		return err
 	}
-	fmt.Fprintf(os.Stderr, "xapsd-soak: %s of load with kill -9, restarts, APNs faults and a full disk; xapsd at %s\n", length, s.addr)
+	fmt.Fprintf(os.Stderr, "xapsd-soak: %s of load with kill -9, restarts, APNs faults, a full disk and %d clients without the secret; xapsd at %s, file limit %d\n",
+		length, soakAttackers, s.addr, soakFileLimit)
 
 	begin := time.Now()
 	end := begin.Add(length)
@@ -158,6 +191,15 @@ func runSoak(o options, length time.Duration) error {
 	go func() { defer bg.Done(); s.sampleRSS(stop) }()
 	go func() { defer bg.Done(); s.faults(begin, stop) }()
 	go func() { defer bg.Done(); s.chaos(length, canFill, stop) }()
+	// Half announce a body they never send, a quarter say nothing, a
+	// quarter send their headers a byte every half second; each
+	// connects again 100 ms after it is closed (at once, 200 clients on
+	// this two-core machine would test its CPU, not the daemon's
+	// connections).
+	flood := noauth.Start(s.addr, noauth.Options{Clients: soakAttackers, Pause: 100 * time.Millisecond,
+		Kind: func(i int) noauth.Kind {
+			return []noauth.Kind{noauth.AnnouncedBody, noauth.AnnouncedBody, noauth.Silent, noauth.SlowHeaders}[i%4]
+		}})
 
 	var workers sync.WaitGroup
 	keys := make([][]*soakKey, soakWorkers)
@@ -172,6 +214,8 @@ func runSoak(o options, length time.Duration) error {
 	workers.Wait()
 	close(stop)
 	bg.Wait()
+	flood.Stop()
+	s.attackConns = flood.Conns()
 	if err := s.failed(); err != nil {
 		return err
 	}
@@ -238,6 +282,7 @@ func (s *soakRun) start() error {
 
 func (s *soakRun) kill() {
 	s.up.Store(false)
+	s.stops.Add(1)
 	s.mu.Lock()
 	d := s.d
 	s.killed[s.gen.Load()] = true
@@ -250,6 +295,7 @@ func (s *soakRun) kill() {
 
 func (s *soakRun) stopGraceful() {
 	s.up.Store(false)
+	s.stops.Add(1)
 	s.mu.Lock()
 	d := s.d
 	s.mu.Unlock()
@@ -395,26 +441,66 @@ func (s *soakRun) fillDisk(hold time.Duration) {
 	os.Remove(filler)
 }
 
+// timed sends one request with the secret and notes it when it took
+// longer than slowAnswer, or failed while the daemon was neither killed
+// nor stopped since stops was read (before the caller saw it up).
+func (s *soakRun) timed(c *pluginConn, stops int64, path, body string) (int, error) {
+	start := time.Now()
+	st, err := c.post(path, body)
+	took := time.Since(start)
+	if s.stops.Load() != stops {
+		return st, err // a stop or kill cut in: says nothing about the daemon's speed
+	}
+	s.slowMu.Lock()
+	s.slowest = max(s.slowest, took)
+	s.slowMu.Unlock()
+	if err == nil && took <= slowAnswer {
+		return st, err
+	}
+	what := fmt.Sprintf("%s %s after %v", time.Now().Format("15:04:05.000"), path, took.Round(time.Millisecond))
+	if err != nil {
+		what += fmt.Sprintf(" (%v)", err)
+	}
+	s.slowMu.Lock()
+	s.slowN++
+	if len(s.slow) < 10 {
+		s.slow = append(s.slow, what)
+	}
+	s.slowMu.Unlock()
+	return st, err
+}
+
 // work drives one worker's share of the load until end.
 func (s *soakRun) work(w int, end time.Time) ([]*soakKey, []due) {
 	c := newPluginConn(s.addr)
+	c.auth = "Bearer " + soakSecret
 	defer c.close()
 	var keys []*soakKey
 	var acked []*soakKey
 	var dues []due
+	var connStops int64 // stops begun before the connection was made
 	for time.Now().Before(end) && s.failed() == nil {
+		time.Sleep(2 * time.Millisecond)
+		// Read before up: a stop begun after this shows in the count,
+		// and its requests are not the daemon's to answer.
+		stops := s.stops.Load()
 		if !s.up.Load() {
 			c.close()
 			time.Sleep(20 * time.Millisecond)
 			continue
 		}
-		time.Sleep(2 * time.Millisecond)
+		if stops != connStops {
+			// The daemon was stopped and started again since this
+			// connection was made: it is gone, as Dovecot would find.
+			c.close()
+			connStops = stops
+		}
 		gen := s.gen.Load()
 		switch r := rand.IntN(100); {
 		case r < 55 && len(acked) > 0:
 			k := acked[rand.IntN(len(acked))]
 			sent := time.Now()
-			st, err := c.post("/notify", fmt.Sprintf(`{"Username":"%s","Mailbox":"INBOX","Events":["MessageNew"]}`, k.user))
+			st, err := s.timed(c, stops, "/notify", fmt.Sprintf(`{"Username":"%s","Mailbox":"INBOX","Events":["MessageNew"]}`, k.user))
 			s.notifies.Add(1)
 			if err == nil && st == 200 {
 				s.notifyOK.Add(1)
@@ -433,7 +519,7 @@ func (s *soakRun) work(w int, end time.Time) ([]*soakKey, []due) {
 			boxes := []string{"INBOX", fmt.Sprintf("Folder %d", rand.IntN(1000))}
 			body := fmt.Sprintf(`{"ApsAccountId":"%s","ApsDeviceToken":"%s","ApsSubtopic":"com.apple.mobilemail","Username":"%s","Mailboxes":["%s","%s"]}`,
 				k.account, k.token, k.user, boxes[0], boxes[1])
-			st, err := c.post("/register", body)
+			st, err := s.timed(c, stops, "/register", body)
 			s.regs.Add(1)
 			switch {
 			case err != nil:
@@ -554,6 +640,8 @@ func (s *soakRun) report(took time.Duration, keys []*soakKey, dues []due, db str
 		{"pushes due (/notify 200)", fmt.Sprintf("%d; delivered %d; lost %d; not sent because the process that took them was killed with -9 (not durable by design) %d",
 			len(dues), delivered, undelivered, killedUndelivered)},
 		{"peak RSS", fmt.Sprintf("%d MB", s.peakRSS>>10)},
+		{"clients without the secret", fmt.Sprintf("%d, holding connections the whole run (%d connections made) against a file limit of %d", soakAttackers, s.attackConns, soakFileLimit)},
+		{"requests with the secret slower than 1 s, or failed", fmt.Sprintf("%d (slowest %v)", s.slowN, s.slowest.Round(time.Millisecond))},
 	}
 	fmt.Printf("\n| soak | result |\n|---|---|\n")
 	for _, row := range rows {
@@ -571,6 +659,10 @@ func (s *soakRun) report(took time.Duration, keys []*soakKey, dues []due, db str
 	}
 	if badExit > 0 {
 		problems = append(problems, fmt.Sprintf("%d graceful stops exited non-zero", badExit))
+	}
+	if s.slowN > 0 {
+		problems = append(problems, fmt.Sprintf("%d requests with the secret took longer than %v or failed while clients without it held connections: %s",
+			s.slowN, slowAnswer, strings.Join(s.slow, "; ")))
 	}
 	if acked == 0 || len(dues) == 0 || s.kills.Load() == 0 {
 		problems = append(problems, "the run did not exercise the daemon (no acknowledged registration, push or kill)")

@@ -562,7 +562,7 @@ func (m *Manager) storeIssued(certs map[int]issued, keys map[int]*rsa.PrivateKey
 // not handled (the process died in between), using the request's saved
 // keys. It reports whether a mail certificate was stored.
 func (m *Manager) recoverAnswer() bool {
-	data, err := os.ReadFile(m.st.path(answerFile))
+	data, err := readState(m.st.path(answerFile))
 	if err != nil {
 		return false
 	}

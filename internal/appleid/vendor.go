@@ -6,10 +6,11 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"strings"
 	"syscall"
+
+	"github.com/xapsd/xapsd/internal/regularfile"
 )
 
 // ErrNoVendor says that the macOS Server vendor identity is not
@@ -126,17 +127,12 @@ func readState(path string) ([]byte, error) {
 }
 
 func readSmallFlags(path string, flags int) ([]byte, error) {
-	f, err := os.OpenFile(path, os.O_RDONLY|flags, 0)
-	if err != nil {
-		return nil, unwrapPath(err)
-	}
-	defer f.Close()
-	data, err := io.ReadAll(io.LimitReader(f, maxVendorFile+1))
-	if err != nil {
-		return nil, unwrapPath(err)
-	}
-	if len(data) > maxVendorFile {
+	data, err := regularfile.ReadFile(path, flags, maxVendorFile)
+	if errors.Is(err, regularfile.ErrTooLarge) {
 		return nil, fmt.Errorf("larger than %d bytes", maxVendorFile)
+	}
+	if err != nil {
+		return nil, unwrapPath(err)
 	}
 	return data, nil
 }

@@ -101,8 +101,12 @@ another server.`,
 }
 
 func exportFile(env Env, c adminClient, _ *options, args []string) int {
-	out := env.Stdout
-	if len(args) == 1 {
+	var out io.Writer
+	if len(args) == 0 {
+		esc := &jsonEscaper{w: env.Stdout}
+		defer esc.Close()
+		out = esc
+	} else {
 		f, err := os.OpenFile(args[0], os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
 		if err != nil {
 			return fail(env, err)
@@ -117,7 +121,7 @@ func exportFile(env Env, c adminClient, _ *options, args []string) int {
 }
 
 func fail(env Env, err error) int {
-	fmt.Fprintf(env.Stderr, "xapsd: %v\n", err)
+	fmt.Fprintf(env.Stderr, "xapsd: %s\n", shown(err.Error()))
 	return 1
 }
 
@@ -190,7 +194,8 @@ func testPush(env Env, c adminClient, o *options, args []string) int {
 		w := tabwriter.NewWriter(env.Stdout, 0, 2, 2, ' ', 0)
 		fmt.Fprintln(w, "ACCOUNT-ID\tDEVICE-TOKEN\tRESULT\tSTATUS\tREASON\tAPNS-ID\tMS")
 		for _, r := range res {
-			fmt.Fprintf(w, "%s\t%s\t%s\t%d\t%s\t%s\t%d\n", r.AccountID, r.DeviceToken, r.Outcome, r.Status, orDash(r.Reason), orDash(r.ApnsID), r.Millis)
+			fmt.Fprintf(w, "%s\t%s\t%s\t%d\t%s\t%s\t%d\n", shown(r.AccountID), shown(r.DeviceToken), shown(r.Outcome), r.Status,
+				shown(orDash(r.Reason)), shown(orDash(r.ApnsID)), r.Millis)
 		}
 		w.Flush()
 	}
@@ -222,19 +227,19 @@ func diagnoseUser(env Env, c adminClient, o *options, args []string) int {
 func printReport(w io.Writer, r diagnose.Report) {
 	fmt.Fprintf(w, "xapsd diagnose %s (%s)\n", shellWord(r.User), timestamp(r.Time))
 	for _, s := range r.Steps {
-		fmt.Fprintf(w, "%-6s %s: %s\n", "["+strings.ToUpper(s.Status)+"]", s.Name, s.Summary)
+		fmt.Fprintf(w, "%-6s %s: %s\n", "["+strings.ToUpper(shown(s.Status))+"]", shown(s.Name), shown(s.Summary))
 		for _, l := range s.Lines {
-			fmt.Fprintf(w, "         %s\n", l)
+			fmt.Fprintf(w, "         %s\n", shown(l))
 		}
 		if s.Next != "" && s.Status != diagnose.StatusOK {
-			fmt.Fprintf(w, "         next: %s\n", s.Next)
+			fmt.Fprintf(w, "         next: %s\n", shown(s.Next))
 		}
 	}
 	if r.Verdict.OK {
-		fmt.Fprintf(w, "verdict: %s\n", r.Verdict.Text)
+		fmt.Fprintf(w, "verdict: %s\n", shown(r.Verdict.Text))
 		return
 	}
-	fmt.Fprintf(w, "verdict: %s fails: %s\n", r.Verdict.Step, r.Verdict.Text)
+	fmt.Fprintf(w, "verdict: %s fails: %s\n", shown(r.Verdict.Step), shown(r.Verdict.Text))
 }
 
 // pushWorked: Apple took the push, or the dry-run logged it.
@@ -267,6 +272,9 @@ func shellWord(s string) string {
 	}) < 0 {
 		return s
 	}
+	if q := shown(s); q != s {
+		return q // not a word anyone types, but shown safely
+	}
 	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
 }
 
@@ -285,7 +293,11 @@ func printDevices(w io.Writer, devs []ctl.Device) {
 	tw := tabwriter.NewWriter(w, 0, 2, 2, ' ', 0)
 	fmt.Fprintln(tw, "USER\tACCOUNT-ID\tDEVICE-TOKEN\tREGISTERED\tMAILBOXES")
 	for _, d := range devs {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", d.User, d.AccountID, d.DeviceToken, timestamp(d.Registered), strings.Join(d.Mailboxes, ", "))
+		boxes := make([]string, len(d.Mailboxes))
+		for i, m := range d.Mailboxes {
+			boxes[i] = shown(m)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", shown(d.User), shown(d.AccountID), shown(d.DeviceToken), timestamp(d.Registered), strings.Join(boxes, ", "))
 	}
 	tw.Flush()
 }
@@ -323,7 +335,9 @@ func pushJSON(r ctl.PushResult) any {
 
 // writeJSONLines writes one JSON object per line.
 func writeJSONLines[T any](w io.Writer, items []T, conv func(T) any) {
-	enc := json.NewEncoder(w)
+	esc := &jsonEscaper{w: w}
+	defer esc.Close()
+	enc := json.NewEncoder(esc)
 	enc.SetEscapeHTML(false)
 	for _, it := range items {
 		enc.Encode(conv(it))

@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -282,6 +283,68 @@ func TestTestPushOutput(t *testing.T) {
 	}
 	if got["outcome"] != "failed" || got["reason"] != "dial tcp: connection refused" || got["registered"] != "2026-05-04T01:02:01Z" || got["deviceToken"] != "aa11" {
 		t.Errorf("--json object %v", got)
+	}
+}
+
+// Whatever the admin commands print comes from the network: a user or
+// mailbox name with a terminal's control or format characters is printed
+// escaped, in the table, in --json and in messages, never raw.
+func TestAdminCommandsEscapeWhatTheyPrint(t *testing.T) {
+	raw := []string{`\u0085`, `\u009b`, `\u2028`, `\u202e`, `\u200b`}
+	for _, c := range raw {
+		bad, _ := strconv.Unquote(`"` + c + `"`)
+		user := "mal" + bad + "lory@example.com"
+		dev := ctl.Device{User: user, AccountID: "ACC" + bad, DeviceToken: "AA11", Mailboxes: []string{"IN" + bad + "BOX"}, Registered: registered}
+		a := &fakeAdmin{devs: []ctl.Device{dev}, results: []ctl.PushResult{{Device: dev, Outcome: "failed", Reason: "why" + bad}},
+			report: diagnose.Report{Steps: []diagnose.Step{{Name: diagnose.StepRegistrations, Status: diagnose.StatusFail,
+				Summary: "no device registered for " + user, Lines: []string{"IN" + bad + "BOX"}, Next: "ask " + user}},
+				Verdict: diagnose.Verdict{Step: diagnose.StepRegistrations, Text: "nothing for " + user}}}
+		for _, run := range []struct {
+			name string
+			o    options
+			cmd  string
+			args []string
+		}{
+			{"devices list", options{}, "devices list", nil},
+			{"devices list --json", options{json: true}, "devices list", nil},
+			{"devices remove", options{}, "devices remove", []string{user}},
+			{"devices remove, no match", options{}, "devices remove", []string{user, "nope"}},
+			{"test-push", options{}, "test-push", []string{user}},
+			{"test-push --json", options{json: true}, "test-push", []string{user}},
+			{"diagnose", options{}, "diagnose", []string{user}},
+			{"diagnose --json", options{json: true}, "diagnose", []string{user}},
+		} {
+			_, out, errOut := runCommand(a, run.o, run.cmd, run.args...)
+			if strings.Contains(out+errOut, bad) {
+				t.Errorf("%s prints %s raw:\n%q\n%q", run.name, c, out, errOut)
+			}
+			if !strings.Contains(out+errOut, c) {
+				t.Errorf("%s does not show %s escaped:\n%q\n%q", run.name, c, out, errOut)
+			}
+			if run.o.json {
+				for _, l := range strings.Split(strings.TrimSpace(out), "\n") {
+					var got map[string]any
+					if err := json.Unmarshal([]byte(l), &got); err != nil || got["user"] != user {
+						t.Errorf("%s: the escaped JSON does not decode to the name: %v %v", run.name, got["user"], err)
+					}
+				}
+			}
+		}
+	}
+}
+
+// The JSON escaper holds a character split across two writes until it is
+// whole.
+func TestJSONEscaperAcrossWrites(t *testing.T) {
+	var b bytes.Buffer
+	e := &jsonEscaper{w: &b}
+	in := []byte(`{"u":"a` + "\u202e" + `é"}`)
+	for i := range in {
+		e.Write(in[i : i+1])
+	}
+	e.Close()
+	if b.String() != `{"u":"a\u202eé"}` {
+		t.Errorf("escaped %q", b.String())
 	}
 }
 

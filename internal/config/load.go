@@ -16,6 +16,8 @@ import (
 	"time"
 
 	"gopkg.in/yaml.v3"
+
+	"github.com/xapsd/xapsd/internal/regularfile"
 )
 
 // Load reads the YAML file at path, overlays it on Default(), resolves relative file names
@@ -30,7 +32,7 @@ func Load(path string) (*Config, []string, error) {
 	if err != nil {
 		return nil, nil, fmt.Errorf("load config %s: %w", path, err)
 	}
-	data, err := os.ReadFile(abs)
+	data, err := regularfile.ReadFile(abs, 0, 0)
 	if err != nil {
 		return nil, nil, fmt.Errorf("load config: %w", err)
 	}

@@ -2,10 +2,13 @@ package connlimit
 
 import (
 	"bufio"
+	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
+	"os"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -16,8 +19,8 @@ type server struct {
 	pool    *Pool
 	addr    string
 	release chan struct{} // closes to let /slow finish
+	slow    chan struct{} // a value for each /slow in the handler
 	evicted atomic.Int64
-	skew    atomic.Int64 // added to the pool's clock
 }
 
 func start(t *testing.T, max int) *server {
@@ -26,19 +29,22 @@ func start(t *testing.T, max int) *server {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := &server{pool: New(max), addr: ln.Addr().String(), release: make(chan struct{})}
+	s := &server{pool: New(max), addr: ln.Addr().String(), release: make(chan struct{}), slow: make(chan struct{}, 100)}
 	s.pool.OnEvict = func() { s.evicted.Add(1) }
-	s.pool.now = func() time.Time { return time.Now().Add(time.Duration(s.skew.Load())) }
 	srv := &http.Server{
 		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			if r.URL.Path == "/slow" {
+			switch r.URL.Path {
+			case "/slow":
+				s.slow <- struct{}{}
 				<-s.release
+			case "/trusted":
+				Trust(r)
 			}
 			io.WriteString(w, "ok")
 		}),
-		ConnState:   s.pool.ConnState,
 		IdleTimeout: time.Hour,
 	}
+	s.pool.Configure(srv)
 	go srv.Serve(s.pool.Listener(ln))
 	t.Cleanup(func() { srv.Close() })
 	return s
@@ -76,6 +82,31 @@ func (c *rawConn) get(path string) error {
 	return nil
 }
 
+// waitAnswered waits until the server is done with every request: a
+// client has its answer a moment before the server calls the connection
+// idle, and only then is it a candidate.
+func waitAnswered(t *testing.T, p *Pool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		p.mu.Lock()
+		busy := 0
+		for _, tr := range p.conns {
+			if tr.serving > 0 || tr.writing {
+				busy++
+			}
+		}
+		p.mu.Unlock()
+		if busy == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d connections still busy after 10 s", busy)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
 func waitOpen(t *testing.T, p *Pool, want int) {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
@@ -99,7 +130,7 @@ func TestIdleConnectionsMakeRoom(t *testing.T) {
 		}
 		conns = append(conns, c)
 	}
-	time.Sleep(10 * time.Millisecond)
+	waitAnswered(t, s.pool)
 	for i := range 5 {
 		if err := dial(t, s.addr).get("/"); err != nil {
 			t.Fatalf("new client %d at the cap: %v", i, err)
@@ -117,15 +148,97 @@ func TestIdleConnectionsMakeRoom(t *testing.T) {
 	}
 }
 
-// Connections that connect and say nothing count as idle after Grace.
-func TestSilentConnectionsMakeRoomAfterGrace(t *testing.T) {
+// Connections that connect and say nothing make room at once: nobody who
+// matters holds a connection without a request.
+func TestSilentConnectionsMakeRoom(t *testing.T) {
 	s := start(t, 2)
 	dial(t, s.addr)
 	dial(t, s.addr)
 	waitOpen(t, s.pool, 2)
-	s.skew.Store(int64(Grace))
 	if err := dial(t, s.addr).get("/"); err != nil {
 		t.Fatalf("new client behind silent connections: %v", err)
+	}
+}
+
+// Connections that were never trusted are closed for room before any
+// trusted one, whether they are silent, still sending their headers, or
+// idle after a request that needed no trust; a trusted idle connection
+// goes only when nothing else can.
+func TestUntrustedConnectionsAreClosedFirst(t *testing.T) {
+	s := start(t, 4)
+	trusted := dial(t, s.addr)
+	if err := trusted.get("/trusted"); err != nil {
+		t.Fatal(err)
+	}
+	silent := dial(t, s.addr)
+	slow := dial(t, s.addr)
+	fmt.Fprintf(slow, "GET / HTTP/1.1\r\nHost:") // headers never finished
+	idle := dial(t, s.addr)
+	if err := idle.get("/"); err != nil {
+		t.Fatal(err)
+	}
+	waitOpen(t, s.pool, 4)
+	waitAnswered(t, s.pool)
+	var fresh []*rawConn
+	for i := range 3 {
+		c := dial(t, s.addr)
+		if err := c.get("/trusted"); err != nil {
+			t.Fatalf("new client %d: %v", i, err)
+		}
+		fresh = append(fresh, c) // each new one is trusted, and stays open
+		waitAnswered(t, s.pool)
+	}
+	if s.evicted.Load() != 3 {
+		t.Errorf("%d connections closed for room, want the 3 untrusted ones", s.evicted.Load())
+	}
+	for name, c := range map[string]*rawConn{"silent": silent, "slow": slow} {
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if _, err := c.Read(make([]byte, 1)); err == nil {
+			t.Errorf("the %s connection is still open", name)
+		}
+	}
+	if err := idle.get("/"); err == nil {
+		t.Error("the untrusted idle connection still works")
+	}
+	if err := trusted.get("/"); err != nil {
+		t.Errorf("the trusted connection was closed while untrusted ones could go: %v", err)
+	}
+	// Now only trusted connections are left: the longest idle goes (the
+	// first new client's; the old one just made a request).
+	waitAnswered(t, s.pool)
+	if err := dial(t, s.addr).get("/trusted"); err != nil {
+		t.Fatal(err)
+	}
+	if err := fresh[0].get("/"); err == nil {
+		t.Error("the longest-idle trusted connection still works; another one was closed first")
+	}
+	if err := trusted.get("/"); err != nil {
+		t.Errorf("a trusted connection idle for less time was closed: %v", err)
+	}
+}
+
+// A connection that does not bring its first request within the deadline
+// is closed, room needed or not; one that did stays.
+func TestFirstRequestHasADeadline(t *testing.T) {
+	s := start(t, 100)
+	s.pool.mu.Lock()
+	s.pool.deadline = 200 * time.Millisecond
+	s.pool.mu.Unlock()
+	served := dial(t, s.addr)
+	if err := served.get("/"); err != nil {
+		t.Fatal(err)
+	}
+	silent := dial(t, s.addr)
+	slow := dial(t, s.addr)
+	fmt.Fprintf(slow, "GET / HTTP/1.1\r\nHost:")
+	for name, c := range map[string]*rawConn{"silent": silent, "slow": slow} {
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if _, err := c.Read(make([]byte, 1)); err == nil || strings.Contains(err.Error(), "timeout") {
+			t.Errorf("the %s connection was not closed after the deadline: %v", name, err)
+		}
+	}
+	if err := served.get("/"); err != nil {
+		t.Errorf("a connection that brought its request in time was closed: %v", err)
 	}
 }
 
@@ -138,8 +251,8 @@ func TestBusyConnectionsAreNotClosed(t *testing.T) {
 		c := dial(t, s.addr)
 		go func() { done <- c.get("/slow") }()
 	}
-	waitOpen(t, s.pool, 2)
-	time.Sleep(20 * time.Millisecond) // both requests running
+	<-s.slow
+	<-s.slow // both requests in the handler
 	third := make(chan error, 1)
 	go func() { third <- dial(t, s.addr).get("/") }()
 	select {
@@ -170,11 +283,11 @@ func TestClosedListenerStopsWaiting(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	first, err := l.Accept() // now at the cap, and not on any idle list once active
+	first, err := l.Accept() // now at the cap, and no candidate while it serves
 	if err != nil {
 		t.Fatal(err)
 	}
-	p.ConnState(first, http.StateActive)
+	p.update(first.(*conn), func(t *tracked) { t.serving++ })
 	errc := make(chan error, 1)
 	go func() { _, err := l.Accept(); errc <- err }()
 	time.Sleep(20 * time.Millisecond)
@@ -188,4 +301,98 @@ func TestClosedListenerStopsWaiting(t *testing.T) {
 		t.Fatal("Accept still waits after Close")
 	}
 	first.Close()
+}
+
+// Trust finds the connection behind TLS and HTTP/2 too (the plugin API's
+// TLS listener, for a pooling proxy).
+func TestTrustOverTLSAndHTTP2(t *testing.T) {
+	pool := New(10)
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		Trust(r)
+		io.WriteString(w, r.Proto)
+	}))
+	srv.EnableHTTP2 = true
+	srv.Listener = pool.Listener(srv.Listener)
+	pool.Configure(srv.Config)
+	srv.StartTLS()
+	defer srv.Close()
+	resp, err := srv.Client().Get(srv.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	proto, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if string(proto) != "HTTP/2.0" {
+		t.Fatalf("served over %s, want HTTP/2.0", proto)
+	}
+	pool.mu.Lock()
+	defer pool.mu.Unlock()
+	if len(pool.conns) != 1 {
+		t.Fatalf("%d connections in the pool, want 1", len(pool.conns))
+	}
+	for _, tr := range pool.conns {
+		if !tr.trusted {
+			t.Error("the HTTP/2 connection of a trusted request is not trusted")
+		}
+	}
+}
+
+// A connection whose request is on its way (sent, not yet read by the
+// server) is not closed for room: in a burst of connections, the plugin's
+// new one, request sent at once, would otherwise be cut before the server
+// got to it. Once the server has read what it sent, it is a candidate like
+// any other.
+func TestConnectionWithAnUnreadRequestIsNotClosed(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := New(1)
+	l := p.Listener(ln)
+	defer l.Close()
+	first, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer first.Close()
+	io.WriteString(first, "GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+	held, err := l.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for !held.(*conn).unread() {
+		if time.Now().After(deadline) {
+			t.Fatal("the request never arrived")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	second, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer second.Close()
+	accepted := make(chan net.Conn, 1)
+	go func() {
+		c, err := l.Accept()
+		if err == nil {
+			accepted <- c
+		}
+	}()
+	select {
+	case <-accepted:
+		t.Fatal("a second connection was let in by closing one whose request was not read yet")
+	case <-time.After(200 * time.Millisecond):
+	}
+	held.Read(make([]byte, 4096)) // the server reads the request
+	select {
+	case c := <-accepted:
+		c.Close()
+	case <-time.After(5 * time.Second):
+		t.Fatal("the second connection still waits after the first one's request was read")
+	}
+	first.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := first.Read(make([]byte, 1)); err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Errorf("the first connection was not closed for room: %v", err)
+	}
 }

@@ -14,12 +14,12 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
-	"os"
 	"time"
 
 	"github.com/sideshow/apns2/token"
+
+	"github.com/xapsd/xapsd/internal/regularfile"
 )
 
 // Mode is how xapsd authenticates to APNs.
@@ -159,17 +159,12 @@ func Load(f Files, now time.Time) (*Credential, error) {
 // readFile reads a credential file. The path is named once, by us; the
 // *fs.PathError would repeat it.
 func readFile(what, path string) ([]byte, error) {
-	fh, err := os.Open(path)
-	if err != nil {
-		return nil, fmt.Errorf("read %s %s: %w", what, path, unwrapPath(err))
-	}
-	defer fh.Close()
-	data, err := io.ReadAll(io.LimitReader(fh, maxFileSize+1))
-	if err != nil {
-		return nil, fmt.Errorf("read %s %s: %w", what, path, unwrapPath(err))
-	}
-	if len(data) > maxFileSize {
+	data, err := regularfile.ReadFile(path, 0, maxFileSize)
+	if errors.Is(err, regularfile.ErrTooLarge) {
 		return nil, fmt.Errorf("read %s %s: larger than %d bytes, not a credential file", what, path, maxFileSize)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read %s %s: %w", what, path, unwrapPath(err))
 	}
 	return data, nil
 }

@@ -8,10 +8,12 @@ import (
 	"os"
 	"os/user"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"syscall"
 
 	"github.com/xapsd/xapsd/internal/config"
+	"github.com/xapsd/xapsd/internal/regularfile"
 )
 
 // Check is --check-config's work beyond the file itself: it loads the
@@ -26,6 +28,12 @@ func Check(c *config.Config) (Summary, []string, error) {
 	}
 	if err := CheckStateDir(c); err != nil {
 		return Summary{}, notes, err
+	}
+	if c.DatabaseURL != "" && c.DatabasePasswordFile != "" {
+		// The start reads it before it connects, and stops if it cannot.
+		if _, err := regularfile.ReadFile(c.DatabasePasswordFile, 0, 0); err != nil {
+			return Summary{}, notes, fmt.Errorf("databasePasswordFile: %w", err)
+		}
 	}
 	addrNotes, err := checkAddresses(c, net.Listen)
 	notes = append(notes, addrNotes...)
@@ -84,13 +92,18 @@ func CheckStateDir(c *config.Config) error {
 		return nil
 	}
 	// The files a start opens for writing: an old one left by another
-	// user (root, say) stops the start with "permission denied".
-	files := []string{c.DatabaseFile, c.DatabaseFile + ".lock", pendingFile(c.DatabaseFile)}
+	// user (root, say) stops the start with "permission denied", and so
+	// does one of the registry's that is not a regular file.
+	registryFiles := []string{c.DatabaseFile, c.DatabaseFile + ".lock"}
 	segments, _ := filepath.Glob(c.DatabaseFile + ".journal.*")
-	files = append(files, segments...)
-	for _, f := range files {
-		if _, err := os.Lstat(f); err != nil {
+	registryFiles = append(registryFiles, segments...)
+	for _, f := range append(registryFiles, pendingFile(c.DatabaseFile)) {
+		st, err := os.Lstat(f)
+		if err != nil {
 			continue
+		}
+		if !st.Mode().IsRegular() && slices.Contains(registryFiles, f) && c.DatabaseURL == "" {
+			return fmt.Errorf("%s in the state folder is not a regular file (mode %s); xapsd opens only regular files there", f, st.Mode())
 		}
 		if err := syscall.Access(f, accessW); err != nil {
 			return fmt.Errorf("%s in the state folder is not writable by %s: %w (give the folder and its files to the user xapsd runs as)", f, whoAmI(), err)

@@ -9,6 +9,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"io/fs"
 	"net"
 	"net/http"
 	"path/filepath"
@@ -33,6 +34,7 @@ import (
 	"github.com/xapsd/xapsd/internal/notify"
 	"github.com/xapsd/xapsd/internal/pluginapi"
 	"github.com/xapsd/xapsd/internal/registry"
+	"github.com/xapsd/xapsd/internal/regularfile"
 	"github.com/xapsd/xapsd/internal/scheduler"
 )
 
@@ -150,6 +152,13 @@ func Run(ctx context.Context, o Options) error {
 	}
 	d.reg, err = registry.Open(regOpts)
 	if err != nil {
+		if errors.Is(err, fs.ErrPermission) {
+			// Say it the way --check-config does: which folder or file,
+			// and for which user.
+			if why := CheckStateDir(cfg); why != nil {
+				err = why
+			}
+		}
 		return fail(err)
 	}
 	d.importLegacyCerts(cfg)
@@ -199,6 +208,9 @@ func Run(ctx context.Context, o Options) error {
 		Log:       o.Log.WithField("component", "pluginapi"),
 		Observe:   d.metrics.ObserveRequest,
 		Secret:    secret,
+		// The secret's holder (or, without a secret, any client that
+		// sends a request) keeps its connection over ones that did not.
+		Authenticated: connlimit.Trust,
 	})
 
 	d.serve(handler)
@@ -303,7 +315,7 @@ func (d *Daemon) bind(cfg *config.Config) error {
 		d.metrics.ObserveEviction()
 		if logging.EveryMinute(&d.lastEvict) {
 			d.log.WithFields(logrus.Fields{"component": "pluginapi", "limit": pluginConns, "file_limit": limit}).
-				Warn("connection limit reached: closing the longest-idle connections to make room; logged at most once a minute")
+				Warn("connection limit reached: closing connections without the plugin's secret, then the longest-idle ones, to make room; logged at most once a minute")
 		}
 	}
 	lns, err := listenPlugin(cfg, d.log.WithField("component", "daemon"), net.Listen)
@@ -317,7 +329,7 @@ func (d *Daemon) bind(cfg *config.Config) error {
 	}
 	d.listeners = append(d.listeners, lns...)
 	if cfg.TLSEnabled() {
-		cert, err := tls.LoadX509KeyPair(cfg.TLSCertFile, cfg.TLSKeyFile)
+		cert, err := loadKeyPair(cfg.TLSCertFile, cfg.TLSKeyFile)
 		if err != nil {
 			closePlain()
 			return fmt.Errorf("load tlsCertfile %s / tlsKeyfile %s: %w", cfg.TLSCertFile, cfg.TLSKeyFile, err)
@@ -345,6 +357,20 @@ func (d *Daemon) bind(cfg *config.Config) error {
 	return nil
 }
 
+// loadKeyPair is tls.LoadX509KeyPair through regularfile, so that a named
+// pipe in place of either file cannot hang the start.
+func loadKeyPair(certFile, keyFile string) (tls.Certificate, error) {
+	certPEM, err := regularfile.ReadFile(certFile, 0, 0)
+	if err != nil {
+		return tls.Certificate{}, err
+	}
+	keyPEM, err := regularfile.ReadFile(keyFile, 0, 0)
+	if err != nil {
+		return tls.Certificate{}, err
+	}
+	return tls.X509KeyPair(certPEM, keyPEM)
+}
+
 // serve builds the plugin API's servers on the bound listeners, which
 // share one connection budget.
 func (d *Daemon) serve(h http.Handler) {
@@ -358,11 +384,13 @@ func (d *Daemon) serve(h http.Handler) {
 			// idle ones do not pile up.
 			IdleTimeout:    2 * time.Minute,
 			MaxHeaderBytes: 64 << 10,
-			ConnState:      d.conns.ConnState,
 		}
 		if ln == d.tlsListener {
 			srv.TLSConfig = d.tlsConfig
 		}
+		// The plugin's connections: the ones with its secret are the
+		// last closed for room, the others have FirstRequestDeadline.
+		d.conns.Configure(srv)
 		d.servers = append(d.servers, srv)
 		d.listeners[i] = d.conns.Listener(ln)
 	}

@@ -4,7 +4,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	"os"
 	"sync"
@@ -14,6 +13,7 @@ import (
 
 	"github.com/xapsd/xapsd/internal/atomicfile"
 	"github.com/xapsd/xapsd/internal/registry"
+	"github.com/xapsd/xapsd/internal/regularfile"
 )
 
 // The pushes a shutdown could not send are kept in a small file beside the
@@ -102,10 +102,5 @@ func (l *leftovers) stop() {
 // symbolic link: whoever could plant one there could otherwise have xapsd
 // read any file it can reach.
 func readStateFile(path string) ([]byte, error) {
-	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NOFOLLOW, 0)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	return io.ReadAll(f)
+	return regularfile.ReadFile(path, syscall.O_NOFOLLOW, 0)
 }

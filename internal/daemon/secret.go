@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"os"
 	"syscall"
+
+	"github.com/xapsd/xapsd/internal/regularfile"
 )
 
 // minSecretLen keeps out secrets short enough to guess; 32 random bytes
@@ -19,7 +21,7 @@ const minSecretLen = 16
 // read is allowed, as for the key files (0640 root:xapsd), which is also
 // what docker-mailserver's start script makes of the config folder.
 func loadPluginSecret(path string) ([]byte, error) {
-	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NOFOLLOW, 0)
+	f, err := regularfile.OpenFile(path, os.O_RDONLY|syscall.O_NOFOLLOW, 0)
 	if err != nil {
 		return nil, fmt.Errorf("pluginSecretFile: %w", err)
 	}
@@ -27,9 +29,6 @@ func loadPluginSecret(path string) ([]byte, error) {
 	st, err := f.Stat()
 	if err != nil {
 		return nil, fmt.Errorf("pluginSecretFile: %w", err)
-	}
-	if !st.Mode().IsRegular() {
-		return nil, fmt.Errorf("pluginSecretFile: %s is not a regular file", path)
 	}
 	if perm := st.Mode().Perm(); perm&0o027 != 0 {
 		return nil, fmt.Errorf("pluginSecretFile: %s can be read by others or changed by its group (mode %o); "+

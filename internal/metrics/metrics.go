@@ -276,10 +276,6 @@ func Listen(addr string, m *Metrics, o ServerOptions) (*Server, error) {
 		return nil, err
 	}
 	srv := &http.Server{ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second, IdleTimeout: 2 * time.Minute}
-	if o.MaxConns > 0 {
-		pool := connlimit.New(o.MaxConns)
-		ln, srv.ConnState = pool.Listener(ln), pool.ConnState
-	}
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(m.Registry, promhttp.HandlerOpts{}))
 	mux.HandleFunc("GET /healthz", check(o.Alive, nil))
@@ -290,6 +286,11 @@ func Listen(addr string, m *Metrics, o ServerOptions) (*Server, error) {
 		mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
 	}
 	srv.Handler = mux
+	if o.MaxConns > 0 {
+		pool := connlimit.New(o.MaxConns)
+		ln = pool.Listener(ln)
+		pool.Configure(srv)
+	}
 	return &Server{ln: ln, srv: srv}, nil
 }
 

@@ -21,6 +21,11 @@ type Follower struct {
 	Err func(error)
 	// Connected reports whether the follower listens right now.
 	Connected func(bool)
+	// Mine, when set, says whether a change this daemon committed itself
+	// must reach Changed too: one whose commit's outcome it does not
+	// know (ErrOutcomeUnknown). Its notification comes when the commit
+	// ends, which may be long after the caller gave up.
+	Mine func(user string) bool
 }
 
 // Follow listens until ctx ends, reconnecting with a growing pause after
@@ -83,7 +88,13 @@ func (s *Store) followOnce(ctx context.Context, f Follower, connected func()) er
 				close(users)
 				return
 			}
-			if n.Channel != channel || strings.HasPrefix(n.Payload, own) {
+			if n.Channel != channel {
+				continue
+			}
+			if user, ok := strings.CutPrefix(n.Payload, own); ok {
+				if f.Mine != nil && f.Mine(user) {
+					users <- user
+				}
 				continue
 			}
 			if _, user, ok := strings.Cut(n.Payload, " "); ok {

@@ -23,7 +23,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os"
 	"sort"
 	"strings"
 	"time"
@@ -31,6 +30,8 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/xapsd/xapsd/internal/regularfile"
 )
 
 // Advisory lock keys: arbitrary constants, the same in every xapsd.
@@ -92,6 +93,12 @@ type Store struct {
 // ErrSchemaTooNew means the database was migrated by a newer xapsd.
 var ErrSchemaTooNew = errors.New("database schema is newer than this xapsd")
 
+// ErrOutcomeUnknown is wrapped by Commit's error when a COMMIT was sent
+// but its answer never came (the deadline passed while the server waited
+// for a synchronous standby, the connection broke): the changes may be
+// in the database, now or later, or not at all.
+var ErrOutcomeUnknown = errors.New("the database did not confirm the commit; its outcome is unknown")
+
 // ParseConfig reads the URL and the password file.
 func ParseConfig(o Options) (*pgxpool.Config, error) {
 	cfg, err := pgxpool.ParseConfig(o.URL)
@@ -99,7 +106,7 @@ func ParseConfig(o Options) (*pgxpool.Config, error) {
 		return nil, fmt.Errorf("databaseURL: %w", err)
 	}
 	if o.PasswordFile != "" {
-		b, err := os.ReadFile(o.PasswordFile)
+		b, err := regularfile.ReadFile(o.PasswordFile, 0, 0)
 		if err != nil {
 			return nil, fmt.Errorf("databasePasswordFile: %w", err)
 		}
@@ -147,6 +154,14 @@ var migrations = []string{
 		PRIMARY KEY (username, account_id, device_token)
 	);
 	CREATE INDEX xapsd_registrations_registered ON xapsd_registrations (registered);`,
+	// Device tokens are hex, stored upper case (as iOS sends them): a
+	// token stored in both spellings was one device registered twice and
+	// pushed twice. The newer row of each is kept.
+	`DELETE FROM xapsd_registrations r USING xapsd_registrations n
+		WHERE n.username = r.username AND n.account_id = r.account_id
+		AND upper(n.device_token) = upper(r.device_token) AND n.device_token <> r.device_token
+		AND (n.registered, n.device_token) > (r.registered, r.device_token);
+	UPDATE xapsd_registrations SET device_token = upper(device_token) WHERE device_token <> upper(device_token);`,
 }
 
 // SchemaVersion is the newest schema this xapsd knows.
@@ -252,15 +267,36 @@ func loadUsers(ctx context.Context, q querier, users []string) (map[string][]Reg
 // whose outcome is unknown can simply run again: a deadlock with another
 // daemon's commit, a connection the server terminated (a restart leaves
 // every pooled connection so) and other connection failures are retried a
-// few times before the error goes to the caller.
+// few times before the error goes to the caller. When an attempt's COMMIT
+// got no answer and no later attempt succeeded, the error wraps
+// ErrOutcomeUnknown: the changes may still appear, and the caller must
+// look at the users again rather than take them as refused.
 func (s *Store) Commit(ctx context.Context, changes []Change) (map[string][]Registration, error) {
+	unknown := false
 	for attempt := 0; ; attempt++ {
 		state, err := s.commitOnce(ctx, changes)
+		if errors.Is(err, ErrOutcomeUnknown) {
+			unknown = true
+		}
 		if err == nil || attempt >= 4 || !retryable(err) || ctx.Err() != nil {
+			if err != nil && unknown && !errors.Is(err, ErrOutcomeUnknown) {
+				err = fmt.Errorf("%w; an earlier attempt: %w", err, ErrOutcomeUnknown)
+			}
 			return state, err
 		}
 		time.Sleep(time.Duration(attempt+1) * 10 * time.Millisecond)
 	}
+}
+
+// commitFailed classifies the error of a COMMIT: one the server sent
+// (a serialization failure, say) means rolled back; anything else (a
+// deadline, a broken connection) leaves the outcome unknown.
+func commitFailed(err error) error {
+	var pe *pgconn.PgError
+	if errors.As(err, &pe) {
+		return fmt.Errorf("commit: %w", err)
+	}
+	return fmt.Errorf("commit: %w: %w", ErrOutcomeUnknown, err)
 }
 
 func retryable(err error) bool {
@@ -326,12 +362,14 @@ func (s *Store) commitOnce(ctx context.Context, changes []Change) (map[string][]
 			}
 			batch.Queue(q, p.User, p.AccountID, p.DeviceToken, p.Mailboxes, p.Registered)
 		case c.Del:
+			// In any spelling of the token: an older xapsd may have
+			// stored it in lower case.
 			if c.Before.IsZero() {
 				batch.Queue(`DELETE FROM xapsd_registrations
-					WHERE username = $1 AND account_id = $2 AND device_token = $3`, c.User, c.Acct, c.Token)
+					WHERE username = $1 AND account_id = $2 AND upper(device_token) = upper($3)`, c.User, c.Acct, c.Token)
 			} else {
 				batch.Queue(`DELETE FROM xapsd_registrations
-					WHERE username = $1 AND account_id = $2 AND device_token = $3 AND registered < $4`,
+					WHERE username = $1 AND account_id = $2 AND upper(device_token) = upper($3) AND registered < $4`,
 					c.User, c.Acct, c.Token, c.Before)
 			}
 		}
@@ -368,9 +406,41 @@ func (s *Store) commitOnce(ctx context.Context, changes []Change) (map[string][]
 		return nil, fmt.Errorf("commit: %w", err)
 	}
 	if err := tx.Commit(ctx); err != nil {
-		return nil, fmt.Errorf("commit: %w", err)
+		return nil, commitFailed(err)
 	}
 	return state, nil
+}
+
+// Writable checks that the database commits a write now, the way a
+// commit needs it to: a transaction that writes (a row of xapsd_schema
+// updated to what it holds), so that its COMMIT is flushed and, with
+// synchronous replication, waits for the standby, but that changes
+// nothing. (A transaction that only takes a transaction id writes no WAL
+// of its own, and PostgreSQL lets its COMMIT skip the standby.) A
+// read-only server (a standby) fails it at once. The server's own
+// statement_timeout for it is a little longer than ctx, so that a COMMIT
+// still waiting for a standby after the caller gave up does not keep a
+// session on the server for good.
+func (s *Store) Writable(ctx context.Context) error {
+	tx, err := s.pool.Begin(ctx)
+	if err != nil {
+		return fmt.Errorf("check for writes: %w", err)
+	}
+	defer tx.Rollback(context.Background())
+	wait := 10 * time.Second
+	if deadline, ok := ctx.Deadline(); ok {
+		wait = time.Until(deadline) + 2*time.Second
+	}
+	if _, err := tx.Exec(ctx, fmt.Sprintf("SET LOCAL statement_timeout = %d", max(wait.Milliseconds(), 1))); err != nil {
+		return fmt.Errorf("check for writes: %w", err)
+	}
+	if _, err := tx.Exec(ctx, `UPDATE xapsd_schema SET applied_at = applied_at WHERE version = 1`); err != nil {
+		return fmt.Errorf("check for writes: %w", err)
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return fmt.Errorf("check for writes: %w", err)
+	}
+	return nil
 }
 
 // Expire removes the registrations not refreshed since cutoff and returns

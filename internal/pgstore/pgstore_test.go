@@ -72,8 +72,12 @@ func TestDaemonsStartingTogetherEndWithOneSchema(t *testing.T) {
 		t.Errorf("a daemon failed to start: %v", err)
 	}
 	out, err := c.SQL("SELECT string_agg(version::text, ',' ORDER BY version) FROM xapsd_schema")
-	if err != nil || out != "1" {
-		t.Errorf("schema versions %q (%v), want exactly 1", out, err)
+	var want []string
+	for v := 1; v <= SchemaVersion; v++ {
+		want = append(want, fmt.Sprint(v))
+	}
+	if err != nil || out != strings.Join(want, ",") {
+		t.Errorf("schema versions %q (%v), want each migration once: %s", out, err, strings.Join(want, ","))
 	}
 }
 
@@ -338,5 +342,86 @@ func TestPasswordFromFileOrEnvironment(t *testing.T) {
 		t.Errorf("with PGPASSWORD: %v", err)
 	} else {
 		s.Close()
+	}
+}
+
+// syncStandbyAbsent makes every commit wait for a synchronous standby
+// that is not there, as a primary whose standby went away does.
+func syncStandbyAbsent(t *testing.T, c *pgtest.Cluster) {
+	t.Helper()
+	for _, q := range []string{"ALTER SYSTEM SET synchronous_standby_names = 'absent_standby'", "SELECT pg_reload_conf()"} {
+		if out, err := c.SQL(q); err != nil {
+			t.Fatalf("%s: %v %s", q, err, out)
+		}
+	}
+}
+
+func syncWaiters(t *testing.T, c *pgtest.Cluster) string {
+	t.Helper()
+	out, err := c.SQL("SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'SyncRep'")
+	if err != nil {
+		t.Fatalf("%v %s", err, out)
+	}
+	return out
+}
+
+// A COMMIT that gets no answer in time (the server waits for an absent
+// synchronous standby) is not a refusal: its outcome is unknown, and the
+// error says so. The write check fails the same way, and no session is
+// left waiting for the standby once the callers gave up (pgx cancels the
+// wait, and the server then commits locally; Writable's own
+// statement_timeout would end it too), so checking every few seconds does
+// not pile up sessions on the server.
+func TestCommitWithoutItsStandbyHasAnUnknownOutcome(t *testing.T) {
+	c := cluster(t)
+	s := open(t, c, "a")
+	syncStandbyAbsent(t, c)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	_, err := s.Commit(ctx, []Change{put("zoe", "Z1", "T1", t0)})
+	cancel()
+	if !errors.Is(err, ErrOutcomeUnknown) {
+		t.Fatalf("Commit while the standby is away = %v, want ErrOutcomeUnknown", err)
+	}
+	ctx, cancel = context.WithTimeout(context.Background(), time.Second)
+	err = s.Writable(ctx)
+	cancel()
+	if err == nil {
+		t.Fatal("Writable while commits wait for an absent standby = nil")
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for syncWaiters(t, c) != "0" {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s sessions still wait for the standby 10 s after the callers gave up", syncWaiters(t, c))
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if out, err := c.SQL("ALTER SYSTEM RESET synchronous_standby_names"); err != nil {
+		t.Fatal(out)
+	}
+	c.SQL("SELECT pg_reload_conf()")
+	ctx, cancel = context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := s.Writable(ctx); err != nil {
+		t.Errorf("Writable with the standby requirement gone = %v", err)
+	}
+}
+
+// A commit the server refuses (here: a read-only transaction default, as
+// on a standby) is refused, not unknown.
+func TestRefusedCommitIsNotUnknown(t *testing.T) {
+	c := cluster(t)
+	s := open(t, c, "a")
+	for _, q := range []string{"ALTER SYSTEM SET default_transaction_read_only = on", "SELECT pg_reload_conf()"} {
+		if out, err := c.SQL(q); err != nil {
+			t.Fatalf("%v %s", err, out)
+		}
+	}
+	s.pool.Reset() // new sessions see the setting
+	_, err := s.Commit(context.Background(), []Change{put("zoe", "Z1", "T1", t0)})
+	if err == nil || errors.Is(err, ErrOutcomeUnknown) {
+		t.Errorf("Commit on a read-only server = %v, want a refusal", err)
+	}
+	if err := s.Writable(context.Background()); err == nil {
+		t.Error("Writable on a read-only server = nil")
 	}
 }

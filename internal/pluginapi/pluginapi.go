@@ -26,6 +26,7 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+	"unicode"
 	"unicode/utf8"
 
 	"github.com/sirupsen/logrus"
@@ -44,13 +45,17 @@ const (
 	MaxMailboxes     = 1000
 	MaxMailboxLen    = 1024
 	MaxMailboxBytes  = 32 << 10 // all of one registration's names together
-	MaxUsernameLen   = 512
+	MaxUsernameLen   = 512      // for /register and /notify alike
 	MaxAccountIDLen  = 256
 	MinTokenLen      = 16
 	MaxTokenLen      = 400
 	MaxEvents        = 64
 	registerDeadline = 30 * time.Second
 )
+
+// maxNotifyMailboxLen bounds /notify's Mailbox, which may be longer than
+// any registered name (it then matches none).
+const maxNotifyMailboxLen = MaxUsernameLen + MaxMailboxLen
 
 // Registrar stores registrations durably (registry.Registry).
 type Registrar interface {
@@ -77,6 +82,10 @@ type Options struct {
 	// Secret, when not empty, must come with every /register and
 	// /notify as "Authorization: Bearer <secret>" (pluginSecretFile).
 	Secret []byte
+	// Authenticated, when set, sees each /register and /notify that
+	// passed the secret check (every one, without a secret), before its
+	// body is read: its connection is the plugin's (connlimit.Trust).
+	Authenticated func(*http.Request)
 }
 
 type handler struct {
@@ -124,10 +133,34 @@ func (h *handler) authorized(r *http.Request) bool {
 func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
 	sw := &statusWriter{ResponseWriter: w, status: http.StatusOK}
+	body := &bodyReader{ReadCloser: r.Body, done: r.Body == nil || r.Body == http.NoBody}
+	r.Body = body
 	h.route(sw, r)
+	if !body.done {
+		// Answered without reading the whole body (a refusal, /healthz):
+		// the server would otherwise read what is left before the next
+		// request, for as long as the client takes to send it, or never
+		// send it. Cutting the read closes the connection instead.
+		http.NewResponseController(w).SetReadDeadline(time.Now())
+	}
 	if h.Observe != nil {
 		h.Observe(r.URL.Path, sw.status, time.Since(start))
 	}
+}
+
+// bodyReader notes whether the request's body was read to its end (a
+// request without one counts as read).
+type bodyReader struct {
+	io.ReadCloser
+	done bool
+}
+
+func (b *bodyReader) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	if errors.Is(err, io.EOF) {
+		b.done = true
+	}
+	return n, err
 }
 
 func (h *handler) route(w http.ResponseWriter, r *http.Request) {
@@ -150,13 +183,21 @@ func (h *handler) route(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if allow == http.MethodPost && !h.authorized(r) {
-		// Before the body is read: nothing of the request counts.
+		// Right after the headers, and the body is never read: a client
+		// without the secret gets nothing of the server, not even the
+		// time it would take to send its body. Its connection is closed
+		// (ServeHTTP cuts the body's read), so it has to connect again,
+		// at the back of the queue.
 		if logging.EveryMinute(&h.lastAuthLog) {
 			h.Log.WithField("remote", r.RemoteAddr).Warn("refused requests without the plugin's secret (pluginSecretFile); logged at most once a minute")
 		}
 		w.Header().Set("WWW-Authenticate", `Bearer realm="xapsd"`)
+		w.Header().Set("Connection", "close")
 		fail(w, http.StatusUnauthorized, "unauthorized: the request lacks the secret of pluginSecretFile")
 		return
+	}
+	if allow == http.MethodPost && h.Authenticated != nil {
+		h.Authenticated(r)
 	}
 	serve(w, r)
 }
@@ -266,6 +307,12 @@ func (h *handler) register(w http.ResponseWriter, r *http.Request) {
 			fail(w, http.StatusServiceUnavailable, "registry full: the server takes no new devices now")
 			return
 		}
+		if errors.Is(err, registry.ErrUnconfirmed) {
+			// The registry logs it, and reads the user again until the
+			// database says whether it was stored.
+			fail(w, http.StatusServiceUnavailable, "registry unavailable: the database did not confirm the registration in time; it may still be stored")
+			return
+		}
 		if errors.Is(err, registry.ErrUnavailable) {
 			h.Log.WithError(err).WithField("user", reg.User).Error("registration not stored: the registry database cannot be reached")
 			fail(w, http.StatusServiceUnavailable, "registry unavailable: the server cannot store registrations right now")
@@ -305,7 +352,7 @@ func validateRegister(req *registerRequest) (registry.Registration, []string) {
 			problems = append(problems, name+": empty")
 		case len(*v) > max:
 			problems = append(problems, fmt.Sprintf("%s: longer than %d bytes", name, max))
-		case !printable(*v):
+		case !printableName(*v):
 			problems = append(problems, name+": not printable UTF-8")
 		default:
 			return *v
@@ -319,6 +366,9 @@ func validateRegister(req *registerRequest) (registry.Registration, []string) {
 		if _, err := hex.DecodeString(t); err != nil || len(t) < MinTokenLen {
 			problems = append(problems, "ApsDeviceToken: not a hex device token")
 		}
+		// One device, one spelling: the same token in lower case must
+		// not become a second registration and a second push.
+		reg.DeviceToken = registry.FoldToken(t)
 	}
 	if sub := need("ApsSubtopic", req.ApsSubtopic, 64); sub != "" && sub != Subtopic {
 		problems = append(problems, "ApsSubtopic: must be "+Subtopic)
@@ -357,13 +407,32 @@ func totalLen(names []string) int {
 	return n
 }
 
-// printable refuses control characters and U+FFFD, which is what
-// encoding/json makes of an escaped lone surrogate ("\ud800"), and which
-// ranging over invalid UTF-8 yields.
-func printable(s string) bool {
-	for _, r := range s {
-		if r < 0x20 || r == 0x7f || r == utf8.RuneError {
+// printable refuses what cannot be shown as it is: control characters
+// (C0, DEL, and C1 such as U+0085 and U+009B, which a terminal may obey as
+// a newline or the start of an escape sequence), the line and paragraph
+// separators U+2028 and U+2029, and U+FFFD, which is what encoding/json
+// makes of an escaped lone surrogate ("\ud800"). Mailbox names keep
+// Unicode format characters: the joiners in emoji and in some scripts are
+// part of real folder names (the admin commands show them escaped).
+func printable(s string) bool { return printableText(s, false) }
+
+// printableName is printable without Unicode format characters either
+// (bidirectional overrides such as U+202E, zero-width characters, the
+// byte-order mark): for user names, account ids and event names, which
+// an admin reads, compares and types.
+func printableName(s string) bool { return printableText(s, true) }
+
+func printableText(s string, noFormat bool) bool {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c < 0x20 || c == 0x7f {
 			return false
+		} else if c >= utf8.RuneSelf {
+			for _, r := range s[i:] {
+				if unicode.In(r, unicode.Cc, unicode.Zl, unicode.Zp) || r == utf8.RuneError || noFormat && unicode.Is(unicode.Cf, r) {
+					return false
+				}
+			}
+			return true
 		}
 	}
 	return true
@@ -380,11 +449,13 @@ func (h *handler) notify(w http.ResponseWriter, r *http.Request) {
 	for _, f := range []struct {
 		name string
 		v    *string
-	}{{"Username", req.Username}, {"Mailbox", req.Mailbox}} {
+		max  int
+		ok   func(string) bool
+	}{{"Username", req.Username, MaxUsernameLen, printableName}, {"Mailbox", req.Mailbox, maxNotifyMailboxLen, printable}} {
 		switch {
 		case f.v == nil || *f.v == "":
 			problems = append(problems, f.name+": missing or empty")
-		case len(*f.v) > MaxUsernameLen+MaxMailboxLen || !printable(*f.v):
+		case len(*f.v) > f.max || !f.ok(*f.v):
 			problems = append(problems, f.name+": overlong or unprintable")
 		}
 	}
@@ -396,7 +467,7 @@ func (h *handler) notify(w http.ResponseWriter, r *http.Request) {
 		problems = append(problems, fmt.Sprintf("Events: more than %d", MaxEvents))
 	default:
 		for _, e := range req.Events {
-			if e == "" || len(e) > 64 || !printable(e) {
+			if e == "" || len(e) > 64 || !printableName(e) {
 				problems = append(problems, "Events: an empty, overlong or unprintable event name")
 				break
 			}

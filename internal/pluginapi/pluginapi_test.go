@@ -1,17 +1,20 @@
 package pluginapi
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -305,6 +308,77 @@ func TestBadNotifications(t *testing.T) {
 	}
 }
 
+// "Printable" covers Unicode too: user names with C1 controls (U+0085,
+// U+009B, which a terminal may obey), the line separator U+2028 or format
+// characters (U+202E reverses what follows, U+200B hides) are refused in
+// /register and /notify alike. Mailbox names are refused for controls and
+// separators, but keep format characters: a folder named with an emoji
+// sequence (joined by U+200D) is a real folder.
+func TestUnicodeControlAndFormatCharactersAreRefused(t *testing.T) {
+	for _, c := range []string{`\u0085`, `\u009b`, `\u2028`, `\u2029`, `\u202e`, `\u200b`, `\ufeff`, `\u0000`} {
+		e := newEnv(t)
+		user := "Ali" + c + "ce@Example.com"
+		body := strings.Replace(pluginRegister, "Alice@Example.com", user, 1)
+		if status, reason, _ := e.do(t, "POST", "/register", body); status != 400 || !strings.Contains(reason, "Username: not printable") {
+			t.Errorf("user name with %s: /register = %d %q, want 400", c, status, reason)
+		}
+		if n := len(e.reg.List("")); n != 0 {
+			t.Errorf("user name with %s: stored", c)
+		}
+		body = strings.Replace(pluginNotify, "Alice@Example.com", user, 1)
+		if status, reason, _ := e.do(t, "POST", "/notify", body); status != 400 || !strings.Contains(reason, "Username") || len(e.notif.calls) != 0 {
+			t.Errorf("user name with %s: /notify = %d %q, want 400", c, status, reason)
+		}
+	}
+	for _, c := range []string{`\u0085`, `\u009b`, `\u2028`} {
+		e := newEnv(t)
+		body := strings.Replace(pluginRegister, `"Notes"`, `"No`+c+`tes"`, 1)
+		if status, reason, _ := e.do(t, "POST", "/register", body); status != 400 || !strings.Contains(reason, "Mailboxes") {
+			t.Errorf("mailbox with %s: /register = %d %q, want 400", c, status, reason)
+		}
+	}
+	e := newEnv(t)
+	family := "\U0001F468\u200D\U0001F469\u200D\U0001F467 Family"
+	if status, reason, _ := e.do(t, "POST", "/register", strings.Replace(pluginRegister, `"Notes"`, `"`+family+`"`, 1)); status != 200 {
+		t.Errorf("a folder named with an emoji sequence: /register = %d %q, want 200", status, reason)
+	}
+}
+
+// /notify takes user names up to the length /register stores, not more.
+func TestNotifyAndRegisterShareTheUserNameLimit(t *testing.T) {
+	long := strings.Repeat("u", MaxUsernameLen-len("@example.com")) + "@example.com"
+	e := newEnv(t)
+	if status, _, _ := e.do(t, "POST", "/register", strings.Replace(pluginRegister, "Alice@Example.com", long, 1)); status != 200 {
+		t.Errorf("/register with a %d-byte user name = %d, want 200", len(long), status)
+	}
+	if status, _, _ := e.do(t, "POST", "/notify", strings.Replace(pluginNotify, "Alice@Example.com", long, 1)); status != 200 {
+		t.Errorf("/notify with a %d-byte user name = %d, want 200", len(long), status)
+	}
+	longer := "x" + long
+	if status, _, _ := e.do(t, "POST", "/register", strings.Replace(pluginRegister, "Alice@Example.com", longer, 1)); status != 400 {
+		t.Errorf("/register with a %d-byte user name = %d, want 400", len(longer), status)
+	}
+	if status, reason, _ := e.do(t, "POST", "/notify", strings.Replace(pluginNotify, "Alice@Example.com", longer, 1)); status != 400 || !strings.Contains(reason, "Username") {
+		t.Errorf("/notify with a %d-byte user name = %d %q, want 400 like /register", len(longer), status, reason)
+	}
+}
+
+// A device token sent once in lower and once in upper case is one device:
+// one registration, stored in upper case, so each event is one push.
+func TestDeviceTokenSpellingsAreOneDevice(t *testing.T) {
+	e := newEnv(t)
+	hexTok := "2918a9f218931890821908309283098109381029309829018310983092892bcd"
+	for _, spelling := range []string{hexTok, strings.ToUpper(hexTok), "2918A9f218931890821908309283098109381029309829018310983092892Bcd"} {
+		if status, _, _ := e.do(t, "POST", "/register", strings.Replace(pluginRegister, tok, spelling, 1)); status != 200 {
+			t.Fatalf("register %s = %d", spelling, status)
+		}
+	}
+	got := e.reg.List("")
+	if len(got) != 1 || got[0].DeviceToken != strings.ToUpper(hexTok) {
+		t.Errorf("stored %+v, want one registration with the token in upper case", got)
+	}
+}
+
 func TestRoutingLikeTheOldDaemon(t *testing.T) {
 	e := newEnv(t)
 	if status, body, _ := e.do(t, "GET", "/nothing", ""); status != 404 || body != "404 page not found\n" {
@@ -397,6 +471,55 @@ func TestSecretIsRequired(t *testing.T) {
 	}
 }
 
+// A request without the secret is answered 401 as soon as its headers are
+// read, whatever its body does (announced and never sent, or chunked and
+// never ended), and its connection is closed: waiting for the body would
+// hold the connection for as long as the client likes. Only requests
+// that passed the check reach Authenticated.
+func TestUnauthenticatedRequestsAreRefusedBeforeTheirBody(t *testing.T) {
+	var authenticated atomic.Int64
+	e := newEnv(t)
+	e.srv.Config.Handler = NewHandler(Options{Registrar: e.reg, Notifier: e.notif, Secret: []byte(secret),
+		Topic: func() (string, error) { return topic, nil }, Authenticated: func(*http.Request) { authenticated.Add(1) }})
+	addr := strings.TrimPrefix(e.srv.URL, "http://")
+	for name, head := range map[string]string{
+		"announced body never sent": "POST /register HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n",
+		"chunked body never ended":  "POST /notify HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n10\r\n{\"Username\":\"a\",",
+		"wrong secret":              "POST /register HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer nope\r\nContent-Length: 1000\r\n\r\n{",
+	} {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		if _, err := io.WriteString(c, head); err != nil {
+			t.Fatal(err)
+		}
+		br := bufio.NewReader(c)
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			t.Errorf("%s: no answer within 5 s: %v", name, err)
+			c.Close()
+			continue
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 401 {
+			t.Errorf("%s: %d, want 401", name, resp.StatusCode)
+		}
+		if _, err := br.ReadByte(); err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
+			t.Errorf("%s: the connection stays open after the 401 (%v)", name, err)
+		}
+		c.Close()
+	}
+	if n := authenticated.Load(); n != 0 {
+		t.Errorf("Authenticated saw %d refused requests", n)
+	}
+	if status, _, _ := e.doAuth(t, "POST", "/register", pluginRegister, "Bearer "+secret); status != 200 || authenticated.Load() != 1 {
+		t.Errorf("with the secret: %d, Authenticated saw %d, want 200 and 1", status, authenticated.Load())
+	}
+}
+
 // At maxRegistrations a new device gets 503; one already registered can
 // still register again.
 func TestRegistryFullIs503(t *testing.T) {
@@ -461,6 +584,28 @@ func TestRegisterWithTheDatabaseDownIs503(t *testing.T) {
 	}
 	if e := hook.LastEntry(); e == nil || !strings.Contains(fmt.Sprint(e.Data[logrus.ErrorKey]), "connection refused") {
 		t.Errorf("the log did not get the reason: %+v", e)
+	}
+}
+
+type unconfirmedRegistrar struct{}
+
+func (unconfirmedRegistrar) Register(context.Context, registry.Registration) error {
+	return fmt.Errorf("%w: %w: commit: timeout", registry.ErrUnavailable, registry.ErrUnconfirmed)
+}
+
+// A commit the database did not confirm is a 503 that says the
+// registration may still be stored, not that it was refused.
+func TestUnconfirmedRegistrationIs503ThatMayBeStored(t *testing.T) {
+	srv := httptest.NewServer(NewHandler(Options{Registrar: unconfirmedRegistrar{}, Notifier: &fakeNotifier{},
+		Topic: func() (string, error) { return topic, nil }}))
+	defer srv.Close()
+	resp, err := http.Post(srv.URL+"/register", "application/json", strings.NewReader(pluginRegister))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != 503 || !strings.Contains(string(b), "registry unavailable") || !strings.Contains(string(b), "may still be stored") {
+		t.Errorf("= %d %q, want 503 saying it may still be stored", resp.StatusCode, b)
 	}
 }
 

@@ -7,13 +7,17 @@ import (
 	"syscall"
 
 	"github.com/sirupsen/logrus"
+
+	"github.com/xapsd/xapsd/internal/regularfile"
 )
 
 // openState opens one of the registry's files without following a
 // symbolic link: whoever can put a link in the state folder could
-// otherwise have xapsd read, lock or chmod any file it can reach.
+// otherwise have xapsd read, lock or chmod any file it can reach. Only a
+// regular file opens, and the open never waits (a named pipe in place of
+// database.json would otherwise hang the start).
 func openState(path string, flag int, perm os.FileMode) (*os.File, error) {
-	f, err := os.OpenFile(path, flag|syscall.O_NOFOLLOW, perm)
+	f, err := regularfile.OpenFile(path, flag|syscall.O_NOFOLLOW, perm)
 	if errors.Is(err, syscall.ELOOP) {
 		return nil, fmt.Errorf("%s is a symbolic link; xapsd does not follow links among its state files: point databaseFile at the real file", path)
 	}

@@ -4,7 +4,9 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 )
 
 func needRoot(t *testing.T) {
@@ -79,6 +81,37 @@ func TestSymlinkedStateFilesAreNotFollowed(t *testing.T) {
 			}
 			if st, _ := os.Stat(target); st.Mode().Perm() != 0o644 {
 				t.Errorf("the link's target was changed to mode %o", st.Mode().Perm())
+			}
+		})
+	}
+}
+
+// A named pipe among the registry's files (the snapshot, a journal
+// segment, the lock) stops Open at once with its path, instead of an open
+// that waits for a writer forever.
+func TestNamedPipesAmongTheStateFilesAreRefused(t *testing.T) {
+	for _, name := range []string{"database.json", "database.json.journal.00000000000000000001-1", "database.json.lock"} {
+		t.Run(name, func(t *testing.T) {
+			dir := t.TempDir()
+			fifo := filepath.Join(dir, name)
+			if err := syscall.Mkfifo(fifo, 0o600); err != nil {
+				t.Fatal(err)
+			}
+			errc := make(chan error, 1)
+			go func() {
+				r, err := Open(Options{Path: filepath.Join(dir, "database.json")})
+				if err == nil {
+					r.Close()
+				}
+				errc <- err
+			}()
+			select {
+			case err := <-errc:
+				if err == nil || !strings.Contains(err.Error(), fifo) || !strings.Contains(err.Error(), "not a regular file") {
+					t.Errorf("Open = %v, want a refusal naming %s", err, fifo)
+				}
+			case <-time.After(10 * time.Second):
+				t.Fatal("Open still waits on the named pipe after 10 s")
 			}
 		})
 	}

@@ -158,7 +158,7 @@ func openJournal(r *Registry, path string) (*journal, error) {
 			// expired; count them from now so they expire if unused.
 			rec.RegistrationTime = now
 		}
-		r.applyPut(rec)
+		r.loadPut(rec)
 	}
 	snap, data, exists, err := j.loadSnapshot(load)
 	if err != nil {
@@ -184,13 +184,14 @@ func openJournal(r *Registry, path string) (*journal, error) {
 	}
 	rp := &replayer{r: r, last: r.seq, noStart: !exists || snap.Empty}
 	for _, s := range segs {
+		rp.segStart, _, _ = parseSegmentName(strings.TrimPrefix(s.path, path+".journal."))
 		if err := j.replay(s.path, rp); err != nil {
 			return nil, err
 		}
 	}
 	rp.finish()
 	if rp.damaged > 0 {
-		j.noteDamage(rp.damaged, fmt.Sprintf("%d journal records with out-of-order sequence numbers skipped (%s)", rp.damaged, strings.Join(rp.where, ", ")))
+		j.noteDamage(rp.damaged, fmt.Sprintf("%d journal records with sequence numbers out of order or below their segment's skipped (%s)", rp.damaged, strings.Join(rp.where, ", ")))
 	}
 	if rp.gaps > 0 {
 		r.log.WithFields(map[string]any{"file": path, "gaps": rp.gaps, "missing": rp.missing}).
@@ -262,9 +263,6 @@ func (j *journal) loadSnapshot(load func(record)) (snap *snapshot, data []byte, 
 	if err != nil {
 		return nil, nil, false, err
 	}
-	if !st.Mode().IsRegular() {
-		return nil, nil, false, fmt.Errorf("%s is not a regular file", j.path)
-	}
 	if st.Mode().Perm()&0o077 != 0 {
 		if err := f.Chmod(0o600); err != nil {
 			return nil, nil, false, fmt.Errorf("make registry %s private: %w", j.path, err)
@@ -275,7 +273,7 @@ func (j *journal) loadSnapshot(load func(record)) (snap *snapshot, data []byte, 
 		// A million registrations make a map this large; growing it
 		// step by step would cost a good part of the load. Lines are
 		// about 200 bytes.
-		j.r.users = make(map[string][]entry, st.Size()/200)
+		j.r.presize(int(st.Size() / 200))
 	}
 	seq, ok, err := streamSnapshot(f, load)
 	if err != nil {
@@ -507,24 +505,37 @@ func (r *Registry) apply(rec record) {
 
 // applyPut inserts or replaces a registration without journaling it.
 // Caller holds mu (or is loading).
-func (r *Registry) applyPut(rec record) {
+func (r *Registry) applyPut(rec record) { r.put(rec, false) }
+
+// loadPut is applyPut for a registration loaded among all the others (a
+// snapshot, the database's rows), where one device can appear twice: an
+// older xapsd stored its token in upper and in lower case apart. The
+// newer of the two is kept. Caller holds mu (or is loading).
+func (r *Registry) loadPut(rec record) { r.put(rec, true) }
+
+func (r *Registry) put(rec record, keepNewer bool) {
 	rec.User = FoldUser(rec.User)
-	e := entry{accountID: rec.AccountID, deviceToken: rec.DeviceToken, boxes: r.internBoxes(rec.Mailboxes),
-		registered: rec.RegistrationTime.UnixNano()}
+	rec.DeviceToken = FoldToken(rec.DeviceToken)
+	registered := rec.RegistrationTime.UnixNano()
 	regs := r.users[rec.User]
 	for i := range regs {
 		if regs[i].accountID == rec.AccountID && regs[i].deviceToken == rec.DeviceToken {
+			if keepNewer && regs[i].registered > registered {
+				return
+			}
 			r.releaseBoxes(regs[i].boxes)
-			regs[i] = e
+			regs[i] = entry{accountID: rec.AccountID, deviceToken: rec.DeviceToken, boxes: r.internBoxes(rec.Mailboxes), registered: registered}
 			return
 		}
 	}
+	e := entry{accountID: rec.AccountID, deviceToken: rec.DeviceToken, boxes: r.internBoxes(rec.Mailboxes), registered: registered}
 	r.users[rec.User] = append(regs, e)
 	r.count++
 }
 
 func (r *Registry) applyDel(rec record) {
 	rec.User = FoldUser(rec.User)
+	rec.DeviceToken = FoldToken(rec.DeviceToken)
 	regs := r.users[rec.User]
 	for i := range regs {
 		if regs[i].accountID == rec.AccountID && regs[i].deviceToken == rec.DeviceToken {
@@ -534,9 +545,14 @@ func (r *Registry) applyDel(rec record) {
 	}
 }
 
+// openSegment starts a segment named after the first sequence number it
+// can hold: one past the last record written. Records queued meanwhile
+// have higher numbers, but they are not written yet, so every record a
+// segment holds is at or above its name, and replay can tell a damaged
+// number from one a snapshot covers.
 func (j *journal) openSegment() error {
 	j.r.mu.RLock()
-	next := j.r.seq + 1
+	next := j.r.applied + 1
 	j.r.mu.RUnlock()
 	p := fmt.Sprintf("%s.journal.%020d-%d", j.path, next, time.Now().UnixNano())
 	f, err := os.OpenFile(p, os.O_WRONLY|os.O_CREATE|os.O_EXCL|os.O_APPEND, 0o600)

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime"
 	"testing"
 	"time"
 )
@@ -76,4 +77,53 @@ func TestJournalCompactsBySize(t *testing.T) {
 		t.Errorf("journal holds %d KB after 2 MB of records; it should compact at 256 KB", total>>10)
 	}
 	r.Close()
+}
+
+// heapAfterGC is the heap in use once garbage is collected.
+func heapAfterGC() int64 {
+	var m runtime.MemStats
+	runtime.GC()
+	runtime.GC()
+	runtime.ReadMemStats(&m)
+	return int64(m.HeapAlloc)
+}
+
+// After a start with a large snapshot whose registrations have mostly
+// expired, the registry holds memory for the live ones: the users map,
+// made for the snapshot's size while loading, is made again for what is
+// left (a Go map keeps its room when entries go).
+func TestMapsFollowTheLiveRegistrationsAfterALoad(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "database.json")
+	c := newClock()
+	const total, live = 100_000, 10
+	regs := make([]Registration, total)
+	for i := range regs {
+		at := c.Now().Add(-2000 * time.Hour) // beyond the TTL
+		if i < live {
+			at = c.Now().Add(-time.Hour)
+		}
+		regs[i] = Registration{Key: Key{User: fmt.Sprintf("user%d@example.com", i), AccountID: acc1, DeviceToken: tok1},
+			Mailboxes: []string{"INBOX"}, Registered: at}
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := Export(f, regs); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	regs = nil
+	before := heapAfterGC()
+	r := open(t, path, c)
+	defer r.Close()
+	r.jr().compactW.Wait()
+	held := heapAfterGC() - before
+	if users, n := r.Stats(); users != live || n != live {
+		t.Fatalf("%d users, %d registrations after the load, want %d", users, n, live)
+	}
+	t.Logf("heap held for %d live registrations after loading %d: %d KB", live, total, held>>10)
+	if held > 2<<20 {
+		t.Errorf("the registry holds %d KB for %d registrations after loading a snapshot of %d: sized for the snapshot, not the live data", held>>10, live, total)
+	}
 }

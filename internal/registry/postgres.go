@@ -33,9 +33,21 @@ type PostgresOptions struct {
 }
 
 // ErrUnavailable wraps the errors of a registry whose database cannot be
-// reached: the registration was not stored, and asking again later may
-// work.
+// reached: the registration was not stored (unless the error also wraps
+// ErrUnconfirmed), and asking again later may work.
 var ErrUnavailable = errors.New("registry database unavailable")
+
+// ErrUnconfirmed is wrapped, with ErrUnavailable, by the error of a change
+// the database did not confirm in time although it may have committed it
+// (a synchronous standby that does not answer, a connection lost at the
+// commit). The registry follows the users concerned until the database
+// says: memory then holds what the database holds, whichever it was.
+var ErrUnconfirmed = errors.New("the database did not confirm the change in time; it may still be stored")
+
+// uncertainFor is how long the users of an unconfirmed change are
+// followed for this daemon's own commits; a commit that has not ended
+// by then is the database's trouble, reported by its own monitoring.
+const uncertainFor = time.Hour
 
 // pgPersister keeps the registry in PostgreSQL (internal/pgstore). Memory
 // stays the registry's as always, so /notify never waits on the database:
@@ -55,6 +67,14 @@ type pgPersister struct {
 	// reload keeps commits and reloads apart, so that what a reload read
 	// never replaces what a later commit applied.
 	reload sync.Mutex
+
+	// uncertain holds the users of commits under way and of commits whose
+	// outcome is unknown: this daemon's own notifications for them are
+	// followed (a commit may end, and notify, the moment its caller gives
+	// up), until a later commit of them returns their state or
+	// uncertainFor passes.
+	uncertainMu sync.Mutex
+	uncertain   map[string]*uncertainty
 
 	kickc     chan struct{}
 	ctx       context.Context
@@ -81,6 +101,7 @@ func openPostgres(r *Registry, o PostgresOptions) (*pgPersister, error) {
 			MaxPerUser: r.opts.MaxPerUser, Instance: o.Instance},
 		kickc:     make(chan struct{}, 1),
 		firstLoad: make(chan struct{}),
+		uncertain: make(map[string]*uncertainty),
 	}
 	// A URL or password file that cannot work stops the start.
 	if _, err := pgstore.ParseConfig(p.cfg); err != nil {
@@ -103,9 +124,10 @@ func openPostgres(r *Registry, o PostgresOptions) (*pgPersister, error) {
 		e := fmt.Errorf("%w: %w", ErrUnavailable, err)
 		p.linkErr.Store(&e)
 	}
-	p.wg.Add(2)
+	p.wg.Add(3)
 	go p.connect(st)
 	go p.run()
+	go p.recheck()
 	if st != nil {
 		select {
 		case <-p.firstLoad:
@@ -162,6 +184,7 @@ func (p *pgPersister) connect(st *pgstore.Store) {
 				}
 			}
 		},
+		Mine: p.isUncertain,
 	})
 	st.Close()
 }
@@ -175,7 +198,7 @@ func (p *pgPersister) reloadAll(ctx context.Context) error {
 	st := p.st.Load()
 	fresh := &Registry{opts: p.r.opts, log: p.r.log, users: make(map[string][]entry), boxes: make(map[string]*mailboxSet)}
 	err := st.LoadAll(ctx, func(g pgstore.Registration) {
-		fresh.applyPut(record{User: g.User, AccountID: g.AccountID, DeviceToken: g.DeviceToken,
+		fresh.loadPut(record{User: g.User, AccountID: g.AccountID, DeviceToken: g.DeviceToken,
 			Mailboxes: g.Mailboxes, RegistrationTime: g.Registered})
 	})
 	if err != nil {
@@ -222,8 +245,24 @@ func (r *Registry) replaceUser(user string, regs []pgstore.Registration) {
 		delete(r.users, user)
 		return
 	}
-	es := make([]entry, 0, len(regs))
+	// One device per token whatever its case (loadPut): rows an older
+	// xapsd stored in both spellings become the newer one.
+	keep := make([]pgstore.Registration, 0, len(regs))
+next:
 	for _, g := range regs {
+		g.DeviceToken = FoldToken(g.DeviceToken)
+		for i := range keep {
+			if keep[i].AccountID == g.AccountID && keep[i].DeviceToken == g.DeviceToken {
+				if g.Registered.After(keep[i].Registered) {
+					keep[i] = g
+				}
+				continue next
+			}
+		}
+		keep = append(keep, g)
+	}
+	es := make([]entry, 0, len(keep))
+	for _, g := range keep {
 		es = append(es, entry{accountID: g.AccountID, deviceToken: g.DeviceToken,
 			boxes: r.internBoxes(g.Mailboxes), registered: g.Registered.UnixNano()})
 	}
@@ -264,14 +303,140 @@ func (p *pgPersister) flush() {
 	r.mu.Lock()
 	r.adding -= b.adds
 	r.mu.Unlock()
-	if err != nil {
+	switch {
+	case errors.Is(err, ErrUnconfirmed):
+		users := batchUsers(b)
+		r.log.WithError(err).WithField("users", len(users)).
+			Error("PostgreSQL did not confirm a commit in time (a synchronous standby that does not answer?); its registrations were answered 503, and this xapsd reads those users again and follows them until the database says whether it was stored")
+		p.lastErr.Store(&err)
+		b.finish(err)
+		// What the database holds now; a commit still waiting shows
+		// later, through its notification (isUncertain).
+		ctx, cancel := context.WithTimeout(p.ctx, p.o.CommitTimeout)
+		if rerr := p.reloadUsers(ctx, users); rerr != nil && p.ctx.Err() == nil {
+			r.log.WithError(rerr).Warn("PostgreSQL: could not read the users of the unconfirmed commit again; their next change or notification does")
+		}
+		cancel()
+	case err != nil:
 		r.log.WithError(err).Error("registrations could not be stored in PostgreSQL; they were refused")
 		p.lastErr.Store(&err)
 		b.finish(err)
-		return
+	default:
+		p.lastErr.Store(nil)
+		b.finish(nil)
 	}
-	p.lastErr.Store(nil)
-	b.finish(nil)
+}
+
+// batchUsers lists the users a batch changes, once each.
+func batchUsers(b *batch) []string {
+	seen := make(map[string]bool, len(b.recs))
+	var users []string
+	for _, rec := range b.recs {
+		if !seen[rec.User] {
+			seen[rec.User] = true
+			users = append(users, rec.User)
+		}
+	}
+	return users
+}
+
+// uncertainty is what is not known about one user's rows.
+type uncertainty struct {
+	inflight int       // commits of the user under way
+	unknown  time.Time // when a commit's outcome was last unknown; zero: none
+}
+
+// commitOutcome says how a commit of users ended, for the uncertain set.
+type commitOutcome int
+
+const (
+	committed commitOutcome = iota // the state it returned is the database's
+	refused                        // rolled back: changes nothing known
+	unknown                        // may have committed, now or later
+)
+
+// beginCommit marks users as having a commit under way.
+func (p *pgPersister) beginCommit(users []string) {
+	p.uncertainMu.Lock()
+	defer p.uncertainMu.Unlock()
+	for _, u := range users {
+		c := p.uncertain[u]
+		if c == nil {
+			c = &uncertainty{}
+			p.uncertain[u] = c
+		}
+		c.inflight++
+	}
+}
+
+// endCommit records how a commit of users ended. A commit that returned
+// their state settles an earlier unknown one too: that one held the
+// users' locks until it ended, so the state has it, or not, for good.
+func (p *pgPersister) endCommit(users []string, how commitOutcome) {
+	now := time.Now()
+	p.uncertainMu.Lock()
+	defer p.uncertainMu.Unlock()
+	for _, u := range users {
+		c := p.uncertain[u]
+		if c == nil {
+			continue
+		}
+		c.inflight--
+		switch how {
+		case committed:
+			c.unknown = time.Time{}
+		case unknown:
+			c.unknown = now
+		}
+		if c.inflight == 0 && c.unknown.IsZero() {
+			delete(p.uncertain, u)
+		}
+	}
+}
+
+// isUncertain says whether this daemon's own notification for user must
+// be followed (pgstore.Follower.Mine).
+func (p *pgPersister) isUncertain(user string) bool {
+	p.uncertainMu.Lock()
+	defer p.uncertainMu.Unlock()
+	c := p.uncertain[user]
+	if c == nil {
+		return false
+	}
+	if c.inflight == 0 && time.Since(c.unknown) > uncertainFor {
+		delete(p.uncertain, user)
+		return false
+	}
+	return true
+}
+
+// recheck tries, every CheckEvery while the last commit failed, whether
+// the database takes writes again, so that /readyz recovers without
+// waiting for the next registration (which a load balancer that goes by
+// /readyz may never send), as the journal does for the disk.
+func (p *pgPersister) recheck() {
+	defer p.wg.Done()
+	tick := time.NewTicker(p.r.opts.CheckEvery)
+	defer tick.Stop()
+	for {
+		select {
+		case <-p.ctx.Done():
+			return
+		case <-tick.C:
+		}
+		failed := p.lastErr.Load()
+		st := p.st.Load()
+		if failed == nil || st == nil || p.linkErr.Load() != nil {
+			continue
+		}
+		ctx, cancel := context.WithTimeout(p.ctx, p.o.CommitTimeout)
+		err := st.Writable(ctx)
+		cancel()
+		// Unless a commit failed again meanwhile.
+		if err == nil && p.lastErr.CompareAndSwap(failed, nil) {
+			p.r.log.Info("PostgreSQL takes writes again: registrations are stored")
+		}
+	}
 }
 
 func (p *pgPersister) commit(b *batch) error {
@@ -298,8 +463,17 @@ func (p *pgPersister) commit(b *batch) error {
 	// Not p.ctx: at Close the last batch still gets its chance.
 	ctx, cancel := context.WithTimeout(context.Background(), p.o.CommitTimeout)
 	defer cancel()
+	// Marked before the commit: its notification can come the moment
+	// the commit ends, before Commit returns.
+	users := batchUsers(b)
+	p.beginCommit(users)
 	state, err := st.Commit(ctx, changes)
+	if errors.Is(err, pgstore.ErrOutcomeUnknown) {
+		p.endCommit(users, unknown)
+		return fmt.Errorf("%w: %w: %w", ErrUnavailable, ErrUnconfirmed, err)
+	}
 	if err != nil {
+		p.endCommit(users, refused)
 		return fmt.Errorf("%w: %w", ErrUnavailable, err)
 	}
 	r := p.r
@@ -308,6 +482,7 @@ func (p *pgPersister) commit(b *batch) error {
 		r.replaceUser(u, regs)
 	}
 	r.mu.Unlock()
+	p.endCommit(users, committed)
 	return nil
 }
 

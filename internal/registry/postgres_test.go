@@ -203,3 +203,130 @@ func TestPostgresImportKeepsTheNewer(t *testing.T) {
 		t.Error("import did not add hank")
 	}
 }
+
+// Rows an older xapsd stored for one device in both spellings of its
+// token become one: the migration keeps the newer row, upper case; a
+// daemon loads such rows (from a daemon not yet upgraded) as one device;
+// and a removal takes the device in any spelling.
+func TestPostgresTokenSpellingsAreOneDevice(t *testing.T) {
+	c := pgCluster(t)
+	a := openPG(t, c, "a")
+	a.Close()
+	// The database as an older xapsd left it: schema 1, both spellings.
+	if out, err := c.SQL(`DELETE FROM xapsd_schema WHERE version > 1;
+		INSERT INTO xapsd_registrations VALUES
+		('ann', 'A', 'abcdef0123456789', '{INBOX}', now() - interval '1 hour'),
+		('ann', 'A', 'ABCDEF0123456789', '{INBOX,Newer}', now() - interval '1 minute'),
+		('bea', 'B', 'ABCDEF0123456789', '{INBOX}', now() - interval '1 hour'),
+		('bea', 'B', 'abcdef0123456789', '{INBOX,Newer}', now() - interval '1 minute')`); err != nil {
+		t.Fatalf("%v %s", err, out)
+	}
+	b := openPG(t, c, "b")
+	for _, user := range []string{"ann", "bea"} {
+		got := b.List(user)
+		if len(got) != 1 || got[0].DeviceToken != "ABCDEF0123456789" || len(got[0].Mailboxes) != 2 {
+			t.Errorf("%s: %+v, want the newer registration once, upper case", user, got)
+		}
+	}
+	if out, err := c.SQL(`SELECT string_agg(username || ' ' || device_token || ' ' || array_length(mailboxes, 1), ',' ORDER BY username) FROM xapsd_registrations`); err != nil ||
+		out != "ann ABCDEF0123456789 2,bea ABCDEF0123456789 2" {
+		t.Errorf("after the migration the table holds %q (%v)", out, err)
+	}
+
+	// A row in lower case written since (a daemon not yet upgraded).
+	if out, err := c.SQL(`INSERT INTO xapsd_registrations VALUES
+		('cid', 'C', 'abcdef0123456789', '{INBOX}', now() - interval '1 hour'),
+		('cid', 'C', 'ABCDEF0123456789', '{INBOX,Newer}', now() - interval '1 minute')`); err != nil {
+		t.Fatalf("%v %s", err, out)
+	}
+	d := openPG(t, c, "d")
+	if got := d.List("cid"); len(got) != 1 || got[0].DeviceToken != "ABCDEF0123456789" || len(got[0].Mailboxes) != 2 {
+		t.Errorf("cid: %+v, want the newer registration once, upper case", got)
+	}
+	if targets(d, "cid") != 1 {
+		t.Error("one event would push twice")
+	}
+	// Apple's 410 removes the device, both rows of it.
+	if !d.Remove(Key{User: "cid", AccountID: "C", DeviceToken: "ABCDEF0123456789"}, time.Time{}) {
+		t.Fatal("Remove did not remove cid's device")
+	}
+	if out, err := c.SQL(`SELECT count(*) FROM xapsd_registrations WHERE username = 'cid'`); err != nil || out != "0" {
+		t.Errorf("after the removal cid has %s rows (%v), want 0", out, err)
+	}
+	if targets(d, "cid") != 0 {
+		t.Error("the removed device is still in memory")
+	}
+}
+
+func pgSQL(t *testing.T, c *pgtest.Cluster, q string) string {
+	t.Helper()
+	out, err := c.SQL(q)
+	if err != nil {
+		t.Fatalf("%s: %v %s", q, err, out)
+	}
+	return out
+}
+
+// After an outage in which a registration failed, readiness recovers by
+// itself once the database is back, as it does for the files after a full
+// disk: a load balancer that goes by /readyz sends no registration that
+// would clear it.
+func TestPostgresReadinessRecoversWithoutARegistration(t *testing.T) {
+	c := pgCluster(t)
+	a := openPG(t, c, "a", func(o *Options) { o.CheckEvery = 100 * time.Millisecond })
+	ctx := context.Background()
+	if err := a.Register(ctx, pgReg("dave", "A", "T")); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Register(ctx, pgReg("dave", "A", "T2")); !errors.Is(err, ErrUnavailable) {
+		t.Fatalf("Register with the database down: %v", err)
+	}
+	if err := c.Restart(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "Health clears with the database back, without a registration", func() bool { return a.Health().WriteErr == nil })
+}
+
+// A commit PostgreSQL does not confirm in time (synchronous replication
+// waiting for a standby that is not there) is answered 503, but may be
+// stored: here the wait is given up and the commit goes through. The
+// daemon that answered then holds what the database holds, as every other
+// daemon does; and its readiness, failed meanwhile, recovers once commits
+// go through again.
+func TestPostgresUnconfirmedCommitEndsWithMemoryAsTheDatabase(t *testing.T) {
+	c := pgCluster(t)
+	a := openPG(t, c, "a", func(o *Options) { o.CheckEvery = 100 * time.Millisecond; o.Postgres.CommitTimeout = time.Second })
+	b := openPG(t, c, "b")
+	ctx := context.Background()
+	if err := a.Register(ctx, pgReg("alice", "A", "T")); err != nil {
+		t.Fatal(err)
+	}
+	pgSQL(t, c, "ALTER SYSTEM SET synchronous_standby_names = 'absent_standby'")
+	pgSQL(t, c, "SELECT pg_reload_conf()")
+	err := a.Register(ctx, pgReg("zoe", "Z", "T"))
+	if !errors.Is(err, ErrUnavailable) || !errors.Is(err, ErrUnconfirmed) {
+		t.Fatalf("Register while the commit waits for an absent standby = %v, want ErrUnavailable and ErrUnconfirmed", err)
+	}
+	if a.Health().WriteErr == nil {
+		t.Error("Health is fine right after an unconfirmed commit")
+	}
+	inDB := func() bool {
+		return pgSQL(t, c, "SELECT count(*) FROM xapsd_registrations WHERE username = 'zoe'") == "1"
+	}
+	waitFor(t, "the unconfirmed registration is in the database", inDB)
+	waitFor(t, "B, another daemon, has zoe", func() bool { return targets(b, "zoe") == 1 })
+	waitFor(t, "A, which answered 503, has zoe as the database does", func() bool { return targets(a, "zoe") == 1 })
+
+	pgSQL(t, c, "ALTER SYSTEM RESET synchronous_standby_names")
+	pgSQL(t, c, "SELECT pg_reload_conf()")
+	waitFor(t, "Health clears once commits go through, without a registration", func() bool { return a.Health().WriteErr == nil })
+	if err := a.Register(ctx, pgReg("zoe", "Z", "T2")); err != nil {
+		t.Fatal(err)
+	}
+	if got := len(a.List("zoe")); got != 2 {
+		t.Errorf("zoe has %d devices on A, want 2", got)
+	}
+}

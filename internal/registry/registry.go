@@ -108,8 +108,9 @@ type Options struct {
 	// one fsync and how long the write and fsync took.
 	OnSync func(records int, d time.Duration)
 	// CheckEvery is how often the journal writer looks for state files
-	// deleted under it and, after a failed write, tries whether the disk
-	// takes writes again (default 5 s).
+	// deleted under it, and how often, after a failed write, the store
+	// tries whether the disk (or PostgreSQL) takes writes again, so that
+	// Health recovers without a registration (default 5 s).
 	CheckEvery time.Duration
 	// Postgres, when set, keeps the registry in that database instead of
 	// Path's files (postgres.go).
@@ -160,16 +161,19 @@ type Registry struct {
 	opts Options
 	log  logrus.FieldLogger
 
-	mu      sync.RWMutex
-	users   map[string][]entry
-	boxes   map[string]*mailboxSet
-	boxKey  []byte // scratch for internBoxes
-	count   int
-	seq     uint64 // last sequence number handed out
-	applied uint64 // last sequence number whose change is in memory (and on disk)
-	adding  int    // new registrations queued but not yet applied, for MaxRegistrations
-	pending *batch // records not yet handed to the journal writer
-	closed  bool
+	mu     sync.RWMutex
+	users  map[string][]entry
+	boxes  map[string]*mailboxSet
+	boxKey []byte // scratch for internBoxes
+	// sizedFor is the number of users the users map was made for before
+	// a load (presize), until fitToLive has looked at it.
+	sizedFor int
+	count    int
+	seq      uint64 // last sequence number handed out
+	applied  uint64 // last sequence number whose change is in memory (and on disk)
+	adding   int    // new registrations queued but not yet applied, for MaxRegistrations
+	pending  *batch // records not yet handed to the journal writer
+	closed   bool
 
 	// appleCerts is the old daemon's certificate store, when the file
 	// loaded at start still had one (docs/protocol.md#legacy-applecerts).
@@ -239,7 +243,32 @@ func Open(opts Options) (*Registry, error) {
 	if n := r.Expire(opts.Now()); n > 0 {
 		r.log.WithField("removed", n).Info("removed registrations older than the registration TTL")
 	}
+	r.fitToLive()
 	return r, nil
+}
+
+// presize makes the users map for about n users before a load: growing
+// it step by step would cost a good part of loading a million.
+func (r *Registry) presize(n int) {
+	r.users = make(map[string][]entry, n)
+	r.sizedFor = n
+}
+
+// fitToLive makes the users map again, sized for the users it holds, when
+// presize made it for far more: a Go map keeps its room when entries go,
+// so a map sized from a snapshot of many expired registrations, or of
+// users with several devices each, would hold that memory for good.
+func (r *Registry) fitToLive() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.sizedFor > 2*len(r.users)+1024 {
+		users := make(map[string][]entry, len(r.users))
+		for u, regs := range r.users {
+			users[u] = regs
+		}
+		r.users = users
+	}
+	r.sizedFor = 0
 }
 
 // internBoxes returns the shared set for a list, counting one more
@@ -282,8 +311,8 @@ func (r *Registry) releaseBoxes(s *mailboxSet) {
 }
 
 // Register stores reg and returns once it is on disk. The user name is
-// folded the way Dovecot folds it (FoldUser). A Registered time of zero
-// means now.
+// folded the way Dovecot folds it (FoldUser), the device token to upper
+// case (FoldToken). A Registered time of zero means now.
 //
 // Memory changes only once the journal write succeeded: an error means
 // the registration was not stored, is not looked up, and is not in any
@@ -297,6 +326,7 @@ func (r *Registry) Register(ctx context.Context, reg Registration) error {
 // daemon stored in a shared database alone.
 func (r *Registry) register(ctx context.Context, reg Registration, keepNewer bool) error {
 	reg.User = FoldUser(reg.User)
+	reg.DeviceToken = FoldToken(reg.DeviceToken)
 	if reg.Registered.IsZero() {
 		reg.Registered = r.opts.Now()
 	}
@@ -422,6 +452,7 @@ func (r *Registry) Lookup(user, mailbox string, inboxOnly bool) LookupResult {
 // removed one.
 func (r *Registry) Remove(k Key, before time.Time) bool {
 	k.User = FoldUser(k.User)
+	k.DeviceToken = FoldToken(k.DeviceToken)
 	r.mu.Lock()
 	if r.closed {
 		r.mu.Unlock()
@@ -609,6 +640,7 @@ func (r *Registry) Import(ctx context.Context, regs []Registration) (added int, 
 	now := r.opts.Now()
 	for _, g := range regs {
 		g.User = FoldUser(g.User)
+		g.DeviceToken = FoldToken(g.DeviceToken)
 		if g.Registered.IsZero() || g.Registered.After(now) {
 			g.Registered = now
 		}

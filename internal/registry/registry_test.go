@@ -685,6 +685,48 @@ func TestExportIsAFileTheRegistryOpens(t *testing.T) {
 	}
 }
 
+// A device token in upper and in lower case is one device: one
+// registration, stored upper case, whichever spelling comes and goes.
+func TestTokenSpellingsAreOneRegistration(t *testing.T) {
+	lower := strings.ToLower(tok2)
+	path := filepath.Join(t.TempDir(), "database.json")
+	c := newClock()
+	r := open(t, path, c)
+	mustRegister(t, r, reg("alice", acc1, lower))
+	c.Add(time.Second)
+	mustRegister(t, r, reg("alice", acc1, tok2, "INBOX", "Notes"))
+	if got := r.List("alice"); len(got) != 1 || got[0].DeviceToken != tok2 || len(got[0].Mailboxes) != 2 {
+		t.Fatalf("List = %+v, want one registration, token %s", got, tok2)
+	}
+	if !r.Remove(Key{User: "alice", AccountID: acc1, DeviceToken: lower}, time.Time{}) || len(r.List("alice")) != 0 {
+		t.Error("Remove by the lower-case token did not remove the registration")
+	}
+	r.Close()
+
+	// A snapshot an older xapsd wrote with both spellings: the newer wins,
+	// whatever the order in the file.
+	older := Registration{Key: Key{User: "bob", AccountID: acc1, DeviceToken: lower}, Mailboxes: []string{"INBOX"}, Registered: c.Now().Add(-time.Hour)}
+	newer := Registration{Key: Key{User: "bob", AccountID: acc1, DeviceToken: tok2}, Mailboxes: []string{"INBOX", "Newer"}, Registered: c.Now().Add(-time.Minute)}
+	for _, order := range [][]Registration{{older, newer}, {newer, older}} {
+		p := filepath.Join(t.TempDir(), "database.json")
+		f, err := os.Create(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		Export(f, order)
+		f.Close()
+		r := open(t, p, c)
+		got := r.List("bob")
+		if len(got) != 1 || got[0].DeviceToken != tok2 || !slices.Equal(got[0].Mailboxes, newer.Mailboxes) {
+			t.Errorf("loaded %+v, want the newer registration once, token %s", got, tok2)
+		}
+		if res := r.Lookup("bob", "INBOX", false); len(res.Targets) != 1 {
+			t.Errorf("one event pushes %d times", len(res.Targets))
+		}
+		r.Close()
+	}
+}
+
 // Users finds user names by a rule, sorted and capped, for xapsd diagnose.
 func TestUsersMatching(t *testing.T) {
 	r := open(t, filepath.Join(t.TempDir(), "db.json"), newClock())

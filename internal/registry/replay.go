@@ -27,6 +27,9 @@ type replayer struct {
 
 	pending      *record // the newest record, applied once the next one confirms it
 	pendingWhere string
+	// segStart is the first sequence number the segment being read may
+	// hold: the number in its name (see journal.openSegment).
+	segStart uint64
 
 	damaged int
 	where   []string // file:line of the first damaged records
@@ -39,8 +42,14 @@ func (p *replayer) feed(rec record, where string) {
 	case rec.Seq > seqLimit:
 		p.damage(where)
 	case p.pending == nil:
-		if rec.Seq > p.last {
+		switch {
+		case rec.Seq > p.last:
 			p.hold(rec, where)
+		case rec.Seq < p.segStart:
+			// Not "already in the snapshot": the segment's name says
+			// it was written after the snapshot's last record, so its
+			// number is damaged, and skipping it loses a change.
+			p.damageBelowSegment(where)
 		}
 	case rec.Seq > p.pending.Seq:
 		p.commit()
@@ -88,9 +97,19 @@ func (p *replayer) commit() {
 }
 
 func (p *replayer) damage(where string) {
+	p.count(where)
+	p.r.log.WithField("record", where).Error("skipping a journal record whose sequence number does not fit between its neighbours")
+}
+
+func (p *replayer) damageBelowSegment(where string) {
+	p.count(where)
+	p.r.log.WithFields(map[string]any{"record": where, "segment_start": p.segStart}).
+		Error("skipping a journal record whose sequence number is below its segment's first number, which the snapshot already covers: the record is damaged, and the change it held is lost")
+}
+
+func (p *replayer) count(where string) {
 	p.damaged++
 	if len(p.where) < 10 {
 		p.where = append(p.where, where)
 	}
-	p.r.log.WithField("record", where).Error("skipping a journal record whose sequence number does not fit between its neighbours")
 }

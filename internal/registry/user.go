@@ -21,3 +21,24 @@ func FoldUser(s string) string {
 	}
 	return string(b)
 }
+
+// FoldToken is the one spelling of a device token that registrations are
+// filed under: ASCII letters upper-cased, the way iOS sends its hex
+// tokens. APNs takes either case, so "abc…" and "ABC…" are one device;
+// kept apart, it would get every push twice.
+func FoldToken(s string) string {
+	i := 0
+	for i < len(s) && (s[i] < 'a' || s[i] > 'z') {
+		i++
+	}
+	if i == len(s) {
+		return s
+	}
+	b := []byte(s)
+	for ; i < len(b); i++ {
+		if c := b[i]; c >= 'a' && c <= 'z' {
+			b[i] = c - ('a' - 'A')
+		}
+	}
+	return string(b)
+}

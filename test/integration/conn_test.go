@@ -11,6 +11,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/xapsd/xapsd/internal/testutil/noauth"
 )
 
 func writeScript(t *testing.T, path, content string) {
@@ -83,4 +85,63 @@ func TestIdleConnectionFloodUnderAFileLimit(t *testing.T) {
 	if !d.waitLog("connection limit reached", 5*time.Second) {
 		t.Error("no warning about the connection limit")
 	}
+}
+
+// Clients without the plugin's secret cannot delay the plugin: under a
+// small file limit, with more of them holding connections than the daemon
+// has room for (announcing bodies they never send, saying nothing, sending
+// their headers a byte at a time, and connecting again when closed), every
+// request with the secret is answered within the plugin's timeout.
+func TestUnauthenticatedClientsCannotHoldThePluginPort(t *testing.T) {
+	if _, err := exec.LookPath("prlimit"); err != nil {
+		t.Skip("SKIPPED: prlimit (util-linux) is not installed")
+	}
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "plugin.secret"), []byte(pluginSecret+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	addr := writeConfig(t, dir, "apnsEndpoint: dry-run\nloglevel: info\npluginSecretFile: plugin.secret\n")
+	wrapper := filepath.Join(dir, "xapsd-limited")
+	// 256 descriptors: room for 96 plugin connections.
+	writeScript(t, wrapper, "#!/bin/sh\nexec prlimit --nofile=256:256 "+xapsdBin+" \"$@\"\n")
+	d := startDaemonBin(t, wrapper, dir, addr)
+
+	// Most announce a body they never send (which the daemon used to
+	// wait for, 30 s, with the connection counted as busy); one in ten
+	// says nothing, one in ten sends its headers a byte at a time.
+	flood := noauth.Start(addr, noauth.Options{Clients: 150, Pause: 10 * time.Millisecond, Kind: func(i int) noauth.Kind {
+		switch i % 10 {
+		case 8:
+			return noauth.Silent
+		case 9:
+			return noauth.SlowHeaders
+		}
+		return noauth.AnnouncedBody
+	}})
+	defer flood.Stop()
+	if !d.waitLog("connection limit reached", 20*time.Second) {
+		t.Fatal("the attackers never filled the connection budget: the test did not test anything")
+	}
+	hc := &http.Client{Timeout: 5 * time.Second} // the plugin's default timeout
+	slowest := time.Duration(0)
+	for i := range 20 {
+		req, _ := http.NewRequest(http.MethodPost, "http://"+addr+"/register",
+			strings.NewReader(registerBody(fmt.Sprintf("user%d@example.com", i), acc, token(i))))
+		req.Header.Set("Authorization", "Bearer "+pluginSecret)
+		start := time.Now()
+		resp, err := hc.Do(req)
+		took := time.Since(start)
+		if err != nil {
+			t.Fatalf("register %d behind the unauthenticated clients: %v (after %v)", i, err, took)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != 200 {
+			t.Fatalf("register %d: status %d", i, resp.StatusCode)
+		}
+		slowest = max(slowest, took)
+		if i%2 == 0 {
+			hc.CloseIdleConnections() // half of them on a new connection
+		}
+	}
+	t.Logf("slowest of 20 registrations behind 150 unauthenticated clients: %v", slowest)
 }

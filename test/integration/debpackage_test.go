@@ -24,8 +24,9 @@ import (
 // comes from there), Dovecot loads the plugin once the snippet is linked
 // into conf.d, a registration through Dovecot and a delivered mail reach the
 // APNs stand-in with the daemon started by hand as the xapsd user (there is
-// no systemd in a root), and remove keeps the registry while purge removes
-// what the package made.
+// no systemd in a root), remove keeps the registry, and purge removes what
+// the package made but keeps the admin's credentials and the imported Apple
+// certificates (and the user that owns them), saying so.
 
 func rootCache() string {
 	if c := os.Getenv("XAPS_ROOT_CACHE"); c != "" {
@@ -307,7 +308,34 @@ func testDebianPackage(t *testing.T, d debTarget, deb string) {
 	if _, err := os.Stat(root + "/usr/bin/xapsd"); err == nil {
 		t.Error("after remove /usr/bin/xapsd is still there")
 	}
-	// ...purge removes what the package made.
+	// ...purge removes what the package made, and keeps the admin's
+	// credentials and the Apple certificates xapsd imported, which may
+	// not be had again.
+	appleCert := root + "/var/lib/xapsd/apple-push/mail.pem"
+	os.MkdirAll(filepath.Dir(appleCert), 0o700)
+	os.WriteFile(appleCert, []byte("an imported Apple push certificate\n"), 0o600)
+	out := apt("purge", "xapsd")
+	for _, p := range []string{"/var/lib/xapsd/database.json", "/var/lib/xapsd/database.json.lock", "/etc/xapsd/xapsd.yaml"} {
+		if _, err := os.Stat(root + p); err == nil {
+			t.Errorf("after purge %s is still there", p)
+		}
+	}
+	for _, p := range []string{"/etc/xapsd/push.pem", "/etc/xapsd/push.key", "/etc/xapsd/apns-ca.pem", "/var/lib/xapsd/apple-push/mail.pem"} {
+		if _, err := os.Stat(root + p); err != nil {
+			t.Errorf("purge removed %s, which the package did not make: %v", p, err)
+		}
+	}
+	if !strings.Contains(out, "purge kept") || !strings.Contains(out, "push.key") || !strings.Contains(out, "apple-push") {
+		t.Errorf("purge does not say what it kept:\n%s", out)
+	}
+	if _, err := exec.Command("chroot", root, "getent", "passwd", "xapsd").CombinedOutput(); err != nil {
+		t.Error("purge removed the xapsd user, which owns the files it kept")
+	}
+	// With nothing of the admin's left, purge removes everything,
+	// the user too.
+	os.RemoveAll(root + "/etc/xapsd")
+	os.RemoveAll(root + "/var/lib/xapsd")
+	apt(append(append([]string{"install"}, target...), "/tmp/"+filepath.Base(deb))...)
 	apt("purge", "xapsd")
 	for _, p := range []string{"/var/lib/xapsd", "/etc/xapsd"} {
 		if _, err := os.Stat(root + p); err == nil {

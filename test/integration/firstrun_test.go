@@ -284,9 +284,12 @@ func TestCheckConfigChecksTheStateFolderAsTheUser(t *testing.T) {
 			if tc.want == "" {
 				return
 			}
-			// What the check refuses, the start refuses too.
+			// What the check refuses, the start refuses too, in the same
+			// words.
 			cmd := exec.Command(bin, "--config", cfg)
 			cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uid, Gid: uid}}
+			var startOut syncBuffer
+			cmd.Stdout, cmd.Stderr = &startOut, &startOut
 			done := make(chan error, 1)
 			if err := cmd.Start(); err != nil {
 				t.Fatal(err)
@@ -296,6 +299,9 @@ func TestCheckConfigChecksTheStateFolderAsTheUser(t *testing.T) {
 			case <-done:
 				if cmd.ProcessState.ExitCode() != 1 {
 					t.Errorf("the daemon exited %d", cmd.ProcessState.ExitCode())
+				}
+				if !strings.Contains(startOut.String(), tc.want) {
+					t.Errorf("the daemon's log does not say %q:\n%s", tc.want, startOut.String())
 				}
 			case <-time.After(10 * time.Second):
 				cmd.Process.Kill()

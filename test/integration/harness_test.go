@@ -159,7 +159,9 @@ func (d *daemon) waitAnswering() {
 			d.t.Fatalf("xapsd exited during start: %v\n%s", d.err, d.log.String())
 		default:
 		}
-		resp, err := http.Get("http://" + d.addr + "/healthz")
+		// With a timeout: a daemon that bound its port but hangs before
+		// serving must fail the test, not hang it.
+		resp, err := probeClient.Get("http://" + d.addr + "/healthz")
 		if err == nil {
 			resp.Body.Close()
 			return
@@ -216,6 +218,9 @@ func (d *daemon) waitLog(substr string, timeout time.Duration) bool {
 }
 
 var client = &http.Client{Timeout: 10 * time.Second}
+
+// probeClient asks whether a daemon answers yet.
+var probeClient = &http.Client{Timeout: 2 * time.Second}
 
 // get fetches url and returns the status and body.
 func get(t *testing.T, url string) (int, string) {

@@ -234,7 +234,7 @@ check_deb_refuses_dynamic_daemon() {
 		exit 77
 	fi
 	local copy=$tmp/deb-dynamic p
-	for p in README.md Makefile configs scripts dovecot/Makefile dovecot/src cmd internal go.mod go.sum; do
+	for p in README.md Makefile configs scripts dovecot/Makefile dovecot/probe.sh dovecot/probes dovecot/src cmd internal go.mod go.sum; do
 		mkdir -p "$(dirname "$copy/$p")"
 		cp -r "$src/$p" "$copy/$p"
 	done
