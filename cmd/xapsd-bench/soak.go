@@ -19,7 +19,6 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -33,6 +32,7 @@ import (
 	"time"
 
 	"github.com/xapsd/xapsd/internal/registry"
+	"github.com/xapsd/xapsd/internal/testutil"
 	"github.com/xapsd/xapsd/internal/testutil/fakeapns"
 	"github.com/xapsd/xapsd/internal/testutil/noauth"
 	"github.com/xapsd/xapsd/internal/testutil/testpki"
@@ -244,12 +244,11 @@ func runSoak(o options, length time.Duration) error {
 }
 
 func freeAddr() (string, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	port, err := testutil.FreePort()
 	if err != nil {
 		return "", err
 	}
-	defer ln.Close()
-	return ln.Addr().String(), nil
+	return fmt.Sprintf("127.0.0.1:%d", port), nil
 }
 
 // abort records what stops the run; workers and chaos then wind down.

@@ -10,6 +10,7 @@ import (
 	"github.com/sirupsen/logrus"
 
 	"github.com/xapsd/xapsd/internal/registry"
+	"github.com/xapsd/xapsd/internal/testutil"
 	"github.com/xapsd/xapsd/internal/testutil/fakeapns"
 )
 
@@ -61,9 +62,9 @@ func TestBadDeviceTokenDeletesARareDeadDevice(t *testing.T) {
 	for i := range 20 {
 		s.Enqueue(devKey(i))
 	}
-	waitUntil(t, "20 delivered", func() bool { return res.byOutcome()[Delivered] == 20 })
+	testutil.WaitFor(t, "20 delivered", func() bool { return res.byOutcome()[Delivered] == 20 })
 	s.Enqueue(dead)
-	waitUntil(t, "the dead device's answer", func() bool { return len(res.byOutcome()) == 2 })
+	testutil.WaitFor(t, "the dead device's answer", func() bool { return len(res.byOutcome()) == 2 })
 	if m := res.byOutcome(); m[Removed] != 1 || rm.n() != 1 || !rm.keys[dead] {
 		t.Errorf("outcomes %v, removed %v", m, rm.keys)
 	}
@@ -83,7 +84,7 @@ func TestWrongEnvironmentDoesNotEmptyTheRegistry(t *testing.T) {
 	for i := range n {
 		s.Enqueue(devKey(i))
 	}
-	waitUntil(t, "every answer", func() bool { return res.byOutcome()[Failed] == n })
+	testutil.WaitFor(t, "every answer", func() bool { return res.byOutcome()[Failed] == n })
 	if rm.n() != 0 {
 		t.Errorf("%d registrations deleted", rm.n())
 	}
@@ -109,15 +110,15 @@ func TestBadDeviceTokenJustAfterACredentialChangeKeepsTheDevice(t *testing.T) {
 	for i := range 20 {
 		s.Enqueue(devKey(i))
 	}
-	waitUntil(t, "20 delivered", func() bool { return res.byOutcome()[Delivered] == 20 })
+	testutil.WaitFor(t, "20 delivered", func() bool { return res.byOutcome()[Delivered] == 20 })
 	s.Enqueue(dead)
-	waitUntil(t, "the answer", func() bool { return res.byOutcome()[Failed] == 1 })
+	testutil.WaitFor(t, "the answer", func() bool { return res.byOutcome()[Failed] == 1 })
 	if rm.n() != 0 {
 		t.Fatalf("deleted %v within the hour after a credential change", rm.keys)
 	}
 	clock.Add(int64(time.Hour))
 	s.Enqueue(dead)
-	waitUntil(t, "the answer", func() bool { return res.byOutcome()[Removed] == 1 })
+	testutil.WaitFor(t, "the answer", func() bool { return res.byOutcome()[Removed] == 1 })
 }
 
 // Twenty events 100 ms apart for one phone: with a minimum interval of a
@@ -136,7 +137,7 @@ func TestPushesToOneDeviceArePaced(t *testing.T) {
 	}
 	// On a busy machine the 20 events take longer than 1.9 s; what is
 	// promised is the first push at once, then one per interval.
-	waitUntil(t, "the last push", func() bool { q, f := s.Depth(); return q == 0 && f == 0 })
+	testutil.WaitFor(t, "the last push", func() bool { q, f := s.Depth(); return q == 0 && f == 0 })
 	if n, most := srv.Count(), int64(span/time.Second)+2; n < 2 || n > most {
 		t.Errorf("%d pushes for 20 events in %v with a 1 s interval, want 2 to %d", n, span.Round(time.Millisecond), most)
 	}
@@ -149,7 +150,7 @@ func TestPushesToOneDeviceArePaced(t *testing.T) {
 	other := devKey(2)
 	begin := time.Now()
 	s.Enqueue(other)
-	waitUntil(t, "the other phone's push", func() bool { return srv.Count() == int64(len(reqs))+1 })
+	testutil.WaitFor(t, "the other phone's push", func() bool { return srv.Count() == int64(len(reqs))+1 })
 	if d := time.Since(begin); d > 500*time.Millisecond {
 		t.Errorf("another phone waited %v", d)
 	}

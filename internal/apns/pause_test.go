@@ -16,6 +16,7 @@ import (
 	logtest "github.com/sirupsen/logrus/hooks/test"
 
 	"github.com/xapsd/xapsd/internal/registry"
+	"github.com/xapsd/xapsd/internal/testutil"
 	"github.com/xapsd/xapsd/internal/testutil/fakeapns"
 )
 
@@ -67,17 +68,6 @@ func (r *results) firstAttempts(t *testing.T) {
 	}
 }
 
-func waitUntil(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
-
 // byOutcome counts the results seen so far.
 func (r *results) byOutcome() map[Outcome]int {
 	r.mu.Lock()
@@ -109,7 +99,7 @@ func TestCredentialRefusalPausesSending(t *testing.T) {
 	for i := range n {
 		s.Enqueue(devKey(i))
 	}
-	waitUntil(t, "the pause", func() bool { cause, _ := s.Paused(); return cause == PauseCredential })
+	testutil.WaitFor(t, "the pause", func() bool { cause, _ := s.Paused(); return cause == PauseCredential })
 	if _, why := s.Paused(); !strings.Contains(why.Error(), "403 BadCertificate") {
 		t.Errorf("pause reason %v", why)
 	}
@@ -128,7 +118,7 @@ func TestCredentialRefusalPausesSending(t *testing.T) {
 		t.Errorf("the refusal was logged %d times, want once a minute", got)
 	}
 	refuse.Store(false)
-	waitUntil(t, "every push delivered", func() bool { return res.byOutcome()[Delivered] == n })
+	testutil.WaitFor(t, "every push delivered", func() bool { return res.byOutcome()[Delivered] == n })
 	if cause, _ := s.Paused(); cause != "" {
 		t.Errorf("still paused: %s", cause)
 	}
@@ -208,7 +198,7 @@ func TestHeldPushesExpire(t *testing.T) {
 	s, res := start(t, tr, Options{ProbeInterval: 400 * time.Millisecond, Expiration: 200 * time.Millisecond})
 	s.Enqueue(dev)
 	s.Enqueue(registry.Key{User: "b", AccountID: "B", DeviceToken: "bb"})
-	waitUntil(t, "both expired", func() bool { return res.byOutcome()[Expired] == 2 })
+	testutil.WaitFor(t, "both expired", func() bool { return res.byOutcome()[Expired] == 2 })
 	if tr.count("bb") > 1 || tr.count("aa11") > 1 {
 		t.Errorf("sent %d and %d times", tr.count("aa11"), tr.count("bb"))
 	}
@@ -229,7 +219,7 @@ func TestUnreachableAPNsPausesWithoutSpendingAttempts(t *testing.T) {
 	for i := range n {
 		s.Enqueue(devKey(i))
 	}
-	waitUntil(t, "the pause", func() bool { cause, _ := s.Paused(); return cause == PauseUnreachable })
+	testutil.WaitFor(t, "the pause", func() bool { cause, _ := s.Paused(); return cause == PauseUnreachable })
 	time.Sleep(3 * time.Second)
 	if got := srv.Connections(); got > 3 {
 		t.Errorf("%d connection attempts in 3 s, want at most 3", got)
@@ -248,7 +238,7 @@ func TestUnreachableAPNsPausesWithoutSpendingAttempts(t *testing.T) {
 	defer cancel()
 	begin := time.Now()
 	srv.RefuseConnections(false)
-	waitUntil(t, "every push delivered", func() bool { return res.byOutcome()[Delivered] == n })
+	testutil.WaitFor(t, "every push delivered", func() bool { return res.byOutcome()[Delivered] == n })
 	res.firstAttempts(t)
 	if left, err := s.Drain(ctx); err != nil || len(left) != 0 || time.Since(begin) > 5*time.Second {
 		t.Errorf("drain: %v %v", left, err)
@@ -324,7 +314,7 @@ func TestExpiredProviderTokenRenewsTheToken(t *testing.T) {
 	c.token.tok.IssuedAt = time.Now().Add(-45 * time.Minute).Unix()
 	s, res, hook := startClient(t, c, Options{Now: now})
 	s.Enqueue(devKey(1))
-	waitUntil(t, "delivery with a new token", func() bool { return res.byOutcome()[Delivered] == 1 })
+	testutil.WaitFor(t, "delivery with a new token", func() bool { return res.byOutcome()[Delivered] == 1 })
 	seen := rec.tokens()
 	if len(seen) != 2 {
 		t.Fatalf("%d distinct tokens, want 2", len(seen))
@@ -335,7 +325,7 @@ func TestExpiredProviderTokenRenewsTheToken(t *testing.T) {
 		t.Error("no error naming the clock")
 	}
 	s.Enqueue(devKey(2))
-	waitUntil(t, "the pause", func() bool { cause, _ := s.Paused(); return cause == PauseCredential })
+	testutil.WaitFor(t, "the pause", func() bool { cause, _ := s.Paused(); return cause == PauseCredential })
 	if _, why := s.Paused(); !strings.Contains(why.Error(), "ExpiredProviderToken") || !strings.Contains(why.Error(), "clock") {
 		t.Errorf("pause reason %v", why)
 	}
@@ -347,7 +337,7 @@ func TestExpiredProviderTokenRenewsTheToken(t *testing.T) {
 	// 20 minutes later a token may be made; the probe gets one.
 	clock.Add(int64(TokenRenewInterval))
 	s.Enqueue(devKey(3)) // wakes the dispatcher, as any event would
-	waitUntil(t, "delivery after the renewal", func() bool { return res.byOutcome()[Delivered] == 3 })
+	testutil.WaitFor(t, "delivery after the renewal", func() bool { return res.byOutcome()[Delivered] == 3 })
 	if n := len(rec.tokens()); n != 3 {
 		t.Errorf("%d distinct tokens, want 3", n)
 	}
@@ -368,7 +358,7 @@ func TestExpiredProviderTokenYoungerThanTheLimitWaits(t *testing.T) {
 	issued := time.Unix(c.token.tok.IssuedAt, 0)
 	s, res, _ := startClient(t, c, Options{Now: now})
 	s.Enqueue(devKey(1))
-	waitUntil(t, "the pause", func() bool { cause, _ := s.Paused(); return cause == PauseCredential })
+	testutil.WaitFor(t, "the pause", func() bool { cause, _ := s.Paused(); return cause == PauseCredential })
 	_, why := s.Paused()
 	if when := issued.Add(TokenRenewInterval).UTC().Format(time.RFC3339); !strings.Contains(why.Error(), when) {
 		t.Errorf("pause reason %q does not say %s (20 minutes after the token was made, UTC)", why, when)
@@ -378,7 +368,7 @@ func TestExpiredProviderTokenYoungerThanTheLimitWaits(t *testing.T) {
 	}
 	clock.Add(int64(TokenRenewInterval))
 	s.Enqueue(devKey(2))
-	waitUntil(t, "delivery after the limit", func() bool { return res.byOutcome()[Delivered] == 2 })
+	testutil.WaitFor(t, "delivery after the limit", func() bool { return res.byOutcome()[Delivered] == 2 })
 	if n := len(rec.tokens()); n != 2 {
 		t.Errorf("%d distinct tokens, want 2", n)
 	}

@@ -13,6 +13,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/xapsd/xapsd/internal/testutil"
 )
 
 type server struct {
@@ -87,35 +89,21 @@ func (c *rawConn) get(path string) error {
 // idle, and only then is it a candidate.
 func waitAnswered(t *testing.T, p *Pool) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
+	testutil.WaitFor(t, "every connection done with its requests", func() bool {
 		p.mu.Lock()
-		busy := 0
+		defer p.mu.Unlock()
 		for _, tr := range p.conns {
 			if tr.serving > 0 || tr.writing {
-				busy++
+				return false
 			}
 		}
-		p.mu.Unlock()
-		if busy == 0 {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%d connections still busy after 10 s", busy)
-		}
-		time.Sleep(time.Millisecond)
-	}
+		return true
+	})
 }
 
 func waitOpen(t *testing.T, p *Pool, want int) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for p.Open() != want {
-		if time.Now().After(deadline) {
-			t.Fatalf("pool holds %d connections, want %d", p.Open(), want)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	testutil.WaitFor(t, fmt.Sprintf("the pool to hold %d connections", want), func() bool { return p.Open() == want })
 }
 
 // At the cap, a new client is served by closing the longest-idle

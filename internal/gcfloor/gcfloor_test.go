@@ -7,6 +7,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/xapsd/xapsd/internal/testutil"
 )
 
 func gogc() int {
@@ -87,17 +89,12 @@ func TestGoalWithManyGoroutines(t *testing.T) {
 	}
 }
 
-// waitFor polls until cond holds, collecting garbage so that the
+// waitFor waits until cond holds, collecting garbage so that the
 // finalizer that adjusts GOGC gets to run.
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not within 10 s (GOGC %d)", what, gogc())
-		}
-		runtime.GC()
-		time.Sleep(5 * time.Millisecond)
+	if !testutil.Wait(testutil.Patience, func() bool { runtime.GC(); return cond() }) {
+		t.Fatalf("%s: not within %v (GOGC %d)", what, testutil.Patience, gogc())
 	}
 }
 

@@ -7,18 +7,9 @@ import (
 	"syscall"
 	"testing"
 	"time"
-)
 
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("still waiting after 10 s for %s", what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
+	"github.com/xapsd/xapsd/internal/testutil"
+)
 
 // State files deleted under a running registry are noticed and written
 // again from memory, so the next kill -9 loses nothing acknowledged.
@@ -34,8 +25,8 @@ func TestDeletedStateFilesAreWrittenAgain(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	waitFor(t, "a new snapshot", func() bool { _, err := os.Stat(path); return err == nil })
-	waitFor(t, "a new lock file held by the registry", func() bool {
+	testutil.WaitFor(t, "a new snapshot", func() bool { _, err := os.Stat(path); return err == nil })
+	testutil.WaitFor(t, "a new lock file held by the registry", func() bool {
 		f, err := os.Open(path + ".lock")
 		if err != nil {
 			return false

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/xapsd/xapsd/internal/testutil"
 	"github.com/xapsd/xapsd/internal/testutil/pgtest"
 )
 
@@ -39,19 +40,6 @@ func pgReg(user, acct, tok string, boxes ...string) Registration {
 	return Registration{Key: Key{User: user, AccountID: acct, DeviceToken: tok}, Mailboxes: boxes}
 }
 
-// eventually waits until cond holds; the daemons follow each other
-// through notifications.
-func eventually(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("never: %s", what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
 func targets(r *Registry, user string) int { return len(r.Lookup(user, "INBOX", false).Targets) }
 
 func TestPostgresDaemonsShareTheRegistry(t *testing.T) {
@@ -66,7 +54,7 @@ func TestPostgresDaemonsShareTheRegistry(t *testing.T) {
 		t.Fatal("A does not find its own registration")
 	}
 	start := time.Now()
-	eventually(t, "B sees A's registration", func() bool { return targets(b, "alice") == 1 })
+	testutil.WaitFor(t, "B sees A's registration", func() bool { return targets(b, "alice") == 1 })
 	t.Logf("A's registration visible on B after %v", time.Since(start))
 	if got := b.Lookup("alice", "Notes", false).Targets; len(got) != 1 {
 		t.Errorf("B's lookup of Notes: %v", got)
@@ -76,7 +64,7 @@ func TestPostgresDaemonsShareTheRegistry(t *testing.T) {
 	if !b.Remove(Key{User: "alice", AccountID: "ACC", DeviceToken: "T1"}, time.Now().Add(time.Second)) {
 		t.Fatal("B did not remove the device")
 	}
-	eventually(t, "A forgets the device B removed", func() bool { return targets(a, "alice") == 0 })
+	testutil.WaitFor(t, "A forgets the device B removed", func() bool { return targets(a, "alice") == 0 })
 
 	// A new daemon starts with everything.
 	a.Register(ctx, pgReg("bob", "B", "T"))
@@ -110,7 +98,7 @@ func TestPostgresCapsHoldAcrossDaemons(t *testing.T) {
 		}
 		return true
 	}
-	eventually(t, "both hold the three newest", func() bool { return newest(a) && newest(b) })
+	testutil.WaitFor(t, "both hold the three newest", func() bool { return newest(a) && newest(b) })
 	if out, err := c.SQL("SELECT string_agg(device_token, ',' ORDER BY device_token) FROM xapsd_registrations WHERE username = 'carol'"); err != nil || out != "T3,T4,T5" {
 		t.Errorf("the database holds %q (%v), want T3,T4,T5", out, err)
 	}
@@ -140,14 +128,14 @@ func TestPostgresDownRefusesChangesButKeepsLookups(t *testing.T) {
 			t.Error("a refused registration is in memory")
 		}
 	}
-	eventually(t, "Health says why", func() bool { return errors.Is(a.Health().WriteErr, ErrUnavailable) })
-	eventually(t, "Health says the database is not followed", func() bool { return errors.Is(a.Health().FollowErr, ErrUnavailable) })
+	testutil.WaitFor(t, "Health says why", func() bool { return errors.Is(a.Health().WriteErr, ErrUnavailable) })
+	testutil.WaitFor(t, "Health says the database is not followed", func() bool { return errors.Is(a.Health().FollowErr, ErrUnavailable) })
 	if err := c.Restart(); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "registrations work again", func() bool { return a.Register(ctx, pgReg("dave", "A", "T2")) == nil })
-	eventually(t, "Health clears", func() bool { return a.Health().WriteErr == nil })
-	eventually(t, "the database is followed again", func() bool { return a.Health().FollowErr == nil })
+	testutil.WaitFor(t, "registrations work again", func() bool { return a.Register(ctx, pgReg("dave", "A", "T2")) == nil })
+	testutil.WaitFor(t, "Health clears", func() bool { return a.Health().WriteErr == nil })
+	testutil.WaitFor(t, "the database is followed again", func() bool { return a.Health().FollowErr == nil })
 	if targets(a, "dave") != 2 {
 		t.Errorf("after the outage dave has %d devices, want 2", targets(a, "dave"))
 	}
@@ -163,7 +151,7 @@ func TestPostgresStartsWithoutTheDatabaseAndLoadsLater(t *testing.T) {
 		t.Error("a daemon without its database says it is fine")
 	}
 	c.Restart()
-	eventually(t, "the late daemon loads the registrations", func() bool { return targets(b, "erin") == 1 })
+	testutil.WaitFor(t, "the late daemon loads the registrations", func() bool { return targets(b, "erin") == 1 })
 }
 
 func TestPostgresExpiryRunsOnOneDaemon(t *testing.T) {
@@ -176,14 +164,14 @@ func TestPostgresExpiryRunsOnOneDaemon(t *testing.T) {
 	old.Registered = now.Add(-2 * time.Hour)
 	a.Register(ctx, old)
 	a.Register(ctx, pgReg("frank", "A", "NEW"))
-	eventually(t, "B has both", func() bool { return targets(b, "frank") == 2 })
+	testutil.WaitFor(t, "B has both", func() bool { return targets(b, "frank") == 2 })
 	if n := b.Expire(now); n != 1 {
 		t.Fatalf("B's sweep removed %d, want 1", n)
 	}
 	if n := a.Expire(now); n != 0 {
 		t.Errorf("A's sweep after B's removed %d more", n)
 	}
-	eventually(t, "A follows B's sweep", func() bool { return targets(a, "frank") == 1 })
+	testutil.WaitFor(t, "A follows B's sweep", func() bool { return targets(a, "frank") == 1 })
 }
 
 func TestPostgresImportKeepsTheNewer(t *testing.T) {
@@ -287,7 +275,7 @@ func TestPostgresReadinessRecoversWithoutARegistration(t *testing.T) {
 	if err := c.Restart(); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "Health clears with the database back, without a registration", func() bool { return a.Health().WriteErr == nil })
+	testutil.WaitFor(t, "Health clears with the database back, without a registration", func() bool { return a.Health().WriteErr == nil })
 }
 
 // A commit PostgreSQL does not confirm in time (synchronous replication
@@ -316,13 +304,13 @@ func TestPostgresUnconfirmedCommitEndsWithMemoryAsTheDatabase(t *testing.T) {
 	inDB := func() bool {
 		return pgSQL(t, c, "SELECT count(*) FROM xapsd_registrations WHERE username = 'zoe'") == "1"
 	}
-	waitFor(t, "the unconfirmed registration is in the database", inDB)
-	waitFor(t, "B, another daemon, has zoe", func() bool { return targets(b, "zoe") == 1 })
-	waitFor(t, "A, which answered 503, has zoe as the database does", func() bool { return targets(a, "zoe") == 1 })
+	testutil.WaitFor(t, "the unconfirmed registration is in the database", inDB)
+	testutil.WaitFor(t, "B, another daemon, has zoe", func() bool { return targets(b, "zoe") == 1 })
+	testutil.WaitFor(t, "A, which answered 503, has zoe as the database does", func() bool { return targets(a, "zoe") == 1 })
 
 	pgSQL(t, c, "ALTER SYSTEM RESET synchronous_standby_names")
 	pgSQL(t, c, "SELECT pg_reload_conf()")
-	waitFor(t, "Health clears once commits go through, without a registration", func() bool { return a.Health().WriteErr == nil })
+	testutil.WaitFor(t, "Health clears once commits go through, without a registration", func() bool { return a.Health().WriteErr == nil })
 	if err := a.Register(ctx, pgReg("zoe", "Z", "T2")); err != nil {
 		t.Fatal(err)
 	}

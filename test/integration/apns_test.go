@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/xapsd/xapsd/internal/testutil"
 	"github.com/xapsd/xapsd/internal/testutil/fakeapns"
 	"github.com/xapsd/xapsd/internal/testutil/testpki"
 )
@@ -56,7 +57,7 @@ func newAPNsEnv(t *testing.T, extra string) *apnsEnv {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { srv.Close() })
-	dir := t.TempDir()
+	dir := testutil.TempDir(t)
 	caFile := filepath.Join(dir, "apns-ca.pem")
 	if err := srv.WriteCAFile(caFile); err != nil {
 		t.Fatal(err)
@@ -204,17 +205,7 @@ func TestAPNsFailuresAreRetriedAndDeadTokensRemoved(t *testing.T) {
 	if !e.d.waitLog("outcome=delivered", 20*time.Second) {
 		t.Fatal("the retried push was never delivered")
 	}
-	waitFor := func(cond func() bool) bool {
-		deadline := time.Now().Add(10 * time.Second)
-		for time.Now().Before(deadline) {
-			if cond() {
-				return true
-			}
-			time.Sleep(50 * time.Millisecond)
-		}
-		return false
-	}
-	if !waitFor(func() bool {
+	if !testutil.Wait(10*time.Second, func() bool {
 		s, _ := post(t, e.addr, "/notify", notifyBody("gone", "INBOX", "FlagsSet"))
 		return s == 404
 	}) {
@@ -240,7 +231,7 @@ func TestAPNsFailuresAreRetriedAndDeadTokensRemoved(t *testing.T) {
 // and the metrics say why, the log says it once, and a reload with a
 // working credential sends them.
 func TestCredentialRefusalHoldsTheQueue(t *testing.T) {
-	metricsAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	metricsAddr := fmt.Sprintf("127.0.0.1:%d", testutil.MustFreePort(t))
 	e := newAPNsEnv(t, "metricsListenAddr: "+metricsAddr+"\n")
 	for i := range 5 {
 		e.register(t, fmt.Sprintf("user%d", i), acc, token(20+i))
@@ -399,7 +390,7 @@ func TestCertificateCloseToExpiryIsWarnedAtStart(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer srv.Close()
-	dir := t.TempDir()
+	dir := testutil.TempDir(t)
 	ca, err := testpki.NewCA("CA")
 	if err != nil {
 		t.Fatal(err)
@@ -428,7 +419,7 @@ func TestReloadKeepsTheProviderToken(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer srv.Close()
-	dir := t.TempDir()
+	dir := testutil.TempDir(t)
 	caFile := filepath.Join(dir, "apns-ca.pem")
 	if err := srv.WriteCAFile(caFile); err != nil {
 		t.Fatal(err)

@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/xapsd/xapsd/internal/testutil"
 )
 
 const pluginSecret = "9c2b7d1e4f6a8c0e2b4d6f8a0c2e4b6d"
@@ -29,7 +31,7 @@ func postAuth(t *testing.T, addr, path, body, secret string) int {
 // With pluginSecretFile the built daemon answers 401 to requests without
 // the secret, and stores nothing for them.
 func TestPluginSecretIsEnforced(t *testing.T) {
-	dir := t.TempDir()
+	dir := testutil.TempDir(t)
 	if err := os.WriteFile(filepath.Join(dir, "plugin.secret"), []byte(pluginSecret+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -69,14 +71,14 @@ func TestExposedListenerNeedsASecret(t *testing.T) {
 			return string(out), nil
 		}
 	}
-	dir := t.TempDir()
+	dir := testutil.TempDir(t)
 	writeConfig(t, dir, "apnsEndpoint: dry-run\nlistenAddr: 0.0.0.0\n")
 	out, err := run(dir)
 	if err == nil || !strings.Contains(out, "listens beyond this machine without authentication") {
 		t.Errorf("0.0.0.0 without a secret: err %v, output:\n%s", err, out)
 	}
 
-	dir = t.TempDir()
+	dir = testutil.TempDir(t)
 	os.WriteFile(filepath.Join(dir, "plugin.secret"), []byte(pluginSecret), 0o600)
 	os.Chmod(filepath.Join(dir, "plugin.secret"), 0o644)
 	writeConfig(t, dir, "apnsEndpoint: dry-run\nlistenAddr: 0.0.0.0\npluginSecretFile: plugin.secret\n")
@@ -85,7 +87,7 @@ func TestExposedListenerNeedsASecret(t *testing.T) {
 		t.Errorf("world-readable secret: err %v, output:\n%s", err, out)
 	}
 
-	dir = t.TempDir()
+	dir = testutil.TempDir(t)
 	addr := writeConfig(t, dir, "apnsEndpoint: dry-run\nlistenAddr: 0.0.0.0\nallowUnauthenticated: true\nloglevel: info\n")
 	addr = strings.Replace(addr, "0.0.0.0", "127.0.0.1", 1)
 	d := startDaemon(t, dir, addr)

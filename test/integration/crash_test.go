@@ -11,13 +11,14 @@ import (
 	"time"
 
 	"github.com/xapsd/xapsd/internal/registry"
+	"github.com/xapsd/xapsd/internal/testutil"
 )
 
 // TestKill9LosesNothingAcknowledged registers devices from many clients
 // while killing the daemon with SIGKILL at random moments, then checks
 // that every registration that got its 200 is on disk.
 func TestKill9LosesNothingAcknowledged(t *testing.T) {
-	dir := t.TempDir()
+	dir := testutil.TempDir(t)
 	// A tiny compaction threshold so that kills also land inside
 	// snapshot writes and segment rotations.
 	addr := writeConfig(t, dir, "apnsEndpoint: dry-run\nloglevel: warn\nregistryCompactAfter: 50\n")

@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/xapsd/xapsd/internal/testutil"
 	"github.com/xapsd/xapsd/internal/testutil/fakeapns"
 )
 
@@ -279,7 +280,7 @@ func startDovecotWith(t *testing.T, kind dovecotKind, o dovecotOptions) *dovecot
 	if o.netns != nil {
 		e.dial = o.netns.dial
 	}
-	imapPort, lmtpPort := freePort(t), freePort(t)
+	imapPort, lmtpPort := testutil.MustFreePort(t), testutil.MustFreePort(t)
 	e.imap, e.lmtp = fmt.Sprintf("127.0.0.1:%d", imapPort), fmt.Sprintf("127.0.0.1:%d", lmtpPort)
 	// The configurations the plugin's own checks use (dovecot/test).
 	template := "../../dovecot/test/dovecot.conf.in"
@@ -309,13 +310,7 @@ func startDovecotWith(t *testing.T, kind dovecotKind, o dovecotOptions) *dovecot
 	}
 	go func() { e.cmd.Wait(); close(e.done) }()
 	t.Cleanup(func() {
-		e.cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-e.done:
-		case <-time.After(10 * time.Second):
-			e.cmd.Process.Kill()
-			<-e.done
-		}
+		testutil.StopProcess(e.cmd.Process, e.done, syscall.SIGTERM, 10*time.Second)
 		logData, _ := os.ReadFile(filepath.Join(dir, "dovecot.log"))
 		for _, bad := range []string{"Panic:", "Fatal:", "killed with signal"} {
 			if strings.Contains(string(logData), bad) {
@@ -499,7 +494,7 @@ func newE2EWithURLPath(t *testing.T, kind dovecotKind, extra, path string) *e2e 
 // is set here).
 func newE2EWith(t *testing.T, kind dovecotKind, extra, path string, o dovecotOptions) *e2e {
 	t.Helper()
-	secret := filepath.Join(t.TempDir(), "plugin.secret")
+	secret := filepath.Join(testutil.TempDir(t), "plugin.secret")
 	if err := os.WriteFile(secret, []byte(e2eSecret+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}

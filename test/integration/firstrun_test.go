@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/xapsd/xapsd/internal/testutil"
 	"github.com/xapsd/xapsd/internal/testutil/fakeapns"
 	"github.com/xapsd/xapsd/internal/testutil/testpki"
 )
@@ -67,12 +68,12 @@ func TestBrokenCredentialStartsDegraded(t *testing.T) {
 		{"certificate for the other environment", devOnly.CertPEM(), devOnly.KeyPEM(), "apnsEndpoint: development", false, ""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			dir := t.TempDir()
+			dir := testutil.TempDir(t)
 			if tc.cert != nil {
 				os.WriteFile(filepath.Join(dir, "push.pem"), tc.cert, 0o600)
 				os.WriteFile(filepath.Join(dir, "push.key"), tc.key, 0o600)
 			}
-			metrics := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+			metrics := fmt.Sprintf("127.0.0.1:%d", testutil.MustFreePort(t))
 			addr := writeConfig(t, dir, "certificateFilePem: push.pem\ncertificateFilePemKey: push.key\nmetricsListenAddr: "+metrics+"\n")
 			// --check-config says what the start says: it would start
 			// (exit 0, so a reload is not refused), and why devices
@@ -186,7 +187,7 @@ func TestStartupLineMatchesCheckConfig(t *testing.T) {
 	}
 
 	// Dry-run says so loudly, at warning level.
-	dir := t.TempDir()
+	dir := testutil.TempDir(t)
 	addr := writeConfig(t, dir, "apnsEndpoint: dry-run\n")
 	d := startDaemon(t, dir, addr)
 	d.waitLog("DRY-RUN", 5*time.Second)
@@ -273,7 +274,7 @@ func TestCheckConfigChecksTheStateFolderAsTheUser(t *testing.T) {
 			state := filepath.Join(dir, "state")
 			tc.setup(state)
 			cfg := filepath.Join(dir, "xapsd.yaml")
-			os.WriteFile(cfg, fmt.Appendf(nil, "apnsEndpoint: dry-run\ndatabaseFile: state/database.json\nport: %d\nmetricsListenAddr: off\n", freePort(t)), 0o644)
+			os.WriteFile(cfg, fmt.Appendf(nil, "apnsEndpoint: dry-run\ndatabaseFile: state/database.json\nport: %d\nmetricsListenAddr: off\n", testutil.MustFreePort(t)), 0o644)
 			code, out, errOut := runAs("--config", cfg, "--check-config", "--quiet")
 			switch {
 			case tc.want == "" && (code != 0 || out != "" || strings.Contains(errOut, "xapsd:")):
@@ -315,12 +316,12 @@ func TestCheckConfigChecksTheStateFolderAsTheUser(t *testing.T) {
 // SIGHUP applies what it can and names the changed settings that need a
 // restart.
 func TestSIGHUPNamesSettingsThatNeedARestart(t *testing.T) {
-	dir := t.TempDir()
+	dir := testutil.TempDir(t)
 	addr := writeConfig(t, dir, "apnsEndpoint: dry-run\n")
 	d := startDaemon(t, dir, addr)
 	cfg := filepath.Join(dir, "xapsd.yaml")
 	data := mustRead(t, cfg)
-	data = regexp.MustCompile(`(?m)^port: .*$`).ReplaceAll(data, []byte(fmt.Sprintf("port: %d", freePort(t))))
+	data = regexp.MustCompile(`(?m)^port: .*$`).ReplaceAll(data, []byte(fmt.Sprintf("port: %d", testutil.MustFreePort(t))))
 	data = regexp.MustCompile(`(?m)^delay: .*$`).ReplaceAll(data, []byte("delay: 45"))
 	data = regexp.MustCompile(`(?m)^loglevel: .*$`).ReplaceAll(data, []byte("loglevel: info"))
 	os.WriteFile(cfg, data, 0o600)
@@ -376,8 +377,8 @@ func TestTestPushIsLoggedAsATestAndNotRetried(t *testing.T) {
 // Dry-run pushes reach nobody; the metrics count them apart from
 // delivered ones.
 func TestDryRunPushesAreCountedAsDryRun(t *testing.T) {
-	dir := t.TempDir()
-	metrics := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	dir := testutil.TempDir(t)
+	metrics := fmt.Sprintf("127.0.0.1:%d", testutil.MustFreePort(t))
 	addr := writeConfig(t, dir, "apnsEndpoint: dry-run\nmetricsListenAddr: "+metrics+"\n")
 	d := startDaemon(t, dir, addr)
 	post(t, addr, "/register", registerBody("alice", acc, token(1)))

@@ -5,6 +5,7 @@ package integration
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -18,6 +19,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/xapsd/xapsd/internal/testutil"
 	"github.com/xapsd/xapsd/internal/testutil/fakeapns"
 )
 
@@ -72,22 +74,12 @@ type daemon struct {
 	err  error
 }
 
-func freePort(t *testing.T) int {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
-}
-
 // writeConfig writes xapsd.yaml into dir with a free port, test-friendly
 // defaults and the given extra "key: value" lines, which replace a
 // default of the same key; it returns the listen address.
 func writeConfig(t *testing.T, dir string, extra string) string {
 	t.Helper()
-	port := freePort(t)
+	port := testutil.MustFreePort(t)
 	keys := []string{"loglevel", "listenAddr", "port", "databaseFile", "metricsListenAddr", "checkInterval", "delay", "shutdownTimeout"}
 	vals := map[string]string{"loglevel": "debug", "listenAddr": "127.0.0.1", "port": fmt.Sprint(port),
 		"databaseFile": "state/database.json", "metricsListenAddr": `"off"`, "checkInterval": "1", "delay": "1", "shutdownTimeout": "10s"}
@@ -152,23 +144,22 @@ func startDaemonBin(t *testing.T, bin, dir, addr string, env ...string) *daemon 
 // waitAnswering waits until the daemon answers on d.addr.
 func (d *daemon) waitAnswering() {
 	d.t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for time.Now().Before(deadline) {
-		select {
-		case <-d.done:
-			d.t.Fatalf("xapsd exited during start: %v\n%s", d.err, d.log.String())
-		default:
-		}
+	err := testutil.WaitStarted(d.done, 20*time.Second, func() bool {
 		// With a timeout: a daemon that bound its port but hangs before
 		// serving must fail the test, not hang it.
 		resp, err := probeClient.Get("http://" + d.addr + "/healthz")
-		if err == nil {
-			resp.Body.Close()
-			return
+		if err != nil {
+			return false
 		}
-		time.Sleep(20 * time.Millisecond)
+		resp.Body.Close()
+		return true
+	})
+	switch {
+	case errors.Is(err, testutil.ErrExited):
+		d.t.Fatalf("xapsd exited during start: %v\n%s", d.err, d.log.String())
+	case err != nil:
+		d.t.Fatalf("xapsd did not answer on %s:\n%s", d.addr, d.log.String())
 	}
-	d.t.Fatalf("xapsd did not answer on %s:\n%s", d.addr, d.log.String())
 }
 
 func (d *daemon) kill() {
@@ -184,10 +175,7 @@ func (d *daemon) kill() {
 // stop sends SIGTERM and returns the exit code.
 func (d *daemon) stop() int {
 	d.t.Helper()
-	d.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-d.done:
-	case <-time.After(30 * time.Second):
+	if !testutil.StopProcess(d.cmd.Process, d.done, syscall.SIGTERM, 30*time.Second) {
 		d.t.Fatalf("xapsd did not stop within 30 s after SIGTERM:\n%s", d.log.String())
 	}
 	return d.cmd.ProcessState.ExitCode()
@@ -198,23 +186,13 @@ func (d *daemon) signal(s os.Signal) { d.cmd.Process.Signal(s) }
 // waitCount waits until substr occurs at least n times in the daemon's
 // output, and returns how often it does.
 func (d *daemon) waitCount(substr string, n int, timeout time.Duration) int {
-	deadline := time.Now().Add(timeout)
-	for strings.Count(d.log.String(), substr) < n && time.Now().Before(deadline) {
-		time.Sleep(10 * time.Millisecond)
-	}
+	testutil.Wait(timeout, func() bool { return strings.Count(d.log.String(), substr) >= n })
 	return strings.Count(d.log.String(), substr)
 }
 
 // waitLog waits for a substring in the daemon's output.
 func (d *daemon) waitLog(substr string, timeout time.Duration) bool {
-	deadline := time.Now().Add(timeout)
-	for time.Now().Before(deadline) {
-		if strings.Contains(d.log.String(), substr) {
-			return true
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	return false
+	return testutil.Wait(timeout, func() bool { return strings.Contains(d.log.String(), substr) })
 }
 
 var client = &http.Client{Timeout: 10 * time.Second}

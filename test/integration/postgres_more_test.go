@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/xapsd/xapsd/internal/pgstore"
+	"github.com/xapsd/xapsd/internal/testutil"
 	"github.com/xapsd/xapsd/internal/testutil/pgtest"
 )
 
@@ -262,7 +263,7 @@ func TestPostgresImportsAnOldDatabaseJSON(t *testing.T) {
     }
   }
 }`
-	file := filepath.Join(t.TempDir(), "database.json")
+	file := filepath.Join(testutil.TempDir(t), "database.json")
 	if err := os.WriteFile(file, []byte(old), 0o600); err != nil {
 		t.Fatal(err)
 	}

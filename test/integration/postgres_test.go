@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/xapsd/xapsd/internal/registry"
+	"github.com/xapsd/xapsd/internal/testutil"
 	"github.com/xapsd/xapsd/internal/testutil/fakeapns"
 	"github.com/xapsd/xapsd/internal/testutil/pgtest"
 	"github.com/xapsd/xapsd/internal/testutil/testpki"
@@ -73,7 +74,7 @@ func newPGGroupWith(t *testing.T, n int, o pgGroupOptions) *pgGroup {
 				g.apns = srv
 			}
 		}
-		dir := t.TempDir()
+		dir := testutil.TempDir(t)
 		if err := srv.WriteCAFile(filepath.Join(dir, "apns-ca.pem")); err != nil {
 			t.Fatal(err)
 		}
@@ -463,7 +464,7 @@ func TestPostgresFromFilesAndBack(t *testing.T) {
 	}
 	allPushed("files")
 
-	fromFiles := filepath.Join(t.TempDir(), "from-files.json")
+	fromFiles := filepath.Join(testutil.TempDir(t), "from-files.json")
 	if code, _, stderr := run(t, "", "--config", cfg, "export", fromFiles); code != 0 {
 		t.Fatalf("export from the files: exit %d: %s", code, stderr)
 	}
@@ -481,7 +482,7 @@ func TestPostgresFromFilesAndBack(t *testing.T) {
 	}
 	allPushed("PostgreSQL")
 
-	fromPG := filepath.Join(t.TempDir(), "from-postgres.json")
+	fromPG := filepath.Join(testutil.TempDir(t), "from-postgres.json")
 	if code, _, stderr := run(t, "", "--config", cfg, "export", fromPG); code != 0 {
 		t.Fatalf("export from PostgreSQL: exit %d: %s", code, stderr)
 	}

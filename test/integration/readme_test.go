@@ -12,6 +12,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/xapsd/xapsd/internal/testutil"
 )
 
 // readmeLine is what the README's sample log promises of one line: its
@@ -91,7 +93,7 @@ func TestReadmeTryIt(t *testing.T) {
 
 	// The dev config as it is, its state in a temporary folder, in a
 	// network namespace so that its fixed ports are free.
-	dir := t.TempDir()
+	dir := testutil.TempDir(t)
 	cfg := filepath.Join(dir, "xapsd.yaml")
 	os.WriteFile(cfg, mustRead(t, "../../configs/dev/xapsd.yaml"), 0o600)
 	ns := newNetns(t)

@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/xapsd/xapsd/internal/testutil"
 )
 
 // netns is a network namespace of its own, with only a loopback
@@ -126,7 +128,7 @@ func TestE2EShippedSnippetAndSampleConfig(t *testing.T) {
 
 func testE2EShippedSnippetAndSampleConfig(t *testing.T, dv dovecotKind) {
 	ns := newNetns(t)
-	dir := t.TempDir()
+	dir := testutil.TempDir(t)
 	// Only what a test cannot take from the sample is added: a state
 	// folder it may write (the sample's is /var/lib/xapsd) and dry-run, as
 	// the sample has no credential.

@@ -12,14 +12,15 @@ import (
 	"time"
 
 	"github.com/xapsd/xapsd/internal/registry"
+	"github.com/xapsd/xapsd/internal/testutil"
 )
 
 // A damaged snapshot does not stop xapsd (under Restart=on-failure, a
 // restart loop without push for anyone): it starts with what could be
 // read, and /readyz and the metrics say what happened.
 func TestDamagedSnapshotStartsAndIsReported(t *testing.T) {
-	dir := t.TempDir()
-	metricsAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	dir := testutil.TempDir(t)
+	metricsAddr := fmt.Sprintf("127.0.0.1:%d", testutil.MustFreePort(t))
 	addr := writeConfig(t, dir, "apnsEndpoint: dry-run\nmetricsListenAddr: "+metricsAddr+"\n")
 	d := startDaemon(t, dir, addr)
 	for i := range 40 {
@@ -77,7 +78,7 @@ func grepLines(s, substr string) string {
 // lock file, stops at the port it cannot bind, before it opens the
 // registry; the running daemon's journal stays whole.
 func TestSecondDaemonStopsBeforeTheRegistry(t *testing.T) {
-	dir := t.TempDir()
+	dir := testutil.TempDir(t)
 	addr := writeConfig(t, dir, "apnsEndpoint: dry-run\nloglevel: info\n")
 	d := startDaemon(t, dir, addr)
 	db := filepath.Join(dir, "state", "database.json")
@@ -165,7 +166,7 @@ func TestNoFileTheDaemonReadsCanHangIt(t *testing.T) {
 		{"pending-pushes.json", "", "state/pending-pushes.json", starts, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			dir := t.TempDir()
+			dir := testutil.TempDir(t)
 			os.Mkdir(filepath.Join(dir, "state"), 0o700)
 			extra := tc.config
 			if !strings.Contains(extra, "apnsEndpoint") {
@@ -204,7 +205,7 @@ func TestNoFileTheDaemonReadsCanHangIt(t *testing.T) {
 		})
 	}
 	t.Run("the configuration file", func(t *testing.T) {
-		fifo := filepath.Join(t.TempDir(), "xapsd.yaml")
+		fifo := filepath.Join(testutil.TempDir(t), "xapsd.yaml")
 		if err := syscall.Mkfifo(fifo, 0o600); err != nil {
 			t.Fatal(err)
 		}

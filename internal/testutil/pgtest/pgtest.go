@@ -4,7 +4,8 @@
 // unprivileged user, and removed again by Close. Never the system cluster,
 // never a mock.
 //
-// It does not import "testing", so cmd/xapsd-bench can use it too.
+// It returns errors instead of failing a test, so cmd/xapsd-bench can use
+// it too.
 package pgtest
 
 import (
@@ -21,6 +22,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/xapsd/xapsd/internal/testutil"
 )
 
 // Cluster is one running (or stopped) PostgreSQL server.
@@ -113,7 +116,7 @@ func Start(o Options) (*Cluster, error) {
 		os.Chmod(dir, 0o755)
 		os.Chown(dir, int(c.uid), int(c.gid))
 	}
-	port, err := freePort()
+	port, err := testutil.FreePort()
 	if err != nil {
 		os.RemoveAll(dir)
 		return nil, err
@@ -232,13 +235,7 @@ func (c *Cluster) Stop() error {
 		return nil
 	default:
 	}
-	c.proc.Process.Signal(syscall.SIGINT)
-	select {
-	case <-c.done:
-	case <-time.After(30 * time.Second):
-		c.proc.Process.Kill()
-		<-c.done
-	}
+	testutil.StopProcess(c.proc.Process, c.done, syscall.SIGINT, 30*time.Second)
 	c.proc = nil
 	return nil
 }
@@ -270,13 +267,4 @@ func (c *Cluster) SQL(statements string) (string, error) {
 		strconv.Itoa(c.Port), "-U", "xapsd", "-d", "xapsd", "-At", "-c", statements)
 	out, err := cmd.CombinedOutput()
 	return strings.TrimSpace(string(out)), err
-}
-
-func freePort() (int, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port, nil
 }

@@ -314,6 +314,28 @@ func encodeP12(enc *pkcs12.Encoder, l *Leaf, password string) ([]byte, error) {
 	return der, nil
 }
 
+// P12MAC reads the MAC algorithm of a PKCS#12 file (SHA-1 for the legacy
+// format, SHA-256 for the modern one), so that a test can prove a file
+// is in the format it claims to test.
+func P12MAC(der []byte) (asn1.ObjectIdentifier, error) {
+	var pfx struct {
+		Version  int
+		AuthSafe asn1.RawValue
+		MacData  struct {
+			Mac struct {
+				Algorithm pkix.AlgorithmIdentifier
+				Digest    []byte
+			}
+			Salt       []byte
+			Iterations int `asn1:"optional,default:1"`
+		} `asn1:"optional"`
+	}
+	if _, err := asn1.Unmarshal(der, &pfx); err != nil {
+		return nil, fmt.Errorf("parse PKCS#12: %w", err)
+	}
+	return pfx.MacData.Mac.Algorithm.Algorithm, nil
+}
+
 // NewP8Key makes an APNs auth key as Apple's developer portal hands it
 // out: an EC P-256 key in a PKCS#8 "PRIVATE KEY" PEM block.
 func NewP8Key() (pemBytes []byte, key *ecdsa.PrivateKey, err error) {
