@@ -451,7 +451,7 @@ func TestCutConnection(t *testing.T) {
 	checkIssued(t, e, reqs[1])
 }
 
-func TestDiscontinued(t *testing.T) {
+func TestDiscontinuedServiceIsExplainedInOneLineAndNotAskedAgainOnRestart(t *testing.T) {
 	e := newEnv(t, stubDiscontinued)
 	t0 := e.now()
 	m := e.manager(t)
@@ -496,7 +496,7 @@ func obtain(t *testing.T, e *env) stubRequest {
 	return reqs[0]
 }
 
-func TestRenew(t *testing.T) {
+func TestRenewalComesThirtyDaysBeforeTheEndWithTheSameKeys(t *testing.T) {
 	e := newEnv(t, stubNormal)
 	first := obtain(t, e)
 	oldMail := first.Issued[mailNo]
@@ -614,7 +614,7 @@ func TestRenewFailures(t *testing.T) {
 	}
 }
 
-func TestNoVendor(t *testing.T) {
+func TestNoVendorIdentityMeansNoRequestAndSaysWhy(t *testing.T) {
 	e := newEnv(t, stubNormal)
 	o := e.options()
 	o.VendorCertFile, o.VendorKeyFile = "", ""
@@ -699,7 +699,7 @@ func TestRecoverAnswer(t *testing.T) {
 	}
 }
 
-func TestNewOptions(t *testing.T) {
+func TestNewRefusesIncompleteOptionsNamingWhatIsMissing(t *testing.T) {
 	e := newEnv(t, stubNormal)
 	fx := getFixture(t)
 	other, err := fx.ca.Issue(testpki.IssueOptions{CommonName: "other", KeyType: testpki.ECDSAP256})
@@ -850,7 +850,7 @@ func TestStoreIssued(t *testing.T) {
 	}
 }
 
-func TestStateDir(t *testing.T) {
+func TestStateDirIsApplePushBesideTheDatabase(t *testing.T) {
 	if got := StateDir("/var/lib/xapsd/database.json"); got != "/var/lib/xapsd/apple-push" {
 		t.Errorf("StateDir = %q", got)
 	}

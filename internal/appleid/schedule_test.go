@@ -11,7 +11,7 @@ const day = 24 * time.Hour
 
 var t0 = time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
 
-func TestRenewDelay(t *testing.T) {
+func TestRenewDelayIsTheTimeUntilThirtyDaysBeforeTheEnd(t *testing.T) {
 	for _, tc := range []struct {
 		left, want time.Duration
 	}{
@@ -34,7 +34,7 @@ func TestRenewDelay(t *testing.T) {
 	}
 }
 
-func TestBackoff(t *testing.T) {
+func TestBackoffDoublesFromAnHourToADayWithBoundedJitter(t *testing.T) {
 	want := []time.Duration{0, time.Hour, 2 * time.Hour, 4 * time.Hour, 8 * time.Hour, 16 * time.Hour, 24 * time.Hour, 24 * time.Hour, 24 * time.Hour}
 	for n, w := range want {
 		if got := backoff(n, 0.5); got != w {
@@ -55,7 +55,7 @@ func TestBackoff(t *testing.T) {
 	}
 }
 
-func TestDecide(t *testing.T) {
+func TestDecidePlansTheNextRequestFromTheCertificateAndPastAttempts(t *testing.T) {
 	cert := func(left time.Duration) *x509.Certificate { return &x509.Certificate{NotAfter: t0.Add(left)} }
 	at := func(d time.Duration) time.Time { return t0.Add(d) }
 	tests := []struct {
@@ -141,7 +141,7 @@ func TestDecideNeverLoops(t *testing.T) {
 	}
 }
 
-func TestExpiryStage(t *testing.T) {
+func TestExpiryStageIsTheDaysThresholdReached(t *testing.T) {
 	for _, tc := range []struct {
 		left time.Duration
 		want int
@@ -177,7 +177,7 @@ func TestNextExpiryStage(t *testing.T) {
 	}
 }
 
-func TestExpiryWatch(t *testing.T) {
+func TestExpiryWatchWarnsOncePerStage(t *testing.T) {
 	const file = "/etc/xapsd/push.pem"
 	notAfter := t0.Add(40 * day)
 	var w ExpiryWatch

@@ -13,6 +13,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/xapsd/xapsd/internal/testutil"
 	"github.com/xapsd/xapsd/internal/testutil/pgtest"
 )
 
@@ -200,10 +201,19 @@ func TestFollowerHearsOtherDaemonsAndReloadsAfterAnOutage(t *testing.T) {
 	defer cancel()
 	changed := make(chan []string, 100)
 	resets := make(chan struct{}, 10)
+	lost := make(chan struct{}, 10)
 	go b.Follow(ctx, Follower{
 		Changed: func(u []string) { changed <- u },
 		Reset:   func(context.Context) error { resets <- struct{}{}; return nil },
 		Err:     func(err error) { t.Logf("follower: %v", err) },
+		Connected: func(up bool) {
+			if !up {
+				select {
+				case lost <- struct{}{}:
+				default:
+				}
+			}
+		},
 	})
 	waitReset := func(what string) {
 		t.Helper()
@@ -236,7 +246,11 @@ func TestFollowerHearsOtherDaemonsAndReloadsAfterAnOutage(t *testing.T) {
 	if err := c.Stop(); err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(300 * time.Millisecond)
+	select {
+	case <-lost:
+	case <-time.After(15 * time.Second):
+		t.Fatal("the follower did not notice that the database went away")
+	}
 	if err := c.Restart(); err != nil {
 		t.Fatal(err)
 	}
@@ -388,13 +402,7 @@ func TestCommitWithoutItsStandbyHasAnUnknownOutcome(t *testing.T) {
 	if err == nil {
 		t.Fatal("Writable while commits wait for an absent standby = nil")
 	}
-	deadline := time.Now().Add(10 * time.Second)
-	for syncWaiters(t, c) != "0" {
-		if time.Now().After(deadline) {
-			t.Fatalf("%s sessions still wait for the standby 10 s after the callers gave up", syncWaiters(t, c))
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	testutil.WaitFor(t, "no session to wait for the standby once the callers gave up", func() bool { return syncWaiters(t, c) == "0" })
 	if out, err := c.SQL("ALTER SYSTEM RESET synchronous_standby_names"); err != nil {
 		t.Fatal(out)
 	}

@@ -10,6 +10,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/xapsd/xapsd/internal/testutil"
 )
 
 // disk is a small tmpfs of the test's own that can be filled to the last
@@ -150,12 +152,6 @@ func TestStartOnFullDiskIsNotWritable(t *testing.T) {
 		t.Error("registry not loaded")
 	}
 	d.free(t)
-	deadline := time.Now().Add(10 * time.Second)
-	for r.Health().WriteErr != nil {
-		if time.Now().After(deadline) {
-			t.Fatalf("still not writable 10 s after the disk was freed: %v", r.Health().WriteErr)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	testutil.WaitFor(t, "the registry to be writable once the disk was freed", func() bool { return r.Health().WriteErr == nil })
 	mustRegister(t, r, reg("bob", acc2, tok2))
 }

@@ -18,7 +18,7 @@ func needRoot(t *testing.T) {
 
 // A state folder every user can write to is repaired when it is xapsd's
 // own, and refused when it is shared: anyone could replace the files.
-func TestWorldWritableFolder(t *testing.T) {
+func TestWorldWritableFolderIsRepairedWhenOwnAndRefusedWhenShared(t *testing.T) {
 	t.Run("own folder is repaired", func(t *testing.T) {
 		dir := filepath.Join(t.TempDir(), "state")
 		os.Mkdir(dir, 0o700)

@@ -79,12 +79,16 @@ func TestPostgresCapsHoldAcrossDaemons(t *testing.T) {
 	tweak := func(o *Options) { o.MaxPerAccount = 3 }
 	a, b := openPG(t, c, "a", tweak), openPG(t, c, "b", tweak)
 	ctx := context.Background()
+	start := time.Now()
 	for i := 0; i < 6; i++ {
 		r := []*Registry{a, b}[i%2]
-		if err := r.Register(ctx, pgReg("carol", "ACC", fmt.Sprintf("T%d", i))); err != nil {
+		rg := pgReg("carol", "ACC", fmt.Sprintf("T%d", i))
+		// Distinct registration times, as far apart as the database's
+		// microseconds can tell.
+		rg.Registered = start.Add(time.Duration(i) * time.Millisecond)
+		if err := r.Register(ctx, rg); err != nil {
 			t.Fatal(err)
 		}
-		time.Sleep(2 * time.Millisecond) // distinct registration times
 	}
 	newest := func(r *Registry) bool {
 		got := r.List("carol")

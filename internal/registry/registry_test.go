@@ -117,7 +117,7 @@ func TestRegisterIsDurableWithoutClose(t *testing.T) {
 	}
 }
 
-func TestLookupRules(t *testing.T) {
+func TestLookupFindsMailboxesCaseBlindForInboxOnlyAndInModifiedUTF7(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "database.json")
 	r := open(t, path, newClock())
 	defer r.Close()
@@ -184,7 +184,7 @@ func TestIdenticalReRegistrationSkipsTheDisk(t *testing.T) {
 	}
 }
 
-func TestDeviceCaps(t *testing.T) {
+func TestDeviceCapsDropTheOldestOfAnAccountAndOfAUser(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "database.json")
 	c := newClock()
 	r := open(t, path, c, func(o *Options) { o.MaxPerAccount = 3; o.MaxPerUser = 5 })
@@ -279,7 +279,7 @@ func TestIdenticalReRegistrationCountsForRemove(t *testing.T) {
 	r.Close()
 }
 
-func TestRemoveMatching(t *testing.T) {
+func TestRemoveMatchingRemovesOneTokenInAnySpellingOrEveryDevice(t *testing.T) {
 	r := open(t, filepath.Join(t.TempDir(), "database.json"), newClock())
 	defer r.Close()
 	mustRegister(t, r, reg("alice", acc1, tok1))
@@ -294,7 +294,7 @@ func TestRemoveMatching(t *testing.T) {
 	}
 }
 
-func TestExpiry(t *testing.T) {
+func TestExpiryRemovesRegistrationsPastTheTTLAlsoAtStart(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "database.json")
 	c := newClock()
 	ttl := func(o *Options) { o.TTL = 48 * time.Hour }
@@ -547,7 +547,7 @@ func TestClosedRegistryRefuses(t *testing.T) {
 	}
 }
 
-func TestDecodeMUTF7(t *testing.T) {
+func TestMailboxNamesAreDecodedFromModifiedUTF7AndMalformedOnesKept(t *testing.T) {
 	for in, want := range map[string]string{
 		"&AMQ-rger":        "Ärger",
 		"Sent &- Received": "Sent & Received",
@@ -564,7 +564,7 @@ func TestDecodeMUTF7(t *testing.T) {
 	}
 }
 
-func TestParseFileAndImport(t *testing.T) {
+func TestImportOfTheOldFormatKeepsNewerAndSkipsExpired(t *testing.T) {
 	c := newClock()
 	legacy := []byte(`{"Users":{"Bob":{"Accounts":{"` + acc2 + `":{"DeviceToken":"` + tok2 + `","Mailboxes":["INBOX"],"RegistrationTime":"2026-10-31T12:00:00Z"}}},
 "old":{"Accounts":{"X":{"DeviceToken":"` + tok1 + `","Mailboxes":["INBOX"],"RegistrationTime":"2020-01-01T00:00:00Z"}}},
@@ -622,7 +622,7 @@ func TestUsersFoldASCIIOnly(t *testing.T) {
 
 // MaxRegistrations holds under concurrent new users; a re-registration
 // still works at the cap, and a removal makes room.
-func TestMaxRegistrations(t *testing.T) {
+func TestMaxRegistrationsHoldsUnderConcurrentNewUsers(t *testing.T) {
 	r := open(t, filepath.Join(t.TempDir(), "database.json"), newClock(), func(o *Options) { o.MaxRegistrations = 3 })
 	defer r.Close()
 	var ok, full atomic.Int64
@@ -728,7 +728,7 @@ func TestTokenSpellingsAreOneRegistration(t *testing.T) {
 }
 
 // Users finds user names by a rule, sorted and capped, for xapsd diagnose.
-func TestUsersMatching(t *testing.T) {
+func TestUsersListsMatchingNamesSortedAndCapped(t *testing.T) {
 	r := open(t, filepath.Join(t.TempDir(), "db.json"), newClock())
 	defer r.Close()
 	for _, u := range []string{"alice", "alice@example.org", "bob@example.org", "alice@other.example"} {
