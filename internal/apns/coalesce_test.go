@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/xapsd/xapsd/internal/testutil"
 	"github.com/xapsd/xapsd/internal/testutil/testpki"
 )
 
@@ -200,16 +201,9 @@ func TestCoalescingConnReportsAWriteError(t *testing.T) {
 	defer c.Close()
 	c.Write([]byte("lost"))
 	// The failure shows on a later Write.
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		_, err := c.Write([]byte("x"))
-		if errors.Is(err, broken) {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("Write kept returning %v, want the connection's error", err)
-		}
-		time.Sleep(time.Millisecond)
+	var err error
+	if !testutil.Wait(testutil.Patience, func() bool { _, err = c.Write([]byte("x")); return errors.Is(err, broken) }) {
+		t.Fatalf("Write kept returning %v, want the connection's error", err)
 	}
 }
 
@@ -271,7 +265,13 @@ func TestCoalescingConnCloseDoesNotWaitForAPeerThatStoppedReading(t *testing.T) 
 			}
 		}
 	}()
-	time.Sleep(200 * time.Millisecond) // let the writer block on the full buffer
+	// The buffer is full once the flusher is stuck in its write: then
+	// the writer waits for room.
+	testutil.WaitFor(t, "the writer to block on the full buffer", func() bool {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		return len(c.pending)+len(chunk) > c.maxPending
+	})
 	start := time.Now()
 	c.Close()
 	if d := time.Since(start); d > 2*time.Second {

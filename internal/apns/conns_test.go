@@ -10,6 +10,7 @@ import (
 
 	"github.com/sideshow/apns2/token"
 
+	"github.com/xapsd/xapsd/internal/testutil"
 	"github.com/xapsd/xapsd/internal/testutil/fakeapns"
 	"github.com/xapsd/xapsd/internal/testutil/testpki"
 )
@@ -186,9 +187,7 @@ func TestGoAwayMovesToANewConnection(t *testing.T) {
 	c := tokenClientFor(t, srv, ClientOptions{})
 	done := make(chan []error)
 	go func() { done <- pushAll(c, 1000) }()
-	for srv.Count() < 200 {
-		time.Sleep(time.Millisecond)
-	}
+	testutil.WaitFor(t, "200 pushes to reach the server", func() bool { return srv.Count() >= 200 })
 	srv.GoAway("Shutdown")
 	if errs := <-done; len(errs) > 0 {
 		t.Fatalf("%d pushes failed after GOAWAY, first: %v", len(errs), errs[0])
@@ -199,10 +198,7 @@ func TestGoAwayMovesToANewConnection(t *testing.T) {
 	if v := srv.Violations(); v != 0 {
 		t.Errorf("%d streams over the limit", v)
 	}
-	deadline := time.Now().Add(5 * time.Second)
-	for srv.OpenConnections() > 1 && time.Now().Before(deadline) {
-		time.Sleep(10 * time.Millisecond)
-	}
+	testutil.Wait(5*time.Second, func() bool { return srv.OpenConnections() <= 1 })
 	if n := srv.OpenConnections(); n != 1 {
 		t.Errorf("%d connections open, want 1", n)
 	}
@@ -250,10 +246,7 @@ func TestIdleConnectionsAreClosed(t *testing.T) {
 				t.Fatalf("push: %v %v", resp, err)
 			}
 			tc.setup(srv)
-			deadline := time.Now().Add(5 * time.Second)
-			for srv.OpenConnections() > 0 && time.Now().Before(deadline) {
-				time.Sleep(10 * time.Millisecond)
-			}
+			testutil.Wait(5*time.Second, func() bool { return srv.OpenConnections() == 0 })
 			if n := srv.OpenConnections(); n != 0 {
 				t.Fatalf("%d connections still open", n)
 			}
@@ -308,7 +301,7 @@ func TestUnreachableAPNsIsNotHammered(t *testing.T) {
 		t.Fatalf("client not marked unreachable: %v %v", until, err)
 	}
 	srv.RefuseConnections(false)
-	time.Sleep(time.Until(until))
+	testutil.WaitFor(t, "the delay before the next attempt to pass", func() bool { u, _ := c.unreachable(); return u.IsZero() })
 	if resp, err := push(c, "aa"); err != nil || resp.StatusCode != 200 {
 		t.Fatalf("push once APNs is back: %v %v", resp, err)
 	}

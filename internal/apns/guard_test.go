@@ -155,6 +155,8 @@ func TestPushesToOneDeviceArePaced(t *testing.T) {
 		t.Errorf("another phone waited %v", d)
 	}
 	// The first phone waits again; a shutdown does not keep it waiting.
+	// (Its answer is counted a moment after APNs has the push.)
+	testutil.WaitFor(t, "the other phone's answer", func() bool { return res.byOutcome()[Delivered] == len(reqs)+1 })
 	before := res.byOutcome()[Delivered]
 	s.Enqueue(other)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)

@@ -103,8 +103,17 @@ func TestCredentialRefusalPausesSending(t *testing.T) {
 	if _, why := s.Paused(); !strings.Contains(why.Error(), "403 BadCertificate") {
 		t.Errorf("pause reason %v", why)
 	}
-	// Probes only: one every 300 ms.
-	time.Sleep(1100 * time.Millisecond)
+	// Probes only: one every 300 ms. Wait for three and look at when
+	// they came (the first may follow a push that was on its way when
+	// the refusal came).
+	before := srv.Count()
+	testutil.WaitFor(t, "three probes", func() bool { return srv.Count() >= before+3 })
+	reqs := srv.Requests()
+	for i := len(reqs) - 2; i < len(reqs); i++ {
+		if gap := reqs[i].Received.Sub(reqs[i-1].Received); gap < 250*time.Millisecond {
+			t.Errorf("requests %d and %d reached APNs %v apart while it refused the credential, want a probe each 300 ms", i-1, i, gap)
+		}
+	}
 	if got := srv.Count(); got > 6 {
 		t.Errorf("%d requests reached APNs while it refused the credential, want the first few and a probe each 300 ms", got)
 	}
@@ -133,7 +142,7 @@ func TestCredentialRefusalPausesSending(t *testing.T) {
 
 // Every answer that concerns the credential or the kind of request
 // pauses; answers about one device do not.
-func TestWhichAnswersPause(t *testing.T) {
+func TestCredentialRefusalsPauseAndDeviceAnswersDoNot(t *testing.T) {
 	for _, c := range []struct {
 		status int
 		reason string
@@ -213,14 +222,33 @@ func TestHeldPushesExpire(t *testing.T) {
 func TestUnreachableAPNsPausesWithoutSpendingAttempts(t *testing.T) {
 	srv := appleServer(t, fakeapns.Options{NoRecord: true})
 	srv.RefuseConnections(true)
-	c := tokenClientFor(t, srv, ClientOptions{})
+	var attemptsMu sync.Mutex
+	var attempts []time.Time
+	c := tokenClientFor(t, srv, ClientOptions{OnConnect: func(error) {
+		attemptsMu.Lock()
+		attempts = append(attempts, time.Now())
+		attemptsMu.Unlock()
+	}})
 	s, res, hook := startClient(t, c, Options{})
 	const n = 500
 	for i := range n {
 		s.Enqueue(devKey(i))
 	}
 	testutil.WaitFor(t, "the pause", func() bool { cause, _ := s.Paused(); return cause == PauseUnreachable })
-	time.Sleep(3 * time.Second)
+	// Wait for the third attempt to connect and look at when each came:
+	// a second or more apart, not one per push.
+	testutil.WaitFor(t, "a third attempt to connect", func() bool {
+		attemptsMu.Lock()
+		defer attemptsMu.Unlock()
+		return len(attempts) >= 3
+	})
+	attemptsMu.Lock()
+	for i := 1; i < len(attempts); i++ {
+		if gap := attempts[i].Sub(attempts[i-1]); gap < 500*time.Millisecond {
+			t.Errorf("attempts to connect %d and %d only %v apart", i-1, i, gap)
+		}
+	}
+	attemptsMu.Unlock()
 	if got := srv.Connections(); got > 3 {
 		t.Errorf("%d connection attempts in 3 s, want at most 3", got)
 	}
@@ -312,7 +340,8 @@ func TestExpiredProviderTokenRenewsTheToken(t *testing.T) {
 	// The token was made 45 minutes ago (APNs, whose clock is ahead of
 	// this host's, already finds it over an hour old): it may be renewed.
 	c.token.tok.IssuedAt = time.Now().Add(-45 * time.Minute).Unix()
-	s, res, hook := startClient(t, c, Options{Now: now})
+	dispatcher := &looks{}
+	s, res, hook := startClient(t, c, Options{Now: now, looked: dispatcher.record})
 	s.Enqueue(devKey(1))
 	testutil.WaitFor(t, "delivery with a new token", func() bool { return res.byOutcome()[Delivered] == 1 })
 	seen := rec.tokens()
@@ -330,7 +359,9 @@ func TestExpiredProviderTokenRenewsTheToken(t *testing.T) {
 		t.Errorf("pause reason %v", why)
 	}
 	before := srv.Count()
-	time.Sleep(200 * time.Millisecond)
+	held := dispatcher.heldCount()
+	s.kick() // the dispatcher looks at the queue, as at any event
+	dispatcher.waitHeldAfter(t, held)
 	if srv.Count() != before {
 		t.Errorf("pushes sent while no token may be made")
 	}
@@ -376,7 +407,7 @@ func TestExpiredProviderTokenYoungerThanTheLimitWaits(t *testing.T) {
 
 // A reload of the same .p8 keeps the token: a new one would count as an
 // update at Apple.
-func TestTokenSameKey(t *testing.T) {
+func TestTokenIsSameOnlyForTheSameKeyKeyIDAndTeam(t *testing.T) {
 	a := newTestToken(t)
 	tok := NewToken(a)
 	like := func(keyID, teamID string) *token.Token {

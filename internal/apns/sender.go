@@ -103,6 +103,12 @@ type Options struct {
 	// change, BadDeviceToken never deletes a registration.
 	TrustAfterChange time.Duration
 	Now              func() time.Time
+
+	// looked, when set (by tests), sees each look of the dispatcher at
+	// the queue: how many pushes were waiting and whether one went out.
+	// A test that proves a push was held waits for such a look instead
+	// of sleeping.
+	looked func(waiting int, sent bool)
 }
 
 type job struct {
@@ -386,6 +392,15 @@ func (s *Sender) Run(ctx context.Context) {
 func (s *Sender) next() (*job, time.Duration) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	waiting := len(s.queue)
+	j, wait := s.nextLocked()
+	if s.opts.looked != nil {
+		s.opts.looked(waiting, j != nil)
+	}
+	return j, wait
+}
+
+func (s *Sender) nextLocked() (*job, time.Duration) {
 	if s.stopping || len(s.queue) == 0 {
 		return nil, 0
 	}

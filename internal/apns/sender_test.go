@@ -15,6 +15,7 @@ import (
 	"github.com/sirupsen/logrus"
 
 	"github.com/xapsd/xapsd/internal/registry"
+	"github.com/xapsd/xapsd/internal/testutil"
 )
 
 // scripted is a Transport whose answers the test decides per device.
@@ -96,6 +97,34 @@ func (r *results) wait(t *testing.T) Result {
 	}
 }
 
+// looks counts the dispatcher's looks at the queue that found pushes
+// waiting and sent none: the moment a push that is held would have gone.
+type looks struct {
+	mu   sync.Mutex
+	held int
+}
+
+func (l *looks) record(waiting int, sent bool) {
+	if waiting > 0 && !sent {
+		l.mu.Lock()
+		l.held++
+		l.mu.Unlock()
+	}
+}
+
+func (l *looks) heldCount() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.held
+}
+
+// waitHeldAfter waits for a look that held a push back, after the n
+// counted so far.
+func (l *looks) waitHeldAfter(t *testing.T, n int) {
+	t.Helper()
+	testutil.WaitFor(t, "the dispatcher to look at the queue and hold it", func() bool { return l.heldCount() > n })
+}
+
 func start(t *testing.T, tr Transport, o Options) (*Sender, *results) {
 	t.Helper()
 	res := newResults()
@@ -138,9 +167,7 @@ func TestQueuedDeviceIsNotQueuedTwice(t *testing.T) {
 	s, res := start(t, tr, Options{Concurrency: 1})
 	other := registry.Key{User: "bob", AccountID: "B", DeviceToken: "bb"}
 	s.Enqueue(other) // occupies the only worker
-	for tr.count("bb") == 0 {
-		time.Sleep(time.Millisecond)
-	}
+	testutil.WaitFor(t, "bob's push to be on its way", func() bool { return tr.count("bb") > 0 })
 	for range 100 {
 		s.Enqueue(dev)
 	}
@@ -150,7 +177,10 @@ func TestQueuedDeviceIsNotQueuedTwice(t *testing.T) {
 	close(tr.release)
 	res.wait(t)
 	res.wait(t)
-	time.Sleep(50 * time.Millisecond)
+	// One worker takes the queue in order: a second push to the device
+	// would go before a third device's.
+	s.Enqueue(registry.Key{User: "carol", AccountID: "C", DeviceToken: "cc"})
+	res.wait(t)
 	if n := tr.count("aa11"); n != 1 {
 		t.Errorf("device pushed %d times, want 1", n)
 	}
@@ -160,9 +190,7 @@ func TestInFlightDeviceIsQueuedAgain(t *testing.T) {
 	tr := &scripted{release: make(chan struct{})}
 	s, res := start(t, tr, Options{})
 	s.Enqueue(dev)
-	for tr.count("aa11") == 0 {
-		time.Sleep(time.Millisecond)
-	}
+	testutil.WaitFor(t, "the push to be on its way", func() bool { return tr.count("aa11") > 0 })
 	s.Enqueue(dev) // a change after the push left must get its own push
 	close(tr.release)
 	res.wait(t)
@@ -219,13 +247,14 @@ func TestRetriesStopWhenThePushWouldExpire(t *testing.T) {
 			t.Fatalf("unexpected %+v", r)
 		}
 	}
-	time.Sleep(50 * time.Millisecond)
-	if q, f := s.Depth(); q != 0 || f != 0 {
+	// The expired push's attempt ends; a retry would keep it queued.
+	if !testutil.Wait(testutil.Patience, func() bool { q, f := s.Depth(); return q == 0 && f == 0 }) {
+		q, f := s.Depth()
 		t.Errorf("after expiry queued=%d inFlight=%d", q, f)
 	}
 }
 
-func TestPermanentAnswers(t *testing.T) {
+func TestPermanentAnswersAreNotRetriedAndDeadTokensAreRemoved(t *testing.T) {
 	ts := time.Unix(1700000000, 0)
 	cases := []struct {
 		name       string
@@ -252,7 +281,9 @@ func TestPermanentAnswers(t *testing.T) {
 			if r := res.wait(t); r.Outcome != c.want || r.Status != c.resp.StatusCode || r.Reason != c.resp.Reason {
 				t.Fatalf("result %+v, want %s", r, c.want)
 			}
-			time.Sleep(30 * time.Millisecond)
+			// Once the attempt has ended nothing is queued: a retry
+			// would be.
+			testutil.WaitFor(t, "the attempt to end", func() bool { q, f := s.Depth(); return q == 0 && f == 0 })
 			if n := tr.count("aa11"); n != 1 {
 				t.Errorf("sent %d times; a permanent answer must not be retried", n)
 			}
@@ -273,7 +304,8 @@ func TestDrainSendsQueuedAndReturnsTheRest(t *testing.T) {
 		}
 		return &apns2.Response{StatusCode: 200}, nil
 	}}
-	s, _ := start(t, tr, Options{MinBackoff: time.Hour, MaxBackoff: time.Hour})
+	seen := &looks{}
+	s, _ := start(t, tr, Options{MinBackoff: time.Hour, MaxBackoff: time.Hour, looked: seen.record})
 	s.Enqueue(dev)
 	s.Enqueue(registry.Key{User: "bob", AccountID: "B", DeviceToken: "dead"})
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -288,8 +320,9 @@ func TestDrainSendsQueuedAndReturnsTheRest(t *testing.T) {
 	if len(left) != 1 || left[0].DeviceToken != "dead" {
 		t.Errorf("left = %+v, want the device waiting for a retry", left)
 	}
+	held := seen.heldCount()
 	s.Enqueue(dev)
-	time.Sleep(20 * time.Millisecond)
+	seen.waitHeldAfter(t, held)
 	if tr.count("aa11") != 1 {
 		t.Error("a stopped sender still pushed")
 	}
@@ -300,9 +333,7 @@ func TestDrainTimeoutReturnsUnsent(t *testing.T) {
 	defer close(tr.release)
 	s, _ := start(t, tr, Options{Concurrency: 1})
 	s.Enqueue(registry.Key{User: "x", AccountID: "X", DeviceToken: "busy"})
-	for tr.count("busy") == 0 {
-		time.Sleep(time.Millisecond)
-	}
+	testutil.WaitFor(t, "the first push to be on its way", func() bool { return tr.count("busy") > 0 })
 	s.Enqueue(dev)
 	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
 	defer cancel()

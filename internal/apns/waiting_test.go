@@ -53,7 +53,7 @@ func TestWaitingSaysWhatHoldsAPushBack(t *testing.T) {
 }
 
 // While APNs refuses the credential, a queued push waits for the pause.
-func TestWaitingWhilePaused(t *testing.T) {
+func TestWaitingSaysPausedWhileAPNsRefusesTheCredential(t *testing.T) {
 	tr := &scripted{answer: func(*apns2.Notification, int) (*apns2.Response, error) {
 		return &apns2.Response{StatusCode: http.StatusForbidden, Reason: apns2.ReasonBadCertificate}, nil
 	}}
@@ -67,7 +67,7 @@ func TestWaitingWhilePaused(t *testing.T) {
 
 // Reach: an open connection counts; without one it connects once; a
 // stand-in that refuses connections is unreachable; dry-run sends nothing.
-func TestReach(t *testing.T) {
+func TestReachSaysConnectedReachableUnreachableOrDryRun(t *testing.T) {
 	srv := appleServer(t, fakeapns.Options{})
 	c := tokenClientFor(t, srv, ClientOptions{})
 	if r := c.Reach(context.Background()); r.State != ReachReachable || r.Err != nil {
