@@ -176,10 +176,15 @@ func TestCoalescingConnBoundsItsBuffer(t *testing.T) {
 	}()
 	// Writers must wait for room: with the first write held, at most
 	// 64 bytes can be buffered, so the 40 writes cannot all finish.
+	testutil.WaitFor(t, "a writer to wait for room", func() bool {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		return len(c.pending)+10 > c.maxPending
+	})
 	select {
 	case <-done:
 		t.Fatal("all writes returned while the connection was blocked")
-	case <-time.After(50 * time.Millisecond):
+	default:
 	}
 	under.release()
 	<-done

@@ -117,7 +117,7 @@ func TestTestPushReportsEachDevice(t *testing.T) {
 }
 
 // The report travels over the socket whole.
-func TestDiagnose(t *testing.T) {
+func TestDiagnoseReportCrossesTheSocketWhole(t *testing.T) {
 	c, _, _, _ := setup(t)
 	r, err := c.Diagnose("carol@example.org")
 	if err != nil || r.User != "carol@example.org" || r.Verdict.Step != diagnose.StepRegistrations || r.Verdict.Text != "no device registered for carol@example.org" {
@@ -128,7 +128,7 @@ func TestDiagnose(t *testing.T) {
 	}
 }
 
-func TestImport(t *testing.T) {
+func TestImportOverTheSocketAddsOldFormatRegistrations(t *testing.T) {
 	c, reg, _, _ := setup(t)
 	file := `{"Users":{"carol":{"Accounts":{"C1":{"DeviceToken":"cc","Mailboxes":["INBOX"],"RegistrationTime":"` +
 		time.Now().Add(-time.Hour).Format(time.RFC3339Nano) + `"}}}}}`

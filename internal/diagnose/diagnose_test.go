@@ -93,7 +93,7 @@ func wantVerdict(t *testing.T, r Report, step string, want ...string) {
 	}
 }
 
-func TestAllFine(t *testing.T) {
+func TestAllFineSaysTheServerSideWorks(t *testing.T) {
 	e := newEnv(t)
 	e.delivered(e.register(t, "alice@example.org", tok), apns.Delivered, 200, "")
 	r := e.diagnose("Alice@Example.org")
@@ -109,7 +109,7 @@ func TestAllFine(t *testing.T) {
 	}
 }
 
-func TestNoDevice(t *testing.T) {
+func TestNoDeviceNamesTheRegistrationStep(t *testing.T) {
 	e := newEnv(t)
 	e.hist.Notified("carol@example.org", "INBOX", []string{"MessageNew"}, notify.ResultNoDevice)
 	r := e.diagnose("carol@example.org")
@@ -207,13 +207,13 @@ func TestHeldPushesSayByWhat(t *testing.T) {
 
 // No event yet for a registered user: the chain is not proven, and the
 // verdict says how to go on.
-func TestNoEventYet(t *testing.T) {
+func TestNoEventYetSaysToDeliverAMail(t *testing.T) {
 	e := newEnv(t)
 	e.register(t, "erin", tok)
 	wantVerdict(t, e.diagnose("erin"), StepEvents, "no /notify for erin since xapsd started", "deliver a mail")
 }
 
-func TestShortToken(t *testing.T) {
+func TestShortTokenShowsBothEnds(t *testing.T) {
 	if got := ShortToken(tok); got != "01234567…CDEF" {
 		t.Errorf("ShortToken = %q", got)
 	}

@@ -52,7 +52,7 @@ func TestOtherEventsAreDelayed(t *testing.T) {
 	}
 }
 
-func TestMailboxRules(t *testing.T) {
+func TestMailboxRulesDecideWhatAnEventWakes(t *testing.T) {
 	s, _ := setup(t, false)
 	cases := []struct {
 		user, mailbox string

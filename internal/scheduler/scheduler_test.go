@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/xapsd/xapsd/internal/registry"
+	"github.com/xapsd/xapsd/internal/testutil"
 )
 
 type recorder struct {
@@ -26,7 +27,7 @@ var (
 	b = registry.Key{User: "u", AccountID: "B", DeviceToken: "bb"}
 )
 
-func TestDebounce(t *testing.T) {
+func TestDelayedPushGoesStrictlyAfterTheLastActivity(t *testing.T) {
 	c := &fakeClock{t: time.Unix(1000, 0)}
 	rec := &recorder{}
 	s := New(Options{Delay: 30 * time.Second, Interval: 20 * time.Second, Sender: rec, Now: c.Now})
@@ -78,10 +79,7 @@ func TestRunTicksUntilCancelled(t *testing.T) {
 	done := make(chan struct{})
 	go func() { s.Run(ctx); close(done) }()
 	s.Delay(a)
-	deadline := time.Now().Add(5 * time.Second)
-	for rec.n() == 0 && time.Now().Before(deadline) {
-		time.Sleep(time.Millisecond)
-	}
+	testutil.Wait(5*time.Second, func() bool { return rec.n() > 0 })
 	cancel()
 	<-done
 	if rec.n() != 1 {

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/sideshow/apns2"
+	"github.com/xapsd/xapsd/internal/testutil"
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
 )
@@ -227,7 +228,10 @@ func TestAppleTokenConnectionStreamLimit(t *testing.T) {
 	if e := c.must("headers"); e.status != "403" {
 		t.Fatalf("answer %+v", e)
 	}
-	time.Sleep(100 * time.Millisecond) // the ACK reaches the server
+	testutil.WaitFor(t, "the client's ACK of the lower limit to reach the server", func() bool {
+		conns := s.frameConns()
+		return len(conns) == 1 && conns[0].limit.Load() == 1
+	})
 	mu.Lock()
 	answer = Response{Status: 403, Reason: "InvalidProviderToken", Delay: 300 * time.Millisecond}
 	mu.Unlock()
@@ -298,7 +302,7 @@ func TestAppleTokenRequestChecks(t *testing.T) {
 
 // GOAWAY: the streams the client had opened are answered, later ones are
 // never processed, and the server closes the connection.
-func TestAppleGoAway(t *testing.T) {
+func TestGoAwayAnswersOpenedStreamsAndClosesTheConnection(t *testing.T) {
 	s := start(t, Options{Apple: true, Responder: func(r Request) Response { return Response{Delay: 300 * time.Millisecond} }})
 	certClient(t, start(t, Options{}))
 	cert := pushCert.TLSCertificate()
@@ -376,7 +380,7 @@ func TestApplePingsAndSilence(t *testing.T) {
 	}
 }
 
-func TestRefuseConnections(t *testing.T) {
+func TestRefusedConnectionsAreCountedAndEndOnRequest(t *testing.T) {
 	for _, apple := range []bool{false, true} {
 		s := start(t, Options{Apple: apple})
 		c := certClient(t, s)
@@ -401,7 +405,7 @@ func TestRefuseConnections(t *testing.T) {
 }
 
 // The header checks APNs makes, in both modes.
-func TestAppleReasons(t *testing.T) {
+func TestHeaderChecksGiveApplesReasons(t *testing.T) {
 	for _, apple := range []bool{false, true} {
 		s := start(t, Options{Apple: apple})
 		c := certClient(t, s)

@@ -232,7 +232,7 @@ func rawDo(t *testing.T, s *Server, method, path string, body []byte) (int, stri
 	return res.StatusCode, string(b)
 }
 
-func TestValidation(t *testing.T) {
+func TestBadRequestsGetApplesStatusAndReason(t *testing.T) {
 	var called atomic.Int32
 	s := start(t, Options{Responder: func(Request) Response { called.Add(1); return Response{} }})
 	for _, c := range []struct {
@@ -265,7 +265,7 @@ func TestValidation(t *testing.T) {
 	}
 }
 
-func TestDelay(t *testing.T) {
+func TestDelayedAnswerIsRecordedOnArrival(t *testing.T) {
 	s := start(t, Options{Responder: func(Request) Response { return Response{Delay: 300 * time.Millisecond} }})
 	c := certClient(t, s)
 	begin := time.Now()
@@ -306,7 +306,7 @@ func waitErr(t *testing.T, ch <-chan error) error {
 	}
 }
 
-func TestDrop(t *testing.T) {
+func TestDroppedRequestFailsAndOthersCarryOn(t *testing.T) {
 	s := start(t, Options{})
 	s.SetResponder(func(r Request) Response {
 		if r.Token == token2 {
@@ -334,7 +334,7 @@ func TestDrop(t *testing.T) {
 	}
 }
 
-func TestReset(t *testing.T) {
+func TestResetStreamFailsAndOthersCarryOn(t *testing.T) {
 	s := start(t, Options{})
 	s.SetResponder(func(r Request) Response {
 		if r.Token == token2 {
@@ -390,7 +390,7 @@ func TestDropConnectionsAndClose(t *testing.T) {
 	}
 }
 
-func TestNoRecord(t *testing.T) {
+func TestNoRecordCountsWithoutRecording(t *testing.T) {
 	s := start(t, Options{NoRecord: true})
 	c := certClient(t, s)
 	for range 3 {
@@ -453,7 +453,7 @@ func TestMaxConcurrentStreams(t *testing.T) {
 	}
 }
 
-func TestCAFile(t *testing.T) {
+func TestCAFileIsTheCACertificateAndTrustsTheServer(t *testing.T) {
 	s := start(t, Options{})
 	p := filepath.Join(t.TempDir(), "ca.pem")
 	if err := s.WriteCAFile(p); err != nil {

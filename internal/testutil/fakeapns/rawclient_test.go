@@ -209,9 +209,9 @@ func BenchmarkServerRaw(b *testing.B) {
 	}
 }
 
-// TestRawClient keeps the benchmark client honest: every request is
+// TestRawClientGetsEveryRequestAnsweredAndCounted keeps the benchmark client honest: every request is
 // answered and counted.
-func TestRawClient(t *testing.T) {
+func TestRawClientGetsEveryRequestAnsweredAndCounted(t *testing.T) {
 	s := start(t, Options{})
 	c, err := dialRaw(s)
 	if err != nil {

@@ -93,7 +93,7 @@ func TestIssueValidity(t *testing.T) {
 	}
 }
 
-func TestPEMForms(t *testing.T) {
+func TestKeysComeInTraditionalAndPKCS8PEM(t *testing.T) {
 	ca := newCA(t)
 	for _, kt := range []KeyType{RSA2048, ECDSAP256} {
 		leaf, err := ca.Issue(IssueOptions{UID: topic, KeyType: kt})
@@ -127,7 +127,7 @@ func TestPEMForms(t *testing.T) {
 	}
 }
 
-func TestP12(t *testing.T) {
+func TestP12WritersDifferInMACAndRoundTripWithAPassword(t *testing.T) {
 	ca := newCA(t)
 	leaf, err := ca.Issue(IssueOptions{UID: topic})
 	if err != nil {
@@ -171,7 +171,7 @@ func TestP12(t *testing.T) {
 	}
 }
 
-func TestNewP8Key(t *testing.T) {
+func TestNewP8KeyIsAP256KeyApns2Accepts(t *testing.T) {
 	p, key, err := NewP8Key()
 	if err != nil {
 		t.Fatal(err)
@@ -189,7 +189,7 @@ func TestNewP8Key(t *testing.T) {
 	}
 }
 
-func TestServerCert(t *testing.T) {
+func TestServerCertIsValidForLoopbackOnly(t *testing.T) {
 	ca := newCA(t)
 	srv, err := ServerCert(ca)
 	if err != nil {
