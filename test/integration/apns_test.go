@@ -50,6 +50,33 @@ func writePushCert(t *testing.T, ca *testpki.CA, dir, name, topic string) {
 	}
 }
 
+// rewrite runs write, which replaces the files at paths, and gives a file
+// whose modification time did not move one a second after its old one:
+// the credential watcher compares size and time, and on a file system
+// with whole-second times a rewrite within the same second looks like
+// no change at all.
+func rewrite(t *testing.T, write func(), paths ...string) {
+	t.Helper()
+	old := map[string]time.Time{}
+	for _, p := range paths {
+		if st, err := os.Stat(p); err == nil {
+			old[p] = st.ModTime()
+		}
+	}
+	write()
+	for p, was := range old {
+		st, err := os.Stat(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !st.ModTime().After(was) {
+			if err := os.Chtimes(p, time.Now(), was.Add(time.Second)); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+}
+
 func newAPNsEnv(t *testing.T, extra string) *apnsEnv {
 	t.Helper()
 	srv, err := fakeapns.Start(fakeapns.Options{})
@@ -131,6 +158,7 @@ func TestPushReachesAPNsExactlyAsSpecified(t *testing.T) {
 func TestFlagChangeIsDelayedAndMerged(t *testing.T) {
 	e := newAPNsEnv(t, "")
 	e.register(t, "alice", acc, token(1))
+	e.register(t, "bob", acc, token(2))
 	start := time.Now()
 	for range 5 {
 		post(t, e.addr, "/notify", notifyBody("alice", "INBOX", "FlagsSet", "MessageRead"))
@@ -142,8 +170,11 @@ func TestFlagChangeIsDelayedAndMerged(t *testing.T) {
 	if waited := reqs[0].Received.Sub(start); waited < time.Second {
 		t.Errorf("delayed push sent after %v, before the 1 s delay", waited)
 	}
-	time.Sleep(2500 * time.Millisecond)
-	if n := e.apns.Count(); n != 1 {
+	// A second push for the burst would be due before one for a flag
+	// change made now: bob's push is the later event.
+	post(t, e.addr, "/notify", notifyBody("bob", "INBOX", "FlagsSet"))
+	testutil.WaitWithin(t, 10*time.Second, "bob's delayed push", func() bool { return perToken(e.apns.Requests())[token(2)] == 1 })
+	if n := perToken(e.apns.Requests())[token(1)]; n != 1 {
 		t.Errorf("%d pushes for a burst of five flag changes, want 1", n)
 	}
 }
@@ -303,10 +334,7 @@ func TestSIGHUPReloadsCredentials(t *testing.T) {
 		t.Fatalf("push after reload: %+v %v", reqs, err)
 	}
 	// The old certificate's connection is closed, not kept alive by PINGs.
-	deadline := time.Now().Add(5 * time.Second)
-	for e.apns.OpenConnections() != 1 && time.Now().Before(deadline) {
-		time.Sleep(10 * time.Millisecond)
-	}
+	testutil.Wait(5*time.Second, func() bool { return e.apns.OpenConnections() == 1 })
 	if n := e.apns.OpenConnections(); n != 1 {
 		t.Errorf("%d connections to APNs after the reload, want 1", n)
 	}
@@ -357,10 +385,7 @@ func TestUnsentPushesSurviveARestart(t *testing.T) {
 	before := e.apns.Count()
 	d := startDaemon(t, e.dir, e.addr, e.caEnv)
 	defer d.stop()
-	deadline := time.Now().Add(10 * time.Second)
-	for e.apns.Count() == before && time.Now().Before(deadline) {
-		time.Sleep(20 * time.Millisecond)
-	}
+	testutil.Wait(10*time.Second, func() bool { return e.apns.Count() != before })
 	if e.apns.Count() == before {
 		t.Fatal("the kept push was not sent after the restart")
 	}
@@ -371,8 +396,8 @@ func TestUnsentPushesSurviveARestart(t *testing.T) {
 
 func TestReplacedCertificateFileIsPickedUp(t *testing.T) {
 	e := newAPNsEnv(t, "")
-	time.Sleep(1100 * time.Millisecond) // a new mtime, even on coarse file systems
-	writePushCert(t, e.ca, e.dir, "push", topicB)
+	rewrite(t, func() { writePushCert(t, e.ca, e.dir, "push", topicB) },
+		filepath.Join(e.dir, "push.pem"), filepath.Join(e.dir, "push.key"))
 	if !e.d.waitLog("credential files changed on disk", 15*time.Second) {
 		t.Fatal("a replaced certificate file was not noticed")
 	}
@@ -465,8 +490,7 @@ func TestReloadKeepsTheProviderToken(t *testing.T) {
 	if got := bearer(2); got != first {
 		t.Errorf("a reload of the same key made a new token")
 	}
-	time.Sleep(1100 * time.Millisecond) // a new mtime for the watcher, whichever sees it first
-	writeKey()
+	rewrite(t, writeKey, filepath.Join(dir, "key.p8")) // a new mtime for the watcher, whichever sees it first
 	reload(2)
 	if got := bearer(3); got == first {
 		t.Errorf("a new key kept the old token")

@@ -493,22 +493,19 @@ xaps_url = %s
 		}
 	})
 	for _, addr := range []string{d.imap, d.lmtp} {
-		deadline := time.Now().Add(15 * time.Second)
-		for {
-			if c, err := net.Dial("tcp", addr); err == nil {
+		err := testutil.WaitStarted(d.done, 15*time.Second, func() bool {
+			c, err := net.DialTimeout("tcp", addr, 2*time.Second)
+			if err == nil {
 				c.Close()
-				break
 			}
-			select {
-			case <-d.done:
-				logData, _ := os.ReadFile(filepath.Join(dir, "dovecot.log"))
-				t.Fatalf("the packaged Dovecot exited during start:\n%s", logData)
-			default:
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("the packaged Dovecot does not listen on %s", addr)
-			}
-			time.Sleep(20 * time.Millisecond)
+			return err == nil
+		})
+		switch {
+		case errors.Is(err, testutil.ErrExited):
+			logData, _ := os.ReadFile(filepath.Join(dir, "dovecot.log"))
+			t.Fatalf("the packaged Dovecot exited during start:\n%s", logData)
+		case err != nil:
+			t.Fatalf("the packaged Dovecot does not listen on %s", addr)
 		}
 	}
 	return d

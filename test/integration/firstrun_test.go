@@ -109,16 +109,12 @@ func TestBrokenCredentialStartsDegraded(t *testing.T) {
 				}
 			}
 			if tc.fix {
-				time.Sleep(1100 * time.Millisecond) // a new mtime, even on coarse file systems
-				writePushCert(t, ca, dir, "push", topicB)
-				deadline := time.Now().Add(15 * time.Second)
-				for {
+				rewrite(t, func() { writePushCert(t, ca, dir, "push", topicB) },
+					filepath.Join(dir, "push.pem"), filepath.Join(dir, "push.key"))
+				testutil.Wait(15*time.Second, func() bool {
 					status, body = post(t, addr, "/register", registerBody("alice", acc, token(1)))
-					if status == 200 || time.Now().After(deadline) {
-						break
-					}
-					time.Sleep(100 * time.Millisecond)
-				}
+					return status == 200
+				})
 				if status != 200 || body != topicB {
 					t.Errorf("after the fix: /register = %d %q, want the new certificate's topic", status, body)
 				}
@@ -344,7 +340,11 @@ func TestSIGHUPNamesSettingsThatNeedARestart(t *testing.T) {
 func TestTestPushIsLoggedAsATestAndNotRetried(t *testing.T) {
 	e := newAPNsEnv(t, "")
 	e.register(t, "alice", acc, token(1))
-	e.apns.SetResponder(func(fakeapns.Request) fakeapns.Response {
+	e.register(t, "bob", acc, token(2))
+	e.apns.SetResponder(func(r fakeapns.Request) fakeapns.Response {
+		if r.Token == token(2) { // bob's pushes mark time
+			return fakeapns.Response{}
+		}
 		return fakeapns.Response{Status: 503, Reason: "ServiceUnavailable"}
 	})
 	cfg := filepath.Join(e.dir, "xapsd.yaml")
@@ -357,8 +357,14 @@ func TestTestPushIsLoggedAsATestAndNotRetried(t *testing.T) {
 	if err := json.Unmarshal([]byte(out), &res); err != nil || code != 1 || res["outcome"] != "failed" || res["status"] != float64(503) {
 		t.Errorf("test-push --json: %d %q %v", code, out, err)
 	}
-	time.Sleep(1500 * time.Millisecond) // a retry would have come by now
-	if n := e.apns.Count(); n != 2 {
+	// A retry would come within a second (the first backoff); two flag
+	// changes for bob, each pushed at least a second after it was made,
+	// are the later event.
+	for n := 1; n <= 2; n++ {
+		post(t, e.addr, "/notify", notifyBody("bob", "INBOX", "FlagsSet"))
+		testutil.WaitWithin(t, 10*time.Second, "bob's delayed push", func() bool { return perToken(e.apns.Requests())[token(2)] == n })
+	}
+	if n := perToken(e.apns.Requests())[token(1)]; n != 2 {
 		t.Errorf("%d pushes reached APNs, want the 2 test pushes and no retry", n)
 	}
 	log := e.d.log.String()

@@ -100,8 +100,7 @@ func (n *netns) startDaemon(t *testing.T, cfg string) *daemon {
 
 // waitLine waits for a log line that has every one of parts.
 func (d *daemon) waitLine(timeout time.Duration, parts ...string) bool {
-	deadline := time.Now().Add(timeout)
-	for time.Now().Before(deadline) {
+	return testutil.Wait(timeout, func() bool {
 		for _, l := range strings.Split(d.log.String(), "\n") {
 			all := true
 			for _, p := range parts {
@@ -111,9 +110,8 @@ func (d *daemon) waitLine(timeout time.Duration, parts ...string) bool {
 				return true
 			}
 		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	return false
+		return false
+	})
 }
 
 // The files an admin installs, untouched where it matters: the sample

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/xapsd/xapsd/internal/registry"
+	"github.com/xapsd/xapsd/internal/testutil"
 	"github.com/xapsd/xapsd/internal/testutil/fakeapns"
 )
 
@@ -34,8 +35,9 @@ func TestShutdownGivesPushesTheirOwnBudget(t *testing.T) {
 	fmt.Fprintf(c, "POST /register HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{")
 	stopTrickle := make(chan struct{})
 	defer close(stopTrickle)
+	trickling := make(chan struct{})
 	go func() {
-		for {
+		for first := true; ; first = false {
 			select {
 			case <-stopTrickle:
 				return
@@ -43,10 +45,13 @@ func TestShutdownGivesPushesTheirOwnBudget(t *testing.T) {
 				if _, err := c.Write([]byte(" ")); err != nil {
 					return
 				}
+				if first {
+					close(trickling)
+				}
 			}
 		}
 	}()
-	time.Sleep(300 * time.Millisecond)
+	<-trickling // the body is on its way when the stop comes
 	if code := e.d.stop(); code != 0 {
 		t.Fatalf("exit %d", code)
 	}
@@ -84,15 +89,8 @@ func TestLeftoverPushesSurviveACrash(t *testing.T) {
 	if _, err := e.apns.WaitRequests(2, 10*time.Second); err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		if _, err := os.Stat(pending); os.IsNotExist(err) {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("pending-pushes.json still there after its push was delivered")
-		}
-		time.Sleep(20 * time.Millisecond)
+	if !testutil.Wait(10*time.Second, func() bool { _, err := os.Stat(pending); return os.IsNotExist(err) }) {
+		t.Fatal("pending-pushes.json still there after its push was delivered")
 	}
 	d.stop()
 }
