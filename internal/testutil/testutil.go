@@ -8,8 +8,8 @@
 // program reaches. A test that proves something did not happen waits for
 // a later event that shows it would have, instead of sleeping.
 //
-// The helpers that need no *testing.T (Wait, WaitStarted, FreePort,
-// StopProcess) are used by cmd/xapsd-bench and pgtest as well.
+// It does not import "testing" (tests pass their *testing.T as a TB), so
+// cmd/xapsd-bench, pgtest and fakeapns can use it too.
 package testutil
 
 import (
@@ -20,9 +20,20 @@ import (
 	"path/filepath"
 	"strings"
 	"syscall"
-	"testing"
 	"time"
 )
+
+// TB is the part of testing.TB the helpers use.
+type TB interface {
+	Helper()
+	Name() string
+	Failed() bool
+	Fatal(args ...any)
+	Fatalf(format string, args ...any)
+	Errorf(format string, args ...any)
+	Logf(format string, args ...any)
+	Cleanup(func())
+}
 
 // Patience is how long a test waits for something that takes
 // milliseconds when all is well: long enough for a loaded two-core CI
@@ -49,14 +60,14 @@ func Wait(timeout time.Duration, cond func() bool) bool {
 
 // WaitFor fails the test, naming what it waited for, unless cond holds
 // within Patience.
-func WaitFor(t testing.TB, what string, cond func() bool) {
+func WaitFor(t TB, what string, cond func() bool) {
 	t.Helper()
 	WaitWithin(t, Patience, what, cond)
 }
 
 // WaitWithin is WaitFor with another deadline, for events that take
 // seconds by design (a daemon's start, a retry's backoff).
-func WaitWithin(t testing.TB, timeout time.Duration, what string, cond func() bool) {
+func WaitWithin(t TB, timeout time.Duration, what string, cond func() bool) {
 	t.Helper()
 	if !Wait(timeout, cond) {
 		t.Fatalf("waited %v for %s", timeout, what)
@@ -103,7 +114,7 @@ func FreePort() (int, error) {
 }
 
 // MustFreePort is FreePort for a test, which fails if there is none.
-func MustFreePort(t testing.TB) int {
+func MustFreePort(t TB) int {
 	t.Helper()
 	port, err := FreePort()
 	if err != nil {
@@ -138,7 +149,7 @@ func StopProcess(p *os.Process, done <-chan struct{}, sig os.Signal, grace time.
 // t.TempDir's is, but kept (and named in the test's log) when the test
 // failed: a daemon's log, state and configuration are what explain a
 // failure.
-func TempDir(t testing.TB) string {
+func TempDir(t TB) string {
 	t.Helper()
 	// Names of subtests hold slashes and spaces; the folder's name only
 	// has to show whose it is, and stays short: a Unix socket's path in

@@ -4,8 +4,7 @@
 // unprivileged user, and removed again by Close. Never the system cluster,
 // never a mock.
 //
-// It returns errors instead of failing a test, so cmd/xapsd-bench can use
-// it too.
+// It does not import "testing", so cmd/xapsd-bench can use it too.
 package pgtest
 
 import (
@@ -75,17 +74,9 @@ func version(binDir string) int {
 	return v
 }
 
-// TB is the part of testing.TB that StartT uses (this package stays free
-// of the testing package, for the benchmark tool).
-type TB interface {
-	Helper()
-	Fatal(args ...any)
-	Cleanup(func())
-}
-
 // StartT starts a cluster for a test and closes it when the test ends;
 // it fails the test if the cluster does not start.
-func StartT(t TB, o Options) *Cluster {
+func StartT(t testutil.TB, o Options) *Cluster {
 	t.Helper()
 	c, err := Start(o)
 	if err != nil {

@@ -26,6 +26,7 @@ import (
 	"net"
 	"time"
 
+	"github.com/sideshow/apns2/token"
 	pkcs12 "software.sslmate.com/src/go-pkcs12"
 )
 
@@ -348,6 +349,21 @@ func NewP8Key() (pemBytes []byte, key *ecdsa.PrivateKey, err error) {
 		return nil, nil, fmt.Errorf("encode auth key: %w", err)
 	}
 	return pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), key, nil
+}
+
+// NewProviderToken makes a provider token as a daemon in token mode
+// holds it: a fresh .p8 key, key id ABCDEFGHIJ, team KLMNOPQRST, and its
+// first bearer signed.
+func NewProviderToken() (*token.Token, error) {
+	_, key, err := NewP8Key()
+	if err != nil {
+		return nil, err
+	}
+	tok := &token.Token{AuthKey: key, KeyID: "ABCDEFGHIJ", TeamID: "KLMNOPQRST"}
+	if _, err := tok.Generate(); err != nil {
+		return nil, fmt.Errorf("sign the provider token: %w", err)
+	}
+	return tok, nil
 }
 
 // ServerCert issues an ECDSA server certificate for the given hosts (IP
