@@ -14,13 +14,6 @@ import (
 	"github.com/xapsd/xapsd/internal/testutil/fakeapns"
 )
 
-// certClientFor is a certificate client pointed at srv.
-func certClientFor(t *testing.T, srv *fakeapns.Server) *Client {
-	t.Helper()
-	c, _ := realClientOn(t, srv)
-	return c
-}
-
 // removed records the registrations the sender deletes.
 type removed struct {
 	mu   sync.Mutex

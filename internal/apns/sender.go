@@ -17,6 +17,8 @@
 // only when it is the exception: when most answers are BadDeviceToken, or
 // the credential just changed, the cause is the configuration (the wrong
 // APNs environment, the wrong certificate), not the devices.
+//
+// The HTTP/2 connections under the pushes are package transport's.
 package apns
 
 import (
@@ -34,6 +36,7 @@ import (
 	"github.com/sideshow/apns2"
 	"github.com/sirupsen/logrus"
 
+	"github.com/xapsd/xapsd/internal/apns/transport"
 	"github.com/xapsd/xapsd/internal/logging"
 	"github.com/xapsd/xapsd/internal/registry"
 )
@@ -237,7 +240,7 @@ func (s *Sender) Paused() (cause string, why error) {
 		return PauseCredential, fmt.Errorf("sending paused since %s: %s", p.since.UTC().Format(time.RFC3339), p.reason)
 	}
 	if until, err := s.client.Load().unreachable(); !until.IsZero() {
-		return PauseUnreachable, fmt.Errorf("sending paused: %w", &UnreachableError{Err: err, Until: until})
+		return PauseUnreachable, fmt.Errorf("sending paused: %w", &transport.UnreachableError{Err: err, Until: until})
 	}
 	return "", nil
 }
@@ -587,9 +590,9 @@ func (s *Sender) attempt(ctx context.Context, j *job) Result {
 	sent := s.opts.Now()
 	resp, err := c.Transport.PushWithContext(ctx, n)
 	res := Result{Device: j.key, Attempt: j.attempt, Duration: time.Since(start), Test: j.test}
-	var ue *UnreachableError
+	var ue *transport.UnreachableError
 	switch {
-	case errors.As(err, &ue), errors.Is(err, errHeldBack):
+	case errors.As(err, &ue), errors.Is(err, transport.ErrHeldBack):
 		res.Reason = transportReason(err)
 		res.Outcome = Held
 	case err != nil:

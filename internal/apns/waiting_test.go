@@ -73,7 +73,7 @@ func TestReachSaysConnectedReachableUnreachableOrDryRun(t *testing.T) {
 	if r := c.Reach(context.Background()); r.State != ReachReachable || r.Err != nil {
 		t.Errorf("no connection yet: %+v", r)
 	}
-	if n := c.pool.open(); n != 0 {
+	if n := c.pool.Open(); n != 0 {
 		t.Errorf("Reach left %d connections in the pool", n)
 	}
 	if resp, err := push(c, "aa"); err != nil || resp.StatusCode != 200 {

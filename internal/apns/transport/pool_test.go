@@ -1,56 +1,80 @@
-package apns
+package transport
 
 import (
+	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
+	"net/http"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
-	"github.com/sideshow/apns2/token"
+	"github.com/sideshow/apns2"
 
 	"github.com/xapsd/xapsd/internal/testutil"
 	"github.com/xapsd/xapsd/internal/testutil/fakeapns"
 	"github.com/xapsd/xapsd/internal/testutil/testpki"
 )
 
-// appleServer is a stand-in that manages connections as APNs does.
+const testTopic = "com.apple.mail.XServer.0a1b2c3d-4e5f-6789-abcd-ef0123456789"
+
+// client is apns2's client on a Pool, as package apns makes it.
+type client struct {
+	*apns2.Client
+	pool *Pool
+}
+
+// appleServer is the APNs stand-in managing connections as APNs does.
 func appleServer(t *testing.T, o fakeapns.Options) *fakeapns.Server {
 	t.Helper()
 	o.Apple = true
-	srv, err := fakeapns.Start(o)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { srv.Close() })
-	return srv
-}
-
-func newTestToken(t *testing.T) *token.Token {
-	t.Helper()
-	_, key, err := testpki.NewP8Key()
-	if err != nil {
-		t.Fatal(err)
-	}
-	tok := &token.Token{AuthKey: key, KeyID: "ABCDEFGHIJ", TeamID: "KLMNOPQRST"}
-	if _, err := tok.Generate(); err != nil {
-		t.Fatal(err)
-	}
-	return tok
+	return fakeapns.StartT(t, o)
 }
 
 // tokenClientFor is a token client pointed at srv.
-func tokenClientFor(t *testing.T, srv *fakeapns.Server, o ClientOptions) *Client {
+func tokenClientFor(t *testing.T, srv *fakeapns.Server, o Options) *client {
 	t.Helper()
-	o.URL, o.Roots = srv.URL, srv.CertPool()
-	c := NewTokenClient(NewToken(newTestToken(t)), testTopic, o)
-	t.Cleanup(c.CloseIdle)
-	return c
+	tok, err := testpki.NewProviderToken()
+	if err != nil {
+		t.Fatal(err)
+	}
+	o.Roots = srv.CertPool()
+	p := New(o, nil)
+	t.Cleanup(p.CloseIdleConnections)
+	return &client{Client: &apns2.Client{Token: tok, Host: srv.URL, HTTPClient: &http.Client{Transport: p}}, pool: p}
+}
+
+// realClient is a certificate client pointed at a stand-in for APNs.
+func realClient(t *testing.T, o fakeapns.Options) (*client, *fakeapns.Server) {
+	t.Helper()
+	srv := fakeapns.StartT(t, o)
+	ca, err := testpki.NewCA("push CA")
+	if err != nil {
+		t.Fatal(err)
+	}
+	leaf, err := ca.Issue(testpki.IssueOptions{UID: testTopic})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := New(Options{Roots: srv.CertPool()}, []tls.Certificate{leaf.TLSCertificate()})
+	t.Cleanup(p.CloseIdleConnections)
+	return &client{Client: &apns2.Client{Certificate: leaf.TLSCertificate(), Host: srv.URL, HTTPClient: &http.Client{Transport: p}}, pool: p}, srv
+}
+
+// push sends one background push as the sender does.
+func push(c *client, token string) (*apns2.Response, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	return c.PushWithContext(ctx, &apns2.Notification{
+		DeviceToken: token, Topic: testTopic, PushType: apns2.PushTypeBackground,
+		Expiration: time.Now().Add(time.Hour), Payload: []byte(`{"aps":{"account-id":"acc-` + token + `"}}`),
+	})
 }
 
 // pushAll sends n pushes at once and returns the errors and non-200s.
-func pushAll(c *Client, n int) []error {
+func pushAll(c *client, n int) []error {
 	var wg sync.WaitGroup
 	errs := make(chan error, n)
 	for i := range n {
@@ -80,12 +104,12 @@ func pushAll(c *Client, n int) []error {
 // over the limit. x/net's own pool opened dozens of connections here.
 func TestBurstOnATokenConnectionUsesOneConnection(t *testing.T) {
 	srv := appleServer(t, fakeapns.Options{NoRecord: true})
-	burst(t, srv, tokenClientFor(t, srv, ClientOptions{}), 2000, 1)
+	burst(t, srv, tokenClientFor(t, srv, Options{}), 2000, 1)
 }
 
 // burst sends n pushes at once through c and checks that they used
 // conns connections and never overran the server's stream limit.
-func burst(t *testing.T, srv *fakeapns.Server, c *Client, n, conns int) {
+func burst(t *testing.T, srv *fakeapns.Server, c *client, n, conns int) {
 	t.Helper()
 	if errs := pushAll(c, n); len(errs) > 0 {
 		t.Fatalf("%d pushes failed, first: %v", len(errs), errs[0])
@@ -107,7 +131,7 @@ func burst(t *testing.T, srv *fakeapns.Server, c *Client, n, conns int) {
 func TestFullConnectionOpensASecondOneAndNoMore(t *testing.T) {
 	srv := appleServer(t, fakeapns.Options{NoRecord: true, MaxConcurrentStreams: 100,
 		Responder: func(fakeapns.Request) fakeapns.Response { return fakeapns.Response{Delay: 100 * time.Millisecond} }})
-	burst(t, srv, tokenClientFor(t, srv, ClientOptions{Connections: 2}), 2000, 2)
+	burst(t, srv, tokenClientFor(t, srv, Options{Connections: 2}), 2000, 2)
 	for n, want := range map[int]int{0: 1, 1: 1, 1000: 1, 1001: 2, 2500: 3, 100000: 4} {
 		if got := ConnectionsFor(n); got != want {
 			t.Errorf("ConnectionsFor(%d) = %d, want %d", n, got, want)
@@ -154,7 +178,7 @@ func TestRefusedTokenGoesBackToOneStream(t *testing.T) {
 		}
 		return fakeapns.Response{Delay: 5 * time.Millisecond}
 	}})
-	c := tokenClientFor(t, srv, ClientOptions{})
+	c := tokenClientFor(t, srv, Options{})
 	if errs := pushAll(c, 100); len(errs) > 0 {
 		t.Fatal(errs[0])
 	}
@@ -184,7 +208,7 @@ func TestGoAwayMovesToANewConnection(t *testing.T) {
 	srv := appleServer(t, fakeapns.Options{NoRecord: true, Responder: func(fakeapns.Request) fakeapns.Response {
 		return fakeapns.Response{Delay: 20 * time.Millisecond}
 	}})
-	c := tokenClientFor(t, srv, ClientOptions{})
+	c := tokenClientFor(t, srv, Options{})
 	done := make(chan []error)
 	go func() { done <- pushAll(c, 1000) }()
 	testutil.WaitFor(t, "200 pushes to reach the server", func() bool { return srv.Count() >= 200 })
@@ -209,7 +233,7 @@ func TestGoAwayMovesToANewConnection(t *testing.T) {
 // sent again on the new one.
 func TestSilentConnectionIsReplaced(t *testing.T) {
 	srv := appleServer(t, fakeapns.Options{})
-	c := tokenClientFor(t, srv, ClientOptions{ReadIdleTimeout: 100 * time.Millisecond, PingTimeout: 100 * time.Millisecond})
+	c := tokenClientFor(t, srv, Options{ReadIdleTimeout: 100 * time.Millisecond, PingTimeout: 100 * time.Millisecond})
 	if resp, err := push(c, "aa"); err != nil || resp.StatusCode != 200 {
 		t.Fatalf("first push: %v %v", resp, err)
 	}
@@ -232,11 +256,11 @@ func TestSilentConnectionIsReplaced(t *testing.T) {
 func TestIdleConnectionsAreClosed(t *testing.T) {
 	for _, tc := range []struct {
 		name  string
-		opts  ClientOptions
+		opts  Options
 		setup func(*fakeapns.Server)
 	}{
-		{"idle timeout", ClientOptions{IdleTimeout: 200 * time.Millisecond}, func(*fakeapns.Server) {}},
-		{"unanswered ping", ClientOptions{ReadIdleTimeout: 100 * time.Millisecond, PingTimeout: 100 * time.Millisecond},
+		{"idle timeout", Options{IdleTimeout: 200 * time.Millisecond}, func(*fakeapns.Server) {}},
+		{"unanswered ping", Options{ReadIdleTimeout: 100 * time.Millisecond, PingTimeout: 100 * time.Millisecond},
 			func(s *fakeapns.Server) { s.AnswerPings(false) }},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -269,7 +293,7 @@ func TestUnreachableAPNsIsNotHammered(t *testing.T) {
 	srv := appleServer(t, fakeapns.Options{})
 	srv.RefuseConnections(true)
 	var failures atomic.Int32
-	c := tokenClientFor(t, srv, ClientOptions{OnConnect: func(err error) {
+	c := tokenClientFor(t, srv, Options{OnConnect: func(err error) {
 		if err != nil {
 			failures.Add(1)
 		}
@@ -296,16 +320,67 @@ func TestUnreachableAPNsIsNotHammered(t *testing.T) {
 	if unreachable < pushes*9/10 {
 		t.Errorf("%d of %d pushes failed with UnreachableError", unreachable, pushes)
 	}
-	until, err := c.unreachable()
+	until, err := c.pool.BlockedUntil()
 	if until.IsZero() || err == nil {
 		t.Fatalf("client not marked unreachable: %v %v", until, err)
 	}
 	srv.RefuseConnections(false)
-	testutil.WaitFor(t, "the delay before the next attempt to pass", func() bool { u, _ := c.unreachable(); return u.IsZero() })
+	testutil.WaitFor(t, "the delay before the next attempt to pass", func() bool { u, _ := c.pool.BlockedUntil(); return u.IsZero() })
 	if resp, err := push(c, "aa"); err != nil || resp.StatusCode != 200 {
 		t.Fatalf("push once APNs is back: %v %v", resp, err)
 	}
-	if until, _ := c.unreachable(); !until.IsZero() {
+	if until, _ := c.pool.BlockedUntil(); !until.IsZero() {
 		t.Errorf("still unreachable until %v after a push went through", until)
+	}
+}
+
+// Many pushes at once share the connection's writes; every one must still
+// reach Apple whole and get its own answer.
+func TestClientDeliversConcurrentPushesOverOneConnection(t *testing.T) {
+	c, srv := realClient(t, fakeapns.Options{})
+	const n = 500
+	for _, err := range pushAll(c, n) {
+		t.Error(err)
+	}
+	reqs, err := srv.WaitRequests(n, 10*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen := map[string]bool{}
+	for _, r := range reqs {
+		if want := `{"aps":{"account-id":"acc-` + r.Token + `"}}`; string(r.Body) != want {
+			t.Fatalf("body %s for token %s, want %s", r.Body, r.Token, want)
+		}
+		if r.Topic != testTopic || r.PushType != "background" || r.ClientCertSubjectUID != testTopic || r.Proto != "HTTP/2.0" {
+			t.Fatalf("request %+v", r)
+		}
+		// APNs answers a few bytes of JSON: no gzip header on every push.
+		if ae := r.Header.Get("Accept-Encoding"); ae != "" {
+			t.Fatalf("Accept-Encoding %q sent", ae)
+		}
+		seen[r.Token] = true
+	}
+	if len(seen) != n {
+		t.Fatalf("%d distinct tokens reached the server, want %d", len(seen), n)
+	}
+}
+
+// A connection Apple drops fails the pushes on it; they go again at once
+// over a new connection.
+func TestClientRecoversFromADroppedConnection(t *testing.T) {
+	var dropped atomic.Bool
+	c, srv := realClient(t, fakeapns.Options{Responder: func(r fakeapns.Request) fakeapns.Response {
+		return fakeapns.Response{Drop: r.Token == "aa" && dropped.CompareAndSwap(false, true)}
+	}})
+	if resp, err := push(c, "bb"); err != nil || resp.StatusCode != 200 {
+		t.Fatalf("first push: %v %+v", err, resp)
+	}
+	resp, err := push(c, "aa")
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("push on a dropped connection: %v %+v", err, resp)
+	}
+	reqs := srv.Requests()
+	if len(reqs) != 3 || reqs[1].Token != "aa" || reqs[2].Token != "aa" || reqs[1].Conn != 1 || reqs[2].Conn != 2 {
+		t.Errorf("requests: %+v", reqs)
 	}
 }

@@ -1,4 +1,4 @@
-package apns
+package transport
 
 import (
 	"context"
@@ -6,8 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"math/rand/v2"
-	"net"
 	"net/http"
 	"sync"
 	"sync/atomic"
@@ -16,7 +14,7 @@ import (
 	"golang.org/x/net/http2"
 )
 
-// connPool is the HTTP/2 transport of one credential: one connection to
+// Pool is the HTTP/2 transport of one credential: one connection to
 // APNs (a few under a load one cannot carry), used the way Apple asks.
 //
 // x/net's own pool opens another connection whenever a connection has as
@@ -25,7 +23,7 @@ import (
 // request on it has been authenticated, so a burst opened dozens of
 // connections, and nothing closed them. Here:
 //
-//   - there is one connection; another (up to ClientOptions.Connections)
+//   - there is one connection; another (up to Options.Connections)
 //     opens only while every one is proven and carries as many pushes as
 //     the server allows; pushes beyond wait, oldest first, for a stream;
 //   - a new connection carries one push at a time until APNs has answered
@@ -38,96 +36,26 @@ import (
 //     once with an *UnreachableError meanwhile, which the sender takes as
 //     "hold the queue", not as a failed attempt. A connection that dies
 //     before its first answer counts as a failure to connect.
-type connPool struct {
+type Pool struct {
 	tr   *http2.Transport // timeouts and settings of the connections; it never dials
 	tls  *tls.Config
-	opts ClientOptions
+	opts Options
 
 	mu       sync.Mutex
 	conns    []*poolConn // live connections, oldest first
 	dialing  bool
 	waiting  []*waiter // pushes waiting for a slot or a connection, oldest first
 	lastDial time.Time
-	heldBack int       // counts holdBack calls
+	heldBack int       // counts HoldBack calls
 	failures int       // connection failures in a row
 	lastErr  error     // the latest of them
 	retryAt  time.Time // no dial before this after a failure
 	blocked  atomic.Int64
 }
 
-// poolConn is one connection and what the pool knows about it.
-type poolConn struct {
-	cc       *http2.ClientConn
-	active   int  // requests on it from this pool
-	proven   bool // the last answer that mattered was a 200
-	answered bool // APNs has answered on it at least once
-	dead     bool
-	// streams is the server's stream limit as last read; pushes beyond it
-	// wait here, one woken per stream freed, rather than in x/net, which
-	// wakes all of its waiters whenever a stream ends. It is read again
-	// when the connection is proven and every refreshEvery pushes that
-	// find it full, in case the server raised it.
-	streams int
-	full    int
-}
-
-const refreshEvery = 256
-
-// limit is how many pushes pc may carry now.
-func (pc *poolConn) limit() int {
-	if !pc.proven {
-		return 1
-	}
-	return pc.streams
-}
-
-// refreshLimit reads the server's current stream limit.
-func (pc *poolConn) refreshLimit() {
-	if n := int(pc.cc.State().MaxConcurrentStreams); n > 0 {
-		pc.streams = n
-	}
-}
-
-// waiter is a push waiting in acquire.
-type waiter struct {
-	ch   chan struct{} // signalled (buffer 1) to look again, or with pc set
-	pc   *poolConn     // a slot handed over by passLocked
-	gone bool          // gave up (context ended)
-}
-
-// UnreachableError says that xapsd cannot connect to APNs now and will
-// not try again before Until.
-type UnreachableError struct {
-	Err   error
-	Until time.Time
-}
-
-func (e *UnreachableError) Error() string {
-	return fmt.Sprintf("cannot connect to APNs (next attempt in %s): %v",
-		time.Until(e.Until).Round(time.Second), e.Err)
-}
-
-func (e *UnreachableError) Unwrap() error { return e.Err }
-
-// Connection timings; ClientOptions can change the first three.
-const (
-	defaultReadIdleTimeout = 15 * time.Second
-	defaultPingTimeout     = 10 * time.Second
-	defaultIdleTimeout     = 15 * time.Minute
-	dialTimeout            = 20 * time.Second
-	// minDialGap keeps a connection that dies after answering (so the
-	// breaker does not count it) from being replaced in a tight loop.
-	minDialGap = time.Second
-	// Backoff between failed connection attempts.
-	minDialBackoff = time.Second
-	maxDialBackoff = 2 * time.Minute
-	// retriesOnNewConn bounds how often one push is sent again at once
-	// on another connection because its own ended (GOAWAY, a dead
-	// connection) or refused the stream.
-	retriesOnNewConn = 2
-)
-
-func newConnPool(o ClientOptions, certs []tls.Certificate) *connPool {
+// New makes the pool of a credential with its client certificates (none
+// in token mode). It connects at the first request.
+func New(o Options, certs []tls.Certificate) *Pool {
 	if o.ReadIdleTimeout <= 0 {
 		o.ReadIdleTimeout = defaultReadIdleTimeout
 	}
@@ -138,7 +66,7 @@ func newConnPool(o ClientOptions, certs []tls.Certificate) *connPool {
 		o.IdleTimeout = defaultIdleTimeout
 	}
 	o.Connections = min(max(o.Connections, 1), maxConnections)
-	return &connPool{
+	return &Pool{
 		opts: o,
 		tls:  &tls.Config{Certificates: certs, RootCAs: o.Roots, MinVersion: tls.VersionTLS12, NextProtos: []string{"h2"}},
 		tr: &http2.Transport{
@@ -162,17 +90,17 @@ func newConnPool(o ClientOptions, certs []tls.Certificate) *connPool {
 	}
 }
 
-// open counts the pool's live connections.
-func (p *connPool) open() int {
+// Open counts the pool's live connections.
+func (p *Pool) Open() int {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return len(p.conns)
 }
 
-// blockedUntil is the time before which the pool will not connect while
+// BlockedUntil is the time before which the pool will not connect while
 // it has no connection, or zero. The sender reads it for every push, so
 // it is an atomic.
-func (p *connPool) blockedUntil() (time.Time, error) {
+func (p *Pool) BlockedUntil() (time.Time, error) {
 	n := p.blocked.Load()
 	if n == 0 {
 		return time.Time{}, nil
@@ -187,8 +115,8 @@ func (p *connPool) blockedUntil() (time.Time, error) {
 	return until, err
 }
 
-// RoundTrip sends one request on the pool's connection.
-func (p *connPool) RoundTrip(req *http.Request) (*http.Response, error) {
+// RoundTrip sends one request on a connection of the pool.
+func (p *Pool) RoundTrip(req *http.Request) (*http.Response, error) {
 	for try := 0; ; try++ {
 		pc, err := p.acquire(req.Context(), req.URL.Host)
 		if err != nil {
@@ -245,12 +173,9 @@ func (b *releaseBody) Close() error {
 	return err
 }
 
-// errHeldBack fails a push that waited for a connection or a stream
-// when sending paused (Client.holdBack); it was not sent.
-var errHeldBack = errors.New("push held back: sending paused")
-
-// holdBack fails the requests waiting in acquire with errHeldBack.
-func (p *connPool) holdBack() {
+// HoldBack fails the requests waiting for a connection or a stream with
+// ErrHeldBack: the sender has paused, and they would only be refused.
+func (p *Pool) HoldBack() {
 	p.mu.Lock()
 	p.heldBack++
 	p.notifyLocked()
@@ -261,14 +186,14 @@ func (p *connPool) holdBack() {
 // there is none, or another if every one is full and the pool may grow.
 // Pushes that find no slot queue up and are handed one as it frees,
 // oldest first; a newcomer does not overtake them.
-func (p *connPool) acquire(ctx context.Context, host string) (*poolConn, error) {
+func (p *Pool) acquire(ctx context.Context, host string) (*poolConn, error) {
 	p.mu.Lock()
 	heldBack := p.heldBack
 	woken := false // by a change, not handed a slot: may take one even with others waiting
 	for {
 		if p.heldBack != heldBack {
 			p.mu.Unlock()
-			return nil, errHeldBack
+			return nil, ErrHeldBack
 		}
 		if pc := p.roomLocked(); pc != nil && (woken || len(p.waiting) == 0) {
 			pc.active++
@@ -315,7 +240,7 @@ func (p *connPool) acquire(ctx context.Context, host string) (*poolConn, error) 
 }
 
 // roomLocked returns the oldest connection with a free slot, or nil.
-func (p *connPool) roomLocked() *poolConn {
+func (p *Pool) roomLocked() *poolConn {
 	for _, pc := range p.conns {
 		if pc.proven && pc.active >= pc.streams {
 			if pc.full++; pc.full%refreshEvery == 0 {
@@ -333,7 +258,7 @@ func (p *connPool) roomLocked() *poolConn {
 // none, or every one is proven and full and the pool is below its size.
 // An unproven connection carries one push until it is, and a second
 // connection would be no different.
-func (p *connPool) mayGrowLocked() bool {
+func (p *Pool) mayGrowLocked() bool {
 	if len(p.conns) >= p.opts.Connections {
 		return false
 	}
@@ -346,7 +271,7 @@ func (p *connPool) mayGrowLocked() bool {
 }
 
 // passLocked hands free slots to waiting pushes.
-func (p *connPool) passLocked() {
+func (p *Pool) passLocked() {
 	for len(p.waiting) > 0 {
 		pc := p.roomLocked()
 		if pc == nil {
@@ -363,7 +288,7 @@ func (p *connPool) passLocked() {
 }
 
 // nextWaiterLocked takes the oldest waiting push off the queue.
-func (p *connPool) nextWaiterLocked() *waiter {
+func (p *Pool) nextWaiterLocked() *waiter {
 	for len(p.waiting) > 0 {
 		w := p.waiting[0]
 		p.waiting[0] = nil
@@ -377,7 +302,7 @@ func (p *connPool) nextWaiterLocked() *waiter {
 
 // notifyLocked lets every waiting push look again: a connection, its
 // state or the breaker changed.
-func (p *connPool) notifyLocked() {
+func (p *Pool) notifyLocked() {
 	for _, w := range p.waiting {
 		select {
 		case w.ch <- struct{}{}:
@@ -388,13 +313,13 @@ func (p *connPool) notifyLocked() {
 	p.waiting = p.waiting[:0]
 }
 
-func (p *connPool) release(pc *poolConn) {
+func (p *Pool) release(pc *poolConn) {
 	p.mu.Lock()
 	p.releaseLocked(pc)
 	p.mu.Unlock()
 }
 
-func (p *connPool) releaseLocked(pc *poolConn) {
+func (p *Pool) releaseLocked(pc *poolConn) {
 	pc.active--
 	if len(p.waiting) > 0 {
 		p.passLocked()
@@ -403,7 +328,7 @@ func (p *connPool) releaseLocked(pc *poolConn) {
 
 // dropLocked takes a connection that can carry no more pushes out of the
 // pool. Without connections, and after a failure, the sender pauses.
-func (p *connPool) dropLocked(pc *poolConn) {
+func (p *Pool) dropLocked(pc *poolConn) {
 	pc.dead = true
 	for i, c := range p.conns {
 		if c == pc {
@@ -417,7 +342,7 @@ func (p *connPool) dropLocked(pc *poolConn) {
 }
 
 // answered notes an answer from APNs on pc.
-func (p *connPool) answered(pc *poolConn, status int) {
+func (p *Pool) answered(pc *poolConn, status int) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if !pc.answered {
@@ -444,7 +369,7 @@ func (p *connPool) answered(pc *poolConn, status int) {
 // can take no more requests (GOAWAY, closed, dead) or the server refused
 // the stream. A push sent twice wakes the device twice, which costs
 // nothing; one lost costs the user their mail.
-func (p *connPool) failed(pc *poolConn, err error) bool {
+func (p *Pool) failed(pc *poolConn, err error) bool {
 	var se http2.StreamError
 	refused := errors.As(err, &se) && se.Code == http2.ErrCodeRefusedStream
 	if st := pc.cc.State(); !st.Closed && !st.Closing {
@@ -467,89 +392,10 @@ func (p *connPool) failed(pc *poolConn, err error) bool {
 	return true
 }
 
-// observe hands a connection attempt's result to ClientOptions.OnConnect.
-func (p *connPool) observe(err error) {
-	if p.opts.OnConnect != nil {
-		p.opts.OnConnect(err)
-	}
-}
-
-// noteFailureLocked counts a failed connection and sets when the next
-// attempt may be made: the delay doubles from minDialBackoff up to
-// maxDialBackoff, then a random point in its upper half is taken so that
-// many daemons do not come back at once.
-func (p *connPool) noteFailureLocked(err error) {
-	p.failures++
-	d := minDialBackoff
-	for i := 1; i < p.failures && d < maxDialBackoff; i++ {
-		d *= 2
-	}
-	d = min(d, maxDialBackoff)
-	d = d/2 + rand.N(d/2+1)
-	p.lastErr = err
-	p.retryAt = time.Now().Add(d)
-	if len(p.conns) == 0 {
-		p.blocked.Store(p.retryAt.UnixNano())
-	}
-}
-
-// dial connects and makes the result the pool's connection.
-func (p *connPool) dial(host string) {
-	p.mu.Lock()
-	wait := time.Until(p.lastDial.Add(minDialGap))
-	p.mu.Unlock()
-	if wait > 0 {
-		time.Sleep(wait)
-	}
-	p.mu.Lock()
-	p.lastDial = time.Now()
-	p.mu.Unlock()
-	ctx, cancel := context.WithTimeout(context.Background(), dialTimeout)
-	cc, err := p.connect(ctx, host)
-	cancel()
-	p.mu.Lock()
-	p.dialing = false
-	if err != nil {
-		p.noteFailureLocked(err)
-	} else {
-		p.conns = append(p.conns, &poolConn{cc: cc, streams: 1})
-		p.blocked.Store(0)
-	}
-	p.notifyLocked()
-	p.mu.Unlock()
-	p.observe(err)
-}
-
-func (p *connPool) connect(ctx context.Context, host string) (*http2.ClientConn, error) {
-	name, port, err := net.SplitHostPort(host)
-	if err != nil {
-		name, port = host, "443"
-	}
-	cfg := p.tls.Clone()
-	cfg.ServerName = name
-	d := tls.Dialer{NetDialer: &net.Dialer{Timeout: dialTimeout, KeepAlive: 15 * time.Second}, Config: cfg}
-	c, err := d.DialContext(ctx, "tcp", net.JoinHostPort(name, port))
-	if err != nil {
-		return nil, err
-	}
-	if proto := c.(*tls.Conn).ConnectionState().NegotiatedProtocol; proto != http2.NextProtoTLS {
-		c.Close()
-		return nil, fmt.Errorf("%s does not speak HTTP/2 (ALPN %q)", host, proto)
-	}
-	// NewClientConn is what x/net offers for a pool of one's own; its
-	// replacement in net/http cannot be given a connection.
-	cc, err := p.tr.NewClientConn(newCoalescingConn(c, 0))
-	if err != nil {
-		c.Close()
-		return nil, err
-	}
-	return cc, nil
-}
-
 // CloseIdleConnections closes the connections no push is on. Retired
 // credentials need it: the health-check PINGs would otherwise keep their
 // connection to Apple open for as long as the daemon runs.
-func (p *connPool) CloseIdleConnections() {
+func (p *Pool) CloseIdleConnections() {
 	p.mu.Lock()
 	var idle []*poolConn
 	for _, pc := range append([]*poolConn(nil), p.conns...) {

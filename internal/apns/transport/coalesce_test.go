@@ -1,4 +1,4 @@
-package apns
+package transport
 
 import (
 	"bytes"
