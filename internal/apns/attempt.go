@@ -14,6 +14,7 @@ import (
 
 	"github.com/xapsd/xapsd/internal/apns/transport"
 	"github.com/xapsd/xapsd/internal/logging"
+	"github.com/xapsd/xapsd/internal/registry"
 )
 
 // reasonExpiredUnsent is the Result.Reason of a push that expired in the
@@ -33,14 +34,36 @@ func Payload(accountID string) []byte {
 	return append(b, "}}"...)
 }
 
-func (s *Sender) attempt(ctx context.Context, j *job) Result {
+// verdict is what an answer asks of the sender beyond the outcome of its
+// own push: attempt finds it, decide acts on it, and a probe's return
+// reads refusedTest.
+type verdict struct {
+	// gone: the registration is dead (Unregistered), removed when it was
+	// made before before; badToken: BadDeviceToken or
+	// DeviceTokenNotForTopic, removed when the guard lets it.
+	gone     bool
+	before   time.Time
+	badToken bool
+	// pause: APNs refuses every push of client's credential, for this
+	// reason; one push may try again at probeAt.
+	pause   string
+	probeAt time.Time
+	client  *Client
+	// refusedTest: a test push held or refused for the credential and
+	// reported as failed; it must not end a pause the way an answer
+	// about the device does.
+	refusedTest bool
+}
+
+// attempt sends j once and says what came of it. It touches the client
+// (the network, a provider token to renew) but none of the sender's
+// rules: decide and the caller apply the answer to them.
+func (s *Sender) attempt(ctx context.Context, j *job) (Result, verdict) {
 	c := s.client.Load()
 	j.attempt++
 	if !s.opts.Now().Before(j.deadline) {
 		// Kept past its expiration by a pause: Apple would drop it.
-		res := Result{Device: j.key, Attempt: j.attempt, Outcome: Expired, Reason: reasonExpiredUnsent}
-		s.report(res)
-		return res
+		return Result{Device: j.key, Attempt: j.attempt, Outcome: Expired, Reason: reasonExpiredUnsent}, verdict{}
 	}
 	n := &apns2.Notification{
 		DeviceToken: j.key.DeviceToken,
@@ -58,6 +81,7 @@ func (s *Sender) attempt(ctx context.Context, j *job) Result {
 	sent := s.opts.Now()
 	resp, err := c.Transport.PushWithContext(ctx, n)
 	res := Result{Device: j.key, Attempt: j.attempt, Duration: time.Since(start), Test: j.test}
+	var v verdict
 	var ue *transport.UnreachableError
 	switch {
 	case errors.As(err, &ue), errors.Is(err, transport.ErrHeldBack):
@@ -68,7 +92,7 @@ func (s *Sender) attempt(ctx context.Context, j *job) Result {
 		res.Outcome = Retrying
 	default:
 		res.Status, res.Reason, res.ApnsID = resp.StatusCode, resp.Reason, resp.ApnsID
-		res.Outcome = s.classify(c, j, resp, sent)
+		res.Outcome, v = s.classify(c, resp, sent)
 		if c.DryRun && res.Outcome == Delivered {
 			res.Outcome = DryRun // nothing reached Apple: not delivered
 		}
@@ -78,15 +102,14 @@ func (s *Sender) attempt(ctx context.Context, j *job) Result {
 	case (res.Outcome == Retrying || res.Outcome == Held) && j.test:
 		// A test push is tried once, neither retried nor queued; the
 		// reason says why it failed.
-		res.refused = res.Outcome == Held
+		v.refusedTest = res.Outcome == Held
 		res.Outcome = Failed
 	case res.Outcome == Retrying && !now.Add(s.opts.MinBackoff).Before(j.deadline):
 		res.Outcome = Expired
 	case res.Outcome == Held && !now.Before(j.deadline):
 		res.Outcome = Expired
 	}
-	s.report(res)
-	return res
+	return res, v
 }
 
 // transportReason describes a failed request without its URL, which
@@ -99,10 +122,13 @@ func transportReason(err error) string {
 	return err.Error()
 }
 
-func (s *Sender) classify(c *Client, j *job, resp *apns2.Response, sent time.Time) Outcome {
+// classify turns APNs' answer into the push's outcome and what it asks of
+// the sender. A dead registration is Failed here; decide makes it Removed
+// once it is gone.
+func (s *Sender) classify(c *Client, resp *apns2.Response, sent time.Time) (Outcome, verdict) {
 	switch {
 	case resp.StatusCode == http.StatusOK:
-		return Delivered
+		return Delivered, verdict{}
 	case resp.StatusCode == http.StatusGone || resp.Reason == apns2.ReasonUnregistered || resp.Reason == apns2.ReasonExpiredToken:
 		// The reason decides, whatever the status. APNs gives the last
 		// time the token was valid, which apns2 truncates to seconds;
@@ -112,34 +138,115 @@ func (s *Sender) classify(c *Client, j *job, resp *apns2.Response, sent time.Tim
 		if !resp.Timestamp.IsZero() {
 			before = resp.Timestamp.Add(time.Second - time.Nanosecond)
 		}
-		if s.opts.Remover != nil && s.opts.Remover.Remove(j.key, before) {
-			return Removed
-		}
-		return Failed
+		return Failed, verdict{gone: true, before: before}
 	case badTokenReason(resp.Reason):
-		if s.keepBadToken(resp.Reason) {
-			return Failed
-		}
-		if s.opts.Remover != nil && s.opts.Remover.Remove(j.key, time.Time{}) {
-			return Removed
-		}
-		return Failed
+		return Failed, verdict{badToken: true}
 	case resp.Reason == apns2.ReasonExpiredProviderToken:
 		return s.expiredToken(c, sent)
 	case credentialRefusal(resp.StatusCode, resp.Reason):
-		s.pauseFor(c, resp.StatusCode, resp.Reason, s.opts.Now().Add(s.opts.ProbeInterval))
-		return Held
+		return Held, verdict{pause: refusal(resp.StatusCode, resp.Reason), probeAt: s.opts.Now().Add(s.opts.ProbeInterval), client: c}
 	case resp.Reason == apns2.ReasonTooManyProviderTokenUpdates:
 		s.logEveryMinute("token-updates", func(l logrus.FieldLogger) {
 			l.Error("APNs refuses a provider token made too soon after the previous one (429 TooManyProviderTokenUpdates): " +
 				"is the same .p8 key used by another program or another xapsd? Pushes are retried")
 		})
-		return Retrying
+		return Retrying, verdict{}
 	case resp.StatusCode == http.StatusTooManyRequests || resp.StatusCode >= 500:
-		return Retrying
+		return Retrying, verdict{}
 	default:
-		return Failed
+		return Failed, verdict{}
 	}
+}
+
+// expiredToken handles ExpiredProviderToken: the token is renewed at
+// once, unless it was made less than TokenRenewInterval ago (APNs would
+// refuse the new one); then sending pauses until it may be.
+func (s *Sender) expiredToken(c *Client, sent time.Time) (Outcome, verdict) {
+	s.logEveryMinute("expired-token", func(l logrus.FieldLogger) {
+		l.Error("APNs says the provider token has expired (403 ExpiredProviderToken), although xapsd makes a new " +
+			"one every 50 minutes: the host's clock is probably behind (check NTP, timedatectl). Making a new token")
+	})
+	probeAt := s.opts.Now().Add(s.opts.ProbeInterval)
+	if c.token == nil {
+		return Held, verdict{pause: refusal(http.StatusForbidden, apns2.ReasonExpiredProviderToken), probeAt: probeAt, client: c}
+	}
+	fresh, next, err := c.token.renew(sent, s.opts.Now())
+	switch {
+	case err != nil:
+		return Held, verdict{pause: "cannot sign a new provider token: " + err.Error(), probeAt: probeAt, client: c}
+	case fresh:
+		return Retrying, verdict{}
+	}
+	return Held, verdict{pause: fmt.Sprintf("APNs refuses the provider token as expired (403 ExpiredProviderToken) and APNs allows a "+
+		"new one only at %s, 20 minutes after the last was made: the host's clock is probably far behind (check NTP)", next.UTC().Format(time.RFC3339)),
+		probeAt: next, client: c}
+}
+
+// decide acts on what an answer asks beyond its own push: it deletes a
+// dead registration (for a bad token only when the guard lets it), which
+// makes the outcome Removed, and pauses sending for a refused credential.
+func (s *Sender) decide(res *Result, v verdict) {
+	switch {
+	case v.gone:
+		if s.remove(res.Device, v.before) {
+			res.Outcome = Removed
+		}
+	case v.badToken:
+		if !s.keepBadToken(res.Reason) && s.remove(res.Device, time.Time{}) {
+			res.Outcome = Removed
+		}
+	}
+	if v.pause != "" {
+		s.pauseFor(v.client, v.pause, v.probeAt)
+	}
+}
+
+// remove deletes the registration k unless it was made after before (zero:
+// whenever it was made), and says whether it did.
+func (s *Sender) remove(k registry.Key, before time.Time) bool {
+	return s.opts.Remover != nil && s.opts.Remover.Remove(k, before)
+}
+
+// keepBadToken asks the guard whether a bad-token answer's registration
+// must be kept, and warns when it says so.
+func (s *Sender) keepBadToken(reason string) bool {
+	s.mu.Lock()
+	keep, warn := s.guard.keep(s.opts.Now())
+	recent, bad := s.guard.window()
+	s.mu.Unlock()
+	if warn {
+		s.log.WithFields(logrus.Fields{"reason": reason, "recent": recent, "bad": bad}).
+			Errorf("APNs answers %s to most pushes, or just after the credential changed: the registrations are kept, "+
+				"not deleted. Likely cause: the wrong APNs environment (apnsEndpoint: development, while iOS Mail "+
+				"registers with production) or a credential for another environment or topic", reason)
+	}
+	return keep
+}
+
+// pauseFor pauses sending because APNs refused c, for why; probeAt is
+// when one push may try again. An answer for credentials already
+// replaced is ignored.
+func (s *Sender) pauseFor(c *Client, why string, probeAt time.Time) {
+	s.mu.Lock()
+	if c != s.client.Load() {
+		s.mu.Unlock()
+		return
+	}
+	s.paused.start(why, probeAt, s.opts.Now())
+	queued := s.queue.size()
+	s.idle.Broadcast() // Drain does not wait for a queue that cannot move
+	s.mu.Unlock()
+	// Pushes waiting for a stream would be refused the same way.
+	c.holdBack()
+	s.logEveryMinute("pause", func(l logrus.FieldLogger) {
+		l.WithField("queued", queued).Errorf("%s. Sending is paused and pushes are kept until they expire; "+
+			"reload (SIGHUP) once fixed. One push is tried at %s", why, probeAt.UTC().Format(time.RFC3339))
+	})
+}
+
+// refusal says why sending pauses for APNs' refusal, and what to do.
+func refusal(status int, reason string) string {
+	return fmt.Sprintf("APNs refuses every push with %d %s; %s", status, reason, refusalAdvice(reason))
 }
 
 // badTokenReason: APNs says the device token is not valid, for this
@@ -179,101 +286,6 @@ func refusalAdvice(reason string) string {
 		return "APNs no longer accepts the background push type for this topic"
 	}
 	return "check the push credential"
-}
-
-// pauseFor pauses sending because APNs refused c; probeAt is when one
-// push may try again. An answer for credentials already replaced is
-// ignored.
-func (s *Sender) pauseFor(c *Client, status int, reason string, probeAt time.Time) {
-	why := fmt.Sprintf("APNs refuses every push with %d %s; %s", status, reason, refusalAdvice(reason))
-	s.pauseWith(c, why, probeAt)
-}
-
-func (s *Sender) pauseWith(c *Client, why string, probeAt time.Time) {
-	s.mu.Lock()
-	if c != s.client.Load() {
-		s.mu.Unlock()
-		return
-	}
-	if !s.pause.on {
-		s.pause.since = s.opts.Now()
-	}
-	s.pause.on, s.pause.reason = true, why
-	if probeAt.After(s.pause.probeAt) {
-		s.pause.probeAt = probeAt
-	}
-	queued := len(s.queued)
-	s.idle.Broadcast() // Drain does not wait for a queue that cannot move
-	s.mu.Unlock()
-	// Pushes waiting for a stream would be refused the same way.
-	c.holdBack()
-	s.logEveryMinute("pause", func(l logrus.FieldLogger) {
-		l.WithField("queued", queued).Errorf("%s. Sending is paused and pushes are kept until they expire; "+
-			"reload (SIGHUP) once fixed. One push is tried at %s", why, probeAt.UTC().Format(time.RFC3339))
-	})
-}
-
-// expiredToken handles ExpiredProviderToken: the token is renewed at
-// once, unless it was made less than TokenRenewInterval ago (APNs would
-// refuse the new one); then sending pauses until it may be.
-func (s *Sender) expiredToken(c *Client, sent time.Time) Outcome {
-	s.logEveryMinute("expired-token", func(l logrus.FieldLogger) {
-		l.Error("APNs says the provider token has expired (403 ExpiredProviderToken), although xapsd makes a new " +
-			"one every 50 minutes: the host's clock is probably behind (check NTP, timedatectl). Making a new token")
-	})
-	if c.token == nil {
-		s.pauseFor(c, http.StatusForbidden, apns2.ReasonExpiredProviderToken, s.opts.Now().Add(s.opts.ProbeInterval))
-		return Held
-	}
-	fresh, next, err := c.token.renew(sent, s.opts.Now())
-	switch {
-	case err != nil:
-		s.pauseWith(c, "cannot sign a new provider token: "+err.Error(), s.opts.Now().Add(s.opts.ProbeInterval))
-		return Held
-	case fresh:
-		return Retrying
-	}
-	s.pauseWith(c, fmt.Sprintf("APNs refuses the provider token as expired (403 ExpiredProviderToken) and APNs allows a "+
-		"new one only at %s, 20 minutes after the last was made: the host's clock is probably far behind (check NTP)", next.UTC().Format(time.RFC3339)), next)
-	return Held
-}
-
-// keepBadToken adds a BadDeviceToken answer to the window and says
-// whether the registration must be kept: when such answers are most of
-// the recent ones, or the credential changed a short while ago, the
-// configuration is wrong rather than the devices.
-func (s *Sender) keepBadToken(reason string) bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.addAnswerLocked(true)
-	now := s.opts.Now()
-	keep := now.Sub(s.changedAt) < s.opts.TrustAfterChange || 2*s.badCount > s.answerCount
-	switch {
-	case !keep:
-		s.guardLogged = time.Time{}
-	case s.guardLogged.IsZero() || now.Sub(s.guardLogged) >= time.Hour:
-		s.guardLogged = now
-		s.log.WithFields(logrus.Fields{"reason": reason, "recent": s.answerCount, "bad": s.badCount}).
-			Errorf("APNs answers %s to most pushes, or just after the credential changed: the registrations are kept, "+
-				"not deleted. Likely cause: the wrong APNs environment (apnsEndpoint: development, while iOS Mail "+
-				"registers with production) or a credential for another environment or topic", reason)
-	}
-	return keep
-}
-
-func (s *Sender) addAnswerLocked(bad bool) {
-	if s.answerCount == guardWindow {
-		if s.answers[s.answerNext] {
-			s.badCount--
-		}
-	} else {
-		s.answerCount++
-	}
-	s.answers[s.answerNext] = bad
-	if bad {
-		s.badCount++
-	}
-	s.answerNext = (s.answerNext + 1) % guardWindow
 }
 
 func (s *Sender) report(res Result) {

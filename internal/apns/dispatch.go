@@ -12,116 +12,130 @@ import (
 	"github.com/xapsd/xapsd/internal/registry"
 )
 
+// look is what one look of the dispatcher at the queue found.
+type look struct {
+	job  *job
+	wait time.Duration // without a job: when to look again (0: at the next kick)
+	// unreachable: APNs cannot be reached before until, and waiting
+	// pushes wait for it; reachable: the queue had pushes and APNs
+	// could be reached.
+	unreachable error
+	until       time.Time
+	reachable   bool
+	waiting     int // pushes waiting, for the log
+}
+
+// dispatcher is Run's own state, touched by Run's goroutine only.
+type dispatcher struct {
+	// unreachable: the last look found APNs unreachable; the next that
+	// finds it reachable says so.
+	unreachable bool
+}
+
+// saw logs what a look says about APNs: that it cannot be reached (once
+// a minute), and that it can again.
+func (d *dispatcher) saw(s *Sender, l look) {
+	switch {
+	case l.unreachable != nil:
+		d.unreachable = true
+		s.logEveryMinute("unreachable", func(log logrus.FieldLogger) {
+			log.WithError(l.unreachable).WithField("queued", l.waiting).
+				Errorf("cannot connect to APNs: sending paused, pushes are kept; next attempt in %s", time.Until(l.until).Round(time.Second))
+		})
+	case l.reachable && d.unreachable:
+		d.unreachable = false
+		s.log.Info("connecting to APNs again: sending resumed")
+	}
+}
+
 // Run dispatches pushes until ctx is cancelled. A worker slot is taken
 // before a job leaves the queue, so a job is always either queued or in
 // flight, never held by the dispatcher, and Drain can account for it.
 func (s *Sender) Run(ctx context.Context) {
+	var d dispatcher
 	for {
 		select {
 		case s.sem <- struct{}{}:
 		case <-ctx.Done():
 			return
 		}
-		j, wait := s.next()
-		if j == nil {
-			<-s.sem
-			var t *time.Timer
-			var wake <-chan time.Time
-			if wait > 0 {
-				t = time.NewTimer(wait)
-				wake = t.C
-			}
-			select {
-			case <-s.kickc:
-			case <-wake:
-			case <-ctx.Done():
-			}
-			if t != nil {
-				t.Stop()
-			}
-			if ctx.Err() != nil {
-				return
-			}
+		l := s.next()
+		d.saw(s, l)
+		if l.job != nil {
+			go s.send(l.job)
 			continue
 		}
-		go s.send(j)
+		<-s.sem
+		var t *time.Timer
+		var wake <-chan time.Time
+		if l.wait > 0 {
+			t = time.NewTimer(l.wait)
+			wake = t.C
+		}
+		select {
+		case <-s.kickc:
+		case <-wake:
+		case <-ctx.Done():
+		}
+		if t != nil {
+			t.Stop()
+		}
+		if ctx.Err() != nil {
+			return
+		}
 	}
 }
 
-// next pops a job and marks it in flight; a new event for the same device
-// from now on queues a new push, because this one may already be on its
-// way and the device might sync before the new change. While sending is
-// paused it returns no job, or the one probe, and how long to wait.
-func (s *Sender) next() (*job, time.Duration) {
+// next hands out the oldest ready push and marks it in flight; a new
+// event for the same device from now on queues a new push, because this
+// one may already be on its way and the device might sync before the new
+// change. While APNs cannot be reached, or refuses the credential, it
+// hands out nothing (or, in a pause, the one probe) and says how long to
+// wait.
+func (s *Sender) next() look {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	waiting := len(s.queue)
-	j, wait := s.nextLocked()
+	waiting := s.queue.readyLen()
+	l := s.nextLocked()
 	if s.opts.looked != nil {
-		s.opts.looked(waiting, j != nil)
+		s.opts.looked(waiting, l.job != nil)
 	}
-	return j, wait
+	return l
 }
 
-func (s *Sender) nextLocked() (*job, time.Duration) {
-	if s.stopping || len(s.queue) == 0 {
-		return nil, 0
+func (s *Sender) nextLocked() look {
+	if s.queue.halted() || s.queue.readyLen() == 0 {
+		return look{}
+	}
+	if until, err := s.client.Load().unreachable(); !until.IsZero() {
+		s.idle.Broadcast() // Drain does not wait for a queue that cannot move
+		// A timer, even if until just passed.
+		return look{wait: max(time.Until(until), time.Millisecond), unreachable: err, until: until, waiting: s.queue.size()}
 	}
 	now := s.opts.Now()
-	if until, err := s.client.Load().unreachable(); !until.IsZero() {
-		s.unreachable = true
-		s.idle.Broadcast() // Drain does not wait for a queue that cannot move
-		s.logEveryMinute("unreachable", func(l logrus.FieldLogger) {
-			l.WithError(err).WithField("queued", len(s.queued)).
-				Errorf("cannot connect to APNs: sending paused, pushes are kept; next attempt in %s", time.Until(until).Round(time.Second))
-		})
-		return nil, max(time.Until(until), time.Millisecond) // a timer, even if until just passed
+	ok, probe, wait := s.paused.admit(now)
+	if !ok {
+		return look{wait: wait, reachable: true}
 	}
-	if s.unreachable {
-		s.unreachable = false
-		s.log.Info("connecting to APNs again: sending resumed")
-	}
-	probe := false
-	if s.pause.on {
-		if s.pause.probing {
-			return nil, 0 // the probe's answer kicks
-		}
-		if wait := s.pause.probeAt.Sub(now); wait > 0 {
-			return nil, wait
-		}
-		s.pause.probing, probe = true, true
-	}
-	j := s.queue[0]
-	s.queue[0] = nil
-	s.queue = s.queue[1:]
-	delete(s.queued, j.key)
-	s.flying[j.key]++
+	j := s.queue.take()
 	j.probe = probe
-	s.notePushedLocked(j.key, now)
-	return j, 0
+	s.pacing.pushed(j.key, now)
+	return look{job: j, reachable: true}
 }
 
-// stuckLocked says whether the queue cannot move now: sending is paused
-// and no probe is on its way, or APNs cannot be reached.
-func (s *Sender) stuckLocked() bool {
-	if s.pause.on && !s.pause.probing {
-		return true
-	}
-	until, _ := s.client.Load().unreachable()
-	return !until.IsZero()
-}
-
+// send makes one attempt for j on a worker slot, and settles what its
+// answer means for the queue and the rules.
 func (s *Sender) send(j *job) {
 	defer func() { <-s.sem }()
-	res := s.attempt(context.Background(), j)
+	res, v := s.attempt(context.Background(), j)
+	s.decide(&res, v)
+	s.report(res)
 	s.mu.Lock()
-	if s.flying[j.key]--; s.flying[j.key] == 0 {
-		delete(s.flying, j.key)
-	}
+	s.queue.landed(j.key)
 	s.noteAnswerLocked(res)
 	switch res.Outcome {
 	case Retrying:
-		s.scheduleRetryLocked(j)
+		s.retryLocked(j)
 	case Held:
 		s.holdLocked(j)
 	}
@@ -130,64 +144,12 @@ func (s *Sender) send(j *job) {
 	wake := res.Outcome == Held
 	if j.probe {
 		j.probe = false
-		wake = s.probedLocked(res) || wake
+		wake = s.probedLocked(res, v) || wake
 	}
 	s.idle.Broadcast()
 	s.mu.Unlock()
 	if wake {
 		s.kick()
-	}
-}
-
-// noteAnswerLocked adds an answer from APNs to the window that decides
-// whether BadDeviceToken is common; those answers are added when they are
-// classified.
-func (s *Sender) noteAnswerLocked(res Result) {
-	if res.Status != 0 && res.Outcome != Held && !badTokenReason(res.Reason) {
-		s.addAnswerLocked(false)
-	}
-}
-
-// probedLocked handles the probe's result, and says whether the
-// dispatcher should look at the queue again.
-func (s *Sender) probedLocked(res Result) bool {
-	s.pause.probing = false
-	switch {
-	case !s.pause.on:
-		return true
-	case s.resumeLocked(res):
-		return true
-	case res.Reason == reasonExpiredUnsent:
-		return true // never sent: the next push in the queue probes at once
-	}
-	// Still refused (the refusal moved probeAt on), or no answer.
-	if !s.pause.probeAt.After(s.opts.Now()) {
-		s.pause.probeAt = s.opts.Now().Add(s.opts.ProbeInterval)
-	}
-	return false
-}
-
-// resumeLocked ends the pause when APNs answered res without refusing the
-// credential, and says whether it did.
-func (s *Sender) resumeLocked(res Result) bool {
-	if !s.pause.on || res.Status == 0 || res.Outcome == Held || res.refused {
-		return false
-	}
-	s.pause.on, s.pause.reason, s.pause.probeAt = false, "", time.Time{}
-	s.log.WithFields(logrus.Fields{"status": res.Status, "queued": len(s.queued)}).Info("APNs accepts pushes again: sending resumed")
-	return true
-}
-
-// holdLocked puts a push that was not sent, or refused for the
-// credential, back in the queue without counting the attempt.
-func (s *Sender) holdLocked(j *job) {
-	j.attempt--
-	if _, ok := s.queued[j.key]; ok {
-		return // a fresh push for the device is already queued
-	}
-	s.queued[j.key] = j
-	if !s.stopping {
-		s.queue = append(s.queue, j)
 	}
 }
 
@@ -197,10 +159,12 @@ func (s *Sender) holdLocked(j *job) {
 // the pause.
 func (s *Sender) PushNow(ctx context.Context, k registry.Key) Result {
 	j := &job{key: k, deadline: s.opts.Now().Add(s.opts.Expiration), test: true}
-	res := s.attempt(ctx, j)
+	res, v := s.attempt(ctx, j)
+	s.decide(&res, v)
+	s.report(res)
 	s.mu.Lock()
 	s.noteAnswerLocked(res)
-	resumed := s.resumeLocked(res)
+	resumed := s.resumeLocked(res, v)
 	s.mu.Unlock()
 	if resumed {
 		s.kick()
@@ -208,37 +172,79 @@ func (s *Sender) PushNow(ctx context.Context, k registry.Key) Result {
 	return res
 }
 
-// scheduleRetryLocked waits a jittered, growing delay and queues the job
-// again. A new event for the device in the meantime is merged into it.
-func (s *Sender) scheduleRetryLocked(j *job) {
-	if s.stopping {
-		if _, ok := s.queued[j.key]; !ok {
-			s.queued[j.key] = j
-		}
-		return
+// noteAnswerLocked adds an answer from APNs to the guard's window; bad
+// tokens were added when they were decided on.
+func (s *Sender) noteAnswerLocked(res Result) {
+	if res.Status != 0 && res.Outcome != Held && !badTokenReason(res.Reason) {
+		s.guard.note(false)
 	}
-	if _, ok := s.queued[j.key]; ok {
+}
+
+// probedLocked handles the probe's result, and says whether the
+// dispatcher should look at the queue again.
+func (s *Sender) probedLocked(res Result, v verdict) bool {
+	s.paused.returned()
+	switch {
+	case !s.paused.active():
+		return true
+	case s.resumeLocked(res, v):
+		return true
+	case res.Reason == reasonExpiredUnsent:
+		return true // never sent: the next push in the queue probes at once
+	}
+	// Still refused (the refusal moved the next probe on), or no answer.
+	s.paused.later(s.opts.Now(), s.opts.ProbeInterval)
+	return false
+}
+
+// resumeLocked ends the pause when APNs answered res without refusing the
+// credential, and says whether it did.
+func (s *Sender) resumeLocked(res Result, v verdict) bool {
+	if !s.paused.answered(res.Status != 0 && res.Outcome != Held && !v.refusedTest) {
+		return false
+	}
+	s.log.WithFields(logrus.Fields{"status": res.Status, "queued": s.queue.size()}).Info("APNs accepts pushes again: sending resumed")
+	return true
+}
+
+// holdLocked puts a push that was not sent, or refused for the
+// credential, back in the queue without counting the attempt.
+func (s *Sender) holdLocked(j *job) {
+	j.attempt--
+	if s.queue.has(j.key) {
 		return // a fresh push for the device is already queued
+	}
+	s.queue.add(j, !s.queue.halted())
+}
+
+// retryLocked waits a jittered, growing delay and queues the job again.
+// A new event for the device in the meantime is merged into it.
+func (s *Sender) retryLocked(j *job) {
+	if s.queue.has(j.key) {
+		return // a fresh push for the device is already queued
+	}
+	if s.queue.halted() {
+		s.queue.add(j, false) // Drain returns it
+		return
 	}
 	d := s.backoff(j.attempt)
 	if !s.opts.Now().Add(d).Before(j.deadline) {
 		d = j.deadline.Sub(s.opts.Now()) / 2
 	}
-	s.queued[j.key] = j
-	s.requeueAfterLocked(j, d)
+	s.queue.add(j, false)
+	s.readyAfterLocked(j, d)
 }
 
-// requeueAfterLocked puts j, already in queued, into the queue after d.
-func (s *Sender) requeueAfterLocked(j *job, d time.Duration) {
+// readyAfterLocked makes j, waiting in the queue, ready after d.
+func (s *Sender) readyAfterLocked(j *job, d time.Duration) {
 	j.due = s.opts.Now().Add(d)
 	j.timer = time.AfterFunc(d, func() {
 		s.mu.Lock()
-		if cur, ok := s.queued[j.key]; !ok || cur != j || s.stopping {
+		if !s.queue.release(j) {
 			s.mu.Unlock()
 			return
 		}
 		j.timer, j.paced = nil, false
-		s.queue = append(s.queue, j)
 		s.mu.Unlock()
 		s.kick()
 	})
@@ -271,18 +277,13 @@ var ErrDrainTimeout = errors.New("pushes still queued when the shutdown grace pe
 // sending is paused is not waited for.
 func (s *Sender) Drain(ctx context.Context) ([]registry.Key, error) {
 	s.mu.Lock()
-	for _, j := range s.queued {
-		if j.paced && j.timer != nil && j.timer.Stop() {
-			j.timer, j.paced = nil, false
-			s.queue = append(s.queue, j)
-		}
-	}
+	s.queue.releasePaced()
 	s.mu.Unlock()
 	s.kick()
 	done := make(chan struct{})
 	go func() {
 		s.mu.Lock()
-		for (len(s.queue) > 0 && !s.stuckLocked()) || len(s.flying) > 0 {
+		for (s.queue.readyLen() > 0 && !s.stuckLocked()) || s.queue.busy() {
 			s.idle.Wait()
 		}
 		s.mu.Unlock()
@@ -295,20 +296,7 @@ func (s *Sender) Drain(ctx context.Context) ([]registry.Key, error) {
 		err = ErrDrainTimeout
 	}
 	s.mu.Lock()
-	s.stopping = true
-	var left []registry.Key
-	for k, j := range s.queued {
-		if j.timer != nil {
-			j.timer.Stop()
-		}
-		left = append(left, k)
-	}
-	for k := range s.flying {
-		if _, ok := s.queued[k]; !ok {
-			left = append(left, k)
-		}
-	}
-	s.queue = nil
+	left := s.queue.stop()
 	s.idle.Broadcast()
 	s.mu.Unlock()
 	if err != nil {

@@ -193,7 +193,7 @@ func TestNewCredentialsEndThePause(t *testing.T) {
 	}
 	// A refusal for credentials already replaced does not pause the new ones.
 	old := &Client{Topic: "t", Transport: bad}
-	s.pauseFor(old, 403, "InvalidProviderToken", time.Now().Add(time.Hour))
+	s.pauseFor(old, refusal(403, "InvalidProviderToken"), time.Now().Add(time.Hour))
 	if cause, _ := s.Paused(); cause != "" {
 		t.Errorf("paused by the old credential: %s", cause)
 	}

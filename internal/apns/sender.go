@@ -18,6 +18,12 @@
 // the credential just changed, the cause is the configuration (the wrong
 // APNs environment, the wrong certificate), not the devices.
 //
+// Each of these rules is a small type that owns its state and says what it
+// promises: pushQueue (one waiting push per device), pacer (MinInterval),
+// credentialPause (APNs refuses the credential) and tokenGuard (when
+// BadDeviceToken may delete). The Sender runs them under one lock, and a
+// dispatcher hands the ready pushes to the workers.
+//
 // The HTTP/2 connections under the pushes are package transport's.
 package apns
 
@@ -72,11 +78,6 @@ type Result struct {
 	Attempt  int
 	Duration time.Duration
 	Test     bool // a test-push: tried once, never retried
-
-	// refused: a test push that was held (the credential refused, or
-	// APNs unreachable) and is reported as failed; it must not end a
-	// pause the way an answer about the device does.
-	refused bool
 }
 
 // Options configures a Sender.
@@ -107,63 +108,24 @@ type Options struct {
 	looked func(waiting int, sent bool)
 }
 
-type job struct {
-	key      registry.Key
-	attempt  int
-	deadline time.Time // expiration of the push; no retry past it
-	timer    *time.Timer
-	due      time.Time // when timer puts it back in the queue
-	paced    bool      // timer waits for MinInterval, not for a retry
-	probe    bool      // sent to see whether APNs still refuses the credential
-	test     bool      // PushNow: one attempt, reported as a test
-}
-
-// pause is the state of a paused queue: APNs refuses the credential.
-type pause struct {
-	on      bool
-	reason  string    // for /readyz and the log
-	since   time.Time // when it paused, for /readyz
-	probeAt time.Time // when one push may go out to try again
-	probing bool      // that push is on its way
-}
-
-// guardWindow is how many recent answers decide whether BadDeviceToken is
-// common.
-const guardWindow = 50
-
 // Sender owns the push queue. Create it with New, start it with Run.
 type Sender struct {
-	opts   Options
-	log    logrus.FieldLogger
-	client atomic.Pointer[Client]
+	opts    Options
+	log     logrus.FieldLogger
+	client  atomic.Pointer[Client]
+	sem     chan struct{} // a slot for each push in flight
+	kickc   chan struct{} // wakes the dispatcher
+	lastLog sync.Map      // message kind → *atomic.Int64 for logging.EveryMinute
 
-	mu       sync.Mutex
-	queue    []*job                // FIFO of jobs ready to send
-	queued   map[registry.Key]*job // ready or waiting for a retry
-	flying   map[registry.Key]int  // devices with a push in flight, and how many
-	stopping bool
-	kickc    chan struct{}
-	idle     *sync.Cond // signalled when a push in flight ends or the queue is blocked
-
-	pause       pause
-	unreachable bool // the dispatcher waits for APNs to be reachable
-
-	// pushed holds when each device was last pushed, in two generations
-	// of at least MinInterval each, so it only remembers recent pushes.
-	pushed, pushedBefore map[registry.Key]time.Time
-	pushedSince          time.Time
-
-	// The last guardWindow answers from APNs: whether each was a
-	// BadDeviceToken (or DeviceTokenNotForTopic).
-	answers     [guardWindow]bool
-	answerNext  int
-	answerCount int
-	badCount    int
-	changedAt   time.Time // the credential's last change
-	guardLogged time.Time // the last "devices kept" error; zero when the guard is off
-
-	sem     chan struct{}
-	lastLog sync.Map // message kind → *atomic.Int64 for logging.EveryMinute
+	// mu guards the queue and the rules below. Their methods run under
+	// it; the Sender's own methods take it, except those named ...Locked,
+	// which are called with it held.
+	mu     sync.Mutex
+	idle   *sync.Cond      // signalled when a push in flight ends or the queue cannot move
+	queue  pushQueue       // one waiting push per device
+	pacing pacer           // MinInterval between two pushes to a device
+	paused credentialPause // APNs refuses the credential
+	guard  tokenGuard      // BadDeviceToken deletes only the exception
 }
 
 // New returns a Sender using client until SetClient replaces it.
@@ -194,11 +156,9 @@ func New(client *Client, o Options) *Sender {
 		l.SetLevel(logrus.PanicLevel)
 		o.Log = l
 	}
-	s := &Sender{opts: o, log: o.Log, queued: make(map[registry.Key]*job), flying: make(map[registry.Key]int),
-		kickc: make(chan struct{}, 1), sem: make(chan struct{}, o.Concurrency), changedAt: o.Now()}
-	if o.MinInterval > 0 {
-		s.pushed, s.pushedBefore, s.pushedSince = map[registry.Key]time.Time{}, map[registry.Key]time.Time{}, o.Now()
-	}
+	now := o.Now()
+	s := &Sender{opts: o, log: o.Log, kickc: make(chan struct{}, 1), sem: make(chan struct{}, o.Concurrency),
+		queue: newPushQueue(), pacing: newPacer(o.MinInterval, now), guard: newTokenGuard(o.TrustAfterChange, now)}
 	s.idle = sync.NewCond(&s.mu)
 	s.client.Store(client)
 	return s
@@ -211,10 +171,9 @@ func New(client *Client, o Options) *Sender {
 func (s *Sender) SetClient(c *Client) {
 	s.client.Store(c)
 	s.mu.Lock()
-	resumed := s.pause.on
-	s.pause = pause{}
-	s.changedAt = s.opts.Now()
-	s.answers, s.answerNext, s.answerCount, s.badCount = [guardWindow]bool{}, 0, 0, 0
+	resumed := s.paused.active()
+	s.paused = credentialPause{}
+	s.guard.changed(s.opts.Now())
 	s.idle.Broadcast()
 	s.mu.Unlock()
 	if resumed {
@@ -223,14 +182,17 @@ func (s *Sender) SetClient(c *Client) {
 	s.kick()
 }
 
+// Client returns the current credentials.
+func (s *Sender) Client() *Client { return s.client.Load() }
+
 // Paused says why sending is paused, or nil: cause is PauseCredential or
 // PauseUnreachable.
 func (s *Sender) Paused() (cause string, why error) {
 	s.mu.Lock()
-	p := s.pause
+	err := s.paused.err()
 	s.mu.Unlock()
-	if p.on {
-		return PauseCredential, fmt.Errorf("sending paused since %s: %s", p.since.UTC().Format(time.RFC3339), p.reason)
+	if err != nil {
+		return PauseCredential, err
 	}
 	if until, err := s.client.Load().unreachable(); !until.IsZero() {
 		return PauseUnreachable, fmt.Errorf("sending paused: %w", &transport.UnreachableError{Err: err, Until: until})
@@ -259,79 +221,53 @@ type Waiting struct {
 func (s *Sender) Waiting(k registry.Key) (Waiting, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	j, queued := s.queued[k]
+	j, waits := s.queue.get(k)
 	switch {
-	case queued && j.timer != nil && j.paced:
+	case waits && j.timer != nil && j.paced:
 		return Waiting{Why: WaitPacing, Until: j.due, Attempt: j.attempt}, true
-	case queued && j.timer != nil:
+	case waits && j.timer != nil:
 		return Waiting{Why: WaitRetry, Until: j.due, Attempt: j.attempt}, true
-	case queued && s.stuckLocked():
+	case waits && s.stuckLocked():
 		return Waiting{Why: WaitPaused, Attempt: j.attempt}, true
-	case queued:
+	case waits:
 		return Waiting{Why: WaitQueued, Attempt: j.attempt}, true
-	case s.flying[k] > 0:
+	case s.queue.inFlight(k):
 		return Waiting{Why: WaitInFlight}, true
 	}
 	return Waiting{}, false
 }
 
-// Client returns the current credentials.
-func (s *Sender) Client() *Client { return s.client.Load() }
+// stuckLocked says whether the queue cannot move now: sending is paused
+// and no probe is on its way, or APNs cannot be reached.
+func (s *Sender) stuckLocked() bool {
+	if s.paused.holds() {
+		return true
+	}
+	until, _ := s.client.Load().unreachable()
+	return !until.IsZero()
+}
 
 // Enqueue asks for one push to the device. It never blocks; a device that
 // is already waiting to be pushed is not added twice, and one pushed less
 // than MinInterval ago waits for the rest of it.
 func (s *Sender) Enqueue(k registry.Key) {
 	s.mu.Lock()
-	if _, ok := s.queued[k]; ok {
+	if s.queue.has(k) {
 		s.mu.Unlock()
 		return
 	}
 	now := s.opts.Now()
 	j := &job{key: k, deadline: now.Add(s.opts.Expiration)}
-	s.queued[k] = j
-	if wait := s.paceLocked(k, now); wait > 0 && !s.stopping {
+	if wait := s.pacing.wait(k, now); wait > 0 && !s.queue.halted() {
 		j.paced = true
-		s.requeueAfterLocked(j, wait)
+		s.queue.add(j, false)
+		s.readyAfterLocked(j, wait)
 		s.mu.Unlock()
 		return
 	}
-	s.queue = append(s.queue, j)
+	s.queue.add(j, true)
 	s.mu.Unlock()
 	s.kick()
-}
-
-// paceLocked says how long a push to k must wait for MinInterval.
-func (s *Sender) paceLocked(k registry.Key, now time.Time) time.Duration {
-	if s.pushed == nil {
-		return 0
-	}
-	last, ok := s.pushed[k]
-	if !ok {
-		last, ok = s.pushedBefore[k]
-	}
-	if !ok {
-		return 0
-	}
-	return last.Add(s.opts.MinInterval).Sub(now)
-}
-
-// notePushedLocked remembers a push to k for pacing.
-func (s *Sender) notePushedLocked(k registry.Key, now time.Time) {
-	if s.pushed == nil {
-		return
-	}
-	if now.Sub(s.pushedSince) >= s.opts.MinInterval {
-		s.pushedBefore, s.pushed, s.pushedSince = s.pushed, make(map[registry.Key]time.Time, len(s.pushed)), now
-	}
-	s.pushed[k] = now
-}
-
-func (s *Sender) kick() {
-	select {
-	case s.kickc <- struct{}{}:
-	default:
-	}
 }
 
 // Depth reports queued (including those waiting for a retry) and
@@ -339,10 +275,14 @@ func (s *Sender) kick() {
 func (s *Sender) Depth() (queued, inFlight int) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	for _, n := range s.flying {
-		inFlight += n
+	return s.queue.depth()
+}
+
+func (s *Sender) kick() {
+	select {
+	case s.kickc <- struct{}{}:
+	default:
 	}
-	return len(s.queued), inFlight
 }
 
 // logEveryMinute runs f with the sender's log at most once a minute for
