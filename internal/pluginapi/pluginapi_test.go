@@ -272,7 +272,7 @@ func TestUserNamesFoldASCIIOnly(t *testing.T) {
 	}
 }
 
-func TestNotifyStatuses(t *testing.T) {
+func TestNotifyStatusFollowsWhatTheEventWoke(t *testing.T) {
 	for st, want := range map[notify.Status]int{notify.Pushed: 200, notify.Ignored: 200, notify.NoMailbox: 204, notify.UnknownUser: 404} {
 		e := newEnv(t)
 		e.notif.status = st
@@ -286,7 +286,7 @@ func TestNotifyStatuses(t *testing.T) {
 	}
 }
 
-func TestBadNotifications(t *testing.T) {
+func TestBadNotificationsAre400AndReachNoOne(t *testing.T) {
 	cases := map[string]string{
 		"malformed":       `{"Username":`,
 		"no events key":   `{"Username":"a","Mailbox":"INBOX"}`,
@@ -609,7 +609,7 @@ func TestUnconfirmedRegistrationIs503ThatMayBeStored(t *testing.T) {
 	}
 }
 
-func TestPublicReason(t *testing.T) {
+func TestPublicReasonShortensPathsAndPutsErrnoInWords(t *testing.T) {
 	for in, want := range map[string]string{
 		"certificate /etc/xapsd/push.pem has expired":                       "certificate push.pem has expired",
 		"open /var/lib/xapsd/push.key: no such file or directory":           "open push.key: missing",
