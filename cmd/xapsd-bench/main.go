@@ -458,14 +458,7 @@ func launch(bin, dir, addr, caFile string) (*daemon, error) {
 		return nil, err
 	}
 	go func() { d.cmd.Wait(); close(d.done) }()
-	err = testutil.WaitStarted(d.done, 60*time.Second, func() bool {
-		resp, err := probe.Get("http://" + d.addr + "/healthz")
-		if err != nil {
-			return false
-		}
-		resp.Body.Close()
-		return true
-	})
+	err = testutil.WaitStarted(d.done, 60*time.Second, testutil.Answers(probe, "http://"+d.addr+"/healthz"))
 	switch {
 	case errors.Is(err, testutil.ErrExited):
 		return nil, fmt.Errorf("xapsd exited during start:\n%s", d.tail())

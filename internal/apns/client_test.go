@@ -17,11 +17,7 @@ const testTopic = "com.apple.mail.XServer.0a1b2c3d-4e5f-6789-abcd-ef0123456789"
 // certClientFor is a certificate client pointed at srv.
 func certClientFor(t *testing.T, srv *fakeapns.Server) *Client {
 	t.Helper()
-	ca, err := testpki.NewCA("push CA")
-	if err != nil {
-		t.Fatal(err)
-	}
-	leaf, err := ca.Issue(testpki.IssueOptions{UID: testTopic})
+	leaf, err := testpki.NewPushCert(testTopic)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -16,6 +16,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -99,6 +100,19 @@ func WaitStarted(done <-chan struct{}, timeout time.Duration, ready func() bool)
 		return fmt.Errorf("not ready within %v", timeout)
 	}
 	return nil
+}
+
+// Answers is a readiness probe for WaitStarted: whether url answers a GET
+// with any status, through c, whose timeout must bound each try.
+func Answers(c *http.Client, url string) func() bool {
+	return func() bool {
+		resp, err := c.Get(url)
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return true
+	}
 }
 
 // FreePort returns a TCP port on 127.0.0.1 that nothing listens on now.

@@ -144,16 +144,9 @@ func startDaemonBin(t *testing.T, bin, dir, addr string, env ...string) *daemon 
 // waitAnswering waits until the daemon answers on d.addr.
 func (d *daemon) waitAnswering() {
 	d.t.Helper()
-	err := testutil.WaitStarted(d.done, 20*time.Second, func() bool {
-		// With a timeout: a daemon that bound its port but hangs before
-		// serving must fail the test, not hang it.
-		resp, err := probeClient.Get("http://" + d.addr + "/healthz")
-		if err != nil {
-			return false
-		}
-		resp.Body.Close()
-		return true
-	})
+	// probeClient has a timeout: a daemon that bound its port but hangs
+	// before serving must fail the test, not hang it.
+	err := testutil.WaitStarted(d.done, 20*time.Second, testutil.Answers(probeClient, "http://"+d.addr+"/healthz"))
 	switch {
 	case errors.Is(err, testutil.ErrExited):
 		d.t.Fatalf("xapsd exited during start: %v\n%s", d.err, d.log.String())

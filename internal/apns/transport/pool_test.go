@@ -50,11 +50,7 @@ func tokenClientFor(t *testing.T, srv *fakeapns.Server, o Options) *client {
 func realClient(t *testing.T, o fakeapns.Options) (*client, *fakeapns.Server) {
 	t.Helper()
 	srv := fakeapns.StartT(t, o)
-	ca, err := testpki.NewCA("push CA")
-	if err != nil {
-		t.Fatal(err)
-	}
-	leaf, err := ca.Issue(testpki.IssueOptions{UID: testTopic})
+	leaf, err := testpki.NewPushCert(testTopic)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -205,13 +201,24 @@ func TestRefusedTokenGoesBackToOneStream(t *testing.T) {
 
 // GOAWAY: pushes carry on over a new connection, and none is lost.
 func TestGoAwayMovesToANewConnection(t *testing.T) {
+	// The GOAWAY comes when the 200th push arrives, while most are still
+	// to come.
+	var arrived atomic.Int32
+	reached := make(chan struct{})
 	srv := appleServer(t, fakeapns.Options{NoRecord: true, Responder: func(fakeapns.Request) fakeapns.Response {
+		if arrived.Add(1) == 200 {
+			close(reached)
+		}
 		return fakeapns.Response{Delay: 20 * time.Millisecond}
 	}})
 	c := tokenClientFor(t, srv, Options{})
 	done := make(chan []error)
 	go func() { done <- pushAll(c, 1000) }()
-	testutil.WaitFor(t, "200 pushes to reach the server", func() bool { return srv.Count() >= 200 })
+	select {
+	case <-reached:
+	case <-time.After(testutil.Patience):
+		t.Fatal("200 pushes did not reach the server")
+	}
 	srv.GoAway("Shutdown")
 	if errs := <-done; len(errs) > 0 {
 		t.Fatalf("%d pushes failed after GOAWAY, first: %v", len(errs), errs[0])

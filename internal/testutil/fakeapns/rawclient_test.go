@@ -212,7 +212,7 @@ func BenchmarkServerRaw(b *testing.B) {
 // TestRawClientGetsEveryRequestAnsweredAndCounted keeps the benchmark client honest: every request is
 // answered and counted.
 func TestRawClientGetsEveryRequestAnsweredAndCounted(t *testing.T) {
-	s := start(t, Options{})
+	s := StartT(t, Options{})
 	c, err := dialRaw(s)
 	if err != nil {
 		t.Fatal(err)

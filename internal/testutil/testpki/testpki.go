@@ -351,6 +351,16 @@ func NewP8Key() (pemBytes []byte, key *ecdsa.PrivateKey, err error) {
 	return pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), key, nil
 }
 
+// NewPushCert issues a push certificate for topic (its UID) from a CA of
+// its own, for a client that does not need to know the CA.
+func NewPushCert(topic string) (*Leaf, error) {
+	ca, err := NewCA("push CA")
+	if err != nil {
+		return nil, err
+	}
+	return ca.Issue(IssueOptions{UID: topic})
+}
+
 // NewProviderToken makes a provider token as a daemon in token mode
 // holds it: a fresh .p8 key, key id ABCDEFGHIJ, team KLMNOPQRST, and its
 // first bearer signed.
