@@ -64,7 +64,7 @@ type Options struct {
 	// certificate but cannot ask Apple; Status and the log say why.
 	VendorCertFile string
 	VendorKeyFile  string
-	Dir            string         // state folder, normally StateDir(databaseFile)
+	Dir            string         // its folder: statedir.Dir.AppleCerts()
 	BaseURL        string         // default DefaultBaseURL; tests point it at a stand-in
 	Roots          *x509.CertPool // trust for BaseURL; nil = the system's
 	Hostname       string         // in each request's Description; default os.Hostname()

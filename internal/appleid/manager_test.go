@@ -850,12 +850,6 @@ func TestStoreIssued(t *testing.T) {
 	}
 }
 
-func TestStateDirIsApplePushBesideTheDatabase(t *testing.T) {
-	if got := StateDir("/var/lib/xapsd/database.json"); got != "/var/lib/xapsd/apple-push" {
-		t.Errorf("StateDir = %q", got)
-	}
-}
-
 // TestNewWritesNothing: xapsd --check-config builds a Manager too, maybe
 // as root; it must not leave a folder the daemon's user cannot write.
 func TestNewWritesNothing(t *testing.T) {

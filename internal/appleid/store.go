@@ -38,12 +38,6 @@ const (
 	dirMode         = 0o700
 )
 
-// StateDir is the state folder for a registry file: apple-push/ beside
-// it, which the packaging already makes writable.
-func StateDir(databaseFile string) string {
-	return filepath.Join(filepath.Dir(databaseFile), "apple-push")
-}
-
 type store struct{ dir string }
 
 // ensure creates the folder, and tightens its mode if it exists: it holds

@@ -14,21 +14,12 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"path/filepath"
 	"time"
 
 	"github.com/xapsd/xapsd/internal/apns"
 	"github.com/xapsd/xapsd/internal/diagnose"
 	"github.com/xapsd/xapsd/internal/registry"
 )
-
-// SocketName is the socket's file name in the state folder.
-const SocketName = "xapsd.sock"
-
-// SocketPath is where the daemon with this database file listens.
-func SocketPath(databaseFile string) string {
-	return filepath.Join(filepath.Dir(databaseFile), SocketName)
-}
 
 // Registry is what the admin commands need of the registry.
 type Registry interface {

@@ -12,6 +12,7 @@ import (
 	"github.com/xapsd/xapsd/internal/apns"
 	"github.com/xapsd/xapsd/internal/diagnose"
 	"github.com/xapsd/xapsd/internal/registry"
+	"github.com/xapsd/xapsd/internal/statedir"
 )
 
 type fakePusher struct{ pushed []registry.Key }
@@ -49,7 +50,7 @@ func setup(t *testing.T) (*Client, *registry.Registry, *fakePusher, string) {
 		}
 	}
 	p := &fakePusher{}
-	path := SocketPath(filepath.Join(dir, "database.json"))
+	path := statedir.New(filepath.Join(dir, "database.json")).AdminSocket()
 	s, err := Listen(path, reg, p, fakeDiagnoser{})
 	if err != nil {
 		t.Fatal(err)
@@ -145,7 +146,7 @@ func TestImportOverTheSocketAddsOldFormatRegistrations(t *testing.T) {
 }
 
 func TestClientWithoutDaemon(t *testing.T) {
-	c := NewClient(filepath.Join(t.TempDir(), SocketName))
+	c := NewClient(statedir.New(filepath.Join(t.TempDir(), "database.json")).AdminSocket())
 	if _, err := c.Devices(""); err == nil || !strings.Contains(err.Error(), "is it running") {
 		t.Errorf("err = %v", err)
 	}

@@ -7,8 +7,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"path/filepath"
-	"sort"
 	"strings"
 	"time"
 
@@ -19,6 +17,7 @@ import (
 	"github.com/xapsd/xapsd/internal/appleid"
 	"github.com/xapsd/xapsd/internal/config"
 	"github.com/xapsd/xapsd/internal/creds"
+	"github.com/xapsd/xapsd/internal/statedir"
 )
 
 // errNoCredential explains what to configure; /register shows it as 503.
@@ -176,7 +175,7 @@ func newAppleManager(c *config.Config, log logrus.FieldLogger,
 		PasswordHash:   c.AppleIDHashedPassword,
 		VendorCertFile: c.AppleIDVendorCertificate,
 		VendorKeyFile:  c.AppleIDVendorKey,
-		Dir:            appleid.StateDir(c.DatabaseFile),
+		Dir:            statedir.New(c.DatabaseFile).AppleCerts(),
 		Log:            log,
 		Exclusive:      exclusive,
 	})
@@ -250,18 +249,18 @@ func (d *Daemon) stopApple() {
 func (d *Daemon) importLegacyCerts(c *config.Config) {
 	log := d.log.WithField("component", "appleid")
 	raw := d.reg.LegacyAppleCerts()
-	dir := appleid.StateDir(c.DatabaseFile)
+	state := statedir.New(c.DatabaseFile)
+	dir := state.AppleCerts()
 	if raw == nil {
 		// A start that migrated but failed to import: the backup still
 		// has them.
-		if _, err := os.Stat(filepath.Join(dir, "mail.pem")); err == nil || c.AppleID == "" {
+		if _, err := os.Stat(state.AppleCert("mail")); err == nil || c.AppleID == "" {
 			return
 		}
-		backups, _ := filepath.Glob(c.DatabaseFile + ".legacy-*.bak")
+		backups := state.LegacyBackups()
 		if len(backups) == 0 {
 			return
 		}
-		sort.Strings(backups)
 		raw = legacyCertsFromBackup(backups[len(backups)-1])
 		if raw == nil {
 			return
@@ -382,7 +381,7 @@ func filesChanged(old []fileStamp) bool {
 // legacyCertsFromBackup reads the AppleCerts object of an old
 // database.json backup, or nil.
 func legacyCertsFromBackup(path string) json.RawMessage {
-	data, err := readStateFile(path)
+	data, err := statedir.ReadFile(path, 0)
 	if err != nil {
 		return nil
 	}

@@ -9,10 +9,8 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
-	"io/fs"
 	"net"
 	"net/http"
-	"path/filepath"
 	"runtime/debug"
 	"strings"
 	"sync"
@@ -36,11 +34,13 @@ import (
 	"github.com/xapsd/xapsd/internal/registry"
 	"github.com/xapsd/xapsd/internal/regularfile"
 	"github.com/xapsd/xapsd/internal/scheduler"
+	"github.com/xapsd/xapsd/internal/statedir"
 )
 
 // Daemon is one running xapsd.
 type Daemon struct {
 	log    *logrus.Logger
+	state  statedir.Dir // the folder of databaseFile
 	cfg    atomic.Pointer[config.Config]
 	cred   atomic.Pointer[credential]
 	reg    *registry.Registry
@@ -80,7 +80,7 @@ type Options struct {
 // so the process exits non-zero; a credential that does not load is not
 // such an error (brokenCredential).
 func Run(ctx context.Context, o Options) error {
-	d := &Daemon{log: o.Log, started: o.Config}
+	d := &Daemon{log: o.Log, started: o.Config, state: statedir.New(o.Config.DatabaseFile)}
 	cfg := o.Config
 	d.cfg.Store(cfg)
 	log := o.Log.WithField("component", "daemon")
@@ -150,16 +150,14 @@ func Run(ctx context.Context, o Options) error {
 	if cfg.DatabaseURL != "" {
 		regOpts.Postgres = &registry.PostgresOptions{URL: cfg.DatabaseURL, PasswordFile: cfg.DatabasePasswordFile}
 	}
-	d.reg, err = registry.Open(regOpts)
+	// The state folder holds the admin socket and the pending pushes
+	// whichever registry runs, and the registry's files with the files.
+	err = d.state.Make(o.Log.WithField("component", "daemon"))
+	if err == nil {
+		d.reg, err = registry.Open(regOpts)
+	}
 	if err != nil {
-		if errors.Is(err, fs.ErrPermission) {
-			// Say it the way --check-config does: which folder or file,
-			// and for which user.
-			if why := CheckStateDir(cfg); why != nil {
-				err = why
-			}
-		}
-		return fail(err)
+		return fail(stateError(cfg, err))
 	}
 	d.importLegacyCerts(cfg)
 	if cred == nil {
@@ -215,13 +213,13 @@ func Run(ctx context.Context, o Options) error {
 
 	d.serve(handler)
 	diag := diagnose.Sources{Daemon: d.status, Registry: d.reg, History: d.history, Queue: d.sender, Delays: d.sched}
-	d.admin, err = ctl.Listen(ctl.SocketPath(cfg.DatabaseFile), d.reg, d.sender, diag)
+	d.admin, err = ctl.Listen(d.state.AdminSocket(), d.reg, d.sender, diag)
 	if err != nil {
 		d.stopApple()
 		return fail(err)
 	}
 
-	pendingPath := pendingFile(cfg.DatabaseFile)
+	pendingPath := d.state.PendingPushes()
 	if keys, err := loadPending(pendingPath); err != nil {
 		log.WithError(err).Warn("cannot read the pushes left over from the last shutdown")
 	} else if len(keys) > 0 {
@@ -626,10 +624,6 @@ func (d *Daemon) shutdown(pendingPath string) error {
 		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
-}
-
-func pendingFile(db string) string {
-	return filepath.Join(filepath.Dir(db), "pending-pushes.json")
 }
 
 // databaseHost names the database of a databaseURL for the log, without

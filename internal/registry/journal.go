@@ -10,7 +10,6 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
-	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -19,6 +18,7 @@ import (
 	"time"
 
 	"github.com/xapsd/xapsd/internal/atomicfile"
+	"github.com/xapsd/xapsd/internal/statedir"
 )
 
 // journal makes registry changes durable.
@@ -40,7 +40,8 @@ import (
 // process holds an flock on every segment it knows and deletes no other.
 type journal struct {
 	r    *Registry
-	path string // snapshot path
+	dir  statedir.Dir
+	path string // snapshot path (dir.Snapshot())
 
 	// Owned by the writer goroutine (or by open/close before/after it).
 	seg     *os.File
@@ -107,22 +108,20 @@ func (j *journal) kick() {
 	}
 }
 
-func openJournal(r *Registry, path string) (*journal, error) {
-	j := &journal{r: r, path: path, kickc: make(chan struct{}, 1), rotatec: make(chan chan []segment),
+func openJournal(r *Registry, dir statedir.Dir) (*journal, error) {
+	path := dir.Snapshot()
+	j := &journal{r: r, dir: dir, path: path, kickc: make(chan struct{}, 1), rotatec: make(chan chan []segment),
 		stopc: make(chan struct{}), donec: make(chan struct{})}
-	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
-		return nil, fmt.Errorf("create registry folder for %s: %w", path, err)
-	}
-	if err := checkFolder(filepath.Dir(path), r.log); err != nil {
+	if err := dir.Make(r.log); err != nil {
 		return nil, err
 	}
 	// Two daemons appending to one journal would corrupt it; the kernel
 	// drops the lock when the process dies, even by SIGKILL.
 	// The lock file stays after a stop: if it is there, xapsd ran here
 	// before, and a missing snapshot is a loss, not a new install.
-	_, statErr := os.Lstat(path + ".lock")
+	_, statErr := os.Lstat(dir.Lock())
 	ranBefore := statErr == nil
-	lock, err := openState(path+".lock", os.O_RDWR|os.O_CREATE, 0o600)
+	lock, err := statedir.OpenFile(dir.Lock(), os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("open lock of registry %s: %w", path, err)
 	}
@@ -184,7 +183,7 @@ func openJournal(r *Registry, path string) (*journal, error) {
 	}
 	rp := &replayer{r: r, last: r.seq, noStart: !exists || snap.Empty}
 	for _, s := range segs {
-		rp.segStart, _, _ = parseSegmentName(strings.TrimPrefix(s.path, path+".journal."))
+		rp.segStart, _ = dir.SegmentStart(s.path)
 		if err := j.replay(s.path, rp); err != nil {
 			return nil, err
 		}
@@ -214,7 +213,7 @@ func openJournal(r *Registry, path string) (*journal, error) {
 			}
 		}
 	case snap.Legacy:
-		backup := fmt.Sprintf("%s.legacy-%s.bak", path, now.UTC().Format("20060102T150405Z"))
+		backup := dir.LegacyBackup(now)
 		if err := atomicfile.WriteFile(backup, data, 0o600); err != nil {
 			return nil, fmt.Errorf("back up old registry %s: %w", path, err)
 		}
@@ -251,7 +250,7 @@ func openJournal(r *Registry, path string) (*journal, error) {
 // A file that does not parse is salvaged line by line (snap.salvaged);
 // only one written by a newer xapsd is an error.
 func (j *journal) loadSnapshot(load func(record)) (snap *snapshot, data []byte, exists bool, err error) {
-	f, err := openState(j.path, os.O_RDONLY, 0)
+	f, err := statedir.OpenFile(j.path, os.O_RDONLY, 0)
 	if errors.Is(err, fs.ErrNotExist) {
 		return &snapshot{}, nil, false, nil
 	}
@@ -310,7 +309,7 @@ func (j *journal) loadSnapshot(load func(record)) (snap *snapshot, data []byte, 
 // then may the snapshot be rewritten).
 func (j *journal) keepDamaged(data []byte, snap *snapshot, now time.Time) bool {
 	sv := snap.salvaged
-	copyPath := fmt.Sprintf("%s.damaged-%s", j.path, now.UTC().Format("20060102T150405Z"))
+	copyPath := j.dir.Damaged(now)
 	kept := true
 	if err := atomicfile.WriteFile(copyPath, data, 0o600); err != nil {
 		j.r.log.WithError(err).WithField("file", copyPath).Error("cannot keep a copy of the damaged registry; it stays as it is until the next snapshot succeeds")
@@ -359,7 +358,7 @@ func (j *journal) reportLostSnapshot(segs []segment, exists bool) {
 		j.noteDamage(1, fmt.Sprintf("%s is %s and there is no journal: every registration is lost", filepath.Base(j.path), state))
 		return
 	}
-	first, _, _ := parseSegmentName(strings.TrimPrefix(segs[0].path, j.path+".journal."))
+	first, _ := j.dir.SegmentStart(segs[0].path)
 	l := j.r.log.WithFields(map[string]any{"file": j.path, "segments": len(segs), "first_record": first})
 	if first <= 1 {
 		l.Warn("the registry snapshot is " + state + ", but the journal starts at its first record: nothing is lost")
@@ -388,13 +387,13 @@ func closeSegments(segs []segment) {
 
 // lockSegments lists the journal's segments in order and locks each.
 func (j *journal) lockSegments() ([]segment, error) {
-	paths, err := j.listSegments()
+	paths, err := j.dir.Segments()
 	if err != nil {
 		return nil, err
 	}
 	var segs []segment
 	for _, p := range paths {
-		f, err := openState(p, os.O_RDONLY, 0)
+		f, err := statedir.OpenFile(p, os.O_RDONLY, 0)
 		if errors.Is(err, fs.ErrNotExist) {
 			continue // compacted away by whoever held it
 		}
@@ -403,7 +402,7 @@ func (j *journal) lockSegments() ([]segment, error) {
 			if errors.Is(err, syscall.EWOULDBLOCK) {
 				f.Close()
 				closeSegments(segs)
-				return nil, fmt.Errorf("registry %s is in use by another xapsd: its journal segment %s is locked (was %s.lock deleted?)", j.path, p, j.path)
+				return nil, fmt.Errorf("registry %s is in use by another xapsd: its journal segment %s is locked (was %s deleted?)", j.path, p, j.dir.Lock())
 			}
 		}
 		if err != nil {
@@ -418,49 +417,9 @@ func (j *journal) lockSegments() ([]segment, error) {
 	return segs, nil
 }
 
-func (j *journal) listSegments() ([]string, error) {
-	matches, err := filepath.Glob(j.path + ".journal.*")
-	if err != nil {
-		return nil, fmt.Errorf("list journal of %s: %w", j.path, err)
-	}
-	type seg struct {
-		path       string
-		start, ver uint64
-	}
-	var segs []seg
-	for _, m := range matches {
-		start, ver, ok := parseSegmentName(strings.TrimPrefix(m, j.path+".journal."))
-		if !ok {
-			continue
-		}
-		segs = append(segs, seg{m, start, ver})
-	}
-	sort.Slice(segs, func(a, b int) bool {
-		if segs[a].start != segs[b].start {
-			return segs[a].start < segs[b].start
-		}
-		return segs[a].ver < segs[b].ver
-	})
-	out := make([]string, len(segs))
-	for i, s := range segs {
-		out[i] = s.path
-	}
-	return out, nil
-}
-
-func parseSegmentName(s string) (start, ver uint64, ok bool) {
-	a, b, found := strings.Cut(s, "-")
-	if !found {
-		return 0, 0, false
-	}
-	start, err1 := strconv.ParseUint(a, 10, 64)
-	ver, err2 := strconv.ParseUint(b, 10, 64)
-	return start, ver, err1 == nil && err2 == nil
-}
-
 // replay reads one segment and hands its records to rp in file order.
 func (j *journal) replay(path string, rp *replayer) error {
-	f, err := openState(path, os.O_RDONLY, 0)
+	f, err := statedir.OpenFile(path, os.O_RDONLY, 0)
 	if err != nil {
 		return fmt.Errorf("open journal %s: %w", path, err)
 	}
@@ -554,7 +513,7 @@ func (j *journal) openSegment() error {
 	j.r.mu.RLock()
 	next := j.r.applied + 1
 	j.r.mu.RUnlock()
-	p := fmt.Sprintf("%s.journal.%020d-%d", j.path, next, time.Now().UnixNano())
+	p := j.dir.Segment(next, time.Now().UnixNano())
 	f, err := os.OpenFile(p, os.O_WRONLY|os.O_CREATE|os.O_EXCL|os.O_APPEND, 0o600)
 	if err != nil {
 		return fmt.Errorf("create journal %s: %w", p, err)
@@ -563,7 +522,7 @@ func (j *journal) openSegment() error {
 		f.Close()
 		return fmt.Errorf("lock journal %s: %w", p, err)
 	}
-	if err := atomicfile.SyncDir(filepath.Dir(p)); err != nil {
+	if err := atomicfile.SyncDir(j.dir.Folder()); err != nil {
 		f.Close()
 		return fmt.Errorf("sync folder of journal %s: %w", p, err)
 	}
@@ -619,7 +578,7 @@ func (j *journal) run() {
 // so a new snapshot restores it; without one, the next kill -9 would lose
 // every registration acknowledged since. Only the writer calls it.
 func (j *journal) checkFiles() {
-	dir := filepath.Dir(j.path)
+	dir := j.dir.Folder()
 	if _, err := os.Stat(dir); errors.Is(err, fs.ErrNotExist) {
 		if err := os.MkdirAll(dir, 0o700); err != nil {
 			j.r.log.WithError(err).Error("the registry folder was deleted and cannot be made again")
@@ -659,11 +618,11 @@ func (j *journal) checkFiles() {
 // without it, a second xapsd started on this registry would find no lock.
 func (j *journal) checkLock() {
 	var held, named syscall.Stat_t
-	if syscall.Fstat(int(j.lock.Fd()), &held) == nil && syscall.Stat(j.path+".lock", &named) == nil &&
+	if syscall.Fstat(int(j.lock.Fd()), &held) == nil && syscall.Stat(j.dir.Lock(), &named) == nil &&
 		held.Dev == named.Dev && held.Ino == named.Ino {
 		return
 	}
-	f, err := openState(j.path+".lock", os.O_RDWR|os.O_CREATE, 0o600)
+	f, err := statedir.OpenFile(j.dir.Lock(), os.O_RDWR|os.O_CREATE, 0o600)
 	if err == nil {
 		if err = syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
 			f.Close()
@@ -846,7 +805,7 @@ func (j *journal) removeSegments(segs []segment) {
 		}
 		s.f.Close()
 	}
-	if err := atomicfile.SyncDir(filepath.Dir(j.path)); err != nil {
+	if err := atomicfile.SyncDir(j.dir.Folder()); err != nil {
 		j.r.log.WithError(err).Warn("cannot sync the registry folder")
 	}
 }

@@ -4,6 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -320,5 +323,21 @@ func TestPostgresUnconfirmedCommitEndsWithMemoryAsTheDatabase(t *testing.T) {
 	}
 	if got := len(a.List("zoe")); got != 2 {
 		t.Errorf("zoe has %d devices on A, want 2", got)
+	}
+}
+
+// With PostgreSQL nothing of the registry is in the state folder: the
+// registry does not even make the folder (the daemon makes it for its
+// admin socket and pending pushes).
+func TestPostgresLeavesTheStateFolderAlone(t *testing.T) {
+	c := pgCluster(t)
+	state := filepath.Join(t.TempDir(), "state")
+	r := openPG(t, c, "a", func(o *Options) { o.Path = filepath.Join(state, "database.json") })
+	if err := r.Register(context.Background(), pgReg("alice", "A", "T")); err != nil {
+		t.Fatal(err)
+	}
+	r.Close()
+	if _, err := os.Stat(state); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("the state folder: %v, want it not made", err)
 	}
 }

@@ -14,8 +14,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"os"
-	"path/filepath"
 	"slices"
 	"sort"
 	"strings"
@@ -25,6 +23,7 @@ import (
 	"github.com/sirupsen/logrus"
 
 	"github.com/xapsd/xapsd/internal/logging"
+	"github.com/xapsd/xapsd/internal/statedir"
 )
 
 // Key names one registration.
@@ -217,14 +216,7 @@ func Open(opts Options) (*Registry, error) {
 		pending: newBatch(),
 	}
 	if opts.Postgres != nil {
-		// The state folder still holds the admin socket and the pending
-		// pushes; the registry files there stay unused.
-		if err := os.MkdirAll(filepath.Dir(opts.Path), 0o700); err != nil {
-			return nil, fmt.Errorf("create state folder for %s: %w", opts.Path, err)
-		}
-		if err := checkFolder(filepath.Dir(opts.Path), r.log); err != nil {
-			return nil, err
-		}
+		// Nothing of the registry lives in the state folder.
 		p, err := openPostgres(r, *opts.Postgres)
 		if err != nil {
 			return nil, err
@@ -232,7 +224,7 @@ func Open(opts Options) (*Registry, error) {
 		r.store = p
 		return r, nil
 	}
-	j, err := openJournal(r, opts.Path)
+	j, err := openJournal(r, statedir.New(opts.Path))
 	if err != nil {
 		return nil, err
 	}

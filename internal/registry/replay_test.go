@@ -12,6 +12,8 @@ import (
 
 	"github.com/sirupsen/logrus"
 	logtest "github.com/sirupsen/logrus/hooks/test"
+
+	"github.com/xapsd/xapsd/internal/statedir"
 )
 
 // journalWith registers n users, abandons the registry as kill -9 would,
@@ -182,7 +184,7 @@ func TestSegmentsAreNamedAfterTheirFirstRecord(t *testing.T) {
 	crash(r)
 	segs, _ := filepath.Glob(path + ".journal.*")
 	for _, s := range segs {
-		start, _, _ := parseSegmentName(strings.TrimPrefix(s, path+".journal."))
+		start, _ := statedir.New(path).SegmentStart(s)
 		data, _ := os.ReadFile(s)
 		for n, line := range strings.Split(strings.TrimSpace(string(data)), "\n") {
 			if line == "" {
