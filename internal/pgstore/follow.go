@@ -28,12 +28,52 @@ type Follower struct {
 	Mine func(user string) bool
 }
 
+// Listener is a connection that listens for the changes other daemons
+// commit.
+type Listener struct{ conn *pgx.Conn }
+
+// Listen connects and listens for the changes other daemons commit. A
+// caller that loads everything once Listen has returned, and then hands
+// the Listener to Follow, misses no change.
+func (s *Store) Listen(ctx context.Context) (*Listener, error) {
+	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	conn, err := pgx.ConnectConfig(cctx, s.cfg.ConnConfig.Copy())
+	cancel()
+	if err != nil {
+		return nil, fmt.Errorf("listen for other daemons' changes: %w", err)
+	}
+	if _, err := conn.Exec(ctx, "LISTEN "+channel); err != nil {
+		conn.Close(context.Background())
+		return nil, fmt.Errorf("listen for other daemons' changes: %w", err)
+	}
+	return &Listener{conn: conn}, nil
+}
+
+// Close closes the connection.
+func (l *Listener) Close() { l.conn.Close(context.Background()) }
+
 // Follow listens until ctx ends, reconnecting with a growing pause after
-// a lost connection or a failed Reset.
-func (s *Store) Follow(ctx context.Context, f Follower) {
+// a lost connection or a failed Reset. first, when not nil, is a Listener
+// the caller loaded everything after: it is followed first, without a
+// Reset.
+func (s *Store) Follow(ctx context.Context, f Follower, first *Listener) {
 	pause := 100 * time.Millisecond
 	for ctx.Err() == nil {
-		err := s.followOnce(ctx, f, func() { pause = 100 * time.Millisecond })
+		var err error
+		l := first
+		first = nil
+		if l == nil {
+			if l, err = s.Listen(ctx); err == nil {
+				if err = f.Reset(ctx); err != nil {
+					l.Close()
+					err = fmt.Errorf("reload the registry: %w", err)
+				}
+			}
+		}
+		if err == nil {
+			pause = 100 * time.Millisecond
+			err = s.serve(ctx, f, l)
+		}
 		if f.Connected != nil {
 			f.Connected(false)
 		}
@@ -54,21 +94,11 @@ func (s *Store) Follow(ctx context.Context, f Follower) {
 	}
 }
 
-func (s *Store) followOnce(ctx context.Context, f Follower, connected func()) error {
-	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	conn, err := pgx.ConnectConfig(cctx, s.cfg.ConnConfig.Copy())
-	cancel()
-	if err != nil {
-		return fmt.Errorf("listen for other daemons' changes: %w", err)
-	}
-	defer conn.Close(context.Background())
-	if _, err := conn.Exec(ctx, "LISTEN "+channel); err != nil {
-		return fmt.Errorf("listen for other daemons' changes: %w", err)
-	}
-	if err := f.Reset(ctx); err != nil {
-		return fmt.Errorf("reload the registry: %w", err)
-	}
-	connected()
+// serve hands the notifications l receives to f until ctx ends or the
+// connection is lost, and closes l.
+func (s *Store) serve(ctx context.Context, f Follower, l *Listener) error {
+	conn := l.conn
+	defer l.Close()
 	if f.Connected != nil {
 		f.Connected(true)
 	}

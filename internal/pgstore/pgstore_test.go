@@ -214,7 +214,7 @@ func TestFollowerHearsOtherDaemonsAndReloadsAfterAnOutage(t *testing.T) {
 				}
 			}
 		},
-	})
+	}, nil)
 	waitReset := func(what string) {
 		t.Helper()
 		select {

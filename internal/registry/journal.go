@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -17,36 +18,52 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/sirupsen/logrus"
+
 	"github.com/xapsd/xapsd/internal/atomicfile"
 	"github.com/xapsd/xapsd/internal/statedir"
 )
 
-// journal makes registry changes durable.
+// journal is the store of the files in the state folder: a journal of
+// changes beside a snapshot.
 //
 // Every change is a numbered record. Records are appended to the current
-// journal segment (<db>.journal.<first seq>-<unix nanos>) by one writer
-// goroutine, which writes and fsyncs everything that queued up while the
-// previous fsync ran: concurrent registrations share one disk sync. Each
-// start opens a new segment, so a torn line can only be the last line of
-// a segment, and is then ignored.
+// journal segment (statedir.Dir.Segment) by whoever commits, one batch at
+// a time: everything that queued up while the previous fsync ran is
+// written and synced together, so concurrent registrations share one
+// disk sync. Each start opens a new segment, so a torn line can only be
+// the last line of a segment, and is then ignored.
 //
 // Compaction writes the whole registry as a new snapshot (atomically,
 // with the last sequence number it contains) and then deletes the
 // segments it covers. A crash at any step leaves a snapshot plus segments
 // whose records beyond the snapshot's number replay to the same state.
 //
-// Records reach memory only after their write succeeded; a failed write
-// is cut off the segment again, so a refused registration is nowhere. The
+// A commit returns only once its records are synced; a failed write is
+// cut off the segment again, so a refused registration is nowhere. The
 // process holds an flock on every segment it knows and deletes no other.
 type journal struct {
-	r    *Registry
 	dir  statedir.Dir
 	path string // snapshot path (dir.Snapshot())
+	log  logrus.FieldLogger
+	now  func() time.Time
+	// compactAfter, compactAfterBytes and checkEvery are Options'
+	// CompactAfter, CompactAfterBytes and CheckEvery.
+	compactAfter      int
+	compactAfterBytes int64
+	checkEvery        time.Duration
+	m                 *Memory // set by Load
 
-	// Owned by the writer goroutine (or by open/close before/after it).
+	// wmu is held by whoever writes the current segment: a commit, a
+	// rotation, the checks of the housekeeping goroutine.
+	wmu     sync.Mutex
 	seg     *os.File
 	segPath string
-	segSize int64 // bytes of whole, synced records in seg
+	segSize int64  // bytes of whole, synced records in seg
+	seq     uint64 // the last sequence number handed out
+
+	// written is the last sequence number whose record is synced.
+	written atomic.Uint64
 
 	segMu    sync.Mutex
 	segments []segment // finished segments not yet covered by a snapshot
@@ -57,21 +74,29 @@ type journal struct {
 	snapSize     atomic.Int64 // bytes of the last snapshot written
 	compacting   atomic.Bool
 
-	// damage found while loading; written by openJournal only.
+	// damage found while loading; written by Load only.
 	damage       []string
 	damagedCount int
 
-	lock *os.File // flock held while open; replaced by the writer when deleted
+	// appleCerts is the old daemon's certificate store, when the file
+	// loaded at start still had one (docs/protocol.md#legacy-applecerts).
+	appleCerts json.RawMessage
 
-	// Owned by the writer: what checkFiles last reported.
+	lock *os.File // flock held while open; replaced when deleted (checkLock)
+
+	// What checkFiles last reported; under wmu.
 	goneReported string
 	lockReported bool
 
-	kickc    chan struct{}
-	rotatec  chan chan []segment
 	stopc    chan struct{}
 	donec    chan struct{}
 	compactW sync.WaitGroup
+}
+
+func newJournal(dir statedir.Dir, o Options) *journal {
+	return &journal{dir: dir, path: dir.Snapshot(), log: o.Log, now: o.Now, compactAfter: o.CompactAfter,
+		compactAfterBytes: o.CompactAfterBytes, checkEvery: o.CheckEvery,
+		stopc: make(chan struct{}), donec: make(chan struct{})}
 }
 
 // noteDamage records what loading found damaged or lost, for Health.
@@ -82,38 +107,43 @@ func (j *journal) noteDamage(n int, note string) {
 	}
 }
 
-func (j *journal) health(h *Health) {
-	h.Damage, h.Damaged = j.damage, j.damagedCount
+// Health reports the damage found at load and the last write's error.
+func (j *journal) Health() Health {
+	h := Health{Damage: j.damage, Damaged: j.damagedCount}
 	if p := j.lastErr.Load(); p != nil {
 		h.WriteErr = *p
 	}
+	return h
 }
 
-// expire journals the removals like any other change.
-func (j *journal) expire(cutoff time.Time) int { return j.r.expireInMemory(cutoff) }
+// Shared is false: the files are this daemon's alone.
+func (j *journal) Shared() bool { return false }
 
-// capsInStore: the registry in memory is the whole truth and applies the
-// caps itself.
-func (j *journal) capsInStore() bool { return false }
+// Follow returns at once: nobody else changes the files.
+func (j *journal) Follow(*Memory) {}
 
-// exclusive runs work: the files are this daemon's alone.
-func (j *journal) exclusive(_ context.Context, _ string, work func() error) (bool, error) {
+// Exclusive runs work: the files are this daemon's alone.
+func (j *journal) Exclusive(_ context.Context, _ string, work func() error) (bool, error) {
 	return true, work()
 }
 
-func (j *journal) kick() {
-	select {
-	case j.kickc <- struct{}{}:
-	default:
+// Expire journals the removals memory found like any other change.
+func (j *journal) Expire(ctx context.Context, _ time.Time, old []Change) (Committed, int, error) {
+	c, err := j.Commit(ctx, old)
+	if err != nil {
+		return c, 0, err
 	}
+	return c, len(old), nil
 }
 
-func openJournal(r *Registry, dir statedir.Dir) (*journal, error) {
-	path := dir.Snapshot()
-	j := &journal{r: r, dir: dir, path: path, kickc: make(chan struct{}, 1), rotatec: make(chan chan []segment),
-		stopc: make(chan struct{}), donec: make(chan struct{})}
-	if err := dir.Make(r.log); err != nil {
-		return nil, err
+// Load reads the snapshot (or the old daemon's database.json, or
+// nothing) and replays the journal into memory, then starts a new
+// segment and the housekeeping goroutine.
+func (j *journal) Load(_ context.Context, m *Memory) error {
+	j.m = m
+	dir, path := j.dir, j.path
+	if err := dir.Make(j.log); err != nil {
+		return err
 	}
 	// Two daemons appending to one journal would corrupt it; the kernel
 	// drops the lock when the process dies, even by SIGKILL.
@@ -123,11 +153,11 @@ func openJournal(r *Registry, dir statedir.Dir) (*journal, error) {
 	ranBefore := statErr == nil
 	lock, err := statedir.OpenFile(dir.Lock(), os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
-		return nil, fmt.Errorf("open lock of registry %s: %w", path, err)
+		return fmt.Errorf("open lock of registry %s: %w", path, err)
 	}
 	if err := syscall.Flock(int(lock.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
 		lock.Close()
-		return nil, fmt.Errorf("registry %s is in use by another xapsd: %w", path, err)
+		return fmt.Errorf("registry %s is in use by another xapsd: %w", path, err)
 	}
 	j.lock = lock
 	ok := false
@@ -143,9 +173,9 @@ func openJournal(r *Registry, dir statedir.Dir) (*journal, error) {
 	// did not say so (someone deleted it).
 	segs, err = j.lockSegments()
 	if err != nil {
-		return nil, err
+		return err
 	}
-	now := r.opts.Now()
+	now := j.now()
 	skipped := 0
 	load := func(rec record) {
 		if rec.User == "" || rec.AccountID == "" || rec.DeviceToken == "" {
@@ -157,35 +187,41 @@ func openJournal(r *Registry, dir statedir.Dir) (*journal, error) {
 			// expired; count them from now so they expire if unused.
 			rec.RegistrationTime = now
 		}
-		r.loadPut(rec)
+		m.PutNewer(rec.registration())
 	}
 	snap, data, exists, err := j.loadSnapshot(load)
 	if err != nil {
-		return nil, fmt.Errorf("load registry %s: %w", path, err)
+		return fmt.Errorf("load registry %s: %w", path, err)
 	}
 	if skipped > 0 {
-		r.log.WithFields(map[string]any{"file": path, "skipped": skipped}).Warn("skipped registrations without user, account id or device token")
+		j.log.WithFields(map[string]any{"file": path, "skipped": skipped}).Warn("skipped registrations without user, account id or device token")
 	}
 	if snap.BadEntries > 0 {
-		r.log.WithFields(map[string]any{"file": path, "skipped": snap.BadEntries}).Error("skipped entries of the old database that do not have the right types")
+		j.log.WithFields(map[string]any{"file": path, "skipped": snap.BadEntries}).Error("skipped entries of the old database that do not have the right types")
 		j.noteDamage(snap.BadEntries, fmt.Sprintf("%s: %d entries of the old database skipped (wrong types)", filepath.Base(path), snap.BadEntries))
 	}
-	r.seq = snap.Seq
+	j.seq = snap.Seq
 	if (len(segs) > 0 || ranBefore) && (!exists || snap.Empty) {
 		j.reportLostSnapshot(segs, exists)
 	}
 	if snap.Seq > seqLimit {
 		// Damage, not a real number: replaying every segment from the
 		// start gives the same state, only slower.
-		r.log.WithFields(map[string]any{"file": path, "seq": snap.Seq}).Error("the snapshot's sequence number is impossible; replaying the whole journal")
+		j.log.WithFields(map[string]any{"file": path, "seq": snap.Seq}).Error("the snapshot's sequence number is impossible; replaying the whole journal")
 		j.noteDamage(1, fmt.Sprintf("%s: impossible sequence number %d in the header", path, snap.Seq))
-		r.seq = 0
+		j.seq = 0
 	}
-	rp := &replayer{r: r, last: r.seq, noStart: !exists || snap.Empty}
+	rp := &replayer{log: j.log, apply: func(rec record) {
+		if rec.Op == opDel {
+			m.Delete(Key{User: rec.User, AccountID: rec.AccountID, DeviceToken: rec.DeviceToken})
+		} else {
+			m.Put(rec.registration())
+		}
+	}, last: j.seq, noStart: !exists || snap.Empty}
 	for _, s := range segs {
 		rp.segStart, _ = dir.SegmentStart(s.path)
 		if err := j.replay(s.path, rp); err != nil {
-			return nil, err
+			return err
 		}
 	}
 	rp.finish()
@@ -193,55 +229,59 @@ func openJournal(r *Registry, dir statedir.Dir) (*journal, error) {
 		j.noteDamage(rp.damaged, fmt.Sprintf("%d journal records with sequence numbers out of order or below their segment's skipped (%s)", rp.damaged, strings.Join(rp.where, ", ")))
 	}
 	if rp.gaps > 0 {
-		r.log.WithFields(map[string]any{"file": path, "gaps": rp.gaps, "missing": rp.missing}).
+		j.log.WithFields(map[string]any{"file": path, "gaps": rp.gaps, "missing": rp.missing}).
 			Warn("the journal's sequence numbers skip some numbers; writes that failed (a full disk) leave such gaps, and nothing acknowledged was in them")
 	}
-	r.seq = max(r.seq, snap.Seq)
-	if r.seq > seqLimit {
-		r.seq = rp.last
+	j.seq = max(j.seq, rp.last, snap.Seq)
+	if j.seq > seqLimit {
+		j.seq = rp.last
 	}
-	r.applied = r.seq
+	j.written.Store(j.seq)
 
-	r.appleCerts = snap.AppleCerts
+	j.appleCerts = snap.AppleCerts
 	switch {
 	case snap.salvaged != nil:
 		// Write what was salvaged as a clean snapshot, so the next start
 		// does not salvage again; the damaged copy keeps the rest.
 		if j.keepDamaged(data, snap, now) {
 			if err := j.writeSnapshot(); err != nil {
-				r.log.WithError(err).Error("cannot rewrite the salvaged registry; the next start salvages it again")
+				j.log.WithError(err).Error("cannot rewrite the salvaged registry; the next start salvages it again")
 			}
 		}
 	case snap.Legacy:
 		backup := dir.LegacyBackup(now)
 		if err := atomicfile.WriteFile(backup, data, 0o600); err != nil {
-			return nil, fmt.Errorf("back up old registry %s: %w", path, err)
+			return fmt.Errorf("back up old registry %s: %w", path, err)
 		}
 		if err := j.writeSnapshot(); err != nil {
-			return nil, err
+			return err
 		}
-		r.log.WithFields(map[string]any{"file": path, "backup": backup, "registrations": r.count}).
+		j.log.WithFields(map[string]any{"file": path, "backup": backup, "registrations": m.Len()}).
 			Info("migrated the old xapsd database to the journaled format")
 	case !exists:
 		// Write the empty snapshot now: a folder we cannot write to
 		// should stop the start, not the first registration.
 		if err := j.writeSnapshot(); err != nil {
-			return nil, err
+			return err
 		}
 	}
 	j.segments = segs
 	if err := j.openSegment(); err != nil {
-		return nil, err
+		return err
 	}
 	// A full disk must show in /readyz from the start, not only after the
 	// first registration fails.
 	if err := j.probe(); err != nil {
 		err = fmt.Errorf("write registry journal: %w", err)
 		j.lastErr.Store(&err)
-		r.log.WithError(err).Error("the registry folder cannot be written; registrations are refused until it can")
+		j.log.WithError(err).Error("the registry folder cannot be written; registrations are refused until it can")
 	}
 	ok = true
-	return j, nil
+	go j.housekeeping()
+	if len(j.segments) > 0 {
+		j.compactAsync()
+	}
+	return nil
 }
 
 // loadSnapshot feeds the database file's registrations to load. Our own
@@ -272,7 +312,7 @@ func (j *journal) loadSnapshot(load func(record)) (snap *snapshot, data []byte, 
 		// A million registrations make a map this large; growing it
 		// step by step would cost a good part of the load. Lines are
 		// about 200 bytes.
-		j.r.presize(int(st.Size() / 200))
+		j.m.Presize(int(st.Size() / 200))
 	}
 	seq, ok, err := streamSnapshot(f, load)
 	if err != nil {
@@ -282,7 +322,7 @@ func (j *journal) loadSnapshot(load func(record)) (snap *snapshot, data []byte, 
 		return &snapshot{Seq: seq}, nil, true, nil
 	}
 	// Start over with the general reader.
-	j.r.reset()
+	j.m.Reset()
 	if _, err := f.Seek(0, io.SeekStart); err != nil {
 		return nil, nil, true, err
 	}
@@ -294,7 +334,7 @@ func (j *journal) loadSnapshot(load func(record)) (snap *snapshot, data []byte, 
 		return nil, nil, true, err
 	}
 	if err != nil {
-		j.r.reset()
+		j.m.Reset()
 		sv := salvageSnapshot(data, load)
 		return &snapshot{Seq: sv.seq, salvaged: &sv, decodeErr: err}, data, true, nil
 	}
@@ -312,7 +352,7 @@ func (j *journal) keepDamaged(data []byte, snap *snapshot, now time.Time) bool {
 	copyPath := j.dir.Damaged(now)
 	kept := true
 	if err := atomicfile.WriteFile(copyPath, data, 0o600); err != nil {
-		j.r.log.WithError(err).WithField("file", copyPath).Error("cannot keep a copy of the damaged registry; it stays as it is until the next snapshot succeeds")
+		j.log.WithError(err).WithField("file", copyPath).Error("cannot keep a copy of the damaged registry; it stays as it is until the next snapshot succeeds")
 		copyPath, kept = "", false
 	}
 	lines := make([]string, len(sv.badLines))
@@ -333,7 +373,7 @@ func (j *journal) keepDamaged(data []byte, snap *snapshot, now time.Time) bool {
 	if sv.seq == 0 {
 		what += "; header damaged, the whole journal replayed"
 	}
-	j.r.log.WithError(snap.decodeErr).WithFields(map[string]any{"file": j.path, "kept": sv.kept, "skipped": sv.bad,
+	j.log.WithError(snap.decodeErr).WithFields(map[string]any{"file": j.path, "kept": sv.kept, "skipped": sv.bad,
 		"lines": strings.Join(lines, ","), "damaged_copy": copyPath}).
 		Error("the registry snapshot is damaged: kept every registration that could be read, skipped the rest; devices of the skipped ones register again when their Mail app next connects")
 	n := sv.bad
@@ -353,13 +393,13 @@ func (j *journal) reportLostSnapshot(segs []segment, exists bool) {
 		state = "missing"
 	}
 	if len(segs) == 0 {
-		j.r.log.WithField("file", j.path).Error("the registry snapshot is " + state + " although xapsd ran here before (its lock file is there) " +
+		j.log.WithField("file", j.path).Error("the registry snapshot is " + state + " although xapsd ran here before (its lock file is there) " +
 			"and there is no journal: every registration it held is lost; devices register again when their Mail app next connects")
 		j.noteDamage(1, fmt.Sprintf("%s is %s and there is no journal: every registration is lost", filepath.Base(j.path), state))
 		return
 	}
 	first, _ := j.dir.SegmentStart(segs[0].path)
-	l := j.r.log.WithFields(map[string]any{"file": j.path, "segments": len(segs), "first_record": first})
+	l := j.log.WithFields(map[string]any{"file": j.path, "segments": len(segs), "first_record": first})
 	if first <= 1 {
 		l.Warn("the registry snapshot is " + state + ", but the journal starts at its first record: nothing is lost")
 		return
@@ -425,7 +465,6 @@ func (j *journal) replay(path string, rp *replayer) error {
 	}
 	defer f.Close()
 	br := bufio.NewReaderSize(f, 1<<20)
-	r := j.r
 	for lineNo := 1; ; lineNo++ {
 		line, err := br.ReadBytes('\n')
 		if err != nil && !errors.Is(err, io.EOF) {
@@ -438,9 +477,9 @@ func (j *journal) replay(path string, rp *replayer) error {
 			case derr != nil && !complete:
 				// A write cut short by a crash: it was never
 				// acknowledged, so dropping it loses nothing.
-				r.log.WithField("file", path).Warn("ignoring a torn last journal line")
+				j.log.WithField("file", path).Warn("ignoring a torn last journal line")
 			case derr != nil:
-				r.log.WithFields(map[string]any{"file": path, "line": lineNo}).WithError(derr).Error("skipping a corrupt journal line")
+				j.log.WithFields(map[string]any{"file": path, "line": lineNo}).WithError(derr).Error("skipping a corrupt journal line")
 				j.noteDamage(1, fmt.Sprintf("%s:%d: corrupt journal line skipped", filepath.Base(path), lineNo))
 			default:
 				rp.feed(rec, fmt.Sprintf("%s:%d", filepath.Base(path), lineNo))
@@ -452,67 +491,13 @@ func (j *journal) replay(path string, rp *replayer) error {
 	}
 }
 
-// apply makes one journal record's change in memory. Caller holds mu (or
-// is loading).
-func (r *Registry) apply(rec record) {
-	if rec.Op == opDel {
-		r.applyDel(rec)
-	} else {
-		r.applyPut(rec)
-	}
-}
-
-// applyPut inserts or replaces a registration without journaling it.
-// Caller holds mu (or is loading).
-func (r *Registry) applyPut(rec record) { r.put(rec, false) }
-
-// loadPut is applyPut for a registration loaded among all the others (a
-// snapshot, the database's rows), where one device can appear twice: an
-// older xapsd stored its token in upper and in lower case apart. The
-// newer of the two is kept. Caller holds mu (or is loading).
-func (r *Registry) loadPut(rec record) { r.put(rec, true) }
-
-func (r *Registry) put(rec record, keepNewer bool) {
-	rec.User = FoldUser(rec.User)
-	rec.DeviceToken = FoldToken(rec.DeviceToken)
-	registered := rec.RegistrationTime.UnixNano()
-	regs := r.users[rec.User]
-	for i := range regs {
-		if regs[i].accountID == rec.AccountID && regs[i].deviceToken == rec.DeviceToken {
-			if keepNewer && regs[i].registered > registered {
-				return
-			}
-			r.releaseBoxes(regs[i].boxes)
-			regs[i] = entry{accountID: rec.AccountID, deviceToken: rec.DeviceToken, boxes: r.internBoxes(rec.Mailboxes), registered: registered}
-			return
-		}
-	}
-	e := entry{accountID: rec.AccountID, deviceToken: rec.DeviceToken, boxes: r.internBoxes(rec.Mailboxes), registered: registered}
-	r.users[rec.User] = append(regs, e)
-	r.count++
-}
-
-func (r *Registry) applyDel(rec record) {
-	rec.User = FoldUser(rec.User)
-	rec.DeviceToken = FoldToken(rec.DeviceToken)
-	regs := r.users[rec.User]
-	for i := range regs {
-		if regs[i].accountID == rec.AccountID && regs[i].deviceToken == rec.DeviceToken {
-			r.removeAt(rec.User, regs, i)
-			return
-		}
-	}
-}
-
 // openSegment starts a segment named after the first sequence number it
 // can hold: one past the last record written. Records queued meanwhile
 // have higher numbers, but they are not written yet, so every record a
 // segment holds is at or above its name, and replay can tell a damaged
 // number from one a snapshot covers.
 func (j *journal) openSegment() error {
-	j.r.mu.RLock()
-	next := j.r.applied + 1
-	j.r.mu.RUnlock()
+	next := j.written.Load() + 1
 	p := j.dir.Segment(next, time.Now().UnixNano())
 	f, err := os.OpenFile(p, os.O_WRONLY|os.O_CREATE|os.O_EXCL|os.O_APPEND, 0o600)
 	if err != nil {
@@ -532,6 +517,7 @@ func (j *journal) openSegment() error {
 
 // rotate finishes the current segment and starts a new one. It returns
 // the finished segments, which a snapshot taken after this call covers.
+// Caller holds wmu.
 func (j *journal) rotate() []segment {
 	j.finishSegment()
 	j.segMu.Lock()
@@ -539,35 +525,25 @@ func (j *journal) rotate() []segment {
 	j.segments = nil
 	j.segMu.Unlock()
 	if err := j.openSegment(); err != nil {
-		j.r.log.WithError(err).Error("cannot start a new journal segment; will retry with the next write")
+		j.log.WithError(err).Error("cannot start a new journal segment; will retry with the next write")
 	}
 	return done
 }
 
-func (j *journal) start() {
-	go j.run()
-	if len(j.segments) > 0 {
-		j.compactAsync()
-	}
-}
-
-// run is the writer goroutine.
-func (j *journal) run() {
+// housekeeping checks, every checkEvery until Close, whether a failed
+// disk takes writes again and whether state files were deleted.
+func (j *journal) housekeeping() {
 	defer close(j.donec)
-	tick := time.NewTicker(j.r.opts.CheckEvery)
+	tick := time.NewTicker(j.checkEvery)
 	defer tick.Stop()
 	for {
 		select {
-		case <-j.kickc:
-			j.flush()
-		case reply := <-j.rotatec:
-			j.flush()
-			reply <- j.rotate()
 		case <-tick.C:
+			j.wmu.Lock()
 			j.retryProbe()
 			j.checkFiles()
+			j.wmu.Unlock()
 		case <-j.stopc:
-			j.flush()
 			return
 		}
 	}
@@ -576,12 +552,12 @@ func (j *journal) run() {
 // checkFiles notices state files deleted or replaced under the running
 // daemon (an admin's rm, a cleanup script). What they held is in memory,
 // so a new snapshot restores it; without one, the next kill -9 would lose
-// every registration acknowledged since. Only the writer calls it.
+// every registration acknowledged since. Caller holds wmu.
 func (j *journal) checkFiles() {
 	dir := j.dir.Folder()
 	if _, err := os.Stat(dir); errors.Is(err, fs.ErrNotExist) {
 		if err := os.MkdirAll(dir, 0o700); err != nil {
-			j.r.log.WithError(err).Error("the registry folder was deleted and cannot be made again")
+			j.log.WithError(err).Error("the registry folder was deleted and cannot be made again")
 		}
 	}
 	var gone []string
@@ -605,7 +581,7 @@ func (j *journal) checkFiles() {
 	if report := strings.Join(gone, ", "); report != j.goneReported {
 		j.goneReported = report
 		if report != "" {
-			j.r.log.WithField("files", report).Warn("registry files were deleted under the running xapsd; writing a new snapshot from memory")
+			j.log.WithField("files", report).Warn("registry files were deleted under the running xapsd; writing a new snapshot from memory")
 		}
 	}
 	if len(gone) > 0 {
@@ -631,14 +607,14 @@ func (j *journal) checkLock() {
 	if err != nil {
 		if !j.lockReported {
 			j.lockReported = true
-			j.r.log.WithError(err).Error("the registry's lock file was deleted and cannot be taken again; is a second xapsd starting on this registry?")
+			j.log.WithError(err).Error("the registry's lock file was deleted and cannot be taken again; is a second xapsd starting on this registry?")
 		}
 		return
 	}
 	j.lock.Close()
 	j.lock = f
 	j.lockReported = false
-	j.r.log.Warn("the registry's lock file was deleted under the running xapsd; made a new one")
+	j.log.Warn("the registry's lock file was deleted under the running xapsd; made a new one")
 }
 
 // retryProbe clears a write error once the disk takes writes again, so
@@ -649,7 +625,7 @@ func (j *journal) retryProbe() {
 	}
 	if err := j.probe(); err == nil {
 		j.lastErr.Store(nil)
-		j.r.log.Info("the registry can be written again")
+		j.log.Info("the registry can be written again")
 	}
 }
 
@@ -659,7 +635,7 @@ func (j *journal) retryProbe() {
 var probeLines = bytes.Repeat([]byte{'\n'}, 4096)
 
 // probe writes, syncs and truncates away probeLines at the end of the
-// segment. Only the writer (or open) calls it.
+// segment. Caller holds wmu (or is Load).
 func (j *journal) probe() error {
 	if j.seg == nil {
 		if err := j.openSegment(); err != nil {
@@ -676,40 +652,32 @@ func (j *journal) probe() error {
 	return err
 }
 
-// flush writes and syncs every pending record, applies them to memory
-// and releases their waiters. A failed write changes nothing in memory.
-func (j *journal) flush() {
-	r := j.r
-	b := r.takePending()
-	if b == nil {
-		return
+// Commit writes the changes as numbered records and syncs them. A
+// failed write stores none of them (write cuts it off again); their
+// numbers are not handed out again, so the journal shows a gap there.
+func (j *journal) Commit(_ context.Context, changes []Change) (Committed, error) {
+	j.wmu.Lock()
+	defer j.wmu.Unlock()
+	var lines []byte
+	for _, c := range changes {
+		j.seq++
+		lines = append(lines, mustMarshal(journalRecord(j.seq, c))...)
+		lines = append(lines, '\n')
 	}
-	lines := b.lines()
-	err := r.timedSave(b, func() error { return j.write(lines) })
-	if err != nil {
+	if err := j.write(lines); err != nil {
 		err = fmt.Errorf("write registry journal: %w", err)
-		r.log.WithError(err).Error("registrations could not be made durable; they were refused")
+		j.log.WithError(err).Error("registrations could not be made durable; they were refused")
 		j.lastErr.Store(&err)
-		r.mu.Lock()
-		r.adding -= b.adds
-		r.mu.Unlock()
-		b.finish(err)
-		return
+		return Committed{}, err
 	}
 	j.lastErr.Store(nil)
-	r.mu.Lock()
-	for _, rec := range b.recs {
-		r.apply(rec)
-	}
-	r.applied = b.last
-	r.adding -= b.adds
-	r.mu.Unlock()
-	records := j.sinceCompact.Add(int64(len(b.recs)))
+	j.written.Store(j.seq)
+	records := j.sinceCompact.Add(int64(len(changes)))
 	size := j.bytesSince.Add(int64(len(lines)))
-	if records >= int64(r.opts.CompactAfter) || size >= max(r.opts.CompactAfterBytes, j.snapSize.Load()) {
+	if records >= int64(j.compactAfter) || size >= max(j.compactAfterBytes, j.snapSize.Load()) {
 		j.compactAsync()
 	}
-	b.finish(nil)
+	return Committed{}, nil
 }
 
 // write appends whole records to the current segment and syncs them. On
@@ -727,7 +695,7 @@ func (j *journal) write(buf []byte) error {
 			// The segment may now end in anything: finish it, so the
 			// garbage can only be its torn last line, and start another
 			// with the next write.
-			j.r.log.WithError(terr).WithField("file", j.segPath).Warn("cannot cut a failed write off the journal segment; starting a new one")
+			j.log.WithError(terr).WithField("file", j.segPath).Warn("cannot cut a failed write off the journal segment; starting a new one")
 			j.finishSegment()
 		}
 		return err
@@ -761,21 +729,22 @@ func (j *journal) compactAsync() {
 		defer j.compactW.Done()
 		defer j.compacting.Store(false)
 		if err := j.compact(); err != nil {
-			j.r.log.WithError(err).Error("registry compaction failed; the journal keeps growing until it succeeds")
+			j.log.WithError(err).Error("registry compaction failed; the journal keeps growing until it succeeds")
 		}
 	}()
 }
 
-// compact asks the writer for a fresh segment, writes a snapshot that
-// covers every finished segment, and deletes them.
+// compact starts a fresh segment, writes a snapshot that covers every
+// finished segment, and deletes them.
 func (j *journal) compact() error {
-	reply := make(chan []segment, 1)
 	select {
-	case j.rotatec <- reply:
 	case <-j.stopc:
-		return nil
+		return nil // Close writes the last snapshot
+	default:
 	}
-	done := <-reply
+	j.wmu.Lock()
+	done := j.rotate()
+	j.wmu.Unlock()
 	j.sinceCompact.Store(0)
 	j.bytesSince.Store(0)
 	if err := j.writeSnapshot(); err != nil {
@@ -801,38 +770,27 @@ func (j *journal) requeue(segs []segment) {
 func (j *journal) removeSegments(segs []segment) {
 	for _, s := range segs {
 		if err := os.Remove(s.path); err != nil && !errors.Is(err, fs.ErrNotExist) {
-			j.r.log.WithError(err).WithField("file", s.path).Warn("cannot remove a compacted journal segment")
+			j.log.WithError(err).WithField("file", s.path).Warn("cannot remove a compacted journal segment")
 		}
 		s.f.Close()
 	}
 	if err := atomicfile.SyncDir(j.dir.Folder()); err != nil {
-		j.r.log.WithError(err).Warn("cannot sync the registry folder")
+		j.log.WithError(err).Warn("cannot sync the registry folder")
 	}
 }
 
-// writeSnapshot writes the whole registry with the current sequence number.
+// writeSnapshot writes the whole registry, with the sequence number of
+// the last record the copy of memory holds.
 func (j *journal) writeSnapshot() error {
-	r := j.r
-	r.mu.RLock()
-	seq := r.applied
-	type item struct {
-		user string
-		e    entry
-	}
-	items := make([]item, 0, r.count)
-	for u, regs := range r.users {
-		for _, e := range regs {
-			items = append(items, item{u, e})
-		}
-	}
-	r.mu.RUnlock()
+	var seq uint64
+	regs := j.m.Copy(func() { seq = j.written.Load() })
 	var size countingWriter
 	err := atomicfile.FS{}.Write(j.path, 0o600, func(w io.Writer) error {
 		size.w = w
 		sw := newSnapshotWriter(&size, seq)
-		for _, it := range items {
-			sw.add(record{User: it.user, AccountID: it.e.accountID, DeviceToken: it.e.deviceToken,
-				Mailboxes: it.e.boxes.names, RegistrationTime: time.Unix(0, it.e.registered).UTC()})
+		for _, g := range regs {
+			sw.add(record{User: g.User, AccountID: g.AccountID, DeviceToken: g.DeviceToken,
+				Mailboxes: g.Mailboxes, RegistrationTime: g.Registered.UTC()})
 		}
 		return sw.finish()
 	})
@@ -854,14 +812,16 @@ func (c *countingWriter) Write(p []byte) (int, error) {
 	return n, err
 }
 
-// close stops the writer after a last flush, then writes a final snapshot
-// so that the next start has nothing to replay.
-func (j *journal) close() error {
+// Close stops the housekeeping, then writes a final snapshot so that the
+// next start has nothing to replay.
+func (j *journal) Close() error {
 	defer j.lock.Close()
 	close(j.stopc)
 	<-j.donec
 	j.compactW.Wait()
+	j.wmu.Lock()
 	j.finishSegment()
+	j.wmu.Unlock()
 	j.segMu.Lock()
 	done := j.segments
 	j.segments = nil
@@ -884,7 +844,7 @@ func (j *journal) finishSegment() {
 	j.seg = nil
 	if j.segSize == 0 {
 		if err := os.Remove(j.segPath); err != nil && !errors.Is(err, fs.ErrNotExist) {
-			j.r.log.WithError(err).WithField("file", j.segPath).Warn("cannot remove an empty journal segment")
+			j.log.WithError(err).WithField("file", j.segPath).Warn("cannot remove an empty journal segment")
 		}
 		f.Close()
 		return

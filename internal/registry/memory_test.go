@@ -34,7 +34,7 @@ func TestUnusedMailboxListsAreFreed(t *testing.T) {
 	sets := func(r *Registry) int {
 		r.mu.RLock()
 		defer r.mu.RUnlock()
-		return len(r.boxes)
+		return len(r.idx.boxes)
 	}
 	// alice's, the three users', and the INBOX list bob and carol share.
 	if n := sets(r); n != 5 {

@@ -9,6 +9,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/sirupsen/logrus"
+
 	"github.com/xapsd/xapsd/internal/pgstore"
 )
 
@@ -32,18 +34,6 @@ type PostgresOptions struct {
 	CommitTimeout time.Duration
 }
 
-// ErrUnavailable wraps the errors of a registry whose database cannot be
-// reached: the registration was not stored (unless the error also wraps
-// ErrUnconfirmed), and asking again later may work.
-var ErrUnavailable = errors.New("registry database unavailable")
-
-// ErrUnconfirmed is wrapped, with ErrUnavailable, by the error of a change
-// the database did not confirm in time although it may have committed it
-// (a synchronous standby that does not answer, a connection lost at the
-// commit). The registry follows the users concerned until the database
-// says: memory then holds what the database holds, whichever it was.
-var ErrUnconfirmed = errors.New("the database did not confirm the change in time; it may still be stored")
-
 // uncertainFor is how long the users of an unconfirmed change are
 // followed for this daemon's own commits; a commit that has not ended
 // by then is the database's trouble, reported by its own monitoring.
@@ -51,22 +41,21 @@ const uncertainFor = time.Hour
 
 // pgPersister keeps the registry in PostgreSQL (internal/pgstore). Memory
 // stays the registry's as always, so /notify never waits on the database:
-// commits apply what the database then holds for the users they touched,
-// and the follower reloads the users other daemons changed, or everything
-// after it lost the connection. While the database cannot be reached,
-// lookups go on from memory and changes are refused.
+// commits return what the database then holds for the users they touched,
+// and Follow reloads the users other daemons changed, or everything after
+// it lost the connection. While the database cannot be reached, lookups
+// go on from memory and changes are refused.
 type pgPersister struct {
-	r   *Registry
-	o   PostgresOptions
-	cfg pgstore.Options
+	o          PostgresOptions
+	cfg        pgstore.Options
+	log        logrus.FieldLogger
+	checkEvery time.Duration
+	m          *Memory // set by Load
 
-	st      atomic.Pointer[pgstore.Store] // nil until connected and migrated
-	lastErr atomic.Pointer[error]         // last failed commit; nil after one succeeded
-	linkErr atomic.Pointer[error]         // why the database is not followed; nil while it is
-
-	// reload keeps commits and reloads apart, so that what a reload read
-	// never replaces what a later commit applied.
-	reload sync.Mutex
+	st        atomic.Pointer[pgstore.Store] // nil until connected and migrated
+	listening *pgstore.Listener             // what Load listened on, for Follow
+	lastErr   atomic.Pointer[error]         // last failed commit; nil after one succeeded
+	linkErr   atomic.Pointer[error]         // why the database is not followed; nil while it is
 
 	// uncertain holds the users of commits under way and of commits whose
 	// outcome is unknown: this daemon's own notifications for them are
@@ -76,15 +65,12 @@ type pgPersister struct {
 	uncertainMu sync.Mutex
 	uncertain   map[string]*uncertainty
 
-	kickc     chan struct{}
-	ctx       context.Context
-	cancel    context.CancelFunc
-	wg        sync.WaitGroup
-	firstLoad chan struct{}
-	loadOnce  sync.Once
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
 }
 
-func openPostgres(r *Registry, o PostgresOptions) (*pgPersister, error) {
+func newPostgres(o PostgresOptions, ro Options) *pgPersister {
 	if o.Instance == "" {
 		host, _ := os.Hostname()
 		o.Instance = fmt.Sprintf("%s-%d-%d", host, os.Getpid(), time.Now().UnixNano()%1e6)
@@ -96,51 +82,68 @@ func openPostgres(r *Registry, o PostgresOptions) (*pgPersister, error) {
 		o.CommitTimeout = 3 * time.Second
 	}
 	p := &pgPersister{
-		r: r, o: o,
-		cfg: pgstore.Options{URL: o.URL, PasswordFile: o.PasswordFile, MaxPerAccount: r.opts.MaxPerAccount,
-			MaxPerUser: r.opts.MaxPerUser, Instance: o.Instance},
-		kickc:     make(chan struct{}, 1),
-		firstLoad: make(chan struct{}),
+		o: o, log: ro.Log, checkEvery: ro.CheckEvery,
+		cfg: pgstore.Options{URL: o.URL, PasswordFile: o.PasswordFile, MaxPerAccount: ro.MaxPerAccount,
+			MaxPerUser: ro.MaxPerUser, Instance: o.Instance},
 		uncertain: make(map[string]*uncertainty),
 	}
+	p.ctx, p.cancel = context.WithCancel(context.Background())
+	return p
+}
+
+// Shared is true: every daemon on the database changes it.
+func (p *pgPersister) Shared() bool { return true }
+
+// Load connects, listens for other daemons' changes and loads every
+// registration, waiting WaitLoad for each of the two steps. A database
+// that cannot be reached, or not loaded in time, leaves memory empty;
+// Follow loads it once it can.
+func (p *pgPersister) Load(ctx context.Context, m *Memory) error {
+	p.m = m
 	// A URL or password file that cannot work stops the start.
 	if _, err := pgstore.ParseConfig(p.cfg); err != nil {
-		return nil, err
+		return err
 	}
-	p.ctx, p.cancel = context.WithCancel(context.Background())
 	unreachable := fmt.Errorf("%w: not connected yet", ErrUnavailable)
 	p.linkErr.Store(&unreachable)
 	// The first attempt decides about a schema newer than this xapsd:
 	// that one is the admin's to fix, retrying cannot.
-	ctx, cancel := context.WithTimeout(p.ctx, o.WaitLoad)
-	st, err := pgstore.Open(ctx, p.cfg)
+	octx, cancel := context.WithTimeout(p.ctx, p.o.WaitLoad)
+	st, err := pgstore.Open(octx, p.cfg)
 	cancel()
 	if errors.Is(err, pgstore.ErrSchemaTooNew) {
-		p.cancel()
-		return nil, err
+		return err
 	}
+	p.wg.Add(1)
+	go p.recheck()
 	if err != nil {
-		r.log.WithError(err).Error("PostgreSQL cannot be reached: starting without registrations, loading them once it can; /register answers 503 until then")
+		p.log.WithError(err).Error("PostgreSQL cannot be reached: starting without registrations, loading them once it can; /register answers 503 until then")
 		e := fmt.Errorf("%w: %w", ErrUnavailable, err)
 		p.linkErr.Store(&e)
+		return nil
 	}
-	p.wg.Add(3)
-	go p.connect(st)
-	go p.run()
-	go p.recheck()
-	if st != nil {
-		select {
-		case <-p.firstLoad:
-		case <-time.After(o.WaitLoad):
-			r.log.Warn("PostgreSQL: the registrations are not loaded yet; starting without them, they follow")
+	p.st.Store(st)
+	lctx, cancel := context.WithTimeout(p.ctx, p.o.WaitLoad)
+	defer cancel()
+	l, err := st.Listen(lctx)
+	if err == nil {
+		if err = p.reloadAll(lctx); err != nil {
+			l.Close()
 		}
 	}
-	return p, nil
+	if err != nil {
+		p.log.WithError(err).Warn("PostgreSQL: the registrations are not loaded yet; starting without them, they follow")
+		return nil
+	}
+	p.listening = l
+	p.linkErr.Store(nil)
+	p.log.Info("PostgreSQL: following the shared registry")
+	return nil
 }
 
-// connect opens the store (unless Open already did) and follows it.
-func (p *pgPersister) connect(st *pgstore.Store) {
-	defer p.wg.Done()
+// Follow connects (unless Load did) and follows the database until Close.
+func (p *pgPersister) Follow(*Memory) {
+	st := p.st.Load()
 	pause := time.Second
 	for st == nil {
 		select {
@@ -164,7 +167,7 @@ func (p *pgPersister) connect(st *pgstore.Store) {
 		}
 	}
 	p.st.Store(st)
-	log := p.r.log
+	log := p.log
 	st.Follow(p.ctx, pgstore.Follower{
 		Reset: p.reloadAll,
 		Changed: func(users []string) {
@@ -185,156 +188,85 @@ func (p *pgPersister) connect(st *pgstore.Store) {
 			}
 		},
 		Mine: p.isUncertain,
-	})
+	}, p.listening)
 	st.Close()
 }
 
-// reloadAll replaces memory with the database's registrations. It builds
-// the new maps beside the old ones, so lookups go on meanwhile.
+// reloadAll replaces memory with the database's registrations.
 func (p *pgPersister) reloadAll(ctx context.Context) error {
-	p.reload.Lock()
-	defer p.reload.Unlock()
 	start := time.Now()
 	st := p.st.Load()
-	fresh := &Registry{opts: p.r.opts, log: p.r.log, users: make(map[string][]entry), boxes: make(map[string]*mailboxSet)}
-	err := st.LoadAll(ctx, func(g pgstore.Registration) {
-		fresh.loadPut(record{User: g.User, AccountID: g.AccountID, DeviceToken: g.DeviceToken,
-			Mailboxes: g.Mailboxes, RegistrationTime: g.Registered})
+	n, err := p.m.ReplaceAll(func(put func(Registration)) error {
+		return st.LoadAll(ctx, func(g pgstore.Registration) { put(fromRow(g)) })
 	})
 	if err != nil {
 		return err
 	}
-	r := p.r
-	r.mu.Lock()
-	r.users, r.boxes, r.count = fresh.users, fresh.boxes, fresh.count
-	r.mu.Unlock()
-	r.log.WithField("registrations", fresh.count).WithField("ms", time.Since(start).Milliseconds()).
+	p.log.WithField("registrations", n).WithField("ms", time.Since(start).Milliseconds()).
 		Info("PostgreSQL: registrations loaded")
-	p.loadOnce.Do(func() { close(p.firstLoad) })
 	return nil
 }
 
 func (p *pgPersister) reloadUsers(ctx context.Context, users []string) error {
-	p.reload.Lock()
-	defer p.reload.Unlock()
+	if p.st.Load() == nil {
+		return nil
+	}
+	return p.m.Reload(ctx, users, p.readUsers)
+}
+
+// readUsers reads the registrations of users from the database.
+func (p *pgPersister) readUsers(ctx context.Context, users []string) (map[string][]Registration, error) {
 	st := p.st.Load()
 	if st == nil {
-		return nil
+		return nil, fmt.Errorf("%w: not connected", ErrUnavailable)
 	}
 	state, err := st.LoadUsers(ctx, users)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	p.r.mu.Lock()
-	for u, regs := range state {
-		p.r.replaceUser(u, regs)
-	}
-	p.r.mu.Unlock()
-	return nil
+	return fromRows(state), nil
 }
 
-// replaceUser puts the database's registrations of user into memory.
-// Caller holds mu.
-func (r *Registry) replaceUser(user string, regs []pgstore.Registration) {
-	old := r.users[user]
-	for i := range old {
-		r.releaseBoxes(old[i].boxes)
-	}
-	r.count -= len(old)
-	if len(regs) == 0 {
-		delete(r.users, user)
-		return
-	}
-	// One device per token whatever its case (loadPut): rows an older
-	// xapsd stored in both spellings become the newer one.
-	keep := make([]pgstore.Registration, 0, len(regs))
-next:
-	for _, g := range regs {
-		g.DeviceToken = FoldToken(g.DeviceToken)
-		for i := range keep {
-			if keep[i].AccountID == g.AccountID && keep[i].DeviceToken == g.DeviceToken {
-				if g.Registered.After(keep[i].Registered) {
-					keep[i] = g
-				}
-				continue next
-			}
+func fromRow(g pgstore.Registration) Registration {
+	return Registration{Key: Key{User: g.User, AccountID: g.AccountID, DeviceToken: g.DeviceToken},
+		Mailboxes: g.Mailboxes, Registered: g.Registered}
+}
+
+func fromRows(state map[string][]pgstore.Registration) map[string][]Registration {
+	out := make(map[string][]Registration, len(state))
+	for u, rows := range state {
+		regs := make([]Registration, len(rows))
+		for i, g := range rows {
+			regs[i] = fromRow(g)
 		}
-		keep = append(keep, g)
+		out[u] = regs
 	}
-	es := make([]entry, 0, len(keep))
-	for _, g := range keep {
-		es = append(es, entry{accountID: g.AccountID, deviceToken: g.DeviceToken,
-			boxes: r.internBoxes(g.Mailboxes), registered: g.Registered.UnixNano()})
-	}
-	r.users[user] = es
-	r.count += len(es)
+	return out
 }
 
-func (p *pgPersister) kick() {
-	select {
-	case p.kickc <- struct{}{}:
-	default:
-	}
-}
-
-// run commits what queued up while the previous commit ran: concurrent
-// registrations share one transaction, as they share an fsync with the
-// journal.
-func (p *pgPersister) run() {
-	defer p.wg.Done()
-	for {
-		select {
-		case <-p.ctx.Done():
-			p.flush() // what was queued before Close
-			return
-		case <-p.kickc:
-			p.flush()
-		}
-	}
-}
-
-func (p *pgPersister) flush() {
-	r := p.r
-	b := r.takePending()
-	if b == nil {
-		return
-	}
-	err := r.timedSave(b, func() error { return p.commit(b) })
-	r.mu.Lock()
-	r.adding -= b.adds
-	r.mu.Unlock()
-	switch {
-	case errors.Is(err, ErrUnconfirmed):
-		users := batchUsers(b)
-		r.log.WithError(err).WithField("users", len(users)).
-			Error("PostgreSQL did not confirm a commit in time (a synchronous standby that does not answer?); its registrations were answered 503, and this xapsd reads those users again and follows them until the database says whether it was stored")
-		p.lastErr.Store(&err)
-		b.finish(err)
-		// What the database holds now; a commit still waiting shows
-		// later, through its notification (isUncertain).
+// rereadSoon reads the users of an unconfirmed commit again once the
+// registry has answered it: what the database holds now. A commit still
+// waiting shows later, through its notification (isUncertain).
+func (p *pgPersister) rereadSoon(users []string) {
+	p.wg.Add(1)
+	go func() {
+		defer p.wg.Done()
 		ctx, cancel := context.WithTimeout(p.ctx, p.o.CommitTimeout)
-		if rerr := p.reloadUsers(ctx, users); rerr != nil && p.ctx.Err() == nil {
-			r.log.WithError(rerr).Warn("PostgreSQL: could not read the users of the unconfirmed commit again; their next change or notification does")
+		defer cancel()
+		if err := p.reloadUsers(ctx, users); err != nil && p.ctx.Err() == nil {
+			p.log.WithError(err).Warn("PostgreSQL: could not read the users of the unconfirmed commit again; their next change or notification does")
 		}
-		cancel()
-	case err != nil:
-		r.log.WithError(err).Error("registrations could not be stored in PostgreSQL; they were refused")
-		p.lastErr.Store(&err)
-		b.finish(err)
-	default:
-		p.lastErr.Store(nil)
-		b.finish(nil)
-	}
+	}()
 }
 
-// batchUsers lists the users a batch changes, once each.
-func batchUsers(b *batch) []string {
-	seen := make(map[string]bool, len(b.recs))
+// changedUsers lists the users changes touch, once each.
+func changedUsers(changes []Change) []string {
+	seen := make(map[string]bool, len(changes))
 	var users []string
-	for _, rec := range b.recs {
-		if !seen[rec.User] {
-			seen[rec.User] = true
-			users = append(users, rec.User)
+	for _, c := range changes {
+		if !seen[c.User] {
+			seen[c.User] = true
+			users = append(users, c.User)
 		}
 	}
 	return users
@@ -416,7 +348,7 @@ func (p *pgPersister) isUncertain(user string) bool {
 // /readyz may never send), as the journal does for the disk.
 func (p *pgPersister) recheck() {
 	defer p.wg.Done()
-	tick := time.NewTicker(p.r.opts.CheckEvery)
+	tick := time.NewTicker(p.checkEvery)
 	defer tick.Stop()
 	for {
 		select {
@@ -434,103 +366,118 @@ func (p *pgPersister) recheck() {
 		cancel()
 		// Unless a commit failed again meanwhile.
 		if err == nil && p.lastErr.CompareAndSwap(failed, nil) {
-			p.r.log.Info("PostgreSQL takes writes again: registrations are stored")
+			p.log.Info("PostgreSQL takes writes again: registrations are stored")
 		}
 	}
 }
 
-func (p *pgPersister) commit(b *batch) error {
+// Commit stores the changes in one transaction, which applies the caps
+// and tells the other daemons, and returns the touched users as the
+// database now has them.
+func (p *pgPersister) Commit(_ context.Context, changes []Change) (Committed, error) {
+	state, err := p.commit(changes)
+	if err != nil {
+		if errors.Is(err, ErrUnconfirmed) {
+			p.log.WithError(err).WithField("users", len(changedUsers(changes))).
+				Error("PostgreSQL did not confirm a commit in time (a synchronous standby that does not answer?); its registrations were answered 503, and this xapsd reads those users again and follows them until the database says whether it was stored")
+		} else {
+			p.log.WithError(err).Error("registrations could not be stored in PostgreSQL; they were refused")
+		}
+		p.lastErr.Store(&err)
+		return Committed{}, err
+	}
+	p.lastErr.Store(nil)
+	return Committed{Users: fromRows(state)}, nil
+}
+
+func (p *pgPersister) commit(changes []Change) (map[string][]pgstore.Registration, error) {
 	st := p.st.Load()
 	if st == nil {
 		if e := p.linkErr.Load(); e != nil {
-			return *e
+			return nil, *e
 		}
-		return fmt.Errorf("%w: not connected", ErrUnavailable)
+		return nil, fmt.Errorf("%w: not connected", ErrUnavailable)
 	}
-	changes := make([]pgstore.Change, 0, len(b.recs))
-	for _, rec := range b.recs {
-		if rec.Op == opDel {
-			changes = append(changes, pgstore.Change{Del: true, User: rec.User, Acct: rec.AccountID,
-				Token: rec.DeviceToken, Before: rec.before})
+	pcs := make([]pgstore.Change, 0, len(changes))
+	for _, c := range changes {
+		if c.Del {
+			pcs = append(pcs, pgstore.Change{Del: true, User: c.User, Acct: c.AccountID,
+				Token: c.DeviceToken, Before: c.Before})
 			continue
 		}
-		changes = append(changes, pgstore.Change{KeepNewer: rec.keepNewer, Put: &pgstore.Registration{
-			User: rec.User, AccountID: rec.AccountID, DeviceToken: rec.DeviceToken,
-			Mailboxes: rec.Mailboxes, Registered: rec.RegistrationTime}})
+		pcs = append(pcs, pgstore.Change{KeepNewer: c.KeepNewer, Put: &pgstore.Registration{
+			User: c.User, AccountID: c.AccountID, DeviceToken: c.DeviceToken,
+			Mailboxes: c.Mailboxes, Registered: c.Registered}})
 	}
-	p.reload.Lock()
-	defer p.reload.Unlock()
 	// Not p.ctx: at Close the last batch still gets its chance.
 	ctx, cancel := context.WithTimeout(context.Background(), p.o.CommitTimeout)
 	defer cancel()
 	// Marked before the commit: its notification can come the moment
 	// the commit ends, before Commit returns.
-	users := batchUsers(b)
+	users := changedUsers(changes)
 	p.beginCommit(users)
-	state, err := st.Commit(ctx, changes)
+	state, err := st.Commit(ctx, pcs)
 	if errors.Is(err, pgstore.ErrOutcomeUnknown) {
 		p.endCommit(users, unknown)
-		return fmt.Errorf("%w: %w: %w", ErrUnavailable, ErrUnconfirmed, err)
+		p.rereadSoon(users)
+		return nil, fmt.Errorf("%w: %w: %w", ErrUnavailable, ErrUnconfirmed, err)
 	}
 	if err != nil {
 		p.endCommit(users, refused)
-		return fmt.Errorf("%w: %w", ErrUnavailable, err)
+		return nil, fmt.Errorf("%w: %w", ErrUnavailable, err)
 	}
-	r := p.r
-	r.mu.Lock()
-	for u, regs := range state {
-		r.replaceUser(u, regs)
-	}
-	r.mu.Unlock()
 	p.endCommit(users, committed)
-	return nil
+	return state, nil
 }
 
-func (p *pgPersister) health(h *Health) {
+// Health says whether the database is followed and takes commits.
+func (p *pgPersister) Health() Health {
+	var h Health
 	if e := p.linkErr.Load(); e != nil {
 		h.WriteErr, h.FollowErr = *e, *e
-		return
+		return h
 	}
 	if e := p.lastErr.Load(); e != nil {
 		h.WriteErr = *e
 	}
+	return h
 }
 
-// expire runs the sweep when no other daemon is running it; the users it
-// changed are reloaded here and announced to the others.
-func (p *pgPersister) expire(cutoff time.Time) int {
+// Expire runs the sweep when no other daemon is running it, and returns
+// the users it changed as the database now has them; the database
+// announces them to the other daemons.
+func (p *pgPersister) Expire(_ context.Context, cutoff time.Time, _ []Change) (Committed, int, error) {
 	st := p.st.Load()
 	if st == nil {
-		return 0
+		return Committed{}, 0, fmt.Errorf("expiry sweep: %w: not connected", ErrUnavailable)
 	}
 	ctx, cancel := context.WithTimeout(p.ctx, time.Minute)
 	defer cancel()
 	users, n, ran, err := st.Expire(ctx, cutoff)
 	if err != nil {
-		p.r.log.WithError(err).Warn("PostgreSQL: the expiry sweep failed; the next one tries again")
-		return 0
+		return Committed{}, 0, fmt.Errorf("expiry sweep: %w", err)
 	}
 	if !ran {
-		return 0
+		return Committed{}, 0, nil
 	}
-	if err := p.reloadUsers(ctx, users); err != nil {
-		p.r.log.WithError(err).Warn("PostgreSQL: could not reload the users the expiry sweep changed")
+	state, err := st.LoadUsers(ctx, users)
+	if err != nil {
+		p.log.WithError(err).Warn("PostgreSQL: could not reload the users the expiry sweep changed")
+		return Committed{}, n, nil
 	}
-	return n
+	return Committed{Users: fromRows(state)}, n, nil
 }
 
-// capsInStore: the commits enforce the caps in the database.
-func (p *pgPersister) capsInStore() bool { return true }
-
-func (p *pgPersister) close() error {
+// Close stops following the database and the checks.
+func (p *pgPersister) Close() error {
 	p.cancel()
 	p.wg.Wait()
 	return nil
 }
 
-// exclusive runs work while no other daemon on the database runs work of
+// Exclusive runs work while no other daemon on the database runs work of
 // the same name.
-func (p *pgPersister) exclusive(ctx context.Context, name string, work func() error) (bool, error) {
+func (p *pgPersister) Exclusive(ctx context.Context, name string, work func() error) (bool, error) {
 	st := p.st.Load()
 	if st == nil {
 		return false, fmt.Errorf("%w: not connected", ErrUnavailable)

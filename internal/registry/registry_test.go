@@ -77,14 +77,17 @@ func crash(r *Registry) {
 	r.mu.Lock()
 	r.closed = true
 	r.mu.Unlock()
-	close(r.jr().stopc)
-	<-r.jr().donec
-	r.jr().compactW.Wait()
-	if r.jr().seg != nil {
-		r.jr().seg.Close()
+	close(r.stopc)
+	<-r.donec
+	j := r.jr()
+	close(j.stopc)
+	<-j.donec
+	j.compactW.Wait()
+	if j.seg != nil {
+		j.seg.Close()
 	}
-	closeSegments(r.jr().segments)
-	r.jr().lock.Close()
+	closeSegments(j.segments)
+	j.lock.Close()
 }
 
 func TestRegisterIsDurableWithoutClose(t *testing.T) {
@@ -171,15 +174,15 @@ func TestIdenticalReRegistrationSkipsTheDisk(t *testing.T) {
 	r := open(t, path, c)
 	defer r.Close()
 	mustRegister(t, r, reg("alice", acc1, tok1))
-	seq := r.seq
+	seq := r.jr().seq
 	c.Add(time.Minute)
 	mustRegister(t, r, reg("alice", acc1, tok1))
-	if r.seq != seq {
-		t.Errorf("identical re-registration wrote a record (seq %d -> %d)", seq, r.seq)
+	if r.jr().seq != seq {
+		t.Errorf("identical re-registration wrote a record (seq %d -> %d)", seq, r.jr().seq)
 	}
 	c.Add(2 * time.Hour)
 	mustRegister(t, r, reg("alice", acc1, tok1))
-	if r.seq == seq {
+	if r.jr().seq == seq {
 		t.Errorf("re-registration after RefreshAfter did not refresh the time")
 	}
 }
@@ -258,9 +261,9 @@ func TestIdenticalReRegistrationCountsForRemove(t *testing.T) {
 	mustRegister(t, r, reg("alice", acc1, tok2))
 	died := c.Now().Add(10 * time.Minute)
 	c.Add(20 * time.Minute)
-	seq := r.seq
+	seq := r.jr().seq
 	mustRegister(t, r, reg("alice", acc1, tok1)) // after the token "died"
-	if r.seq != seq {
+	if r.jr().seq != seq {
 		t.Fatalf("identical re-registration wrote a record: the test no longer covers the shortcut")
 	}
 	if r.Remove(Key{"alice", acc1, tok1}, died) {
@@ -270,8 +273,8 @@ func TestIdenticalReRegistrationCountsForRemove(t *testing.T) {
 		t.Error("kept a device that did not register again")
 	}
 	// The shortcut still writes nothing, and a later 410 still removes.
-	if r.seq != seq+1 {
-		t.Errorf("seq %d -> %d: only the removal should have been written", seq, r.seq)
+	if r.jr().seq != seq+1 {
+		t.Errorf("seq %d -> %d: only the removal should have been written", seq, r.jr().seq)
 	}
 	if !r.Remove(Key{"alice", acc1, tok1}, c.Now().Add(time.Second)) {
 		t.Error("a 410 after the re-registration did not remove it")

@@ -1,5 +1,7 @@
 package registry
 
+import "github.com/sirupsen/logrus"
+
 // seqLimit is far above any sequence number a journal reaches (a million
 // records a second for 146,000 years) and far below the wrap at 2^64: a
 // number above it is damage, and the registry never counts up to it.
@@ -18,8 +20,9 @@ const maxSeqJump = 1 << 32
 // the other, instead of adopting a number that would hide every later
 // record, or wrap.
 type replayer struct {
-	r    *Registry
-	last uint64 // number of the last record applied, or the snapshot's
+	log   logrus.FieldLogger
+	apply func(record)
+	last  uint64 // number of the last record applied, or the snapshot's
 	// noStart: the snapshot is lost, so the journal's first record
 	// follows records nobody has any more; that is reported elsewhere,
 	// not as a gap.
@@ -92,18 +95,17 @@ func (p *replayer) commit() {
 	}
 	p.noStart = false
 	p.last = rec.Seq
-	p.r.seq = rec.Seq
-	p.r.apply(*rec)
+	p.apply(*rec)
 }
 
 func (p *replayer) damage(where string) {
 	p.count(where)
-	p.r.log.WithField("record", where).Error("skipping a journal record whose sequence number does not fit between its neighbours")
+	p.log.WithField("record", where).Error("skipping a journal record whose sequence number does not fit between its neighbours")
 }
 
 func (p *replayer) damageBelowSegment(where string) {
 	p.count(where)
-	p.r.log.WithFields(map[string]any{"record": where, "segment_start": p.segStart}).
+	p.log.WithFields(map[string]any{"record": where, "segment_start": p.segStart}).
 		Error("skipping a journal record whose sequence number is below its segment's first number, which the snapshot already covers: the record is damaged, and the change it held is lost")
 }
 

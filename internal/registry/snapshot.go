@@ -389,3 +389,21 @@ func Export(w io.Writer, regs []Registration) error {
 	}
 	return sw.finish()
 }
+
+// ParseFile reads the registrations of a database file written by this
+// or the old xapsd, for importing them elsewhere.
+func ParseFile(data []byte) ([]Registration, error) {
+	snap, err := decodeSnapshot(data)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]Registration, 0, len(snap.Records))
+	for _, rec := range snap.Records {
+		if rec.User == "" || rec.AccountID == "" || rec.DeviceToken == "" || len(rec.Mailboxes) == 0 {
+			continue
+		}
+		out = append(out, Registration{Key: Key{User: FoldUser(rec.User), AccountID: rec.AccountID,
+			DeviceToken: rec.DeviceToken}, Mailboxes: rec.Mailboxes, Registered: rec.RegistrationTime})
+	}
+	return out, nil
+}
