@@ -11,7 +11,9 @@ import (
 
 	"github.com/xapsd/xapsd/internal/apns"
 	"github.com/xapsd/xapsd/internal/diagnose"
+	"github.com/xapsd/xapsd/internal/filestore"
 	"github.com/xapsd/xapsd/internal/registry"
+	"github.com/xapsd/xapsd/internal/registry/registrytest"
 	"github.com/xapsd/xapsd/internal/statedir"
 )
 
@@ -35,11 +37,7 @@ func (fakeDiagnoser) Diagnose(_ context.Context, user string) diagnose.Report {
 func setup(t *testing.T) (*Client, *registry.Registry, *fakePusher, string) {
 	t.Helper()
 	dir := t.TempDir()
-	reg, err := registry.Open(registry.Options{Path: filepath.Join(dir, "database.json")})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { reg.Close() })
+	reg := registrytest.Open(t, registry.Options{})
 	for _, g := range []registry.Registration{
 		{Key: registry.Key{User: "alice", AccountID: "A1", DeviceToken: "aa"}, Mailboxes: []string{"INBOX"}},
 		{Key: registry.Key{User: "alice", AccountID: "A2", DeviceToken: "dead"}, Mailboxes: []string{"INBOX"}},
@@ -158,7 +156,7 @@ func TestExportRoundTrip(t *testing.T) {
 	if err := c.Export(&out); err != nil {
 		t.Fatal(err)
 	}
-	regs, err := registry.ParseFile(out.Bytes())
+	regs, err := filestore.ParseFile(out.Bytes())
 	if err != nil {
 		t.Fatalf("the export does not parse as a registry file: %v\n%s", err, out.String())
 	}

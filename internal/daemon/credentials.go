@@ -248,7 +248,10 @@ func (d *Daemon) stopApple() {
 // in its backup.
 func (d *Daemon) importLegacyCerts(c *config.Config) {
 	log := d.log.WithField("component", "appleid")
-	raw := d.reg.LegacyAppleCerts()
+	var raw json.RawMessage
+	if d.files != nil {
+		raw = d.files.LegacyAppleCerts()
+	}
 	state := statedir.New(c.DatabaseFile)
 	dir := state.AppleCerts()
 	if raw == nil {

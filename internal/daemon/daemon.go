@@ -26,6 +26,7 @@ import (
 	"github.com/xapsd/xapsd/internal/connlimit"
 	"github.com/xapsd/xapsd/internal/ctl"
 	"github.com/xapsd/xapsd/internal/diagnose"
+	"github.com/xapsd/xapsd/internal/filestore"
 	"github.com/xapsd/xapsd/internal/history"
 	"github.com/xapsd/xapsd/internal/logging"
 	"github.com/xapsd/xapsd/internal/metrics"
@@ -44,6 +45,7 @@ type Daemon struct {
 	cfg    atomic.Pointer[config.Config]
 	cred   atomic.Pointer[credential]
 	reg    *registry.Registry
+	files  *filestore.Store // the registry's store with the files; nil with PostgreSQL
 	sender *apns.Sender
 	sched  *scheduler.Scheduler
 	// history is the per-user record of events and pushes that xapsd
@@ -138,23 +140,27 @@ func Run(ctx context.Context, o Options) error {
 	}
 
 	start := time.Now()
+	regLog := o.Log.WithField("component", "registry")
 	regOpts := registry.Options{
 		OnSync:           d.metrics.ObserveSync,
-		Path:             cfg.DatabaseFile,
 		TTL:              cfg.RegistrationTTL,
 		MaxPerAccount:    cfg.MaxDevicesPerAccount,
-		CompactAfter:     cfg.RegistryCompactAfter,
 		MaxRegistrations: cfg.MaxRegistrations,
-		Log:              o.Log.WithField("component", "registry"),
+		Log:              regLog,
 	}
+	var store registry.Store
 	if cfg.DatabaseURL != "" {
-		regOpts.Postgres = &registry.PostgresOptions{URL: cfg.DatabaseURL, PasswordFile: cfg.DatabasePasswordFile}
+		store = registry.NewPostgres(registry.PostgresOptions{URL: cfg.DatabaseURL, PasswordFile: cfg.DatabasePasswordFile,
+			MaxPerAccount: cfg.MaxDevicesPerAccount, Log: regLog})
+	} else {
+		d.files = filestore.New(filestore.Options{Dir: d.state, CompactAfter: cfg.RegistryCompactAfter, Log: regLog})
+		store = d.files
 	}
 	// The state folder holds the admin socket and the pending pushes
 	// whichever registry runs, and the registry's files with the files.
 	err = d.state.Make(o.Log.WithField("component", "daemon"))
 	if err == nil {
-		d.reg, err = registry.Open(regOpts)
+		d.reg, err = registry.Open(store, regOpts)
 	}
 	if err != nil {
 		return fail(stateError(cfg, err))

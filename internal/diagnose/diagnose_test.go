@@ -3,7 +3,6 @@ package diagnose
 import (
 	"context"
 	"errors"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -12,6 +11,7 @@ import (
 	"github.com/xapsd/xapsd/internal/history"
 	"github.com/xapsd/xapsd/internal/notify"
 	"github.com/xapsd/xapsd/internal/registry"
+	"github.com/xapsd/xapsd/internal/registry/registrytest"
 	"github.com/xapsd/xapsd/internal/scheduler"
 )
 
@@ -34,11 +34,7 @@ type env struct {
 
 func newEnv(t *testing.T) *env {
 	t.Helper()
-	r, err := registry.Open(registry.Options{Path: filepath.Join(t.TempDir(), "db.json")})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { r.Close() })
+	r := registrytest.Open(t, registry.Options{})
 	return &env{reg: r, hist: history.New(history.Options{Now: func() time.Time { return now.Add(-time.Minute) }}),
 		sched: scheduler.New(scheduler.Options{Delay: 30 * time.Second, Interval: 20 * time.Second, Now: func() time.Time { return now }}),
 		queue: queue{},

@@ -11,7 +11,6 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
-	"path/filepath"
 	"slices"
 	"strings"
 	"sync/atomic"
@@ -25,6 +24,7 @@ import (
 	"github.com/xapsd/xapsd/internal/logging"
 	"github.com/xapsd/xapsd/internal/notify"
 	"github.com/xapsd/xapsd/internal/registry"
+	"github.com/xapsd/xapsd/internal/registry/registrytest"
 )
 
 const (
@@ -55,10 +55,7 @@ type env struct {
 
 func newEnv(t *testing.T) *env {
 	t.Helper()
-	r, err := registry.Open(registry.Options{Path: filepath.Join(t.TempDir(), "database.json")})
-	if err != nil {
-		t.Fatal(err)
-	}
+	r := registrytest.Open(t, registry.Options{})
 	e := &env{reg: r, notif: &fakeNotifier{}}
 	e.topic = func() (string, error) { return topic, nil }
 	h := NewHandler(Options{Registrar: r, Notifier: e.notif, Topic: func() (string, error) { return e.topic() }})
@@ -523,11 +520,7 @@ func TestUnauthenticatedRequestsAreRefusedBeforeTheirBody(t *testing.T) {
 // At maxRegistrations a new device gets 503; one already registered can
 // still register again.
 func TestRegistryFullIs503(t *testing.T) {
-	r, err := registry.Open(registry.Options{Path: filepath.Join(t.TempDir(), "database.json"), MaxRegistrations: 1, RefreshAfter: time.Nanosecond})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer r.Close()
+	r := registrytest.Open(t, registry.Options{MaxRegistrations: 1, RefreshAfter: time.Nanosecond})
 	log, hook := logtest.NewNullLogger()
 	srv := httptest.NewServer(NewHandler(Options{Registrar: r, Notifier: &fakeNotifier{}, Log: log, Topic: func() (string, error) { return topic, nil }}))
 	defer srv.Close()

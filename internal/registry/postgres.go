@@ -32,6 +32,13 @@ type PostgresOptions struct {
 	// CommitTimeout bounds one commit, retries included (default 3 s): a
 	// /register waits no longer for a database that does not answer.
 	CommitTimeout time.Duration
+	// MaxPerAccount and MaxPerUser are the caps the commits apply.
+	MaxPerAccount int
+	MaxPerUser    int
+	// CheckEvery is how often, after a failed commit, the store tries
+	// whether the database takes writes again (default 5 s).
+	CheckEvery time.Duration
+	Log        logrus.FieldLogger
 }
 
 // uncertainFor is how long the users of an unconfirmed change are
@@ -70,7 +77,22 @@ type pgPersister struct {
 	wg     sync.WaitGroup
 }
 
-func newPostgres(o PostgresOptions, ro Options) *pgPersister {
+// NewPostgres is the store in the PostgreSQL database o names.
+func NewPostgres(o PostgresOptions) Store {
+	if o.MaxPerAccount <= 0 {
+		o.MaxPerAccount = 8
+	}
+	if o.MaxPerUser <= 0 {
+		o.MaxPerUser = 100
+	}
+	if o.CheckEvery <= 0 {
+		o.CheckEvery = 5 * time.Second
+	}
+	if o.Log == nil {
+		l := logrus.New()
+		l.SetLevel(logrus.PanicLevel)
+		o.Log = l
+	}
 	if o.Instance == "" {
 		host, _ := os.Hostname()
 		o.Instance = fmt.Sprintf("%s-%d-%d", host, os.Getpid(), time.Now().UnixNano()%1e6)
@@ -82,9 +104,9 @@ func newPostgres(o PostgresOptions, ro Options) *pgPersister {
 		o.CommitTimeout = 3 * time.Second
 	}
 	p := &pgPersister{
-		o: o, log: ro.Log, checkEvery: ro.CheckEvery,
-		cfg: pgstore.Options{URL: o.URL, PasswordFile: o.PasswordFile, MaxPerAccount: ro.MaxPerAccount,
-			MaxPerUser: ro.MaxPerUser, Instance: o.Instance},
+		o: o, log: o.Log, checkEvery: o.CheckEvery,
+		cfg: pgstore.Options{URL: o.URL, PasswordFile: o.PasswordFile, MaxPerAccount: o.MaxPerAccount,
+			MaxPerUser: o.MaxPerUser, Instance: o.Instance},
 		uncertain: make(map[string]*uncertainty),
 	}
 	p.ctx, p.cancel = context.WithCancel(context.Background())

@@ -4,9 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io/fs"
-	"os"
-	"path/filepath"
 	"testing"
 	"time"
 
@@ -22,13 +19,21 @@ func pgCluster(t *testing.T) *pgtest.Cluster {
 	return pgtest.StartT(t, pgtest.Options{})
 }
 
-func openPG(t *testing.T, c *pgtest.Cluster, name string, tweak ...func(*Options)) *Registry {
+// pgSetup is what a test can set: the store's options and the
+// registry's.
+type pgSetup struct {
+	PostgresOptions
+	TTL time.Duration
+	Now func() time.Time
+}
+
+func openPG(t *testing.T, c *pgtest.Cluster, name string, tweak ...func(*pgSetup)) *Registry {
 	t.Helper()
-	o := Options{Postgres: &PostgresOptions{URL: c.URL, Instance: name, WaitLoad: 5 * time.Second, CommitTimeout: 2 * time.Second}}
+	o := pgSetup{PostgresOptions: PostgresOptions{URL: c.URL, Instance: name, WaitLoad: 5 * time.Second, CommitTimeout: 2 * time.Second}}
 	for _, f := range tweak {
 		f(&o)
 	}
-	r, err := Open(o)
+	r, err := Open(NewPostgres(o.PostgresOptions), Options{TTL: o.TTL, Now: o.Now})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -79,7 +84,7 @@ func TestPostgresDaemonsShareTheRegistry(t *testing.T) {
 
 func TestPostgresCapsHoldAcrossDaemons(t *testing.T) {
 	c := pgCluster(t)
-	tweak := func(o *Options) { o.MaxPerAccount = 3 }
+	tweak := func(o *pgSetup) { o.MaxPerAccount = 3 }
 	a, b := openPG(t, c, "a", tweak), openPG(t, c, "b", tweak)
 	ctx := context.Background()
 	start := time.Now()
@@ -153,7 +158,7 @@ func TestPostgresStartsWithoutTheDatabaseAndLoadsLater(t *testing.T) {
 	a := openPG(t, c, "a")
 	a.Register(context.Background(), pgReg("erin", "A", "T"))
 	c.Stop()
-	b := openPG(t, c, "b", func(o *Options) { o.Postgres.WaitLoad = 500 * time.Millisecond })
+	b := openPG(t, c, "b", func(o *pgSetup) { o.WaitLoad = 500 * time.Millisecond })
 	if b.Health().WriteErr == nil {
 		t.Error("a daemon without its database says it is fine")
 	}
@@ -164,7 +169,7 @@ func TestPostgresStartsWithoutTheDatabaseAndLoadsLater(t *testing.T) {
 func TestPostgresExpiryRunsOnOneDaemon(t *testing.T) {
 	c := pgCluster(t)
 	now := time.Now()
-	clock := func(o *Options) { o.TTL = time.Hour; o.Now = func() time.Time { return now } }
+	clock := func(o *pgSetup) { o.TTL = time.Hour; o.Now = func() time.Time { return now } }
 	a, b := openPG(t, c, "a", clock), openPG(t, c, "b", clock)
 	ctx := context.Background()
 	old := pgReg("frank", "A", "OLD")
@@ -268,7 +273,7 @@ func pgSQL(t *testing.T, c *pgtest.Cluster, q string) string {
 // would clear it.
 func TestPostgresReadinessRecoversWithoutARegistration(t *testing.T) {
 	c := pgCluster(t)
-	a := openPG(t, c, "a", func(o *Options) { o.CheckEvery = 100 * time.Millisecond })
+	a := openPG(t, c, "a", func(o *pgSetup) { o.CheckEvery = 100 * time.Millisecond })
 	ctx := context.Background()
 	if err := a.Register(ctx, pgReg("dave", "A", "T")); err != nil {
 		t.Fatal(err)
@@ -293,7 +298,7 @@ func TestPostgresReadinessRecoversWithoutARegistration(t *testing.T) {
 // go through again.
 func TestPostgresUnconfirmedCommitEndsWithMemoryAsTheDatabase(t *testing.T) {
 	c := pgCluster(t)
-	a := openPG(t, c, "a", func(o *Options) { o.CheckEvery = 100 * time.Millisecond; o.Postgres.CommitTimeout = time.Second })
+	a := openPG(t, c, "a", func(o *pgSetup) { o.CheckEvery = 100 * time.Millisecond; o.CommitTimeout = time.Second })
 	b := openPG(t, c, "b")
 	ctx := context.Background()
 	if err := a.Register(ctx, pgReg("alice", "A", "T")); err != nil {
@@ -323,21 +328,5 @@ func TestPostgresUnconfirmedCommitEndsWithMemoryAsTheDatabase(t *testing.T) {
 	}
 	if got := len(a.List("zoe")); got != 2 {
 		t.Errorf("zoe has %d devices on A, want 2", got)
-	}
-}
-
-// With PostgreSQL nothing of the registry is in the state folder: the
-// registry does not even make the folder (the daemon makes it for its
-// admin socket and pending pushes).
-func TestPostgresLeavesTheStateFolderAlone(t *testing.T) {
-	c := pgCluster(t)
-	state := filepath.Join(t.TempDir(), "state")
-	r := openPG(t, c, "a", func(o *Options) { o.Path = filepath.Join(state, "database.json") })
-	if err := r.Register(context.Background(), pgReg("alice", "A", "T")); err != nil {
-		t.Fatal(err)
-	}
-	r.Close()
-	if _, err := os.Stat(state); !errors.Is(err, fs.ErrNotExist) {
-		t.Errorf("the state folder: %v, want it not made", err)
 	}
 }

@@ -1,17 +1,19 @@
 // Package registry owns the devices that asked for push: which user's
 // mailbox changes wake which (account id, device token) pair.
 //
-// It keeps everything in memory for fast /notify lookups and makes every
-// change durable before Register returns, through an append-only journal
-// beside a JSON snapshot (see journal.go and snapshot.go). A registration
-// is keyed by (user, account id, device token): two phones restored from
-// one backup share an account id but have different tokens, and both must
-// get pushes (docs/protocol.md#registry-rules).
+// It is the index: every registration in memory, for fast /notify
+// lookups, with the rules about them (the caps per account and per user,
+// the registration TTL, Apple's 410 rule, one spelling of user names and
+// tokens). Every change is made durable by a Store before the call that
+// made it returns: the files in the state folder (internal/filestore) or
+// a PostgreSQL database several daemons share (internal/pgstore). A
+// registration is keyed by (user, account id, device token): two phones
+// restored from one backup share an account id but have different
+// tokens, and both must get pushes (docs/protocol.md#registry-rules).
 package registry
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"slices"
 	"sort"
@@ -22,7 +24,6 @@ import (
 	"github.com/sirupsen/logrus"
 
 	"github.com/xapsd/xapsd/internal/logging"
-	"github.com/xapsd/xapsd/internal/statedir"
 )
 
 // Key names one registration.
@@ -41,9 +42,6 @@ type Registration struct {
 
 // Options configures Open.
 type Options struct {
-	// Path is the snapshot file (the config's databaseFile). The journal
-	// segments live beside it as Path.journal.<sequence>.
-	Path string
 	// TTL removes registrations not refreshed for this long.
 	TTL time.Duration
 	// MaxPerAccount caps the devices (tokens) of one account id; the
@@ -55,29 +53,15 @@ type Options struct {
 	// (0: no cap): Register refuses one that would add a registration
 	// with ErrFull, while re-registrations still work.
 	MaxRegistrations int
-	// CompactAfter writes a new snapshot after this many journal records,
-	// or once the journal has grown by CompactAfterBytes or by the size of
-	// the last snapshot, whichever is more: a few huge records must not
-	// grow the journal as far as many small ones.
-	CompactAfter      int
-	CompactAfterBytes int64
 	// RefreshAfter: a re-registration identical to a durable one younger
 	// than this is acknowledged without a disk write (iOS re-registers on
 	// every IMAP connection).
 	RefreshAfter time.Duration
 	Log          logrus.FieldLogger
 	Now          func() time.Time
-	// OnSync, when set, sees each group commit: records made durable by
-	// one fsync and how long the write and fsync took.
-	OnSync func(records int, d time.Duration)
-	// CheckEvery is how often the journal writer looks for state files
-	// deleted under it, and how often, after a failed write, the store
-	// tries whether the disk (or PostgreSQL) takes writes again, so that
-	// Health recovers without a registration (default 5 s).
-	CheckEvery time.Duration
-	// Postgres, when set, keeps the registry in that database instead of
-	// Path's files (postgres.go).
-	Postgres *PostgresOptions
+	// OnSync, when set, sees each group commit: the changes the store made
+	// durable together and how long its Commit took.
+	OnSync func(changes int, d time.Duration)
 }
 
 func (o *Options) setDefaults() {
@@ -90,12 +74,6 @@ func (o *Options) setDefaults() {
 	if o.MaxPerUser <= 0 {
 		o.MaxPerUser = 100
 	}
-	if o.CompactAfter <= 0 {
-		o.CompactAfter = 100000
-	}
-	if o.CompactAfterBytes <= 0 {
-		o.CompactAfterBytes = 64 << 20
-	}
 	if o.RefreshAfter <= 0 {
 		o.RefreshAfter = time.Hour
 	}
@@ -106,9 +84,6 @@ func (o *Options) setDefaults() {
 	}
 	if o.Now == nil {
 		o.Now = time.Now
-	}
-	if o.CheckEvery <= 0 {
-		o.CheckEvery = 5 * time.Second
 	}
 }
 
@@ -135,19 +110,10 @@ type Registry struct {
 	follow sync.WaitGroup
 }
 
-// Open loads the registry from opts.Path (snapshot, legacy database.json or
-// nothing) plus its journal; with opts.Postgres, from that database
-// instead (postgres.go).
-func Open(opts Options) (*Registry, error) {
+// Open loads the registrations st holds into memory and starts handing
+// it the changes. st is the registry's from then on: Close closes it.
+func Open(st Store, opts Options) (*Registry, error) {
 	opts.setDefaults()
-	if opts.Postgres != nil {
-		return openWith(newPostgres(*opts.Postgres, opts), opts)
-	}
-	return openWith(newJournal(statedir.New(opts.Path), opts), opts)
-}
-
-// openWith loads the registry from st and starts committing to it.
-func openWith(st Store, opts Options) (*Registry, error) {
 	r := &Registry{
 		opts:    opts,
 		log:     opts.Log,
@@ -530,16 +496,6 @@ func (r *Registry) Health() Health { return r.store.Health() }
 // is this daemon's alone, work simply runs.
 func (r *Registry) Exclusive(ctx context.Context, name string, work func() error) (ran bool, err error) {
 	return r.store.Exclusive(ctx, name, work)
-}
-
-// LegacyAppleCerts returns the "AppleCerts" object of an old xapsd
-// database.json loaded at start, or nil. The migration keeps it only in
-// the backup, so the caller imports it at this start.
-func (r *Registry) LegacyAppleCerts() json.RawMessage {
-	if j, ok := r.store.(*journal); ok {
-		return j.appleCerts
-	}
-	return nil
 }
 
 // Stats counts users and registrations.

@@ -10,7 +10,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/xapsd/xapsd/internal/filestore"
 	"github.com/xapsd/xapsd/internal/registry"
+	"github.com/xapsd/xapsd/internal/statedir"
 	"github.com/xapsd/xapsd/internal/testutil"
 )
 
@@ -64,7 +66,8 @@ func TestKill9LosesNothingAcknowledged(t *testing.T) {
 	if len(acked) < rounds*workers {
 		t.Fatalf("only %d registrations acknowledged; the test did not exercise the daemon", len(acked))
 	}
-	r, err := registry.Open(registry.Options{Path: filepath.Join(dir, "state", "database.json"), MaxPerUser: 1000})
+	files := filestore.New(filestore.Options{Dir: statedir.New(filepath.Join(dir, "state", "database.json"))})
+	r, err := registry.Open(files, registry.Options{MaxPerUser: 1000})
 	if err != nil {
 		t.Fatalf("open the registry the daemon left: %v", err)
 	}

@@ -11,7 +11,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/xapsd/xapsd/internal/filestore"
 	"github.com/xapsd/xapsd/internal/registry"
+	"github.com/xapsd/xapsd/internal/statedir"
 	"github.com/xapsd/xapsd/internal/testutil"
 )
 
@@ -110,7 +112,7 @@ func TestSecondDaemonStopsBeforeTheRegistry(t *testing.T) {
 		}
 	}
 	d.kill()
-	r, err := registry.Open(registry.Options{Path: db})
+	r, err := registry.Open(filestore.New(filestore.Options{Dir: statedir.New(db)}), registry.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}

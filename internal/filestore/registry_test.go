@@ -1,4 +1,4 @@
-package registry
+package filestore
 
 import (
 	"bytes"
@@ -12,77 +12,95 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/sirupsen/logrus"
+
+	"github.com/xapsd/xapsd/internal/registry"
+	"github.com/xapsd/xapsd/internal/registry/registrytest"
+	"github.com/xapsd/xapsd/internal/statedir"
+	"github.com/xapsd/xapsd/internal/testutil"
 )
 
+// The registrations of the tests, written once (registrytest).
 const (
-	acc1 = "0715A26B-CA09-4730-A419-793000CA982E"
-	acc2 = "1F2E3D4C-0000-4000-8000-ABCDEFABCDEF"
-	tok1 = "2918390218931890821908309283098109381029309829018310983092892829"
-	tok2 = "AAAA390218931890821908309283098109381029309829018310983092892829"
+	acc1 = registrytest.Acc1
+	acc2 = registrytest.Acc2
+	tok1 = registrytest.Tok1
+	tok2 = registrytest.Tok2
 )
 
-type clock struct {
-	mu  sync.Mutex
-	now time.Time
+var (
+	reg          = registrytest.Reg
+	mustRegister = registrytest.MustRegister
+	tokens       = registrytest.Tokens
+)
+
+type clock = testutil.Clock
+
+func newClock() *clock { return testutil.NewClock(registrytest.Start) }
+
+// setup is what a test can set: the registry's options and the store's.
+type setup struct {
+	Path              string
+	Now               func() time.Time
+	Log               logrus.FieldLogger
+	TTL               time.Duration
+	MaxPerAccount     int
+	MaxPerUser        int
+	MaxRegistrations  int
+	RefreshAfter      time.Duration
+	OnSync            func(int, time.Duration)
+	CompactAfter      int
+	CompactAfterBytes int64
+	CheckEvery        time.Duration
 }
 
-func (c *clock) Now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.now }
-func (c *clock) Add(d time.Duration) {
-	c.mu.Lock()
-	c.now = c.now.Add(d)
-	c.mu.Unlock()
+// stores finds the store of a registry a test opened, for tests that look
+// inside it (jr).
+var stores sync.Map
+
+// openWith opens a registry on the files at s.Path.
+func openWith(s setup) (*registry.Registry, error) {
+	st := New(Options{Dir: statedir.New(s.Path), CompactAfter: s.CompactAfter, CompactAfterBytes: s.CompactAfterBytes,
+		CheckEvery: s.CheckEvery, Log: s.Log, Now: s.Now})
+	r, err := registry.Open(st, registry.Options{TTL: s.TTL, MaxPerAccount: s.MaxPerAccount, MaxPerUser: s.MaxPerUser,
+		MaxRegistrations: s.MaxRegistrations, RefreshAfter: s.RefreshAfter, OnSync: s.OnSync, Log: s.Log, Now: s.Now})
+	if err == nil {
+		stores.Store(r, st)
+	}
+	return r, err
 }
 
-func newClock() *clock { return &clock{now: time.Date(2026, 11, 1, 12, 0, 0, 0, time.UTC)} }
-
-func open(t *testing.T, path string, c *clock, mod ...func(*Options)) *Registry {
+func open(t *testing.T, path string, c *clock, mod ...func(*setup)) *registry.Registry {
 	t.Helper()
-	o := Options{Path: path, Now: c.Now}
+	o := setup{Path: path, Now: c.Now}
 	for _, m := range mod {
 		m(&o)
 	}
-	r, err := Open(o)
+	r, err := openWith(o)
 	if err != nil {
 		t.Fatalf("Open: %v", err)
 	}
 	return r
 }
 
-func reg(user, acc, tok string, boxes ...string) Registration {
-	if len(boxes) == 0 {
-		boxes = []string{"INBOX"}
-	}
-	return Registration{Key: Key{User: user, AccountID: acc, DeviceToken: tok}, Mailboxes: boxes}
-}
-
-func mustRegister(t *testing.T, r *Registry, g Registration) {
-	t.Helper()
-	if err := r.Register(context.Background(), g); err != nil {
-		t.Fatalf("Register: %v", err)
-	}
-}
-
-func tokens(res LookupResult) []string {
-	var out []string
-	for _, k := range res.Targets {
-		out = append(out, k.DeviceToken)
-	}
-	slices.Sort(out)
-	return out
+// jr is the store of r, for tests that look inside it.
+func jr(r *registry.Registry) *Store {
+	st, _ := stores.Load(r)
+	return st.(*Store)
 }
 
 // crash abandons a registry without Close, as kill -9 would: only what
-// Register acknowledged may be relied on.
-func crash(r *Registry) {
-	r.mu.Lock()
-	r.closed = true
-	r.mu.Unlock()
-	close(r.stopc)
-	<-r.donec
-	j := r.jr()
+// Register acknowledged may be relied on. The files are closed as the
+// kernel closes them, without a last snapshot; the registry is left
+// behind, never used again.
+func crash(r *registry.Registry) {
+	j := jr(r)
 	close(j.stopc)
 	<-j.donec
 	j.compactW.Wait()
+	j.wmu.Lock()
+	defer j.wmu.Unlock()
 	if j.seg != nil {
 		j.seg.Close()
 	}
@@ -174,15 +192,15 @@ func TestIdenticalReRegistrationSkipsTheDisk(t *testing.T) {
 	r := open(t, path, c)
 	defer r.Close()
 	mustRegister(t, r, reg("alice", acc1, tok1))
-	seq := r.jr().seq
+	seq := jr(r).seq
 	c.Add(time.Minute)
 	mustRegister(t, r, reg("alice", acc1, tok1))
-	if r.jr().seq != seq {
-		t.Errorf("identical re-registration wrote a record (seq %d -> %d)", seq, r.jr().seq)
+	if jr(r).seq != seq {
+		t.Errorf("identical re-registration wrote a record (seq %d -> %d)", seq, jr(r).seq)
 	}
 	c.Add(2 * time.Hour)
 	mustRegister(t, r, reg("alice", acc1, tok1))
-	if r.jr().seq == seq {
+	if jr(r).seq == seq {
 		t.Errorf("re-registration after RefreshAfter did not refresh the time")
 	}
 }
@@ -190,7 +208,7 @@ func TestIdenticalReRegistrationSkipsTheDisk(t *testing.T) {
 func TestDeviceCapsDropTheOldestOfAnAccountAndOfAUser(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "database.json")
 	c := newClock()
-	r := open(t, path, c, func(o *Options) { o.MaxPerAccount = 3; o.MaxPerUser = 5 })
+	r := open(t, path, c, func(o *setup) { o.MaxPerAccount = 3; o.MaxPerUser = 5 })
 	for i := range 4 {
 		c.Add(time.Second)
 		mustRegister(t, r, reg("alice", acc1, fmt.Sprintf("%064x", i)))
@@ -207,7 +225,7 @@ func TestDeviceCapsDropTheOldestOfAnAccountAndOfAUser(t *testing.T) {
 		t.Fatalf("per-user cap: %d registrations, want 5", n)
 	}
 	crash(r)
-	r = open(t, path, c, func(o *Options) { o.MaxPerAccount = 3; o.MaxPerUser = 5 })
+	r = open(t, path, c, func(o *setup) { o.MaxPerAccount = 3; o.MaxPerUser = 5 })
 	defer r.Close()
 	if _, n := r.Stats(); n != 5 {
 		t.Fatalf("after reopen: %d registrations, want 5", n)
@@ -225,17 +243,17 @@ func TestRemoveHonoursTimestamp(t *testing.T) {
 	mustRegister(t, r, reg("alice", acc1, tok2))
 	registered := c.Now()
 	// APNs says the token died before the device registered again: keep.
-	if r.Remove(Key{"alice", acc1, tok1}, registered.Add(-time.Second)) {
+	if r.Remove(registry.Key{User: "alice", AccountID: acc1, DeviceToken: tok1}, registered.Add(-time.Second)) {
 		t.Fatal("removed a registration made after the 410 timestamp")
 	}
-	if !r.Remove(Key{"ALICE", acc1, tok1}, registered.Add(time.Second)) {
+	if !r.Remove(registry.Key{User: "ALICE", AccountID: acc1, DeviceToken: tok1}, registered.Add(time.Second)) {
 		t.Fatal("did not remove a registration made before the 410 timestamp")
 	}
 	// Only that token: the other phone with the same account id stays.
 	if got := tokens(r.Lookup("alice", "INBOX", false)); !slices.Equal(got, []string{tok2}) {
 		t.Fatalf("after remove: %v", got)
 	}
-	if !r.Remove(Key{"alice", acc1, tok2}, time.Time{}) {
+	if !r.Remove(registry.Key{User: "alice", AccountID: acc1, DeviceToken: tok2}, time.Time{}) {
 		t.Fatal("unconditional remove failed")
 	}
 	if r.Lookup("alice", "INBOX", false).KnownUser {
@@ -261,22 +279,22 @@ func TestIdenticalReRegistrationCountsForRemove(t *testing.T) {
 	mustRegister(t, r, reg("alice", acc1, tok2))
 	died := c.Now().Add(10 * time.Minute)
 	c.Add(20 * time.Minute)
-	seq := r.jr().seq
+	seq := jr(r).seq
 	mustRegister(t, r, reg("alice", acc1, tok1)) // after the token "died"
-	if r.jr().seq != seq {
+	if jr(r).seq != seq {
 		t.Fatalf("identical re-registration wrote a record: the test no longer covers the shortcut")
 	}
-	if r.Remove(Key{"alice", acc1, tok1}, died) {
+	if r.Remove(registry.Key{User: "alice", AccountID: acc1, DeviceToken: tok1}, died) {
 		t.Error("removed a device that registered again after the 410 timestamp")
 	}
-	if !r.Remove(Key{"alice", acc1, tok2}, died) {
+	if !r.Remove(registry.Key{User: "alice", AccountID: acc1, DeviceToken: tok2}, died) {
 		t.Error("kept a device that did not register again")
 	}
 	// The shortcut still writes nothing, and a later 410 still removes.
-	if r.jr().seq != seq+1 {
-		t.Errorf("seq %d -> %d: only the removal should have been written", seq, r.jr().seq)
+	if jr(r).seq != seq+1 {
+		t.Errorf("seq %d -> %d: only the removal should have been written", seq, jr(r).seq)
 	}
-	if !r.Remove(Key{"alice", acc1, tok1}, c.Now().Add(time.Second)) {
+	if !r.Remove(registry.Key{User: "alice", AccountID: acc1, DeviceToken: tok1}, c.Now().Add(time.Second)) {
 		t.Error("a 410 after the re-registration did not remove it")
 	}
 	r.Close()
@@ -300,7 +318,7 @@ func TestRemoveMatchingRemovesOneTokenInAnySpellingOrEveryDevice(t *testing.T) {
 func TestExpiryRemovesRegistrationsPastTheTTLAlsoAtStart(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "database.json")
 	c := newClock()
-	ttl := func(o *Options) { o.TTL = 48 * time.Hour }
+	ttl := func(o *setup) { o.TTL = 48 * time.Hour }
 	r := open(t, path, c, ttl)
 	mustRegister(t, r, reg("old", acc1, tok1))
 	c.Add(24 * time.Hour)
@@ -351,7 +369,7 @@ func TestLegacyDatabaseIsMigratedWithBackup(t *testing.T) {
 	if got := tokens(r.Lookup("alice@example.com", "INBOX", false)); !slices.Equal(got, []string{tok1, tok2}) {
 		t.Fatalf("migrated lookup = %v", got)
 	}
-	if got := string(r.LegacyAppleCerts()); got != `{"Signature": [], "Keys": []}` {
+	if got := string(jr(r).LegacyAppleCerts()); got != `{"Signature": [], "Keys": []}` {
 		t.Errorf("LegacyAppleCerts = %s", got)
 	}
 	backups, _ := filepath.Glob(path + ".legacy-*.bak")
@@ -390,7 +408,7 @@ func TestTornJournalTailIsIgnored(t *testing.T) {
 	c := newClock()
 	r := open(t, path, c)
 	mustRegister(t, r, reg("alice", acc1, tok1))
-	seg := r.jr().segPath
+	seg := jr(r).segPath
 	crash(r)
 	f, err := os.OpenFile(seg, os.O_WRONLY|os.O_APPEND, 0)
 	if err != nil {
@@ -411,7 +429,7 @@ func TestCorruptMiddleLineIsSkipped(t *testing.T) {
 	c := newClock()
 	r := open(t, path, c)
 	mustRegister(t, r, reg("alice", acc1, tok1))
-	seg := r.jr().segPath
+	seg := jr(r).segPath
 	crash(r)
 	data, _ := os.ReadFile(seg)
 	data = append([]byte("garbage\n"), data...)
@@ -426,15 +444,15 @@ func TestCorruptMiddleLineIsSkipped(t *testing.T) {
 func TestCompactionKeepsStateAndBoundsSegments(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "database.json")
 	c := newClock()
-	small := func(o *Options) { o.CompactAfter = 10 }
+	small := func(o *setup) { o.CompactAfter = 10 }
 	r := open(t, path, c, small)
 	for i := range 200 {
 		mustRegister(t, r, reg(fmt.Sprintf("user%d", i%50), fmt.Sprintf("ACC-%d", i), tok1))
 		if i%3 == 0 {
-			r.Remove(Key{fmt.Sprintf("user%d", i%50), fmt.Sprintf("ACC-%d", i), tok1}, time.Time{})
+			r.Remove(registry.Key{User: fmt.Sprintf("user%d", i%50), AccountID: fmt.Sprintf("ACC-%d", i), DeviceToken: tok1}, time.Time{})
 		}
 	}
-	r.jr().compactW.Wait()
+	jr(r).compactW.Wait()
 	want := r.List("")
 	crash(r)
 	segs, _ := filepath.Glob(path + ".journal.*")
@@ -461,7 +479,7 @@ func TestConcurrentRegistrationsAreAllDurable(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "database.json")
 	c := newClock()
 	var syncs, synced atomic.Int64
-	r := open(t, path, c, func(o *Options) {
+	r := open(t, path, c, func(o *setup) {
 		o.CompactAfter = 100
 		o.OnSync = func(n int, _ time.Duration) { syncs.Add(1); synced.Add(int64(n)) }
 	})
@@ -485,7 +503,7 @@ func TestConcurrentRegistrationsAreAllDurable(t *testing.T) {
 		t.Errorf("%d records in %d fsyncs; want 640 records in fewer fsyncs", synced.Load(), syncs.Load())
 	}
 	crash(r)
-	r = open(t, path, c, func(o *Options) { o.MaxPerUser = 1000 })
+	r = open(t, path, c, func(o *setup) { o.MaxPerUser = 1000 })
 	defer r.Close()
 	if _, n := r.Stats(); n != 32*20 {
 		t.Fatalf("after crash %d registrations, want %d", n, 32*20)
@@ -500,7 +518,7 @@ func TestJournalWriteFailureRefusesAndRecovers(t *testing.T) {
 	if err := r.Health().WriteErr; err != nil {
 		t.Fatalf("Writable before the failure: %v", err)
 	}
-	r.jr().seg.Close() // the next write fails
+	jr(r).seg.Close() // the next write fails
 	if err := r.Register(context.Background(), reg("bob", acc2, tok2)); err == nil {
 		t.Fatal("Register succeeded although the journal write failed")
 	}
@@ -527,7 +545,7 @@ func TestNewerFormatIsAnError(t *testing.T) {
 	} {
 		path := filepath.Join(t.TempDir(), "database.json")
 		os.WriteFile(path, []byte(content), 0o600)
-		_, err := Open(Options{Path: path})
+		_, err := openWith(setup{Path: path})
 		if err == nil || !strings.Contains(err.Error(), path) {
 			t.Errorf("%s: err = %v, want an error naming the file", name, err)
 		}
@@ -535,7 +553,7 @@ func TestNewerFormatIsAnError(t *testing.T) {
 	// An empty file is an empty registry, as for the old daemon.
 	path := filepath.Join(t.TempDir(), "database.json")
 	os.WriteFile(path, nil, 0o600)
-	r, err := Open(Options{Path: path})
+	r, err := openWith(setup{Path: path})
 	if err != nil {
 		t.Fatalf("empty file: %v", err)
 	}
@@ -545,25 +563,8 @@ func TestNewerFormatIsAnError(t *testing.T) {
 func TestClosedRegistryRefuses(t *testing.T) {
 	r := open(t, filepath.Join(t.TempDir(), "database.json"), newClock())
 	r.Close()
-	if err := r.Register(context.Background(), reg("a", acc1, tok1)); err != ErrClosed {
+	if err := r.Register(context.Background(), reg("a", acc1, tok1)); err != registry.ErrClosed {
 		t.Errorf("Register after Close = %v", err)
-	}
-}
-
-func TestMailboxNamesAreDecodedFromModifiedUTF7AndMalformedOnesKept(t *testing.T) {
-	for in, want := range map[string]string{
-		"&AMQ-rger":        "Ärger",
-		"Sent &- Received": "Sent & Received",
-		"&ZeVnLIqe-":       "日本語",
-		"Plain":            "Plain",
-		"&AOQ":             "&AOQ", // unterminated: kept
-		"&[[[-":            "&[[[-",
-		"iNbOx":            "INBOX",
-		"INBOX/&AOQ-":      "INBOX/ä",
-	} {
-		if got := normalizeMailbox(in); got != want {
-			t.Errorf("normalizeMailbox(%q) = %q, want %q", in, got, want)
-		}
 	}
 }
 
@@ -597,7 +598,7 @@ func TestImportOfTheOldFormatKeepsNewerAndSkipsExpired(t *testing.T) {
 func TestSecondOpenOfOneFileIsRefused(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "database.json")
 	r := open(t, path, newClock())
-	if _, err := Open(Options{Path: path}); err == nil || !strings.Contains(err.Error(), "in use by another xapsd") {
+	if _, err := openWith(setup{Path: path}); err == nil || !strings.Contains(err.Error(), "in use by another xapsd") {
 		t.Fatalf("second Open = %v", err)
 	}
 	r.Close()
@@ -617,8 +618,8 @@ func TestUsersFoldASCIIOnly(t *testing.T) {
 		t.Error("ASCII case was not folded")
 	}
 	for in, want := range map[string]string{"Alice": "alice", "ÄRGER": "Ärger", "\u212A": "\u212A", "": "", "abc": "abc"} {
-		if got := FoldUser(in); got != want {
-			t.Errorf("FoldUser(%q) = %q, want %q", in, got, want)
+		if got := registry.FoldUser(in); got != want {
+			t.Errorf("registry.FoldUser(%q) = %q, want %q", in, got, want)
 		}
 	}
 }
@@ -626,7 +627,7 @@ func TestUsersFoldASCIIOnly(t *testing.T) {
 // MaxRegistrations holds under concurrent new users; a re-registration
 // still works at the cap, and a removal makes room.
 func TestMaxRegistrationsHoldsUnderConcurrentNewUsers(t *testing.T) {
-	r := open(t, filepath.Join(t.TempDir(), "database.json"), newClock(), func(o *Options) { o.MaxRegistrations = 3 })
+	r := open(t, filepath.Join(t.TempDir(), "database.json"), newClock(), func(o *setup) { o.MaxRegistrations = 3 })
 	defer r.Close()
 	var ok, full atomic.Int64
 	var wg sync.WaitGroup
@@ -637,7 +638,7 @@ func TestMaxRegistrationsHoldsUnderConcurrentNewUsers(t *testing.T) {
 			switch err := r.Register(context.Background(), reg(fmt.Sprintf("u%d", i), acc1, tok1)); err {
 			case nil:
 				ok.Add(1)
-			case ErrFull:
+			case registry.ErrFull:
 				full.Add(1)
 			default:
 				t.Errorf("Register: %v", err)
@@ -654,14 +655,11 @@ func TestMaxRegistrationsHoldsUnderConcurrentNewUsers(t *testing.T) {
 	mustRegister(t, r, reg("newcomer", acc1, tok1))
 }
 
-// jr is the file registry's journal, for tests that look inside it.
-func (r *Registry) jr() *journal { return r.store.(*journal) }
-
 func TestExportIsAFileTheRegistryOpens(t *testing.T) {
 	at := time.Date(2026, 11, 30, 10, 0, 0, 123456000, time.UTC)
-	regs := []Registration{
-		{Key: Key{User: "alice", AccountID: "A", DeviceToken: "T1"}, Mailboxes: []string{"INBOX", "Entw&APw-rfe"}, Registered: at},
-		{Key: Key{User: "bob", AccountID: "B", DeviceToken: "T2"}, Mailboxes: []string{"INBOX"}, Registered: at.Add(time.Minute)},
+	regs := []registry.Registration{
+		{Key: registry.Key{User: "alice", AccountID: "A", DeviceToken: "T1"}, Mailboxes: []string{"INBOX", "Entw&APw-rfe"}, Registered: at},
+		{Key: registry.Key{User: "bob", AccountID: "B", DeviceToken: "T2"}, Mailboxes: []string{"INBOX"}, Registered: at.Add(time.Minute)},
 	}
 	var buf bytes.Buffer
 	if err := Export(&buf, regs); err != nil {
@@ -673,7 +671,7 @@ func TestExportIsAFileTheRegistryOpens(t *testing.T) {
 	}
 	path := filepath.Join(t.TempDir(), "database.json")
 	os.WriteFile(path, buf.Bytes(), 0o600)
-	r, err := Open(Options{Path: path, Now: func() time.Time { return at }})
+	r, err := openWith(setup{Path: path, Now: func() time.Time { return at }})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -701,16 +699,16 @@ func TestTokenSpellingsAreOneRegistration(t *testing.T) {
 	if got := r.List("alice"); len(got) != 1 || got[0].DeviceToken != tok2 || len(got[0].Mailboxes) != 2 {
 		t.Fatalf("List = %+v, want one registration, token %s", got, tok2)
 	}
-	if !r.Remove(Key{User: "alice", AccountID: acc1, DeviceToken: lower}, time.Time{}) || len(r.List("alice")) != 0 {
+	if !r.Remove(registry.Key{User: "alice", AccountID: acc1, DeviceToken: lower}, time.Time{}) || len(r.List("alice")) != 0 {
 		t.Error("Remove by the lower-case token did not remove the registration")
 	}
 	r.Close()
 
 	// A snapshot an older xapsd wrote with both spellings: the newer wins,
 	// whatever the order in the file.
-	older := Registration{Key: Key{User: "bob", AccountID: acc1, DeviceToken: lower}, Mailboxes: []string{"INBOX"}, Registered: c.Now().Add(-time.Hour)}
-	newer := Registration{Key: Key{User: "bob", AccountID: acc1, DeviceToken: tok2}, Mailboxes: []string{"INBOX", "Newer"}, Registered: c.Now().Add(-time.Minute)}
-	for _, order := range [][]Registration{{older, newer}, {newer, older}} {
+	older := registry.Registration{Key: registry.Key{User: "bob", AccountID: acc1, DeviceToken: lower}, Mailboxes: []string{"INBOX"}, Registered: c.Now().Add(-time.Hour)}
+	newer := registry.Registration{Key: registry.Key{User: "bob", AccountID: acc1, DeviceToken: tok2}, Mailboxes: []string{"INBOX", "Newer"}, Registered: c.Now().Add(-time.Minute)}
+	for _, order := range [][]registry.Registration{{older, newer}, {newer, older}} {
 		p := filepath.Join(t.TempDir(), "database.json")
 		f, err := os.Create(p)
 		if err != nil {

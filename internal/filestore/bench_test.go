@@ -1,4 +1,4 @@
-package registry
+package filestore
 
 import (
 	"bufio"
@@ -10,12 +10,14 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/xapsd/xapsd/internal/registry"
 )
 
 // BenchmarkRegisterParallel: durable registrations from concurrent
 // clients, each acknowledged after its group's fsync.
 func BenchmarkRegisterParallel(b *testing.B) {
-	r, err := Open(Options{Path: filepath.Join(b.TempDir(), "db.json")})
+	r, err := openWith(setup{Path: filepath.Join(b.TempDir(), "db.json")})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -26,8 +28,8 @@ func BenchmarkRegisterParallel(b *testing.B) {
 	b.RunParallel(func(pb *testing.PB) {
 		for pb.Next() {
 			i := n.Add(1)
-			err := r.Register(context.Background(), Registration{
-				Key:       Key{User: fmt.Sprintf("u%d", i), AccountID: fmt.Sprintf("A%d", i), DeviceToken: fmt.Sprintf("%064x", i)},
+			err := r.Register(context.Background(), registry.Registration{
+				Key:       registry.Key{User: fmt.Sprintf("u%d", i), AccountID: fmt.Sprintf("A%d", i), DeviceToken: fmt.Sprintf("%064x", i)},
 				Mailboxes: []string{"INBOX"}})
 			if err != nil {
 				b.Fatal(err)
@@ -39,7 +41,7 @@ func BenchmarkRegisterParallel(b *testing.B) {
 func BenchmarkLookup(b *testing.B) {
 	path := filepath.Join(b.TempDir(), "db.json")
 	writeSnapshotFile(b, path, 100000)
-	r, err := Open(Options{Path: path, Now: func() time.Time { return time.Date(2026, 11, 1, 0, 0, 0, 0, time.UTC) }})
+	r, err := openWith(setup{Path: path, Now: func() time.Time { return time.Date(2026, 11, 1, 0, 0, 0, 0, time.UTC) }})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -63,7 +65,7 @@ func BenchmarkOpenMillion(b *testing.B) {
 	b.ResetTimer()
 	for range b.N {
 		start := time.Now()
-		r, err := Open(Options{Path: path, Now: func() time.Time { return time.Date(2026, 11, 1, 0, 0, 0, 0, time.UTC) }})
+		r, err := openWith(setup{Path: path, Now: func() time.Time { return time.Date(2026, 11, 1, 0, 0, 0, 0, time.UTC) }})
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -75,7 +77,7 @@ func BenchmarkOpenMillion(b *testing.B) {
 		b.StopTimer()
 		// As after a crash: no final snapshot, which a loop would
 		// otherwise measure too.
-		seg := r.jr().segPath
+		seg := jr(r).segPath
 		crash(r)
 		os.Remove(seg)
 		b.StartTimer()

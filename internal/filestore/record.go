@@ -1,8 +1,10 @@
-package registry
+package filestore
 
 import (
 	"encoding/json"
 	"time"
+
+	"github.com/xapsd/xapsd/internal/registry"
 )
 
 // record is one line of the journal and, without Seq and Op, one element
@@ -26,7 +28,7 @@ const (
 // journalRecord is the journal line of change number seq. A change's
 // Before and KeepNewer are not written: memory checked them, and the
 // files are this daemon's alone.
-func journalRecord(seq uint64, c Change) record {
+func journalRecord(seq uint64, c registry.Change) record {
 	if c.Del {
 		return record{Seq: seq, Op: opDel, User: c.User, AccountID: c.AccountID, DeviceToken: c.DeviceToken}
 	}
@@ -35,8 +37,8 @@ func journalRecord(seq uint64, c Change) record {
 }
 
 // registration is the registration a snapshot line or a put holds.
-func (rec record) registration() Registration {
-	return Registration{Key: Key{User: rec.User, AccountID: rec.AccountID, DeviceToken: rec.DeviceToken},
+func (rec record) registration() registry.Registration {
+	return registry.Registration{Key: registry.Key{User: rec.User, AccountID: rec.AccountID, DeviceToken: rec.DeviceToken},
 		Mailboxes: rec.Mailboxes, Registered: rec.RegistrationTime}
 }
 

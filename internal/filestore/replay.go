@@ -1,4 +1,4 @@
-package registry
+package filestore
 
 import "github.com/sirupsen/logrus"
 

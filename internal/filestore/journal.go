@@ -1,4 +1,4 @@
-package registry
+package filestore
 
 import (
 	"bufio"
@@ -21,11 +21,12 @@ import (
 	"github.com/sirupsen/logrus"
 
 	"github.com/xapsd/xapsd/internal/atomicfile"
+	"github.com/xapsd/xapsd/internal/registry"
 	"github.com/xapsd/xapsd/internal/statedir"
 )
 
-// journal is the store of the files in the state folder: a journal of
-// changes beside a snapshot.
+// Store is the registry's store in the files of the state folder: a
+// journal of changes beside a snapshot.
 //
 // Every change is a numbered record. Records are appended to the current
 // journal segment (statedir.Dir.Segment) by whoever commits, one batch at
@@ -42,7 +43,7 @@ import (
 // A commit returns only once its records are synced; a failed write is
 // cut off the segment again, so a refused registration is nowhere. The
 // process holds an flock on every segment it knows and deletes no other.
-type journal struct {
+type Store struct {
 	dir  statedir.Dir
 	path string // snapshot path (dir.Snapshot())
 	log  logrus.FieldLogger
@@ -52,7 +53,7 @@ type journal struct {
 	compactAfter      int
 	compactAfterBytes int64
 	checkEvery        time.Duration
-	m                 *Memory // set by Load
+	m                 *registry.Memory // set by Load
 
 	// wmu is held by whoever writes the current segment: a commit, a
 	// rotation, the checks of the housekeeping goroutine.
@@ -93,14 +94,22 @@ type journal struct {
 	compactW sync.WaitGroup
 }
 
-func newJournal(dir statedir.Dir, o Options) *journal {
-	return &journal{dir: dir, path: dir.Snapshot(), log: o.Log, now: o.Now, compactAfter: o.CompactAfter,
+// New is the store of the files in o.Dir. It reads and writes nothing
+// until the registry loads it (registry.Open).
+func New(o Options) *Store {
+	o.setDefaults()
+	return &Store{dir: o.Dir, path: o.Dir.Snapshot(), log: o.Log, now: o.Now, compactAfter: o.CompactAfter,
 		compactAfterBytes: o.CompactAfterBytes, checkEvery: o.CheckEvery,
 		stopc: make(chan struct{}), donec: make(chan struct{})}
 }
 
+// LegacyAppleCerts returns the "AppleCerts" object of an old xapsd
+// database.json loaded at start, or nil. The migration keeps it only in
+// the backup, so the caller imports it at this start.
+func (j *Store) LegacyAppleCerts() json.RawMessage { return j.appleCerts }
+
 // noteDamage records what loading found damaged or lost, for Health.
-func (j *journal) noteDamage(n int, note string) {
+func (j *Store) noteDamage(n int, note string) {
 	j.damagedCount += n
 	if len(j.damage) < 20 {
 		j.damage = append(j.damage, note)
@@ -108,8 +117,8 @@ func (j *journal) noteDamage(n int, note string) {
 }
 
 // Health reports the damage found at load and the last write's error.
-func (j *journal) Health() Health {
-	h := Health{Damage: j.damage, Damaged: j.damagedCount}
+func (j *Store) Health() registry.Health {
+	h := registry.Health{Damage: j.damage, Damaged: j.damagedCount}
 	if p := j.lastErr.Load(); p != nil {
 		h.WriteErr = *p
 	}
@@ -117,18 +126,18 @@ func (j *journal) Health() Health {
 }
 
 // Shared is false: the files are this daemon's alone.
-func (j *journal) Shared() bool { return false }
+func (j *Store) Shared() bool { return false }
 
 // Follow returns at once: nobody else changes the files.
-func (j *journal) Follow(*Memory) {}
+func (j *Store) Follow(*registry.Memory) {}
 
 // Exclusive runs work: the files are this daemon's alone.
-func (j *journal) Exclusive(_ context.Context, _ string, work func() error) (bool, error) {
+func (j *Store) Exclusive(_ context.Context, _ string, work func() error) (bool, error) {
 	return true, work()
 }
 
 // Expire journals the removals memory found like any other change.
-func (j *journal) Expire(ctx context.Context, _ time.Time, old []Change) (Committed, int, error) {
+func (j *Store) Expire(ctx context.Context, _ time.Time, old []registry.Change) (registry.Committed, int, error) {
 	c, err := j.Commit(ctx, old)
 	if err != nil {
 		return c, 0, err
@@ -139,7 +148,7 @@ func (j *journal) Expire(ctx context.Context, _ time.Time, old []Change) (Commit
 // Load reads the snapshot (or the old daemon's database.json, or
 // nothing) and replays the journal into memory, then starts a new
 // segment and the housekeeping goroutine.
-func (j *journal) Load(_ context.Context, m *Memory) error {
+func (j *Store) Load(_ context.Context, m *registry.Memory) error {
 	j.m = m
 	dir, path := j.dir, j.path
 	if err := dir.Make(j.log); err != nil {
@@ -213,7 +222,7 @@ func (j *journal) Load(_ context.Context, m *Memory) error {
 	}
 	rp := &replayer{log: j.log, apply: func(rec record) {
 		if rec.Op == opDel {
-			m.Delete(Key{User: rec.User, AccountID: rec.AccountID, DeviceToken: rec.DeviceToken})
+			m.Delete(registry.Key{User: rec.User, AccountID: rec.AccountID, DeviceToken: rec.DeviceToken})
 		} else {
 			m.Put(rec.registration())
 		}
@@ -289,7 +298,7 @@ func (j *journal) Load(_ context.Context, m *Memory) error {
 // one) is read whole and returned in data, for the migration's backup.
 // A file that does not parse is salvaged line by line (snap.salvaged);
 // only one written by a newer xapsd is an error.
-func (j *journal) loadSnapshot(load func(record)) (snap *snapshot, data []byte, exists bool, err error) {
+func (j *Store) loadSnapshot(load func(record)) (snap *snapshot, data []byte, exists bool, err error) {
 	f, err := statedir.OpenFile(j.path, os.O_RDONLY, 0)
 	if errors.Is(err, fs.ErrNotExist) {
 		return &snapshot{}, nil, false, nil
@@ -347,7 +356,7 @@ func (j *journal) loadSnapshot(load func(record)) (snap *snapshot, data []byte, 
 // keepDamaged puts the damaged snapshot beside the registry, says what was
 // kept and what not, and reports whether the copy is safe on disk (only
 // then may the snapshot be rewritten).
-func (j *journal) keepDamaged(data []byte, snap *snapshot, now time.Time) bool {
+func (j *Store) keepDamaged(data []byte, snap *snapshot, now time.Time) bool {
 	sv := snap.salvaged
 	copyPath := j.dir.Damaged(now)
 	kept := true
@@ -387,7 +396,7 @@ func (j *journal) keepDamaged(data []byte, snap *snapshot, now time.Time) bool {
 
 // reportLostSnapshot says what a missing or empty snapshot lost: the
 // records before the first journal segment, which only it held.
-func (j *journal) reportLostSnapshot(segs []segment, exists bool) {
+func (j *Store) reportLostSnapshot(segs []segment, exists bool) {
 	state := "empty (0 bytes, null or {})"
 	if !exists {
 		state = "missing"
@@ -426,7 +435,7 @@ func closeSegments(segs []segment) {
 }
 
 // lockSegments lists the journal's segments in order and locks each.
-func (j *journal) lockSegments() ([]segment, error) {
+func (j *Store) lockSegments() ([]segment, error) {
 	paths, err := j.dir.Segments()
 	if err != nil {
 		return nil, err
@@ -458,7 +467,7 @@ func (j *journal) lockSegments() ([]segment, error) {
 }
 
 // replay reads one segment and hands its records to rp in file order.
-func (j *journal) replay(path string, rp *replayer) error {
+func (j *Store) replay(path string, rp *replayer) error {
 	f, err := statedir.OpenFile(path, os.O_RDONLY, 0)
 	if err != nil {
 		return fmt.Errorf("open journal %s: %w", path, err)
@@ -496,7 +505,7 @@ func (j *journal) replay(path string, rp *replayer) error {
 // have higher numbers, but they are not written yet, so every record a
 // segment holds is at or above its name, and replay can tell a damaged
 // number from one a snapshot covers.
-func (j *journal) openSegment() error {
+func (j *Store) openSegment() error {
 	next := j.written.Load() + 1
 	p := j.dir.Segment(next, time.Now().UnixNano())
 	f, err := os.OpenFile(p, os.O_WRONLY|os.O_CREATE|os.O_EXCL|os.O_APPEND, 0o600)
@@ -518,7 +527,7 @@ func (j *journal) openSegment() error {
 // rotate finishes the current segment and starts a new one. It returns
 // the finished segments, which a snapshot taken after this call covers.
 // Caller holds wmu.
-func (j *journal) rotate() []segment {
+func (j *Store) rotate() []segment {
 	j.finishSegment()
 	j.segMu.Lock()
 	done := j.segments
@@ -532,7 +541,7 @@ func (j *journal) rotate() []segment {
 
 // housekeeping checks, every checkEvery until Close, whether a failed
 // disk takes writes again and whether state files were deleted.
-func (j *journal) housekeeping() {
+func (j *Store) housekeeping() {
 	defer close(j.donec)
 	tick := time.NewTicker(j.checkEvery)
 	defer tick.Stop()
@@ -553,7 +562,7 @@ func (j *journal) housekeeping() {
 // daemon (an admin's rm, a cleanup script). What they held is in memory,
 // so a new snapshot restores it; without one, the next kill -9 would lose
 // every registration acknowledged since. Caller holds wmu.
-func (j *journal) checkFiles() {
+func (j *Store) checkFiles() {
 	dir := j.dir.Folder()
 	if _, err := os.Stat(dir); errors.Is(err, fs.ErrNotExist) {
 		if err := os.MkdirAll(dir, 0o700); err != nil {
@@ -592,7 +601,7 @@ func (j *journal) checkFiles() {
 
 // checkLock makes a new lock file when someone deleted or replaced ours:
 // without it, a second xapsd started on this registry would find no lock.
-func (j *journal) checkLock() {
+func (j *Store) checkLock() {
 	var held, named syscall.Stat_t
 	if syscall.Fstat(int(j.lock.Fd()), &held) == nil && syscall.Stat(j.dir.Lock(), &named) == nil &&
 		held.Dev == named.Dev && held.Ino == named.Ino {
@@ -619,7 +628,7 @@ func (j *journal) checkLock() {
 
 // retryProbe clears a write error once the disk takes writes again, so
 // that /readyz recovers without waiting for the next registration.
-func (j *journal) retryProbe() {
+func (j *Store) retryProbe() {
 	if j.lastErr.Load() == nil {
 		return
 	}
@@ -636,7 +645,7 @@ var probeLines = bytes.Repeat([]byte{'\n'}, 4096)
 
 // probe writes, syncs and truncates away probeLines at the end of the
 // segment. Caller holds wmu (or is Load).
-func (j *journal) probe() error {
+func (j *Store) probe() error {
 	if j.seg == nil {
 		if err := j.openSegment(); err != nil {
 			return err
@@ -655,7 +664,7 @@ func (j *journal) probe() error {
 // Commit writes the changes as numbered records and syncs them. A
 // failed write stores none of them (write cuts it off again); their
 // numbers are not handed out again, so the journal shows a gap there.
-func (j *journal) Commit(_ context.Context, changes []Change) (Committed, error) {
+func (j *Store) Commit(_ context.Context, changes []registry.Change) (registry.Committed, error) {
 	j.wmu.Lock()
 	defer j.wmu.Unlock()
 	var lines []byte
@@ -668,7 +677,7 @@ func (j *journal) Commit(_ context.Context, changes []Change) (Committed, error)
 		err = fmt.Errorf("write registry journal: %w", err)
 		j.log.WithError(err).Error("registrations could not be made durable; they were refused")
 		j.lastErr.Store(&err)
-		return Committed{}, err
+		return registry.Committed{}, err
 	}
 	j.lastErr.Store(nil)
 	j.written.Store(j.seq)
@@ -677,14 +686,14 @@ func (j *journal) Commit(_ context.Context, changes []Change) (Committed, error)
 	if records >= int64(j.compactAfter) || size >= max(j.compactAfterBytes, j.snapSize.Load()) {
 		j.compactAsync()
 	}
-	return Committed{}, nil
+	return registry.Committed{}, nil
 }
 
 // write appends whole records to the current segment and syncs them. On
 // failure the segment is cut back to its last synced record and used
 // again for the next write: a full disk leaves neither a partial line
 // nor a new empty segment per refused registration.
-func (j *journal) write(buf []byte) error {
+func (j *Store) write(buf []byte) error {
 	if j.seg == nil {
 		if err := j.openSegment(); err != nil {
 			return err
@@ -704,7 +713,7 @@ func (j *journal) write(buf []byte) error {
 	return nil
 }
 
-func (j *journal) append(buf []byte) error {
+func (j *Store) append(buf []byte) error {
 	if _, err := j.seg.Write(buf); err != nil {
 		return err
 	}
@@ -712,7 +721,7 @@ func (j *journal) append(buf []byte) error {
 }
 
 // truncate cuts the segment back to its synced records.
-func (j *journal) truncate() error {
+func (j *Store) truncate() error {
 	if err := j.seg.Truncate(j.segSize); err != nil {
 		return err
 	}
@@ -720,7 +729,7 @@ func (j *journal) truncate() error {
 }
 
 // compactAsync starts a compaction unless one is running.
-func (j *journal) compactAsync() {
+func (j *Store) compactAsync() {
 	if !j.compacting.CompareAndSwap(false, true) {
 		return
 	}
@@ -736,7 +745,7 @@ func (j *journal) compactAsync() {
 
 // compact starts a fresh segment, writes a snapshot that covers every
 // finished segment, and deletes them.
-func (j *journal) compact() error {
+func (j *Store) compact() error {
 	select {
 	case <-j.stopc:
 		return nil // Close writes the last snapshot
@@ -759,7 +768,7 @@ func (j *journal) compact() error {
 
 // requeue hands segments back after a failed compaction: they still hold
 // the only copy of their records, and the next compaction covers them.
-func (j *journal) requeue(segs []segment) {
+func (j *Store) requeue(segs []segment) {
 	j.segMu.Lock()
 	j.segments = append(segs, j.segments...)
 	j.segMu.Unlock()
@@ -767,7 +776,7 @@ func (j *journal) requeue(segs []segment) {
 
 // removeSegments deletes segments a snapshot covers. Each is one this
 // process holds (see segment).
-func (j *journal) removeSegments(segs []segment) {
+func (j *Store) removeSegments(segs []segment) {
 	for _, s := range segs {
 		if err := os.Remove(s.path); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			j.log.WithError(err).WithField("file", s.path).Warn("cannot remove a compacted journal segment")
@@ -781,7 +790,7 @@ func (j *journal) removeSegments(segs []segment) {
 
 // writeSnapshot writes the whole registry, with the sequence number of
 // the last record the copy of memory holds.
-func (j *journal) writeSnapshot() error {
+func (j *Store) writeSnapshot() error {
 	var seq uint64
 	regs := j.m.Copy(func() { seq = j.written.Load() })
 	var size countingWriter
@@ -814,7 +823,7 @@ func (c *countingWriter) Write(p []byte) (int, error) {
 
 // Close stops the housekeeping, then writes a final snapshot so that the
 // next start has nothing to replay.
-func (j *journal) Close() error {
+func (j *Store) Close() error {
 	defer j.lock.Close()
 	close(j.stopc)
 	<-j.donec
@@ -836,7 +845,7 @@ func (j *journal) Close() error {
 
 // finishSegment closes the current segment and queues it for compaction;
 // one that holds no record is deleted instead.
-func (j *journal) finishSegment() {
+func (j *Store) finishSegment() {
 	if j.seg == nil {
 		return
 	}

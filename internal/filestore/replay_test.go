@@ -1,4 +1,4 @@
-package registry
+package filestore
 
 import (
 	"context"
@@ -24,7 +24,7 @@ func journalWith(t *testing.T, path string, c *clock, n int) string {
 	for i := range n {
 		mustRegister(t, r, reg(fmt.Sprintf("user%d", i), acc1, tok1))
 	}
-	seg := r.jr().segPath
+	seg := jr(r).segPath
 	crash(r)
 	return seg
 }
@@ -82,7 +82,7 @@ func TestSequenceGapsAreReported(t *testing.T) {
 	seg := journalWith(t, path, c, 20)
 	editLine(t, seg, 5, func(string) string { return "" })
 	log, hook := logtest.NewNullLogger()
-	r := open(t, path, c, func(o *Options) { o.Log = log })
+	r := open(t, path, c, func(o *setup) { o.Log = log })
 	defer r.Close()
 	if _, n := r.Stats(); n != 19 {
 		t.Errorf("%d registrations, want 19", n)
@@ -132,14 +132,14 @@ func TestRecordBelowItsSegmentIsDamage(t *testing.T) {
 	r.Close() // the snapshot holds records 1 to 500
 	r = open(t, path, c)
 	mustRegister(t, r, reg("late", acc1, tok1))
-	seg := r.jr().segPath
+	seg := jr(r).segPath
 	crash(r)
 	if !strings.Contains(filepath.Base(seg), ".journal.00000000000000000501-") {
 		t.Fatalf("segment %s, want one named after record 501", seg)
 	}
 	editLine(t, seg, 0, func(l string) string { return seqField.ReplaceAllString(l, `"Seq":400`) })
 	log, hook := logtest.NewNullLogger()
-	r = open(t, path, c, func(o *Options) { o.Log = log })
+	r = open(t, path, c, func(o *setup) { o.Log = log })
 	defer r.Close()
 	h := r.Health()
 	if h.Damaged != 1 || len(h.Damage) != 1 || !strings.Contains(h.Damage[0], filepath.Base(seg)+":1") {
@@ -166,7 +166,7 @@ func TestRecordBelowItsSegmentIsDamage(t *testing.T) {
 func TestSegmentsAreNamedAfterTheirFirstRecord(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "database.json")
 	c := newClock()
-	r := open(t, path, c, func(o *Options) { o.CompactAfter = 7 })
+	r := open(t, path, c, func(o *setup) { o.CompactAfter = 7 })
 	var wg sync.WaitGroup
 	for w := range 8 {
 		wg.Add(1)

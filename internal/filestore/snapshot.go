@@ -1,4 +1,4 @@
-package registry
+package filestore
 
 import (
 	"bufio"
@@ -11,6 +11,8 @@ import (
 	"strconv"
 	"sync"
 	"time"
+
+	"github.com/xapsd/xapsd/internal/registry"
 )
 
 // The snapshot is one JSON document, written one registration per line so
@@ -379,9 +381,9 @@ func decodeJournalLine(line []byte) (record, error) {
 }
 
 // Export writes regs in the registry file format, which Open reads as a
-// databaseFile and ParseFile (xapsd import) reads too: the way from a
+// snapshot and ParseFile (xapsd import) reads too: the way from a
 // shared database back to the files, or to another server.
-func Export(w io.Writer, regs []Registration) error {
+func Export(w io.Writer, regs []registry.Registration) error {
 	sw := newSnapshotWriter(w, 0)
 	for _, g := range regs {
 		sw.add(record{User: g.User, AccountID: g.AccountID, DeviceToken: g.DeviceToken,
@@ -392,17 +394,17 @@ func Export(w io.Writer, regs []Registration) error {
 
 // ParseFile reads the registrations of a database file written by this
 // or the old xapsd, for importing them elsewhere.
-func ParseFile(data []byte) ([]Registration, error) {
+func ParseFile(data []byte) ([]registry.Registration, error) {
 	snap, err := decodeSnapshot(data)
 	if err != nil {
 		return nil, err
 	}
-	out := make([]Registration, 0, len(snap.Records))
+	out := make([]registry.Registration, 0, len(snap.Records))
 	for _, rec := range snap.Records {
 		if rec.User == "" || rec.AccountID == "" || rec.DeviceToken == "" || len(rec.Mailboxes) == 0 {
 			continue
 		}
-		out = append(out, Registration{Key: Key{User: FoldUser(rec.User), AccountID: rec.AccountID,
+		out = append(out, registry.Registration{Key: registry.Key{User: registry.FoldUser(rec.User), AccountID: rec.AccountID,
 			DeviceToken: rec.DeviceToken}, Mailboxes: rec.Mailboxes, Registered: rec.RegistrationTime})
 	}
 	return out, nil
