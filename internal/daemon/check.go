@@ -13,6 +13,7 @@ import (
 	"syscall"
 
 	"github.com/xapsd/xapsd/internal/config"
+	"github.com/xapsd/xapsd/internal/pgstore"
 	"github.com/xapsd/xapsd/internal/regularfile"
 	"github.com/xapsd/xapsd/internal/statedir"
 )
@@ -113,9 +114,9 @@ func CheckStateDir(c *config.Config) error {
 }
 
 // stateError says what the admin can do about an error of the state
-// folder or of the registry's files in it: which folder or file is not
-// writable and for which user (as --check-config says it), or which
-// setting names the folder.
+// folder or of the registry's store: which folder or file is not writable
+// and for which user (as --check-config says it), or which setting names
+// what does not work.
 func stateError(c *config.Config, err error) error {
 	switch {
 	case errors.Is(err, fs.ErrPermission):
@@ -126,6 +127,10 @@ func stateError(c *config.Config, err error) error {
 		return fmt.Errorf("%w: point databaseFile at the real file", err)
 	case errors.Is(err, statedir.ErrShared):
 		return fmt.Errorf("%w, and point databaseFile into it", err)
+	case errors.Is(err, pgstore.ErrURL):
+		return fmt.Errorf("databaseURL: %w", err)
+	case errors.Is(err, pgstore.ErrPasswordFile):
+		return fmt.Errorf("databasePasswordFile: %w", err)
 	}
 	return err
 }

@@ -31,6 +31,7 @@ import (
 	"github.com/xapsd/xapsd/internal/logging"
 	"github.com/xapsd/xapsd/internal/metrics"
 	"github.com/xapsd/xapsd/internal/notify"
+	"github.com/xapsd/xapsd/internal/pgstore"
 	"github.com/xapsd/xapsd/internal/pluginapi"
 	"github.com/xapsd/xapsd/internal/registry"
 	"github.com/xapsd/xapsd/internal/regularfile"
@@ -150,7 +151,7 @@ func Run(ctx context.Context, o Options) error {
 	}
 	var store registry.Store
 	if cfg.DatabaseURL != "" {
-		store = registry.NewPostgres(registry.PostgresOptions{URL: cfg.DatabaseURL, PasswordFile: cfg.DatabasePasswordFile,
+		store = pgstore.New(pgstore.Options{URL: cfg.DatabaseURL, PasswordFile: cfg.DatabasePasswordFile,
 			MaxPerAccount: cfg.MaxDevicesPerAccount, Log: regLog})
 	} else {
 		d.files = filestore.New(filestore.Options{Dir: d.state, CompactAfter: cfg.RegistryCompactAfter, Log: regLog})

@@ -9,8 +9,8 @@ import (
 	"github.com/jackc/pgx/v5"
 )
 
-// Follower hears about the changes other daemons commit.
-type Follower struct {
+// follower hears about the changes other daemons commit.
+type follower struct {
 	// Changed gets the users another daemon changed, a few at a time.
 	Changed func(users []string)
 	// Reset runs after each (re)connection, once LISTEN is in place and
@@ -28,14 +28,14 @@ type Follower struct {
 	Mine func(user string) bool
 }
 
-// Listener is a connection that listens for the changes other daemons
+// listener is a connection that listens for the changes other daemons
 // commit.
-type Listener struct{ conn *pgx.Conn }
+type listener struct{ conn *pgx.Conn }
 
 // Listen connects and listens for the changes other daemons commit. A
 // caller that loads everything once Listen has returned, and then hands
-// the Listener to Follow, misses no change.
-func (s *Store) Listen(ctx context.Context) (*Listener, error) {
+// the listener to Follow, misses no change.
+func (s *db) Listen(ctx context.Context) (*listener, error) {
 	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	conn, err := pgx.ConnectConfig(cctx, s.cfg.ConnConfig.Copy())
 	cancel()
@@ -46,17 +46,17 @@ func (s *Store) Listen(ctx context.Context) (*Listener, error) {
 		conn.Close(context.Background())
 		return nil, fmt.Errorf("listen for other daemons' changes: %w", err)
 	}
-	return &Listener{conn: conn}, nil
+	return &listener{conn: conn}, nil
 }
 
 // Close closes the connection.
-func (l *Listener) Close() { l.conn.Close(context.Background()) }
+func (l *listener) Close() { l.conn.Close(context.Background()) }
 
 // Follow listens until ctx ends, reconnecting with a growing pause after
-// a lost connection or a failed Reset. first, when not nil, is a Listener
+// a lost connection or a failed Reset. first, when not nil, is a listener
 // the caller loaded everything after: it is followed first, without a
 // Reset.
-func (s *Store) Follow(ctx context.Context, f Follower, first *Listener) {
+func (s *db) Follow(ctx context.Context, f follower, first *listener) {
 	pause := 100 * time.Millisecond
 	for ctx.Err() == nil {
 		var err error
@@ -96,7 +96,7 @@ func (s *Store) Follow(ctx context.Context, f Follower, first *Listener) {
 
 // serve hands the notifications l receives to f until ctx ends or the
 // connection is lost, and closes l.
-func (s *Store) serve(ctx context.Context, f Follower, l *Listener) error {
+func (s *db) serve(ctx context.Context, f follower, l *listener) error {
 	conn := l.conn
 	defer l.Close()
 	if f.Connected != nil {

@@ -1,4 +1,29 @@
-package registry
+// Package pgstore keeps the registry in PostgreSQL, so that several xapsd
+// can share one. It implements registry.Store: the registry
+// (internal/registry) holds every registration in memory as always and
+// hands this package each batch of changes to make durable; this package
+// also tells it about the changes other daemons make.
+//
+// The database is the authority. A commit writes a batch of changes in one
+// transaction (registrations of many concurrent /register requests share
+// it, as they share an fsync with the file journal), enforces the caps per
+// account and per user there, so that they hold across daemons, and returns
+// the resulting registrations of every user it touched; the registry puts
+// those into memory. Every commit also sends a NOTIFY naming the users it
+// changed; each daemon LISTENs, reloads those users, and reloads everything
+// after it lost the connection. Work that must happen once (the expiry
+// sweep, Apple ID renewal) runs under an advisory lock.
+//
+// The schema is created and migrated by xapsd itself, in numbered
+// migrations applied under an advisory lock, so that daemons starting
+// together end with one schema; a database with a newer schema than this
+// xapsd knows is refused.
+//
+// Store (store.go) is what the registry sees: the connection made, lost
+// and made again, the first load, commits whose outcome is unknown, the
+// check whether the database takes writes again. db (db.go) and the
+// follower (follow.go) are the SQL beneath it.
+package pgstore
 
 import (
 	"context"
@@ -11,12 +36,12 @@ import (
 
 	"github.com/sirupsen/logrus"
 
-	"github.com/xapsd/xapsd/internal/pgstore"
+	"github.com/xapsd/xapsd/internal/registry"
 )
 
-// PostgresOptions select a PostgreSQL database as the registry's store,
-// shared by every xapsd that points at it (docs/operations.md#running-several-xapsd).
-type PostgresOptions struct {
+// Options select the database, shared by every xapsd that points at it
+// (docs/operations.md#running-several-xapsd).
+type Options struct {
 	// URL is a postgres:// URL or a libpq keyword string; missing parts
 	// come from the PG* environment variables. PasswordFile, when set,
 	// holds the password.
@@ -32,7 +57,8 @@ type PostgresOptions struct {
 	// CommitTimeout bounds one commit, retries included (default 3 s): a
 	// /register waits no longer for a database that does not answer.
 	CommitTimeout time.Duration
-	// MaxPerAccount and MaxPerUser are the caps the commits apply.
+	// MaxPerAccount and MaxPerUser are the caps the commits apply, in
+	// the database, so that they hold across daemons.
 	MaxPerAccount int
 	MaxPerUser    int
 	// CheckEvery is how often, after a failed commit, the store tries
@@ -46,23 +72,22 @@ type PostgresOptions struct {
 // by then is the database's trouble, reported by its own monitoring.
 const uncertainFor = time.Hour
 
-// pgPersister keeps the registry in PostgreSQL (internal/pgstore). Memory
+// Store keeps the registry in PostgreSQL. registry.Memory
 // stays the registry's as always, so /notify never waits on the database:
 // commits return what the database then holds for the users they touched,
 // and Follow reloads the users other daemons changed, or everything after
 // it lost the connection. While the database cannot be reached, lookups
 // go on from memory and changes are refused.
-type pgPersister struct {
-	o          PostgresOptions
-	cfg        pgstore.Options
+type Store struct {
+	o          Options
 	log        logrus.FieldLogger
 	checkEvery time.Duration
-	m          *Memory // set by Load
+	m          *registry.Memory // set by Load
 
-	st        atomic.Pointer[pgstore.Store] // nil until connected and migrated
-	listening *pgstore.Listener             // what Load listened on, for Follow
-	lastErr   atomic.Pointer[error]         // last failed commit; nil after one succeeded
-	linkErr   atomic.Pointer[error]         // why the database is not followed; nil while it is
+	st        atomic.Pointer[db]    // nil until connected and migrated
+	listening *listener             // what Load listened on, for Follow
+	lastErr   atomic.Pointer[error] // last failed commit; nil after one succeeded
+	linkErr   atomic.Pointer[error] // why the database is not followed; nil while it is
 
 	// uncertain holds the users of commits under way and of commits whose
 	// outcome is unknown: this daemon's own notifications for them are
@@ -77,8 +102,9 @@ type pgPersister struct {
 	wg     sync.WaitGroup
 }
 
-// NewPostgres is the store in the PostgreSQL database o names.
-func NewPostgres(o PostgresOptions) Store {
+// New is the store in the database o names. It connects when the
+// registry loads it (registry.Open).
+func New(o Options) *Store {
 	if o.MaxPerAccount <= 0 {
 		o.MaxPerAccount = 8
 	}
@@ -103,44 +129,39 @@ func NewPostgres(o PostgresOptions) Store {
 	if o.CommitTimeout <= 0 {
 		o.CommitTimeout = 3 * time.Second
 	}
-	p := &pgPersister{
-		o: o, log: o.Log, checkEvery: o.CheckEvery,
-		cfg: pgstore.Options{URL: o.URL, PasswordFile: o.PasswordFile, MaxPerAccount: o.MaxPerAccount,
-			MaxPerUser: o.MaxPerUser, Instance: o.Instance},
-		uncertain: make(map[string]*uncertainty),
-	}
+	p := &Store{o: o, log: o.Log, checkEvery: o.CheckEvery, uncertain: make(map[string]*uncertainty)}
 	p.ctx, p.cancel = context.WithCancel(context.Background())
 	return p
 }
 
 // Shared is true: every daemon on the database changes it.
-func (p *pgPersister) Shared() bool { return true }
+func (p *Store) Shared() bool { return true }
 
 // Load connects, listens for other daemons' changes and loads every
 // registration, waiting WaitLoad for each of the two steps. A database
 // that cannot be reached, or not loaded in time, leaves memory empty;
 // Follow loads it once it can.
-func (p *pgPersister) Load(ctx context.Context, m *Memory) error {
+func (p *Store) Load(ctx context.Context, m *registry.Memory) error {
 	p.m = m
 	// A URL or password file that cannot work stops the start.
-	if _, err := pgstore.ParseConfig(p.cfg); err != nil {
+	if _, err := parseConfig(p.o); err != nil {
 		return err
 	}
-	unreachable := fmt.Errorf("%w: not connected yet", ErrUnavailable)
+	unreachable := fmt.Errorf("%w: not connected yet", registry.ErrUnavailable)
 	p.linkErr.Store(&unreachable)
 	// The first attempt decides about a schema newer than this xapsd:
 	// that one is the admin's to fix, retrying cannot.
 	octx, cancel := context.WithTimeout(p.ctx, p.o.WaitLoad)
-	st, err := pgstore.Open(octx, p.cfg)
+	st, err := openDB(octx, p.o)
 	cancel()
-	if errors.Is(err, pgstore.ErrSchemaTooNew) {
+	if errors.Is(err, ErrSchemaTooNew) {
 		return err
 	}
 	p.wg.Add(1)
 	go p.recheck()
 	if err != nil {
 		p.log.WithError(err).Error("PostgreSQL cannot be reached: starting without registrations, loading them once it can; /register answers 503 until then")
-		e := fmt.Errorf("%w: %w", ErrUnavailable, err)
+		e := fmt.Errorf("%w: %w", registry.ErrUnavailable, err)
 		p.linkErr.Store(&e)
 		return nil
 	}
@@ -164,7 +185,7 @@ func (p *pgPersister) Load(ctx context.Context, m *Memory) error {
 }
 
 // Follow connects (unless Load did) and follows the database until Close.
-func (p *pgPersister) Follow(*Memory) {
+func (p *Store) Follow(*registry.Memory) {
 	st := p.st.Load()
 	pause := time.Second
 	for st == nil {
@@ -175,13 +196,13 @@ func (p *pgPersister) Follow(*Memory) {
 		}
 		ctx, cancel := context.WithTimeout(p.ctx, 10*time.Second)
 		var err error
-		st, err = pgstore.Open(ctx, p.cfg)
+		st, err = openDB(ctx, p.o)
 		cancel()
 		if err != nil {
 			if p.ctx.Err() != nil {
 				return
 			}
-			e := fmt.Errorf("%w: %w", ErrUnavailable, err)
+			e := fmt.Errorf("%w: %w", registry.ErrUnavailable, err)
 			p.linkErr.Store(&e)
 			if pause *= 2; pause > 30*time.Second {
 				pause = 30 * time.Second
@@ -190,7 +211,7 @@ func (p *pgPersister) Follow(*Memory) {
 	}
 	p.st.Store(st)
 	log := p.log
-	st.Follow(p.ctx, pgstore.Follower{
+	st.Follow(p.ctx, follower{
 		Reset: p.reloadAll,
 		Changed: func(users []string) {
 			if err := p.reloadUsers(p.ctx, users); err != nil && p.ctx.Err() == nil {
@@ -198,7 +219,7 @@ func (p *pgPersister) Follow(*Memory) {
 			}
 		},
 		Err: func(err error) {
-			e := fmt.Errorf("%w: %w", ErrUnavailable, err)
+			e := fmt.Errorf("%w: %w", registry.ErrUnavailable, err)
 			p.linkErr.Store(&e)
 			log.WithError(err).Error("PostgreSQL connection lost: pushes go on from memory, /register answers 503 until it is back")
 		},
@@ -215,11 +236,11 @@ func (p *pgPersister) Follow(*Memory) {
 }
 
 // reloadAll replaces memory with the database's registrations.
-func (p *pgPersister) reloadAll(ctx context.Context) error {
+func (p *Store) reloadAll(ctx context.Context) error {
 	start := time.Now()
 	st := p.st.Load()
-	n, err := p.m.ReplaceAll(func(put func(Registration)) error {
-		return st.LoadAll(ctx, func(g pgstore.Registration) { put(fromRow(g)) })
+	n, err := p.m.ReplaceAll(func(put func(registry.Registration)) error {
+		return st.LoadAll(ctx, put)
 	})
 	if err != nil {
 		return err
@@ -229,7 +250,7 @@ func (p *pgPersister) reloadAll(ctx context.Context) error {
 	return nil
 }
 
-func (p *pgPersister) reloadUsers(ctx context.Context, users []string) error {
+func (p *Store) reloadUsers(ctx context.Context, users []string) error {
 	if p.st.Load() == nil {
 		return nil
 	}
@@ -237,39 +258,18 @@ func (p *pgPersister) reloadUsers(ctx context.Context, users []string) error {
 }
 
 // readUsers reads the registrations of users from the database.
-func (p *pgPersister) readUsers(ctx context.Context, users []string) (map[string][]Registration, error) {
+func (p *Store) readUsers(ctx context.Context, users []string) (map[string][]registry.Registration, error) {
 	st := p.st.Load()
 	if st == nil {
-		return nil, fmt.Errorf("%w: not connected", ErrUnavailable)
+		return nil, fmt.Errorf("%w: not connected", registry.ErrUnavailable)
 	}
-	state, err := st.LoadUsers(ctx, users)
-	if err != nil {
-		return nil, err
-	}
-	return fromRows(state), nil
-}
-
-func fromRow(g pgstore.Registration) Registration {
-	return Registration{Key: Key{User: g.User, AccountID: g.AccountID, DeviceToken: g.DeviceToken},
-		Mailboxes: g.Mailboxes, Registered: g.Registered}
-}
-
-func fromRows(state map[string][]pgstore.Registration) map[string][]Registration {
-	out := make(map[string][]Registration, len(state))
-	for u, rows := range state {
-		regs := make([]Registration, len(rows))
-		for i, g := range rows {
-			regs[i] = fromRow(g)
-		}
-		out[u] = regs
-	}
-	return out
+	return st.LoadUsers(ctx, users)
 }
 
 // rereadSoon reads the users of an unconfirmed commit again once the
 // registry has answered it: what the database holds now. A commit still
 // waiting shows later, through its notification (isUncertain).
-func (p *pgPersister) rereadSoon(users []string) {
+func (p *Store) rereadSoon(users []string) {
 	p.wg.Add(1)
 	go func() {
 		defer p.wg.Done()
@@ -282,7 +282,7 @@ func (p *pgPersister) rereadSoon(users []string) {
 }
 
 // changedUsers lists the users changes touch, once each.
-func changedUsers(changes []Change) []string {
+func changedUsers(changes []registry.Change) []string {
 	seen := make(map[string]bool, len(changes))
 	var users []string
 	for _, c := range changes {
@@ -310,7 +310,7 @@ const (
 )
 
 // beginCommit marks users as having a commit under way.
-func (p *pgPersister) beginCommit(users []string) {
+func (p *Store) beginCommit(users []string) {
 	p.uncertainMu.Lock()
 	defer p.uncertainMu.Unlock()
 	for _, u := range users {
@@ -326,7 +326,7 @@ func (p *pgPersister) beginCommit(users []string) {
 // endCommit records how a commit of users ended. A commit that returned
 // their state settles an earlier unknown one too: that one held the
 // users' locks until it ended, so the state has it, or not, for good.
-func (p *pgPersister) endCommit(users []string, how commitOutcome) {
+func (p *Store) endCommit(users []string, how commitOutcome) {
 	now := time.Now()
 	p.uncertainMu.Lock()
 	defer p.uncertainMu.Unlock()
@@ -350,7 +350,7 @@ func (p *pgPersister) endCommit(users []string, how commitOutcome) {
 
 // isUncertain says whether this daemon's own notification for user must
 // be followed (pgstore.Follower.Mine).
-func (p *pgPersister) isUncertain(user string) bool {
+func (p *Store) isUncertain(user string) bool {
 	p.uncertainMu.Lock()
 	defer p.uncertainMu.Unlock()
 	c := p.uncertain[user]
@@ -368,7 +368,7 @@ func (p *pgPersister) isUncertain(user string) bool {
 // the database takes writes again, so that /readyz recovers without
 // waiting for the next registration (which a load balancer that goes by
 // /readyz may never send), as the journal does for the disk.
-func (p *pgPersister) recheck() {
+func (p *Store) recheck() {
 	defer p.wg.Done()
 	tick := time.NewTicker(p.checkEvery)
 	defer tick.Stop()
@@ -396,40 +396,29 @@ func (p *pgPersister) recheck() {
 // Commit stores the changes in one transaction, which applies the caps
 // and tells the other daemons, and returns the touched users as the
 // database now has them.
-func (p *pgPersister) Commit(_ context.Context, changes []Change) (Committed, error) {
+func (p *Store) Commit(_ context.Context, changes []registry.Change) (registry.Committed, error) {
 	state, err := p.commit(changes)
 	if err != nil {
-		if errors.Is(err, ErrUnconfirmed) {
+		if errors.Is(err, registry.ErrUnconfirmed) {
 			p.log.WithError(err).WithField("users", len(changedUsers(changes))).
 				Error("PostgreSQL did not confirm a commit in time (a synchronous standby that does not answer?); its registrations were answered 503, and this xapsd reads those users again and follows them until the database says whether it was stored")
 		} else {
 			p.log.WithError(err).Error("registrations could not be stored in PostgreSQL; they were refused")
 		}
 		p.lastErr.Store(&err)
-		return Committed{}, err
+		return registry.Committed{}, err
 	}
 	p.lastErr.Store(nil)
-	return Committed{Users: fromRows(state)}, nil
+	return registry.Committed{Users: state}, nil
 }
 
-func (p *pgPersister) commit(changes []Change) (map[string][]pgstore.Registration, error) {
+func (p *Store) commit(changes []registry.Change) (map[string][]registry.Registration, error) {
 	st := p.st.Load()
 	if st == nil {
 		if e := p.linkErr.Load(); e != nil {
 			return nil, *e
 		}
-		return nil, fmt.Errorf("%w: not connected", ErrUnavailable)
-	}
-	pcs := make([]pgstore.Change, 0, len(changes))
-	for _, c := range changes {
-		if c.Del {
-			pcs = append(pcs, pgstore.Change{Del: true, User: c.User, Acct: c.AccountID,
-				Token: c.DeviceToken, Before: c.Before})
-			continue
-		}
-		pcs = append(pcs, pgstore.Change{KeepNewer: c.KeepNewer, Put: &pgstore.Registration{
-			User: c.User, AccountID: c.AccountID, DeviceToken: c.DeviceToken,
-			Mailboxes: c.Mailboxes, Registered: c.Registered}})
+		return nil, fmt.Errorf("%w: not connected", registry.ErrUnavailable)
 	}
 	// Not p.ctx: at Close the last batch still gets its chance.
 	ctx, cancel := context.WithTimeout(context.Background(), p.o.CommitTimeout)
@@ -438,23 +427,23 @@ func (p *pgPersister) commit(changes []Change) (map[string][]pgstore.Registratio
 	// the commit ends, before Commit returns.
 	users := changedUsers(changes)
 	p.beginCommit(users)
-	state, err := st.Commit(ctx, pcs)
-	if errors.Is(err, pgstore.ErrOutcomeUnknown) {
+	state, err := st.Commit(ctx, changes)
+	if errors.Is(err, ErrOutcomeUnknown) {
 		p.endCommit(users, unknown)
 		p.rereadSoon(users)
-		return nil, fmt.Errorf("%w: %w: %w", ErrUnavailable, ErrUnconfirmed, err)
+		return nil, fmt.Errorf("%w: %w: %w", registry.ErrUnavailable, registry.ErrUnconfirmed, err)
 	}
 	if err != nil {
 		p.endCommit(users, refused)
-		return nil, fmt.Errorf("%w: %w", ErrUnavailable, err)
+		return nil, fmt.Errorf("%w: %w", registry.ErrUnavailable, err)
 	}
 	p.endCommit(users, committed)
 	return state, nil
 }
 
-// Health says whether the database is followed and takes commits.
-func (p *pgPersister) Health() Health {
-	var h Health
+// registry.Health says whether the database is followed and takes commits.
+func (p *Store) Health() registry.Health {
+	var h registry.Health
 	if e := p.linkErr.Load(); e != nil {
 		h.WriteErr, h.FollowErr = *e, *e
 		return h
@@ -468,30 +457,30 @@ func (p *pgPersister) Health() Health {
 // Expire runs the sweep when no other daemon is running it, and returns
 // the users it changed as the database now has them; the database
 // announces them to the other daemons.
-func (p *pgPersister) Expire(_ context.Context, cutoff time.Time, _ []Change) (Committed, int, error) {
+func (p *Store) Expire(_ context.Context, cutoff time.Time, _ []registry.Change) (registry.Committed, int, error) {
 	st := p.st.Load()
 	if st == nil {
-		return Committed{}, 0, fmt.Errorf("expiry sweep: %w: not connected", ErrUnavailable)
+		return registry.Committed{}, 0, fmt.Errorf("expiry sweep: %w: not connected", registry.ErrUnavailable)
 	}
 	ctx, cancel := context.WithTimeout(p.ctx, time.Minute)
 	defer cancel()
 	users, n, ran, err := st.Expire(ctx, cutoff)
 	if err != nil {
-		return Committed{}, 0, fmt.Errorf("expiry sweep: %w", err)
+		return registry.Committed{}, 0, fmt.Errorf("expiry sweep: %w", err)
 	}
 	if !ran {
-		return Committed{}, 0, nil
+		return registry.Committed{}, 0, nil
 	}
 	state, err := st.LoadUsers(ctx, users)
 	if err != nil {
 		p.log.WithError(err).Warn("PostgreSQL: could not reload the users the expiry sweep changed")
-		return Committed{}, n, nil
+		return registry.Committed{}, n, nil
 	}
-	return Committed{Users: fromRows(state)}, n, nil
+	return registry.Committed{Users: state}, n, nil
 }
 
 // Close stops following the database and the checks.
-func (p *pgPersister) Close() error {
+func (p *Store) Close() error {
 	p.cancel()
 	p.wg.Wait()
 	return nil
@@ -499,10 +488,10 @@ func (p *pgPersister) Close() error {
 
 // Exclusive runs work while no other daemon on the database runs work of
 // the same name.
-func (p *pgPersister) Exclusive(ctx context.Context, name string, work func() error) (bool, error) {
+func (p *Store) Exclusive(ctx context.Context, name string, work func() error) (bool, error) {
 	st := p.st.Load()
 	if st == nil {
-		return false, fmt.Errorf("%w: not connected", ErrUnavailable)
+		return false, fmt.Errorf("%w: not connected", registry.ErrUnavailable)
 	}
 	return st.Exclusive(ctx, name, work)
 }

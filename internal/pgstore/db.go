@@ -1,22 +1,3 @@
-// Package pgstore keeps the registry in PostgreSQL, so that several xapsd
-// can share one: the registry (internal/registry) holds every registration
-// in memory as always and uses this package to make changes durable and to
-// hear about the changes other daemons make.
-//
-// The database is the authority. A commit writes a batch of changes in one
-// transaction (registrations of many concurrent /register requests share
-// it, as they share an fsync with the file journal), enforces the caps per
-// account and per user there, so that they hold across daemons, and returns
-// the resulting registrations of every user it touched; the registry puts
-// those into memory. Every commit also sends a NOTIFY naming the users it
-// changed; each daemon LISTENs, reloads those users, and reloads everything
-// after it lost the connection. Work that must happen once (the expiry
-// sweep, Apple ID renewal) runs under an advisory lock.
-//
-// The schema is created and migrated by xapsd itself, in numbered
-// migrations applied under an advisory lock, so that daemons starting
-// together end with one schema; a database with a newer schema than this
-// xapsd knows is refused.
 package pgstore
 
 import (
@@ -31,6 +12,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/xapsd/xapsd/internal/registry"
 	"github.com/xapsd/xapsd/internal/regularfile"
 )
 
@@ -43,48 +25,8 @@ const (
 // channel is the NOTIFY channel; a payload is "<instance> <user>".
 const channel = "xapsd_registry"
 
-// Registration is one row: a device's request for push.
-type Registration struct {
-	User        string
-	AccountID   string
-	DeviceToken string
-	Mailboxes   []string
-	Registered  time.Time
-}
-
-// Change is one change of a commit: Put stores a registration (and with
-// KeepNewer only when it is newer than the stored one, for imports); Del
-// removes the registration of User, AccountID and DeviceToken, and with a
-// non-zero Before only when it was registered before that time (Apple's
-// 410 rule, which must hold against a daemon that stored a newer one).
-type Change struct {
-	Put       *Registration
-	KeepNewer bool
-
-	Del    bool
-	User   string
-	Acct   string
-	Token  string
-	Before time.Time
-}
-
-// Options configure Open.
-type Options struct {
-	// URL is a postgres:// URL or a libpq keyword string. Missing parts
-	// come from the usual PG* environment variables; PasswordFile, when
-	// set, supplies the password.
-	URL          string
-	PasswordFile string
-	// MaxPerAccount and MaxPerUser are the caps the commits enforce.
-	MaxPerAccount int
-	MaxPerUser    int
-	// Instance names this daemon in notifications, so that it can skip
-	// its own.
-	Instance string
-}
-
-// Store is a connection pool to the registry's database.
-type Store struct {
+// db is a connection pool to the registry's database.
+type db struct {
 	pool *pgxpool.Pool
 	opts Options
 	cfg  *pgxpool.Config
@@ -99,16 +41,23 @@ var ErrSchemaTooNew = errors.New("database schema is newer than this xapsd")
 // in the database, now or later, or not at all.
 var ErrOutcomeUnknown = errors.New("the database did not confirm the commit; its outcome is unknown")
 
-// ParseConfig reads the URL and the password file.
-func ParseConfig(o Options) (*pgxpool.Config, error) {
+// ErrURL wraps the error of a database URL that does not parse, and
+// ErrPasswordFile the error of a password file that cannot be read.
+var (
+	ErrURL          = errors.New("database URL")
+	ErrPasswordFile = errors.New("password file")
+)
+
+// parseConfig reads the URL and the password file.
+func parseConfig(o Options) (*pgxpool.Config, error) {
 	cfg, err := pgxpool.ParseConfig(o.URL)
 	if err != nil {
-		return nil, fmt.Errorf("databaseURL: %w", err)
+		return nil, fmt.Errorf("%w: %w", ErrURL, err)
 	}
 	if o.PasswordFile != "" {
 		b, err := regularfile.ReadFile(o.PasswordFile, 0, 0)
 		if err != nil {
-			return nil, fmt.Errorf("databasePasswordFile: %w", err)
+			return nil, fmt.Errorf("%w: %w", ErrPasswordFile, err)
 		}
 		cfg.ConnConfig.Password = strings.TrimRight(string(b), "\r\n")
 	}
@@ -120,10 +69,10 @@ func ParseConfig(o Options) (*pgxpool.Config, error) {
 	return cfg, nil
 }
 
-// Open connects and brings the schema up to date. A database that cannot
-// be reached is an error here; the caller decides whether to retry.
-func Open(ctx context.Context, o Options) (*Store, error) {
-	cfg, err := ParseConfig(o)
+// openDB connects and brings the schema up to date. A database that
+// cannot be reached is an error here; the caller decides whether to retry.
+func openDB(ctx context.Context, o Options) (*db, error) {
+	cfg, err := parseConfig(o)
 	if err != nil {
 		return nil, err
 	}
@@ -131,7 +80,7 @@ func Open(ctx context.Context, o Options) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("connect to PostgreSQL: %w", err)
 	}
-	s := &Store{pool: pool, opts: o, cfg: cfg}
+	s := &db{pool: pool, opts: o, cfg: cfg}
 	if err := s.migrate(ctx); err != nil {
 		pool.Close()
 		return nil, err
@@ -140,7 +89,7 @@ func Open(ctx context.Context, o Options) (*Store, error) {
 }
 
 // Close closes the pool.
-func (s *Store) Close() { s.pool.Close() }
+func (s *db) Close() { s.pool.Close() }
 
 // migrations, in order; migration i brings the schema to version i+1.
 // Never edit one that has shipped: add another.
@@ -167,7 +116,7 @@ var migrations = []string{
 // SchemaVersion is the newest schema this xapsd knows.
 var SchemaVersion = len(migrations)
 
-func (s *Store) migrate(ctx context.Context) error {
+func (s *db) migrate(ctx context.Context) error {
 	tx, err := s.pool.Begin(ctx)
 	if err != nil {
 		return fmt.Errorf("migrate schema: %w", err)
@@ -208,14 +157,14 @@ func (s *Store) migrate(ctx context.Context) error {
 }
 
 // LoadAll streams every registration to fn.
-func (s *Store) LoadAll(ctx context.Context, fn func(Registration)) error {
+func (s *db) LoadAll(ctx context.Context, fn func(registry.Registration)) error {
 	rows, err := s.pool.Query(ctx, `SELECT username, account_id, device_token, mailboxes, registered
 		FROM xapsd_registrations`)
 	if err != nil {
 		return fmt.Errorf("load registrations: %w", err)
 	}
 	defer rows.Close()
-	var r Registration
+	var r registry.Registration
 	for rows.Next() {
 		if err := rows.Scan(&r.User, &r.AccountID, &r.DeviceToken, &r.Mailboxes, &r.Registered); err != nil {
 			return fmt.Errorf("load registrations: %w", err)
@@ -231,7 +180,7 @@ func (s *Store) LoadAll(ctx context.Context, fn func(Registration)) error {
 
 // LoadUsers returns the registrations of the given users; a user without
 // any is present with an empty list.
-func (s *Store) LoadUsers(ctx context.Context, users []string) (map[string][]Registration, error) {
+func (s *db) LoadUsers(ctx context.Context, users []string) (map[string][]registry.Registration, error) {
 	return loadUsers(ctx, s.pool, users)
 }
 
@@ -239,8 +188,8 @@ type querier interface {
 	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
 }
 
-func loadUsers(ctx context.Context, q querier, users []string) (map[string][]Registration, error) {
-	out := make(map[string][]Registration, len(users))
+func loadUsers(ctx context.Context, q querier, users []string) (map[string][]registry.Registration, error) {
+	out := make(map[string][]registry.Registration, len(users))
 	for _, u := range users {
 		out[u] = nil
 	}
@@ -251,7 +200,7 @@ func loadUsers(ctx context.Context, q querier, users []string) (map[string][]Reg
 	}
 	defer rows.Close()
 	for rows.Next() {
-		var r Registration
+		var r registry.Registration
 		if err := rows.Scan(&r.User, &r.AccountID, &r.DeviceToken, &r.Mailboxes, &r.Registered); err != nil {
 			return nil, fmt.Errorf("load users: %w", err)
 		}
@@ -271,7 +220,7 @@ func loadUsers(ctx context.Context, q querier, users []string) (map[string][]Reg
 // got no answer and no later attempt succeeded, the error wraps
 // ErrOutcomeUnknown: the changes may still appear, and the caller must
 // look at the users again rather than take them as refused.
-func (s *Store) Commit(ctx context.Context, changes []Change) (map[string][]Registration, error) {
+func (s *db) Commit(ctx context.Context, changes []registry.Change) (map[string][]registry.Registration, error) {
 	unknown := false
 	for attempt := 0; ; attempt++ {
 		state, err := s.commitOnce(ctx, changes)
@@ -310,7 +259,7 @@ func retryable(err error) bool {
 	return !errors.Is(err, context.Canceled) && !errors.Is(err, context.DeadlineExceeded)
 }
 
-func (s *Store) commitOnce(ctx context.Context, changes []Change) (map[string][]Registration, error) {
+func (s *db) commitOnce(ctx context.Context, changes []registry.Change) (map[string][]registry.Registration, error) {
 	tx, err := s.pool.Begin(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("commit: %w", err)
@@ -329,11 +278,7 @@ func (s *Store) commitOnce(ctx context.Context, changes []Change) (map[string][]
 		}
 	}
 	for _, c := range changes {
-		if c.Put != nil {
-			addUser(c.Put.User)
-		} else if c.Del {
-			addUser(c.User)
-		}
+		addUser(c.User)
 	}
 	// Commits that touch the same user wait for each other, in one order
 	// (no deadlocks): the caps below count what the other daemon's commit
@@ -347,8 +292,8 @@ func (s *Store) commitOnce(ctx context.Context, changes []Change) (map[string][]
 	batch := &pgx.Batch{}
 	for _, c := range changes {
 		switch {
-		case c.Put != nil:
-			p := c.Put
+		case !c.Del:
+			p := c.Registration
 			if a := (acct{p.User, p.AccountID}); !seenAcct[a] {
 				seenAcct[a] = true
 				accts = append(accts, a)
@@ -361,16 +306,16 @@ func (s *Store) commitOnce(ctx context.Context, changes []Change) (map[string][]
 				q += ` WHERE xapsd_registrations.registered < excluded.registered`
 			}
 			batch.Queue(q, p.User, p.AccountID, p.DeviceToken, p.Mailboxes, p.Registered)
-		case c.Del:
+		default:
 			// In any spelling of the token: an older xapsd may have
 			// stored it in lower case.
 			if c.Before.IsZero() {
 				batch.Queue(`DELETE FROM xapsd_registrations
-					WHERE username = $1 AND account_id = $2 AND upper(device_token) = upper($3)`, c.User, c.Acct, c.Token)
+					WHERE username = $1 AND account_id = $2 AND upper(device_token) = upper($3)`, c.User, c.AccountID, c.DeviceToken)
 			} else {
 				batch.Queue(`DELETE FROM xapsd_registrations
 					WHERE username = $1 AND account_id = $2 AND upper(device_token) = upper($3) AND registered < $4`,
-					c.User, c.Acct, c.Token, c.Before)
+					c.User, c.AccountID, c.DeviceToken, c.Before)
 			}
 		}
 	}
@@ -421,7 +366,7 @@ func (s *Store) commitOnce(ctx context.Context, changes []Change) (map[string][]
 // statement_timeout for it is a little longer than ctx, so that a COMMIT
 // still waiting for a standby after the caller gave up does not keep a
 // session on the server for good.
-func (s *Store) Writable(ctx context.Context) error {
+func (s *db) Writable(ctx context.Context) error {
 	tx, err := s.pool.Begin(ctx)
 	if err != nil {
 		return fmt.Errorf("check for writes: %w", err)
@@ -447,7 +392,7 @@ func (s *Store) Writable(ctx context.Context) error {
 // the users it changed. Only one daemon sweeps at a time: the others get
 // ran=false and leave it to that one (they hear about the result through
 // the notifications).
-func (s *Store) Expire(ctx context.Context, cutoff time.Time) (users []string, removed int, ran bool, err error) {
+func (s *db) Expire(ctx context.Context, cutoff time.Time) (users []string, removed int, ran bool, err error) {
 	tx, err := s.pool.Begin(ctx)
 	if err != nil {
 		return nil, 0, false, fmt.Errorf("expire: %w", err)
@@ -494,7 +439,7 @@ func (s *Store) Expire(ctx context.Context, cutoff time.Time) (users []string, r
 // Exclusive runs work while holding the named lock, which no other daemon
 // sharing the database holds at the same time; ran is false (and work not
 // run) when another daemon holds it now.
-func (s *Store) Exclusive(ctx context.Context, name string, work func() error) (ran bool, err error) {
+func (s *db) Exclusive(ctx context.Context, name string, work func() error) (ran bool, err error) {
 	conn, err := s.pool.Acquire(ctx)
 	if err != nil {
 		return false, fmt.Errorf("lock %s: %w", name, err)

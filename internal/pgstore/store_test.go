@@ -1,4 +1,4 @@
-package registry
+package pgstore
 
 import (
 	"context"
@@ -7,6 +7,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/xapsd/xapsd/internal/registry"
+	"github.com/xapsd/xapsd/internal/registry/registrytest"
 	"github.com/xapsd/xapsd/internal/testutil"
 	"github.com/xapsd/xapsd/internal/testutil/pgtest"
 )
@@ -22,18 +24,18 @@ func pgCluster(t *testing.T) *pgtest.Cluster {
 // pgSetup is what a test can set: the store's options and the
 // registry's.
 type pgSetup struct {
-	PostgresOptions
+	Options
 	TTL time.Duration
 	Now func() time.Time
 }
 
-func openPG(t *testing.T, c *pgtest.Cluster, name string, tweak ...func(*pgSetup)) *Registry {
+func openPG(t *testing.T, c *pgtest.Cluster, name string, tweak ...func(*pgSetup)) *registry.Registry {
 	t.Helper()
-	o := pgSetup{PostgresOptions: PostgresOptions{URL: c.URL, Instance: name, WaitLoad: 5 * time.Second, CommitTimeout: 2 * time.Second}}
+	o := pgSetup{Options: Options{URL: c.URL, Instance: name, WaitLoad: 5 * time.Second, CommitTimeout: 2 * time.Second}}
 	for _, f := range tweak {
 		f(&o)
 	}
-	r, err := Open(NewPostgres(o.PostgresOptions), Options{TTL: o.TTL, Now: o.Now})
+	r, err := registry.Open(New(o.Options), registry.Options{TTL: o.TTL, Now: o.Now})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -41,14 +43,11 @@ func openPG(t *testing.T, c *pgtest.Cluster, name string, tweak ...func(*pgSetup
 	return r
 }
 
-func pgReg(user, acct, tok string, boxes ...string) Registration {
-	if len(boxes) == 0 {
-		boxes = []string{"INBOX"}
-	}
-	return Registration{Key: Key{User: user, AccountID: acct, DeviceToken: tok}, Mailboxes: boxes}
-}
+var pgReg = registrytest.Reg
 
-func targets(r *Registry, user string) int { return len(r.Lookup(user, "INBOX", false).Targets) }
+func targets(r *registry.Registry, user string) int {
+	return len(r.Lookup(user, "INBOX", false).Targets)
+}
 
 func TestPostgresDaemonsShareTheRegistry(t *testing.T) {
 	c := pgCluster(t)
@@ -69,7 +68,7 @@ func TestPostgresDaemonsShareTheRegistry(t *testing.T) {
 	}
 
 	// A 410 seen by B removes the device everywhere, by Apple's time.
-	if !b.Remove(Key{User: "alice", AccountID: "ACC", DeviceToken: "T1"}, time.Now().Add(time.Second)) {
+	if !b.Remove(registry.Key{User: "alice", AccountID: "ACC", DeviceToken: "T1"}, time.Now().Add(time.Second)) {
 		t.Fatal("B did not remove the device")
 	}
 	testutil.WaitFor(t, "A forgets the device B removed", func() bool { return targets(a, "alice") == 0 })
@@ -89,7 +88,7 @@ func TestPostgresCapsHoldAcrossDaemons(t *testing.T) {
 	ctx := context.Background()
 	start := time.Now()
 	for i := 0; i < 6; i++ {
-		r := []*Registry{a, b}[i%2]
+		r := []*registry.Registry{a, b}[i%2]
 		rg := pgReg("carol", "ACC", fmt.Sprintf("T%d", i))
 		// Distinct registration times, as far apart as the database's
 		// microseconds can tell.
@@ -98,7 +97,7 @@ func TestPostgresCapsHoldAcrossDaemons(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	newest := func(r *Registry) bool {
+	newest := func(r *registry.Registry) bool {
 		got := r.List("carol")
 		if len(got) != 3 {
 			return false
@@ -128,8 +127,8 @@ func TestPostgresDownRefusesChangesButKeepsLookups(t *testing.T) {
 	}
 	start := time.Now()
 	err := a.Register(ctx, pgReg("dave", "A", "T2"))
-	if !errors.Is(err, ErrUnavailable) {
-		t.Fatalf("Register with the database down: %v, want ErrUnavailable", err)
+	if !errors.Is(err, registry.ErrUnavailable) {
+		t.Fatalf("Register with the database down: %v, want registry.ErrUnavailable", err)
 	}
 	t.Logf("refused after %v", time.Since(start))
 	if targets(a, "dave") != 1 {
@@ -140,8 +139,8 @@ func TestPostgresDownRefusesChangesButKeepsLookups(t *testing.T) {
 			t.Error("a refused registration is in memory")
 		}
 	}
-	testutil.WaitFor(t, "Health says why", func() bool { return errors.Is(a.Health().WriteErr, ErrUnavailable) })
-	testutil.WaitFor(t, "Health says the database is not followed", func() bool { return errors.Is(a.Health().FollowErr, ErrUnavailable) })
+	testutil.WaitFor(t, "Health says why", func() bool { return errors.Is(a.Health().WriteErr, registry.ErrUnavailable) })
+	testutil.WaitFor(t, "Health says the database is not followed", func() bool { return errors.Is(a.Health().FollowErr, registry.ErrUnavailable) })
 	if err := c.Restart(); err != nil {
 		t.Fatal(err)
 	}
@@ -193,7 +192,7 @@ func TestPostgresImportKeepsTheNewer(t *testing.T) {
 	a.Register(ctx, pgReg("gina", "A", "T", "INBOX", "Newer"))
 	older := pgReg("gina", "A", "T", "INBOX")
 	older.Registered = time.Now().Add(-time.Hour)
-	if _, err := a.Import(ctx, []Registration{older, pgReg("hank", "H", "T")}); err != nil {
+	if _, err := a.Import(ctx, []registry.Registration{older, pgReg("hank", "H", "T")}); err != nil {
 		t.Fatal(err)
 	}
 	if got := a.List("gina"); len(got) != 1 || len(got[0].Mailboxes) != 2 {
@@ -247,7 +246,7 @@ func TestPostgresTokenSpellingsAreOneDevice(t *testing.T) {
 		t.Error("one event would push twice")
 	}
 	// Apple's 410 removes the device, both rows of it.
-	if !d.Remove(Key{User: "cid", AccountID: "C", DeviceToken: "ABCDEF0123456789"}, time.Time{}) {
+	if !d.Remove(registry.Key{User: "cid", AccountID: "C", DeviceToken: "ABCDEF0123456789"}, time.Time{}) {
 		t.Fatal("Remove did not remove cid's device")
 	}
 	if out, err := c.SQL(`SELECT count(*) FROM xapsd_registrations WHERE username = 'cid'`); err != nil || out != "0" {
@@ -281,7 +280,7 @@ func TestPostgresReadinessRecoversWithoutARegistration(t *testing.T) {
 	if err := c.Stop(); err != nil {
 		t.Fatal(err)
 	}
-	if err := a.Register(ctx, pgReg("dave", "A", "T2")); !errors.Is(err, ErrUnavailable) {
+	if err := a.Register(ctx, pgReg("dave", "A", "T2")); !errors.Is(err, registry.ErrUnavailable) {
 		t.Fatalf("Register with the database down: %v", err)
 	}
 	if err := c.Restart(); err != nil {
@@ -307,8 +306,8 @@ func TestPostgresUnconfirmedCommitEndsWithMemoryAsTheDatabase(t *testing.T) {
 	pgSQL(t, c, "ALTER SYSTEM SET synchronous_standby_names = 'absent_standby'")
 	pgSQL(t, c, "SELECT pg_reload_conf()")
 	err := a.Register(ctx, pgReg("zoe", "Z", "T"))
-	if !errors.Is(err, ErrUnavailable) || !errors.Is(err, ErrUnconfirmed) {
-		t.Fatalf("Register while the commit waits for an absent standby = %v, want ErrUnavailable and ErrUnconfirmed", err)
+	if !errors.Is(err, registry.ErrUnavailable) || !errors.Is(err, registry.ErrUnconfirmed) {
+		t.Fatalf("Register while the commit waits for an absent standby = %v, want registry.ErrUnavailable and registry.ErrUnconfirmed", err)
 	}
 	if a.Health().WriteErr == nil {
 		t.Error("Health is fine right after an unconfirmed commit")
