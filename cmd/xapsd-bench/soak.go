@@ -580,7 +580,7 @@ func (s *soakRun) waitQueueEmpty(limit time.Duration) error {
 }
 
 func (s *soakRun) report(took time.Duration, keys []*soakKey, dues []due, db string) error {
-	r, err := registry.Open(filestore.New(filestore.Options{Dir: statedir.New(db)}), registry.Options{MaxPerUser: 1 << 20})
+	r, err := registry.Open(filestore.New(filestore.Options{Dir: statedir.New(db)}), registry.Options{MaxDevicesPerUser: 1 << 20})
 	if err != nil {
 		return fmt.Errorf("open the registry the daemon left: %w", err)
 	}

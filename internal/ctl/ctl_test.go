@@ -37,7 +37,7 @@ func (fakeDiagnoser) Diagnose(_ context.Context, user string) diagnose.Report {
 func setup(t *testing.T) (*Client, *registry.Registry, *fakePusher, string) {
 	t.Helper()
 	dir := t.TempDir()
-	reg := registrytest.Open(t, registry.Options{})
+	reg := registrytest.Open(t, registrytest.Defaults())
 	for _, g := range []registry.Registration{
 		{Key: registry.Key{User: "alice", AccountID: "A1", DeviceToken: "aa"}, Mailboxes: []string{"INBOX"}},
 		{Key: registry.Key{User: "alice", AccountID: "A2", DeviceToken: "dead"}, Mailboxes: []string{"INBOX"}},

@@ -87,9 +87,9 @@ func TestStoreErrorsNameTheirSetting(t *testing.T) {
 		err  error
 		key  string
 	}{
-		{"password file", open(pgstore.New(pgstore.Options{URL: "postgres://127.0.0.1:1/x", PasswordFile: filepath.Join(dir, "missing")})),
+		{"password file", open(pgstore.New(pgstore.Options{DatabaseURL: "postgres://127.0.0.1:1/x", DatabasePasswordFile: filepath.Join(dir, "missing")})),
 			"databasePasswordFile: password file"},
-		{"URL", open(pgstore.New(pgstore.Options{URL: "postgres://a b"})), "databaseURL: database URL"},
+		{"URL", open(pgstore.New(pgstore.Options{DatabaseURL: "postgres://a b"})), "databaseURL: database URL"},
 		{"a link", open(filestore.New(filestore.Options{Dir: statedir.New(c.DatabaseFile)})), "point databaseFile at the real file"},
 		{"a shared folder", statedir.New(filepath.Join(shared, "database.json")).Make(quietLogger()), "point databaseFile into it"},
 	} {

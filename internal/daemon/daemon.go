@@ -143,18 +143,34 @@ func Run(ctx context.Context, o Options) error {
 	start := time.Now()
 	regLog := o.Log.WithField("component", "registry")
 	regOpts := registry.Options{
-		OnSync:           d.metrics.ObserveSync,
-		TTL:              cfg.RegistrationTTL,
-		MaxPerAccount:    cfg.MaxDevicesPerAccount,
-		MaxRegistrations: cfg.MaxRegistrations,
-		Log:              regLog,
+		RegistrationTTL:      cfg.RegistrationTTL,
+		MaxDevicesPerAccount: cfg.MaxDevicesPerAccount,
+		MaxDevicesPerUser:    config.MaxDevicesPerUser,
+		MaxRegistrations:     cfg.MaxRegistrations,
+		RegistrationRefresh:  config.RegistrationRefresh,
+		Log:                  regLog,
+		OnSync:               d.metrics.ObserveSync,
 	}
 	var store registry.Store
 	if cfg.DatabaseURL != "" {
-		store = pgstore.New(pgstore.Options{URL: cfg.DatabaseURL, PasswordFile: cfg.DatabasePasswordFile,
-			MaxPerAccount: cfg.MaxDevicesPerAccount, Log: regLog})
+		store = pgstore.New(pgstore.Options{
+			DatabaseURL:           cfg.DatabaseURL,
+			DatabasePasswordFile:  cfg.DatabasePasswordFile,
+			DatabaseWaitLoad:      config.DatabaseWaitLoad,
+			DatabaseCommitTimeout: config.DatabaseCommitTimeout,
+			MaxDevicesPerAccount:  cfg.MaxDevicesPerAccount,
+			MaxDevicesPerUser:     config.MaxDevicesPerUser,
+			RegistryCheckInterval: config.RegistryCheckInterval,
+			Log:                   regLog,
+		})
 	} else {
-		d.files = filestore.New(filestore.Options{Dir: d.state, CompactAfter: cfg.RegistryCompactAfter, Log: regLog})
+		d.files = filestore.New(filestore.Options{
+			Dir:                       d.state,
+			RegistryCompactAfter:      cfg.RegistryCompactAfter,
+			RegistryCompactAfterBytes: config.RegistryCompactAfterBytes,
+			RegistryCheckInterval:     config.RegistryCheckInterval,
+			Log:                       regLog,
+		})
 		store = d.files
 	}
 	// The state folder holds the admin socket and the pending pushes
@@ -200,7 +216,7 @@ func Run(ctx context.Context, o Options) error {
 			}
 		},
 	})
-	d.sched = scheduler.New(scheduler.Options{Delay: cfg.Delay, Interval: cfg.CheckInterval, Sender: d.sender})
+	d.sched = scheduler.New(scheduler.Options{Delay: cfg.Delay, CheckInterval: cfg.CheckInterval, Sender: d.sender})
 	d.runApple()
 	src = metrics.Sources{QueueDepth: d.sender.Depth, Registrations: d.reg.Stats, DelayedPending: d.sched.Len}
 	svc := &notify.Service{Registry: d.reg, Scheduler: d.sched, Sender: d.sender, History: d.history,

@@ -34,9 +34,9 @@ type env struct {
 
 func newEnv(t *testing.T) *env {
 	t.Helper()
-	r := registrytest.Open(t, registry.Options{})
+	r := registrytest.Open(t, registrytest.Defaults())
 	return &env{reg: r, hist: history.New(history.Options{Now: func() time.Time { return now.Add(-time.Minute) }}),
-		sched: scheduler.New(scheduler.Options{Delay: 30 * time.Second, Interval: 20 * time.Second, Now: func() time.Time { return now }}),
+		sched: scheduler.New(scheduler.Options{Delay: 30 * time.Second, CheckInterval: 20 * time.Second, Now: func() time.Time { return now }}),
 		queue: queue{},
 		daemon: Daemon{Credential: "PEM certificate /etc/xapsd/push.pem", Topic: "com.apple.mail.XServer.x",
 			Expires: now.Add(200 * 24 * time.Hour), APNs: apns.Reachability{State: apns.ReachConnected}}}

@@ -17,7 +17,7 @@ import (
 // BenchmarkRegisterParallel: durable registrations from concurrent
 // clients, each acknowledged after its group's fsync.
 func BenchmarkRegisterParallel(b *testing.B) {
-	r, err := openWith(setup{Path: filepath.Join(b.TempDir(), "db.json")})
+	r, err := openWith(defaults(filepath.Join(b.TempDir(), "db.json")))
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -41,7 +41,7 @@ func BenchmarkRegisterParallel(b *testing.B) {
 func BenchmarkLookup(b *testing.B) {
 	path := filepath.Join(b.TempDir(), "db.json")
 	writeSnapshotFile(b, path, 100000)
-	r, err := openWith(setup{Path: path, Now: func() time.Time { return time.Date(2026, 11, 1, 0, 0, 0, 0, time.UTC) }})
+	r, err := openWith(defaults(path, func(s *setup) { s.Now = func() time.Time { return time.Date(2026, 11, 1, 0, 0, 0, 0, time.UTC) } }))
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -65,7 +65,7 @@ func BenchmarkOpenMillion(b *testing.B) {
 	b.ResetTimer()
 	for range b.N {
 		start := time.Now()
-		r, err := openWith(setup{Path: path, Now: func() time.Time { return time.Date(2026, 11, 1, 0, 0, 0, 0, time.UTC) }})
+		r, err := openWith(defaults(path, func(s *setup) { s.Now = func() time.Time { return time.Date(2026, 11, 1, 0, 0, 0, 0, time.UTC) } }))
 		if err != nil {
 			b.Fatal(err)
 		}

@@ -80,7 +80,7 @@ func TestFailedWriteChangesNothing(t *testing.T) {
 	path := filepath.Join(d.dir, "database.json")
 	c := newClock()
 	var syncs int
-	r := open(t, path, c, func(o *setup) { o.CheckEvery = time.Hour; o.OnSync = func(int, time.Duration) { syncs++ } })
+	r := open(t, path, c, func(o *setup) { o.RegistryCheckInterval = time.Hour; o.OnSync = func(int, time.Duration) { syncs++ } })
 	mustRegister(t, r, reg("alice", acc1, tok1))
 	d.fill(t)
 	// Larger than the room left in the segment's last page.
@@ -143,7 +143,7 @@ func TestStartOnFullDiskIsNotWritable(t *testing.T) {
 	mustRegister(t, r, reg("alice", acc1, tok1))
 	r.Close()
 	d.fill(t)
-	r = open(t, path, c, func(o *setup) { o.CheckEvery = 20 * time.Millisecond })
+	r = open(t, path, c, func(o *setup) { o.RegistryCheckInterval = 20 * time.Millisecond })
 	defer r.Close()
 	if r.Health().WriteErr == nil {
 		t.Fatal("Writable reports no problem right after a start on a full disk")

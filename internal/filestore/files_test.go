@@ -16,7 +16,7 @@ import (
 func TestDeletedStateFilesAreWrittenAgain(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "database.json")
 	c := newClock()
-	fast := func(o *setup) { o.CheckEvery = 20 * time.Millisecond }
+	fast := func(o *setup) { o.RegistryCheckInterval = 20 * time.Millisecond }
 	r := open(t, path, c, fast)
 	mustRegister(t, r, reg("alice", acc1, tok1))
 	mustRegister(t, r, reg("bob", acc1, tok1))
@@ -49,12 +49,12 @@ func TestDeletedStateFilesAreWrittenAgain(t *testing.T) {
 func TestSecondOpenAfterLockDeletedTouchesNothing(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "database.json")
 	c := newClock()
-	slow := func(o *setup) { o.CheckEvery = time.Hour } // the lock file is not made again meanwhile
+	slow := func(o *setup) { o.RegistryCheckInterval = time.Hour } // the lock file is not made again meanwhile
 	r := open(t, path, c, slow)
 	mustRegister(t, r, reg("alice", acc1, tok1))
 	seg := jr(r).segPath
 	os.Remove(path + ".lock")
-	second, err := openWith(setup{Path: path, Now: c.Now})
+	second, err := openWith(defaults(path, func(s *setup) { s.Now = c.Now }))
 	if err == nil {
 		second.Close()
 		t.Fatal("a second registry opened the file of a running one")

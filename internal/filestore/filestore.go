@@ -16,37 +16,33 @@ import (
 	"github.com/xapsd/xapsd/internal/statedir"
 )
 
-// Options configure New.
+// Options configure New. The daemon passes the configuration's values
+// under the same names (internal/config holds every default); a zero
+// value turns its rule off.
 type Options struct {
 	// Dir names the files: the snapshot (databaseFile), the journal
 	// segments, the lock, the backups.
 	Dir statedir.Dir
-	// CompactAfter writes a new snapshot after this many journal records,
-	// or once the journal has grown by CompactAfterBytes or by the size of
-	// the last snapshot, whichever is more: a few huge records must not
-	// grow the journal as far as many small ones.
-	CompactAfter      int
-	CompactAfterBytes int64
-	// CheckEvery is how often the store looks for its files deleted
-	// under it, and, after a failed write, whether the disk takes writes
-	// again, so that Health recovers without a registration.
-	CheckEvery time.Duration
-	Log        logrus.FieldLogger
+	// RegistryCompactAfter writes a new snapshot after this many journal
+	// records, and RegistryCompactAfterBytes once the journal has grown by
+	// this many bytes or by the size of the last snapshot, whichever is
+	// more: a few huge records must not grow the journal as far as many
+	// small ones. 0: no such rule.
+	RegistryCompactAfter      int
+	RegistryCompactAfterBytes int64
+	// RegistryCheckInterval is how often the store looks for its files
+	// deleted under it, and, after a failed write, whether the disk takes
+	// writes again, so that Health recovers without a registration.
+	// 0: it does not look.
+	RegistryCheckInterval time.Duration
+	// Log gets what the store has to say; nil: nothing is logged.
+	Log logrus.FieldLogger
 	// Now dates the backups and the entries of the old daemon's file that
-	// have no time.
+	// have no time; nil: time.Now.
 	Now func() time.Time
 }
 
 func (o *Options) setDefaults() {
-	if o.CompactAfter <= 0 {
-		o.CompactAfter = 100000
-	}
-	if o.CompactAfterBytes <= 0 {
-		o.CompactAfterBytes = 64 << 20
-	}
-	if o.CheckEvery <= 0 {
-		o.CheckEvery = 5 * time.Second
-	}
 	if o.Log == nil {
 		l := logrus.New()
 		l.SetOutput(io.Discard)

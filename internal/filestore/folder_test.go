@@ -31,7 +31,7 @@ func TestWorldWritableFolderIsRepairedWhenOwnAndRefusedWhenShared(t *testing.T) 
 	})
 	refused := func(t *testing.T, dir string) {
 		t.Helper()
-		_, err := openWith(setup{Path: filepath.Join(dir, "database.json")})
+		_, err := openWith(defaults(filepath.Join(dir, "database.json")))
 		if err == nil || !strings.Contains(err.Error(), "can be written by every user") {
 			t.Fatalf("Open = %v, want a refusal", err)
 		}
@@ -71,7 +71,7 @@ func TestSymlinkedStateFilesAreNotFollowed(t *testing.T) {
 			if err := os.Symlink(target, filepath.Join(dir, name)); err != nil {
 				t.Fatal(err)
 			}
-			r, err := openWith(setup{Path: filepath.Join(dir, "database.json")})
+			r, err := openWith(defaults(filepath.Join(dir, "database.json")))
 			if err == nil {
 				r.Close()
 				t.Fatal("Open followed a symbolic link")
@@ -99,7 +99,7 @@ func TestNamedPipesAmongTheStateFilesAreRefused(t *testing.T) {
 			}
 			errc := make(chan error, 1)
 			go func() {
-				r, err := openWith(setup{Path: filepath.Join(dir, "database.json")})
+				r, err := openWith(defaults(filepath.Join(dir, "database.json")))
 				if err == nil {
 					r.Close()
 				}

@@ -49,7 +49,8 @@ type Store struct {
 	log  logrus.FieldLogger
 	now  func() time.Time
 	// compactAfter, compactAfterBytes and checkEvery are Options'
-	// CompactAfter, CompactAfterBytes and CheckEvery.
+	// RegistryCompactAfter, RegistryCompactAfterBytes and
+	// RegistryCheckInterval.
 	compactAfter      int
 	compactAfterBytes int64
 	checkEvery        time.Duration
@@ -98,8 +99,8 @@ type Store struct {
 // until the registry loads it (registry.Open).
 func New(o Options) *Store {
 	o.setDefaults()
-	return &Store{dir: o.Dir, path: o.Dir.Snapshot(), log: o.Log, now: o.Now, compactAfter: o.CompactAfter,
-		compactAfterBytes: o.CompactAfterBytes, checkEvery: o.CheckEvery,
+	return &Store{dir: o.Dir, path: o.Dir.Snapshot(), log: o.Log, now: o.Now, compactAfter: o.RegistryCompactAfter,
+		compactAfterBytes: o.RegistryCompactAfterBytes, checkEvery: o.RegistryCheckInterval,
 		stopc: make(chan struct{}), donec: make(chan struct{})}
 }
 
@@ -543,6 +544,10 @@ func (j *Store) rotate() []segment {
 // disk takes writes again and whether state files were deleted.
 func (j *Store) housekeeping() {
 	defer close(j.donec)
+	if j.checkEvery <= 0 {
+		<-j.stopc
+		return
+	}
 	tick := time.NewTicker(j.checkEvery)
 	defer tick.Stop()
 	for {
@@ -683,7 +688,8 @@ func (j *Store) Commit(_ context.Context, changes []registry.Change) (registry.C
 	j.written.Store(j.seq)
 	records := j.sinceCompact.Add(int64(len(changes)))
 	size := j.bytesSince.Add(int64(len(lines)))
-	if records >= int64(j.compactAfter) || size >= max(j.compactAfterBytes, j.snapSize.Load()) {
+	if (j.compactAfter > 0 && records >= int64(j.compactAfter)) ||
+		(j.compactAfterBytes > 0 && size >= max(j.compactAfterBytes, j.snapSize.Load())) {
 		j.compactAsync()
 	}
 	return registry.Committed{}, nil

@@ -24,7 +24,7 @@ func distinctBoxes(i, n int) []string {
 func TestJournalCompactsBySize(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "database.json")
 	c := newClock()
-	r := open(t, path, c, func(o *setup) { o.CompactAfter = 1_000_000; o.CompactAfterBytes = 256 << 10 })
+	r := open(t, path, c, func(o *setup) { o.RegistryCompactAfter = 1_000_000; o.RegistryCompactAfterBytes = 256 << 10 })
 	for i := range 200 {
 		c.Add(time.Second)
 		mustRegister(t, r, reg("alice", acc1, tok1, distinctBoxes(i, 400)...)) // about 10 KB a record

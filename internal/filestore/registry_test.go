@@ -15,6 +15,7 @@ import (
 
 	"github.com/sirupsen/logrus"
 
+	"github.com/xapsd/xapsd/internal/config"
 	"github.com/xapsd/xapsd/internal/registry"
 	"github.com/xapsd/xapsd/internal/registry/registrytest"
 	"github.com/xapsd/xapsd/internal/statedir"
@@ -39,20 +40,36 @@ type clock = testutil.Clock
 
 func newClock() *clock { return testutil.NewClock(registrytest.Start) }
 
-// setup is what a test can set: the registry's options and the store's.
+// setup is what a test can set: the registry's options and the store's,
+// as the daemon sets them unless the test changes them (defaults).
 type setup struct {
-	Path              string
-	Now               func() time.Time
-	Log               logrus.FieldLogger
-	TTL               time.Duration
-	MaxPerAccount     int
-	MaxPerUser        int
-	MaxRegistrations  int
-	RefreshAfter      time.Duration
-	OnSync            func(int, time.Duration)
-	CompactAfter      int
-	CompactAfterBytes int64
-	CheckEvery        time.Duration
+	Path                      string
+	Now                       func() time.Time
+	Log                       logrus.FieldLogger
+	RegistrationTTL           time.Duration
+	MaxDevicesPerAccount      int
+	MaxDevicesPerUser         int
+	MaxRegistrations          int
+	RegistrationRefresh       time.Duration
+	OnSync                    func(int, time.Duration)
+	RegistryCompactAfter      int
+	RegistryCompactAfterBytes int64
+	RegistryCheckInterval     time.Duration
+}
+
+// defaults is the setup of the daemon (config's defaults) for the files
+// at path, changed by mods.
+func defaults(path string, mods ...func(*setup)) setup {
+	reg := registrytest.Defaults()
+	c := config.Default()
+	s := setup{Path: path, RegistrationTTL: reg.RegistrationTTL, MaxDevicesPerAccount: reg.MaxDevicesPerAccount,
+		MaxDevicesPerUser: reg.MaxDevicesPerUser, MaxRegistrations: reg.MaxRegistrations,
+		RegistrationRefresh: reg.RegistrationRefresh, RegistryCompactAfter: c.RegistryCompactAfter,
+		RegistryCompactAfterBytes: config.RegistryCompactAfterBytes, RegistryCheckInterval: config.RegistryCheckInterval}
+	for _, m := range mods {
+		m(&s)
+	}
+	return s
 }
 
 // stores finds the store of a registry a test opened, for tests that look
@@ -61,10 +78,12 @@ var stores sync.Map
 
 // openWith opens a registry on the files at s.Path.
 func openWith(s setup) (*registry.Registry, error) {
-	st := New(Options{Dir: statedir.New(s.Path), CompactAfter: s.CompactAfter, CompactAfterBytes: s.CompactAfterBytes,
-		CheckEvery: s.CheckEvery, Log: s.Log, Now: s.Now})
-	r, err := registry.Open(st, registry.Options{TTL: s.TTL, MaxPerAccount: s.MaxPerAccount, MaxPerUser: s.MaxPerUser,
-		MaxRegistrations: s.MaxRegistrations, RefreshAfter: s.RefreshAfter, OnSync: s.OnSync, Log: s.Log, Now: s.Now})
+	st := New(Options{Dir: statedir.New(s.Path), RegistryCompactAfter: s.RegistryCompactAfter,
+		RegistryCompactAfterBytes: s.RegistryCompactAfterBytes, RegistryCheckInterval: s.RegistryCheckInterval,
+		Log: s.Log, Now: s.Now})
+	r, err := registry.Open(st, registry.Options{RegistrationTTL: s.RegistrationTTL, MaxDevicesPerAccount: s.MaxDevicesPerAccount,
+		MaxDevicesPerUser: s.MaxDevicesPerUser, MaxRegistrations: s.MaxRegistrations, RegistrationRefresh: s.RegistrationRefresh,
+		OnSync: s.OnSync, Log: s.Log, Now: s.Now})
 	if err == nil {
 		stores.Store(r, st)
 	}
@@ -73,11 +92,7 @@ func openWith(s setup) (*registry.Registry, error) {
 
 func open(t *testing.T, path string, c *clock, mod ...func(*setup)) *registry.Registry {
 	t.Helper()
-	o := setup{Path: path, Now: c.Now}
-	for _, m := range mod {
-		m(&o)
-	}
-	r, err := openWith(o)
+	r, err := openWith(defaults(path, append([]func(*setup){func(s *setup) { s.Now = c.Now }}, mod...)...))
 	if err != nil {
 		t.Fatalf("Open: %v", err)
 	}
@@ -208,7 +223,7 @@ func TestIdenticalReRegistrationSkipsTheDisk(t *testing.T) {
 func TestDeviceCapsDropTheOldestOfAnAccountAndOfAUser(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "database.json")
 	c := newClock()
-	r := open(t, path, c, func(o *setup) { o.MaxPerAccount = 3; o.MaxPerUser = 5 })
+	r := open(t, path, c, func(o *setup) { o.MaxDevicesPerAccount = 3; o.MaxDevicesPerUser = 5 })
 	for i := range 4 {
 		c.Add(time.Second)
 		mustRegister(t, r, reg("alice", acc1, fmt.Sprintf("%064x", i)))
@@ -225,7 +240,7 @@ func TestDeviceCapsDropTheOldestOfAnAccountAndOfAUser(t *testing.T) {
 		t.Fatalf("per-user cap: %d registrations, want 5", n)
 	}
 	crash(r)
-	r = open(t, path, c, func(o *setup) { o.MaxPerAccount = 3; o.MaxPerUser = 5 })
+	r = open(t, path, c, func(o *setup) { o.MaxDevicesPerAccount = 3; o.MaxDevicesPerUser = 5 })
 	defer r.Close()
 	if _, n := r.Stats(); n != 5 {
 		t.Fatalf("after reopen: %d registrations, want 5", n)
@@ -318,7 +333,7 @@ func TestRemoveMatchingRemovesOneTokenInAnySpellingOrEveryDevice(t *testing.T) {
 func TestExpiryRemovesRegistrationsPastTheTTLAlsoAtStart(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "database.json")
 	c := newClock()
-	ttl := func(o *setup) { o.TTL = 48 * time.Hour }
+	ttl := func(o *setup) { o.RegistrationTTL = 48 * time.Hour }
 	r := open(t, path, c, ttl)
 	mustRegister(t, r, reg("old", acc1, tok1))
 	c.Add(24 * time.Hour)
@@ -444,7 +459,7 @@ func TestCorruptMiddleLineIsSkipped(t *testing.T) {
 func TestCompactionKeepsStateAndBoundsSegments(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "database.json")
 	c := newClock()
-	small := func(o *setup) { o.CompactAfter = 10 }
+	small := func(o *setup) { o.RegistryCompactAfter = 10 }
 	r := open(t, path, c, small)
 	for i := range 200 {
 		mustRegister(t, r, reg(fmt.Sprintf("user%d", i%50), fmt.Sprintf("ACC-%d", i), tok1))
@@ -480,7 +495,7 @@ func TestConcurrentRegistrationsAreAllDurable(t *testing.T) {
 	c := newClock()
 	var syncs, synced atomic.Int64
 	r := open(t, path, c, func(o *setup) {
-		o.CompactAfter = 100
+		o.RegistryCompactAfter = 100
 		o.OnSync = func(n int, _ time.Duration) { syncs.Add(1); synced.Add(int64(n)) }
 	})
 	var wg sync.WaitGroup
@@ -503,7 +518,7 @@ func TestConcurrentRegistrationsAreAllDurable(t *testing.T) {
 		t.Errorf("%d records in %d fsyncs; want 640 records in fewer fsyncs", synced.Load(), syncs.Load())
 	}
 	crash(r)
-	r = open(t, path, c, func(o *setup) { o.MaxPerUser = 1000 })
+	r = open(t, path, c, func(o *setup) { o.MaxDevicesPerUser = 1000 })
 	defer r.Close()
 	if _, n := r.Stats(); n != 32*20 {
 		t.Fatalf("after crash %d registrations, want %d", n, 32*20)
@@ -545,7 +560,7 @@ func TestNewerFormatIsAnError(t *testing.T) {
 	} {
 		path := filepath.Join(t.TempDir(), "database.json")
 		os.WriteFile(path, []byte(content), 0o600)
-		_, err := openWith(setup{Path: path})
+		_, err := openWith(defaults(path))
 		if err == nil || !strings.Contains(err.Error(), path) {
 			t.Errorf("%s: err = %v, want an error naming the file", name, err)
 		}
@@ -553,7 +568,7 @@ func TestNewerFormatIsAnError(t *testing.T) {
 	// An empty file is an empty registry, as for the old daemon.
 	path := filepath.Join(t.TempDir(), "database.json")
 	os.WriteFile(path, nil, 0o600)
-	r, err := openWith(setup{Path: path})
+	r, err := openWith(defaults(path))
 	if err != nil {
 		t.Fatalf("empty file: %v", err)
 	}
@@ -598,7 +613,7 @@ func TestImportOfTheOldFormatKeepsNewerAndSkipsExpired(t *testing.T) {
 func TestSecondOpenOfOneFileIsRefused(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "database.json")
 	r := open(t, path, newClock())
-	if _, err := openWith(setup{Path: path}); err == nil || !strings.Contains(err.Error(), "in use by another xapsd") {
+	if _, err := openWith(defaults(path)); err == nil || !strings.Contains(err.Error(), "in use by another xapsd") {
 		t.Fatalf("second Open = %v", err)
 	}
 	r.Close()
@@ -671,7 +686,7 @@ func TestExportIsAFileTheRegistryOpens(t *testing.T) {
 	}
 	path := filepath.Join(t.TempDir(), "database.json")
 	os.WriteFile(path, buf.Bytes(), 0o600)
-	r, err := openWith(setup{Path: path, Now: func() time.Time { return at }})
+	r, err := openWith(defaults(path, func(s *setup) { s.Now = func() time.Time { return at } }))
 	if err != nil {
 		t.Fatal(err)
 	}

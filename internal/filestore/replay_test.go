@@ -166,7 +166,7 @@ func TestRecordBelowItsSegmentIsDamage(t *testing.T) {
 func TestSegmentsAreNamedAfterTheirFirstRecord(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "database.json")
 	c := newClock()
-	r := open(t, path, c, func(o *setup) { o.CompactAfter = 7 })
+	r := open(t, path, c, func(o *setup) { o.RegistryCompactAfter = 7 })
 	var wg sync.WaitGroup
 	for w := range 8 {
 		wg.Add(1)

@@ -72,7 +72,7 @@ func TestDamagedSnapshotIsSalvaged(t *testing.T) {
 				t.Fatal(err)
 			}
 			log, hook := logtest.NewNullLogger()
-			r, err := openWith(setup{Path: path, Now: c.Now, Log: log})
+			r, err := openWith(defaults(path, func(s *setup) { s.Now = c.Now; s.Log = log }))
 			if err != nil {
 				t.Fatalf("Open refused a damaged snapshot: %v", err)
 			}
@@ -199,7 +199,7 @@ func TestEmptyOrMissingSnapshotNextToTheJournalIsReported(t *testing.T) {
 				os.WriteFile(path, []byte(*content), 0o600)
 			}
 			log, hook := logtest.NewNullLogger()
-			r, err := openWith(setup{Path: path, Now: c.Now, Log: log})
+			r, err := openWith(defaults(path, func(s *setup) { s.Now = c.Now; s.Log = log }))
 			if err != nil {
 				t.Fatalf("Open: %v", err)
 			}

@@ -21,7 +21,7 @@ func (discard) Enqueue(registry.Key) {}
 // forgetting and reusing records), without and with the per-user
 // history that xapsd diagnose reads: the history's cost on /notify.
 func BenchmarkNotify(b *testing.B) {
-	r := registrytest.Open(b, registry.Options{})
+	r := registrytest.Open(b, registrytest.Defaults())
 	const users = 20000
 	names := make([]string, users)
 	for i := range names {

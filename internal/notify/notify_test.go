@@ -16,7 +16,7 @@ func (c *calls) Enqueue(k registry.Key) { c.sent = append(c.sent, k) }
 
 func setup(t *testing.T, inboxOnly bool) (*Service, *calls) {
 	t.Helper()
-	r := registrytest.Open(t, registry.Options{})
+	r := registrytest.Open(t, registrytest.Defaults())
 	for _, tok := range []string{"aa", "bb"} {
 		err := r.Register(context.Background(), registry.Registration{
 			Key: registry.Key{User: "alice", AccountID: "ACC", DeviceToken: tok}, Mailboxes: []string{"INBOX", "Lists"}})

@@ -50,12 +50,12 @@ var (
 
 // parseConfig reads the URL and the password file.
 func parseConfig(o Options) (*pgxpool.Config, error) {
-	cfg, err := pgxpool.ParseConfig(o.URL)
+	cfg, err := pgxpool.ParseConfig(o.DatabaseURL)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrURL, err)
 	}
-	if o.PasswordFile != "" {
-		b, err := regularfile.ReadFile(o.PasswordFile, 0, 0)
+	if o.DatabasePasswordFile != "" {
+		b, err := regularfile.ReadFile(o.DatabasePasswordFile, 0, 0)
 		if err != nil {
 			return nil, fmt.Errorf("%w: %w", ErrPasswordFile, err)
 		}
@@ -320,24 +320,24 @@ func (s *db) commitOnce(ctx context.Context, changes []registry.Change) (map[str
 		}
 	}
 	// The caps, newest kept, as the file registry drops the oldest.
-	if s.opts.MaxPerAccount > 0 {
+	if s.opts.MaxDevicesPerAccount > 0 {
 		for _, a := range accts {
 			batch.Queue(`DELETE FROM xapsd_registrations r USING (
 					SELECT device_token FROM xapsd_registrations
 					WHERE username = $1 AND account_id = $2
 					ORDER BY registered DESC, device_token OFFSET $3) old
 				WHERE r.username = $1 AND r.account_id = $2 AND r.device_token = old.device_token`,
-				a.user, a.acct, s.opts.MaxPerAccount)
+				a.user, a.acct, s.opts.MaxDevicesPerAccount)
 		}
 	}
-	if s.opts.MaxPerUser > 0 {
+	if s.opts.MaxDevicesPerUser > 0 {
 		for _, u := range users {
 			batch.Queue(`DELETE FROM xapsd_registrations r USING (
 					SELECT account_id, device_token FROM xapsd_registrations
 					WHERE username = $1
 					ORDER BY registered DESC, account_id, device_token OFFSET $2) old
 				WHERE r.username = $1 AND r.account_id = old.account_id AND r.device_token = old.device_token`,
-				u, s.opts.MaxPerUser)
+				u, s.opts.MaxDevicesPerUser)
 		}
 	}
 	for _, u := range users {

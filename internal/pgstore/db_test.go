@@ -27,7 +27,7 @@ func cluster(t *testing.T) *pgtest.Cluster {
 
 func open(t *testing.T, c *pgtest.Cluster, instance string) *db {
 	t.Helper()
-	s, err := openDB(context.Background(), Options{URL: c.URL, MaxPerAccount: 3, MaxPerUser: 5, Instance: instance})
+	s, err := openDB(context.Background(), Options{DatabaseURL: c.URL, MaxDevicesPerAccount: 3, MaxDevicesPerUser: 5, Instance: instance})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -68,7 +68,7 @@ func TestDaemonsStartingTogetherEndWithOneSchema(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			s, err := openDB(context.Background(), Options{URL: c.URL, Instance: fmt.Sprint(i)})
+			s, err := openDB(context.Background(), Options{DatabaseURL: c.URL, Instance: fmt.Sprint(i)})
 			if err != nil {
 				errs <- err
 				return
@@ -97,7 +97,7 @@ func TestANewerSchemaIsRefused(t *testing.T) {
 	if out, err := c.SQL("INSERT INTO xapsd_schema (version) VALUES (99)"); err != nil {
 		t.Fatalf("%v %s", err, out)
 	}
-	_, err := openDB(context.Background(), Options{URL: c.URL})
+	_, err := openDB(context.Background(), Options{DatabaseURL: c.URL})
 	if !errors.Is(err, ErrSchemaTooNew) || !strings.Contains(err.Error(), "schema version 99") ||
 		!strings.Contains(err.Error(), "upgrade xapsd") {
 		t.Fatalf("opening a database of a newer xapsd: %v", err)
@@ -333,7 +333,7 @@ func TestPasswordFromFileOrEnvironment(t *testing.T) {
 	t.Setenv("PGPASSWORD", "")
 	t.Setenv("PGPASSFILE", "/nonexistent")
 
-	if s, err := openDB(ctx, Options{URL: c.URL}); err == nil {
+	if s, err := openDB(ctx, Options{DatabaseURL: c.URL}); err == nil {
 		s.Close()
 		t.Fatal("connected without a password: the cluster does not ask for one, so this test proves nothing")
 	} else if !strings.Contains(err.Error(), "password") {
@@ -344,12 +344,12 @@ func TestPasswordFromFileOrEnvironment(t *testing.T) {
 	good, bad := dir+"/good", dir+"/bad"
 	os.WriteFile(good, []byte(password+"\n"), 0o600)
 	os.WriteFile(bad, []byte("not-it\n"), 0o600)
-	if s, err := openDB(ctx, Options{URL: c.URL, PasswordFile: good}); err != nil {
+	if s, err := openDB(ctx, Options{DatabaseURL: c.URL, DatabasePasswordFile: good}); err != nil {
 		t.Errorf("with databasePasswordFile: %v", err)
 	} else {
 		s.Close()
 	}
-	s, err := openDB(ctx, Options{URL: c.URL, PasswordFile: bad})
+	s, err := openDB(ctx, Options{DatabaseURL: c.URL, DatabasePasswordFile: bad})
 	if err == nil {
 		s.Close()
 		t.Error("a wrong password was accepted")
@@ -358,12 +358,12 @@ func TestPasswordFromFileOrEnvironment(t *testing.T) {
 	}
 	// In this package's words; the daemon adds the setting's name
 	// (daemon.TestStoreErrorsNameTheirSetting).
-	if _, err := openDB(ctx, Options{URL: c.URL, PasswordFile: dir + "/missing"}); !errors.Is(err, ErrPasswordFile) || !strings.Contains(err.Error(), dir+"/missing") {
+	if _, err := openDB(ctx, Options{DatabaseURL: c.URL, DatabasePasswordFile: dir + "/missing"}); !errors.Is(err, ErrPasswordFile) || !strings.Contains(err.Error(), dir+"/missing") {
 		t.Errorf("missing password file: %v, want an error naming the password file", err)
 	}
 
 	t.Setenv("PGPASSWORD", password)
-	if s, err := openDB(ctx, Options{URL: c.URL}); err != nil {
+	if s, err := openDB(ctx, Options{DatabaseURL: c.URL}); err != nil {
 		t.Errorf("with PGPASSWORD: %v", err)
 	} else {
 		s.Close()

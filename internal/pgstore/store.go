@@ -29,6 +29,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"sync"
 	"sync/atomic"
@@ -42,29 +43,30 @@ import (
 // Options select the database, shared by every xapsd that points at it
 // (docs/operations.md#running-several-xapsd).
 type Options struct {
-	// URL is a postgres:// URL or a libpq keyword string; missing parts
-	// come from the PG* environment variables. PasswordFile, when set,
-	// holds the password.
-	URL          string
-	PasswordFile string
+	// DatabaseURL is a postgres:// URL or a libpq keyword string; missing
+	// parts come from the PG* environment variables.
+	// DatabasePasswordFile, when set, holds the password.
+	DatabaseURL          string
+	DatabasePasswordFile string
+	// DatabaseWaitLoad is how long Load waits for the database, to connect
+	// and then to load, before the daemon starts without registrations, to
+	// load them once it can. DatabaseCommitTimeout bounds one commit,
+	// retries included: a /register waits no longer for a database that
+	// does not answer. 0: no bound.
+	DatabaseWaitLoad      time.Duration
+	DatabaseCommitTimeout time.Duration
+	// MaxDevicesPerAccount and MaxDevicesPerUser are the caps the commits
+	// apply, in the database, so that they hold across daemons. 0: no cap.
+	MaxDevicesPerAccount int
+	MaxDevicesPerUser    int
+	// RegistryCheckInterval is how often, after a failed commit, the store
+	// tries whether the database takes writes again. 0: it does not.
+	RegistryCheckInterval time.Duration
 	// Instance names this daemon in the change notifications, so that it
-	// does not reload its own changes (default: host name and process id).
+	// does not reload its own changes; "": the host name and process id.
 	Instance string
-	// WaitLoad is how long Open waits for the database before the daemon
-	// starts without registrations, to load them once it can (default
-	// 10 s).
-	WaitLoad time.Duration
-	// CommitTimeout bounds one commit, retries included (default 3 s): a
-	// /register waits no longer for a database that does not answer.
-	CommitTimeout time.Duration
-	// MaxPerAccount and MaxPerUser are the caps the commits apply, in
-	// the database, so that they hold across daemons.
-	MaxPerAccount int
-	MaxPerUser    int
-	// CheckEvery is how often, after a failed commit, the store tries
-	// whether the database takes writes again (default 5 s).
-	CheckEvery time.Duration
-	Log        logrus.FieldLogger
+	// Log gets what the store has to say; nil: nothing is logged.
+	Log logrus.FieldLogger
 }
 
 // uncertainFor is how long the users of an unconfirmed change are
@@ -105,33 +107,26 @@ type Store struct {
 // New is the store in the database o names. It connects when the
 // registry loads it (registry.Open).
 func New(o Options) *Store {
-	if o.MaxPerAccount <= 0 {
-		o.MaxPerAccount = 8
-	}
-	if o.MaxPerUser <= 0 {
-		o.MaxPerUser = 100
-	}
-	if o.CheckEvery <= 0 {
-		o.CheckEvery = 5 * time.Second
-	}
 	if o.Log == nil {
 		l := logrus.New()
-		l.SetLevel(logrus.PanicLevel)
+		l.SetOutput(io.Discard)
 		o.Log = l
 	}
 	if o.Instance == "" {
 		host, _ := os.Hostname()
 		o.Instance = fmt.Sprintf("%s-%d-%d", host, os.Getpid(), time.Now().UnixNano()%1e6)
 	}
-	if o.WaitLoad <= 0 {
-		o.WaitLoad = 10 * time.Second
-	}
-	if o.CommitTimeout <= 0 {
-		o.CommitTimeout = 3 * time.Second
-	}
-	p := &Store{o: o, log: o.Log, checkEvery: o.CheckEvery, uncertain: make(map[string]*uncertainty)}
+	p := &Store{o: o, log: o.Log, checkEvery: o.RegistryCheckInterval, uncertain: make(map[string]*uncertainty)}
 	p.ctx, p.cancel = context.WithCancel(context.Background())
 	return p
+}
+
+// within is ctx bounded by d, or not bounded when d is 0.
+func within(ctx context.Context, d time.Duration) (context.Context, context.CancelFunc) {
+	if d <= 0 {
+		return context.WithCancel(ctx)
+	}
+	return context.WithTimeout(ctx, d)
 }
 
 // Shared is true: every daemon on the database changes it.
@@ -151,14 +146,16 @@ func (p *Store) Load(ctx context.Context, m *registry.Memory) error {
 	p.linkErr.Store(&unreachable)
 	// The first attempt decides about a schema newer than this xapsd:
 	// that one is the admin's to fix, retrying cannot.
-	octx, cancel := context.WithTimeout(p.ctx, p.o.WaitLoad)
+	octx, cancel := within(p.ctx, p.o.DatabaseWaitLoad)
 	st, err := openDB(octx, p.o)
 	cancel()
 	if errors.Is(err, ErrSchemaTooNew) {
 		return err
 	}
-	p.wg.Add(1)
-	go p.recheck()
+	if p.checkEvery > 0 {
+		p.wg.Add(1)
+		go p.recheck()
+	}
 	if err != nil {
 		p.log.WithError(err).Error("PostgreSQL cannot be reached: starting without registrations, loading them once it can; /register answers 503 until then")
 		e := fmt.Errorf("%w: %w", registry.ErrUnavailable, err)
@@ -166,7 +163,7 @@ func (p *Store) Load(ctx context.Context, m *registry.Memory) error {
 		return nil
 	}
 	p.st.Store(st)
-	lctx, cancel := context.WithTimeout(p.ctx, p.o.WaitLoad)
+	lctx, cancel := within(p.ctx, p.o.DatabaseWaitLoad)
 	defer cancel()
 	l, err := st.Listen(lctx)
 	if err == nil {
@@ -273,7 +270,7 @@ func (p *Store) rereadSoon(users []string) {
 	p.wg.Add(1)
 	go func() {
 		defer p.wg.Done()
-		ctx, cancel := context.WithTimeout(p.ctx, p.o.CommitTimeout)
+		ctx, cancel := within(p.ctx, p.o.DatabaseCommitTimeout)
 		defer cancel()
 		if err := p.reloadUsers(ctx, users); err != nil && p.ctx.Err() == nil {
 			p.log.WithError(err).Warn("PostgreSQL: could not read the users of the unconfirmed commit again; their next change or notification does")
@@ -383,7 +380,7 @@ func (p *Store) recheck() {
 		if failed == nil || st == nil || p.linkErr.Load() != nil {
 			continue
 		}
-		ctx, cancel := context.WithTimeout(p.ctx, p.o.CommitTimeout)
+		ctx, cancel := within(p.ctx, p.o.DatabaseCommitTimeout)
 		err := st.Writable(ctx)
 		cancel()
 		// Unless a commit failed again meanwhile.
@@ -421,7 +418,7 @@ func (p *Store) commit(changes []registry.Change) (map[string][]registry.Registr
 		return nil, fmt.Errorf("%w: not connected", registry.ErrUnavailable)
 	}
 	// Not p.ctx: at Close the last batch still gets its chance.
-	ctx, cancel := context.WithTimeout(context.Background(), p.o.CommitTimeout)
+	ctx, cancel := within(context.Background(), p.o.DatabaseCommitTimeout)
 	defer cancel()
 	// Marked before the commit: its notification can come the moment
 	// the commit ends, before Commit returns.

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/xapsd/xapsd/internal/config"
 	"github.com/xapsd/xapsd/internal/registry"
 	"github.com/xapsd/xapsd/internal/registry/registrytest"
 	"github.com/xapsd/xapsd/internal/testutil"
@@ -25,17 +26,21 @@ func pgCluster(t *testing.T) *pgtest.Cluster {
 // registry's.
 type pgSetup struct {
 	Options
-	TTL time.Duration
-	Now func() time.Time
+	RegistrationTTL time.Duration
+	Now             func() time.Time
 }
 
 func openPG(t *testing.T, c *pgtest.Cluster, name string, tweak ...func(*pgSetup)) *registry.Registry {
 	t.Helper()
-	o := pgSetup{Options: Options{URL: c.URL, Instance: name, WaitLoad: 5 * time.Second, CommitTimeout: 2 * time.Second}}
+	reg := registrytest.Defaults()
+	o := pgSetup{Options: Options{DatabaseURL: c.URL, Instance: name, DatabaseWaitLoad: 5 * time.Second, DatabaseCommitTimeout: 2 * time.Second,
+		MaxDevicesPerAccount: reg.MaxDevicesPerAccount, MaxDevicesPerUser: reg.MaxDevicesPerUser,
+		RegistryCheckInterval: config.RegistryCheckInterval}, RegistrationTTL: reg.RegistrationTTL}
 	for _, f := range tweak {
 		f(&o)
 	}
-	r, err := registry.Open(New(o.Options), registry.Options{TTL: o.TTL, Now: o.Now})
+	reg.RegistrationTTL, reg.Now = o.RegistrationTTL, o.Now
+	r, err := registry.Open(New(o.Options), reg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -83,7 +88,7 @@ func TestPostgresDaemonsShareTheRegistry(t *testing.T) {
 
 func TestPostgresCapsHoldAcrossDaemons(t *testing.T) {
 	c := pgCluster(t)
-	tweak := func(o *pgSetup) { o.MaxPerAccount = 3 }
+	tweak := func(o *pgSetup) { o.MaxDevicesPerAccount = 3 }
 	a, b := openPG(t, c, "a", tweak), openPG(t, c, "b", tweak)
 	ctx := context.Background()
 	start := time.Now()
@@ -157,7 +162,7 @@ func TestPostgresStartsWithoutTheDatabaseAndLoadsLater(t *testing.T) {
 	a := openPG(t, c, "a")
 	a.Register(context.Background(), pgReg("erin", "A", "T"))
 	c.Stop()
-	b := openPG(t, c, "b", func(o *pgSetup) { o.WaitLoad = 500 * time.Millisecond })
+	b := openPG(t, c, "b", func(o *pgSetup) { o.DatabaseWaitLoad = 500 * time.Millisecond })
 	if b.Health().WriteErr == nil {
 		t.Error("a daemon without its database says it is fine")
 	}
@@ -168,7 +173,7 @@ func TestPostgresStartsWithoutTheDatabaseAndLoadsLater(t *testing.T) {
 func TestPostgresExpiryRunsOnOneDaemon(t *testing.T) {
 	c := pgCluster(t)
 	now := time.Now()
-	clock := func(o *pgSetup) { o.TTL = time.Hour; o.Now = func() time.Time { return now } }
+	clock := func(o *pgSetup) { o.RegistrationTTL = time.Hour; o.Now = func() time.Time { return now } }
 	a, b := openPG(t, c, "a", clock), openPG(t, c, "b", clock)
 	ctx := context.Background()
 	old := pgReg("frank", "A", "OLD")
@@ -272,7 +277,7 @@ func pgSQL(t *testing.T, c *pgtest.Cluster, q string) string {
 // would clear it.
 func TestPostgresReadinessRecoversWithoutARegistration(t *testing.T) {
 	c := pgCluster(t)
-	a := openPG(t, c, "a", func(o *pgSetup) { o.CheckEvery = 100 * time.Millisecond })
+	a := openPG(t, c, "a", func(o *pgSetup) { o.RegistryCheckInterval = 100 * time.Millisecond })
 	ctx := context.Background()
 	if err := a.Register(ctx, pgReg("dave", "A", "T")); err != nil {
 		t.Fatal(err)
@@ -297,7 +302,10 @@ func TestPostgresReadinessRecoversWithoutARegistration(t *testing.T) {
 // go through again.
 func TestPostgresUnconfirmedCommitEndsWithMemoryAsTheDatabase(t *testing.T) {
 	c := pgCluster(t)
-	a := openPG(t, c, "a", func(o *pgSetup) { o.CheckEvery = 100 * time.Millisecond; o.CommitTimeout = time.Second })
+	a := openPG(t, c, "a", func(o *pgSetup) {
+		o.RegistryCheckInterval = 100 * time.Millisecond
+		o.DatabaseCommitTimeout = time.Second
+	})
 	b := openPG(t, c, "b")
 	ctx := context.Background()
 	if err := a.Register(ctx, pgReg("alice", "A", "T")); err != nil {

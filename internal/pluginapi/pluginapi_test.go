@@ -55,7 +55,7 @@ type env struct {
 
 func newEnv(t *testing.T) *env {
 	t.Helper()
-	r := registrytest.Open(t, registry.Options{})
+	r := registrytest.Open(t, registrytest.Defaults())
 	e := &env{reg: r, notif: &fakeNotifier{}}
 	e.topic = func() (string, error) { return topic, nil }
 	h := NewHandler(Options{Registrar: r, Notifier: e.notif, Topic: func() (string, error) { return e.topic() }})
@@ -520,7 +520,7 @@ func TestUnauthenticatedRequestsAreRefusedBeforeTheirBody(t *testing.T) {
 // At maxRegistrations a new device gets 503; one already registered can
 // still register again.
 func TestRegistryFullIs503(t *testing.T) {
-	r := registrytest.Open(t, registry.Options{MaxRegistrations: 1, RefreshAfter: time.Nanosecond})
+	r := registrytest.Open(t, registrytest.Defaults(func(o *registry.Options) { o.MaxRegistrations = 1; o.RegistrationRefresh = time.Nanosecond }))
 	log, hook := logtest.NewNullLogger()
 	srv := httptest.NewServer(NewHandler(Options{Registrar: r, Notifier: &fakeNotifier{}, Log: log, Topic: func() (string, error) { return topic, nil }}))
 	defer srv.Close()

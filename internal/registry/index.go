@@ -14,10 +14,10 @@ type entry struct {
 	boxes       *mailboxSet
 	registered  int64 // unix nanoseconds
 	// refreshed is the latest identical re-registration that was
-	// acknowledged without a write (see Options.RefreshAfter). It lives in
+	// acknowledged without a write (see Options.RegistrationRefresh). It lives in
 	// memory only, for Remove: a device that registered again after
 	// Apple's 410 timestamp keeps its registration. A restart forgets it,
-	// which costs at most RefreshAfter of that protection.
+	// which costs at most RegistrationRefresh of that protection.
 	refreshed int64
 }
 

@@ -15,6 +15,7 @@ package registry
 import (
 	"context"
 	"fmt"
+	"io"
 	"slices"
 	"sort"
 	"strings"
@@ -40,46 +41,40 @@ type Registration struct {
 	Registered time.Time
 }
 
-// Options configures Open.
+// Options configures Open. The daemon passes the configuration's values
+// under the same names (internal/config holds every default); a zero
+// value turns its rule off.
 type Options struct {
-	// TTL removes registrations not refreshed for this long.
-	TTL time.Duration
-	// MaxPerAccount caps the devices (tokens) of one account id; the
-	// oldest registration is dropped. MaxPerUser caps one user's
-	// registrations the same way, whatever their account ids.
-	MaxPerAccount int
-	MaxPerUser    int
+	// RegistrationTTL removes registrations not refreshed for this long
+	// (Expire, and at Open for a store of this daemon's alone); 0: never.
+	RegistrationTTL time.Duration
+	// MaxDevicesPerAccount caps the devices (tokens) of one account id;
+	// the oldest registration is dropped. MaxDevicesPerUser caps one
+	// user's registrations the same way, whatever their account ids. A
+	// shared store applies both itself. 0: no cap.
+	MaxDevicesPerAccount int
+	MaxDevicesPerUser    int
 	// MaxRegistrations caps the registrations of all users together
 	// (0: no cap): Register refuses one that would add a registration
 	// with ErrFull, while re-registrations still work.
 	MaxRegistrations int
-	// RefreshAfter: a re-registration identical to a durable one younger
-	// than this is acknowledged without a disk write (iOS re-registers on
-	// every IMAP connection).
-	RefreshAfter time.Duration
-	Log          logrus.FieldLogger
-	Now          func() time.Time
+	// RegistrationRefresh: a re-registration identical to a stored one
+	// younger than this is acknowledged without asking the store (iOS
+	// re-registers on every IMAP connection). 0: every one is stored.
+	RegistrationRefresh time.Duration
+	// Log gets what the registry has to say; nil: nothing is logged.
+	Log logrus.FieldLogger
+	// Now is the clock; nil: time.Now.
+	Now func() time.Time
 	// OnSync, when set, sees each group commit: the changes the store made
 	// durable together and how long its Commit took.
 	OnSync func(changes int, d time.Duration)
 }
 
 func (o *Options) setDefaults() {
-	if o.TTL <= 0 {
-		o.TTL = 720 * time.Hour
-	}
-	if o.MaxPerAccount <= 0 {
-		o.MaxPerAccount = 8
-	}
-	if o.MaxPerUser <= 0 {
-		o.MaxPerUser = 100
-	}
-	if o.RefreshAfter <= 0 {
-		o.RefreshAfter = time.Hour
-	}
 	if o.Log == nil {
 		l := logrus.New()
-		l.SetLevel(logrus.PanicLevel)
+		l.SetOutput(io.Discard)
 		o.Log = l
 	}
 	if o.Now == nil {
@@ -156,7 +151,7 @@ func Open(st Store, opts Options) (*Registry, error) {
 // Memory changes only once the store has the registration: an error
 // means it was not stored (for an error that wraps ErrUnconfirmed: not
 // known to be), is not looked up, and is in no later copy of the store.
-// A registration identical to a stored one younger than RefreshAfter is
+// A registration identical to a stored one younger than RegistrationRefresh is
 // acknowledged without asking the store.
 func (r *Registry) Register(ctx context.Context, reg Registration) error {
 	return r.register(ctx, reg, false)
@@ -179,7 +174,7 @@ func (r *Registry) register(ctx context.Context, reg Registration, keepNewer boo
 	idx := find(regs, reg.AccountID, reg.DeviceToken)
 	now := reg.Registered.UnixNano()
 	if idx >= 0 && slices.Equal(regs[idx].boxes.names, reg.Mailboxes) &&
-		time.Duration(now-regs[idx].registered) < r.opts.RefreshAfter && now >= regs[idx].registered {
+		time.Duration(now-regs[idx].registered) < r.opts.RegistrationRefresh && now >= regs[idx].registered {
 		// Unchanged and already durable: nothing to store, but the time
 		// of this registration counts for Remove.
 		regs[idx].refreshed = max(regs[idx].refreshed, now)
@@ -222,9 +217,9 @@ func (r *Registry) planCaps(user string, regs []entry, e entry, b *batch) {
 		}
 		var victim = -1
 		switch {
-		case perAccount > r.opts.MaxPerAccount:
+		case r.opts.MaxDevicesPerAccount > 0 && perAccount > r.opts.MaxDevicesPerAccount:
 			victim = oldest(regs, func(x *entry) bool { return x.accountID == e.accountID })
-		case len(regs) > r.opts.MaxPerUser:
+		case r.opts.MaxDevicesPerUser > 0 && len(regs) > r.opts.MaxDevicesPerUser:
 			victim = oldest(regs, func(*entry) bool { return true })
 		}
 		if victim < 0 {
@@ -363,7 +358,10 @@ func (r *Registry) Expire(now time.Time) int {
 // is this daemon's alone are found in memory and stored like any other
 // change; a shared store sweeps itself (Store.Expire).
 func (r *Registry) expire(ctx context.Context, now time.Time) (int, error) {
-	cutoff := now.Add(-r.opts.TTL)
+	if r.opts.RegistrationTTL <= 0 {
+		return 0, nil
+	}
+	cutoff := now.Add(-r.opts.RegistrationTTL)
 	r.commitMu.Lock()
 	defer r.commitMu.Unlock()
 	r.mu.RLock()
@@ -465,7 +463,7 @@ func (r *Registry) Import(ctx context.Context, regs []Registration) (added int, 
 		if g.Registered.IsZero() || g.Registered.After(now) {
 			g.Registered = now
 		}
-		if now.Sub(g.Registered) > r.opts.TTL {
+		if r.opts.RegistrationTTL > 0 && now.Sub(g.Registered) > r.opts.RegistrationTTL {
 			continue
 		}
 		r.mu.RLock()

@@ -67,7 +67,7 @@ func TestKill9LosesNothingAcknowledged(t *testing.T) {
 		t.Fatalf("only %d registrations acknowledged; the test did not exercise the daemon", len(acked))
 	}
 	files := filestore.New(filestore.Options{Dir: statedir.New(filepath.Join(dir, "state", "database.json"))})
-	r, err := registry.Open(files, registry.Options{MaxPerUser: 1000})
+	r, err := registry.Open(files, registry.Options{MaxDevicesPerUser: 1000})
 	if err != nil {
 		t.Fatalf("open the registry the daemon left: %v", err)
 	}

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/xapsd/xapsd/internal/config"
 	"github.com/xapsd/xapsd/internal/registry"
 )
 
@@ -95,6 +96,23 @@ func (k *Kept) Health() registry.Health { return registry.Health{} }
 
 // Close does nothing: the changes stay for the next registry.
 func (k *Kept) Close() error { return nil }
+
+// Defaults are the options the daemon opens the registry with, from the
+// configuration's defaults, changed by mods.
+func Defaults(mods ...func(*registry.Options)) registry.Options {
+	c := config.Default()
+	o := registry.Options{
+		RegistrationTTL:      c.RegistrationTTL,
+		MaxDevicesPerAccount: c.MaxDevicesPerAccount,
+		MaxDevicesPerUser:    config.MaxDevicesPerUser,
+		MaxRegistrations:     c.MaxRegistrations,
+		RegistrationRefresh:  config.RegistrationRefresh,
+	}
+	for _, m := range mods {
+		m(&o)
+	}
+	return o
+}
 
 // Open opens a registry on a new Kept store, for tests that need a
 // registry but not its files; it is closed when the test ends.
