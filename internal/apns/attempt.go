@@ -14,7 +14,6 @@ import (
 
 	"github.com/xapsd/xapsd/internal/apns/transport"
 	"github.com/xapsd/xapsd/internal/logging"
-	"github.com/xapsd/xapsd/internal/registry"
 )
 
 // reasonExpiredUnsent is the Result.Reason of a push that expired in the
@@ -184,16 +183,15 @@ func (s *Sender) expiredToken(c *Client, sent time.Time) (Outcome, verdict) {
 
 // decide acts on what an answer asks beyond its own push: it deletes a
 // dead registration (for a bad token only when the guard lets it), which
-// makes the outcome Removed, and pauses sending for a refused credential.
-func (s *Sender) decide(res *Result, v verdict) {
+// makes the outcome Removed (or Kept, for a device that registered again
+// since), and pauses sending for a refused credential.
+func (s *Sender) decide(ctx context.Context, res *Result, v verdict) {
 	switch {
 	case v.gone:
-		if s.remove(res.Device, v.before) {
-			res.Outcome = Removed
-		}
+		res.Outcome = s.remove(ctx, res, v.before)
 	case v.badToken:
-		if !s.keepBadToken(res.Reason) && s.remove(res.Device, time.Time{}) {
-			res.Outcome = Removed
+		if !s.keepBadToken(res.Reason) {
+			res.Outcome = s.remove(ctx, res, time.Time{})
 		}
 	}
 	if v.pause != "" {
@@ -201,10 +199,25 @@ func (s *Sender) decide(res *Result, v verdict) {
 	}
 }
 
-// remove deletes the registration k unless it was made after before (zero:
-// whenever it was made), and says whether it did.
-func (s *Sender) remove(k registry.Key, before time.Time) bool {
-	return s.opts.Remover != nil && s.opts.Remover.Remove(k, before)
+// remove deletes the registration of res unless it was made after before
+// (zero: whenever it was made), and says what became of the push:
+// Removed, Kept for a device that registered again since before, or
+// Failed when the removal could not be stored (the registration stays,
+// and the answer to its next push removes it).
+func (s *Sender) remove(ctx context.Context, res *Result, before time.Time) Outcome {
+	if s.opts.Remover == nil {
+		return Failed
+	}
+	kept, err := s.opts.Remover.Remove(ctx, res.Device, before)
+	switch {
+	case err != nil:
+		s.log.WithError(err).WithField("token", logging.Mask(s.log, res.Device.DeviceToken)).WithField("user", res.Device.User).
+			Warn("Apple says the device token is dead, but its registration could not be removed; the next push's answer removes it")
+		return Failed
+	case kept:
+		return Kept
+	}
+	return Removed
 }
 
 // keepBadToken asks the guard whether a bad-token answer's registration
@@ -308,7 +321,7 @@ func (s *Sender) report(res Result) {
 	case res.Test:
 		// Asked for by an admin: every one is logged, as a test.
 		l = l.WithField("test", true)
-		if res.Outcome == Failed || res.Outcome == Removed {
+		if res.Outcome == Failed || res.Outcome == Removed || res.Outcome == Kept {
 			l.Warn("test push not delivered")
 		} else {
 			l.Info("test push")
@@ -316,7 +329,7 @@ func (s *Sender) report(res Result) {
 	case res.Outcome == Held:
 		// The pause says it once a minute; a line per push would flood.
 		l.Debug("push held")
-	case res.Outcome == Failed || res.Outcome == Expired:
+	case res.Outcome == Failed || res.Outcome == Kept || res.Outcome == Expired:
 		l.Warn("push failed")
 	case res.Outcome == Retrying:
 		l.Info("push will be retried")

@@ -128,7 +128,7 @@ func (s *Sender) nextLocked() look {
 func (s *Sender) send(j *job) {
 	defer func() { <-s.sem }()
 	res, v := s.attempt(context.Background(), j)
-	s.decide(&res, v)
+	s.decide(context.Background(), &res, v)
 	s.report(res)
 	s.mu.Lock()
 	s.queue.landed(j.key)
@@ -160,7 +160,7 @@ func (s *Sender) send(j *job) {
 func (s *Sender) PushNow(ctx context.Context, k registry.Key) Result {
 	j := &job{key: k, deadline: s.opts.Now().Add(s.opts.Expiration), test: true}
 	res, v := s.attempt(ctx, j)
-	s.decide(&res, v)
+	s.decide(ctx, &res, v)
 	s.report(res)
 	s.mu.Lock()
 	s.noteAnswerLocked(res)

@@ -20,14 +20,14 @@ type removed struct {
 	keys map[registry.Key]bool
 }
 
-func (r *removed) Remove(k registry.Key, before time.Time) bool {
+func (r *removed) Remove(_ context.Context, k registry.Key, before time.Time) (bool, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.keys == nil {
 		r.keys = map[registry.Key]bool{}
 	}
 	r.keys[k] = true
-	return true
+	return false, nil
 }
 
 func (r *removed) n() int {

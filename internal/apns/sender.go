@@ -28,6 +28,7 @@
 package apns
 
 import (
+	"context"
 	"fmt"
 	"sync"
 	"sync/atomic"
@@ -40,10 +41,12 @@ import (
 	"github.com/xapsd/xapsd/internal/registry"
 )
 
-// Remover deletes registrations that Apple reports dead. A zero before
-// removes unconditionally.
+// Remover deletes registrations that Apple reports dead
+// (registry.Registry): unless the registration was made at or after
+// before (zero: whenever it was made), when kept is true; an error says
+// that the removal could not be stored.
 type Remover interface {
-	Remove(k registry.Key, before time.Time) bool
+	Remove(ctx context.Context, k registry.Key, before time.Time) (kept bool, err error)
 }
 
 // Outcome classifies one push attempt.
@@ -53,9 +56,12 @@ const (
 	Delivered Outcome = "delivered" // APNs accepted it
 	Retrying  Outcome = "retrying"  // temporary failure, will be sent again
 	Removed   Outcome = "removed"   // the token is dead; registration deleted
-	Failed    Outcome = "failed"    // permanent failure, registration kept
-	Expired   Outcome = "expired"   // retried until the push would have expired
-	DryRun    Outcome = "dry-run"   // logged instead of sent (apnsEndpoint: dry-run)
+	// Kept: Apple says the token is dead, but the device registered again
+	// after the time Apple gives, so its registration stays.
+	Kept    Outcome = "kept"
+	Failed  Outcome = "failed"  // permanent failure, registration kept (also when its removal could not be stored)
+	Expired Outcome = "expired" // retried until the push would have expired
+	DryRun  Outcome = "dry-run" // logged instead of sent (apnsEndpoint: dry-run)
 	// Held: not sent (APNs unreachable) or refused for the credential;
 	// the push waits in the queue while sending is paused, and the
 	// attempt does not count.

@@ -62,12 +62,12 @@ type removals struct {
 	when []time.Time
 }
 
-func (r *removals) Remove(k registry.Key, before time.Time) bool {
+func (r *removals) Remove(_ context.Context, k registry.Key, before time.Time) (bool, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.got = append(r.got, k)
 	r.when = append(r.when, before)
-	return true
+	return false, nil
 }
 
 type results struct {

@@ -501,8 +501,12 @@ func (d *Daemon) housekeeping(ctx context.Context, reload chan<- struct{}) {
 		case now := <-t.C:
 			if now.Sub(lastExpire) >= time.Hour {
 				lastExpire = now
-				if n := d.reg.Expire(now); n > 0 {
-					d.log.WithField("component", "registry").WithField("removed", n).Info("removed registrations not refreshed within registrationTTL")
+				n, err := d.reg.Expire(ctx, now)
+				l := d.log.WithField("component", "registry")
+				if err != nil {
+					l.WithError(err).Warn("could not remove the registrations not refreshed within registrationTTL; the next sweep, in an hour, tries again")
+				} else if n > 0 {
+					l.WithField("removed", n).Info("removed registrations not refreshed within registrationTTL")
 				}
 			}
 			d.checkExpiry()

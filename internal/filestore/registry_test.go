@@ -33,6 +33,7 @@ const (
 var (
 	reg          = registrytest.Reg
 	mustRegister = registrytest.MustRegister
+	removed      = registrytest.Removed
 	tokens       = registrytest.Tokens
 )
 
@@ -258,17 +259,17 @@ func TestRemoveHonoursTimestamp(t *testing.T) {
 	mustRegister(t, r, reg("alice", acc1, tok2))
 	registered := c.Now()
 	// APNs says the token died before the device registered again: keep.
-	if r.Remove(registry.Key{User: "alice", AccountID: acc1, DeviceToken: tok1}, registered.Add(-time.Second)) {
+	if removed(r, registry.Key{User: "alice", AccountID: acc1, DeviceToken: tok1}, registered.Add(-time.Second)) {
 		t.Fatal("removed a registration made after the 410 timestamp")
 	}
-	if !r.Remove(registry.Key{User: "ALICE", AccountID: acc1, DeviceToken: tok1}, registered.Add(time.Second)) {
+	if !removed(r, registry.Key{User: "ALICE", AccountID: acc1, DeviceToken: tok1}, registered.Add(time.Second)) {
 		t.Fatal("did not remove a registration made before the 410 timestamp")
 	}
 	// Only that token: the other phone with the same account id stays.
 	if got := tokens(r.Lookup("alice", "INBOX", false)); !slices.Equal(got, []string{tok2}) {
 		t.Fatalf("after remove: %v", got)
 	}
-	if !r.Remove(registry.Key{User: "alice", AccountID: acc1, DeviceToken: tok2}, time.Time{}) {
+	if !removed(r, registry.Key{User: "alice", AccountID: acc1, DeviceToken: tok2}, time.Time{}) {
 		t.Fatal("unconditional remove failed")
 	}
 	if r.Lookup("alice", "INBOX", false).KnownUser {
@@ -299,17 +300,17 @@ func TestIdenticalReRegistrationCountsForRemove(t *testing.T) {
 	if jr(r).seq != seq {
 		t.Fatalf("identical re-registration wrote a record: the test no longer covers the shortcut")
 	}
-	if r.Remove(registry.Key{User: "alice", AccountID: acc1, DeviceToken: tok1}, died) {
+	if removed(r, registry.Key{User: "alice", AccountID: acc1, DeviceToken: tok1}, died) {
 		t.Error("removed a device that registered again after the 410 timestamp")
 	}
-	if !r.Remove(registry.Key{User: "alice", AccountID: acc1, DeviceToken: tok2}, died) {
+	if !removed(r, registry.Key{User: "alice", AccountID: acc1, DeviceToken: tok2}, died) {
 		t.Error("kept a device that did not register again")
 	}
 	// The shortcut still writes nothing, and a later 410 still removes.
 	if jr(r).seq != seq+1 {
 		t.Errorf("seq %d -> %d: only the removal should have been written", seq, jr(r).seq)
 	}
-	if !r.Remove(registry.Key{User: "alice", AccountID: acc1, DeviceToken: tok1}, c.Now().Add(time.Second)) {
+	if !removed(r, registry.Key{User: "alice", AccountID: acc1, DeviceToken: tok1}, c.Now().Add(time.Second)) {
 		t.Error("a 410 after the re-registration did not remove it")
 	}
 	r.Close()
@@ -339,7 +340,7 @@ func TestExpiryRemovesRegistrationsPastTheTTLAlsoAtStart(t *testing.T) {
 	c.Add(24 * time.Hour)
 	mustRegister(t, r, reg("new", acc2, tok2))
 	c.Add(25 * time.Hour)
-	if n := r.Expire(c.Now()); n != 1 {
+	if n := registrytest.Expire(t, r, c.Now()); n != 1 {
 		t.Fatalf("Expire removed %d, want 1", n)
 	}
 	if r.Lookup("old", "INBOX", false).KnownUser || !r.Lookup("new", "INBOX", false).KnownUser {
@@ -464,7 +465,7 @@ func TestCompactionKeepsStateAndBoundsSegments(t *testing.T) {
 	for i := range 200 {
 		mustRegister(t, r, reg(fmt.Sprintf("user%d", i%50), fmt.Sprintf("ACC-%d", i), tok1))
 		if i%3 == 0 {
-			r.Remove(registry.Key{User: fmt.Sprintf("user%d", i%50), AccountID: fmt.Sprintf("ACC-%d", i), DeviceToken: tok1}, time.Time{})
+			removed(r, registry.Key{User: fmt.Sprintf("user%d", i%50), AccountID: fmt.Sprintf("ACC-%d", i), DeviceToken: tok1}, time.Time{})
 		}
 	}
 	jr(r).compactW.Wait()
@@ -666,7 +667,7 @@ func TestMaxRegistrationsHoldsUnderConcurrentNewUsers(t *testing.T) {
 	}
 	g := r.List("")[0]
 	mustRegister(t, r, reg(g.User, g.AccountID, g.DeviceToken, "INBOX", "Notes"))
-	r.Remove(g.Key, time.Time{})
+	removed(r, g.Key, time.Time{})
 	mustRegister(t, r, reg("newcomer", acc1, tok1))
 }
 
@@ -714,7 +715,7 @@ func TestTokenSpellingsAreOneRegistration(t *testing.T) {
 	if got := r.List("alice"); len(got) != 1 || got[0].DeviceToken != tok2 || len(got[0].Mailboxes) != 2 {
 		t.Fatalf("List = %+v, want one registration, token %s", got, tok2)
 	}
-	if !r.Remove(registry.Key{User: "alice", AccountID: acc1, DeviceToken: lower}, time.Time{}) || len(r.List("alice")) != 0 {
+	if !removed(r, registry.Key{User: "alice", AccountID: acc1, DeviceToken: lower}, time.Time{}) || len(r.List("alice")) != 0 {
 		t.Error("Remove by the lower-case token did not remove the registration")
 	}
 	r.Close()

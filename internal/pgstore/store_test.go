@@ -48,7 +48,10 @@ func openPG(t *testing.T, c *pgtest.Cluster, name string, tweak ...func(*pgSetup
 	return r
 }
 
-var pgReg = registrytest.Reg
+var (
+	pgReg   = registrytest.Reg
+	removed = registrytest.Removed
+)
 
 func targets(r *registry.Registry, user string) int {
 	return len(r.Lookup(user, "INBOX", false).Targets)
@@ -73,7 +76,7 @@ func TestPostgresDaemonsShareTheRegistry(t *testing.T) {
 	}
 
 	// A 410 seen by B removes the device everywhere, by Apple's time.
-	if !b.Remove(registry.Key{User: "alice", AccountID: "ACC", DeviceToken: "T1"}, time.Now().Add(time.Second)) {
+	if !removed(b, registry.Key{User: "alice", AccountID: "ACC", DeviceToken: "T1"}, time.Now().Add(time.Second)) {
 		t.Fatal("B did not remove the device")
 	}
 	testutil.WaitFor(t, "A forgets the device B removed", func() bool { return targets(a, "alice") == 0 })
@@ -181,10 +184,10 @@ func TestPostgresExpiryRunsOnOneDaemon(t *testing.T) {
 	a.Register(ctx, old)
 	a.Register(ctx, pgReg("frank", "A", "NEW"))
 	testutil.WaitFor(t, "B has both", func() bool { return targets(b, "frank") == 2 })
-	if n := b.Expire(now); n != 1 {
+	if n := registrytest.Expire(t, b, now); n != 1 {
 		t.Fatalf("B's sweep removed %d, want 1", n)
 	}
-	if n := a.Expire(now); n != 0 {
+	if n := registrytest.Expire(t, a, now); n != 0 {
 		t.Errorf("A's sweep after B's removed %d more", n)
 	}
 	testutil.WaitFor(t, "A follows B's sweep", func() bool { return targets(a, "frank") == 1 })
@@ -251,7 +254,7 @@ func TestPostgresTokenSpellingsAreOneDevice(t *testing.T) {
 		t.Error("one event would push twice")
 	}
 	// Apple's 410 removes the device, both rows of it.
-	if !d.Remove(registry.Key{User: "cid", AccountID: "C", DeviceToken: "ABCDEF0123456789"}, time.Time{}) {
+	if !removed(d, registry.Key{User: "cid", AccountID: "C", DeviceToken: "ABCDEF0123456789"}, time.Time{}) {
 		t.Fatal("Remove did not remove cid's device")
 	}
 	if out, err := c.SQL(`SELECT count(*) FROM xapsd_registrations WHERE username = 'cid'`); err != nil || out != "0" {

@@ -1,6 +1,8 @@
 package registry_test
 
 import (
+	"context"
+	"errors"
 	"fmt"
 	"testing"
 	"time"
@@ -20,6 +22,7 @@ const (
 var (
 	reg          = registrytest.Reg
 	mustRegister = registrytest.MustRegister
+	removed      = registrytest.Removed
 )
 
 // open opens a registry on st, as a daemon starting on its files would.
@@ -68,7 +71,7 @@ func TestUnusedMailboxListsAreFreed(t *testing.T) {
 		t.Errorf("after replaying the journal: %d mailbox lists held, want 5", n)
 	}
 	mustRegister(t, r, reg("carol", acc1, tok1, "Notes"))
-	r.Remove(registry.Key{User: "bob", AccountID: acc1, DeviceToken: tok1}, time.Time{})
+	removed(r, registry.Key{User: "bob", AccountID: acc1, DeviceToken: tok1}, time.Time{})
 	if n := sets(r); n != 5 { // INBOX gone, Notes new
 		t.Errorf("after re-registering and removing: %d lists, want 5", n)
 	}
@@ -76,4 +79,32 @@ func TestUnusedMailboxListsAreFreed(t *testing.T) {
 		t.Errorf("lookup after the change: %+v", got)
 	}
 	r.Close()
+}
+
+// Remove says apart what the caller acts on differently: a registration
+// kept because the device registered again after Apple's time, a removal
+// the store could not make (the registration stays), and a removal.
+func TestRemoveSaysKeptApartFromTheStoresError(t *testing.T) {
+	st := &registrytest.Kept{}
+	c := testutil.NewClock(registrytest.Start)
+	r := open(t, st, c)
+	defer r.Close()
+	ctx := context.Background()
+	k := registry.Key{User: "alice", AccountID: acc1, DeviceToken: tok1}
+	mustRegister(t, r, reg(k.User, k.AccountID, k.DeviceToken))
+	if kept, err := r.Remove(ctx, k, c.Now().Add(-time.Second)); !kept || err != nil {
+		t.Errorf("a 410 older than the registration: kept %v, %v; want kept", kept, err)
+	}
+	full := errors.New("no space left on device")
+	st.Refuse = full
+	if kept, err := r.Remove(ctx, k, c.Now().Add(time.Second)); kept || !errors.Is(err, full) {
+		t.Errorf("a removal the store refuses: kept %v, %v; want the store's error", kept, err)
+	}
+	if !r.Lookup(k.User, "INBOX", false).KnownUser {
+		t.Error("a removal the store refused changed memory")
+	}
+	st.Refuse = nil
+	if kept, err := r.Remove(ctx, k, c.Now().Add(time.Second)); kept || err != nil || r.Lookup(k.User, "INBOX", false).KnownUser {
+		t.Errorf("a removal: kept %v, %v, still known %v", kept, err, r.Lookup(k.User, "INBOX", false).KnownUser)
+	}
 }

@@ -133,7 +133,10 @@ func Open(st Store, opts Options) (*Registry, error) {
 		// Also for a new file: the old daemon only expired registrations
 		// when its file existed at start. A shared store is swept by one
 		// of its daemons, hourly.
-		if n := r.Expire(opts.Now()); n > 0 {
+		n, err := r.Expire(context.Background(), opts.Now())
+		if err != nil {
+			r.log.WithError(err).Warn("could not remove the registrations older than the registration TTL; the next sweep tries again")
+		} else if n > 0 {
 			r.log.WithField("removed", n).Info("removed registrations older than the registration TTL")
 		}
 	}
@@ -278,33 +281,27 @@ func (r *Registry) Lookup(user, mailbox string, inboxOnly bool) LookupResult {
 // before that time: an APNs 410 carries the time the token became
 // invalid, and a device that registered again since then must keep its
 // registration (docs/protocol.md#apns-410-timestamp), also when that
-// registration was identical and not written. It reports whether it
-// removed one.
-func (r *Registry) Remove(k Key, before time.Time) bool {
-	removed, _, err := r.remove(k, before)
-	return removed && err == nil
-}
-
-// remove is Remove with the whole answer: removed when the registration
-// is gone, kept when it stays because it was made at or after before,
-// and the store's error.
-func (r *Registry) remove(k Key, before time.Time) (removed, kept bool, err error) {
+// registration was identical and not stored again. kept says that it
+// stayed for that reason; an error, that the store could not remove it
+// (it stays too, and a later Remove may succeed). Neither: it is gone,
+// or was not there.
+func (r *Registry) Remove(ctx context.Context, k Key, before time.Time) (kept bool, err error) {
 	k.User = FoldUser(k.User)
 	k.DeviceToken = FoldToken(k.DeviceToken)
 	r.mu.Lock()
 	if r.closed {
 		r.mu.Unlock()
-		return false, false, ErrClosed
+		return false, ErrClosed
 	}
 	regs := r.idx.users[k.User]
 	i := find(regs, k.AccountID, k.DeviceToken)
 	if i < 0 {
 		r.mu.Unlock()
-		return false, false, nil
+		return false, nil
 	}
 	if !before.IsZero() && max(regs[i].registered, regs[i].refreshed) >= before.UnixNano() {
 		r.mu.Unlock()
-		return false, true, nil
+		return true, nil
 	}
 	b := r.pending
 	c := removal(k.User, k.AccountID, k.DeviceToken)
@@ -312,10 +309,7 @@ func (r *Registry) remove(k Key, before time.Time) (removed, kept bool, err erro
 	b.add(c)
 	r.mu.Unlock()
 	r.kick()
-	if err := b.wait(context.Background()); err != nil {
-		return false, false, err
-	}
-	return true, false, nil
+	return false, b.wait(ctx)
 }
 
 // RemoveMatching deletes every registration of user whose account id or
@@ -347,17 +341,14 @@ func (r *Registry) RemoveMatching(ctx context.Context, user, id string) ([]Regis
 	return removed, nil
 }
 
-// Expire removes registrations not refreshed within the TTL, waits for
-// the store and returns how many it removed.
-func (r *Registry) Expire(now time.Time) int {
-	n, _ := r.expire(context.Background(), now)
-	return n
-}
-
-// expire is Expire with the store's error. The removals of a store that
-// is this daemon's alone are found in memory and stored like any other
-// change; a shared store sweeps itself (Store.Expire).
-func (r *Registry) expire(ctx context.Context, now time.Time) (int, error) {
+// Expire removes the registrations not refreshed within RegistrationTTL
+// before now, waits for the store and returns how many it removed; an
+// error says that the store could not remove them (they stay, and the
+// next Expire tries again). The removals of a store that is this
+// daemon's alone are found in memory and stored like any other change; a
+// shared store sweeps itself (Store.Expire), and removes nothing while
+// another daemon sweeps.
+func (r *Registry) Expire(ctx context.Context, now time.Time) (int, error) {
 	if r.opts.RegistrationTTL <= 0 {
 		return 0, nil
 	}

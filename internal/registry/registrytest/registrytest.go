@@ -54,7 +54,12 @@ func Tokens(res registry.LookupResult) []string {
 // registry opened on it again loads them, as one opened on the files
 // after a crash replays the journal. It is this daemon's alone (Shared
 // is false), like the files.
-type Kept struct{ changes []registry.Change }
+type Kept struct {
+	changes []registry.Change
+	// Refuse, when set, refuses every commit with this error, as a full
+	// disk does. Set it before the change that is to be refused.
+	Refuse error
+}
 
 // Load replays every committed change.
 func (k *Kept) Load(_ context.Context, m *registry.Memory) error {
@@ -74,8 +79,11 @@ func (k *Kept) Follow(*registry.Memory) {}
 // Shared is false.
 func (k *Kept) Shared() bool { return false }
 
-// Commit keeps the changes.
+// Commit keeps the changes, unless Refuse is set.
 func (k *Kept) Commit(_ context.Context, changes []registry.Change) (registry.Committed, error) {
+	if k.Refuse != nil {
+		return registry.Committed{}, k.Refuse
+	}
 	k.changes = append(k.changes, changes...)
 	return registry.Committed{}, nil
 }
@@ -124,4 +132,29 @@ func Open(t testing.TB, o registry.Options) *registry.Registry {
 	}
 	t.Cleanup(func() { r.Close() })
 	return r
+}
+
+// Removed calls Remove and says whether it deleted the registration of
+// k: it was there, and the store took its removal (it was neither kept
+// for being newer than before nor refused).
+func Removed(r *registry.Registry, k registry.Key, before time.Time) bool {
+	had := false
+	for _, g := range r.List(k.User) {
+		if g.AccountID == k.AccountID && g.DeviceToken == registry.FoldToken(k.DeviceToken) {
+			had = true
+		}
+	}
+	kept, err := r.Remove(context.Background(), k, before)
+	return had && !kept && err == nil
+}
+
+// Expire calls Expire and returns how many it removed, failing the test
+// when the store could not remove them.
+func Expire(t testing.TB, r *registry.Registry, now time.Time) int {
+	t.Helper()
+	n, err := r.Expire(context.Background(), now)
+	if err != nil {
+		t.Fatalf("Expire: %v", err)
+	}
+	return n
 }
