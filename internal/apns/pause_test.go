@@ -31,7 +31,7 @@ func startClient(t *testing.T, c *Client, o Options) (*Sender, *results, *logtes
 	if o.MinBackoff == 0 {
 		o.MinBackoff, o.MaxBackoff = 5*time.Millisecond, 20*time.Millisecond
 	}
-	s := New(c, o)
+	s := New(c, daemonOptions(o))
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { s.Run(ctx); close(done) }()

@@ -87,25 +87,29 @@ type Result struct {
 }
 
 // Options configures a Sender.
+//
+// The daemon passes the configuration's values (internal/config holds
+// every default) under the configuration's names, less the APNs that
+// this package's name says (apnsConcurrency is Concurrency here).
 type Options struct {
-	Concurrency int           // pushes in flight (default 1000)
-	Expiration  time.Duration // apns-expiration = now + this (default 24h)
+	Concurrency int           // pushes in flight; at least 1
+	Expiration  time.Duration // apns-expiration = now + this; more than 0
 	Priority    int           // 0 = header not sent; else 5 or 10
 	// MinInterval is the shortest time between two pushes to one device
 	// (0: none). Events within it are merged into one push at its end.
 	MinInterval time.Duration
 	Remover     Remover
-	Log         logrus.FieldLogger
-	OnResult    func(Result) // optional, called for every attempt
-	// Backoff bounds for retries; jitter spreads them.
+	Log         logrus.FieldLogger // nil: nothing is logged
+	OnResult    func(Result)       // optional, called for every attempt
+	// Backoff bounds for retries (0: at once); jitter spreads them.
 	MinBackoff, MaxBackoff time.Duration
-	// ProbeInterval (default 1 min) is how often one push is tried while
-	// APNs refuses the credential.
+	// ProbeInterval is how often one push is tried while APNs refuses
+	// the credential.
 	ProbeInterval time.Duration
-	// TrustAfterChange (default 10 min): for this long after a credential
-	// change, BadDeviceToken never deletes a registration.
+	// TrustAfterChange: for this long after a credential change,
+	// BadDeviceToken never deletes a registration (0: from the start).
 	TrustAfterChange time.Duration
-	Now              func() time.Time
+	Now              func() time.Time // nil: time.Now
 
 	// looked, when set (by tests), sees each look of the dispatcher at
 	// the queue: how many pushes were waiting and whether one went out.
@@ -136,23 +140,9 @@ type Sender struct {
 
 // New returns a Sender using client until SetClient replaces it.
 func New(client *Client, o Options) *Sender {
-	if o.Concurrency <= 0 {
-		o.Concurrency = 1000
-	}
-	if o.Expiration <= 0 {
-		o.Expiration = 24 * time.Hour
-	}
-	if o.MinBackoff <= 0 {
-		o.MinBackoff = time.Second
-	}
-	if o.MaxBackoff <= 0 {
-		o.MaxBackoff = 5 * time.Minute
-	}
-	if o.ProbeInterval <= 0 {
-		o.ProbeInterval = time.Minute
-	}
-	if o.TrustAfterChange <= 0 {
-		o.TrustAfterChange = 10 * time.Minute
+	if o.Concurrency < 1 {
+		// A programming error: the configuration allows no such value.
+		panic("apns.New: Concurrency must be at least 1")
 	}
 	if o.Now == nil {
 		o.Now = time.Now

@@ -132,7 +132,7 @@ func start(t *testing.T, tr Transport, o Options) (*Sender, *results) {
 	if o.MinBackoff == 0 {
 		o.MinBackoff, o.MaxBackoff = 5*time.Millisecond, 20*time.Millisecond
 	}
-	s := New(&Client{Topic: "com.apple.mail.XServer.test", Transport: tr}, o)
+	s := New(&Client{Topic: "com.apple.mail.XServer.test", Transport: tr}, daemonOptions(o))
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { s.Run(ctx); close(done) }()
@@ -366,7 +366,7 @@ func TestPushNowReportsAppleAnswer(t *testing.T) {
 	tr := &scripted{answer: func(*apns2.Notification, int) (*apns2.Response, error) {
 		return &apns2.Response{StatusCode: http.StatusBadRequest, Reason: "TopicDisallowed", ApnsID: "id-1"}, nil
 	}}
-	s := New(&Client{Topic: "t", Transport: tr}, Options{})
+	s := New(&Client{Topic: "t", Transport: tr}, daemonOptions(Options{}))
 	r := s.PushNow(context.Background(), dev)
 	if r.Status != 400 || r.Reason != "TopicDisallowed" || r.ApnsID != "id-1" || r.Outcome != Failed {
 		t.Errorf("PushNow = %+v", r)
@@ -388,7 +388,7 @@ func TestPushNowReportsAppleAnswer(t *testing.T) {
 }
 
 func TestBackoffGrowsWithJitterAndCap(t *testing.T) {
-	s := New(&Client{}, Options{MinBackoff: time.Second, MaxBackoff: 8 * time.Second})
+	s := New(&Client{}, daemonOptions(Options{MinBackoff: time.Second, MaxBackoff: 8 * time.Second}))
 	for attempt, max := range map[int]time.Duration{1: time.Second, 2: 2 * time.Second, 3: 4 * time.Second, 4: 8 * time.Second, 9: 8 * time.Second} {
 		for range 50 {
 			d := s.backoff(attempt)
@@ -403,7 +403,7 @@ func TestTransportErrorsDoNotLogTheToken(t *testing.T) {
 	tr := &scripted{answer: func(n *apns2.Notification, _ int) (*apns2.Response, error) {
 		return nil, &url.Error{Op: "Post", URL: "https://api.push.apple.com/3/device/" + n.DeviceToken, Err: errors.New("connection reset by peer")}
 	}}
-	s := New(&Client{Topic: "t", Transport: tr}, Options{})
+	s := New(&Client{Topic: "t", Transport: tr}, daemonOptions(Options{}))
 	r := s.PushNow(context.Background(), registry.Key{User: "u", AccountID: "A", DeviceToken: "deadbeefcafe0123456789"})
 	if strings.Contains(r.Reason, "deadbeefcafe0123456789") || !strings.Contains(r.Reason, "connection reset by peer") {
 		t.Errorf("reason %q", r.Reason)
@@ -416,7 +416,7 @@ func TestDryRunPushesAreTheirOwnOutcome(t *testing.T) {
 	l := logrus.New()
 	l.SetOutput(&logged)
 	res := newResults()
-	s := New(NewDryRunClient("com.apple.mail.XServer.test", l), Options{OnResult: res.add, Log: l})
+	s := New(NewDryRunClient("com.apple.mail.XServer.test", l), daemonOptions(Options{OnResult: res.add, Log: l}))
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { s.Run(ctx); close(done) }()
@@ -457,7 +457,7 @@ func TestPushNowIsATestAndNeverRetries(t *testing.T) {
 			l.SetOutput(&logged)
 			tr := &scripted{answer: answer}
 			var seen []Result
-			s := New(&Client{Topic: "t", Transport: tr}, Options{Log: l, OnResult: func(r Result) { seen = append(seen, r) }})
+			s := New(&Client{Topic: "t", Transport: tr}, daemonOptions(Options{Log: l, OnResult: func(r Result) { seen = append(seen, r) }}))
 			r := s.PushNow(context.Background(), dev)
 			if r.Outcome != Failed || !r.Test || r.Reason == "" {
 				t.Errorf("PushNow = %+v, want failed with a reason", r)

@@ -30,4 +30,16 @@ const (
 	// included: a /register waits no longer for a database that does not
 	// answer.
 	DatabaseCommitTimeout = 3 * time.Second
+	// APNsMinBackoff and APNsMaxBackoff bound the wait before a push is
+	// retried (429, 5xx, a transport error); it doubles from the one to
+	// the other, jittered.
+	APNsMinBackoff = time.Second
+	APNsMaxBackoff = 5 * time.Minute
+	// APNsProbeInterval is how often one push is tried while APNs refuses
+	// the credential.
+	APNsProbeInterval = time.Minute
+	// APNsTrustAfterChange: for this long after a start or a credential
+	// change, BadDeviceToken never deletes a registration (the
+	// configuration may be what is wrong).
+	APNsTrustAfterChange = 10 * time.Minute
 )

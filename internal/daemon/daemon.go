@@ -202,12 +202,16 @@ func Run(ctx context.Context, o Options) error {
 
 	d.history = history.New(history.Options{})
 	d.sender = apns.New(cred.client, apns.Options{
-		Concurrency: cfg.APNsConcurrency,
-		Expiration:  cfg.APNsExpiration,
-		Priority:    cfg.APNsPriority,
-		MinInterval: cfg.APNsMinInterval,
-		Remover:     d.reg,
-		Log:         o.Log.WithField("component", "apns"),
+		Concurrency:      cfg.APNsConcurrency,
+		Expiration:       cfg.APNsExpiration,
+		Priority:         cfg.APNsPriority,
+		MinInterval:      cfg.APNsMinInterval,
+		MinBackoff:       config.APNsMinBackoff,
+		MaxBackoff:       config.APNsMaxBackoff,
+		ProbeInterval:    config.APNsProbeInterval,
+		TrustAfterChange: config.APNsTrustAfterChange,
+		Remover:          d.reg,
+		Log:              o.Log.WithField("component", "apns"),
 		OnResult: func(r apns.Result) {
 			d.metrics.ObservePush(string(r.Outcome), r.Status, r.Reason, r.Duration)
 			d.history.Pushed(r.Device.User, r.Device.AccountID, r.Device.DeviceToken, string(r.Outcome), r.Status, r.Reason)
