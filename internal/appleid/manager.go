@@ -5,7 +5,7 @@
 // Apple stopped issuing these certificates on 2024-10-29: every request is
 // answered with error -80010. What still matters is keeping an existing
 // certificate (ImportLegacy takes it over from the old xapsd's
-// database.json), warning before it expires (ExpiryWatch), and saying in
+// database.json), warning before it expires (creds.ExpiryWatch), and saying in
 // one clear message why no new one comes and what to use instead. The
 // request code is complete and tested against a stand-in for the service,
 // in case Apple ever answers again.
@@ -164,7 +164,7 @@ func New(o Options) (*Manager, error) {
 }
 
 // MailFile is the file holding the mail certificate and its key, for
-// messages and for ExpiryWatch.
+// messages and for creds.ExpiryWatch.
 func (m *Manager) MailFile() string { return m.st.servicePath(services[mailNo]) }
 
 // Stored loads the stored mail certificate as a push credential. It
@@ -191,7 +191,7 @@ func (m *Manager) Status() error {
 	case now.Before(m.mail.NotBefore):
 		base = fmt.Errorf("push certificate %s is not valid before %s", m.MailFile(), m.mail.NotBefore.UTC().Format(time.RFC3339))
 	case !now.Before(m.mail.NotAfter):
-		base = ExpiredError(m.MailFile(), m.mail.NotAfter)
+		base = creds.ExpiredError(m.MailFile(), m.mail.NotAfter)
 	default:
 		return nil
 	}

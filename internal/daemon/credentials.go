@@ -63,7 +63,7 @@ func (c *credential) problem(now time.Time) error {
 		return c.err
 	}
 	if !c.notAfter.IsZero() && !now.Before(c.notAfter) && len(c.sources) > 0 {
-		return appleid.ExpiredError(c.sources[0], c.notAfter)
+		return creds.ExpiredError(c.sources[0], c.notAfter)
 	}
 	return nil
 }

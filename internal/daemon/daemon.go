@@ -21,9 +21,9 @@ import (
 	"github.com/sirupsen/logrus"
 
 	"github.com/xapsd/xapsd/internal/apns"
-	"github.com/xapsd/xapsd/internal/appleid"
 	"github.com/xapsd/xapsd/internal/config"
 	"github.com/xapsd/xapsd/internal/connlimit"
+	"github.com/xapsd/xapsd/internal/creds"
 	"github.com/xapsd/xapsd/internal/ctl"
 	"github.com/xapsd/xapsd/internal/diagnose"
 	"github.com/xapsd/xapsd/internal/filestore"
@@ -63,7 +63,7 @@ type Daemon struct {
 	monitor     *metrics.Server
 	admin       *ctl.Server
 	apple       *appleManager // nil unless the Apple ID manager provides the credential
-	expiry      appleid.ExpiryWatch
+	expiry      creds.ExpiryWatch
 	leftovers   leftovers      // pushes of pending-pushes.json not yet answered
 	started     *config.Config // what the listeners, registry and queue were built from
 }
@@ -537,7 +537,7 @@ func (d *Daemon) checkExpiry() {
 		return
 	}
 	l := d.log.WithField("component", "daemon").WithField("expires", c.notAfter.UTC().Format(time.RFC3339))
-	if appleid.ExpiryStage(c.notAfter, now) < 0 {
+	if creds.ExpiryStage(c.notAfter, now) < 0 {
 		l.Error(msg)
 	} else {
 		l.Warn(msg)

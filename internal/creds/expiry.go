@@ -1,4 +1,4 @@
-package appleid
+package creds
 
 import (
 	"fmt"
@@ -7,7 +7,7 @@ import (
 )
 
 // expiryDays are the days before expiry at which a warning is due
-// (issue 4), largest first.
+// (the days a certificate of any kind warns at), largest first.
 var expiryDays = [...]int{30, 14, 7, 1}
 
 // ExpiryStage says how close a certificate is to its end: 0 while more
