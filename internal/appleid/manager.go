@@ -4,7 +4,7 @@
 //
 // Apple stopped issuing these certificates on 2024-10-29: every request is
 // answered with error -80010. What still matters is keeping an existing
-// certificate (ImportLegacy takes it over from the old xapsd's
+// certificate (applecerts.ImportLegacy takes it over from the old xapsd's
 // database.json), warning before it expires (creds.ExpiryWatch), and saying in
 // one clear message why no new one comes and what to use instead. The
 // request code is complete and tested against a stand-in for the service,
@@ -216,7 +216,7 @@ func (m *Manager) refresh() {
 	defer m.mu.Unlock()
 	m.mail = nil
 	if h != nil {
-		m.mail = h.cert
+		m.mail = h.Cert
 	}
 }
 
@@ -373,7 +373,7 @@ func (m *Manager) request(ctx context.Context, kind planKind, mail *x509.Certifi
 			h, err := m.st.load(svc)
 			switch {
 			case err == nil:
-				keys[i], reqs[i].Serial = h.key, h.cert.SerialNumber
+				keys[i], reqs[i].Serial = h.Key, h.Cert.SerialNumber
 			case !errors.Is(err, fs.ErrNotExist):
 				log.WithError(err).Warn("asking for a fresh certificate for this service")
 			}
@@ -444,7 +444,7 @@ func (m *Manager) request(ctx context.Context, kind planKind, mail *x509.Certifi
 	m.refresh()
 	if cur, _ := m.st.load(services[mailNo]); cur != nil && mail != nil {
 		oldTopic, _ := creds.TopicFromCertificate(mail)
-		newTopic, _ := creds.TopicFromCertificate(cur.cert)
+		newTopic, _ := creds.TopicFromCertificate(cur.Cert)
 		if oldTopic != newTopic {
 			log.WithFields(logrus.Fields{"old": oldTopic, "new": newTopic}).
 				Warn("the push topic changed; devices pick up the new one when they next register")
@@ -541,7 +541,7 @@ func (m *Manager) storeIssued(certs map[int]issued, keys map[int]*rsa.PrivateKey
 				continue
 			}
 		}
-		if cur, err := m.st.load(svc); err == nil && !c.Cert.NotAfter.After(cur.cert.NotAfter) {
+		if cur, err := m.st.load(svc); err == nil && !c.Cert.NotAfter.After(cur.Cert.NotAfter) {
 			problems = append(problems, fmt.Sprintf("the %s certificate of the answer is not newer than the stored one", svc.Name))
 			continue
 		}

@@ -23,6 +23,7 @@ import (
 
 	"github.com/sirupsen/logrus"
 
+	"github.com/xapsd/xapsd/internal/applecerts"
 	"github.com/xapsd/xapsd/internal/creds"
 	"github.com/xapsd/xapsd/internal/testutil/testpki"
 )
@@ -273,7 +274,7 @@ func checkIssued(t *testing.T, e *env, r stubRequest) {
 		if err != nil {
 			t.Fatalf("%s: %v", svc.Name, err)
 		}
-		if !h.cert.Equal(r.Issued[svc.No]) {
+		if !h.Cert.Equal(r.Issued[svc.No]) {
 			t.Errorf("%s: stored certificate is not the one issued for CertRequestNo %d", svc.Name, svc.No)
 		}
 		checkMode(t, st.servicePath(svc), 0o600)
@@ -535,7 +536,7 @@ func TestRenewalComesThirtyDaysBeforeTheEndWithTheSameKeys(t *testing.T) {
 		t.Errorf("NotAfter %v, want the renewed %v", got[0].NotAfter, newMail.NotAfter)
 	}
 	after, _ := store{dir: e.dir}.load(services[mailNo])
-	if !after.key.Equal(before.key) {
+	if !after.Key.Equal(before.Key) {
 		t.Error("the mail key changed on renewal")
 	}
 	a := readAttempts(t, e.dir)
@@ -642,7 +643,7 @@ func TestNoVendorIdentityMeansNoRequestAndSaysWhy(t *testing.T) {
 	// An imported certificate is served all the same; renewal is not
 	// possible and the log says so.
 	l := issueLegacy(t, e, time.Time{}, 5)
-	if _, err := ImportLegacy(l.json(t), e.dir, e.now()); err != nil {
+	if _, err := applecerts.ImportLegacy(l.json(t), e.dir, e.now()); err != nil {
 		t.Fatal(err)
 	}
 	m, _ = New(o)

@@ -14,6 +14,7 @@ import (
 	"github.com/sirupsen/logrus"
 
 	"github.com/xapsd/xapsd/internal/apns"
+	"github.com/xapsd/xapsd/internal/applecerts"
 	"github.com/xapsd/xapsd/internal/appleid"
 	"github.com/xapsd/xapsd/internal/config"
 	"github.com/xapsd/xapsd/internal/creds"
@@ -257,7 +258,7 @@ func (d *Daemon) importLegacyCerts(c *config.Config) {
 	if raw == nil {
 		// A start that migrated but failed to import: the backup still
 		// has them.
-		if _, err := os.Stat(state.AppleCert("mail")); err == nil || c.AppleID == "" {
+		if _, err := os.Stat(applecerts.In(dir).Mail()); err == nil || c.AppleID == "" {
 			return
 		}
 		backups := state.LegacyBackups()
@@ -269,7 +270,7 @@ func (d *Daemon) importLegacyCerts(c *config.Config) {
 			return
 		}
 	}
-	res, err := appleid.ImportLegacy(raw, dir, time.Now())
+	res, err := applecerts.ImportLegacy(raw, dir, time.Now())
 	for _, n := range res.Notes {
 		log.Warn(n)
 	}

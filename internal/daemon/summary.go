@@ -9,6 +9,7 @@ import (
 
 	"github.com/sirupsen/logrus"
 
+	"github.com/xapsd/xapsd/internal/applecerts"
 	"github.com/xapsd/xapsd/internal/config"
 	"github.com/xapsd/xapsd/internal/statedir"
 )
@@ -64,7 +65,7 @@ func credentialKind(cfg *config.Config) string {
 	case f.P8 != "":
 		return fmt.Sprintf(".p8 auth key %s (key ID %s, team ID %s)", f.P8, f.KeyID, f.TeamID)
 	case appleIDMode(cfg):
-		return "Apple ID certificate " + statedir.New(cfg.DatabaseFile).AppleCert("mail")
+		return "Apple ID certificate " + applecerts.In(statedir.New(cfg.DatabaseFile).AppleCerts()).Mail()
 	case cfg.DryRun():
 		return "none (dryRunTopic)"
 	}

@@ -12,7 +12,7 @@
 //	database.json.damaged-<time>        a damaged snapshot, kept when it was salvaged
 //	xapsd.sock                          the admin socket
 //	pending-pushes.json                 pushes a shutdown could not send
-//	apple-push/<service>.pem            Apple push certificates (Apple ID, or the old daemon's)
+//	apple-push/                         Apple push certificates (Apple ID, or the old daemon's; internal/applecerts)
 //
 // With the registry in PostgreSQL only the admin socket, the pending
 // pushes and the Apple certificates live here.
@@ -143,14 +143,9 @@ func (d Dir) PendingPushes() string { return filepath.Join(d.folder, "pending-pu
 
 // AppleCerts is the folder of the Apple push certificates (Apple ID
 // mode, or imported from the old daemon), which the packaging makes
-// writable with the state folder.
+// writable with the state folder; internal/applecerts names the files in
+// it.
 func (d Dir) AppleCerts() string { return filepath.Join(d.folder, "apple-push") }
-
-// AppleCert is the file of one service's Apple push certificate with its
-// key; "mail" is the one pushes use.
-func (d Dir) AppleCert(service string) string {
-	return filepath.Join(d.AppleCerts(), service+".pem")
-}
 
 // RegistryFiles are the files of the file registry that exist now (the
 // snapshot, the lock, the journal segments): the ones a start opens.

@@ -27,7 +27,6 @@ func TestEveryFileOfTheFolderIsNamedHere(t *testing.T) {
 		{"admin socket", d.AdminSocket(), "/var/lib/xapsd/xapsd.sock"},
 		{"pending pushes", d.PendingPushes(), "/var/lib/xapsd/pending-pushes.json"},
 		{"Apple certificates", d.AppleCerts(), "/var/lib/xapsd/apple-push"},
-		{"Apple mail certificate", d.AppleCert("mail"), "/var/lib/xapsd/apple-push/mail.pem"},
 	} {
 		if tc.got != tc.want {
 			t.Errorf("%s: %q, want %q", tc.what, tc.got, tc.want)

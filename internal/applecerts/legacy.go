@@ -1,4 +1,4 @@
-package appleid
+package applecerts
 
 import (
 	"bytes"
@@ -18,7 +18,7 @@ type ImportResult struct {
 	// Mail is true when the mail certificate, the one pushes use, was
 	// stored from the old database.
 	Mail bool
-	// Stored lists the services whose certificate was stored.
+	// Stored lists the Services whose certificate was stored.
 	Stored []string
 	// Notes explains each certificate that was not stored (expired,
 	// already stored, unreadable), for the log.
@@ -36,7 +36,7 @@ type legacyCerts struct {
 }
 
 // ImportLegacy stores the certificates of an old xapsd's database.json in
-// the state folder dir, so an upgraded install keeps its valid certificate
+// the folder dir, so an upgraded install keeps its valid certificate
 // without asking Apple. It is safe to call at every start: a certificate is
 // only stored when dir has none for that service or has one that ends
 // earlier. Expired certificates are skipped with a note, not an error. An
@@ -52,12 +52,12 @@ func ImportLegacy(appleCerts json.RawMessage, dir string, now time.Time) (Import
 	if err := json.Unmarshal(trimmed, &lc); err != nil {
 		return res, fmt.Errorf("old database AppleCerts: %w", err)
 	}
-	st := store{dir: dir}
+	st := In(dir)
 	ensured := false
-	for _, svc := range services {
+	for _, svc := range Services {
 		cert, key, err := lc.entry(svc.No)
 		if err != nil {
-			if svc.No == mailNo {
+			if svc.No == MailNo {
 				return res, fmt.Errorf("old database AppleCerts: mail certificate: %w", err)
 			}
 			res.Notes = append(res.Notes, fmt.Sprintf("%s certificate not imported: %v", svc.Name, err))
@@ -71,32 +71,32 @@ func ImportLegacy(appleCerts json.RawMessage, dir string, now time.Time) (Import
 			res.Notes = append(res.Notes, fmt.Sprintf("%s certificate of the old database not imported: it expired on %s", svc.Name, ends))
 			continue
 		}
-		if svc.No == mailNo {
+		if svc.No == MailNo {
 			if _, err := creds.TopicFromCertificate(cert); err != nil {
 				return res, fmt.Errorf("old database AppleCerts: mail certificate: %w", err)
 			}
 		}
-		cur, err := st.load(svc)
+		cur, err := st.Load(svc)
 		switch {
-		case err == nil && !cur.cert.NotAfter.Before(cert.NotAfter):
+		case err == nil && !cur.Cert.NotAfter.Before(cert.NotAfter):
 			res.Notes = append(res.Notes, fmt.Sprintf("%s certificate of the old database not imported: %s already holds one valid until %s",
-				svc.Name, st.servicePath(svc), cur.cert.NotAfter.UTC().Format(time.RFC3339)))
+				svc.Name, st.Path(svc), cur.Cert.NotAfter.UTC().Format(time.RFC3339)))
 			continue
 		case err != nil && !errors.Is(err, fs.ErrNotExist):
 			// A broken file is replaced by a working certificate.
-			res.Notes = append(res.Notes, fmt.Sprintf("replacing unreadable %s: %v", st.servicePath(svc), err))
+			res.Notes = append(res.Notes, fmt.Sprintf("replacing unreadable %s: %v", st.Path(svc), err))
 		}
 		if !ensured {
-			if err := st.ensure(); err != nil {
+			if err := st.Ensure(); err != nil {
 				return res, err
 			}
 			ensured = true
 		}
-		if err := st.save(svc, cert, key); err != nil {
+		if err := st.Save(svc, cert, key); err != nil {
 			return res, err
 		}
 		res.Stored = append(res.Stored, svc.Name)
-		if svc.No == mailNo {
+		if svc.No == MailNo {
 			res.Mail = true
 		}
 	}
@@ -116,7 +116,7 @@ func (lc *legacyCerts) entry(no int) (*x509.Certificate, *rsa.PrivateKey, error)
 	if no >= len(lc.Keys) || len(lc.Keys[no]) == 0 {
 		return nil, nil, errors.New("the old database holds no key for it")
 	}
-	key, err := parseRSAKey(lc.Keys[no])
+	key, err := ParseRSAKey(lc.Keys[no])
 	if err != nil {
 		return nil, nil, fmt.Errorf("key: %w", err)
 	}
