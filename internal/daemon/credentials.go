@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"context"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -84,6 +85,9 @@ type clientEnv struct {
 	prev *apns.Client
 	// onConnect sees every attempt to connect to APNs.
 	onConnect func(error)
+	// roots, when set, is what the connections to APNs trust instead of
+	// the system's roots (Options.APNsRoots).
+	roots *x509.CertPool
 }
 
 // loadCredential builds the push client from credential files, dry-run,
@@ -128,7 +132,7 @@ func clientFor(c *config.Config, cred *creds.Credential, log logrus.FieldLogger,
 	if err := cred.CheckEnvironment(strings.ToLower(c.APNsEndpoint)); err != nil {
 		return nil, err
 	}
-	opts := apns.ClientOptions{URL: url, OnConnect: env.onConnect, Connections: apns.ConnectionsFor(c.APNsConcurrency)}
+	opts := apns.ClientOptions{URL: url, Roots: env.roots, OnConnect: env.onConnect, Connections: apns.ConnectionsFor(c.APNsConcurrency)}
 	switch cred.Mode {
 	case creds.ModeToken:
 		tok := apns.NewToken(cred.Token)
@@ -412,7 +416,7 @@ func configuredPaths(f creds.Files) []string {
 // clientEnv hands a new push client the current one and the connection
 // hook.
 func (d *Daemon) clientEnv() clientEnv {
-	env := clientEnv{onConnect: d.observeConnect}
+	env := clientEnv{onConnect: d.observeConnect, roots: d.apnsRoots}
 	if c := d.cred.Load(); c != nil {
 		env.prev = c.client
 	}
