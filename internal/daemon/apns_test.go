@@ -1,4 +1,4 @@
-package integration
+package daemon_test
 
 import (
 	"encoding/json"
@@ -9,116 +9,43 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/xapsd/xapsd/internal/testutil"
 	"github.com/xapsd/xapsd/internal/testutil/fakeapns"
 	"github.com/xapsd/xapsd/internal/testutil/testpki"
+	"github.com/xapsd/xapsd/internal/testutil/xapsdtest"
 )
 
-const (
-	topicA = "com.apple.mail.XServer.11111111-2222-4333-8444-555555555555"
-	topicB = "com.apple.mail.XServer.66666666-7777-4888-8999-000000000000"
-	acc    = "0715A26B-CA09-4730-A419-793000CA982E"
-)
+// The whole daemon in this process against the HTTP/2 stand-in for APNs
+// (xapsdtest): what a push looks like, when it goes, what Apple's answers
+// do, reloads and restarts.
 
-// apnsEnv is a daemon pushing with a real client certificate to an
-// HTTP/2 TLS stand-in for Apple.
+// apnsEnv is a daemon pushing with a real client certificate to the
+// stand-in for Apple.
 type apnsEnv struct {
-	dir   string
-	addr  string
-	apns  *fakeapns.Server
-	d     *daemon
-	ca    *testpki.CA
-	caEnv string
-}
-
-func writePushCert(t *testing.T, ca *testpki.CA, dir, name, topic string) {
-	t.Helper()
-	leaf, err := ca.Issue(testpki.IssueOptions{UID: topic, CommonName: "Apple Push Services: " + topic,
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(365 * 24 * time.Hour), IsClient: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(dir, name+".pem"), leaf.CertPEM(), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(dir, name+".key"), leaf.KeyPEM(), 0o600); err != nil {
-		t.Fatal(err)
-	}
-}
-
-// rewrite runs write, which replaces the files at paths, and gives a file
-// whose modification time did not move one a second after its old one:
-// the credential watcher compares size and time, and on a file system
-// with whole-second times a rewrite within the same second looks like
-// no change at all.
-func rewrite(t *testing.T, write func(), paths ...string) {
-	t.Helper()
-	old := map[string]time.Time{}
-	for _, p := range paths {
-		if st, err := os.Stat(p); err == nil {
-			old[p] = st.ModTime()
-		}
-	}
-	write()
-	for p, was := range old {
-		st, err := os.Stat(p)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if !st.ModTime().After(was) {
-			if err := os.Chtimes(p, time.Now(), was.Add(time.Second)); err != nil {
-				t.Fatal(err)
-			}
-		}
-	}
+	*xapsdtest.APNsSetup
+	d *xapsdtest.Daemon
 }
 
 func newAPNsEnv(t *testing.T, extra string) *apnsEnv {
 	t.Helper()
-	srv, err := fakeapns.Start(fakeapns.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { srv.Close() })
-	dir := testutil.TempDir(t)
-	caFile := filepath.Join(dir, "apns-ca.pem")
-	if err := srv.WriteCAFile(caFile); err != nil {
-		t.Fatal(err)
-	}
-	ca, err := testpki.NewCA("test push CA")
-	if err != nil {
-		t.Fatal(err)
-	}
-	writePushCert(t, ca, dir, "push", topicA)
-	e := &apnsEnv{dir: dir, apns: srv, ca: ca, caEnv: "SSL_CERT_FILE=" + caFile}
-	e.addr = writeConfig(t, dir, fmt.Sprintf("apnsEndpoint: %s\ncertificateFilePem: push.pem\ncertificateFilePemKey: push.key\n%s", srv.URL, extra))
-	e.d = startDaemon(t, dir, e.addr, e.caEnv)
-	return e
-}
-
-func (e *apnsEnv) register(t *testing.T, user, account, tok string, boxes ...string) {
-	t.Helper()
-	status, body := post(t, e.addr, "/register", registerBody(user, account, tok, boxes...))
-	if status != 200 {
-		t.Fatalf("register %s: %d %q", user, status, body)
-	}
+	s := xapsdtest.NewAPNsSetup(t, extra)
+	return &apnsEnv{APNsSetup: s, d: xapsdtest.Start(t, s.Dir, xapsdtest.Options{APNs: s.APNs})}
 }
 
 func TestPushReachesAPNsExactlyAsSpecified(t *testing.T) {
 	e := newAPNsEnv(t, "")
-	status, body := post(t, e.addr, "/register", registerBody("Alice@Example.com", acc, token(1), "INBOX", "Notes"))
+	status, body := post(t, e.Addr, "/register", registerBody("Alice@Example.com", acc, token(1), "INBOX", "Notes"))
 	if status != 200 || body != topicA {
 		t.Fatalf("register = %d %q, want 200 and the certificate's UID", status, body)
 	}
 	before := time.Now()
-	if status, _ := post(t, e.addr, "/notify", notifyBody("alice@example.com", "INBOX", "MessageNew")); status != 200 {
+	if status, _ := post(t, e.Addr, "/notify", notifyBody("alice@example.com", "INBOX", "MessageNew")); status != 200 {
 		t.Fatalf("notify status %d", status)
 	}
-	reqs, err := e.apns.WaitRequests(1, 5*time.Second)
+	reqs, err := e.APNs.WaitRequests(1, 5*time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -140,30 +67,30 @@ func TestPushReachesAPNsExactlyAsSpecified(t *testing.T) {
 		t.Errorf("client certificate UID %q", r.ClientCertSubjectUID)
 	}
 	// A folder the device registered pushes too (pushMailboxes: registered).
-	post(t, e.addr, "/notify", notifyBody("alice@example.com", "Notes", "MessageNew"))
-	if _, err := e.apns.WaitRequests(2, 5*time.Second); err != nil {
+	post(t, e.Addr, "/notify", notifyBody("alice@example.com", "Notes", "MessageNew"))
+	if _, err := e.APNs.WaitRequests(2, 5*time.Second); err != nil {
 		t.Fatal(err)
 	}
-	if status, _ := post(t, e.addr, "/notify", notifyBody("alice@example.com", "Trash", "MessageNew")); status != 204 {
+	if status, _ := post(t, e.Addr, "/notify", notifyBody("alice@example.com", "Trash", "MessageNew")); status != 204 {
 		t.Errorf("unregistered folder: status %d, want 204", status)
 	}
-	if status, _ := post(t, e.addr, "/notify", notifyBody("bob@example.com", "INBOX", "MessageNew")); status != 404 {
+	if status, _ := post(t, e.Addr, "/notify", notifyBody("bob@example.com", "INBOX", "MessageNew")); status != 404 {
 		t.Errorf("unknown user: status %d, want 404", status)
 	}
-	if strings.Contains(e.d.log.String(), "level=warn") || strings.Contains(e.d.log.String(), "level=error") {
-		t.Errorf("warnings or errors in a clean run:\n%s", e.d.log.String())
+	if strings.Contains(e.d.Log.String(), "level=warn") || strings.Contains(e.d.Log.String(), "level=error") {
+		t.Errorf("warnings or errors in a clean run:\n%s", e.d.Log.String())
 	}
 }
 
 func TestFlagChangeIsDelayedAndMerged(t *testing.T) {
 	e := newAPNsEnv(t, "")
-	e.register(t, "alice", acc, token(1))
-	e.register(t, "bob", acc, token(2))
+	e.Register(t, "alice", acc, token(1))
+	e.Register(t, "bob", acc, token(2))
 	start := time.Now()
 	for range 5 {
-		post(t, e.addr, "/notify", notifyBody("alice", "INBOX", "FlagsSet", "MessageRead"))
+		post(t, e.Addr, "/notify", notifyBody("alice", "INBOX", "FlagsSet", "MessageRead"))
 	}
-	reqs, err := e.apns.WaitRequests(1, 10*time.Second)
+	reqs, err := e.APNs.WaitRequests(1, 10*time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -172,19 +99,19 @@ func TestFlagChangeIsDelayedAndMerged(t *testing.T) {
 	}
 	// A second push for the burst would be due before one for a flag
 	// change made now: bob's push is the later event.
-	post(t, e.addr, "/notify", notifyBody("bob", "INBOX", "FlagsSet"))
-	testutil.WaitWithin(t, 10*time.Second, "bob's delayed push", func() bool { return perToken(e.apns.Requests())[token(2)] == 1 })
-	if n := perToken(e.apns.Requests())[token(1)]; n != 1 {
+	post(t, e.Addr, "/notify", notifyBody("bob", "INBOX", "FlagsSet"))
+	testutil.WaitWithin(t, 10*time.Second, "bob's delayed push", func() bool { return perToken(e.APNs.Requests())[token(2)] == 1 })
+	if n := perToken(e.APNs.Requests())[token(1)]; n != 1 {
 		t.Errorf("%d pushes for a burst of five flag changes, want 1", n)
 	}
 }
 
 func TestTwoDevicesSharingAnAccountIDBothGetPushes(t *testing.T) {
 	e := newAPNsEnv(t, "")
-	e.register(t, "alice", acc, token(1))
-	e.register(t, "alice", acc, token(2))
-	post(t, e.addr, "/notify", notifyBody("alice", "INBOX", "MessageNew"))
-	reqs, err := e.apns.WaitRequests(2, 5*time.Second)
+	e.Register(t, "alice", acc, token(1))
+	e.Register(t, "alice", acc, token(2))
+	post(t, e.Addr, "/notify", notifyBody("alice", "INBOX", "MessageNew"))
+	reqs, err := e.APNs.WaitRequests(2, 5*time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -197,13 +124,13 @@ func TestTwoDevicesSharingAnAccountIDBothGetPushes(t *testing.T) {
 func TestAPNsFailuresAreRetriedAndDeadTokensRemoved(t *testing.T) {
 	e := newAPNsEnv(t, "")
 	regTime := time.Now()
-	e.register(t, "retry", "ACC-R", token(10))
-	e.register(t, "gone", "ACC-G", token(11))
-	e.register(t, "fresh", "ACC-F", token(12))
-	e.register(t, "bad", "ACC-B", token(13))
+	e.Register(t, "retry", "ACC-R", token(10))
+	e.Register(t, "gone", "ACC-G", token(11))
+	e.Register(t, "fresh", "ACC-F", token(12))
+	e.Register(t, "bad", "ACC-B", token(13))
 	var mu sync.Mutex
 	calls := map[string]int{}
-	e.apns.SetResponder(func(r fakeapns.Request) fakeapns.Response {
+	e.APNs.SetResponder(func(r fakeapns.Request) fakeapns.Response {
 		mu.Lock()
 		calls[r.Token]++
 		n := calls[r.Token]
@@ -231,29 +158,29 @@ func TestAPNsFailuresAreRetriedAndDeadTokensRemoved(t *testing.T) {
 		return fakeapns.Response{}
 	})
 	for _, u := range []string{"retry", "gone", "fresh", "bad"} {
-		post(t, e.addr, "/notify", notifyBody(u, "INBOX", "MessageNew"))
+		post(t, e.Addr, "/notify", notifyBody(u, "INBOX", "MessageNew"))
 	}
-	if !e.d.waitLog("outcome=delivered", 20*time.Second) {
+	if !e.d.WaitLog("outcome=delivered", 20*time.Second) {
 		t.Fatal("the retried push was never delivered")
 	}
 	if !testutil.Wait(10*time.Second, func() bool {
-		s, _ := post(t, e.addr, "/notify", notifyBody("gone", "INBOX", "FlagsSet"))
+		s, _ := post(t, e.Addr, "/notify", notifyBody("gone", "INBOX", "FlagsSet"))
 		return s == 404
 	}) {
 		t.Error("410 after registration did not remove the registration")
 	}
-	if s, _ := post(t, e.addr, "/notify", notifyBody("fresh", "INBOX", "FlagsSet")); s != 200 {
+	if s, _ := post(t, e.Addr, "/notify", notifyBody("fresh", "INBOX", "FlagsSet")); s != 200 {
 		t.Errorf("410 older than the registration removed it (status %d)", s)
 	}
 	// BadDeviceToken in the first minutes after the credential was loaded
 	// is a configuration problem until shown otherwise: the device stays.
-	if !e.d.waitLog("outcome=failed reason=BadDeviceToken", 10*time.Second) {
+	if !e.d.WaitLog("outcome=failed reason=BadDeviceToken", 10*time.Second) {
 		t.Fatal("no BadDeviceToken answer")
 	}
-	if s, _ := post(t, e.addr, "/notify", notifyBody("bad", "INBOX", "FlagsSet")); s != 200 {
+	if s, _ := post(t, e.Addr, "/notify", notifyBody("bad", "INBOX", "FlagsSet")); s != 200 {
 		t.Errorf("BadDeviceToken just after the start removed the registration (status %d)", s)
 	}
-	if e.d.cmd.ProcessState != nil {
+	if !e.d.Running() {
 		t.Fatal("the daemon exited")
 	}
 }
@@ -265,20 +192,20 @@ func TestCredentialRefusalHoldsTheQueue(t *testing.T) {
 	metricsAddr := fmt.Sprintf("127.0.0.1:%d", testutil.MustFreePort(t))
 	e := newAPNsEnv(t, "metricsListenAddr: "+metricsAddr+"\n")
 	for i := range 5 {
-		e.register(t, fmt.Sprintf("user%d", i), acc, token(20+i))
+		e.Register(t, fmt.Sprintf("user%d", i), acc, token(20+i))
 	}
 	var refuse atomic.Bool
 	refuse.Store(true)
-	e.apns.SetResponder(func(r fakeapns.Request) fakeapns.Response {
+	e.APNs.SetResponder(func(r fakeapns.Request) fakeapns.Response {
 		if refuse.Load() {
 			return fakeapns.Response{Status: 403, Reason: "BadCertificate"}
 		}
 		return fakeapns.Response{}
 	})
 	for i := range 5 {
-		post(t, e.addr, "/notify", notifyBody(fmt.Sprintf("user%d", i), "INBOX", "MessageNew"))
+		post(t, e.Addr, "/notify", notifyBody(fmt.Sprintf("user%d", i), "INBOX", "MessageNew"))
 	}
-	if !e.d.waitLog("Sending is paused", 10*time.Second) {
+	if !e.d.WaitLog("Sending is paused", 10*time.Second) {
 		t.Fatal("no pause")
 	}
 	if code, body := get(t, "http://"+metricsAddr+"/readyz"); code != 503 || !strings.Contains(body, "403 BadCertificate") {
@@ -288,21 +215,21 @@ func TestCredentialRefusalHoldsTheQueue(t *testing.T) {
 		t.Errorf("metrics lack the pause")
 	}
 	time.Sleep(500 * time.Millisecond)
-	if n := e.apns.Count(); n > 2 {
+	if n := e.APNs.Count(); n > 2 {
 		t.Errorf("%d requests reached APNs while it refused the credential", n)
 	}
-	if n := strings.Count(e.d.log.String(), "Sending is paused"); n != 1 {
+	if n := strings.Count(e.d.Log.String(), "Sending is paused"); n != 1 {
 		t.Errorf("the refusal logged %d times, want once", n)
 	}
 	// Registering goes on while paused.
-	e.register(t, "late", acc, token(30))
+	e.Register(t, "late", acc, token(30))
 	refuse.Store(false)
-	e.d.signal(syscall.SIGHUP)
-	if n := e.d.waitCount("outcome=delivered", 5, 10*time.Second); n != 5 {
+	e.d.Reload()
+	if n := e.d.WaitCount("outcome=delivered", 5, 10*time.Second); n != 5 {
 		t.Fatalf("%d pushes delivered after the reload, want 5", n)
 	}
 	// Held pushes do not spend attempts.
-	for _, l := range strings.Split(e.d.log.String(), "\n") {
+	for _, l := range strings.Split(e.d.Log.String(), "\n") {
 		if strings.Contains(l, "outcome=delivered") && !strings.Contains(l, "attempt=1 ") {
 			t.Errorf("delivered after more than one attempt: %s", l)
 		}
@@ -315,64 +242,64 @@ func TestCredentialRefusalHoldsTheQueue(t *testing.T) {
 func TestSIGHUPReloadsCredentials(t *testing.T) {
 	e := newAPNsEnv(t, "")
 	// A push with the first certificate opens a connection to Apple.
-	e.register(t, "bob", acc, token(2))
-	post(t, e.addr, "/notify", notifyBody("bob", "INBOX", "MessageNew"))
-	if _, err := e.apns.WaitRequests(1, 5*time.Second); err != nil {
+	e.Register(t, "bob", acc, token(2))
+	post(t, e.Addr, "/notify", notifyBody("bob", "INBOX", "MessageNew"))
+	if _, err := e.APNs.WaitRequests(1, 5*time.Second); err != nil {
 		t.Fatal(err)
 	}
-	writePushCert(t, e.ca, e.dir, "push", topicB)
-	e.d.signal(syscall.SIGHUP)
-	if !e.d.waitLog("credentials reloaded", 10*time.Second) {
+	xapsdtest.WritePushCert(t, e.CA, e.Dir, "push", topicB)
+	e.d.Reload()
+	if !e.d.WaitLog("credentials reloaded", 10*time.Second) {
 		t.Fatal("no reload")
 	}
-	if _, body := post(t, e.addr, "/register", registerBody("alice", acc, token(1))); body != topicB {
+	if _, body := post(t, e.Addr, "/register", registerBody("alice", acc, token(1))); body != topicB {
 		t.Errorf("topic after reload %q, want %q", body, topicB)
 	}
-	post(t, e.addr, "/notify", notifyBody("alice", "INBOX", "MessageNew"))
-	reqs, err := e.apns.WaitRequests(2, 5*time.Second)
+	post(t, e.Addr, "/notify", notifyBody("alice", "INBOX", "MessageNew"))
+	reqs, err := e.APNs.WaitRequests(2, 5*time.Second)
 	if err != nil || reqs[1].Topic != topicB || reqs[1].ClientCertSubjectUID != topicB {
 		t.Fatalf("push after reload: %+v %v", reqs, err)
 	}
 	// The old certificate's connection is closed, not kept alive by PINGs.
-	testutil.Wait(5*time.Second, func() bool { return e.apns.OpenConnections() == 1 })
-	if n := e.apns.OpenConnections(); n != 1 {
+	testutil.Wait(5*time.Second, func() bool { return e.APNs.OpenConnections() == 1 })
+	if n := e.APNs.OpenConnections(); n != 1 {
 		t.Errorf("%d connections to APNs after the reload, want 1", n)
 	}
 	// A broken file keeps the working credential.
-	os.WriteFile(filepath.Join(e.dir, "push.pem"), []byte("garbage"), 0o600)
-	e.d.signal(syscall.SIGHUP)
-	if !e.d.waitLog("credentials not reloaded", 10*time.Second) {
+	os.WriteFile(filepath.Join(e.Dir, "push.pem"), []byte("garbage"), 0o600)
+	e.d.Reload()
+	if !e.d.WaitLog("credentials not reloaded", 10*time.Second) {
 		t.Fatal("a bad credential was not reported")
 	}
-	if _, body := post(t, e.addr, "/register", registerBody("alice", acc, token(1))); body != topicB {
+	if _, body := post(t, e.Addr, "/register", registerBody("alice", acc, token(1))); body != topicB {
 		t.Errorf("topic after failed reload %q", body)
 	}
 }
 
 func TestGracefulStopSendsDelayedPushes(t *testing.T) {
 	e := newAPNsEnv(t, "delay: 3600\n")
-	e.register(t, "alice", acc, token(1))
-	post(t, e.addr, "/notify", notifyBody("alice", "INBOX", "FlagsSet"))
-	if code := e.d.stop(); code != 0 {
+	e.Register(t, "alice", acc, token(1))
+	post(t, e.Addr, "/notify", notifyBody("alice", "INBOX", "FlagsSet"))
+	if code := exitCode(e.d.Stop()); code != 0 {
 		t.Fatalf("exit code %d after SIGTERM", code)
 	}
-	if e.apns.Count() != 1 {
-		t.Fatalf("%d pushes; the pending delayed push was lost at shutdown", e.apns.Count())
+	if e.APNs.Count() != 1 {
+		t.Fatalf("%d pushes; the pending delayed push was lost at shutdown", e.APNs.Count())
 	}
 }
 
 func TestUnsentPushesSurviveARestart(t *testing.T) {
 	e := newAPNsEnv(t, "shutdownTimeout: 1s\n")
-	e.register(t, "alice", acc, token(1))
-	e.apns.SetResponder(func(fakeapns.Request) fakeapns.Response { return fakeapns.Response{Status: 503} })
-	post(t, e.addr, "/notify", notifyBody("alice", "INBOX", "MessageNew"))
-	if !e.d.waitLog("push will be retried", 10*time.Second) {
+	e.Register(t, "alice", acc, token(1))
+	e.APNs.SetResponder(func(fakeapns.Request) fakeapns.Response { return fakeapns.Response{Status: 503} })
+	post(t, e.Addr, "/notify", notifyBody("alice", "INBOX", "MessageNew"))
+	if !e.d.WaitLog("push will be retried", 10*time.Second) {
 		t.Fatal("no failed attempt")
 	}
-	if code := e.d.stop(); code != 0 {
+	if code := exitCode(e.d.Stop()); code != 0 {
 		t.Fatalf("exit code %d", code)
 	}
-	pending := filepath.Join(e.dir, "state", "pending-pushes.json")
+	pending := filepath.Join(e.Dir, "state", "pending-pushes.json")
 	data, err := os.ReadFile(pending)
 	if err != nil {
 		t.Fatalf("unsent push not kept: %v", err)
@@ -381,12 +308,12 @@ func TestUnsentPushesSurviveARestart(t *testing.T) {
 	if json.Unmarshal(data, &keys) != nil || len(keys) != 1 {
 		t.Fatalf("pending file %s", data)
 	}
-	e.apns.SetResponder(nil)
-	before := e.apns.Count()
-	d := startDaemon(t, e.dir, e.addr, e.caEnv)
-	defer d.stop()
-	testutil.Wait(10*time.Second, func() bool { return e.apns.Count() != before })
-	if e.apns.Count() == before {
+	e.APNs.SetResponder(nil)
+	before := e.APNs.Count()
+	d := xapsdtest.Start(t, e.Dir, xapsdtest.Options{APNs: e.APNs})
+	defer d.Stop()
+	testutil.Wait(10*time.Second, func() bool { return e.APNs.Count() != before })
+	if e.APNs.Count() == before {
 		t.Fatal("the kept push was not sent after the restart")
 	}
 	if _, err := os.Stat(pending); !os.IsNotExist(err) {
@@ -396,15 +323,15 @@ func TestUnsentPushesSurviveARestart(t *testing.T) {
 
 func TestReplacedCertificateFileIsPickedUp(t *testing.T) {
 	e := newAPNsEnv(t, "")
-	rewrite(t, func() { writePushCert(t, e.ca, e.dir, "push", topicB) },
-		filepath.Join(e.dir, "push.pem"), filepath.Join(e.dir, "push.key"))
-	if !e.d.waitLog("credential files changed on disk", 15*time.Second) {
+	xapsdtest.Rewrite(t, func() { xapsdtest.WritePushCert(t, e.CA, e.Dir, "push", topicB) },
+		filepath.Join(e.Dir, "push.pem"), filepath.Join(e.Dir, "push.key"))
+	if !e.d.WaitLog("credential files changed on disk", 15*time.Second) {
 		t.Fatal("a replaced certificate file was not noticed")
 	}
-	if !e.d.waitLog("credentials reloaded", 5*time.Second) {
+	if !e.d.WaitLog("credentials reloaded", 5*time.Second) {
 		t.Fatal("no reload")
 	}
-	if _, body := post(t, e.addr, "/register", registerBody("alice", acc, token(1))); body != topicB {
+	if _, body := post(t, e.Addr, "/register", registerBody("alice", acc, token(1))); body != topicB {
 		t.Errorf("topic %q after the file changed, want %q", body, topicB)
 	}
 }
@@ -425,12 +352,12 @@ func TestCertificateCloseToExpiryIsWarnedAtStart(t *testing.T) {
 		t.Fatal(err)
 	}
 	os.WriteFile(filepath.Join(dir, "push.pem"), append(leaf.CertPEM(), leaf.KeyPEM()...), 0o600)
-	addr := writeConfig(t, dir, fmt.Sprintf("apnsEndpoint: %s\ncertificateFilePem: push.pem\n", srv.URL))
-	d := startDaemon(t, dir, addr)
-	if !d.waitLog("expires in 10 days", 5*time.Second) {
+	writeConfig(t, dir, fmt.Sprintf("apnsEndpoint: %s\ncertificateFilePem: push.pem\n", srv.URL))
+	d := xapsdtest.Start(t, dir, xapsdtest.Options{APNs: srv})
+	if !d.WaitLog("expires in 10 days", 5*time.Second) {
 		t.Error("no expiry warning for a certificate that ends in 10 days")
 	}
-	if n := strings.Count(d.log.String(), "expires in 10 days"); n != 1 {
+	if n := strings.Count(d.Log.String(), "expires in 10 days"); n != 1 {
 		t.Errorf("expiry warned %d times at start, want once", n)
 	}
 }
@@ -445,10 +372,6 @@ func TestReloadKeepsTheProviderToken(t *testing.T) {
 	}
 	defer srv.Close()
 	dir := testutil.TempDir(t)
-	caFile := filepath.Join(dir, "apns-ca.pem")
-	if err := srv.WriteCAFile(caFile); err != nil {
-		t.Fatal(err)
-	}
 	writeKey := func() {
 		pemBytes, _, err := testpki.NewP8Key()
 		if err != nil {
@@ -460,7 +383,7 @@ func TestReloadKeepsTheProviderToken(t *testing.T) {
 	}
 	writeKey()
 	addr := writeConfig(t, dir, fmt.Sprintf("apnsEndpoint: %s\nkeyFileP8: key.p8\nkeyFileKeyId: ABCDEFGHIJ\nkeyFileTeamId: KLMNOPQRST\nkeyFileTopic: %s\n", srv.URL, topicA))
-	d := startDaemon(t, dir, addr, "SSL_CERT_FILE="+caFile)
+	d := xapsdtest.Start(t, dir, xapsdtest.Options{APNs: srv})
 	bearer := func(i int) string {
 		t.Helper()
 		user := fmt.Sprintf("user%d", i)
@@ -480,8 +403,8 @@ func TestReloadKeepsTheProviderToken(t *testing.T) {
 	}
 	reload := func(n int) {
 		t.Helper()
-		d.signal(syscall.SIGHUP)
-		if d.waitCount("credentials reloaded", n, 10*time.Second) < n {
+		d.Reload()
+		if d.WaitCount("credentials reloaded", n, 10*time.Second) < n {
 			t.Fatal("no reload")
 		}
 	}
@@ -490,7 +413,7 @@ func TestReloadKeepsTheProviderToken(t *testing.T) {
 	if got := bearer(2); got != first {
 		t.Errorf("a reload of the same key made a new token")
 	}
-	rewrite(t, writeKey, filepath.Join(dir, "key.p8")) // a new mtime for the watcher, whichever sees it first
+	xapsdtest.Rewrite(t, writeKey, filepath.Join(dir, "key.p8")) // a new mtime for the watcher, whichever sees it first
 	reload(2)
 	if got := bearer(3); got == first {
 		t.Errorf("a new key kept the old token")
