@@ -1,6 +1,8 @@
 package daemon_test
 
-import "github.com/xapsd/xapsd/internal/testutil/xapsdtest"
+import (
+	"github.com/xapsd/xapsd/internal/testutil/xapsdtest"
+)
 
 // What the daemon's tests share, written once in xapsdtest.
 const (
@@ -17,7 +19,12 @@ var (
 	notifyBody   = xapsdtest.NotifyBody
 	token        = xapsdtest.Token
 	perToken     = xapsdtest.PerToken
+	logLine      = xapsdtest.LogLine
+	grepLines    = xapsdtest.GrepLines
+	mustRead     = xapsdtest.MustRead
 )
+
+const pluginSecret = xapsdtest.PluginSecret
 
 // exitCode is the exit code of `xapsd` for the error Run returned.
 func exitCode(err error) int {

@@ -688,15 +688,6 @@ func testE2EOtherFolders(t *testing.T, dv dovecotKind) {
 	}
 }
 
-func mustRead(t *testing.T, path string) []byte {
-	t.Helper()
-	b, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return b
-}
-
 func TestE2EDaemonDown(t *testing.T) { forEachDovecot(t, testE2EDaemonDown) }
 
 func testE2EDaemonDown(t *testing.T, dv dovecotKind) {

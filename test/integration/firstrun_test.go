@@ -137,17 +137,6 @@ func fields(line string) map[string]string {
 	return out
 }
 
-func logLine(t *testing.T, log, msg string) string {
-	t.Helper()
-	for _, l := range strings.Split(log, "\n") {
-		if strings.Contains(l, msg) {
-			return l
-		}
-	}
-	t.Fatalf("no log line with %q in:\n%s", msg, log)
-	return ""
-}
-
 // One start-up line says what xapsd runs with, and --check-config says
 // the same.
 func TestStartupLineMatchesCheckConfig(t *testing.T) {
@@ -309,32 +298,6 @@ func TestCheckConfigChecksTheStateFolderAsTheUser(t *testing.T) {
 	}
 }
 
-// SIGHUP applies what it can and names the changed settings that need a
-// restart.
-func TestSIGHUPNamesSettingsThatNeedARestart(t *testing.T) {
-	dir := testutil.TempDir(t)
-	addr := writeConfig(t, dir, "apnsEndpoint: dry-run\n")
-	d := startDaemon(t, dir, addr)
-	cfg := filepath.Join(dir, "xapsd.yaml")
-	data := mustRead(t, cfg)
-	data = regexp.MustCompile(`(?m)^port: .*$`).ReplaceAll(data, []byte(fmt.Sprintf("port: %d", testutil.MustFreePort(t))))
-	data = regexp.MustCompile(`(?m)^delay: .*$`).ReplaceAll(data, []byte("delay: 45"))
-	data = regexp.MustCompile(`(?m)^loglevel: .*$`).ReplaceAll(data, []byte("loglevel: info"))
-	os.WriteFile(cfg, data, 0o600)
-	d.signal(syscall.SIGHUP)
-	if !d.waitLog("credentials reloaded", 10*time.Second) {
-		t.Fatal("no reload")
-	}
-	line := logLine(t, d.log.String(), "only after a restart")
-	if !strings.Contains(line, `keys="port, delay"`) {
-		t.Errorf("reload line %q does not name exactly port and delay", line)
-	}
-	// Still listening where it started.
-	if status, _ := post(t, addr, "/notify", notifyBody("nobody", "INBOX", "MessageNew")); status != 404 {
-		t.Errorf("notify after reload: %d", status)
-	}
-}
-
 // test-push tries each device once: its output shows no "retrying", and
 // the daemon logs it as a test.
 func TestTestPushIsLoggedAsATestAndNotRetried(t *testing.T) {
@@ -377,23 +340,5 @@ func TestTestPushIsLoggedAsATestAndNotRetried(t *testing.T) {
 	}
 	if !e.d.waitLog(`msg="test push"`, 5*time.Second) {
 		t.Error("a delivered test push is not logged as a test")
-	}
-}
-
-// Dry-run pushes reach nobody; the metrics count them apart from
-// delivered ones.
-func TestDryRunPushesAreCountedAsDryRun(t *testing.T) {
-	dir := testutil.TempDir(t)
-	metrics := fmt.Sprintf("127.0.0.1:%d", testutil.MustFreePort(t))
-	addr := writeConfig(t, dir, "apnsEndpoint: dry-run\nmetricsListenAddr: "+metrics+"\n")
-	d := startDaemon(t, dir, addr)
-	post(t, addr, "/register", registerBody("alice", acc, token(1)))
-	post(t, addr, "/notify", notifyBody("alice", "INBOX", "MessageNew"))
-	if !d.waitLog("outcome=dry-run", 5*time.Second) {
-		t.Fatal("no dry-run push logged")
-	}
-	_, m := get(t, "http://"+metrics+"/metrics")
-	if !strings.Contains(m, `xapsd_apns_pushes_total{outcome="dry-run",reason="",status="200"} 1`) || strings.Contains(m, `outcome="delivered"`) {
-		t.Errorf("metrics:\n%s", grepLines(m, "xapsd_apns_pushes_total"))
 	}
 }

@@ -162,7 +162,12 @@ var (
 	perToken      = xapsdtest.PerToken
 	writePushCert = xapsdtest.WritePushCert
 	rewrite       = xapsdtest.Rewrite
+	logLine       = xapsdtest.LogLine
+	grepLines     = xapsdtest.GrepLines
+	mustRead      = xapsdtest.MustRead
 )
+
+const pluginSecret = xapsdtest.PluginSecret
 
 // apnsEnv is the built daemon pushing with a real client certificate to
 // the HTTP/2 TLS stand-in for Apple, which it trusts through

@@ -360,3 +360,39 @@ func (s *APNsSetup) Register(t testing.TB, user, account, tok string, boxes ...s
 		t.Fatalf("register %s: %d %q", user, status, body)
 	}
 }
+
+// PluginSecret is the tests' pluginSecretFile content.
+const PluginSecret = "9c2b7d1e4f6a8c0e2b4d6f8a0c2e4b6d"
+
+// LogLine is the first line of log that holds msg, or fails the test.
+func LogLine(t testing.TB, log, msg string) string {
+	t.Helper()
+	for _, l := range strings.Split(log, "\n") {
+		if strings.Contains(l, msg) {
+			return l
+		}
+	}
+	t.Fatalf("no log line with %q in:\n%s", msg, log)
+	return ""
+}
+
+// GrepLines are the lines of s that hold substr.
+func GrepLines(s, substr string) string {
+	var out []string
+	for _, l := range strings.Split(s, "\n") {
+		if strings.Contains(l, substr) {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "\n")
+}
+
+// MustRead reads path or fails the test.
+func MustRead(t testing.TB, path string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
