@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/xapsd/xapsd/internal/testutil"
+	"github.com/xapsd/xapsd/internal/testutil/pgtest"
 	"github.com/xapsd/xapsd/internal/testutil/xapsdtest"
 )
 
@@ -59,5 +60,30 @@ func TestDamagedSnapshotStartsAndIsReported(t *testing.T) {
 	}
 	if status, _ := post(t, addr, "/register", registerBody("after@example.com", acc, token(99))); status != 200 {
 		t.Errorf("register after salvage: %d", status)
+	}
+}
+
+// With the registry in PostgreSQL nothing of it is in the state folder:
+// the daemon makes the folder for its admin socket (and the pushes a stop
+// keeps), and no snapshot, journal or lock appears there.
+func TestPostgresLeavesNoRegistryFileInTheStateFolder(t *testing.T) {
+	pg := pgtest.StartT(t, pgtest.Options{})
+	dir := testutil.TempDir(t)
+	writeConfig(t, dir, "apnsEndpoint: dry-run\ndatabaseURL: "+pg.URL+"\n")
+	d := xapsdtest.Start(t, dir, xapsdtest.Options{})
+	if status, body := post(t, d.Addr, "/register", registerBody("alice@example.com", acc, token(1))); status != 200 {
+		t.Fatalf("register: %d %s", status, body)
+	}
+	if err := d.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	entries, err := os.ReadDir(filepath.Join(dir, "state"))
+	if err != nil {
+		t.Fatalf("the state folder: %v", err)
+	}
+	for _, e := range entries {
+		if strings.HasPrefix(e.Name(), "database.json") {
+			t.Errorf("%s in the state folder with the registry in PostgreSQL", e.Name())
+		}
 	}
 }
