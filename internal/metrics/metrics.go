@@ -91,12 +91,12 @@ func New() *Metrics {
 	}, []string{"path"})
 	m.syncDuration = prometheus.NewHistogram(prometheus.HistogramOpts{
 		Name:    "xapsd_registry_sync_duration_seconds",
-		Help:    "Time to write and fsync one batch of registry journal records.",
+		Help:    "Time to make one batch of registry changes durable: one journal write and fsync, or one PostgreSQL commit.",
 		Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, 1},
 	})
 	m.syncRecords = prometheus.NewHistogram(prometheus.HistogramOpts{
 		Name:    "xapsd_registry_sync_records",
-		Help:    "Journal records made durable by one fsync (group commit).",
+		Help:    "Registry changes made durable together (group commit: one fsync of the journal, or one PostgreSQL transaction).",
 		Buckets: []float64{1, 2, 4, 8, 16, 32, 64, 128, 256},
 	})
 	m.connEvicted = prometheus.NewCounter(prometheus.CounterOpts{

@@ -4,8 +4,9 @@
 //
 // Everything the plugin sends is checked before anything changes: a bad
 // request gets a 4xx with a one-line reason and leaves the registry as it
-// was. /register answers only once the registration is on disk; /notify
-// answers before any push is sent, so Dovecot never waits on Apple.
+// was. /register answers only once the registration is durable (on disk,
+// or committed in PostgreSQL); /notify answers before any push is sent, so
+// Dovecot never waits on Apple.
 //
 // Each handler decides its whole answer in one value (the status, the
 // reason the client may read, the cause and level of the log line), and
