@@ -32,7 +32,6 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	mrand "math/rand/v2"
 	"net/url"
@@ -46,6 +45,7 @@ import (
 
 	"github.com/xapsd/xapsd/internal/atomicfile"
 	"github.com/xapsd/xapsd/internal/creds"
+	"github.com/xapsd/xapsd/internal/logging"
 )
 
 // DefaultBaseURL is Apple's certificate service; requests go to its /new
@@ -128,9 +128,7 @@ func New(o Options) (*Manager, error) {
 		o.Hostname = h
 	}
 	if o.Log == nil {
-		l := logrus.New()
-		l.SetOutput(io.Discard)
-		o.Log = l
+		o.Log = logging.Discard()
 	}
 	if o.Now == nil {
 		o.Now = time.Now

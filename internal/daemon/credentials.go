@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"strings"
 	"time"
@@ -19,6 +18,7 @@ import (
 	"github.com/xapsd/xapsd/internal/appleid"
 	"github.com/xapsd/xapsd/internal/config"
 	"github.com/xapsd/xapsd/internal/creds"
+	"github.com/xapsd/xapsd/internal/logging"
 	"github.com/xapsd/xapsd/internal/statedir"
 )
 
@@ -345,11 +345,7 @@ func checkCredential(c *config.Config) (notes []string, cred *credential, err er
 	return notes, cred, nil
 }
 
-func quietLogger() *logrus.Logger {
-	l := logrus.New()
-	l.SetOutput(io.Discard)
-	return l
-}
+func quietLogger() *logrus.Logger { return logging.Discard() }
 
 // fileStamp notices a credential file replaced or rewritten on disk.
 type fileStamp struct {

@@ -8,11 +8,11 @@
 package filestore
 
 import (
-	"io"
 	"time"
 
 	"github.com/sirupsen/logrus"
 
+	"github.com/xapsd/xapsd/internal/logging"
 	"github.com/xapsd/xapsd/internal/statedir"
 )
 
@@ -44,9 +44,7 @@ type Options struct {
 
 func (o *Options) setDefaults() {
 	if o.Log == nil {
-		l := logrus.New()
-		l.SetOutput(io.Discard)
-		o.Log = l
+		o.Log = logging.Discard()
 	}
 	if o.Now == nil {
 		o.Now = time.Now

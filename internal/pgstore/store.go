@@ -29,7 +29,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"sync"
 	"sync/atomic"
@@ -37,6 +36,7 @@ import (
 
 	"github.com/sirupsen/logrus"
 
+	"github.com/xapsd/xapsd/internal/logging"
 	"github.com/xapsd/xapsd/internal/registry"
 )
 
@@ -108,9 +108,7 @@ type Store struct {
 // registry loads it (registry.Open).
 func New(o Options) *Store {
 	if o.Log == nil {
-		l := logrus.New()
-		l.SetOutput(io.Discard)
-		o.Log = l
+		o.Log = logging.Discard()
 	}
 	if o.Instance == "" {
 		host, _ := os.Hostname()
