@@ -128,7 +128,7 @@ deb:
 bench: build
 	$(GO) run ./cmd/xapsd-bench -xapsd $(BIN)
 	$(GO) run ./cmd/xapsd-bench -xapsd $(BIN) -postgres
-	$(GO) test -run '^$$' -bench . -benchtime 2s ./internal/registry ./internal/pluginapi ./internal/notify ./internal/history ./internal/testutil/fakeapns
+	$(GO) test -run '^$$' -bench . -benchtime 2s ./internal/filestore ./internal/pluginapi ./internal/notify ./internal/history ./internal/testutil/fakeapns
 
 # The built daemon under mixed load for SOAK while it is killed with
 # SIGKILL, restarted, its disk (a tmpfs; needs root) fills up and APNs's

@@ -12,7 +12,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -28,6 +27,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/xapsd/xapsd/internal/testutil"
 	"github.com/xapsd/xapsd/internal/testutil/fakeapns"
 	"github.com/xapsd/xapsd/internal/testutil/pgtest"
 	"github.com/xapsd/xapsd/internal/testutil/testpki"
@@ -86,12 +86,11 @@ func main() {
 		o.delays = append(o.delays, v)
 	}
 	if o.metricsAddr == "auto" {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		port, err := testutil.FreePort()
 		if err != nil {
 			fail("%v", err)
 		}
-		o.metricsAddr = ln.Addr().String()
-		ln.Close()
+		o.metricsAddr = fmt.Sprintf("127.0.0.1:%d", port)
 	}
 	if o.cpuProfile != "" {
 		f, err := os.Create(o.cpuProfile)
@@ -422,12 +421,10 @@ type daemon struct {
 }
 
 func startDaemon(o options, dir, apnsURL, caFile string) (*daemon, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	port, err := testutil.FreePort()
 	if err != nil {
 		return nil, err
 	}
-	port := ln.Addr().(*net.TCPAddr).Port
-	ln.Close()
 	// apnsMinInterval 0: the throughput phases push each device several
 	// times a second, and the figure is xapsd's capacity, not its pacing.
 	cfg := fmt.Sprintf("loglevel: %s\nlistenAddr: 127.0.0.1\nport: %d\ndatabaseFile: state/database.json\n"+
@@ -461,35 +458,22 @@ func launch(bin, dir, addr, caFile string) (*daemon, error) {
 		return nil, err
 	}
 	go func() { d.cmd.Wait(); close(d.done) }()
-	deadline := time.Now().Add(60 * time.Second)
-	for time.Now().Before(deadline) {
-		select {
-		case <-d.done:
-			return nil, fmt.Errorf("xapsd exited during start:\n%s", d.tail())
-		default:
-		}
-		if resp, err := http.Get("http://" + d.addr + "/healthz"); err == nil {
-			resp.Body.Close()
-			return d, nil
-		}
-		time.Sleep(10 * time.Millisecond)
+	err = testutil.WaitStarted(d.done, 60*time.Second, testutil.Answers(probe, "http://"+d.addr+"/healthz"))
+	switch {
+	case errors.Is(err, testutil.ErrExited):
+		return nil, fmt.Errorf("xapsd exited during start:\n%s", d.tail())
+	case err != nil:
+		return nil, errors.New("xapsd did not start within 60 s")
 	}
-	return nil, errors.New("xapsd did not start within 60 s")
+	return d, nil
 }
 
+// probe asks whether a daemon answers yet; one that listens but hangs
+// must not hang the start.
+var probe = &http.Client{Timeout: 2 * time.Second}
+
 func (d *daemon) stop() int {
-	select {
-	case <-d.done:
-		return d.cmd.ProcessState.ExitCode()
-	default:
-	}
-	d.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-d.done:
-	case <-time.After(60 * time.Second):
-		d.cmd.Process.Kill()
-		<-d.done
-	}
+	testutil.StopProcess(d.cmd.Process, d.done, syscall.SIGTERM, 60*time.Second)
 	return d.cmd.ProcessState.ExitCode()
 }
 

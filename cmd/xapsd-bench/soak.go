@@ -19,7 +19,6 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -32,7 +31,10 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/xapsd/xapsd/internal/filestore"
 	"github.com/xapsd/xapsd/internal/registry"
+	"github.com/xapsd/xapsd/internal/statedir"
+	"github.com/xapsd/xapsd/internal/testutil"
 	"github.com/xapsd/xapsd/internal/testutil/fakeapns"
 	"github.com/xapsd/xapsd/internal/testutil/noauth"
 	"github.com/xapsd/xapsd/internal/testutil/testpki"
@@ -244,12 +246,11 @@ func runSoak(o options, length time.Duration) error {
 }
 
 func freeAddr() (string, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	port, err := testutil.FreePort()
 	if err != nil {
 		return "", err
 	}
-	defer ln.Close()
-	return ln.Addr().String(), nil
+	return fmt.Sprintf("127.0.0.1:%d", port), nil
 }
 
 // abort records what stops the run; workers and chaos then wind down.
@@ -579,7 +580,7 @@ func (s *soakRun) waitQueueEmpty(limit time.Duration) error {
 }
 
 func (s *soakRun) report(took time.Duration, keys []*soakKey, dues []due, db string) error {
-	r, err := registry.Open(registry.Options{Path: db, MaxPerUser: 1 << 20})
+	r, err := registry.Open(filestore.New(filestore.Options{Dir: statedir.New(db)}), registry.Options{MaxDevicesPerUser: 1 << 20})
 	if err != nil {
 		return fmt.Errorf("open the registry the daemon left: %w", err)
 	}

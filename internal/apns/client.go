@@ -11,6 +11,7 @@ import (
 	"github.com/sideshow/apns2"
 	"github.com/sirupsen/logrus"
 
+	"github.com/xapsd/xapsd/internal/apns/transport"
 	"github.com/xapsd/xapsd/internal/logging"
 )
 
@@ -27,9 +28,9 @@ type Client struct {
 	Transport Transport
 	DryRun    bool
 
-	pool  *connPool // nil for dry-run and test transports
-	token *Token    // token mode only
-	host  string    // host[:port] of the endpoint, for Reach
+	pool  *transport.Pool // nil for dry-run and test transports
+	token *Token          // token mode only
+	host  string          // host[:port] of the endpoint, for Reach
 }
 
 // CloseIdle closes the client's connections that carry no push. Retired
@@ -45,10 +46,11 @@ func (c *Client) CloseIdle() {
 func (c *Client) Token() *Token { return c.token }
 
 // holdBack fails the pushes waiting for a connection or a stream with
-// errHeldBack: sending has paused, and they would only be refused.
+// transport.ErrHeldBack: sending has paused, and they would only be
+// refused.
 func (c *Client) holdBack() {
 	if c.pool != nil {
-		c.pool.holdBack()
+		c.pool.HoldBack()
 	}
 }
 
@@ -58,7 +60,7 @@ func (c *Client) unreachable() (time.Time, error) {
 	if c.pool == nil {
 		return time.Time{}, nil
 	}
-	return c.pool.blockedUntil()
+	return c.pool.BlockedUntil()
 }
 
 // Reachability is what is known of the way to APNs (Client.Reach).
@@ -88,19 +90,17 @@ func (c *Client) Reach(ctx context.Context) Reachability {
 		return Reachability{State: ReachDryRun}
 	case c.pool == nil:
 		return Reachability{State: ReachUnknown}
-	case c.pool.open() > 0:
+	case c.pool.Open() > 0:
 		return Reachability{State: ReachConnected}
 	}
-	if until, err := c.pool.blockedUntil(); !until.IsZero() {
+	if until, err := c.pool.BlockedUntil(); !until.IsZero() {
 		return Reachability{State: ReachUnreachable, Err: err, Until: until}
 	}
-	start := time.Now()
-	cc, err := c.pool.connect(ctx, c.host)
+	took, err := c.pool.Probe(ctx, c.host)
 	if err != nil {
 		return Reachability{State: ReachUnreachable, Err: err}
 	}
-	cc.Close()
-	return Reachability{State: ReachReachable, Took: time.Since(start)}
+	return Reachability{State: ReachReachable, Took: took}
 }
 
 // endpointHost is the host[:port] of an endpoint URL.
@@ -117,47 +117,28 @@ const (
 	Development = apns2.HostDevelopment
 )
 
-// ClientOptions configures the HTTP/2 connection to APNs.
+// ClientOptions configures the HTTP/2 connection to APNs: its URL, and
+// the connections' settings, which transport.Options explains.
 type ClientOptions struct {
 	// URL is Production, Development or a test server's https URL.
-	URL string
-	// Roots overrides the trusted CAs; nil means the system pool, which
-	// honours SSL_CERT_FILE and SSL_CERT_DIR.
-	Roots *x509.CertPool
-	// ReadIdleTimeout (default 15 s) is the silence after which a PING
-	// checks the connection; PingTimeout (10 s) how long its answer may
-	// take before the connection counts as dead; IdleTimeout (15 min) how
-	// long a connection without pushes stays open.
+	URL                                       string
+	Roots                                     *x509.CertPool
 	ReadIdleTimeout, PingTimeout, IdleTimeout time.Duration
-	// OnConnect, when set, sees every attempt to connect to APNs: nil
-	// for a connection made, else why it failed.
-	OnConnect func(error)
-	// Connections caps the connections to APNs (default 1). Another
-	// opens only while every one carries as many pushes as APNs allows
-	// on it (1000 today), so it only matters with apnsConcurrency above
-	// that: ConnectionsFor gives the number that fits.
-	Connections int
+	OnConnect                                 func(error)
+	Connections                               int
 }
-
-// streamsPerConnection is what APNs allows on one connection today; it
-// only sizes the pool, the server's own figure is what counts.
-const streamsPerConnection = 1000
-
-// maxConnections bounds the pool of one credential.
-const maxConnections = 4
 
 // ConnectionsFor is the number of connections that carry concurrency
-// pushes at once at APNs' stream limit, from 1 to 4.
-func ConnectionsFor(concurrency int) int {
-	return min(max(1, (concurrency+streamsPerConnection-1)/streamsPerConnection), maxConnections)
-}
+// pushes at once at APNs' stream limit (transport.ConnectionsFor).
+func ConnectionsFor(concurrency int) int { return transport.ConnectionsFor(concurrency) }
 
-// newHTTPClient is apns2's HTTP client on a connPool. No
+// newHTTPClient is apns2's HTTP client on a transport.Pool. No
 // http.Client.Timeout: every push carries a context deadline from the
 // sender (Sender.attempt), and a second deadline per request only cost a
 // timer and a context.
-func newHTTPClient(o ClientOptions, certs []tls.Certificate) (*http.Client, *connPool) {
-	p := newConnPool(o, certs)
+func newHTTPClient(o ClientOptions, certs []tls.Certificate) (*http.Client, *transport.Pool) {
+	p := transport.New(transport.Options{Roots: o.Roots, ReadIdleTimeout: o.ReadIdleTimeout, PingTimeout: o.PingTimeout,
+		IdleTimeout: o.IdleTimeout, OnConnect: o.OnConnect, Connections: o.Connections}, certs)
 	return &http.Client{Transport: p}, p
 }
 

@@ -10,15 +10,9 @@ import (
 	"github.com/sirupsen/logrus"
 
 	"github.com/xapsd/xapsd/internal/registry"
+	"github.com/xapsd/xapsd/internal/testutil"
 	"github.com/xapsd/xapsd/internal/testutil/fakeapns"
 )
-
-// certClientFor is a certificate client pointed at srv.
-func certClientFor(t *testing.T, srv *fakeapns.Server) *Client {
-	t.Helper()
-	c, _ := realClientOn(t, srv)
-	return c
-}
 
 // removed records the registrations the sender deletes.
 type removed struct {
@@ -26,14 +20,14 @@ type removed struct {
 	keys map[registry.Key]bool
 }
 
-func (r *removed) Remove(k registry.Key, before time.Time) bool {
+func (r *removed) Remove(_ context.Context, k registry.Key, before time.Time) (bool, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.keys == nil {
 		r.keys = map[registry.Key]bool{}
 	}
 	r.keys[k] = true
-	return true
+	return false, nil
 }
 
 func (r *removed) n() int {
@@ -61,9 +55,9 @@ func TestBadDeviceTokenDeletesARareDeadDevice(t *testing.T) {
 	for i := range 20 {
 		s.Enqueue(devKey(i))
 	}
-	waitUntil(t, "20 delivered", func() bool { return res.byOutcome()[Delivered] == 20 })
+	testutil.WaitFor(t, "20 delivered", func() bool { return res.byOutcome()[Delivered] == 20 })
 	s.Enqueue(dead)
-	waitUntil(t, "the dead device's answer", func() bool { return len(res.byOutcome()) == 2 })
+	testutil.WaitFor(t, "the dead device's answer", func() bool { return len(res.byOutcome()) == 2 })
 	if m := res.byOutcome(); m[Removed] != 1 || rm.n() != 1 || !rm.keys[dead] {
 		t.Errorf("outcomes %v, removed %v", m, rm.keys)
 	}
@@ -83,7 +77,7 @@ func TestWrongEnvironmentDoesNotEmptyTheRegistry(t *testing.T) {
 	for i := range n {
 		s.Enqueue(devKey(i))
 	}
-	waitUntil(t, "every answer", func() bool { return res.byOutcome()[Failed] == n })
+	testutil.WaitFor(t, "every answer", func() bool { return res.byOutcome()[Failed] == n })
 	if rm.n() != 0 {
 		t.Errorf("%d registrations deleted", rm.n())
 	}
@@ -109,15 +103,15 @@ func TestBadDeviceTokenJustAfterACredentialChangeKeepsTheDevice(t *testing.T) {
 	for i := range 20 {
 		s.Enqueue(devKey(i))
 	}
-	waitUntil(t, "20 delivered", func() bool { return res.byOutcome()[Delivered] == 20 })
+	testutil.WaitFor(t, "20 delivered", func() bool { return res.byOutcome()[Delivered] == 20 })
 	s.Enqueue(dead)
-	waitUntil(t, "the answer", func() bool { return res.byOutcome()[Failed] == 1 })
+	testutil.WaitFor(t, "the answer", func() bool { return res.byOutcome()[Failed] == 1 })
 	if rm.n() != 0 {
 		t.Fatalf("deleted %v within the hour after a credential change", rm.keys)
 	}
 	clock.Add(int64(time.Hour))
 	s.Enqueue(dead)
-	waitUntil(t, "the answer", func() bool { return res.byOutcome()[Removed] == 1 })
+	testutil.WaitFor(t, "the answer", func() bool { return res.byOutcome()[Removed] == 1 })
 }
 
 // Twenty events 100 ms apart for one phone: with a minimum interval of a
@@ -136,7 +130,7 @@ func TestPushesToOneDeviceArePaced(t *testing.T) {
 	}
 	// On a busy machine the 20 events take longer than 1.9 s; what is
 	// promised is the first push at once, then one per interval.
-	waitUntil(t, "the last push", func() bool { q, f := s.Depth(); return q == 0 && f == 0 })
+	testutil.WaitFor(t, "the last push", func() bool { q, f := s.Depth(); return q == 0 && f == 0 })
 	if n, most := srv.Count(), int64(span/time.Second)+2; n < 2 || n > most {
 		t.Errorf("%d pushes for 20 events in %v with a 1 s interval, want 2 to %d", n, span.Round(time.Millisecond), most)
 	}
@@ -149,11 +143,13 @@ func TestPushesToOneDeviceArePaced(t *testing.T) {
 	other := devKey(2)
 	begin := time.Now()
 	s.Enqueue(other)
-	waitUntil(t, "the other phone's push", func() bool { return srv.Count() == int64(len(reqs))+1 })
+	testutil.WaitFor(t, "the other phone's push", func() bool { return srv.Count() == int64(len(reqs))+1 })
 	if d := time.Since(begin); d > 500*time.Millisecond {
 		t.Errorf("another phone waited %v", d)
 	}
 	// The first phone waits again; a shutdown does not keep it waiting.
+	// (Its answer is counted a moment after APNs has the push.)
+	testutil.WaitFor(t, "the other phone's answer", func() bool { return res.byOutcome()[Delivered] == len(reqs)+1 })
 	before := res.byOutcome()[Delivered]
 	s.Enqueue(other)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)

@@ -16,6 +16,7 @@ import (
 	logtest "github.com/sirupsen/logrus/hooks/test"
 
 	"github.com/xapsd/xapsd/internal/registry"
+	"github.com/xapsd/xapsd/internal/testutil"
 	"github.com/xapsd/xapsd/internal/testutil/fakeapns"
 )
 
@@ -30,7 +31,7 @@ func startClient(t *testing.T, c *Client, o Options) (*Sender, *results, *logtes
 	if o.MinBackoff == 0 {
 		o.MinBackoff, o.MaxBackoff = 5*time.Millisecond, 20*time.Millisecond
 	}
-	s := New(c, o)
+	s := New(c, daemonOptions(o))
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { s.Run(ctx); close(done) }()
@@ -67,17 +68,6 @@ func (r *results) firstAttempts(t *testing.T) {
 	}
 }
 
-func waitUntil(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
-
 // byOutcome counts the results seen so far.
 func (r *results) byOutcome() map[Outcome]int {
 	r.mu.Lock()
@@ -109,12 +99,21 @@ func TestCredentialRefusalPausesSending(t *testing.T) {
 	for i := range n {
 		s.Enqueue(devKey(i))
 	}
-	waitUntil(t, "the pause", func() bool { cause, _ := s.Paused(); return cause == PauseCredential })
+	testutil.WaitFor(t, "the pause", func() bool { cause, _ := s.Paused(); return cause == PauseCredential })
 	if _, why := s.Paused(); !strings.Contains(why.Error(), "403 BadCertificate") {
 		t.Errorf("pause reason %v", why)
 	}
-	// Probes only: one every 300 ms.
-	time.Sleep(1100 * time.Millisecond)
+	// Probes only: one every 300 ms. Wait for three and look at when
+	// they came (the first may follow a push that was on its way when
+	// the refusal came).
+	before := srv.Count()
+	testutil.WaitFor(t, "three probes", func() bool { return srv.Count() >= before+3 })
+	reqs := srv.Requests()
+	for i := len(reqs) - 2; i < len(reqs); i++ {
+		if gap := reqs[i].Received.Sub(reqs[i-1].Received); gap < 250*time.Millisecond {
+			t.Errorf("requests %d and %d reached APNs %v apart while it refused the credential, want a probe each 300 ms", i-1, i, gap)
+		}
+	}
 	if got := srv.Count(); got > 6 {
 		t.Errorf("%d requests reached APNs while it refused the credential, want the first few and a probe each 300 ms", got)
 	}
@@ -128,7 +127,7 @@ func TestCredentialRefusalPausesSending(t *testing.T) {
 		t.Errorf("the refusal was logged %d times, want once a minute", got)
 	}
 	refuse.Store(false)
-	waitUntil(t, "every push delivered", func() bool { return res.byOutcome()[Delivered] == n })
+	testutil.WaitFor(t, "every push delivered", func() bool { return res.byOutcome()[Delivered] == n })
 	if cause, _ := s.Paused(); cause != "" {
 		t.Errorf("still paused: %s", cause)
 	}
@@ -143,7 +142,7 @@ func TestCredentialRefusalPausesSending(t *testing.T) {
 
 // Every answer that concerns the credential or the kind of request
 // pauses; answers about one device do not.
-func TestWhichAnswersPause(t *testing.T) {
+func TestCredentialRefusalsPauseAndDeviceAnswersDoNot(t *testing.T) {
 	for _, c := range []struct {
 		status int
 		reason string
@@ -194,7 +193,7 @@ func TestNewCredentialsEndThePause(t *testing.T) {
 	}
 	// A refusal for credentials already replaced does not pause the new ones.
 	old := &Client{Topic: "t", Transport: bad}
-	s.pauseFor(old, 403, "InvalidProviderToken", time.Now().Add(time.Hour))
+	s.pauseFor(old, refusal(403, "InvalidProviderToken"), time.Now().Add(time.Hour))
 	if cause, _ := s.Paused(); cause != "" {
 		t.Errorf("paused by the old credential: %s", cause)
 	}
@@ -208,7 +207,7 @@ func TestHeldPushesExpire(t *testing.T) {
 	s, res := start(t, tr, Options{ProbeInterval: 400 * time.Millisecond, Expiration: 200 * time.Millisecond})
 	s.Enqueue(dev)
 	s.Enqueue(registry.Key{User: "b", AccountID: "B", DeviceToken: "bb"})
-	waitUntil(t, "both expired", func() bool { return res.byOutcome()[Expired] == 2 })
+	testutil.WaitFor(t, "both expired", func() bool { return res.byOutcome()[Expired] == 2 })
 	if tr.count("bb") > 1 || tr.count("aa11") > 1 {
 		t.Errorf("sent %d and %d times", tr.count("aa11"), tr.count("bb"))
 	}
@@ -223,14 +222,33 @@ func TestHeldPushesExpire(t *testing.T) {
 func TestUnreachableAPNsPausesWithoutSpendingAttempts(t *testing.T) {
 	srv := appleServer(t, fakeapns.Options{NoRecord: true})
 	srv.RefuseConnections(true)
-	c := tokenClientFor(t, srv, ClientOptions{})
+	var attemptsMu sync.Mutex
+	var attempts []time.Time
+	c := tokenClientFor(t, srv, ClientOptions{OnConnect: func(error) {
+		attemptsMu.Lock()
+		attempts = append(attempts, time.Now())
+		attemptsMu.Unlock()
+	}})
 	s, res, hook := startClient(t, c, Options{})
 	const n = 500
 	for i := range n {
 		s.Enqueue(devKey(i))
 	}
-	waitUntil(t, "the pause", func() bool { cause, _ := s.Paused(); return cause == PauseUnreachable })
-	time.Sleep(3 * time.Second)
+	testutil.WaitFor(t, "the pause", func() bool { cause, _ := s.Paused(); return cause == PauseUnreachable })
+	// Wait for the third attempt to connect and look at when each came:
+	// a second or more apart, not one per push.
+	testutil.WaitFor(t, "a third attempt to connect", func() bool {
+		attemptsMu.Lock()
+		defer attemptsMu.Unlock()
+		return len(attempts) >= 3
+	})
+	attemptsMu.Lock()
+	for i := 1; i < len(attempts); i++ {
+		if gap := attempts[i].Sub(attempts[i-1]); gap < 500*time.Millisecond {
+			t.Errorf("attempts to connect %d and %d only %v apart", i-1, i, gap)
+		}
+	}
+	attemptsMu.Unlock()
 	if got := srv.Connections(); got > 3 {
 		t.Errorf("%d connection attempts in 3 s, want at most 3", got)
 	}
@@ -248,7 +266,7 @@ func TestUnreachableAPNsPausesWithoutSpendingAttempts(t *testing.T) {
 	defer cancel()
 	begin := time.Now()
 	srv.RefuseConnections(false)
-	waitUntil(t, "every push delivered", func() bool { return res.byOutcome()[Delivered] == n })
+	testutil.WaitFor(t, "every push delivered", func() bool { return res.byOutcome()[Delivered] == n })
 	res.firstAttempts(t)
 	if left, err := s.Drain(ctx); err != nil || len(left) != 0 || time.Since(begin) > 5*time.Second {
 		t.Errorf("drain: %v %v", left, err)
@@ -322,9 +340,10 @@ func TestExpiredProviderTokenRenewsTheToken(t *testing.T) {
 	// The token was made 45 minutes ago (APNs, whose clock is ahead of
 	// this host's, already finds it over an hour old): it may be renewed.
 	c.token.tok.IssuedAt = time.Now().Add(-45 * time.Minute).Unix()
-	s, res, hook := startClient(t, c, Options{Now: now})
+	dispatcher := &looks{}
+	s, res, hook := startClient(t, c, Options{Now: now, looked: dispatcher.record})
 	s.Enqueue(devKey(1))
-	waitUntil(t, "delivery with a new token", func() bool { return res.byOutcome()[Delivered] == 1 })
+	testutil.WaitFor(t, "delivery with a new token", func() bool { return res.byOutcome()[Delivered] == 1 })
 	seen := rec.tokens()
 	if len(seen) != 2 {
 		t.Fatalf("%d distinct tokens, want 2", len(seen))
@@ -335,19 +354,21 @@ func TestExpiredProviderTokenRenewsTheToken(t *testing.T) {
 		t.Error("no error naming the clock")
 	}
 	s.Enqueue(devKey(2))
-	waitUntil(t, "the pause", func() bool { cause, _ := s.Paused(); return cause == PauseCredential })
+	testutil.WaitFor(t, "the pause", func() bool { cause, _ := s.Paused(); return cause == PauseCredential })
 	if _, why := s.Paused(); !strings.Contains(why.Error(), "ExpiredProviderToken") || !strings.Contains(why.Error(), "clock") {
 		t.Errorf("pause reason %v", why)
 	}
 	before := srv.Count()
-	time.Sleep(200 * time.Millisecond)
+	held := dispatcher.heldCount()
+	s.kick() // the dispatcher looks at the queue, as at any event
+	dispatcher.waitHeldAfter(t, held)
 	if srv.Count() != before {
 		t.Errorf("pushes sent while no token may be made")
 	}
 	// 20 minutes later a token may be made; the probe gets one.
 	clock.Add(int64(TokenRenewInterval))
 	s.Enqueue(devKey(3)) // wakes the dispatcher, as any event would
-	waitUntil(t, "delivery after the renewal", func() bool { return res.byOutcome()[Delivered] == 3 })
+	testutil.WaitFor(t, "delivery after the renewal", func() bool { return res.byOutcome()[Delivered] == 3 })
 	if n := len(rec.tokens()); n != 3 {
 		t.Errorf("%d distinct tokens, want 3", n)
 	}
@@ -368,7 +389,7 @@ func TestExpiredProviderTokenYoungerThanTheLimitWaits(t *testing.T) {
 	issued := time.Unix(c.token.tok.IssuedAt, 0)
 	s, res, _ := startClient(t, c, Options{Now: now})
 	s.Enqueue(devKey(1))
-	waitUntil(t, "the pause", func() bool { cause, _ := s.Paused(); return cause == PauseCredential })
+	testutil.WaitFor(t, "the pause", func() bool { cause, _ := s.Paused(); return cause == PauseCredential })
 	_, why := s.Paused()
 	if when := issued.Add(TokenRenewInterval).UTC().Format(time.RFC3339); !strings.Contains(why.Error(), when) {
 		t.Errorf("pause reason %q does not say %s (20 minutes after the token was made, UTC)", why, when)
@@ -378,7 +399,7 @@ func TestExpiredProviderTokenYoungerThanTheLimitWaits(t *testing.T) {
 	}
 	clock.Add(int64(TokenRenewInterval))
 	s.Enqueue(devKey(2))
-	waitUntil(t, "delivery after the limit", func() bool { return res.byOutcome()[Delivered] == 2 })
+	testutil.WaitFor(t, "delivery after the limit", func() bool { return res.byOutcome()[Delivered] == 2 })
 	if n := len(rec.tokens()); n != 2 {
 		t.Errorf("%d distinct tokens, want 2", n)
 	}
@@ -386,7 +407,7 @@ func TestExpiredProviderTokenYoungerThanTheLimitWaits(t *testing.T) {
 
 // A reload of the same .p8 keeps the token: a new one would count as an
 // update at Apple.
-func TestTokenSameKey(t *testing.T) {
+func TestTokenIsSameOnlyForTheSameKeyKeyIDAndTeam(t *testing.T) {
 	a := newTestToken(t)
 	tok := NewToken(a)
 	like := func(keyID, teamID string) *token.Token {

@@ -15,6 +15,7 @@ import (
 	"github.com/sirupsen/logrus"
 
 	"github.com/xapsd/xapsd/internal/registry"
+	"github.com/xapsd/xapsd/internal/testutil"
 )
 
 // scripted is a Transport whose answers the test decides per device.
@@ -61,12 +62,12 @@ type removals struct {
 	when []time.Time
 }
 
-func (r *removals) Remove(k registry.Key, before time.Time) bool {
+func (r *removals) Remove(_ context.Context, k registry.Key, before time.Time) (bool, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.got = append(r.got, k)
 	r.when = append(r.when, before)
-	return true
+	return false, nil
 }
 
 type results struct {
@@ -96,6 +97,34 @@ func (r *results) wait(t *testing.T) Result {
 	}
 }
 
+// looks counts the dispatcher's looks at the queue that found pushes
+// waiting and sent none: the moment a push that is held would have gone.
+type looks struct {
+	mu   sync.Mutex
+	held int
+}
+
+func (l *looks) record(waiting int, sent bool) {
+	if waiting > 0 && !sent {
+		l.mu.Lock()
+		l.held++
+		l.mu.Unlock()
+	}
+}
+
+func (l *looks) heldCount() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.held
+}
+
+// waitHeldAfter waits for a look that held a push back, after the n
+// counted so far.
+func (l *looks) waitHeldAfter(t *testing.T, n int) {
+	t.Helper()
+	testutil.WaitFor(t, "the dispatcher to look at the queue and hold it", func() bool { return l.heldCount() > n })
+}
+
 func start(t *testing.T, tr Transport, o Options) (*Sender, *results) {
 	t.Helper()
 	res := newResults()
@@ -103,7 +132,7 @@ func start(t *testing.T, tr Transport, o Options) (*Sender, *results) {
 	if o.MinBackoff == 0 {
 		o.MinBackoff, o.MaxBackoff = 5*time.Millisecond, 20*time.Millisecond
 	}
-	s := New(&Client{Topic: "com.apple.mail.XServer.test", Transport: tr}, o)
+	s := New(&Client{Topic: "com.apple.mail.XServer.test", Transport: tr}, daemonOptions(o))
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { s.Run(ctx); close(done) }()
@@ -138,9 +167,7 @@ func TestQueuedDeviceIsNotQueuedTwice(t *testing.T) {
 	s, res := start(t, tr, Options{Concurrency: 1})
 	other := registry.Key{User: "bob", AccountID: "B", DeviceToken: "bb"}
 	s.Enqueue(other) // occupies the only worker
-	for tr.count("bb") == 0 {
-		time.Sleep(time.Millisecond)
-	}
+	testutil.WaitFor(t, "bob's push to be on its way", func() bool { return tr.count("bb") > 0 })
 	for range 100 {
 		s.Enqueue(dev)
 	}
@@ -150,7 +177,10 @@ func TestQueuedDeviceIsNotQueuedTwice(t *testing.T) {
 	close(tr.release)
 	res.wait(t)
 	res.wait(t)
-	time.Sleep(50 * time.Millisecond)
+	// One worker takes the queue in order: a second push to the device
+	// would go before a third device's.
+	s.Enqueue(registry.Key{User: "carol", AccountID: "C", DeviceToken: "cc"})
+	res.wait(t)
 	if n := tr.count("aa11"); n != 1 {
 		t.Errorf("device pushed %d times, want 1", n)
 	}
@@ -160,9 +190,7 @@ func TestInFlightDeviceIsQueuedAgain(t *testing.T) {
 	tr := &scripted{release: make(chan struct{})}
 	s, res := start(t, tr, Options{})
 	s.Enqueue(dev)
-	for tr.count("aa11") == 0 {
-		time.Sleep(time.Millisecond)
-	}
+	testutil.WaitFor(t, "the push to be on its way", func() bool { return tr.count("aa11") > 0 })
 	s.Enqueue(dev) // a change after the push left must get its own push
 	close(tr.release)
 	res.wait(t)
@@ -219,13 +247,14 @@ func TestRetriesStopWhenThePushWouldExpire(t *testing.T) {
 			t.Fatalf("unexpected %+v", r)
 		}
 	}
-	time.Sleep(50 * time.Millisecond)
-	if q, f := s.Depth(); q != 0 || f != 0 {
+	// The expired push's attempt ends; a retry would keep it queued.
+	if !testutil.Wait(testutil.Patience, func() bool { q, f := s.Depth(); return q == 0 && f == 0 }) {
+		q, f := s.Depth()
 		t.Errorf("after expiry queued=%d inFlight=%d", q, f)
 	}
 }
 
-func TestPermanentAnswers(t *testing.T) {
+func TestPermanentAnswersAreNotRetriedAndDeadTokensAreRemoved(t *testing.T) {
 	ts := time.Unix(1700000000, 0)
 	cases := []struct {
 		name       string
@@ -252,7 +281,9 @@ func TestPermanentAnswers(t *testing.T) {
 			if r := res.wait(t); r.Outcome != c.want || r.Status != c.resp.StatusCode || r.Reason != c.resp.Reason {
 				t.Fatalf("result %+v, want %s", r, c.want)
 			}
-			time.Sleep(30 * time.Millisecond)
+			// Once the attempt has ended nothing is queued: a retry
+			// would be.
+			testutil.WaitFor(t, "the attempt to end", func() bool { q, f := s.Depth(); return q == 0 && f == 0 })
 			if n := tr.count("aa11"); n != 1 {
 				t.Errorf("sent %d times; a permanent answer must not be retried", n)
 			}
@@ -273,7 +304,8 @@ func TestDrainSendsQueuedAndReturnsTheRest(t *testing.T) {
 		}
 		return &apns2.Response{StatusCode: 200}, nil
 	}}
-	s, _ := start(t, tr, Options{MinBackoff: time.Hour, MaxBackoff: time.Hour})
+	seen := &looks{}
+	s, _ := start(t, tr, Options{MinBackoff: time.Hour, MaxBackoff: time.Hour, looked: seen.record})
 	s.Enqueue(dev)
 	s.Enqueue(registry.Key{User: "bob", AccountID: "B", DeviceToken: "dead"})
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -288,8 +320,9 @@ func TestDrainSendsQueuedAndReturnsTheRest(t *testing.T) {
 	if len(left) != 1 || left[0].DeviceToken != "dead" {
 		t.Errorf("left = %+v, want the device waiting for a retry", left)
 	}
+	held := seen.heldCount()
 	s.Enqueue(dev)
-	time.Sleep(20 * time.Millisecond)
+	seen.waitHeldAfter(t, held)
 	if tr.count("aa11") != 1 {
 		t.Error("a stopped sender still pushed")
 	}
@@ -300,9 +333,7 @@ func TestDrainTimeoutReturnsUnsent(t *testing.T) {
 	defer close(tr.release)
 	s, _ := start(t, tr, Options{Concurrency: 1})
 	s.Enqueue(registry.Key{User: "x", AccountID: "X", DeviceToken: "busy"})
-	for tr.count("busy") == 0 {
-		time.Sleep(time.Millisecond)
-	}
+	testutil.WaitFor(t, "the first push to be on its way", func() bool { return tr.count("busy") > 0 })
 	s.Enqueue(dev)
 	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
 	defer cancel()
@@ -335,7 +366,7 @@ func TestPushNowReportsAppleAnswer(t *testing.T) {
 	tr := &scripted{answer: func(*apns2.Notification, int) (*apns2.Response, error) {
 		return &apns2.Response{StatusCode: http.StatusBadRequest, Reason: "TopicDisallowed", ApnsID: "id-1"}, nil
 	}}
-	s := New(&Client{Topic: "t", Transport: tr}, Options{})
+	s := New(&Client{Topic: "t", Transport: tr}, daemonOptions(Options{}))
 	r := s.PushNow(context.Background(), dev)
 	if r.Status != 400 || r.Reason != "TopicDisallowed" || r.ApnsID != "id-1" || r.Outcome != Failed {
 		t.Errorf("PushNow = %+v", r)
@@ -357,7 +388,7 @@ func TestPushNowReportsAppleAnswer(t *testing.T) {
 }
 
 func TestBackoffGrowsWithJitterAndCap(t *testing.T) {
-	s := New(&Client{}, Options{MinBackoff: time.Second, MaxBackoff: 8 * time.Second})
+	s := New(&Client{}, daemonOptions(Options{MinBackoff: time.Second, MaxBackoff: 8 * time.Second}))
 	for attempt, max := range map[int]time.Duration{1: time.Second, 2: 2 * time.Second, 3: 4 * time.Second, 4: 8 * time.Second, 9: 8 * time.Second} {
 		for range 50 {
 			d := s.backoff(attempt)
@@ -372,7 +403,7 @@ func TestTransportErrorsDoNotLogTheToken(t *testing.T) {
 	tr := &scripted{answer: func(n *apns2.Notification, _ int) (*apns2.Response, error) {
 		return nil, &url.Error{Op: "Post", URL: "https://api.push.apple.com/3/device/" + n.DeviceToken, Err: errors.New("connection reset by peer")}
 	}}
-	s := New(&Client{Topic: "t", Transport: tr}, Options{})
+	s := New(&Client{Topic: "t", Transport: tr}, daemonOptions(Options{}))
 	r := s.PushNow(context.Background(), registry.Key{User: "u", AccountID: "A", DeviceToken: "deadbeefcafe0123456789"})
 	if strings.Contains(r.Reason, "deadbeefcafe0123456789") || !strings.Contains(r.Reason, "connection reset by peer") {
 		t.Errorf("reason %q", r.Reason)
@@ -385,7 +416,7 @@ func TestDryRunPushesAreTheirOwnOutcome(t *testing.T) {
 	l := logrus.New()
 	l.SetOutput(&logged)
 	res := newResults()
-	s := New(NewDryRunClient("com.apple.mail.XServer.test", l), Options{OnResult: res.add, Log: l})
+	s := New(NewDryRunClient("com.apple.mail.XServer.test", l), daemonOptions(Options{OnResult: res.add, Log: l}))
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { s.Run(ctx); close(done) }()
@@ -426,7 +457,7 @@ func TestPushNowIsATestAndNeverRetries(t *testing.T) {
 			l.SetOutput(&logged)
 			tr := &scripted{answer: answer}
 			var seen []Result
-			s := New(&Client{Topic: "t", Transport: tr}, Options{Log: l, OnResult: func(r Result) { seen = append(seen, r) }})
+			s := New(&Client{Topic: "t", Transport: tr}, daemonOptions(Options{Log: l, OnResult: func(r Result) { seen = append(seen, r) }}))
 			r := s.PushNow(context.Background(), dev)
 			if r.Outcome != Failed || !r.Test || r.Reason == "" {
 				t.Errorf("PushNow = %+v, want failed with a reason", r)

@@ -9,6 +9,7 @@ import (
 	"github.com/sideshow/apns2"
 
 	"github.com/xapsd/xapsd/internal/registry"
+	"github.com/xapsd/xapsd/internal/testutil"
 	"github.com/xapsd/xapsd/internal/testutil/fakeapns"
 )
 
@@ -36,7 +37,7 @@ func TestWaitingSaysWhatHoldsAPushBack(t *testing.T) {
 	if r := res2.wait(t); r.Outcome != Retrying {
 		t.Fatalf("outcome %s", r.Outcome)
 	}
-	waitUntil(t, "the retry to be scheduled", func() bool { w, _ := s2.Waiting(dev); return w.Why == WaitRetry })
+	testutil.WaitFor(t, "the retry to be scheduled", func() bool { w, _ := s2.Waiting(dev); return w.Why == WaitRetry })
 	if w, _ := s2.Waiting(dev); w.Attempt != 1 || w.Until.Before(time.Now().Add(29*time.Minute)) {
 		t.Errorf("retry: %+v", w)
 	}
@@ -45,14 +46,14 @@ func TestWaitingSaysWhatHoldsAPushBack(t *testing.T) {
 	tr3 := &scripted{release: release}
 	s3, res3 := start(t, tr3, Options{})
 	s3.Enqueue(dev)
-	waitUntil(t, "the push to be in flight", func() bool { w, _ := s3.Waiting(dev); return w.Why == WaitInFlight })
+	testutil.WaitFor(t, "the push to be in flight", func() bool { w, _ := s3.Waiting(dev); return w.Why == WaitInFlight })
 	close(release)
 	res3.wait(t)
-	waitUntil(t, "the push to be done", func() bool { _, ok := s3.Waiting(dev); return !ok })
+	testutil.WaitFor(t, "the push to be done", func() bool { _, ok := s3.Waiting(dev); return !ok })
 }
 
 // While APNs refuses the credential, a queued push waits for the pause.
-func TestWaitingWhilePaused(t *testing.T) {
+func TestWaitingSaysPausedWhileAPNsRefusesTheCredential(t *testing.T) {
 	tr := &scripted{answer: func(*apns2.Notification, int) (*apns2.Response, error) {
 		return &apns2.Response{StatusCode: http.StatusForbidden, Reason: apns2.ReasonBadCertificate}, nil
 	}}
@@ -61,18 +62,18 @@ func TestWaitingWhilePaused(t *testing.T) {
 	res.wait(t)
 	other := registry.Key{User: "bob", AccountID: "B", DeviceToken: "bb22"}
 	s.Enqueue(other)
-	waitUntil(t, "the queue to pause", func() bool { w, _ := s.Waiting(other); return w.Why == WaitPaused })
+	testutil.WaitFor(t, "the queue to pause", func() bool { w, _ := s.Waiting(other); return w.Why == WaitPaused })
 }
 
 // Reach: an open connection counts; without one it connects once; a
 // stand-in that refuses connections is unreachable; dry-run sends nothing.
-func TestReach(t *testing.T) {
+func TestReachSaysConnectedReachableUnreachableOrDryRun(t *testing.T) {
 	srv := appleServer(t, fakeapns.Options{})
 	c := tokenClientFor(t, srv, ClientOptions{})
 	if r := c.Reach(context.Background()); r.State != ReachReachable || r.Err != nil {
 		t.Errorf("no connection yet: %+v", r)
 	}
-	if n := c.pool.open(); n != 0 {
+	if n := c.pool.Open(); n != 0 {
 		t.Errorf("Reach left %d connections in the pool", n)
 	}
 	if resp, err := push(c, "aa"); err != nil || resp.StatusCode != 200 {

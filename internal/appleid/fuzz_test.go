@@ -3,14 +3,10 @@ package appleid
 import (
 	"bufio"
 	"bytes"
-	"encoding/json"
 	"fmt"
-	"path/filepath"
 	"reflect"
-	"slices"
 	"strings"
 	"testing"
-	"time"
 )
 
 // Seeds shared by the fuzz targets: what Apple sent, what it sends now,
@@ -118,26 +114,6 @@ func FuzzPlistRoundTrip(f *testing.F) {
 		}
 		if !reflect.DeepEqual(v, w) {
 			t.Fatalf("round trip changed %#v into %#v", v, w)
-		}
-	})
-}
-
-// FuzzImportLegacy: an old database.json's AppleCerts never panics the
-// import, and what it reports matches what it did.
-func FuzzImportLegacy(f *testing.F) {
-	f.Add([]byte(`{"Signature": [], "Keys": []}`))
-	f.Add([]byte(`{"Signature": [null, null, {"Certificate": ["AAAA"], "PrivateKey": null, "Leaf": null}], "Keys": ["", "", "AAAA"]}`))
-	f.Add([]byte(`null`))
-	f.Add([]byte(`{"Signature": [{"Certificate": []}], "Keys": [null]}`))
-	now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
-	f.Fuzz(func(t *testing.T, in []byte) {
-		dir := filepath.Join(t.TempDir(), "s")
-		res, err := ImportLegacy(json.RawMessage(in), dir, now)
-		if res.Mail != slices.Contains(res.Stored, "mail") {
-			t.Fatalf("result %+v, %v", res, err)
-		}
-		if len(res.Stored) == 0 && exists(dir) {
-			t.Fatal("state folder created with nothing to store")
 		}
 	})
 }

@@ -150,7 +150,7 @@ func rawServer(t *testing.T, serve func(net.Conn)) string {
 	return ln.Addr().String()
 }
 
-func TestPost(t *testing.T) {
+func TestPostSendsTheRequestAsApplesClientDoesToATrustedServerOnly(t *testing.T) {
 	fx := getFixture(t)
 	var got bytes.Buffer
 	received := make(chan struct{})

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/xapsd/xapsd/internal/applecerts"
 	"github.com/xapsd/xapsd/internal/creds"
 	"github.com/xapsd/xapsd/internal/testutil/testpki"
 )
@@ -103,7 +104,7 @@ func TestImportLegacy(t *testing.T) {
 		}
 	}
 
-	res, err := ImportLegacy(raw, e.dir, e.now())
+	res, err := applecerts.ImportLegacy(raw, e.dir, e.now())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -117,7 +118,7 @@ func TestImportLegacy(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if !h.cert.Equal(l.certs[svc.No]) || !h.key.Equal(l.keys[svc.No]) {
+		if !h.Cert.Equal(l.certs[svc.No]) || !h.Key.Equal(l.keys[svc.No]) {
 			t.Errorf("%s: stored the wrong certificate or key", svc.Name)
 		}
 		checkMode(t, st.servicePath(svc), 0o600)
@@ -129,7 +130,7 @@ func TestImportLegacy(t *testing.T) {
 
 	// Idempotent: a second start changes nothing.
 	before, _ := os.ReadFile(filepath.Join(e.dir, "mail.pem"))
-	res, err = ImportLegacy(raw, e.dir, e.now())
+	res, err = applecerts.ImportLegacy(raw, e.dir, e.now())
 	if err != nil || res.Mail || len(res.Stored) != 0 || len(res.Notes) != 5 || !strings.Contains(res.Notes[2], "already holds") {
 		t.Fatalf("second import: %+v, %v", res, err)
 	}
@@ -154,7 +155,7 @@ func TestImportLegacy(t *testing.T) {
 func TestImportThenRenew(t *testing.T) {
 	e := newEnv(t, stubNormal)
 	l := issueLegacy(t, e, e.now().Add(20*24*time.Hour), 0)
-	if _, err := ImportLegacy(l.json(t), e.dir, e.now()); err != nil {
+	if _, err := applecerts.ImportLegacy(l.json(t), e.dir, e.now()); err != nil {
 		t.Fatal(err)
 	}
 	got, _ := runUntilIdle(t, e, e.manager(t))
@@ -189,7 +190,7 @@ func TestImportOnlyMail(t *testing.T) {
 		}
 	}
 	only, _ := json.Marshal(raw)
-	res, err := ImportLegacy(only, e.dir, e.now())
+	res, err := applecerts.ImportLegacy(only, e.dir, e.now())
 	if err != nil || !res.Mail || !slices.Equal(res.Stored, []string{"mail"}) {
 		t.Fatalf("import: %+v, %v", res, err)
 	}
@@ -214,7 +215,7 @@ func TestImportLegacySkipsAndErrors(t *testing.T) {
 	t.Run("expired mail", func(t *testing.T) {
 		l := issueLegacy(t, e, now.Add(-time.Hour), 0)
 		dir := filepath.Join(t.TempDir(), "s")
-		res, err := ImportLegacy(l.json(t), dir, now)
+		res, err := applecerts.ImportLegacy(l.json(t), dir, now)
 		if err != nil || res.Mail || len(res.Stored) != 4 {
 			t.Fatalf("%+v, %v", res, err)
 		}
@@ -229,27 +230,27 @@ func TestImportLegacySkipsAndErrors(t *testing.T) {
 	t.Run("newer replaces older", func(t *testing.T) {
 		dir := filepath.Join(t.TempDir(), "s")
 		old := issueLegacy(t, e, now.Add(5*24*time.Hour), 0)
-		if _, err := ImportLegacy(old.json(t), dir, now); err != nil {
+		if _, err := applecerts.ImportLegacy(old.json(t), dir, now); err != nil {
 			t.Fatal(err)
 		}
 		newer := issueLegacy(t, e, now.Add(300*24*time.Hour), 5)
-		res, err := ImportLegacy(newer.json(t), dir, now)
+		res, err := applecerts.ImportLegacy(newer.json(t), dir, now)
 		if err != nil || !res.Mail {
 			t.Fatalf("%+v, %v", res, err)
 		}
 		h, _ := store{dir: dir}.load(services[mailNo])
-		if !h.cert.Equal(newer.certs[mailNo]) {
+		if !h.Cert.Equal(newer.certs[mailNo]) {
 			t.Error("the newer certificate did not replace the older one")
 		}
 		// And the older one does not come back.
-		if res, _ := ImportLegacy(old.json(t), dir, now); res.Mail {
+		if res, _ := applecerts.ImportLegacy(old.json(t), dir, now); res.Mail {
 			t.Error("an older certificate replaced a newer one")
 		}
 	})
 	t.Run("mail key mismatch", func(t *testing.T) {
 		l := issueLegacy(t, e, time.Time{}, 0)
 		l.keys[mailNo] = l.keys[0]
-		_, err := ImportLegacy(l.json(t), filepath.Join(t.TempDir(), "s"), now)
+		_, err := applecerts.ImportLegacy(l.json(t), filepath.Join(t.TempDir(), "s"), now)
 		if err == nil || !strings.Contains(err.Error(), "mail certificate: its key does not belong to it") {
 			t.Errorf("err = %v", err)
 		}
@@ -257,14 +258,14 @@ func TestImportLegacySkipsAndErrors(t *testing.T) {
 	t.Run("broken calendar is a note", func(t *testing.T) {
 		l := issueLegacy(t, e, time.Time{}, 0)
 		l.keys[0] = l.keys[1]
-		res, err := ImportLegacy(l.json(t), filepath.Join(t.TempDir(), "s"), now)
+		res, err := applecerts.ImportLegacy(l.json(t), filepath.Join(t.TempDir(), "s"), now)
 		if err != nil || !res.Mail || len(res.Notes) != 1 || !strings.HasPrefix(res.Notes[0], "calendar certificate not imported") {
 			t.Errorf("%+v, %v", res, err)
 		}
 	})
 	for _, raw := range []string{"", "null", " ", `{"Signature": [], "Keys": []}`, `{}`} {
 		dir := filepath.Join(t.TempDir(), "s")
-		res, err := ImportLegacy(json.RawMessage(raw), dir, now)
+		res, err := applecerts.ImportLegacy(json.RawMessage(raw), dir, now)
 		if err != nil || res.Mail || len(res.Stored) != 0 {
 			t.Errorf("%q: %+v, %v", raw, res, err)
 		}
@@ -273,13 +274,13 @@ func TestImportLegacySkipsAndErrors(t *testing.T) {
 		}
 	}
 	for _, raw := range []string{`[1]`, `{"Signature": "x"}`, `{"Signature": [{"Certificate": ["!!"]}]}`} {
-		if _, err := ImportLegacy(json.RawMessage(raw), filepath.Join(t.TempDir(), "s"), now); err == nil {
+		if _, err := applecerts.ImportLegacy(json.RawMessage(raw), filepath.Join(t.TempDir(), "s"), now); err == nil {
 			t.Errorf("%q: no error", raw)
 		}
 	}
 	// A certificate that is not a certificate, in the mail slot.
 	bad := `{"Signature": [null, null, {"Certificate": ["AAAA"]}], "Keys": ["", "", "AAAA"]}`
-	if _, err := ImportLegacy(json.RawMessage(bad), filepath.Join(t.TempDir(), "s"), now); err == nil ||
+	if _, err := applecerts.ImportLegacy(json.RawMessage(bad), filepath.Join(t.TempDir(), "s"), now); err == nil ||
 		!strings.Contains(err.Error(), "mail certificate") {
 		t.Errorf("bad mail entry: %v", err)
 	}

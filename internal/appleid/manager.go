@@ -4,8 +4,8 @@
 //
 // Apple stopped issuing these certificates on 2024-10-29: every request is
 // answered with error -80010. What still matters is keeping an existing
-// certificate (ImportLegacy takes it over from the old xapsd's
-// database.json), warning before it expires (ExpiryWatch), and saying in
+// certificate (applecerts.ImportLegacy takes it over from the old xapsd's
+// database.json), warning before it expires (creds.ExpiryWatch), and saying in
 // one clear message why no new one comes and what to use instead. The
 // request code is complete and tested against a stand-in for the service,
 // in case Apple ever answers again.
@@ -32,7 +32,6 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	mrand "math/rand/v2"
 	"net/url"
@@ -46,6 +45,7 @@ import (
 
 	"github.com/xapsd/xapsd/internal/atomicfile"
 	"github.com/xapsd/xapsd/internal/creds"
+	"github.com/xapsd/xapsd/internal/logging"
 )
 
 // DefaultBaseURL is Apple's certificate service; requests go to its /new
@@ -64,7 +64,7 @@ type Options struct {
 	// certificate but cannot ask Apple; Status and the log say why.
 	VendorCertFile string
 	VendorKeyFile  string
-	Dir            string         // state folder, normally StateDir(databaseFile)
+	Dir            string         // its folder: statedir.Dir.AppleCerts()
 	BaseURL        string         // default DefaultBaseURL; tests point it at a stand-in
 	Roots          *x509.CertPool // trust for BaseURL; nil = the system's
 	Hostname       string         // in each request's Description; default os.Hostname()
@@ -128,9 +128,7 @@ func New(o Options) (*Manager, error) {
 		o.Hostname = h
 	}
 	if o.Log == nil {
-		l := logrus.New()
-		l.SetOutput(io.Discard)
-		o.Log = l
+		o.Log = logging.Discard()
 	}
 	if o.Now == nil {
 		o.Now = time.Now
@@ -164,7 +162,7 @@ func New(o Options) (*Manager, error) {
 }
 
 // MailFile is the file holding the mail certificate and its key, for
-// messages and for ExpiryWatch.
+// messages and for creds.ExpiryWatch.
 func (m *Manager) MailFile() string { return m.st.servicePath(services[mailNo]) }
 
 // Stored loads the stored mail certificate as a push credential. It
@@ -191,7 +189,7 @@ func (m *Manager) Status() error {
 	case now.Before(m.mail.NotBefore):
 		base = fmt.Errorf("push certificate %s is not valid before %s", m.MailFile(), m.mail.NotBefore.UTC().Format(time.RFC3339))
 	case !now.Before(m.mail.NotAfter):
-		base = ExpiredError(m.MailFile(), m.mail.NotAfter)
+		base = creds.ExpiredError(m.MailFile(), m.mail.NotAfter)
 	default:
 		return nil
 	}
@@ -216,7 +214,7 @@ func (m *Manager) refresh() {
 	defer m.mu.Unlock()
 	m.mail = nil
 	if h != nil {
-		m.mail = h.cert
+		m.mail = h.Cert
 	}
 }
 
@@ -373,7 +371,7 @@ func (m *Manager) request(ctx context.Context, kind planKind, mail *x509.Certifi
 			h, err := m.st.load(svc)
 			switch {
 			case err == nil:
-				keys[i], reqs[i].Serial = h.key, h.cert.SerialNumber
+				keys[i], reqs[i].Serial = h.Key, h.Cert.SerialNumber
 			case !errors.Is(err, fs.ErrNotExist):
 				log.WithError(err).Warn("asking for a fresh certificate for this service")
 			}
@@ -444,7 +442,7 @@ func (m *Manager) request(ctx context.Context, kind planKind, mail *x509.Certifi
 	m.refresh()
 	if cur, _ := m.st.load(services[mailNo]); cur != nil && mail != nil {
 		oldTopic, _ := creds.TopicFromCertificate(mail)
-		newTopic, _ := creds.TopicFromCertificate(cur.cert)
+		newTopic, _ := creds.TopicFromCertificate(cur.Cert)
 		if oldTopic != newTopic {
 			log.WithFields(logrus.Fields{"old": oldTopic, "new": newTopic}).
 				Warn("the push topic changed; devices pick up the new one when they next register")
@@ -541,7 +539,7 @@ func (m *Manager) storeIssued(certs map[int]issued, keys map[int]*rsa.PrivateKey
 				continue
 			}
 		}
-		if cur, err := m.st.load(svc); err == nil && !c.Cert.NotAfter.After(cur.cert.NotAfter) {
+		if cur, err := m.st.load(svc); err == nil && !c.Cert.NotAfter.After(cur.Cert.NotAfter) {
 			problems = append(problems, fmt.Sprintf("the %s certificate of the answer is not newer than the stored one", svc.Name))
 			continue
 		}

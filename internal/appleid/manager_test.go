@@ -23,6 +23,7 @@ import (
 
 	"github.com/sirupsen/logrus"
 
+	"github.com/xapsd/xapsd/internal/applecerts"
 	"github.com/xapsd/xapsd/internal/creds"
 	"github.com/xapsd/xapsd/internal/testutil/testpki"
 )
@@ -273,7 +274,7 @@ func checkIssued(t *testing.T, e *env, r stubRequest) {
 		if err != nil {
 			t.Fatalf("%s: %v", svc.Name, err)
 		}
-		if !h.cert.Equal(r.Issued[svc.No]) {
+		if !h.Cert.Equal(r.Issued[svc.No]) {
 			t.Errorf("%s: stored certificate is not the one issued for CertRequestNo %d", svc.Name, svc.No)
 		}
 		checkMode(t, st.servicePath(svc), 0o600)
@@ -451,7 +452,7 @@ func TestCutConnection(t *testing.T) {
 	checkIssued(t, e, reqs[1])
 }
 
-func TestDiscontinued(t *testing.T) {
+func TestDiscontinuedServiceIsExplainedInOneLineAndNotAskedAgainOnRestart(t *testing.T) {
 	e := newEnv(t, stubDiscontinued)
 	t0 := e.now()
 	m := e.manager(t)
@@ -496,7 +497,7 @@ func obtain(t *testing.T, e *env) stubRequest {
 	return reqs[0]
 }
 
-func TestRenew(t *testing.T) {
+func TestRenewalComesThirtyDaysBeforeTheEndWithTheSameKeys(t *testing.T) {
 	e := newEnv(t, stubNormal)
 	first := obtain(t, e)
 	oldMail := first.Issued[mailNo]
@@ -535,7 +536,7 @@ func TestRenew(t *testing.T) {
 		t.Errorf("NotAfter %v, want the renewed %v", got[0].NotAfter, newMail.NotAfter)
 	}
 	after, _ := store{dir: e.dir}.load(services[mailNo])
-	if !after.key.Equal(before.key) {
+	if !after.Key.Equal(before.Key) {
 		t.Error("the mail key changed on renewal")
 	}
 	a := readAttempts(t, e.dir)
@@ -614,7 +615,7 @@ func TestRenewFailures(t *testing.T) {
 	}
 }
 
-func TestNoVendor(t *testing.T) {
+func TestNoVendorIdentityMeansNoRequestAndSaysWhy(t *testing.T) {
 	e := newEnv(t, stubNormal)
 	o := e.options()
 	o.VendorCertFile, o.VendorKeyFile = "", ""
@@ -642,7 +643,7 @@ func TestNoVendor(t *testing.T) {
 	// An imported certificate is served all the same; renewal is not
 	// possible and the log says so.
 	l := issueLegacy(t, e, time.Time{}, 5)
-	if _, err := ImportLegacy(l.json(t), e.dir, e.now()); err != nil {
+	if _, err := applecerts.ImportLegacy(l.json(t), e.dir, e.now()); err != nil {
 		t.Fatal(err)
 	}
 	m, _ = New(o)
@@ -699,7 +700,7 @@ func TestRecoverAnswer(t *testing.T) {
 	}
 }
 
-func TestNewOptions(t *testing.T) {
+func TestNewRefusesIncompleteOptionsNamingWhatIsMissing(t *testing.T) {
 	e := newEnv(t, stubNormal)
 	fx := getFixture(t)
 	other, err := fx.ca.Issue(testpki.IssueOptions{CommonName: "other", KeyType: testpki.ECDSAP256})
@@ -847,12 +848,6 @@ func TestStoreIssued(t *testing.T) {
 	_, err = m.storeAnswer(&httpResponse{Status: 200, Body: stubAnswer(map[int]*x509.Certificate{1: certs[1].Cert})}, keys, m.log)
 	if err == nil || !strings.Contains(err.Error(), "no usable mail certificate") {
 		t.Errorf("storeAnswer without mail: %v", err)
-	}
-}
-
-func TestStateDir(t *testing.T) {
-	if got := StateDir("/var/lib/xapsd/database.json"); got != "/var/lib/xapsd/apple-push" {
-		t.Errorf("StateDir = %q", got)
 	}
 }
 

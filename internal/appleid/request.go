@@ -12,31 +12,17 @@ import (
 	"fmt"
 	"math/big"
 	"strings"
+
+	"github.com/xapsd/xapsd/internal/applecerts"
 )
 
-// service is one of the five push certificates macOS Server asks for in
-// a single request (docs/protocol.md#apple-cert-services). Only the mail
-// one is used; the others are requested because the service expects all
-// five, and kept so a renewal can send all five again.
-type service struct {
-	No          int    // CertRequestNo, also the index in the old AppleCerts arrays
-	Name        string // file name in the state folder
-	CommonName  string // CSR subject CN
-	Apns        string // Description suffix after "apns:"
-	ServiceType string
-}
+// The five certificates macOS Server asks for, and the one pushes use,
+// are applecerts' (docs/protocol.md#apple-cert-services).
+type service = applecerts.Service
 
-// services is the table of docs/protocol.md#apple-cert-services, in CertRequestNo order.
-var services = [5]service{
-	{0, "calendar", "com.apple.servermgrd.apns.calendar", "com.apple.calendar", "Service_Calendar"},
-	{1, "contact", "com.apple.servermgrd.apns.contact", "com.apple.contact", "Service_Contact"},
-	{2, "mail", "com.apple.servermgrd.apns.mail", "com.apple.mail", "Service_Mail"},
-	{3, "mgmt", "com.apple.servermgrd.apns.mgmt", "com.apple.mgmt", "Service_Mgmt"},
-	{4, "alerts", "com.apple.server.apns.alerts", "com.apple.alerts", "Service_Alerts"},
-}
+var services = applecerts.Services
 
-// mailNo is the CertRequestNo of the certificate xapsd pushes with.
-const mailNo = 2
+const mailNo = applecerts.MailNo
 
 // rsaBits is the key size macOS Server used for each service key.
 const rsaBits = 2048

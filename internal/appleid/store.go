@@ -13,14 +13,13 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/xapsd/xapsd/internal/applecerts"
 	"github.com/xapsd/xapsd/internal/atomicfile"
 )
 
-// The state folder holds, all mode 0600 in a 0700 folder:
+// The state folder holds the certificates (applecerts), and beside them,
+// all mode 0600 in a 0700 folder:
 //
-//	mail.pem, calendar.pem, …  one per service: the certificate, then its
-//	                           RSA key (PKCS#1), so a crash never pairs a
-//	                           certificate with the wrong key
 //	request-keys.pem           the keys of the request in flight, written
 //	                           before it is sent
 //	attempts.json              when the last /new and /renew were sent and
@@ -34,85 +33,29 @@ const (
 	attemptsFile    = "attempts.json"
 	requestKeysFile = "request-keys.pem"
 	answerFile      = "answer.http"
-	fileMode        = 0o600
-	dirMode         = 0o700
+	fileMode        = applecerts.FileMode
 )
-
-// StateDir is the state folder for a registry file: apple-push/ beside
-// it, which the packaging already makes writable.
-func StateDir(databaseFile string) string {
-	return filepath.Join(filepath.Dir(databaseFile), "apple-push")
-}
 
 type store struct{ dir string }
 
+// certs is the folder's certificates.
+func (s store) certs() applecerts.Folder { return applecerts.In(s.dir) }
+
 // ensure creates the folder, and tightens its mode if it exists: it holds
 // private keys.
-func (s store) ensure() error {
-	if err := os.MkdirAll(s.dir, dirMode); err != nil {
-		return fmt.Errorf("create state folder %s: %w", s.dir, err)
-	}
-	if err := os.Chmod(s.dir, dirMode); err != nil {
-		return fmt.Errorf("state folder %s: %w", s.dir, err)
-	}
-	return nil
-}
+func (s store) ensure() error { return s.certs().Ensure() }
 
 func (s store) path(name string) string { return filepath.Join(s.dir, name) }
 
-func (s store) servicePath(svc service) string { return s.path(svc.Name + ".pem") }
-
-// held is a stored certificate with its key.
-type held struct {
-	cert *x509.Certificate
-	key  *rsa.PrivateKey
-}
+func (s store) servicePath(svc service) string { return s.certs().Path(svc) }
 
 // load returns the stored certificate of a service, or an error that
 // wraps fs.ErrNotExist when there is none.
-func (s store) load(svc service) (*held, error) {
-	p := s.servicePath(svc)
-	data, err := readState(p)
-	if err != nil {
-		return nil, fmt.Errorf("read %s: %w", p, err)
-	}
-	var h held
-	for rest := data; ; {
-		var b *pem.Block
-		b, rest = pem.Decode(rest)
-		if b == nil {
-			break
-		}
-		switch {
-		case b.Type == "CERTIFICATE" && h.cert == nil:
-			if h.cert, err = x509.ParseCertificate(b.Bytes); err != nil {
-				return nil, fmt.Errorf("%s: %w", p, err)
-			}
-		case b.Type == "RSA PRIVATE KEY" && h.key == nil, b.Type == "PRIVATE KEY" && h.key == nil:
-			if h.key, err = parseRSAKey(b.Bytes); err != nil {
-				return nil, fmt.Errorf("%s: %w", p, err)
-			}
-		}
-	}
-	switch {
-	case h.cert == nil:
-		return nil, fmt.Errorf("%s: no certificate", p)
-	case h.key == nil:
-		return nil, fmt.Errorf("%s: no private key", p)
-	case !h.key.PublicKey.Equal(h.cert.PublicKey):
-		return nil, fmt.Errorf("%s: the private key does not belong to the certificate", p)
-	}
-	return &h, nil
-}
+func (s store) load(svc service) (*applecerts.Held, error) { return s.certs().Load(svc) }
 
 // save stores a certificate and its key as one file.
 func (s store) save(svc service, cert *x509.Certificate, key *rsa.PrivateKey) error {
-	data := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: cert.Raw})
-	data = append(data, pem.EncodeToMemory(&pem.Block{Type: "RSA PRIVATE KEY", Bytes: x509.MarshalPKCS1PrivateKey(key)})...)
-	if err := atomicfile.WriteFile(s.servicePath(svc), data, fileMode); err != nil {
-		return fmt.Errorf("store %s certificate: %w", svc.Name, err)
-	}
-	return nil
+	return s.certs().Save(svc, cert, key)
 }
 
 // saveRequestKeys records the keys of a request before it is sent, so a
@@ -150,7 +93,7 @@ func (s store) loadRequestKeys() (map[int]*rsa.PrivateKey, error) {
 		if err != nil || no < 0 || no >= len(services) {
 			continue
 		}
-		k, err := parseRSAKey(b.Bytes)
+		k, err := applecerts.ParseRSAKey(b.Bytes)
 		if err != nil {
 			return nil, fmt.Errorf("%s: key %d: %w", p, no, err)
 		}

@@ -8,8 +8,8 @@ import (
 	"fmt"
 	"os"
 	"strings"
-	"syscall"
 
+	"github.com/xapsd/xapsd/internal/applecerts"
 	"github.com/xapsd/xapsd/internal/regularfile"
 )
 
@@ -79,7 +79,7 @@ func parseVendor(certData, keyData []byte, certPath, keyPath string) (*vendor, e
 		if b.Type == "ENCRYPTED PRIVATE KEY" || strings.Contains(b.Headers["Proc-Type"], "ENCRYPTED") {
 			return nil, fmt.Errorf("vendor key %s is encrypted; write it unencrypted (openssl pkey -in old.pem -out new.pem)", keyPath)
 		}
-		k, err := parseRSAKey(b.Bytes)
+		k, err := applecerts.ParseRSAKey(b.Bytes)
 		if err != nil {
 			return nil, fmt.Errorf("vendor key %s: %w", keyPath, err)
 		}
@@ -99,35 +99,13 @@ func parseVendor(certData, keyData []byte, certPath, keyPath string) (*vendor, e
 	return v, nil
 }
 
-// parseRSAKey accepts PKCS#1 and PKCS#8, whatever the PEM label says.
-func parseRSAKey(der []byte) (*rsa.PrivateKey, error) {
-	if k, err := x509.ParsePKCS1PrivateKey(der); err == nil {
-		return k, nil
-	}
-	k, err := x509.ParsePKCS8PrivateKey(der)
-	if err != nil {
-		return nil, errors.New("not a PKCS#1 or PKCS#8 private key")
-	}
-	rk, ok := k.(*rsa.PrivateKey)
-	if !ok {
-		return nil, fmt.Errorf("a %T, not an RSA key", k)
-	}
-	return rk, nil
-}
+// readState reads the files of the state folder as applecerts does: never
+// through a symbolic link.
+func readState(path string) ([]byte, error) { return applecerts.ReadFile(path) }
 
+// readSmall reads a vendor file, up to maxVendorFile bytes.
 func readSmall(path string) ([]byte, error) {
-	return readSmallFlags(path, 0)
-}
-
-// readState is readSmall for the files of the state folder, which are
-// never read through a symbolic link: whoever could plant one there
-// could otherwise have xapsd read any file it can reach.
-func readState(path string) ([]byte, error) {
-	return readSmallFlags(path, syscall.O_NOFOLLOW)
-}
-
-func readSmallFlags(path string, flags int) ([]byte, error) {
-	data, err := regularfile.ReadFile(path, flags, maxVendorFile)
+	data, err := regularfile.ReadFile(path, 0, maxVendorFile)
 	if errors.Is(err, regularfile.ErrTooLarge) {
 		return nil, fmt.Errorf("larger than %d bytes", maxVendorFile)
 	}

@@ -25,6 +25,7 @@ import (
 	"github.com/xapsd/xapsd/internal/daemon"
 	"github.com/xapsd/xapsd/internal/gcfloor"
 	"github.com/xapsd/xapsd/internal/logging"
+	"github.com/xapsd/xapsd/internal/statedir"
 )
 
 // Env is the process environment Main works in; tests pass buffers.
@@ -152,7 +153,7 @@ func Main(args []string, env Env) int {
 		return 1
 	}
 	if cmd != nil {
-		return cmd.run(env, ctl.NewClient(ctl.SocketPath(cfg.DatabaseFile)), &o, cmdArgs)
+		return cmd.run(env, ctl.NewClient(statedir.New(cfg.DatabaseFile).AdminSocket()), &o, cmdArgs)
 	}
 	if o.checkConfig {
 		return check(env, cfg, warnings, o.quiet)

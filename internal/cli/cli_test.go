@@ -44,7 +44,7 @@ func TestPassHashesOneLine(t *testing.T) {
 	}
 }
 
-func TestFlagErrors(t *testing.T) {
+func TestVersionAndFlagErrorsExitCodes(t *testing.T) {
 	if code, out, _ := runMain("", "--version"); code != 0 || out != "xapsd 1.2.3\n" {
 		t.Errorf("--version: %d %q", code, out)
 	}
@@ -81,7 +81,7 @@ func TestHelpGoesToStdout(t *testing.T) {
 	}
 }
 
-func TestCommandHelp(t *testing.T) {
+func TestCommandHelpShowsEachCommandsUsage(t *testing.T) {
 	for _, tc := range []struct {
 		args []string
 		want string
@@ -107,7 +107,7 @@ func TestCommandHelp(t *testing.T) {
 	}
 }
 
-func TestUsageErrors(t *testing.T) {
+func TestUnknownOptionsSuggestTheRightOne(t *testing.T) {
 	for _, tc := range []struct {
 		args []string
 		want string
@@ -264,7 +264,7 @@ func TestDevicesRemoveNothingMatched(t *testing.T) {
 	}
 }
 
-func TestTestPushOutput(t *testing.T) {
+func TestTestPushOutputAndExitCodes(t *testing.T) {
 	code, out, errOut := runCommand(testAdmin(), options{}, "test-push", "bob")
 	if code != 1 || !strings.Contains(errOut, `no device registered for "bob": check that the IMAP login name`) {
 		t.Errorf("unknown user: %d %q %q", code, out, errOut)

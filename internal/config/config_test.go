@@ -53,9 +53,9 @@ func TestDefaultIsValid(t *testing.T) {
 	}
 }
 
-// TestKeys sets each key in a file and checks the field it lands in, including the
+// TestEveryKeyLandsInItsFieldInEverySpelling sets each key in a file and checks the field it lands in, including the
 // legacy spellings and value forms the old daemon accepted.
-func TestKeys(t *testing.T) {
+func TestEveryKeyLandsInItsFieldInEverySpelling(t *testing.T) {
 	dir := "" // filled per case: the temp folder of the file
 	tests := []struct {
 		name string
@@ -153,7 +153,7 @@ func TestKeys(t *testing.T) {
 	}
 }
 
-// TestEveryKeyTested makes sure TestKeys grows with the struct: every key must be named
+// TestEveryKeyTested makes sure TestEveryKeyLandsInItsFieldInEverySpelling grows with the struct: every key must be named
 // by at least one test case above (the case names start with the key).
 func TestEveryKeyTested(t *testing.T) {
 	src, err := os.ReadFile("config_test.go")
@@ -162,7 +162,7 @@ func TestEveryKeyTested(t *testing.T) {
 	}
 	for _, k := range keys() {
 		if !regexp.MustCompile(`\{"` + regexp.QuoteMeta(k.name) + `[ "]`).Match(src) {
-			t.Errorf("key %s has no case in TestKeys", k.name)
+			t.Errorf("key %s has no case in TestEveryKeyLandsInItsFieldInEverySpelling", k.name)
 		}
 	}
 }
@@ -276,9 +276,9 @@ func TestGoodConfigs(t *testing.T) {
 	}
 }
 
-// TestLegacySample checks the sample that the old xapsd shipped loads to the
+// TestOldDaemonsSampleLoadsAsDefaultsWithItsValues checks the sample that the old xapsd shipped loads to the
 // values it meant.
-func TestLegacySample(t *testing.T) {
+func TestOldDaemonsSampleLoadsAsDefaultsWithItsValues(t *testing.T) {
 	c, warnings, err := Load("testdata/good/legacy.yaml")
 	if err != nil {
 		t.Fatal(err)
@@ -321,7 +321,7 @@ func TestEmptyFileIsDefaults(t *testing.T) {
 	}
 }
 
-func TestMissingFile(t *testing.T) {
+func TestMissingFileIsANotExistErrorNamingThePath(t *testing.T) {
 	p := filepath.Join(t.TempDir(), "nope.yaml")
 	_, _, err := Load(p)
 	if err == nil || !strings.Contains(err.Error(), p) || !errors.Is(err, fs.ErrNotExist) {
@@ -358,7 +358,7 @@ func TestAllProblemsReported(t *testing.T) {
 	}
 }
 
-func TestWarnings(t *testing.T) {
+func TestLoadWarnsOfIgnoredKeysAndCredentialMixUps(t *testing.T) {
 	tests := []struct {
 		name, yaml string
 		want       []string // substrings, each in some warning; nil = no warnings at all
@@ -414,9 +414,9 @@ func TestListenHostPortIsReportedOnce(t *testing.T) {
 	}
 }
 
-// TestValidate checks rules on hand-built configs, as the daemon builds them after
+// TestValidateAcceptsSaneValuesAndNamesTheKeyOfABadOne checks rules on hand-built configs, as the daemon builds them after
 // overlaying flags: no file, so values print in Go form.
-func TestValidate(t *testing.T) {
+func TestValidateAcceptsSaneValuesAndNamesTheKeyOfABadOne(t *testing.T) {
 	tests := []struct {
 		name   string
 		change func(*Config)
@@ -497,7 +497,7 @@ func TestValidate(t *testing.T) {
 	}
 }
 
-func TestAccessors(t *testing.T) {
+func TestAddressesAndEndpointAreDerivedFromTheKeys(t *testing.T) {
 	c := Default()
 	c.ListenAddr, c.Port = "", 80
 	c.TLSListenAddr, c.TLSPort = "[2001:db8::1]", 443
@@ -552,7 +552,7 @@ func TestAccessors(t *testing.T) {
 	}
 }
 
-func TestFind(t *testing.T) {
+func TestFindTakesTheFirstFolderWithTheFileAndSkipsFolders(t *testing.T) {
 	extra, etc := t.TempDir(), t.TempDir()
 	touch := func(p string) {
 		t.Helper()
@@ -606,7 +606,7 @@ func TestFind(t *testing.T) {
 	}
 }
 
-func TestRedacted(t *testing.T) {
+func TestRedactedHidesSecretsAndShowsEffectiveValues(t *testing.T) {
 	c := Default()
 	c.File = "/etc/xapsd/xapsd.yaml"
 	c.AppleID = "admin@example.com"
@@ -775,7 +775,7 @@ func TestSampleHasEveryKey(t *testing.T) {
 	}
 }
 
-func TestDevConfig(t *testing.T) {
+func TestDevConfigIsLoopbackDryRunAndDebug(t *testing.T) {
 	c, _, err := Load("../../configs/dev/xapsd.yaml")
 	if err != nil {
 		t.Fatal(err)
@@ -803,7 +803,7 @@ func TestDocsHaveEveryKey(t *testing.T) {
 	}
 }
 
-func TestChangedKeys(t *testing.T) {
+func TestChangedKeysNamesTheKeysThatDifferButNotTheFile(t *testing.T) {
 	a, b := Default(), Default()
 	if got := ChangedKeys(a, b); len(got) != 0 {
 		t.Errorf("no change: %v", got)

@@ -61,6 +61,7 @@ type Pool struct {
 	mu        sync.Mutex
 	cond      *sync.Cond
 	open      int                // connections accepted or being accepted
+	waiting   int                // Accepts waiting in admit for room
 	conns     map[*conn]*tracked // accepted and not yet closed
 	untrusted *list.List         // *conn not trusted, no request in the handler; longest waiting first
 	idle      *list.List         // trusted *conn between requests, longest idle first
@@ -230,7 +231,9 @@ func (p *Pool) admit(l *listener, c *conn) error {
 				p.mu.Unlock()
 			})
 		}
+		p.waiting++
 		p.cond.Wait()
+		p.waiting--
 		if again != nil {
 			again.Stop()
 		}

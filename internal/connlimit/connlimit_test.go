@@ -13,6 +13,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/xapsd/xapsd/internal/testutil"
 )
 
 type server struct {
@@ -87,35 +89,32 @@ func (c *rawConn) get(path string) error {
 // idle, and only then is it a candidate.
 func waitAnswered(t *testing.T, p *Pool) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
+	testutil.WaitFor(t, "every connection done with its requests", func() bool {
 		p.mu.Lock()
-		busy := 0
+		defer p.mu.Unlock()
 		for _, tr := range p.conns {
 			if tr.serving > 0 || tr.writing {
-				busy++
+				return false
 			}
 		}
-		p.mu.Unlock()
-		if busy == 0 {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%d connections still busy after 10 s", busy)
-		}
-		time.Sleep(time.Millisecond)
-	}
+		return true
+	})
+}
+
+// waitWaiting waits until an Accept has looked for room, found none and
+// waits: the moment it would have let a connection in.
+func waitWaiting(t *testing.T, p *Pool) {
+	t.Helper()
+	testutil.WaitFor(t, "an Accept to wait for room", func() bool {
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		return p.waiting > 0
+	})
 }
 
 func waitOpen(t *testing.T, p *Pool, want int) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for p.Open() != want {
-		if time.Now().After(deadline) {
-			t.Fatalf("pool holds %d connections, want %d", p.Open(), want)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	testutil.WaitFor(t, fmt.Sprintf("the pool to hold %d connections", want), func() bool { return p.Open() == want })
 }
 
 // At the cap, a new client is served by closing the longest-idle
@@ -255,10 +254,11 @@ func TestBusyConnectionsAreNotClosed(t *testing.T) {
 	<-s.slow // both requests in the handler
 	third := make(chan error, 1)
 	go func() { third <- dial(t, s.addr).get("/") }()
+	waitWaiting(t, s.pool)
 	select {
 	case err := <-third:
 		t.Fatalf("a third connection was served while two requests ran at cap 2 (%v)", err)
-	case <-time.After(200 * time.Millisecond):
+	default:
 	}
 	close(s.release)
 	for range 2 {
@@ -288,9 +288,14 @@ func TestClosedListenerStopsWaiting(t *testing.T) {
 		t.Fatal(err)
 	}
 	p.update(first.(*conn), func(t *tracked) { t.serving++ })
+	second, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer second.Close()
 	errc := make(chan error, 1)
 	go func() { _, err := l.Accept(); errc <- err }()
-	time.Sleep(20 * time.Millisecond)
+	waitWaiting(t, p)
 	l.Close()
 	select {
 	case err := <-errc:
@@ -360,12 +365,8 @@ func TestConnectionWithAnUnreadRequestIsNotClosed(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(5 * time.Second)
-	for !held.(*conn).unread() {
-		if time.Now().After(deadline) {
-			t.Fatal("the request never arrived")
-		}
-		time.Sleep(time.Millisecond)
+	if !testutil.Wait(5*time.Second, held.(*conn).unread) {
+		t.Fatal("the request never arrived")
 	}
 	second, err := net.Dial("tcp", ln.Addr().String())
 	if err != nil {
@@ -379,10 +380,11 @@ func TestConnectionWithAnUnreadRequestIsNotClosed(t *testing.T) {
 			accepted <- c
 		}
 	}()
+	waitWaiting(t, p)
 	select {
 	case <-accepted:
 		t.Fatal("a second connection was let in by closing one whose request was not read yet")
-	case <-time.After(200 * time.Millisecond):
+	default:
 	}
 	held.Read(make([]byte, 4096)) // the server reads the request
 	select {

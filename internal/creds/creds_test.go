@@ -157,7 +157,7 @@ func assertClean(t *testing.T, msg string, secrets ...string) {
 	}
 }
 
-func TestConfigured(t *testing.T) {
+func TestConfiguredNeedsACredentialFile(t *testing.T) {
 	for _, c := range []struct {
 		f    Files
 		want bool
@@ -178,7 +178,7 @@ func TestConfigured(t *testing.T) {
 	}
 }
 
-func TestPEMGood(t *testing.T) {
+func TestPEMLoadsEveryKeyFormAndLayout(t *testing.T) {
 	fx := getFixture(t)
 	dir := t.TempDir()
 	for _, c := range []struct {
@@ -233,7 +233,7 @@ func TestPEMKeyPathSameAsCert(t *testing.T) {
 	}
 }
 
-func TestPEMErrors(t *testing.T) {
+func TestPEMErrorsNameTheFileAndTheCause(t *testing.T) {
 	fx := getFixture(t)
 	dir := t.TempDir()
 	encrypted := pem.EncodeToMemory(&pem.Block{Type: "RSA PRIVATE KEY",
@@ -298,7 +298,7 @@ func TestPEMErrors(t *testing.T) {
 }
 
 // A mistyped path may point at something endless; the read must stop.
-func TestHugeFile(t *testing.T) {
+func TestHugeFileIsRefusedWithoutReadingItAll(t *testing.T) {
 	fx := getFixture(t)
 	p := write(t, t.TempDir(), "big.pem", make([]byte, maxFileSize+1))
 	_, err := Load(Files{PEMCert: p}, fx.now)
@@ -307,7 +307,7 @@ func TestHugeFile(t *testing.T) {
 	}
 }
 
-func TestWarnings(t *testing.T) {
+func TestExpiryAndShortTopicWarnings(t *testing.T) {
 	fx := getFixture(t)
 	dir := t.TempDir()
 	c := mustLoad(t, Files{PEMCert: write(t, dir, "e.pem", fx.expiring.CertPEM()), PEMKey: write(t, dir, "e.key", fx.expiring.KeyPEM())}, fx.now, fx.expiring)
@@ -426,7 +426,7 @@ func TestTopicFromCertificate(t *testing.T) {
 	}
 }
 
-func TestP12(t *testing.T) {
+func TestP12LoadsLegacyAndModernFilesAndNamesAWrongPassword(t *testing.T) {
 	fx := getFixture(t)
 	dir := t.TempDir()
 	for _, c := range []struct {
@@ -486,7 +486,7 @@ func TestP12LeafNotFirst(t *testing.T) {
 	}
 }
 
-func TestP12Errors(t *testing.T) {
+func TestP12ErrorsNameTheFileAndTheCause(t *testing.T) {
 	fx := getFixture(t)
 	dir := t.TempDir()
 	p12 := func(l *testpki.Leaf) []byte {
@@ -526,7 +526,7 @@ func TestP12Errors(t *testing.T) {
 }
 
 // P12 comes first, then PEM, then .p8 (docs/protocol.md#apns-credentials).
-func TestPrecedence(t *testing.T) {
+func TestP12WinsOverPEMWhichWinsOverP8(t *testing.T) {
 	fx := getFixture(t)
 	dir := t.TempDir()
 	der, err := testpki.P12Legacy(fx.rsa, "")
@@ -571,7 +571,7 @@ func decodeJWTPart(t *testing.T, part string) map[string]any {
 	return m
 }
 
-func TestToken(t *testing.T) {
+func TestTokenModeSignsAnES256BearerWithKeyAndTeam(t *testing.T) {
 	p8, key, err := testpki.NewP8Key()
 	if err != nil {
 		t.Fatal(err)
@@ -624,7 +624,7 @@ func TestTokenWarnings(t *testing.T) {
 	}
 }
 
-func TestTokenErrors(t *testing.T) {
+func TestTokenErrorsNameTheFileAndTheCause(t *testing.T) {
 	dir := t.TempDir()
 	good, _, err := testpki.NewP8Key()
 	if err != nil {

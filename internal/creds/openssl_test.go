@@ -1,35 +1,14 @@
 package creds
 
 import (
-	"crypto/x509/pkix"
 	"encoding/asn1"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
-)
 
-// pfxMAC reads the MAC algorithm of a PKCS#12 file, to prove a case
-// exercises the format it claims to.
-func pfxMAC(t *testing.T, der []byte) asn1.ObjectIdentifier {
-	t.Helper()
-	var pfx struct {
-		Version  int
-		AuthSafe asn1.RawValue
-		MacData  struct {
-			Mac struct {
-				Algorithm pkix.AlgorithmIdentifier
-				Digest    []byte
-			}
-			Salt       []byte
-			Iterations int `asn1:"optional,default:1"`
-		} `asn1:"optional"`
-	}
-	if _, err := asn1.Unmarshal(der, &pfx); err != nil {
-		t.Fatalf("parse PFX: %v", err)
-	}
-	return pfx.MacData.Mac.Algorithm.Algorithm
-}
+	"github.com/xapsd/xapsd/internal/testutil/testpki"
+)
 
 func openssl(t *testing.T, args ...string) []byte {
 	t.Helper()
@@ -74,7 +53,11 @@ func TestOpenSSLFiles(t *testing.T) {
 				"-name", "Apple Push Services", "-out", p12, "-passout", "pass:" + c.password}, c.args...)
 			openssl(t, args...)
 			der := readTestFile(t, p12)
-			if got := pfxMAC(t, der); !got.Equal(c.mac) {
+			got, err := testpki.P12MAC(der)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !got.Equal(c.mac) {
 				t.Fatalf("openssl wrote MAC %v, want %v; the case does not test what it says", got, c.mac)
 			}
 			cred := mustLoad(t, Files{P12: p12, P12Password: c.password}, fx.now, fx.rsa)

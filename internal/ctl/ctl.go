@@ -14,21 +14,13 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"path/filepath"
 	"time"
 
 	"github.com/xapsd/xapsd/internal/apns"
 	"github.com/xapsd/xapsd/internal/diagnose"
+	"github.com/xapsd/xapsd/internal/filestore"
 	"github.com/xapsd/xapsd/internal/registry"
 )
-
-// SocketName is the socket's file name in the state folder.
-const SocketName = "xapsd.sock"
-
-// SocketPath is where the daemon with this database file listens.
-func SocketPath(databaseFile string) string {
-	return filepath.Join(filepath.Dir(databaseFile), SocketName)
-}
 
 // Registry is what the admin commands need of the registry.
 type Registry interface {
@@ -196,7 +188,7 @@ func (h *handler) diagnose(w http.ResponseWriter, r *http.Request) {
 // export writes every registration in the registry file format.
 func (h *handler) export(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Content-Type", "application/json")
-	registry.Export(w, h.reg.List(""))
+	filestore.Export(w, h.reg.List(""))
 }
 
 type importResult struct {
@@ -210,7 +202,7 @@ func (h *handler) importFile(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusBadRequest, errorBody{err.Error()})
 		return
 	}
-	regs, err := registry.ParseFile(data)
+	regs, err := filestore.ParseFile(data)
 	if err != nil {
 		writeJSON(w, http.StatusBadRequest, errorBody{"not a xapsd database: " + err.Error()})
 		return

@@ -11,7 +11,10 @@ import (
 
 	"github.com/xapsd/xapsd/internal/apns"
 	"github.com/xapsd/xapsd/internal/diagnose"
+	"github.com/xapsd/xapsd/internal/filestore"
 	"github.com/xapsd/xapsd/internal/registry"
+	"github.com/xapsd/xapsd/internal/registry/registrytest"
+	"github.com/xapsd/xapsd/internal/statedir"
 )
 
 type fakePusher struct{ pushed []registry.Key }
@@ -34,11 +37,7 @@ func (fakeDiagnoser) Diagnose(_ context.Context, user string) diagnose.Report {
 func setup(t *testing.T) (*Client, *registry.Registry, *fakePusher, string) {
 	t.Helper()
 	dir := t.TempDir()
-	reg, err := registry.Open(registry.Options{Path: filepath.Join(dir, "database.json")})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { reg.Close() })
+	reg := registrytest.Open(t, registrytest.Defaults())
 	for _, g := range []registry.Registration{
 		{Key: registry.Key{User: "alice", AccountID: "A1", DeviceToken: "aa"}, Mailboxes: []string{"INBOX"}},
 		{Key: registry.Key{User: "alice", AccountID: "A2", DeviceToken: "dead"}, Mailboxes: []string{"INBOX"}},
@@ -49,7 +48,7 @@ func setup(t *testing.T) (*Client, *registry.Registry, *fakePusher, string) {
 		}
 	}
 	p := &fakePusher{}
-	path := SocketPath(filepath.Join(dir, "database.json"))
+	path := statedir.New(filepath.Join(dir, "database.json")).AdminSocket()
 	s, err := Listen(path, reg, p, fakeDiagnoser{})
 	if err != nil {
 		t.Fatal(err)
@@ -117,7 +116,7 @@ func TestTestPushReportsEachDevice(t *testing.T) {
 }
 
 // The report travels over the socket whole.
-func TestDiagnose(t *testing.T) {
+func TestDiagnoseReportCrossesTheSocketWhole(t *testing.T) {
 	c, _, _, _ := setup(t)
 	r, err := c.Diagnose("carol@example.org")
 	if err != nil || r.User != "carol@example.org" || r.Verdict.Step != diagnose.StepRegistrations || r.Verdict.Text != "no device registered for carol@example.org" {
@@ -128,7 +127,7 @@ func TestDiagnose(t *testing.T) {
 	}
 }
 
-func TestImport(t *testing.T) {
+func TestImportOverTheSocketAddsOldFormatRegistrations(t *testing.T) {
 	c, reg, _, _ := setup(t)
 	file := `{"Users":{"carol":{"Accounts":{"C1":{"DeviceToken":"cc","Mailboxes":["INBOX"],"RegistrationTime":"` +
 		time.Now().Add(-time.Hour).Format(time.RFC3339Nano) + `"}}}}}`
@@ -145,7 +144,7 @@ func TestImport(t *testing.T) {
 }
 
 func TestClientWithoutDaemon(t *testing.T) {
-	c := NewClient(filepath.Join(t.TempDir(), SocketName))
+	c := NewClient(statedir.New(filepath.Join(t.TempDir(), "database.json")).AdminSocket())
 	if _, err := c.Devices(""); err == nil || !strings.Contains(err.Error(), "is it running") {
 		t.Errorf("err = %v", err)
 	}
@@ -157,7 +156,7 @@ func TestExportRoundTrip(t *testing.T) {
 	if err := c.Export(&out); err != nil {
 		t.Fatal(err)
 	}
-	regs, err := registry.ParseFile(out.Bytes())
+	regs, err := filestore.ParseFile(out.Bytes())
 	if err != nil {
 		t.Fatalf("the export does not parse as a registry file: %v\n%s", err, out.String())
 	}

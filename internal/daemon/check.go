@@ -13,7 +13,9 @@ import (
 	"syscall"
 
 	"github.com/xapsd/xapsd/internal/config"
+	"github.com/xapsd/xapsd/internal/pgstore"
 	"github.com/xapsd/xapsd/internal/regularfile"
+	"github.com/xapsd/xapsd/internal/statedir"
 )
 
 // Check is --check-config's work beyond the file itself: it loads the
@@ -62,7 +64,8 @@ const (
 // folder that does not exist yet is created at start, so its nearest
 // existing parent must be writable instead.
 func CheckStateDir(c *config.Config) error {
-	dir := filepath.Dir(c.DatabaseFile)
+	state := statedir.New(c.DatabaseFile)
+	dir := state.Folder()
 	existing := dir
 	for {
 		st, err := os.Stat(existing)
@@ -94,10 +97,8 @@ func CheckStateDir(c *config.Config) error {
 	// The files a start opens for writing: an old one left by another
 	// user (root, say) stops the start with "permission denied", and so
 	// does one of the registry's that is not a regular file.
-	registryFiles := []string{c.DatabaseFile, c.DatabaseFile + ".lock"}
-	segments, _ := filepath.Glob(c.DatabaseFile + ".journal.*")
-	registryFiles = append(registryFiles, segments...)
-	for _, f := range append(registryFiles, pendingFile(c.DatabaseFile)) {
+	registryFiles := state.RegistryFiles()
+	for _, f := range append(registryFiles, state.PendingPushes()) {
 		st, err := os.Lstat(f)
 		if err != nil {
 			continue
@@ -110,6 +111,28 @@ func CheckStateDir(c *config.Config) error {
 		}
 	}
 	return nil
+}
+
+// stateError says what the admin can do about an error of the state
+// folder or of the registry's store: which folder or file is not writable
+// and for which user (as --check-config says it), or which setting names
+// what does not work.
+func stateError(c *config.Config, err error) error {
+	switch {
+	case errors.Is(err, fs.ErrPermission):
+		if why := CheckStateDir(c); why != nil {
+			return why
+		}
+	case errors.Is(err, statedir.ErrLink):
+		return fmt.Errorf("%w: point databaseFile at the real file", err)
+	case errors.Is(err, statedir.ErrShared):
+		return fmt.Errorf("%w, and point databaseFile into it", err)
+	case errors.Is(err, pgstore.ErrURL):
+		return fmt.Errorf("databaseURL: %w", err)
+	case errors.Is(err, pgstore.ErrPasswordFile):
+		return fmt.Errorf("databasePasswordFile: %w", err)
+	}
+	return err
 }
 
 // whoAmI names the user running the check, as access(2) checks for it.

@@ -2,11 +2,17 @@ package daemon
 
 import (
 	"net"
+	"os"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
 
 	"github.com/xapsd/xapsd/internal/config"
+	"github.com/xapsd/xapsd/internal/filestore"
+	"github.com/xapsd/xapsd/internal/pgstore"
+	"github.com/xapsd/xapsd/internal/registry"
+	"github.com/xapsd/xapsd/internal/statedir"
 )
 
 // --check-config binds every address a start would (on port 0) and says
@@ -55,5 +61,42 @@ func TestCheckAddressesMissingLoopbackIsANote(t *testing.T) {
 	c.ListenAddr = "::1"
 	if _, err := checkAddresses(c, noIPv6); err == nil || !strings.Contains(err.Error(), "no address to listen on") {
 		t.Errorf("::1 alone without IPv6: %v", err)
+	}
+}
+
+// Errors of the registry's store name the setting to change: the stores
+// speak of a URL, a password file, a link, a folder, and the daemon adds
+// the key.
+func TestStoreErrorsNameTheirSetting(t *testing.T) {
+	dir := t.TempDir()
+	c := config.Default()
+	c.DatabaseFile = filepath.Join(dir, "database.json")
+	os.Symlink(filepath.Join(dir, "elsewhere"), c.DatabaseFile)
+	shared := filepath.Join(dir, "shared")
+	os.Mkdir(shared, 0o700)
+	os.Chmod(shared, 0o777|os.ModeSticky)
+	open := func(st registry.Store) error {
+		r, err := registry.Open(st, registry.Options{})
+		if err == nil {
+			r.Close()
+		}
+		return err
+	}
+	for _, tc := range []struct {
+		name string
+		err  error
+		key  string
+	}{
+		{"password file", open(pgstore.New(pgstore.Options{DatabaseURL: "postgres://127.0.0.1:1/x", DatabasePasswordFile: filepath.Join(dir, "missing")})),
+			"databasePasswordFile: password file"},
+		{"URL", open(pgstore.New(pgstore.Options{DatabaseURL: "postgres://a b"})), "databaseURL: database URL"},
+		{"a link", open(filestore.New(filestore.Options{Dir: statedir.New(c.DatabaseFile)})), "point databaseFile at the real file"},
+		{"a shared folder", statedir.New(filepath.Join(shared, "database.json")).Make(quietLogger()), "point databaseFile into it"},
+	} {
+		if tc.err == nil {
+			t.Errorf("%s: no error", tc.name)
+		} else if got := stateError(c, tc.err); !strings.Contains(got.Error(), tc.key) {
+			t.Errorf("%s: %v, want it to say %q", tc.name, got, tc.key)
+		}
 	}
 }

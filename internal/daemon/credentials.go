@@ -2,13 +2,11 @@ package daemon
 
 import (
 	"context"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"os"
-	"path/filepath"
-	"sort"
 	"strings"
 	"time"
 
@@ -16,9 +14,12 @@ import (
 	"github.com/sirupsen/logrus"
 
 	"github.com/xapsd/xapsd/internal/apns"
+	"github.com/xapsd/xapsd/internal/applecerts"
 	"github.com/xapsd/xapsd/internal/appleid"
 	"github.com/xapsd/xapsd/internal/config"
 	"github.com/xapsd/xapsd/internal/creds"
+	"github.com/xapsd/xapsd/internal/logging"
+	"github.com/xapsd/xapsd/internal/statedir"
 )
 
 // errNoCredential explains what to configure; /register shows it as 503.
@@ -64,7 +65,7 @@ func (c *credential) problem(now time.Time) error {
 		return c.err
 	}
 	if !c.notAfter.IsZero() && !now.Before(c.notAfter) && len(c.sources) > 0 {
-		return appleid.ExpiredError(c.sources[0], c.notAfter)
+		return creds.ExpiredError(c.sources[0], c.notAfter)
 	}
 	return nil
 }
@@ -84,6 +85,9 @@ type clientEnv struct {
 	prev *apns.Client
 	// onConnect sees every attempt to connect to APNs.
 	onConnect func(error)
+	// roots, when set, is what the connections to APNs trust instead of
+	// the system's roots (Options.APNsRoots).
+	roots *x509.CertPool
 }
 
 // loadCredential builds the push client from credential files, dry-run,
@@ -128,7 +132,7 @@ func clientFor(c *config.Config, cred *creds.Credential, log logrus.FieldLogger,
 	if err := cred.CheckEnvironment(strings.ToLower(c.APNsEndpoint)); err != nil {
 		return nil, err
 	}
-	opts := apns.ClientOptions{URL: url, OnConnect: env.onConnect, Connections: apns.ConnectionsFor(c.APNsConcurrency)}
+	opts := apns.ClientOptions{URL: url, Roots: env.roots, OnConnect: env.onConnect, Connections: apns.ConnectionsFor(c.APNsConcurrency)}
 	switch cred.Mode {
 	case creds.ModeToken:
 		tok := apns.NewToken(cred.Token)
@@ -176,7 +180,7 @@ func newAppleManager(c *config.Config, log logrus.FieldLogger,
 		PasswordHash:   c.AppleIDHashedPassword,
 		VendorCertFile: c.AppleIDVendorCertificate,
 		VendorKeyFile:  c.AppleIDVendorKey,
-		Dir:            appleid.StateDir(c.DatabaseFile),
+		Dir:            statedir.New(c.DatabaseFile).AppleCerts(),
 		Log:            log,
 		Exclusive:      exclusive,
 	})
@@ -249,25 +253,28 @@ func (d *Daemon) stopApple() {
 // in its backup.
 func (d *Daemon) importLegacyCerts(c *config.Config) {
 	log := d.log.WithField("component", "appleid")
-	raw := d.reg.LegacyAppleCerts()
-	dir := appleid.StateDir(c.DatabaseFile)
+	var raw json.RawMessage
+	if d.files != nil {
+		raw = d.files.LegacyAppleCerts()
+	}
+	state := statedir.New(c.DatabaseFile)
+	dir := state.AppleCerts()
 	if raw == nil {
 		// A start that migrated but failed to import: the backup still
 		// has them.
-		if _, err := os.Stat(filepath.Join(dir, "mail.pem")); err == nil || c.AppleID == "" {
+		if _, err := os.Stat(applecerts.In(dir).Mail()); err == nil || c.AppleID == "" {
 			return
 		}
-		backups, _ := filepath.Glob(c.DatabaseFile + ".legacy-*.bak")
+		backups := state.LegacyBackups()
 		if len(backups) == 0 {
 			return
 		}
-		sort.Strings(backups)
 		raw = legacyCertsFromBackup(backups[len(backups)-1])
 		if raw == nil {
 			return
 		}
 	}
-	res, err := appleid.ImportLegacy(raw, dir, time.Now())
+	res, err := applecerts.ImportLegacy(raw, dir, time.Now())
 	for _, n := range res.Notes {
 		log.Warn(n)
 	}
@@ -338,11 +345,7 @@ func checkCredential(c *config.Config) (notes []string, cred *credential, err er
 	return notes, cred, nil
 }
 
-func quietLogger() *logrus.Logger {
-	l := logrus.New()
-	l.SetOutput(io.Discard)
-	return l
-}
+func quietLogger() *logrus.Logger { return logging.Discard() }
 
 // fileStamp notices a credential file replaced or rewritten on disk.
 type fileStamp struct {
@@ -382,7 +385,7 @@ func filesChanged(old []fileStamp) bool {
 // legacyCertsFromBackup reads the AppleCerts object of an old
 // database.json backup, or nil.
 func legacyCertsFromBackup(path string) json.RawMessage {
-	data, err := readStateFile(path)
+	data, err := statedir.ReadFile(path, 0)
 	if err != nil {
 		return nil
 	}
@@ -409,7 +412,7 @@ func configuredPaths(f creds.Files) []string {
 // clientEnv hands a new push client the current one and the connection
 // hook.
 func (d *Daemon) clientEnv() clientEnv {
-	env := clientEnv{onConnect: d.observeConnect}
+	env := clientEnv{onConnect: d.observeConnect, roots: d.apnsRoots}
 	if c := d.cred.Load(); c != nil {
 		env.prev = c.client
 	}

@@ -7,13 +7,11 @@ package daemon
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
-	"io/fs"
 	"net"
 	"net/http"
-	"path/filepath"
-	"runtime/debug"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -23,27 +21,29 @@ import (
 	"github.com/sirupsen/logrus"
 
 	"github.com/xapsd/xapsd/internal/apns"
-	"github.com/xapsd/xapsd/internal/appleid"
 	"github.com/xapsd/xapsd/internal/config"
 	"github.com/xapsd/xapsd/internal/connlimit"
+	"github.com/xapsd/xapsd/internal/creds"
 	"github.com/xapsd/xapsd/internal/ctl"
 	"github.com/xapsd/xapsd/internal/diagnose"
+	"github.com/xapsd/xapsd/internal/filestore"
 	"github.com/xapsd/xapsd/internal/history"
 	"github.com/xapsd/xapsd/internal/logging"
 	"github.com/xapsd/xapsd/internal/metrics"
-	"github.com/xapsd/xapsd/internal/notify"
-	"github.com/xapsd/xapsd/internal/pluginapi"
 	"github.com/xapsd/xapsd/internal/registry"
 	"github.com/xapsd/xapsd/internal/regularfile"
 	"github.com/xapsd/xapsd/internal/scheduler"
+	"github.com/xapsd/xapsd/internal/statedir"
 )
 
 // Daemon is one running xapsd.
 type Daemon struct {
 	log    *logrus.Logger
+	state  statedir.Dir // the folder of databaseFile
 	cfg    atomic.Pointer[config.Config]
 	cred   atomic.Pointer[credential]
 	reg    *registry.Registry
+	files  *filestore.Store // the registry's store with the files; nil with PostgreSQL
 	sender *apns.Sender
 	sched  *scheduler.Scheduler
 	// history is the per-user record of events and pushes that xapsd
@@ -60,9 +60,16 @@ type Daemon struct {
 	monitor     *metrics.Server
 	admin       *ctl.Server
 	apple       *appleManager // nil unless the Apple ID manager provides the credential
-	expiry      appleid.ExpiryWatch
+	expiry      creds.ExpiryWatch
 	leftovers   leftovers      // pushes of pending-pushes.json not yet answered
 	started     *config.Config // what the listeners, registry and queue were built from
+	apnsRoots   *x509.CertPool // trust for APNs (Options.APNsRoots)
+
+	// Background work (start) runs until stopWork, after the drain; wg
+	// waits for it and for the listeners.
+	stopWork   context.CancelFunc
+	wg         sync.WaitGroup
+	fileReload chan struct{} // credential files changed on disk
 }
 
 // Options are what main hands over.
@@ -73,235 +80,153 @@ type Options struct {
 	Reload <-chan struct{}
 	// Ready, if set, is called with the plugin API address once it listens.
 	Ready func(addr string)
+	// APNsRoots, when set, is what the connections to APNs trust instead
+	// of the system's roots: the tests' stand-in for Apple.
+	APNsRoots *x509.CertPool
 }
 
-// Run starts xapsd and blocks until ctx ends, then shuts down. An error
-// before listening (unreadable registry, port in use) is returned at once
-// so the process exits non-zero; a credential that does not load is not
-// such an error (brokenCredential).
+// Run builds xapsd, starts it, serves until ctx ends and then stops it in
+// order. An error before listening (unreadable registry, port in use) is
+// returned at once so the process exits non-zero; a credential that does
+// not load is not such an error (brokenCredential).
 func Run(ctx context.Context, o Options) error {
-	d := &Daemon{log: o.Log, started: o.Config}
-	cfg := o.Config
-	d.cfg.Store(cfg)
-	log := o.Log.WithField("component", "daemon")
+	d, err := build(o)
+	if err != nil {
+		return err
+	}
+	d.start()
+	if o.Ready != nil {
+		o.Ready(d.listeners[0].Addr().String())
+	}
+	d.serve(ctx, o.Reload)
+	return d.stop()
+}
 
+// build makes every part, in the order they need each other, and takes
+// the ports; nothing runs yet. Ports come before the registry: a second
+// xapsd started by mistake on the same configuration stops there, before
+// it reads or writes any of the running one's files.
+func build(o Options) (*Daemon, error) {
+	cfg := o.Config
+	d := &Daemon{log: o.Log, started: cfg, state: statedir.New(cfg.DatabaseFile), metrics: metrics.New(),
+		apnsRoots: o.APNsRoots, fileReload: make(chan struct{}, 1)}
+	d.cfg.Store(cfg)
 	// A credential that does not load does not stop the start: the daemon
 	// runs without one and says why (brokenCredential).
 	cred, err := loadCredential(cfg, o.Log.WithField("component", "apns"), time.Now(), d.clientEnv())
 	if err != nil {
 		cred = brokenCredential(cfg, err)
 	}
-	var secret []byte
-	if cfg.PluginSecretFile != "" {
-		if secret, err = loadPluginSecret(cfg.PluginSecretFile); err != nil {
-			return err
-		}
-	} else if exposed := cfg.Exposed(); len(exposed) > 0 {
-		log.WithField("keys", exposed).Warn("the plugin API listens beyond this machine without a secret (allowUnauthenticated: true); anyone who reaches it can register devices for any user")
+	secret, err := d.pluginSecret(cfg)
+	if err != nil {
+		return nil, err
 	}
-
-	// Gauges read these at scrape time; they are set before the listener
-	// starts serving.
-	var src metrics.Sources
-	gauges := metrics.Sources{
-		QueueDepth:       func() (int, int) { return src.QueueDepth() },
-		Registrations:    func() (int, int) { return src.Registrations() },
-		DelayedPending:   func() int { return src.DelayedPending() },
-		CredentialExpiry: func() time.Time { return d.cred.Load().notAfter },
-		RegistryDamage:   func() int { return d.reg.Health().Damaged },
-		RegistryWritable: func() bool { return d.reg.Health().WriteErr == nil },
-		Connections:      func() int { return d.conns.Open() },
-		SendingPaused:    func() string { cause, _ := d.sender.Paused(); return cause },
-	}
-	if cfg.DatabaseURL != "" {
-		gauges.RegistryFollowing = func() bool { return d.reg.Health().FollowErr == nil }
-	}
-	d.metrics = metrics.New(gauges)
-
-	// Ports before the registry: a second xapsd started by mistake on the
-	// same configuration stops here, before it reads or writes any of the
-	// running one's files.
 	if err := d.bind(cfg); err != nil {
-		return err
+		return nil, err
 	}
-	fail := func(err error) error {
-		for _, ln := range d.listeners {
-			ln.Close()
-		}
-		if d.monitor != nil {
-			d.monitor.Close()
-		}
-		if d.reg != nil {
-			d.reg.Close()
-		}
-		return err
+	if err := d.openRegistry(cfg); err != nil {
+		d.closeBuilt()
+		return nil, stateError(cfg, err)
 	}
-
-	start := time.Now()
-	regOpts := registry.Options{
-		OnSync:           d.metrics.ObserveSync,
-		Path:             cfg.DatabaseFile,
-		TTL:              cfg.RegistrationTTL,
-		MaxPerAccount:    cfg.MaxDevicesPerAccount,
-		CompactAfter:     cfg.RegistryCompactAfter,
-		MaxRegistrations: cfg.MaxRegistrations,
-		Log:              o.Log.WithField("component", "registry"),
-	}
-	if cfg.DatabaseURL != "" {
-		regOpts.Postgres = &registry.PostgresOptions{URL: cfg.DatabaseURL, PasswordFile: cfg.DatabasePasswordFile}
-	}
-	d.reg, err = registry.Open(regOpts)
-	if err != nil {
-		if errors.Is(err, fs.ErrPermission) {
-			// Say it the way --check-config does: which folder or file,
-			// and for which user.
-			if why := CheckStateDir(cfg); why != nil {
-				err = why
-			}
-		}
-		return fail(err)
-	}
-	d.importLegacyCerts(cfg)
-	if cred == nil {
-		if cred, err = d.startApple(cfg); err != nil {
-			cred = brokenCredential(cfg, err)
-		}
-	}
-	d.cred.Store(cred)
-	if err := cred.problem(time.Now()); err != nil {
-		log.WithError(err).Error("xapsd cannot register devices until this is fixed")
-	}
-	d.checkExpiry()
-	// Loading leaves garbage; give it back to the system now rather than
-	// whenever the scavenger gets to it.
-	debug.FreeOSMemory()
-	users, regs := d.reg.Stats()
-	log.WithFields(logrus.Fields{"registry": registryName(cfg), "users": users, "registrations": regs,
-		"ms": time.Since(start).Milliseconds()}).Info("registry loaded")
-
-	d.history = history.New(history.Options{})
-	d.sender = apns.New(cred.client, apns.Options{
-		Concurrency: cfg.APNsConcurrency,
-		Expiration:  cfg.APNsExpiration,
-		Priority:    cfg.APNsPriority,
-		MinInterval: cfg.APNsMinInterval,
-		Remover:     d.reg,
-		Log:         o.Log.WithField("component", "apns"),
-		OnResult: func(r apns.Result) {
-			d.metrics.ObservePush(string(r.Outcome), r.Status, r.Reason, r.Duration)
-			d.history.Pushed(r.Device.User, r.Device.AccountID, r.Device.DeviceToken, string(r.Outcome), r.Status, r.Reason)
-			if r.Outcome != apns.Retrying {
-				d.leftovers.done(r.Device)
-			}
-		},
-	})
-	d.sched = scheduler.New(scheduler.Options{Delay: cfg.Delay, Interval: cfg.CheckInterval, Sender: d.sender})
-	d.runApple()
-	src = metrics.Sources{QueueDepth: d.sender.Depth, Registrations: d.reg.Stats, DelayedPending: d.sched.Len}
-	svc := &notify.Service{Registry: d.reg, Scheduler: d.sched, Sender: d.sender, History: d.history,
-		InboxOnly: strings.EqualFold(cfg.PushMailboxes, "inbox")}
-	handler := pluginapi.NewHandler(pluginapi.Options{
-		Registrar: d.reg,
-		Notifier:  svc,
-		Topic:     d.topic,
-		Health:    d.readyPublic,
-		Log:       o.Log.WithField("component", "pluginapi"),
-		Observe:   d.metrics.ObserveRequest,
-		Secret:    secret,
-		// The secret's holder (or, without a secret, any client that
-		// sends a request) keeps its connection over ones that did not.
-		Authenticated: connlimit.Trust,
-	})
-
-	d.serve(handler)
+	d.useCredential(cfg, cred)
+	d.buildPushing(cfg)
+	d.metrics.Watch(d.gauges(cfg))
+	d.mount(d.pluginHandler(cfg, secret))
 	diag := diagnose.Sources{Daemon: d.status, Registry: d.reg, History: d.history, Queue: d.sender, Delays: d.sched}
-	d.admin, err = ctl.Listen(ctl.SocketPath(cfg.DatabaseFile), d.reg, d.sender, diag)
-	if err != nil {
+	if d.admin, err = ctl.Listen(d.state.AdminSocket(), d.reg, d.sender, diag); err != nil {
 		d.stopApple()
-		return fail(err)
+		d.closeBuilt()
+		return nil, err
 	}
+	return d, nil
+}
 
-	pendingPath := pendingFile(cfg.DatabaseFile)
-	if keys, err := loadPending(pendingPath); err != nil {
-		log.WithError(err).Warn("cannot read the pushes left over from the last shutdown")
-	} else if len(keys) > 0 {
-		d.leftovers.track(pendingPath, keys, log)
-		for _, k := range keys {
-			d.sender.Enqueue(k)
-		}
-		log.WithField("pushes", len(keys)).Info("sending pushes left over from the last shutdown")
+// closeBuilt releases what build made when a later step fails.
+func (d *Daemon) closeBuilt() {
+	for _, ln := range d.listeners {
+		ln.Close()
 	}
+	if d.monitor != nil {
+		d.monitor.Close()
+	}
+	if d.reg != nil {
+		d.reg.Close()
+	}
+}
 
-	// Background work stops when work is cancelled, after the drain.
-	work, stopWork := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
+// start runs the background work and the listeners, and queues the pushes
+// the last shutdown left.
+func (d *Daemon) start() {
+	log := d.log.WithField("component", "daemon")
+	d.sendLeftovers()
+	work, stop := context.WithCancel(context.Background())
+	d.stopWork = stop
 	goRun := func(f func(context.Context)) {
-		wg.Add(1)
-		go func() { defer wg.Done(); f(work) }()
+		d.wg.Add(1)
+		go func() { defer d.wg.Done(); f(work) }()
 	}
 	goRun(d.sender.Run)
 	goRun(d.sched.Run)
-	fileReload := make(chan struct{}, 1)
-	goRun(func(ctx context.Context) { d.housekeeping(ctx, fileReload) })
+	goRun(d.housekeeping)
+	d.runApple()
 	for i, srv := range d.servers {
-		srv, ln := srv, d.listeners[i]
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			var err error
-			if srv.TLSConfig != nil {
-				err = srv.ServeTLS(ln, "", "")
-			} else {
-				err = srv.Serve(ln)
-			}
-			if err != nil && !errors.Is(err, http.ErrServerClosed) {
-				log.WithError(err).Error("listener failed")
-			}
-		}()
+		d.goServe(srv, d.listeners[i], "listener")
 	}
 	plugin, _, limit := connectionBudgets()
 	for _, ln := range d.listeners {
 		log.WithFields(logrus.Fields{"addr": ln.Addr().String(), "max_connections": plugin, "file_limit": limit}).Info("listening for the Dovecot plugin")
 	}
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		if err := d.admin.Serve(); err != nil {
-			log.WithError(err).Error("admin socket failed")
-		}
-	}()
+	d.goServeFunc(d.admin.Serve, "admin socket")
 	if d.monitor != nil {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			if err := d.monitor.Serve(); err != nil {
-				log.WithError(err).Error("monitoring listener failed")
-			}
-		}()
+		d.goServeFunc(d.monitor.Serve, "monitoring listener")
 		log.WithField("addr", d.monitor.Addr()).Info("serving /metrics, /healthz and /readyz")
 	}
-	d.logSummary(cfg)
-	if o.Ready != nil {
-		o.Ready(d.listeners[0].Addr().String())
-	}
+	d.logSummary(d.cfg.Load())
+}
 
+// goServe serves srv on ln until it is shut down.
+func (d *Daemon) goServe(srv *http.Server, ln net.Listener, what string) {
+	d.goServeFunc(func() error {
+		if srv.TLSConfig != nil {
+			return srv.ServeTLS(ln, "", "")
+		}
+		return srv.Serve(ln)
+	}, what)
+}
+
+// goServeFunc runs serve until it returns, and logs an error that is not
+// the end of serving.
+func (d *Daemon) goServeFunc(serve func() error, what string) {
+	d.wg.Add(1)
+	go func() {
+		defer d.wg.Done()
+		if err := serve(); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			d.log.WithField("component", "daemon").WithError(err).Error(what + " failed")
+		}
+	}()
+}
+
+// serve reloads on SIGHUP and when the credential files change, until ctx
+// ends.
+func (d *Daemon) serve(ctx context.Context, reload <-chan struct{}) {
 	for {
 		select {
-		case <-o.Reload:
+		case <-reload:
 			d.reload()
-			continue
-		case <-fileReload:
+		case <-d.fileReload:
 			d.reload()
-			continue
 		case <-ctx.Done():
+			return
 		}
-		break
 	}
+}
 
-	err = d.shutdown(pendingPath)
+// stop shuts down in order (shutdown), then ends the background work.
+func (d *Daemon) stop() error {
+	err := d.shutdown()
 	d.stopApple()
-	stopWork()
-	wg.Wait()
+	d.stopWork()
+	d.wg.Wait()
 	return err
 }
 
@@ -371,9 +296,9 @@ func loadKeyPair(certFile, keyFile string) (tls.Certificate, error) {
 	return tls.X509KeyPair(certPEM, keyPEM)
 }
 
-// serve builds the plugin API's servers on the bound listeners, which
+// mount builds the plugin API's servers on the bound listeners, which
 // share one connection budget.
-func (d *Daemon) serve(h http.Handler) {
+func (d *Daemon) mount(h http.Handler) {
 	for i, ln := range d.listeners {
 		srv := &http.Server{
 			Handler:           h,
@@ -469,7 +394,7 @@ func (d *Daemon) notes() []string {
 // warns about certificates close to expiry and notices credential files
 // replaced on disk (which reload like SIGHUP). A stat of two files is
 // cheap; an admin who just copied a renewed certificate in wants it used.
-func (d *Daemon) housekeeping(ctx context.Context, reload chan<- struct{}) {
+func (d *Daemon) housekeeping(ctx context.Context) {
 	t := time.NewTicker(5 * time.Second)
 	defer t.Stop()
 	lastExpire := time.Now()
@@ -480,15 +405,19 @@ func (d *Daemon) housekeeping(ctx context.Context, reload chan<- struct{}) {
 		case now := <-t.C:
 			if now.Sub(lastExpire) >= time.Hour {
 				lastExpire = now
-				if n := d.reg.Expire(now); n > 0 {
-					d.log.WithField("component", "registry").WithField("removed", n).Info("removed registrations not refreshed within registrationTTL")
+				n, err := d.reg.Expire(ctx, now)
+				l := d.log.WithField("component", "registry")
+				if err != nil {
+					l.WithError(err).Warn("could not remove the registrations not refreshed within registrationTTL; the next sweep, in an hour, tries again")
+				} else if n > 0 {
+					l.WithField("removed", n).Info("removed registrations not refreshed within registrationTTL")
 				}
 			}
 			d.checkExpiry()
 			if c := d.cred.Load(); len(c.stamps) > 0 && filesChanged(c.stamps) {
 				d.log.WithField("component", "daemon").WithField("files", c.sources).Info("credential files changed on disk: reloading")
 				select {
-				case reload <- struct{}{}:
+				case d.fileReload <- struct{}{}:
 				default:
 				}
 			}
@@ -508,7 +437,7 @@ func (d *Daemon) checkExpiry() {
 		return
 	}
 	l := d.log.WithField("component", "daemon").WithField("expires", c.notAfter.UTC().Format(time.RFC3339))
-	if appleid.ExpiryStage(c.notAfter, now) < 0 {
+	if creds.ExpiryStage(c.notAfter, now) < 0 {
 		l.Error(msg)
 	} else {
 		l.Warn(msg)
@@ -588,7 +517,7 @@ func (d *Daemon) reload() {
 // now, waits for the pushes in flight (for shutdownTimeout, a budget of
 // its own that a slow client cannot use up), keeps what could not be sent
 // for the next start, and writes the registry.
-func (d *Daemon) shutdown(pendingPath string) error {
+func (d *Daemon) shutdown() error {
 	cfg := d.cfg.Load()
 	log := d.log.WithField("component", "daemon")
 	log.Info("shutting down")
@@ -617,7 +546,7 @@ func (d *Daemon) shutdown(pendingPath string) error {
 	}
 	d.leftovers.stop()
 	var errs []error
-	if err := savePending(pendingPath, left); err != nil {
+	if err := savePending(d.state.PendingPushes(), left); err != nil {
 		errs = append(errs, err)
 	} else if len(left) > 0 {
 		log.WithField("pushes", len(left)).Info("kept unsent pushes for the next start")
@@ -626,10 +555,6 @@ func (d *Daemon) shutdown(pendingPath string) error {
 		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
-}
-
-func pendingFile(db string) string {
-	return filepath.Join(filepath.Dir(db), "pending-pushes.json")
 }
 
 // databaseHost names the database of a databaseURL for the log, without

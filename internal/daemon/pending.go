@@ -7,13 +7,12 @@ import (
 	"io/fs"
 	"os"
 	"sync"
-	"syscall"
 
 	"github.com/sirupsen/logrus"
 
 	"github.com/xapsd/xapsd/internal/atomicfile"
 	"github.com/xapsd/xapsd/internal/registry"
-	"github.com/xapsd/xapsd/internal/regularfile"
+	"github.com/xapsd/xapsd/internal/statedir"
 )
 
 // The pushes a shutdown could not send are kept in a small file beside the
@@ -40,7 +39,7 @@ func savePending(path string, keys []registry.Key) error {
 // loadPending reads the file. It stays until leftovers.done has seen an
 // answer for every push in it, or a shutdown writes it anew.
 func loadPending(path string) ([]registry.Key, error) {
-	data, err := readStateFile(path)
+	data, err := statedir.ReadFile(path, 0)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, nil
 	}
@@ -96,11 +95,4 @@ func (l *leftovers) stop() {
 	l.mu.Lock()
 	l.keys = nil
 	l.mu.Unlock()
-}
-
-// readStateFile reads a file of the state folder without following a
-// symbolic link: whoever could plant one there could otherwise have xapsd
-// read any file it can reach.
-func readStateFile(path string) ([]byte, error) {
-	return regularfile.ReadFile(path, syscall.O_NOFOLLOW, 0)
 }

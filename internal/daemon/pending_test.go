@@ -11,7 +11,7 @@ import (
 	"github.com/xapsd/xapsd/internal/registry"
 )
 
-func TestPendingRoundTrip(t *testing.T) {
+func TestPendingPushesRoundTripAndTheFileStaysUntilEachIsAnswered(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "pending-pushes.json")
 	keys := []registry.Key{{User: "a", AccountID: "A", DeviceToken: "aa"}, {User: "b", AccountID: "B", DeviceToken: "bb"}}
 	if err := savePending(path, keys); err != nil {

@@ -8,7 +8,7 @@ import (
 	"github.com/xapsd/xapsd/internal/config"
 )
 
-func TestRestartKeys(t *testing.T) {
+func TestRestartKeysNameTheChangesAReloadCannotApply(t *testing.T) {
 	a, b := config.Default(), config.Default()
 	b.LogLevel, b.APNsEndpoint, b.ShutdownTimeout = "debug", config.EndpointDryRun, time.Minute // applied
 	b.Port, b.Delay, b.ListenAddr, b.PushMailboxes = 1, time.Minute, "::1", "inbox"             // not applied

@@ -7,7 +7,7 @@ import (
 	"testing"
 )
 
-func TestLoadPluginSecret(t *testing.T) {
+func TestPluginSecretMustBeOneLongPrivateLine(t *testing.T) {
 	dir := t.TempDir()
 	write := func(name, content string, mode os.FileMode) string {
 		p := filepath.Join(dir, name)

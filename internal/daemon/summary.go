@@ -2,7 +2,6 @@ package daemon
 
 import (
 	"fmt"
-	"path/filepath"
 	"sort"
 	"strconv"
 	"strings"
@@ -10,8 +9,9 @@ import (
 
 	"github.com/sirupsen/logrus"
 
-	"github.com/xapsd/xapsd/internal/appleid"
+	"github.com/xapsd/xapsd/internal/applecerts"
 	"github.com/xapsd/xapsd/internal/config"
+	"github.com/xapsd/xapsd/internal/statedir"
 )
 
 // Summary is what xapsd runs with, in one line: the start-up log line and
@@ -65,7 +65,7 @@ func credentialKind(cfg *config.Config) string {
 	case f.P8 != "":
 		return fmt.Sprintf(".p8 auth key %s (key ID %s, team ID %s)", f.P8, f.KeyID, f.TeamID)
 	case appleIDMode(cfg):
-		return "Apple ID certificate " + filepath.Join(appleid.StateDir(cfg.DatabaseFile), "mail.pem")
+		return "Apple ID certificate " + applecerts.In(statedir.New(cfg.DatabaseFile).AppleCerts()).Mail()
 	case cfg.DryRun():
 		return "none (dryRunTopic)"
 	}

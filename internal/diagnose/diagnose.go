@@ -478,6 +478,8 @@ func pushAdvice(p history.Push, user string) (string, bool) {
 		return "", false
 	case apns.Removed:
 		return "Apple says this device no longer takes pushes for the account (the app or account was removed): its registration was removed; the phone registers again when Mail connects", true
+	case apns.Kept:
+		return "Apple said this device's token was no longer valid, but the device registered again after that: its registration was kept, and the next push uses it", true
 	case apns.Expired:
 		return "the push expired before Apple took it: sending was paused, or retried for apnsExpiration", true
 	case apns.Retrying:

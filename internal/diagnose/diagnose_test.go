@@ -3,7 +3,6 @@ package diagnose
 import (
 	"context"
 	"errors"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -12,6 +11,7 @@ import (
 	"github.com/xapsd/xapsd/internal/history"
 	"github.com/xapsd/xapsd/internal/notify"
 	"github.com/xapsd/xapsd/internal/registry"
+	"github.com/xapsd/xapsd/internal/registry/registrytest"
 	"github.com/xapsd/xapsd/internal/scheduler"
 )
 
@@ -34,13 +34,9 @@ type env struct {
 
 func newEnv(t *testing.T) *env {
 	t.Helper()
-	r, err := registry.Open(registry.Options{Path: filepath.Join(t.TempDir(), "db.json")})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { r.Close() })
+	r := registrytest.Open(t, registrytest.Defaults())
 	return &env{reg: r, hist: history.New(history.Options{Now: func() time.Time { return now.Add(-time.Minute) }}),
-		sched: scheduler.New(scheduler.Options{Delay: 30 * time.Second, Interval: 20 * time.Second, Now: func() time.Time { return now }}),
+		sched: scheduler.New(scheduler.Options{Delay: 30 * time.Second, CheckInterval: 20 * time.Second, Now: func() time.Time { return now }}),
 		queue: queue{},
 		daemon: Daemon{Credential: "PEM certificate /etc/xapsd/push.pem", Topic: "com.apple.mail.XServer.x",
 			Expires: now.Add(200 * 24 * time.Hour), APNs: apns.Reachability{State: apns.ReachConnected}}}
@@ -93,7 +89,7 @@ func wantVerdict(t *testing.T, r Report, step string, want ...string) {
 	}
 }
 
-func TestAllFine(t *testing.T) {
+func TestAllFineSaysTheServerSideWorks(t *testing.T) {
 	e := newEnv(t)
 	e.delivered(e.register(t, "alice@example.org", tok), apns.Delivered, 200, "")
 	r := e.diagnose("Alice@Example.org")
@@ -109,7 +105,7 @@ func TestAllFine(t *testing.T) {
 	}
 }
 
-func TestNoDevice(t *testing.T) {
+func TestNoDeviceNamesTheRegistrationStep(t *testing.T) {
 	e := newEnv(t)
 	e.hist.Notified("carol@example.org", "INBOX", []string{"MessageNew"}, notify.ResultNoDevice)
 	r := e.diagnose("carol@example.org")
@@ -207,13 +203,13 @@ func TestHeldPushesSayByWhat(t *testing.T) {
 
 // No event yet for a registered user: the chain is not proven, and the
 // verdict says how to go on.
-func TestNoEventYet(t *testing.T) {
+func TestNoEventYetSaysToDeliverAMail(t *testing.T) {
 	e := newEnv(t)
 	e.register(t, "erin", tok)
 	wantVerdict(t, e.diagnose("erin"), StepEvents, "no /notify for erin since xapsd started", "deliver a mail")
 }
 
-func TestShortToken(t *testing.T) {
+func TestShortTokenShowsBothEnds(t *testing.T) {
 	if got := ShortToken(tok); got != "01234567…CDEF" {
 		t.Errorf("ShortToken = %q", got)
 	}

@@ -40,6 +40,7 @@ type Floor struct {
 	mu      sync.Mutex
 	stopped bool
 	percent int
+	looks   int // collections adjust has seen, stopped or not: tests wait for the next
 	sample  []metrics.Sample
 }
 
@@ -76,6 +77,7 @@ func (f *Floor) arm() {
 func (f *Floor) adjust() bool {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	f.looks++
 	if f.stopped {
 		return false
 	}

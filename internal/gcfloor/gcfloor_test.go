@@ -6,7 +6,8 @@ import (
 	"runtime/metrics"
 	"sync"
 	"testing"
-	"time"
+
+	"github.com/xapsd/xapsd/internal/testutil"
 )
 
 func gogc() int {
@@ -15,7 +16,7 @@ func gogc() int {
 	return int(s[0].Value.Uint64())
 }
 
-func TestPercentFor(t *testing.T) {
+func TestPercentForPutsTheNextCollectionAtLivePlusFloor(t *testing.T) {
 	for _, c := range []struct {
 		live, scan, floor uint64
 		want              int
@@ -87,17 +88,19 @@ func TestGoalWithManyGoroutines(t *testing.T) {
 	}
 }
 
-// waitFor polls until cond holds, collecting garbage so that the
+// adjustments counts the collections f has seen.
+func (f *Floor) adjustments() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.looks
+}
+
+// waitFor waits until cond holds, collecting garbage so that the
 // finalizer that adjusts GOGC gets to run.
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not within 10 s (GOGC %d)", what, gogc())
-		}
-		runtime.GC()
-		time.Sleep(5 * time.Millisecond)
+	if !testutil.Wait(testutil.Patience, func() bool { runtime.GC(); return cond() }) {
+		t.Fatalf("%s: not within %v (GOGC %d)", what, testutil.Patience, gogc())
 	}
 }
 
@@ -112,11 +115,11 @@ func TestFloorRaisesGOGCForASmallHeapAndStopRestoresIt(t *testing.T) {
 	if got := gogc(); got != 100 {
 		t.Fatalf("GOGC %d after Stop, want the 100 in force at Start", got)
 	}
-	// Collections after Stop leave GOGC alone.
+	// Collections after Stop leave GOGC alone: the last finalizer, which
+	// would have changed it, runs and does nothing.
 	debug.SetGCPercent(150)
-	runtime.GC()
-	runtime.GC()
-	time.Sleep(20 * time.Millisecond)
+	seen := f.adjustments()
+	waitFor(t, "the finalizer's run after Stop", func() bool { return f.adjustments() > seen })
 	if got := gogc(); got != 150 {
 		t.Fatalf("GOGC changed to %d after Stop", got)
 	}
@@ -128,9 +131,8 @@ func TestFloorKeepsTheDefaultForALargeHeap(t *testing.T) {
 	// A floor of one byte is below any live heap: GOGC stays at 100.
 	f := Start(1)
 	defer f.Stop()
-	runtime.GC()
-	runtime.GC()
-	time.Sleep(20 * time.Millisecond)
+	seen := f.adjustments()
+	waitFor(t, "an adjustment after a collection", func() bool { return f.adjustments() > seen })
 	if got := gogc(); got != 100 || f.Percent() != 100 {
 		t.Fatalf("GOGC %d (Percent %d), want 100", got, f.Percent())
 	}

@@ -156,7 +156,7 @@ func TestReusedRecordsStartEmpty(t *testing.T) {
 	}
 }
 
-func TestLookAlikes(t *testing.T) {
+func TestLookAlikesDifferInCaseOrDomainOnly(t *testing.T) {
 	h, _ := newTest(Options{})
 	for _, u := range []string{"alice", "alice@example.org", "alice@other.example", "alicia@example.org", "bob@example.org", "ALICE@EXAMPLE.NET"} {
 		h.Notified(u, "INBOX", []string{"MessageNew"}, "no device")
@@ -214,7 +214,7 @@ func TestTheLeastRecentlyActiveOfASetGoes(t *testing.T) {
 	}
 }
 
-func TestConcurrentUse(t *testing.T) {
+func TestConcurrentUseIsSafe(t *testing.T) {
 	h := New(Options{MaxUsers: 16})
 	var wg sync.WaitGroup
 	for g := range 4 {

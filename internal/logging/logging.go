@@ -95,3 +95,11 @@ func EveryMinute(last *atomic.Int64) bool {
 	prev := last.Load()
 	return (prev == 0 || now-prev >= int64(time.Minute)) && last.CompareAndSwap(prev, now)
 }
+
+// Discard is a logger that writes nothing, for a part whose caller gave it
+// none (tests, tools that only read).
+func Discard() *logrus.Logger {
+	l := logrus.New()
+	l.SetOutput(io.Discard)
+	return l
+}

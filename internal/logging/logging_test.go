@@ -68,7 +68,7 @@ func TestTimesAreUTC(t *testing.T) {
 	}
 }
 
-func TestEveryMinute(t *testing.T) {
+func TestEveryMinuteLetsOneLineAMinuteThrough(t *testing.T) {
 	var last atomic.Int64
 	if !EveryMinute(&last) {
 		t.Error("the first line is not logged")

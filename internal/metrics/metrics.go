@@ -40,6 +40,8 @@ type Metrics struct {
 }
 
 // Sources are read when Prometheus scrapes, so gauges are never stale.
+// Each is a part of the daemon that exists when Watch is called; a nil one
+// has no gauge.
 type Sources struct {
 	QueueDepth       func() (queued, inFlight int)
 	Registrations    func() (users, registrations int)
@@ -61,8 +63,9 @@ type Sources struct {
 	SendingPaused func() string
 }
 
-// New builds the collectors and registers them with a fresh registry.
-func New(src Sources) *Metrics {
+// New builds the collectors and registers them with a fresh registry; the
+// gauges of the daemon's parts follow with Watch, once the parts exist.
+func New() *Metrics {
 	m := &Metrics{Registry: prometheus.NewRegistry()}
 	m.pushes = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "xapsd_apns_pushes_total",
@@ -88,12 +91,12 @@ func New(src Sources) *Metrics {
 	}, []string{"path"})
 	m.syncDuration = prometheus.NewHistogram(prometheus.HistogramOpts{
 		Name:    "xapsd_registry_sync_duration_seconds",
-		Help:    "Time to write and fsync one batch of registry journal records.",
+		Help:    "Time to make one batch of registry changes durable: one journal write and fsync, or one PostgreSQL commit.",
 		Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, 1},
 	})
 	m.syncRecords = prometheus.NewHistogram(prometheus.HistogramOpts{
 		Name:    "xapsd_registry_sync_records",
-		Help:    "Journal records made durable by one fsync (group commit).",
+		Help:    "Registry changes made durable together (group commit: one fsync of the journal, or one PostgreSQL transaction).",
 		Buckets: []float64{1, 2, 4, 8, 16, 32, 64, 128, 256},
 	})
 	m.connEvicted = prometheus.NewCounter(prometheus.CounterOpts{
@@ -108,7 +111,12 @@ func New(src Sources) *Metrics {
 	m.connects.WithLabelValues("failed")
 	m.Registry.MustRegister(m.pushes, m.pushDuration, m.retries, m.requests, m.reqDuration, m.syncDuration, m.syncRecords, m.connEvicted, m.connects,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return m
+}
 
+// Watch adds the gauges of src, read at each scrape. Call it once, after
+// the parts exist and before /metrics is served.
+func (m *Metrics) Watch(src Sources) {
 	gauge := func(name, help string, f func() float64) {
 		if f != nil {
 			m.Registry.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: name, Help: help}, f))
@@ -178,7 +186,6 @@ func New(src Sources) *Metrics {
 				return time.Until(t).Seconds()
 			})
 	}
-	return m
 }
 
 // knownReasons are APNs's documented reasons; anything else is "other"

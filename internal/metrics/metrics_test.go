@@ -13,7 +13,7 @@ import (
 )
 
 func TestPushAndRequestCounters(t *testing.T) {
-	m := New(Sources{})
+	m := New()
 	m.ObservePush("delivered", 200, "", 10*time.Millisecond)
 	m.ObservePush("retrying", 0, "dial tcp: connection refused", 0)
 	m.ObservePush("retrying", 503, "ServiceUnavailable", time.Millisecond)
@@ -36,7 +36,8 @@ func TestPushAndRequestCounters(t *testing.T) {
 
 func TestServerEndpoints(t *testing.T) {
 	expiry := time.Now().Add(48 * time.Hour)
-	m := New(Sources{
+	m := New()
+	m.Watch(Sources{
 		QueueDepth:        func() (int, int) { return 7, 3 },
 		Registrations:     func() (int, int) { return 2, 5 },
 		DelayedPending:    func() int { return 4 },

@@ -3,11 +3,11 @@ package notify
 import (
 	"context"
 	"fmt"
-	"path/filepath"
 	"testing"
 
 	"github.com/xapsd/xapsd/internal/history"
 	"github.com/xapsd/xapsd/internal/registry"
+	"github.com/xapsd/xapsd/internal/registry/registrytest"
 )
 
 type discard struct{}
@@ -21,11 +21,7 @@ func (discard) Enqueue(registry.Key) {}
 // forgetting and reusing records), without and with the per-user
 // history that xapsd diagnose reads: the history's cost on /notify.
 func BenchmarkNotify(b *testing.B) {
-	r, err := registry.Open(registry.Options{Path: filepath.Join(b.TempDir(), "db.json")})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer r.Close()
+	r := registrytest.Open(b, registrytest.Defaults())
 	const users = 20000
 	names := make([]string, users)
 	for i := range names {

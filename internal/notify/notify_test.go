@@ -2,10 +2,10 @@ package notify
 
 import (
 	"context"
-	"path/filepath"
 	"testing"
 
 	"github.com/xapsd/xapsd/internal/registry"
+	"github.com/xapsd/xapsd/internal/registry/registrytest"
 )
 
 type calls struct{ delayed, cancelled, sent []registry.Key }
@@ -16,11 +16,7 @@ func (c *calls) Enqueue(k registry.Key) { c.sent = append(c.sent, k) }
 
 func setup(t *testing.T, inboxOnly bool) (*Service, *calls) {
 	t.Helper()
-	r, err := registry.Open(registry.Options{Path: filepath.Join(t.TempDir(), "db.json")})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { r.Close() })
+	r := registrytest.Open(t, registrytest.Defaults())
 	for _, tok := range []string{"aa", "bb"} {
 		err := r.Register(context.Background(), registry.Registration{
 			Key: registry.Key{User: "alice", AccountID: "ACC", DeviceToken: tok}, Mailboxes: []string{"INBOX", "Lists"}})
@@ -52,7 +48,7 @@ func TestOtherEventsAreDelayed(t *testing.T) {
 	}
 }
 
-func TestMailboxRules(t *testing.T) {
+func TestMailboxRulesDecideWhatAnEventWakes(t *testing.T) {
 	s, _ := setup(t, false)
 	cases := []struct {
 		user, mailbox string

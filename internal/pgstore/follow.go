@@ -9,8 +9,8 @@ import (
 	"github.com/jackc/pgx/v5"
 )
 
-// Follower hears about the changes other daemons commit.
-type Follower struct {
+// follower hears about the changes other daemons commit.
+type follower struct {
 	// Changed gets the users another daemon changed, a few at a time.
 	Changed func(users []string)
 	// Reset runs after each (re)connection, once LISTEN is in place and
@@ -28,12 +28,52 @@ type Follower struct {
 	Mine func(user string) bool
 }
 
+// listener is a connection that listens for the changes other daemons
+// commit.
+type listener struct{ conn *pgx.Conn }
+
+// Listen connects and listens for the changes other daemons commit. A
+// caller that loads everything once Listen has returned, and then hands
+// the listener to Follow, misses no change.
+func (s *db) Listen(ctx context.Context) (*listener, error) {
+	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	conn, err := pgx.ConnectConfig(cctx, s.cfg.ConnConfig.Copy())
+	cancel()
+	if err != nil {
+		return nil, fmt.Errorf("listen for other daemons' changes: %w", err)
+	}
+	if _, err := conn.Exec(ctx, "LISTEN "+channel); err != nil {
+		conn.Close(context.Background())
+		return nil, fmt.Errorf("listen for other daemons' changes: %w", err)
+	}
+	return &listener{conn: conn}, nil
+}
+
+// Close closes the connection.
+func (l *listener) Close() { l.conn.Close(context.Background()) }
+
 // Follow listens until ctx ends, reconnecting with a growing pause after
-// a lost connection or a failed Reset.
-func (s *Store) Follow(ctx context.Context, f Follower) {
+// a lost connection or a failed Reset. first, when not nil, is a listener
+// the caller loaded everything after: it is followed first, without a
+// Reset.
+func (s *db) Follow(ctx context.Context, f follower, first *listener) {
 	pause := 100 * time.Millisecond
 	for ctx.Err() == nil {
-		err := s.followOnce(ctx, f, func() { pause = 100 * time.Millisecond })
+		var err error
+		l := first
+		first = nil
+		if l == nil {
+			if l, err = s.Listen(ctx); err == nil {
+				if err = f.Reset(ctx); err != nil {
+					l.Close()
+					err = fmt.Errorf("reload the registry: %w", err)
+				}
+			}
+		}
+		if err == nil {
+			pause = 100 * time.Millisecond
+			err = s.serve(ctx, f, l)
+		}
 		if f.Connected != nil {
 			f.Connected(false)
 		}
@@ -54,21 +94,11 @@ func (s *Store) Follow(ctx context.Context, f Follower) {
 	}
 }
 
-func (s *Store) followOnce(ctx context.Context, f Follower, connected func()) error {
-	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	conn, err := pgx.ConnectConfig(cctx, s.cfg.ConnConfig.Copy())
-	cancel()
-	if err != nil {
-		return fmt.Errorf("listen for other daemons' changes: %w", err)
-	}
-	defer conn.Close(context.Background())
-	if _, err := conn.Exec(ctx, "LISTEN "+channel); err != nil {
-		return fmt.Errorf("listen for other daemons' changes: %w", err)
-	}
-	if err := f.Reset(ctx); err != nil {
-		return fmt.Errorf("reload the registry: %w", err)
-	}
-	connected()
+// serve hands the notifications l receives to f until ctx ends or the
+// connection is lost, and closes l.
+func (s *db) serve(ctx context.Context, f follower, l *listener) error {
+	conn := l.conn
+	defer l.Close()
 	if f.Connected != nil {
 		f.Connected(true)
 	}

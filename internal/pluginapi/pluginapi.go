@@ -4,8 +4,13 @@
 //
 // Everything the plugin sends is checked before anything changes: a bad
 // request gets a 4xx with a one-line reason and leaves the registry as it
-// was. /register answers only once the registration is on disk; /notify
-// answers before any push is sent, so Dovecot never waits on Apple.
+// was. /register answers only once the registration is durable (on disk,
+// or committed in PostgreSQL); /notify answers before any push is sent, so
+// Dovecot never waits on Apple.
+//
+// Each handler decides its whole answer in one value (the status, the
+// reason the client may read, the cause and level of the log line), and
+// one function writes it and logs it.
 package pluginapi
 
 import (
@@ -135,7 +140,7 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	sw := &statusWriter{ResponseWriter: w, status: http.StatusOK}
 	body := &bodyReader{ReadCloser: r.Body, done: r.Body == nil || r.Body == http.NoBody}
 	r.Body = body
-	h.route(sw, r)
+	h.reply(sw, h.route(sw, r))
 	if !body.done {
 		// Answered without reading the whole body (a refusal, /healthz):
 		// the server would otherwise read what is left before the next
@@ -163,9 +168,13 @@ func (b *bodyReader) Read(p []byte) (int, error) {
 	return n, err
 }
 
-func (h *handler) route(w http.ResponseWriter, r *http.Request) {
+// route finds the request's handler and checks what every request must
+// pass first: its method and, for the plugin's requests, the secret. w
+// only bounds the body's size (http.MaxBytesReader); nothing is written
+// before reply.
+func (h *handler) route(w http.ResponseWriter, r *http.Request) answer {
 	var allow string
-	var serve func(http.ResponseWriter, *http.Request)
+	var serve func(*http.Request) answer
 	switch r.URL.Path {
 	case "/register":
 		allow, serve = http.MethodPost, h.register
@@ -174,13 +183,10 @@ func (h *handler) route(w http.ResponseWriter, r *http.Request) {
 	case "/healthz":
 		allow, serve = http.MethodGet, h.healthz
 	default:
-		http.Error(w, "404 page not found", http.StatusNotFound)
-		return
+		return answer{status: http.StatusNotFound, text: "404 page not found"}
 	}
 	if r.Method != allow && !(allow == http.MethodGet && r.Method == http.MethodHead) {
-		w.Header().Set("Allow", allow)
-		http.Error(w, "Method Not Allowed", http.StatusMethodNotAllowed)
-		return
+		return answer{status: http.StatusMethodNotAllowed, text: "Method Not Allowed", header: http.Header{"Allow": {allow}}}
 	}
 	if allow == http.MethodPost && !h.authorized(r) {
 		// Right after the headers, and the body is never read: a client
@@ -188,18 +194,87 @@ func (h *handler) route(w http.ResponseWriter, r *http.Request) {
 		// time it would take to send its body. Its connection is closed
 		// (ServeHTTP cuts the body's read), so it has to connect again,
 		// at the back of the queue.
-		if logging.EveryMinute(&h.lastAuthLog) {
-			h.Log.WithField("remote", r.RemoteAddr).Warn("refused requests without the plugin's secret (pluginSecretFile); logged at most once a minute")
+		return answer{status: http.StatusUnauthorized, text: "unauthorized: the request lacks the secret of pluginSecretFile",
+			header: http.Header{"Www-Authenticate": {`Bearer realm="xapsd"`}, "Connection": {"close"}},
+			log: logLine{level: logrus.WarnLevel, msg: "refused requests without the plugin's secret (pluginSecretFile); logged at most once a minute",
+				fields: logrus.Fields{"remote": r.RemoteAddr}, everyMinute: &h.lastAuthLog}}
+	}
+	if allow == http.MethodPost {
+		if h.Authenticated != nil {
+			h.Authenticated(r)
 		}
-		w.Header().Set("WWW-Authenticate", `Bearer realm="xapsd"`)
-		w.Header().Set("Connection", "close")
-		fail(w, http.StatusUnauthorized, "unauthorized: the request lacks the secret of pluginSecretFile")
+		r.Body = http.MaxBytesReader(w, r.Body, MaxBody)
+	}
+	return serve(r)
+}
+
+// answer is what a request gets and what the log says of it: the
+// handlers decide it, reply writes and logs it, in one place.
+type answer struct {
+	status int
+	// text is the body: a refusal's reason (one line, which the plugin
+	// passes on to the IMAP client, so nothing of the server's insides),
+	// or a success's content (the topic, "ok").
+	text   string
+	header http.Header // more headers, for the few answers that have them
+	log    logLine
+	// gone: the client left before its answer; nothing is written.
+	gone bool
+}
+
+// logLine is the log's side of an answer; one without msg is not logged.
+type logLine struct {
+	level logrus.Level
+	msg   string
+	cause error // why, for the admin: paths, errno, the database's error
+	// fields of the line; lazy ones are built only when the line is
+	// logged, for lines at debug on the busy path.
+	fields logrus.Fields
+	lazy   lazyFields
+	// everyMinute, when set, lets one such line through a minute: a
+	// refusal can come by the thousand.
+	everyMinute *atomic.Int64
+}
+
+// lazyFields builds the fields of a line that may not be logged.
+type lazyFields interface {
+	fields(l logrus.FieldLogger) logrus.Fields
+}
+
+// reply writes the answer and logs its line.
+func (h *handler) reply(w http.ResponseWriter, a answer) {
+	h.record(a.log)
+	for k, v := range a.header {
+		w.Header()[k] = v
+	}
+	switch {
+	case a.gone:
+	case a.status >= http.StatusBadRequest:
+		fail(w, a.status, a.text)
+	case a.text != "":
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		w.WriteHeader(a.status)
+		w.Write([]byte(a.text))
+	default:
+		w.WriteHeader(a.status)
+	}
+}
+
+// record logs an answer's line.
+func (h *handler) record(l logLine) {
+	if l.msg == "" || (l.level >= logrus.DebugLevel && !logging.Verbose(h.Log)) ||
+		(l.everyMinute != nil && !logging.EveryMinute(l.everyMinute)) {
 		return
 	}
-	if allow == http.MethodPost && h.Authenticated != nil {
-		h.Authenticated(r)
+	fields := l.fields
+	if l.lazy != nil {
+		fields = l.lazy.fields(h.Log)
 	}
-	serve(w, r)
+	e := h.Log.WithFields(fields)
+	if l.cause != nil {
+		e = e.WithError(l.cause)
+	}
+	e.Log(l.level, l.msg)
 }
 
 // registerRequest is the plugin's /register body (docs/protocol.md#register). Pointers
@@ -228,8 +303,8 @@ type notifyRequest struct {
 // allocations under load. Anything else (trailing data, a syntax or type
 // error, a body over the cap) is decoded from the same bytes the way it
 // always was, so what is accepted and every error message stay the same.
-func (h *handler) decode(w http.ResponseWriter, r *http.Request, v any) (int, error) {
-	body := http.MaxBytesReader(w, r.Body, MaxBody)
+func (h *handler) decode(r *http.Request, v any) (int, error) {
+	body := r.Body // bounded by route
 	buf := h.bodies.Get().(*bytes.Buffer)
 	defer h.bodies.Put(buf)
 	buf.Reset()
@@ -266,6 +341,7 @@ func decodeFailure(err error) (int, error) {
 	}
 }
 
+// fail writes a refusal: the status and one line of reason.
 func fail(w http.ResponseWriter, status int, msg string) {
 	// One line, no quoting tricks: the plugin shows it to the IMAP client.
 	msg = strings.Map(func(r rune) rune {
@@ -277,69 +353,72 @@ func fail(w http.ResponseWriter, status int, msg string) {
 	http.Error(w, msg, status)
 }
 
-func (h *handler) register(w http.ResponseWriter, r *http.Request) {
+func (h *handler) register(r *http.Request) answer {
 	var req registerRequest
-	if status, err := h.decode(w, r, &req); err != nil {
-		h.Log.WithError(err).Debug("bad /register request")
-		fail(w, status, "invalid registration: "+err.Error())
-		return
+	if status, err := h.decode(r, &req); err != nil {
+		return answer{status: status, text: "invalid registration: " + err.Error(),
+			log: logLine{level: logrus.DebugLevel, msg: "bad /register request", cause: err}}
 	}
 	reg, problems := validateRegister(&req)
 	if len(problems) > 0 {
 		msg := "invalid registration: " + strings.Join(problems, "; ")
-		h.Log.WithField("user", reg.User).Warn(msg)
-		fail(w, http.StatusBadRequest, msg)
-		return
+		return answer{status: http.StatusBadRequest, text: msg, log: logLine{level: logrus.WarnLevel, msg: msg, fields: logrus.Fields{"user": reg.User}}}
 	}
 	topic, err := h.Topic()
 	if err != nil {
-		h.Log.WithError(err).Warn("refusing a registration: no usable push credential")
-		fail(w, http.StatusServiceUnavailable, "no usable push credential on the server: "+publicReason(err))
-		return
+		return answer{status: http.StatusServiceUnavailable, text: "no usable push credential on the server: " + publicReason(err),
+			log: logLine{level: logrus.WarnLevel, msg: "refusing a registration: no usable push credential", cause: err}}
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), registerDeadline)
 	defer cancel()
 	if err := h.Registrar.Register(ctx, reg); err != nil {
-		if errors.Is(err, registry.ErrFull) {
-			if logging.EveryMinute(&h.lastFullLog) {
-				h.Log.WithField("user", reg.User).Warn("refusing new registrations: maxRegistrations reached; logged at most once a minute")
-			}
-			fail(w, http.StatusServiceUnavailable, "registry full: the server takes no new devices now")
-			return
-		}
-		if errors.Is(err, registry.ErrUnconfirmed) {
-			// The registry logs it, and reads the user again until the
-			// database says whether it was stored.
-			fail(w, http.StatusServiceUnavailable, "registry unavailable: the database did not confirm the registration in time; it may still be stored")
-			return
-		}
-		if errors.Is(err, registry.ErrUnavailable) {
-			h.Log.WithError(err).WithField("user", reg.User).Error("registration not stored: the registry database cannot be reached")
-			fail(w, http.StatusServiceUnavailable, "registry unavailable: the server cannot store registrations right now")
-			return
-		}
-		if r.Context().Err() != nil {
-			// Dovecot gave up on the answer; the registration is in the
-			// journal's queue and is stored unless the write fails, which
-			// the registry logs itself.
-			h.Log.WithField("user", reg.User).Info("the plugin closed the connection before the registration was confirmed")
-			return
-		}
-		// The reason (paths, errno) is for the admin's log; the plugin
-		// passes the body on to the IMAP client.
-		h.Log.WithError(err).WithField("user", reg.User).Error("registration not stored")
-		fail(w, http.StatusInternalServerError, "registration not stored: the server could not save it")
-		return
+		return h.notStored(r, reg.User, err)
 	}
-	h.Log.WithFields(logrus.Fields{
+	return answer{status: http.StatusOK, text: topic, // the topic only, no newline: the plugin uses the body as it is
+		log: logLine{level: logrus.DebugLevel, msg: "registered", lazy: (*registered)(&reg)}}
+}
+
+// notStored is the answer to a registration the registry did not store.
+// Which error it was decides the status; the reason the client gets says
+// what it may do, the log the cause.
+func (h *handler) notStored(r *http.Request, user string, err error) answer {
+	who := logrus.Fields{"user": user}
+	switch {
+	case errors.Is(err, registry.ErrFull):
+		return answer{status: http.StatusServiceUnavailable, text: "registry full: the server takes no new devices now",
+			log: logLine{level: logrus.WarnLevel, msg: "refusing new registrations: maxRegistrations reached; logged at most once a minute",
+				fields: who, everyMinute: &h.lastFullLog}}
+	case errors.Is(err, registry.ErrUnconfirmed):
+		// The registry logs it, and reads the user again until the
+		// database says whether it was stored.
+		return answer{status: http.StatusServiceUnavailable,
+			text: "registry unavailable: the database did not confirm the registration in time; it may still be stored"}
+	case errors.Is(err, registry.ErrUnavailable):
+		return answer{status: http.StatusServiceUnavailable, text: "registry unavailable: the server cannot store registrations right now",
+			log: logLine{level: logrus.ErrorLevel, msg: "registration not stored: the registry database cannot be reached", cause: err, fields: who}}
+	case r.Context().Err() != nil:
+		// Dovecot gave up on the answer; the registration is in the
+		// journal's queue and is stored unless the write fails, which
+		// the registry logs itself.
+		return answer{gone: true,
+			log: logLine{level: logrus.InfoLevel, msg: "the plugin closed the connection before the registration was confirmed", fields: who}}
+	}
+	// The reason (paths, errno) is for the admin's log; the plugin
+	// passes the body on to the IMAP client.
+	return answer{status: http.StatusInternalServerError, text: "registration not stored: the server could not save it",
+		log: logLine{level: logrus.ErrorLevel, msg: "registration not stored", cause: err, fields: who}}
+}
+
+// registered is a stored registration, for its debug line.
+type registered registry.Registration
+
+func (reg *registered) fields(l logrus.FieldLogger) logrus.Fields {
+	return logrus.Fields{
 		"user":      reg.User,
-		"account":   logging.Mask(h.Log, reg.AccountID),
-		"token":     logging.Mask(h.Log, reg.DeviceToken),
+		"account":   logging.Mask(l, reg.AccountID),
+		"token":     logging.Mask(l, reg.DeviceToken),
 		"mailboxes": len(reg.Mailboxes),
-	}).Debug("registered")
-	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-	// The topic only, no newline: the plugin uses the body as it is.
-	w.Write([]byte(topic))
+	}
 }
 
 func validateRegister(req *registerRequest) (registry.Registration, []string) {
@@ -438,12 +517,11 @@ func printableText(s string, noFormat bool) bool {
 	return true
 }
 
-func (h *handler) notify(w http.ResponseWriter, r *http.Request) {
+func (h *handler) notify(r *http.Request) answer {
 	var req notifyRequest
-	if status, err := h.decode(w, r, &req); err != nil {
-		h.Log.WithError(err).Debug("bad /notify request")
-		fail(w, status, "invalid notification: "+err.Error())
-		return
+	if status, err := h.decode(r, &req); err != nil {
+		return answer{status: status, text: "invalid notification: " + err.Error(),
+			log: logLine{level: logrus.DebugLevel, msg: "bad /notify request", cause: err}}
 	}
 	var problems []string
 	for _, f := range []struct {
@@ -475,12 +553,9 @@ func (h *handler) notify(w http.ResponseWriter, r *http.Request) {
 	}
 	if len(problems) > 0 {
 		msg := "invalid notification: " + strings.Join(problems, "; ")
-		h.Log.Debug(msg)
-		fail(w, http.StatusBadRequest, msg)
-		return
+		return answer{status: http.StatusBadRequest, text: msg, log: logLine{level: logrus.DebugLevel, msg: msg}}
 	}
-	user := registry.FoldUser(*req.Username)
-	st := h.Notifier.Notify(user, *req.Mailbox, req.Events)
+	st := h.Notifier.Notify(registry.FoldUser(*req.Username), *req.Mailbox, req.Events)
 	status, msg := http.StatusOK, "notify"
 	switch st {
 	case notify.UnknownUser:
@@ -490,23 +565,22 @@ func (h *handler) notify(w http.ResponseWriter, r *http.Request) {
 	case notify.NoMailbox:
 		status, msg = http.StatusNoContent, "notify: no device registered for the mailbox"
 	}
-	// Only at debug: building the fields costs allocations on every
+	// The fields are lazy: building them costs allocations on every
 	// /notify even when the line is dropped.
-	if logging.Verbose(h.Log) {
-		h.Log.WithFields(logrus.Fields{"user": user, "mailbox": *req.Mailbox, "events": req.Events}).Debug(msg)
-	}
-	w.WriteHeader(status)
+	return answer{status: status, log: logLine{level: logrus.DebugLevel, msg: msg, lazy: &req}}
 }
 
-func (h *handler) healthz(w http.ResponseWriter, r *http.Request) {
+func (req *notifyRequest) fields(logrus.FieldLogger) logrus.Fields {
+	return logrus.Fields{"user": registry.FoldUser(*req.Username), "mailbox": *req.Mailbox, "events": req.Events}
+}
+
+func (h *handler) healthz(*http.Request) answer {
 	if h.Health != nil {
 		if err := h.Health(); err != nil {
-			fail(w, http.StatusServiceUnavailable, err.Error())
-			return
+			return answer{status: http.StatusServiceUnavailable, text: err.Error()}
 		}
 	}
-	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-	w.Write([]byte("ok\n"))
+	return answer{status: http.StatusOK, text: "ok\n"}
 }
 
 type statusWriter struct {

@@ -11,7 +11,6 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
-	"path/filepath"
 	"slices"
 	"strings"
 	"sync/atomic"
@@ -25,6 +24,7 @@ import (
 	"github.com/xapsd/xapsd/internal/logging"
 	"github.com/xapsd/xapsd/internal/notify"
 	"github.com/xapsd/xapsd/internal/registry"
+	"github.com/xapsd/xapsd/internal/registry/registrytest"
 )
 
 const (
@@ -55,10 +55,7 @@ type env struct {
 
 func newEnv(t *testing.T) *env {
 	t.Helper()
-	r, err := registry.Open(registry.Options{Path: filepath.Join(t.TempDir(), "database.json")})
-	if err != nil {
-		t.Fatal(err)
-	}
+	r := registrytest.Open(t, registrytest.Defaults())
 	e := &env{reg: r, notif: &fakeNotifier{}}
 	e.topic = func() (string, error) { return topic, nil }
 	h := NewHandler(Options{Registrar: r, Notifier: e.notif, Topic: func() (string, error) { return e.topic() }})
@@ -272,7 +269,7 @@ func TestUserNamesFoldASCIIOnly(t *testing.T) {
 	}
 }
 
-func TestNotifyStatuses(t *testing.T) {
+func TestNotifyStatusFollowsWhatTheEventWoke(t *testing.T) {
 	for st, want := range map[notify.Status]int{notify.Pushed: 200, notify.Ignored: 200, notify.NoMailbox: 204, notify.UnknownUser: 404} {
 		e := newEnv(t)
 		e.notif.status = st
@@ -286,7 +283,7 @@ func TestNotifyStatuses(t *testing.T) {
 	}
 }
 
-func TestBadNotifications(t *testing.T) {
+func TestBadNotificationsAre400AndReachNoOne(t *testing.T) {
 	cases := map[string]string{
 		"malformed":       `{"Username":`,
 		"no events key":   `{"Username":"a","Mailbox":"INBOX"}`,
@@ -523,11 +520,7 @@ func TestUnauthenticatedRequestsAreRefusedBeforeTheirBody(t *testing.T) {
 // At maxRegistrations a new device gets 503; one already registered can
 // still register again.
 func TestRegistryFullIs503(t *testing.T) {
-	r, err := registry.Open(registry.Options{Path: filepath.Join(t.TempDir(), "database.json"), MaxRegistrations: 1, RefreshAfter: time.Nanosecond})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer r.Close()
+	r := registrytest.Open(t, registrytest.Defaults(func(o *registry.Options) { o.MaxRegistrations = 1; o.RegistrationRefresh = time.Nanosecond }))
 	log, hook := logtest.NewNullLogger()
 	srv := httptest.NewServer(NewHandler(Options{Registrar: r, Notifier: &fakeNotifier{}, Log: log, Topic: func() (string, error) { return topic, nil }}))
 	defer srv.Close()
@@ -609,7 +602,7 @@ func TestUnconfirmedRegistrationIs503ThatMayBeStored(t *testing.T) {
 	}
 }
 
-func TestPublicReason(t *testing.T) {
+func TestPublicReasonShortensPathsAndPutsErrnoInWords(t *testing.T) {
 	for in, want := range map[string]string{
 		"certificate /etc/xapsd/push.pem has expired":                       "certificate push.pem has expired",
 		"open /var/lib/xapsd/push.key: no such file or directory":           "open push.key: missing",

@@ -1,21 +1,20 @@
 // Package registry owns the devices that asked for push: which user's
 // mailbox changes wake which (account id, device token) pair.
 //
-// It keeps everything in memory for fast /notify lookups and makes every
-// change durable before Register returns, through an append-only journal
-// beside a JSON snapshot (see journal.go and snapshot.go). A registration
-// is keyed by (user, account id, device token): two phones restored from
-// one backup share an account id but have different tokens, and both must
-// get pushes (docs/protocol.md#registry-rules).
+// It is the index: every registration in memory, for fast /notify
+// lookups, with the rules about them (the caps per account and per user,
+// the registration TTL, Apple's 410 rule, one spelling of user names and
+// tokens). Every change is made durable by a Store before the call that
+// made it returns: the files in the state folder (internal/filestore) or
+// a PostgreSQL database several daemons share (internal/pgstore). A
+// registration is keyed by (user, account id, device token): two phones
+// restored from one backup share an account id but have different
+// tokens, and both must get pushes (docs/protocol.md#registry-rules).
 package registry
 
 import (
 	"context"
-	"encoding/json"
-	"errors"
 	"fmt"
-	"os"
-	"path/filepath"
 	"slices"
 	"sort"
 	"strings"
@@ -41,289 +40,125 @@ type Registration struct {
 	Registered time.Time
 }
 
-// entry is the in-memory form: small, because a large server holds a
-// million of them.
-type entry struct {
-	accountID   string
-	deviceToken string
-	boxes       *mailboxSet
-	registered  int64 // unix nanoseconds
-	// refreshed is the latest identical re-registration that was
-	// acknowledged without a write (see Options.RefreshAfter). It lives in
-	// memory only, for Remove: a device that registered again after
-	// Apple's 410 timestamp keeps its registration. A crash forgets it,
-	// which costs at most RefreshAfter of that protection.
-	refreshed int64
-}
-
-// mailboxSet is shared between all registrations with the same list; most
-// devices register the same few lists. refs counts those registrations:
-// the last one to go takes the set with it, so memory follows the live
-// registrations however many different lists were ever registered.
-type mailboxSet struct {
-	names []string // as registered
-	match []string // normalised for /notify matching
-	key   string   // its key in Registry.boxes
-	refs  int
-}
-
-func (s *mailboxSet) contains(mailbox string) bool {
-	for _, m := range s.match {
-		if m == mailbox {
-			return true
-		}
-	}
-	return false
-}
-
-// Options configures Open.
+// Options configures Open. The daemon passes the configuration's values
+// under the same names (internal/config holds every default); a zero
+// value turns its rule off.
 type Options struct {
-	// Path is the snapshot file (the config's databaseFile). The journal
-	// segments live beside it as Path.journal.<sequence>.
-	Path string
-	// TTL removes registrations not refreshed for this long.
-	TTL time.Duration
-	// MaxPerAccount caps the devices (tokens) of one account id; the
-	// oldest registration is dropped. MaxPerUser caps one user's
-	// registrations the same way, whatever their account ids.
-	MaxPerAccount int
-	MaxPerUser    int
+	// RegistrationTTL removes registrations not refreshed for this long
+	// (Expire, and at Open for a store of this daemon's alone); 0: never.
+	RegistrationTTL time.Duration
+	// MaxDevicesPerAccount caps the devices (tokens) of one account id;
+	// the oldest registration is dropped. MaxDevicesPerUser caps one
+	// user's registrations the same way, whatever their account ids. A
+	// shared store applies both itself. 0: no cap.
+	MaxDevicesPerAccount int
+	MaxDevicesPerUser    int
 	// MaxRegistrations caps the registrations of all users together
 	// (0: no cap): Register refuses one that would add a registration
 	// with ErrFull, while re-registrations still work.
 	MaxRegistrations int
-	// CompactAfter writes a new snapshot after this many journal records,
-	// or once the journal has grown by CompactAfterBytes or by the size of
-	// the last snapshot, whichever is more: a few huge records must not
-	// grow the journal as far as many small ones.
-	CompactAfter      int
-	CompactAfterBytes int64
-	// RefreshAfter: a re-registration identical to a durable one younger
-	// than this is acknowledged without a disk write (iOS re-registers on
-	// every IMAP connection).
-	RefreshAfter time.Duration
-	Log          logrus.FieldLogger
-	Now          func() time.Time
-	// OnSync, when set, sees each group commit: records made durable by
-	// one fsync and how long the write and fsync took.
-	OnSync func(records int, d time.Duration)
-	// CheckEvery is how often the journal writer looks for state files
-	// deleted under it, and how often, after a failed write, the store
-	// tries whether the disk (or PostgreSQL) takes writes again, so that
-	// Health recovers without a registration (default 5 s).
-	CheckEvery time.Duration
-	// Postgres, when set, keeps the registry in that database instead of
-	// Path's files (postgres.go).
-	Postgres *PostgresOptions
+	// RegistrationRefresh: a re-registration identical to a stored one
+	// younger than this is acknowledged without asking the store (iOS
+	// re-registers on every IMAP connection). 0: every one is stored.
+	RegistrationRefresh time.Duration
+	// Log gets what the registry has to say; nil: nothing is logged.
+	Log logrus.FieldLogger
+	// Now is the clock; nil: time.Now.
+	Now func() time.Time
+	// OnSync, when set, sees each group commit: the changes the store made
+	// durable together and how long its Commit took.
+	OnSync func(changes int, d time.Duration)
 }
 
 func (o *Options) setDefaults() {
-	if o.TTL <= 0 {
-		o.TTL = 720 * time.Hour
-	}
-	if o.MaxPerAccount <= 0 {
-		o.MaxPerAccount = 8
-	}
-	if o.MaxPerUser <= 0 {
-		o.MaxPerUser = 100
-	}
-	if o.CompactAfter <= 0 {
-		o.CompactAfter = 100000
-	}
-	if o.CompactAfterBytes <= 0 {
-		o.CompactAfterBytes = 64 << 20
-	}
-	if o.RefreshAfter <= 0 {
-		o.RefreshAfter = time.Hour
-	}
 	if o.Log == nil {
-		l := logrus.New()
-		l.SetLevel(logrus.PanicLevel)
-		o.Log = l
+		o.Log = logging.Discard()
 	}
 	if o.Now == nil {
 		o.Now = time.Now
 	}
-	if o.CheckEvery <= 0 {
-		o.CheckEvery = 5 * time.Second
-	}
 }
-
-// ErrClosed is returned by calls after Close.
-var ErrClosed = errors.New("registry closed")
-
-// ErrFull is returned by Register for a new registration while the
-// registry holds MaxRegistrations.
-var ErrFull = errors.New("registry full")
 
 // Registry is safe for concurrent use.
 type Registry struct {
-	opts Options
-	log  logrus.FieldLogger
+	opts  Options
+	log   logrus.FieldLogger
+	store Store
 
-	mu     sync.RWMutex
-	users  map[string][]entry
-	boxes  map[string]*mailboxSet
-	boxKey []byte // scratch for internBoxes
-	// sizedFor is the number of users the users map was made for before
-	// a load (presize), until fitToLive has looked at it.
-	sizedFor int
-	count    int
-	seq      uint64 // last sequence number handed out
-	applied  uint64 // last sequence number whose change is in memory (and on disk)
-	adding   int    // new registrations queued but not yet applied, for MaxRegistrations
-	pending  *batch // records not yet handed to the journal writer
-	closed   bool
+	mu      sync.RWMutex
+	idx     *index
+	adding  int    // new registrations queued but not yet applied, for MaxRegistrations
+	pending *batch // changes not yet handed to the store
+	closed  bool
 
-	// appleCerts is the old daemon's certificate store, when the file
-	// loaded at start still had one (docs/protocol.md#legacy-applecerts).
-	appleCerts json.RawMessage
+	// commitMu is held while a batch is committed and applied, and
+	// while a store reloads or copies memory (Memory): what a store
+	// reads or copies is never older than what a commit applied.
+	commitMu sync.Mutex
 
-	store persister
+	kickc  chan struct{}
+	stopc  chan struct{}
+	donec  chan struct{}
+	follow sync.WaitGroup
 }
 
-// A persister makes the registry's changes durable: the journal beside
-// the snapshot file (journal.go), or a PostgreSQL database several
-// daemons share (postgres.go). Either takes the pending batch when kicked,
-// makes it durable, applies it to memory and releases its waiters; the
-// rest of the registry does not care which it has.
-type persister interface {
-	kick()
-	// health fills in what Health reports about durability.
-	health(h *Health)
-	// expire removes the registrations registered before cutoff, waits
-	// until that is durable and returns how many it removed.
-	expire(cutoff time.Time) (removed int)
-	// capsInStore: the store enforces the device caps itself (a shared
-	// database, where this daemon's memory may not yet hold what another
-	// one just added, so its choice of the oldest could be wrong).
-	capsInStore() bool
-	// exclusive runs work unless another daemon sharing the store runs
-	// it (see Registry.Exclusive).
-	exclusive(ctx context.Context, name string, work func() error) (ran bool, err error)
-	close() error
-}
-
-// Open loads the registry from opts.Path (snapshot, legacy database.json or
-// nothing) plus its journal, and starts the journal writer; with
-// opts.Postgres, from that database instead (postgres.go).
-func Open(opts Options) (*Registry, error) {
+// Open loads the registrations st holds into memory and starts handing
+// it the changes. st is the registry's from then on: Close closes it.
+func Open(st Store, opts Options) (*Registry, error) {
 	opts.setDefaults()
 	r := &Registry{
 		opts:    opts,
 		log:     opts.Log,
-		users:   make(map[string][]entry),
-		boxes:   make(map[string]*mailboxSet),
+		store:   st,
+		idx:     newIndex(),
 		pending: newBatch(),
+		kickc:   make(chan struct{}, 1),
+		stopc:   make(chan struct{}),
+		donec:   make(chan struct{}),
 	}
-	if opts.Postgres != nil {
-		// The state folder still holds the admin socket and the pending
-		// pushes; the registry files there stay unused.
-		if err := os.MkdirAll(filepath.Dir(opts.Path), 0o700); err != nil {
-			return nil, fmt.Errorf("create state folder for %s: %w", opts.Path, err)
-		}
-		if err := checkFolder(filepath.Dir(opts.Path), r.log); err != nil {
-			return nil, err
-		}
-		p, err := openPostgres(r, *opts.Postgres)
-		if err != nil {
-			return nil, err
-		}
-		r.store = p
-		return r, nil
-	}
-	j, err := openJournal(r, opts.Path)
-	if err != nil {
+	m := &Memory{r: r}
+	if err := st.Load(context.Background(), m); err != nil {
 		return nil, err
 	}
-	r.store = j
-	j.start()
-	// Also for a new file: the old daemon only expired registrations when
-	// its file existed at start.
-	if n := r.Expire(opts.Now()); n > 0 {
-		r.log.WithField("removed", n).Info("removed registrations older than the registration TTL")
+	go r.run()
+	r.follow.Add(1)
+	go func() {
+		defer r.follow.Done()
+		st.Follow(m)
+	}()
+	if !st.Shared() {
+		// Also for a new file: the old daemon only expired registrations
+		// when its file existed at start. A shared store is swept by one
+		// of its daemons, hourly.
+		n, err := r.Expire(context.Background(), opts.Now())
+		if err != nil {
+			r.log.WithError(err).Warn("could not remove the registrations older than the registration TTL; the next sweep tries again")
+		} else if n > 0 {
+			r.log.WithField("removed", n).Info("removed registrations older than the registration TTL")
+		}
 	}
-	r.fitToLive()
+	r.mu.Lock()
+	r.idx.fitToLive()
+	r.mu.Unlock()
 	return r, nil
 }
 
-// presize makes the users map for about n users before a load: growing
-// it step by step would cost a good part of loading a million.
-func (r *Registry) presize(n int) {
-	r.users = make(map[string][]entry, n)
-	r.sizedFor = n
-}
-
-// fitToLive makes the users map again, sized for the users it holds, when
-// presize made it for far more: a Go map keeps its room when entries go,
-// so a map sized from a snapshot of many expired registrations, or of
-// users with several devices each, would hold that memory for good.
-func (r *Registry) fitToLive() {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if r.sizedFor > 2*len(r.users)+1024 {
-		users := make(map[string][]entry, len(r.users))
-		for u, regs := range r.users {
-			users[u] = regs
-		}
-		r.users = users
-	}
-	r.sizedFor = 0
-}
-
-// internBoxes returns the shared set for a list, counting one more
-// registration that uses it; releaseBoxes undoes that. Caller holds mu
-// (or is loading). The lookup key is built in a reused buffer, so a list
-// seen before costs no allocation: loading a million registrations
-// mostly sees the same few lists.
-func (r *Registry) internBoxes(names []string) *mailboxSet {
-	buf := r.boxKey[:0]
-	for i, n := range names {
-		if i > 0 {
-			buf = append(buf, 0)
-		}
-		buf = append(buf, n...)
-	}
-	r.boxKey = buf
-	if s, ok := r.boxes[string(buf)]; ok {
-		s.refs++
-		return s
-	}
-	s := &mailboxSet{names: append([]string(nil), names...), match: make([]string, len(names)), key: string(buf), refs: 1}
-	for i, n := range names {
-		s.match[i] = normalizeMailbox(n)
-	}
-	r.boxes[s.key] = s
-	return s
-}
-
-// reset empties the registry, for a load that starts over.
-func (r *Registry) reset() {
-	r.users = make(map[string][]entry)
-	r.boxes = make(map[string]*mailboxSet)
-	r.count = 0
-}
-
-func (r *Registry) releaseBoxes(s *mailboxSet) {
-	if s.refs--; s.refs == 0 {
-		delete(r.boxes, s.key)
-	}
-}
-
-// Register stores reg and returns once it is on disk. The user name is
-// folded the way Dovecot folds it (FoldUser), the device token to upper
-// case (FoldToken). A Registered time of zero means now.
+// Register stores reg and returns once the store has it (on disk, or
+// committed in the database). The user name is folded the way Dovecot
+// folds it (FoldUser), the device token to upper case (FoldToken). A
+// Registered time of zero means now.
 //
-// Memory changes only once the journal write succeeded: an error means
-// the registration was not stored, is not looked up, and is not in any
-// snapshot. A registration identical to a stored one younger than
-// RefreshAfter is acknowledged without a write.
+// Memory changes only once the store has the registration: an error
+// means it was not stored (for an error that wraps ErrUnconfirmed: not
+// known to be), is not looked up, and is in no later copy of the store.
+// A registration identical to a stored one younger than RegistrationRefresh is
+// acknowledged without asking the store.
 func (r *Registry) Register(ctx context.Context, reg Registration) error {
 	return r.register(ctx, reg, false)
 }
 
 // register is Register; keepNewer (imports) leaves a newer copy another
-// daemon stored in a shared database alone.
+// daemon stored in a shared store alone.
 func (r *Registry) register(ctx context.Context, reg Registration, keepNewer bool) error {
 	reg.User = FoldUser(reg.User)
 	reg.DeviceToken = FoldToken(reg.DeviceToken)
@@ -335,24 +170,18 @@ func (r *Registry) register(ctx context.Context, reg Registration, keepNewer boo
 		r.mu.Unlock()
 		return ErrClosed
 	}
-	regs := r.users[reg.User]
-	idx := -1
-	for i := range regs {
-		if regs[i].accountID == reg.AccountID && regs[i].deviceToken == reg.DeviceToken {
-			idx = i
-			break
-		}
-	}
+	regs := r.idx.users[reg.User]
+	idx := find(regs, reg.AccountID, reg.DeviceToken)
 	now := reg.Registered.UnixNano()
 	if idx >= 0 && slices.Equal(regs[idx].boxes.names, reg.Mailboxes) &&
-		time.Duration(now-regs[idx].registered) < r.opts.RefreshAfter && now >= regs[idx].registered {
-		// Unchanged and already durable: nothing to write, but the time
+		time.Duration(now-regs[idx].registered) < r.opts.RegistrationRefresh && now >= regs[idx].registered {
+		// Unchanged and already durable: nothing to store, but the time
 		// of this registration counts for Remove.
 		regs[idx].refreshed = max(regs[idx].refreshed, now)
 		r.mu.Unlock()
 		return nil
 	}
-	if idx < 0 && r.opts.MaxRegistrations > 0 && r.count+r.adding >= r.opts.MaxRegistrations {
+	if idx < 0 && r.opts.MaxRegistrations > 0 && r.idx.count+r.adding >= r.opts.MaxRegistrations {
 		r.mu.Unlock()
 		return ErrFull
 	}
@@ -361,21 +190,22 @@ func (r *Registry) register(ctx context.Context, reg Registration, keepNewer boo
 		b.adds++
 		r.adding++
 	}
-	b.addRecord(record{Seq: r.nextSeq(), Op: opPut, User: reg.User, AccountID: reg.AccountID, DeviceToken: reg.DeviceToken,
-		Mailboxes: slices.Clone(reg.Mailboxes), RegistrationTime: reg.Registered.UTC(), keepNewer: keepNewer})
-	if idx < 0 && !r.store.capsInStore() {
+	reg.Mailboxes = slices.Clone(reg.Mailboxes)
+	reg.Registered = reg.Registered.UTC()
+	b.add(Change{Registration: reg, KeepNewer: keepNewer})
+	if idx < 0 && !r.store.Shared() {
 		r.planCaps(reg.User, regs, entry{accountID: reg.AccountID, deviceToken: reg.DeviceToken, registered: now}, b)
 	}
 	r.mu.Unlock()
-	r.store.kick()
+	r.kick()
 	return b.wait(ctx)
 }
 
-// planCaps journals the removal of the oldest registrations that adding
-// e to regs would put over the limits; the writer applies them with the
-// new registration. Caller holds mu. Two new devices of one user in the
-// same batch can each see the other's slot free and leave the user one
-// over the limit until the next registration, which removes it.
+// planCaps adds to b the removal of the oldest registrations that adding
+// e to regs would put over the limits; they are stored and applied with
+// the new registration. Caller holds mu. Two new devices of one user in
+// the same batch can each see the other's slot free and leave the user
+// one over the limit until the next registration, which removes it.
 func (r *Registry) planCaps(user string, regs []entry, e entry, b *batch) {
 	regs = append(slices.Clone(regs), e)
 	for {
@@ -387,9 +217,9 @@ func (r *Registry) planCaps(user string, regs []entry, e entry, b *batch) {
 		}
 		var victim = -1
 		switch {
-		case perAccount > r.opts.MaxPerAccount:
+		case r.opts.MaxDevicesPerAccount > 0 && perAccount > r.opts.MaxDevicesPerAccount:
 			victim = oldest(regs, func(x *entry) bool { return x.accountID == e.accountID })
-		case len(regs) > r.opts.MaxPerUser:
+		case r.opts.MaxDevicesPerUser > 0 && len(regs) > r.opts.MaxDevicesPerUser:
 			victim = oldest(regs, func(*entry) bool { return true })
 		}
 		if victim < 0 {
@@ -397,7 +227,7 @@ func (r *Registry) planCaps(user string, regs []entry, e entry, b *batch) {
 		}
 		r.log.WithFields(logrus.Fields{"user": user, "account": logging.Mask(r.log, regs[victim].accountID),
 			"token": logging.Mask(r.log, regs[victim].deviceToken)}).Info("device limit reached: dropping the oldest registration")
-		b.addRecord(delRec(r.nextSeq(), user, regs[victim].accountID, regs[victim].deviceToken))
+		b.add(removal(user, regs[victim].accountID, regs[victim].deviceToken))
 		regs = slices.Delete(regs, victim, victim+1)
 	}
 }
@@ -412,9 +242,9 @@ func oldest(regs []entry, match func(*entry) bool) int {
 	return best
 }
 
-func (r *Registry) nextSeq() uint64 {
-	r.seq++
-	return r.seq
+// removal is the change that removes one registration.
+func removal(user, accountID, token string) Change {
+	return Change{Registration: Registration{Key: Key{User: user, AccountID: accountID, DeviceToken: token}}, Del: true}
 }
 
 // LookupResult says whom a mailbox change concerns.
@@ -430,7 +260,7 @@ func (r *Registry) Lookup(user, mailbox string, inboxOnly bool) LookupResult {
 	mailbox = normalizeNotifyMailbox(mailbox)
 	r.mu.RLock()
 	defer r.mu.RUnlock()
-	regs, ok := r.users[user]
+	regs, ok := r.idx.users[user]
 	res := LookupResult{KnownUser: ok}
 	if inboxOnly && mailbox != "INBOX" {
 		return res
@@ -443,46 +273,45 @@ func (r *Registry) Lookup(user, mailbox string, inboxOnly bool) LookupResult {
 	return res
 }
 
-// Remove deletes one registration and waits for the disk. When before
+// Remove deletes one registration and waits for the store. When before
 // is not zero the registration is only removed if it was registered
 // before that time: an APNs 410 carries the time the token became
 // invalid, and a device that registered again since then must keep its
 // registration (docs/protocol.md#apns-410-timestamp), also when that
-// registration was identical and not written. It reports whether it
-// removed one.
-func (r *Registry) Remove(k Key, before time.Time) bool {
+// registration was identical and not stored again. kept says that it
+// stayed for that reason; an error, that the store could not remove it
+// (it stays too, and a later Remove may succeed). Neither: it is gone,
+// or was not there.
+func (r *Registry) Remove(ctx context.Context, k Key, before time.Time) (kept bool, err error) {
 	k.User = FoldUser(k.User)
 	k.DeviceToken = FoldToken(k.DeviceToken)
 	r.mu.Lock()
 	if r.closed {
 		r.mu.Unlock()
-		return false
+		return false, ErrClosed
+	}
+	regs := r.idx.users[k.User]
+	i := find(regs, k.AccountID, k.DeviceToken)
+	if i < 0 {
+		r.mu.Unlock()
+		return false, nil
+	}
+	if !before.IsZero() && max(regs[i].registered, regs[i].refreshed) >= before.UnixNano() {
+		r.mu.Unlock()
+		return true, nil
 	}
 	b := r.pending
-	removed := false
-	for _, e := range r.users[k.User] {
-		if e.accountID != k.AccountID || e.deviceToken != k.DeviceToken {
-			continue
-		}
-		if before.IsZero() || max(e.registered, e.refreshed) < before.UnixNano() {
-			rec := delRec(r.nextSeq(), k.User, k.AccountID, k.DeviceToken)
-			rec.before = before
-			b.addRecord(rec)
-			removed = true
-		}
-		break
-	}
+	c := removal(k.User, k.AccountID, k.DeviceToken)
+	c.Before = before
+	b.add(c)
 	r.mu.Unlock()
-	if !removed {
-		return false
-	}
-	r.store.kick()
-	return b.wait(context.Background()) == nil
+	r.kick()
+	return false, b.wait(ctx)
 }
 
 // RemoveMatching deletes every registration of user whose account id or
-// device token equals id ("" = all of the user's) and waits for the disk.
-// It returns what it removed. Admin tools use it.
+// device token equals id ("" = all of the user's) and waits for the
+// store. It returns what it removed. Admin tools use it.
 func (r *Registry) RemoveMatching(ctx context.Context, user, id string) ([]Registration, error) {
 	user = FoldUser(user)
 	r.mu.Lock()
@@ -492,70 +321,66 @@ func (r *Registry) RemoveMatching(ctx context.Context, user, id string) ([]Regis
 	}
 	var removed []Registration
 	b := r.pending
-	for _, e := range r.users[user] {
+	for _, e := range r.idx.users[user] {
 		if id == "" || e.accountID == id || strings.EqualFold(e.deviceToken, id) {
 			removed = append(removed, e.registration(user))
-			b.addRecord(delRec(r.nextSeq(), user, e.accountID, e.deviceToken))
+			b.add(removal(user, e.accountID, e.deviceToken))
 		}
 	}
 	r.mu.Unlock()
 	if len(removed) == 0 {
 		return nil, nil
 	}
-	r.store.kick()
+	r.kick()
 	if err := b.wait(ctx); err != nil {
 		return nil, err
 	}
 	return removed, nil
 }
 
-// removeAt deletes regs[i] of user. Caller holds mu.
-func (r *Registry) removeAt(user string, regs []entry, i int) {
-	r.releaseBoxes(regs[i].boxes)
-	regs = append(regs[:i], regs[i+1:]...)
-	r.count--
-	if len(regs) == 0 {
-		delete(r.users, user)
-	} else {
-		r.users[user] = regs
+// Expire removes the registrations not refreshed within RegistrationTTL
+// before now, waits for the store and returns how many it removed; an
+// error says that the store could not remove them (they stay, and the
+// next Expire tries again). The removals of a store that is this
+// daemon's alone are found in memory and stored like any other change; a
+// shared store sweeps itself (Store.Expire), and removes nothing while
+// another daemon sweeps.
+func (r *Registry) Expire(ctx context.Context, now time.Time) (int, error) {
+	if r.opts.RegistrationTTL <= 0 {
+		return 0, nil
 	}
-}
-
-// Expire removes registrations not refreshed within the TTL, waits for
-// the disk and returns how many it removed.
-func (r *Registry) Expire(now time.Time) int {
-	return r.store.expire(now.Add(-r.opts.TTL))
-}
-
-// expireInMemory removes, through the pending batch, the registrations in
-// memory registered before cutoff: the way a store that is this daemon's
-// alone expires them.
-func (r *Registry) expireInMemory(cutoffTime time.Time) int {
-	cutoff := cutoffTime.UnixNano()
-	r.mu.Lock()
+	cutoff := now.Add(-r.opts.RegistrationTTL)
+	r.commitMu.Lock()
+	defer r.commitMu.Unlock()
+	r.mu.RLock()
 	if r.closed {
-		r.mu.Unlock()
-		return 0
+		r.mu.RUnlock()
+		return 0, ErrClosed
 	}
-	b := r.pending
-	n := 0
-	for user, regs := range r.users {
-		for _, e := range regs {
-			if e.registered < cutoff {
-				b.addRecord(delRec(r.nextSeq(), user, e.accountID, e.deviceToken))
-				n++
+	shared := r.store.Shared()
+	var old []Change
+	if !shared {
+		before := cutoff.UnixNano()
+		for user, regs := range r.idx.users {
+			for _, e := range regs {
+				if e.registered < before {
+					old = append(old, removal(user, e.accountID, e.deviceToken))
+				}
 			}
 		}
 	}
+	r.mu.RUnlock()
+	if !shared && len(old) == 0 {
+		return 0, nil
+	}
+	c, n, err := r.store.Expire(ctx, cutoff, old)
+	if err != nil {
+		return 0, err
+	}
+	r.mu.Lock()
+	r.applyLocked(old, c)
 	r.mu.Unlock()
-	if n == 0 {
-		return 0
-	}
-	r.store.kick()
-	if err := b.wait(context.Background()); err != nil {
-		return 0
-	}
-	return n
+	return n, nil
 }
 
 func (e *entry) registration(user string) Registration {
@@ -572,7 +397,7 @@ func (r *Registry) List(user string) []Registration {
 	user = FoldUser(user)
 	r.mu.RLock()
 	var out []Registration
-	for u, regs := range r.users {
+	for u, regs := range r.idx.users {
 		if user != "" && u != user {
 			continue
 		}
@@ -602,7 +427,7 @@ func (r *Registry) List(user string) []Registration {
 func (r *Registry) Users(match func(user string) bool, limit int) []string {
 	var out []string
 	r.mu.RLock()
-	for u := range r.users {
+	for u := range r.idx.users {
 		if match(u) {
 			out = append(out, u)
 		}
@@ -615,27 +440,9 @@ func (r *Registry) Users(match func(user string) bool, limit int) []string {
 	return out
 }
 
-// ParseFile reads the registrations of a database file written by this
-// or the old xapsd, for importing them elsewhere.
-func ParseFile(data []byte) ([]Registration, error) {
-	snap, err := decodeSnapshot(data)
-	if err != nil {
-		return nil, err
-	}
-	out := make([]Registration, 0, len(snap.Records))
-	for _, rec := range snap.Records {
-		if rec.User == "" || rec.AccountID == "" || rec.DeviceToken == "" || len(rec.Mailboxes) == 0 {
-			continue
-		}
-		out = append(out, Registration{Key: Key{User: FoldUser(rec.User), AccountID: rec.AccountID,
-			DeviceToken: rec.DeviceToken}, Mailboxes: rec.Mailboxes, Registered: rec.RegistrationTime})
-	}
-	return out, nil
-}
-
 // Import adds registrations from another registry, keeping whichever of
-// two copies of a registration is newer, and waits for the disk. Entries
-// without a time count as registered now.
+// two copies of a registration is newer, and waits for the store.
+// Entries without a time count as registered now.
 func (r *Registry) Import(ctx context.Context, regs []Registration) (added int, err error) {
 	now := r.opts.Now()
 	for _, g := range regs {
@@ -644,12 +451,12 @@ func (r *Registry) Import(ctx context.Context, regs []Registration) (added int, 
 		if g.Registered.IsZero() || g.Registered.After(now) {
 			g.Registered = now
 		}
-		if now.Sub(g.Registered) > r.opts.TTL {
+		if r.opts.RegistrationTTL > 0 && now.Sub(g.Registered) > r.opts.RegistrationTTL {
 			continue
 		}
 		r.mu.RLock()
 		newer := false
-		for _, e := range r.users[g.User] {
+		for _, e := range r.idx.users[g.User] {
 			if e.accountID == g.AccountID && e.deviceToken == g.DeviceToken && e.registered >= g.Registered.UnixNano() {
 				newer = true
 			}
@@ -666,52 +473,26 @@ func (r *Registry) Import(ctx context.Context, regs []Registration) (added int, 
 	return added, nil
 }
 
-// Health is what readiness checks and metrics need to know about the
-// registry.
-type Health struct {
-	// WriteErr is the error of the last journal write, or of the last
-	// check whether the disk takes writes; nil once one succeeds.
-	WriteErr error
-	// FollowErr, with PostgreSQL, says why this daemon does not hear the
-	// changes other daemons commit (not connected, LISTEN lost); nil while
-	// it does, and always with the files.
-	FollowErr error
-	// Damage says what loading found damaged or lost (lines skipped, a
-	// snapshot missing), one short line each; Damaged counts the
-	// records and lines skipped. The registry started anyway.
-	Damage  []string
-	Damaged int
-}
-
-// Health reports the registry's state for /readyz and the metrics.
-func (r *Registry) Health() Health {
-	var h Health
-	r.store.health(&h)
-	return h
-}
+// Health reports the store's state for /readyz and the metrics.
+func (r *Registry) Health() Health { return r.store.Health() }
 
 // Exclusive runs work that must happen on one daemon at a time when
-// several share a database (Apple ID certificate renewal): ran is false,
-// and work was not run, while another daemon runs it. With the files the
-// registry is this daemon's alone, and work simply runs.
+// several share a store (Apple ID certificate renewal): ran is false,
+// and work was not run, while another daemon runs it. With a store that
+// is this daemon's alone, work simply runs.
 func (r *Registry) Exclusive(ctx context.Context, name string, work func() error) (ran bool, err error) {
-	return r.store.exclusive(ctx, name, work)
+	return r.store.Exclusive(ctx, name, work)
 }
-
-// LegacyAppleCerts returns the "AppleCerts" object of an old xapsd
-// database.json loaded at start, or nil. The migration keeps it only in
-// the backup, so the caller imports it at this start.
-func (r *Registry) LegacyAppleCerts() json.RawMessage { return r.appleCerts }
 
 // Stats counts users and registrations.
 func (r *Registry) Stats() (users, registrations int) {
 	r.mu.RLock()
 	defer r.mu.RUnlock()
-	return len(r.users), r.count
+	return len(r.idx.users), r.idx.count
 }
 
-// Close stops accepting changes, writes what is pending, writes a fresh
-// snapshot and closes the journal.
+// Close stops accepting changes, stores what is pending and closes the
+// store.
 func (r *Registry) Close() error {
 	r.mu.Lock()
 	if r.closed {
@@ -720,8 +501,12 @@ func (r *Registry) Close() error {
 	}
 	r.closed = true
 	r.mu.Unlock()
-	if err := r.store.close(); err != nil {
-		return fmt.Errorf("close registry %s: %w", r.opts.Path, err)
+	close(r.stopc)
+	<-r.donec
+	err := r.store.Close()
+	r.follow.Wait()
+	if err != nil {
+		return fmt.Errorf("close registry: %w", err)
 	}
 	return nil
 }

@@ -24,10 +24,10 @@ type Sender interface {
 
 // Options configures a Scheduler.
 type Options struct {
-	Delay    time.Duration // quiet time before a push
-	Interval time.Duration // how often due entries are looked for
-	Sender   Sender
-	Now      func() time.Time
+	Delay         time.Duration // quiet time before a push
+	CheckInterval time.Duration // how often due entries are looked for
+	Sender        Sender
+	Now           func() time.Time
 }
 
 // Scheduler is safe for concurrent use.
@@ -72,7 +72,7 @@ func (s *Scheduler) Pending(k registry.Key) (last time.Time, ok bool) {
 
 // Due is when a push delayed since last goes out at the latest.
 func (s *Scheduler) Due(last time.Time) time.Time {
-	return last.Add(s.opts.Delay + s.opts.Interval)
+	return last.Add(s.opts.Delay + s.opts.CheckInterval)
 }
 
 // Len counts devices waiting for a delayed push.
@@ -84,7 +84,7 @@ func (s *Scheduler) Len() int {
 
 // Run hands due pushes to the sender every interval until ctx ends.
 func (s *Scheduler) Run(ctx context.Context) {
-	t := time.NewTicker(s.opts.Interval)
+	t := time.NewTicker(s.opts.CheckInterval)
 	defer t.Stop()
 	for {
 		select {

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/xapsd/xapsd/internal/registry"
+	"github.com/xapsd/xapsd/internal/testutil"
 )
 
 type recorder struct {
@@ -26,10 +27,10 @@ var (
 	b = registry.Key{User: "u", AccountID: "B", DeviceToken: "bb"}
 )
 
-func TestDebounce(t *testing.T) {
+func TestDelayedPushGoesStrictlyAfterTheLastActivity(t *testing.T) {
 	c := &fakeClock{t: time.Unix(1000, 0)}
 	rec := &recorder{}
-	s := New(Options{Delay: 30 * time.Second, Interval: 20 * time.Second, Sender: rec, Now: c.Now})
+	s := New(Options{Delay: 30 * time.Second, CheckInterval: 20 * time.Second, Sender: rec, Now: c.Now})
 	s.Delay(a)
 	c.t = c.t.Add(20 * time.Second)
 	s.Delay(a) // activity postpones the push
@@ -50,7 +51,7 @@ func TestDebounce(t *testing.T) {
 func TestCancelAbsorbsPending(t *testing.T) {
 	c := &fakeClock{t: time.Unix(1000, 0)}
 	rec := &recorder{}
-	s := New(Options{Delay: time.Second, Interval: time.Second, Sender: rec, Now: c.Now})
+	s := New(Options{Delay: time.Second, CheckInterval: time.Second, Sender: rec, Now: c.Now})
 	s.Delay(a)
 	s.Delay(b)
 	s.Cancel(a)
@@ -63,7 +64,7 @@ func TestCancelAbsorbsPending(t *testing.T) {
 
 func TestFlushSendsEverythingAtOnce(t *testing.T) {
 	rec := &recorder{}
-	s := New(Options{Delay: time.Hour, Interval: time.Hour, Sender: rec})
+	s := New(Options{Delay: time.Hour, CheckInterval: time.Hour, Sender: rec})
 	s.Delay(a)
 	s.Delay(b)
 	if n := s.Flush(); n != 2 || rec.n() != 2 || s.Len() != 0 {
@@ -73,15 +74,12 @@ func TestFlushSendsEverythingAtOnce(t *testing.T) {
 
 func TestRunTicksUntilCancelled(t *testing.T) {
 	rec := &recorder{}
-	s := New(Options{Delay: time.Millisecond, Interval: 5 * time.Millisecond, Sender: rec})
+	s := New(Options{Delay: time.Millisecond, CheckInterval: 5 * time.Millisecond, Sender: rec})
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { s.Run(ctx); close(done) }()
 	s.Delay(a)
-	deadline := time.Now().Add(5 * time.Second)
-	for rec.n() == 0 && time.Now().Before(deadline) {
-		time.Sleep(time.Millisecond)
-	}
+	testutil.Wait(5*time.Second, func() bool { return rec.n() > 0 })
 	cancel()
 	<-done
 	if rec.n() != 1 {
@@ -93,7 +91,7 @@ func TestRunTicksUntilCancelled(t *testing.T) {
 // when it goes at the latest; once sent or cancelled, nothing waits.
 func TestPendingSaysWhenTheDelayedPushGoes(t *testing.T) {
 	c := &fakeClock{t: time.Unix(1000, 0)}
-	s := New(Options{Delay: 30 * time.Second, Interval: 20 * time.Second, Sender: &recorder{}, Now: c.Now})
+	s := New(Options{Delay: 30 * time.Second, CheckInterval: 20 * time.Second, Sender: &recorder{}, Now: c.Now})
 	if _, ok := s.Pending(a); ok {
 		t.Fatal("pending before any change")
 	}

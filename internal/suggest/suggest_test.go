@@ -2,7 +2,7 @@ package suggest
 
 import "testing"
 
-func TestClosest(t *testing.T) {
+func TestClosestSuggestsAKnownWordForAMisspeltOne(t *testing.T) {
 	keys := []string{"listenAddr", "tlsListenAddr", "metricsListenAddr", "loglevel", "logFormat", "port", "tlsPort", "delay"}
 	endpoints := []string{"production", "development", "dry-run"}
 	commands := []string{"devices", "test-push", "import", "help"}
@@ -36,7 +36,7 @@ func TestClosest(t *testing.T) {
 	}
 }
 
-func TestDistance(t *testing.T) {
+func TestDistanceCountsEditsWithTranspositions(t *testing.T) {
 	for _, tc := range []struct {
 		a, b string
 		want int

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/xapsd/xapsd/internal/testutil"
 	"github.com/xapsd/xapsd/internal/testutil/fakeapns"
 	"github.com/xapsd/xapsd/internal/testutil/testpki"
 )
@@ -62,7 +63,7 @@ func TestOldInstallKeepsItsAppleCertificate(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer srv.Close()
-	dir := t.TempDir()
+	dir := testutil.TempDir(t)
 	caFile := filepath.Join(dir, "apns-ca.pem")
 	srv.WriteCAFile(caFile)
 	os.MkdirAll(filepath.Join(dir, "state"), 0o700)
@@ -113,7 +114,7 @@ func TestOldInstallKeepsItsAppleCertificate(t *testing.T) {
 // With an Apple ID but no certificate and no vendor identity, xapsd keeps
 // running and says why devices cannot register.
 func TestAppleIDWithoutCertificateExplainsAndKeepsRunning(t *testing.T) {
-	dir := t.TempDir()
+	dir := testutil.TempDir(t)
 	addr := writeConfig(t, dir, fmt.Sprintf("appleId: admin@example.com\nappleIdHashedPassword: %s\n", strings.Repeat("0a", 32)))
 	d := startDaemon(t, dir, addr)
 	status, body := post(t, addr, "/register", registerBody("bob", "ACC-B", token(4)))

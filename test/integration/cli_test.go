@@ -10,6 +10,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/xapsd/xapsd/internal/testutil"
 )
 
 func run(t *testing.T, stdin string, args ...string) (int, string, string) {
@@ -49,7 +51,7 @@ func TestVersion(t *testing.T) {
 }
 
 func TestLegacyFlagsFindTheConfigAndCheckConfigRedacts(t *testing.T) {
-	dir := t.TempDir()
+	dir := testutil.TempDir(t)
 	cfg := "loglevel: info\nport: '11619'\napnsEndpoint: dry-run\nappleId: admin@example.com\n" +
 		"appleIdHashedPassword: " + strings.Repeat("ab", 32) + "\ndatabaseFile: db.json\n"
 	os.WriteFile(filepath.Join(dir, "custom.yaml"), []byte(cfg), 0o600)
@@ -66,7 +68,7 @@ func TestLegacyFlagsFindTheConfigAndCheckConfigRedacts(t *testing.T) {
 }
 
 func TestInvalidConfigFailsBeforeListening(t *testing.T) {
-	dir := t.TempDir()
+	dir := testutil.TempDir(t)
 	os.WriteFile(filepath.Join(dir, "xapsd.yaml"), []byte("delay: -5\nport: 99999\n"), 0o600)
 	code, _, errOut := run(t, "", "--config", filepath.Join(dir, "xapsd.yaml"))
 	if code == 0 || !strings.Contains(errOut, "delay") || !strings.Contains(errOut, "port") {
@@ -75,7 +77,7 @@ func TestInvalidConfigFailsBeforeListening(t *testing.T) {
 }
 
 func TestLegacyDatabaseIsServedAfterMigration(t *testing.T) {
-	dir := t.TempDir()
+	dir := testutil.TempDir(t)
 	os.MkdirAll(filepath.Join(dir, "state"), 0o700)
 	legacy := `{"Users":{"alice@example.com":{"Accounts":{"` + acc + `":{"DeviceToken":"` + token(7) +
 		`","Mailboxes":["INBOX"],"RegistrationTime":"` + time.Now().Format(time.RFC3339Nano) + `"}}}}}`

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/xapsd/xapsd/internal/testutil"
 	"github.com/xapsd/xapsd/internal/testutil/noauth"
 )
 
@@ -30,8 +31,8 @@ func TestIdleConnectionFloodUnderAFileLimit(t *testing.T) {
 	if _, err := exec.LookPath("prlimit"); err != nil {
 		t.Skip("SKIPPED: prlimit (util-linux) is not installed")
 	}
-	dir := t.TempDir()
-	metricsAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	dir := testutil.TempDir(t)
+	metricsAddr := fmt.Sprintf("127.0.0.1:%d", testutil.MustFreePort(t))
 	addr := writeConfig(t, dir, "apnsEndpoint: dry-run\nloglevel: info\nmetricsListenAddr: "+metricsAddr+"\n")
 	wrapper := filepath.Join(dir, "xapsd-limited")
 	// 256 descriptors in all, as a tight LimitNOFILE= would give.
@@ -96,7 +97,7 @@ func TestUnauthenticatedClientsCannotHoldThePluginPort(t *testing.T) {
 	if _, err := exec.LookPath("prlimit"); err != nil {
 		t.Skip("SKIPPED: prlimit (util-linux) is not installed")
 	}
-	dir := t.TempDir()
+	dir := testutil.TempDir(t)
 	if err := os.WriteFile(filepath.Join(dir, "plugin.secret"), []byte(pluginSecret+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/xapsd/xapsd/internal/testutil"
 	"github.com/xapsd/xapsd/internal/testutil/fakeapns"
 	"github.com/xapsd/xapsd/internal/testutil/testpki"
 )
@@ -28,7 +29,7 @@ func TestMailserverImage(t *testing.T) {
 	img := containerImages(t)
 	ns := newNetns(t)
 	apns := startAPNsIn(t, ns)
-	host := t.TempDir()
+	host := testutil.TempDir(t)
 	volume := func(name string) string {
 		p := filepath.Join(host, name)
 		if err := os.Mkdir(p, 0o755); err != nil {
@@ -105,7 +106,7 @@ func TestMailserverImage(t *testing.T) {
 		t.Fatal("STORE failed")
 	}
 	metrics := ns.httpClient()
-	waitFor(t, 20*time.Second, "xapsd to hold back the flag change's push", func() bool {
+	testutil.WaitWithin(t, 20*time.Second, "xapsd to hold back the flag change's push", func() bool {
 		resp, err := metrics.Get("http://127.0.0.1:11621/metrics")
 		if err != nil {
 			return false
@@ -204,7 +205,7 @@ var supervisorStatusRE = regexp.MustCompile(`(?m)^(\S+)\s+(\S+)\s+(?:pid (\d+))?
 func waitMailServices(t *testing.T, c *ctr, ns *netns) string {
 	t.Helper()
 	var pid, last string
-	waitFor(t, 90*time.Second, "Dovecot, Postfix and xapsd to be RUNNING", func() bool {
+	testutil.WaitWithin(t, 90*time.Second, "Dovecot, Postfix and xapsd to be RUNNING", func() bool {
 		// supervisorctl exits non-zero while a program is not running
 		// (the finished start-mailserver.sh, too); the output is enough.
 		last, _ = c.exec("supervisorctl", "status")
@@ -219,7 +220,7 @@ func waitMailServices(t *testing.T, c *ctr, ns *netns) string {
 	})
 	// supervisord calls them running when they start (startsecs=0).
 	for _, addr := range []string{"127.0.0.1:25", "127.0.0.1:143"} {
-		waitFor(t, 30*time.Second, addr+" to answer", func() bool {
+		testutil.WaitWithin(t, 30*time.Second, addr+" to answer", func() bool {
 			conn, err := ns.dial("tcp", addr)
 			if err == nil {
 				conn.Close()

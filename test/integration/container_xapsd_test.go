@@ -10,6 +10,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/xapsd/xapsd/internal/testutil"
 )
 
 // The daemon alone: the Dockerfile's xapsd target, built on the distroless
@@ -29,7 +31,7 @@ func TestDaemonImage(t *testing.T) {
 	apns := startAPNsIn(t, ns)
 
 	// The configuration folder, as the docs have the admin make it.
-	config := t.TempDir()
+	config := testutil.TempDir(t)
 	writeCredentials(t, config, apns)
 	const secret = "container-secret-0123456789"
 	writeFile := func(name, content string) {
@@ -62,7 +64,7 @@ func TestDaemonImage(t *testing.T) {
 	chownTree(t, config, xapsdUID, xapsdUID)
 	c := startContainer(t, ns, img.daemon, opts...)
 	client := ns.httpClient()
-	waitFor(t, 30*time.Second, "/readyz on "+beyond+":11621", func() bool {
+	testutil.WaitWithin(t, 30*time.Second, "/readyz on "+beyond+":11621", func() bool {
 		status, body, err := fetch(client, "GET", "http://"+beyond+":11621/readyz", "", "")
 		return err == nil && status == 200 && strings.TrimSpace(body) == "ok"
 	})
@@ -97,7 +99,7 @@ func TestDaemonImage(t *testing.T) {
 
 	// A new container on the same volume has the registration.
 	c2 := startContainer(t, ns, img.daemon, opts...)
-	waitFor(t, 30*time.Second, "the new container's /readyz", func() bool {
+	testutil.WaitWithin(t, 30*time.Second, "the new container's /readyz", func() bool {
 		status, _, err := fetch(client, "GET", "http://"+beyond+":11621/readyz", "", "")
 		return err == nil && status == 200
 	})

@@ -220,19 +220,6 @@ func (n *netns) httpClient() *http.Client {
 	}}
 }
 
-// waitFor polls cond until it is true, and fails the test after timeout
-// with what it waited for.
-func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("waited %v for %s", timeout, what)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-}
-
 // docBlock returns the first fenced code block after the first line of
 // the document at path that contains marker.
 func docBlock(t *testing.T, path, marker string) string {

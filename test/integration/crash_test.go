@@ -10,14 +10,17 @@ import (
 	"testing"
 	"time"
 
+	"github.com/xapsd/xapsd/internal/filestore"
 	"github.com/xapsd/xapsd/internal/registry"
+	"github.com/xapsd/xapsd/internal/statedir"
+	"github.com/xapsd/xapsd/internal/testutil"
 )
 
 // TestKill9LosesNothingAcknowledged registers devices from many clients
 // while killing the daemon with SIGKILL at random moments, then checks
 // that every registration that got its 200 is on disk.
 func TestKill9LosesNothingAcknowledged(t *testing.T) {
-	dir := t.TempDir()
+	dir := testutil.TempDir(t)
 	// A tiny compaction threshold so that kills also land inside
 	// snapshot writes and segment rotations.
 	addr := writeConfig(t, dir, "apnsEndpoint: dry-run\nloglevel: warn\nregistryCompactAfter: 50\n")
@@ -63,7 +66,8 @@ func TestKill9LosesNothingAcknowledged(t *testing.T) {
 	if len(acked) < rounds*workers {
 		t.Fatalf("only %d registrations acknowledged; the test did not exercise the daemon", len(acked))
 	}
-	r, err := registry.Open(registry.Options{Path: filepath.Join(dir, "state", "database.json"), MaxPerUser: 1000})
+	files := filestore.New(filestore.Options{Dir: statedir.New(filepath.Join(dir, "state", "database.json"))})
+	r, err := registry.Open(files, registry.Options{MaxDevicesPerUser: 1000})
 	if err != nil {
 		t.Fatalf("open the registry the daemon left: %v", err)
 	}

@@ -1,6 +1,7 @@
 package integration
 
 import (
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -11,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/xapsd/xapsd/internal/testutil"
 	"github.com/xapsd/xapsd/internal/testutil/fakeapns"
 	"github.com/xapsd/xapsd/internal/testutil/testpki"
 )
@@ -127,7 +129,7 @@ func dovecotABI(t *testing.T, root string) string {
 func buildDebs(t *testing.T) map[string]string {
 	t.Helper()
 	version, epoch := repoVersion(t)
-	out := t.TempDir()
+	out := testutil.TempDir(t)
 	cmd := exec.Command("make", "-s", "-C", "../..", "deb", "DEB_OUT="+out)
 	cmd.Env = append(os.Environ(), "VERSION="+version, "SOURCE_DATE_EPOCH="+epoch)
 	if b, err := cmd.CombinedOutput(); err != nil {
@@ -248,7 +250,7 @@ func testDebianPackage(t *testing.T, d debTarget, deb string) {
 	if err := srv.WriteCAFile(etc + "/apns-ca.pem"); err != nil {
 		t.Fatal(err)
 	}
-	port := freePort(t)
+	port := testutil.MustFreePort(t)
 	conf := fmt.Sprintf("listenAddr: 127.0.0.1\nport: %d\nmetricsListenAddr: \"off\"\nloglevel: debug\n"+
 		"apnsEndpoint: %s\ncertificateFilePem: push.pem\ncertificateFilePemKey: push.key\n", port, srv.URL)
 	os.WriteFile(etc+"/xapsd.yaml", []byte(conf), 0o640)
@@ -289,10 +291,7 @@ func testDebianPackage(t *testing.T, d debTarget, deb string) {
 	if reqs[0].Token != token(7) || reqs[0].Topic != topicA {
 		t.Errorf("push %+v", reqs[0])
 	}
-	xapsd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-xapsdDone:
-	case <-time.After(20 * time.Second):
+	if !testutil.StopProcess(xapsd.Process, xapsdDone, syscall.SIGTERM, 20*time.Second) {
 		t.Fatal("xapsd did not stop on SIGTERM")
 	}
 	dc.stop()
@@ -349,20 +348,20 @@ func testDebianPackage(t *testing.T, d debTarget, deb string) {
 
 func waitListening(t *testing.T, addr string, done <-chan struct{}, log *syncBuffer) {
 	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for time.Now().Before(deadline) {
-		select {
-		case <-done:
-			t.Fatalf("xapsd exited during start:\n%s", log.String())
-		default:
+	err := testutil.WaitStarted(done, 20*time.Second, func() bool {
+		c, err := net.DialTimeout("tcp", addr, 2*time.Second)
+		if err != nil {
+			return false
 		}
-		if c, err := net.Dial("tcp", addr); err == nil {
-			c.Close()
-			return
-		}
-		time.Sleep(20 * time.Millisecond)
+		c.Close()
+		return true
+	})
+	switch {
+	case errors.Is(err, testutil.ErrExited):
+		t.Fatalf("xapsd exited during start:\n%s", log.String())
+	case err != nil:
+		t.Fatalf("xapsd does not listen on %s:\n%s", addr, log.String())
 	}
-	t.Fatalf("xapsd does not listen on %s:\n%s", addr, log.String())
 }
 
 type packagedDovecot struct {
@@ -377,13 +376,7 @@ func (d *packagedDovecot) stop() {
 		return
 	default:
 	}
-	d.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-d.done:
-	case <-time.After(10 * time.Second):
-		d.cmd.Process.Kill()
-		<-d.done
-	}
+	testutil.StopProcess(d.cmd.Process, d.done, syscall.SIGTERM, 10*time.Second)
 }
 
 // startPackagedDovecot runs the root's Dovecot with a test configuration
@@ -400,7 +393,7 @@ func startPackagedDovecot(t *testing.T, root string, framework bool, url string)
 	os.Chown(filepath.Join(dir, "home"), mailUID, mailUID)
 	os.Chown(filepath.Join(dir, "home/alice"), mailUID, mailUID)
 	os.WriteFile(filepath.Join(dir, "users"), []byte(fmt.Sprintf("alice:{PLAIN}secret:%d:%d::/tmp/dc/home/alice::\n", mailUID, mailUID)), 0o644)
-	imapPort, lmtpPort := freePort(t), freePort(t)
+	imapPort, lmtpPort := testutil.MustFreePort(t), testutil.MustFreePort(t)
 	var conf string
 	if !framework {
 		conf = fmt.Sprintf(`base_dir = /tmp/dc/run
@@ -500,22 +493,19 @@ xaps_url = %s
 		}
 	})
 	for _, addr := range []string{d.imap, d.lmtp} {
-		deadline := time.Now().Add(15 * time.Second)
-		for {
-			if c, err := net.Dial("tcp", addr); err == nil {
+		err := testutil.WaitStarted(d.done, 15*time.Second, func() bool {
+			c, err := net.DialTimeout("tcp", addr, 2*time.Second)
+			if err == nil {
 				c.Close()
-				break
 			}
-			select {
-			case <-d.done:
-				logData, _ := os.ReadFile(filepath.Join(dir, "dovecot.log"))
-				t.Fatalf("the packaged Dovecot exited during start:\n%s", logData)
-			default:
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("the packaged Dovecot does not listen on %s", addr)
-			}
-			time.Sleep(20 * time.Millisecond)
+			return err == nil
+		})
+		switch {
+		case errors.Is(err, testutil.ErrExited):
+			logData, _ := os.ReadFile(filepath.Join(dir, "dovecot.log"))
+			t.Fatalf("the packaged Dovecot exited during start:\n%s", logData)
+		case err != nil:
+			t.Fatalf("the packaged Dovecot does not listen on %s", addr)
 		}
 	}
 	return d

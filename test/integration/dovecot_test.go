@@ -2,6 +2,7 @@ package integration
 
 import (
 	"bufio"
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -14,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/xapsd/xapsd/internal/testutil"
 	"github.com/xapsd/xapsd/internal/testutil/fakeapns"
 )
 
@@ -279,7 +281,7 @@ func startDovecotWith(t *testing.T, kind dovecotKind, o dovecotOptions) *dovecot
 	if o.netns != nil {
 		e.dial = o.netns.dial
 	}
-	imapPort, lmtpPort := freePort(t), freePort(t)
+	imapPort, lmtpPort := testutil.MustFreePort(t), testutil.MustFreePort(t)
 	e.imap, e.lmtp = fmt.Sprintf("127.0.0.1:%d", imapPort), fmt.Sprintf("127.0.0.1:%d", lmtpPort)
 	// The configurations the plugin's own checks use (dovecot/test).
 	template := "../../dovecot/test/dovecot.conf.in"
@@ -309,13 +311,7 @@ func startDovecotWith(t *testing.T, kind dovecotKind, o dovecotOptions) *dovecot
 	}
 	go func() { e.cmd.Wait(); close(e.done) }()
 	t.Cleanup(func() {
-		e.cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-e.done:
-		case <-time.After(10 * time.Second):
-			e.cmd.Process.Kill()
-			<-e.done
-		}
+		testutil.StopProcess(e.cmd.Process, e.done, syscall.SIGTERM, 10*time.Second)
 		logData, _ := os.ReadFile(filepath.Join(dir, "dovecot.log"))
 		for _, bad := range []string{"Panic:", "Fatal:", "killed with signal"} {
 			if strings.Contains(string(logData), bad) {
@@ -327,22 +323,18 @@ func startDovecotWith(t *testing.T, kind dovecotKind, o dovecotOptions) *dovecot
 		}
 	})
 	for _, addr := range []string{e.imap, e.lmtp} {
-		deadline := time.Now().Add(15 * time.Second)
-		for {
+		err := testutil.WaitStarted(e.done, 15*time.Second, func() bool {
 			c, err := e.dial("tcp", addr)
 			if err == nil {
 				c.Close()
-				break
 			}
-			select {
-			case <-e.done:
-				t.Fatalf("Dovecot %s exited during start:\n%s", kind.name, mustRead(t, filepath.Join(dir, "dovecot.log")))
-			default:
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("Dovecot does not listen on %s", addr)
-			}
-			time.Sleep(20 * time.Millisecond)
+			return err == nil
+		})
+		switch {
+		case errors.Is(err, testutil.ErrExited):
+			t.Fatalf("Dovecot %s exited during start:\n%s", kind.name, mustRead(t, filepath.Join(dir, "dovecot.log")))
+		case err != nil:
+			t.Fatalf("Dovecot does not listen on %s", addr)
 		}
 	}
 	return e
@@ -499,7 +491,7 @@ func newE2EWithURLPath(t *testing.T, kind dovecotKind, extra, path string) *e2e 
 // is set here).
 func newE2EWith(t *testing.T, kind dovecotKind, extra, path string, o dovecotOptions) *e2e {
 	t.Helper()
-	secret := filepath.Join(t.TempDir(), "plugin.secret")
+	secret := filepath.Join(testutil.TempDir(t), "plugin.secret")
 	if err := os.WriteFile(secret, []byte(e2eSecret+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -581,6 +573,24 @@ func testE2EURLWithPath(t *testing.T, dv dovecotKind) {
 	}
 }
 
+// waitPushes waits until tok has had n pushes.
+func (e *e2e) waitPushes(t *testing.T, tok string, n int, timeout time.Duration) {
+	t.Helper()
+	testutil.WaitWithin(t, timeout, fmt.Sprintf("push %d to %s", n, tok), func() bool { return perToken(e.apns.Requests())[tok] >= n })
+}
+
+// carolsPhone registers carol's phone through IMAP and delivers her a
+// mail: her push is a later event, for a test that proves a push for
+// someone else did not happen.
+func (e *e2e) carolsPhone(t *testing.T) {
+	t.Helper()
+	if _, ok := imapLogin(t, e.dc.imap, "carol").registerLikeIOS("ACC-CAROL", token(3), "INBOX"); !ok {
+		t.Fatal("carol's registration failed")
+	}
+	deliver(t, e.dc.lmtp, "carol@example.org")
+	e.waitPushes(t, token(3), 1, 5*time.Second)
+}
+
 func TestE2EFlagChangeIsOneDelayedPush(t *testing.T) {
 	forEachDovecot(t, testE2EFlagChangeIsOneDelayedPush)
 }
@@ -602,19 +612,26 @@ func testE2EFlagChangeIsOneDelayedPush(t *testing.T, dv dovecotKind) {
 	if _, ok := desktop.cmd(`STORE 1:* +FLAGS (\Seen \Flagged)`); !ok {
 		t.Fatal("STORE failed")
 	}
-	time.Sleep(500 * time.Millisecond)
-	if n := e.apns.Count(); n != 2 {
-		t.Fatalf("%d pushes right after the flag change; it must be delayed", n)
-	}
 	reqs, err := e.apns.WaitRequests(3, 10*time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
+	if d := reqs[2].Received.Sub(changed); d < 500*time.Millisecond {
+		t.Fatalf("a push %v after the flag change; it must be delayed", d)
+	}
 	if d := reqs[2].Received.Sub(changed); d < 2*time.Second {
 		t.Errorf("delayed push after %v, before the 2 s delay", d)
 	}
-	time.Sleep(2 * time.Second)
-	if n := e.apns.Count(); n != 3 {
+	// A second push for the two flag changes would be due before one
+	// for a flag change made now: carol's is the later event.
+	e.carolsPhone(t)
+	carol := imapLogin(t, e.dc.imap, "carol")
+	carol.cmd("SELECT INBOX")
+	if _, ok := carol.cmd(`STORE 1 +FLAGS (\Seen)`); !ok {
+		t.Fatal("carol's STORE failed")
+	}
+	e.waitPushes(t, token(3), 2, 10*time.Second)
+	if n := perToken(e.apns.Requests())[token(1)]; n != 3 {
 		t.Errorf("%d pushes; flag changes on two messages must make one push", n)
 	}
 }
@@ -659,23 +676,16 @@ func testE2EOtherFolders(t *testing.T, dv dovecotKind) {
 	os.WriteFile(filepath.Join(e.dir, "xapsd.yaml"), append(mustRead(t, filepath.Join(e.dir, "xapsd.yaml")), []byte("pushMailboxes: inbox\n")...), 0o600)
 	e.d = startDaemon(t, e.dir, e.addr, e.caEnv)
 	deliver(t, e.dc.lmtp, "alice+Lists@example.org")
-	time.Sleep(1500 * time.Millisecond)
-	if n := e.apns.Count(); n != 1 {
+	// A push for Lists would go out before one for a later delivery:
+	// carol's is the later event.
+	e.carolsPhone(t)
+	if n := perToken(e.apns.Requests())[token(1)]; n != 1 {
 		t.Errorf("pushMailboxes inbox: %d pushes, want no new one for Lists", n)
 	}
 	deliver(t, e.dc.lmtp, "alice@example.org")
-	if _, err := e.apns.WaitRequests(2, 5*time.Second); err != nil {
-		t.Errorf("pushMailboxes inbox: no push for INBOX: %v", err)
+	if !testutil.Wait(5*time.Second, func() bool { return perToken(e.apns.Requests())[token(1)] >= 2 }) {
+		t.Errorf("pushMailboxes inbox: no push for INBOX")
 	}
-}
-
-func mustRead(t *testing.T, path string) []byte {
-	t.Helper()
-	b, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return b
 }
 
 func TestE2EDaemonDown(t *testing.T) { forEachDovecot(t, testE2EDaemonDown) }

@@ -4,21 +4,20 @@
 package integration
 
 import (
-	"bytes"
+	"errors"
 	"fmt"
-	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/xapsd/xapsd/internal/testutil"
 	"github.com/xapsd/xapsd/internal/testutil/fakeapns"
+	"github.com/xapsd/xapsd/internal/testutil/testpki"
+	"github.com/xapsd/xapsd/internal/testutil/xapsdtest"
 )
 
 var xapsdBin string
@@ -45,22 +44,7 @@ func TestMain(m *testing.M) {
 }
 
 // syncBuffer collects a process's output for assertions.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
+type syncBuffer = xapsdtest.Buffer
 
 // daemon is one xapsd process.
 type daemon struct {
@@ -72,51 +56,11 @@ type daemon struct {
 	err  error
 }
 
-func freePort(t *testing.T) int {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
-}
-
-// writeConfig writes xapsd.yaml into dir with a free port, test-friendly
-// defaults and the given extra "key: value" lines, which replace a
-// default of the same key; it returns the listen address.
-func writeConfig(t *testing.T, dir string, extra string) string {
-	t.Helper()
-	port := freePort(t)
-	keys := []string{"loglevel", "listenAddr", "port", "databaseFile", "metricsListenAddr", "checkInterval", "delay", "shutdownTimeout"}
-	vals := map[string]string{"loglevel": "debug", "listenAddr": "127.0.0.1", "port": fmt.Sprint(port),
-		"databaseFile": "state/database.json", "metricsListenAddr": `"off"`, "checkInterval": "1", "delay": "1", "shutdownTimeout": "10s"}
-	for _, l := range strings.Split(extra, "\n") {
-		k, v, ok := strings.Cut(l, ":")
-		if !ok {
-			continue
-		}
-		k = strings.TrimSpace(k)
-		if _, seen := vals[k]; !seen {
-			keys = append(keys, k)
-		}
-		vals[k] = strings.TrimSpace(v)
-	}
-	var b strings.Builder
-	for _, k := range keys {
-		fmt.Fprintf(&b, "%s: %s\n", k, vals[k])
-	}
-	if err := os.WriteFile(filepath.Join(dir, "xapsd.yaml"), []byte(b.String()), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	return net.JoinHostPort(strings.Trim(vals["listenAddr"], "[]'\""), fmt.Sprint(port))
-}
-
 // launch starts argv (xapsd and its arguments, maybe behind nsenter) and
 // kills it when the test ends, showing its log if the test failed.
 func launch(t *testing.T, dir string, argv []string, env ...string) *daemon {
 	t.Helper()
-	d := &daemon{t: t, log: &syncBuffer{}, done: make(chan struct{})}
+	d := &daemon{t: t, log: &xapsdtest.Buffer{}, done: make(chan struct{})}
 	d.cmd = exec.Command(argv[0], argv[1:]...)
 	d.cmd.Stdout, d.cmd.Stderr = d.log, d.log
 	d.cmd.Env = append(os.Environ(), env...)
@@ -152,23 +96,15 @@ func startDaemonBin(t *testing.T, bin, dir, addr string, env ...string) *daemon 
 // waitAnswering waits until the daemon answers on d.addr.
 func (d *daemon) waitAnswering() {
 	d.t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for time.Now().Before(deadline) {
-		select {
-		case <-d.done:
-			d.t.Fatalf("xapsd exited during start: %v\n%s", d.err, d.log.String())
-		default:
-		}
-		// With a timeout: a daemon that bound its port but hangs before
-		// serving must fail the test, not hang it.
-		resp, err := probeClient.Get("http://" + d.addr + "/healthz")
-		if err == nil {
-			resp.Body.Close()
-			return
-		}
-		time.Sleep(20 * time.Millisecond)
+	// probeClient has a timeout: a daemon that bound its port but hangs
+	// before serving must fail the test, not hang it.
+	err := testutil.WaitStarted(d.done, 20*time.Second, testutil.Answers(probeClient, "http://"+d.addr+"/healthz"))
+	switch {
+	case errors.Is(err, testutil.ErrExited):
+		d.t.Fatalf("xapsd exited during start: %v\n%s", d.err, d.log.String())
+	case err != nil:
+		d.t.Fatalf("xapsd did not answer on %s:\n%s", d.addr, d.log.String())
 	}
-	d.t.Fatalf("xapsd did not answer on %s:\n%s", d.addr, d.log.String())
 }
 
 func (d *daemon) kill() {
@@ -184,10 +120,7 @@ func (d *daemon) kill() {
 // stop sends SIGTERM and returns the exit code.
 func (d *daemon) stop() int {
 	d.t.Helper()
-	d.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-d.done:
-	case <-time.After(30 * time.Second):
+	if !testutil.StopProcess(d.cmd.Process, d.done, syscall.SIGTERM, 30*time.Second) {
 		d.t.Fatalf("xapsd did not stop within 30 s after SIGTERM:\n%s", d.log.String())
 	}
 	return d.cmd.ProcessState.ExitCode()
@@ -198,72 +131,68 @@ func (d *daemon) signal(s os.Signal) { d.cmd.Process.Signal(s) }
 // waitCount waits until substr occurs at least n times in the daemon's
 // output, and returns how often it does.
 func (d *daemon) waitCount(substr string, n int, timeout time.Duration) int {
-	deadline := time.Now().Add(timeout)
-	for strings.Count(d.log.String(), substr) < n && time.Now().Before(deadline) {
-		time.Sleep(10 * time.Millisecond)
-	}
-	return strings.Count(d.log.String(), substr)
+	return xapsdtest.WaitCount(d.log, substr, n, timeout)
 }
 
 // waitLog waits for a substring in the daemon's output.
 func (d *daemon) waitLog(substr string, timeout time.Duration) bool {
-	deadline := time.Now().Add(timeout)
-	for time.Now().Before(deadline) {
-		if strings.Contains(d.log.String(), substr) {
-			return true
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	return false
+	return xapsdtest.WaitLog(d.log, substr, timeout)
 }
 
-var client = &http.Client{Timeout: 10 * time.Second}
+var client = xapsdtest.Client
 
 // probeClient asks whether a daemon answers yet.
 var probeClient = &http.Client{Timeout: 2 * time.Second}
 
-// get fetches url and returns the status and body.
-func get(t *testing.T, url string) (int, string) {
+// What the tests of the daemon share, in process or as the built binary,
+// written once in xapsdtest.
+const (
+	topicA = xapsdtest.TopicA
+	topicB = xapsdtest.TopicB
+	acc    = xapsdtest.Acc
+)
+
+var (
+	writeConfig   = xapsdtest.WriteConfig
+	get           = xapsdtest.Get
+	post          = xapsdtest.Post
+	registerBody  = xapsdtest.RegisterBody
+	notifyBody    = xapsdtest.NotifyBody
+	token         = xapsdtest.Token
+	perToken      = xapsdtest.PerToken
+	writePushCert = xapsdtest.WritePushCert
+	rewrite       = xapsdtest.Rewrite
+	logLine       = xapsdtest.LogLine
+	grepLines     = xapsdtest.GrepLines
+	mustRead      = xapsdtest.MustRead
+)
+
+const pluginSecret = xapsdtest.PluginSecret
+
+// apnsEnv is the built daemon pushing with a real client certificate to
+// the HTTP/2 TLS stand-in for Apple, which it trusts through
+// SSL_CERT_FILE.
+type apnsEnv struct {
+	dir   string
+	addr  string
+	apns  *fakeapns.Server
+	d     *daemon
+	ca    *testpki.CA
+	caEnv string
+}
+
+func newAPNsEnv(t *testing.T, extra string) *apnsEnv {
 	t.Helper()
-	resp, err := client.Get(url)
-	if err != nil {
-		t.Fatalf("GET %s: %v", url, err)
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	return resp.StatusCode, string(b)
+	s := xapsdtest.NewAPNsSetup(t, extra)
+	e := &apnsEnv{dir: s.Dir, addr: s.Addr, apns: s.APNs, ca: s.CA, caEnv: "SSL_CERT_FILE=" + s.CAFile}
+	e.d = startDaemon(t, e.dir, e.addr, e.caEnv)
+	return e
 }
 
-// perToken counts the pushes to each device token.
-func perToken(reqs []fakeapns.Request) map[string]int {
-	got := map[string]int{}
-	for _, r := range reqs {
-		got[r.Token]++
-	}
-	return got
-}
-
-func post(t *testing.T, addr, path, body string) (int, string) {
+func (e *apnsEnv) register(t *testing.T, user, account, tok string, boxes ...string) {
 	t.Helper()
-	resp, err := client.Post("http://"+addr+path, "application/json; charset=utf-8", strings.NewReader(body))
-	if err != nil {
-		t.Fatalf("POST %s: %v", path, err)
+	status, body := post(t, e.addr, "/register", registerBody(user, account, tok, boxes...))
+	if status != 200 {
+		t.Fatalf("register %s: %d %q", user, status, body)
 	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	return resp.StatusCode, string(b)
 }
-
-func registerBody(user, account, token string, mailboxes ...string) string {
-	if len(mailboxes) == 0 {
-		mailboxes = []string{"INBOX"}
-	}
-	return fmt.Sprintf(`{"ApsAccountId":"%s","ApsDeviceToken":"%s","ApsSubtopic":"com.apple.mobilemail","Username":"%s","Mailboxes": ["%s"]}`,
-		account, token, user, strings.Join(mailboxes, `","`))
-}
-
-func notifyBody(user, mailbox string, events ...string) string {
-	return fmt.Sprintf(`{"Username":"%s","Mailbox":"%s","Events": ["%s"]}`, user, mailbox, strings.Join(events, `","`))
-}
-
-func token(i int) string { return fmt.Sprintf("%064X", i) }

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/xapsd/xapsd/internal/pgstore"
+	"github.com/xapsd/xapsd/internal/testutil"
 	"github.com/xapsd/xapsd/internal/testutil/pgtest"
 )
 
@@ -32,16 +33,13 @@ const acc2 = "2C1E4F4A-8D0B-4C61-9E8A-0D7D2B9B6A11"
 // user and 404 for an unknown one.
 func (g *pgGroup) waitKnown(t *testing.T, i int, user string) {
 	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		status, _ := post(t, g.addr[i], "/notify", notifyBody(user, "xapsd-test-probe", "MessageNew"))
-		if status == 204 {
-			return
-		}
-		if status != 404 || time.Now().After(deadline) {
-			t.Fatalf("%s does not know %s (/notify %d)", daemonName[i], user, status)
-		}
-		time.Sleep(10 * time.Millisecond)
+	status := 0
+	testutil.Wait(5*time.Second, func() bool {
+		status, _ = post(t, g.addr[i], "/notify", notifyBody(user, "xapsd-test-probe", "MessageNew"))
+		return status != 404
+	})
+	if status != 204 {
+		t.Fatalf("%s does not know %s (/notify %d)", daemonName[i], user, status)
 	}
 }
 
@@ -51,13 +49,15 @@ func (g *pgGroup) waitKnown(t *testing.T, i int, user string) {
 func (g *pgGroup) waitDevices(t *testing.T, i int, user string, want ...string) string {
 	t.Helper()
 	want = slices.Sorted(slices.Values(want))
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		code, out, stderr := run(t, "", "--config", filepath.Join(g.dirs[i], "xapsd.yaml"), "devices", "list", user)
+	var out, stderr string
+	var have []string
+	listed := testutil.Wait(5*time.Second, func() bool {
+		var code int
+		code, out, stderr = run(t, "", "--config", filepath.Join(g.dirs[i], "xapsd.yaml"), "devices", "list", user)
 		if code != 0 {
 			t.Fatalf("devices list on %s: exit %d: %s", daemonName[i], code, stderr)
 		}
-		var have []string
+		have = nil
 		for _, l := range strings.Split(out, "\n") {
 			// USER  ACCOUNT-ID  DEVICE-TOKEN  REGISTERED  MAILBOXES, after a header line.
 			if f := strings.Fields(l); len(f) >= 3 && f[0] == user {
@@ -65,14 +65,21 @@ func (g *pgGroup) waitDevices(t *testing.T, i int, user string, want ...string) 
 			}
 		}
 		slices.Sort(have)
-		if slices.Equal(have, want) {
-			return out
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("devices list %s on %s shows %v, want %v:\n%s%s", user, daemonName[i], have, want, out, stderr)
-		}
-		time.Sleep(20 * time.Millisecond)
+		return slices.Equal(have, want)
+	})
+	if !listed {
+		t.Fatalf("devices list %s on %s shows %v, want %v:\n%s%s", user, daemonName[i], have, want, out, stderr)
 	}
+	return out
+}
+
+// markers are the device tokens of the marker user after n+1 markers.
+func markers(n int) []string {
+	var toks []string
+	for k := 0; k <= n; k++ {
+		toks = append(toks, token(100+k))
+	}
+	return toks
 }
 
 // counts is how many pushes each daemon's stand-in has received.
@@ -105,7 +112,7 @@ func TestPostgresEventIsPushedOnlyByTheDaemonItReached(t *testing.T) {
 	for i := range 3 {
 		g.waitDevices(t, i, "alice@example.com", token(1), token(2))
 	}
-	for _, i := range []int{1, 2, 0} { // B, then C, then A
+	for n, i := range []int{1, 2, 0} { // B, then C, then A
 		before := g.counts()
 		if status, _ := post(t, g.addr[i], "/notify", notifyBody("alice@example.com", "INBOX", "MessageNew")); status != 200 {
 			t.Fatalf("/notify on %s: %d", daemonName[i], status)
@@ -113,8 +120,16 @@ func TestPostgresEventIsPushedOnlyByTheDaemonItReached(t *testing.T) {
 		if _, err := g.push[i].WaitRequests(int(before[i])+2, 5*time.Second); err != nil {
 			t.Fatalf("%s's pushes for the event it got: %v", daemonName[i], err)
 		}
-		// Long enough for a push from another daemon to arrive too.
-		time.Sleep(time.Second)
+		// Another daemon could only have learnt of the event through
+		// the database: a device registered on the daemon after the
+		// event reaches the others behind anything it sent before.
+		marker := token(100 + n)
+		if status, body := post(t, g.addr[i], "/register", registerBody("marker@example.com", fmt.Sprintf("MARKER-%d", n), marker)); status != 200 {
+			t.Fatalf("register the marker on %s: %d %q", daemonName[i], status, body)
+		}
+		for j := range 3 {
+			g.waitDevices(t, j, "marker@example.com", markers(n)...)
+		}
 		after := g.counts()
 		for j := range 3 {
 			want := int64(0)
@@ -142,8 +157,13 @@ func TestPostgresHeldBackPushesStayWithTheirDaemon(t *testing.T) {
 	if status, body := post(t, g.addr[0], "/register", registerBody("alice@example.com", acc, token(1))); status != 200 {
 		t.Fatalf("register on A: %d %q", status, body)
 	}
-	g.waitKnown(t, 1, "alice@example.com")
-	g.waitKnown(t, 2, "alice@example.com")
+	if status, body := post(t, g.addr[0], "/register", registerBody("marker@example.com", acc, token(9))); status != 200 {
+		t.Fatalf("register the marker on A: %d %q", status, body)
+	}
+	for i := range 3 {
+		g.waitKnown(t, i, "alice@example.com")
+		g.waitKnown(t, i, "marker@example.com")
+	}
 
 	sentB := time.Now()
 	if status, _ := post(t, g.addr[1], "/notify", notifyBody("alice@example.com", "INBOX", "FlagsSet", "MessageRead")); status != 200 {
@@ -163,9 +183,23 @@ func TestPostgresHeldBackPushesStayWithTheirDaemon(t *testing.T) {
 			t.Errorf("%s pushed %v after its flag change, before the %v delay", daemonName[i], waited, delay)
 		}
 	}
-	// Long enough for a second push from anyone to arrive.
-	time.Sleep(time.Second)
-	if got, want := g.counts(), []int64{0, 1, 1}; fmt.Sprint(got) != fmt.Sprint(want) {
+	// A second push from anyone would be due before a flag change made
+	// now: each daemon's push for one is the later event.
+	for i := range 3 {
+		if status, _ := post(t, g.addr[i], "/notify", notifyBody("marker@example.com", "INBOX", "FlagsSet")); status != 200 {
+			t.Fatalf("/notify for the marker on %s: %d", daemonName[i], status)
+		}
+	}
+	for i := range 3 {
+		testutil.WaitWithin(t, delay+5*time.Second, daemonName[i]+"'s push for the marker", func() bool {
+			return perToken(g.push[i].Requests())[token(9)] == 1
+		})
+	}
+	got := make([]int64, 3)
+	for i := range 3 {
+		got[i] = int64(perToken(g.push[i].Requests())[token(1)])
+	}
+	if want := []int64{0, 1, 1}; fmt.Sprint(got) != fmt.Sprint(want) {
 		t.Errorf("pushes from A, B, C: %v, want %v", got, want)
 	}
 }
@@ -214,15 +248,12 @@ func TestPostgresAdminCommandsWorkAgainstAnyDaemon(t *testing.T) {
 	}
 	removed := time.Now()
 	for _, i := range []int{0, 1} {
-		for {
-			status, _ := post(t, g.addr[i], "/notify", notifyBody(user, "INBOX", "MessageNew"))
-			if status == 404 {
-				break
-			}
-			if time.Since(removed) > 5*time.Second {
-				t.Fatalf("%s still knows %s 5 s after devices remove on C (/notify %d)", daemonName[i], user, status)
-			}
-			time.Sleep(10 * time.Millisecond)
+		status := 0
+		if !testutil.Wait(5*time.Second-time.Since(removed), func() bool {
+			status, _ = post(t, g.addr[i], "/notify", notifyBody(user, "INBOX", "MessageNew"))
+			return status == 404
+		}) {
+			t.Fatalf("%s still knows %s 5 s after devices remove on C (/notify %d)", daemonName[i], user, status)
 		}
 	}
 	t.Logf("the removal through C reached A and B within %v", time.Since(removed))
@@ -262,7 +293,7 @@ func TestPostgresImportsAnOldDatabaseJSON(t *testing.T) {
     }
   }
 }`
-	file := filepath.Join(t.TempDir(), "database.json")
+	file := filepath.Join(testutil.TempDir(t), "database.json")
 	if err := os.WriteFile(file, []byte(old), 0o600); err != nil {
 		t.Fatal(err)
 	}

@@ -8,10 +8,12 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/xapsd/xapsd/internal/registry"
+	"github.com/xapsd/xapsd/internal/testutil"
 	"github.com/xapsd/xapsd/internal/testutil/fakeapns"
 	"github.com/xapsd/xapsd/internal/testutil/pgtest"
 	"github.com/xapsd/xapsd/internal/testutil/testpki"
@@ -73,7 +75,7 @@ func newPGGroupWith(t *testing.T, n int, o pgGroupOptions) *pgGroup {
 				g.apns = srv
 			}
 		}
-		dir := t.TempDir()
+		dir := testutil.TempDir(t)
 		if err := srv.WriteCAFile(filepath.Join(dir, "apns-ca.pem")); err != nil {
 			t.Fatal(err)
 		}
@@ -135,17 +137,10 @@ func (g *pgGroup) startAll(t *testing.T) {
 // waitPush waits for a push to tok after the first `after` requests.
 func (g *pgGroup) waitPush(t *testing.T, after int, tok string) bool {
 	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for time.Now().Before(deadline) {
+	return testutil.Wait(5*time.Second, func() bool {
 		reqs := g.apns.Requests()
-		for _, r := range reqs[min(after, len(reqs)):] {
-			if r.Token == tok {
-				return true
-			}
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	return false
+		return perToken(reqs[min(after, len(reqs)):])[tok] > 0
+	})
 }
 
 func TestPostgresRegisterOnOneNotifyOnAnother(t *testing.T) {
@@ -158,19 +153,14 @@ func TestPostgresRegisterOnOneNotifyOnAnother(t *testing.T) {
 		t.Fatalf("register on A: %d %q", status, body)
 	}
 	registered := time.Now()
-	var took time.Duration
-	for {
-		status, _ := post(t, g.addr[1], "/notify", notifyBody("alice@example.com", "INBOX", "MessageNew"))
-		if status == 200 {
-			took = time.Since(registered)
-			break
-		}
-		if time.Since(registered) > 5*time.Second {
-			t.Fatalf("B never learned of A's registration (/notify %d)", status)
-		}
-		time.Sleep(5 * time.Millisecond)
+	status := 0
+	if !testutil.Wait(5*time.Second, func() bool {
+		status, _ = post(t, g.addr[1], "/notify", notifyBody("alice@example.com", "INBOX", "MessageNew"))
+		return status == 200
+	}) {
+		t.Fatalf("B never learned of A's registration (/notify %d)", status)
 	}
-	t.Logf("A's registration known to B after %v", took)
+	t.Logf("A's registration known to B after %v", time.Since(registered))
 	if !g.waitPush(t, 0, token(1)) {
 		t.Fatal("no push from B for the device registered on A")
 	}
@@ -201,16 +191,11 @@ func TestPostgresRegisterOnOneNotifyOnAnother(t *testing.T) {
 		return fakeapns.Response{}
 	})
 	post(t, g.addr[1], "/notify", notifyBody("alice@example.com", "INBOX", "MessageNew"))
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		status, _ := post(t, g.addr[2], "/notify", notifyBody("alice@example.com", "INBOX", "MessageNew"))
-		if status == 404 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("C still knows the device B removed after Apple's 410 (/notify %d)", status)
-		}
-		time.Sleep(20 * time.Millisecond)
+	if !testutil.Wait(5*time.Second, func() bool {
+		status, _ = post(t, g.addr[2], "/notify", notifyBody("alice@example.com", "INBOX", "MessageNew"))
+		return status == 404
+	}) {
+		t.Fatalf("C still knows the device B removed after Apple's 410 (/notify %d)", status)
 	}
 }
 
@@ -271,9 +256,13 @@ func TestPostgresStoppedUnderLoad(t *testing.T) {
 			}
 		}()
 	}
-	time.Sleep(500 * time.Millisecond)
+	// Load, then the database goes away under it until registrations
+	// are refused, then it comes back under the same load.
+	ackedCount := func() int { mu.Lock(); defer mu.Unlock(); return len(acked) }
+	refusedCount := func() int { mu.Lock(); defer mu.Unlock(); return refused }
+	testutil.WaitFor(t, "registrations acknowledged under load", func() bool { return ackedCount() >= 50 })
 	g.pg.Stop()
-	time.Sleep(2 * time.Second)
+	testutil.WaitWithin(t, 30*time.Second, "a few registrations refused while PostgreSQL is down", func() bool { return refusedCount() >= 4 })
 	mu.Lock()
 	refusedWhileDown := refused
 	mu.Unlock()
@@ -281,17 +270,14 @@ func TestPostgresStoppedUnderLoad(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Registrations work again without restarting xapsd.
-	deadline := time.Now().Add(15 * time.Second)
-	for {
-		if status, _ := post(t, addr, "/register", registerBody("after@example.com", acc, token(999))); status == 200 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("registrations do not work again after PostgreSQL came back")
-		}
-		time.Sleep(100 * time.Millisecond)
+	if !testutil.Wait(15*time.Second, func() bool {
+		status, _ := post(t, addr, "/register", registerBody("after@example.com", acc, token(999)))
+		return status == 200
+	}) {
+		t.Fatal("registrations do not work again after PostgreSQL came back")
 	}
-	time.Sleep(500 * time.Millisecond)
+	back := ackedCount()
+	testutil.WaitFor(t, "registrations acknowledged after PostgreSQL came back", func() bool { return ackedCount() >= back+50 })
 	close(stop)
 	wg.Wait()
 	if notifyFailed > 0 {
@@ -315,6 +301,7 @@ func TestPostgresKill9AcrossDaemonsLosesNothing(t *testing.T) {
 	}
 	var mu sync.Mutex
 	acked := map[registry.Key]bool{}
+	var failures atomic.Int64
 	hc := &http.Client{Timeout: 5 * time.Second}
 	for round := range 4 {
 		stop := make(chan struct{})
@@ -334,6 +321,7 @@ func TestPostgresKill9AcrossDaemonsLosesNothing(t *testing.T) {
 					resp, err := hc.Post("http://"+g.addr[w%3]+"/register", "application/json",
 						strings.NewReader(registerBody(k.User, k.AccountID, k.DeviceToken)))
 					if err != nil {
+						failures.Add(1)
 						time.Sleep(10 * time.Millisecond) // that daemon is being restarted
 						continue
 					}
@@ -348,8 +336,10 @@ func TestPostgresKill9AcrossDaemonsLosesNothing(t *testing.T) {
 		}
 		time.Sleep(time.Duration(200+rand.IntN(300)) * time.Millisecond)
 		victim := round % 3
+		failed := failures.Load()
 		g.d[victim].kill()
-		time.Sleep(100 * time.Millisecond)
+		// The clients run into the dead daemon before the round ends.
+		testutil.WaitFor(t, "a registration to fail at the killed daemon", func() bool { return failures.Load() > failed })
 		close(stop)
 		wg.Wait()
 		g.start(t, victim)
@@ -463,7 +453,7 @@ func TestPostgresFromFilesAndBack(t *testing.T) {
 	}
 	allPushed("files")
 
-	fromFiles := filepath.Join(t.TempDir(), "from-files.json")
+	fromFiles := filepath.Join(testutil.TempDir(t), "from-files.json")
 	if code, _, stderr := run(t, "", "--config", cfg, "export", fromFiles); code != 0 {
 		t.Fatalf("export from the files: exit %d: %s", code, stderr)
 	}
@@ -481,7 +471,7 @@ func TestPostgresFromFilesAndBack(t *testing.T) {
 	}
 	allPushed("PostgreSQL")
 
-	fromPG := filepath.Join(t.TempDir(), "from-postgres.json")
+	fromPG := filepath.Join(testutil.TempDir(t), "from-postgres.json")
 	if code, _, stderr := run(t, "", "--config", cfg, "export", fromPG); code != 0 {
 		t.Fatalf("export from PostgreSQL: exit %d: %s", code, stderr)
 	}

@@ -12,6 +12,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/xapsd/xapsd/internal/testutil"
 )
 
 // readmeLine is what the README's sample log promises of one line: its
@@ -91,7 +93,7 @@ func TestReadmeTryIt(t *testing.T) {
 
 	// The dev config as it is, its state in a temporary folder, in a
 	// network namespace so that its fixed ports are free.
-	dir := t.TempDir()
+	dir := testutil.TempDir(t)
 	cfg := filepath.Join(dir, "xapsd.yaml")
 	os.WriteFile(cfg, mustRead(t, "../../configs/dev/xapsd.yaml"), 0o600)
 	ns := newNetns(t)
@@ -116,20 +118,24 @@ func TestReadmeTryIt(t *testing.T) {
 		}
 	}
 	d.waitCount("msg=push ", 2, 15*time.Second)
-	time.Sleep(500 * time.Millisecond) // nothing else may follow
 	got := logLines(d.log.String())
 	compareLines(t, "the run", notifyBeforeItsPush(got), wantRun)
 
+	// A line after the run's would show among test-push's, and one after
+	// test-push's before the shutdown's: the shutdown is the later event.
 	before := len(got)
 	if code, out, errOut := run(t, "", "--config", cfg, "test-push", "alice@example.com"); code != 0 || !strings.Contains(out, "dry-run") {
 		t.Errorf("test-push: %d %q %q", code, out, errOut)
 	}
-	time.Sleep(500 * time.Millisecond)
-	got = logLines(d.log.String())
-	compareLines(t, "test-push", got[min(before, len(got)):], wantTest)
-
+	d.waitCount(`msg="test push"`, 1, 10*time.Second)
 	d.signal(syscall.SIGINT)
 	<-d.done
+	got = logLines(d.log.String())
+	stop := slices.IndexFunc(got, func(l readmeLine) bool { return l.msg == `"shutting down"` })
+	if stop < 0 {
+		stop = len(got)
+	}
+	compareLines(t, "test-push", got[min(before, stop):stop], wantTest)
 	if d.cmd.ProcessState.ExitCode() != 0 || !strings.Contains(d.log.String(), `msg="shutting down" component=daemon`) ||
 		!strings.Contains(d.log.String(), `msg="xapsd stopped"`) {
 		t.Errorf("Ctrl-C: exit %d", d.cmd.ProcessState.ExitCode())

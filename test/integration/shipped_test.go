@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/xapsd/xapsd/internal/testutil"
 )
 
 // netns is a network namespace of its own, with only a loopback
@@ -98,8 +100,7 @@ func (n *netns) startDaemon(t *testing.T, cfg string) *daemon {
 
 // waitLine waits for a log line that has every one of parts.
 func (d *daemon) waitLine(timeout time.Duration, parts ...string) bool {
-	deadline := time.Now().Add(timeout)
-	for time.Now().Before(deadline) {
+	return testutil.Wait(timeout, func() bool {
 		for _, l := range strings.Split(d.log.String(), "\n") {
 			all := true
 			for _, p := range parts {
@@ -109,9 +110,8 @@ func (d *daemon) waitLine(timeout time.Duration, parts ...string) bool {
 				return true
 			}
 		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	return false
+		return false
+	})
 }
 
 // The files an admin installs, untouched where it matters: the sample
@@ -126,7 +126,7 @@ func TestE2EShippedSnippetAndSampleConfig(t *testing.T) {
 
 func testE2EShippedSnippetAndSampleConfig(t *testing.T, dv dovecotKind) {
 	ns := newNetns(t)
-	dir := t.TempDir()
+	dir := testutil.TempDir(t)
 	// Only what a test cannot take from the sample is added: a state
 	// folder it may write (the sample's is /var/lib/xapsd) and dry-run, as
 	// the sample has no credential.

@@ -2,61 +2,15 @@ package integration
 
 import (
 	"encoding/json"
-	"fmt"
-	"net"
 	"os"
 	"path/filepath"
 	"testing"
 	"time"
 
 	"github.com/xapsd/xapsd/internal/registry"
+	"github.com/xapsd/xapsd/internal/testutil"
 	"github.com/xapsd/xapsd/internal/testutil/fakeapns"
 )
-
-// A client trickling a request body used to hold SIGTERM for the whole
-// shutdownTimeout, leaving the pushes no time at all. Draining HTTP and
-// sending pushes now have budgets of their own.
-func TestShutdownGivesPushesTheirOwnBudget(t *testing.T) {
-	// Delayed pushes wait a minute, so the one queued below goes out only
-	// in the shutdown; Apple answers after 300 ms.
-	e := newAPNsEnv(t, "delay: 60\ncheckInterval: 60\nshutdownDrainTimeout: 1s\nshutdownTimeout: 4s\n")
-	e.apns.SetResponder(func(fakeapns.Request) fakeapns.Response { return fakeapns.Response{Delay: 300 * time.Millisecond} })
-	e.register(t, "alice@example.com", acc, token(1))
-	if status, _ := post(t, e.addr, "/notify", notifyBody("alice@example.com", "INBOX", "FlagsSet")); status != 200 {
-		t.Fatalf("notify: %d", status)
-	}
-	// A request whose body never finishes.
-	c, err := net.Dial("tcp", e.addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	fmt.Fprintf(c, "POST /register HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{")
-	stopTrickle := make(chan struct{})
-	defer close(stopTrickle)
-	go func() {
-		for {
-			select {
-			case <-stopTrickle:
-				return
-			case <-time.After(200 * time.Millisecond):
-				if _, err := c.Write([]byte(" ")); err != nil {
-					return
-				}
-			}
-		}
-	}()
-	time.Sleep(300 * time.Millisecond)
-	if code := e.d.stop(); code != 0 {
-		t.Fatalf("exit %d", code)
-	}
-	if _, err := e.apns.WaitRequests(1, time.Second); err != nil {
-		t.Errorf("the delayed push was not sent during the shutdown: %v", err)
-	}
-	if _, err := os.Stat(filepath.Join(e.dir, "state", "pending-pushes.json")); err == nil {
-		t.Error("the push was kept for the next start instead of being sent")
-	}
-}
 
 // pending-pushes.json goes only once its pushes have had Apple's answer:
 // a crash before that keeps them for the next start.
@@ -84,15 +38,8 @@ func TestLeftoverPushesSurviveACrash(t *testing.T) {
 	if _, err := e.apns.WaitRequests(2, 10*time.Second); err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		if _, err := os.Stat(pending); os.IsNotExist(err) {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("pending-pushes.json still there after its push was delivered")
-		}
-		time.Sleep(20 * time.Millisecond)
+	if !testutil.Wait(10*time.Second, func() bool { _, err := os.Stat(pending); return os.IsNotExist(err) }) {
+		t.Fatal("pending-pushes.json still there after its push was delivered")
 	}
 	d.stop()
 }

@@ -1,7 +1,6 @@
 package integration
 
 import (
-	"bytes"
 	"fmt"
 	"os"
 	"os/exec"
@@ -11,73 +10,17 @@ import (
 	"testing"
 	"time"
 
+	"github.com/xapsd/xapsd/internal/filestore"
 	"github.com/xapsd/xapsd/internal/registry"
+	"github.com/xapsd/xapsd/internal/statedir"
+	"github.com/xapsd/xapsd/internal/testutil"
 )
-
-// A damaged snapshot does not stop xapsd (under Restart=on-failure, a
-// restart loop without push for anyone): it starts with what could be
-// read, and /readyz and the metrics say what happened.
-func TestDamagedSnapshotStartsAndIsReported(t *testing.T) {
-	dir := t.TempDir()
-	metricsAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	addr := writeConfig(t, dir, "apnsEndpoint: dry-run\nmetricsListenAddr: "+metricsAddr+"\n")
-	d := startDaemon(t, dir, addr)
-	for i := range 40 {
-		if status, body := post(t, addr, "/register", registerBody(fmt.Sprintf("user%d@example.com", i), acc, token(i))); status != 200 {
-			t.Fatalf("register: %d %s", status, body)
-		}
-	}
-	if code := d.stop(); code != 0 {
-		t.Fatalf("exit %d", code)
-	}
-	db := filepath.Join(dir, "state", "database.json")
-	data, err := os.ReadFile(db)
-	if err != nil {
-		t.Fatal(err)
-	}
-	// Cut in the middle of a line, as a full disk or a crash of the
-	// file system might.
-	if err := os.WriteFile(db, data[:len(data)/2], 0o600); err != nil {
-		t.Fatal(err)
-	}
-	d = startDaemon(t, dir, addr)
-	code, body := get(t, "http://"+metricsAddr+"/readyz")
-	if code != 200 || !strings.Contains(body, "registry: database.json was damaged") {
-		t.Errorf("/readyz = %d %q, want ok and what was damaged", code, body)
-	}
-	_, metrics := get(t, "http://"+metricsAddr+"/metrics")
-	if !strings.Contains(metrics, "\nxapsd_registry_damaged 1\n") && !strings.Contains(metrics, "\nxapsd_registry_damaged 2\n") {
-		t.Errorf("xapsd_registry_damaged not reported:\n%s", grepLines(metrics, "xapsd_registry_damaged"))
-	}
-	if !d.waitLog("the registry snapshot is damaged", 5*time.Second) {
-		t.Error("no error line about the damaged snapshot")
-	}
-	copies, _ := filepath.Glob(db + ".damaged-*")
-	if len(copies) != 1 {
-		t.Errorf("damaged copies: %v", copies)
-	} else if b, _ := os.ReadFile(copies[0]); !bytes.Equal(b, data[:len(data)/2]) {
-		t.Error("the damaged copy is not the damaged file")
-	}
-	if status, _ := post(t, addr, "/register", registerBody("after@example.com", acc, token(99))); status != 200 {
-		t.Errorf("register after salvage: %d", status)
-	}
-}
-
-func grepLines(s, substr string) string {
-	var out []string
-	for _, l := range strings.Split(s, "\n") {
-		if strings.Contains(l, substr) {
-			out = append(out, l)
-		}
-	}
-	return strings.Join(out, "\n")
-}
 
 // A second xapsd on the same configuration, after someone deleted the
 // lock file, stops at the port it cannot bind, before it opens the
 // registry; the running daemon's journal stays whole.
 func TestSecondDaemonStopsBeforeTheRegistry(t *testing.T) {
-	dir := t.TempDir()
+	dir := testutil.TempDir(t)
 	addr := writeConfig(t, dir, "apnsEndpoint: dry-run\nloglevel: info\n")
 	d := startDaemon(t, dir, addr)
 	db := filepath.Join(dir, "state", "database.json")
@@ -109,7 +52,7 @@ func TestSecondDaemonStopsBeforeTheRegistry(t *testing.T) {
 		}
 	}
 	d.kill()
-	r, err := registry.Open(registry.Options{Path: db})
+	r, err := registry.Open(filestore.New(filestore.Options{Dir: statedir.New(db)}), registry.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -165,7 +108,7 @@ func TestNoFileTheDaemonReadsCanHangIt(t *testing.T) {
 		{"pending-pushes.json", "", "state/pending-pushes.json", starts, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			dir := t.TempDir()
+			dir := testutil.TempDir(t)
 			os.Mkdir(filepath.Join(dir, "state"), 0o700)
 			extra := tc.config
 			if !strings.Contains(extra, "apnsEndpoint") {
@@ -204,7 +147,7 @@ func TestNoFileTheDaemonReadsCanHangIt(t *testing.T) {
 		})
 	}
 	t.Run("the configuration file", func(t *testing.T) {
-		fifo := filepath.Join(t.TempDir(), "xapsd.yaml")
+		fifo := filepath.Join(testutil.TempDir(t), "xapsd.yaml")
 		if err := syscall.Mkfifo(fifo, 0o600); err != nil {
 			t.Fatal(err)
 		}

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/sideshow/apns2"
+	"github.com/xapsd/xapsd/internal/testutil"
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
 )
@@ -175,7 +176,7 @@ const bearer = "bearer eyJhbGciOiJFUzI1NiJ9.e30.c2ln"
 // authenticated; then the server says so in a new SETTINGS, before the
 // answer. A refusal takes it back.
 func TestAppleTokenConnectionStreamLimit(t *testing.T) {
-	s := start(t, Options{Apple: true, MaxConcurrentStreams: 50})
+	s := StartT(t, Options{Apple: true, MaxConcurrentStreams: 50})
 	var mu sync.Mutex
 	answer := Response{Delay: 300 * time.Millisecond}
 	s.SetResponder(func(Request) Response { mu.Lock(); defer mu.Unlock(); return answer })
@@ -227,7 +228,10 @@ func TestAppleTokenConnectionStreamLimit(t *testing.T) {
 	if e := c.must("headers"); e.status != "403" {
 		t.Fatalf("answer %+v", e)
 	}
-	time.Sleep(100 * time.Millisecond) // the ACK reaches the server
+	testutil.WaitFor(t, "the client's ACK of the lower limit to reach the server", func() bool {
+		conns := s.frameConns()
+		return len(conns) == 1 && conns[0].limit.Load() == 1
+	})
 	mu.Lock()
 	answer = Response{Status: 403, Reason: "InvalidProviderToken", Delay: 300 * time.Millisecond}
 	mu.Unlock()
@@ -245,8 +249,8 @@ func TestAppleTokenConnectionStreamLimit(t *testing.T) {
 }
 
 func TestAppleCertificateConnectionGetsTheFullLimit(t *testing.T) {
-	s := start(t, Options{Apple: true})
-	certClient(t, start(t, Options{})) // issues pushCert
+	s := StartT(t, Options{Apple: true})
+	certClient(t, StartT(t, Options{})) // issues pushCert
 	cert := pushCert.TLSCertificate()
 	c := dialH2(t, s, &cert)
 	if e := c.must("settings"); e.value != 1000 {
@@ -275,7 +279,7 @@ func TestAppleCertificateConnectionGetsTheFullLimit(t *testing.T) {
 }
 
 func TestAppleTokenRequestChecks(t *testing.T) {
-	s := start(t, Options{Apple: true})
+	s := StartT(t, Options{Apple: true})
 	c := dialH2(t, s, nil)
 	c.post(1) // no authorization
 	if e := c.must("headers"); e.status != "403" {
@@ -298,9 +302,9 @@ func TestAppleTokenRequestChecks(t *testing.T) {
 
 // GOAWAY: the streams the client had opened are answered, later ones are
 // never processed, and the server closes the connection.
-func TestAppleGoAway(t *testing.T) {
-	s := start(t, Options{Apple: true, Responder: func(r Request) Response { return Response{Delay: 300 * time.Millisecond} }})
-	certClient(t, start(t, Options{}))
+func TestGoAwayAnswersOpenedStreamsAndClosesTheConnection(t *testing.T) {
+	s := StartT(t, Options{Apple: true, Responder: func(r Request) Response { return Response{Delay: 300 * time.Millisecond} }})
+	certClient(t, StartT(t, Options{}))
 	cert := pushCert.TLSCertificate()
 	c := dialH2(t, s, &cert)
 	c.must("settings")
@@ -342,8 +346,8 @@ func TestAppleGoAway(t *testing.T) {
 }
 
 func TestApplePingsAndSilence(t *testing.T) {
-	s := start(t, Options{Apple: true})
-	certClient(t, start(t, Options{}))
+	s := StartT(t, Options{Apple: true})
+	certClient(t, StartT(t, Options{}))
 	cert := pushCert.TLSCertificate()
 	c := dialH2(t, s, &cert)
 	c.must("settings")
@@ -376,9 +380,9 @@ func TestApplePingsAndSilence(t *testing.T) {
 	}
 }
 
-func TestRefuseConnections(t *testing.T) {
+func TestRefusedConnectionsAreCountedAndEndOnRequest(t *testing.T) {
 	for _, apple := range []bool{false, true} {
-		s := start(t, Options{Apple: apple})
+		s := StartT(t, Options{Apple: apple})
 		c := certClient(t, s)
 		s.RefuseConnections(true)
 		for range 3 {
@@ -401,9 +405,9 @@ func TestRefuseConnections(t *testing.T) {
 }
 
 // The header checks APNs makes, in both modes.
-func TestAppleReasons(t *testing.T) {
+func TestHeaderChecksGiveApplesReasons(t *testing.T) {
 	for _, apple := range []bool{false, true} {
-		s := start(t, Options{Apple: apple})
+		s := StartT(t, Options{Apple: apple})
 		c := certClient(t, s)
 		for _, tc := range []struct {
 			name   string

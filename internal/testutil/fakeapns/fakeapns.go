@@ -32,6 +32,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/xapsd/xapsd/internal/testutil"
 	"github.com/xapsd/xapsd/internal/testutil/testpki"
 )
 
@@ -192,6 +193,18 @@ func resetTCP(c net.Conn) {
 		tc.SetLinger(0)
 	}
 	c.Close()
+}
+
+// StartT starts a server for a test and closes it when the test ends; it
+// fails the test if the server does not start.
+func StartT(t testutil.TB, o Options) *Server {
+	t.Helper()
+	s, err := Start(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
 }
 
 // Start listens and serves until Close.

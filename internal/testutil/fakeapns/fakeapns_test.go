@@ -77,23 +77,13 @@ func aim(t *testing.T, c *apns2.Client, s *Server) *apns2.Client {
 	return c
 }
 
-func start(t *testing.T, o Options) *Server {
-	t.Helper()
-	s, err := Start(o)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { s.Close() })
-	return s
-}
-
 func note(tok string) *apns2.Notification {
 	return &apns2.Notification{DeviceToken: tok, Topic: topic, PushType: apns2.PushTypeBackground,
 		Payload: []byte(`{"aps":{"account-id":"0715A26B-CA09-4730-A419-793000CA982E"}}`)}
 }
 
 func TestRecordsExactly(t *testing.T) {
-	s := start(t, Options{})
+	s := StartT(t, Options{})
 	if !strings.HasPrefix(s.URL, "https://127.0.0.1:") {
 		t.Errorf("URL %q", s.URL)
 	}
@@ -156,7 +146,7 @@ func TestRecordsExactly(t *testing.T) {
 }
 
 func TestTokenAuthorization(t *testing.T) {
-	s := start(t, Options{})
+	s := StartT(t, Options{})
 	c := tokenClient(t, s)
 	if _, err := c.Push(note(token1)); err != nil {
 		t.Fatal(err)
@@ -175,7 +165,7 @@ func TestTokenAuthorization(t *testing.T) {
 }
 
 func TestScriptedAnswers(t *testing.T) {
-	s := start(t, Options{})
+	s := StartT(t, Options{})
 	c := certClient(t, s)
 	for _, tc := range []struct {
 		name       string
@@ -232,9 +222,9 @@ func rawDo(t *testing.T, s *Server, method, path string, body []byte) (int, stri
 	return res.StatusCode, string(b)
 }
 
-func TestValidation(t *testing.T) {
+func TestBadRequestsGetApplesStatusAndReason(t *testing.T) {
 	var called atomic.Int32
-	s := start(t, Options{Responder: func(Request) Response { called.Add(1); return Response{} }})
+	s := StartT(t, Options{Responder: func(Request) Response { called.Add(1); return Response{} }})
 	for _, c := range []struct {
 		method, path string
 		body         []byte
@@ -265,8 +255,8 @@ func TestValidation(t *testing.T) {
 	}
 }
 
-func TestDelay(t *testing.T) {
-	s := start(t, Options{Responder: func(Request) Response { return Response{Delay: 300 * time.Millisecond} }})
+func TestDelayedAnswerIsRecordedOnArrival(t *testing.T) {
+	s := StartT(t, Options{Responder: func(Request) Response { return Response{Delay: 300 * time.Millisecond} }})
 	c := certClient(t, s)
 	begin := time.Now()
 	res, err := c.Push(note(token1))
@@ -306,8 +296,8 @@ func waitErr(t *testing.T, ch <-chan error) error {
 	}
 }
 
-func TestDrop(t *testing.T) {
-	s := start(t, Options{})
+func TestDroppedRequestFailsAndOthersCarryOn(t *testing.T) {
+	s := StartT(t, Options{})
 	s.SetResponder(func(r Request) Response {
 		if r.Token == token2 {
 			return Response{Drop: true}
@@ -334,8 +324,8 @@ func TestDrop(t *testing.T) {
 	}
 }
 
-func TestReset(t *testing.T) {
-	s := start(t, Options{})
+func TestResetStreamFailsAndOthersCarryOn(t *testing.T) {
+	s := StartT(t, Options{})
 	s.SetResponder(func(r Request) Response {
 		if r.Token == token2 {
 			return Response{Reset: true}
@@ -357,7 +347,7 @@ func TestReset(t *testing.T) {
 }
 
 func TestDropConnectionsAndClose(t *testing.T) {
-	s := start(t, Options{Responder: func(Request) Response { return Response{Delay: 10 * time.Second} }})
+	s := StartT(t, Options{Responder: func(Request) Response { return Response{Delay: 10 * time.Second} }})
 	c := certClient(t, s)
 	slow := pushAsync(c, note(token1))
 	if _, err := s.WaitRequests(1, 5*time.Second); err != nil {
@@ -390,8 +380,8 @@ func TestDropConnectionsAndClose(t *testing.T) {
 	}
 }
 
-func TestNoRecord(t *testing.T) {
-	s := start(t, Options{NoRecord: true})
+func TestNoRecordCountsWithoutRecording(t *testing.T) {
+	s := StartT(t, Options{NoRecord: true})
 	c := certClient(t, s)
 	for range 3 {
 		if _, err := c.Push(note(token1)); err != nil {
@@ -407,7 +397,7 @@ func TestNoRecord(t *testing.T) {
 }
 
 func TestWaitRequestsTimeout(t *testing.T) {
-	s := start(t, Options{})
+	s := StartT(t, Options{})
 	if _, err := certClient(t, s).Push(note(token1)); err != nil {
 		t.Fatal(err)
 	}
@@ -420,7 +410,7 @@ func TestWaitRequestsTimeout(t *testing.T) {
 
 // HTTP/1.1 is not offered, as at Apple.
 func TestHTTP1Refused(t *testing.T) {
-	s := start(t, Options{})
+	s := StartT(t, Options{})
 	hc := &http.Client{Transport: &http.Transport{
 		TLSClientConfig: &tls.Config{RootCAs: s.CertPool(), NextProtos: []string{"http/1.1"}},
 		TLSNextProto:    map[string]func(string, *tls.Conn) http.RoundTripper{},
@@ -436,7 +426,7 @@ func TestHTTP1Refused(t *testing.T) {
 // strict-limit client is not used to check it: it stalls at low limits).
 func TestMaxConcurrentStreams(t *testing.T) {
 	for _, c := range []struct{ opt, want uint32 }{{0, 1000}, {3, 3}} {
-		s := start(t, Options{MaxConcurrentStreams: int(c.opt)})
+		s := StartT(t, Options{MaxConcurrentStreams: int(c.opt)})
 		rc, err := dialRaw(s)
 		if err != nil {
 			t.Fatal(err)
@@ -453,8 +443,8 @@ func TestMaxConcurrentStreams(t *testing.T) {
 	}
 }
 
-func TestCAFile(t *testing.T) {
-	s := start(t, Options{})
+func TestCAFileIsTheCACertificateAndTrustsTheServer(t *testing.T) {
+	s := StartT(t, Options{})
 	p := filepath.Join(t.TempDir(), "ca.pem")
 	if err := s.WriteCAFile(p); err != nil {
 		t.Fatal(err)
@@ -493,7 +483,7 @@ func TestGivenListener(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := start(t, Options{Listener: ln, Addr: "192.0.2.1:1"}) // Addr is not used
+	s := StartT(t, Options{Listener: ln, Addr: "192.0.2.1:1"}) // Addr is not used
 	if s.URL != "https://"+ln.Addr().String() {
 		t.Errorf("URL %q, want the listener's address %s", s.URL, ln.Addr())
 	}

@@ -209,10 +209,10 @@ func BenchmarkServerRaw(b *testing.B) {
 	}
 }
 
-// TestRawClient keeps the benchmark client honest: every request is
+// TestRawClientGetsEveryRequestAnsweredAndCounted keeps the benchmark client honest: every request is
 // answered and counted.
-func TestRawClient(t *testing.T) {
-	s := start(t, Options{})
+func TestRawClientGetsEveryRequestAnsweredAndCounted(t *testing.T) {
+	s := StartT(t, Options{})
 	c, err := dialRaw(s)
 	if err != nil {
 		t.Fatal(err)

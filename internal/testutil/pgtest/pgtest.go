@@ -21,6 +21,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/xapsd/xapsd/internal/testutil"
 )
 
 // Cluster is one running (or stopped) PostgreSQL server.
@@ -72,17 +74,9 @@ func version(binDir string) int {
 	return v
 }
 
-// TB is the part of testing.TB that StartT uses (this package stays free
-// of the testing package, for the benchmark tool).
-type TB interface {
-	Helper()
-	Fatal(args ...any)
-	Cleanup(func())
-}
-
 // StartT starts a cluster for a test and closes it when the test ends;
 // it fails the test if the cluster does not start.
-func StartT(t TB, o Options) *Cluster {
+func StartT(t testutil.TB, o Options) *Cluster {
 	t.Helper()
 	c, err := Start(o)
 	if err != nil {
@@ -113,7 +107,7 @@ func Start(o Options) (*Cluster, error) {
 		os.Chmod(dir, 0o755)
 		os.Chown(dir, int(c.uid), int(c.gid))
 	}
-	port, err := freePort()
+	port, err := testutil.FreePort()
 	if err != nil {
 		os.RemoveAll(dir)
 		return nil, err
@@ -232,13 +226,7 @@ func (c *Cluster) Stop() error {
 		return nil
 	default:
 	}
-	c.proc.Process.Signal(syscall.SIGINT)
-	select {
-	case <-c.done:
-	case <-time.After(30 * time.Second):
-		c.proc.Process.Kill()
-		<-c.done
-	}
+	testutil.StopProcess(c.proc.Process, c.done, syscall.SIGINT, 30*time.Second)
 	c.proc = nil
 	return nil
 }
@@ -270,13 +258,4 @@ func (c *Cluster) SQL(statements string) (string, error) {
 		strconv.Itoa(c.Port), "-U", "xapsd", "-d", "xapsd", "-At", "-c", statements)
 	out, err := cmd.CombinedOutput()
 	return strings.TrimSpace(string(out)), err
-}
-
-func freePort() (int, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port, nil
 }

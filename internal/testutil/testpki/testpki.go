@@ -26,6 +26,7 @@ import (
 	"net"
 	"time"
 
+	"github.com/sideshow/apns2/token"
 	pkcs12 "software.sslmate.com/src/go-pkcs12"
 )
 
@@ -314,6 +315,28 @@ func encodeP12(enc *pkcs12.Encoder, l *Leaf, password string) ([]byte, error) {
 	return der, nil
 }
 
+// P12MAC reads the MAC algorithm of a PKCS#12 file (SHA-1 for the legacy
+// format, SHA-256 for the modern one), so that a test can prove a file
+// is in the format it claims to test.
+func P12MAC(der []byte) (asn1.ObjectIdentifier, error) {
+	var pfx struct {
+		Version  int
+		AuthSafe asn1.RawValue
+		MacData  struct {
+			Mac struct {
+				Algorithm pkix.AlgorithmIdentifier
+				Digest    []byte
+			}
+			Salt       []byte
+			Iterations int `asn1:"optional,default:1"`
+		} `asn1:"optional"`
+	}
+	if _, err := asn1.Unmarshal(der, &pfx); err != nil {
+		return nil, fmt.Errorf("parse PKCS#12: %w", err)
+	}
+	return pfx.MacData.Mac.Algorithm.Algorithm, nil
+}
+
 // NewP8Key makes an APNs auth key as Apple's developer portal hands it
 // out: an EC P-256 key in a PKCS#8 "PRIVATE KEY" PEM block.
 func NewP8Key() (pemBytes []byte, key *ecdsa.PrivateKey, err error) {
@@ -326,6 +349,31 @@ func NewP8Key() (pemBytes []byte, key *ecdsa.PrivateKey, err error) {
 		return nil, nil, fmt.Errorf("encode auth key: %w", err)
 	}
 	return pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), key, nil
+}
+
+// NewPushCert issues a push certificate for topic (its UID) from a CA of
+// its own, for a client that does not need to know the CA.
+func NewPushCert(topic string) (*Leaf, error) {
+	ca, err := NewCA("push CA")
+	if err != nil {
+		return nil, err
+	}
+	return ca.Issue(IssueOptions{UID: topic})
+}
+
+// NewProviderToken makes a provider token as a daemon in token mode
+// holds it: a fresh .p8 key, key id ABCDEFGHIJ, team KLMNOPQRST, and its
+// first bearer signed.
+func NewProviderToken() (*token.Token, error) {
+	_, key, err := NewP8Key()
+	if err != nil {
+		return nil, err
+	}
+	tok := &token.Token{AuthKey: key, KeyID: "ABCDEFGHIJ", TeamID: "KLMNOPQRST"}
+	if _, err := tok.Generate(); err != nil {
+		return nil, fmt.Errorf("sign the provider token: %w", err)
+	}
+	return tok, nil
 }
 
 // ServerCert issues an ECDSA server certificate for the given hosts (IP

@@ -93,7 +93,7 @@ func TestIssueValidity(t *testing.T) {
 	}
 }
 
-func TestPEMForms(t *testing.T) {
+func TestKeysComeInTraditionalAndPKCS8PEM(t *testing.T) {
 	ca := newCA(t)
 	for _, kt := range []KeyType{RSA2048, ECDSAP256} {
 		leaf, err := ca.Issue(IssueOptions{UID: topic, KeyType: kt})
@@ -127,29 +127,7 @@ func TestPEMForms(t *testing.T) {
 	}
 }
 
-// pfxMAC reads the MAC algorithm of a PKCS#12 file, to prove the two
-// writers really differ the way their names say.
-func pfxMAC(t *testing.T, der []byte) asn1.ObjectIdentifier {
-	t.Helper()
-	var pfx struct {
-		Version  int
-		AuthSafe asn1.RawValue
-		MacData  struct {
-			Mac struct {
-				Algorithm pkix.AlgorithmIdentifier
-				Digest    []byte
-			}
-			Salt       []byte
-			Iterations int `asn1:"optional,default:1"`
-		} `asn1:"optional"`
-	}
-	if _, err := asn1.Unmarshal(der, &pfx); err != nil {
-		t.Fatalf("parse PFX: %v", err)
-	}
-	return pfx.MacData.Mac.Algorithm.Algorithm
-}
-
-func TestP12(t *testing.T) {
+func TestP12WritersDifferInMACAndRoundTripWithAPassword(t *testing.T) {
 	ca := newCA(t)
 	leaf, err := ca.Issue(IssueOptions{UID: topic})
 	if err != nil {
@@ -167,7 +145,11 @@ func TestP12(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if got := pfxMAC(t, der); !got.Equal(c.mac) {
+			got, err := P12MAC(der)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !got.Equal(c.mac) {
 				t.Errorf("%s: MAC algorithm %v, want %v", c.name, got, c.mac)
 			}
 			key, cert, chain, err := pkcs12.DecodeChain(der, pw)
@@ -189,7 +171,7 @@ func TestP12(t *testing.T) {
 	}
 }
 
-func TestNewP8Key(t *testing.T) {
+func TestNewP8KeyIsAP256KeyApns2Accepts(t *testing.T) {
 	p, key, err := NewP8Key()
 	if err != nil {
 		t.Fatal(err)
@@ -207,7 +189,7 @@ func TestNewP8Key(t *testing.T) {
 	}
 }
 
-func TestServerCert(t *testing.T) {
+func TestServerCertIsValidForLoopbackOnly(t *testing.T) {
 	ca := newCA(t)
 	srv, err := ServerCert(ca)
 	if err != nil {

@@ -1,0 +1,43 @@
+package transport
+
+import "golang.org/x/net/http2"
+
+// poolConn is one connection and what the pool knows about it.
+type poolConn struct {
+	cc       *http2.ClientConn
+	active   int  // requests on it from this pool
+	proven   bool // the last answer that mattered was a 200
+	answered bool // APNs has answered on it at least once
+	dead     bool
+	// streams is the server's stream limit as last read; pushes beyond it
+	// wait here, one woken per stream freed, rather than in x/net, which
+	// wakes all of its waiters whenever a stream ends. It is read again
+	// when the connection is proven and every refreshEvery pushes that
+	// find it full, in case the server raised it.
+	streams int
+	full    int
+}
+
+const refreshEvery = 256
+
+// limit is how many pushes pc may carry now.
+func (pc *poolConn) limit() int {
+	if !pc.proven {
+		return 1
+	}
+	return pc.streams
+}
+
+// refreshLimit reads the server's current stream limit.
+func (pc *poolConn) refreshLimit() {
+	if n := int(pc.cc.State().MaxConcurrentStreams); n > 0 {
+		pc.streams = n
+	}
+}
+
+// waiter is a push waiting in acquire.
+type waiter struct {
+	ch   chan struct{} // signalled (buffer 1) to look again, or with pc set
+	pc   *poolConn     // a slot handed over by passLocked
+	gone bool          // gave up (context ended)
+}
