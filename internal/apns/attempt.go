@@ -24,13 +24,33 @@ const reasonExpiredUnsent = "expired while sending was paused"
 const PushTimeout = 30 * time.Second
 
 // Payload is the body iOS Mail expects (docs/protocol.md#apns-payload), with the account id
-// JSON-escaped.
+// JSON-escaped as encoding/json escapes it. An account id is usually a
+// UUID, which needs no escaping: it is copied as it is, without
+// encoding/json's reflection (2 % of the daemon's CPU per push).
 func Payload(accountID string) []byte {
-	id, _ := json.Marshal(accountID)
-	b := make([]byte, 0, len(id)+24)
-	b = append(b, `{"aps":{"account-id":`...)
-	b = append(b, id...)
-	return append(b, "}}"...)
+	const prefix, suffix = `{"aps":{"account-id":`, "}}"
+	if !plainJSONString(accountID) {
+		id, _ := json.Marshal(accountID)
+		return append(append(append(make([]byte, 0, len(prefix)+len(id)+len(suffix)), prefix...), id...), suffix...)
+	}
+	b := make([]byte, 0, len(prefix)+len(accountID)+2+len(suffix))
+	b = append(b, prefix...)
+	b = append(b, '"')
+	b = append(b, accountID...)
+	b = append(b, '"')
+	return append(b, suffix...)
+}
+
+// plainJSONString: encoding/json writes s between quotes as it is
+// (printable ASCII without the characters it escapes).
+func plainJSONString(s string) bool {
+	for i := 0; i < len(s); i++ {
+		switch c := s[i]; {
+		case c < 0x20, c >= 0x7f, c == '"', c == '\\', c == '<', c == '>', c == '&':
+			return false
+		}
+	}
+	return true
 }
 
 // verdict is what an answer asks of the sender beyond the outcome of its
