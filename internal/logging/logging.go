@@ -37,7 +37,7 @@ func Configure(l *logrus.Logger, level, format string) error {
 	}
 	switch strings.ToLower(format) {
 	case "", "text":
-		l.SetFormatter(utc{&logrus.TextFormatter{FullTimestamp: true, TimestampFormat: time.RFC3339}})
+		l.SetFormatter(newTextFormatter())
 	case "json":
 		l.SetFormatter(utc{&logrus.JSONFormatter{TimestampFormat: time.RFC3339}})
 	default:
