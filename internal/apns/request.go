@@ -80,7 +80,7 @@ func (p *pusher) PushWithContext(ctx apns2.Context, n *apns2.Notification) (*apn
 	if err != nil {
 		return nil, err
 	}
-	if req.URL, err = p.url(n.DeviceToken); err != nil {
+	if err := p.url(req.URL, n.DeviceToken); err != nil {
 		return nil, err
 	}
 	req.Host = req.URL.Host
@@ -100,8 +100,11 @@ func (p *pusher) PushWithContext(ctx apns2.Context, n *apns2.Notification) (*apn
 	}
 	defer resp.Body.Close()
 	r := &apns2.Response{StatusCode: resp.StatusCode, ApnsID: first(resp.Header["Apns-Id"]), ApnsUniqueID: first(resp.Header["Apns-Unique-Id"])}
-	if resp.Body == http.NoBody {
-		return r, nil // Apple's 200: no body to decode
+	if resp.ContentLength == 0 {
+		// Apple's 200: no body to decode. (A server that sends data
+		// after declaring none would make apns2 return the read's error;
+		// that is the one answer read differently.)
+		return r, nil
 	}
 	if err := json.NewDecoder(resp.Body).Decode(r); err != nil && err != io.EOF {
 		return &apns2.Response{}, err
@@ -122,11 +125,18 @@ func (p *pusher) payload(n *apns2.Notification) ([]byte, error) {
 // url is the endpoint's /3/device/<token>. A device token is hex, and its
 // URL is then the endpoint's with that path; anything else is parsed as
 // apns2 does.
-func (p *pusher) url(deviceToken string) (*url.URL, error) {
+// It fills in u, the empty URL of a new request.
+func (p *pusher) url(u *url.URL, deviceToken string) error {
 	if p.base == nil || !plainPathSegment(deviceToken) {
-		return url.Parse(p.endpoint + "/3/device/" + deviceToken)
+		parsed, err := url.Parse(p.endpoint + "/3/device/" + deviceToken)
+		if err != nil {
+			return err
+		}
+		*u = *parsed
+		return nil
 	}
-	return &url.URL{Scheme: p.base.Scheme, Host: p.base.Host, Path: "/3/device/" + deviceToken}, nil
+	*u = url.URL{Scheme: p.base.Scheme, Host: p.base.Host, Path: "/3/device/" + deviceToken}
+	return nil
 }
 
 // plainPathSegment: s is a path segment that needs no escaping.
