@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
+	"sync"
 	"time"
 
 	"github.com/sideshow/apns2"
@@ -53,6 +54,35 @@ func plainJSONString(s string) bool {
 	return true
 }
 
+// pushDeadlineSlack is how much longer than PushTimeout a push may take
+// with a shared deadline.
+const pushDeadlineSlack = time.Second
+
+// pushDeadlines hands the pushes that start within the same
+// pushDeadlineSlack one context, which ends PushTimeout plus
+// pushDeadlineSlack after the first of them started: every push gets
+// between PushTimeout and PushTimeout+pushDeadlineSlack. A context with
+// its own timer per push (and the channel the HTTP/2 client asks of it)
+// was 2 % of the daemon's CPU per push.
+type pushDeadlines struct {
+	mu     sync.Mutex
+	ctx    context.Context
+	cancel context.CancelFunc // never called: the context ends at its deadline, when its pushes have
+	until  time.Time          // when a push may no longer take ctx
+}
+
+// context returns the context for a push that starts now.
+func (d *pushDeadlines) context() context.Context {
+	now := time.Now()
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.ctx == nil || !now.Before(d.until) {
+		d.ctx, d.cancel = context.WithDeadline(context.Background(), now.Add(PushTimeout+pushDeadlineSlack))
+		d.until = now.Add(pushDeadlineSlack)
+	}
+	return d.ctx
+}
+
 // verdict is what an answer asks of the sender beyond the outcome of its
 // own push: attempt finds it, decide acts on it, and a probe's return
 // reads refusedTest.
@@ -93,9 +123,13 @@ func (s *Sender) attempt(ctx context.Context, j *job) (Result, verdict) {
 		Payload:     Payload(j.key.AccountID),
 	}
 	// A slow answer must not hold a worker for ever; Apple answers in
-	// milliseconds when it answers at all.
-	ctx, cancel := context.WithTimeout(ctx, PushTimeout)
-	defer cancel()
+	// milliseconds when it answers at all. The sender's own pushes come
+	// with a shared deadline (pushDeadlines) that already bounds them.
+	if d, ok := ctx.Deadline(); !ok || time.Until(d) > PushTimeout+pushDeadlineSlack {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, PushTimeout)
+		defer cancel()
+	}
 	start := time.Now()
 	sent := s.opts.Now()
 	resp, err := c.Transport.PushWithContext(ctx, n)
