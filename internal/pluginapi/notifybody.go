@@ -22,23 +22,13 @@ func decodeNotifyBody(b []byte, req *notifyRequest) bool {
 		}
 		switch key {
 		case "Username":
-			if r.Username != nil {
+			if !s.strOnce(&r.Username) {
 				return false
 			}
-			v, ok := s.str()
-			if !ok {
-				return false
-			}
-			r.Username = &v
 		case "Mailbox":
-			if r.Mailbox != nil {
+			if !s.strOnce(&r.Mailbox) {
 				return false
 			}
-			v, ok := s.str()
-			if !ok {
-				return false
-			}
-			r.Mailbox = &v
 		case "Events":
 			if r.Events != nil || !s.strings(&r.Events) {
 				return false
@@ -107,6 +97,18 @@ func (s *jsonScanner) str() (string, bool) {
 		}
 	}
 	return "", false
+}
+
+// strOnce reads a string into *v, which no earlier key has set.
+func (s *jsonScanner) strOnce(v **string) bool {
+	if *v != nil {
+		return false
+	}
+	str, ok := s.str()
+	if ok {
+		*v = &str
+	}
+	return ok
 }
 
 // strings reads an array of such strings into *v (an empty array is an
