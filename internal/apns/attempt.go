@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
+	"sync"
 	"time"
 
 	"github.com/sideshow/apns2"
@@ -24,13 +25,62 @@ const reasonExpiredUnsent = "expired while sending was paused"
 const PushTimeout = 30 * time.Second
 
 // Payload is the body iOS Mail expects (docs/protocol.md#apns-payload), with the account id
-// JSON-escaped.
+// JSON-escaped as encoding/json escapes it. An account id is usually a
+// UUID, which needs no escaping: it is copied as it is, without
+// encoding/json's reflection (2 % of the daemon's CPU per push).
 func Payload(accountID string) []byte {
-	id, _ := json.Marshal(accountID)
-	b := make([]byte, 0, len(id)+24)
-	b = append(b, `{"aps":{"account-id":`...)
-	b = append(b, id...)
-	return append(b, "}}"...)
+	const prefix, suffix = `{"aps":{"account-id":`, "}}"
+	if !plainJSONString(accountID) {
+		id, _ := json.Marshal(accountID)
+		return append(append(append(make([]byte, 0, len(prefix)+len(id)+len(suffix)), prefix...), id...), suffix...)
+	}
+	b := make([]byte, 0, len(prefix)+len(accountID)+2+len(suffix))
+	b = append(b, prefix...)
+	b = append(b, '"')
+	b = append(b, accountID...)
+	b = append(b, '"')
+	return append(b, suffix...)
+}
+
+// plainJSONString: encoding/json writes s between quotes as it is
+// (printable ASCII without the characters it escapes).
+func plainJSONString(s string) bool {
+	for i := 0; i < len(s); i++ {
+		switch c := s[i]; {
+		case c < 0x20, c >= 0x7f, c == '"', c == '\\', c == '<', c == '>', c == '&':
+			return false
+		}
+	}
+	return true
+}
+
+// pushDeadlineSlack is how much longer than PushTimeout a push may take
+// with a shared deadline.
+const pushDeadlineSlack = time.Second
+
+// pushDeadlines hands the pushes that start within the same
+// pushDeadlineSlack one context, which ends PushTimeout plus
+// pushDeadlineSlack after the first of them started: every push gets
+// between PushTimeout and PushTimeout+pushDeadlineSlack. A context with
+// its own timer per push (and the channel the HTTP/2 client asks of it)
+// was 2 % of the daemon's CPU per push.
+type pushDeadlines struct {
+	mu     sync.Mutex
+	ctx    context.Context
+	cancel context.CancelFunc // never called: the context ends at its deadline, when its pushes have
+	until  time.Time          // when a push may no longer take ctx
+}
+
+// context returns the context for a push that starts now.
+func (d *pushDeadlines) context() context.Context {
+	now := time.Now()
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.ctx == nil || !now.Before(d.until) {
+		d.ctx, d.cancel = context.WithDeadline(context.Background(), now.Add(PushTimeout+pushDeadlineSlack))
+		d.until = now.Add(pushDeadlineSlack)
+	}
+	return d.ctx
 }
 
 // verdict is what an answer asks of the sender beyond the outcome of its
@@ -73,9 +123,13 @@ func (s *Sender) attempt(ctx context.Context, j *job) (Result, verdict) {
 		Payload:     Payload(j.key.AccountID),
 	}
 	// A slow answer must not hold a worker for ever; Apple answers in
-	// milliseconds when it answers at all.
-	ctx, cancel := context.WithTimeout(ctx, PushTimeout)
-	defer cancel()
+	// milliseconds when it answers at all. The sender's own pushes come
+	// with a shared deadline (pushDeadlines) that already bounds them.
+	if d, ok := ctx.Deadline(); !ok || time.Until(d) > PushTimeout+pushDeadlineSlack {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, PushTimeout)
+		defer cancel()
+	}
 	start := time.Now()
 	sent := s.opts.Now()
 	resp, err := c.Transport.PushWithContext(ctx, n)
@@ -306,9 +360,12 @@ func (s *Sender) report(res Result) {
 		s.opts.OnResult(res)
 	}
 	fields := logrus.Fields{
-		"token":   logging.Mask(s.log, res.Device.DeviceToken),
-		"user":    res.Device.User,
-		"outcome": res.Outcome,
+		"token": logging.Mask(s.log, res.Device.DeviceToken),
+		"user":  res.Device.User,
+		// A string, not an Outcome: the text formatter writes strings
+		// itself and anything else through fmt.Sprint (5 % of the
+		// daemon's CPU per push, for the same text).
+		"outcome": string(res.Outcome),
 		"status":  res.Status,
 		"attempt": res.Attempt,
 		"ms":      res.Duration.Milliseconds(),

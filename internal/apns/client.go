@@ -15,8 +15,9 @@ import (
 	"github.com/xapsd/xapsd/internal/logging"
 )
 
-// Transport sends one notification. *apns2.Client satisfies it; so does
-// the dry-run transport.
+// Transport sends one notification, with apns2.Client's signature: the
+// pusher (the same requests as apns2.Client for less CPU), the dry-run
+// transport, and tests' own.
 type Transport interface {
 	PushWithContext(ctx apns2.Context, n *apns2.Notification) (*apns2.Response, error)
 }
@@ -132,21 +133,19 @@ type ClientOptions struct {
 // pushes at once at APNs' stream limit (transport.ConnectionsFor).
 func ConnectionsFor(concurrency int) int { return transport.ConnectionsFor(concurrency) }
 
-// newHTTPClient is apns2's HTTP client on a transport.Pool. No
-// http.Client.Timeout: every push carries a context deadline from the
-// sender (Sender.attempt), and a second deadline per request only cost a
-// timer and a context.
-func newHTTPClient(o ClientOptions, certs []tls.Certificate) (*http.Client, *transport.Pool) {
-	p := transport.New(transport.Options{Roots: o.Roots, ReadIdleTimeout: o.ReadIdleTimeout, PingTimeout: o.PingTimeout,
+// newPool is the HTTP/2 connection pool the pushes go over. The pusher
+// sends straight to it, without an http.Client: every push carries a
+// context deadline from the sender (Sender.attempt), so a client timeout
+// would only cost a second timer per request.
+func newPool(o ClientOptions, certs []tls.Certificate) *transport.Pool {
+	return transport.New(transport.Options{Roots: o.Roots, ReadIdleTimeout: o.ReadIdleTimeout, PingTimeout: o.PingTimeout,
 		IdleTimeout: o.IdleTimeout, OnConnect: o.OnConnect, Connections: o.Connections}, certs)
-	return &http.Client{Transport: p}, p
 }
 
 // NewCertificateClient pushes with a client certificate (PEM or PKCS#12).
 func NewCertificateClient(cert tls.Certificate, topic string, o ClientOptions) *Client {
-	hc, pool := newHTTPClient(o, []tls.Certificate{cert})
-	c := &apns2.Client{Certificate: cert, Host: o.URL, HTTPClient: hc}
-	return &Client{Topic: topic, Transport: c, pool: pool, host: endpointHost(o.URL)}
+	pool := newPool(o, []tls.Certificate{cert})
+	return &Client{Topic: topic, Transport: newPusher(o.URL, pool, nil), pool: pool, host: endpointHost(o.URL)}
 }
 
 // NewTokenClient pushes with a .p8 signing key (JWT bearer tokens). Pass
@@ -154,9 +153,8 @@ func NewCertificateClient(cert tls.Certificate, topic string, o ClientOptions) *
 // key (Token.Same), so that a reload does not count as a token update at
 // Apple.
 func NewTokenClient(tok *Token, topic string, o ClientOptions) *Client {
-	hc, pool := newHTTPClient(o, nil)
-	c := &apns2.Client{Token: tok.tok, Host: o.URL, HTTPClient: hc}
-	return &Client{Topic: topic, Transport: c, pool: pool, token: tok, host: endpointHost(o.URL)}
+	pool := newPool(o, nil)
+	return &Client{Topic: topic, Transport: newPusher(o.URL, pool, tok.tok), pool: pool, token: tok, host: endpointHost(o.URL)}
 }
 
 // NewDryRunClient logs each push instead of sending it: for trying xapsd

@@ -127,7 +127,7 @@ func (s *Sender) nextLocked() look {
 // answer means for the queue and the rules.
 func (s *Sender) send(j *job) {
 	defer func() { <-s.sem }()
-	res, v := s.attempt(context.Background(), j)
+	res, v := s.attempt(s.deadlines.context(), j)
 	s.decide(context.Background(), &res, v)
 	s.report(res)
 	s.mu.Lock()

@@ -120,12 +120,13 @@ type Options struct {
 
 // Sender owns the push queue. Create it with New, start it with Run.
 type Sender struct {
-	opts    Options
-	log     logrus.FieldLogger
-	client  atomic.Pointer[Client]
-	sem     chan struct{} // a slot for each push in flight
-	kickc   chan struct{} // wakes the dispatcher
-	lastLog sync.Map      // message kind → *atomic.Int64 for logging.EveryMinute
+	opts      Options
+	log       logrus.FieldLogger
+	client    atomic.Pointer[Client]
+	sem       chan struct{} // a slot for each push in flight
+	kickc     chan struct{} // wakes the dispatcher
+	lastLog   sync.Map      // message kind → *atomic.Int64 for logging.EveryMinute
+	deadlines pushDeadlines // the contexts of the pushes in flight
 
 	// mu guards the queue and the rules below. Their methods run under
 	// it; the Sender's own methods take it, except those named ...Locked,

@@ -412,7 +412,7 @@ func TestTransportErrorsDoNotLogTheToken(t *testing.T) {
 
 // A dry-run push reached nobody: it has its own outcome, not delivered.
 func TestDryRunPushesAreTheirOwnOutcome(t *testing.T) {
-	var logged bytes.Buffer
+	var logged testutil.Buffer
 	l := logrus.New()
 	l.SetOutput(&logged)
 	res := newResults()
@@ -427,8 +427,9 @@ func TestDryRunPushesAreTheirOwnOutcome(t *testing.T) {
 	if r := s.PushNow(context.Background(), dev); r.Outcome != DryRun {
 		t.Errorf("dry-run test push: %+v", r)
 	}
-	// The sender logs a push after reporting its result: read the log
-	// once it has stopped.
+	// The sender logs a push after reporting its result, and Run does
+	// not wait for a push's goroutine: wait for both lines.
+	testutil.WaitFor(t, "both pushes logged", func() bool { return strings.Count(logged.String(), "outcome=") >= 2 })
 	cancel()
 	<-done
 	if strings.Contains(logged.String(), "outcome=delivered") || !strings.Contains(logged.String(), "outcome=dry-run") {

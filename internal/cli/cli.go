@@ -159,7 +159,9 @@ func Main(args []string, env Env) int {
 		return check(env, cfg, warnings, o.quiet)
 	}
 
-	log, err := logging.New(env.Stderr, cfg.LogLevel, cfg.LogFormat)
+	logOut, flushLog := daemonLogOutput(env.Stderr)
+	defer flushLog()
+	log, err := logging.New(logOut, cfg.LogLevel, cfg.LogFormat)
 	if err != nil {
 		fmt.Fprintf(env.Stderr, "xapsd: %v\n", err)
 		return 1
@@ -187,6 +189,7 @@ func Main(args []string, env Env) int {
 			case stopping:
 				// A second stop signal means "now".
 				log.Warn("second stop signal: exiting without finishing")
+				flushLog()
 				os.Exit(1)
 			default:
 				stopping = true
@@ -206,6 +209,18 @@ func Main(args []string, env Env) int {
 	}
 	log.Info("xapsd stopped")
 	return 0
+}
+
+// daemonLogOutput is where the daemon logs: stderr, through a
+// logging.Writer that gathers the lines of busy moments into one write
+// (close it with done, which writes what waits). On a terminal the lines
+// go straight to it, and logrus colours them as before.
+func daemonLogOutput(stderr io.Writer) (out io.Writer, done func()) {
+	if f, ok := stderr.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
+		return stderr, func() {}
+	}
+	w := logging.NewWriter(stderr)
+	return w, func() { _ = w.Close() }
 }
 
 func versionString(v string) string {

@@ -5,12 +5,14 @@ import (
 	"context"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"reflect"
 	"strings"
 	"testing"
+	"unicode/utf8"
 
 	"github.com/xapsd/xapsd/internal/notify"
 	"github.com/xapsd/xapsd/internal/registry"
@@ -94,6 +96,27 @@ func decodeAsBefore(w http.ResponseWriter, r *http.Request, v any) (int, error) 
 
 func FuzzDecodeMatchesDecoder(f *testing.F) {
 	f.Add([]byte(pluginRegister))
+	f.Add([]byte(pluginNotify))
+	// The forms decodeNotifyBody reads, and its near misses.
+	for _, b := range []string{
+		`{"Username":"a","Mailbox":"INBOX","Events":["MessageNew","FlagsSet"]}`,
+		` { "Username" : "ü@x" ,"Mailbox":"Sent Items", "Events" : [ ] } ` + "\r\n",
+		`{"Username":"a","Mailbox":"Sent\tItems","Events":[]}`,
+		`{"Events":["MessageNew"],"Mailbox":"INBOX","Username":"a"}`,
+		`{"Username":"a","Username":"b","Mailbox":"INBOX"}`,
+		`{"username":"a","Mailbox":"INBOX","Events":["MessageNew"]}`,
+		`{"Username":"a\u0062","Mailbox":"INBOX"}`,
+		`{"Username":null,"Mailbox":"INBOX","Events":null}`,
+		`{"Username":"a","Mailbox":"INBOX","Events":["x",]}`,
+		`{"Username":"a","Mailbox":"INBOX","Events":[1]}`,
+		`{"Username":"a","Mailbox":"INBOX","Other":"x"}`,
+		`{"Username":"a","Mailbox":"INBOX",}`,
+		`{"Username":"a"}x`,
+		`{}`,
+		"{\"Username\":\"a\tb\"}",
+	} {
+		f.Add([]byte(b))
+	}
 	f.Add([]byte(`{"Username":"a","Mailbox":"INBOX","Events":["MessageNew"]} trailing`))
 	f.Add([]byte(`{"Username":"a"}{"Username":"b"}`))
 	f.Add([]byte(`{"Username":1,"Mailbox":"INBOX"}`))
@@ -111,6 +134,11 @@ func FuzzDecodeMatchesDecoder(f *testing.F) {
 			req.Body = http.MaxBytesReader(httptest.NewRecorder(), req.Body, MaxBody) // as route bounds it
 			gotStatus, gotErr := h.decode(req, got)
 			wantStatus, wantErr := decodeAsBefore(httptest.NewRecorder(), httptest.NewRequest(http.MethodPost, "/", bytes.NewReader(body)), want)
+			if len(body) <= MaxBody && !utf8.Valid(body) {
+				// Refused whole since invalid UTF-8 was (the decoder
+				// replaced it with U+FFFD).
+				wantStatus, wantErr = http.StatusBadRequest, errors.New("body is not valid UTF-8")
+			}
 			if gotStatus != wantStatus || fmt.Sprint(gotErr) != fmt.Sprint(wantErr) {
 				t.Fatalf("%q: decode gives %d %v, the decoder gave %d %v", body, gotStatus, gotErr, wantStatus, wantErr)
 			}

@@ -299,7 +299,7 @@ type notifyRequest struct {
 // for the old daemon.
 //
 // The usual body, one well-formed value, is read into a pooled buffer and
-// unmarshalled: a json.Decoder per request was a seventh of the daemon's
+// unmarshalled (the plugin's /notify body by decodeNotifyBody): a json.Decoder per request was a seventh of the daemon's
 // allocations under load. Anything else (trailing data, a syntax or type
 // error, a body over the cap) is decoded from the same bytes the way it
 // always was, so what is accepted and every error message stay the same.
@@ -314,6 +314,9 @@ func (h *handler) decode(r *http.Request, v any) (int, error) {
 	// whole.
 	if rerr == nil && !utf8.Valid(buf.Bytes()) {
 		return http.StatusBadRequest, errors.New("body is not valid UTF-8")
+	}
+	if req, ok := v.(*notifyRequest); ok && rerr == nil && decodeNotifyBody(buf.Bytes(), req) {
+		return 0, nil
 	}
 	// Unmarshal checks the whole input before it stores anything, so a
 	// body it refuses for its syntax leaves v untouched for the decoder.

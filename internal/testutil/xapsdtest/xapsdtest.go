@@ -9,7 +9,6 @@
 package xapsdtest
 
 import (
-	"bytes"
 	"context"
 	"crypto/x509"
 	"fmt"
@@ -19,7 +18,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -61,23 +59,8 @@ func WriteConfig(t testing.TB, dir string, extra string) string {
 	return net.JoinHostPort(strings.Trim(vals["listenAddr"], "[]'\""), fmt.Sprint(port))
 }
 
-// Buffer collects a log for assertions; it is safe for concurrent use.
-type Buffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *Buffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *Buffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
+// Buffer collects a log for assertions (testutil.Buffer).
+type Buffer = testutil.Buffer
 
 // WaitLog waits up to timeout for substr in log.
 func WaitLog(log fmt.Stringer, substr string, timeout time.Duration) bool {
