@@ -42,6 +42,14 @@ func (c *Client) CloseIdle() {
 	}
 }
 
+// OpenConnections counts the client's connections to APNs.
+func (c *Client) OpenConnections() int {
+	if c.pool == nil {
+		return 0
+	}
+	return c.pool.Open()
+}
+
 // Token is the client's provider token, nil with a certificate.
 func (c *Client) Token() *Token { return c.token }
 
@@ -125,12 +133,11 @@ type ClientOptions struct {
 	Roots                                     *x509.CertPool
 	ReadIdleTimeout, PingTimeout, IdleTimeout time.Duration
 	OnConnect                                 func(error)
-	Connections                               int
+	// Connections caps the connections (apnsMaxConnections), and an
+	// extra one closes after ExtraIdleTimeout without pushes.
+	Connections      int
+	ExtraIdleTimeout time.Duration
 }
-
-// ConnectionsFor is the number of connections that carry concurrency
-// pushes at once at APNs' stream limit (transport.ConnectionsFor).
-func ConnectionsFor(concurrency int) int { return transport.ConnectionsFor(concurrency) }
 
 // newHTTPClient is apns2's HTTP client on a transport.Pool. No
 // http.Client.Timeout: every push carries a context deadline from the
@@ -138,7 +145,7 @@ func ConnectionsFor(concurrency int) int { return transport.ConnectionsFor(concu
 // timer and a context.
 func newHTTPClient(o ClientOptions, certs []tls.Certificate) (*http.Client, *transport.Pool) {
 	p := transport.New(transport.Options{Roots: o.Roots, ReadIdleTimeout: o.ReadIdleTimeout, PingTimeout: o.PingTimeout,
-		IdleTimeout: o.IdleTimeout, OnConnect: o.OnConnect, Connections: o.Connections}, certs)
+		IdleTimeout: o.IdleTimeout, OnConnect: o.OnConnect, Connections: o.Connections, ExtraIdleTimeout: o.ExtraIdleTimeout}, certs)
 	return &http.Client{Transport: p}, p
 }
 
