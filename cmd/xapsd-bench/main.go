@@ -48,7 +48,9 @@ type options struct {
 	// fewStreams is the stream limit of the second APNs stand-in, 0 for
 	// none: its phase shows whether xapsd spreads its pushes over several
 	// connections when one carries too few.
-	fewStreams  int
+	fewStreams int
+	// concurrency is the daemon's apnsConcurrency; 0 leaves the default.
+	concurrency int
 	logLevel    string
 	metricsAddr string
 	cpuProfile  string
@@ -69,7 +71,8 @@ func main() {
 	flag.StringVar(&delays, "apns-delays", "0ms,40ms", "APNs answer delays to measure throughput with")
 	flag.IntVar(&o.rate, "rate", 2000, "requests per second for the fixed-rate latency phase")
 	flag.DurationVar(&o.rateDelay, "rate-apns-delay", 40*time.Millisecond, "APNs answer delay in the fixed-rate phase")
-	flag.IntVar(&o.fewStreams, "few-streams", 250, "concurrent streams the second APNs stand-in allows per connection (Go's default, a relay's or a throttled Apple's); its throughput phase runs at -rate-apns-delay (0 skips it)")
+	flag.IntVar(&o.fewStreams, "few-streams", 250, "concurrent streams the second APNs stand-in allows per connection (Go's default, a relay's or a throttled Apple's); its throughput phase runs at -rate-apns-delay with the default apnsConcurrency (0 skips it)")
+	flag.IntVar(&o.concurrency, "apns-concurrency", 2000, "xapsd's apnsConcurrency in every phase but the -few-streams one")
 	flag.IntVar(&o.bigRegistry, "registry-size", 1000000, "registrations in the load-time phase (0 skips it)")
 	flag.StringVar(&o.logLevel, "loglevel", "info", "xapsd log level (info logs one line per push)")
 	flag.StringVar(&o.metricsAddr, "metrics", "auto", "xapsd metricsListenAddr: auto (a free loopback port), off, or host:port (to take profiles from /debug/pprof/ too)")
@@ -274,9 +277,11 @@ func perPush(cpu time.Duration, pushes int64) string {
 // measureFewStreams restarts the daemon (same registrations) against a
 // stand-in that allows o.fewStreams streams per connection, answering
 // after o.rateDelay, and measures throughput as against the first. One
-// connection carries at most fewStreams/delay pushes a second there. A
-// second of load first lets the daemon open the connections it wants,
-// as the earlier phases left the first stand-in's connection open.
+// connection carries at most fewStreams/delay pushes a second there. The
+// daemon has its default apnsConcurrency (1000), as most have: with it,
+// a daemon that keeps one connection is capped there. A second of load
+// first lets the daemon open the connections it wants, as the earlier
+// phases left the first stand-in's connection open.
 func measureFewStreams(o options, dir string, add func(name, value, note string)) error {
 	apns, err := fakeapns.Start(fakeapns.Options{
 		Responder:            func(fakeapns.Request) fakeapns.Response { return fakeapns.Response{Delay: o.rateDelay} },
@@ -291,6 +296,7 @@ func measureFewStreams(o options, dir string, add func(name, value, note string)
 	if err := apns.WriteCAFile(caFile); err != nil {
 		return err
 	}
+	o.concurrency = 0
 	d, err := startDaemon(o, dir, apns.URL, caFile)
 	if err != nil {
 		return err
@@ -299,7 +305,7 @@ func measureFewStreams(o options, dir string, add func(name, value, note string)
 	warm := o
 	warm.duration = time.Second
 	throughput(warm, d, apns, "(warm-up)", func(string, string, string) {})
-	throughput(o, d, apns, fmt.Sprintf("pushes/s end to end, APNs delay %s, %d streams", o.rateDelay, o.fewStreams), add)
+	throughput(o, d, apns, fmt.Sprintf("pushes/s end to end, APNs delay %s, %d streams, default apnsConcurrency", o.rateDelay, o.fewStreams), add)
 	if code := d.stop(); code != 0 {
 		return fmt.Errorf("xapsd exited %d:\n%s", code, d.tail())
 	}
@@ -486,7 +492,10 @@ func startDaemon(o options, dir, apnsURL, caFile string) (*daemon, error) {
 	// times a second, and the figure is xapsd's capacity, not its pacing.
 	cfg := fmt.Sprintf("loglevel: %s\nlistenAddr: 127.0.0.1\nport: %d\ndatabaseFile: state/database.json\n"+
 		"metricsListenAddr: %q\napnsEndpoint: %s\ncertificateFilePem: push.pem\ncertificateFilePemKey: push.key\n"+
-		"apnsConcurrency: 2000\nmetricsPprof: %t\napnsMinInterval: 0\n", o.logLevel, port, o.metricsAddr, apnsURL, o.metricsAddr != "off")
+		"metricsPprof: %t\napnsMinInterval: 0\n", o.logLevel, port, o.metricsAddr, apnsURL, o.metricsAddr != "off")
+	if o.concurrency > 0 {
+		cfg += fmt.Sprintf("apnsConcurrency: %d\n", o.concurrency)
+	}
 	if o.databaseURL != "" {
 		cfg += fmt.Sprintf("databaseURL: %q\n", o.databaseURL)
 	}
