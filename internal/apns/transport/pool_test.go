@@ -178,6 +178,30 @@ func noErrors(t *testing.T, errs []error) {
 	}
 }
 
+// notDialing fails the test unless p has open connections and is not
+// dialing another.
+func (p *Pool) notDialing(t *testing.T, open int) {
+	t.Helper()
+	p.mu.Lock()
+	n, dialing := len(p.conns), p.dialing
+	p.mu.Unlock()
+	if n != open || dialing {
+		t.Errorf("%d connections open, dialing another: %t; want %d, not dialing", n, dialing, open)
+	}
+}
+
+// settled fails the test unless srv accepted conns connections and no
+// stream went over its limit.
+func settled(t *testing.T, srv *fakeapns.Server, conns int64) {
+	t.Helper()
+	if n := srv.Connections(); n != conns {
+		t.Errorf("%d connections, want %d", n, conns)
+	}
+	if v := srv.Violations(); v != 0 {
+		t.Errorf("%d streams over the limit", v)
+	}
+}
+
 // waitingPushes counts the pushes waiting in p for a stream.
 func (p *Pool) waitingPushes() int {
 	p.mu.Lock()
@@ -206,23 +230,13 @@ func TestLowVolumeStaysOnOneConnection(t *testing.T) {
 	testutil.WaitFor(t, "pushes to wait for the first answer", func() bool {
 		return arrived.Load() == 1 && c.pool.waitingPushes() == 39
 	})
-	c.pool.mu.Lock()
-	dialing := c.pool.dialing
-	c.pool.mu.Unlock()
-	if dialing {
-		t.Error("another connection dialed while the first was not proven")
-	}
+	c.pool.notDialing(t, 1)
 	answer()
 	noErrors(t, <-done)
 	for range 5 {
 		noErrors(t, pushAll(c, 40))
 	}
-	if n := srv.Connections(); n != 1 {
-		t.Errorf("%d connections for 40 pushes at a time on a server allowing 50, want 1", n)
-	}
-	if v := srv.Violations(); v != 0 {
-		t.Errorf("%d streams over the limit", v)
-	}
+	settled(t, srv, 1)
 }
 
 // A connection at the server's stream limit with pushes waiting opens a
@@ -236,20 +250,10 @@ func TestSaturatedConnectionOpensASecond(t *testing.T) {
 	testutil.WaitFor(t, "a second connection to take the pushes the first could not", func() bool {
 		return srv.Connections() == 2 && srv.held.Load() == 13
 	})
-	c.pool.mu.Lock()
-	open, dialing := len(c.pool.conns), c.pool.dialing
-	c.pool.mu.Unlock()
-	if open != 2 || dialing {
-		t.Errorf("%d connections open, dialing %t; want 2, not dialing", open, dialing)
-	}
+	c.pool.notDialing(t, 2)
 	srv.release()
 	noErrors(t, <-done)
-	if n := srv.Connections(); n != 2 {
-		t.Errorf("%d connections, want 2", n)
-	}
-	if v := srv.Violations(); v != 0 {
-		t.Errorf("%d streams over the limit", v)
-	}
+	settled(t, srv.Server, 2)
 }
 
 // However long every connection stays full, the pool opens no more than
@@ -266,21 +270,11 @@ func TestNeverMoreConnectionsThanTheCap(t *testing.T) {
 	// A newcomer finds them full: below the cap it would dial.
 	more := pushAllLater(c, 1)
 	testutil.WaitFor(t, "the newcomer to wait", func() bool { return c.pool.waitingPushes() == 23 })
-	c.pool.mu.Lock()
-	open, dialing := len(c.pool.conns), c.pool.dialing
-	c.pool.mu.Unlock()
-	if open != 3 || dialing {
-		t.Errorf("%d connections open, dialing %t at the cap of 3", open, dialing)
-	}
+	c.pool.notDialing(t, 3)
 	srv.release()
 	noErrors(t, <-done)
 	noErrors(t, <-more)
-	if n := srv.Connections(); n != 3 {
-		t.Errorf("%d connections, want 3", n)
-	}
-	if v := srv.Violations(); v != 0 {
-		t.Errorf("%d streams over the limit", v)
-	}
+	settled(t, srv.Server, 3)
 }
 
 // Once the load has gone, the extra connection closes after
