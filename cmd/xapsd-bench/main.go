@@ -45,6 +45,12 @@ type options struct {
 	rate        int
 	rateDelay   time.Duration
 	bigRegistry int
+	// fewStreams is the stream limit of the second APNs stand-in, 0 for
+	// none: its phase shows whether xapsd spreads its pushes over several
+	// connections when one carries too few.
+	fewStreams int
+	// concurrency is the daemon's apnsConcurrency; 0 leaves the default.
+	concurrency int
 	logLevel    string
 	metricsAddr string
 	cpuProfile  string
@@ -65,6 +71,8 @@ func main() {
 	flag.StringVar(&delays, "apns-delays", "0ms,40ms", "APNs answer delays to measure throughput with")
 	flag.IntVar(&o.rate, "rate", 2000, "requests per second for the fixed-rate latency phase")
 	flag.DurationVar(&o.rateDelay, "rate-apns-delay", 40*time.Millisecond, "APNs answer delay in the fixed-rate phase")
+	flag.IntVar(&o.fewStreams, "few-streams", 250, "concurrent streams the second APNs stand-in allows per connection (Go's default, a relay's or a throttled Apple's); its throughput phase runs at -rate-apns-delay with the default apnsConcurrency (0 skips it)")
+	flag.IntVar(&o.concurrency, "apns-concurrency", 2000, "xapsd's apnsConcurrency in every phase but the -few-streams one")
 	flag.IntVar(&o.bigRegistry, "registry-size", 1000000, "registrations in the load-time phase (0 skips it)")
 	flag.StringVar(&o.logLevel, "loglevel", "info", "xapsd log level (info logs one line per push)")
 	flag.StringVar(&o.metricsAddr, "metrics", "auto", "xapsd metricsListenAddr: auto (a free loopback port), off, or host:port (to take profiles from /debug/pprof/ too)")
@@ -188,23 +196,7 @@ func run(o options) error {
 
 	for _, dl := range o.delays {
 		delay.Store(int64(dl))
-		before := apns.Count()
-		cpuD, cpuB := d.cpu(), selfCPU()
-		start := time.Now()
-		end := start.Add(o.duration)
-		n, lat, errs := drive(d.addr, o.clients, func(int) bool { return time.Now().Before(end) }, func(i int) (string, string) {
-			return "/notify", notifyBody(i % o.devices)
-		})
-		// Pushes still queued when the clients stop are not counted: this
-		// is what the daemon sustained while being driven.
-		el := time.Since(start)
-		pushes := apns.Count() - before
-		// CPU time per push is steadier than throughput on a shared VM.
-		perPush := func(d time.Duration) string { return fmtDur(d / time.Duration(max(pushes, 1))) }
-		add(fmt.Sprintf("pushes/s end to end, APNs delay %s", dl), fmt.Sprintf("%.0f/s", float64(pushes)/el.Seconds()),
-			fmt.Sprintf("(/notify %.0f/s, median %s, p99 %s, %d errors; CPU per push: xapsd %s, load generator and stand-in %s)",
-				float64(n)/el.Seconds(), pct(lat, 50), pct(lat, 99), errs, perPush(d.cpu()-cpuD), perPush(selfCPU()-cpuB)))
-		waitQuiet(apns)
+		throughput(o, d, apns, fmt.Sprintf("pushes/s end to end, APNs delay %s", dl), add)
 	}
 
 	delay.Store(int64(o.rateDelay))
@@ -212,17 +204,24 @@ func run(o options) error {
 	// throughput phases collected, not during it.
 	runtime.GC()
 	hBefore := notifyHistogram(o.metricsAddr)
+	before, cpuD := apns.Count(), d.cpu()
 	lat, errs = fixedRate(d.addr, o.rate, o.duration, o.devices)
+	cpuPerPush := perPush(d.cpu()-cpuD, apns.Count()-before)
 	server := ""
 	if hBefore != nil {
 		// The daemon's own view, from its histogram: where the tail is.
 		server = "; inside xapsd p99 " + histogramP99(hBefore, notifyHistogram(o.metricsAddr))
 	}
 	add(fmt.Sprintf("/notify latency at %d/s, APNs delay %s", o.rate, o.rateDelay), "p99 "+pct(lat, 99),
-		fmt.Sprintf("(median %s, max %s, %d errors%s)", pct(lat, 50), pct(lat, 100), errs, server))
+		fmt.Sprintf("(median %s, max %s, %d errors%s; CPU per push: xapsd %s)", pct(lat, 50), pct(lat, 100), errs, server, cpuPerPush))
 	waitQuiet(apns)
 	if code := d.stop(); code != 0 {
 		return fmt.Errorf("xapsd exited %d:\n%s", code, d.tail())
+	}
+	if o.fewStreams > 0 {
+		if err := measureFewStreams(o, dir, add); err != nil {
+			return err
+		}
 	}
 
 	if o.bigRegistry > 0 && o.databaseURL != "" {
@@ -245,6 +244,70 @@ func run(o options) error {
 	fmt.Printf("\n| measure | result | detail |\n|---|---|---|\n")
 	for _, r := range rows {
 		fmt.Printf("| %s | %s | %s |\n", r.name, r.value, r.note)
+	}
+	return nil
+}
+
+// throughput drives /notify from o.clients clients for o.duration and
+// adds what APNs received per second, with the daemon's CPU per push.
+func throughput(o options, d *daemon, apns *fakeapns.Server, name string, add func(name, value, note string)) {
+	before := apns.Count()
+	cpuD, cpuB := d.cpu(), selfCPU()
+	start := time.Now()
+	end := start.Add(o.duration)
+	n, lat, errs := drive(d.addr, o.clients, func(int) bool { return time.Now().Before(end) }, func(i int) (string, string) {
+		return "/notify", notifyBody(i % o.devices)
+	})
+	// Pushes still queued when the clients stop are not counted: this
+	// is what the daemon sustained while being driven.
+	el := time.Since(start)
+	pushes := apns.Count() - before
+	// CPU time per push is steadier than throughput on a shared VM.
+	add(name, fmt.Sprintf("%.0f/s", float64(pushes)/el.Seconds()),
+		fmt.Sprintf("(/notify %.0f/s, median %s, p99 %s, %d errors; CPU per push: xapsd %s, load generator and stand-in %s; %d connections to APNs so far)",
+			float64(n)/el.Seconds(), pct(lat, 50), pct(lat, 99), errs, perPush(d.cpu()-cpuD, pushes), perPush(selfCPU()-cpuB, pushes), apns.Connections()))
+	waitQuiet(apns)
+}
+
+// perPush divides CPU time by the pushes it bought.
+func perPush(cpu time.Duration, pushes int64) string {
+	return fmtDur(cpu / time.Duration(max(pushes, 1)))
+}
+
+// measureFewStreams restarts the daemon (same registrations) against a
+// stand-in that allows o.fewStreams streams per connection, answering
+// after o.rateDelay, and measures throughput as against the first. One
+// connection carries at most fewStreams/delay pushes a second there. The
+// daemon has its default apnsConcurrency (1000), as most have: with it,
+// a daemon that keeps one connection is capped there. A second of load
+// first lets the daemon open the connections it wants, as the earlier
+// phases left the first stand-in's connection open.
+func measureFewStreams(o options, dir string, add func(name, value, note string)) error {
+	apns, err := fakeapns.Start(fakeapns.Options{
+		Responder:            func(fakeapns.Request) fakeapns.Response { return fakeapns.Response{Delay: o.rateDelay} },
+		NoRecord:             true,
+		MaxConcurrentStreams: o.fewStreams,
+	})
+	if err != nil {
+		return fmt.Errorf("start APNs stand-in with %d streams: %w", o.fewStreams, err)
+	}
+	defer apns.Close()
+	caFile := filepath.Join(dir, "apns-few-ca.pem")
+	if err := apns.WriteCAFile(caFile); err != nil {
+		return err
+	}
+	o.concurrency = 0
+	d, err := startDaemon(o, dir, apns.URL, caFile)
+	if err != nil {
+		return err
+	}
+	defer d.stop()
+	warm := o
+	warm.duration = time.Second
+	throughput(warm, d, apns, "(warm-up)", func(string, string, string) {})
+	throughput(o, d, apns, fmt.Sprintf("pushes/s end to end, APNs delay %s, %d streams, default apnsConcurrency", o.rateDelay, o.fewStreams), add)
+	if code := d.stop(); code != 0 {
+		return fmt.Errorf("xapsd exited %d:\n%s", code, d.tail())
 	}
 	return nil
 }
@@ -429,7 +492,10 @@ func startDaemon(o options, dir, apnsURL, caFile string) (*daemon, error) {
 	// times a second, and the figure is xapsd's capacity, not its pacing.
 	cfg := fmt.Sprintf("loglevel: %s\nlistenAddr: 127.0.0.1\nport: %d\ndatabaseFile: state/database.json\n"+
 		"metricsListenAddr: %q\napnsEndpoint: %s\ncertificateFilePem: push.pem\ncertificateFilePemKey: push.key\n"+
-		"apnsConcurrency: 2000\nmetricsPprof: %t\napnsMinInterval: 0\n", o.logLevel, port, o.metricsAddr, apnsURL, o.metricsAddr != "off")
+		"metricsPprof: %t\napnsMinInterval: 0\n", o.logLevel, port, o.metricsAddr, apnsURL, o.metricsAddr != "off")
+	if o.concurrency > 0 {
+		cfg += fmt.Sprintf("apnsConcurrency: %d\n", o.concurrency)
+	}
 	if o.databaseURL != "" {
 		cfg += fmt.Sprintf("databaseURL: %q\n", o.databaseURL)
 	}

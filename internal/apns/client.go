@@ -43,6 +43,14 @@ func (c *Client) CloseIdle() {
 	}
 }
 
+// OpenConnections counts the client's connections to APNs.
+func (c *Client) OpenConnections() int {
+	if c.pool == nil {
+		return 0
+	}
+	return c.pool.Open()
+}
+
 // Token is the client's provider token, nil with a certificate.
 func (c *Client) Token() *Token { return c.token }
 
@@ -126,12 +134,11 @@ type ClientOptions struct {
 	Roots                                     *x509.CertPool
 	ReadIdleTimeout, PingTimeout, IdleTimeout time.Duration
 	OnConnect                                 func(error)
-	Connections                               int
+	// Connections caps the connections (apnsMaxConnections), and an
+	// extra one closes after ExtraIdleTimeout without pushes.
+	Connections      int
+	ExtraIdleTimeout time.Duration
 }
-
-// ConnectionsFor is the number of connections that carry concurrency
-// pushes at once at APNs' stream limit (transport.ConnectionsFor).
-func ConnectionsFor(concurrency int) int { return transport.ConnectionsFor(concurrency) }
 
 // newPool is the HTTP/2 connection pool the pushes go over. The pusher
 // sends straight to it, without an http.Client: every push carries a
@@ -139,7 +146,7 @@ func ConnectionsFor(concurrency int) int { return transport.ConnectionsFor(concu
 // would only cost a second timer per request.
 func newPool(o ClientOptions, certs []tls.Certificate) *transport.Pool {
 	return transport.New(transport.Options{Roots: o.Roots, ReadIdleTimeout: o.ReadIdleTimeout, PingTimeout: o.PingTimeout,
-		IdleTimeout: o.IdleTimeout, OnConnect: o.OnConnect, Connections: o.Connections}, certs)
+		IdleTimeout: o.IdleTimeout, OnConnect: o.OnConnect, Connections: o.Connections, ExtraIdleTimeout: o.ExtraIdleTimeout}, certs)
 }
 
 // NewCertificateClient pushes with a client certificate (PEM or PKCS#12).

@@ -77,11 +77,15 @@ type Config struct {
 	// topic; it must be longer than 50 bytes for the stock plugin (docs/protocol.md#topic-length).
 	DryRunTopic string `config:"dryRunTopic"`
 
-	APNsEndpoint         string        `config:"apnsEndpoint"`
-	PushMailboxes        string        `config:"pushMailboxes"`
-	APNsPriority         int           `config:"apnsPriority"` // 0 = header not sent, as the old daemon did
-	APNsExpiration       time.Duration `config:"apnsExpiration"`
-	APNsConcurrency      int           `config:"apnsConcurrency"`
+	APNsEndpoint    string        `config:"apnsEndpoint"`
+	PushMailboxes   string        `config:"pushMailboxes"`
+	APNsPriority    int           `config:"apnsPriority"` // 0 = header not sent, as the old daemon did
+	APNsExpiration  time.Duration `config:"apnsExpiration"`
+	APNsConcurrency int           `config:"apnsConcurrency"`
+	// APNsMaxConnections caps the HTTP/2 connections of one credential;
+	// more than one opens only while the open ones are at APNs' stream
+	// limit with pushes waiting.
+	APNsMaxConnections   int           `config:"apnsMaxConnections"`
 	RegistrationTTL      time.Duration `config:"registrationTTL"`
 	MaxDevicesPerAccount int           `config:"maxDevicesPerAccount"`
 	RegistryCompactAfter int           `config:"registryCompactAfter"`
@@ -119,6 +123,7 @@ func Default() *Config {
 		PushMailboxes:        "registered",
 		APNsExpiration:       24 * time.Hour,
 		APNsConcurrency:      1000,
+		APNsMaxConnections:   4,
 		RegistrationTTL:      30 * 24 * time.Hour,
 		MaxDevicesPerAccount: 8,
 		RegistryCompactAfter: 100000,

@@ -113,6 +113,7 @@ func TestEveryKeyLandsInItsFieldInEverySpelling(t *testing.T) {
 		{"apnsExpiration", "apnsExpiration: 720h", func(c *Config) any { return c.APNsExpiration }, 720 * time.Hour},
 		{"apnsExpiration seconds", "apnsExpiration: 3600", func(c *Config) any { return c.APNsExpiration }, time.Hour},
 		{"apnsConcurrency", "apnsConcurrency: 100000", func(c *Config) any { return c.APNsConcurrency }, 100000},
+		{"apnsMaxConnections", "apnsMaxConnections: 64", func(c *Config) any { return c.APNsMaxConnections }, 64},
 		{"registrationTTL", "registrationTTL: 1h", func(c *Config) any { return c.RegistrationTTL }, time.Hour},
 		{"maxDevicesPerAccount", "maxDevicesPerAccount: 1000", func(c *Config) any { return c.MaxDevicesPerAccount }, 1000},
 		{"registryCompactAfter", "registryCompactAfter: 50", func(c *Config) any { return c.RegistryCompactAfter }, 50},
@@ -473,6 +474,9 @@ func TestValidateAcceptsSaneValuesAndNamesTheKeyOfABadOne(t *testing.T) {
 		{"min interval negative", func(c *Config) { c.APNsMinInterval = -time.Second }, "apnsMinInterval: -1s: must be between 0 (no minimum) and 1h"},
 		{"min interval long", func(c *Config) { c.APNsMinInterval = time.Hour + time.Second }, "apnsMinInterval: 1h0m1s: must be between 0"},
 		{"min interval hour", func(c *Config) { c.APNsMinInterval = time.Hour }, ""},
+		{"max connections zero", func(c *Config) { c.APNsMaxConnections = 0 }, "apnsMaxConnections: 0: must be between 1 and 64"},
+		{"max connections over", func(c *Config) { c.APNsMaxConnections = 65 }, "apnsMaxConnections: 65: must be between 1 and 64"},
+		{"max connections one", func(c *Config) { c.APNsMaxConnections = 1 }, ""},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

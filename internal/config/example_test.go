@@ -54,8 +54,10 @@ func ExampleDefault() {
 	fmt.Println(c.ListenAddresses(), c.DatabaseFile)
 	fmt.Println(c.RegistrationTTL, c.MaxDevicesPerAccount, config.MaxDevicesPerUser, c.MaxRegistrations)
 	fmt.Println(c.APNsConcurrency, c.APNsExpiration, c.APNsMinInterval, config.APNsMaxBackoff)
+	fmt.Println(c.APNsMaxConnections, config.APNsExtraConnectionIdle)
 	// Output:
 	// [127.0.0.1:11619 [::1]:11619] /var/lib/xapsd/database.json
 	// 720h0m0s 8 100 1000000
 	// 1000 24h0m0s 3s 5m0s
+	// 4 1m0s
 }

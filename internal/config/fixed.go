@@ -42,4 +42,8 @@ const (
 	// change, BadDeviceToken never deletes a registration (the
 	// configuration may be what is wrong).
 	APNsTrustAfterChange = 10 * time.Minute
+	// APNsExtraConnectionIdle: a connection to APNs beyond a credential's
+	// first that carried no push for this long (checked this often) is
+	// closed; the first stays until 15 minutes without pushes.
+	APNsExtraConnectionIdle = time.Minute
 )

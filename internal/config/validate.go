@@ -19,6 +19,7 @@ const (
 	maxExpiration  = 30 * 24 * time.Hour // APNs keeps a push at most 30 days (apns-and-users)
 	minTTL         = time.Hour
 	maxConcurrency = 100000
+	maxConnections = 64
 	maxDevices     = 1000
 	topicMinBytes  = 51 // the stock plugin asserts a /register body of more than 50 bytes
 	maxMinInterval = time.Hour
@@ -181,6 +182,9 @@ func (c *Config) validate(given map[string]string) []error {
 	}
 	if c.APNsConcurrency < 1 || c.APNsConcurrency > maxConcurrency {
 		bad("apnsConcurrency", c.APNsConcurrency, "must be between 1 and %d", maxConcurrency)
+	}
+	if c.APNsMaxConnections < 1 || c.APNsMaxConnections > maxConnections {
+		bad("apnsMaxConnections", c.APNsMaxConnections, "must be between 1 and %d", maxConnections)
 	}
 	if c.RegistrationTTL < minTTL {
 		bad("registrationTTL", c.RegistrationTTL, "must be at least 1h")

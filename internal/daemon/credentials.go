@@ -132,7 +132,8 @@ func clientFor(c *config.Config, cred *creds.Credential, log logrus.FieldLogger,
 	if err := cred.CheckEnvironment(strings.ToLower(c.APNsEndpoint)); err != nil {
 		return nil, err
 	}
-	opts := apns.ClientOptions{URL: url, Roots: env.roots, OnConnect: env.onConnect, Connections: apns.ConnectionsFor(c.APNsConcurrency)}
+	opts := apns.ClientOptions{URL: url, Roots: env.roots, OnConnect: env.onConnect,
+		Connections: c.APNsMaxConnections, ExtraIdleTimeout: config.APNsExtraConnectionIdle}
 	switch cred.Mode {
 	case creds.ModeToken:
 		tok := apns.NewToken(cred.Token)

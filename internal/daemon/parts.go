@@ -150,6 +150,7 @@ func (d *Daemon) gauges(cfg *config.Config) metrics.Sources {
 		RegistryDamage:   func() int { return d.reg.Health().Damaged },
 		RegistryWritable: func() bool { return d.reg.Health().WriteErr == nil },
 		Connections:      d.conns.Open,
+		APNsConnections:  func() int { return d.cred.Load().client.OpenConnections() },
 		SendingPaused:    func() string { cause, _ := d.sender.Paused(); return cause },
 	}
 	if cfg.DatabaseURL != "" {

@@ -58,6 +58,9 @@ type Sources struct {
 	RegistryFollowing func() bool
 	// Connections counts the plugin API's open connections.
 	Connections func() int
+	// APNsConnections counts the open connections to APNs of the
+	// credential in use.
+	APNsConnections func() int
 	// SendingPaused says why pushes are held: "credential" (APNs refuses
 	// it), "unreachable" (xapsd cannot connect), or "" when they go out.
 	SendingPaused func() string
@@ -140,6 +143,10 @@ func (m *Metrics) Watch(src Sources) {
 	}
 	if c := src.Connections; c != nil {
 		gauge("xapsd_pluginapi_connections", "Open connections to the plugin API (bounded below the file limit).",
+			func() float64 { return float64(c()) })
+	}
+	if c := src.APNsConnections; c != nil {
+		gauge("xapsd_apns_open_connections", "Open HTTP/2 connections to APNs of the credential in use (at most apnsMaxConnections; more than one only while one cannot carry the pushes).",
 			func() float64 { return float64(c()) })
 	}
 	if d := src.RegistryDamage; d != nil {

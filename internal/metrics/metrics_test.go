@@ -46,6 +46,7 @@ func TestServerEndpoints(t *testing.T) {
 		SendingPaused:     func() string { return "credential" },
 		RegistryWritable:  func() bool { return true },
 		RegistryFollowing: func() bool { return false },
+		APNsConnections:   func() int { return 2 },
 	})
 	m.ObserveSync(12, 2*time.Millisecond)
 	m.ObserveConnect(nil)
@@ -73,7 +74,7 @@ func TestServerEndpoints(t *testing.T) {
 		"xapsd_registry_users 2", "xapsd_scheduler_pending 4", "xapsd_registry_sync_records_count 1", "xapsd_registry_damaged 3", "xapsd_credential_expiry_seconds 1727",
 		`xapsd_apns_sending_paused{cause="credential"} 1`, `xapsd_apns_sending_paused{cause="unreachable"} 0`,
 		`xapsd_apns_connections_total{result="ok"} 1`, `xapsd_apns_connections_total{result="failed"} 2`,
-		"xapsd_registry_writable 1", "xapsd_registry_following 0"} {
+		"xapsd_registry_writable 1", "xapsd_registry_following 0", "xapsd_apns_open_connections 2"} {
 		if !strings.Contains(body, want) {
 			t.Errorf("/metrics (%d) lacks %q", code, want)
 		}

@@ -16,9 +16,18 @@ type poolConn struct {
 	// find it full, in case the server raised it.
 	streams int
 	full    int
+	// used counts the pushes it was given; sweep closes an extra
+	// connection when it has not changed since the previous sweep.
+	used, usedAtSweep uint64
 }
 
 const refreshEvery = 256
+
+// take counts a push that was given a slot on pc.
+func (pc *poolConn) take() {
+	pc.active++
+	pc.used++
+}
 
 // limit is how many pushes pc may carry now.
 func (pc *poolConn) limit() int {

@@ -37,15 +37,26 @@ func (p *Pool) noteFailureLocked(err error) {
 	}
 }
 
-// dial connects and makes the result the pool's connection.
+// dial connects and adds the result to the pool's connections. Another
+// connection beside open ones is only dialed if they are still full with
+// pushes waiting after growAfter.
 func (p *Pool) dial(host string) {
 	p.mu.Lock()
 	wait := time.Until(p.lastDial.Add(minDialGap))
+	if len(p.conns) > 0 {
+		wait = max(wait, growAfter)
+	}
 	p.mu.Unlock()
 	if wait > 0 {
 		time.Sleep(wait)
 	}
 	p.mu.Lock()
+	if !p.stillFullLocked() {
+		p.dialing = false
+		p.notifyLocked()
+		p.mu.Unlock()
+		return
+	}
 	p.lastDial = time.Now()
 	p.mu.Unlock()
 	ctx, cancel := context.WithTimeout(context.Background(), dialTimeout)
@@ -58,6 +69,7 @@ func (p *Pool) dial(host string) {
 	} else {
 		p.conns = append(p.conns, &poolConn{cc: cc, streams: 1})
 		p.blocked.Store(0)
+		p.scheduleSweepLocked()
 	}
 	p.notifyLocked()
 	p.mu.Unlock()

@@ -25,17 +25,24 @@ import (
 //
 //   - there is one connection; another (up to Options.Connections)
 //     opens only while every one is proven and carries as many pushes as
-//     the server allows; pushes beyond wait, oldest first, for a stream;
+//     the server allows with pushes waiting, and still does growAfter
+//     later; pushes beyond wait, oldest first, for a stream, and take
+//     the oldest connection with room, so that under a lighter load the
+//     newer ones fall idle and close after Options.ExtraIdleTimeout;
 //   - a new connection carries one push at a time until APNs has answered
 //     one with 200, and again after a 403, then as many as the server
 //     advertises;
-//   - connections idle for IdleTimeout are closed, and so are dead ones
+//   - the last connection idle for IdleTimeout is closed, and so are dead ones
 //     (PINGs unanswered, GOAWAY, a reset); the next push dials again;
 //   - when connecting fails (refused, reset, no TLS) the pool does not
 //     dial again before a growing, jittered delay, and answers pushes at
 //     once with an *UnreachableError meanwhile, which the sender takes as
 //     "hold the queue", not as a failed attempt. A connection that dies
-//     before its first answer counts as a failure to connect.
+//     before its first answer counts as a failure to connect. While a
+//     connection is open, a failed attempt at another only delays the
+//     next the same way: the pushes wait for streams on the open ones;
+//   - whatever the reason, dials come one at a time and at least
+//     minDialGap apart.
 type Pool struct {
 	tr   *http2.Transport // timeouts and settings of the connections; it never dials
 	tls  *tls.Config
@@ -51,6 +58,7 @@ type Pool struct {
 	lastErr  error     // the latest of them
 	retryAt  time.Time // no dial before this after a failure
 	blocked  atomic.Int64
+	sweeping bool // a look for idle extra connections is scheduled
 }
 
 // New makes the pool of a credential with its client certificates (none
@@ -65,7 +73,7 @@ func New(o Options, certs []tls.Certificate) *Pool {
 	if o.IdleTimeout <= 0 {
 		o.IdleTimeout = defaultIdleTimeout
 	}
-	o.Connections = min(max(o.Connections, 1), maxConnections)
+	o.Connections = max(o.Connections, 1)
 	return &Pool{
 		opts: o,
 		tls:  &tls.Config{Certificates: certs, RootCAs: o.Roots, MinVersion: tls.VersionTLS12, NextProtos: []string{"h2"}},
@@ -196,7 +204,7 @@ func (p *Pool) acquire(ctx context.Context, host string) (*poolConn, error) {
 			return nil, ErrHeldBack
 		}
 		if pc := p.roomLocked(); pc != nil && (woken || len(p.waiting) == 0) {
-			pc.active++
+			pc.take()
 			p.passLocked()
 			p.mu.Unlock()
 			return pc, nil
@@ -270,6 +278,12 @@ func (p *Pool) mayGrowLocked() bool {
 	return true
 }
 
+// stillFullLocked says whether a dial for another connection is still
+// wanted when its turn comes: every connection full, pushes waiting.
+func (p *Pool) stillFullLocked() bool {
+	return len(p.conns) == 0 || (len(p.waiting) > 0 && p.mayGrowLocked())
+}
+
 // passLocked hands free slots to waiting pushes.
 func (p *Pool) passLocked() {
 	for len(p.waiting) > 0 {
@@ -281,7 +295,7 @@ func (p *Pool) passLocked() {
 		if w == nil {
 			return
 		}
-		pc.active++
+		pc.take()
 		w.pc = pc
 		w.ch <- struct{}{}
 	}
@@ -390,6 +404,37 @@ func (p *Pool) failed(pc *poolConn, err error) bool {
 		p.observe(lost)
 	}
 	return true
+}
+
+// scheduleSweepLocked makes sure idle extra connections are looked for
+// while there are any.
+func (p *Pool) scheduleSweepLocked() {
+	if !p.sweeping && len(p.conns) > 1 && p.opts.ExtraIdleTimeout > 0 {
+		p.sweeping = true
+		time.AfterFunc(p.opts.ExtraIdleTimeout, p.sweep)
+	}
+}
+
+// sweep closes the connections that carried no push since the previous
+// sweep, newest first, keeping one: the last goes after IdleTimeout, as
+// before the pool grew.
+func (p *Pool) sweep() {
+	p.mu.Lock()
+	p.sweeping = false
+	var idle []*poolConn
+	for i := len(p.conns) - 1; i >= 0; i-- {
+		pc := p.conns[i]
+		if len(p.conns) > 1 && pc.active == 0 && pc.used == pc.usedAtSweep {
+			p.dropLocked(pc)
+			idle = append(idle, pc)
+		}
+		pc.usedAtSweep = pc.used
+	}
+	p.scheduleSweepLocked()
+	p.mu.Unlock()
+	for _, pc := range idle {
+		pc.cc.Close()
+	}
 }
 
 // CloseIdleConnections closes the connections no push is on. Retired

@@ -128,10 +128,210 @@ func TestFullConnectionOpensASecondOneAndNoMore(t *testing.T) {
 	srv := appleServer(t, fakeapns.Options{NoRecord: true, MaxConcurrentStreams: 100,
 		Responder: func(fakeapns.Request) fakeapns.Response { return fakeapns.Response{Delay: 100 * time.Millisecond} }})
 	burst(t, srv, tokenClientFor(t, srv, Options{Connections: 2}), 2000, 2)
-	for n, want := range map[int]int{0: 1, 1: 1, 1000: 1, 1001: 2, 2500: 3, 100000: 4} {
-		if got := ConnectionsFor(n); got != want {
-			t.Errorf("ConnectionsFor(%d) = %d, want %d", n, got, want)
+}
+
+// heldServer is a stand-in allowing streams per connection that answers
+// the first push on each connection at once (so that it is proven) and
+// holds every other until release is called.
+type heldServer struct {
+	*fakeapns.Server
+	held    atomic.Int32 // pushes being held
+	release func()
+}
+
+func startHeld(t *testing.T, streams int) *heldServer {
+	t.Helper()
+	h := &heldServer{}
+	var mu sync.Mutex
+	first := map[int64]bool{}
+	released := make(chan struct{})
+	var once sync.Once
+	h.release = func() { once.Do(func() { close(released) }) }
+	h.Server = appleServer(t, fakeapns.Options{NoRecord: true, MaxConcurrentStreams: streams,
+		Responder: func(r fakeapns.Request) fakeapns.Response {
+			mu.Lock()
+			seen := first[r.Conn]
+			first[r.Conn] = true
+			mu.Unlock()
+			if seen {
+				h.held.Add(1)
+				<-released
+			}
+			return fakeapns.Response{}
+		}})
+	t.Cleanup(h.release) // before the server closes
+	return h
+}
+
+// pushAllLater starts pushAll(c, n) and returns where its errors come.
+func pushAllLater(c *client, n int) <-chan []error {
+	done := make(chan []error, 1)
+	go func() { done <- pushAll(c, n) }()
+	return done
+}
+
+// noErrors fails the test with the first of errs.
+func noErrors(t *testing.T, errs []error) {
+	t.Helper()
+	if len(errs) > 0 {
+		t.Fatalf("%d pushes failed, first: %v", len(errs), errs[0])
+	}
+}
+
+// notDialing fails the test unless p has open connections and is not
+// dialing another.
+func (p *Pool) notDialing(t *testing.T, open int) {
+	t.Helper()
+	p.mu.Lock()
+	n, dialing := len(p.conns), p.dialing
+	p.mu.Unlock()
+	if n != open || dialing {
+		t.Errorf("%d connections open, dialing another: %t; want %d, not dialing", n, dialing, open)
+	}
+}
+
+// settled fails the test unless srv accepted conns connections and no
+// stream went over its limit.
+func settled(t *testing.T, srv *fakeapns.Server, conns int64) {
+	t.Helper()
+	if n := srv.Connections(); n != conns {
+		t.Errorf("%d connections, want %d", n, conns)
+	}
+	if v := srv.Violations(); v != 0 {
+		t.Errorf("%d streams over the limit", v)
+	}
+}
+
+// waitingPushes counts the pushes waiting in p for a stream.
+func (p *Pool) waitingPushes() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return len(p.waiting)
+}
+
+// While fewer pushes are in flight than the server allows on a
+// connection, one connection carries them all, however many the pool
+// may open; those that wait for the first 200 open none either.
+func TestLowVolumeStaysOnOneConnection(t *testing.T) {
+	var arrived atomic.Int32
+	firstAnswer := make(chan struct{})
+	srv := appleServer(t, fakeapns.Options{NoRecord: true, MaxConcurrentStreams: 50,
+		Responder: func(fakeapns.Request) fakeapns.Response {
+			if arrived.Add(1) == 1 {
+				<-firstAnswer
+			}
+			return fakeapns.Response{Delay: 10 * time.Millisecond}
+		}})
+	var once sync.Once
+	answer := func() { once.Do(func() { close(firstAnswer) }) }
+	t.Cleanup(answer)
+	c := tokenClientFor(t, srv, Options{Connections: 4})
+	done := pushAllLater(c, 40)
+	testutil.WaitFor(t, "pushes to wait for the first answer", func() bool {
+		return arrived.Load() == 1 && c.pool.waitingPushes() == 39
+	})
+	c.pool.notDialing(t, 1)
+	answer()
+	noErrors(t, <-done)
+	for range 5 {
+		noErrors(t, pushAll(c, 40))
+	}
+	settled(t, srv, 1)
+}
+
+// A connection at the server's stream limit with pushes waiting opens a
+// second, which carries the rest; as those do not fill it, no third.
+func TestSaturatedConnectionOpensASecond(t *testing.T) {
+	srv := startHeld(t, 10)
+	c := tokenClientFor(t, srv.Server, Options{Connections: 4})
+	done := pushAllLater(c, 15)
+	// One answered on each connection, ten held on the first, the other
+	// three on the second.
+	testutil.WaitFor(t, "a second connection to take the pushes the first could not", func() bool {
+		return srv.Connections() == 2 && srv.held.Load() == 13
+	})
+	c.pool.notDialing(t, 2)
+	srv.release()
+	noErrors(t, <-done)
+	settled(t, srv.Server, 2)
+}
+
+// However long every connection stays full, the pool opens no more than
+// its cap: pushes wait for a stream instead.
+func TestNeverMoreConnectionsThanTheCap(t *testing.T) {
+	srv := startHeld(t, 5)
+	c := tokenClientFor(t, srv.Server, Options{Connections: 3})
+	done := pushAllLater(c, 40)
+	// Three connections, each with one push answered and five held: 22
+	// pushes wait.
+	testutil.WaitFor(t, "three full connections", func() bool {
+		return srv.Connections() == 3 && srv.held.Load() == 15 && c.pool.waitingPushes() == 22
+	})
+	// A newcomer finds them full: below the cap it would dial.
+	more := pushAllLater(c, 1)
+	testutil.WaitFor(t, "the newcomer to wait", func() bool { return c.pool.waitingPushes() == 23 })
+	c.pool.notDialing(t, 3)
+	srv.release()
+	noErrors(t, <-done)
+	noErrors(t, <-more)
+	settled(t, srv.Server, 3)
+}
+
+// Once the load has gone, the extra connection closes after
+// ExtraIdleTimeout without pushes; the first stays and carries the next.
+func TestIdleExtraConnectionsClose(t *testing.T) {
+	srv := startHeld(t, 10)
+	c := tokenClientFor(t, srv.Server, Options{Connections: 4, ExtraIdleTimeout: 50 * time.Millisecond})
+	done := pushAllLater(c, 15)
+	testutil.WaitFor(t, "a second connection", func() bool { return srv.Connections() == 2 && srv.held.Load() == 13 })
+	srv.release()
+	noErrors(t, <-done)
+	testutil.WaitFor(t, "the extra connection to close", func() bool {
+		return c.pool.Open() == 1 && srv.OpenConnections() == 1
+	})
+	if resp, err := push(c, "aa"); err != nil || resp.StatusCode != 200 {
+		t.Fatalf("push after the extra connection closed: %v %v", resp, err)
+	}
+	if n := srv.Connections(); n != 2 {
+		t.Errorf("%d connections, want 2: the first should have stayed", n)
+	}
+}
+
+// When another connection cannot be made, the pushes go on over the open
+// one: the sender is not paused, and the next attempt waits out the
+// delay after a failure instead of following every push that finds the
+// connection full.
+func TestFailedExtraDialDoesNotMultiply(t *testing.T) {
+	srv := startHeld(t, 5)
+	var failures atomic.Int32
+	c := tokenClientFor(t, srv.Server, Options{Connections: 4, OnConnect: func(err error) {
+		if err != nil {
+			failures.Add(1)
 		}
+	}})
+	if resp, err := push(c, "aa"); err != nil || resp.StatusCode != 200 {
+		t.Fatalf("first push: %v %v", resp, err)
+	}
+	srv.RefuseConnections(true)
+	done := pushAllLater(c, 10)
+	testutil.WaitFor(t, "a failed attempt at a second connection", func() bool { return failures.Load() == 1 })
+	more := pushAllLater(c, 20)
+	testutil.WaitFor(t, "newcomers to wait", func() bool { return c.pool.waitingPushes() == 25 })
+	c.pool.mu.Lock()
+	open, dialing, retryAt := len(c.pool.conns), c.pool.dialing, c.pool.retryAt
+	c.pool.mu.Unlock()
+	if open != 1 || (dialing && time.Now().Before(retryAt)) {
+		t.Errorf("%d connections open, dialing %t before the delay after a failure ran out", open, dialing)
+	}
+	if until, err := c.pool.BlockedUntil(); !until.IsZero() {
+		t.Errorf("pool unreachable until %v (%v) with a connection open", until, err)
+	}
+	srv.RefuseConnections(false)
+	srv.release()
+	noErrors(t, <-done)
+	noErrors(t, <-more)
+	if v := srv.Violations(); v != 0 {
+		t.Errorf("%d streams over the limit", v)
 	}
 }
 

@@ -29,24 +29,18 @@ type Options struct {
 	// OnConnect, when set, sees every attempt to connect to APNs: nil
 	// for a connection made, else why it failed.
 	OnConnect func(error)
-	// Connections caps the connections (default 1, at most 4). Another
-	// opens only while every one carries as many pushes as APNs allows
-	// on it, so it only matters with more pushes in flight than that:
-	// ConnectionsFor gives the number that fits.
+	// Connections caps the connections (at least 1). Another opens only
+	// while every open one carries as many pushes as the server allows
+	// on it, with pushes waiting for a stream, and still does after
+	// growAfter: against APNs' 1000 streams that takes more pushes in
+	// flight than apnsConcurrency allows by default, against a server
+	// that allows fewer it spreads them over several connections.
 	Connections int
-}
-
-// streamsPerConnection is what APNs allows on one connection today; it
-// only sizes the pool, the server's own figure is what counts.
-const streamsPerConnection = 1000
-
-// maxConnections bounds the pool of one credential.
-const maxConnections = 4
-
-// ConnectionsFor is the number of connections that carry concurrency
-// pushes at once at APNs' stream limit, from 1 to 4.
-func ConnectionsFor(concurrency int) int {
-	return min(max(1, (concurrency+streamsPerConnection-1)/streamsPerConnection), maxConnections)
+	// ExtraIdleTimeout is how long a connection beyond the first may
+	// carry no push before it is closed: they are looked at every
+	// ExtraIdleTimeout, so one goes after one to two of them. Zero leaves
+	// them to IdleTimeout, like the first.
+	ExtraIdleTimeout time.Duration
 }
 
 // Connection timings; Options can change the first three.
@@ -58,6 +52,10 @@ const (
 	// minDialGap keeps a connection that dies after answering (so the
 	// breaker does not count it) from being replaced in a tight loop.
 	minDialGap = time.Second
+	// growAfter is how long every connection must stay full with pushes
+	// waiting before another is dialed: a burst that the open ones carry
+	// away within a few round trips opens none.
+	growAfter = 250 * time.Millisecond
 	// Backoff between failed connection attempts.
 	minDialBackoff = time.Second
 	maxDialBackoff = 2 * time.Minute
