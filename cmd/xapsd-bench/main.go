@@ -264,7 +264,7 @@ func throughput(o options, d *daemon, apns *fakeapns.Server, name string, add fu
 	pushes := apns.Count() - before
 	// CPU time per push is steadier than throughput on a shared VM.
 	add(name, fmt.Sprintf("%.0f/s", float64(pushes)/el.Seconds()),
-		fmt.Sprintf("(/notify %.0f/s, median %s, p99 %s, %d errors; CPU per push: xapsd %s, load generator and stand-in %s; %d connections to APNs so far)",
+		fmt.Sprintf("(/notify %.0f/s, median %s, p99 %s, %d errors; CPU per push: xapsd %s, load generator and stand-in %s; APNs connections so far: %d)",
 			float64(n)/el.Seconds(), pct(lat, 50), pct(lat, 99), errs, perPush(d.cpu()-cpuD, pushes), perPush(selfCPU()-cpuB, pushes), apns.Connections()))
 	waitQuiet(apns)
 }
