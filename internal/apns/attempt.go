@@ -67,7 +67,7 @@ const pushDeadlineSlack = time.Second
 type pushDeadlines struct {
 	mu     sync.Mutex
 	ctx    context.Context
-	cancel context.CancelFunc // never called: the context ends at its deadline, when its pushes have
+	cancel context.CancelFunc // kept, never called: the context ends at its deadline, after its last push
 	until  time.Time          // when a push may no longer take ctx
 }
 

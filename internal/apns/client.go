@@ -38,8 +38,8 @@ type Client struct {
 // credentials need it: the health-check PINGs would otherwise keep their
 // connection to Apple open for as long as the daemon runs.
 func (c *Client) CloseIdle() {
-	if t, ok := c.Transport.(interface{ CloseIdleConnections() }); ok {
-		t.CloseIdleConnections()
+	if c.pool != nil {
+		c.pool.CloseIdleConnections()
 	}
 }
 
@@ -142,7 +142,7 @@ type ClientOptions struct {
 
 // newPool is the HTTP/2 connection pool the pushes go over. The pusher
 // sends straight to it, without an http.Client: every push carries a
-// context deadline from the sender (Sender.attempt), so a client timeout
+// context deadline from the sender (Sender.send, pushDeadlines), so a client timeout
 // would only cost a second timer per request.
 func newPool(o ClientOptions, certs []tls.Certificate) *transport.Pool {
 	return transport.New(transport.Options{Roots: o.Roots, ReadIdleTimeout: o.ReadIdleTimeout, PingTimeout: o.PingTimeout,

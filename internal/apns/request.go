@@ -2,7 +2,6 @@ package apns
 
 import (
 	"bytes"
-	"crypto/tls"
 	"encoding/json"
 	"io"
 	"net/http"
@@ -49,13 +48,6 @@ func newPusher(endpoint string, rt http.RoundTripper, tok *token.Token) *pusher 
 	return p
 }
 
-// CloseIdleConnections closes the pool's connections that carry no push.
-func (p *pusher) CloseIdleConnections() {
-	if c, ok := p.rt.(interface{ CloseIdleConnections() }); ok {
-		c.CloseIdleConnections()
-	}
-}
-
 // Header values that are the same for every push, shared by the requests
 // (the HTTP/2 client only reads them).
 var (
@@ -90,9 +82,6 @@ func (p *pusher) PushWithContext(ctx apns2.Context, n *apns2.Notification) (*apn
 		// What http.Client.Do returns (and what the sender's reasons
 		// are made of): the error in a *url.Error, never the URL's token
 		// in the reason (transportReason leaves it out).
-		if tlsErr, ok := err.(tls.RecordHeaderError); ok && string(tlsErr.RecordHeader[:]) == "HTTP/" {
-			err = http.ErrSchemeMismatch
-		}
 		return nil, &url.Error{Op: "Post", URL: req.URL.String(), Err: err}
 	}
 	if resp.Body == nil {

@@ -98,11 +98,19 @@ func New(o Options, certs []tls.Certificate) *Pool {
 	}
 }
 
-// Open counts the pool's live connections.
+// Open counts the pool's live connections: a connection x/net has
+// closed (idle, an unanswered PING, a GOAWAY) stays in conns until a push
+// fails on it, so it is not counted.
 func (p *Pool) Open() int {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	return len(p.conns)
+	n := 0
+	for _, pc := range p.conns {
+		if st := pc.cc.State(); !st.Closed && !st.Closing {
+			n++
+		}
+	}
+	return n
 }
 
 // BlockedUntil is the time before which the pool will not connect while
@@ -133,10 +141,12 @@ func (p *Pool) RoundTrip(req *http.Request) (*http.Response, error) {
 		resp, err := pc.cc.RoundTrip(req)
 		if err == nil {
 			p.answered(pc, resp.StatusCode)
-			if resp.Body == nil || resp.Body == http.NoBody {
+			if resp.Body == nil || resp.ContentLength == 0 {
+				// Apple's 200: x/net's empty body is its own, not
+				// http.NoBody, so the length says it.
 				p.release(pc)
 			} else {
-				// The stream lasts until apns2 has read the reason.
+				// The stream lasts until the caller has read the reason.
 				resp.Body = &releaseBody{ReadCloser: resp.Body, release: func() { p.release(pc) }}
 			}
 			return resp, nil

@@ -20,7 +20,8 @@ import (
 
 const testTopic = "com.apple.mail.XServer.0a1b2c3d-4e5f-6789-abcd-ef0123456789"
 
-// client is apns2's client on a Pool, as package apns makes it.
+// client is apns2's client on a Pool: the same requests package apns sends
+// (its pusher is held to apns2 by TestPusherSendsWhatApns2Sends).
 type client struct {
 	*apns2.Client
 	pool *Pool
@@ -481,6 +482,10 @@ func TestIdleConnectionsAreClosed(t *testing.T) {
 			if n := srv.OpenConnections(); n != 0 {
 				t.Fatalf("%d connections still open", n)
 			}
+			// The closed connection is not counted as open (the metric
+			// xapsd_apns_open_connections), though it stays in the pool
+			// until a push finds it closed.
+			testutil.WaitFor(t, "the pool to count no open connection", func() bool { return c.pool.Open() == 0 })
 			srv.AnswerPings(true)
 			if resp, err := push(c, "bb"); err != nil || resp.StatusCode != 200 {
 				t.Fatalf("push after the close: %v %v", resp, err)
