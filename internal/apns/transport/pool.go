@@ -44,7 +44,6 @@ import (
 //   - whatever the reason, dials come one at a time and at least
 //     minDialGap apart.
 type Pool struct {
-	tr   *http2.Transport // timeouts and settings of the connections; it never dials
 	tls  *tls.Config
 	opts Options
 
@@ -77,24 +76,6 @@ func New(o Options, certs []tls.Certificate) *Pool {
 	return &Pool{
 		opts: o,
 		tls:  &tls.Config{Certificates: certs, RootCAs: o.Roots, MinVersion: tls.VersionTLS12, NextProtos: []string{"h2"}},
-		tr: &http2.Transport{
-			// Apple drops idle connections silently; a PING after
-			// ReadIdleTimeout of silence finds a dead connection before a
-			// push is lost on it.
-			ReadIdleTimeout: o.ReadIdleTimeout,
-			PingTimeout:     o.PingTimeout,
-			IdleConnTimeout: o.IdleTimeout,
-			// Wait for a stream instead of failing when the server's
-			// limit is reached.
-			StrictMaxConcurrentStreams: true,
-			// APNs answers with a few bytes of JSON; asking for gzip only
-			// adds a header to every push.
-			DisableCompression: true,
-			// WriteByteTimeout must stay unset: writes go to
-			// coalescingConn's buffer, so x/net's per-write deadline would
-			// time nothing. A stuck connection is found by the PING health
-			// check instead.
-		},
 	}
 }
 
