@@ -42,15 +42,15 @@ import (
 type clientConn struct {
 	conn net.Conn
 	opts connOptions
-	fr   *http2.Framer // ReadFrame only in readLoop; writes under wmu
+	fr   *http2.Framer // ReadFrame only in readLoop; writes under wmu, into wbuf
 
 	// wmu keeps the frames on the wire whole and in order, and the
 	// encoder's table in step with them. It is taken before mu, never
 	// while mu is held: a write can wait for coalescingConn's buffer, and
 	// mu must stay free meanwhile so that a dead connection can be closed.
 	wmu  sync.Mutex
-	henc *hpack.Encoder
-	hbuf bytes.Buffer
+	hdr  *headerEncoder
+	wbuf bytes.Buffer // the framer's frames until send writes them
 
 	mu           sync.Mutex
 	cond         sync.Cond // window, stream slot or state changed
@@ -116,6 +116,7 @@ const (
 	maxResponseHeaders = 64 << 10
 	// Until the server's SETTINGS say otherwise (RFC 9113 6.5.2, and
 	// x/net's assumptions for the stream limit).
+	maxStreamID          = 1<<31 - 1
 	initialMaxStreams    = 100
 	defaultMaxStreams    = 1000
 	defaultWindow        = 65535
@@ -151,15 +152,14 @@ func newClientConn(c net.Conn, o connOptions) (*clientConn, error) {
 		done:         make(chan struct{}),
 	}
 	cc.cond.L = &cc.mu
-	cc.henc = hpack.NewEncoder(&cc.hbuf)
-	cc.fr = http2.NewFramer(c, bufio.NewReaderSize(c, 16<<10))
+	cc.hdr = newHeaderEncoder()
+	cc.fr = http2.NewFramer(&cc.wbuf, bufio.NewReaderSize(c, 16<<10))
+	cc.fr.SetMaxReadFrameSize(defaultMaxFrameSize) // we advertise no more
 	cc.fr.ReadMetaHeaders = hpack.NewDecoder(defaultHeaderTableSz, nil)
 	cc.fr.MaxHeaderListSize = maxResponseHeaders
 	cc.lastRead.Store(time.Now().UnixNano())
 
-	if _, err := io.WriteString(c, http2.ClientPreface); err != nil {
-		return nil, err
-	}
+	cc.wbuf.WriteString(http2.ClientPreface)
 	err := cc.fr.WriteSettings(
 		http2.Setting{ID: http2.SettingEnablePush, Val: 0},
 		http2.Setting{ID: http2.SettingInitialWindowSize, Val: ourWindow},
@@ -168,7 +168,7 @@ func newClientConn(c net.Conn, o connOptions) (*clientConn, error) {
 	if err == nil {
 		err = cc.fr.WriteWindowUpdate(0, ourWindow-defaultWindow)
 	}
-	if err != nil {
+	if err := cc.send(err); err != nil {
 		return nil, err
 	}
 	go cc.readLoop()
@@ -176,6 +176,18 @@ func newClientConn(c net.Conn, o connOptions) (*clientConn, error) {
 		go cc.watch()
 	}
 	return cc, nil
+}
+
+// send writes what the framer made since the last send (under wmu), in
+// one Write: a header block's HEADERS and CONTINUATION frames stay
+// together even beside the health check's PING, which is written without
+// wmu. err is the framer's.
+func (cc *clientConn) send(err error) error {
+	if err == nil {
+		_, err = cc.conn.Write(cc.wbuf.Bytes())
+	}
+	cc.wbuf.Reset()
+	return err
 }
 
 // State says whether the connection can take requests, and its limit.
@@ -267,8 +279,24 @@ func (cc *clientConn) open(ctx context.Context, req *http.Request, body []byte) 
 		cc.wmu.Unlock()
 		return nil, err
 	}
+	if cc.nextID > maxStreamID {
+		// Out of stream ids: like after a GOAWAY, the requests in flight
+		// end here and new ones go to another connection.
+		cc.goingAway = true
+		err := cc.errLocked()
+		if len(cc.streams) == 0 {
+			cc.closeLocked(err)
+		}
+		cc.cond.Broadcast()
+		cc.mu.Unlock()
+		cc.wmu.Unlock()
+		return nil, err
+	}
 	s.id = cc.nextID
 	cc.nextID += 2
+	if cc.nextID > maxStreamID {
+		cc.goingAway = true // the last id: this request ends the connection
+	}
 	s.sendWindow = cc.initWindow
 	cc.streams[s.id] = s
 	cc.idleSince = time.Time{}
@@ -359,16 +387,14 @@ func requestHead(req *http.Request) (requestLine, error) {
 // encoder's table follows the order of blocks on the wire). The block
 // is valid until the next call.
 func (cc *clientConn) encodeHeaders(head requestLine, header http.Header, bodyLen int) []byte {
-	cc.hbuf.Reset()
-	w := func(name, value string, sensitive bool) {
-		cc.henc.WriteField(hpack.HeaderField{Name: name, Value: value, Sensitive: sensitive})
-	}
-	w(":authority", head.authority, false)
-	w(":method", head.method, false)
-	// Each device has its own path: indexing it would evict an entry of
-	// the table on every push and gain nothing.
-	w(":path", head.path, true)
-	w(":scheme", "https", false)
+	e := cc.hdr
+	e.start()
+	// :authority comes first: after a change of the table's size, the
+	// block must start with hpack.Encoder's word of it.
+	e.repeated(":authority", head.authority)
+	e.repeated(":method", head.method)
+	e.unique(":path", staticPath, head.path)
+	e.repeated(":scheme", "https")
 	for k, vv := range header {
 		name := lowerHeader(k)
 		switch name {
@@ -376,13 +402,17 @@ func (cc *clientConn) encodeHeaders(head requestLine, header http.Header, bodyLe
 			continue
 		}
 		for _, v := range vv {
-			w(name, v, false)
+			if name == "apns-id" {
+				e.unique(name, 0, v)
+			} else {
+				e.repeated(name, v)
+			}
 		}
 	}
 	if bodyLen > 0 {
-		w("content-length", strconv.Itoa(bodyLen), false)
+		e.repeated("content-length", strconv.Itoa(bodyLen))
 	}
-	return cc.hbuf.Bytes()
+	return e.block()
 }
 
 // validPath: what may go in :path (no spaces or control characters).
@@ -429,7 +459,7 @@ func (cc *clientConn) writeHeaders(id uint32, endStream bool, block []byte, max 
 		rest = rest[len(frag):]
 		err = cc.fr.WriteContinuation(id, len(rest) == 0, frag)
 	}
-	return err
+	return cc.send(err)
 }
 
 // sendBody writes body in DATA frames as the flow-control windows allow.
@@ -465,7 +495,7 @@ func (cc *clientConn) sendBody(ctx context.Context, s *h2stream, body []byte) {
 		s.sendWindow -= int32(n)
 		cc.mu.Unlock()
 		cc.wmu.Lock()
-		err := cc.fr.WriteData(s.id, n == len(body), body[:n])
+		err := cc.send(cc.fr.WriteData(s.id, n == len(body), body[:n]))
 		cc.wmu.Unlock()
 		if err != nil {
 			cc.closeWith(err)
@@ -501,7 +531,7 @@ func (cc *clientConn) cancel(s *h2stream) bool {
 // then closes the connection.
 func (cc *clientConn) writeRST(id uint32, code http2.ErrCode) {
 	cc.wmu.Lock()
-	cc.fr.WriteRSTStream(id, code)
+	cc.send(cc.fr.WriteRSTStream(id, code))
 	cc.wmu.Unlock()
 }
 
@@ -580,7 +610,7 @@ func (cc *clientConn) handle(f http2.Frame) error {
 		refund, code, reset := cc.onData(f)
 		if refund > 0 {
 			cc.wmu.Lock()
-			err := cc.fr.WriteWindowUpdate(0, refund)
+			err := cc.send(cc.fr.WriteWindowUpdate(0, refund))
 			cc.wmu.Unlock()
 			if err != nil {
 				return err
@@ -642,7 +672,7 @@ func newResponse(status int, fields []hpack.HeaderField) *http.Response {
 		k := http.CanonicalHeaderKey(hf.Name)
 		h[k] = append(h[k], hf.Value)
 	}
-	r := &http.Response{StatusCode: status, Status: strconv.Itoa(status) + " " + http.StatusText(status),
+	r := &http.Response{StatusCode: status, Status: statusLine(status),
 		Proto: "HTTP/2.0", ProtoMajor: 2, Header: h, ContentLength: -1}
 	if v := h["Content-Length"]; len(v) == 1 {
 		if cl, err := strconv.ParseInt(v[0], 10, 64); err == nil && cl >= 0 {
@@ -650,6 +680,14 @@ func newResponse(status int, fields []hpack.HeaderField) *http.Response {
 		}
 	}
 	return r
+}
+
+// statusLine is Response.Status; Apple's 200 needs no new string.
+func statusLine(status int) string {
+	if status == http.StatusOK {
+		return "200 OK"
+	}
+	return strconv.Itoa(status) + " " + http.StatusText(status)
 }
 
 // onData takes a piece of an answer's body. It says how much connection
@@ -735,7 +773,7 @@ func (cc *clientConn) onSettings(f *http2.SettingsFrame) error {
 		case http2.SettingMaxFrameSize:
 			cc.maxFrameSize = s.Val
 		case http2.SettingHeaderTableSize:
-			cc.henc.SetMaxDynamicTableSizeLimit(s.Val)
+			cc.hdr.setMaxTableSize(s.Val)
 		}
 		return nil
 	})
@@ -747,7 +785,7 @@ func (cc *clientConn) onSettings(f *http2.SettingsFrame) error {
 	if err != nil {
 		return fmt.Errorf("http2: server SETTINGS: %w", err)
 	}
-	return cc.fr.WriteSettingsAck()
+	return cc.send(cc.fr.WriteSettingsAck())
 }
 
 // onWindowUpdate opens a send window.
@@ -786,7 +824,7 @@ func (cc *clientConn) onPing(f *http2.PingFrame) error {
 	}
 	cc.wmu.Lock()
 	defer cc.wmu.Unlock()
-	return cc.fr.WritePing(true, f.Data)
+	return cc.send(cc.fr.WritePing(true, f.Data))
 }
 
 // onGoAway fails the streams the server will not process and lets the
@@ -849,20 +887,21 @@ func (cc *clientConn) watch() {
 }
 
 // ping sends a PING and waits PingTimeout for its answer; without one
-// it closes the connection and reports false.
+// it closes the connection and reports false. The PING is written
+// without wmu, from a goroutine of its own: a writer stuck on a peer
+// that stopped reading holds wmu, and a dead connection is exactly what
+// this must find.
 func (cc *clientConn) ping(t *time.Timer) bool {
 	cc.mu.Lock()
 	rand.Read(cc.pingData[:])
 	cc.pingSent = true
-	data := cc.pingData
+	frame := append([]byte{0, 0, 8, byte(http2.FramePing), 0, 0, 0, 0, 0}, cc.pingData[:]...)
 	cc.mu.Unlock()
-	cc.wmu.Lock()
-	err := cc.fr.WritePing(false, data)
-	cc.wmu.Unlock()
-	if err != nil {
-		cc.closeWith(fmt.Errorf("http2: sending PING: %w", err))
-		return false
-	}
+	go func() {
+		if _, err := cc.conn.Write(frame); err != nil {
+			cc.closeWith(fmt.Errorf("http2: sending PING: %w", err))
+		}
+	}()
 	wait := cc.opts.PingTimeout
 	if wait <= 0 {
 		wait = defaultPingTimeout
