@@ -364,8 +364,14 @@ func (p *Pool) answered(pc *poolConn, status int) {
 		}
 	case http.StatusForbidden:
 		// APNs takes back a token connection's streams when it refuses
-		// the token.
+		// the token. A 403 refuses the credential, not the push, and
+		// the sender holds the queue back on it: the pushes waiting for
+		// a stream are failed with ErrHeldBack now rather than handed
+		// this one, each to be refused in turn before the sender has
+		// read the first answer.
 		pc.proven = false
+		p.heldBack++
+		p.notifyLocked()
 	}
 }
 
