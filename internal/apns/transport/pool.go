@@ -5,7 +5,6 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"sync"
 	"sync/atomic"
@@ -79,8 +78,8 @@ func New(o Options, certs []tls.Certificate) *Pool {
 	}
 }
 
-// Open counts the pool's live connections: a connection x/net has
-// closed (idle, an unanswered PING, a GOAWAY) stays in conns until a push
+// Open counts the pool's live connections: a connection that has closed
+// itself (idle, an unanswered PING, a GOAWAY) stays in conns until a push
 // fails on it, so it is not counted.
 func (p *Pool) Open() int {
 	p.mu.Lock()
@@ -121,15 +120,10 @@ func (p *Pool) RoundTrip(req *http.Request) (*http.Response, error) {
 		}
 		resp, err := pc.cc.RoundTrip(req)
 		if err == nil {
+			// The answer is whole (clientConn reads the body): its
+			// stream has ended.
 			p.answered(pc, resp.StatusCode)
-			if resp.Body == nil || resp.ContentLength == 0 {
-				// Apple's 200: x/net's empty body is its own, not
-				// http.NoBody, so the length says it.
-				p.release(pc)
-			} else {
-				// The stream lasts until the caller has read the reason.
-				resp.Body = &releaseBody{ReadCloser: resp.Body, release: func() { p.release(pc) }}
-			}
+			p.release(pc)
 			return resp, nil
 		}
 		again := p.failed(pc, err)
@@ -158,18 +152,6 @@ func rewind(req *http.Request) (*http.Request, error) {
 	r := *req
 	r.Body = body
 	return &r, nil
-}
-
-type releaseBody struct {
-	io.ReadCloser
-	once    sync.Once
-	release func()
-}
-
-func (b *releaseBody) Close() error {
-	err := b.ReadCloser.Close()
-	b.once.Do(b.release)
-	return err
 }
 
 // HoldBack fails the requests waiting for a connection or a stream with
