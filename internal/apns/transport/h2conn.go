@@ -7,16 +7,13 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
-	"golang.org/x/net/http/httpguts"
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
 )
@@ -98,8 +95,7 @@ type connState struct {
 type h2stream struct {
 	id         uint32
 	sendWindow int32
-	resp       *http.Response
-	body       []byte
+	resp       *Response
 	err        error
 	done       chan struct{}
 }
@@ -203,20 +199,18 @@ func (cc *clientConn) Close() error {
 	return nil
 }
 
-// RoundTrip sends req and waits for its whole answer, whose Body is
-// already read.
-func (cc *clientConn) RoundTrip(req *http.Request) (*http.Response, error) {
-	body, err := requestBody(req)
+// do sends r and waits for its whole answer. An error other than the
+// context's says the request got no answer on this connection.
+func (cc *clientConn) do(ctx context.Context, r *Request) (*Response, error) {
+	if err := r.check(); err != nil {
+		return nil, err
+	}
+	s, err := cc.open(ctx, r)
 	if err != nil {
 		return nil, err
 	}
-	ctx := req.Context()
-	s, err := cc.open(ctx, req, body)
-	if err != nil {
-		return nil, err
-	}
-	if len(body) > 0 {
-		cc.sendBody(ctx, s, body)
+	if len(r.Body) > 0 {
+		cc.sendBody(ctx, s, r.Body)
 	}
 	select {
 	case <-s.done:
@@ -230,41 +224,12 @@ func (cc *clientConn) RoundTrip(req *http.Request) (*http.Response, error) {
 	if s.err != nil {
 		return nil, s.err
 	}
-	s.resp.Request = req
 	return s.resp, nil
-}
-
-// requestBody reads the request's body, which is a push's JSON.
-func requestBody(req *http.Request) ([]byte, error) {
-	if req.Body == nil || req.Body == http.NoBody {
-		return nil, nil
-	}
-	defer req.Body.Close()
-	const maxRequestBody = 1 << 20
-	if n := req.ContentLength; n > 0 && n <= maxRequestBody {
-		b := make([]byte, n)
-		if _, err := io.ReadFull(req.Body, b); err != nil {
-			return nil, fmt.Errorf("http2: reading the request body: %w", err)
-		}
-		return b, nil
-	}
-	b, err := io.ReadAll(io.LimitReader(req.Body, maxRequestBody+1))
-	if err != nil {
-		return nil, fmt.Errorf("http2: reading the request body: %w", err)
-	}
-	if len(b) > maxRequestBody {
-		return nil, errors.New("http2: request body too large")
-	}
-	return b, nil
 }
 
 // open takes a stream slot (waiting while the server's limit is
 // reached), then writes the request's HEADERS under the next stream id.
-func (cc *clientConn) open(ctx context.Context, req *http.Request, body []byte) (*h2stream, error) {
-	head, err := requestHead(req)
-	if err != nil {
-		return nil, err
-	}
+func (cc *clientConn) open(ctx context.Context, r *Request) (*h2stream, error) {
 	if err := cc.reserve(ctx); err != nil {
 		return nil, err
 	}
@@ -302,7 +267,7 @@ func (cc *clientConn) open(ctx context.Context, req *http.Request, body []byte) 
 	cc.idleSince = time.Time{}
 	maxFrame := int(cc.maxFrameSize)
 	cc.mu.Unlock()
-	err = cc.writeHeaders(s.id, len(body) == 0, cc.encodeHeaders(head, req.Header, len(body)), maxFrame)
+	err := cc.writeHeaders(s.id, len(r.Body) == 0, cc.encodeHeaders(r), maxFrame)
 	cc.wmu.Unlock()
 	if err != nil {
 		cc.closeWith(err)
@@ -353,99 +318,33 @@ func (cc *clientConn) errLocked() error {
 	return errGoingAway
 }
 
-// requestLine is a request's pseudo-headers.
-type requestLine struct{ authority, method, path string }
-
-// requestHead checks what the request would put in its header block.
-func requestHead(req *http.Request) (requestLine, error) {
-	host := req.Host
-	if host == "" {
-		host = req.URL.Host
-	}
-	path := req.URL.RequestURI()
-	method := req.Method
-	if method == "" {
-		method = http.MethodGet
-	}
-	if !httpguts.ValidHostHeader(host) || !validPath(path) {
-		return requestLine{}, fmt.Errorf("http2: invalid host or path in request to %q", host)
-	}
-	for k, vv := range req.Header {
-		if !httpguts.ValidHeaderFieldName(k) {
-			return requestLine{}, fmt.Errorf("http2: invalid header field name %q", k)
-		}
-		for _, v := range vv {
-			if !httpguts.ValidHeaderFieldValue(v) {
-				return requestLine{}, fmt.Errorf("http2: invalid value for header %q", k)
-			}
-		}
-	}
-	return requestLine{authority: host, method: method, path: path}, nil
-}
-
-// encodeHeaders makes a request's header block (under wmu: the
-// encoder's table follows the order of blocks on the wire). The block
-// is valid until the next call.
-func (cc *clientConn) encodeHeaders(head requestLine, header http.Header, bodyLen int) []byte {
+// encodeHeaders makes r's header block (under wmu: the encoder's table
+// follows the order of blocks on the wire). The block is valid until
+// the next call.
+func (cc *clientConn) encodeHeaders(r *Request) []byte {
 	e := cc.hdr
 	e.start()
 	// :authority comes first: after a change of the table's size, the
 	// block must start with hpack.Encoder's word of it.
-	e.repeated(":authority", head.authority)
-	e.repeated(":method", head.method)
-	e.unique(":path", staticPath, head.path)
+	e.repeated(":authority", r.Authority)
+	method := r.Method
+	if method == "" {
+		method = http.MethodPost
+	}
+	e.repeated(":method", method)
+	e.unique(":path", staticPath, r.Path)
 	e.repeated(":scheme", "https")
-	for k, vv := range header {
-		name := lowerHeader(k)
-		switch name {
-		case "host", "content-length", "connection", "proxy-connection", "transfer-encoding", "upgrade", "keep-alive", "te":
-			continue
-		}
-		for _, v := range vv {
-			if name == "apns-id" {
-				e.unique(name, 0, v)
-			} else {
-				e.repeated(name, v)
-			}
+	for _, f := range r.Fields {
+		if f.Unique {
+			e.unique(f.Name, 0, f.Value)
+		} else {
+			e.repeated(f.Name, f.Value)
 		}
 	}
-	if bodyLen > 0 {
-		e.repeated("content-length", strconv.Itoa(bodyLen))
+	if len(r.Body) > 0 {
+		e.repeated("content-length", strconv.Itoa(len(r.Body)))
 	}
 	return e.block()
-}
-
-// validPath: what may go in :path (no spaces or control characters).
-func validPath(p string) bool {
-	if p == "" {
-		return false
-	}
-	for i := 0; i < len(p); i++ {
-		if c := p[i]; c <= ' ' || c == 0x7f {
-			return false
-		}
-	}
-	return true
-}
-
-// The request headers a push sends, lower-cased once.
-var lowerHeaders = map[string]string{
-	"Authorization":    "authorization",
-	"Content-Type":     "content-type",
-	"Apns-Topic":       "apns-topic",
-	"Apns-Id":          "apns-id",
-	"Apns-Collapse-Id": "apns-collapse-id",
-	"Apns-Priority":    "apns-priority",
-	"Apns-Expiration":  "apns-expiration",
-	"Apns-Push-Type":   "apns-push-type",
-	"User-Agent":       "user-agent",
-}
-
-func lowerHeader(k string) string {
-	if v, ok := lowerHeaders[k]; ok {
-		return v
-	}
-	return strings.ToLower(k)
 }
 
 // writeHeaders writes a header block in a HEADERS frame and as many
@@ -648,6 +547,12 @@ func (cc *clientConn) onHeaders(f *http2.MetaHeadersFrame) (http2.ErrCode, bool)
 	if s == nil {
 		return 0, false // cancelled, or not ours
 	}
+	if f.Truncated {
+		// Over maxResponseHeaders: the decoder dropped fields, and an
+		// answer read without them could be misread.
+		cc.finishLocked(s, errors.New("http2: answer headers over the size we accept"))
+		return http2.ErrCodeProtocol, true
+	}
 	if s.resp == nil {
 		status, err := strconv.Atoi(f.PseudoValue("status"))
 		if err != nil || status < 100 || status > 999 {
@@ -657,37 +562,12 @@ func (cc *clientConn) onHeaders(f *http2.MetaHeadersFrame) (http2.ErrCode, bool)
 		if status < 200 && !f.StreamEnded() {
 			return 0, false // informational; the real answer follows
 		}
-		s.resp = newResponse(status, f.RegularFields())
+		s.resp = &Response{Status: status, Header: f.RegularFields()}
 	}
 	if f.StreamEnded() {
 		cc.completeLocked(s)
 	}
 	return 0, false
-}
-
-// newResponse is an answer with its status and header fields.
-func newResponse(status int, fields []hpack.HeaderField) *http.Response {
-	h := make(http.Header, len(fields))
-	for _, hf := range fields {
-		k := http.CanonicalHeaderKey(hf.Name)
-		h[k] = append(h[k], hf.Value)
-	}
-	r := &http.Response{StatusCode: status, Status: statusLine(status),
-		Proto: "HTTP/2.0", ProtoMajor: 2, Header: h, ContentLength: -1}
-	if v := h["Content-Length"]; len(v) == 1 {
-		if cl, err := strconv.ParseInt(v[0], 10, 64); err == nil && cl >= 0 {
-			r.ContentLength = cl
-		}
-	}
-	return r
-}
-
-// statusLine is Response.Status; Apple's 200 needs no new string.
-func statusLine(status int) string {
-	if status == http.StatusOK {
-		return "200 OK"
-	}
-	return strconv.Itoa(status) + " " + http.StatusText(status)
 }
 
 // onData takes a piece of an answer's body. It says how much connection
@@ -707,11 +587,11 @@ func (cc *clientConn) onData(f *http2.DataFrame) (refund uint32, code http2.ErrC
 	case s.resp == nil:
 		cc.finishLocked(s, errors.New("http2: answer body before its headers"))
 		return refund, http2.ErrCodeProtocol, true
-	case len(s.body)+len(f.Data()) > maxResponseBody:
+	case len(s.resp.Body)+len(f.Data()) > maxResponseBody:
 		cc.finishLocked(s, errors.New("http2: answer body too large"))
 		return refund, http2.ErrCodeCancel, true
 	default:
-		s.body = append(s.body, f.Data()...)
+		s.resp.Body = append(s.resp.Body, f.Data()...)
 		if f.StreamEnded() {
 			cc.completeLocked(s)
 		}
@@ -721,14 +601,6 @@ func (cc *clientConn) onData(f *http2.DataFrame) (refund uint32, code http2.ErrC
 
 // completeLocked ends s with its answer.
 func (cc *clientConn) completeLocked(s *h2stream) {
-	if s.resp.ContentLength < 0 {
-		s.resp.ContentLength = int64(len(s.body))
-	}
-	if len(s.body) == 0 {
-		s.resp.Body = http.NoBody
-	} else {
-		s.resp.Body = io.NopCloser(bytes.NewReader(s.body))
-	}
 	cc.finishLocked(s, nil)
 }
 

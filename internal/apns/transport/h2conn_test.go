@@ -2204,3 +2204,18 @@ func TestH2InvalidRequestHeaderFailsOnlyThatRequest(t *testing.T) {
 	p.respond(r.id, 200, "")
 	answered(t, res, 200)
 }
+
+// RoundTrip is do for an http.Request, converted as Pool.RoundTrip
+// converts one: the tests script requests the way net/http clients make
+// them.
+func (cc *clientConn) RoundTrip(req *http.Request) (*http.Response, error) {
+	r, err := requestFrom(req)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := cc.do(req.Context(), r)
+	if err != nil {
+		return nil, err
+	}
+	return resp.httpResponse(req), nil
+}

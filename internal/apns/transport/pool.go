@@ -111,47 +111,41 @@ func (p *Pool) BlockedUntil() (time.Time, error) {
 	return until, err
 }
 
-// RoundTrip sends one request on a connection of the pool.
-func (p *Pool) RoundTrip(req *http.Request) (*http.Response, error) {
+// Push sends r on a connection of the pool and returns the answer. A
+// request that a connection did not process (it closed, went away or
+// refused the stream) is sent again at once on another.
+func (p *Pool) Push(ctx context.Context, r *Request) (*Response, error) {
 	for try := 0; ; try++ {
-		pc, err := p.acquire(req.Context(), req.URL.Host)
+		pc, err := p.acquire(ctx, r.Authority)
 		if err != nil {
 			return nil, err
 		}
-		resp, err := pc.cc.RoundTrip(req)
+		resp, err := pc.cc.do(ctx, r)
 		if err == nil {
-			// The answer is whole (clientConn reads the body): its
-			// stream has ended.
-			p.answered(pc, resp.StatusCode)
+			p.answered(pc, resp.Status)
 			p.release(pc)
 			return resp, nil
 		}
 		again := p.failed(pc, err)
 		p.release(pc)
-		if !again || try >= retriesOnNewConn || req.Context().Err() != nil {
-			return nil, err
-		}
-		if req, err = rewind(req); err != nil {
+		if !again || try >= retriesOnNewConn || ctx.Err() != nil {
 			return nil, err
 		}
 	}
 }
 
-// rewind makes a request sendable again.
-func rewind(req *http.Request) (*http.Request, error) {
-	if req.Body == nil || req.Body == http.NoBody {
-		return req, nil
-	}
-	if req.GetBody == nil {
-		return nil, errors.New("request body cannot be sent again")
-	}
-	body, err := req.GetBody()
+// RoundTrip is Push for an http.Request (http.RoundTripper): what a
+// client built on net/http (apns2's, in tests) sends over the pool.
+func (p *Pool) RoundTrip(req *http.Request) (*http.Response, error) {
+	r, err := requestFrom(req)
 	if err != nil {
 		return nil, err
 	}
-	r := *req
-	r.Body = body
-	return &r, nil
+	resp, err := p.Push(req.Context(), r)
+	if err != nil {
+		return nil, err
+	}
+	return resp.httpResponse(req), nil
 }
 
 // HoldBack fails the requests waiting for a connection or a stream with
