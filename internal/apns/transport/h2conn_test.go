@@ -2219,3 +2219,26 @@ func (cc *clientConn) RoundTrip(req *http.Request) (*http.Response, error) {
 	}
 	return resp.httpResponse(req), nil
 }
+
+// An answer whose header list is over what the client accepts arrives
+// with fields dropped by the decoder: it fails, rather than being read
+// without them, and the connection carries on.
+func TestH2AnswerWithTooLargeHeadersFails(t *testing.T) {
+	cc, p := startH2(t, connOptions{})
+	p.handshake()
+	res := goRoundTrip(cc, h2push(t, "aa"))
+	r := p.readRequest()
+	big := strings.Repeat("v", 16000)
+	pairs := []string{":status", "410"}
+	for i := range 5 { // 80,000 bytes of fields, over maxResponseHeaders
+		pairs = append(pairs, fmt.Sprintf("x-big-%d", i), big)
+	}
+	p.writeHeaders(r.id, true, 8000, pairs...)
+	if err := failed(t, res); !strings.Contains(err.Error(), "headers") {
+		t.Errorf("error %v, want one about the answer's headers", err)
+	}
+	next := goRoundTrip(cc, h2push(t, "bb"))
+	r = p.readRequest()
+	p.respond(r.id, 200, "")
+	answered(t, next, 200)
+}
