@@ -2237,6 +2237,7 @@ func TestH2AnswerWithTooLargeHeadersFails(t *testing.T) {
 	if err := failed(t, res); !strings.Contains(err.Error(), "headers") {
 		t.Errorf("error %v, want one about the answer's headers", err)
 	}
+	p.expect("RST_STREAM", func(f *peerFrame) bool { return f.Type == http2.FrameRSTStream && f.StreamID == r.id })
 	next := goRoundTrip(cc, h2push(t, "bb"))
 	r = p.readRequest()
 	p.respond(r.id, 200, "")
