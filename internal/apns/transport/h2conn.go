@@ -479,10 +479,19 @@ func (cc *clientConn) closeLocked(err error) {
 // readLoop reads the server's frames until the connection ends.
 func (cc *clientConn) readLoop() {
 	for {
-		f, err := cc.fr.ReadFrame()
+		// ReadFrame's two halves: the header says which frame failed.
+		fh, err := cc.fr.ReadFrameHeader()
+		var f http2.Frame
+		if err == nil {
+			f, err = cc.fr.ReadFrameForHeader(fh)
+		}
 		if err != nil {
 			var se http2.StreamError
-			if errors.As(err, &se) {
+			// A HEADERS frame refused without a cause (its padding longer
+			// than the frame) never had its block decoded: the server's
+			// HPACK table holds what the block added and ours does not, so
+			// it is the connection's error (RFC 9113 6.2).
+			if errors.As(err, &se) && !(fh.Type == http2.FrameHeaders && se.Cause == nil) {
 				cc.resetStream(se.StreamID, se.Code, se)
 				continue
 			}

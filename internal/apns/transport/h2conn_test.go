@@ -2243,3 +2243,49 @@ func TestH2AnswerWithTooLargeHeadersFails(t *testing.T) {
 	p.respond(r.id, 200, "")
 	answered(t, next, 200)
 }
+
+// A HEADERS frame whose padding is longer than the frame (RFC 9113 6.2:
+// a connection error) never has its header block decoded by the
+// framer, which reports it as a mere stream error: the server's HPACK
+// table then holds what that block added and the client's does not, so
+// every later answer would be decoded against the wrong table. The
+// connection must close instead.
+func TestH2HeadersWithBadPaddingCloseTheConnection(t *testing.T) {
+	cc, p := startH2(t, connOptions{})
+	p.handshake()
+	res := goRoundTrip(cc, h2push(t, "aa"))
+	r := p.readRequest()
+	p.respond(r.id, 200, "", "apns-id", "first")
+	answered(t, res, 200)
+
+	res = goRoundTrip(cc, h2push(t, "bb"))
+	r = p.readRequest()
+	p.write(func(fr *http2.Framer) error {
+		// The block adds "apns-id: second" to the server's table.
+		block := p.blockLocked(":status", "200", "apns-id", "second")
+		payload := append([]byte{byte(len(block) + 10)}, block...)
+		return fr.WriteRawFrame(http2.FrameHeaders,
+			http2.FlagHeadersEndHeaders|http2.FlagHeadersEndStream|http2.FlagHeadersPadded, r.id, payload)
+	})
+	t.Logf("RoundTrip: %v", failed(t, res))
+	// A PING's answer says the client read the frame and stayed open.
+	p.tryWrite(func(fr *http2.Framer) error { return fr.WritePing(false, [8]byte{7}) })
+	for f := range p.frames {
+		if f.Err != nil || f.is(http2.FramePing, http2.FlagPingAck) {
+			break
+		}
+	}
+	if st := stateWithin(t, cc); !st.Closed {
+		// Show what staying open costs: the next answer's "apns-id:
+		// second" is an index into the server's table.
+		res = goRoundTrip(cc, h2push(t, "cc"))
+		r = p.readRequest()
+		p.respond(r.id, 200, "", "apns-id", "second")
+		got := result(t, res)
+		if got.err == nil {
+			t.Fatalf("state %+v after HEADERS with padding longer than the frame; the next answer's apns-id reads %q, sent as \"second\"",
+				st, got.resp.Header.Get("Apns-Id"))
+		}
+		t.Fatalf("state %+v after HEADERS with padding longer than the frame; the next request failed: %v", st, got.err)
+	}
+}
