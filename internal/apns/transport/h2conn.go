@@ -648,6 +648,9 @@ func (cc *clientConn) onSettings(f *http2.SettingsFrame) error {
 		case http2.SettingInitialWindowSize:
 			delta := int32(s.Val) - cc.initWindow
 			for _, st := range cc.streams {
+				if int64(st.sendWindow)+int64(delta) > 1<<31-1 {
+					return errors.New("INITIAL_WINDOW_SIZE takes a stream's window past 2^31-1")
+				}
 				st.sendWindow += delta
 			}
 			cc.initWindow = int32(s.Val)

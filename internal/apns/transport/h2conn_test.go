@@ -2289,3 +2289,43 @@ func TestH2HeadersWithBadPaddingCloseTheConnection(t *testing.T) {
 		t.Fatalf("state %+v after HEADERS with padding longer than the frame; the next request failed: %v", st, got.err)
 	}
 }
+
+// A change of SETTINGS_INITIAL_WINDOW_SIZE that takes an open stream's
+// window past 2^31-1 is a FLOW_CONTROL_ERROR of the connection (RFC 9113
+// 6.9.2). Added up in an int32, the window wraps to a negative number and
+// the rest of the body waits forever.
+func TestH2InitialWindowSizeOverflowClosesTheConnection(t *testing.T) {
+	cc, p := startH2(t, connOptions{})
+	p.handshake()
+	body := strings.Repeat("b", 65535+10)
+	res := goRoundTrip(cc, pushReq(t, context.Background(), "aa", body))
+	// The connection's 65535 bytes go; the stream's window is spent too.
+	var id uint32
+	for got := 0; got < 65535; {
+		f := p.expect("DATA", func(f *peerFrame) bool { return f.Type == http2.FrameData })
+		id, got = f.StreamID, got+len(f.Data)
+	}
+	p.windowUpdate(id, 1<<31-1) // the stream's window: 2^31-1, the most it may be
+	p.settings(http2.Setting{ID: http2.SettingInitialWindowSize, Val: 65536})
+	p.windowUpdate(0, 100)
+	p.tryWrite(func(fr *http2.Framer) error { return fr.WritePing(false, [8]byte{8}) })
+	for f := range p.frames {
+		if f.Err != nil || f.is(http2.FramePing, http2.FlagPingAck) {
+			break
+		}
+		if f.Type == http2.FrameData {
+			t.Logf("client sent %d more bytes", len(f.Data))
+		}
+	}
+	if st := stateWithin(t, cc); !st.Closed {
+		cc.mu.Lock()
+		var w int32
+		if s := cc.streams[id]; s != nil {
+			w = s.sendWindow
+		}
+		cc.mu.Unlock()
+		t.Fatalf("state %+v after SETTINGS took stream %d's window past 2^31-1 (its window now reads %d); request pending: %v",
+			st, id, w, pending(res))
+	}
+	failed(t, res)
+}
