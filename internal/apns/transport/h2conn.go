@@ -511,11 +511,11 @@ func (cc *clientConn) readLoop() {
 func (cc *clientConn) handle(f http2.Frame) error {
 	switch f := f.(type) {
 	case *http2.MetaHeadersFrame:
-		if code, reset := cc.onHeaders(f); reset {
-			cc.writeRST(f.StreamID, code)
+		if r := cc.onHeaders(f); r != nil {
+			cc.reset(r)
 		}
 	case *http2.DataFrame:
-		refund, code, reset := cc.onData(f)
+		refund, r := cc.onData(f)
 		if refund > 0 {
 			cc.wmu.Lock()
 			err := cc.send(cc.fr.WriteWindowUpdate(0, refund))
@@ -524,8 +524,8 @@ func (cc *clientConn) handle(f http2.Frame) error {
 				return err
 			}
 		}
-		if reset {
-			cc.writeRST(f.StreamID, code)
+		if r != nil {
+			cc.reset(r)
 		}
 	case *http2.RSTStreamFrame:
 		cc.mu.Lock()
@@ -547,41 +547,58 @@ func (cc *clientConn) handle(f http2.Frame) error {
 	return nil
 }
 
+// streamReset is a stream the client resets: its RST_STREAM goes out
+// before the stream ends and its slot frees (reset), so that the next
+// request's HEADERS cannot reach the server first and exceed its limit.
+type streamReset struct {
+	id   uint32
+	code http2.ErrCode
+	err  error // what the request fails with
+}
+
+// reset writes r's RST_STREAM, then ends its stream.
+func (cc *clientConn) reset(r *streamReset) {
+	cc.writeRST(r.id, r.code)
+	cc.mu.Lock()
+	if s := cc.streams[r.id]; s != nil {
+		cc.finishLocked(s, r.err)
+	}
+	cc.mu.Unlock()
+}
+
 // onHeaders takes an answer's headers (or trailers). It says whether the
-// stream is to be reset, and with which code.
-func (cc *clientConn) onHeaders(f *http2.MetaHeadersFrame) (http2.ErrCode, bool) {
+// stream is to be reset.
+func (cc *clientConn) onHeaders(f *http2.MetaHeadersFrame) *streamReset {
 	cc.mu.Lock()
 	defer cc.mu.Unlock()
 	s := cc.streams[f.StreamID]
 	if s == nil {
-		return 0, false // cancelled, or not ours
+		return nil // cancelled, or not ours
 	}
 	if f.Truncated {
 		// Over maxResponseHeaders: the decoder dropped fields, and an
 		// answer read without them could be misread.
-		cc.finishLocked(s, errors.New("http2: answer headers over the size we accept"))
-		return http2.ErrCodeProtocol, true
+		return &streamReset{s.id, http2.ErrCodeProtocol, errors.New("http2: answer headers over the size we accept")}
 	}
 	if s.resp == nil {
 		status, err := strconv.Atoi(f.PseudoValue("status"))
 		if err != nil || status < 100 || status > 999 {
-			cc.finishLocked(s, fmt.Errorf("http2: answer with status %q", f.PseudoValue("status")))
-			return http2.ErrCodeProtocol, true
+			return &streamReset{s.id, http2.ErrCodeProtocol, fmt.Errorf("http2: answer with status %q", f.PseudoValue("status"))}
 		}
 		if status < 200 && !f.StreamEnded() {
-			return 0, false // informational; the real answer follows
+			return nil // informational; the real answer follows
 		}
 		s.resp = &Response{Status: status, Header: f.RegularFields()}
 	}
 	if f.StreamEnded() {
 		cc.completeLocked(s)
 	}
-	return 0, false
+	return nil
 }
 
 // onData takes a piece of an answer's body. It says how much connection
 // window to give back, and whether the stream is to be reset.
-func (cc *clientConn) onData(f *http2.DataFrame) (refund uint32, code http2.ErrCode, reset bool) {
+func (cc *clientConn) onData(f *http2.DataFrame) (refund uint32, r *streamReset) {
 	cc.mu.Lock()
 	defer cc.mu.Unlock()
 	// Every DATA byte counts against our connection window, even for a
@@ -594,18 +611,16 @@ func (cc *clientConn) onData(f *http2.DataFrame) (refund uint32, code http2.ErrC
 	switch {
 	case s == nil:
 	case s.resp == nil:
-		cc.finishLocked(s, errors.New("http2: answer body before its headers"))
-		return refund, http2.ErrCodeProtocol, true
+		return refund, &streamReset{s.id, http2.ErrCodeProtocol, errors.New("http2: answer body before its headers")}
 	case len(s.resp.Body)+len(f.Data()) > maxResponseBody:
-		cc.finishLocked(s, errors.New("http2: answer body too large"))
-		return refund, http2.ErrCodeCancel, true
+		return refund, &streamReset{s.id, http2.ErrCodeCancel, errors.New("http2: answer body too large")}
 	default:
 		s.resp.Body = append(s.resp.Body, f.Data()...)
 		if f.StreamEnded() {
 			cc.completeLocked(s)
 		}
 	}
-	return refund, 0, false
+	return refund, nil
 }
 
 // completeLocked ends s with its answer.
@@ -617,12 +632,9 @@ func (cc *clientConn) completeLocked(s *h2stream) {
 func (cc *clientConn) resetStream(id uint32, code http2.ErrCode, err error) {
 	cc.mu.Lock()
 	s := cc.streams[id]
-	if s != nil {
-		cc.finishLocked(s, err)
-	}
 	cc.mu.Unlock()
 	if s != nil {
-		cc.writeRST(id, code)
+		cc.reset(&streamReset{id, code, err})
 	}
 }
 
@@ -748,18 +760,11 @@ func (cc *clientConn) watch() {
 			next = silentUntil
 		}
 		if d := cc.opts.IdleTimeout; d > 0 {
-			cc.mu.Lock()
-			since := cc.idleSince
-			cc.mu.Unlock()
-			if !since.IsZero() {
-				if !now.Before(since.Add(d)) {
-					cc.closeWith(errConnClosed)
-					return
-				}
-				next = minTime(next, since.Add(d))
-			} else {
-				next = minTime(next, now.Add(d))
+			closeAt, closed := cc.closeIfIdle(now, d)
+			if closed {
+				return
 			}
+			next = minTime(next, closeAt)
 		}
 		t.Reset(time.Until(next))
 		select {
@@ -804,6 +809,23 @@ func (cc *clientConn) ping(t *time.Timer) bool {
 	case <-cc.done:
 		return false
 	}
+}
+
+// closeIfIdle closes the connection if no request has been on it for d,
+// deciding and closing under one lock: a request that opened its stream
+// in between would be failed after its frames were buffered, and sent
+// again elsewhere. Otherwise it says when to look again.
+func (cc *clientConn) closeIfIdle(now time.Time, d time.Duration) (time.Time, bool) {
+	cc.mu.Lock()
+	defer cc.mu.Unlock()
+	if cc.idleSince.IsZero() || cc.reserved > 0 {
+		return now.Add(d), false
+	}
+	if at := cc.idleSince.Add(d); now.Before(at) {
+		return at, false
+	}
+	cc.closeLocked(errConnClosed)
+	return now, true
 }
 
 func minTime(a, b time.Time) time.Time {
