@@ -116,8 +116,11 @@ func TestCredentialRefusalPausesSending(t *testing.T) {
 			t.Errorf("requests %d and %d reached APNs %v apart while it refused the credential, want a probe each 300 ms", i-1, i, gap)
 		}
 	}
-	if got := srv.Count(); got > 6 {
-		t.Errorf("%d requests reached APNs while it refused the credential, want the first few and a probe each 300 ms", got)
+	// The pushes already on their way to a stream when the refusal came
+	// are refused too: a handful, how many depends on how fast the
+	// transport turns a stream around. The rest of the queue waited.
+	if before > n/5 {
+		t.Errorf("%d requests reached APNs before sending paused, want the few on their way (at most %d of %d)", before, n/5, n)
 	}
 	if q, _ := s.Depth(); q != n {
 		t.Errorf("%d pushes queued while paused, want %d", q, n)

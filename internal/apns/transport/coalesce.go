@@ -9,10 +9,10 @@ import (
 
 // coalescingConn lets the pushes in flight share their writes to Apple.
 //
-// x/net's HTTP/2 client flushes after each request's headers and again
-// after its body, holding the connection's write lock meanwhile, so every
-// push costs two TLS records and two write system calls; under load the
-// TLS writes alone were 7 % of the daemon's CPU. Here Write only copies into a
+// Written straight to TLS, every push would cost at least one TLS record
+// and one write system call (x/net's client, used before clientConn,
+// made it two: headers and body; under load the TLS writes alone were
+// 7 % of the daemon's CPU). Here Write only copies into a
 // buffer and returns; one goroutine per connection writes whatever has
 // gathered since its previous write. When pushes are rare a frame leaves
 // at once (one goroutine hand-off later); when they are many, one system
@@ -25,7 +25,7 @@ import (
 // the sender retries them.
 type coalescingConn struct {
 	net.Conn
-	tls *tls.Conn // for ConnectionState; nil when Conn is not TLS
+	tls *tls.Conn // to close the socket under TLS; nil when Conn is not TLS
 
 	// maxPending bounds the buffer: a writer waits while it is full.
 	maxPending int
@@ -44,7 +44,7 @@ const defaultMaxPending = 256 << 10
 
 // closeFlushTimeout bounds how long Close waits for buffered frames (a
 // GOAWAY, a RST_STREAM) to leave before it closes the connection anyway;
-// x/net gives a TLS close the same 250 ms.
+// x/net's client gives a TLS close the same 250 ms.
 const closeFlushTimeout = 250 * time.Millisecond
 
 func newCoalescingConn(c net.Conn, maxPending int) *coalescingConn {
@@ -57,15 +57,6 @@ func newCoalescingConn(c net.Conn, maxPending int) *coalescingConn {
 	cc.room.L = &cc.mu
 	go cc.flushLoop()
 	return cc
-}
-
-// ConnectionState lets x/net's HTTP/2 client see the TLS state as it
-// would on a bare *tls.Conn.
-func (c *coalescingConn) ConnectionState() tls.ConnectionState {
-	if c.tls == nil {
-		return tls.ConnectionState{}
-	}
-	return c.tls.ConnectionState()
 }
 
 func (c *coalescingConn) Write(p []byte) (int, error) {
@@ -113,7 +104,7 @@ func (c *coalescingConn) flushLoop() {
 			c.room.Broadcast()
 			c.mu.Unlock()
 			// The requests whose frames were lost were told they were
-			// written; closing the socket fails them now, through x/net's
+			// written; closing the socket fails them now, through clientConn's
 			// reader, instead of at the next health-check PING.
 			c.closeSocket()
 			return
@@ -135,8 +126,8 @@ func (c *coalescingConn) closeSocket() {
 // closes the connection. A write still stuck then (the peer stopped
 // reading) ends with it: tls.Conn.Close closes the socket at once when a
 // write is in progress. When none is, TLS first sends its close_notify,
-// which can wait 5 s on a peer that stopped reading; x/net cuts that
-// short after 250 ms only on a bare *tls.Conn, so Close does it here.
+// which can wait 5 s on a peer that stopped reading, so Close cuts it
+// short after closeFlushTimeout.
 func (c *coalescingConn) Close() error {
 	c.mu.Lock()
 	c.closing = true

@@ -1,17 +1,14 @@
 package transport
 
-import "golang.org/x/net/http2"
-
 // poolConn is one connection and what the pool knows about it.
 type poolConn struct {
-	cc       *http2.ClientConn
+	cc       *clientConn
 	active   int  // requests on it from this pool
 	proven   bool // the last answer that mattered was a 200
 	answered bool // APNs has answered on it at least once
 	dead     bool
 	// streams is the server's stream limit as last read; pushes beyond it
-	// wait here, one woken per stream freed, rather than in x/net, which
-	// wakes all of its waiters whenever a stream ends. It is read again
+	// wait here, one woken per stream freed. It is read again
 	// when the connection is proven and every refreshEvery pushes that
 	// find it full, in case the server raised it.
 	streams int

@@ -76,7 +76,7 @@ func (p *Pool) dial(host string) {
 	p.observe(err)
 }
 
-func (p *Pool) connect(ctx context.Context, host string) (*http2.ClientConn, error) {
+func (p *Pool) connect(ctx context.Context, host string) (*clientConn, error) {
 	name, port, err := net.SplitHostPort(host)
 	if err != nil {
 		name, port = host, "443"
@@ -92,9 +92,8 @@ func (p *Pool) connect(ctx context.Context, host string) (*http2.ClientConn, err
 		c.Close()
 		return nil, fmt.Errorf("%s does not speak HTTP/2 (ALPN %q)", host, proto)
 	}
-	// NewClientConn is what x/net offers for a pool of one's own; its
-	// replacement in net/http cannot be given a connection.
-	cc, err := p.tr.NewClientConn(newCoalescingConn(c, 0))
+	cc, err := newClientConn(newCoalescingConn(c, 0), connOptions{
+		ReadIdleTimeout: p.opts.ReadIdleTimeout, PingTimeout: p.opts.PingTimeout, IdleTimeout: p.opts.IdleTimeout})
 	if err != nil {
 		c.Close()
 		return nil, err

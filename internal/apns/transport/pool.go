@@ -5,7 +5,6 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"sync"
 	"sync/atomic"
@@ -44,7 +43,6 @@ import (
 //   - whatever the reason, dials come one at a time and at least
 //     minDialGap apart.
 type Pool struct {
-	tr   *http2.Transport // timeouts and settings of the connections; it never dials
 	tls  *tls.Config
 	opts Options
 
@@ -77,29 +75,11 @@ func New(o Options, certs []tls.Certificate) *Pool {
 	return &Pool{
 		opts: o,
 		tls:  &tls.Config{Certificates: certs, RootCAs: o.Roots, MinVersion: tls.VersionTLS12, NextProtos: []string{"h2"}},
-		tr: &http2.Transport{
-			// Apple drops idle connections silently; a PING after
-			// ReadIdleTimeout of silence finds a dead connection before a
-			// push is lost on it.
-			ReadIdleTimeout: o.ReadIdleTimeout,
-			PingTimeout:     o.PingTimeout,
-			IdleConnTimeout: o.IdleTimeout,
-			// Wait for a stream instead of failing when the server's
-			// limit is reached.
-			StrictMaxConcurrentStreams: true,
-			// APNs answers with a few bytes of JSON; asking for gzip only
-			// adds a header to every push.
-			DisableCompression: true,
-			// WriteByteTimeout must stay unset: writes go to
-			// coalescingConn's buffer, so x/net's per-write deadline would
-			// time nothing. A stuck connection is found by the PING health
-			// check instead.
-		},
 	}
 }
 
-// Open counts the pool's live connections: a connection x/net has
-// closed (idle, an unanswered PING, a GOAWAY) stays in conns until a push
+// Open counts the pool's live connections: a connection that has closed
+// itself (idle, an unanswered PING, a GOAWAY) stays in conns until a push
 // fails on it, so it is not counted.
 func (p *Pool) Open() int {
 	p.mu.Lock()
@@ -131,64 +111,41 @@ func (p *Pool) BlockedUntil() (time.Time, error) {
 	return until, err
 }
 
-// RoundTrip sends one request on a connection of the pool.
-func (p *Pool) RoundTrip(req *http.Request) (*http.Response, error) {
+// Push sends r on a connection of the pool and returns the answer. A
+// request that a connection did not process (it closed, went away or
+// refused the stream) is sent again at once on another.
+func (p *Pool) Push(ctx context.Context, r *Request) (*Response, error) {
 	for try := 0; ; try++ {
-		pc, err := p.acquire(req.Context(), req.URL.Host)
+		pc, err := p.acquire(ctx, r.Authority)
 		if err != nil {
 			return nil, err
 		}
-		resp, err := pc.cc.RoundTrip(req)
+		resp, err := pc.cc.do(ctx, r)
 		if err == nil {
-			p.answered(pc, resp.StatusCode)
-			if resp.Body == nil || resp.ContentLength == 0 {
-				// Apple's 200: x/net's empty body is its own, not
-				// http.NoBody, so the length says it.
-				p.release(pc)
-			} else {
-				// The stream lasts until the caller has read the reason.
-				resp.Body = &releaseBody{ReadCloser: resp.Body, release: func() { p.release(pc) }}
-			}
+			p.answered(pc, resp.Status)
+			p.release(pc)
 			return resp, nil
 		}
 		again := p.failed(pc, err)
 		p.release(pc)
-		if !again || try >= retriesOnNewConn || req.Context().Err() != nil {
-			return nil, err
-		}
-		if req, err = rewind(req); err != nil {
+		if !again || try >= retriesOnNewConn || ctx.Err() != nil {
 			return nil, err
 		}
 	}
 }
 
-// rewind makes a request sendable again.
-func rewind(req *http.Request) (*http.Request, error) {
-	if req.Body == nil || req.Body == http.NoBody {
-		return req, nil
-	}
-	if req.GetBody == nil {
-		return nil, errors.New("request body cannot be sent again")
-	}
-	body, err := req.GetBody()
+// RoundTrip is Push for an http.Request (http.RoundTripper): what a
+// client built on net/http (apns2's, in tests) sends over the pool.
+func (p *Pool) RoundTrip(req *http.Request) (*http.Response, error) {
+	r, err := requestFrom(req)
 	if err != nil {
 		return nil, err
 	}
-	r := *req
-	r.Body = body
-	return &r, nil
-}
-
-type releaseBody struct {
-	io.ReadCloser
-	once    sync.Once
-	release func()
-}
-
-func (b *releaseBody) Close() error {
-	err := b.ReadCloser.Close()
-	b.once.Do(b.release)
-	return err
+	resp, err := p.Push(req.Context(), r)
+	if err != nil {
+		return nil, err
+	}
+	return resp.httpResponse(req), nil
 }
 
 // HoldBack fails the requests waiting for a connection or a stream with
@@ -383,8 +340,14 @@ func (p *Pool) answered(pc *poolConn, status int) {
 		}
 	case http.StatusForbidden:
 		// APNs takes back a token connection's streams when it refuses
-		// the token.
+		// the token. A 403 refuses the credential, not the push, and
+		// the sender holds the queue back on it: the pushes waiting for
+		// a stream are failed with ErrHeldBack now rather than handed
+		// this one, each to be refused in turn before the sender has
+		// read the first answer.
 		pc.proven = false
+		p.heldBack++
+		p.notifyLocked()
 	}
 }
 

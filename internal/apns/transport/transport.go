@@ -1,7 +1,8 @@
 // Package transport is the HTTP/2 connection to APNs of one credential:
-// a small pool of connections (Pool) used the way Apple asks, and write
-// coalescing under each of them, so that pushes in flight share their
-// system calls.
+// a small pool of connections (Pool) used the way Apple asks; each one an
+// HTTP/2 client written for pushes alone (clientConn, h2conn.go, with
+// its header encoder in hpack.go), over write coalescing, so that pushes
+// in flight share their system calls.
 //
 // It knows nothing of devices, retries or pauses: it carries requests,
 // says when APNs cannot be reached (*UnreachableError) and fails the
