@@ -439,6 +439,16 @@ func (p *h2peer) writeHeaders(id uint32, endStream bool, frag int, pairs ...stri
 	})
 }
 
+// carriesOn checks that the connection still works after what a test
+// did to it: the next push on it is answered.
+func (p *h2peer) carriesOn(t *testing.T, cc *clientConn) {
+	t.Helper()
+	res := goRoundTrip(cc, h2push(t, "next"))
+	r := p.readRequest()
+	p.respond(r.id, 200, "")
+	answered(t, res, 200)
+}
+
 // respond answers stream id with status, body (none if empty) and extra
 // header pairs.
 func (p *h2peer) respond(id uint32, status int, body string, pairs ...string) {
@@ -1164,11 +1174,7 @@ func TestH2AnswerBodyIsReadWhole(t *testing.T) {
 			if a.resp.ContentLength != int64(len(reason)) {
 				t.Errorf("ContentLength %d, want %d", a.resp.ContentLength, len(reason))
 			}
-			// The connection goes on.
-			res = goRoundTrip(cc, h2push(t, "bb"))
-			r = p.readRequest()
-			p.respond(r.id, 200, "")
-			answered(t, res, 200)
+			p.carriesOn(t, cc)
 		})
 	}
 }
@@ -1510,10 +1516,7 @@ func TestH2CancelledRequestReturnsAndResetsItsStream(t *testing.T) {
 	if st := cc.State(); st.Closed || st.Closing {
 		t.Fatalf("state %+v after a cancelled request", st)
 	}
-	res = goRoundTrip(cc, h2push(t, "bb"))
-	r2 := p.readRequest()
-	p.respond(r2.id, 200, "")
-	answered(t, res, 200)
+	p.carriesOn(t, cc)
 }
 
 func TestH2RequestPastItsDeadlineFails(t *testing.T) {
@@ -2238,10 +2241,7 @@ func TestH2AnswerWithTooLargeHeadersFails(t *testing.T) {
 		t.Errorf("error %v, want one about the answer's headers", err)
 	}
 	p.expect("RST_STREAM", func(f *peerFrame) bool { return f.Type == http2.FrameRSTStream && f.StreamID == r.id })
-	next := goRoundTrip(cc, h2push(t, "bb"))
-	r = p.readRequest()
-	p.respond(r.id, 200, "")
-	answered(t, next, 200)
+	p.carriesOn(t, cc)
 }
 
 // A HEADERS frame whose padding is longer than the frame (RFC 9113 6.2:
