@@ -8,9 +8,9 @@ type poolConn struct {
 	answered bool // APNs has answered on it at least once
 	dead     bool
 	// streams is the server's stream limit as last read; pushes beyond it
-	// wait here, one woken per stream freed. It is read again
-	// when the connection is proven and every refreshEvery pushes that
-	// find it full, in case the server raised it.
+	// wait here, one woken per stream freed. It is read again when the
+	// connection is proven and every refreshEvery pushes that find it
+	// full, in case the server raised it.
 	streams int
 	full    int
 	// used counts the pushes it was given; sweep closes an extra

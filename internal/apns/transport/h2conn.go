@@ -110,9 +110,9 @@ const (
 	maxResponseBody = 64 << 10
 	// maxResponseHeaders bounds an answer's decoded header list.
 	maxResponseHeaders = 64 << 10
+	maxStreamID        = 1<<31 - 1
 	// Until the server's SETTINGS say otherwise (RFC 9113 6.5.2, and
 	// x/net's assumptions for the stream limit).
-	maxStreamID          = 1<<31 - 1
 	initialMaxStreams    = 100
 	defaultMaxStreams    = 1000
 	defaultWindow        = 65535
@@ -199,12 +199,10 @@ func (cc *clientConn) Close() error {
 	return nil
 }
 
-// do sends r and waits for its whole answer. An error other than the
-// context's says the request got no answer on this connection.
+// do sends r, which Request.check has passed, and waits for its whole
+// answer. An error other than the context's says the request got no
+// answer on this connection.
 func (cc *clientConn) do(ctx context.Context, r *Request) (*Response, error) {
-	if err := r.check(); err != nil {
-		return nil, err
-	}
 	s, err := cc.open(ctx, r)
 	if err != nil {
 		return nil, err
@@ -349,12 +347,12 @@ func (cc *clientConn) encodeHeaders(r *Request) []byte {
 
 // writeHeaders writes a header block in a HEADERS frame and as many
 // CONTINUATION frames as the server's frame size needs (under wmu).
-func (cc *clientConn) writeHeaders(id uint32, endStream bool, block []byte, max int) error {
-	first := block[:min(len(block), max)]
+func (cc *clientConn) writeHeaders(id uint32, endStream bool, block []byte, maxFrame int) error {
+	first := block[:min(len(block), maxFrame)]
 	rest := block[len(first):]
 	err := cc.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: first, EndStream: endStream, EndHeaders: len(rest) == 0})
 	for err == nil && len(rest) > 0 {
-		frag := rest[:min(len(rest), max)]
+		frag := rest[:min(len(rest), maxFrame)]
 		rest = rest[len(frag):]
 		err = cc.fr.WriteContinuation(id, len(rest) == 0, frag)
 	}
@@ -591,7 +589,7 @@ func (cc *clientConn) onHeaders(f *http2.MetaHeadersFrame) *streamReset {
 		s.resp = &Response{Status: status, Header: f.RegularFields()}
 	}
 	if f.StreamEnded() {
-		cc.completeLocked(s)
+		cc.finishLocked(s, nil) // the answer is whole
 	}
 	return nil
 }
@@ -617,15 +615,10 @@ func (cc *clientConn) onData(f *http2.DataFrame) (refund uint32, r *streamReset)
 	default:
 		s.resp.Body = append(s.resp.Body, f.Data()...)
 		if f.StreamEnded() {
-			cc.completeLocked(s)
+			cc.finishLocked(s, nil) // the answer is whole
 		}
 	}
 	return refund, nil
-}
-
-// completeLocked ends s with its answer.
-func (cc *clientConn) completeLocked(s *h2stream) {
-	cc.finishLocked(s, nil)
 }
 
 // resetStream answers a stream error the framer found in a frame.

@@ -2208,11 +2208,14 @@ func TestH2InvalidRequestHeaderFailsOnlyThatRequest(t *testing.T) {
 	answered(t, res, 200)
 }
 
-// RoundTrip is do for an http.Request, converted as Pool.RoundTrip
-// converts one: the tests script requests the way net/http clients make
-// them.
+// RoundTrip is do for an http.Request, converted and checked as
+// Pool.RoundTrip and Pool.Push do: the tests script requests the way
+// net/http clients make them.
 func (cc *clientConn) RoundTrip(req *http.Request) (*http.Response, error) {
 	r, err := requestFrom(req)
+	if err == nil {
+		err = r.check()
+	}
 	if err != nil {
 		return nil, err
 	}

@@ -115,6 +115,9 @@ func (p *Pool) BlockedUntil() (time.Time, error) {
 // request that a connection did not process (it closed, went away or
 // refused the stream) is sent again at once on another.
 func (p *Pool) Push(ctx context.Context, r *Request) (*Response, error) {
+	if err := r.check(); err != nil {
+		return nil, err
+	}
 	for try := 0; ; try++ {
 		pc, err := p.acquire(ctx, r.Authority)
 		if err != nil {

@@ -95,7 +95,8 @@ var skippedFields = map[string]bool{
 	"transfer-encoding": true, "upgrade": true, "keep-alive": true, "te": true,
 }
 
-// requestFrom converts an http.Request (read whole, its body closed).
+// requestFrom converts an http.Request (read whole, its body closed);
+// Push checks the result.
 func requestFrom(req *http.Request) (*Request, error) {
 	r := &Request{Method: req.Method, Authority: req.Host, Path: req.URL.RequestURI()}
 	if r.Method == "" {
@@ -105,9 +106,6 @@ func requestFrom(req *http.Request) (*Request, error) {
 		r.Authority = req.URL.Host
 	}
 	for k, vv := range req.Header {
-		if !httpguts.ValidHeaderFieldName(k) {
-			return nil, fmt.Errorf("http2: invalid header field name %q", k)
-		}
 		name := strings.ToLower(k)
 		if skippedFields[name] {
 			continue
@@ -121,7 +119,7 @@ func requestFrom(req *http.Request) (*Request, error) {
 		return nil, err
 	}
 	r.Body = body
-	return r, r.check()
+	return r, nil
 }
 
 // requestBody reads an http.Request's body.

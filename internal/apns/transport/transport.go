@@ -7,7 +7,8 @@
 // It knows nothing of devices, retries or pauses: it carries requests,
 // says when APNs cannot be reached (*UnreachableError) and fails the
 // requests waiting for a stream when the sender holds the queue back
-// (ErrHeldBack). Package apns builds its clients on it.
+// (ErrHeldBack), and on a 403, on which the sender always does. Package
+// apns builds its clients on it.
 package transport
 
 import (
