@@ -298,26 +298,13 @@ func TestCoalescingConnCloseDoesNotWaitForAPeerThatStoppedReading(t *testing.T) 
 // peer that then stopped reading), TLS's close_notify would wait 5 s.
 func TestCoalescingConnCloseDoesNotWaitForCloseNotify(t *testing.T) {
 	ca, leaf := serverPKI(t)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
+	raw, srvRaw := tcpPair(t)
 	accepted := make(chan net.Conn, 1)
 	go func() {
-		c, err := ln.Accept()
-		if err != nil {
-			accepted <- nil
-			return
-		}
-		tc := tls.Server(c, &tls.Config{Certificates: []tls.Certificate{leaf.TLSCertificate()}})
+		tc := tls.Server(srvRaw, &tls.Config{Certificates: []tls.Certificate{leaf.TLSCertificate()}})
 		tc.Handshake() // then never reads again
 		accepted <- tc
 	}()
-	raw, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
 	raw.(*net.TCPConn).SetWriteBuffer(4096)
 	tc := tls.Client(raw, &tls.Config{RootCAs: ca.CertPool(), ServerName: "127.0.0.1"})
 	if err := tc.Handshake(); err != nil {

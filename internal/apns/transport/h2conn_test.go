@@ -536,9 +536,9 @@ func startH2(t *testing.T, o connOptions) (*clientConn, *h2peer) {
 	return startH2Over(t, o, nil)
 }
 
-// startH2Over is startH2 with the client's end of the connection passed
-// through wrap first (nil: as it is).
-func startH2Over(t *testing.T, o connOptions, wrap func(net.Conn) net.Conn) (*clientConn, *h2peer) {
+// tcpPair is the two ends of a new loopback TCP connection; the caller
+// closes them.
+func tcpPair(t *testing.T) (client, server net.Conn) {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -554,7 +554,7 @@ func startH2Over(t *testing.T, o connOptions, wrap func(net.Conn) net.Conn) (*cl
 		}
 		accepted <- c
 	}()
-	client, err := net.Dial("tcp", ln.Addr().String())
+	client, err = net.Dial("tcp", ln.Addr().String())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -562,6 +562,14 @@ func startH2Over(t *testing.T, o connOptions, wrap func(net.Conn) net.Conn) (*cl
 	if !ok {
 		t.Fatal("accept failed")
 	}
+	return client, server
+}
+
+// startH2Over is startH2 with the client's end of the connection passed
+// through wrap first (nil: as it is).
+func startH2Over(t *testing.T, o connOptions, wrap func(net.Conn) net.Conn) (*clientConn, *h2peer) {
+	t.Helper()
+	client, server := tcpPair(t)
 	p := newPeer(t, server)
 	if wrap != nil {
 		client = wrap(client)
